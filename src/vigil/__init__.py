@@ -1,0 +1,3 @@
+"""Vigil: redundancy and failover for AI inference nodes."""
+
+__version__ = "0.1.0"

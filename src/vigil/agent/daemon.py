@@ -1,0 +1,220 @@
+"""Agent: the per-node daemon.
+
+Lifecycle: `run(stop)` starts the API, the heartbeat service, the session
+(lease + member record), the watch and the reconciliation loop, and returns
+after a graceful stop: resign leadership, revoke the lease (so the member
+record and leader key vanish at once and a successor takes over without
+waiting a TTL), flush the event log.
+
+Safety contract (DESIGN.md, self-fencing): every leader action and the
+`/leader` endpoint check `role.is_leader(clock.now())` with a fresh time, so
+a process frozen past its deadline stops acting the instant it runs again;
+the detector tick also demotes it within 10 ms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from vigil import __version__
+from vigil.agent.heartbeat import HeartbeatService
+from vigil.agent.history import LeadershipHistory
+from vigil.agent.reconciler import Reconciler
+from vigil.clock import SystemClock
+from vigil.config import NodeConfig
+from vigil.core.leader import LeaderRole, RoleChange
+from vigil.core.peers import PeerTransition
+from vigil.errors import StoreError
+from vigil.store.base import Store
+from vigil.store.election import Election
+from vigil.store.etcd import EtcdStore
+from vigil.store.events import EventLog
+from vigil.store.keys import Keys
+from vigil.store.registry import Registry
+from vigil.store.session import Session
+
+log = logging.getLogger(__name__)
+
+
+def next_incarnation(data_dir: Path) -> int:
+    """Strictly greater than any earlier incarnation of this node (persisted)."""
+    path = data_dir / "incarnation"
+    try:
+        previous = int(path.read_text().strip())
+    except (OSError, ValueError):
+        previous = 0
+    value = max(previous + 1, time.time_ns() // 1000)
+    path.write_text(str(value))
+    return value
+
+
+class Agent:
+    def __init__(self, cfg: NodeConfig, store: Store | None = None, clock: SystemClock | None = None):
+        self.cfg, self.clock = cfg, clock or SystemClock()
+        self.keys = Keys(cfg.cluster)
+        e = cfg.etcd
+        self.store = store or EtcdStore(list(e.endpoints), cfg.timing.etcd_timeout,
+                                        e.ca_file, e.cert_file, e.key_file)
+        self.data_dir = Path(cfg.data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.incarnation = next_incarnation(self.data_dir)
+        self.started_at = self.clock.wall()
+        self.role = LeaderRole(cfg.timing.demote_after)
+        self.history = LeadershipHistory(self.data_dir / "leadership.jsonl", cfg.node)
+        self.events = EventLog(self.store, self.keys, cfg.node, self.clock)
+        self.registry = Registry(self.store, self.keys)
+        self.heartbeats = HeartbeatService(cfg, self.clock, self.incarnation,
+                                           self._on_peer_transitions, self._heartbeat_status)
+        self.session: Session | None = None
+        self.election: Election | None = None
+        self.reconciler = Reconciler(self)
+        self.wake = asyncio.Event()
+        self.health_reasons: tuple[str, ...] = ()
+        self._tasks: list[asyncio.Task] = []
+
+    def __repr__(self) -> str:
+        return f"<Agent {self.cfg.node} {self.role!r} {self.session!r}>"
+
+    # -- state visible to the API and heartbeats ------------------------------
+    @property
+    def healthy(self) -> bool:
+        return not self.health_reasons
+
+    def is_leader(self) -> bool:
+        return self.role.is_leader(self.clock.now())
+
+    def session_ok(self) -> bool:
+        return self.session is not None and not self.session.done.is_set()
+
+    def member_record(self) -> dict[str, Any]:
+        return {"name": self.cfg.node, "api_url": self.cfg.api_url, "priority": self.cfg.priority,
+                "heartbeat": {"addresses": list(self.cfg.addresses), "port": self.cfg.heartbeat_port},
+                "health": {"verdict": "healthy" if self.healthy else "unhealthy",
+                           "reasons": list(self.health_reasons)},
+                "incarnation": self.incarnation, "started_at": self.started_at,
+                "version": __version__, "pid": os.getpid()}
+
+    def _heartbeat_status(self) -> tuple[str, str]:
+        return ("healthy" if self.healthy else "unhealthy",
+                "leader" if self.is_leader() else "standby")
+
+    # -- lifecycle -------------------------------------------------------------
+    async def run(self, stop: asyncio.Event, api_ready: asyncio.Event | None = None) -> None:
+        from vigil.api import AgentApi  # the API imports Agent types; avoid the cycle
+
+        api = AgentApi(self)
+        await api.start()
+        await self.heartbeats.start()
+        self.events.start()
+        self.events.record("agent_started", f"agent started (incarnation {self.incarnation})",
+                           pid=os.getpid(), version=__version__)
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._session_loop()),
+                       loop.create_task(self.reconciler.watch_loop()),
+                       loop.create_task(self.reconciler.loop()),
+                       loop.create_task(self._role_guard_loop())]
+        if api_ready:
+            api_ready.set()
+        try:
+            await stop.wait()
+        finally:
+            await self._shutdown(api)
+
+    async def _shutdown(self, api: Any) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        token = self.role.token
+        change = self.role.resigned(self.clock.now(), "graceful stop")
+        if change:
+            self.record_role_change(change)
+            try:
+                await asyncio.wait_for(self.election.resign(token), self.cfg.timing.etcd_timeout * 2)
+            except (StoreError, asyncio.TimeoutError) as e:
+                log.warning("could not delete the leader key on stop: %s", e)
+        self.events.record("agent_stopped", "graceful stop")
+        await self.events.flush()
+        if self.session:
+            await self.session.close(revoke=True)
+        await self.heartbeats.stop()
+        await self.events.stop()
+        await api.stop()
+        await self.store.close()
+
+    async def _session_loop(self) -> None:
+        """Keep one live session; re-register after a lost lease."""
+        backoff = 0.1
+        while True:
+            t = self.cfg.timing
+            session = Session(self.store, self.clock, t.lease_ttl, t.keepalive_interval,
+                              on_renewed=self._on_renewed)
+            try:
+                await session.open()
+                await self.registry.register(self.cfg.node, self.member_record(), session.lease_id)
+            except StoreError as e:
+                log.warning("cannot open an etcd session yet: %s", e)
+                await session.close(revoke=True)
+                await asyncio.sleep(backoff)
+                backoff = min(2.0, backoff * 2)
+                continue
+            backoff = 0.1
+            self.session = session
+            self.election = Election(self.store, self.keys.leader, session, self.cfg.node)
+            self.events.record("session_opened", f"lease {session.lease_id:x} granted "
+                                                 f"(TTL {session.lease.ttl} s); member registered",
+                               lease=session.lease_id, ttl=session.lease.ttl)
+            self.wake.set()
+            await session.done.wait()
+            change = self.role.lost(self.clock.now(), f"etcd session lost: {session.lost_reason}")
+            if change:
+                self.record_role_change(change)
+            self.events.record("session_lost", session.lost_reason, lease=session.lease_id)
+            self.wake.set()
+
+    async def publish_record(self) -> None:
+        if self.session_ok():
+            await self.registry.register(self.cfg.node, self.member_record(), self.session.lease_id)
+
+    # -- callbacks ---------------------------------------------------------------
+    def _on_renewed(self, sent_at: float) -> None:
+        if self.role.state == "leader":
+            before = self.role.valid_until
+            self.role.renewed(sent_at)
+            if self.role.valid_until > before:
+                self.history.write("renew", self.role.token, self.clock.wall(),
+                                   valid_until=self.clock.to_wall(self.role.valid_until))
+
+    def _on_peer_transitions(self, changes: list[PeerTransition]) -> None:
+        for c in changes:
+            kind = "peer_suspected" if c.new == "suspect" else "peer_alive"
+            self.events.record(kind, f"{c.peer}: {c.cause}", peer=c.peer, phi=round(c.phi, 2),
+                               silent_ms=round(c.silent_for * 1000, 1),
+                               detected_at=self.clock.to_wall(c.at))
+        self.wake.set()
+
+    async def _role_guard_loop(self) -> None:
+        """Self-fencing: demote within 10 ms of the deadline, even if etcd hangs."""
+        while True:
+            await asyncio.sleep(0.01)
+            change = self.role.check(self.clock.now())
+            if change:
+                self.record_role_change(change)
+                self.wake.set()
+
+    def record_role_change(self, change: RoleChange) -> None:
+        wall = self.clock.to_wall(change.at)
+        if change.kind == "acquired":
+            self.history.write("start", change.token, wall,
+                               valid_until=self.clock.to_wall(self.role.valid_until))
+            self.events.record("leader_elected", f"{self.cfg.node} leads with token {change.token}: "
+                                                 f"{change.reason}", token=change.token)
+        else:
+            self.history.write("end", change.token, wall, kind=change.kind, reason=change.reason)
+            self.events.record(f"leader_{change.kind}", f"{self.cfg.node} stopped leading "
+                                                        f"(token {change.token}): {change.reason}",
+                               token=change.token)

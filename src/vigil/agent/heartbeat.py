@@ -1,0 +1,97 @@
+"""HeartbeatService: sends our heartbeats, feeds peers' into the PeerTable,
+and ticks the detector with the local-pause guard.
+
+Timing contract: heartbeats leave every `heartbeat_interval`; the detector
+is evaluated every `tick` seconds (10 ms), so a suspicion is noticed at most
+one tick after phi crosses the threshold. When this process's own loop ran
+late by more than `pause_tolerance`, that lateness is forgiven on every
+peer before judging them (a stalled observer must not convict its peers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from typing import Callable
+
+from vigil.clock import Clock
+from vigil.config import NodeConfig
+from vigil.core.detector import PauseGuard
+from vigil.core.peers import PeerTable, PeerTransition
+from vigil.net.transport import HeartbeatReceiver, HeartbeatTransport
+from vigil.net.wire import Heartbeat
+
+log = logging.getLogger(__name__)
+
+TICK = 0.01
+PAUSE_TOLERANCE = 0.02
+
+
+class HeartbeatService:
+    def __init__(self, cfg: NodeConfig, clock: Clock, incarnation: int,
+                 on_transitions: Callable[[list[PeerTransition]], None],
+                 status: Callable[[], tuple[str, str]]):
+        self.cfg, self.clock, self.incarnation = cfg, clock, incarnation
+        self.on_transitions, self.status = on_transitions, status
+        self.peers = PeerTable([p.name for p in cfg.peers], cfg.timing.detector(), cfg.timing.rise)
+        self.receiver = HeartbeatReceiver(cfg.cluster, cfg.node, cfg.key, set(self.peers.peers))
+        links = {p.name: [(a, p.port) for a in p.addresses] for p in cfg.peers}
+        self.transport = HeartbeatTransport(self.receiver, list(cfg.addresses), cfg.heartbeat_port,
+                                            links, self._deliver)
+        self.guard = PauseGuard(TICK, PAUSE_TOLERANCE)
+        self._seq = itertools.count(1)
+        self._tasks: list[asyncio.Task] = []
+
+    async def start(self) -> None:
+        await self.transport.start()
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._send_loop()), loop.create_task(self._tick_loop())]
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.transport.close()
+
+    def send_now(self) -> None:
+        health, role = self.status()
+        self.transport.send(Heartbeat(self.cfg.cluster, self.cfg.node, self.incarnation,
+                                      next(self._seq), int(self.clock.wall() * 1e6), health, role))
+
+    def _observe_pause(self, now: float) -> None:
+        # Runs first in every callback, so after a stall the pause is forgiven
+        # before queued heartbeats or the next tick are judged.
+        late = self.guard.tick(now)
+        if late:
+            self.peers.forgive(late, now)
+            log.info("local pause of %.0f ms: not held against peers", late * 1000)
+
+    def _deliver(self, hb: Heartbeat, link: str, verdict: str) -> None:
+        now = self.clock.now()
+        self._observe_pause(now)
+        if verdict == "duplicate":
+            self.peers.link_seen(hb.node, link, now)
+            return
+        changes = self.peers.heartbeat(hb.node, link, now, hb.incarnation, hb.health, hb.role)
+        if changes:
+            self.on_transitions(changes)
+
+    async def _send_loop(self) -> None:
+        interval = self.cfg.timing.heartbeat_interval
+        loop = asyncio.get_running_loop()
+        nxt = loop.time()
+        while True:
+            self.send_now()
+            # Fixed-rate schedule: a late send does not push every later one back.
+            nxt = max(nxt + interval, loop.time())
+            await asyncio.sleep(nxt - loop.time())
+
+    async def _tick_loop(self) -> None:
+        while True:
+            await asyncio.sleep(TICK)
+            now = self.clock.now()
+            self._observe_pause(now)
+            changes = self.peers.tick(now)
+            if changes:
+                self.on_transitions(changes)

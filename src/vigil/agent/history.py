@@ -1,0 +1,86 @@
+"""Leadership history: every (node, token, start, end) as this agent saw it.
+
+One JSON line per record in `<data_dir>/leadership.jsonl`, written and
+flushed synchronously so a SIGKILL loses nothing already decided:
+- {"event": "start", token, at, valid_until}
+- {"event": "renew", token, at, valid_until}   (each acknowledged keep-alive)
+- {"event": "end",   token, at, kind, reason}
+Times are Unix seconds. For a node killed while leading there is no "end":
+its leadership ended no later than its last `valid_until`, because it never
+acts past that instant. `intervals()` applies exactly that rule; tests and
+the chaos checker use it to prove that no two leaderships overlap.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+
+@dataclass(frozen=True)
+class Interval:
+    node: str
+    token: int
+    start: float
+    end: float
+    ended_by: str
+
+
+class LeadershipHistory:
+    def __init__(self, path: Path, node: str):
+        self.path, self.node = path, node
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, event: str, token: int, at: float, **extra: Any) -> None:
+        line = json.dumps({"node": self.node, "event": event, "token": token, "at": at, **extra})
+        with open(self.path, "a") as f:
+            f.write(line + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def read_records(paths: Iterable[Path]) -> list[dict[str, Any]]:
+    out = []
+    for p in paths:
+        if not p.exists():
+            continue
+        for line in p.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue  # a line cut by SIGKILL mid-write: the previous records stand
+    return out
+
+
+def intervals(records: list[dict[str, Any]]) -> list[Interval]:
+    """Leadership intervals per (node, token); see the module docstring."""
+    acc: dict[tuple[str, int], dict[str, Any]] = {}
+    for r in records:
+        k = (r["node"], r["token"])
+        cur = acc.setdefault(k, {"start": None, "valid_until": None, "end": None, "by": "lease"})
+        if r["event"] == "start":
+            cur["start"] = r["at"]
+        if "valid_until" in r:
+            cur["valid_until"] = max(cur["valid_until"] or 0, r["valid_until"])
+        if r["event"] == "end":
+            cur["end"], cur["by"] = r["at"], r.get("kind", "end")
+    out = []
+    for (node, token), c in acc.items():
+        if c["start"] is None:
+            continue
+        ends = [x for x in (c["end"], c["valid_until"]) if x is not None]
+        out.append(Interval(node, token, c["start"], min(ends) if ends else c["start"], c["by"]))
+    return sorted(out, key=lambda i: (i.start, i.token))
+
+
+def overlaps(ivs: list[Interval]) -> list[tuple[Interval, Interval]]:
+    """Pairs of intervals of different tokens that overlap in time."""
+    bad = []
+    for i, a in enumerate(ivs):
+        for b in ivs[i + 1:]:
+            if a.token != b.token and a.start < b.end and b.start < a.end:
+                bad.append((a, b))
+    return bad

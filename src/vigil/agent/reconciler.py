@@ -1,0 +1,147 @@
+"""The reconciliation loop: read one snapshot, decide, act, say why.
+
+Runs every `loop_interval`, and at once when the watch sees a change under
+the cluster prefix (other than events) or a peer's liveness changes. Each
+cycle's decision is logged when it changes and kept in `last` for
+`/status`; tests assert on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+import logging
+from typing import TYPE_CHECKING
+
+from vigil.core.reconcile import CAMPAIGN, DEMOTE, NONE, RESIGN, Decision, decide, decide_states
+from vigil.core.view import ClusterView
+from vigil.errors import StoreError, WatchCompacted
+from vigil.store.events import prune_events
+from vigil.store.registry import Snapshot
+
+if TYPE_CHECKING:
+    from vigil.agent.daemon import Agent
+
+log = logging.getLogger(__name__)
+
+EVENTS_KEEP = 2000
+PRUNE_EVERY = 30.0
+
+
+class Reconciler:
+    def __init__(self, agent: "Agent"):
+        self.agent = agent
+        self.last = Decision(NONE, "starting")
+        self.snapshot: Snapshot | None = None
+        self.cycles = 0
+        self._no_leader_since: float | None = None
+        self._last_prune = 0.0
+
+    async def loop(self) -> None:
+        a = self.agent
+        while True:
+            try:
+                await asyncio.wait_for(a.wake.wait(), a.cfg.timing.loop_interval)
+            except asyncio.TimeoutError:
+                pass
+            a.wake.clear()
+            try:
+                await self.run_cycle()
+            except StoreError as e:
+                self._set(Decision(NONE, f"etcd unreachable ({e}); leadership valid for "
+                                         f"{a.role.remaining(a.clock.now()):.1f} s more"))
+
+    async def watch_loop(self) -> None:
+        """Wake the loop on every change under the cluster prefix but events."""
+        a = self.agent
+        events_prefix = a.keys.events
+        while True:
+            try:
+                _, rev = await a.store.range(a.keys.leader, a.keys.leader + "\0")
+                async for ev in a.store.watch(a.keys.prefix, rev + 1):
+                    if not ev.key.startswith(events_prefix):
+                        a.wake.set()
+            except (StoreError, WatchCompacted) as e:
+                log.debug("watch restarting: %s", e)
+                await asyncio.sleep(0.1)
+
+    async def run_cycle(self) -> Decision:
+        a = self.agent
+        snap = await a.registry.snapshot()
+        self.snapshot = snap
+        view = self.view(snap)
+        decision = decide(view)
+        self._set(decision)
+        await self._perform(decision, view)
+        if a.is_leader():
+            await self._leader_housekeeping(view)
+        self.cycles += 1
+        return decision
+
+    def view(self, snap: Snapshot) -> ClusterView:
+        a = self.agent
+        now = a.clock.now()
+        if snap.leader is None:
+            self._no_leader_since = self._no_leader_since or now
+        else:
+            self._no_leader_since = None
+        return ClusterView(
+            me=a.cfg.node, now=now, session_ok=a.session_ok(),
+            my_lease=a.session.lease_id if a.session else 0, i_lead=a.is_leader(),
+            my_token=a.role.token, healthy=a.healthy, health_reasons=a.health_reasons,
+            leader=snap.leader, members=snap.member_infos(), states=snap.states,
+            switchover=snap.switchover, suspected=frozenset(a.heartbeats.peers.suspected()),
+            no_leader_for=now - self._no_leader_since if self._no_leader_since else 0.0,
+            campaign_grace=a.cfg.timing.loop_interval)
+
+    def _set(self, decision: Decision) -> None:
+        if decision != self.last:
+            log.info("decision: %s", decision)
+        self.last = decision
+
+    async def _perform(self, d: Decision, view: ClusterView) -> None:
+        a = self.agent
+        if d.action == CAMPAIGN:
+            await self._campaign(view)
+        elif d.action == RESIGN:
+            change = a.role.resigned(a.clock.now(), d.reason)
+            if change:
+                a.record_role_change(change)
+            if view.leader and a.election:
+                await a.election.resign(view.leader.token)
+        elif d.action == DEMOTE:
+            change = a.role.lost(a.clock.now(), d.reason)
+            if change:
+                a.record_role_change(change)
+
+    async def _campaign(self, view: ClusterView) -> None:
+        a = self.agent
+        if a.election is None or not a.session_ok():
+            return
+        token = await a.election.try_campaign()
+        if not token:
+            return
+        change = a.role.acquired(token, a.session.last_ack_sent, a.clock.now())
+        if not a.role.is_leader(a.clock.now()):
+            # The lease was renewed too long ago to act on: give the key back.
+            a.role.resigned(a.clock.now(), "lease too old to lead on")
+            await a.election.resign(token)
+            return
+        a.record_role_change(change)
+        if view.switchover and view.switchover.to == a.cfg.node:
+            await a.registry.clear_switchover()
+        a.wake.set()
+
+    async def _leader_housekeeping(self, view: ClusterView) -> None:
+        a = self.agent
+        leader_view = replace(view, i_lead=True)
+        for node, state in decide_states(leader_view).items():
+            if not a.is_leader():
+                return
+            await a.registry.set_state(node, state)
+            a.events.record("state_changed", f"{node} is now {state}", subject=node, state=state,
+                            previous=view.states.get(node))
+        now = a.clock.now()
+        if now - self._last_prune > PRUNE_EVERY:
+            self._last_prune = now
+            await prune_events(a.store, a.keys, EVENTS_KEEP)

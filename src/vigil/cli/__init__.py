@@ -1,0 +1,1 @@
+"""`vigil <command>`: split by command group."""

@@ -1,0 +1,48 @@
+"""`vigil agent`, `vigil check-config`, `vigil keygen`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import signal
+import sys
+
+from vigil.config import load_config
+
+
+def register(sub) -> None:
+    p = sub.add_parser("agent", help="run the node agent (foreground)")
+    p.add_argument("--config", required=True, help="the node's YAML configuration file")
+    p.set_defaults(func=run_agent)
+    p = sub.add_parser("check-config", help="validate a node configuration file and exit")
+    p.add_argument("config")
+    p.set_defaults(func=check_config)
+    p = sub.add_parser("keygen", help="print a new random heartbeat key (hex)")
+    p.set_defaults(func=lambda _: print(secrets.token_hex(32)))
+
+
+def check_config(args) -> int:
+    cfg = load_config(args.config)
+    t = cfg.timing
+    print(f"{args.config}: OK (cluster {cfg.cluster}, node {cfg.node}, {len(cfg.peers)} peer(s), "
+          f"suspicion after ~{t.suspicion_time * 1000:.0f} ms, lease TTL {t.lease_ttl} s, "
+          f"self-demotion after {t.demote_after:g} s)")
+    return 0
+
+
+def run_agent(args) -> int:
+    cfg = load_config(args.config)  # ConfigError -> exit 2 before anything starts
+    logging.basicConfig(level=cfg.log_level.upper(), stream=sys.stderr,
+                        format=f"%(asctime)s {cfg.node} %(levelname)s %(name)s: %(message)s")
+    from vigil.agent import Agent
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await Agent(cfg).run(stop)
+
+    asyncio.run(main())
+    return 0

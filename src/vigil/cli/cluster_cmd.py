@@ -1,0 +1,94 @@
+"""`vigil status`, `vigil events`, `vigil switchover`."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+
+from vigil.cli.status_view import gather_status, render_table
+from vigil.cli.target import add_target_args, resolve
+from vigil.errors import VigilError
+from vigil.store.events import read_events
+from vigil.store.registry import Registry
+
+SWITCHOVER_TTL = 10
+
+
+def register(sub) -> None:
+    p = sub.add_parser("status", help="members, roles, health, heartbeat age, lease TTL, token")
+    add_target_args(p)
+    p.add_argument("--json", action="store_true", help="print JSON (the documented contract)")
+    p.set_defaults(func=status)
+    p = sub.add_parser("events", help="show the event log, oldest first")
+    add_target_args(p)
+    p.add_argument("--limit", type=int, default=50, help="newest N events (0: all; default 50)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=events)
+    p = sub.add_parser("switchover", help="move leadership to a healthy standby on purpose")
+    add_target_args(p)
+    p.add_argument("--to", required=True, metavar="NODE", help="the node to lead next")
+    p.add_argument("--wait", type=float, default=10.0, help="seconds to wait for it (default 10)")
+    p.set_defaults(func=switchover)
+
+
+def _run(coro_fn, target):
+    async def main():
+        store = target.store()
+        try:
+            return await coro_fn(store)
+        finally:
+            await store.close()
+    return asyncio.run(main())
+
+
+def status(args) -> int:
+    target = resolve(args)
+    doc = _run(lambda store: gather_status(store, target.keys), target)
+    print(json.dumps(doc, indent=2) if args.json else render_table(doc))
+    return 0
+
+
+def events(args) -> int:
+    if args.limit < 0:
+        raise VigilError(f"--limit {args.limit}: must be 0 (all) or a positive count")
+    target = resolve(args)
+    evs = _run(lambda store: read_events(store, target.keys, args.limit), target)
+    if args.json:
+        print(json.dumps(evs, indent=2))
+        return 0
+    for e in evs:
+        at = datetime.datetime.fromtimestamp(e.get("at", 0)).strftime("%H:%M:%S.%f")[:-3]
+        print(f"{at}  {e.get('node', '?'):<8} {e.get('kind', '?'):<16} {e.get('cause', '')}")
+    return 0
+
+
+def switchover(args) -> int:
+    target = resolve(args)
+
+    async def go(store):
+        reg = Registry(store, target.keys)
+        snap = await reg.snapshot()
+        infos = snap.member_infos()
+        if args.to not in infos:
+            raise VigilError(f"--to {args.to}: no such registered member "
+                             f"(members: {', '.join(sorted(infos)) or 'none'})")
+        if not infos[args.to].healthy:
+            raise VigilError(f"--to {args.to}: it is unhealthy ({'; '.join(infos[args.to].reasons)})")
+        if snap.leader and snap.leader.name == args.to:
+            print(f"{args.to} already leads (token {snap.leader.token})")
+            return 0
+        lease = await store.grant(SWITCHOVER_TTL)
+        await reg.request_switchover(args.to, "vigil switchover", lease.id)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + args.wait
+        while loop.time() < deadline:
+            snap = await reg.snapshot()
+            if snap.leader and snap.leader.name == args.to:
+                print(f"switchover done: {args.to} leads with token {snap.leader.token}")
+                return 0
+            await asyncio.sleep(0.05)
+        raise VigilError(f"{args.to} did not take over within {args.wait:g} s; "
+                         "see `vigil events` for why")
+
+    return _run(go, target)

@@ -1,0 +1,43 @@
+"""Entry point: parse arguments, dispatch to a command group, map errors to
+exit codes (0 ok, 1 operation failed, 2 bad input/config)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from vigil import __version__
+from vigil.cli import agent_cmd, cluster_cmd, lab_cmd
+from vigil.errors import ConfigError, VigilError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # exit 2 with the usage, as argparse does, but clearer
+        self.print_usage(sys.stderr)
+        sys.stderr.write(f"vigil: error: {message} (see `vigil {self.prog.split()[-1]} --help`)\n")
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="vigil", description="Redundancy and failover for AI inference nodes.")
+    p.add_argument("--version", action="version", version=f"vigil {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    agent_cmd.register(sub)
+    cluster_cmd.register(sub)
+    lab_cmd.register(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as e:
+        print(f"vigil: configuration error: {e}", file=sys.stderr)
+        return 2
+    except VigilError as e:
+        print(f"vigil: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

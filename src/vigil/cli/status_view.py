@@ -1,0 +1,90 @@
+"""Collect and render `vigil status` (a table like `patronictl list`)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import aiohttp
+
+from vigil.store.base import Store
+from vigil.store.keys import Keys
+from vigil.store.registry import Registry
+
+
+async def _agent_status(http: aiohttp.ClientSession, url: str) -> dict[str, Any] | None:
+    try:
+        async with http.get(url + "/status", timeout=aiohttp.ClientTimeout(total=0.7)) as r:
+            return await r.json()
+    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+        return None
+
+
+async def gather_status(store: Store, keys: Keys) -> dict[str, Any]:
+    """Members from etcd, lease TTLs from etcd, heartbeat ages from the agents."""
+    snap = await Registry(store, keys).snapshot()
+    names = sorted(set(snap.members) | set(snap.states))
+    async with aiohttp.ClientSession() as http:
+        views = await asyncio.gather(*(_agent_status(http, snap.members[n].get("api_url", ""))
+                                       if n in snap.members else asyncio.sleep(0, None)
+                                       for n in names))
+    by_name = dict(zip(names, views))
+    ttls = await asyncio.gather(*(store.time_to_live(snap.member_leases[n]) if n in snap.members
+                                  else asyncio.sleep(0, -1) for n in names))
+    members = []
+    for name, ttl in zip(names, ttls):
+        rec = snap.members.get(name)
+        ages = [v["peers"][name]["heartbeat_age"] for v in by_name.values()
+                if v and name in v.get("peers", {}) and v["peers"][name]["heartbeat_age"] is not None
+                and v["peers"][name]["state"] == "alive"]
+        is_leader = bool(snap.leader and snap.leader.name == name)
+        view = by_name.get(name)
+        members.append({
+            "name": name,
+            "role": "leader" if is_leader else ("standby" if rec else "-"),
+            "state": snap.states.get(name, "unregistered" if not rec else "pending"),
+            "health": (rec or {}).get("health", {}).get("verdict", "unknown") if rec else "down",
+            "reasons": (rec or {}).get("health", {}).get("reasons", []),
+            "heartbeat_age": min(ages) if ages else None,
+            "lease_ttl": ttl if ttl >= 0 else None,
+            "token": snap.leader.token if is_leader else None,
+            "priority": (rec or {}).get("priority"),
+            "api_url": (rec or {}).get("api_url"),
+            "agent_reachable": view is not None,
+            "decision": view.get("decision") if view else None,
+        })
+    return {"cluster": keys.cluster, "revision": snap.revision,
+            "leader": {"name": snap.leader.name, "token": snap.leader.token} if snap.leader else None,
+            "switchover": {"to": snap.switchover.to} if snap.switchover else None,
+            "members": members}
+
+
+def render_table(doc: dict[str, Any]) -> str:
+    cols = [("Member", "name"), ("Role", "role"), ("State", "state"), ("Health", "health"),
+            ("HB age", "heartbeat_age"), ("Lease TTL", "lease_ttl"), ("Token", "token"),
+            ("Decision", "decision")]
+    rows = [[_cell(m, k) for _, k in cols] for m in doc["members"]]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, (h, _) in enumerate(cols)]
+    line = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
+    leader = doc["leader"]
+    title = (f" Cluster: {doc['cluster']} (leader {leader['name']}, token {leader['token']}) "
+             if leader else f" Cluster: {doc['cluster']} (NO LEADER) ")
+    out = ["+" + title.ljust(len(line) - 2, "-") + "+",
+           "| " + " | ".join(h.ljust(w) for (h, _), w in zip(cols, widths)) + " |", line]
+    out += ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in rows]
+    out.append(line)
+    return "\n".join(out)
+
+
+def _cell(m: dict[str, Any], key: str) -> str:
+    v = m.get(key)
+    if v is None:
+        return "-"
+    if key == "heartbeat_age":
+        return f"{v * 1000:.0f} ms"
+    if key == "lease_ttl":
+        return f"{v} s"
+    if key == "health" and m.get("reasons"):
+        return f"{v} ({'; '.join(m['reasons'])})"
+    return json.dumps(v) if isinstance(v, (dict, list)) else str(v)

@@ -1,0 +1,216 @@
+"""Typed node configuration: one YAML file per node, validated on load.
+
+Every problem raises ConfigError naming the field, the value and the fix;
+`vigil agent` turns it into exit status 2 before anything starts. Defaults
+are documented in docs/configuration.md.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import yaml
+
+from vigil.core.timing import Timing, validate_timing
+from vigil.errors import ConfigError
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+DEFAULT_HEARTBEAT_PORT = 694  # the Linux-HA heartbeat port
+
+
+@dataclass(frozen=True)
+class Peer:
+    name: str
+    addresses: tuple[str, ...]
+    port: int
+
+
+@dataclass(frozen=True)
+class EtcdConfig:
+    endpoints: tuple[str, ...]
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    cluster: str
+    node: str
+    etcd: EtcdConfig
+    key: bytes
+    addresses: tuple[str, ...] = ("127.0.0.1",)
+    heartbeat_port: int = DEFAULT_HEARTBEAT_PORT
+    peers: tuple[Peer, ...] = ()
+    priority: int = 100
+    api_host: str = "127.0.0.1"
+    api_port: int = 8008
+    data_dir: str = "/var/lib/vigil"
+    timing: Timing = field(default_factory=Timing)
+    log_level: str = "info"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.api_host}:{self.api_port}"
+
+
+_TOP = {"cluster", "node", "priority", "data_dir", "api", "etcd", "heartbeat", "timing", "log_level"}
+
+
+def load_config(path: str | Path) -> NodeConfig:
+    """Read and validate one node's YAML file. Raises ConfigError."""
+    p = Path(path)
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except OSError as e:
+        raise ConfigError("config file", str(p), f"cannot be read ({e.strerror}); check the path") from None
+    except yaml.YAMLError as e:
+        raise ConfigError("config file", str(p), f"is not valid YAML: {e}") from None
+    return parse_config(raw, base_dir=p.parent)
+
+
+def parse_config(raw: Any, base_dir: Path = Path(".")) -> NodeConfig:
+    d = _mapping(raw, "(top level)", _TOP)
+    cluster = _name(d, "cluster")
+    node = _name(d, "node")
+    api = _mapping(d.get("api", {}), "api", {"host", "port"})
+    hb = _mapping(d.get("heartbeat"), "heartbeat", {"addresses", "port", "key", "key_file", "peers"})
+    peers = _peers(hb.get("peers", []), node)
+    timing = _timing(d.get("timing", {}))
+    level = str(d.get("log_level", "info")).lower()
+    if level not in ("debug", "info", "warning", "error"):
+        raise ConfigError("log_level", level, "use one of debug, info, warning, error")
+    return NodeConfig(
+        cluster=cluster, node=node, etcd=_etcd(d.get("etcd")), key=_key(hb, base_dir),
+        addresses=_addresses(hb.get("addresses", ["127.0.0.1"]), "heartbeat.addresses"),
+        heartbeat_port=_port(hb.get("port", DEFAULT_HEARTBEAT_PORT), "heartbeat.port"),
+        peers=peers, priority=_int(d.get("priority", 100), "priority", 0, 1000),
+        api_host=_address(api.get("host", "127.0.0.1"), "api.host"),
+        api_port=_port(api.get("port", 8008), "api.port"),
+        data_dir=str(d.get("data_dir", "/var/lib/vigil")), timing=timing, log_level=level)
+
+
+def _mapping(v: Any, where: str, allowed: set[str]) -> dict[str, Any]:
+    if not isinstance(v, dict):
+        raise ConfigError(where, v, "must be a mapping (key: value lines)")
+    for k in v:
+        if k not in allowed:
+            close = difflib.get_close_matches(str(k), sorted(allowed), n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"allowed: {', '.join(sorted(allowed))}"
+            raise ConfigError(f"{where}.{k}" if where != "(top level)" else str(k), v[k],
+                              f"unknown field; {hint}")
+    return v
+
+
+def _name(d: dict[str, Any], key: str, where: str | None = None) -> str:
+    v = d.get(key)
+    if not isinstance(v, str) or not NAME_RE.match(v):
+        raise ConfigError(where or key, v, "required; 1-64 letters, digits, '.', '_' or '-', "
+                                           "starting with a letter or digit")
+    return v
+
+
+def _int(v: Any, where: str, lo: int, hi: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise ConfigError(where, v, f"must be an integer from {lo} to {hi}")
+    return v
+
+
+def _port(v: Any, where: str) -> int:
+    return _int(v, where, 1, 65535)
+
+
+def _address(v: Any, where: str) -> str:
+    try:
+        return str(ipaddress.ip_address(str(v)))
+    except ValueError:
+        raise ConfigError(where, v, "must be an IPv4 or IPv6 address such as 127.0.0.1") from None
+
+
+def _addresses(v: Any, where: str) -> tuple[str, ...]:
+    if isinstance(v, str):
+        v = [v]
+    if not isinstance(v, list) or not 1 <= len(v) <= 2:
+        raise ConfigError(where, v, "must list one or two addresses (one per network link)")
+    return tuple(_address(a, f"{where}[{i}]") for i, a in enumerate(v))
+
+
+def _peers(v: Any, me: str) -> tuple[Peer, ...]:
+    if not isinstance(v, list):
+        raise ConfigError("heartbeat.peers", v, "must be a list of {name, addresses, port}")
+    out, seen = [], set()
+    for i, p in enumerate(v):
+        where = f"heartbeat.peers[{i}]"
+        p = _mapping(p, where, {"name", "addresses", "port"})
+        name = _name(p, "name", f"{where}.name")
+        if name == me or name in seen:
+            raise ConfigError(f"{where}.name", name, "must be unique and differ from this node's name")
+        seen.add(name)
+        out.append(Peer(name, _addresses(p.get("addresses"), f"{where}.addresses"),
+                        _port(p.get("port", DEFAULT_HEARTBEAT_PORT), f"{where}.port")))
+    return tuple(out)
+
+
+def _etcd(v: Any) -> EtcdConfig:
+    d = _mapping(v, "etcd", {"endpoints", "ca_file", "cert_file", "key_file"})
+    eps = d.get("endpoints")
+    if isinstance(eps, str):
+        eps = [eps]
+    if not isinstance(eps, list) or not eps:
+        raise ConfigError("etcd.endpoints", eps, "list at least one URL such as http://127.0.0.1:2379")
+    for i, ep in enumerate(eps):
+        u = urlparse(str(ep))
+        if u.scheme not in ("http", "https") or not u.hostname or u.port is None:
+            raise ConfigError(f"etcd.endpoints[{i}]", ep, "must be http(s)://HOST:PORT")
+    tls = {k: d.get(k) for k in ("ca_file", "cert_file", "key_file")}
+    for k, f in tls.items():
+        if f is not None and not Path(str(f)).is_file():
+            raise ConfigError(f"etcd.{k}", f, "file not found; give the path of a PEM file")
+    if any(str(e).startswith("https") for e in eps) and not tls["ca_file"]:
+        raise ConfigError("etcd.ca_file", None, "https endpoints need ca_file (the etcd CA certificate)")
+    return EtcdConfig(tuple(str(e) for e in eps), **tls)
+
+
+def _key(hb: dict[str, Any], base: Path) -> bytes:
+    if ("key" in hb) == ("key_file" in hb):
+        raise ConfigError("heartbeat.key", None, "set exactly one of key (hex) or key_file "
+                                                  "(a file holding the hex key); make one with "
+                                                  "`vigil keygen`")
+    text = hb.get("key")
+    where = "heartbeat.key"
+    if text is None:
+        where = "heartbeat.key_file"
+        path = base / str(hb["key_file"])
+        try:
+            text = path.read_text().strip()
+        except OSError as e:
+            raise ConfigError(where, str(path), f"cannot be read ({e.strerror})") from None
+    try:
+        key = bytes.fromhex(str(text))
+    except ValueError:
+        raise ConfigError(where, "<hidden>", "must be hexadecimal (e.g. from `vigil keygen`)") from None
+    if len(key) < 16:
+        raise ConfigError(where, f"{len(key)} bytes", "must be at least 16 bytes (32 hex digits)")
+    return key
+
+
+def _timing(v: Any) -> Timing:
+    names = {f.name for f in fields(Timing)}
+    d = _mapping(v, "timing", names)
+    values: dict[str, Any] = {}
+    for k, x in d.items():
+        if isinstance(x, bool) or not isinstance(x, (int, float)):
+            raise ConfigError(f"timing.{k}", x, "must be a number of seconds")
+        values[k] = x
+    t = Timing(**values)
+    problems = validate_timing(t)
+    if problems:
+        p = problems[0]
+        raise ConfigError(p.field, p.value, p.fix)
+    return t

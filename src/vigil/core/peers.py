@@ -1,0 +1,119 @@
+"""The view one observer has of its peers: alive or suspected, per link.
+
+Rules:
+- A peer starts `unknown` until its first authentic heartbeat.
+- `alive -> suspect` when the phi detector crosses the threshold; the
+  transition carries phi and the silence that caused it.
+- `suspect -> alive` only after `rise` consecutive fresh heartbeats
+  (hysteresis: one stray packet does not resurrect a dead peer).
+- A peer is alive while *either* of its links delivers: the detector is fed
+  every accepted heartbeat whatever link it came on; links are tracked
+  separately only for reporting.
+- A new incarnation (the peer restarted) resets the detector history.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from vigil.core.detector import DetectorSettings, PhiAccrualDetector
+
+UNKNOWN, ALIVE, SUSPECT = "unknown", "alive", "suspect"
+
+
+@dataclass(frozen=True)
+class PeerTransition:
+    """A change of one peer's liveness, with the evidence that caused it."""
+
+    peer: str
+    old: str
+    new: str
+    at: float
+    phi: float
+    silent_for: float
+    cause: str
+
+
+@dataclass
+class PeerState:
+    name: str
+    detector: PhiAccrualDetector
+    state: str = UNKNOWN
+    since: float = 0.0
+    incarnation: int = 0
+    rises: int = 0
+    health: str = "unknown"
+    role: str = "unknown"
+    links: dict[str, float] = field(default_factory=dict)
+
+    def heartbeat_age(self, now: float) -> float | None:
+        last = self.detector.last_heartbeat
+        return None if last is None else max(0.0, now - last)
+
+
+class PeerTable:
+    """Liveness of every configured peer as seen from this node."""
+
+    def __init__(self, peers: list[str], settings: DetectorSettings, rise: int = 2):
+        self.settings, self.rise = settings, rise
+        self.peers = {p: PeerState(p, PhiAccrualDetector(settings)) for p in peers}
+
+    def __repr__(self) -> str:
+        states = ", ".join(f"{p.name}={p.state}" for p in self.peers.values())
+        return f"<PeerTable {states}>"
+
+    def heartbeat(self, peer: str, link: str, now: float, incarnation: int,
+                  health: str = "unknown", role: str = "unknown") -> list[PeerTransition]:
+        """Feed one accepted heartbeat; returns the transitions it caused."""
+        p = self.peers[peer]
+        p.links[link] = now
+        p.health, p.role = health, role
+        out: list[PeerTransition] = []
+        if incarnation != p.incarnation:
+            restarted = p.incarnation != 0
+            p.incarnation = incarnation
+            p.detector = PhiAccrualDetector(self.settings)
+            if restarted and p.state == ALIVE:
+                out.append(self._move(p, SUSPECT, now, 0.0, "peer restarted (new incarnation)"))
+        p.detector.heartbeat(now)
+        if p.state == ALIVE:
+            return out
+        p.rises += 1
+        if p.state == UNKNOWN or p.rises >= self.rise:
+            out.append(self._move(p, ALIVE, now, 0.0, f"{p.rises} fresh heartbeat(s)"))
+        return out
+
+    def link_seen(self, peer: str, link: str, now: float) -> None:
+        """An authentic duplicate arrived on `link`: that link works."""
+        self.peers[peer].links[link] = now
+
+    def tick(self, now: float) -> list[PeerTransition]:
+        """Re-evaluate every peer at `now`; returns alive -> suspect transitions."""
+        out = []
+        for p in self.peers.values():
+            if p.state != ALIVE:
+                if p.state == SUSPECT and p.rises and not p.detector.is_available(now):
+                    p.rises = 0  # a rise run must be consecutive fresh heartbeats
+                continue
+            phi = p.detector.phi(now)
+            if phi >= self.settings.threshold:
+                silent = p.heartbeat_age(now) or 0.0
+                out.append(self._move(p, SUSPECT, now, phi, f"phi {phi:.1f} >= "
+                                      f"{self.settings.threshold:g} after {silent*1000:.0f} ms silence"))
+        return out
+
+    def forgive(self, seconds: float, now: float) -> None:
+        """The observer was stalled for `seconds`; do not blame the peers for it."""
+        for p in self.peers.values():
+            p.detector.forgive(seconds, now)
+
+    def suspected(self) -> set[str]:
+        return {p.name for p in self.peers.values() if p.state != ALIVE}
+
+    def alive(self) -> set[str]:
+        return {p.name for p in self.peers.values() if p.state == ALIVE}
+
+    def _move(self, p: PeerState, new: str, now: float, phi: float, cause: str) -> PeerTransition:
+        t = PeerTransition(p.name, p.state, new, now, phi, p.heartbeat_age(now) or 0.0, cause)
+        p.state, p.since, p.rises = new, now, 0
+        return t

@@ -1,0 +1,83 @@
+"""Timer relations checked at start-up (raft's ValidateConfig, Patroni's
+`loop_wait + 2*retry_timeout <= ttl`).
+
+Rules, each returned as a problem naming the fields and the fix:
+1. heartbeat_interval << suspicion time: the detection time for a steady
+   sender must be at least 2 heartbeat intervals, or one late packet convicts.
+2. keepalive_interval <= lease_ttl / 3: two keep-alives can be lost before
+   the lease is at risk.
+3. keepalive_interval + 2 * etcd_timeout <= demote_after: one slow renewal
+   (with its retry) must not demote a healthy leader.
+4. demote_after < lease_ttl: the leader stops acting before etcd can expire
+   its lease and let another node take over (self-fencing).
+5. lease_ttl is a whole number of seconds >= 1 (etcd grants whole seconds).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vigil.core.detector import DetectorSettings
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Every timer of a node, in seconds."""
+
+    heartbeat_interval: float = 0.1
+    phi_threshold: float = 8.0
+    min_std_deviation: float = 0.02
+    acceptable_pause: float = 0.04
+    lease_ttl: int = 10
+    keepalive_interval: float = 2.5
+    demote_after: float = 8.0
+    etcd_timeout: float = 1.0
+    loop_interval: float = 1.0
+    rise: int = 2
+
+    def detector(self) -> DetectorSettings:
+        return DetectorSettings(threshold=self.phi_threshold, min_std=self.min_std_deviation,
+                                acceptable_pause=self.acceptable_pause,
+                                first_interval=self.heartbeat_interval)
+
+    @property
+    def suspicion_time(self) -> float:
+        return self.detector().detection_time()
+
+
+@dataclass(frozen=True)
+class TimingProblem:
+    field: str
+    value: float
+    fix: str
+
+
+def validate_timing(t: Timing) -> list[TimingProblem]:
+    """All violated relations; an empty list means the timers are consistent."""
+    problems: list[TimingProblem] = []
+
+    def need(ok: bool, field: str, value: float, fix: str) -> None:
+        if not ok:
+            problems.append(TimingProblem(field, value, fix))
+
+    for name in ("heartbeat_interval", "min_std_deviation", "keepalive_interval",
+                 "demote_after", "etcd_timeout", "loop_interval", "phi_threshold"):
+        need(getattr(t, name) > 0, f"timing.{name}", getattr(t, name), "must be > 0")
+    need(t.acceptable_pause >= 0, "timing.acceptable_pause", t.acceptable_pause, "must be >= 0")
+    need(t.rise >= 1, "timing.rise", t.rise, "must be an integer >= 1")
+    need(isinstance(t.lease_ttl, int) and t.lease_ttl >= 1, "timing.lease_ttl", t.lease_ttl,
+         "must be a whole number of seconds >= 1 (etcd grants whole seconds)")
+    if problems:
+        return problems
+    need(t.suspicion_time >= 2 * t.heartbeat_interval, "timing.heartbeat_interval",
+         t.heartbeat_interval,
+         f"must be at most half the suspicion time ({t.suspicion_time:.3f} s); "
+         "raise phi_threshold, min_std_deviation or acceptable_pause, or send more often")
+    need(t.keepalive_interval <= t.lease_ttl / 3, "timing.keepalive_interval",
+         t.keepalive_interval, f"must be <= lease_ttl/3 = {t.lease_ttl / 3:.3f} s")
+    need(t.keepalive_interval + 2 * t.etcd_timeout <= t.demote_after, "timing.demote_after",
+         t.demote_after, "must be >= keepalive_interval + 2*etcd_timeout = "
+         f"{t.keepalive_interval + 2 * t.etcd_timeout:.3f} s, or one slow renewal demotes the leader")
+    need(t.demote_after < t.lease_ttl, "timing.demote_after", t.demote_after,
+         f"must be < lease_ttl ({t.lease_ttl} s) so the leader stops before its lease can expire")
+    return problems

@@ -1,0 +1,69 @@
+"""One immutable snapshot of the cluster, as one node sees it in one cycle
+(Patroni's `Cluster` namedtuple, as frozen dataclasses)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+ACTIVE, STANDBY, DRAINING, FAILED, FENCED, MAINTENANCE = (
+    "active", "standby", "draining", "failed", "fenced", "maintenance")
+NODE_STATES = (ACTIVE, STANDBY, DRAINING, FAILED, FENCED, MAINTENANCE)
+#: States in which a node may not take the leader role.
+INELIGIBLE_STATES = frozenset({FENCED, MAINTENANCE, DRAINING})
+
+
+@dataclass(frozen=True)
+class LeaderInfo:
+    name: str
+    token: int  # the leader key's create revision: the fencing token
+    lease: int
+
+
+@dataclass(frozen=True)
+class MemberInfo:
+    name: str
+    priority: int = 100
+    healthy: bool = True
+    reasons: tuple[str, ...] = ()
+    lease: int = 0
+
+
+@dataclass(frozen=True)
+class Switchover:
+    to: str
+    requested_by: str = ""
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    """Everything a decision may depend on; built fresh every cycle."""
+
+    me: str
+    now: float
+    session_ok: bool
+    my_lease: int
+    i_lead: bool  # my LeaderRole is valid at `now`
+    my_token: int
+    healthy: bool
+    health_reasons: tuple[str, ...] = ()
+    leader: LeaderInfo | None = None
+    members: dict[str, MemberInfo] = field(default_factory=dict)
+    states: dict[str, str] = field(default_factory=dict)
+    switchover: Switchover | None = None
+    suspected: frozenset[str] = frozenset()
+    no_leader_for: float = 0.0
+    campaign_grace: float = 1.0
+
+    def eligible(self, name: str) -> bool:
+        """Could `name` lead: registered, healthy, not suspected, not held out by its state."""
+        m = self.members.get(name)
+        if m is None or not m.healthy:
+            return False
+        if name != self.me and name in self.suspected:
+            return False
+        return self.states.get(name) not in INELIGIBLE_STATES
+
+    def best_candidate(self) -> str | None:
+        """Highest priority eligible member; ties go to the lowest name."""
+        ranked = sorted((-m.priority, m.name) for m in self.members.values() if self.eligible(m.name))
+        return ranked[0][1] if ranked else None

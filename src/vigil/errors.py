@@ -1,0 +1,56 @@
+"""The one exception hierarchy of Vigil.
+
+Foreign exceptions (aiohttp, OSError, yaml) are translated into these where
+they enter: in the store adapters, the transport and the config loader.
+"""
+
+
+class VigilError(Exception):
+    """Base of every error Vigil raises on purpose."""
+
+
+class ConfigError(VigilError):
+    """A configuration value is missing, malformed or inconsistent.
+
+    The message names the field, the value and the fix.
+    """
+
+    def __init__(self, field: str, value: object, fix: str):
+        self.field, self.value, self.fix = field, value, fix
+        super().__init__(f"{field}: {value!r} is invalid: {fix}")
+
+
+class StoreError(VigilError):
+    """The cluster store (etcd) failed a request."""
+
+
+class StoreUnavailable(StoreError):
+    """No store endpoint answered within the request deadline.
+
+    The request may or may not have been applied: callers that write must
+    re-read before assuming either outcome.
+    """
+
+
+class LeaseNotFound(StoreError):
+    """The lease expired or was revoked; everything bound to it is gone."""
+
+
+class WatchCompacted(StoreError):
+    """A watch asked for a revision the store has already compacted away."""
+
+    def __init__(self, compact_revision: int):
+        self.compact_revision = compact_revision
+        super().__init__(f"revision compacted (compact revision {compact_revision})")
+
+
+class NotLeader(VigilError):
+    """An operation that needs leadership was attempted without it."""
+
+
+class WireError(VigilError):
+    """A heartbeat packet was rejected; `reason` is the counter it lands in."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        self.reason = reason
+        super().__init__(f"{reason}: {detail}" if detail else reason)

@@ -1,0 +1,215 @@
+"""Lab: a local Vigil cluster on loopback, described in DIR/lab.json.
+
+`Lab.up(dir, nodes)` starts 3 etcd members and N agents (each a real
+process in its own session) and waits until every agent is registered and a
+leader holds the role. Fault injection is by PID: `signal_agent`,
+`kill_agent`, `start_agent`, `etcd.kill`, `etcd.start`. `down()` stops
+everything it started, and only that.
+
+Lab timers (state them when quoting numbers): heartbeat 100 ms, lease TTL
+2 s, keep-alive every 0.5 s, self-demotion 1.6 s after the last acknowledged
+keep-alive was sent.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import signal
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from vigil.errors import VigilError
+from vigil.lab import procs
+from vigil.lab.etcd import EtcdCluster
+
+LAB_TIMING = {"heartbeat_interval": 0.1, "lease_ttl": 2, "keepalive_interval": 0.5,
+              "demote_after": 1.6, "etcd_timeout": 0.5, "loop_interval": 0.5}
+
+
+@dataclass
+class LabNode:
+    name: str
+    config: str
+    data_dir: str
+    log: str
+    api_url: str
+    heartbeat_port: int
+    agent_pid: int = 0
+    server_pid: int | None = None
+    server_url: str | None = None
+
+
+class Lab:
+    def __init__(self, root: Path, cluster: str, etcd: EtcdCluster, nodes: list[LabNode]):
+        self.root, self.cluster, self.etcd, self.nodes = root, cluster, etcd, nodes
+
+    # -- construction ----------------------------------------------------------
+    @classmethod
+    def create(cls, root: Path, n: int, cluster: str = "lab",
+               timing: dict[str, Any] | None = None) -> "Lab":
+        """Write configs for a lab of `n` nodes under `root` (nothing started)."""
+        if not 1 <= n <= 32:
+            raise VigilError(f"--nodes {n}: a lab has 1 to 32 nodes")
+        root = root.resolve()
+        if (root / "lab.json").exists():
+            raise VigilError(f"{root}/lab.json exists: run `vigil lab down --dir {root}` first "
+                             "or choose another --dir")
+        root.mkdir(parents=True, exist_ok=True)
+        etcd = EtcdCluster.plan(root / "etcd")
+        key_file = root / "cluster.key"
+        key_file.write_text(secrets.token_hex(32) + "\n")
+        key_file.chmod(0o600)
+        hb_ports, api_ports = procs.free_ports(n), procs.free_ports(n)
+        nodes = []
+        for i in range(n):
+            name = f"n{i + 1}"
+            d = root / "nodes" / name
+            nodes.append(LabNode(name, str(d / "config.yaml"), str(d), str(d / "agent.log"),
+                                 f"http://127.0.0.1:{api_ports[i]}", hb_ports[i]))
+        lab = cls(root, cluster, etcd, nodes)
+        for i, node in enumerate(nodes):
+            Path(node.data_dir).mkdir(parents=True, exist_ok=True)
+            Path(node.config).write_text(yaml.safe_dump(
+                lab.node_config(node, priority=100 - i, timing=timing or LAB_TIMING), sort_keys=False))
+        return lab
+
+    def node_config(self, node: LabNode, priority: int, timing: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "cluster": self.cluster, "node": node.name, "priority": priority,
+            "data_dir": node.data_dir,
+            "api": {"host": "127.0.0.1", "port": int(node.api_url.rsplit(":", 1)[1])},
+            "etcd": {"endpoints": self.etcd.endpoints},
+            "heartbeat": {"addresses": ["127.0.0.1"], "port": node.heartbeat_port,
+                          "key_file": str(self.root / "cluster.key"),
+                          "peers": [{"name": p.name, "addresses": ["127.0.0.1"], "port": p.heartbeat_port}
+                                    for p in self.nodes if p.name != node.name]},
+            "timing": dict(timing),
+        }
+
+    @classmethod
+    def up(cls, root: Path, n: int, cluster: str = "lab", timing: dict[str, Any] | None = None,
+           timeout: float = 30.0) -> "Lab":
+        lab = cls.create(root, n, cluster, timing)
+        try:
+            lab.etcd.start()
+            lab.save()
+            lab.etcd.wait_healthy()
+            for node in lab.nodes:
+                lab.start_agent(node.name)
+            lab.save()
+            lab.wait_for(lambda: lab.leader() is not None and all(
+                lab.agent_status(x.name) for x in lab.nodes), timeout, "a leader and every agent up")
+        except BaseException:
+            lab.down()
+            raise
+        return lab
+
+    @classmethod
+    def load(cls, root: Path) -> "Lab":
+        path = root.resolve() / "lab.json"
+        try:
+            d = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise VigilError(f"cannot read {path}: {e}; was `vigil lab up --dir {root}` run?") from None
+        return cls(Path(d["dir"]), d["cluster"], EtcdCluster.from_json(d["etcd"]),
+                   [LabNode(**x) for x in d["nodes"]])
+
+    def save(self) -> None:
+        doc = {"dir": str(self.root), "cluster": self.cluster, "etcd": self.etcd.to_json(),
+               "router": None, "nodes": [asdict(n) for n in self.nodes]}
+        tmp = self.root / "lab.json.tmp"
+        tmp.write_text(json.dumps(doc, indent=2))
+        tmp.replace(self.root / "lab.json")
+
+    def down(self) -> None:
+        """Stop every agent, then every etcd member; remove lab.json."""
+        for node in self.nodes:
+            procs.stop(node.agent_pid, node.config)
+        self.etcd.stop()
+        (self.root / "lab.json").unlink(missing_ok=True)
+
+    # -- fault injection ------------------------------------------------------------
+    def node(self, name: str) -> LabNode:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise VigilError(f"no node {name} in this lab")
+
+    def start_agent(self, name: str) -> int:
+        node = self.node(name)
+        p = procs.spawn([sys.executable, "-m", "vigil", "agent", "--config", node.config],
+                        Path(node.log))
+        node.agent_pid = p.pid
+        return p.pid
+
+    def signal_agent(self, name: str, sig: int) -> bool:
+        node = self.node(name)
+        return procs.signal_pid(node.agent_pid, sig, node.config)
+
+    def kill_agent(self, name: str) -> None:
+        node = self.node(name)
+        self.signal_agent(name, signal.SIGKILL)
+        procs.wait_dead(node.agent_pid, 5.0)
+
+    def stop_agent(self, name: str, timeout: float = 10.0) -> None:
+        node = self.node(name)
+        procs.stop(node.agent_pid, node.config, grace=timeout)
+
+    # -- observation -------------------------------------------------------------
+    def agent_status(self, name: str, timeout: float = 0.5) -> dict[str, Any] | None:
+        return _get_json(self.node(name).api_url + "/status", timeout)
+
+    def is_leader(self, name: str, timeout: float = 0.5) -> bool | None:
+        """The node's own /leader answer: True (200), False (503), None (no answer)."""
+        try:
+            with urllib.request.urlopen(self.node(name).api_url + "/leader", timeout=timeout):
+                return True
+        except urllib.error.HTTPError:
+            return False
+        except OSError:
+            return None
+
+    def leader(self) -> tuple[str, int] | None:
+        """(name, token) of the leader key in etcd, or None."""
+        key = f"/vigil/{self.cluster}/leader"
+        body = json.dumps({"key": base64.b64encode(key.encode()).decode()}).encode()
+        for ep in self.etcd.endpoints:
+            try:
+                with urllib.request.urlopen(urllib.request.Request(f"{ep}/v3/kv/range", data=body),
+                                            timeout=0.5) as r:
+                    kvs = json.load(r).get("kvs") or []
+            except (OSError, ValueError):
+                continue
+            if not kvs:
+                return None
+            return base64.b64decode(kvs[0]["value"]).decode(), int(kvs[0]["create_revision"])
+        return None
+
+    def wait_for(self, cond: Callable[[], Any], timeout: float, what: str, poll: float = 0.02) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            v = cond()
+            if v:
+                return v
+            time.sleep(poll)
+        raise VigilError(f"timed out after {timeout:g} s waiting for {what}")
+
+    def history_files(self) -> list[Path]:
+        return [Path(n.data_dir) / "leadership.jsonl" for n in self.nodes]
+
+
+def _get_json(url: str, timeout: float) -> dict[str, Any] | None:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return json.load(r)
+    except (OSError, ValueError):
+        return None

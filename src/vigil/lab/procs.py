@@ -1,0 +1,103 @@
+"""Process helpers: start detached, check liveness (zombies count as dead),
+stop by PID with escalation. Only PIDs this lab started are ever signalled,
+and only after checking that /proc/PID/cmdline still names what we started
+(a recycled PID is left alone)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+
+def spawn(cmd: list[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True, env=env)
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    # Field 3 is the state; a zombie has exited even though kill -0 succeeds on it.
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def owns(pid: int, marker: str) -> bool:
+    return bool(pid) and alive(pid) and marker in cmdline(pid)
+
+
+def signal_pid(pid: int, sig: int, marker: str) -> bool:
+    """Send `sig` to `pid` only if it is alive and its command line contains `marker`."""
+    if not owns(pid, marker):
+        return False
+    try:
+        os.kill(pid, sig)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def stop(pid: int, marker: str, grace: float = 5.0) -> None:
+    """SIGTERM (after SIGCONT, in case it is frozen), then SIGKILL after `grace`."""
+    if not owns(pid, marker):
+        reap(pid)
+        return
+    os.kill(pid, signal.SIGCONT)
+    os.kill(pid, signal.SIGTERM)
+    if not wait_dead(pid, grace):
+        signal_pid(pid, signal.SIGKILL, marker)
+        wait_dead(pid, 5.0)
+
+
+def wait_dead(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        reap(pid)
+        if not alive(pid):
+            return True
+        time.sleep(0.02)
+    return not alive(pid)
+
+
+def free_ports(n: int, kind: int = socket.SOCK_STREAM) -> list[int]:
+    """`n` distinct ports free for both TCP and UDP on 127.0.0.1 right now."""
+    ports: list[int] = []
+    held = []
+    while len(ports) < n:
+        s = socket.socket(socket.AF_INET, kind)
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM if kind == socket.SOCK_STREAM
+                              else socket.SOCK_STREAM)
+        try:
+            other.bind(("127.0.0.1", port))
+        except OSError:
+            s.close()
+            other.close()
+            continue
+        held += [s, other]
+        ports.append(port)
+    for s in held:
+        s.close()
+    return ports

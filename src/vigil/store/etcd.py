@@ -1,0 +1,239 @@
+"""EtcdStore: the Store port over etcd's v3 JSON gateway (grpc-gateway on the
+client port), with aiohttp.
+
+Why the gateway and not aetcd (gRPC): see docs/architecture.md. In short,
+one HTTP client for the whole product, failover across every cluster member
+under our control, no protobuf/grpcio version pinning, and the watch is a
+plain newline-delimited JSON stream we can resume ourselves.
+
+Translation at this boundary: aiohttp/OS errors and etcd's "try again"
+answers (no leader, leader changed, timeouts) become StoreUnavailable after
+every endpoint was tried within the deadline; "lease not found" becomes
+LeaseNotFound; a compacted watch becomes WatchCompacted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import ssl
+from typing import Any, AsyncIterator
+
+import aiohttp
+
+from vigil.errors import LeaseNotFound, StoreError, StoreUnavailable, WatchCompacted
+from vigil.store.base import KeyValue, Lease, Store, WatchEvent, prefix_end
+
+log = logging.getLogger(__name__)
+
+_RETRYABLE = ("no leader", "leader changed", "timed out", "too many requests",
+              "not capable", "unhealthy", "stopped", "server is stopping")
+
+
+def _b64(s: str) -> str:
+    return base64.b64encode(s.encode("utf-8", "surrogateescape")).decode()
+
+
+def _unb64(s: str | None) -> str:
+    return base64.b64decode(s or "").decode("utf-8", "surrogateescape")
+
+
+def _kv(d: dict[str, Any]) -> KeyValue:
+    # The gateway sends int64 as strings and omits zero values.
+    return KeyValue(_unb64(d["key"]), _unb64(d.get("value")), int(d.get("create_revision", 0)),
+                    int(d.get("mod_revision", 0)), int(d.get("version", 0)), int(d.get("lease", 0)))
+
+
+class EtcdStore(Store):
+    def __init__(self, endpoints: list[str], timeout: float = 1.0, ca: str | None = None,
+                 cert: str | None = None, key: str | None = None):
+        if not endpoints:
+            raise StoreError("no etcd endpoints configured")
+        self.endpoints = [e.rstrip("/") for e in endpoints]
+        self.timeout = timeout
+        self._current = 0
+        self._ssl = _ssl_context(ca, cert, key)
+        self._session: aiohttp.ClientSession | None = None
+
+    def __repr__(self) -> str:
+        return f"<EtcdStore {self.endpoints[self._current]} of {len(self.endpoints)}>"
+
+    # -- transport ---------------------------------------------------------
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            conn = aiohttp.TCPConnector(ssl=self._ssl if self._ssl else False, limit=0)
+            self._session = aiohttp.ClientSession(connector=conn, read_bufsize=1 << 22)
+        return self._session
+
+    async def _call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST to the current endpoint, failing over until the deadline."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        last = "no endpoint tried"
+        tried = 0
+        while True:
+            left = deadline - loop.time()
+            if left <= 0 or tried >= 3 * len(self.endpoints):
+                raise StoreUnavailable(f"etcd did not answer {path} within {self.timeout:g} s "
+                                       f"({last})")
+            ep = self.endpoints[self._current]
+            tried += 1
+            try:
+                async with self._http().post(f"{ep}/v3/{path}", json=body,
+                                             timeout=aiohttp.ClientTimeout(total=left)) as r:
+                    data = await r.json(content_type=None)
+                    if r.status == 200:
+                        return data
+                    last = self._classify(ep, data)
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as e:
+                last = f"{ep}: {type(e).__name__} {e}".strip()
+            self._current = (self._current + 1) % len(self.endpoints)
+            await asyncio.sleep(min(0.02, max(0.0, deadline - loop.time())))
+
+    @staticmethod
+    def _classify(ep: str, data: Any) -> str:
+        msg = str(data.get("error") or data.get("message") or data) if isinstance(data, dict) else str(data)
+        if "lease not found" in msg:
+            raise LeaseNotFound(msg)
+        if not any(r in msg for r in _RETRYABLE):
+            raise StoreError(f"etcd {ep} refused the request: {msg}")
+        return f"{ep}: {msg}"
+
+    # -- Store -------------------------------------------------------------
+    async def get(self, key: str) -> KeyValue | None:
+        r = await self._call("kv/range", {"key": _b64(key)})
+        kvs = r.get("kvs") or []
+        return _kv(kvs[0]) if kvs else None
+
+    async def range(self, prefix: str, end: str | None = None) -> tuple[list[KeyValue], int]:
+        end = prefix_end(prefix) if end is None else end
+        r = await self._call("kv/range", {"key": _b64(prefix), "range_end": _b64(end)})
+        return [_kv(d) for d in r.get("kvs") or []], int(r["header"]["revision"])
+
+    async def put(self, key: str, value: str, lease: int = 0) -> int:
+        body: dict[str, Any] = {"key": _b64(key), "value": _b64(value)}
+        if lease:
+            body["lease"] = str(lease)
+        r = await self._call("kv/put", body)
+        return int(r["header"]["revision"])
+
+    async def delete(self, key: str) -> bool:
+        r = await self._call("kv/deleterange", {"key": _b64(key)})
+        return int(r.get("deleted", 0)) > 0
+
+    async def create(self, key: str, value: str, lease: int = 0) -> tuple[bool, KeyValue]:
+        put: dict[str, Any] = {"key": _b64(key), "value": _b64(value)}
+        if lease:
+            put["lease"] = str(lease)
+        r = await self._call("kv/txn", {
+            "compare": [{"key": _b64(key), "result": "EQUAL", "target": "CREATE", "create_revision": "0"}],
+            "success": [{"request_put": put}, {"request_range": {"key": _b64(key)}}],
+            "failure": [{"request_range": {"key": _b64(key)}}]})
+        ok = bool(r.get("succeeded", False))
+        ranges = [x["response_range"] for x in r.get("responses", []) if "response_range" in x]
+        kvs = ranges[-1].get("kvs") if ranges else None
+        if not kvs:  # the key vanished between our ops (lease expired): report it absent
+            raise StoreError(f"{key} was deleted while being created")
+        return ok, _kv(kvs[0])
+
+    async def delete_if_created(self, key: str, create_revision: int) -> bool:
+        r = await self._call("kv/txn", {
+            "compare": [{"key": _b64(key), "result": "EQUAL", "target": "CREATE",
+                         "create_revision": str(create_revision)}],
+            "success": [{"request_delete_range": {"key": _b64(key)}}]})
+        return bool(r.get("succeeded", False))
+
+    async def grant(self, ttl: int) -> Lease:
+        r = await self._call("lease/grant", {"TTL": str(int(ttl))})
+        if r.get("error"):
+            raise StoreError(f"lease grant refused: {r['error']}")
+        return Lease(int(r["ID"]), int(r["TTL"]))
+
+    async def keepalive(self, lease_id: int) -> int:
+        r = await self._call("lease/keepalive", {"ID": str(lease_id)})
+        ttl = int(r.get("result", {}).get("TTL", 0))
+        if ttl <= 0:  # etcd answers TTL 0 (omitted) for an expired lease
+            raise LeaseNotFound(f"lease {lease_id:x} expired")
+        return ttl
+
+    async def revoke(self, lease_id: int) -> None:
+        try:
+            await self._call("lease/revoke", {"ID": str(lease_id)})
+        except LeaseNotFound:
+            pass
+
+    async def time_to_live(self, lease_id: int) -> int:
+        r = await self._call("lease/timetolive", {"ID": str(lease_id)})
+        return int(r.get("TTL", -1))
+
+    async def compact(self, revision: int) -> None:
+        await self._call("kv/compaction", {"revision": str(revision), "physical": True})
+
+    async def watch(self, prefix: str, start_revision: int) -> AsyncIterator[WatchEvent]:
+        nxt = start_revision
+        failures = 0
+        while True:
+            ep = self.endpoints[self._current]
+            req = {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix))}
+            if nxt:
+                req["start_revision"] = str(nxt)
+            try:
+                timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout)
+                async with self._http().post(f"{ep}/v3/watch", json={"create_request": req},
+                                             timeout=timeout) as resp:
+                    async for line in resp.content:
+                        failures = 0
+                        for ev, rev in self._watch_line(line):
+                            if ev is None:
+                                nxt = nxt or rev + 1
+                                continue
+                            nxt = ev.revision + 1
+                            yield ev
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as e:
+                log.debug("watch on %s broke: %s", ep, e)
+            # Stream ended or broke: resume from the next unseen revision elsewhere.
+            failures += 1
+            self._current = (self._current + 1) % len(self.endpoints)
+            await asyncio.sleep(min(1.0, 0.02 * failures))
+
+    @staticmethod
+    def _watch_line(line: bytes) -> list[tuple[WatchEvent | None, int]]:
+        line = line.strip()
+        if not line:
+            return []
+        msg = json.loads(line)
+        if "error" in msg:
+            raise aiohttp.ClientPayloadError(str(msg["error"]))
+        res = msg.get("result", {})
+        if int(res.get("compact_revision", 0)) > 0:
+            raise WatchCompacted(int(res["compact_revision"]))
+        if res.get("canceled"):
+            raise aiohttp.ClientPayloadError(f"watch canceled: {res.get('cancel_reason', '')}")
+        rev = int(res.get("header", {}).get("revision", 0))
+        out: list[tuple[WatchEvent | None, int]] = [(None, rev)] if res.get("created") else []
+        for e in res.get("events", []):
+            kv = e["kv"]
+            out.append((WatchEvent("delete" if e.get("type") == "DELETE" else "put",
+                                   _unb64(kv["key"]), _unb64(kv.get("value")),
+                                   int(kv.get("mod_revision", 0)), int(kv.get("create_revision", 0)),
+                                   int(kv.get("lease", 0))), rev))
+        return out
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+def _ssl_context(ca: str | None, cert: str | None, key: str | None) -> ssl.SSLContext | None:
+    if not (ca or cert):
+        return None
+    try:
+        ctx = ssl.create_default_context(cafile=ca)
+        if cert:
+            ctx.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as e:
+        raise StoreError(f"cannot load etcd TLS files (ca={ca}, cert={cert}, key={key}): {e}") from None
+    return ctx

@@ -1,0 +1,102 @@
+"""The event log: every transition, with its cause and timings.
+
+Contract:
+- `record()` never blocks and never raises: events are queued locally and a
+  background task writes them to etcd in order; while etcd is unreachable
+  they wait (up to `max_pending`, oldest dropped first and counted).
+- Event ids sort by time: `<wall microseconds, 16 hex>-<node>-<seq>`.
+- `prune(keep)` deletes all but the newest `keep` events (the leader calls it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+from collections import deque
+from typing import Any
+
+from vigil.clock import Clock
+from vigil.errors import StoreError
+from vigil.store.base import Store
+from vigil.store.keys import Keys
+
+log = logging.getLogger(__name__)
+
+
+class EventLog:
+    def __init__(self, store: Store, keys: Keys, node: str, clock: Clock, max_pending: int = 10000):
+        self.store, self.keys, self.node, self.clock = store, keys, node, clock
+        self._pending: deque[tuple[str, dict[str, Any]]] = deque()
+        self.max_pending = max_pending
+        self.dropped = 0
+        self.written = 0
+        self._seq = itertools.count(1)
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    def record(self, kind: str, cause: str, **details: Any) -> dict[str, Any]:
+        at = self.clock.wall()
+        event = {"at": at, "node": self.node, "kind": kind, "cause": cause, **details}
+        event_id = f"{int(at * 1e6):016x}-{self.node}-{next(self._seq)}"
+        event["id"] = event_id
+        if len(self._pending) >= self.max_pending:
+            self._pending.popleft()
+            self.dropped += 1
+        self._pending.append((event_id, event))
+        self._wake.set()
+        log.info("event %s: %s", kind, cause)
+        return event
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._flush_loop())
+
+    async def flush(self, timeout: float = 2.0) -> None:
+        """Write what is pending now (used on graceful stop)."""
+        try:
+            await asyncio.wait_for(self._flush_once(), timeout)
+        except (asyncio.TimeoutError, StoreError):
+            pass
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self._flush_once()
+            except StoreError as e:
+                log.debug("event log waiting for etcd: %s", e)
+                await asyncio.sleep(0.5)
+                self._wake.set()
+
+    async def _flush_once(self) -> None:
+        while self._pending:
+            event_id, event = self._pending[0]
+            await self.store.put(self.keys.event(event_id), json.dumps(event, sort_keys=True))
+            self._pending.popleft()
+            self.written += 1
+
+
+async def read_events(store: Store, keys: Keys, limit: int = 0) -> list[dict[str, Any]]:
+    kvs, _ = await store.range(keys.events)
+    out = []
+    for kv in kvs[-limit:] if limit else kvs:
+        try:
+            out.append(json.loads(kv.value))
+        except ValueError:
+            out.append({"id": kv.key, "kind": "corrupt", "cause": kv.value[:200]})
+    return out
+
+
+async def prune_events(store: Store, keys: Keys, keep: int) -> int:
+    kvs, _ = await store.range(keys.events)
+    extra = kvs[:-keep] if keep else kvs
+    for kv in extra:
+        await store.delete(kv.key)
+    return len(extra)

@@ -1,0 +1,48 @@
+"""The etcd key layout (DESIGN.md), in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    cluster: str
+    root: str = "/vigil"
+
+    @property
+    def prefix(self) -> str:
+        return f"{self.root}/{self.cluster}/"
+
+    @property
+    def leader(self) -> str:
+        return self.prefix + "leader"
+
+    @property
+    def switchover(self) -> str:
+        return self.prefix + "switchover"
+
+    @property
+    def config(self) -> str:
+        return self.prefix + "config"
+
+    @property
+    def members(self) -> str:
+        return self.prefix + "members/"
+
+    @property
+    def states(self) -> str:
+        return self.prefix + "state/"
+
+    @property
+    def events(self) -> str:
+        return self.prefix + "events/"
+
+    def member(self, node: str) -> str:
+        return self.members + node
+
+    def state(self, node: str) -> str:
+        return self.states + node
+
+    def event(self, event_id: str) -> str:
+        return self.events + event_id

@@ -1,0 +1,188 @@
+"""An in-memory Store with etcd's semantics: revisions, leases with expiry,
+atomic create, watches from a revision, compaction.
+
+Lease expiry follows the injected clock. With a real clock, call `start()`
+inside a running loop so a task expires leases on time; with a FakeClock,
+`expire()` after advancing (every operation also expires what is due).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import math
+from typing import AsyncIterator
+
+from vigil.clock import Clock, SystemClock
+from vigil.errors import LeaseNotFound, StoreUnavailable, WatchCompacted
+from vigil.store.base import KeyValue, Lease, Store, WatchEvent, prefix_end
+
+
+class MemoryStore(Store):
+    def __init__(self, clock: Clock | None = None, min_ttl: int = 1):
+        self.clock = clock or SystemClock()
+        self.min_ttl = min_ttl
+        self.revision = 1
+        self.compacted = 0
+        self.available = True  # set False to simulate an unreachable cluster
+        self._kv: dict[str, KeyValue] = {}
+        self._history: list[WatchEvent] = []
+        self._leases: dict[int, tuple[int, float]] = {}  # id -> (ttl, expires_at)
+        self._ids = itertools.count(0x1000)
+        self._changed = asyncio.Condition() if _in_loop() else None
+        self._expiry_task: asyncio.Task | None = None
+
+    def __repr__(self) -> str:
+        return f"<MemoryStore rev={self.revision} keys={len(self._kv)} leases={len(self._leases)}>"
+
+    def start(self) -> None:
+        """Expire leases on time in the background (real clock only)."""
+        self._cond()
+        self._expiry_task = asyncio.get_running_loop().create_task(self._expiry_loop())
+
+    def expire(self) -> list[int]:
+        """Expire every lease due at the clock's now; returns their ids."""
+        now = self.clock.now()
+        due = [lid for lid, (_, at) in self._leases.items() if at <= now]
+        for lid in due:
+            self._drop_lease(lid)
+        return due
+
+    # -- Store -------------------------------------------------------------
+    async def get(self, key: str) -> KeyValue | None:
+        self._enter()
+        return self._kv.get(key)
+
+    async def range(self, prefix: str, end: str | None = None) -> tuple[list[KeyValue], int]:
+        self._enter()
+        end = prefix_end(prefix) if end is None else end
+        return sorted((kv for k, kv in self._kv.items() if prefix <= k < end),
+                      key=lambda kv: kv.key), self.revision
+
+    async def put(self, key: str, value: str, lease: int = 0) -> int:
+        self._enter()
+        if lease and lease not in self._leases:
+            raise LeaseNotFound(f"lease {lease:x} not found")
+        old = self._kv.get(key)
+        self.revision += 1
+        kv = KeyValue(key, value, old.create_revision if old else self.revision, self.revision,
+                      (old.version + 1) if old else 1, lease)
+        self._kv[key] = kv
+        self._record(WatchEvent("put", key, value, self.revision, kv.create_revision, lease))
+        return self.revision
+
+    async def delete(self, key: str) -> bool:
+        self._enter()
+        return self._delete(key)
+
+    async def create(self, key: str, value: str, lease: int = 0) -> tuple[bool, KeyValue]:
+        self._enter()
+        if key in self._kv:
+            return False, self._kv[key]
+        await self.put(key, value, lease)
+        return True, self._kv[key]
+
+    async def delete_if_created(self, key: str, create_revision: int) -> bool:
+        self._enter()
+        kv = self._kv.get(key)
+        if kv is None or kv.create_revision != create_revision:
+            return False
+        return self._delete(key)
+
+    async def grant(self, ttl: int) -> Lease:
+        self._enter()
+        ttl = max(int(ttl), self.min_ttl)
+        lid = next(self._ids)
+        self._leases[lid] = (ttl, self.clock.now() + ttl)
+        return Lease(lid, ttl)
+
+    async def keepalive(self, lease_id: int) -> int:
+        self._enter()
+        if lease_id not in self._leases:
+            raise LeaseNotFound(f"lease {lease_id:x} not found")
+        ttl, _ = self._leases[lease_id]
+        self._leases[lease_id] = (ttl, self.clock.now() + ttl)
+        return ttl
+
+    async def revoke(self, lease_id: int) -> None:
+        self._enter()
+        self._drop_lease(lease_id)
+
+    async def time_to_live(self, lease_id: int) -> int:
+        self._enter()
+        if lease_id not in self._leases:
+            return -1
+        return max(0, math.floor(self._leases[lease_id][1] - self.clock.now()))
+
+    async def watch(self, prefix: str, start_revision: int) -> AsyncIterator[WatchEvent]:
+        self._enter()
+        if start_revision and start_revision <= self.compacted:
+            raise WatchCompacted(self.compacted)
+        nxt = start_revision or self.revision + 1
+        cond = self._cond()
+        while True:
+            pending = [e for e in self._history if e.revision >= nxt and e.key.startswith(prefix)]
+            for ev in pending:
+                nxt = ev.revision + 1
+                yield ev
+            async with cond:
+                while not any(e.revision >= nxt for e in self._history[-1:]):
+                    await cond.wait()
+
+    async def compact(self, revision: int) -> None:
+        self._enter()
+        self.compacted = max(self.compacted, revision - 1)
+        self._history = [e for e in self._history if e.revision >= revision]
+
+    async def close(self) -> None:
+        if self._expiry_task:
+            self._expiry_task.cancel()
+
+    # -- internals ---------------------------------------------------------
+    def _enter(self) -> None:
+        if not self.available:
+            raise StoreUnavailable("memory store marked unavailable")
+        self.expire()
+
+    def _cond(self) -> asyncio.Condition:
+        if self._changed is None:
+            self._changed = asyncio.Condition()
+        return self._changed
+
+    def _delete(self, key: str) -> bool:
+        if key not in self._kv:
+            return False
+        old = self._kv.pop(key)
+        self.revision += 1
+        self._record(WatchEvent("delete", key, "", self.revision, old.create_revision))
+        return True
+
+    def _drop_lease(self, lease_id: int) -> None:
+        if self._leases.pop(lease_id, None) is None:
+            return
+        for key in [k for k, kv in self._kv.items() if kv.lease == lease_id]:
+            self._delete(key)
+
+    def _record(self, ev: WatchEvent) -> None:
+        self._history.append(ev)
+        if self._changed is not None and _in_loop():
+            asyncio.get_running_loop().create_task(self._notify())
+
+    async def _notify(self) -> None:
+        async with self._cond():
+            self._cond().notify_all()
+
+    async def _expiry_loop(self) -> None:
+        while True:
+            self.expire()
+            nearest = min((at for _, at in self._leases.values()), default=None)
+            wait = 0.05 if nearest is None else max(0.005, min(0.05, nearest - self.clock.now()))
+            await asyncio.sleep(wait)
+
+
+def _in_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+        return True
+    except RuntimeError:
+        return False
