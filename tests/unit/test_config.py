@@ -1,0 +1,90 @@
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from vigil.config import load_config, parse_config
+from vigil.errors import ConfigError
+
+KEY = "ab" * 32
+
+
+def good(**over):
+    d = {"cluster": "prod", "node": "n1", "etcd": {"endpoints": ["http://127.0.0.1:2379"]},
+         "heartbeat": {"key": KEY, "addresses": ["10.0.0.1", "10.1.0.1"],
+                       "peers": [{"name": "n2", "addresses": ["10.0.0.2", "10.1.0.2"]}]}}
+    d.update(over)
+    return d
+
+
+def test_good_config_and_defaults():
+    c = parse_config(good())
+    assert c.heartbeat_port == 694 and c.peers[0].port == 694
+    assert c.timing.heartbeat_interval == 0.1 and c.timing.lease_ttl == 10
+    assert c.key == bytes.fromhex(KEY) and c.addresses == ("10.0.0.1", "10.1.0.1")
+
+
+@pytest.mark.parametrize("over, field, words", [
+    (dict(node=None), "node", "required"),
+    (dict(clustr="x"), "clustr", "did you mean 'cluster'"),
+    (dict(priority=5000), "priority", "0 to 1000"),
+    (dict(etcd={"endpoints": ["127.0.0.1:2379"]}), "etcd.endpoints[0]", "http(s)://HOST:PORT"),
+    (dict(etcd={"endpoints": []}), "etcd.endpoints", "at least one"),
+    (dict(heartbeat={"key": "zz"}), "heartbeat.key", "hexadecimal"),
+    (dict(heartbeat={"key": "abcd"}), "heartbeat.key", "at least 16 bytes"),
+    (dict(heartbeat={"key": KEY, "peers": [{"name": "n1", "addresses": ["10.0.0.2"]}]}),
+     "heartbeat.peers[0].name", "differ from this node"),
+    (dict(heartbeat={"key": KEY, "addresses": ["1.2.3.4", "5.6.7.8", "9.9.9.9"]}),
+     "heartbeat.addresses", "one or two"),
+    (dict(timing={"keepalive_interval": 5}), "timing.keepalive_interval", "lease_ttl/3"),
+    (dict(timing={"demote_after": 12}), "timing.demote_after", "< lease_ttl"),
+    (dict(timing={"lease_ttl": "ten"}), "timing.lease_ttl", "number of seconds"),
+    (dict(api={"port": 70000}), "api.port", "1 to 65535"),
+])
+def test_bad_values_name_field_and_fix(over, field, words):
+    d = good(**over)
+    if over.get("node", 1) is None:
+        del d["node"]
+    with pytest.raises(ConfigError) as e:
+        parse_config(d)
+    assert e.value.field == field
+    assert words in str(e.value)
+
+
+def test_key_file_is_read_relative_to_config(tmp_path):
+    (tmp_path / "k").write_text(KEY + "\n")
+    d = good()
+    d["heartbeat"] = {"key_file": "k"}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(d))
+    assert load_config(tmp_path / "c.yaml").key == bytes.fromhex(KEY)
+
+
+@pytest.mark.parametrize("text", ["cluster: [", "- just a list", "", "cluster: prod\nnode: n1\n"])
+def test_agent_rejects_bad_file_with_exit_2_and_starts_nothing(tmp_path, text):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(text)
+    r = subprocess.run([sys.executable, "-m", "vigil", "agent", "--config", str(cfg)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert "configuration error" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_missing_file_and_bad_cli_args_exit_2(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "vigil", "agent", "--config", str(tmp_path / "nope")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "cannot be read" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "vigil", "status", "--bogus"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "unrecognized arguments" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "vigil", "status"], capture_output=True, text=True,
+                       timeout=60, env={"PATH": "/usr/bin:/bin"})
+    assert r.returncode == 2 and "--lab DIR" in r.stderr
+
+
+def test_check_config_reports_timers(tmp_path):
+    cfg = tmp_path / "ok.yaml"
+    cfg.write_text(yaml.safe_dump(good()))
+    r = subprocess.run([sys.executable, "-m", "vigil", "check-config", str(cfg)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "suspicion after ~" in r.stdout

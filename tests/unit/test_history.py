@@ -1,0 +1,23 @@
+from vigil.agent.history import Interval, intervals, overlaps
+
+
+def test_interval_of_killed_leader_ends_at_last_valid_until():
+    recs = [{"node": "a", "event": "start", "token": 5, "at": 10.0, "valid_until": 11.6},
+            {"node": "a", "event": "renew", "token": 5, "at": 10.5, "valid_until": 12.1}]
+    [iv] = intervals(recs)
+    assert (iv.start, iv.end, iv.ended_by) == (10.0, 12.1, "lease")
+
+
+def test_end_record_wins_when_earlier():
+    recs = [{"node": "a", "event": "start", "token": 5, "at": 10.0, "valid_until": 11.6},
+            {"node": "a", "event": "end", "token": 5, "at": 10.2, "kind": "resigned"}]
+    [iv] = intervals(recs)
+    assert iv.end == 10.2 and iv.ended_by == "resigned"
+
+
+def test_overlaps_found_only_across_tokens():
+    a = Interval("a", 5, 0.0, 2.0, "lease")
+    b = Interval("b", 9, 1.9, 3.0, "lease")
+    c = Interval("c", 12, 3.0, 4.0, "lease")
+    assert overlaps([a, b, c]) == [(a, b)]
+    assert overlaps([a, c]) == []

@@ -1,0 +1,75 @@
+from vigil.core.detector import DetectorSettings
+from vigil.core.peers import ALIVE, SUSPECT, UNKNOWN, PeerTable
+
+
+def table(rise=2):
+    return PeerTable(["b", "c"], DetectorSettings(), rise=rise)
+
+
+def feed(t, peer, start, n, interval=0.1, inc=1, link="10.0.0.2"):
+    now = start
+    out = []
+    for _ in range(n):
+        out += t.heartbeat(peer, link, now, inc)
+        now += interval
+    return now - interval, out
+
+
+def test_first_heartbeat_makes_peer_alive():
+    t = table()
+    assert t.peers["b"].state == UNKNOWN
+    _, changes = feed(t, "b", 0.0, 1)
+    assert [(c.peer, c.old, c.new) for c in changes] == [("b", UNKNOWN, ALIVE)]
+
+
+def test_silence_suspects_with_cause_and_phi():
+    t = table()
+    last, _ = feed(t, "b", 0.0, 30)
+    assert t.tick(last + 0.15) == []
+    changes = t.tick(last + 0.4)
+    assert len(changes) == 1
+    c = changes[0]
+    assert (c.peer, c.old, c.new) == ("b", ALIVE, SUSPECT)
+    assert c.phi >= 8 and abs(c.silent_for - 0.4) < 1e-9
+    assert "phi" in c.cause and "silence" in c.cause
+    assert t.tick(last + 0.5) == [], "a transition is reported once"
+    assert t.suspected() == {"b", "c"}
+
+
+def test_rise_needs_consecutive_fresh_heartbeats():
+    t = table(rise=3)
+    last, _ = feed(t, "b", 0.0, 30)
+    t.tick(last + 1.0)
+    assert t.peers["b"].state == SUSPECT
+    _, ch = feed(t, "b", last + 1.0, 2)
+    assert ch == [] and t.peers["b"].state == SUSPECT
+    _, ch = feed(t, "b", last + 1.2, 1)
+    assert [c.new for c in ch] == [ALIVE]
+
+
+def test_new_incarnation_resets_history_and_reports_restart():
+    t = table()
+    last, _ = feed(t, "b", 0.0, 30, inc=1)
+    changes = t.heartbeat("b", "10.0.0.2", last + 0.1, 2)
+    assert [c.new for c in changes] == [SUSPECT, ALIVE][: len(changes)]
+    assert "restarted" in changes[0].cause
+    assert t.peers["b"].incarnation == 2
+
+
+def test_either_link_keeps_peer_alive():
+    t = table()
+    now = 0.0
+    for i in range(40):  # link 1 dies half-way; link 2 keeps delivering
+        link = "10.0.0.2" if i < 20 else "10.1.0.2"
+        t.heartbeat("b", link, now, 1)
+        now += 0.1
+        assert t.tick(now) == []
+    assert set(t.peers["b"].links) == {"10.0.0.2", "10.1.0.2"}
+    assert t.peers["b"].state == ALIVE
+
+
+def test_forgive_prevents_conviction_after_local_pause():
+    t = table()
+    last, _ = feed(t, "b", 0.0, 30)
+    t.forgive(3.0, last + 3.05)
+    assert t.tick(last + 3.05) == []

@@ -1,0 +1,93 @@
+from dataclasses import replace
+
+from vigil.core.reconcile import CAMPAIGN, DEMOTE, NONE, RESIGN, decide, decide_states
+from vigil.core.view import ClusterView, LeaderInfo, MemberInfo, Switchover
+
+MEMBERS = {"a": MemberInfo("a", 100, lease=1), "b": MemberInfo("b", 90, lease=2),
+           "c": MemberInfo("c", 80, lease=3)}
+
+
+def view(me="a", **kw):
+    base = ClusterView(me=me, now=10.0, session_ok=True, my_lease=MEMBERS[me].lease, i_lead=False,
+                       my_token=0, healthy=True, members=dict(MEMBERS))
+    return replace(base, **kw)
+
+
+def test_best_candidate_campaigns_when_no_leader():
+    d = decide(view("a"))
+    assert (d.action, d.reason) == (CAMPAIGN, "no leader; best eligible candidate (priority 100)")
+
+
+def test_lower_priority_waits_then_campaigns_after_grace():
+    assert decide(view("b")).action == NONE
+    assert "giving a (higher priority)" in decide(view("b")).reason
+    d = decide(view("b", no_leader_for=1.5))
+    assert d.action == CAMPAIGN and "a has not taken over" in d.reason
+
+
+def test_suspected_best_candidate_is_skipped():
+    d = decide(view("b", suspected=frozenset({"a"})))
+    assert d.action == CAMPAIGN
+
+
+def test_follow_existing_leader():
+    d = decide(view("b", leader=LeaderInfo("a", 42, 1)))
+    assert str(d) == "none: following a (token 42)"
+
+
+def test_leader_holds():
+    d = decide(view("a", i_lead=True, my_token=42, leader=LeaderInfo("a", 42, 1)))
+    assert str(d) == "none: holding leadership (token 42)"
+
+
+def test_no_session_demotes_leader_and_waits_otherwise():
+    assert decide(view("a", session_ok=False, i_lead=True, my_token=1)).action == DEMOTE
+    assert str(decide(view("b", session_ok=False))) == "none: waiting for an etcd session"
+
+
+def test_leader_key_taken_by_other_demotes():
+    d = decide(view("a", i_lead=True, my_token=5, leader=LeaderInfo("b", 9, 2)))
+    assert d.action == DEMOTE and "held by b" in d.reason
+
+
+def test_stale_own_key_is_released_or_waited_out():
+    d = decide(view("a", leader=LeaderInfo("a", 5, 1)))
+    assert d.action == RESIGN
+    d = decide(view("a", leader=LeaderInfo("a", 5, 999)))
+    assert d.action == NONE and "earlier lease" in d.reason
+
+
+def test_switchover_resign_and_target_campaigns():
+    lead = view("a", i_lead=True, my_token=5, leader=LeaderInfo("a", 5, 1), switchover=Switchover("c"))
+    assert str(decide(lead)) == "resign: switchover to c requested"
+    assert decide(view("c", switchover=Switchover("c"))).action == CAMPAIGN
+    d = decide(view("a", switchover=Switchover("c")))
+    assert d.action == NONE and "switchover target c" in d.reason
+
+
+def test_switchover_to_ineligible_node_is_ignored():
+    lead = view("a", i_lead=True, my_token=5, leader=LeaderInfo("a", 5, 1),
+                switchover=Switchover("c"), suspected=frozenset({"c"}))
+    assert decide(lead).action == NONE
+
+
+def test_unhealthy_leader_resigns_and_unhealthy_node_never_campaigns():
+    lead = view("a", i_lead=True, my_token=5, leader=LeaderInfo("a", 5, 1), healthy=False,
+                health_reasons=("gpu lost",))
+    assert str(decide(lead)) == "resign: unhealthy: gpu lost"
+    d = decide(view("a", healthy=False, health_reasons=("gpu lost",), no_leader_for=99))
+    assert d.action == NONE and "gpu lost" in d.reason
+
+
+def test_maintenance_node_is_not_eligible():
+    d = decide(view("a", states={"a": "maintenance"}, no_leader_for=99))
+    assert d.action == NONE and "maintenance" in d.reason
+
+
+def test_decide_states_marks_leader_standbys_and_failed():
+    v = view("a", i_lead=True, my_token=5, leader=LeaderInfo("a", 5, 1),
+             members={"a": MEMBERS["a"], "b": MEMBERS["b"]},
+             states={"a": "standby", "b": "standby", "c": "standby", "d": "maintenance"},
+             suspected=frozenset())
+    assert decide_states(v) == {"a": "active", "c": "failed"}
+    assert decide_states(replace(v, i_lead=False)) == {}
