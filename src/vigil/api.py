@@ -90,7 +90,9 @@ def status_document(a: "Agent") -> dict[str, Any]:
         peers[name] = {"state": p.state, "phi": round(p.detector.phi(now), 2),
                        "heartbeat_age": None if age is None else round(age, 3),
                        "incarnation": p.incarnation, "role": p.role, "health": p.health,
-                       "links": {l: round(now - t, 3) for l, t in p.links.items()}}
+                       "links": {link: round(now - t, 3) for link, t in p.links.items()},
+                       "gaps": {"count": p.gaps.total, "largest": round(p.gaps.largest, 4),
+                                "over": p.gaps.over()}}
     s = a.session
     return {
         "node": a.cfg.node, "cluster": a.cfg.cluster, "incarnation": a.incarnation,

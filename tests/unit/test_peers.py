@@ -73,3 +73,16 @@ def test_forgive_prevents_conviction_after_local_pause():
     last, _ = feed(t, "b", 0.0, 30)
     t.forgive(3.0, last + 3.05)
     assert t.tick(last + 3.05) == []
+
+
+def test_gap_histogram_counts_gaps_over_each_bound():
+    t = table()
+    now = 0.0
+    for gap in [0.1] * 10 + [0.3, 0.6]:
+        t.heartbeat("b", "l", now, 1)
+        now += gap
+    t.heartbeat("b", "l", now, 1)
+    g = t.peers["b"].gaps
+    assert g.total == 12 and abs(g.largest - 0.6) < 1e-9
+    over = g.over()
+    assert over["0.11"] == 2 and over["0.25"] == 2 and over["0.4"] == 1 and over["1"] == 0

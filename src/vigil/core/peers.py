@@ -34,6 +34,38 @@ class PeerTransition:
     cause: str
 
 
+GAP_BUCKETS = (0.11, 0.125, 0.15, 0.175, 0.2, 0.225, 0.25, 0.3, 0.4, 0.5, 1.0, 2.0, 5.0)
+
+
+@dataclass
+class GapHistogram:
+    """Heartbeat inter-arrival gaps as the observer saw them (cumulative
+    buckets, Prometheus style): the raw material of the detection-time vs
+    false-suspicion trade-off in docs/configuration.md."""
+
+    counts: list[int] = field(default_factory=lambda: [0] * (len(GAP_BUCKETS) + 1))
+    total: int = 0
+    largest: float = 0.0
+
+    def add(self, gap: float) -> None:
+        for i, bound in enumerate(GAP_BUCKETS):
+            if gap <= bound:
+                self.counts[i] += 1
+                break
+        else:
+            self.counts[-1] += 1
+        self.total += 1
+        self.largest = max(self.largest, gap)
+
+    def over(self) -> dict[str, int]:
+        """How many gaps exceeded each bucket bound."""
+        out, seen = {}, 0
+        for bound, n in zip(GAP_BUCKETS, self.counts):
+            seen += n
+            out[f"{bound:g}"] = self.total - seen
+        return out
+
+
 @dataclass
 class PeerState:
     name: str
@@ -45,6 +77,7 @@ class PeerState:
     health: str = "unknown"
     role: str = "unknown"
     links: dict[str, float] = field(default_factory=dict)
+    gaps: GapHistogram = field(default_factory=GapHistogram)
 
     def heartbeat_age(self, now: float) -> float | None:
         last = self.detector.last_heartbeat
@@ -75,6 +108,8 @@ class PeerTable:
             p.detector = PhiAccrualDetector(self.settings)
             if restarted and p.state == ALIVE:
                 out.append(self._move(p, SUSPECT, now, 0.0, "peer restarted (new incarnation)"))
+        if p.detector.last_heartbeat is not None:
+            p.gaps.add(now - p.detector.last_heartbeat)
         p.detector.heartbeat(now)
         if p.state == ALIVE:
             return out
