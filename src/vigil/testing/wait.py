@@ -1,0 +1,20 @@
+"""Wait for a condition with a generous deadline (tests never sleep to sync)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Callable
+
+
+async def wait_until(cond: Callable[[], Any], timeout: float, what: str, poll: float = 0.01) -> Any:
+    """Poll `cond` until it is truthy; return its value. Raises AssertionError
+    naming `what` after `timeout` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if loop.time() >= deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        await asyncio.sleep(poll)
