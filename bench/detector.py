@@ -19,7 +19,6 @@ Writes bench/results/detector.{json,md}. Needs root for the loss condition.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import subprocess
@@ -33,21 +32,8 @@ from common import write  # noqa: E402
 
 from vigil.core.peers import GAP_BUCKETS  # noqa: E402
 from vigil.lab import Lab  # noqa: E402
-from vigil.store.etcd import EtcdStore  # noqa: E402
-from vigil.store.events import read_events  # noqa: E402
-from vigil.store.keys import Keys  # noqa: E402
 
 BUSY = "while True: pass"
-
-
-def events(lab: Lab) -> list[dict]:
-    async def go():
-        store = EtcdStore(lab.etcd.endpoints, 2.0)
-        try:
-            return await read_events(store, Keys(lab.cluster))
-        finally:
-            await store.close()
-    return asyncio.run(go())
 
 
 def run_condition(name: str, minutes: float) -> dict:
@@ -64,7 +50,7 @@ def run_condition(name: str, minutes: float) -> dict:
             time.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
         elapsed = time.time() - t0
         statuses = {n.name: lab.agent_status(n.name, timeout=5.0) for n in lab.nodes}
-        evs = [e for e in events(lab) if e["at"] >= t0]
+        evs = [e for e in lab.events() if e["at"] >= t0]
     finally:
         for h in hogs:
             h.kill()

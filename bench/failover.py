@@ -11,7 +11,6 @@ Writes bench/results/failover.{json,md}.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 import tempfile
 import time
@@ -23,20 +22,10 @@ from common import summary_ms, write  # noqa: E402
 from vigil.agent.history import read_records  # noqa: E402
 from vigil.lab import Lab  # noqa: E402
 from vigil.lab.cluster import LAB_TIMING  # noqa: E402
-from vigil.store.etcd import EtcdStore  # noqa: E402
-from vigil.store.events import read_events  # noqa: E402
-from vigil.store.keys import Keys  # noqa: E402
 
 
 def suspicion_times(lab: Lab, victim: str, t0: float) -> list[float]:
-    async def go():
-        store = EtcdStore(lab.etcd.endpoints, 2.0)
-        try:
-            return await read_events(store, Keys(lab.cluster))
-        finally:
-            await store.close()
-    evs = asyncio.run(go())
-    return [e["detected_at"] - t0 for e in evs
+    return [e["detected_at"] - t0 for e in lab.events()
             if e["kind"] == "peer_suspected" and e.get("peer") == victim and e["detected_at"] >= t0]
 
 

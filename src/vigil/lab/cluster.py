@@ -13,6 +13,7 @@ keep-alive was sent.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import secrets
@@ -23,13 +24,15 @@ import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 import yaml
 
 from vigil.errors import VigilError
 from vigil.lab import procs
 from vigil.lab.etcd import EtcdCluster
+from vigil.store.etcd import EtcdStore
+from vigil.store.keys import Keys
 
 LAB_TIMING = {"heartbeat_interval": 0.1, "lease_ttl": 2, "keepalive_interval": 0.5,
               "demote_after": 1.6, "etcd_timeout": 0.5, "loop_interval": 0.5}
@@ -211,6 +214,25 @@ class Lab:
                 return v
             time.sleep(poll)
         raise VigilError(f"timed out after {timeout:g} s waiting for {what}")
+
+    def events(self) -> list[dict[str, Any]]:
+        """The whole event log, oldest first."""
+        from vigil.store.events import read_events
+        return self._with_store(lambda store: read_events(store, Keys(self.cluster)))
+
+    def status(self) -> dict[str, Any]:
+        """What `vigil status --json` prints for this lab."""
+        from vigil.cli.status_view import gather_status
+        return self._with_store(lambda store: gather_status(store, Keys(self.cluster)))
+
+    def _with_store(self, fn: Callable[[EtcdStore], Awaitable[Any]]) -> Any:
+        async def go() -> Any:
+            store = EtcdStore(self.etcd.endpoints, 2.0)
+            try:
+                return await fn(store)
+            finally:
+                await store.close()
+        return asyncio.run(go())
 
     def history_files(self) -> list[Path]:
         return [Path(n.data_dir) / "leadership.jsonl" for n in self.nodes]

@@ -8,38 +8,22 @@ Run: python -m vigil.lab.demo [--dir DIR] [--keep]
 from __future__ import annotations
 
 import argparse
-import asyncio
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from vigil.cli.status_view import gather_status, render_table
+from vigil.cli.status_view import render_table
 from vigil.lab import Lab
-from vigil.store.etcd import EtcdStore
-from vigil.store.events import read_events
-from vigil.store.keys import Keys
 
 
 def show_status(lab: Lab) -> None:
-    async def go():
-        store = EtcdStore(lab.etcd.endpoints, 2.0)
-        try:
-            return await gather_status(store, Keys(lab.cluster))
-        finally:
-            await store.close()
-    print(render_table(asyncio.run(go())))
+    print(render_table(lab.status()))
 
 
 def events_since(lab: Lab, t0: float) -> list[dict]:
-    async def go():
-        store = EtcdStore(lab.etcd.endpoints, 2.0)
-        try:
-            return await read_events(store, Keys(lab.cluster))
-        finally:
-            await store.close()
-    return [e for e in asyncio.run(go()) if e["at"] >= t0]
+    return [e for e in lab.events() if e["at"] >= t0]
 
 
 def kill_leader(lab: Lab) -> None:
