@@ -88,3 +88,21 @@ def test_check_config_reports_timers(tmp_path):
     r = subprocess.run([sys.executable, "-m", "vigil", "check-config", str(cfg)],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "suspicion after ~" in r.stdout
+
+
+@pytest.mark.parametrize("args, words", [
+    (["status", "--lab", "/nonexistent-lab"], "vigil lab up --dir"),
+    (["lab", "down", "--dir", "/nonexistent-lab"], "nothing to stop"),
+    (["events", "--limit", "-1", "--etcd", "http://127.0.0.1:1", "--cluster", "x"], "positive count"),
+    (["lab", "up", "--nodes", "0", "--dir", "/tmp/vigil-never-created"], "1 to 32 nodes"),
+])
+def test_bad_cli_input_names_problem_and_fix(args, words):
+    r = subprocess.run([sys.executable, "-m", "vigil", *args], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert words in r.stderr and "Traceback" not in r.stderr
+
+
+def test_unreachable_etcd_is_a_clear_failure_not_a_hang():
+    r = subprocess.run([sys.executable, "-m", "vigil", "status", "--etcd", "http://127.0.0.1:1",
+                        "--cluster", "x"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "etcd did not answer" in r.stderr and "Traceback" not in r.stderr

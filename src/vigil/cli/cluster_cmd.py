@@ -8,7 +8,7 @@ import json
 
 from vigil.cli.status_view import gather_status, render_table
 from vigil.cli.target import add_target_args, resolve
-from vigil.errors import VigilError
+from vigil.errors import ConfigError, VigilError
 from vigil.store.events import read_events
 from vigil.store.registry import Registry
 
@@ -51,7 +51,7 @@ def status(args) -> int:
 
 def events(args) -> int:
     if args.limit < 0:
-        raise VigilError(f"--limit {args.limit}: must be 0 (all) or a positive count")
+        raise ConfigError("--limit", args.limit, "must be 0 (all) or a positive count")
     target = resolve(args)
     evs = _run(lambda store: read_events(store, target.keys, args.limit), target)
     if args.json:

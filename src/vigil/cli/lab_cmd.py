@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from vigil.errors import VigilError
+from vigil.errors import ConfigError
 
 
 def register(sub) -> None:
@@ -39,8 +39,8 @@ def lab_down(args) -> int:
 
     path = Path(args.dir)
     if not (path / "lab.json").exists():
-        raise VigilError(f"{path}/lab.json not found: nothing to stop (was `vigil lab up --dir "
-                         f"{path}` run?)")
+        raise ConfigError("--dir", str(path), "no lab.json there: nothing to stop (was "
+                          f"`vigil lab up --dir {path}` run?)")
     lab = Lab.load(path)
     lab.down()
     print(json.dumps({"stopped": [n.name for n in lab.nodes] + [m.name for m in lab.etcd.members]}))

@@ -28,7 +28,7 @@ from typing import Any, Awaitable, Callable
 
 import yaml
 
-from vigil.errors import VigilError
+from vigil.errors import ConfigError, VigilError
 from vigil.lab import procs
 from vigil.lab.etcd import EtcdCluster
 from vigil.store.etcd import EtcdStore
@@ -61,7 +61,7 @@ class Lab:
                timing: dict[str, Any] | None = None) -> "Lab":
         """Write configs for a lab of `n` nodes under `root` (nothing started)."""
         if not 1 <= n <= 32:
-            raise VigilError(f"--nodes {n}: a lab has 1 to 32 nodes")
+            raise ConfigError("--nodes", n, "a lab has 1 to 32 nodes")
         root = root.resolve()
         if (root / "lab.json").exists():
             raise VigilError(f"{root}/lab.json exists: run `vigil lab down --dir {root}` first "
@@ -121,7 +121,8 @@ class Lab:
         try:
             d = json.loads(path.read_text())
         except (OSError, ValueError) as e:
-            raise VigilError(f"cannot read {path}: {e}; was `vigil lab up --dir {root}` run?") from None
+            raise ConfigError("--lab/--dir", str(root), f"cannot read {path} ({e}); start one with "
+                              f"`vigil lab up --dir {root}`") from None
         return cls(Path(d["dir"]), d["cluster"], EtcdCluster.from_json(d["etcd"]),
                    [LabNode(**x) for x in d["nodes"]])
 
