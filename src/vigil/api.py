@@ -71,9 +71,12 @@ class AgentApi:
 
     async def ready(self, _: web.Request) -> web.Response:
         a = self.agent
-        return web.json_response({"node": a.cfg.node, "ready": False,
-                                  "reason": "no inference server is configured on this node"},
-                                 status=503)
+        if a.inference is None:
+            return web.json_response({"node": a.cfg.node, "ready": False,
+                                      "reason": "no inference server is configured on this node"},
+                                     status=503)
+        body = {"node": a.cfg.node, **a.inference.describe()}
+        return web.json_response(body, status=200 if a.inference.ready else 503)
 
     async def status(self, _: web.Request) -> web.Response:
         return web.json_response(status_document(self.agent))
@@ -103,6 +106,7 @@ def status_document(a: "Agent") -> dict[str, Any]:
                     "expires_in": round(s.expires_by() - now, 3) if s else None,
                     "keepalive_failures": s.failures if s else 0},
         "decision": str(a.reconciler.last), "cycles": a.reconciler.cycles,
+        "inference": a.inference.describe() if a.inference else None,
         "peers": peers,
         "heartbeat": {"sent": a.heartbeats.transport.sent,
                       "send_errors": a.heartbeats.transport.send_errors,

@@ -32,11 +32,34 @@ class Peer:
 
 
 @dataclass(frozen=True)
+class Observer:
+    """A router (or monitor) that receives this node's heartbeats but sends none."""
+
+    address: str
+    port: int
+
+
+@dataclass(frozen=True)
 class EtcdConfig:
     endpoints: tuple[str, ...]
     ca_file: str | None = None
     cert_file: str | None = None
     key_file: str | None = None
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """The node's inference server: started and restarted by the agent when
+    `command` is set, otherwise only watched at `url` (e.g. a user's vLLM)."""
+
+    url: str
+    command: tuple[str, ...] = ()
+    canary_path: str = "/v1/embeddings"
+    canary_body: str = '{"input": "vigil canary"}'
+    canary_interval: float = 1.0
+    canary_timeout: float = 2.0
+    rise: int = 1
+    fall: int = 2
 
 
 @dataclass(frozen=True)
@@ -48,19 +71,22 @@ class NodeConfig:
     addresses: tuple[str, ...] = ("127.0.0.1",)
     heartbeat_port: int = DEFAULT_HEARTBEAT_PORT
     peers: tuple[Peer, ...] = ()
+    observers: tuple[Observer, ...] = ()
     priority: int = 100
     api_host: str = "127.0.0.1"
     api_port: int = 8008
     data_dir: str = "/var/lib/vigil"
     timing: Timing = field(default_factory=Timing)
     log_level: str = "info"
+    inference: InferenceConfig | None = None
 
     @property
     def api_url(self) -> str:
         return f"http://{self.api_host}:{self.api_port}"
 
 
-_TOP = {"cluster", "node", "priority", "data_dir", "api", "etcd", "heartbeat", "timing", "log_level"}
+_TOP = {"cluster", "node", "priority", "data_dir", "api", "etcd", "heartbeat", "timing", "log_level",
+        "inference"}
 
 
 def load_config(path: str | Path) -> NodeConfig:
@@ -80,7 +106,8 @@ def parse_config(raw: Any, base_dir: Path = Path(".")) -> NodeConfig:
     cluster = _name(d, "cluster")
     node = _name(d, "node")
     api = _mapping(d.get("api", {}), "api", {"host", "port"})
-    hb = _mapping(d.get("heartbeat"), "heartbeat", {"addresses", "port", "key", "key_file", "peers"})
+    hb = _mapping(d.get("heartbeat"), "heartbeat", {"addresses", "port", "key", "key_file", "peers",
+                                                    "observers"})
     peers = _peers(hb.get("peers", []), node)
     timing = _timing(d.get("timing", {}))
     level = str(d.get("log_level", "info")).lower()
@@ -90,10 +117,11 @@ def parse_config(raw: Any, base_dir: Path = Path(".")) -> NodeConfig:
         cluster=cluster, node=node, etcd=_etcd(d.get("etcd")), key=_key(hb, base_dir),
         addresses=_addresses(hb.get("addresses", ["127.0.0.1"]), "heartbeat.addresses"),
         heartbeat_port=_port(hb.get("port", DEFAULT_HEARTBEAT_PORT), "heartbeat.port"),
-        peers=peers, priority=_int(d.get("priority", 100), "priority", 0, 1000),
+        peers=peers, observers=_observers(hb.get("observers", [])), priority=_int(d.get("priority", 100), "priority", 0, 1000),
         api_host=_address(api.get("host", "127.0.0.1"), "api.host"),
         api_port=_port(api.get("port", 8008), "api.port"),
-        data_dir=str(d.get("data_dir", "/var/lib/vigil")), timing=timing, log_level=level)
+        data_dir=str(d.get("data_dir", "/var/lib/vigil")), timing=timing, log_level=level,
+        inference=_inference(d.get("inference")))
 
 
 def _mapping(v: Any, where: str, allowed: set[str]) -> dict[str, Any]:
@@ -157,6 +185,17 @@ def _peers(v: Any, me: str) -> tuple[Peer, ...]:
     return tuple(out)
 
 
+def _observers(v: Any) -> tuple[Observer, ...]:
+    if not isinstance(v, list):
+        raise ConfigError("heartbeat.observers", v, "must be a list of {address, port} (routers)")
+    out = []
+    for i, o in enumerate(v):
+        o = _mapping(o, f"heartbeat.observers[{i}]", {"address", "port"})
+        out.append(Observer(_address(o.get("address"), f"heartbeat.observers[{i}].address"),
+                            _port(o.get("port"), f"heartbeat.observers[{i}].port")))
+    return tuple(out)
+
+
 def _etcd(v: Any) -> EtcdConfig:
     d = _mapping(v, "etcd", {"endpoints", "ca_file", "cert_file", "key_file"})
     eps = d.get("endpoints")
@@ -214,3 +253,31 @@ def _timing(v: Any) -> Timing:
         p = problems[0]
         raise ConfigError(p.field, p.value, p.fix)
     return t
+
+
+def _inference(v: Any) -> InferenceConfig | None:
+    if v is None:
+        return None
+    d = _mapping(v, "inference", {"url", "command", "canary_path", "canary_body", "canary_interval",
+                                  "canary_timeout", "rise", "fall"})
+    u = urlparse(str(d.get("url", "")))
+    if u.scheme not in ("http", "https") or not u.hostname or u.port is None:
+        raise ConfigError("inference.url", d.get("url"), "must be http(s)://HOST:PORT of the inference server")
+    cmd = d.get("command", [])
+    if isinstance(cmd, str) or not isinstance(cmd, list) or not all(isinstance(c, str) for c in cmd):
+        raise ConfigError("inference.command", cmd, "must be a list of strings (argv), or left out "
+                                                    "to watch a server someone else runs")
+    numbers = {}
+    for k, lo in (("canary_interval", 0.05), ("canary_timeout", 0.05)):
+        x = d.get(k, getattr(InferenceConfig, k))
+        if isinstance(x, bool) or not isinstance(x, (int, float)) or x < lo:
+            raise ConfigError(f"inference.{k}", x, f"must be a number of seconds >= {lo}")
+        numbers[k] = float(x)
+    for k in ("rise", "fall"):
+        numbers[k] = _int(d.get(k, getattr(InferenceConfig, k)), f"inference.{k}", 1, 100)
+    body = d.get("canary_body", InferenceConfig.canary_body)
+    if not isinstance(body, str):
+        import json
+        body = json.dumps(body)
+    return InferenceConfig(str(d["url"]).rstrip("/"), tuple(cmd),
+                           str(d.get("canary_path", InferenceConfig.canary_path)), body, **numbers)

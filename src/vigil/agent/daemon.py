@@ -24,6 +24,7 @@ from typing import Any
 from vigil import __version__
 from vigil.agent.heartbeat import HeartbeatService
 from vigil.agent.history import LeadershipHistory
+from vigil.agent.inference import InferenceSupervisor
 from vigil.agent.reconciler import Reconciler
 from vigil.clock import SystemClock
 from vigil.config import NodeConfig
@@ -81,6 +82,9 @@ class Agent:
         self.session: Session | None = None
         self.election: Election | None = None
         self.reconciler = Reconciler(self)
+        self.inference = (InferenceSupervisor(cfg.inference, self.data_dir, self.clock,
+                                              self._on_inference, self.events.record)
+                          if cfg.inference else None)
         self.wake = asyncio.Event()
         self.health_reasons: tuple[str, ...] = ()
         self._tasks: list[asyncio.Task] = []
@@ -104,6 +108,7 @@ class Agent:
                 "heartbeat": {"addresses": list(self.cfg.addresses), "port": self.cfg.heartbeat_port},
                 "health": {"verdict": "healthy" if self.healthy else "unhealthy",
                            "reasons": list(self.health_reasons)},
+                "inference": self.inference.describe() if self.inference else None,
                 "incarnation": self.incarnation, "started_at": self.started_at,
                 "version": __version__, "pid": os.getpid()}
 
@@ -119,6 +124,8 @@ class Agent:
         await api.start()
         await self.heartbeats.start()
         self.events.start()
+        if self.inference:
+            await self.inference.start()
         self.events.record("agent_started", f"agent started (incarnation {self.incarnation})",
                            pid=os.getpid(), version=__version__)
         loop = asyncio.get_running_loop()
@@ -148,6 +155,8 @@ class Agent:
         await _best_effort("flush the event log", self.events.flush())
         if self.session:
             await _best_effort("revoke the lease", self.session.close(revoke=True))
+        if self.inference:
+            await _best_effort("stop the inference server", self.inference.stop())
         await _best_effort("stop heartbeats", self.heartbeats.stop())
         await _best_effort("stop the API", api.stop())
         await _best_effort("close the store", self.store.close())
@@ -194,6 +203,10 @@ class Agent:
             if self.role.valid_until > before:
                 self.history.write("renew", self.role.token, self.clock.wall(),
                                    valid_until=self.clock.to_wall(self.role.valid_until))
+
+    def _on_inference(self, ready: bool, cause: str) -> None:
+        self.events.record("inference_ready" if ready else "inference_not_ready", cause)
+        asyncio.get_running_loop().create_task(_best_effort("publish readiness", self.publish_record()))
 
     def _on_peer_transitions(self, changes: list[PeerTransition]) -> None:
         for c in changes:

@@ -37,6 +37,8 @@ class HeartbeatService:
         self.peers = PeerTable([p.name for p in cfg.peers], cfg.timing.detector(), cfg.timing.rise)
         self.receiver = HeartbeatReceiver(cfg.cluster, cfg.node, cfg.key, set(self.peers.peers))
         links = {p.name: [(a, p.port) for a in p.addresses] for p in cfg.peers}
+        for o in cfg.observers:  # routers hear us but send nothing back
+            links[f"observer {o.address}:{o.port}"] = [(o.address, o.port)]
         self.transport = HeartbeatTransport(self.receiver, list(cfg.addresses), cfg.heartbeat_port,
                                             links, self._deliver)
         self.guard = PauseGuard(TICK, PAUSE_TOLERANCE)

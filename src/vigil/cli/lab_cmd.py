@@ -16,6 +16,8 @@ def register(sub) -> None:
     up.add_argument("--nodes", type=int, default=3)
     up.add_argument("--dir", required=True, help="where configs, logs and lab.json go")
     up.add_argument("--cluster", default="lab")
+    up.add_argument("--no-model", action="store_true",
+                    help="no model servers and no router: agents and etcd only (starts in seconds)")
     up.set_defaults(func=lab_up)
     down = lab_sub.add_parser("down", help="stop everything `lab up` started in DIR")
     down.add_argument("--dir", required=True)
@@ -25,10 +27,13 @@ def register(sub) -> None:
 def lab_up(args) -> int:
     from vigil.lab import Lab
 
-    lab = Lab.up(Path(args.dir), args.nodes, args.cluster)
+    lab = Lab.up(Path(args.dir), args.nodes, args.cluster, model=not args.no_model,
+                 router=not args.no_model)
     leader = lab.leader()
     print(f"lab up in {lab.root}: etcd {', '.join(lab.etcd.endpoints)}; "
           f"{len(lab.nodes)} agents; leader {leader[0]} (token {leader[1]})" if leader else "no leader")
+    if lab.router:
+        print(f"  router: {lab.router.url} (e.g. POST {lab.router.url}/v1/embeddings)")
     print(f"  vigil status --lab {lab.root}")
     print(f"  vigil lab down --dir {lab.root}")
     return 0

@@ -95,6 +95,10 @@ class PeerTable:
         states = ", ".join(f"{p.name}={p.state}" for p in self.peers.values())
         return f"<PeerTable {states}>"
 
+    def add(self, peer: str) -> None:
+        """Start tracking a peer learnt at run time (the router learns nodes from etcd)."""
+        self.peers.setdefault(peer, PeerState(peer, PhiAccrualDetector(self.settings)))
+
     def heartbeat(self, peer: str, link: str, now: float, incarnation: int,
                   health: str = "unknown", role: str = "unknown") -> list[PeerTransition]:
         """Feed one accepted heartbeat; returns the transitions it caused."""

@@ -51,14 +51,25 @@ class LabNode:
     server_url: str | None = None
 
 
+@dataclass
+class LabRouter:
+    url: str
+    config: str
+    log: str
+    heartbeat_port: int
+    pid: int = 0
+
+
 class Lab:
-    def __init__(self, root: Path, cluster: str, etcd: EtcdCluster, nodes: list[LabNode]):
+    def __init__(self, root: Path, cluster: str, etcd: EtcdCluster, nodes: list[LabNode],
+                 router: LabRouter | None = None):
         self.root, self.cluster, self.etcd, self.nodes = root, cluster, etcd, nodes
+        self.router = router
 
     # -- construction ----------------------------------------------------------
     @classmethod
-    def create(cls, root: Path, n: int, cluster: str = "lab",
-               timing: dict[str, Any] | None = None) -> "Lab":
+    def create(cls, root: Path, n: int, cluster: str = "lab", timing: dict[str, Any] | None = None,
+               model: bool = False, router: bool = False) -> "Lab":
         """Write configs for a lab of `n` nodes under `root` (nothing started)."""
         if not 1 <= n <= 32:
             raise ConfigError("--nodes", n, "a lab has 1 to 32 nodes")
@@ -71,14 +82,19 @@ class Lab:
         key_file = root / "cluster.key"
         key_file.write_text(secrets.token_hex(32) + "\n")
         key_file.chmod(0o600)
-        hb_ports, api_ports = procs.free_ports(n), procs.free_ports(n)
+        ports = procs.free_ports(3 * n + 2)
         nodes = []
         for i in range(n):
             name = f"n{i + 1}"
             d = root / "nodes" / name
             nodes.append(LabNode(name, str(d / "config.yaml"), str(d), str(d / "agent.log"),
-                                 f"http://127.0.0.1:{api_ports[i]}", hb_ports[i]))
-        lab = cls(root, cluster, etcd, nodes)
+                                 f"http://127.0.0.1:{ports[3 * i]}", ports[3 * i + 1],
+                                 server_url=f"http://127.0.0.1:{ports[3 * i + 2]}" if model else None))
+        lab_router = (LabRouter(f"http://127.0.0.1:{ports[-2]}", str(root / "router.yaml"),
+                                str(root / "router.log"), ports[-1]) if router else None)
+        lab = cls(root, cluster, etcd, nodes, lab_router)
+        if lab_router:
+            Path(lab_router.config).write_text(yaml.safe_dump(lab.router_config(), sort_keys=False))
         for i, node in enumerate(nodes):
             Path(node.data_dir).mkdir(parents=True, exist_ok=True)
             Path(node.config).write_text(yaml.safe_dump(
@@ -94,22 +110,47 @@ class Lab:
             "heartbeat": {"addresses": ["127.0.0.1"], "port": node.heartbeat_port,
                           "key_file": str(self.root / "cluster.key"),
                           "peers": [{"name": p.name, "addresses": ["127.0.0.1"], "port": p.heartbeat_port}
-                                    for p in self.nodes if p.name != node.name]},
+                                    for p in self.nodes if p.name != node.name],
+                          "observers": ([{"address": "127.0.0.1", "port": self.router.heartbeat_port}]
+                                        if self.router else [])},
             "timing": dict(timing),
-        }
+        } | self._inference_config(node)
+
+    def _inference_config(self, node: LabNode) -> dict[str, Any]:
+        if not node.server_url:
+            return {}
+        port = node.server_url.rsplit(":", 1)[1]
+        return {"inference": {
+            "url": node.server_url, "canary_interval": 0.5, "canary_timeout": 1.0,
+            "command": [sys.executable, "-m", "vigil", "serve-model", "--port", port,
+                        "--node", node.name, "--fault-injection"]}}
+
+    def router_config(self) -> dict[str, Any]:
+        assert self.router is not None
+        return {"cluster": self.cluster, "name": "router",
+                "listen": {"host": "127.0.0.1", "port": int(self.router.url.rsplit(":", 1)[1])},
+                "etcd": {"endpoints": self.etcd.endpoints},
+                "heartbeat": {"address": "127.0.0.1", "port": self.router.heartbeat_port,
+                              "key_file": str(self.root / "cluster.key")},
+                "retry": {"per_try_timeout": 3.0, "max_attempts": 3}}
 
     @classmethod
     def up(cls, root: Path, n: int, cluster: str = "lab", timing: dict[str, Any] | None = None,
-           timeout: float = 30.0) -> "Lab":
-        lab = cls.create(root, n, cluster, timing)
+           timeout: float = 30.0, model: bool = False, router: bool = False) -> "Lab":
+        lab = cls.create(root, n, cluster, timing, model, router)
         try:
             lab.etcd.start()
             lab.save()
             lab.etcd.wait_healthy()
             for node in lab.nodes:
                 lab.start_agent(node.name)
+            if lab.router:
+                lab.start_router()
             lab.save()
+            if model:  # loading the model takes seconds per server on 2 cores
+                timeout += 20.0 * n
             lab.wait_for(lab.ready, timeout, "a leader, and every agent hearing every peer")
+            lab.save()  # now with the model servers' PIDs
         except BaseException:
             lab.down()
             raise
@@ -124,19 +165,30 @@ class Lab:
             raise ConfigError("--lab/--dir", str(root), f"cannot read {path} ({e}); start one with "
                               f"`vigil lab up --dir {root}`") from None
         return cls(Path(d["dir"]), d["cluster"], EtcdCluster.from_json(d["etcd"]),
-                   [LabNode(**x) for x in d["nodes"]])
+                   [LabNode(**x) for x in d["nodes"]],
+                   LabRouter(**d["router"]) if d.get("router") else None)
 
     def save(self) -> None:
         doc = {"dir": str(self.root), "cluster": self.cluster, "etcd": self.etcd.to_json(),
-               "router": None, "nodes": [asdict(n) for n in self.nodes]}
+               "router": asdict(self.router) if self.router else None,
+               "nodes": [asdict(n) for n in self.nodes]}
+        for n in doc["nodes"]:
+            n["server_pid"] = self.server_pid(n["name"])
         tmp = self.root / "lab.json.tmp"
         tmp.write_text(json.dumps(doc, indent=2))
         tmp.replace(self.root / "lab.json")
 
     def down(self) -> None:
-        """Stop every agent, then every etcd member; remove lab.json."""
+        """Stop the router, every agent (each stops its model server), any model
+        server an agent left behind, then every etcd member; remove lab.json."""
+        if self.router:
+            procs.stop(self.router.pid, self.router.config)
+        leftovers = [(self.server_pid(n.name), n.server_url) for n in self.nodes]
         for node in self.nodes:
             procs.stop(node.agent_pid, node.config)
+        for pid, url in leftovers:
+            if pid and url:
+                procs.stop(pid, "serve-model --port " + url.rsplit(":", 1)[1])
         self.etcd.stop()
         (self.root / "lab.json").unlink(missing_ok=True)
 
@@ -153,6 +205,30 @@ class Lab:
                         Path(node.log))
         node.agent_pid = p.pid
         return p.pid
+
+    def start_router(self) -> int:
+        assert self.router is not None
+        p = procs.spawn([sys.executable, "-m", "vigil", "router", "--config", self.router.config],
+                        Path(self.router.log))
+        self.router.pid = p.pid
+        return p.pid
+
+    def server_pid(self, name: str) -> int | None:
+        """PID of the node's model server now (the agent restarts it with a new PID)."""
+        from vigil.agent.inference import server_pid
+        return server_pid(Path(self.node(name).data_dir))
+
+    def signal_server(self, name: str, sig: int) -> bool:
+        pid, url = self.server_pid(name), self.node(name).server_url
+        return bool(pid and url) and procs.signal_pid(pid, sig, "serve-model --port " + url.rsplit(":", 1)[1])
+
+    def kill_node(self, name: str) -> None:
+        """SIGKILL the node's agent and its model server: the whole node dies."""
+        pid = self.server_pid(name)
+        self.signal_server(name, signal.SIGKILL)
+        self.kill_agent(name)
+        if pid:
+            procs.wait_dead(pid, 5.0)
 
     def signal_agent(self, name: str, sig: int) -> bool:
         node = self.node(name)
@@ -175,6 +251,13 @@ class Lab:
         for node in self.nodes:
             st = self.agent_status(node.name)
             if not st or any(p["state"] != "alive" for p in st["peers"].values()):
+                return False
+            if node.server_url and not (st.get("inference") or {}).get("ready"):
+                return False
+        if self.router:
+            rs = _get_json(self.router.url + "/_vigil/status", 0.5)
+            if not rs or sum(b["eligible"] for b in rs["backends"].values()) < len(
+                    [n for n in self.nodes if n.server_url]):
                 return False
         return True
 

@@ -1,0 +1,56 @@
+"""`vigil router --config FILE`: the front door (foreground)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+
+def register(sub) -> None:
+    p = sub.add_parser("router", help="run the router (foreground)")
+    p.add_argument("--config", required=True, help="the router's YAML configuration file")
+    p.set_defaults(func=run_router)
+
+
+def run_router(args) -> int:
+    from vigil.router.config import load_router_config
+
+    cfg = load_router_config(args.config)  # ConfigError -> exit 2 before anything starts
+    logging.basicConfig(level="INFO", stream=sys.stderr,
+                        format=f"%(asctime)s {cfg.name} %(levelname)s %(name)s: %(message)s")
+    from aiohttp import web
+
+    from vigil.errors import VigilError
+    from vigil.router.proxy import Router
+    from vigil.store.etcd import EtcdStore
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        e = cfg.etcd
+        store = EtcdStore(list(e.endpoints), 1.0, e.ca_file, e.cert_file, e.key_file)
+        router = Router(cfg, store)
+        await router.start()
+        runner = web.AppRunner(router.app, access_log=None)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, cfg.listen_host, cfg.listen_port, reuse_address=True).start()
+        except OSError as err:
+            raise VigilError(f"cannot listen on {cfg.listen_host}:{cfg.listen_port}: {err.strerror}") from None
+        try:
+            await stop.wait()
+        finally:
+            await runner.cleanup()
+            await router.stop()
+            await store.close()
+
+    try:
+        import uvloop  # type: ignore[import-not-found]
+        uvloop.run(main())
+    except ImportError:
+        asyncio.run(main())
+    return 0

@@ -1,0 +1,43 @@
+"""`vigil serve-model`: the reference inference server (foreground)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+from vigil.errors import ConfigError
+
+
+def register(sub) -> None:
+    p = sub.add_parser("serve-model", help="serve all-MiniLM-L6-v2 with an OpenAI-compatible API")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--node", default="", help="node name reported in X-Vigil-Served-By")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    p.add_argument("--fault-injection", action="store_true",
+                   help="enable POST /_vigil/faults (labs and benchmarks only)")
+    p.set_defaults(func=serve_model)
+
+
+def serve_model(args) -> int:
+    if not 1 <= args.port <= 65535:
+        raise ConfigError("--port", args.port, "must be 1..65535")
+    if not 1 <= args.threads <= 64:
+        raise ConfigError("--threads", args.threads, "must be 1..64")
+    logging.basicConfig(level="INFO", stream=sys.stderr,
+                        format=f"%(asctime)s serve-model {args.node} %(levelname)s: %(message)s")
+    from vigil.serve.model import MiniLM
+    from vigil.serve.server import serve
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(args.host, args.port, args.node, args.fault_injection, stop,
+                    MiniLM(threads=args.threads))
+
+    asyncio.run(main())
+    return 0

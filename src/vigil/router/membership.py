@@ -1,0 +1,150 @@
+"""What the router knows about nodes, from two independent sources:
+
+- etcd: member records (inference URL and readiness) and decided states,
+  read once and then followed with a watch. When etcd is unreachable the
+  router keeps the membership it last saw (the data path never waits for
+  consensus) and retries in the background.
+- heartbeats: the router is an *observer* in every agent's config; its own
+  phi detector marks a node suspected within ~250 ms of its death, long
+  before etcd's lease could expire.
+
+Every change that makes a backend ineligible calls `on_eject(name, cause)`
+so in-flight attempts on it are abandoned and retried elsewhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Callable
+
+from vigil.clock import Clock
+from vigil.core.detector import PauseGuard
+from vigil.core.peers import ALIVE, PeerTable
+from vigil.core.routing import RoutingTable
+from vigil.errors import StoreError, WatchCompacted
+from vigil.net.transport import HeartbeatReceiver, HeartbeatTransport
+from vigil.net.wire import Heartbeat, ReplayGuard
+from vigil.router.config import RouterConfig
+from vigil.store.base import Store, WatchEvent
+from vigil.store.keys import Keys
+
+log = logging.getLogger(__name__)
+
+
+class Membership:
+    def __init__(self, cfg: RouterConfig, store: Store, table: RoutingTable, clock: Clock,
+                 on_eject: Callable[[str, str], None], on_change: Callable[[str, str], None]):
+        self.cfg, self.store, self.table, self.clock = cfg, store, table, clock
+        self.on_eject, self.on_change = on_eject, on_change
+        self.keys = Keys(cfg.cluster)
+        self.peers = PeerTable([], cfg.timing.detector(), cfg.timing.rise)
+        self.receiver = HeartbeatReceiver(cfg.cluster, cfg.name, cfg.key, set())
+        self.transport = HeartbeatTransport(self.receiver, [cfg.heartbeat_address], cfg.heartbeat_port,
+                                            {}, self._deliver)
+        self.guard = PauseGuard(0.01, 0.02)
+        self.etcd_ok = False
+        self._tasks: list[asyncio.Task] = []
+
+    async def start(self) -> None:
+        await self.transport.start()
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._etcd_loop()), loop.create_task(self._tick_loop())]
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.transport.close()
+
+    # -- etcd ------------------------------------------------------------------
+    async def _etcd_loop(self) -> None:
+        while True:
+            try:
+                kvs, rev = await self.store.range(self.keys.prefix + "events0")
+                for kv in kvs:
+                    self._apply(WatchEvent("put", kv.key, kv.value, kv.mod_revision))
+                self._forget_missing({kv.key for kv in kvs})
+                self.etcd_ok = True
+                async for ev in self.store.watch(self.keys.prefix, rev + 1):
+                    self._apply(ev)
+            except (StoreError, WatchCompacted) as e:
+                if self.etcd_ok:
+                    log.warning("etcd unreachable, routing on the last membership: %s", e)
+                self.etcd_ok = False
+                await asyncio.sleep(0.5)
+
+    def _apply(self, ev: WatchEvent) -> None:
+        k = self.keys
+        if ev.key.startswith(k.members):
+            name = ev.key[len(k.members):]
+            self._track(name)
+            if ev.type == "delete":
+                self._set(name, ready=False, cause="member record gone (lease expired or revoked)")
+                return
+            try:
+                inf = json.loads(ev.value).get("inference") or {}
+            except (ValueError, AttributeError):
+                inf = {}
+            b = self.table.backend(name)
+            b.url = str(inf.get("url") or "")
+            self._set(name, ready=bool(inf.get("ready")),
+                      cause=f"readiness reported: {inf.get('reason') or 'ready'}")
+        elif ev.key.startswith(k.states) and ev.type == "put":
+            name = ev.key[len(k.states):]
+            b = self.table.backend(name)
+            if b.state != ev.value:
+                b.state = ev.value
+                self._changed(name, f"state {ev.value}")
+
+    def _forget_missing(self, present: set[str]) -> None:
+        for name in list(self.table.backends):
+            if self.keys.member(name) not in present:
+                self._set(name, ready=False, cause="no member record")
+
+    def _set(self, name: str, ready: bool, cause: str) -> None:
+        b = self.table.backend(name)
+        if b.ready != ready:
+            b.ready = ready
+            self._changed(name, cause)
+
+    # -- heartbeats ------------------------------------------------------------
+    def _track(self, name: str) -> None:
+        if name not in self.peers.peers:
+            self.peers.add(name)
+            self.receiver.guards[name] = ReplayGuard()
+
+    def _deliver(self, hb: Heartbeat, link: str, verdict: str) -> None:
+        now = self.clock.now()
+        self._pause(now)
+        if verdict == "duplicate":
+            return
+        for t in self.peers.heartbeat(hb.node, link, now, hb.incarnation, hb.health, hb.role):
+            self._alive(t.peer, t.new == ALIVE, t.cause)
+
+    async def _tick_loop(self) -> None:
+        while True:
+            await asyncio.sleep(0.01)
+            now = self.clock.now()
+            self._pause(now)
+            for t in self.peers.tick(now):
+                self._alive(t.peer, False, t.cause)
+
+    def _pause(self, now: float) -> None:
+        late = self.guard.tick(now)
+        if late:
+            self.peers.forgive(late, now)
+
+    def _alive(self, name: str, alive: bool, cause: str) -> None:
+        b = self.table.backend(name)
+        if b.alive != alive:
+            b.alive = alive
+            self._changed(name, ("alive: " if alive else "suspected: ") + cause)
+
+    def _changed(self, name: str, cause: str) -> None:
+        b = self.table.backend(name)
+        reason = b.why_not(self.clock.now(), ignore_inhibition=True)
+        self.on_change(name, reason or "eligible")
+        if reason:
+            self.on_eject(name, cause)

@@ -1,0 +1,81 @@
+from vigil.core.routing import Backend, RetryPolicy, RoutingTable
+
+
+def table(*names):
+    t = RoutingTable(inhibit_base=1.0, inhibit_max=8.0)
+    for n in names:
+        b = t.backend(n)
+        b.url, b.ready = f"http://{n}", True
+    return t
+
+
+def test_least_outstanding_wins_and_ties_rotate():
+    t = table("a", "b", "c")
+    t.backend("a").outstanding = 2
+    picks = {t.choose(0.0).name for _ in range(6)}
+    assert picks == {"b", "c"}
+    t.backend("b").outstanding = 1
+    assert t.choose(0.0).name == "c"
+
+
+def test_ineligible_reasons():
+    t = table("a", "b", "c", "d")
+    t.backend("a").ready = False
+    t.backend("b").alive = False
+    t.backend("c").state = "failed"
+    assert t.choose(0.0).name == "d"
+    t.backend("d").state = "maintenance"
+    assert t.choose(0.0) is None
+    reason = t.none_reason(0.0)
+    assert "a: inference server not ready" in reason and "b: node suspected" in reason
+    assert "c: node is failed" in reason and "d: node is maintenance" in reason
+
+
+def test_failure_inhibits_with_backoff_and_success_clears():
+    t = table("a", "b")
+    t.failed("a", 10.0)
+    assert t.choose(10.5, frozenset()).name == "b"
+    assert t.backend("a").why_not(10.5).startswith("inhibited")
+    t.failed("a", 11.0)
+    t.failed("a", 11.0)
+    assert t.backend("a").inhibit_for == 4.0
+    t.succeeded("a")
+    assert t.backend("a").why_not(11.0) is None
+
+
+def test_panic_guard_ignores_inhibition_only():
+    t = table("a", "b")
+    t.failed("a", 0.0)
+    t.failed("b", 0.0)
+    assert t.choose(0.1) is not None, "inhibition alone never empties the pool"
+    t.backend("a").ready = False
+    t.backend("b").alive = False
+    assert t.choose(0.1) is None
+
+
+def test_exclude_tried_backends():
+    t = table("a", "b")
+    assert t.choose(0.0, frozenset({"a"})).name == "b"
+    assert t.choose(0.0, frozenset({"a", "b"})) is None
+
+
+def test_retry_rules():
+    p = RetryPolicy(max_attempts=3, budget_ratio=0.5, tokens=2)
+    assert p.safe("GET", "/x", {}) and p.safe("POST", "/v1/embeddings", {})
+    assert not p.safe("POST", "/v1/chat/completions", {})
+    assert p.safe("POST", "/v1/chat/completions", {"Idempotency-Key": "k1"})
+    assert not p.may_retry(1, safe=False, status=None)
+    assert not p.may_retry(1, safe=True, status=400), "4xx is never retried"
+    assert not p.may_retry(1, safe=True, status=500)
+    assert p.may_retry(1, safe=True, status=503)
+    assert p.may_retry(2, safe=True, status=None)
+    assert not p.may_retry(3, safe=True, status=None), "attempt cap"
+    assert not p.may_retry(1, safe=True, status=None), "budget spent"
+    assert p.denied == 1
+    for _ in range(2):
+        p.request_started()
+    assert p.may_retry(1, safe=True, status=502), "requests refill the budget"
+
+
+def test_backend_defaults_are_not_eligible_without_url():
+    assert Backend("x").why_not(0.0) == "no inference server"
