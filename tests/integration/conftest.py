@@ -26,3 +26,14 @@ def leader_of(lab: Lab, other_than: str | None = None, above: int = 0):
         cur = lab.leader()
         return cur if cur and cur[0] != other_than and cur[1] > above else None
     return lab.wait_for(ok, 15, f"a new leader (not {other_than}, token > {above})")
+
+
+@pytest.fixture(scope="module")
+def model_lab(tmp_path_factory):
+    """3 nodes with real all-MiniLM-L6-v2 model servers and a router, shared by
+    a module; each test leaves it as it found it (every node ready)."""
+    lab = Lab.up(tmp_path_factory.mktemp("model-lab") / "lab", 3, model=True, router=True)
+    try:
+        yield lab
+    finally:
+        lab.down()

@@ -50,7 +50,8 @@ class Membership:
     async def start(self) -> None:
         await self.transport.start()
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._etcd_loop()), loop.create_task(self._tick_loop())]
+        self._tasks = [loop.create_task(self._etcd_loop()), loop.create_task(self._tick_loop()),
+                       loop.create_task(self._etcd_probe_loop())]
 
     async def stop(self) -> None:
         for t in self._tasks:
@@ -74,6 +75,19 @@ class Membership:
                     log.warning("etcd unreachable, routing on the last membership: %s", e)
                 self.etcd_ok = False
                 await asyncio.sleep(0.5)
+
+    async def _etcd_probe_loop(self) -> None:
+        """A watch reconnects silently; this says whether etcd answers at all."""
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                await self.store.get(self.keys.leader)
+                ok = True
+            except StoreError as e:
+                ok = False
+                if self.etcd_ok:
+                    log.warning("etcd unreachable, routing on the last membership: %s", e)
+            self.etcd_ok = ok
 
     def _apply(self, ev: WatchEvent) -> None:
         k = self.keys

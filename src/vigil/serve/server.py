@@ -100,7 +100,8 @@ class ModelServer:
         log.info("model %s ready after %.1f s", MODEL_ID, time.monotonic() - t0)
 
     async def live(self, _: web.Request) -> web.Response:
-        return web.json_response({"live": True, "node": self.node})
+        return web.json_response({"live": True, "node": self.node, "ready": self.ready,
+                                  "served": self.served})
 
     async def readiness(self, _: web.Request) -> web.Response:
         body = {"ready": self.ready, "node": self.node, "reason": self.not_ready_reason or None}
