@@ -1,85 +1,177 @@
-"""The cluster-core demo: a 3-node lab, the leader's agent SIGKILLed, a new
-leader with a higher fencing token, the killed node rejoining as standby, a
-graceful switchover, and the event log that explains each step.
+"""`vigil demo`: a local 3-node cluster (etcd, agents, real model servers,
+router) under a steady stream of embedding requests, through four faults:
 
-Run: python -m vigil.lab.demo [--dir DIR] [--keep]
+1. SIGKILL of the leader node (agent and model server),
+2. SIGSTOP of a model server for 10 s (a hung engine on a live node),
+3. restart of the killed node (it rejoins as a standby),
+4. a graceful switchover.
+
+Prints a report (and `--json` only the JSON), writes demo-report.json and
+demo-timeline.png, and exits 1 if any request failed.
 """
 
 from __future__ import annotations
 
-import argparse
+import asyncio
+import contextlib
+import io
+import json
 import shutil
+import signal
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
-from vigil.cli.status_view import render_table
+from vigil.agent.history import read_records
 from vigil.lab import Lab
+from vigil.lab.load import LoadGenerator
+from vigil.lab.report import Fault, build, plot
+
+STOP_SECONDS = 10.0
+SETTLE = 5.0
 
 
-def show_status(lab: Lab) -> None:
-    print(render_table(lab.status()))
+class Demo:
+    def __init__(self, lab: Lab, say: Callable[[str], None]):
+        self.lab, self.say = lab, say
+        self.gen = LoadGenerator(lab.router.url + "/v1/embeddings", rate=30)
+        self.faults: list[Fault] = []
+
+    def events_after(self, t0: float, kind: str, **match) -> list[dict]:
+        return [e for e in self.lab.events() if e["at"] >= t0 and e["kind"] == kind
+                and all(e.get(k) == v for k, v in match.items())]
+
+    def settle(self, seconds: float = SETTLE) -> None:
+        n = len(self.gen.samples) + int(self.gen.rate * seconds)
+        self.lab.wait_for(lambda: len(self.gen.samples) >= n, seconds * 4 + 30, "steady traffic")
+
+    def kill_leader(self) -> str:
+        old, token = self.lab.leader()
+        f = Fault("kill leader", f"SIGKILL agent and model server of {old} (leader, token {token})",
+                  time.time())
+        self.say(f"[1/4] {f.action}")
+        self.lab.kill_node(old)
+        new, new_token = self.lab.wait_for(
+            lambda: (lambda c: c if c and c[0] != old else None)(self.lab.leader()), 30, "new leader")
+        sus = self.lab.wait_for(lambda: (lambda e: e if len(e) >= 2 else None)(
+            self.events_after(f.start, "peer_suspected", peer=old)), 15, "suspicion")
+        f.detection_ms = round((max(e["detected_at"] for e in sus) - f.start) * 1000, 1)
+        starts = [r["at"] for r in read_records(self.lab.history_files())
+                  if r["token"] == new_token and r["event"] == "start"]
+        f.takeover_ms = round((starts[0] - f.start) * 1000, 1) if starts else None
+        f.detail = {"old_leader": old, "new_leader": new, "old_token": token, "new_token": new_token}
+        self.settle(2)
+        f.end = time.time()
+        self.say(f"      all peers suspected {old} after {f.detection_ms:.0f} ms; {new} leads with "
+                 f"token {new_token} after {f.takeover_ms:.0f} ms (lease TTL 2 s)")
+        self.faults.append(f)
+        return old
+
+    def hang_server(self, down: str) -> None:
+        victim = next(n.name for n in self.lab.nodes if n.name != down and n.name != self.lab.leader()[0])
+        f = Fault("hang server", f"SIGSTOP the model server of {victim} for {STOP_SECONDS:g} s",
+                  time.time())
+        self.say(f"[2/4] {f.action}")
+        self.lab.signal_server(victim, signal.SIGSTOP)
+        try:
+            ev = self.lab.wait_for(lambda: self.events_after(f.start, "inference_not_ready"), 20,
+                                   "the hang to be noticed")
+            f.detection_ms = round((ev[0]["at"] - f.start) * 1000, 1)
+            self.lab.wait_for(lambda: time.time() >= f.start + STOP_SECONDS, 20, "the hang to last")
+        finally:
+            self.lab.signal_server(victim, signal.SIGCONT)
+        self.lab.wait_for(lambda: self.events_after(f.start, "inference_ready"), 30, "recovery")
+        f.end = time.time()
+        f.detail = {"node": victim, "cause": ev[0]["cause"]}
+        self.say(f"      canary noticed the hung engine after {f.detection_ms:.0f} ms: {ev[0]['cause']}")
+        self.faults.append(f)
+        self.settle(3)
+
+    def restart(self, name: str) -> None:
+        f = Fault("restart node", f"restart {name} (agent and model server)", time.time())
+        self.say(f"[3/4] {f.action}")
+        self.lab.start_agent(name)
+        self.lab.wait_for(self.lab.ready, 120, f"{name} ready")
+        f.end = time.time()
+        f.takeover_ms = round((f.end - f.start) * 1000, 1)
+        leader = self.lab.leader()
+        f.detail = {"node": name, "role": "leader" if leader and leader[0] == name else "standby"}
+        self.say(f"      {name} serving again after {f.takeover_ms / 1000:.1f} s, as {f.detail['role']}")
+        self.faults.append(f)
+        self.settle(3)
+
+    def switchover(self) -> None:
+        old, token = self.lab.leader()
+        target = next(n.name for n in self.lab.nodes if n.name != old)
+        f = Fault("switchover", f"vigil switchover --to {target} (from {old})", time.time())
+        self.say(f"[4/4] {f.action}")
+        from vigil.cli.main import main as vigil_main
+        with contextlib.redirect_stdout(io.StringIO()):
+            rc = vigil_main(["switchover", "--to", target, "--lab", str(self.lab.root)])
+        new = self.lab.leader()
+        f.end = time.time()
+        f.takeover_ms = round((f.end - f.start) * 1000, 1)
+        f.detection_ms = 0.0
+        f.detail = {"from": old, "to": target, "exit_status": rc, "new_token": new[1] if new else None}
+        self.say(f"      {target} leads with token {f.detail['new_token']} after {f.takeover_ms:.0f} ms")
+        self.faults.append(f)
+        self.settle(3)
+
+    def run(self) -> None:
+        self.settle(SETTLE)
+        down = self.kill_leader()
+        self.hang_server(down)
+        self.restart(down)
+        self.switchover()
 
 
-def events_since(lab: Lab, t0: float) -> list[dict]:
-    return [e for e in lab.events() if e["at"] >= t0]
-
-
-def kill_leader(lab: Lab) -> None:
-    old, token = lab.leader()
-    print(f"\n== SIGKILL the leader's agent ({old}, token {token})")
-    t0 = time.time()
-    lab.kill_agent(old)
-    new = lab.wait_for(lambda: (lambda c: c if c and c[0] != old else None)(lab.leader()), 15, "a new leader")
-    takeover = time.time() - t0
-    lab.wait_for(lambda: sum(e["kind"] == "peer_suspected" for e in events_since(lab, t0)) >= 2, 10,
-                 "suspicion events")
-    evs = events_since(lab, t0)
-    detect = max(e["detected_at"] for e in evs if e["kind"] == "peer_suspected") - t0
-    print(f"   every peer suspected {old} after {detect * 1000:.0f} ms; {new[0]} took over with "
-          f"token {new[1]} (> {token}) after {takeover * 1000:.0f} ms (lease TTL 2 s)")
-    for e in evs:
-        print(f"   {e['node']:<4} {e['kind']:<16} {e['cause']}")
-    show_status(lab)
-    print(f"\n== restart {old}: it rejoins as a standby, never directly as leader")
-    lab.start_agent(old)
-    lab.wait_for(lab.ready, 20, f"{old} to rejoin")
-    show_status(lab)
-
-
-def switchover(lab: Lab) -> None:
-    old, token = lab.leader()
-    target = next(n.name for n in lab.nodes if n.name != old)
-    print(f"\n== vigil switchover --to {target}")
-    t0 = time.time()
-    from vigil.cli.main import main as vigil_main
-    vigil_main(["switchover", "--to", target, "--lab", str(lab.root)])
-    print(f"   handover took {(time.time() - t0) * 1000:.0f} ms (no TTL wait: the leader resigned)")
-    show_status(lab)
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="vigil-demo")
-    p.add_argument("--dir", help="lab directory (default: a new temporary one)")
-    p.add_argument("--keep", action="store_true", help="leave the lab running at the end")
-    args = p.parse_args(argv)
-    root = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="vigil-demo-"))
-    print(f"== starting 3 etcd members and 3 agents in {root}")
-    lab = Lab.up(root / "lab", 3)
+def run_demo(out: Path, as_json: bool, keep: bool = False) -> int:
+    say = (lambda m: print(m, file=sys.stderr, flush=True)) if as_json else (lambda m: print(m, flush=True))
+    root = Path(tempfile.mkdtemp(prefix="vigil-demo-"))
+    say(f"starting 3 etcd members, 3 agents with model servers (all-MiniLM-L6-v2) and a router in {root}")
+    lab = Lab.up(root / "lab", 3, model=True, router=True)
     try:
-        show_status(lab)
-        kill_leader(lab)
-        switchover(lab)
+        demo = Demo(lab, say)
+        say(f"router {lab.router.url}: sending 30 embedding requests/s")
+
+        async def drive() -> None:
+            loop = asyncio.get_running_loop()
+            load = loop.create_task(demo.gen.run(3600))
+            try:
+                await loop.run_in_executor(None, demo.run)  # the fault script blocks; load runs here
+            finally:
+                demo.gen.stop()
+                await load
+        asyncio.run(drive())
+        result = build(demo.gen.samples, demo.faults)
     finally:
-        if args.keep:
-            print(f"\nlab left running: vigil status --lab {lab.root}; vigil lab down --dir {lab.root}")
-        else:
+        if not keep:
             lab.down()
-            if not args.dir:
-                shutil.rmtree(root, ignore_errors=True)
-    return 0
+            shutil.rmtree(root, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "demo-report.json").write_text(json.dumps(result, indent=2) + "\n")
+    plotted = plot(demo.gen.samples, demo.faults, out / "demo-timeline.png")
+    if as_json:
+        print(json.dumps(result, indent=2))
+    else:
+        print_report(result, out, plotted)
+    return 1 if result["requests_failed"] else 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def print_report(r: dict, out: Path, plotted: bool) -> None:
+    print(f"\n{r['requests_sent']} requests, {r['requests_failed']} failed, "
+          f"{r['requests_retried']} retried on another node; latency p50 {r['latency_ms']['p50']} ms, "
+          f"p99 {r['latency_ms']['p99']} ms")
+    head = f"{'fault':<14} {'detect ms':>9} {'takeover ms':>11} {'req':>5} {'failed':>6} {'retried':>7}  " \
+           f"p50/p99 ms before | during | after"
+    print(head)
+    for f in r["faults"]:
+        b, d, a = f["before"], f["during"], f["after"]
+        fmt = lambda w: f"{w['p50_ms']}/{w['p99_ms']}"  # noqa: E731
+        print(f"{f['name']:<14} {str(f['detection_ms'] if f['detection_ms'] is not None else '-'):>9} "
+              f"{str(f['takeover_ms'] if f['takeover_ms'] is not None else '-'):>11} {d['requests']:>5} "
+              f"{d['failed']:>6} {d['retried']:>7}  {fmt(b)} | {fmt(d)} | {fmt(a)}")
+    print(f"\nwrote {out / 'demo-report.json'}" + (f" and {out / 'demo-timeline.png'}" if plotted else
+                                                   " (no plot: matplotlib is not installed)"))
