@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The demo: a 3-node cluster on loopback, the leader's agent SIGKILLed, a new
-# leader with a higher fencing token, the event log that explains it.
+# The demo: a 3-node cluster (etcd, agents, real model servers, router) under
+# load through four faults; writes demo-report.json and demo-timeline.png.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
-exec .venv/bin/python -m vigil.lab.demo "$@"
+exec .venv/bin/vigil demo "$@"
