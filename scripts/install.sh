@@ -10,6 +10,8 @@ python3 -c 'import ensurepip, venv' 2>/dev/null || pkgs+=(python3-venv)
 [ -x /usr/bin/etcd ] || command -v etcd >/dev/null || pkgs+=(etcd-server etcd-client)
 command -v ip >/dev/null || pkgs+=(iproute2)
 command -v nft >/dev/null || pkgs+=(nftables)
+command -v haproxy >/dev/null || pkgs+=(haproxy)   # bench/router.py compares against it
+command -v wrk >/dev/null || pkgs+=(wrk)
 if ((${#pkgs[@]})); then
   echo "install: apt-get install ${pkgs[*]}"
   apt-get update -q >/dev/null

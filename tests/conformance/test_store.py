@@ -172,3 +172,11 @@ async def test_watch_from_compacted_revision_fails_clearly(store, prefix):
     it = store.watch(prefix, r1).__aiter__()
     with pytest.raises(WatchCompacted):
         await next_event(it)
+
+
+async def test_time_to_live_reads_zero_in_the_last_second(store, prefix):
+    lease = await store.grant(1)
+    # etcd floors the remaining time: a 1 s lease reads 0 (not "missing") until revoked.
+    assert await store.time_to_live(lease.id) == 0
+    await store.revoke(lease.id)
+    assert await store.time_to_live(lease.id) == -1

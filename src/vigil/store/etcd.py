@@ -166,7 +166,7 @@ class EtcdStore(Store):
 
     async def time_to_live(self, lease_id: int) -> int:
         r = await self._call("lease/timetolive", {"ID": str(lease_id)})
-        return int(r.get("TTL", -1))
+        return int(r.get("TTL", 0))  # the gateway omits a TTL of 0; a missing lease says "-1"
 
     async def compact(self, revision: int) -> None:
         await self._call("kv/compaction", {"revision": str(revision), "physical": True})
