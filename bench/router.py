@@ -1,0 +1,224 @@
+"""The Vigil router and HAProxy side by side on the same lab backends (3 real
+all-MiniLM-L6-v2 model servers), in one run:
+
+1. added latency p50/p99 over a direct call (GET /v1/models, sequential,
+   keep-alive), per proxy;
+2. maximum requests/s through each (wrk, GET /v1/models), and the ratio;
+3. failed client requests under steady embedding load (20 req/s) during the
+   same fault set, N times each: SIGKILL of a backend node; SIGSTOP of a
+   model server for 10 s; a model server killed and answering 503 while the
+   agent restarts it; a node 20x slower for 6 s.
+
+HAProxy: `inter 100ms fall 2 rise 2`, `retries 3`, `option redispatch`,
+`retry-on all-retryable-errors`, leastconn, health check on
+/v2/health/ready. Both proxies use a 3 s per-attempt server timeout.
+
+Usage: python bench/router.py [--trials 10]   (root; needs haproxy and wrk)
+Writes bench/results/router.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import percentile, write  # noqa: E402
+
+from vigil.lab import Lab, procs  # noqa: E402
+from vigil.lab.load import LoadGenerator  # noqa: E402
+
+HAPROXY_CFG = """global
+    maxconn 4096
+defaults
+    mode http
+    timeout connect 500ms
+    timeout client 30s
+    timeout server 3s
+    timeout check 1s
+    retries 3
+    option redispatch
+    retry-on all-retryable-errors
+    option http-buffer-request
+frontend fe
+    bind 127.0.0.1:{port}
+    default_backend be
+backend be
+    balance leastconn
+    option httpchk GET /v2/health/ready
+    http-check expect status 200
+{servers}
+"""
+
+
+def start_haproxy(lab: Lab, root: Path) -> tuple[subprocess.Popen, str]:
+    port = procs.free_ports(1)[0]
+    servers = "\n".join(f"    server {n.name} {n.server_url.split('//')[1]} check inter 100ms fall 2 rise 2"
+                        for n in lab.nodes)
+    cfg = root / "haproxy.cfg"
+    cfg.write_text(HAPROXY_CFG.format(port=port, servers=servers))
+    p = procs.spawn(["haproxy", "-db", "-f", str(cfg)], root / "haproxy.log")
+    url = f"http://127.0.0.1:{port}"
+    lab.wait_for(lambda: _ok(url + "/v1/models"), 15, "haproxy up")
+    return p, url
+
+
+def _ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+async def _sequential(url: str, n: int) -> list[float]:
+    out = []
+    async with aiohttp.ClientSession() as http:
+        for _ in range(n):
+            t0 = time.perf_counter()
+            async with http.get(url) as r:
+                await r.read()
+            out.append(time.perf_counter() - t0)
+    return out
+
+
+def latency(direct: str, proxies: dict[str, str], n: int = 1000) -> dict:
+    base = asyncio.run(_sequential(direct + "/v1/models", n))
+    res = {"direct": {"p50_ms": round(percentile(base, 50) * 1000, 3),
+                      "p99_ms": round(percentile(base, 99) * 1000, 3)}}
+    for name, url in proxies.items():
+        via = asyncio.run(_sequential(url + "/v1/models", n))
+        res[name] = {"p50_ms": round(percentile(via, 50) * 1000, 3), "p99_ms": round(percentile(via, 99) * 1000, 3),
+                     "added_p50_ms": round((percentile(via, 50) - percentile(base, 50)) * 1000, 3),
+                     "added_p99_ms": round((percentile(via, 99) - percentile(base, 99)) * 1000, 3)}
+    return res
+
+
+def throughput(url: str, seconds: int = 8) -> float:
+    out = subprocess.run(["wrk", "-t2", "-c64", f"-d{seconds}s", url + "/v1/models"],
+                         capture_output=True, text=True, timeout=seconds + 30).stdout
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    if not m or bad:
+        raise RuntimeError(f"wrk through {url}: {out}")
+    return float(m.group(1))
+
+
+class Trial:
+    """One fault under steady load through one proxy; returns (sent, failed)."""
+
+    def __init__(self, lab: Lab, url: str, fault: str, victim: str):
+        self.lab, self.fault, self.victim = lab, fault, victim
+        self.gen = LoadGenerator(url + "/v1/embeddings", rate=20)
+
+    def after(self, n: int) -> None:
+        self.lab.wait_for(lambda: len(self.gen.samples) >= n, 120, f"{n} answers")
+
+    def inject(self) -> None:
+        lab, v = self.lab, self.victim
+        try:
+            self.after(40)
+            if self.fault == "sigkill_node":
+                lab.kill_node(v)
+                self.after(len(self.gen.samples) + 80)
+            elif self.fault == "sigstop_server_10s":
+                lab.signal_server(v, signal.SIGSTOP)
+                t0 = time.monotonic()
+                lab.wait_for(lambda: time.monotonic() - t0 >= 10, 20, "10 s hang")
+                lab.signal_server(v, signal.SIGCONT)
+                self.after(len(self.gen.samples) + 40)
+            elif self.fault == "restart_503":
+                lab.signal_server(v, signal.SIGKILL)  # the agent restarts it: refused, then 503 while loading
+                lab.wait_for(lambda: (lab.agent_status(v) or {}).get("inference", {}).get("ready"), 120,
+                             "the restarted server ready")
+                self.after(len(self.gen.samples) + 40)
+            elif self.fault == "slow_20x":
+                _faults(lab, v, {"slowdown": 20})
+                t0 = time.monotonic()
+                lab.wait_for(lambda: time.monotonic() - t0 >= 6, 20, "6 s slow")
+                _faults(lab, v, {"slowdown": 1})
+                self.after(len(self.gen.samples) + 40)
+        finally:
+            self.gen.stop()
+
+    def run(self) -> tuple[int, int]:
+        t = threading.Thread(target=self.inject)
+        t.start()
+        samples = asyncio.run(self.gen.run(300))
+        t.join()
+        if self.fault == "sigkill_node":
+            self.lab.start_agent(self.victim)
+        self.lab.wait_for(self.lab.ready, 180, "the lab whole again")
+        return len(samples), sum(s.status != 200 for s in samples)
+
+
+def _faults(lab: Lab, node: str, body: dict) -> None:
+    req = urllib.request.Request(lab.node(node).server_url + "/_vigil/faults", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    urllib.request.urlopen(req, timeout=5).read()
+
+
+FAULTS = ("sigkill_node", "sigstop_server_10s", "restart_503", "slow_20x")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--trials", type=int, default=10)
+    args = p.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="vigil-bench-router-"))
+    lab = Lab.up(root / "lab", 3, model=True, router=True)
+    ha, ha_url = start_haproxy(lab, root)
+    proxies = {"vigil": lab.router.url, "haproxy": ha_url}
+    try:
+        lat = latency(lab.nodes[0].server_url, proxies)
+        print("latency", lat, flush=True)
+        tput = {name: throughput(url) for name, url in proxies.items()}
+        print("throughput", tput, flush=True)
+        faults: dict = {f: {name: {"sent": 0, "failed": 0, "trials": []} for name in proxies} for f in FAULTS}
+        for fault in FAULTS:
+            for i in range(args.trials):
+                for name, url in proxies.items():
+                    victim = lab.nodes[i % len(lab.nodes)].name
+                    sent, failed = Trial(lab, url, fault, victim).run()
+                    r = faults[fault][name]
+                    r["sent"] += sent
+                    r["failed"] += failed
+                    r["trials"].append(failed)
+                    print(f"{fault} #{i + 1} via {name} ({victim}): {failed}/{sent} failed", flush=True)
+    finally:
+        procs.stop(ha.pid, "haproxy")
+        lab.down()
+    ratio = round(tput["vigil"] / tput["haproxy"], 3)
+    doc = {"trials": args.trials, "latency": lat, "throughput_rps": tput, "throughput_ratio": ratio,
+           "faults": faults}
+    table = [["measure", "Vigil router", "HAProxy 2.6"],
+             ["added latency p50 (ms)", lat["vigil"]["added_p50_ms"], lat["haproxy"]["added_p50_ms"]],
+             ["added latency p99 (ms)", lat["vigil"]["added_p99_ms"], lat["haproxy"]["added_p99_ms"]],
+             ["max requests/s (GET /v1/models, wrk -c64)", round(tput["vigil"]), round(tput["haproxy"])],
+             ["throughput ratio Vigil/HAProxy", ratio, 1.0]]
+    for f in FAULTS:
+        v, h = faults[f]["vigil"], faults[f]["haproxy"]
+        table.append([f"failed requests: {f} (x{args.trials})", f"{v['failed']} of {v['sent']}",
+                      f"{h['failed']} of {h['sent']}"])
+    write("router", doc, table, notes=(
+        "Same 3 backends (real all-MiniLM-L6-v2 servers, one per lab node), same load (20 embedding "
+        "requests/s, no client retries) through each proxy in turn. Direct baseline: node n1's server. "
+        "The machine has 2 cores shared by the client, both proxies, 3 model servers, 3 agents and 3 etcd "
+        "members, so absolute throughput is low and is the same handicap for both."))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
