@@ -40,8 +40,11 @@ class Election:
             created, kv = await self.store.create(self.key, self.name, lease)
         except StoreUnavailable:
             kv = await self.store.get(self.key)  # may raise again: then we know nothing
-            created = kv is not None and kv.value == self.name and kv.lease == lease
-        return kv.create_revision if created and kv else None
+            created = False
+        # A key holding our name under our lease is ours even if the reply that said so
+        # was lost and a retry found it "already there".
+        mine = kv is not None and kv.value == self.name and kv.lease == lease
+        return kv.create_revision if (created or mine) and kv else None
 
     async def campaign(self) -> int:
         """Block until this node is leader; returns the fencing token."""

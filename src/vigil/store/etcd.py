@@ -80,9 +80,12 @@ class EtcdStore(Store):
                                        f"({last})")
             ep = self.endpoints[self._current]
             tried += 1
+            # etcd drops proposals made while it has no leader and lets the request hang
+            # until its own timeout (~7 s): give each attempt a slice, then try again.
+            attempt = min(left, max(0.25, self.timeout / 3))
             try:
                 async with self._http().post(f"{ep}/v3/{path}", json=body,
-                                             timeout=aiohttp.ClientTimeout(total=left)) as r:
+                                             timeout=aiohttp.ClientTimeout(total=attempt)) as r:
                     data = await r.json(content_type=None)
                     if r.status == 200:
                         return data
