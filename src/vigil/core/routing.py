@@ -23,6 +23,7 @@ Rules:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Mapping
 
 NO_TRAFFIC_STATES = frozenset({"failed", "fenced", "maintenance", "draining"})
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
@@ -114,10 +115,10 @@ class RetryPolicy:
     retries: int = 0
     denied: int = 0
 
-    def safe(self, method: str, path: str, headers: dict[str, str]) -> bool:
+    def safe(self, method: str, path: str, headers: Mapping[str, str]) -> bool:
         if method.upper() in IDEMPOTENT_METHODS:
             return True
-        if any(k.lower() == "idempotency-key" for k in headers):
+        if any(k.lower() == "idempotency-key" for k in headers.keys()):
             return True
         return method.upper() == "POST" and path in self.idempotent_paths
 

@@ -59,6 +59,8 @@ class Router:
                              web.get("/_vigil/status", self.status_handler),
                              web.route("*", "/{tail:.*}", self.handle)])
         self._http: aiohttp.ClientSession | None = None
+        self._client_timeout = aiohttp.ClientTimeout(total=None, sock_connect=r.connect_timeout)
+        self._cancel_cause: dict[asyncio.Task, str] = {}
 
     async def start(self) -> None:
         self._http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
@@ -74,7 +76,7 @@ class Router:
     def eject(self, name: str, cause: str) -> None:
         """Abandon the attempts waiting on `name`; they are retried elsewhere."""
         for task in list(self.inflight.get(name, ())):
-            task.cancel(f"node {name} ejected: {cause}")
+            self._abandon(task, f"abandoned: node {name} ejected ({cause})")
 
     def _on_change(self, name: str, state: str) -> None:
         log.info("backend %s: %s", name, state)
@@ -112,7 +114,7 @@ class Router:
 
     async def _route(self, request: web.Request, body: bytes, t0: float,
                      buffer: bool) -> web.StreamResponse:
-        safe = self.policy.safe(request.method, request.path, dict(request.headers))
+        safe = self.policy.safe(request.method, request.path, request.headers)
         self.policy.request_started()
         tried: set[str] = set()
         last = "no attempt"
@@ -144,31 +146,38 @@ class Router:
             self.eject(backend.name, e.cause)
 
     async def _attempt(self, b: Backend, request: web.Request, body: bytes) -> aiohttp.ClientResponse:
-        task = asyncio.get_running_loop().create_task(self._send(b, request, body))
+        """One attempt, as a task that `eject` or the per-try timer may cancel."""
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(self._send(b, request, body))
+        timeout = self.cfg.retry.per_try_timeout
+        timer = loop.call_later(timeout, self._abandon, task,
+                                f"no response within {timeout:g} s (timed out)")
         self.inflight[b.name].add(task)
         b.outstanding += 1
         try:
             return await task
         except asyncio.CancelledError:
-            if asyncio.current_task().cancelling():  # the client went away: propagate
+            if asyncio.current_task().cancelling():  # the client went away: stop the attempt too
+                task.cancel()
                 raise
-            raise AttemptFailed(f"abandoned: node ejected while waiting ({task})") from None
+            raise AttemptFailed(self._cancel_cause.pop(task, "abandoned")) from None
         finally:
+            timer.cancel()
             b.outstanding -= 1
             self.inflight[b.name].discard(task)
+
+    def _abandon(self, task: asyncio.Task, cause: str) -> None:
+        if not task.done():
+            self._cancel_cause[task] = cause
+            task.cancel()
 
     async def _send(self, b: Backend, request: web.Request, body: bytes) -> aiohttp.ClientResponse:
         assert self._http is not None
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
-        r = self.cfg.retry
         try:
-            resp = await asyncio.wait_for(self._http.request(
-                request.method, b.url + request.path_qs, data=body, headers=headers,
-                allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=r.connect_timeout)),
-                r.per_try_timeout)
-        except asyncio.TimeoutError:
-            raise AttemptFailed(f"no response within {r.per_try_timeout:g} s (timed out)") from None
+            resp = await self._http.request(request.method, b.url + request.path_qs, data=body,
+                                            headers=headers, allow_redirects=False,
+                                            timeout=self._client_timeout)
         except (aiohttp.ClientError, OSError) as e:
             raise AttemptFailed(f"{type(e).__name__}: {e}") from None
         if resp.status in RETRYABLE_STATUS:
@@ -183,7 +192,7 @@ class Router:
         headers["X-Vigil-Node"] = b.name
         headers["X-Vigil-Attempts"] = str(attempts)
         try:
-            if buffer:
+            if buffer or _small(upstream):
                 data = await upstream.read()
                 self._done(b, upstream.status, t0, attempts)
                 return web.Response(status=upstream.status, body=data, headers=headers)
@@ -226,6 +235,13 @@ class Router:
                                   "why_not": b.why_not(now)}
                          for b in self.table.backends.values()},
             "heartbeat": dict(self.membership.receiver.counters)})
+
+
+def _small(resp: aiohttp.ClientResponse) -> bool:
+    """A sized, non-streaming answer is cheaper to pass whole; streams pass chunk by chunk."""
+    length = resp.content_length
+    return (length is not None and length <= 1 << 20
+            and not resp.headers.get("Content-Type", "").startswith("text/event-stream"))
 
 
 def _error(status: int, message: str) -> web.Response:
