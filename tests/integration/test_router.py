@@ -91,10 +91,17 @@ def test_idempotency_key_executes_once(model_lab):
 def test_sigkill_of_a_node_during_load_fails_no_request(model_lab):
     victim = "n2"
 
+    first_seen = []
+
     def fault(gen):
         after(model_lab, gen, 80)
         model_lab.kill_node(victim)
+        first_seen.append(model_lab.wait_for(
+            lambda: (lambda b: b if not b["eligible"] else None)(router_status(model_lab)["backends"][victim]),
+            10, "the router to drop the dead node"))
     samples = run_load(model_lab, 8, fault)
+    # The router's own heartbeat detector removed it, before etcd's lease expiry could.
+    assert first_seen[0]["alive"] is False and first_seen[0]["ready"] is True, first_seen
     failed = [s for s in samples if s.status != 200]
     assert len(samples) > 200 and failed == []
     late = [s for s in samples if s.start > samples[0].start + 4]

@@ -27,7 +27,7 @@ from vigil.errors import StoreError, WatchCompacted
 from vigil.net.transport import HeartbeatReceiver, HeartbeatTransport
 from vigil.net.wire import Heartbeat, ReplayGuard
 from vigil.router.config import RouterConfig
-from vigil.store.base import Store, WatchEvent
+from vigil.store.base import Store, WatchEvent, prefix_end
 from vigil.store.keys import Keys
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,9 @@ class Membership:
     async def _etcd_loop(self) -> None:
         while True:
             try:
-                kvs, rev = await self.store.range(self.keys.prefix + "events0")
+                # Everything but the event log: members, states, leader (keys after "events/").
+                kvs, rev = await self.store.range(self.keys.prefix + "events0",
+                                                  prefix_end(self.keys.prefix))
                 for kv in kvs:
                     self._apply(WatchEvent("put", kv.key, kv.value, kv.mod_revision))
                 self._forget_missing({kv.key for kv in kvs})

@@ -1,0 +1,113 @@
+"""The router and the inference supervisor in-process, on the in-memory store
+(held to etcd by the conformance suite), against real HTTP servers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import aiohttp
+from aiohttp import web
+
+from vigil.agent.daemon import Agent
+from vigil.config import parse_config
+from vigil.lab.procs import free_ports
+from vigil.router.config import parse_router_config
+from vigil.router.proxy import Router
+from vigil.store.keys import Keys
+from vigil.testing import MemoryStore
+from vigil.testing.wait import wait_until
+
+KEY = "ef" * 32
+
+
+async def serve(app: web.Application, port: int) -> web.AppRunner:
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner
+
+
+def streaming_backend(release: asyncio.Event) -> web.Application:
+    async def stream(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(b"data: first\n\n")
+        await release.wait()  # the second chunk only after the client saw the first
+        await resp.write(b"data: second\n\n")
+        await resp.write_eof()
+        return resp
+    app = web.Application()
+    app.add_routes([web.post("/v1/completions", stream)])
+    return app
+
+
+async def test_streaming_response_passes_through_without_buffering(tmp_path):
+    backend_port, router_port, hb_port = free_ports(3)
+    release = asyncio.Event()
+    backend = await serve(streaming_backend(release), backend_port)
+    store = MemoryStore()
+    store.start()
+    await store.put(Keys("s").member("n1"), json.dumps(
+        {"inference": {"url": f"http://127.0.0.1:{backend_port}", "ready": True}}))
+    cfg = parse_router_config({"cluster": "s", "etcd": {"endpoints": ["http://127.0.0.1:1"]},
+                               "listen": {"port": router_port},
+                               "heartbeat": {"port": hb_port, "key": KEY}})
+    router = Router(cfg, store)
+    await router.start()
+    front = await serve(router.app, router_port)
+    try:
+        await wait_until(lambda: router.table.choose(0.0) is not None, 5, "the member to be learnt")
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"http://127.0.0.1:{router_port}/v1/completions", json={}) as r:
+                assert r.headers["X-Vigil-Node"] == "n1"
+                first = await asyncio.wait_for(r.content.readuntil(b"\n\n"), 5)
+                assert first == b"data: first\n\n", "the first event arrived while the stream is open"
+                release.set()
+                assert await r.content.read() == b"data: second\n\n"
+    finally:
+        await front.cleanup()
+        await router.stop()
+        await backend.cleanup()
+        await store.close()
+
+
+async def test_agent_watches_an_external_server_by_url(tmp_path):
+    api_port, hb_port, srv_port = free_ports(3)
+    healthy = {"on": True}
+
+    async def embeddings(_: web.Request) -> web.Response:
+        if not healthy["on"]:
+            return web.json_response({"error": {"message": "engine wedged"}}, status=503)
+        return web.json_response({"data": [{"embedding": [0.0]}]})
+    app = web.Application()
+    app.add_routes([web.post("/v1/embeddings", embeddings)])
+    srv = await serve(app, srv_port)
+    cfg = parse_config({"cluster": "ext", "node": "a", "data_dir": str(tmp_path),
+                        "etcd": {"endpoints": ["http://127.0.0.1:1"]}, "api": {"port": api_port},
+                        "heartbeat": {"key": KEY, "port": hb_port},
+                        "inference": {"url": f"http://127.0.0.1:{srv_port}", "canary_interval": 0.1,
+                                      "canary_timeout": 0.5}})
+    store = MemoryStore()
+    store.start()
+    agent = Agent(cfg, store=store)
+    stop = asyncio.Event()
+    task = asyncio.get_running_loop().create_task(agent.run(stop))
+    try:
+        await wait_until(lambda: agent.inference.ready, 10, "ready from canaries")
+        assert agent.inference.describe()["managed"] is False and agent.inference.proc is None
+        rec = await wait_until(lambda: _record(store), 10, "the member record")
+        await wait_until(lambda: json.loads(store._kv[Keys("ext").member("a")].value)["inference"]["ready"],
+                         10, "readiness published")
+        healthy["on"] = False
+        await wait_until(lambda: not agent.inference.ready, 10, "not ready after failed canaries")
+        assert "HTTP 503" in agent.inference.tracker.reason and rec
+    finally:
+        stop.set()
+        await task
+        await srv.cleanup()
+
+
+def _record(store: MemoryStore):
+    kv = store._kv.get(Keys("ext").member("a"))
+    return kv and json.loads(kv.value)
