@@ -89,16 +89,20 @@ _TOP = {"cluster", "node", "priority", "data_dir", "api", "etcd", "heartbeat", "
         "inference"}
 
 
-def load_config(path: str | Path) -> NodeConfig:
-    """Read and validate one node's YAML file. Raises ConfigError."""
+def read_yaml(path: str | Path) -> Any:
+    """The parsed YAML of a configuration file. Raises ConfigError."""
     p = Path(path)
     try:
-        raw = yaml.safe_load(p.read_text())
+        return yaml.safe_load(p.read_text())
     except OSError as e:
         raise ConfigError("config file", str(p), f"cannot be read ({e.strerror}); check the path") from None
     except yaml.YAMLError as e:
         raise ConfigError("config file", str(p), f"is not valid YAML: {e}") from None
-    return parse_config(raw, base_dir=p.parent)
+
+
+def load_config(path: str | Path) -> NodeConfig:
+    """Read and validate one node's YAML file. Raises ConfigError."""
+    return parse_config(read_yaml(path), base_dir=Path(path).parent)
 
 
 def parse_config(raw: Any, base_dir: Path = Path(".")) -> NodeConfig:

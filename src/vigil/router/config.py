@@ -6,10 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from vigil.config import (EtcdConfig, _address, _etcd, _int, _key, _mapping, _name, _port,
-                          _timing)
+                          _timing, read_yaml)
 from vigil.core.timing import Timing
 from vigil.errors import ConfigError
 
@@ -40,14 +38,8 @@ class RouterConfig:
 
 
 def load_router_config(path: str | Path) -> RouterConfig:
-    p = Path(path)
-    try:
-        raw = yaml.safe_load(p.read_text())
-    except OSError as e:
-        raise ConfigError("config file", str(p), f"cannot be read ({e.strerror}); check the path") from None
-    except yaml.YAMLError as e:
-        raise ConfigError("config file", str(p), f"is not valid YAML: {e}") from None
-    return parse_router_config(raw, p.parent)
+    """Read and validate the router's YAML file. Raises ConfigError."""
+    return parse_router_config(read_yaml(path), Path(path).parent)
 
 
 def parse_router_config(raw: Any, base_dir: Path = Path(".")) -> RouterConfig:

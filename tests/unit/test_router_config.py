@@ -1,0 +1,31 @@
+import pytest
+
+from vigil.errors import ConfigError
+from vigil.router.config import load_router_config, parse_router_config
+
+BASE = {"cluster": "prod", "etcd": {"endpoints": ["http://127.0.0.1:2379"]}, "heartbeat": {"key": "ab" * 32}}
+
+
+def test_defaults():
+    c = parse_router_config(BASE)
+    assert c.listen_port == 8080 and c.heartbeat_port == 695
+    assert c.retry.max_attempts == 3 and c.retry.idempotent_paths == ("/v1/embeddings",)
+
+
+@pytest.mark.parametrize("over, field", [
+    ({"retry": {"max_attempts": 0}}, "retry.max_attempts"),
+    ({"retry": {"per_try_timeout": -1}}, "retry.per_try_timeout"),
+    ({"retry": {"idempotent_paths": ["v1/x"]}}, "retry.idempotent_paths"),
+    ({"retry": {"retries": 3}}, "retry.retries"),
+    ({"listen": {"port": 0}}, "listen.port"),
+])
+def test_bad_router_values(over, field):
+    with pytest.raises(ConfigError) as e:
+        parse_router_config({**BASE, **over})
+    assert e.value.field == field
+
+
+def test_unreadable_file(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        load_router_config(tmp_path / "missing.yaml")
+    assert "cannot be read" in str(e.value)
