@@ -1,0 +1,132 @@
+"""ActuatorGateway: the only path to a PLC's holding registers, fenced by token.
+
+A PLC speaking Modbus/TCP cannot check fencing tokens itself, so every write
+goes through this gateway: POST /write {"register", "value", "token"}. The
+TokenGuard admits the token first (a deposed leader gets 409 and the
+register is untouched), then the value is written with pymodbus and read
+back. Every attempt, accepted or not, is appended to a JSON-lines history
+that the chaos checker reads (tokens accepted must never decrease; no stale
+write is ever accepted).
+
+Writes are serialised: the guard check and the PLC write happen under one
+lock, so a stale command can never overtake a newer one between the two.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from vigil.errors import VigilError
+from vigil.fencing.guard import StaleToken, TokenGuard
+
+
+class PlcError(VigilError):
+    """The PLC did not accept or confirm a write."""
+
+
+class ModbusPlc:
+    """A holding-register PLC over Modbus/TCP (pymodbus)."""
+
+    def __init__(self, host: str, port: int, device_id: int = 1, timeout: float = 1.0):
+        self.host, self.port, self.device_id, self.timeout = host, port, device_id, timeout
+        self._client = None
+
+    async def _connected(self):
+        from pymodbus.client import AsyncModbusTcpClient
+
+        if self._client is None or not self._client.connected:
+            self._client = AsyncModbusTcpClient(self.host, port=self.port, timeout=self.timeout, retries=0)
+            if not await self._client.connect():
+                raise PlcError(f"cannot connect to the PLC at {self.host}:{self.port}")
+        return self._client
+
+    async def write(self, register: int, value: int) -> int:
+        """Write one holding register and return the value read back."""
+        from pymodbus.exceptions import ModbusException
+
+        try:
+            c = await self._connected()
+            w = await c.write_register(register, value, device_id=self.device_id)
+            if w.isError():
+                raise PlcError(f"PLC refused the write to register {register}: {w}")
+            return await self.read(register)
+        except (ModbusException, OSError, asyncio.TimeoutError) as e:
+            raise PlcError(f"PLC write failed: {e}") from None
+
+    async def read(self, register: int) -> int:
+        from pymodbus.exceptions import ModbusException
+
+        try:
+            r = await (await self._connected()).read_holding_registers(register, count=1,
+                                                                        device_id=self.device_id)
+        except (ModbusException, OSError, asyncio.TimeoutError) as e:
+            raise PlcError(f"PLC read failed: {e}") from None
+        if r.isError():
+            raise PlcError(f"PLC refused the read of register {register}: {r}")
+        return r.registers[0]
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+
+class ActuatorGateway:
+    def __init__(self, plc: ModbusPlc, guard: TokenGuard, history: Path):
+        self.plc, self.guard, self.history = plc, guard, history
+        self._lock = asyncio.Lock()
+        self.app = web.Application(client_max_size=64 * 1024)
+        self.app.add_routes([web.post("/write", self.write), web.get("/read", self.read),
+                             web.get("/status", self.status)])
+
+    async def write(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+            register, value, token = _int(body, "register", 0, 65535), _int(body, "value", 0, 65535), \
+                _int(body, "token", 1, 2**63)
+        except (ValueError, VigilError, AttributeError) as e:
+            return web.json_response({"error": f"bad write request: {e}; send JSON "
+                                      '{"register": N, "value": V, "token": T}'}, status=400)
+        async with self._lock:
+            try:
+                self.guard.admit(token)
+            except StaleToken as e:
+                self._record(token, register, value, False, str(e))
+                return web.json_response({"error": str(e), "highest": e.highest}, status=409)
+            try:
+                readback = await self.plc.write(register, value)
+            except PlcError as e:
+                self._record(token, register, value, False, str(e))
+                return web.json_response({"error": str(e)}, status=502)
+            self._record(token, register, value, True, "written")
+        return web.json_response({"register": register, "value": readback, "token": token})
+
+    async def read(self, request: web.Request) -> web.Response:
+        try:
+            register = int(request.query["register"])
+            return web.json_response({"register": register, "value": await self.plc.read(register)})
+        except (KeyError, ValueError):
+            return web.json_response({"error": "give ?register=N"}, status=400)
+        except PlcError as e:
+            return web.json_response({"error": str(e)}, status=502)
+
+    async def status(self, _: web.Request) -> web.Response:
+        return web.json_response({"highest_token": self.guard.highest, "rejected": self.guard.rejected})
+
+    def _record(self, token: int, register: int, value: int, accepted: bool, reason: str) -> None:
+        line = json.dumps({"at": time.time(), "token": token, "register": register, "value": value,
+                           "accepted": accepted, "reason": reason})
+        with open(self.history, "a") as f:
+            f.write(line + "\n")
+
+
+def _int(body: dict[str, Any], key: str, lo: int, hi: int) -> int:
+    v = body[key] if key in body else None
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise VigilError(f"'{key}' must be an integer from {lo} to {hi}, got {v!r}")
+    return v

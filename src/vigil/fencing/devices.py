@@ -1,0 +1,148 @@
+"""Fence devices: power a node off and *prove* it is off.
+
+Contract of every FenceDevice:
+- `status()` returns "on" or "off", or raises FencingFailed when the device
+  cannot say (never a guess).
+- `fence()` powers the node off and then polls `status()` until it reads
+  "off" within `verify_timeout`; only then does it return. Anything else
+  raises FencingFailed: the caller must treat the node as possibly alive
+  (roles stay blocked until an operator confirms it is off).
+- NullDevice cannot power anything off; it says so in every answer, and
+  `fence()` always fails: it exists so a development cluster can be
+  configured and loudly reported, never to pretend.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import re
+
+import aiohttp
+
+from vigil.errors import VigilError
+
+
+class FencingFailed(VigilError):
+    """The node could not be confirmed powered off."""
+
+
+class FenceDevice(abc.ABC):
+    name = "device"
+    verify_timeout = 10.0
+
+    @abc.abstractmethod
+    async def status(self) -> str: ...
+
+    @abc.abstractmethod
+    async def power_off(self) -> None: ...
+
+    @abc.abstractmethod
+    async def power_on(self) -> None: ...
+
+    async def fence(self) -> None:
+        await self.power_off()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.verify_timeout
+        while True:
+            if await self.status() == "off":
+                return
+            if loop.time() >= deadline:
+                raise FencingFailed(f"{self.name}: power off was sent but the node still reads 'on' "
+                                    f"after {self.verify_timeout:g} s")
+            await asyncio.sleep(0.05)
+
+
+class NullDevice(FenceDevice):
+    name = "null (no fencing device configured)"
+
+    async def status(self) -> str:
+        raise FencingFailed("no fencing device is configured: the node's power state is unknown")
+
+    async def power_off(self) -> None:
+        raise FencingFailed("no fencing device is configured: power it off by hand, then run "
+                            "`vigil fence NODE --confirm-off`")
+
+    async def power_on(self) -> None:
+        raise FencingFailed("no fencing device is configured")
+
+
+class IpmiDevice(FenceDevice):
+    """IPMI over LAN through ipmitool (`-I lanplus -C 3`: ipmi_sim and most BMCs)."""
+
+    def __init__(self, host: str, port: int, user: str, password: str, timeout: float = 5.0,
+                 ipmitool: str = "ipmitool", cipher: int = 3):
+        self.host, self.port, self.user, self.password = host, port, user, password
+        self.timeout, self.ipmitool, self.cipher = timeout, ipmitool, cipher
+        self.name = f"ipmi {host}:{port}"
+
+    async def _run(self, *args: str) -> str:
+        cmd = [self.ipmitool, "-I", "lanplus", "-C", str(self.cipher), "-H", self.host,
+               "-p", str(self.port), "-U", self.user, "-E", "-N", "1", "-R", "2", *args]
+        try:
+            p = await asyncio.create_subprocess_exec(
+                *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                env={"IPMI_PASSWORD": self.password, "PATH": "/usr/bin:/bin:/usr/sbin:/sbin"})
+        except OSError as e:
+            raise FencingFailed(f"{self.name}: cannot run {self.ipmitool}: {e.strerror} "
+                                "(apt-get install ipmitool)") from None
+        try:
+            out, err = await asyncio.wait_for(p.communicate(), self.timeout)
+        except asyncio.TimeoutError:
+            p.kill()
+            await p.wait()
+            raise FencingFailed(f"{self.name}: no answer within {self.timeout:g} s") from None
+        if p.returncode != 0:
+            msg = (err or out).decode(errors="replace").strip().splitlines()
+            raise FencingFailed(f"{self.name}: ipmitool {' '.join(args)} failed: "
+                                f"{msg[-1] if msg else 'exit ' + str(p.returncode)}")
+        return out.decode(errors="replace")
+
+    async def status(self) -> str:
+        out = await self._run("chassis", "power", "status")
+        m = re.search(r"Chassis Power is (on|off)", out)
+        if not m:
+            raise FencingFailed(f"{self.name}: unexpected power status answer {out.strip()!r}")
+        return m.group(1)
+
+    async def power_off(self) -> None:
+        await self._run("chassis", "power", "off")
+
+    async def power_on(self) -> None:
+        await self._run("chassis", "power", "on")
+
+
+class RedfishDevice(FenceDevice):
+    """Redfish `ComputerSystem.Reset` (ForceOff / On) and `PowerState`."""
+
+    def __init__(self, base_url: str, system: str, user: str = "", password: str = "",
+                 timeout: float = 5.0):
+        self.base, self.system, self.timeout = base_url.rstrip("/"), system, timeout
+        self.auth = aiohttp.BasicAuth(user, password) if user else None
+        self.name = f"redfish {self.base}/redfish/v1/Systems/{system}"
+
+    async def _request(self, method: str, path: str, body: dict | None = None) -> dict:
+        url = f"{self.base}/redfish/v1/Systems/{self.system}{path}"
+        try:
+            async with aiohttp.ClientSession(auth=self.auth) as http:
+                async with http.request(method, url, json=body,
+                                        timeout=aiohttp.ClientTimeout(total=self.timeout)) as r:
+                    text = await r.text()
+                    if r.status >= 300:
+                        raise FencingFailed(f"{self.name}: {method} {path or '/'} answered HTTP "
+                                            f"{r.status}: {text[:200]}")
+                    return await r.json(content_type=None) if text.strip() else {}
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as e:
+            raise FencingFailed(f"{self.name}: {type(e).__name__}: {e}") from None
+
+    async def status(self) -> str:
+        state = (await self._request("GET", "")).get("PowerState")
+        if state not in ("On", "Off"):
+            raise FencingFailed(f"{self.name}: PowerState is {state!r}, neither On nor Off")
+        return state.lower()
+
+    async def power_off(self) -> None:
+        await self._request("POST", "/Actions/ComputerSystem.Reset", {"ResetType": "ForceOff"})
+
+    async def power_on(self) -> None:
+        await self._request("POST", "/Actions/ComputerSystem.Reset", {"ResetType": "On"})

@@ -1,0 +1,53 @@
+"""Fence devices against real simulators: OpenIPMI's ipmi_sim, whose power
+off SIGKILLs the simulated node's process."""
+
+from __future__ import annotations
+
+import pytest
+
+from vigil.fencing.devices import FencingFailed, IpmiDevice, NullDevice
+from vigil.lab import procs
+from vigil.lab.ipmi import IpmiSim
+from vigil.testing.wait import wait_until
+
+
+@pytest.fixture
+def bmc(tmp_path):
+    port = procs.free_ports(1, kind=__import__("socket").SOCK_DGRAM)[0]
+    sim = IpmiSim(tmp_path, port, ["sleep", "100000"])
+    sim.start()
+    try:
+        yield sim
+    finally:
+        sim.stop()
+
+
+async def test_ipmi_fence_really_kills_the_node_and_verifies(bmc):
+    dev = IpmiDevice("127.0.0.1", bmc.port, bmc.user, bmc.password)
+    await wait_until(lambda: bmc.node_pid(), 5, "the simulated node running")
+    node = bmc.node_pid()
+    assert await dev.status() == "on"
+    await dev.fence()
+    assert not procs.alive(node), "power off SIGKILLed the node's process"
+    assert await dev.status() == "off"
+    await dev.power_on()
+    await wait_until(lambda: bmc.node_pid(), 10, "the node powered on again")
+    assert await dev.status() == "on"
+
+
+async def test_failing_ipmi_device_is_a_clear_failure_never_off(bmc):
+    wrong = IpmiDevice("127.0.0.1", bmc.port, bmc.user, "wrong-password", timeout=10)
+    with pytest.raises(FencingFailed) as e:
+        await wrong.fence()
+    assert "ipmi 127.0.0.1" in str(e.value)
+    assert bmc.node_pid(), "nothing was powered off"
+    dead_port = IpmiDevice("127.0.0.1", procs.free_ports(1)[0], "admin", "x", timeout=10)
+    with pytest.raises(FencingFailed):
+        await dead_port.status()
+
+
+async def test_null_device_never_pretends():
+    with pytest.raises(FencingFailed, match="confirm-off"):
+        await NullDevice().fence()
+    with pytest.raises(FencingFailed):
+        await NullDevice().status()
