@@ -8,7 +8,7 @@ import pytest
 from vigil.fencing.devices import FencingFailed, IpmiDevice, NullDevice
 from vigil.lab import procs
 from vigil.lab.ipmi import IpmiSim
-from vigil.testing.wait import wait_until
+from vigil.testing.wait import wait_for_value, wait_until
 
 
 @pytest.fixture
@@ -51,3 +51,41 @@ async def test_null_device_never_pretends():
         await NullDevice().fence()
     with pytest.raises(FencingFailed):
         await NullDevice().status()
+
+
+@pytest.fixture
+def redfish(tmp_path):
+    import json
+    import sys
+    import urllib.request
+    from pathlib import Path
+
+    port = procs.free_ports(1)[0]
+    exe = Path(sys.executable).parent / "sushy-emulator"
+    p = procs.spawn([str(exe), "--fake", "-i", "127.0.0.1", "-p", str(port)], tmp_path / "sushy.log")
+    url = f"http://127.0.0.1:{port}"
+
+    def systems():
+        try:
+            with urllib.request.urlopen(url + "/redfish/v1/Systems", timeout=1) as r:
+                return [m["@odata.id"].rsplit("/", 1)[1] for m in json.load(r)["Members"]]
+        except OSError:
+            return None
+    try:
+        ids = procs.wait_for(systems, 30, "the Redfish emulator")
+        yield url, ids[0]
+    finally:
+        procs.stop(p.pid, "sushy-emulator")
+
+
+async def test_redfish_fence_powers_off_and_verifies(redfish):
+    from vigil.fencing.devices import RedfishDevice
+
+    url, system = redfish
+    dev = RedfishDevice(url, system)  # the emulator applies each power change 1-11 s later
+    await dev.power_on()
+    await wait_for_value(dev.status, "on", 20)
+    await dev.fence()  # returns only once the BMC reads Off
+    assert await dev.status() == "off"
+    with pytest.raises(FencingFailed, match="HTTP 404"):
+        await RedfishDevice(url, "no-such-system").fence()

@@ -116,8 +116,9 @@ class RedfishDevice(FenceDevice):
     """Redfish `ComputerSystem.Reset` (ForceOff / On) and `PowerState`."""
 
     def __init__(self, base_url: str, system: str, user: str = "", password: str = "",
-                 timeout: float = 5.0):
+                 timeout: float = 5.0, verify_timeout: float = 15.0):
         self.base, self.system, self.timeout = base_url.rstrip("/"), system, timeout
+        self.verify_timeout = verify_timeout  # BMCs apply power changes seconds later
         self.auth = aiohttp.BasicAuth(user, password) if user else None
         self.name = f"redfish {self.base}/redfish/v1/Systems/{system}"
 

@@ -19,7 +19,6 @@ import json
 import secrets
 import signal
 import sys
-import time
 import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass
@@ -291,13 +290,7 @@ class Lab:
         return None
 
     def wait_for(self, cond: Callable[[], Any], timeout: float, what: str, poll: float = 0.02) -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            v = cond()
-            if v:
-                return v
-            time.sleep(poll)
-        raise VigilError(f"timed out after {timeout:g} s waiting for {what}")
+        return procs.wait_for(cond, timeout, what, poll)
 
     def events(self) -> list[dict[str, Any]]:
         """The whole event log, oldest first."""

@@ -11,6 +11,9 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Any, Callable
+
+from vigil.errors import VigilError
 
 
 def spawn(cmd: list[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
@@ -78,6 +81,17 @@ def wait_dead(pid: int, timeout: float) -> bool:
             return True
         time.sleep(0.02)
     return not alive(pid)
+
+
+def wait_for(cond: Callable[[], Any], timeout: float, what: str, poll: float = 0.02) -> Any:
+    """Poll `cond` until truthy (returned); VigilError naming `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = cond()
+        if v:
+            return v
+        time.sleep(poll)
+    raise VigilError(f"timed out after {timeout:g} s waiting for {what}")
 
 
 def free_ports(n: int, kind: int = socket.SOCK_STREAM) -> list[int]:
