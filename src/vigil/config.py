@@ -63,6 +63,15 @@ class InferenceConfig:
 
 
 @dataclass(frozen=True)
+class FencingConfig:
+    """Which devices fence which node, tried in order (levels), and the delay
+    that keeps two partitions from fencing each other at once."""
+
+    topology: dict[str, tuple[dict[str, Any], ...]]
+    race_delay: float = 0.5
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     cluster: str
     node: str
@@ -79,6 +88,8 @@ class NodeConfig:
     timing: Timing = field(default_factory=Timing)
     log_level: str = "info"
     inference: InferenceConfig | None = None
+    fencing: FencingConfig | None = None
+    controller: dict[str, Any] | None = None  # {gateway, register, interval}: the leader's actuator
 
     @property
     def api_url(self) -> str:
@@ -86,7 +97,7 @@ class NodeConfig:
 
 
 _TOP = {"cluster", "node", "priority", "data_dir", "api", "etcd", "heartbeat", "timing", "log_level",
-        "inference"}
+        "inference", "fencing", "controller"}
 
 
 def read_yaml(path: str | Path) -> Any:
@@ -125,7 +136,8 @@ def parse_config(raw: Any, base_dir: Path = Path(".")) -> NodeConfig:
         api_host=_address(api.get("host", "127.0.0.1"), "api.host"),
         api_port=_port(api.get("port", 8008), "api.port"),
         data_dir=str(d.get("data_dir", "/var/lib/vigil")), timing=timing, log_level=level,
-        inference=_inference(d.get("inference")))
+        inference=_inference(d.get("inference")), fencing=_fencing(d.get("fencing"), base_dir),
+        controller=_controller(d.get("controller")))
 
 
 def _mapping(v: Any, where: str, allowed: set[str]) -> dict[str, Any]:
@@ -285,3 +297,62 @@ def _inference(v: Any) -> InferenceConfig | None:
         body = json.dumps(body)
     return InferenceConfig(str(d["url"]).rstrip("/"), tuple(cmd),
                            str(d.get("canary_path", InferenceConfig.canary_path)), body, **numbers)
+
+
+DEVICE_FIELDS = {"ipmi": {"type", "host", "port", "user", "password", "password_file", "timeout"},
+                 "redfish": {"type", "url", "system", "user", "password", "password_file", "timeout"},
+                 "null": {"type"}}
+
+
+def _fencing(v: Any, base: Path) -> FencingConfig | None:
+    if v is None:
+        return None
+    d = _mapping(v, "fencing", {"topology", "race_delay"})
+    topo = _mapping(d.get("topology"), "fencing.topology", set(d.get("topology") or {}))
+    out: dict[str, tuple[dict[str, Any], ...]] = {}
+    for node, levels in topo.items():
+        where = f"fencing.topology.{node}"
+        if isinstance(levels, dict):
+            levels = [levels]
+        if not isinstance(levels, list) or not levels:
+            raise ConfigError(where, levels, "list the devices that fence this node, first tried first")
+        out[str(node)] = tuple(_device(lv, f"{where}[{i}]", base) for i, lv in enumerate(levels))
+    delay = d.get("race_delay", 0.5)
+    if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not 0 <= delay <= 60:
+        raise ConfigError("fencing.race_delay", delay, "must be 0..60 seconds")
+    return FencingConfig(out, float(delay))
+
+
+def _device(v: Any, where: str, base: Path) -> dict[str, Any]:
+    kind = v.get("type") if isinstance(v, dict) else None
+    if kind not in DEVICE_FIELDS:
+        raise ConfigError(f"{where}.type", kind, "must be one of ipmi, redfish, null")
+    d = dict(_mapping(v, where, DEVICE_FIELDS[kind]))
+    if "password_file" in d:
+        path = base / str(d.pop("password_file"))
+        try:
+            d["password"] = path.read_text().strip()
+        except OSError as e:
+            raise ConfigError(f"{where}.password_file", str(path), f"cannot be read ({e.strerror})") from None
+    if kind == "ipmi":
+        d["host"] = _address(d.get("host"), f"{where}.host")
+        d["port"] = _port(d.get("port", 623), f"{where}.port")
+        if not d.get("user"):
+            raise ConfigError(f"{where}.user", d.get("user"), "the BMC user is required")
+    if kind == "redfish" and not str(d.get("url", "")).startswith(("http://", "https://")):
+        raise ConfigError(f"{where}.url", d.get("url"), "must be the BMC's base URL, http(s)://HOST:PORT")
+    return d
+
+
+def _controller(v: Any) -> dict[str, Any] | None:
+    if v is None:
+        return None
+    d = _mapping(v, "controller", {"gateway", "register", "interval"})
+    if not str(d.get("gateway", "")).startswith(("http://", "https://")):
+        raise ConfigError("controller.gateway", d.get("gateway"), "must be the actuator gateway's URL")
+    interval = d.get("interval", 0.2)
+    if isinstance(interval, bool) or not isinstance(interval, (int, float)) or interval < 0.01:
+        raise ConfigError("controller.interval", interval, "must be >= 0.01 seconds")
+    return {"gateway": str(d["gateway"]).rstrip("/"),
+            "register": _int(d.get("register", 0), "controller.register", 0, 65535),
+            "interval": float(interval)}

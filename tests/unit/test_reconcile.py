@@ -91,3 +91,50 @@ def test_decide_states_marks_leader_standbys_and_failed():
              suspected=frozenset())
     assert decide_states(v) == {"a": "active", "c": "failed"}
     assert decide_states(replace(v, i_lead=False)) == {}
+
+
+def fence_view(me="b", **kw):
+    base = view(me, leader=LeaderInfo("a", 5, 1), suspected=frozenset({"a"}),
+                fenceable=frozenset({"a"}), suspected_for={"a": 0.3})
+    return replace(base, **kw)
+
+
+def test_best_standby_fences_a_suspected_leader():
+    d = decide(fence_view("b"))
+    assert d.action == "fence" and "leader a (token 5) suspected" in d.reason
+
+
+def test_lower_priority_standby_leaves_fencing_to_the_best():
+    d = decide(fence_view("c"))
+    assert d.action == NONE and "b (higher priority) will fence it" in d.reason
+
+
+def test_race_delay_when_a_higher_priority_peer_may_exist():
+    v = fence_view("c", suspected=frozenset({"a", "b"}), suspected_for={"a": 0.3}, race_delay=0.5)
+    d = decide(v)
+    assert d.action == NONE and "fencing it in 0.2 s" in d.reason, "b outranks c: c waits 1 x 0.5 s"
+    assert decide(replace(v, suspected_for={"a": 0.6})).action == "fence"
+
+
+def test_no_device_waits_for_lease_and_failed_fence_blocks():
+    d = decide(fence_view("b", fenceable=frozenset()))
+    assert d.action == NONE and "waiting for its lease to expire" in d.reason
+    d = decide(fence_view("b", fence_blocked={"a": "BMC unreachable"}))
+    assert d.action == NONE and "vigil fence a --confirm-off" in d.reason
+
+
+def test_blocked_node_is_not_campaigned_over_after_its_lease_expires():
+    d = decide(view("b", fence_blocked={"a": "BMC unreachable"}, no_leader_for=99))
+    assert d.action == NONE and "blocked" in d.reason
+
+
+def test_fenced_node_that_registers_again_becomes_standby():
+    v = view("a", i_lead=True, my_token=5, leader=LeaderInfo("a", 5, 1),
+             states={"a": "active", "b": "fenced", "c": "fenced"},
+             members={"a": MEMBERS["a"], "b": MEMBERS["b"]})
+    assert decide_states(v) == {"b": "standby"}
+
+
+def test_a_leader_never_heard_is_not_fenced():
+    d = decide(fence_view("b", suspected_for={}))
+    assert d.action == NONE and "following a" in d.reason

@@ -24,6 +24,7 @@ from typing import Any
 from vigil import __version__
 from vigil.agent.heartbeat import HeartbeatService
 from vigil.agent.history import LeadershipHistory
+from vigil.agent.controller import Controller
 from vigil.agent.inference import InferenceSupervisor
 from vigil.agent.reconciler import Reconciler
 from vigil.clock import SystemClock
@@ -82,6 +83,8 @@ class Agent:
         self.session: Session | None = None
         self.election: Election | None = None
         self.reconciler = Reconciler(self)
+        c = cfg.controller
+        self.controller = Controller(self, c["gateway"], c["register"], c["interval"]) if c else None
         self.inference = (InferenceSupervisor(cfg.inference, self.data_dir, self.clock,
                                               self._on_inference, self.events.record)
                           if cfg.inference else None)
@@ -155,6 +158,8 @@ class Agent:
         await _best_effort("flush the event log", self.events.flush())
         if self.session:
             await _best_effort("revoke the lease", self.session.close(revoke=True))
+        if self.controller:
+            await self.controller.stop()
         if self.inference:
             await _best_effort("stop the inference server", self.inference.stop())
         await _best_effort("stop heartbeats", self.heartbeats.stop())
@@ -227,12 +232,15 @@ class Agent:
 
     def record_role_change(self, change: RoleChange) -> None:
         wall = self.clock.to_wall(change.at)
+        token_file = self.data_dir / "fencing-token"
         if change.kind == "acquired":
+            token_file.write_text(f"{change.token}\n")  # for processes that act for the leader
             self.history.write("start", change.token, wall,
                                valid_until=self.clock.to_wall(self.role.valid_until))
             self.events.record("leader_elected", f"{self.cfg.node} leads with token {change.token}: "
                                                  f"{change.reason}", token=change.token)
         else:
+            token_file.unlink(missing_ok=True)
             self.history.write("end", change.token, wall, kind=change.kind, reason=change.reason)
             self.events.record(f"leader_{change.kind}", f"{self.cfg.node} stopped leading "
                                                         f"(token {change.token}): {change.reason}",

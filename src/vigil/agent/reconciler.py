@@ -13,9 +13,11 @@ from dataclasses import replace
 import logging
 from typing import TYPE_CHECKING
 
-from vigil.core.reconcile import CAMPAIGN, DEMOTE, NONE, RESIGN, Decision, decide, decide_states
+from vigil.core.reconcile import (CAMPAIGN, DEMOTE, FENCE, NONE, RESIGN, Decision, decide,
+                                  decide_states)
 from vigil.core.view import ClusterView
 from vigil.errors import StoreError, WatchCompacted
+from vigil.agent.fence import fence_leader
 from vigil.store.events import prune_events
 from vigil.store.registry import Snapshot
 
@@ -73,7 +75,7 @@ class Reconciler:
         decision = decide(view)
         self._set(decision)
         await self._perform(decision, view)
-        if a.is_leader():
+        if a.is_leader() and decision.action != FENCE:  # after a fence the view is stale: next cycle
             await self._leader_housekeeping(view)
         self.cycles += 1
         return decision
@@ -92,7 +94,11 @@ class Reconciler:
             leader=snap.leader, members=snap.member_infos(), states=snap.states,
             switchover=snap.switchover, suspected=frozenset(a.heartbeats.peers.suspected()),
             no_leader_for=now - self._no_leader_since if self._no_leader_since else 0.0,
-            campaign_grace=a.cfg.timing.loop_interval)
+            campaign_grace=a.cfg.timing.loop_interval,
+            fenceable=frozenset(a.cfg.fencing.topology) if a.cfg.fencing else frozenset(),
+            fence_blocked=snap.fence_blocked,
+            suspected_for=a.heartbeats.peers.suspected_for(now),
+            race_delay=a.cfg.fencing.race_delay if a.cfg.fencing else 0.0)
 
     def _set(self, decision: Decision) -> None:
         if decision != self.last:
@@ -113,6 +119,9 @@ class Reconciler:
             change = a.role.lost(a.clock.now(), d.reason)
             if change:
                 a.record_role_change(change)
+        elif d.action == FENCE and view.leader:
+            if await fence_leader(a, view.leader, d.reason):
+                await self._campaign(view)
 
     async def _campaign(self, view: ClusterView) -> None:
         a = self.agent
@@ -130,6 +139,8 @@ class Reconciler:
         a.record_role_change(change)
         if view.switchover and view.switchover.to == a.cfg.node:
             await a.registry.clear_switchover()
+        if a.controller:
+            a.controller.leading(token)
         a.wake.set()
 
     async def _leader_housekeeping(self, view: ClusterView) -> None:

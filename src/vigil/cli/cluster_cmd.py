@@ -30,6 +30,12 @@ def register(sub) -> None:
     p.add_argument("--to", required=True, metavar="NODE", help="the node to lead next")
     p.add_argument("--wait", type=float, default=10.0, help="seconds to wait for it (default 10)")
     p.set_defaults(func=switchover)
+    p = sub.add_parser("fence", help="record that NODE is powered off (after a manual power-off)")
+    add_target_args(p)
+    p.add_argument("node")
+    p.add_argument("--confirm-off", action="store_true", required=True,
+                   help="you have verified NODE is powered off (as `stonith_admin --confirm`)")
+    p.set_defaults(func=fence)
 
 
 def _run(coro_fn, target):
@@ -90,5 +96,34 @@ def switchover(args) -> int:
             await asyncio.sleep(0.05)
         raise VigilError(f"{args.to} did not take over within {args.wait:g} s; "
                          "see `vigil events` for why")
+
+    return _run(go, target)
+
+
+def fence(args) -> int:
+    target = resolve(args)
+
+    async def go(store):
+        from vigil.clock import SystemClock
+        from vigil.store.events import EventLog
+
+        reg = Registry(store, target.keys)
+        snap = await reg.snapshot()
+        known = set(snap.members) | set(snap.states) | set(snap.fence_blocked)
+        if args.node not in known:
+            raise VigilError(f"{args.node}: not a member of cluster {target.cluster} "
+                             f"(known: {', '.join(sorted(known)) or 'none'})")
+        leases = {snap.member_leases.get(args.node, 0)}
+        if snap.leader and snap.leader.name == args.node:
+            leases.add(snap.leader.lease)
+        for lease in leases - {0}:
+            await store.revoke(lease)  # its leader key and member record go with it
+        await reg.fenced(args.node)
+        log = EventLog(store, target.keys, "operator", SystemClock())
+        log.record("fence_confirmed", f"operator confirmed {args.node} is powered off; its roles are "
+                   "released", subject=args.node)
+        await log.flush()
+        print(f"{args.node} marked fenced; its lease is revoked and its roles may move")
+        return 0
 
     return _run(go, target)

@@ -7,7 +7,7 @@ import argparse
 import sys
 
 from vigil import __version__
-from vigil.cli import agent_cmd, cluster_cmd, demo_cmd, lab_cmd, router_cmd, serve_cmd
+from vigil.cli import agent_cmd, cluster_cmd, demo_cmd, fence_cmd, lab_cmd, router_cmd, serve_cmd
 from vigil.errors import ConfigError, VigilError
 
 
@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd.register(sub)
     router_cmd.register(sub)
     demo_cmd.register(sub)
+    fence_cmd.register(sub)
     return p
 
 

@@ -146,6 +146,9 @@ class PeerTable:
         for p in self.peers.values():
             p.detector.forgive(seconds, now)
 
+    def suspected_for(self, now: float) -> dict[str, float]:
+        return {p.name: now - p.since for p in self.peers.values() if p.state == SUSPECT}
+
     def suspected(self) -> set[str]:
         return {p.name for p in self.peers.values() if p.state != ALIVE}
 

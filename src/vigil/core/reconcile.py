@@ -13,7 +13,7 @@ from typing import Callable
 
 from vigil.core.view import ACTIVE, FAILED, FENCED, MAINTENANCE, STANDBY, ClusterView
 
-NONE, CAMPAIGN, RESIGN, DEMOTE = "none", "campaign", "resign", "demote"
+NONE, CAMPAIGN, RESIGN, DEMOTE, FENCE = "none", "campaign", "resign", "demote", "fence"
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,33 @@ def _leading(v: ClusterView) -> Decision | None:
     return Decision(NONE, f"holding leadership (token {v.my_token})")
 
 
+def _fence_dead_leader(v: ClusterView) -> Decision | None:
+    """A suspected leader with a fencing device is powered off by the best
+    standby, which then takes over without waiting for the lease."""
+    lead = v.leader
+    # Only a peer we heard and then lost counts: one we never heard (we just
+    # started) is unknown, and unknown is no reason to power anything off.
+    if lead is None or lead.name == v.me or lead.name not in v.suspected_for:
+        return None
+    if lead.name in v.fence_blocked:
+        return Decision(NONE, f"blocked: fencing {lead.name} failed ({v.fence_blocked[lead.name]}); "
+                              f"power it off by hand, then run `vigil fence {lead.name} --confirm-off`")
+    if lead.name not in v.fenceable:
+        return Decision(NONE, f"leader {lead.name} suspected; no fencing device for it: waiting for its "
+                              "lease to expire")
+    if not v.healthy or not v.eligible(v.me):
+        return Decision(NONE, f"leader {lead.name} suspected; not eligible to take over")
+    best = v.best_candidate()
+    if best != v.me:
+        return Decision(NONE, f"leader {lead.name} suspected; {best} (higher priority) will fence it")
+    wait = v.higher_priority_peers(lead.name) * v.race_delay
+    waited = v.suspected_for.get(lead.name, 0.0)
+    if waited < wait:
+        return Decision(NONE, f"leader {lead.name} suspected; fencing it in {wait - waited:.1f} s unless "
+                              "a higher-priority node does first")
+    return Decision(FENCE, f"leader {lead.name} (token {lead.token}) suspected; fencing it")
+
+
 def _following(v: ClusterView) -> Decision | None:
     if v.leader is None:
         return None
@@ -73,6 +100,10 @@ def _following(v: ClusterView) -> Decision | None:
 
 
 def _no_leader(v: ClusterView) -> Decision:
+    if v.fence_blocked:
+        node, why = sorted(v.fence_blocked.items())[0]
+        return Decision(NONE, f"blocked: fencing {node} failed ({why}); it may still be alive. Power "
+                              f"it off by hand, then run `vigil fence {node} --confirm-off`")
     if not v.healthy:
         return Decision(NONE, "no leader; not eligible: " + "; ".join(v.health_reasons))
     if not v.eligible(v.me):
@@ -93,7 +124,7 @@ def _no_leader(v: ClusterView) -> Decision:
 
 
 HANDLERS: tuple[Handler, ...] = (_no_session, _i_lead_without_key, _stale_own_key, _leading,
-                                 _following)
+                                 _fence_dead_leader, _following)
 
 
 def decide(v: ClusterView) -> Decision:
@@ -110,15 +141,15 @@ def decide_states(v: ClusterView) -> dict[str, str]:
 
     The leader is `active`, registered members are `standby`, and a node with
     a state but no member record (its lease is gone) or that the leader
-    suspects is `failed`. `fenced` and `maintenance` are kept until an
-    operator or the fencing path changes them.
+    suspects is `failed`. `maintenance` is kept until an operator changes it;
+    `fenced` is kept until the node registers again (it was rebooted).
     """
     if not v.i_lead:
         return {}
     wanted: dict[str, str] = {}
     for name in set(v.members) | set(v.states):
         current = v.states.get(name)
-        if current in (FENCED, MAINTENANCE):
+        if current == MAINTENANCE or (current == FENCED and name not in v.members):
             continue
         if name == v.me:
             state = ACTIVE

@@ -53,6 +53,10 @@ class ClusterView:
     suspected: frozenset[str] = frozenset()
     no_leader_for: float = 0.0
     campaign_grace: float = 1.0
+    fenceable: frozenset[str] = frozenset()  # nodes this node has a fencing device for
+    fence_blocked: dict[str, str] = field(default_factory=dict)  # node -> why its fencing failed
+    suspected_for: dict[str, float] = field(default_factory=dict)  # heard, then lost: seconds since
+    race_delay: float = 0.5
 
     def eligible(self, name: str) -> bool:
         """Could `name` lead: registered, healthy, not suspected, not held out by its state."""
@@ -62,6 +66,13 @@ class ClusterView:
         if name != self.me and name in self.suspected:
             return False
         return self.states.get(name) not in INELIGIBLE_STATES
+
+    def higher_priority_peers(self, exclude: str) -> int:
+        """Healthy registered members above me, whether I can hear them or not:
+        each one is a node that should fence before I do."""
+        mine = self.members[self.me].priority if self.me in self.members else 0
+        return sum(1 for m in self.members.values()
+                   if m.name not in (self.me, exclude) and m.healthy and m.priority > mine)
 
     def best_candidate(self) -> str | None:
         """Highest priority eligible member; ties go to the lowest name."""

@@ -147,3 +147,15 @@ class RedfishDevice(FenceDevice):
 
     async def power_on(self) -> None:
         await self._request("POST", "/Actions/ComputerSystem.Reset", {"ResetType": "On"})
+
+
+def make_device(spec: dict) -> FenceDevice:
+    """A device from one validated `fencing.topology` entry."""
+    kind = spec["type"]
+    if kind == "ipmi":
+        return IpmiDevice(spec["host"], spec["port"], spec["user"], str(spec.get("password", "")),
+                          timeout=float(spec.get("timeout", 5.0)))
+    if kind == "redfish":
+        return RedfishDevice(spec["url"], str(spec.get("system", "1")), str(spec.get("user", "")),
+                             str(spec.get("password", "")), timeout=float(spec.get("timeout", 5.0)))
+    return NullDevice()

@@ -30,6 +30,7 @@ import yaml
 from vigil.errors import ConfigError, VigilError
 from vigil.lab import procs
 from vigil.lab.etcd import EtcdCluster
+from vigil.lab.fencing import LabFencing
 from vigil.store.etcd import EtcdStore
 from vigil.store.keys import Keys
 
@@ -61,14 +62,14 @@ class LabRouter:
 
 class Lab:
     def __init__(self, root: Path, cluster: str, etcd: EtcdCluster, nodes: list[LabNode],
-                 router: LabRouter | None = None):
+                 router: LabRouter | None = None, fencing: LabFencing | None = None):
         self.root, self.cluster, self.etcd, self.nodes = root, cluster, etcd, nodes
-        self.router = router
+        self.router, self.fencing = router, fencing
 
     # -- construction ----------------------------------------------------------
     @classmethod
     def create(cls, root: Path, n: int, cluster: str = "lab", timing: dict[str, Any] | None = None,
-               model: bool = False, router: bool = False) -> "Lab":
+               model: bool = False, router: bool = False, fencing: bool = False) -> "Lab":
         """Write configs for a lab of `n` nodes under `root` (nothing started)."""
         if not 1 <= n <= 32:
             raise ConfigError("--nodes", n, "a lab has 1 to 32 nodes")
@@ -91,7 +92,8 @@ class Lab:
                                  server_url=f"http://127.0.0.1:{ports[3 * i + 2]}" if model else None))
         lab_router = (LabRouter(f"http://127.0.0.1:{ports[-2]}", str(root / "router.yaml"),
                                 str(root / "router.log"), ports[-1]) if router else None)
-        lab = cls(root, cluster, etcd, nodes, lab_router)
+        lab = cls(root, cluster, etcd, nodes, lab_router,
+                  LabFencing.plan(root, [x.name for x in nodes]) if fencing else None)
         if lab_router:
             Path(lab_router.config).write_text(yaml.safe_dump(lab.router_config(), sort_keys=False))
         for i, node in enumerate(nodes):
@@ -113,7 +115,7 @@ class Lab:
                           "observers": ([{"address": "127.0.0.1", "port": self.router.heartbeat_port}]
                                         if self.router else [])},
             "timing": dict(timing),
-        } | self._inference_config(node)
+        } | self._inference_config(node) | (self.fencing.node_config(node.name) if self.fencing else {})
 
     def _inference_config(self, node: LabNode) -> dict[str, Any]:
         if not node.server_url:
@@ -135,12 +137,15 @@ class Lab:
 
     @classmethod
     def up(cls, root: Path, n: int, cluster: str = "lab", timing: dict[str, Any] | None = None,
-           timeout: float = 30.0, model: bool = False, router: bool = False) -> "Lab":
-        lab = cls.create(root, n, cluster, timing, model, router)
+           timeout: float = 30.0, model: bool = False, router: bool = False,
+           fencing: bool = False) -> "Lab":
+        lab = cls.create(root, n, cluster, timing, model, router, fencing)
         try:
             lab.etcd.start()
             lab.save()
             lab.etcd.wait_healthy()
+            if lab.fencing:
+                lab.fencing.start_support()
             for node in lab.nodes:
                 lab.start_agent(node.name)
             if lab.router:
@@ -165,11 +170,13 @@ class Lab:
                               f"`vigil lab up --dir {root}`") from None
         return cls(Path(d["dir"]), d["cluster"], EtcdCluster.from_json(d["etcd"]),
                    [LabNode(**x) for x in d["nodes"]],
-                   LabRouter(**d["router"]) if d.get("router") else None)
+                   LabRouter(**d["router"]) if d.get("router") else None,
+                   LabFencing(**d["fencing"]) if d.get("fencing") else None)
 
     def save(self) -> None:
         doc = {"dir": str(self.root), "cluster": self.cluster, "etcd": self.etcd.to_json(),
                "router": asdict(self.router) if self.router else None,
+               "fencing": asdict(self.fencing) if self.fencing else None,
                "nodes": [asdict(n) for n in self.nodes]}
         for n in doc["nodes"]:
             n["server_pid"] = self.server_pid(n["name"])
@@ -188,6 +195,8 @@ class Lab:
         for pid, url in leftovers:
             if pid and url:
                 procs.stop(pid, "serve-model --port " + url.rsplit(":", 1)[1])
+        if self.fencing:
+            self.fencing.stop()
         self.etcd.stop()
         (self.root / "lab.json").unlink(missing_ok=True)
 
@@ -200,6 +209,9 @@ class Lab:
 
     def start_agent(self, name: str) -> int:
         node = self.node(name)
+        if self.fencing:  # the node's BMC powers it on
+            node.agent_pid = self.fencing.power_on(name, node.config, node.log)
+            return node.agent_pid
         p = procs.spawn([sys.executable, "-m", "vigil", "agent", "--config", node.config],
                         Path(node.log))
         node.agent_pid = p.pid

@@ -94,14 +94,22 @@ def wait_for(cond: Callable[[], Any], timeout: float, what: str, poll: float = 0
     raise VigilError(f"timed out after {timeout:g} s waiting for {what}")
 
 
+_handed_out: set[int] = set()
+
+
 def free_ports(n: int, kind: int = socket.SOCK_STREAM) -> list[int]:
-    """`n` distinct ports free for both TCP and UDP on 127.0.0.1 right now."""
+    """`n` distinct ports free for both TCP and UDP on 127.0.0.1 right now, and
+    never handed out before by this process (so separate calls cannot collide
+    while the first ports are not bound yet)."""
     ports: list[int] = []
     held = []
     while len(ports) < n:
         s = socket.socket(socket.AF_INET, kind)
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+        if port in _handed_out:
+            s.close()
+            continue
         other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM if kind == socket.SOCK_STREAM
                               else socket.SOCK_STREAM)
         try:
@@ -114,4 +122,5 @@ def free_ports(n: int, kind: int = socket.SOCK_STREAM) -> list[int]:
         ports.append(port)
     for s in held:
         s.close()
+    _handed_out.update(ports)
     return ports

@@ -38,6 +38,13 @@ class Keys:
     def events(self) -> str:
         return self.prefix + "events/"
 
+    @property
+    def fencing(self) -> str:
+        return self.prefix + "fencing/"
+
+    def fence_marker(self, node: str) -> str:
+        return self.fencing + node
+
     def member(self, node: str) -> str:
         return self.members + node
 

@@ -7,8 +7,8 @@ Contract:
   by operators for `maintenance`), so they outlive the node.
 - `snapshot()` reads leader, members, states and switchover in ONE range
   request, hence at one revision; the events below the same prefix are
-  outside that range (keys sort: config < events/ < leader < members/ <
-  state/ < switchover).
+  outside that range (keys sort: config < events/ < fencing/ < leader <
+  members/ < state/ < switchover).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ class Snapshot:
     member_leases: dict[str, int] = field(default_factory=dict)
     states: dict[str, str] = field(default_factory=dict)
     switchover: Switchover | None = None
+    fence_blocked: dict[str, str] = field(default_factory=dict)
 
     def member_infos(self) -> dict[str, MemberInfo]:
         out = {}
@@ -58,6 +59,15 @@ class Registry:
     async def clear_switchover(self) -> None:
         await self.store.delete(self.keys.switchover)
 
+    async def block_fencing(self, node: str, record: dict[str, Any]) -> None:
+        """Fencing `node` failed: no one takes its roles until an operator confirms it is off."""
+        await self.store.put(self.keys.fence_marker(node), json.dumps(record, sort_keys=True))
+
+    async def fenced(self, node: str) -> None:
+        """`node` is confirmed off: mark it fenced and lift any block."""
+        await self.set_state(node, "fenced")
+        await self.store.delete(self.keys.fence_marker(node))
+
     async def snapshot(self) -> Snapshot:
         start = self.keys.prefix + "events" + chr(ord("/") + 1)
         kvs, rev = await self.store.range(start, prefix_end(self.keys.prefix))
@@ -70,6 +80,7 @@ def parse_snapshot(keys: Keys, kvs: list[KeyValue], revision: int) -> Snapshot:
     leases: dict[str, int] = {}
     states: dict[str, str] = {}
     switchover = None
+    blocked: dict[str, str] = {}
     for kv in kvs:
         if kv.key == keys.leader:
             leader = leader_from(kv)
@@ -79,11 +90,13 @@ def parse_snapshot(keys: Keys, kvs: list[KeyValue], revision: int) -> Snapshot:
             leases[name] = kv.lease
         elif kv.key.startswith(keys.states):
             states[kv.key[len(keys.states):]] = kv.value
+        elif kv.key.startswith(keys.fencing):
+            blocked[kv.key[len(keys.fencing):]] = str(_json(kv.value).get("reason", "fencing failed"))
         elif kv.key == keys.switchover:
             rec = _json(kv.value)
             if rec.get("to"):
                 switchover = Switchover(str(rec["to"]), str(rec.get("by", "")))
-    return Snapshot(revision, leader, members, leases, states, switchover)
+    return Snapshot(revision, leader, members, leases, states, switchover, blocked)
 
 
 def _json(text: str) -> dict[str, Any]:

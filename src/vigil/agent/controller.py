@@ -1,0 +1,62 @@
+"""Controller: the singleton resource a leader drives, here an actuator
+behind a token-guarded gateway (vigil.fencing.actuator).
+
+While this node leads, it writes the register every `interval` seconds,
+starting at once on acquisition, each write carrying the fencing token. The
+write is attempted only after a fresh `is_leader()` check; a 409 from the
+gateway means a newer leader exists: this node stops writing and says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+import aiohttp
+
+from vigil.fencing import TOKEN_HEADER
+
+if TYPE_CHECKING:
+    from vigil.agent.daemon import Agent
+
+log = logging.getLogger(__name__)
+
+
+class Controller:
+    def __init__(self, agent: "Agent", gateway: str, register: int, interval: float):
+        self.agent, self.gateway, self.register, self.interval = agent, gateway, register, interval
+        self.accepted = 0
+        self.rejected = 0
+        self._task: asyncio.Task | None = None
+
+    def leading(self, token: int) -> None:
+        if self._task and not self._task.done():
+            self._task.cancel()
+        self._task = asyncio.get_running_loop().create_task(self._drive(token))
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _drive(self, token: int) -> None:
+        a = self.agent
+        value = 0
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.0)) as http:
+            while a.is_leader() and a.role.token == token:
+                value = (value + 1) % 65536
+                try:
+                    async with http.post(self.gateway + "/write", headers={TOKEN_HEADER: str(token)},
+                                         json={"register": self.register, "value": value,
+                                               "token": token}) as r:
+                        if r.status == 409:
+                            self.rejected += 1
+                            a.events.record("actuator_rejected", f"the actuator refused token {token}: "
+                                            "a newer leader has written; stopping", token=token)
+                            return
+                        if r.status == 200:
+                            self.accepted += 1
+                except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+                    log.warning("actuator write failed: %s", e)
+                await asyncio.sleep(self.interval)

@@ -1,0 +1,77 @@
+"""`vigil actuator-gateway` and `vigil plc-sim`: the token-guarded actuator
+path (vigil.fencing.actuator) and a Modbus/TCP PLC simulator for labs."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from vigil.errors import ConfigError
+
+
+def register(sub) -> None:
+    p = sub.add_parser("actuator-gateway", help="the only, token-guarded write path to a Modbus PLC")
+    p.add_argument("--plc", required=True, metavar="HOST:PORT")
+    p.add_argument("--listen", type=int, required=True, metavar="PORT", help="HTTP port on 127.0.0.1")
+    p.add_argument("--state", required=True, metavar="DIR", help="highest token and write history")
+    p.set_defaults(func=gateway)
+    p = sub.add_parser("plc-sim", help="a Modbus/TCP PLC simulator (100 holding registers)")
+    p.add_argument("--port", type=int, required=True)
+    p.set_defaults(func=plc_sim)
+
+
+async def _until_stopped() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+def gateway(args) -> int:
+    host, _, port = args.plc.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError("--plc", args.plc, "must be HOST:PORT")
+    logging.basicConfig(level="INFO", stream=sys.stderr)
+    from aiohttp import web
+
+    from vigil.fencing import TokenGuard
+    from vigil.fencing.actuator import ActuatorGateway, ModbusPlc
+
+    state = Path(args.state)
+    state.mkdir(parents=True, exist_ok=True)
+
+    async def main() -> None:
+        plc = ModbusPlc(host, int(port))
+        gw = ActuatorGateway(plc, TokenGuard(state / "highest-token"), state / "writes.jsonl")
+        runner = web.AppRunner(gw.app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", args.listen).start()
+        try:
+            await _until_stopped()
+        finally:
+            await runner.cleanup()
+            plc.close()
+
+    asyncio.run(main())
+    return 0
+
+
+def plc_sim(args) -> int:
+    from pymodbus.server import ModbusTcpServer
+    from pymodbus.simulator import DataType, SimData, SimDevice
+
+    async def main() -> None:
+        dev = SimDevice(id=1, simdata=[SimData(0, values=[0] * 100, datatype=DataType.REGISTERS)])
+        server = ModbusTcpServer(dev, address=("127.0.0.1", args.port))
+        await server.serve_forever(background=True)
+        try:
+            await _until_stopped()
+        finally:
+            await server.shutdown()
+
+    asyncio.run(main())
+    return 0
