@@ -21,3 +21,10 @@ def test_overlaps_found_only_across_tokens():
     c = Interval("c", 12, 3.0, 4.0, "lease")
     assert overlaps([a, b, c]) == [(a, b)]
     assert overlaps([a, c]) == []
+
+
+def test_fencing_ends_a_killed_leaders_interval():
+    recs = [{"node": "a", "event": "start", "token": 5, "at": 10.0, "valid_until": 11.6},
+            {"node": "a", "event": "fenced", "token": 5, "at": 10.4, "by": "b"}]
+    [iv] = intervals(recs)
+    assert iv.end == 10.4 and iv.ended_by == "fenced"

@@ -2,8 +2,9 @@
 devices (levels tried in order), verify it is off, revoke its lease (its
 leader key and member record vanish at once), mark it `fenced`. Only then
 may this node campaign. If no level can confirm the power-off, the node is
-marked blocked in etcd and nobody takes its roles until an operator runs
-`vigil fence NODE --confirm-off`: a node that was not confirmed dead is never
+marked blocked in etcd (it is marked so from the first attempt, so nobody
+campaigns while a fence is in flight) and nobody takes its roles until an
+operator runs `vigil fence NODE --confirm-off`: a node that was not confirmed dead is never
 assumed dead. Every step is an event with its timing.
 """
 
@@ -28,6 +29,10 @@ async def fence_leader(a: "Agent", leader: LeaderInfo, reason: str) -> bool:
     t0 = a.clock.now()
     a.events.record("fencing_started", f"fencing {leader.name}: {reason}", subject=leader.name,
                     token=leader.token)
+    # Hold everyone else back while we fence: if the lease expires meanwhile, no one may
+    # take the role of a node that is not yet confirmed off.
+    await a.registry.block_fencing(leader.name, {"reason": f"fencing in progress by {a.cfg.node}",
+                                                 "by": a.cfg.node, "at": a.clock.wall()})
     errors = []
     for level, spec in enumerate(a.cfg.fencing.topology[leader.name], start=1):
         device = make_device(spec)
@@ -38,6 +43,8 @@ async def fence_leader(a: "Agent", leader: LeaderInfo, reason: str) -> bool:
             a.events.record("fencing_level_failed", str(e), subject=leader.name, level=level)
             continue
         ms = round((a.clock.now() - t0) * 1000, 1)
+        # From here the old leader cannot act: its leadership ended no later than now.
+        a.history.write("fenced", leader.token, a.clock.wall(), node=leader.name, by=a.cfg.node)
         try:
             await a.store.revoke(leader.lease)
             await a.registry.fenced(leader.name)

@@ -5,6 +5,8 @@ flushed synchronously so a SIGKILL loses nothing already decided:
 - {"event": "start", token, at, valid_until}
 - {"event": "renew", token, at, valid_until}   (each acknowledged keep-alive)
 - {"event": "end",   token, at, kind, reason}
+- {"event": "fenced", token, at}   written by the node that fenced this one
+  (node names the fenced node): it was confirmed powered off at `at`
 Times are Unix seconds. For a node killed while leading there is no "end":
 its leadership ended no later than its last `valid_until`, because it never
 acts past that instant. `intervals()` applies exactly that rule; tests and
@@ -34,8 +36,8 @@ class LeadershipHistory:
         self.path, self.node = path, node
         path.parent.mkdir(parents=True, exist_ok=True)
 
-    def write(self, event: str, token: int, at: float, **extra: Any) -> None:
-        line = json.dumps({"node": self.node, "event": event, "token": token, "at": at, **extra})
+    def write(self, event: str, token: int, at: float, node: str | None = None, **extra: Any) -> None:
+        line = json.dumps({"node": node or self.node, "event": event, "token": token, "at": at, **extra})
         with open(self.path, "a") as f:
             f.write(line + "\n")
             f.flush()
@@ -65,8 +67,8 @@ def intervals(records: list[dict[str, Any]]) -> list[Interval]:
             cur["start"] = r["at"]
         if "valid_until" in r:
             cur["valid_until"] = max(cur["valid_until"] or 0, r["valid_until"])
-        if r["event"] == "end":
-            cur["end"], cur["by"] = r["at"], r.get("kind", "end")
+        if r["event"] in ("end", "fenced") and (cur["end"] is None or r["at"] < cur["end"]):
+            cur["end"], cur["by"] = r["at"], r.get("kind", r["event"])
     out = []
     for (node, token), c in acc.items():
         if c["start"] is None:

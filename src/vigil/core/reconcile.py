@@ -75,8 +75,9 @@ def _fence_dead_leader(v: ClusterView) -> Decision | None:
     if lead is None or lead.name == v.me or lead.name not in v.suspected_for:
         return None
     if lead.name in v.fence_blocked:
-        return Decision(NONE, f"blocked: fencing {lead.name} failed ({v.fence_blocked[lead.name]}); "
-                              f"power it off by hand, then run `vigil fence {lead.name} --confirm-off`")
+        return Decision(NONE, f"blocked on {lead.name}: {v.fence_blocked[lead.name]}; if it stays "
+                              f"blocked, power it off by hand, then run `vigil fence {lead.name} "
+                              "--confirm-off`")
     if lead.name not in v.fenceable:
         return Decision(NONE, f"leader {lead.name} suspected; no fencing device for it: waiting for its "
                               "lease to expire")
@@ -102,8 +103,8 @@ def _following(v: ClusterView) -> Decision | None:
 def _no_leader(v: ClusterView) -> Decision:
     if v.fence_blocked:
         node, why = sorted(v.fence_blocked.items())[0]
-        return Decision(NONE, f"blocked: fencing {node} failed ({why}); it may still be alive. Power "
-                              f"it off by hand, then run `vigil fence {node} --confirm-off`")
+        return Decision(NONE, f"blocked on {node}: {why}; it may still be alive. If it stays blocked, "
+                              f"power it off by hand, then run `vigil fence {node} --confirm-off`")
     if not v.healthy:
         return Decision(NONE, "no leader; not eligible: " + "; ".join(v.health_reasons))
     if not v.eligible(v.me):
