@@ -112,6 +112,8 @@ class Agent:
                 "health": {"verdict": "healthy" if self.healthy else "unhealthy",
                            "reasons": list(self.health_reasons)},
                 "inference": self.inference.describe() if self.inference else None,
+                "fences": ({n: [d["type"] for d in levels] for n, levels in self.cfg.fencing.topology.items()}
+                           if self.cfg.fencing else {}),
                 "incarnation": self.incarnation, "started_at": self.started_at,
                 "version": __version__, "pid": os.getpid()}
 

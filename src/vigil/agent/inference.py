@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-
+import os
 import signal
 from pathlib import Path
 from typing import Callable
@@ -91,9 +91,12 @@ class InferenceSupervisor:
         while True:
             log_file = open(self.data_dir / "inference.log", "ab")
             try:
+                # The file holds the current fencing token while this node leads; a process
+                # that acts for the leader sends it with every command (vigil.fencing).
+                env = {**os.environ, "VIGIL_FENCING_TOKEN_FILE": str(self.data_dir / "fencing-token")}
                 self.proc = await asyncio.create_subprocess_exec(
                     *self.cfg.command, stdin=asyncio.subprocess.DEVNULL, stdout=log_file,
-                    stderr=asyncio.subprocess.STDOUT, start_new_session=True)
+                    stderr=asyncio.subprocess.STDOUT, start_new_session=True, env=env)
             except OSError as e:
                 log_file.close()
                 self._changed(self.tracker.down(self.clock.now(), f"cannot start: {e}"))

@@ -33,6 +33,10 @@ async def gather_status(store: Store, keys: Keys) -> dict[str, Any]:
     ttls = await asyncio.gather(*(store.time_to_live(snap.member_leases[n]) if n in snap.members
                                   else asyncio.sleep(0, -1) for n in names))
     members = []
+    fencers: dict[str, set[str]] = {}
+    for rec in snap.members.values():
+        for target, types in (rec.get("fences") or {}).items():
+            fencers.setdefault(target, set()).update(types)
     for name, ttl in zip(names, ttls):
         rec = snap.members.get(name)
         ages = [v["peers"][name]["heartbeat_age"] for v in by_name.values()
@@ -53,6 +57,7 @@ async def gather_status(store: Store, keys: Keys) -> dict[str, Any]:
             "api_url": (rec or {}).get("api_url"),
             "agent_reachable": view is not None,
             "decision": view.get("decision") if view else None,
+            "fencing": _fencing_label(fencers.get(name, set())),
         })
     return {"cluster": keys.cluster, "revision": snap.revision,
             "leader": {"name": snap.leader.name, "token": snap.leader.token} if snap.leader else None,
@@ -60,10 +65,19 @@ async def gather_status(store: Store, keys: Keys) -> dict[str, Any]:
             "members": members}
 
 
+def _fencing_label(types: set[str]) -> str:
+    real = sorted(types - {"null"})
+    if real:
+        return "+".join(real)
+    if types:
+        return "NULL DEVICE (not fenced!)"
+    return "none (lease only)"
+
+
 def render_table(doc: dict[str, Any]) -> str:
     cols = [("Member", "name"), ("Role", "role"), ("State", "state"), ("Health", "health"),
             ("HB age", "heartbeat_age"), ("Lease TTL", "lease_ttl"), ("Token", "token"),
-            ("Decision", "decision")]
+            ("Fencing", "fencing"), ("Decision", "decision")]
     rows = [[_cell(m, k) for _, k in cols] for m in doc["members"]]
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, (h, _) in enumerate(cols)]
     line = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
