@@ -33,6 +33,7 @@ def test_one_leader_and_status_contract(lab):
     for m in rows.values():
         assert {"role", "state", "health", "heartbeat_age", "lease_ttl", "token"} <= set(m)
         assert m["health"] == "healthy" and m["lease_ttl"] is not None
+        assert m["fencing"] == "none (lease only)"
     lab.wait_for(lambda: all(json.loads(vigil("status", "--json", "--lab", str(lab.root)).stdout)
                              ["members"][i]["heartbeat_age"] is not None for i in range(3)),
                  15, "heartbeat ages for every member")

@@ -45,6 +45,7 @@ def events(lab, kind):
 def test_sigkill_of_leader_is_fenced_and_taken_over_before_the_lease_expires(fenced_lab):
     lab = fenced_lab
     old, token = leader_of(lab)
+    assert {m["fencing"] for m in lab.status()["members"]} == {"ipmi"}
     t0 = time.time()
     lab.kill_agent(old)
     new, new_token = leader_of(lab, other_than=old, above=token)
