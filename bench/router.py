@@ -176,6 +176,8 @@ FAULTS = ("sigkill_node", "sigstop_server_10s", "restart_503", "slow_20x")
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--trials", type=int, default=10)
+    p.add_argument("--speed-only", action="store_true",
+                   help="re-measure latency and throughput only; keep the fault results on file")
     args = p.parse_args()
     root = Path(tempfile.mkdtemp(prefix="vigil-bench-router-"))
     lab = Lab.up(root / "lab", 3, model=True, router=True)
@@ -187,7 +189,10 @@ def main() -> int:
         tput = {name: throughput(url) for name, url in proxies.items()}
         print("throughput", tput, flush=True)
         faults: dict = {f: {name: {"sent": 0, "failed": 0, "trials": []} for name in proxies} for f in FAULTS}
-        for fault in FAULTS:
+        if args.speed_only:
+            previous = json.loads((Path(__file__).parent / "results" / "router.json").read_text())
+            faults, args.trials = previous["faults"], previous["trials"]
+        for fault in FAULTS if not args.speed_only else ():
             for i in range(args.trials):
                 for name, url in proxies.items():
                     victim = lab.nodes[i % len(lab.nodes)].name
