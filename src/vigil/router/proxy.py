@@ -175,7 +175,7 @@ class Router:
         assert self._http is not None
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
         try:
-            resp = await self._http.request(request.method, b.url + request.path_qs, data=body,
+            resp = await self._http.request(request.method, b.url + request.path_qs, data=body or None,
                                             headers=headers, allow_redirects=False,
                                             timeout=self._client_timeout)
         except (aiohttp.ClientError, OSError) as e:
