@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
-import signal
 import sys
 
+from vigil.cli.runner import run, stop_on_signals
 from vigil.config import load_config
 
 
@@ -38,11 +37,7 @@ def run_agent(args) -> int:
     from vigil.agent import Agent
 
     async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await Agent(cfg).run(stop)
+        await Agent(cfg).run(stop_on_signals())
 
-    asyncio.run(main())
+    run(main)
     return 0

@@ -3,12 +3,11 @@ path (vigil.fencing.actuator) and a Modbus/TCP PLC simulator for labs."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import signal
 import sys
 from pathlib import Path
 
+from vigil.cli.runner import run, stop_on_signals
 from vigil.errors import ConfigError
 
 
@@ -21,14 +20,6 @@ def register(sub) -> None:
     p = sub.add_parser("plc-sim", help="a Modbus/TCP PLC simulator (100 holding registers)")
     p.add_argument("--port", type=int, required=True)
     p.set_defaults(func=plc_sim)
-
-
-async def _until_stopped() -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
 
 
 def gateway(args) -> int:
@@ -51,12 +42,12 @@ def gateway(args) -> int:
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", args.listen).start()
         try:
-            await _until_stopped()
+            await stop_on_signals().wait()
         finally:
             await runner.cleanup()
             plc.close()
 
-    asyncio.run(main())
+    run(main)
     return 0
 
 
@@ -69,9 +60,9 @@ def plc_sim(args) -> int:
         server = ModbusTcpServer(dev, address=("127.0.0.1", args.port))
         await server.serve_forever(background=True)
         try:
-            await _until_stopped()
+            await stop_on_signals().wait()
         finally:
             await server.shutdown()
 
-    asyncio.run(main())
+    run(main)
     return 0

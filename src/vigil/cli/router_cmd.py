@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import signal
 import sys
+
+from vigil.cli.runner import run, stop_on_signals
 
 
 def register(sub) -> None:
@@ -27,10 +27,7 @@ def run_router(args) -> int:
     from vigil.store.etcd import EtcdStore
 
     async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+        stop = stop_on_signals()
         e = cfg.etcd
         store = EtcdStore(list(e.endpoints), 1.0, e.ca_file, e.cert_file, e.key_file)
         router = Router(cfg, store)
@@ -48,9 +45,5 @@ def run_router(args) -> int:
             await router.stop()
             await store.close()
 
-    try:
-        import uvloop  # type: ignore[import-not-found]
-        uvloop.run(main())
-    except ImportError:
-        asyncio.run(main())
+    run(main)
     return 0

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import signal
 import sys
 
+from vigil.cli.runner import run, stop_on_signals
 from vigil.errors import ConfigError
 
 
@@ -32,12 +31,8 @@ def serve_model(args) -> int:
     from vigil.serve.server import serve
 
     async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await serve(args.host, args.port, args.node, args.fault_injection, stop,
+        await serve(args.host, args.port, args.node, args.fault_injection, stop_on_signals(),
                     MiniLM(threads=args.threads))
 
-    asyncio.run(main())
+    run(main)
     return 0
