@@ -110,8 +110,9 @@ def main() -> int:
     write("failover", doc, table, notes=(
         f"Lab timers: heartbeat 100 ms, phi threshold 8, lease TTL {ttl} s, keep-alive every "
         f"{LAB_TIMING['keepalive_interval']} s. Without fencing, (b) waits for etcd to expire the dead "
-        "leader's lease, which etcd's lessor checks only every 500 ms: the reason its tail exceeds "
-        "TTL + 200 ms. With fencing, each node's agent runs under an OpenIPMI ipmi_sim BMC; the best "
+        "leader's lease; etcd's lessor looks for expired leases only every 500 ms, so (b) lands up to "
+        "TTL + 500 ms after the kill, depending on the phase between renewals and that scan, which "
+        "varies from one lab run to the next. With fencing, each node's agent runs under an OpenIPMI ipmi_sim BMC; the best "
         "standby powers the suspected leader off with ipmitool, verifies it is off, revokes its lease "
         "and campaigns; its controller then writes a Modbus register through the token-guarded gateway."))
     return 0
