@@ -49,6 +49,8 @@ class LabNode:
     agent_pid: int = 0
     server_pid: int | None = None
     server_url: str | None = None
+    host: str = "127.0.0.1"
+    netns: str = ""
 
 
 @dataclass
@@ -69,7 +71,10 @@ class Lab:
     # -- construction ----------------------------------------------------------
     @classmethod
     def create(cls, root: Path, n: int, cluster: str = "lab", timing: dict[str, Any] | None = None,
-               model: bool = False, router: bool = False, fencing: bool = False) -> "Lab":
+               model: bool = False, router: bool = False, fencing: bool = False,
+               net: Any = None) -> "Lab":
+        """`net`: a NetTopology; node i then runs in its namespace on its address,
+        with etcd member i beside it (3 nodes only)."""
         """Write configs for a lab of `n` nodes under `root` (nothing started)."""
         if not 1 <= n <= 32:
             raise ConfigError("--nodes", n, "a lab has 1 to 32 nodes")
@@ -78,7 +83,8 @@ class Lab:
             raise VigilError(f"{root}/lab.json exists: run `vigil lab down --dir {root}` first "
                              "or choose another --dir")
         root.mkdir(parents=True, exist_ok=True)
-        etcd = EtcdCluster.plan(root / "etcd")
+        hosts = [(net.host(i + 1), net.ns(i + 1)) for i in range(n)] if net else None
+        etcd = EtcdCluster.plan(root / "etcd", 3, hosts)
         key_file = root / "cluster.key"
         key_file.write_text(secrets.token_hex(32) + "\n")
         key_file.chmod(0o600)
@@ -87,9 +93,11 @@ class Lab:
         for i in range(n):
             name = f"n{i + 1}"
             d = root / "nodes" / name
+            host, ns = hosts[i] if hosts else ("127.0.0.1", "")
             nodes.append(LabNode(name, str(d / "config.yaml"), str(d), str(d / "agent.log"),
-                                 f"http://127.0.0.1:{ports[3 * i]}", ports[3 * i + 1],
-                                 server_url=f"http://127.0.0.1:{ports[3 * i + 2]}" if model else None))
+                                 f"http://{host}:{ports[3 * i]}", ports[3 * i + 1],
+                                 server_url=f"http://127.0.0.1:{ports[3 * i + 2]}" if model else None,
+                                 host=host, netns=ns))
         lab_router = (LabRouter(f"http://127.0.0.1:{ports[-2]}", str(root / "router.yaml"),
                                 str(root / "router.log"), ports[-1]) if router else None)
         lab = cls(root, cluster, etcd, nodes, lab_router,
@@ -106,11 +114,11 @@ class Lab:
         return {
             "cluster": self.cluster, "node": node.name, "priority": priority,
             "data_dir": node.data_dir,
-            "api": {"host": "127.0.0.1", "port": int(node.api_url.rsplit(":", 1)[1])},
+            "api": {"host": node.host, "port": int(node.api_url.rsplit(":", 1)[1])},
             "etcd": {"endpoints": self.etcd.endpoints},
-            "heartbeat": {"addresses": ["127.0.0.1"], "port": node.heartbeat_port,
+            "heartbeat": {"addresses": [node.host], "port": node.heartbeat_port,
                           "key_file": str(self.root / "cluster.key"),
-                          "peers": [{"name": p.name, "addresses": ["127.0.0.1"], "port": p.heartbeat_port}
+                          "peers": [{"name": p.name, "addresses": [p.host], "port": p.heartbeat_port}
                                     for p in self.nodes if p.name != node.name],
                           "observers": ([{"address": "127.0.0.1", "port": self.router.heartbeat_port}]
                                         if self.router else [])},
@@ -138,8 +146,8 @@ class Lab:
     @classmethod
     def up(cls, root: Path, n: int, cluster: str = "lab", timing: dict[str, Any] | None = None,
            timeout: float = 30.0, model: bool = False, router: bool = False,
-           fencing: bool = False) -> "Lab":
-        lab = cls.create(root, n, cluster, timing, model, router, fencing)
+           fencing: bool = False, net: Any = None) -> "Lab":
+        lab = cls.create(root, n, cluster, timing, model, router, fencing, net)
         try:
             lab.etcd.start()
             lab.save()
@@ -212,8 +220,8 @@ class Lab:
         if self.fencing:  # the node's BMC powers it on
             node.agent_pid = self.fencing.power_on(name, node.config, node.log)
             return node.agent_pid
-        p = procs.spawn([sys.executable, "-m", "vigil", "agent", "--config", node.config],
-                        Path(node.log))
+        p = procs.spawn(procs.in_netns(node.netns, [sys.executable, "-m", "vigil", "agent", "--config",
+                                                    node.config]), Path(node.log))
         node.agent_pid = p.pid
         return p.pid
 

@@ -49,14 +49,16 @@ class EtcdMember:
     data_dir: str
     log: str
     pid: int = 0
+    host: str = "127.0.0.1"
+    netns: str = ""  # run inside this network namespace (system tests)
 
     @property
     def client_url(self) -> str:
-        return f"http://127.0.0.1:{self.client_port}"
+        return f"http://{self.host}:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
-        return f"http://127.0.0.1:{self.peer_port}"
+        return f"http://{self.host}:{self.peer_port}"
 
 
 class EtcdCluster:
@@ -65,10 +67,13 @@ class EtcdCluster:
         self.procs: dict[str, subprocess.Popen] = {}
 
     @classmethod
-    def plan(cls, root: Path, n: int = 3) -> "EtcdCluster":
+    def plan(cls, root: Path, n: int = 3, hosts: list[tuple[str, str]] | None = None) -> "EtcdCluster":
+        """`hosts`: (address, network namespace) per member; loopback by default."""
         ports = procs.free_ports(2 * n)
+        hosts = hosts or [("127.0.0.1", "")] * n
         members = [EtcdMember(f"etcd{i + 1}", ports[2 * i], ports[2 * i + 1],
-                              str(root / f"etcd{i + 1}"), str(root / f"etcd{i + 1}.log"))
+                              str(root / f"etcd{i + 1}"), str(root / f"etcd{i + 1}.log"),
+                              host=hosts[i][0], netns=hosts[i][1])
                    for i in range(n)]
         return cls(members, find_etcd(), f"vigil-{ports[0]}")
 
@@ -88,7 +93,7 @@ class EtcdCluster:
         """Start every member (or one, which rejoins with its data dir)."""
         for m in self.members:
             if name in (None, m.name):
-                p = procs.spawn(self.command(m), Path(m.log))
+                p = procs.spawn(procs.in_netns(m.netns, self.command(m)), Path(m.log))
                 self.procs[m.name] = p
                 m.pid = p.pid
 

@@ -23,6 +23,11 @@ def spawn(cmd: list[str], log_path: Path, env: dict[str, str] | None = None) -> 
                                 start_new_session=True, env=env)
 
 
+def in_netns(netns: str, cmd: list[str]) -> list[str]:
+    """`cmd` run inside a network namespace (`ip netns exec` execs: the PID stays the command's)."""
+    return ["ip", "netns", "exec", netns, *cmd] if netns else cmd
+
+
 def alive(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
