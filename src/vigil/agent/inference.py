@@ -126,7 +126,8 @@ class InferenceSupervisor:
         t0 = self.clock.now()
         try:
             async with self._http.post(self.cfg.url + self.cfg.canary_path, data=self.cfg.canary_body,
-                                       headers={"Content-Type": "application/json"},
+                                       headers={"Content-Type": "application/json",
+                                                "X-Vigil-Canary": "1"},
                                        timeout=aiohttp.ClientTimeout(total=self.cfg.canary_timeout)) as r:
                 await r.read()
                 if r.status != 200:

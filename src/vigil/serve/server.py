@@ -81,6 +81,7 @@ class ModelServer:
         self.slowdown = 1.0
         self.fail_status = 0
         self.served = 0
+        self.canaries = 0  # readiness probes, counted apart from client traffic
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self.app = web.Application(client_max_size=MAX_BODY)
         self.app.add_routes([
@@ -101,7 +102,7 @@ class ModelServer:
 
     async def live(self, _: web.Request) -> web.Response:
         return web.json_response({"live": True, "node": self.node, "ready": self.ready,
-                                  "served": self.served})
+                                  "served": self.served, "canaries": self.canaries})
 
     async def readiness(self, _: web.Request) -> web.Response:
         body = {"ready": self.ready, "node": self.node, "reason": self.not_ready_reason or None}
@@ -127,7 +128,10 @@ class ModelServer:
         if self.slowdown > 1:
             # N times slower than the engine's own work, not than the queue in front of it.
             await asyncio.sleep(busy * (self.slowdown - 1))
-        self.served += 1
+        if request.headers.get("X-Vigil-Canary"):
+            self.canaries += 1
+        else:
+            self.served += 1
         data = [{"object": "embedding", "index": i,
                  "embedding": _b64(v) if fmt == "base64" else v} for i, v in enumerate(result.vectors)]
         return web.json_response({"object": "list", "data": data, "model": MODEL_ID,
