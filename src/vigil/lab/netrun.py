@@ -40,10 +40,12 @@ def leader_partitioned(lab: Lab, net: NetTopology) -> dict:
         cut_off_claims = lab.is_leader(old, timeout=1.0)
     finally:
         net.heal()
+    healed = time.time()
+    after = lab.wait_for(lab.leader, 20, "a leader after healing")
     lab.wait_for(lab.ready, 30, "a whole cluster after healing")
     return {"old": [old, token], "new": list(new), "old_stopped_claiming_s": round(stepped_down, 3),
             "new_leader_s": round(took, 3), "cut_off_leader_claims_at_end": cut_off_claims,
-            "leader_after_heal": list(lab.leader() or [])}
+            "leader_after_heal": list(after), "leader_after_heal_s": round(time.time() - healed, 3)}
 
 
 def leader_loss(lab: Lab, net: NetTopology) -> dict:
@@ -54,8 +56,9 @@ def leader_loss(lab: Lab, net: NetTopology) -> dict:
         lab.wait_for(lambda: time.time() >= t0 + 10, 20, "10 s of loss")
     finally:
         net.heal()
+    after = lab.wait_for(lab.leader, 20, "a leader after the loss")
     lab.wait_for(lab.ready, 30, "a whole cluster after the loss")
-    return {"old": [old, token], "leader_after": list(lab.leader() or [])}
+    return {"old": [old, token], "leader_after": list(after)}
 
 
 SCHEDULES = {"leader_partitioned": leader_partitioned, "leader_loss": leader_loss}
