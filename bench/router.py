@@ -37,7 +37,8 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).parent))
 from common import percentile, write  # noqa: E402
 
-from vigil.lab import Lab, procs  # noqa: E402
+from vigil import procs
+from vigil.lab import Lab  # noqa: E402
 from vigil.lab.load import LoadGenerator  # noqa: E402
 
 HAPROXY_CFG = """global

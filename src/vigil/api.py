@@ -113,7 +113,7 @@ def status_document(a: "Agent") -> dict[str, Any]:
                       "received": dict(a.heartbeats.receiver.counters),
                       "local_pauses": a.heartbeats.guard.pauses,
                       "longest_local_pause_ms": round(a.heartbeats.guard.longest * 1000, 1)},
-        "events": {"written": a.events.written, "pending": len(a.events._pending),
+        "events": {"written": a.events.written, "pending": a.events.pending,
                    "dropped": a.events.dropped},
     }
 

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from vigil.fencing import TokenGuard
 from vigil.fencing.actuator import ActuatorGateway, ModbusPlc
-from vigil.lab.procs import free_ports
+from vigil.procs import free_ports
 
 
 async def start_plc(port: int):

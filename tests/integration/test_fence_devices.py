@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from vigil.fencing.devices import FencingFailed, IpmiDevice, NullDevice
-from vigil.lab import procs
+from vigil import procs
 from vigil.lab.ipmi import IpmiSim
 from vigil.testing.wait import wait_for_value, wait_until
 

@@ -13,7 +13,8 @@ import time
 import pytest
 
 from vigil.agent.history import intervals, overlaps, read_records
-from vigil.lab import Lab, procs
+from vigil import procs
+from vigil.lab import Lab
 from tests.integration.conftest import leader_of
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from vigil.agent.heartbeat import HeartbeatService
 from vigil.clock import SystemClock
 from vigil.config import parse_config
-from vigil.lab.procs import free_ports
+from vigil.procs import free_ports
 from vigil.testing.wait import wait_until
 
 KEY = "cd" * 32

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from vigil.agent.daemon import Agent
 from vigil.config import parse_config
-from vigil.lab.procs import free_ports
+from vigil.procs import free_ports
 from vigil.router.config import parse_router_config
 from vigil.router.proxy import Router
 from vigil.store.keys import Keys
@@ -97,7 +97,7 @@ async def test_agent_watches_an_external_server_by_url(tmp_path):
         await wait_until(lambda: agent.inference.ready, 10, "ready from canaries")
         assert agent.inference.describe()["managed"] is False and agent.inference.proc is None
         rec = await wait_until(lambda: _record(store), 10, "the member record")
-        await wait_until(lambda: json.loads(store._kv[Keys("ext").member("a")].value)["inference"]["ready"],
+        await wait_until(lambda: (_record(store) or {}).get("inference", {}).get("ready"),
                          10, "readiness published")
         healthy["on"] = False
         await wait_until(lambda: not agent.inference.ready, 10, "not ready after failed canaries")

@@ -26,7 +26,7 @@ import aiohttp
 from vigil.clock import Clock
 from vigil.config import InferenceConfig
 from vigil.core.readiness import Backoff, ReadinessTracker
-from vigil.lab import procs
+from vigil import procs
 
 log = logging.getLogger(__name__)
 

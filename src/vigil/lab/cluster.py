@@ -28,7 +28,7 @@ from typing import Any, Awaitable, Callable
 import yaml
 
 from vigil.errors import ConfigError, VigilError
-from vigil.lab import procs
+from vigil import procs
 from vigil.lab.etcd import EtcdCluster
 from vigil.lab.fencing import LabFencing
 from vigil.store.etcd import EtcdStore

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from vigil.errors import VigilError
-from vigil.lab import procs
+from vigil import procs
 
 # --pre-vote: a member rejoining after a partition must not depose a healthy raft
 # leader with its inflated term (the default from etcd 3.5 on; off in 3.4).

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vigil.lab import procs
+from vigil import procs
 from vigil.lab.ipmi import IpmiSim
 
 BMC_USER, BMC_PASSWORD = "admin", "vigil-pass"

@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 from vigil.errors import VigilError
-from vigil.lab import procs
+from vigil import procs
 
 CHASSIS = """#!/bin/sh
 # ipmi_sim calls: chassis.sh DEV get power | chassis.sh DEV set power 0|1 | set reset 1

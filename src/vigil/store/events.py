@@ -37,6 +37,11 @@ class EventLog:
         self._lock = asyncio.Lock()  # the flush loop and a final flush() never interleave
         self._task: asyncio.Task | None = None
 
+    @property
+    def pending(self) -> int:
+        """Events recorded but not yet written to etcd."""
+        return len(self._pending)
+
     def record(self, kind: str, cause: str, **details: Any) -> dict[str, Any]:
         at = self.clock.wall()
         event = {"at": at, "node": self.node, "kind": kind, "cause": cause, **details}

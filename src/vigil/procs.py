@@ -1,5 +1,5 @@
-"""Process helpers: start detached, check liveness (zombies count as dead),
-stop by PID with escalation. Only PIDs this lab started are ever signalled,
+"""Process helpers for the agent and the lab: start detached, check liveness
+(zombies count as dead), stop by PID with escalation. Only PIDs we started are ever signalled,
 and only after checking that /proc/PID/cmdline still names what we started
 (a recycled PID is left alone)."""
 
