@@ -107,6 +107,7 @@ def status_document(a: "Agent") -> dict[str, Any]:
                     "keepalive_failures": s.failures if s else 0},
         "decision": str(a.reconciler.last), "cycles": a.reconciler.cycles,
         "inference": a.inference.describe() if a.inference else None,
+        "watchdog": a.watchdog.describe(),
         "peers": peers,
         "heartbeat": {"sent": a.heartbeats.transport.sent,
                       "send_errors": a.heartbeats.transport.send_errors,

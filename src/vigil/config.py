@@ -72,6 +72,13 @@ class FencingConfig:
 
 
 @dataclass(frozen=True)
+class WatchdogConfig:
+    mode: str = "automatic"  # off | automatic | required (vigil.agent.watchdog)
+    device: str = "/dev/watchdog"
+    timeout: int | None = None  # whole seconds; None when none fits the timing
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     cluster: str
     node: str
@@ -90,6 +97,7 @@ class NodeConfig:
     inference: InferenceConfig | None = None
     fencing: FencingConfig | None = None
     controller: dict[str, Any] | None = None  # {gateway, register, interval}: the leader's actuator
+    watchdog: WatchdogConfig = field(default_factory=lambda: WatchdogConfig())
 
     @property
     def api_url(self) -> str:
@@ -97,7 +105,7 @@ class NodeConfig:
 
 
 _TOP = {"cluster", "node", "priority", "data_dir", "api", "etcd", "heartbeat", "timing", "log_level",
-        "inference", "fencing", "controller"}
+        "inference", "fencing", "controller", "watchdog"}
 
 
 def read_yaml(path: str | Path) -> Any:
@@ -137,7 +145,7 @@ def parse_config(raw: Any, base_dir: Path = Path(".")) -> NodeConfig:
         api_port=_port(api.get("port", 8008), "api.port"),
         data_dir=str(d.get("data_dir", "/var/lib/vigil")), timing=timing, log_level=level,
         inference=_inference(d.get("inference")), fencing=_fencing(d.get("fencing"), base_dir),
-        controller=_controller(d.get("controller")))
+        controller=_controller(d.get("controller")), watchdog=_watchdog(d.get("watchdog"), timing))
 
 
 def _mapping(v: Any, where: str, allowed: set[str]) -> dict[str, Any]:
@@ -356,3 +364,31 @@ def _controller(v: Any) -> dict[str, Any] | None:
     return {"gateway": str(d["gateway"]).rstrip("/"),
             "register": _int(d.get("register", 0), "controller.register", 0, 65535),
             "interval": float(interval)}
+
+
+def _watchdog(v: Any, t: Timing) -> WatchdogConfig:
+    from vigil.agent.watchdog import MODES, REQUIRED, fitting_timeout
+
+    d = _mapping({} if v is None else v, "watchdog", {"mode", "device", "timeout"})
+    mode = d.get("mode", "automatic")
+    if mode is False:  # YAML reads a bare `off` as false
+        mode = "off"
+    if mode not in MODES:
+        raise ConfigError("watchdog.mode", mode, f"must be one of {', '.join(MODES)}")
+    fits = fitting_timeout(t.demote_after, t.lease_ttl, t.etcd_timeout)
+    timeout = d.get("timeout", fits)
+    if "timeout" in d:
+        timeout = _int(timeout, "watchdog.timeout", 1, 3600)
+        if not t.demote_after < timeout <= t.lease_ttl - t.etcd_timeout:
+            raise ConfigError("watchdog.timeout", timeout,
+                              f"must be above timing.demote_after ({t.demote_after:g}) and at most "
+                              f"timing.lease_ttl - timing.etcd_timeout ({t.lease_ttl - t.etcd_timeout:g})")
+    elif fits is None and mode == REQUIRED:
+        raise ConfigError("watchdog.mode", mode, "no whole-second watchdog timeout fits between "
+                          f"timing.demote_after ({t.demote_after:g}) and timing.lease_ttl - "
+                          f"timing.etcd_timeout ({t.lease_ttl - t.etcd_timeout:g}): lengthen "
+                          "lease_ttl or shorten demote_after")
+    device = d.get("device", "/dev/watchdog")
+    if not isinstance(device, str) or not device.startswith("/"):
+        raise ConfigError("watchdog.device", device, "must be an absolute path such as /dev/watchdog")
+    return WatchdogConfig(mode, device, timeout)

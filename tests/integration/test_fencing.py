@@ -92,3 +92,34 @@ def test_failed_fencing_blocks_takeover_until_the_operator_confirms(fenced_lab):
     assert r.returncode == 0, r.stderr
     leader_of(lab, other_than=old, above=token)
     assert [e for e in lab.events() if e["kind"] == "fence_confirmed"]
+
+
+def test_an_interrupted_fence_does_not_hold_the_cluster_back_forever(fenced_lab):
+    """An in-progress marker whose fence is no longer in flight (its write timed
+    out at the fencer and was committed later) is removed by its fencer; a
+    failed fence's marker stays until the operator confirms."""
+    from vigil.store.keys import Keys
+    from vigil.store.registry import Registry
+
+    lab = fenced_lab
+    leader, token = leader_of(lab)
+    fencer, other = [n.name for n in lab.nodes if n.name != leader]
+
+    async def plant(store):
+        reg = Registry(store, Keys(lab.cluster))
+        lease = (await reg.snapshot()).member_leases[fencer]
+        await reg.block_fencing(leader, {"reason": f"fencing in progress by {fencer}",
+                                         "state": "in_progress", "by": fencer, "at": 0}, lease)
+        await reg.block_fencing(other, {"reason": "level 1 (ipmi): no answer", "state": "failed",
+                                        "by": fencer, "at": 0})
+
+    lab.with_store(plant)
+    lab.wait_for(lambda: [e for e in events(lab, "fencing_abandoned")
+                          if e["node"] == fencer and e["subject"] == leader], 10, "the stale marker removed")
+    snap = lab.with_store(lambda store: Registry(store, Keys(lab.cluster)).snapshot())
+    assert leader not in snap.fence_blocked and other in snap.fence_blocked
+    assert snap.fence_attempts == {}
+    assert lab.leader() == (leader, token), "the leader was never disturbed"
+    r = subprocess.run([sys.executable, "-m", "vigil", "fence", other, "--confirm-off", "--lab", str(lab.root)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr

@@ -5,12 +5,21 @@ While this node leads, it writes the register every `interval` seconds,
 starting at once on acquisition, each write carrying the fencing token. The
 write is attempted only after a fresh `is_leader()` check; a 409 from the
 gateway means a newer leader exists: this node stops writing and says so.
+
+Every write the gateway acknowledged is appended to `acks` (JSON lines:
+node, token, register, value, at): the operator's audit trail of what this
+node commanded, and what the chaos checker holds the actuator to (no
+acknowledged write may be missing from the actuator's own history). At 16 MiB
+it is moved to `acks.1` (replacing the previous one) and started afresh.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -22,10 +31,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+ACKS_MAX_BYTES = 16 * 1024 * 1024
+
 
 class Controller:
-    def __init__(self, agent: "Agent", gateway: str, register: int, interval: float):
+    def __init__(self, agent: "Agent", gateway: str, register: int, interval: float,
+                 acks: Path | None = None):
         self.agent, self.gateway, self.register, self.interval = agent, gateway, register, interval
+        self.acks = acks
         self.accepted = 0
         self.rejected = 0
         self._task: asyncio.Task | None = None
@@ -57,6 +70,18 @@ class Controller:
                             return
                         if r.status == 200:
                             self.accepted += 1
+                            self._acknowledged(token, value)
                 except (aiohttp.ClientError, asyncio.TimeoutError) as e:
                     log.warning("actuator write failed: %s", e)
                 await asyncio.sleep(self.interval)
+
+    def _acknowledged(self, token: int, value: int) -> None:
+        if self.acks is None:
+            return
+        line = json.dumps({"node": self.agent.cfg.node, "token": token, "register": self.register,
+                           "value": value, "at": time.time()})
+        with open(self.acks, "a") as f:  # no fsync: a killed process loses nothing written
+            f.write(line + "\n")
+            rotate = f.tell() > ACKS_MAX_BYTES
+        if rotate:  # keep the newest two files' worth: about a day at the default interval
+            self.acks.replace(self.acks.with_name(self.acks.name + ".1"))

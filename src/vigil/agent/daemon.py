@@ -25,6 +25,7 @@ from vigil import __version__
 from vigil.agent.heartbeat import HeartbeatService
 from vigil.agent.history import LeadershipHistory
 from vigil.agent.controller import Controller
+from vigil.agent.watchdog import LinuxWatchdogDevice, Watchdog
 from vigil.agent.inference import InferenceSupervisor
 from vigil.agent.reconciler import Reconciler
 from vigil.clock import SystemClock
@@ -84,18 +85,25 @@ class Agent:
         self.election: Election | None = None
         self.reconciler = Reconciler(self)
         c = cfg.controller
-        self.controller = Controller(self, c["gateway"], c["register"], c["interval"]) if c else None
+        self.controller = (Controller(self, c["gateway"], c["register"], c["interval"],
+                                      self.data_dir / "actuator-acks.jsonl") if c else None)
         self.inference = (InferenceSupervisor(cfg.inference, self.data_dir, self.clock,
                                               self._on_inference, self.events.record)
                           if cfg.inference else None)
         self.wake = asyncio.Event()
-        self.health_reasons: tuple[str, ...] = ()
+        w = cfg.watchdog
+        self.watchdog = Watchdog(w.mode, LinuxWatchdogDevice(w.device), w.timeout, self.events.record)
         self._tasks: list[asyncio.Task] = []
 
     def __repr__(self) -> str:
         return f"<Agent {self.cfg.node} {self.role!r} {self.session!r}>"
 
     # -- state visible to the API and heartbeats ------------------------------
+    @property
+    def health_reasons(self) -> tuple[str, ...]:
+        """Why this node may not lead (empty: it may)."""
+        return self.watchdog.health_reasons()
+
     @property
     def healthy(self) -> bool:
         return not self.health_reasons
@@ -162,6 +170,7 @@ class Agent:
             await _best_effort("revoke the lease", self.session.close(revoke=True))
         if self.controller:
             await self.controller.stop()
+        self.watchdog.disarm()  # a clean stop must never reset the machine
         if self.inference:
             await _best_effort("stop the inference server", self.inference.stop())
         await _best_effort("stop heartbeats", self.heartbeats.stop())
@@ -210,6 +219,7 @@ class Agent:
             if self.role.valid_until > before:
                 self.history.write("renew", self.role.token, self.clock.wall(),
                                    valid_until=self.clock.to_wall(self.role.valid_until))
+            self.watchdog.pet()
 
     def _on_inference(self, ready: bool, cause: str) -> None:
         self.events.record("inference_ready" if ready else "inference_not_ready", cause)
@@ -241,8 +251,11 @@ class Agent:
                                valid_until=self.clock.to_wall(self.role.valid_until))
             self.events.record("leader_elected", f"{self.cfg.node} leads with token {change.token}: "
                                                  f"{change.reason}", token=change.token)
+            if not self.watchdog.arm():  # required and unusable: unhealthy now, so it resigns
+                self.wake.set()
         else:
             token_file.unlink(missing_ok=True)
+            self.watchdog.disarm()
             self.history.write("end", change.token, wall, kind=change.kind, reason=change.reason)
             self.events.record(f"leader_{change.kind}", f"{self.cfg.node} stopped leading "
                                                         f"(token {change.token}): {change.reason}",

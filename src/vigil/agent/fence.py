@@ -30,9 +30,12 @@ async def fence_leader(a: "Agent", leader: LeaderInfo, reason: str) -> bool:
     a.events.record("fencing_started", f"fencing {leader.name}: {reason}", subject=leader.name,
                     token=leader.token)
     # Hold everyone else back while we fence: if the lease expires meanwhile, no one may
-    # take the role of a node that is not yet confirmed off.
+    # take the role of a node that is not yet confirmed off. Under our lease: if we die
+    # or lose etcd mid-fence the marker goes with us; if we abandon the attempt (an etcd
+    # error, a revoke that failed) the next reconcile cycle removes it.
     await a.registry.block_fencing(leader.name, {"reason": f"fencing in progress by {a.cfg.node}",
-                                                 "by": a.cfg.node, "at": a.clock.wall()})
+                                                 "state": "in_progress", "by": a.cfg.node,
+                                                 "at": a.clock.wall()}, a.session.lease_id)
     errors = []
     for level, spec in enumerate(a.cfg.fencing.topology[leader.name], start=1):
         device = make_device(spec)
@@ -57,7 +60,8 @@ async def fence_leader(a: "Agent", leader: LeaderInfo, reason: str) -> bool:
                         level=level, fence_ms=ms, token=leader.token)
         return True
     why = "; ".join(errors)
-    await a.registry.block_fencing(leader.name, {"reason": why, "by": a.cfg.node, "at": a.clock.wall()})
+    await a.registry.block_fencing(leader.name, {"reason": why, "state": "failed", "by": a.cfg.node,
+                                                 "at": a.clock.wall()})
     a.events.record("fencing_failed", f"could not confirm {leader.name} is off ({why}); its roles stay "
                     f"blocked. Power it off by hand, then run `vigil fence {leader.name} --confirm-off`",
                     subject=leader.name)

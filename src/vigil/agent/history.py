@@ -44,17 +44,20 @@ class LeadershipHistory:
             os.fsync(f.fileno())
 
 
-def read_records(paths: Iterable[Path]) -> list[dict[str, Any]]:
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The records of one JSON-lines file (none if it does not exist)."""
     out = []
-    for p in paths:
-        if not p.exists():
-            continue
-        for line in p.read_text().splitlines():
+    if path.exists():
+        for line in path.read_text().splitlines():
             try:
                 out.append(json.loads(line))
             except ValueError:
                 continue  # a line cut by SIGKILL mid-write: the previous records stand
     return out
+
+
+def read_records(paths: Iterable[Path]) -> list[dict[str, Any]]:
+    return [r for p in paths for r in read_jsonl(p)]
 
 
 def intervals(records: list[dict[str, Any]]) -> list[Interval]:

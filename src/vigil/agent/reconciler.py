@@ -70,6 +70,8 @@ class Reconciler:
     async def run_cycle(self) -> Decision:
         a = self.agent
         snap = await a.registry.snapshot()
+        if await self._abandon_stale_fences(snap):
+            snap = await a.registry.snapshot()
         self.snapshot = snap
         view = self.view(snap)
         decision = decide(view)
@@ -79,6 +81,19 @@ class Reconciler:
             await self._leader_housekeeping(view)
         self.cycles += 1
         return decision
+
+    async def _abandon_stale_fences(self, snap: Snapshot) -> bool:
+        """Our in-progress fencing markers whose fence is no longer in flight (a cycle
+        runs only between fences): an attempt cut short by an etcd error, or a marker
+        write that timed out here and was committed later. Left alone they would hold
+        every node back forever; the next cycle fences again if it still must."""
+        a = self.agent
+        stale = {n: rev for n, (by, rev) in snap.fence_attempts.items() if by == a.cfg.node}
+        for node, rev in stale.items():
+            if await a.registry.abandon_fencing(node, rev):
+                a.events.record("fencing_abandoned", f"removed the marker of an interrupted fence of "
+                                f"{node}; it will be fenced again if it still must", subject=node)
+        return bool(stale)
 
     def view(self, snap: Snapshot) -> ClusterView:
         a = self.agent

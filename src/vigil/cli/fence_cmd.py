@@ -14,7 +14,8 @@ from vigil.errors import ConfigError
 def register(sub) -> None:
     p = sub.add_parser("actuator-gateway", help="the only, token-guarded write path to a Modbus PLC")
     p.add_argument("--plc", required=True, metavar="HOST:PORT")
-    p.add_argument("--listen", type=int, required=True, metavar="PORT", help="HTTP port on 127.0.0.1")
+    p.add_argument("--listen", type=int, required=True, metavar="PORT", help="HTTP port")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--state", required=True, metavar="DIR", help="highest token and write history")
     p.set_defaults(func=gateway)
     p = sub.add_parser("plc-sim", help="a Modbus/TCP PLC simulator (100 holding registers)")
@@ -40,7 +41,7 @@ def gateway(args) -> int:
         gw = ActuatorGateway(plc, TokenGuard(state / "highest-token"), state / "writes.jsonl")
         runner = web.AppRunner(gw.app, access_log=None)
         await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", args.listen).start()
+        await web.TCPSite(runner, args.host, args.listen).start()
         try:
             await stop_on_signals().wait()
         finally:

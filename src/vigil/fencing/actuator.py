@@ -103,7 +103,7 @@ class ActuatorGateway:
             except PlcError as e:
                 self._record(token, register, value, False, str(e))
                 return web.json_response({"error": str(e)}, status=502)
-            self._record(token, register, value, True, "written")
+            self._record(token, register, value, True, "written", readback)
         return web.json_response({"register": register, "value": readback, "token": token})
 
     async def read(self, request: web.Request) -> web.Response:
@@ -118,9 +118,10 @@ class ActuatorGateway:
     async def status(self, _: web.Request) -> web.Response:
         return web.json_response({"highest_token": self.guard.highest, "rejected": self.guard.rejected})
 
-    def _record(self, token: int, register: int, value: int, accepted: bool, reason: str) -> None:
+    def _record(self, token: int, register: int, value: int, accepted: bool, reason: str,
+                readback: int | None = None) -> None:
         line = json.dumps({"at": time.time(), "token": token, "register": register, "value": value,
-                           "accepted": accepted, "reason": reason})
+                           "accepted": accepted, "reason": reason, "readback": readback})
         with open(self.history, "a") as f:
             f.write(line + "\n")
 

@@ -67,15 +67,19 @@ class Lab:
                  router: LabRouter | None = None, fencing: LabFencing | None = None):
         self.root, self.cluster, self.etcd, self.nodes = root, cluster, etcd, nodes
         self.router, self.fencing = router, fencing
+        self._answered = ""  # the etcd endpoint that answered the last read
 
     # -- construction ----------------------------------------------------------
     @classmethod
     def create(cls, root: Path, n: int, cluster: str = "lab", timing: dict[str, Any] | None = None,
                model: bool = False, router: bool = False, fencing: bool = False,
-               net: Any = None) -> "Lab":
-        """`net`: a NetTopology; node i then runs in its namespace on its address,
-        with etcd member i beside it (3 nodes only)."""
-        """Write configs for a lab of `n` nodes under `root` (nothing started)."""
+               net: Any = None, fence_devices: bool = True) -> "Lab":
+        """Write configs for a lab of `n` nodes under `root` (nothing started).
+
+        `net`: a NetTopology; node i then runs in its namespace on its address,
+        with etcd member i beside it (3 nodes only). `fencing`: BMCs, a PLC and
+        the actuator the leader drives; `fence_devices=False` keeps those but
+        gives the agents no fencing devices (takeover waits for the lease)."""
         if not 1 <= n <= 32:
             raise ConfigError("--nodes", n, "a lab has 1 to 32 nodes")
         root = root.resolve()
@@ -101,7 +105,9 @@ class Lab:
         lab_router = (LabRouter(f"http://127.0.0.1:{ports[-2]}", str(root / "router.yaml"),
                                 str(root / "router.log"), ports[-1]) if router else None)
         lab = cls(root, cluster, etcd, nodes, lab_router,
-                  LabFencing.plan(root, [x.name for x in nodes]) if fencing else None)
+                  LabFencing.plan(root, [x.name for x in nodes],
+                                  net.client_host if net else "127.0.0.1",
+                                  {x.name: x.netns for x in nodes}, fence_devices) if fencing else None)
         if lab_router:
             Path(lab_router.config).write_text(yaml.safe_dump(lab.router_config(), sort_keys=False))
         for i, node in enumerate(nodes):
@@ -123,6 +129,9 @@ class Lab:
                           "observers": ([{"address": "127.0.0.1", "port": self.router.heartbeat_port}]
                                         if self.router else [])},
             "timing": dict(timing),
+            # No whole-second watchdog timeout fits the lab's 2 s lease, and no lab
+            # may reset the machine it runs on.
+            "watchdog": {"mode": "off"},
         } | self._inference_config(node) | (self.fencing.node_config(node.name) if self.fencing else {})
 
     def _inference_config(self, node: LabNode) -> dict[str, Any]:
@@ -146,27 +155,31 @@ class Lab:
     @classmethod
     def up(cls, root: Path, n: int, cluster: str = "lab", timing: dict[str, Any] | None = None,
            timeout: float = 30.0, model: bool = False, router: bool = False,
-           fencing: bool = False, net: Any = None) -> "Lab":
-        lab = cls.create(root, n, cluster, timing, model, router, fencing, net)
-        try:
-            lab.etcd.start()
-            lab.save()
-            lab.etcd.wait_healthy()
-            if lab.fencing:
-                lab.fencing.start_support()
-            for node in lab.nodes:
-                lab.start_agent(node.name)
-            if lab.router:
-                lab.start_router()
-            lab.save()
-            if model:  # loading the model takes seconds per server on 2 cores
-                timeout += 20.0 * n
-            lab.wait_for(lab.ready, timeout, "a leader, and every agent hearing every peer")
-            lab.save()  # now with the model servers' PIDs
-        except BaseException:
-            lab.down()
-            raise
+           fencing: bool = False, net: Any = None, fence_devices: bool = True) -> "Lab":
+        lab = cls.create(root, n, cluster, timing, model, router, fencing, net, fence_devices)
+        lab.start(timeout)
         return lab
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Start what `create` planned; wait until `ready()`. Stops it all on failure."""
+        try:
+            self.etcd.start()
+            self.save()
+            self.etcd.wait_healthy()
+            if self.fencing:
+                self.fencing.start_support()
+            for node in self.nodes:
+                self.start_agent(node.name)
+            if self.router:
+                self.start_router()
+            self.save()
+            if any(n.server_url for n in self.nodes):  # a model loads in seconds per server on 2 cores
+                timeout += 20.0 * len(self.nodes)
+            self.wait_for(self.ready, timeout, "a leader, and every agent hearing every peer")
+            self.save()  # now with the model servers' PIDs
+        except BaseException:
+            self.down()
+            raise
 
     @classmethod
     def load(cls, root: Path) -> "Lab":
@@ -295,15 +308,23 @@ class Lab:
 
     def leader(self) -> tuple[str, int] | None:
         """(name, token) of the leader key in etcd, or None."""
-        key = f"/vigil/{self.cluster}/leader"
+        return self.read_key(Keys(self.cluster).leader)
+
+    def read_key(self, key: str) -> tuple[str, int] | None:
+        """(value, create revision) of one etcd key from the first member that
+        answers, or None (absent, or no member answered)."""
         body = json.dumps({"key": base64.b64encode(key.encode()).decode()}).encode()
-        for ep in self.etcd.endpoints:
+        eps = self.etcd.endpoints
+        # The member that answered last is asked first: one cut off by a partition
+        # would cost every later read its full timeout.
+        for ep in sorted(eps, key=lambda e: e != self._answered):
             try:
                 with urllib.request.urlopen(urllib.request.Request(f"{ep}/v3/kv/range", data=body),
                                             timeout=0.5) as r:
                     kvs = json.load(r).get("kvs") or []
             except (OSError, ValueError):
                 continue
+            self._answered = ep
             if not kvs:
                 return None
             return base64.b64decode(kvs[0]["value"]).decode(), int(kvs[0]["create_revision"])
@@ -315,14 +336,15 @@ class Lab:
     def events(self) -> list[dict[str, Any]]:
         """The whole event log, oldest first."""
         from vigil.store.events import read_events
-        return self._with_store(lambda store: read_events(store, Keys(self.cluster)))
+        return self.with_store(lambda store: read_events(store, Keys(self.cluster)))
 
     def status(self) -> dict[str, Any]:
         """What `vigil status --json` prints for this lab."""
         from vigil.cli.status_view import gather_status
-        return self._with_store(lambda store: gather_status(store, Keys(self.cluster)))
+        return self.with_store(lambda store: gather_status(store, Keys(self.cluster)))
 
-    def _with_store(self, fn: Callable[[EtcdStore], Awaitable[Any]]) -> Any:
+    def with_store(self, fn: Callable[[EtcdStore], Awaitable[Any]]) -> Any:
+        """Run `fn(store)` on a fresh store client for this lab's etcd; its result."""
         async def go() -> Any:
             store = EtcdStore(self.etcd.endpoints, 2.0)
             try:

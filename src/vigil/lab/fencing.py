@@ -1,6 +1,11 @@
 """The lab's fencing parts: one ipmi_sim BMC per node whose power really
 controls that node's agent process, a Modbus PLC simulator, and the
 token-guarded actuator gateway that the leader's controller writes through.
+
+In a lab on network namespaces these run in the harness's (client)
+namespace on its address, a management network that partitions between the
+nodes leave up, as a BMC's own network port would be; each node's agent is
+powered on inside its own namespace.
 """
 
 from __future__ import annotations
@@ -25,35 +30,41 @@ class LabFencing:
     plc_port: int
     gateway_port: int
     root: str
+    host: str = "127.0.0.1"
+    netns: dict[str, str] = field(default_factory=dict)  # node -> its network namespace
+    devices: bool = True  # False: the agents get no fencing devices and wait for leases
     bmc_pids: dict[str, int] = field(default_factory=dict)
     plc_pid: int = 0
     gateway_pid: int = 0
 
     @classmethod
-    def plan(cls, root: Path, names: list[str]) -> "LabFencing":
+    def plan(cls, root: Path, names: list[str], host: str = "127.0.0.1",
+             netns: dict[str, str] | None = None, devices: bool = True) -> "LabFencing":
         ports = procs.free_ports(len(names) + 2)
-        return cls(dict(zip(names, ports)), ports[-2], ports[-1], str(root / "fencing"))
+        return cls(dict(zip(names, ports)), ports[-2], ports[-1], str(root / "fencing"), host,
+                   netns or {}, devices)
 
     @property
     def gateway_url(self) -> str:
-        return f"http://127.0.0.1:{self.gateway_port}"
+        return f"http://{self.host}:{self.gateway_port}"
 
     @property
     def history(self) -> Path:
         return Path(self.root) / "actuator" / "writes.jsonl"
 
     def node_config(self, me: str) -> dict[str, Any]:
-        topology = {n: [{"type": "ipmi", "host": "127.0.0.1", "port": port, "user": BMC_USER,
+        topology = {n: [{"type": "ipmi", "host": self.host, "port": port, "user": BMC_USER,
                          "password": BMC_PASSWORD}]
                     for n, port in self.bmc_ports.items() if n != me}
-        return {"fencing": {"topology": topology, "race_delay": 0.5},
+        return ({"fencing": {"topology": topology, "race_delay": 0.5}} if self.devices else {}) | {
                 "controller": {"gateway": self.gateway_url, "register": 0, "interval": 0.05}}
 
     def sim(self, node: str, config: str, log: str) -> IpmiSim:
-        cmd = f"exec {shlex.quote(sys.executable)} -m vigil agent --config {shlex.quote(config)} " \
-              f">> {shlex.quote(log)} 2>&1"
+        agent = procs.in_netns(self.netns.get(node, ""), [sys.executable, "-m", "vigil", "agent",
+                                                           "--config", config])
+        cmd = f"exec {shlex.join(agent)} >> {shlex.quote(log)} 2>&1"
         return IpmiSim(Path(self.root) / "bmc" / node, self.bmc_ports[node], ["sh", "-c", cmd],
-                       BMC_USER, BMC_PASSWORD, name=node)
+                       BMC_USER, BMC_PASSWORD, name=node, addr=self.host)
 
     def start_support(self) -> None:
         root = Path(self.root)
@@ -61,7 +72,8 @@ class LabFencing:
                                    root / "plc.log").pid
         self.gateway_pid = procs.spawn([sys.executable, "-m", "vigil", "actuator-gateway", "--plc",
                                         f"127.0.0.1:{self.plc_port}", "--listen", str(self.gateway_port),
-                                        "--state", str(root / "actuator")], root / "gateway.log").pid
+                                        "--state", str(root / "actuator"), "--host", self.host],
+                                       root / "gateway.log").pid
         procs.wait_for(lambda: _up(self.gateway_url + "/status"), 20, "the actuator gateway")
 
     def power_on(self, node: str, config: str, log: str) -> int:

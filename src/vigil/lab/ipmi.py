@@ -1,4 +1,4 @@
-"""An OpenIPMI `ipmi_sim` BMC on loopback whose chassis power really controls
+"""An OpenIPMI `ipmi_sim` BMC (on loopback by default) whose chassis power really controls
 a process: "power off" SIGKILLs the simulated node, "power on" starts it.
 Used by tests and the lab; recipe in the shared research notes (section 5).
 """
@@ -38,7 +38,7 @@ exit 0
 LAN_CONF = """name "{name}"
 set_working_mc 0x20
   startlan 1
-    addr 127.0.0.1 {port}
+    addr {addr} {port}
     priv_limit admin
     allowed_auths_callback none md2 md5 straight
     allowed_auths_user none md2 md5 straight
@@ -60,8 +60,9 @@ mc_enable 0x20
 
 class IpmiSim:
     def __init__(self, root: Path, port: int, node_cmd: list[str], user: str = "admin",
-                 password: str = "vigil-pass", name: str = "node"):
+                 password: str = "vigil-pass", name: str = "node", addr: str = "127.0.0.1"):
         self.root, self.port, self.user, self.password = root, port, user, password
+        self.addr = addr
         self.node_cmd, self.name = node_cmd, name
         self.proc: subprocess.Popen | None = None
 
@@ -73,8 +74,9 @@ class IpmiSim:
         chassis = self.root / "chassis.sh"
         chassis.write_text(CHASSIS.format(dir=self.root, node=node))
         chassis.chmod(0o755)
-        (self.root / "lan.conf").write_text(LAN_CONF.format(name=self.name, port=self.port, dir=self.root,
-                                                            user=self.user, password=self.password))
+        (self.root / "lan.conf").write_text(LAN_CONF.format(
+            name=self.name, addr=self.addr, port=self.port, dir=self.root, user=self.user,
+            password=self.password))
         (self.root / "node.emu").write_text(EMU)
         if power_on:
             subprocess.run([str(chassis), "0x20", "set", "power", "1"], check=True, timeout=10)

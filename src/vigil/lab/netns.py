@@ -41,6 +41,11 @@ class NetTopology:
     def client(self) -> str:
         return f"{self.tag}-c"
 
+    @property
+    def client_host(self) -> str:
+        """The harness's address: the lab's BMCs and actuator listen here."""
+        return self.host(CLIENT)
+
     def ns(self, i: int) -> str:
         return f"{self.tag}-n{i}"
 
@@ -72,11 +77,13 @@ class NetTopology:
         subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"],
                        capture_output=True, timeout=10)
 
-    def partition(self, side_a: list[int], side_b: list[int]) -> None:
-        """Drop every packet between the two sides, both ways, on the bridge."""
+    def partition(self, *sides: list[int]) -> None:
+        """Drop every packet between nodes on different sides, both ways, on the
+        bridge (the client, the management network, stays connected to all)."""
+        pairs = [(a, b) for i, x in enumerate(sides) for y in sides[i + 1:] for a in x for b in y]
         rules = "\n".join(f"    ip saddr {self.host(a)} ip daddr {self.host(b)} drop\n"
                           f"    ip saddr {self.host(b)} ip daddr {self.host(a)} drop"
-                          for a in side_a for b in side_b)
+                          for a, b in pairs)
         _nft(self.switch, "table bridge vigil_partition {\n  chain forward {\n"
                           "    type filter hook forward priority 0; policy accept;\n" + rules + "\n  }\n}\n")
 

@@ -1,84 +1,100 @@
-"""Fault schedules on a lab in network namespaces; run inside the client
-namespace (`ip netns exec TAG-c python -m vigil.lab.netrun ...`) so the harness
-reaches the nodes' 10.231.0.x addresses. Prints one JSON result: what was
-done, what each side saw, and the checker's verdict over every agent's
-leadership history (no two leaderships overlap).
+"""Run fault schedules on a lab in network namespaces, and check the run.
 
-Schedules:
-  leader_partitioned  the leader's node (agent and etcd member) is cut off from
-                      the other two nodes for 3 x TTL, then healed
-  leader_loss         20 % packet loss on every packet to and from the leader's
-                      node for 10 s
+Run inside the client namespace of a NetTopology that the caller created
+(`ip netns exec TAG-c python -m vigil.lab.netrun --tag TAG ...`) so the
+harness reaches the nodes' 10.231.0.x addresses. One lab serves every
+schedule: named ones (--schedule a,b) and/or random ones (--random N
+--seed S). The lab has BMCs (ipmi_sim), a Modbus PLC and the token-guarded
+actuator; --no-fence-devices gives the agents no fencing devices, so every
+takeover waits for the lease.
+
+Prints one JSON document on stdout: every step (what was done, what was
+seen), the checker's verdict over the whole run (vigil.lab.checker) and the
+takeover times. Progress goes to stderr, a line per step.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import sys
 import time
+import urllib.request
 from pathlib import Path
+from typing import Any
 
-from vigil.agent.history import intervals, overlaps, read_records
+from vigil.lab import checker
 from vigil.lab.cluster import Lab
 from vigil.lab.netns import NetTopology
+from vigil.lab.schedules import NAMED, Chaos, random_schedule
 
 
-def leader_partitioned(lab: Lab, net: NetTopology) -> dict:
-    old, token = lab.wait_for(lab.leader, 20, "a leader")
-    i = int(old[1:])
-    t0 = time.time()
-    net.partition([i], [j for j in (1, 2, 3) if j != i])
+def schedules(names: str, count: int, seed: int, skip: int = 0) -> list[tuple[str, list]]:
+    """Named schedules, then random ones: number i of a seed is always the same
+    schedule, so a long run can be split into batches with `skip`."""
+    out = []
+    for name in filter(None, names.split(",")):
+        if name not in NAMED:
+            raise SystemExit(f"--schedule {name}: unknown; choose from {', '.join(sorted(NAMED))}")
+        out.append((name, NAMED[name]))
+    rng = random.Random(seed)
+    drawn = [(f"random-{seed}-{i + 1}", random_schedule(rng)) for i in range(skip + count)]
+    return out + drawn[skip:]
+
+
+def run(lab: Lab, net: NetTopology, todo: list[tuple[str, list]], seed: int) -> dict[str, Any]:
+    chaos = Chaos(lab, net, random.Random(seed))  # picks targets; the schedules are drawn apart
+    steps = []
+    for name, plan in todo:
+        for res in chaos.run(name, plan):
+            steps.append(res)
+            print(json.dumps(res), file=sys.stderr, flush=True)
+    for node in lab.nodes:  # quiesce every writer before reading the register
+        lab.stop_agent(node.name)
+    final = _register(lab)
+    verdict = checker.check(*checker.load(lab), final={0: final} if final is not None else None,
+                            recoveries=chaos.recoveries)
+    errors = [f"{s['schedule']}: {s['error']}" for s in steps if "error" in s]
+    if chaos.broken:
+        errors.append(f"the run stopped after {len(steps)} steps: the lab could not be restored")
+    verdict.violations += [f"harness error in {e}" for e in errors]
+    takeovers = sorted(s["takeover_s"] for s in steps if s.get("takeover_s") is not None)
+    return {"steps": steps, "verdict": verdict.to_json(), "takeovers_s": takeovers,
+            "final_register": final}
+
+
+def _register(lab: Lab) -> int | None:
     try:
-        stepped_down = lab.wait_for(lambda: lab.is_leader(old, timeout=1.0) is False, 10,
-                                    "the cut-off leader to stop claiming") and time.time() - t0
-        new = lab.wait_for(lambda: (lambda c: c if c and c[0] != old and c[1] > token else None)(
-            lab.leader()), 20, "a new leader on the majority side")
-        took = time.time() - t0
-        hold = time.time() + 3 * 2
-        lab.wait_for(lambda: time.time() >= hold, 10, "the partition to last 3 x TTL")
-        cut_off_claims = lab.is_leader(old, timeout=1.0)
-    finally:
-        net.heal()
-    healed = time.time()
-    after = lab.wait_for(lab.leader, 20, "a leader after healing")
-    lab.wait_for(lab.ready, 30, "a whole cluster after healing")
-    return {"old": [old, token], "new": list(new), "old_stopped_claiming_s": round(stepped_down, 3),
-            "new_leader_s": round(took, 3), "cut_off_leader_claims_at_end": cut_off_claims,
-            "leader_after_heal": list(after), "leader_after_heal_s": round(time.time() - healed, 3)}
-
-
-def leader_loss(lab: Lab, net: NetTopology) -> dict:
-    old, token = lab.wait_for(lab.leader, 20, "a leader")
-    net.loss(int(old[1:]), 20)
-    t0 = time.time()
-    try:
-        lab.wait_for(lambda: time.time() >= t0 + 10, 20, "10 s of loss")
-    finally:
-        net.heal()
-    after = lab.wait_for(lab.leader, 20, "a leader after the loss")
-    lab.wait_for(lab.ready, 30, "a whole cluster after the loss")
-    return {"old": [old, token], "leader_after": list(after)}
-
-
-SCHEDULES = {"leader_partitioned": leader_partitioned, "leader_loss": leader_loss}
+        with urllib.request.urlopen(lab.fencing.gateway_url + "/read?register=0", timeout=5) as r:
+            return int(json.load(r)["value"])
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def main() -> int:
-    p = argparse.ArgumentParser()
-    p.add_argument("--schedule", choices=sorted(SCHEDULES), required=True)
+    p = argparse.ArgumentParser(prog="python -m vigil.lab.netrun")
     p.add_argument("--dir", required=True)
-    p.add_argument("--tag", required=True)
+    p.add_argument("--tag", required=True, help="the NetTopology tag the caller created")
+    p.add_argument("--schedule", default="", help=f"comma-separated: {', '.join(NAMED)}")
+    p.add_argument("--random", type=int, default=0, metavar="N", help="N random schedules")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--skip", type=int, default=0, metavar="M", help="start at random schedule M+1")
+    p.add_argument("--no-fence-devices", action="store_true", help="takeover waits for leases")
     args = p.parse_args()
+    todo = schedules(args.schedule, args.random, args.seed, args.skip)
+    if not todo:
+        p.error("name --schedule or --random N")
     net = NetTopology(3, tag=args.tag)
-    lab = Lab.up(Path(args.dir), 3, net=net)
+    t0 = time.time()
+    lab = Lab.up(Path(args.dir), 3, net=net, fencing=True, fence_devices=not args.no_fence_devices)
     try:
-        result = SCHEDULES[args.schedule](lab, net)
+        result = run(lab, net, todo, args.seed)
     finally:
+        net.heal()
         lab.down()
-    ivs = intervals(read_records(lab.history_files()))
-    result["intervals"] = [[i.node, i.token, i.start, i.end, i.ended_by] for i in ivs]
-    result["overlaps"] = [[a.token, b.token] for a, b in overlaps(ivs)]
+    result.update(seed=args.seed, fence_devices=not args.no_fence_devices,
+                  wall_s=round(time.time() - t0, 1))
     print(json.dumps(result))
     return 0
 

@@ -32,6 +32,8 @@ class Snapshot:
     states: dict[str, str] = field(default_factory=dict)
     switchover: Switchover | None = None
     fence_blocked: dict[str, str] = field(default_factory=dict)
+    # node -> (fencer, marker create revision) for fences in flight, not failed ones
+    fence_attempts: dict[str, tuple[str, int]] = field(default_factory=dict)
 
     def member_infos(self) -> dict[str, MemberInfo]:
         out = {}
@@ -59,9 +61,16 @@ class Registry:
     async def clear_switchover(self) -> None:
         await self.store.delete(self.keys.switchover)
 
-    async def block_fencing(self, node: str, record: dict[str, Any]) -> None:
-        """Fencing `node` failed: no one takes its roles until an operator confirms it is off."""
-        await self.store.put(self.keys.fence_marker(node), json.dumps(record, sort_keys=True))
+    async def block_fencing(self, node: str, record: dict[str, Any], lease: int = 0) -> None:
+        """No one takes `node`'s roles while this marker stands. A fence in flight
+        writes it with `"state": "in_progress"` under the fencer's lease (it goes
+        with the fencer); a failed fence writes `"state": "failed"` with no lease:
+        it stands until an operator confirms the node is off."""
+        await self.store.put(self.keys.fence_marker(node), json.dumps(record, sort_keys=True), lease)
+
+    async def abandon_fencing(self, node: str, create_revision: int) -> bool:
+        """Remove an in-progress marker of a fence no longer in flight, if it is still that one."""
+        return await self.store.delete_if_created(self.keys.fence_marker(node), create_revision)
 
     async def fenced(self, node: str) -> None:
         """`node` is confirmed off: mark it fenced and lift any block."""
@@ -81,6 +90,7 @@ def parse_snapshot(keys: Keys, kvs: list[KeyValue], revision: int) -> Snapshot:
     states: dict[str, str] = {}
     switchover = None
     blocked: dict[str, str] = {}
+    attempts: dict[str, tuple[str, int]] = {}
     for kv in kvs:
         if kv.key == keys.leader:
             leader = leader_from(kv)
@@ -91,12 +101,15 @@ def parse_snapshot(keys: Keys, kvs: list[KeyValue], revision: int) -> Snapshot:
         elif kv.key.startswith(keys.states):
             states[kv.key[len(keys.states):]] = kv.value
         elif kv.key.startswith(keys.fencing):
-            blocked[kv.key[len(keys.fencing):]] = str(_json(kv.value).get("reason", "fencing failed"))
+            rec, node = _json(kv.value), kv.key[len(keys.fencing):]
+            blocked[node] = str(rec.get("reason", "fencing failed"))
+            if rec.get("state") == "in_progress":
+                attempts[node] = (str(rec.get("by", "")), kv.create_revision)
         elif kv.key == keys.switchover:
             rec = _json(kv.value)
             if rec.get("to"):
                 switchover = Switchover(str(rec["to"]), str(rec.get("by", "")))
-    return Snapshot(revision, leader, members, leases, states, switchover, blocked)
+    return Snapshot(revision, leader, members, leases, states, switchover, blocked, attempts)
 
 
 def _json(text: str) -> dict[str, Any]:
