@@ -86,3 +86,15 @@ def test_gap_histogram_counts_gaps_over_each_bound():
     assert g.total == 12 and abs(g.largest - 0.6) < 1e-9
     over = g.over()
     assert over["0.11"] == 2 and over["0.25"] == 2 and over["0.4"] == 1 and over["1"] == 0
+
+
+def test_only_alive_peers_announcing_leadership_are_claimants():
+    t = table()
+    t.heartbeat("b", "l", 0.0, 1, "healthy", "leader")
+    t.heartbeat("c", "l", 0.0, 1, "healthy", "standby")
+    assert t.claiming_leader() == ["b"]
+    t.heartbeat("b", "l", 0.1, 1, "healthy", "standby")
+    assert t.claiming_leader() == []
+    t.heartbeat("b", "l", 0.2, 1, "healthy", "leader")
+    t.tick(5.0)  # silent since: suspected, so no longer a claimant
+    assert t.peers["b"].state == SUSPECT and t.claiming_leader() == []

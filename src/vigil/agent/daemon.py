@@ -260,3 +260,4 @@ class Agent:
             self.events.record(f"leader_{change.kind}", f"{self.cfg.node} stopped leading "
                                                         f"(token {change.token}): {change.reason}",
                                token=change.token)
+        self.heartbeats.send_now()  # peers waiting to take over learn the new role at once

@@ -145,6 +145,7 @@ class Reconciler:
         token = await a.election.try_campaign()
         if not token:
             return
+        await self._handover_barrier(token)
         change = a.role.acquired(token, a.session.last_ack_sent, a.clock.now())
         if not a.role.is_leader(a.clock.now()):
             # The lease was renewed too long ago to act on: give the key back.
@@ -157,6 +158,29 @@ class Reconciler:
         if a.controller:
             a.controller.leading(token)
         a.wake.set()
+
+    async def _handover_barrier(self, token: int) -> None:
+        """Holding a fresh token, wait to act while a live peer still announces
+        itself leader in its heartbeats, for at most `demote_after`: that peer
+        cannot renew a lease that is gone, so it demotes itself by then. This
+        never happens when etcd keeps its lease contract; it does with etcd
+        before 3.4.28 / 3.5.11, whose raft leader, resumed after a stall,
+        revokes leases its successor was renewing (etcd issues #12528,
+        #15247), and the chaos harness caught the old leader still acting for
+        the few milliseconds its watch took to tell it."""
+        a = self.agent
+        claimants = a.heartbeats.peers.claiming_leader()
+        if not claimants:
+            return
+        t0 = a.clock.now()
+        deadline = t0 + a.cfg.timing.demote_after
+        while a.heartbeats.peers.claiming_leader() and a.clock.now() < deadline:
+            await asyncio.sleep(0.005)
+        still = a.heartbeats.peers.claiming_leader()
+        a.events.record("handover_wait", f"won token {token} while {', '.join(claimants)} still announced "
+                        f"itself leader; waited {(a.clock.now() - t0) * 1000:.0f} ms before acting"
+                        + (f" ({', '.join(still)} never stopped: acting at its self-demotion deadline)"
+                           if still else ""), token=token, peers=claimants)
 
     async def _leader_housekeeping(self, view: ClusterView) -> None:
         a = self.agent

@@ -122,6 +122,10 @@ class PeerTable:
             out.append(self._move(p, ALIVE, now, 0.0, f"{p.rises} fresh heartbeat(s)"))
         return out
 
+    def claiming_leader(self) -> list[str]:
+        """Alive peers whose latest heartbeat says they act as leader."""
+        return sorted(p.name for p in self.peers.values() if p.state == ALIVE and p.role == "leader")
+
     def link_seen(self, peer: str, link: str, now: float) -> None:
         """An authentic duplicate arrived on `link`: that link works."""
         self.peers[peer].links[link] = now

@@ -83,6 +83,9 @@ class HeartbeatTransport:
             self._transports.append(tr)
 
     def send(self, hb: Heartbeat) -> None:
+        """Send to every peer on every link; a no-op before start and after close."""
+        if not self._transports:
+            return
         packet = encode(hb, self.receiver.key)
         for links in self.peer_links.values():
             for i, dest in enumerate(links):
