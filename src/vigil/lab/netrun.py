@@ -10,7 +10,7 @@ takeover waits for the lease.
 
 Prints one JSON document on stdout: every step (what was done, what was
 seen), the checker's verdict over the whole run (vigil.lab.checker) and the
-takeover times. Progress goes to stderr, a line per step.
+takeover times. Progress goes to stderr and DIR/steps.jsonl, a line per step.
 """
 
 from __future__ import annotations
@@ -46,10 +46,12 @@ def schedules(names: str, count: int, seed: int, skip: int = 0) -> list[tuple[st
 def run(lab: Lab, net: NetTopology, todo: list[tuple[str, list]], seed: int) -> dict[str, Any]:
     chaos = Chaos(lab, net, random.Random(seed))  # picks targets; the schedules are drawn apart
     steps = []
-    for name, plan in todo:
-        for res in chaos.run(name, plan):
-            steps.append(res)
-            print(json.dumps(res), file=sys.stderr, flush=True)
+    with open(lab.root / "steps.jsonl", "a") as log:  # kept with the lab for a post-mortem
+        for name, plan in todo:
+            for res in chaos.run(name, plan):
+                steps.append(res)
+                for out in (log, sys.stderr):
+                    print(json.dumps(res), file=out, flush=True)
     for node in lab.nodes:  # quiesce every writer before reading the register
         lab.stop_agent(node.name)
     final = _register(lab)

@@ -25,12 +25,14 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from vigil import procs
+from vigil.errors import VigilError
 from vigil.lab.cluster import LAB_TIMING, Lab
 from vigil.lab.netns import NetTopology
 from vigil.store.keys import Keys
 
 TTL = float(LAB_TIMING["lease_ttl"])
 RECOVERY_WAIT = 30.0  # the checker's bound is tighter; this only stops a hung run
+RESTORE_WAIT = 90.0
 POLL = 0.05
 
 
@@ -62,10 +64,12 @@ def random_schedule(rng: random.Random) -> list[Step]:
     for _ in range(rng.randint(1, 3)):
         fault = rng.choice(["kill", "pause", "isolate", "split_all", "loss", "etcd_kill",
                             "etcd_pause", "switchover_etcd_kill"])
-        target = "any" if fault in ("split_all", "switchover_etcd_kill") else \
-            rng.choice(["leader", "leader", "standby"])
-        if fault == "switchover_etcd_kill":
-            target = "standby"
+        if fault == "split_all":
+            target = "any"
+        elif fault == "switchover_etcd_kill":
+            target = "standby"  # the node to switch over to
+        else:
+            target = rng.choice(["leader", "leader", "standby"])
         hold = 0.0 if fault == "kill" else round(rng.uniform(0.5, 3.0) * TTL, 2)
         steps.append(Step(fault, target, hold, rng.choice([10, 20, 30, 40]) if fault == "loss" else 0))
     return steps
@@ -126,7 +130,7 @@ class Chaos:
     def wait_live_leader(self) -> tuple[str, int] | None:
         try:
             return self.lab.wait_for(self.live_leader, RECOVERY_WAIT, "a live leader")
-        except Exception:  # noqa: BLE001 - None is the recorded answer: no leader in time
+        except VigilError:  # None is the recorded answer: no leader in time
             return None
 
     def observe(self, before: tuple[str, int], t0: float, hold: float,
@@ -176,23 +180,44 @@ class Chaos:
                              f"{p} {v['state']}" for p, v in st["peers"].items())))
         return "; ".join(parts)
 
+    def fencing_in_flight(self, node: str) -> bool:
+        marker = self.lab.read_key(Keys(self.lab.cluster).fence_marker(node))
+        return bool(marker and '"in_progress"' in marker[0])
+
+    def fence_pending(self, node: str) -> bool:
+        """`node` still holds the leader key, or a fence of it is in flight."""
+        return (self.lab.leader() or ("",))[0] == node or self.fencing_in_flight(node)
+
     # -- repair ------------------------------------------------------------------
     def restore(self) -> None:
         """Heal the network, resume and power on every node, restart every etcd
-        member; wait until the whole cluster is ready."""
+        member; wait until the whole cluster is ready. A node fenced meanwhile
+        (it was suspected just before the heal) is powered on again."""
         lab = self.lab
-        self.net.heal()
-        for n in lab.nodes:
-            lab.signal_agent(n.name, signal.SIGCONT)
-            if not procs.owns(n.agent_pid, n.config):
-                lab.start_agent(n.name)
-        for m in lab.etcd.members:
-            procs.signal_pid(m.pid, signal.SIGCONT, m.data_dir)
-            if not procs.owns(m.pid, m.data_dir):
-                lab.etcd.start(m.name)
-        lab.etcd.wait_healthy(RECOVERY_WAIT)
-        lab.save()
-        lab.wait_for(lab.ready, 60, "the whole cluster ready again")
+        deadline = time.time() + RESTORE_WAIT
+        while True:
+            self.net.heal()
+            for n in lab.nodes:
+                lab.signal_agent(n.name, signal.SIGCONT)
+                if not procs.owns(n.agent_pid, n.config):
+                    # As an operator would: never power a node on while a fence against it
+                    # may be in flight (the fence would find it on and fail, blocking its role).
+                    lab.wait_for(lambda: not self.fence_pending(n.name), RECOVERY_WAIT,
+                                 f"the fencing of {n.name} to finish before powering it on")
+                    lab.start_agent(n.name)
+            for m in lab.etcd.members:
+                procs.signal_pid(m.pid, signal.SIGCONT, m.data_dir)
+                if not procs.owns(m.pid, m.data_dir):
+                    lab.etcd.start(m.name)
+            lab.etcd.wait_healthy(RECOVERY_WAIT)
+            lab.save()
+            dead = lambda: [n for n in lab.nodes if not procs.owns(n.agent_pid, n.config)]  # noqa: E731
+            lab.wait_for(lambda: dead() or lab.ready() or time.time() > deadline, RESTORE_WAIT,
+                         "the whole cluster ready again")
+            if not dead() and lab.ready() and not any(self.fencing_in_flight(n.name) for n in lab.nodes):
+                return
+            if time.time() > deadline:
+                raise VigilError(f"the cluster was not whole again within {RESTORE_WAIT:g} s")
 
 
 # -- faults: each injects at once and returns its heal (which may report
