@@ -93,8 +93,13 @@ def test_decide_states_marks_leader_standbys_and_failed():
     assert decide_states(replace(v, i_lead=False)) == {}
 
 
+AGREE = {n: replace(m, suspects=frozenset({"a"}) if n != "a" else frozenset())
+         for n, m in MEMBERS.items()}
+
+
 def fence_view(me="b", **kw):
-    base = view(me, leader=LeaderInfo("a", 5, 1), suspected=frozenset({"a"}),
+    """`a` leads and is suspected by `me`; every other member's record suspects it too."""
+    base = view(me, leader=LeaderInfo("a", 5, 1), suspected=frozenset({"a"}), members=AGREE,
                 fenceable=frozenset({"a"}), suspected_for={"a": 0.3})
     return replace(base, **kw)
 
@@ -102,6 +107,14 @@ def fence_view(me="b", **kw):
 def test_best_standby_fences_a_suspected_leader():
     d = decide(fence_view("b"))
     assert d.action == "fence" and "leader a (token 5) suspected" in d.reason
+
+
+def test_a_leader_suspected_by_one_standby_only_is_not_fenced():
+    alone = AGREE | {"c": MEMBERS["c"]}  # c still hears a: b's link is the likelier fault
+    d = decide(fence_view("b", members=alone))
+    assert d.action == NONE and "suspected by 1 of 2 members; fencing needs a majority" in d.reason
+    two_nodes = {"a": MEMBERS["a"], "b": MEMBERS["b"]}  # no one else to ask: my view is the majority
+    assert decide(fence_view("b", members=two_nodes)).action == "fence"
 
 
 def test_lower_priority_standby_leaves_fencing_to_the_best():

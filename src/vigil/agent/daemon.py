@@ -91,6 +91,7 @@ class Agent:
                                               self._on_inference, self.events.record)
                           if cfg.inference else None)
         self.wake = asyncio.Event()
+        self.published_suspects: list[str] = []  # as last written to our member record
         w = cfg.watchdog
         self.watchdog = Watchdog(w.mode, LinuxWatchdogDevice(w.device), w.timeout, self.events.record)
         self._tasks: list[asyncio.Task] = []
@@ -122,6 +123,7 @@ class Agent:
                 "inference": self.inference.describe() if self.inference else None,
                 "fences": ({n: [d["type"] for d in levels] for n, levels in self.cfg.fencing.topology.items()}
                            if self.cfg.fencing else {}),
+                "suspects": sorted(self.heartbeats.peers.suspected_for(self.clock.now())),
                 "incarnation": self.incarnation, "started_at": self.started_at,
                 "version": __version__, "pid": os.getpid()}
 
@@ -186,7 +188,9 @@ class Agent:
                               on_renewed=self._on_renewed)
             try:
                 await session.open()
-                await self.registry.register(self.cfg.node, self.member_record(), session.lease_id)
+                record = self.member_record()
+                await self.registry.register(self.cfg.node, record, session.lease_id)
+                self.published_suspects = record["suspects"]
             except StoreError as e:
                 log.warning("cannot open an etcd session yet: %s", e)
                 await session.close(revoke=True)
@@ -209,7 +213,13 @@ class Agent:
 
     async def publish_record(self) -> None:
         if self.session_ok():
-            await self.registry.register(self.cfg.node, self.member_record(), self.session.lease_id)
+            record = self.member_record()
+            await self.registry.register(self.cfg.node, record, self.session.lease_id)
+            self.published_suspects = record["suspects"]
+
+    def suspects_unpublished(self) -> bool:
+        """Our suspicions differ from what our member record in etcd says."""
+        return sorted(self.heartbeats.peers.suspected_for(self.clock.now())) != self.published_suspects
 
     # -- callbacks ---------------------------------------------------------------
     def _on_renewed(self, sent_at: float) -> None:
@@ -231,6 +241,8 @@ class Agent:
             self.events.record(kind, f"{c.peer}: {c.cause}", peer=c.peer, phi=round(c.phi, 2),
                                silent_ms=round(c.silent_for * 1000, 1),
                                detected_at=self.clock.to_wall(c.at))
+        # Peers read our suspicions before they fence anyone (core.reconcile).
+        asyncio.get_running_loop().create_task(_best_effort("publish suspicions", self.publish_record()))
         self.wake.set()
 
     async def _role_guard_loop(self) -> None:

@@ -69,6 +69,8 @@ class Reconciler:
 
     async def run_cycle(self) -> Decision:
         a = self.agent
+        if a.suspects_unpublished():  # a publish failed (etcd away): peers need it to fence
+            await a.publish_record()
         snap = await a.registry.snapshot()
         if await self._abandon_stale_fences(snap):
             snap = await a.registry.snapshot()

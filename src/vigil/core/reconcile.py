@@ -81,6 +81,12 @@ def _fence_dead_leader(v: ClusterView) -> Decision | None:
     if lead.name not in v.fenceable:
         return Decision(NONE, f"leader {lead.name} suspected; no fencing device for it: waiting for its "
                               "lease to expire")
+    # One node's view is not enough to power a leader off: a standby on a lossy link
+    # would fence a healthy leader (and, its BMC traffic lost too, fail and block).
+    agree, voters = v.corroborated(lead.name)
+    if 2 * agree <= voters:
+        return Decision(NONE, f"leader {lead.name} suspected by {agree} of {voters} members; fencing "
+                              "needs a majority (else its lease decides)")
     if not v.healthy or not v.eligible(v.me):
         return Decision(NONE, f"leader {lead.name} suspected; not eligible to take over")
     best = v.best_candidate()

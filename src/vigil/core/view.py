@@ -26,6 +26,7 @@ class MemberInfo:
     healthy: bool = True
     reasons: tuple[str, ...] = ()
     lease: int = 0
+    suspects: frozenset[str] = frozenset()  # the peers this member's detector suspects now
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,13 @@ class ClusterView:
         mine = self.members[self.me].priority if self.me in self.members else 0
         return sum(1 for m in self.members.values()
                    if m.name not in (self.me, exclude) and m.healthy and m.priority > mine)
+
+    def corroborated(self, node: str) -> tuple[int, int]:
+        """(members suspecting `node`, members whose word counts): every registered
+        member but `node`, counting my own view instead of my published one."""
+        voters = [m for m in self.members.values() if m.name != node]
+        agree = sum(1 for m in voters if node in (self.suspected if m.name == self.me else m.suspects))
+        return agree, len(voters)
 
     def best_candidate(self) -> str | None:
         """Highest priority eligible member; ties go to the lowest name."""

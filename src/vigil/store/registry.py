@@ -41,7 +41,8 @@ class Snapshot:
             health = rec.get("health", {})
             out[name] = MemberInfo(name, int(rec.get("priority", 100)),
                                    health.get("verdict") == "healthy",
-                                   tuple(health.get("reasons", ())), self.member_leases.get(name, 0))
+                                   tuple(health.get("reasons", ())), self.member_leases.get(name, 0),
+                                   frozenset(rec.get("suspects") or ()))
         return out
 
 
