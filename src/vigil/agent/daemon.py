@@ -123,7 +123,7 @@ class Agent:
                 "inference": self.inference.describe() if self.inference else None,
                 "fences": ({n: [d["type"] for d in levels] for n, levels in self.cfg.fencing.topology.items()}
                            if self.cfg.fencing else {}),
-                "suspects": sorted(self.heartbeats.peers.suspected_for(self.clock.now())),
+                "suspects": self.suspects(),
                 "incarnation": self.incarnation, "started_at": self.started_at,
                 "version": __version__, "pid": os.getpid()}
 
@@ -217,9 +217,13 @@ class Agent:
             await self.registry.register(self.cfg.node, record, self.session.lease_id)
             self.published_suspects = record["suspects"]
 
+    def suspects(self) -> list[str]:
+        """Peers heard and then lost, as published in our member record."""
+        return sorted(self.heartbeats.peers.suspected_for(self.clock.now()))
+
     def suspects_unpublished(self) -> bool:
         """Our suspicions differ from what our member record in etcd says."""
-        return sorted(self.heartbeats.peers.suspected_for(self.clock.now())) != self.published_suspects
+        return self.suspects() != self.published_suspects
 
     # -- callbacks ---------------------------------------------------------------
     def _on_renewed(self, sent_at: float) -> None:
