@@ -142,8 +142,10 @@ class Trial:
                 self.after(len(self.gen.samples) + 40)
             elif self.fault == "restart_503":
                 lab.signal_server(v, signal.SIGKILL)  # the agent restarts it: refused, then 503 while loading
-                lab.wait_for(lambda: (lab.agent_status(v) or {}).get("inference", {}).get("ready"), 120,
-                             "the restarted server ready")
+                ready = lambda: (lab.agent_status(v) or {}).get("inference", {}).get("ready")  # noqa: E731
+                # The window must really happen: first not ready (killed, then loading), then ready.
+                lab.wait_for(lambda: ready() is False, 30, "the killed server seen not ready")
+                lab.wait_for(ready, 120, "the restarted server ready")
                 self.after(len(self.gen.samples) + 40)
             elif self.fault == "slow_20x":
                 _faults(lab, v, {"slowdown": 20})

@@ -14,9 +14,11 @@ Every answer is JSON (but /metrics) and carries the reason in its body.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from vigil.errors import VigilError
 
@@ -82,7 +84,7 @@ class AgentApi:
         return web.json_response(status_document(self.agent))
 
     async def metrics(self, _: web.Request) -> web.Response:
-        return web.Response(text=metrics_text(self.agent), content_type="text/plain")
+        return web.Response(body=metrics_text(self.agent), content_type="text/plain")
 
 
 def status_document(a: "Agent") -> dict[str, Any]:
@@ -119,34 +121,59 @@ def status_document(a: "Agent") -> dict[str, Any]:
     }
 
 
-def metrics_text(a: "Agent") -> str:
-    now = a.clock.now()
-    node = a.cfg.node
-    lines = [
-        "# HELP vigil_leader 1 while this node holds leadership with a valid lease.",
-        "# TYPE vigil_leader gauge", f'vigil_leader{{node="{node}"}} {int(a.is_leader())}',
-        "# HELP vigil_fencing_token Fencing token of this node's leadership (0 if none).",
-        "# TYPE vigil_fencing_token gauge", f'vigil_fencing_token{{node="{node}"}} {a.role.token}',
-        "# HELP vigil_healthy 1 when this node's health verdict is healthy.",
-        "# TYPE vigil_healthy gauge", f'vigil_healthy{{node="{node}"}} {int(a.healthy)}',
-        "# HELP vigil_session_ok 1 while this node holds a live etcd lease.",
-        "# TYPE vigil_session_ok gauge", f'vigil_session_ok{{node="{node}"}} {int(a.session_ok())}',
-        "# HELP vigil_heartbeats_sent_total Heartbeat packets sent.",
-        "# TYPE vigil_heartbeats_sent_total counter",
-        f'vigil_heartbeats_sent_total{{node="{node}"}} {a.heartbeats.transport.sent}',
-        "# HELP vigil_heartbeats_received_total Heartbeat packets received, by verdict.",
-        "# TYPE vigil_heartbeats_received_total counter",
-    ]
-    for verdict, n in sorted(a.heartbeats.receiver.counters.items()):
-        lines.append(f'vigil_heartbeats_received_total{{node="{node}",verdict="{verdict}"}} {n}')
-    lines += ["# HELP vigil_peer_phi Phi suspicion level of each peer.", "# TYPE vigil_peer_phi gauge"]
-    for name, p in a.heartbeats.peers.peers.items():
-        lines.append(f'vigil_peer_phi{{node="{node}",peer="{name}"}} {p.detector.phi(now):.3f}')
-    lines += ["# HELP vigil_peer_alive 1 while the peer is not suspected.",
-              "# TYPE vigil_peer_alive gauge"]
-    for name, p in a.heartbeats.peers.peers.items():
-        lines.append(f'vigil_peer_alive{{node="{node}",peer="{name}"}} {int(p.state == "alive")}')
-    lines += ["# HELP vigil_local_pauses_total Times this agent's own loop ran late.",
-              "# TYPE vigil_local_pauses_total counter",
-              f'vigil_local_pauses_total{{node="{node}"}} {a.heartbeats.guard.pauses}']
-    return "\n".join(lines) + "\n"
+def metrics_text(a: "Agent") -> bytes:
+    """Prometheus exposition of the agent's state, read at scrape time."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_AgentCollector(a))
+    return generate_latest(registry)
+
+
+class _AgentCollector:
+    def __init__(self, agent: "Agent"):
+        self.a = agent
+
+    def collect(self) -> Iterator[Any]:
+        a, now = self.a, self.a.clock.now()
+        node = a.cfg.node
+        for name, doc, value in (
+                ("vigil_leader", "1 while this node holds leadership with a valid lease.", a.is_leader()),
+                ("vigil_fencing_token", "Fencing token of this node's leadership (0 if none).", a.role.token),
+                ("vigil_healthy", "1 when this node's health verdict is healthy.", a.healthy),
+                ("vigil_session_ok", "1 while this node holds a live etcd lease.", a.session_ok())):
+            g = GaugeMetricFamily(name, doc, labels=["node"])
+            g.add_metric([node], float(value))
+            yield g
+        c = CounterMetricFamily("vigil_heartbeats_sent", "Heartbeat packets sent.", labels=["node"])
+        c.add_metric([node], a.heartbeats.transport.sent)
+        yield c
+        c = CounterMetricFamily("vigil_heartbeats_received", "Heartbeat packets received, by verdict.",
+                                labels=["node", "verdict"])
+        for verdict, n in sorted(a.heartbeats.receiver.counters.items()):
+            c.add_metric([node, verdict], n)
+        yield c
+        phi = GaugeMetricFamily("vigil_peer_phi", "Phi suspicion level of each peer.", labels=["node", "peer"])
+        alive = GaugeMetricFamily("vigil_peer_alive", "1 while the peer is not suspected.",
+                                  labels=["node", "peer"])
+        for name, p in a.heartbeats.peers.peers.items():
+            phi.add_metric([node, name], p.detector.phi(now))
+            alive.add_metric([node, name], float(p.state == "alive"))
+        yield phi
+        yield alive
+        c = CounterMetricFamily("vigil_local_pauses", "Times this agent's own loop ran late.", labels=["node"])
+        c.add_metric([node], a.heartbeats.guard.pauses)
+        yield c
+        if a.inference:
+            yield from _inference_metrics(node, a.inference.describe())
+
+
+def _inference_metrics(node: str, d: dict[str, Any]) -> Iterator[Any]:
+    v = GaugeMetricFamily("vigil_inference_verdict", "1 for the engine's current verdict (busy is "
+                          "ready with work pending; hung and dead are not ready).",
+                          labels=["node", "verdict"])
+    for verdict in ("starting", "ready", "busy", "hung", "dead", "failing"):
+        v.add_metric([node, verdict], float(d["verdict"] == verdict))
+    yield v
+    g = GaugeMetricFamily("vigil_inference_pending", "Work pending at the engine (its own report).",
+                          labels=["node"])
+    g.add_metric([node], d["pending"])
+    yield g

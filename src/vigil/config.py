@@ -60,6 +60,12 @@ class InferenceConfig:
     canary_timeout: float = 2.0
     rise: int = 1
     fall: int = 2
+    # Busy is not hung (vigil.core.engine): the engine's own progress report.
+    load_format: str = "vigil"  # vigil (GET /v2/load JSON) | vllm (Prometheus /metrics) | none
+    load_path: str = "/v2/load"
+    load_interval: float = 0.2
+    silence_window: float = 1.0  # load probe unanswered this long: hung
+    stall_window: float = 10.0  # work pending, nothing completed this long: hung
 
 
 @dataclass(frozen=True)
@@ -283,7 +289,8 @@ def _inference(v: Any) -> InferenceConfig | None:
     if v is None:
         return None
     d = _mapping(v, "inference", {"url", "command", "canary_path", "canary_body", "canary_interval",
-                                  "canary_timeout", "rise", "fall"})
+                                  "canary_timeout", "rise", "fall", "load_format", "load_path",
+                                  "load_interval", "silence_window", "stall_window"})
     u = urlparse(str(d.get("url", "")))
     if u.scheme not in ("http", "https") or not u.hostname or u.port is None:
         raise ConfigError("inference.url", d.get("url"), "must be http(s)://HOST:PORT of the inference server")
@@ -292,11 +299,24 @@ def _inference(v: Any) -> InferenceConfig | None:
         raise ConfigError("inference.command", cmd, "must be a list of strings (argv), or left out "
                                                     "to watch a server someone else runs")
     numbers = {}
-    for k, lo in (("canary_interval", 0.05), ("canary_timeout", 0.05)):
+    for k, lo, hi in (("canary_interval", 0.05, 3600), ("canary_timeout", 0.05, 600),
+                      ("load_interval", 0.02, 60), ("silence_window", 0.1, 600),
+                      ("stall_window", 0.5, 3600)):
         x = d.get(k, getattr(InferenceConfig, k))
-        if isinstance(x, bool) or not isinstance(x, (int, float)) or x < lo:
-            raise ConfigError(f"inference.{k}", x, f"must be a number of seconds >= {lo}")
+        if isinstance(x, bool) or not isinstance(x, (int, float)) or not lo <= x <= hi:
+            raise ConfigError(f"inference.{k}", x, f"must be a number of seconds from {lo} to {hi}")
         numbers[k] = float(x)
+    if numbers["silence_window"] <= numbers["load_interval"]:
+        raise ConfigError("inference.silence_window", numbers["silence_window"],
+                          "must be longer than inference.load_interval, or one late answer "
+                          "would call a busy engine hung")
+    fmt = d.get("load_format", InferenceConfig.load_format)
+    if fmt not in ("vigil", "vllm", "none"):
+        raise ConfigError("inference.load_format", fmt, "must be vigil (GET /v2/load), vllm "
+                                                        "(Prometheus /metrics) or none (canaries only)")
+    lp = d.get("load_path", "/metrics" if fmt == "vllm" else InferenceConfig.load_path)
+    if not isinstance(lp, str) or not lp.startswith("/"):
+        raise ConfigError("inference.load_path", lp, "must be a path such as /v2/load")
     for k in ("rise", "fall"):
         numbers[k] = _int(d.get(k, getattr(InferenceConfig, k)), f"inference.{k}", 1, 100)
     body = d.get("canary_body", InferenceConfig.canary_body)
@@ -304,7 +324,8 @@ def _inference(v: Any) -> InferenceConfig | None:
         import json
         body = json.dumps(body)
     return InferenceConfig(str(d["url"]).rstrip("/"), tuple(cmd),
-                           str(d.get("canary_path", InferenceConfig.canary_path)), body, **numbers)
+                           str(d.get("canary_path", InferenceConfig.canary_path)), body,
+                           load_format=fmt, load_path=lp, **numbers)
 
 
 DEVICE_FIELDS = {"ipmi": {"type", "host", "port", "user", "password", "password_file", "timeout"},

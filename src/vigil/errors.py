@@ -54,3 +54,13 @@ class WireError(VigilError):
     def __init__(self, reason: str, detail: str = ""):
         self.reason = reason
         super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+class ProbeError(VigilError):
+    """A probe got no usable reading; `kind` says which: silent (no answer in
+    time), refused (nothing listens), unsupported (the engine has no such
+    report), bad (an answer that is not a reading)."""
+
+    def __init__(self, kind: str, detail: str):
+        self.kind = kind
+        super().__init__(f"{kind}: {detail}")

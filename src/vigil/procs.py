@@ -129,3 +129,12 @@ def free_ports(n: int, kind: int = socket.SOCK_STREAM) -> list[int]:
         s.close()
     _handed_out.update(ports)
     return ports
+
+
+def state(pid: int) -> str | None:
+    """The kernel's state letter for `pid` (R, S, D, T stopped, t traced, Z...), None if gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[0]

@@ -22,7 +22,8 @@ def test_demo_scenario_zero_failed_requests_every_fault_detected(tmp_path):
     assert 0 < kill["detection_ms"] < 1000, "every peer suspected the dead leader"
     assert kill["detail"]["new_token"] > kill["detail"]["old_token"]
     assert 0 < kill["takeover_ms"] < 2000 + 1000, "lease TTL 2 s plus etcd's 500 ms lessor tick"
-    assert 0 < hang["detection_ms"] < 10_000 and "canar" in hang["detail"]["cause"]
+    assert 0 < hang["detection_ms"] < 1000 and hang["detail"]["cause"].startswith("hung:"), \
+        "a frozen engine is hung within a second (it used to take canaries 2-3 s)"
     assert faults["restart node"]["detail"]["role"] == "standby"
     assert faults["switchover"]["detail"]["exit_status"] == 0
     assert all(f["during"]["failed"] == 0 for f in report["faults"])

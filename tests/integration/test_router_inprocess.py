@@ -14,6 +14,7 @@ from vigil.config import parse_config
 from vigil.procs import free_ports
 from vigil.router.config import parse_router_config
 from vigil.router.proxy import Router
+from vigil.store.events import read_events
 from vigil.store.keys import Keys
 from vigil.testing import MemoryStore
 from vigil.testing.wait import wait_until
@@ -22,7 +23,7 @@ KEY = "ef" * 32
 
 
 async def serve(app: web.Application, port: int) -> web.AppRunner:
-    runner = web.AppRunner(app)
+    runner = web.AppRunner(app, shutdown_timeout=0.5)  # a frozen handler ends with the test
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     return runner
@@ -101,7 +102,7 @@ async def test_agent_watches_an_external_server_by_url(tmp_path):
                          10, "readiness published")
         healthy["on"] = False
         await wait_until(lambda: not agent.inference.ready, 10, "not ready after failed canaries")
-        assert "HTTP 503" in agent.inference.tracker.reason and rec
+        assert "HTTP 503" in agent.inference.judge.reason and rec
     finally:
         stop.set()
         await task
@@ -111,3 +112,66 @@ async def test_agent_watches_an_external_server_by_url(tmp_path):
 def _record(store: MemoryStore):
     kv = store._kv.get(Keys("ext").member("a"))
     return kv and json.loads(kv.value)
+
+
+def load_reporting_engine(state: dict) -> web.Application:
+    """An external engine with a load report: `state` says what it reports, and
+    whether its report answers at all (a frozen engine answers nothing)."""
+    async def load(_: web.Request) -> web.Response:
+        if state["frozen"]:
+            await asyncio.Event().wait()
+        return web.json_response({"pending": state["pending"], "completed": state["completed"]})
+
+    async def embeddings(_: web.Request) -> web.Response:
+        return web.json_response({"data": [{"embedding": [0.0]}]})
+    app = web.Application()
+    app.add_routes([web.get("/v2/load", load), web.post("/v1/embeddings", embeddings)])
+    return app
+
+
+async def _agent_on(tmp_path, srv_port: int, **inference):
+    api_port, hb_port = free_ports(2)
+    cfg = parse_config({"cluster": "ext", "node": "a", "data_dir": str(tmp_path),
+                        "etcd": {"endpoints": ["http://127.0.0.1:1"]}, "api": {"port": api_port},
+                        "heartbeat": {"key": KEY, "port": hb_port},
+                        "inference": {"url": f"http://127.0.0.1:{srv_port}", "canary_interval": 0.2,
+                                      "canary_timeout": 0.5, "load_interval": 0.1, **inference}})
+    store = MemoryStore()
+    store.start()
+    agent = Agent(cfg, store=store)
+    stop = asyncio.Event()
+    return agent, stop, asyncio.get_running_loop().create_task(agent.run(stop))
+
+
+async def test_busy_engine_stays_ready_a_silent_one_is_hung_a_stalled_one_too(tmp_path):
+    (srv_port,) = free_ports(1)
+    state = {"pending": 0, "completed": 0, "frozen": False}
+    srv = await serve(load_reporting_engine(state), srv_port)
+    agent, stop, task = await _agent_on(tmp_path, srv_port, silence_window=0.5, stall_window=2.0)
+    try:
+        await wait_until(lambda: agent.inference.ready, 10, "ready from a canary")
+        state["pending"] = 50  # a deep queue, completions advancing: busy, still ready
+        for _ in range(30):
+            state["completed"] += 1
+            await asyncio.sleep(0.1)
+            assert agent.inference.ready and agent.inference.judge.verdict == "busy"
+        assert agent.inference.describe()["pending"] == 50
+        state["frozen"] = True  # the report stops answering
+        t0 = asyncio.get_running_loop().time()
+        await wait_until(lambda: not agent.inference.ready, 5, "hung after the silence window")
+        assert asyncio.get_running_loop().time() - t0 < 2.0
+        assert "load probe unanswered" in agent.inference.judge.reason
+        state["frozen"] = False
+        state["completed"] += 1
+        await wait_until(lambda: agent.inference.ready, 5, "ready again once completions advance")
+        await wait_until(lambda: agent.inference.judge.verdict == "busy", 5, "busy")
+        await wait_until(lambda: not agent.inference.ready, 5, "hung: 50 pending, nothing completes")
+        assert "50 pending and nothing completed" in agent.inference.judge.reason
+        await agent.events.flush()
+        causes = [e["cause"] for e in await read_events(agent.store, Keys("ext"))
+                  if e["kind"] == "inference_not_ready"]
+        assert any(c.startswith("hung: load probe unanswered") for c in causes), causes
+    finally:
+        stop.set()
+        await task
+        await srv.cleanup()

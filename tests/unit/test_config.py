@@ -23,6 +23,8 @@ def test_good_config_and_defaults():
     assert c.heartbeat_port == 694 and c.peers[0].port == 694
     assert c.timing.heartbeat_interval == 0.1 and c.timing.lease_ttl == 10
     assert c.key == bytes.fromhex(KEY) and c.addresses == ("10.0.0.1", "10.1.0.1")
+    inf = parse_config(good(inference={"url": "http://127.0.0.1:8000", "load_format": "vllm"})).inference
+    assert inf.load_path == "/metrics" and inf.stall_window == 10.0 and inf.silence_window == 1.0
 
 
 @pytest.mark.parametrize("over, field, words", [
@@ -41,6 +43,14 @@ def test_good_config_and_defaults():
     (dict(timing={"demote_after": 12}), "timing.demote_after", "< lease_ttl"),
     (dict(timing={"lease_ttl": "ten"}), "timing.lease_ttl", "number of seconds"),
     (dict(api={"port": 70000}), "api.port", "1 to 65535"),
+    (dict(inference={"url": "http://127.0.0.1:8000", "load_format": "triton"}),
+     "inference.load_format", "vigil (GET /v2/load)"),
+    (dict(inference={"url": "http://127.0.0.1:8000", "silence_window": 0.1, "load_interval": 0.2}),
+     "inference.silence_window", "longer than inference.load_interval"),
+    (dict(inference={"url": "http://127.0.0.1:8000", "stall_window": 1e9}),
+     "inference.stall_window", "from 0.5 to 3600"),
+    (dict(inference={"url": "http://127.0.0.1:8000", "load_path": "v2/load"}),
+     "inference.load_path", "a path such as"),
 ])
 def test_bad_values_name_field_and_fix(over, field, words):
     d = good(**over)

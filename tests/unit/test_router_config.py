@@ -29,3 +29,24 @@ def test_unreadable_file(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_router_config(tmp_path / "missing.yaml")
     assert "cannot be read" in str(e.value)
+
+
+def test_admission_and_deadlines_are_validated():
+    import pytest as _pytest
+
+    from vigil.errors import ConfigError
+    from vigil.router.config import parse_router_config
+    base = {"cluster": "c", "etcd": {"endpoints": ["http://127.0.0.1:2379"]},
+            "heartbeat": {"key": "ab" * 16}}
+    cfg = parse_router_config({**base, "retry": {"first_byte_timeout": 4, "idle_timeout": 20},
+                               "admission": {"initial_limit": 8, "queue_wait": 0.5, "panic_threshold": 0.3}})
+    assert cfg.retry.per_try_timeout == 4.0 and cfg.retry.idle_timeout == 20.0
+    assert cfg.admission.initial_limit == 8.0 and cfg.admission.panic_threshold == 0.3
+    for bad, field in (({"admission": {"panic_threshold": 2}}, "admission.panic_threshold"),
+                       ({"admission": {"min_limit": 5, "initial_limit": 2}}, "admission.initial_limit"),
+                       ({"admission": {"queue_wait": -1}}, "admission.queue_wait"),
+                       ({"admission": {"limit": 3}}, "admission"),
+                       ({"retry": {"idle_timeout": "soon"}}, "retry.idle_timeout")):
+        with _pytest.raises(ConfigError) as e:
+            parse_router_config({**base, **bad})
+        assert e.value.field.startswith(field), (bad, e.value.field)

@@ -6,10 +6,17 @@
   left behind by an earlier incarnation of the agent (SIGKILLed agent) is
   stopped first, by the PID in the file and only if its command line still
   matches.
-- Readiness is deep: every `canary_interval` a real inference request with a
-  `canary_timeout`; a hung engine (SIGSTOPped server, deadlocked GPU) fails
-  its canaries and is marked not ready even though its process lives.
-- Each readiness change calls `on_change(ready, cause)`.
+- Readiness judges progress, not the latency of one request
+  (vigil.core.engine): every `load_interval` the engine's own load report
+  (work pending, work completed); a managed process frozen by the kernel
+  (state T) is hung at once, a report unanswered for `silence_window` or
+  pending work with no completion for `stall_window` is hung, a refused port
+  is dead, and an engine with work pending and completions advancing is
+  busy: still ready. While the engine is idle, a real inference (the canary,
+  every `canary_interval`, `canary_timeout`) proves it works. An engine
+  without a load report (404) is judged by canaries alone, and says so.
+- Each readiness change calls `on_change(ready, cause)`; each change of
+  verdict (ready, busy, hung, dead, failing) is an event.
 """
 
 from __future__ import annotations
@@ -25,8 +32,11 @@ import aiohttp
 
 from vigil.clock import Clock
 from vigil.config import InferenceConfig
-from vigil.core.readiness import Backoff, ReadinessTracker
+from vigil.core.engine import EngineChange, EngineJudge
+from vigil.core.readiness import Backoff
 from vigil import procs
+from vigil.errors import ProbeError
+from vigil.probes.engine import read_load
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +46,11 @@ class InferenceSupervisor:
                  on_change: Callable[[bool, str], None], on_event: Callable[..., None]):
         self.cfg, self.data_dir, self.clock = cfg, data_dir, clock
         self.on_change, self.on_event = on_change, on_event
-        self.tracker = ReadinessTracker(cfg.rise, cfg.fall)
+        self.judge = EngineJudge(cfg.stall_window, cfg.silence_window, cfg.rise, cfg.fall)
+        self.load_supported = cfg.load_format != "none"
+        self._last_canary = float("-inf")
+        self._was_ready = False
+        self._canary: asyncio.Task | None = None
         self.backoff = Backoff()
         self.proc: asyncio.subprocess.Process | None = None
         self.pid_file = data_dir / "inference.pid"
@@ -45,11 +59,13 @@ class InferenceSupervisor:
 
     @property
     def ready(self) -> bool:
-        return self.tracker.ready
+        return self.judge.ready
 
     def describe(self) -> dict:
-        return {"url": self.cfg.url, "ready": self.tracker.ready,
-                "reason": self.tracker.reason or None, "managed": bool(self.cfg.command),
+        j = self.judge
+        return {"url": self.cfg.url, "ready": j.ready, "verdict": j.verdict,
+                "reason": j.reason or None, "pending": j.pending,
+                "load_report": self.load_supported, "managed": bool(self.cfg.command),
                 "pid": self.proc.pid if self.proc and self.proc.returncode is None else None,
                 "restarts": self.backoff.restarts}
 
@@ -59,10 +75,10 @@ class InferenceSupervisor:
         if self.cfg.command:
             self._stop_orphan()
             self._tasks.append(loop.create_task(self._run_loop()))
-        self._tasks.append(loop.create_task(self._canary_loop()))
+        self._tasks.append(loop.create_task(self._watch_loop()))
 
     async def stop(self) -> None:
-        for t in self._tasks:
+        for t in self._tasks + ([self._canary] if self._canary else []):
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.proc and self.proc.returncode is None:
@@ -99,7 +115,7 @@ class InferenceSupervisor:
                     stderr=asyncio.subprocess.STDOUT, start_new_session=True, env=env)
             except OSError as e:
                 log_file.close()
-                self._changed(self.tracker.down(self.clock.now(), f"cannot start: {e}"))
+                self._changed(self.judge.down(self.clock.now(), f"cannot start: {e}"))
                 await asyncio.sleep(self.backoff.next_delay(self.clock.now()))
                 continue
             log_file.close()
@@ -109,19 +125,61 @@ class InferenceSupervisor:
                           pid=self.proc.pid)
             code = await self.proc.wait()
             cause = f"inference server exited with status {code}"
-            self._changed(self.tracker.down(self.clock.now(), cause))
+            self._changed(self.judge.down(self.clock.now(), cause))
             delay = self.backoff.next_delay(self.clock.now())
             self.on_event("inference_exited", f"{cause}; restarting in {delay:g} s", status=code,
                           restart_in=delay)
             await asyncio.sleep(delay)
 
-    async def _canary_loop(self) -> None:
+    async def _watch_loop(self) -> None:
         while True:
-            ok, detail = await self._canary()
-            self._changed(self.tracker.canary(ok, self.clock.now(), detail))
-            await asyncio.sleep(self.cfg.canary_interval)
+            await self._observe()
+            now = self.clock.now()
+            if self.judge.idle() and now - self._last_canary >= self.cfg.canary_interval \
+                    and not (self._canary and not self._canary.done()):
+                self._last_canary = now
+                self.judge.canary_sent()
+                self._canary = asyncio.get_running_loop().create_task(self._canary_round())
+            await asyncio.sleep(self.cfg.load_interval if self.load_supported else
+                                min(self.cfg.load_interval, self.cfg.canary_interval))
 
-    async def _canary(self) -> tuple[bool, str]:
+    async def _observe(self) -> None:
+        """One look at the engine: its process (managed), then its load report."""
+        assert self._http is not None
+        now = self.clock.now()
+        if self.proc is not None and self.proc.returncode is None:
+            st = procs.state(self.proc.pid)
+            if st in ("T", "t"):
+                self._changed(self.judge.stopped(now, f"engine process {self.proc.pid} is stopped "
+                                                      f"(state {st}: SIGSTOP or a debugger)"))
+                return
+        if not self.load_supported:
+            self._changed(self.judge.tick(now))
+            return
+        try:
+            reading = await read_load(self._http, self.cfg.url + self.cfg.load_path,
+                                      self.cfg.load_format, self.cfg.silence_window)
+        except ProbeError as e:
+            self._probe_failed(e)
+            return
+        self._changed(self.judge.load(self.clock.now(), reading))
+
+    def _probe_failed(self, e: ProbeError) -> None:
+        now = self.clock.now()
+        if e.kind == "unsupported":
+            self.load_supported = False
+            self.on_event("inference_load_unsupported", f"{e}; judging the engine by canaries alone "
+                          f"(set inference.load_format: none to say so)")
+        elif e.kind == "refused":
+            self._changed(self.judge.refused(now, str(e)))
+        else:  # silent, or an answer that is not a reading: no proof either way
+            self._changed(self.judge.silent(now, str(e)))
+
+    async def _canary_round(self) -> None:
+        ok, detail = await self._canary_request()
+        self._changed(self.judge.canary(self.clock.now(), ok, detail))
+
+    async def _canary_request(self) -> tuple[bool, str]:
         assert self._http is not None
         t0 = self.clock.now()
         try:
@@ -138,9 +196,13 @@ class InferenceSupervisor:
             return False, f"canary failed: {type(e).__name__}"
         return True, f"canary answered in {(self.clock.now() - t0) * 1000:.0f} ms"
 
-    def _changed(self, change) -> None:
-        if change is not None:
-            self.on_change(change.ready, change.cause)
+    def _changed(self, change: EngineChange | None) -> None:
+        if change is None:
+            return
+        if change.verdict in ("ready", "busy") and self._was_ready:
+            return  # ready <-> busy is load, not an event: /status and /metrics show it
+        self._was_ready = change.ready
+        self.on_change(change.ready, f"{change.verdict}: {change.cause}")
 
 
 def server_pid(data_dir: Path) -> int | None:

@@ -58,11 +58,21 @@ async def gather_status(store: Store, keys: Keys) -> dict[str, Any]:
             "agent_reachable": view is not None,
             "decision": view.get("decision") if view else None,
             "fencing": _fencing_label(fencers.get(name, set())),
+            "engine": _engine(view, rec),
         })
     return {"cluster": keys.cluster, "revision": snap.revision,
             "leader": {"name": snap.leader.name, "token": snap.leader.token} if snap.leader else None,
             "switchover": {"to": snap.switchover.to} if snap.switchover else None,
             "members": members}
+
+
+def _engine(view: dict[str, Any] | None, rec: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The engine's verdict, live from the agent when it answers, else as last published."""
+    inf = (view or {}).get("inference") or (rec or {}).get("inference")
+    if not isinstance(inf, dict):
+        return None
+    verdict = inf.get("verdict") or ("ready" if inf.get("ready") else "not ready")
+    return {"verdict": verdict, "pending": inf.get("pending"), "reason": inf.get("reason")}
 
 
 def _fencing_label(types: set[str]) -> str:
@@ -77,7 +87,7 @@ def _fencing_label(types: set[str]) -> str:
 def render_table(doc: dict[str, Any]) -> str:
     cols = [("Member", "name"), ("Role", "role"), ("State", "state"), ("Health", "health"),
             ("HB age", "heartbeat_age"), ("Lease TTL", "lease_ttl"), ("Token", "token"),
-            ("Fencing", "fencing"), ("Decision", "decision")]
+            ("Fencing", "fencing"), ("Engine", "engine"), ("Decision", "decision")]
     rows = [[_cell(m, k) for _, k in cols] for m in doc["members"]]
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, (h, _) in enumerate(cols)]
     line = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
@@ -99,6 +109,9 @@ def _cell(m: dict[str, Any], key: str) -> str:
         return f"{v * 1000:.0f} ms"
     if key == "lease_ttl":
         return f"{v} s"
+    if key == "engine":
+        text = v["verdict"] + (f" ({v['pending']} pending)" if v.get("pending") else "")
+        return text + (f": {v['reason']}" if v.get("reason") else "")
     if key == "health" and m.get("reasons"):
         return f"{v} ({'; '.join(m['reasons'])})"
     return json.dumps(v) if isinstance(v, (dict, list)) else str(v)

@@ -10,9 +10,16 @@ Rules:
 - A failed attempt (connect error, reset, 502/503/504, per-attempt timeout)
   inhibits that backend for `inhibit_base`, doubling on repeated failures up
   to `inhibit_max` (Envoy's ejection back-off); a success clears it.
-- Panic guard: if inhibition alone would leave no backend, it is ignored
-  (when everything looks broken at once, the observer is the likely fault).
-  Readiness, suspicion and state are never ignored.
+- Capacity: a backend takes a new attempt only while its in-flight count is
+  below its adaptive limit (vigil.core.admission). A full backend is still
+  eligible: load never ejects, inhibits or suspects a node.
+- Panic threshold (Envoy's): when the eligible share of the nodes that are
+  not confirmed gone (suspected by the router's own heartbeat detector,
+  member record gone, decided failed/fenced/maintenance/draining) falls
+  below `panic_threshold`, route to all of those rather than to none: an
+  engine verdict or an inhibition wrong everywhere at once (overload that
+  made every agent call its engine hung) must not become a total outage.
+  Below that, inhibition alone never empties the pool either.
 - Retries: only for safe requests (idempotent methods, POSTs to declared
   idempotent paths, or carrying an Idempotency-Key), never after a 4xx,
   never to a backend already tried for this request, at most `max_attempts`
@@ -22,8 +29,11 @@ Rules:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Mapping
+
+from vigil.core.admission import NodeLimit
 
 NO_TRAFFIC_STATES = frozenset({"failed", "fenced", "maintenance", "draining"})
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
@@ -42,17 +52,38 @@ class Backend:
     inhibit_for: float = 0.0
     failures: int = 0
     served: int = 0
+    gone: bool = False  # member record deleted (lease expired or revoked)
+    limit: NodeLimit = field(default_factory=NodeLimit)
+    engine_queue: int = 0  # work pending at the engine, as it last reported (all routers)
+    shed_by_engine: int = 0
+    last_success: float = float("-inf")
 
-    def why_not(self, now: float, ignore_inhibition: bool = False) -> str | None:
-        """None when eligible, else the reason it gets no traffic."""
+    def has_room(self) -> bool:
+        """Below this router's limit, and the engine's own last report (every
+        router's work, and work abandoned by timeouts) below it too; a router
+        with nothing in flight may always send one, which refreshes the report."""
+        slots = self.limit.slots
+        return self.outstanding < slots and (self.outstanding == 0 or self.engine_queue < slots)
+
+    def gone_reason(self) -> str | None:
+        """Why this node is confirmed unable to serve (no panic routes to it)."""
         if not self.url:
             return "no inference server"
-        if not self.ready:
-            return "inference server not ready"
+        if self.gone:
+            return "member record gone (lease expired or revoked)"
         if not self.alive:
             return "node suspected (heartbeats lost)"
         if self.state in NO_TRAFFIC_STATES:
             return f"node is {self.state}"
+        return None
+
+    def why_not(self, now: float, ignore_inhibition: bool = False) -> str | None:
+        """None when eligible, else the reason it gets no traffic."""
+        gone = self.gone_reason()
+        if gone:
+            return gone
+        if not self.ready:
+            return "inference server not ready"
         if not ignore_inhibition and now < self.inhibited_until:
             return f"inhibited for {self.inhibited_until - now:.2f} s after failures"
         return None
@@ -62,23 +93,35 @@ class Backend:
 class RoutingTable:
     inhibit_base: float = 1.0
     inhibit_max: float = 30.0
+    panic_threshold: float = 0.0
+    new_limit: NodeLimit = field(default_factory=NodeLimit)  # template for new backends
     backends: dict[str, Backend] = field(default_factory=dict)
+    panicking: bool = False
     _turn: int = 0
 
     def backend(self, name: str) -> Backend:
         if name not in self.backends:
-            self.backends[name] = Backend(name)
+            # Each backend its own limit, shaped like the template (init=False state is fresh).
+            self.backends[name] = Backend(name, limit=dataclasses.replace(self.new_limit))
         return self.backends[name]
 
     def eligible(self, now: float, exclude: frozenset[str] = frozenset()) -> list[Backend]:
+        present = [b for b in self.backends.values() if b.gone_reason() is None]
+        ok_all = [b for b in present if b.why_not(now) is None]
+        self.panicking = bool(present) and len(ok_all) < self.panic_threshold * len(present)
         pool = [b for b in self.backends.values() if b.name not in exclude]
+        if self.panicking:
+            return [b for b in pool if b.gone_reason() is None]
         ok = [b for b in pool if b.why_not(now) is None]
-        if not ok:  # panic guard: never let inhibition alone empty the pool
+        if not ok:  # never let inhibition alone empty the pool
             ok = [b for b in pool if b.why_not(now, ignore_inhibition=True) is None]
         return ok
 
-    def choose(self, now: float, exclude: frozenset[str] = frozenset()) -> Backend | None:
-        ok = self.eligible(now, exclude)
+    def choose(self, now: float, exclude: frozenset[str] = frozenset(),
+               pool: list[Backend] | None = None) -> Backend | None:
+        """The eligible backend with room and the fewest outstanding; None if
+        none is eligible or every eligible one is at its limit."""
+        ok = [b for b in (self.eligible(now, exclude) if pool is None else pool) if b.has_room()]
         if not ok:
             return None
         least = min(b.outstanding for b in ok)
@@ -92,9 +135,10 @@ class RoutingTable:
         b.inhibit_for = min(self.inhibit_max, b.inhibit_for * 2 if b.inhibit_for else self.inhibit_base)
         b.inhibited_until = now + b.inhibit_for
 
-    def succeeded(self, name: str) -> None:
+    def succeeded(self, name: str, now: float = 0.0) -> None:
         b = self.backend(name)
         b.served += 1
+        b.last_success = now
         if b.inhibit_for:
             b.inhibit_for = b.inhibited_until = 0.0
 

@@ -140,6 +140,7 @@ class Lab:
         port = node.server_url.rsplit(":", 1)[1]
         return {"inference": {
             "url": node.server_url, "canary_interval": 0.5, "canary_timeout": 1.0,
+            "load_interval": 0.1, "silence_window": 0.5, "stall_window": 5.0,
             "command": [sys.executable, "-m", "vigil", "serve-model", "--port", port,
                         "--node", node.name, "--fault-injection"]}}
 

@@ -85,7 +85,7 @@ class Demo:
         self.lab.wait_for(lambda: self.events_after(f.start, "inference_ready"), 30, "recovery")
         f.end = time.time()
         f.detail = {"node": victim, "cause": ev[0]["cause"]}
-        self.say(f"      canary noticed the hung engine after {f.detection_ms:.0f} ms: {ev[0]['cause']}")
+        self.say(f"      the agent called the engine hung after {f.detection_ms:.0f} ms: {ev[0]['cause']}")
         self.faults.append(f)
         self.settle(3)
 

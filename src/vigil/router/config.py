@@ -14,12 +14,30 @@ from vigil.errors import ConfigError
 
 @dataclass(frozen=True)
 class RetryConfig:
+    """Per-attempt deadlines fit inference: on the time to the first byte of
+    the answer and on silence between chunks, never on total duration (a 60 s
+    generation that keeps producing passes)."""
+
     max_attempts: int = 3
-    per_try_timeout: float = 5.0
+    per_try_timeout: float = 10.0  # first byte: headers and the first body chunk
+    idle_timeout: float = 30.0  # silence between two chunks of an answer
     connect_timeout: float = 0.5
     budget_ratio: float = 0.2
     idempotent_paths: tuple[str, ...] = ("/v1/embeddings",)
     idempotency_window: float = 600.0
+
+
+@dataclass(frozen=True)
+class AdmissionConfig:
+    """Adaptive per-node concurrency limits and the router's queue (vigil.core.admission)."""
+
+    initial_limit: float = 4.0
+    min_limit: float = 1.0
+    max_limit: float = 256.0
+    tolerance: float = 2.0
+    queue_wait: float = 2.0
+    max_queue: int = 1024
+    panic_threshold: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -34,6 +52,7 @@ class RouterConfig:
     name: str = "router"
     timing: Timing = field(default_factory=Timing)
     retry: RetryConfig = field(default_factory=RetryConfig)
+    admission: AdmissionConfig = field(default_factory=AdmissionConfig)
     max_body: int = 16 * 1024 * 1024
 
 
@@ -43,7 +62,8 @@ def load_router_config(path: str | Path) -> RouterConfig:
 
 
 def parse_router_config(raw: Any, base_dir: Path = Path(".")) -> RouterConfig:
-    d = _mapping(raw, "(top level)", {"cluster", "name", "listen", "etcd", "heartbeat", "timing", "retry"})
+    d = _mapping(raw, "(top level)", {"cluster", "name", "listen", "etcd", "heartbeat", "timing", "retry",
+                                      "admission"})
     listen = _mapping(d.get("listen", {}), "listen", {"host", "port"})
     hb = _mapping(d.get("heartbeat"), "heartbeat", {"address", "port", "key", "key_file"})
     return RouterConfig(
@@ -53,24 +73,54 @@ def parse_router_config(raw: Any, base_dir: Path = Path(".")) -> RouterConfig:
         heartbeat_address=_address(hb.get("address", "127.0.0.1"), "heartbeat.address"),
         heartbeat_port=_port(hb.get("port", 695), "heartbeat.port"),
         name=str(d.get("name", "router")), timing=_timing(d.get("timing", {})),
-        retry=_retry(d.get("retry", {})))
+        retry=_retry(d.get("retry", {})), admission=_admission(d.get("admission", {})))
 
 
 def _retry(v: Any) -> RetryConfig:
-    d = _mapping(v, "retry", {"max_attempts", "per_try_timeout", "connect_timeout", "budget_ratio",
-                              "idempotent_paths", "idempotency_window"})
+    d = _mapping(v, "retry", {"max_attempts", "per_try_timeout", "first_byte_timeout", "idle_timeout",
+                              "connect_timeout", "budget_ratio", "idempotent_paths", "idempotency_window"})
+    if "first_byte_timeout" in d:  # the clearer name; per_try_timeout stays accepted
+        d = {**d, "per_try_timeout": d.pop("first_byte_timeout")}
     values: dict[str, Any] = {}
     if "max_attempts" in d:
         values["max_attempts"] = _int(d["max_attempts"], "retry.max_attempts", 1, 10)
-    for k in ("per_try_timeout", "connect_timeout", "budget_ratio", "idempotency_window"):
+    for k, hi in (("per_try_timeout", 3600), ("idle_timeout", 3600), ("connect_timeout", 60),
+                  ("budget_ratio", 1), ("idempotency_window", 86400)):
         if k in d:
-            x = d[k]
-            if isinstance(x, bool) or not isinstance(x, (int, float)) or x <= 0:
-                raise ConfigError(f"retry.{k}", x, "must be a positive number")
-            values[k] = float(x)
+            values[k] = _number(d[k], f"retry.{k}", 0, hi)
     if "idempotent_paths" in d:
         paths = d["idempotent_paths"]
         if not isinstance(paths, list) or not all(isinstance(x, str) and x.startswith("/") for x in paths):
             raise ConfigError("retry.idempotent_paths", paths, "must be a list of paths like /v1/embeddings")
         values["idempotent_paths"] = tuple(paths)
     return RetryConfig(**values)
+
+
+def _admission(v: Any) -> AdmissionConfig:
+    d = _mapping(v, "admission", {"initial_limit", "min_limit", "max_limit", "tolerance", "queue_wait",
+                                  "max_queue", "panic_threshold"})
+    values: dict[str, Any] = {}
+    for k, hi in (("initial_limit", 100_000), ("min_limit", 100_000), ("max_limit", 100_000),
+                  ("tolerance", 1000), ("queue_wait", 3600)):
+        if k in d:
+            values[k] = _number(d[k], f"admission.{k}", 0, hi)
+    if "max_queue" in d:
+        values["max_queue"] = _int(d["max_queue"], "admission.max_queue", 0, 1_000_000)
+    if "panic_threshold" in d:
+        x = d["panic_threshold"]
+        if isinstance(x, bool) or not isinstance(x, (int, float)) or not 0 <= x <= 1:
+            raise ConfigError("admission.panic_threshold", x, "must be a share from 0 (never panic) to 1")
+        values["panic_threshold"] = float(x)
+    a = AdmissionConfig(**values)
+    if not a.min_limit <= a.initial_limit <= a.max_limit or a.min_limit < 1:
+        raise ConfigError("admission.initial_limit", a.initial_limit,
+                          f"needs 1 <= min_limit ({a.min_limit:g}) <= initial_limit <= max_limit "
+                          f"({a.max_limit:g})")
+    return a
+
+
+def _number(x: Any, name: str, lo: float, hi: float) -> float:
+    """A number in (lo, hi]."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or not lo < x <= hi:
+        raise ConfigError(name, x, f"must be a number greater than {lo:g} and at most {hi:g}")
+    return float(x)

@@ -97,6 +97,7 @@ class Membership:
             name = ev.key[len(k.members):]
             self._track(name)
             if ev.type == "delete":
+                self.table.backend(name).gone = True
                 self._set(name, ready=False, cause="member record gone (lease expired or revoked)")
                 return
             try:
@@ -104,6 +105,7 @@ class Membership:
             except (ValueError, AttributeError):
                 inf = {}
             b = self.table.backend(name)
+            b.gone = False
             b.url = str(inf.get("url") or "")
             self._set(name, ready=bool(inf.get("ready")),
                       cause=f"readiness reported: {inf.get('reason') or 'ready'}")
@@ -117,6 +119,7 @@ class Membership:
     def _forget_missing(self, present: set[str]) -> None:
         for name in list(self.table.backends):
             if self.keys.member(name) not in present:
+                self.table.backend(name).gone = True
                 self._set(name, ready=False, cause="no member record")
 
     def _set(self, name: str, ready: bool, cause: str) -> None:

@@ -1,60 +1,101 @@
-"""The router's Prometheus metrics: requests by status, retries, per-node
-state changes, latency histogram, per-backend gauges."""
+"""The router's Prometheus metrics (prometheus_client, one registry per
+router) and its status document.
+
+Counters are updated on the data path; per-backend gauges (eligible,
+in-flight, concurrency limit, the engine's reported queue depth, latency)
+and the router's queue are read from the routing table at scrape time by a
+collector, so they are never stale and cost nothing per request.
+"""
 
 from __future__ import annotations
 
-from collections import Counter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 if TYPE_CHECKING:
-    from vigil.core.routing import RetryPolicy, RoutingTable
+    from vigil.router.proxy import Router
 
-BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
 class RouterMetrics:
     def __init__(self) -> None:
-        self.requests: Counter[int] = Counter()
-        self.retries = 0
-        self.state_changes: Counter[tuple[str, str]] = Counter()
-        self.latency = [0] * (len(BUCKETS) + 1)
-        self.latency_sum = 0.0
-        self.latency_count = 0
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter("vigil_router_requests", "Requests answered, by HTTP status.", ["code"],
+                                registry=r)
+        self.retries = Counter("vigil_router_retries", "Attempts retried on another node.", registry=r)
+        self.shed = Counter("vigil_router_shed", "Requests answered 429 by the router: queue_full "
+                            "(shed on arrival), queue_timeout (waited too long), engine_full "
+                            "(every engine tried shed it).", ["reason"], registry=r)
+        self.state_changes = Counter("vigil_router_node_state_changes", "Backend eligibility changes.",
+                                     ["node", "to"], registry=r)
+        self.latency = Histogram("vigil_router_request_seconds", "Request latency through the router "
+                                 "(to the end of the answer).", buckets=BUCKETS, registry=r)
+        self.shed_latency = Histogram("vigil_router_shed_seconds", "Time to answer a shed request.",
+                                      buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1, 5),
+                                      registry=r)
 
-    def finished(self, status: int, seconds: float, attempts: int) -> None:
-        self.requests[status] += 1
-        self.latency_sum += seconds
-        self.latency_count += 1
-        for i, b in enumerate(BUCKETS):
-            if seconds <= b:
-                self.latency[i] += 1
-                return
-        self.latency[-1] += 1
+    def attach(self, router: "Router") -> None:
+        self.registry.register(_TableCollector(router))
 
-    def render(self, table: "RoutingTable", now: float, policy: "RetryPolicy") -> str:
-        out = ["# HELP vigil_router_requests_total Requests answered, by HTTP status.",
-               "# TYPE vigil_router_requests_total counter"]
-        out += [f'vigil_router_requests_total{{code="{c}"}} {n}' for c, n in sorted(self.requests.items())]
-        out += ["# HELP vigil_router_retries_total Attempts retried on another node.",
-                "# TYPE vigil_router_retries_total counter", f"vigil_router_retries_total {self.retries}",
-                "# HELP vigil_router_retries_denied_total Retries refused by the retry budget.",
-                "# TYPE vigil_router_retries_denied_total counter",
-                f"vigil_router_retries_denied_total {policy.denied}",
-                "# HELP vigil_router_node_state_changes_total Backend eligibility changes.",
-                "# TYPE vigil_router_node_state_changes_total counter"]
-        out += [f'vigil_router_node_state_changes_total{{node="{n}",to="{s}"}} {c}'
-                for (n, s), c in sorted(self.state_changes.items())]
-        out += ["# HELP vigil_router_backend_eligible 1 while the node may receive traffic.",
-                "# TYPE vigil_router_backend_eligible gauge"]
-        out += [f'vigil_router_backend_eligible{{node="{b.name}"}} {int(b.why_not(now) is None)}'
-                for b in table.backends.values()]
-        out += ["# HELP vigil_router_request_seconds Request latency through the router.",
-                "# TYPE vigil_router_request_seconds histogram"]
-        cum = 0
-        for b, n in zip(BUCKETS, self.latency):
-            cum += n
-            out.append(f'vigil_router_request_seconds_bucket{{le="{b}"}} {cum}')
-        out.append(f'vigil_router_request_seconds_bucket{{le="+Inf"}} {self.latency_count}')
-        out += [f"vigil_router_request_seconds_sum {self.latency_sum:.6f}",
-                f"vigil_router_request_seconds_count {self.latency_count}"]
-        return "\n".join(out) + "\n"
+    def finished(self, status: int, seconds: float) -> None:
+        self.requests.labels(str(status)).inc()
+        self.latency.observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _TableCollector:
+    def __init__(self, router: "Router"):
+        self.router = router
+
+    def collect(self) -> Iterator[Any]:
+        rt = self.router
+        now = rt.clock.now()
+        backends = list(rt.table.backends.values())
+        gauges = {
+            "eligible": ("1 while the node may receive traffic.", lambda b: b.why_not(now) is None),
+            "in_flight": ("Attempts this router has on the node now.", lambda b: b.outstanding),
+            "limit": ("The node's adaptive concurrency limit (this router).", lambda b: b.limit.limit),
+            "engine_queue": ("Work pending at the engine, as it last reported (every router's).",
+                             lambda b: b.engine_queue),
+            "latency_seconds": ("Moving average of answered attempts.", lambda b: b.limit.latency),
+        }
+        for name, (doc, value) in gauges.items():
+            g = GaugeMetricFamily(f"vigil_router_backend_{name}", doc, labels=["node"])
+            for b in backends:
+                g.add_metric([b.name], float(value(b)))
+            yield g
+        c = CounterMetricFamily("vigil_router_backend_engine_shed", "Attempts the engine answered 429.",
+                                labels=["node"])
+        for b in backends:
+            c.add_metric([b.name], b.shed_by_engine)
+        yield c
+        yield GaugeMetricFamily("vigil_router_queue_length", "Requests waiting for a slot.",
+                                value=len(rt.waiters))
+        yield GaugeMetricFamily("vigil_router_panic", "1 while the panic threshold routes to every "
+                                "node not confirmed gone.", value=int(rt.table.panicking))
+        yield CounterMetricFamily("vigil_router_retries_denied", "Retries refused by the retry budget.",
+                                  value=rt.policy.denied)
+
+
+def status_document(rt: "Router") -> dict[str, Any]:
+    now = rt.clock.now()
+    return {
+        "etcd_ok": rt.membership.etcd_ok, "retries": rt.policy.retries,
+        "retry_budget": round(rt.policy.tokens, 2), "idempotent_replays": rt.cache.replays,
+        "queue": {"waiting": len(rt.waiters), "shed": rt.admission.shed, "shed_late": rt.shed_late,
+                  "queue_wait": rt.admission.queue_wait},
+        "panic": rt.table.panicking,
+        "backends": {b.name: {"url": b.url, "ready": b.ready, "alive": b.alive, "state": b.state,
+                              "outstanding": b.outstanding, "limit": round(b.limit.limit, 2),
+                              "engine_queue": b.engine_queue, "shed_by_engine": b.shed_by_engine,
+                              "latency_ms": round(b.limit.latency * 1000, 1),
+                              "service_ms": round(b.limit.service * 1000, 1), "slots": b.limit.slots,
+                              "served": b.served, "failures": b.failures,
+                              "eligible": b.why_not(now) is None, "why_not": b.why_not(now)}
+                     for b in rt.table.backends.values()},
+        "heartbeat": dict(rt.membership.receiver.counters)}

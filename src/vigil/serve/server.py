@@ -4,6 +4,13 @@ POST /v1/embeddings    {"input": str | [str], "model"?, "encoding_format"?: floa
 GET  /v1/models
 GET  /health, /v2/health/live   200 while the process serves HTTP
 GET  /v2/health/ready           200 only after the model loaded AND a warm-up inference succeeded
+GET  /v2/load                   {"pending", "running", "completed", "shed", "max_pending"}: the
+                                progress an agent judges busy from hung by (answered by the event
+                                loop, never queued behind inference)
+Every embeddings answer carries X-Vigil-Queue-Depth (pending after it), X-Vigil-Queue-Ms (time
+it waited for the engine) and X-Vigil-Service-Ms (time the engine worked on it): the load
+signal routers share. Past `max_pending` requests waiting or running, the server sheds with
+429 and Retry-After (its own bound, whatever fronts it).
 Bad requests get 4xx with an OpenAI-style body: {"error": {message, type, param, code}}.
 Until ready, /v1/* answers 503 (a restarting engine), never a hang.
 
@@ -73,7 +80,8 @@ def parse_embedding_request(body: Any) -> tuple[list[str], str]:
 
 
 class ModelServer:
-    def __init__(self, engine: Any = None, node: str = "", fault_injection: bool = False):
+    def __init__(self, engine: Any = None, node: str = "", fault_injection: bool = False,
+                 max_pending: int = 64):
         self.engine = engine or MiniLM()
         self.node = node
         self.ready = False
@@ -82,12 +90,18 @@ class ModelServer:
         self.fail_status = 0
         self.served = 0
         self.canaries = 0  # readiness probes, counted apart from client traffic
+        self.max_pending = max_pending
+        self.pending = 0  # accepted, not yet answered
+        self.running = 0
+        self.completed = 0
+        self.shed = 0
+        self._service_ewma = 0.0
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self.app = web.Application(client_max_size=MAX_BODY)
         self.app.add_routes([
             web.post("/v1/embeddings", self.embeddings), web.get("/v1/models", self.models),
             web.get("/health", self.live), web.get("/v2/health/live", self.live),
-            web.get("/v2/health/ready", self.readiness)])
+            web.get("/v2/health/ready", self.readiness), web.get("/v2/load", self.load_report)])
         if fault_injection:
             self.app.add_routes([web.post("/_vigil/faults", self.faults)])
 
@@ -108,6 +122,11 @@ class ModelServer:
         body = {"ready": self.ready, "node": self.node, "reason": self.not_ready_reason or None}
         return web.json_response(body, status=200 if self.ready else 503)
 
+    async def load_report(self, _: web.Request) -> web.Response:
+        return web.json_response({"pending": self.pending, "running": self.running,
+                                  "completed": self.completed, "shed": self.shed,
+                                  "max_pending": self.max_pending, "ready": self.ready})
+
     async def models(self, _: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [
             {"id": MODEL_ID, "object": "model", "created": 0, "owned_by": "vigil"}]})
@@ -124,10 +143,29 @@ class ModelServer:
             return error(400, str(e), e.param)
         if self.fail_status:
             return error(self.fail_status, "injected failure", kind="server_error")
-        result, busy = await asyncio.get_running_loop().run_in_executor(self._pool, self._embed, texts)
-        if self.slowdown > 1:
-            # N times slower than the engine's own work, not than the queue in front of it.
-            await asyncio.sleep(busy * (self.slowdown - 1))
+        if self.pending >= self.max_pending:
+            self.shed += 1
+            retry = max(0.05, self._service_ewma * self.pending)
+            return web.json_response(
+                {"error": {"message": f"engine full: {self.pending} requests pending (max "
+                                      f"{self.max_pending}); retry after {retry:.2f} s",
+                           "type": "rate_limit_error", "param": None, "code": "engine_full"}},
+                status=429, headers={"Retry-After": str(max(1, round(retry))),
+                                     "retry-after-ms": str(int(retry * 1000)),
+                                     "X-Vigil-Queue-Depth": str(self.pending)})
+        self.pending += 1
+        t_in = time.monotonic()
+        try:
+            result, busy, started = await asyncio.get_running_loop().run_in_executor(
+                self._pool, self._embed, texts)
+            if self.slowdown > 1:
+                # N times slower than the engine's own work, not than the queue in front of it.
+                await asyncio.sleep(busy * (self.slowdown - 1))
+                busy *= self.slowdown
+        finally:
+            self.pending -= 1
+        self.completed += 1
+        self._service_ewma = busy if not self._service_ewma else 0.8 * self._service_ewma + 0.2 * busy
         if request.headers.get("X-Vigil-Canary"):
             self.canaries += 1
         else:
@@ -137,12 +175,19 @@ class ModelServer:
         return web.json_response({"object": "list", "data": data, "model": MODEL_ID,
                                   "usage": {"prompt_tokens": result.tokens,
                                             "total_tokens": result.tokens}},
-                                 headers={"X-Vigil-Served-By": self.node})
+                                 headers={"X-Vigil-Served-By": self.node,
+                                          "X-Vigil-Queue-Depth": str(self.pending),
+                                          "X-Vigil-Queue-Ms": f"{(started - t_in) * 1000:.1f}",
+                                          "X-Vigil-Service-Ms": f"{busy * 1000:.1f}"})
 
-    def _embed(self, texts: list[str]) -> tuple[Any, float]:
+    def _embed(self, texts: list[str]) -> tuple[Any, float, float]:
+        self.running += 1
         t0 = time.monotonic()
-        result = self.engine.embed(texts)
-        return result, time.monotonic() - t0
+        try:
+            result = self.engine.embed(texts)
+        finally:
+            self.running -= 1
+        return result, time.monotonic() - t0, t0
 
     async def faults(self, request: web.Request) -> web.Response:
         try:
@@ -159,8 +204,8 @@ def _b64(vector: list[float]) -> str:
 
 
 async def serve(host: str, port: int, node: str, fault_injection: bool, stop: asyncio.Event,
-                engine: Any = None) -> None:
-    server = ModelServer(engine, node, fault_injection)
+                engine: Any = None, max_pending: int = 64) -> None:
+    server = ModelServer(engine, node, fault_injection, max_pending)
     runner = web.AppRunner(server.app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port, reuse_address=True).start()

@@ -1,0 +1,156 @@
+"""The router's inference deadlines and admission, in-process on the in-memory
+store, against real HTTP backends: a long generation that keeps producing
+passes, a stream that falls silent is cut, a stream that stalls before its
+first byte is retried elsewhere, and a full cluster sheds with 429 at once."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from vigil.procs import free_ports
+from vigil.router.config import parse_router_config
+from vigil.router.proxy import Router
+from vigil.store.keys import Keys
+from vigil.testing import MemoryStore
+from vigil.testing.wait import wait_until
+
+KEY = "ef" * 32
+
+
+async def serve(app: web.Application, port: int) -> web.AppRunner:
+    runner = web.AppRunner(app, shutdown_timeout=0.5)  # stalled handlers end with the test
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner
+
+
+def sse_backend(chunks: int, every: float, stall_after: int | None = None,
+                stall_first: bool = False) -> web.Application:
+    """Streams `chunks` events `every` seconds apart; falls silent for good after
+    `stall_after` events (or before the first one)."""
+    async def stream(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        if stall_first:
+            await asyncio.Event().wait()
+        for i in range(chunks):
+            if stall_after is not None and i == stall_after:
+                await asyncio.Event().wait()
+            await resp.write(f"data: {i}\n\n".encode())
+            await asyncio.sleep(every)
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+    app = web.Application()
+    app.add_routes([web.route("*", "/v1/completions", stream)])
+    return app
+
+
+@contextlib.asynccontextmanager
+async def router_over(backends: dict[str, web.Application], **cfg):
+    """A router (config overrides in `cfg`) in front of the given backends."""
+    ports = free_ports(len(backends) + 2)
+    runners = [await serve(app, port) for app, port in zip(backends.values(), ports)]
+    store = MemoryStore()
+    store.start()
+    for (name, _), port in zip(backends.items(), ports):
+        await store.put(Keys("d").member(name), json.dumps(
+            {"inference": {"url": f"http://127.0.0.1:{port}", "ready": True}}))
+    router_port, hb_port = ports[-2:]
+    config = {"cluster": "d", "etcd": {"endpoints": ["http://127.0.0.1:1"]},
+              "listen": {"port": router_port}, "heartbeat": {"port": hb_port, "key": KEY}, **cfg}
+    router = Router(parse_router_config(config), store)
+    await router.start()
+    front = await serve(router.app, router_port)
+    try:
+        await wait_until(lambda: len(router.table.eligible(0.0)) == len(backends), 5,
+                         "every backend to be learnt")
+        yield router, f"http://127.0.0.1:{router_port}"
+    finally:
+        await front.cleanup()
+        await router.stop()
+        for r in runners:
+            await r.cleanup()
+        await store.close()
+
+
+async def test_a_60_s_stream_that_keeps_producing_passes():
+    retry = {"per_try_timeout": 3.0, "idle_timeout": 5.0}  # both far below the stream's length
+    async with router_over({"n1": sse_backend(60, 1.0)}, retry=retry) as (_, url):
+        t0 = time.monotonic()
+        async with aiohttp.ClientSession() as http:
+            async with http.post(url + "/v1/completions", json={"stream": True}) as r:
+                assert r.status == 200
+                body = await r.read()
+        assert time.monotonic() - t0 >= 59
+        events = body.decode().split("\n\n")
+        assert events[:60] == [f"data: {i}" for i in range(60)] and events[60] == "data: [DONE]"
+
+
+async def test_a_stream_that_falls_silent_is_cut_by_the_idle_deadline():
+    retry = {"per_try_timeout": 3.0, "idle_timeout": 2.0}
+    async with router_over({"n1": sse_backend(10, 0.1, stall_after=3)}, retry=retry) as (router, url):
+        t0 = time.monotonic()
+        got = b""
+        async with aiohttp.ClientSession() as http:
+            async with http.post(url + "/v1/completions", json={"stream": True}) as r:
+                with pytest.raises(aiohttp.ClientPayloadError):
+                    async for chunk in r.content.iter_any():
+                        got += chunk
+        elapsed = time.monotonic() - t0
+        assert got == b"data: 0\n\ndata: 1\n\ndata: 2\n\n", "what was produced reached the client"
+        assert 2.0 <= elapsed < 10, "cut after the idle deadline, not before and not never"
+        assert router.table.backend("n1").outstanding == 0
+
+
+async def test_a_stream_stalled_before_its_first_byte_is_retried_on_another_node():
+    retry = {"per_try_timeout": 2.0, "idle_timeout": 5.0}
+    backends = {"a-stalls": sse_backend(3, 0.05, stall_first=True), "b-works": sse_backend(3, 0.05)}
+    async with router_over(backends, retry=retry) as (router, url):
+        router.table.backend("b-works").outstanding = 1  # the stalled node is picked first
+        async with aiohttp.ClientSession() as http:
+            async with http.get(url + "/v1/completions") as r:  # GET: safe to retry
+                body = await r.read()
+                node, attempts = r.headers["X-Vigil-Node"], r.headers["X-Vigil-Attempts"]
+        router.table.backend("b-works").outstanding -= 1
+        assert r.status == 200 and node == "b-works" and attempts == "2"
+        assert body.endswith(b"data: [DONE]\n\n")
+
+
+def slow_backend(seconds: float) -> web.Application:
+    async def work(_: web.Request) -> web.Response:
+        await asyncio.sleep(seconds)
+        return web.json_response({"data": []})
+    app = web.Application()
+    app.add_routes([web.post("/v1/embeddings", work)])
+    return app
+
+
+async def test_a_full_cluster_sheds_with_429_and_retry_after_at_once():
+    admission = {"initial_limit": 1, "min_limit": 1, "max_limit": 1, "queue_wait": 1.0}
+    backends = {"n1": slow_backend(1.5), "n2": slow_backend(1.5)}
+    async with router_over(backends, admission=admission) as (router, url):
+        async with aiohttp.ClientSession() as http:
+            async def one() -> tuple[int, float, dict]:
+                t0 = time.monotonic()
+                async with http.post(url + "/v1/embeddings", json={"input": "x"}) as r:
+                    await r.read()
+                    return r.status, time.monotonic() - t0, dict(r.headers)
+            # Teach the router the latency first: 2 slots, 1.5 s each.
+            assert [s for s, _, _ in await asyncio.gather(one(), one())] == [200, 200]
+            results = await asyncio.gather(*(one() for _ in range(10)))
+        ok = [r for r in results if r[0] == 200]
+        shed = [r for r in results if r[0] == 429]
+        assert len(ok) + len(shed) == 10 and ok and shed
+        assert all(r[1] < 0.5 for r in shed), "shed requests learn it at once"
+        assert all(int(h["Retry-After"]) >= 1 and int(h["retry-after-ms"]) > 0 for _, _, h in shed)
+        st = router.table
+        assert all(b.why_not(0.0) is None and b.failures == 0 for b in st.backends.values()), \
+            "load never inhibits or ejects a node"
