@@ -71,7 +71,11 @@ def test_frozen_leader_is_fenced_and_never_writes_again(fenced_lab):
     lab.signal_agent(old, signal.SIGSTOP)  # a GC pause, a stalled VM
     new, new_token = leader_of(lab, other_than=old, above=token)
     assert procs.wait_dead(pid, 10), "power off killed the frozen process"
-    stale = [h for h in actuator_history(lab) if h["token"] == token and h["at"] > time.time()]
+    first = lab.wait_for(lambda: [h for h in actuator_history(lab) if h["token"] == new_token and h["accepted"]],
+                         10, "the new leader's first accepted write")[0]
+    # Issue 9 #12: this once compared with time.time() and could never fail. Now: after the
+    # new token's first accepted write, nothing from the old token is accepted.
+    stale = [h for h in actuator_history(lab) if h["token"] == token and h["accepted"] and h["at"] >= first["at"]]
     assert stale == []
 
 
@@ -120,6 +124,12 @@ def test_an_interrupted_fence_does_not_hold_the_cluster_back_forever(fenced_lab)
     assert leader not in snap.fence_blocked and other in snap.fence_blocked
     assert snap.fence_attempts == {}
     assert lab.leader() == (leader, token), "the leader was never disturbed"
-    r = subprocess.run([sys.executable, "-m", "vigil", "fence", other, "--confirm-off", "--lab", str(lab.root)],
-                       capture_output=True, text=True, timeout=60)
+    cmd = [sys.executable, "-m", "vigil", "fence", other, "--confirm-off", "--lab", str(lab.root)]
+    # Issue 9 #8: `other` is alive and heard by its peers: confirming it off needs --force.
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "still hear its heartbeats" in r.stderr and "--force" in r.stderr
+    snap = lab.with_store(lambda store: Registry(store, Keys(lab.cluster)).snapshot())
+    assert other in snap.fence_blocked and other in snap.members, "a refused confirm changes nothing"
+    r = subprocess.run(cmd + ["--force"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
+    assert "forced" in [e for e in events(lab, "fence_confirmed") if e["subject"] == other][0]["cause"]

@@ -120,6 +120,8 @@ def load_reporting_engine(state: dict) -> web.Application:
     async def load(_: web.Request) -> web.Response:
         if state["frozen"]:
             await asyncio.Event().wait()
+        state["completed"] += state["advance"]  # one completion between two looks: progress
+        state["looks"] += 1
         return web.json_response({"pending": state["pending"], "completed": state["completed"]})
 
     async def embeddings(_: web.Request) -> web.Response:
@@ -145,24 +147,30 @@ async def _agent_on(tmp_path, srv_port: int, **inference):
 
 async def test_busy_engine_stays_ready_a_silent_one_is_hung_a_stalled_one_too(tmp_path):
     (srv_port,) = free_ports(1)
-    state = {"pending": 0, "completed": 0, "frozen": False}
+    state = {"pending": 0, "completed": 0, "frozen": False, "advance": 0, "looks": 0}
     srv = await serve(load_reporting_engine(state), srv_port)
     agent, stop, task = await _agent_on(tmp_path, srv_port, silence_window=0.5, stall_window=2.0)
     try:
         await wait_until(lambda: agent.inference.ready, 10, "ready from a canary")
-        state["pending"] = 50  # a deep queue, completions advancing: busy, still ready
-        for _ in range(30):
-            state["completed"] += 1
-            await asyncio.sleep(0.1)
-            assert agent.inference.ready and agent.inference.judge.verdict == "busy"
+        state["pending"], state["advance"] = 50, 1  # a deep queue, completions advancing
+        await wait_until(lambda: agent.inference.judge.verdict == "busy", 5, "busy")
+        seen: set[str] = set()
+        start = state["looks"]
+
+        def thirty_looks_later() -> bool:
+            seen.add(agent.inference.judge.verdict)
+            return state["looks"] >= start + 30
+        await wait_until(thirty_looks_later, 10, "30 looks at a busy engine")  # 3 s, > stall_window
+        assert seen == {"busy"} and agent.inference.ready, "busy the whole time, never hung"
         assert agent.inference.describe()["pending"] == 50
+        state["advance"] = 0
         state["frozen"] = True  # the report stops answering
         t0 = asyncio.get_running_loop().time()
         await wait_until(lambda: not agent.inference.ready, 5, "hung after the silence window")
         assert asyncio.get_running_loop().time() - t0 < 2.0
         assert "load probe unanswered" in agent.inference.judge.reason
-        state["frozen"] = False
         state["completed"] += 1
+        state["frozen"] = False
         await wait_until(lambda: agent.inference.ready, 5, "ready again once completions advance")
         await wait_until(lambda: agent.inference.judge.verdict == "busy", 5, "busy")
         await wait_until(lambda: not agent.inference.ready, 5, "hung: 50 pending, nothing completes")

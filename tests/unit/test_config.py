@@ -98,6 +98,7 @@ def test_check_config_reports_timers(tmp_path):
     r = subprocess.run([sys.executable, "-m", "vigil", "check-config", str(cfg)],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "suspicion after ~" in r.stdout
+    assert "etcd: not reachable now, version not checked" in r.stdout  # nothing listens on :2379
 
 
 @pytest.mark.parametrize("args, words", [
@@ -105,6 +106,8 @@ def test_check_config_reports_timers(tmp_path):
     (["lab", "down", "--dir", "/nonexistent-lab"], "nothing to stop"),
     (["events", "--limit", "-1", "--etcd", "http://127.0.0.1:1", "--cluster", "x"], "positive count"),
     (["lab", "up", "--nodes", "0", "--dir", "/tmp/vigil-never-created"], "1 to 32 nodes"),
+    (["--bogus"], "(see `vigil --help`)"),  # issue 9 #11: it said `vigil vigil --help`
+    (["status", "--bogus"], "(see `vigil status --help`)"),
 ])
 def test_bad_cli_input_names_problem_and_fix(args, words):
     r = subprocess.run([sys.executable, "-m", "vigil", *args], capture_output=True, text=True, timeout=60)

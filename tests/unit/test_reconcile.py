@@ -151,3 +151,13 @@ def test_fenced_node_that_registers_again_becomes_standby():
 def test_a_leader_never_heard_is_not_fenced():
     d = decide(fence_view("b", suspected_for={}))
     assert d.action == NONE and "following a" in d.reason
+
+
+def test_majority_is_of_the_configured_cluster_not_of_the_records_left():
+    """Issue 9 #3: with c's record gone, b alone fenced a. Now c counts as a voter that does not agree."""
+    without_c = {n: m for n, m in AGREE.items() if n != "c"}
+    d = decide(fence_view("b", members=without_c, cluster_size=3))
+    assert d.action == NONE and "suspected by 1 of 2 members; fencing needs a majority" in d.reason
+    assert decide(fence_view("b", members=AGREE, cluster_size=3)).action == "fence"
+    two_nodes = {"a": MEMBERS["a"], "b": MEMBERS["b"]}
+    assert decide(fence_view("b", members=two_nodes, cluster_size=2)).action == "fence"

@@ -63,7 +63,8 @@ def test_retry_rules():
     p = RetryPolicy(max_attempts=3, budget_ratio=0.5, tokens=2)
     assert p.safe("GET", "/x", {}) and p.safe("POST", "/v1/embeddings", {})
     assert not p.safe("POST", "/v1/chat/completions", {})
-    assert p.safe("POST", "/v1/chat/completions", {"Idempotency-Key": "k1"})
+    assert not p.safe("POST", "/v1/chat/completions", {"Idempotency-Key": "k1"}), \
+        "a key makes a request at most once, not safe to run twice (issue 9 #2)"
     assert not p.may_retry(1, safe=False, status=None)
     assert not p.may_retry(1, safe=True, status=400), "4xx is never retried"
     assert not p.may_retry(1, safe=True, status=500)

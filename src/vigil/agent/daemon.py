@@ -35,7 +35,7 @@ from vigil.core.peers import PeerTransition
 from vigil.errors import StoreError, VigilError
 from vigil.store.base import Store
 from vigil.store.election import Election
-from vigil.store.etcd import EtcdStore
+from vigil.store.etcd import EtcdStore, lease_revocation_bug
 from vigil.store.events import EventLog
 from vigil.store.keys import Keys
 from vigil.store.registry import Registry
@@ -103,7 +103,8 @@ class Agent:
     @property
     def health_reasons(self) -> tuple[str, ...]:
         """Why this node may not lead (empty: it may)."""
-        return self.watchdog.health_reasons()
+        failing = self.reconciler.failing
+        return self.watchdog.health_reasons() + ((f"decision loop failing: {failing}",) if failing else ())
 
     @property
     def healthy(self) -> bool:
@@ -147,13 +148,28 @@ class Agent:
         self._tasks = [loop.create_task(self._session_loop()),
                        loop.create_task(self.reconciler.watch_loop()),
                        loop.create_task(self.reconciler.loop()),
-                       loop.create_task(self._role_guard_loop())]
+                       loop.create_task(self._role_guard_loop()),
+                       loop.create_task(self._check_etcd_version())]
         if api_ready:
             api_ready.set()
         try:
             await stop.wait()
         finally:
             await self._shutdown(api)
+
+    async def _check_etcd_version(self) -> None:
+        """Warn loudly, once, when etcd has the lease-revocation bug (etcd #15247)."""
+        version_of = getattr(self.store, "version", None)
+        while version_of is not None:  # the in-memory store has no version to check
+            try:
+                problem = lease_revocation_bug(await version_of())
+            except StoreError:
+                await asyncio.sleep(5.0)
+                continue
+            if problem:
+                log.warning("%s", problem)
+                self.events.record("etcd_version_warning", problem)
+            return
 
     async def _shutdown(self, api: Any) -> None:
         for t in self._tasks:

@@ -38,6 +38,9 @@ class Reconciler:
         self.cycles = 0
         self._no_leader_since: float | None = None
         self._last_prune = 0.0
+        self._bad_seen: dict[str, str] = {}
+        self.failing: str | None = None  # why the last cycle raised, while it keeps doing so
+        self._fail_delay = 0.0
 
     async def loop(self) -> None:
         a = self.agent
@@ -49,9 +52,31 @@ class Reconciler:
             a.wake.clear()
             try:
                 await self.run_cycle()
+                self._recovered()
             except StoreError as e:
                 self._set(Decision(NONE, f"etcd unreachable ({e}); leadership valid for "
                                          f"{a.role.remaining(a.clock.now()):.1f} s more"))
+            except Exception as e:  # noqa: BLE001 - the loop must outlive any one bad cycle
+                await self._failed(e)
+
+    async def _failed(self, e: Exception) -> None:
+        """A cycle raised: report it, stay unhealthy (never a candidate) while it
+        keeps failing, and back off so a persistent fault does not spin."""
+        what = f"{type(e).__name__}: {e}"
+        log.exception("decision cycle failed")
+        if self.failing != what:
+            self.agent.events.record("decision_loop_failed", f"the decision loop failed: {what}; "
+                                     "this node reports itself unhealthy until a cycle succeeds")
+        self.failing = what
+        self._set(Decision(NONE, f"cycle failed: {what}"))
+        self._fail_delay = min(10.0, self._fail_delay * 2 if self._fail_delay else 0.5)
+        await asyncio.sleep(self._fail_delay)
+
+    def _recovered(self) -> None:
+        if self.failing:
+            self.agent.events.record("decision_loop_recovered", f"the decision loop runs again "
+                                     f"(it failed with {self.failing})")
+        self.failing, self._fail_delay = None, 0.0
 
     async def watch_loop(self) -> None:
         """Wake the loop on every change under the cluster prefix but events."""
@@ -75,6 +100,7 @@ class Reconciler:
         if await self._abandon_stale_fences(snap):
             snap = await a.registry.snapshot()
         self.snapshot = snap
+        self._report_bad_records(snap)
         view = self.view(snap)
         decision = decide(view)
         self._set(decision)
@@ -83,6 +109,15 @@ class Reconciler:
             await self._leader_housekeeping(view)
         self.cycles += 1
         return decision
+
+    def _report_bad_records(self, snap: Snapshot) -> None:
+        """Each malformed member record is an event once (per key and problem);
+        the record itself is left out of every decision."""
+        for key, problem in snap.bad_records.items():
+            if self._bad_seen.get(key) != problem:
+                self._bad_seen[key] = problem
+                self.agent.events.record("bad_record", f"{key}: {problem}; ignored until its owner "
+                                         "rewrites it (or delete the key)", key=key)
 
     async def _abandon_stale_fences(self, snap: Snapshot) -> bool:
         """Our in-progress fencing markers whose fence is no longer in flight (a cycle
@@ -115,7 +150,8 @@ class Reconciler:
             fenceable=frozenset(a.cfg.fencing.topology) if a.cfg.fencing else frozenset(),
             fence_blocked=snap.fence_blocked,
             suspected_for=a.heartbeats.peers.suspected_for(now),
-            race_delay=a.cfg.fencing.race_delay if a.cfg.fencing else 0.0)
+            race_delay=a.cfg.fencing.race_delay if a.cfg.fencing else 0.0,
+            cluster_size=len(a.cfg.peers) + 1)
 
     def _set(self, decision: Decision) -> None:
         if decision != self.last:

@@ -27,7 +27,31 @@ def check_config(args) -> int:
     print(f"{args.config}: OK (cluster {cfg.cluster}, node {cfg.node}, {len(cfg.peers)} peer(s), "
           f"suspicion after ~{t.suspicion_time * 1000:.0f} ms, lease TTL {t.lease_ttl} s, "
           f"self-demotion after {t.demote_after:g} s)")
+    print(_etcd_check(cfg))
     return 0
+
+
+def _etcd_check(cfg) -> str:
+    """One line on the etcd this node would use: its version, and a loud
+    warning for versions with the lease-revocation bug."""
+    import asyncio
+
+    from vigil.errors import StoreError
+    from vigil.store.etcd import EtcdStore, lease_revocation_bug
+
+    async def ask() -> str:
+        e = cfg.etcd
+        store = EtcdStore(list(e.endpoints), 1.0, e.ca_file, e.cert_file, e.key_file)
+        try:
+            return await store.version()
+        finally:
+            await store.close()
+    try:
+        version = asyncio.run(ask())
+    except StoreError as err:
+        return f"etcd: not reachable now, version not checked ({err})"
+    problem = lease_revocation_bug(version)
+    return f"WARNING: {problem}" if problem else f"etcd: {version}"
 
 
 def run_agent(args) -> int:

@@ -35,6 +35,8 @@ def register(sub) -> None:
     p.add_argument("node")
     p.add_argument("--confirm-off", action="store_true", required=True,
                    help="you have verified NODE is powered off (as `stonith_admin --confirm`)")
+    p.add_argument("--force", action="store_true",
+                   help="confirm even though peers still hear NODE's heartbeats")
     p.set_defaults(func=fence)
 
 
@@ -113,6 +115,11 @@ def fence(args) -> int:
         if args.node not in known:
             raise VigilError(f"{args.node}: not a member of cluster {target.cluster} "
                              f"(known: {', '.join(sorted(known)) or 'none'})")
+        hearers = await _still_heard(snap, args.node)
+        if hearers and not args.force:
+            raise VigilError(f"{args.node} is not powered off: {', '.join(hearers)} still hear its "
+                             "heartbeats. Releasing its roles now could let two leaders act. Power it "
+                             "off (or cut it off) first; if you are sure, add --force")
         leases = {snap.member_leases.get(args.node, 0)}
         if snap.leader and snap.leader.name == args.node:
             leases.add(snap.leader.lease)
@@ -121,9 +128,19 @@ def fence(args) -> int:
         await reg.fenced(args.node)
         log = EventLog(store, target.keys, "operator", SystemClock())
         log.record("fence_confirmed", f"operator confirmed {args.node} is powered off; its roles are "
-                   "released", subject=args.node)
+                   "released" + (f" (forced: {', '.join(hearers)} still heard it)" if hearers else ""),
+                   subject=args.node)
         await log.flush()
         print(f"{args.node} marked fenced; its lease is revoked and its roles may move")
         return 0
 
     return _run(go, target)
+
+
+async def _still_heard(snap, node: str) -> list[str]:
+    """The members whose agents say `node`'s heartbeats are alive right now."""
+    from vigil.cli.status_view import agent_views
+
+    views = await agent_views(snap, [n for n in snap.members if n != node])
+    return sorted(name for name, v in views.items()
+                  if v and (v.get("peers", {}).get(node) or {}).get("state") == "alive")

@@ -14,7 +14,7 @@ from vigil.errors import ConfigError, VigilError
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # exit 2 with the usage, as argparse does, but clearer
         self.print_usage(sys.stderr)
-        sys.stderr.write(f"vigil: error: {message} (see `vigil {self.prog.split()[-1]} --help`)\n")
+        sys.stderr.write(f"vigil: error: {message} (see `{self.prog} --help`)\n")
         raise SystemExit(2)
 
 
@@ -34,7 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # name the command whose arguments they are, not the top level
+        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        commands.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args.func(args) or 0)
     except ConfigError as e:

@@ -10,7 +10,7 @@ import aiohttp
 
 from vigil.store.base import Store
 from vigil.store.keys import Keys
-from vigil.store.registry import Registry
+from vigil.store.registry import Registry, Snapshot
 
 
 async def _agent_status(http: aiohttp.ClientSession, url: str) -> dict[str, Any] | None:
@@ -21,15 +21,20 @@ async def _agent_status(http: aiohttp.ClientSession, url: str) -> dict[str, Any]
         return None
 
 
+async def agent_views(snap: Snapshot, names: list[str]) -> dict[str, dict[str, Any] | None]:
+    """Each named member's agent /status (None where it does not answer)."""
+    async with aiohttp.ClientSession() as http:
+        views = await asyncio.gather(*(_agent_status(http, str(snap.members[n].get("api_url", "")))
+                                       if n in snap.members else asyncio.sleep(0, None)
+                                       for n in names))
+    return dict(zip(names, views))
+
+
 async def gather_status(store: Store, keys: Keys) -> dict[str, Any]:
     """Members from etcd, lease TTLs from etcd, heartbeat ages from the agents."""
     snap = await Registry(store, keys).snapshot()
     names = sorted(set(snap.members) | set(snap.states))
-    async with aiohttp.ClientSession() as http:
-        views = await asyncio.gather(*(_agent_status(http, snap.members[n].get("api_url", ""))
-                                       if n in snap.members else asyncio.sleep(0, None)
-                                       for n in names))
-    by_name = dict(zip(names, views))
+    by_name = await agent_views(snap, names)
     ttls = await asyncio.gather(*(store.time_to_live(snap.member_leases[n]) if n in snap.members
                                   else asyncio.sleep(0, -1) for n in names))
     members = []
@@ -63,7 +68,7 @@ async def gather_status(store: Store, keys: Keys) -> dict[str, Any]:
     return {"cluster": keys.cluster, "revision": snap.revision,
             "leader": {"name": snap.leader.name, "token": snap.leader.token} if snap.leader else None,
             "switchover": {"to": snap.switchover.to} if snap.switchover else None,
-            "members": members}
+            "members": members, "bad_records": dict(snap.bad_records)}
 
 
 def _engine(view: dict[str, Any] | None, rec: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -98,6 +103,7 @@ def render_table(doc: dict[str, Any]) -> str:
            "| " + " | ".join(h.ljust(w) for (h, _), w in zip(cols, widths)) + " |", line]
     out += ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in rows]
     out.append(line)
+    out += [f"ignored malformed record {k}: {why}" for k, why in sorted(doc.get("bad_records", {}).items())]
     return "\n".join(out)
 
 

@@ -21,7 +21,7 @@ Rules:
   made every agent call its engine hung) must not become a total outage.
   Below that, inhibition alone never empties the pool either.
 - Retries: only for safe requests (idempotent methods, POSTs to declared
-  idempotent paths, or carrying an Idempotency-Key), never after a 4xx,
+  idempotent paths; any request that was never received), never after a 4xx,
   never to a backend already tried for this request, at most `max_attempts`
   in all, and only while the retry budget has a token: each request adds
   `budget_ratio` tokens (capped), each retry spends one.
@@ -160,9 +160,10 @@ class RetryPolicy:
     denied: int = 0
 
     def safe(self, method: str, path: str, headers: Mapping[str, str]) -> bool:
+        """May a failed attempt be sent again elsewhere, even if it may have run?
+        An Idempotency-Key does not make a request safe: it makes it at most once
+        (the router retries it only where it was never received)."""
         if method.upper() in IDEMPOTENT_METHODS:
-            return True
-        if any(k.lower() == "idempotency-key" for k in headers.keys()):
             return True
         return method.upper() == "POST" and path in self.idempotent_paths
 

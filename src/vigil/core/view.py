@@ -58,6 +58,7 @@ class ClusterView:
     fence_blocked: dict[str, str] = field(default_factory=dict)  # node -> why its fencing failed
     suspected_for: dict[str, float] = field(default_factory=dict)  # heard, then lost: seconds since
     race_delay: float = 0.5
+    cluster_size: int = 0  # configured members (peers + me); 0: count registered members only
 
     def eligible(self, name: str) -> bool:
         """Could `name` lead: registered, healthy, not suspected, not held out by its state."""
@@ -76,11 +77,13 @@ class ClusterView:
                    if m.name not in (self.me, exclude) and m.healthy and m.priority > mine)
 
     def corroborated(self, node: str) -> tuple[int, int]:
-        """(members suspecting `node`, members whose word counts): every registered
-        member but `node`, counting my own view instead of my published one."""
+        """(members suspecting `node`, members whose word counts): every configured
+        member but `node`, counting my own view instead of my published one. A
+        member with no (valid) record counts as a voter that does not agree: a
+        majority of a shrunken registry is no majority of the cluster."""
         voters = [m for m in self.members.values() if m.name != node]
         agree = sum(1 for m in voters if node in (self.suspected if m.name == self.me else m.suspects))
-        return agree, len(voters)
+        return agree, max(len(voters), self.cluster_size - 1)
 
     def best_candidate(self) -> str | None:
         """Highest priority eligible member; ties go to the lowest name."""

@@ -29,6 +29,7 @@ from vigil.net.wire import Heartbeat, ReplayGuard
 from vigil.router.config import RouterConfig
 from vigil.store.base import Store, WatchEvent, prefix_end
 from vigil.store.keys import Keys
+from vigil.store.registry import member_problem
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,8 @@ class Membership:
                                             {}, self._deliver)
         self.guard = PauseGuard(0.01, 0.02)
         self.etcd_ok = False
+        self.bad_records: dict[str, str] = {}  # key -> what is wrong with it
+        self.failures = 0  # membership loop errors survived
         self._tasks: list[asyncio.Task] = []
 
     async def start(self) -> None:
@@ -77,6 +80,10 @@ class Membership:
                     log.warning("etcd unreachable, routing on the last membership: %s", e)
                 self.etcd_ok = False
                 await asyncio.sleep(0.5)
+            except Exception:  # noqa: BLE001 - the membership must outlive any one bad event
+                log.exception("membership update failed; re-reading the membership")
+                self.failures += 1
+                await asyncio.sleep(0.5)
 
     async def _etcd_probe_loop(self) -> None:
         """A watch reconnects silently; this says whether etcd answers at all."""
@@ -101,9 +108,19 @@ class Membership:
                 self._set(name, ready=False, cause="member record gone (lease expired or revoked)")
                 return
             try:
-                inf = json.loads(ev.value).get("inference") or {}
-            except (ValueError, AttributeError):
-                inf = {}
+                rec = json.loads(ev.value)
+            except ValueError:
+                rec = None
+            problem = (member_problem(rec) if isinstance(rec, dict)
+                       else f"not a JSON object: {ev.value[:60]!r}")
+            if problem:  # a record no agent wrote: the node gets no traffic until it is whole
+                if self.bad_records.get(ev.key) != problem:
+                    log.warning("ignoring member record %s: %s", ev.key, problem)
+                self.bad_records[ev.key] = problem
+                self._set(name, ready=False, cause=f"malformed member record: {problem}")
+                return
+            self.bad_records.pop(ev.key, None)
+            inf = rec.get("inference") or {}
             b = self.table.backend(name)
             b.gone = False
             b.url = str(inf.get("url") or "")

@@ -9,13 +9,14 @@ collector, so they are never stale and cost nothing per request.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-if TYPE_CHECKING:
-    from vigil.router.proxy import Router
+# The router (vigil.router.proxy.Router) is passed in, never imported: proxy imports
+# this module, and the collector only reads its table, policy, queue and membership.
+Router = Any
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -37,7 +38,7 @@ class RouterMetrics:
                                       buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1, 5),
                                       registry=r)
 
-    def attach(self, router: "Router") -> None:
+    def attach(self, router: Router) -> None:
         self.registry.register(_TableCollector(router))
 
     def finished(self, status: int, seconds: float) -> None:
@@ -49,7 +50,7 @@ class RouterMetrics:
 
 
 class _TableCollector:
-    def __init__(self, router: "Router"):
+    def __init__(self, router: Router):
         self.router = router
 
     def collect(self) -> Iterator[Any]:
@@ -82,7 +83,7 @@ class _TableCollector:
                                   value=rt.policy.denied)
 
 
-def status_document(rt: "Router") -> dict[str, Any]:
+def status_document(rt: Router) -> dict[str, Any]:
     now = rt.clock.now()
     return {
         "etcd_ok": rt.membership.etcd_ok, "retries": rt.policy.retries,
@@ -98,4 +99,5 @@ def status_document(rt: "Router") -> dict[str, Any]:
                               "served": b.served, "failures": b.failures,
                               "eligible": b.why_not(now) is None, "why_not": b.why_not(now)}
                      for b in rt.table.backends.values()},
-        "heartbeat": dict(rt.membership.receiver.counters)}
+        "heartbeat": dict(rt.membership.receiver.counters),
+        "bad_records": dict(rt.membership.bad_records), "membership_failures": rt.membership.failures}

@@ -41,7 +41,7 @@ from vigil.clock import Clock, SystemClock
 from vigil.core.admission import Admission, NodeLimit, Shed
 from vigil.core.routing import RETRYABLE_STATUS, Backend, RetryPolicy, RoutingTable
 from vigil.router.config import RouterConfig
-from vigil.router.idempotency import IdempotencyCache, Result
+from vigil.router.idempotency import IdempotencyCache, Mismatch, Result, fingerprint
 from vigil.router.metrics import RouterMetrics, status_document
 from vigil.store.base import Store
 
@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
               "trailers", "transfer-encoding", "upgrade", "content-length", "host"}
 WHOLE_BODY_MAX = 1 << 20
+UNKNOWN_OUTCOME = frozenset({"reset", "first_byte", "ejected"})  # sent: it may have run
+OUTCOME_HEADER = "X-Vigil-Outcome"
 
 
 class AttemptFailed(Exception):
@@ -131,7 +133,12 @@ class Router:
         return await self._route(request, body, t0, buffer=False)
 
     async def _keyed(self, request: web.Request, body: bytes, key: str, t0: float) -> web.StreamResponse:
-        prior = self.cache.begin(key, self.clock.now())
+        """At most once per key (vigil.router.idempotency): a duplicate replays the
+        first answer or waits for it; the key is settled on every path."""
+        prior = self.cache.begin(key, fingerprint(request.method, request.path_qs, body), self.clock.now())
+        if isinstance(prior, Mismatch):
+            return _error(422, f"Idempotency-Key {key!r} was first used with another request "
+                               f"({prior.first} with a different body); use a new key for a new request")
         if isinstance(prior, Result):
             return _replay(prior)
         if prior is not None:
@@ -139,20 +146,30 @@ class Router:
                 return _replay(await prior)
             except AttemptFailed as e:
                 return _error(503, f"the first request with this Idempotency-Key failed: {e.cause}")
-        resp = await self._route(request, body, t0, buffer=True)
-        if isinstance(resp, web.Response) and resp.status < 500 and resp.status != 429:
-            self.cache.finish(key, Result(resp.status, tuple(resp.headers.items()), resp.body or b""),
-                              self.clock.now())
-        else:
-            self.cache.abandon(key, AttemptFailed("status", f"HTTP {resp.status}"))
+        resp: web.StreamResponse | None = None
+        try:
+            resp = await self._route(request, body, t0, buffer=True)
+        finally:
+            self._settle(key, resp)
         return resp
+
+    def _settle(self, key: str, resp: web.StreamResponse | None) -> None:
+        if not isinstance(resp, web.Response):
+            self.cache.abandon(key, AttemptFailed("reset", "the first request got no answer"))
+            return
+        result = Result(resp.status, tuple(resp.headers.items()), resp.body or b"")
+        if resp.headers.get(OUTCOME_HEADER) == "unknown":
+            # It may have run: keep the failure so a client's retry cannot run it again.
+            self.cache.finish(key, result, self.clock.now(), keep=True)
+        else:
+            self.cache.finish(key, result, self.clock.now())
 
     async def _route(self, request: web.Request, body: bytes, t0: float,
                      buffer: bool) -> web.StreamResponse:
         safe = self.policy.safe(request.method, request.path, request.headers)
         self.policy.request_started()
         tried: set[str] = set()
-        attempts, last, full, admitted = 0, "no attempt", None, False
+        attempts, last, full, admitted, maybe_ran = 0, "no attempt", None, False, False
         while True:
             now = self.clock.now()
             pool = self.table.eligible(now, frozenset(tried))
@@ -183,13 +200,18 @@ class Router:
                         continue
                     return self._shed(t0, "engine_full", full)
                 self._attempt_failed(backend, e)
-                if self.policy.may_retry(attempts, safe, e.status):
+                maybe_ran = maybe_ran or e.kind in UNKNOWN_OUTCOME
+                # Never received (no connection): safe to send elsewhere, whatever the method.
+                if self.policy.may_retry(attempts, safe or e.kind == "connect", e.status):
                     self.metrics.retries.inc()
                     continue
                 code = e.status or (504 if e.kind == "first_byte" else 502)
                 self.metrics.finished(code, time.monotonic() - t0)
-                return _error(code, f"{last} (not retried: "
+                resp = _error(code, f"{last} (not retried: "
                               f"{'unsafe request' if not safe else 'retry limit or budget'})")
+                if maybe_ran:
+                    resp.headers[OUTCOME_HEADER] = "unknown"
+                return resp
             return await self._respond(request, backend, answer, t0, attempts, buffer)
 
     def _attempt_failed(self, b: Backend, e: AttemptFailed) -> None:
@@ -364,7 +386,9 @@ class Router:
             if request.transport:
                 request.transport.close()
             if buffer:
-                return _error(502, f"{b.name}: answer broke after it started ({why})")
+                resp = _error(502, f"{b.name}: answer broke after it started ({why})")
+                resp.headers[OUTCOME_HEADER] = "unknown"  # it ran; its answer is lost
+                return resp
             raise
         finally:
             upstream.release()
@@ -409,6 +433,9 @@ def _error(status: int, message: str) -> web.Response:
 
 
 def _replay(r: Result) -> web.Response:
+    if r.body is None:
+        return _error(409, "the request with this Idempotency-Key was executed, but its answer was too "
+                           "large to keep for a replay; use a new key for a new request")
     headers = {k: v for k, v in r.headers if k.lower() not in HOP_BY_HOP}
     headers["X-Vigil-Idempotent-Replay"] = "true"
     return web.Response(status=r.status, body=r.body, headers=headers)

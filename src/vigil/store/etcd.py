@@ -95,6 +95,17 @@ class EtcdStore(Store):
             self._current = (self._current + 1) % len(self.endpoints)
             await asyncio.sleep(min(0.02, max(0.0, deadline - loop.time())))
 
+    async def version(self) -> str:
+        """The etcd server version of the first member that answers GET /version."""
+        for ep in self.endpoints:
+            try:
+                async with self._http().get(f"{ep}/version",
+                                            timeout=aiohttp.ClientTimeout(total=self.timeout)) as r:
+                    return str((await r.json(content_type=None))["etcdserver"])
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError, KeyError, TypeError):
+                continue
+        raise StoreUnavailable("no etcd member answered GET /version")
+
     @staticmethod
     def _classify(ep: str, data: Any) -> str:
         msg = str(data.get("error") or data.get("message") or data) if isinstance(data, dict) else str(data)
@@ -240,3 +251,18 @@ def _ssl_context(ca: str | None, cert: str | None, key: str | None) -> ssl.SSLCo
     except (OSError, ssl.SSLError) as e:
         raise StoreError(f"cannot load etcd TLS files (ca={ca}, cert={cert}, key={key}): {e}") from None
     return ctx
+
+
+def lease_revocation_bug(version: str) -> str | None:
+    """A warning for etcd versions whose raft leader, resumed after a stall,
+    can revoke leases its successor renews (etcd #15247, fixed by PR #16822 in
+    3.4.28 and 3.5.11): a Vigil leader may then lose its lease while healthy."""
+    try:
+        major, minor, patch = (int(x) for x in version.split("-")[0].split(".")[:3])
+    except ValueError:
+        return f"etcd version {version!r} is not MAJOR.MINOR.PATCH: cannot tell whether it has the lease-revocation bug"
+    fixed = {(3, 4): 28, (3, 5): 11}
+    if (major, minor) < (3, 4) or ((major, minor) in fixed and patch < fixed[(major, minor)]):
+        return (f"etcd {version} can revoke a healthy leader's lease after a raft-leader stall "
+                "(etcd #15247): run etcd >= 3.4.28 or >= 3.5.11 in production")
+    return None

@@ -6,7 +6,10 @@ Contract:
   node's session. Decided states are plain keys written by the leader (and
   by operators for `maintenance`), so they outlive the node.
 - `snapshot()` reads leader, members, states and switchover in ONE range
-  request, hence at one revision; the events below the same prefix are
+  request, hence at one revision. A member record that is not what agents
+  write (bad JSON, a priority that is not an integer, ...) is left out of
+  `members` and named in `bad_records` (key -> the problem): one bad record
+  never stops a decision loop or a command; the events below the same prefix are
   outside that range (keys sort: config < events/ < fencing/ < leader <
   members/ < state/ < switchover).
 """
@@ -34,12 +37,13 @@ class Snapshot:
     fence_blocked: dict[str, str] = field(default_factory=dict)
     # node -> (fencer, marker create revision) for fences in flight, not failed ones
     fence_attempts: dict[str, tuple[str, int]] = field(default_factory=dict)
+    bad_records: dict[str, str] = field(default_factory=dict)  # key -> what is wrong with it
 
     def member_infos(self) -> dict[str, MemberInfo]:
         out = {}
         for name, rec in self.members.items():
             health = rec.get("health", {})
-            out[name] = MemberInfo(name, int(rec.get("priority", 100)),
+            out[name] = MemberInfo(name, rec.get("priority", 100),
                                    health.get("verdict") == "healthy",
                                    tuple(health.get("reasons", ())), self.member_leases.get(name, 0),
                                    frozenset(rec.get("suspects") or ()))
@@ -92,12 +96,18 @@ def parse_snapshot(keys: Keys, kvs: list[KeyValue], revision: int) -> Snapshot:
     switchover = None
     blocked: dict[str, str] = {}
     attempts: dict[str, tuple[str, int]] = {}
+    bad: dict[str, str] = {}
     for kv in kvs:
         if kv.key == keys.leader:
             leader = leader_from(kv)
         elif kv.key.startswith(keys.members):
-            name = kv.key[len(keys.members):]
-            members[name] = _json(kv.value)
+            name, rec = kv.key[len(keys.members):], _object(kv.value)
+            problem = member_problem(rec) if rec is not None else \
+                f"not a JSON object: {kv.value[:60]!r}"
+            if problem:
+                bad[kv.key] = problem
+                continue
+            members[name] = rec
             leases[name] = kv.lease
         elif kv.key.startswith(keys.states):
             states[kv.key[len(keys.states):]] = kv.value
@@ -110,7 +120,45 @@ def parse_snapshot(keys: Keys, kvs: list[KeyValue], revision: int) -> Snapshot:
             rec = _json(kv.value)
             if rec.get("to"):
                 switchover = Switchover(str(rec["to"]), str(rec.get("by", "")))
-    return Snapshot(revision, leader, members, leases, states, switchover, blocked, attempts)
+    return Snapshot(revision, leader, members, leases, states, switchover, blocked, attempts, bad)
+
+
+def member_problem(rec: dict[str, Any]) -> str | None:
+    """None for a record as agents write it; else what is wrong, in one line."""
+    prio = rec.get("priority", 100)
+    if isinstance(prio, bool) or not isinstance(prio, int) or not 0 <= prio <= 1000:
+        return f"priority {prio!r} is not an integer from 0 to 1000"
+    health = rec.get("health", {})
+    if not isinstance(health, dict) or not isinstance(health.get("verdict", ""), str) \
+            or not _strings(health.get("reasons", [])):
+        return f"health {health!r} is not {{verdict: str, reasons: [str]}}"
+    if not _strings(rec.get("suspects") or []):
+        return f"suspects {rec.get('suspects')!r} is not a list of node names"
+    if not isinstance(rec.get("api_url", ""), str):
+        return f"api_url {rec.get('api_url')!r} is not a URL"
+    return inference_problem(rec.get("inference"))
+
+
+def inference_problem(inf: Any) -> str | None:
+    """None for a missing or well-formed `inference` block of a member record."""
+    if inf is None:
+        return None
+    if not isinstance(inf, dict) or not isinstance(inf.get("url", ""), str) \
+            or not isinstance(inf.get("ready", False), bool):
+        return f"inference {str(inf)[:80]!r} is not {{url: str, ready: bool, ...}}"
+    return None
+
+
+def _strings(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+def _object(text: str) -> dict[str, Any] | None:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _json(text: str) -> dict[str, Any]:

@@ -1,0 +1,57 @@
+"""Member records as every reader takes them (issue 9 #1): a malformed record
+is named and left out, never an exception in a decision loop or a command."""
+
+import json
+
+from hypothesis import given, settings, strategies as st
+
+from vigil.store.base import KeyValue
+from vigil.store.keys import Keys
+from vigil.store.registry import member_problem, parse_snapshot
+
+K = Keys("c")
+GOOD = {"name": "n1", "api_url": "http://127.0.0.1:8008", "priority": 100,
+        "health": {"verdict": "healthy", "reasons": []}, "suspects": [],
+        "inference": {"url": "http://127.0.0.1:8000", "ready": True}}
+
+
+def kv(key: str, value: str, lease: int = 7) -> KeyValue:
+    return KeyValue(key, value, 1, 1, lease=lease)
+
+
+def test_a_bad_record_is_left_out_and_named():
+    kvs = [kv(K.member("n1"), json.dumps(GOOD)),
+           kv(K.member("n2"), json.dumps({**GOOD, "priority": "high"})),
+           kv(K.member("n3"), json.dumps({**GOOD, "inference": "x"})),
+           kv(K.member("n4"), "{not json")]
+    snap = parse_snapshot(K, kvs, 9)
+    assert list(snap.members) == ["n1"] and snap.member_infos()["n1"].priority == 100
+    assert snap.bad_records[K.member("n2")] == "priority 'high' is not an integer from 0 to 1000"
+    assert "inference 'x'" in snap.bad_records[K.member("n3")]
+    assert "not a JSON object" in snap.bad_records[K.member("n4")]
+
+
+def test_records_agents_write_are_good():
+    assert member_problem(GOOD) is None
+    assert member_problem({"name": "n1"}) is None, "an old agent's sparse record still counts"
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+                    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c, max_size=4),
+                    max_leaves=12))
+def test_any_json_is_a_good_record_or_a_named_problem(value):
+    snap = parse_snapshot(K, [kv(K.member("n1"), json.dumps(value))], 1)
+    if snap.members:
+        snap.member_infos()  # a record let through never raises later
+    else:
+        assert snap.bad_records[K.member("n1")]
+
+
+def test_etcd_versions_with_the_lease_revocation_bug_are_named():
+    from vigil.store.etcd import lease_revocation_bug
+    for bad in ("3.4.23", "3.5.1", "3.5.10", "3.3.25"):
+        assert "etcd #15247" in lease_revocation_bug(bad), bad
+    for good in ("3.4.28", "3.5.11", "3.5.17", "3.6.0", "3.6.0-rc.1"):
+        assert lease_revocation_bug(good) is None, good
+    assert "not MAJOR.MINOR.PATCH" in lease_revocation_bug("banana")
