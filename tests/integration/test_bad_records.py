@@ -71,9 +71,7 @@ async def test_router_routes_around_a_malformed_record_and_takes_the_node_back_w
                                          "listen": {"port": router_port},
                                          "heartbeat": {"port": hb_port, "key": KEY}}), store)
     await router.start()
-    front = web.AppRunner(router.app)
-    await front.setup()
-    await web.TCPSite(front, "127.0.0.1", router_port).start()
+    await router.listen("127.0.0.1", router_port)
     try:
         await wait_until(lambda: router.table.choose(0.0) is not None, 5, "n1 learnt")
         assert keys.member("n2") in router.membership.bad_records
@@ -85,7 +83,6 @@ async def test_router_routes_around_a_malformed_record_and_takes_the_node_back_w
         await wait_until(lambda: len(router.table.eligible(0.0)) == 2, 5, "n2 back once its record is whole")
         assert router.membership.bad_records == {} and router.membership.failures == 0
     finally:
-        await front.cleanup()
         await router.stop()
         await runner.cleanup()
         await store.close()

@@ -68,13 +68,12 @@ async def router_over(backends: dict[str, web.Application], **cfg):
               "listen": {"port": router_port}, "heartbeat": {"port": hb_port, "key": KEY}, **cfg}
     router = Router(parse_router_config(config), store)
     await router.start()
-    front = await serve(router.app, router_port)
+    await router.listen("127.0.0.1", router_port)
     try:
         await wait_until(lambda: len(router.table.eligible(0.0)) == len(backends), 5,
                          "every backend to be learnt")
         yield router, f"http://127.0.0.1:{router_port}"
     finally:
-        await front.cleanup()
         await router.stop()
         for r in runners:
             await r.cleanup()

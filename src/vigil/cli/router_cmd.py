@@ -20,8 +20,6 @@ def run_router(args) -> int:
     cfg = load_router_config(args.config)  # ConfigError -> exit 2 before anything starts
     logging.basicConfig(level="INFO", stream=sys.stderr,
                         format=f"%(asctime)s {cfg.name} %(levelname)s %(name)s: %(message)s")
-    from aiohttp import web
-
     from vigil.errors import VigilError
     from vigil.router.proxy import Router
     from vigil.store.etcd import EtcdStore
@@ -32,16 +30,14 @@ def run_router(args) -> int:
         store = EtcdStore(list(e.endpoints), 1.0, e.ca_file, e.cert_file, e.key_file)
         router = Router(cfg, store)
         await router.start()
-        runner = web.AppRunner(router.app, access_log=None)
-        await runner.setup()
         try:
-            await web.TCPSite(runner, cfg.listen_host, cfg.listen_port, reuse_address=True).start()
-        except OSError as err:
-            raise VigilError(f"cannot listen on {cfg.listen_host}:{cfg.listen_port}: {err.strerror}") from None
-        try:
+            try:
+                await router.listen(cfg.listen_host, cfg.listen_port)
+            except OSError as err:
+                raise VigilError(f"cannot listen on {cfg.listen_host}:{cfg.listen_port}: "
+                                 f"{err.strerror}") from None
             await stop.wait()
         finally:
-            await runner.cleanup()
             await router.stop()
             await store.close()
 

@@ -118,10 +118,12 @@ class RoutingTable:
         return ok
 
     def choose(self, now: float, exclude: frozenset[str] = frozenset(),
-               pool: list[Backend] | None = None) -> Backend | None:
-        """The eligible backend with room and the fewest outstanding; None if
-        none is eligible or every eligible one is at its limit."""
-        ok = [b for b in (self.eligible(now, exclude) if pool is None else pool) if b.has_room()]
+               pool: list[Backend] | None = None, need_room: bool = True) -> Backend | None:
+        """The eligible backend with room (unless not `need_room`) and the fewest
+        outstanding; None if none is eligible or every eligible one is full."""
+        ok = self.eligible(now, exclude) if pool is None else pool
+        if need_room:
+            ok = [b for b in ok if b.has_room()]
         if not ok:
             return None
         least = min(b.outstanding for b in ok)

@@ -26,6 +26,7 @@ class RouterMetrics:
         r = self.registry = CollectorRegistry()
         self.requests = Counter("vigil_router_requests", "Requests answered, by HTTP status.", ["code"],
                                 registry=r)
+        self._by_status: dict[int, Any] = {}
         self.retries = Counter("vigil_router_retries", "Attempts retried on another node.", registry=r)
         self.shed = Counter("vigil_router_shed", "Requests answered 429 by the router: queue_full "
                             "(shed on arrival), queue_timeout (waited too long), engine_full "
@@ -42,7 +43,10 @@ class RouterMetrics:
         self.registry.register(_TableCollector(router))
 
     def finished(self, status: int, seconds: float) -> None:
-        self.requests.labels(str(status)).inc()
+        child = self._by_status.get(status)
+        if child is None:  # labels() locks and builds a key: once per status, not per request
+            child = self._by_status[status] = self.requests.labels(str(status))
+        child.inc()
         self.latency.observe(seconds)
 
     def render(self) -> bytes:

@@ -1,15 +1,16 @@
 """Router: the HTTP front door (passes any path through).
 
-Per request: read the body (needed for retries), pick the eligible backend
-with room under its adaptive concurrency limit and the fewest outstanding
-requests, forward, and on a node failure (connect error, reset before the
-answer, 502/503/504, no first byte within `per_try_timeout`, or the node
-being ejected while the attempt waits) retry a safe request on a different
-node within the retry budget. An engine that sheds (429) never executed the
-request: it goes to another node with room, whatever its method.
+Per request: pick the eligible backend with room under its adaptive
+concurrency limit and the fewest outstanding requests, forward, and on a node
+failure (connect error, reset before the answer, 502/503/504, no first byte
+within `per_try_timeout`, or the node being ejected while the attempt waits)
+retry a safe request on a different node within the retry budget. An engine
+that sheds (429) never executed the request, nor did a node that refused the
+connection: either goes to another node with room, whatever its method.
 
 Overload is not failure (vigil.core.admission): when every eligible node is
-at its limit the request waits in the router's queue if that queue is
+at its limit an inference request (any method but GET, HEAD, OPTIONS: those
+read an engine's metadata and are never queued) waits in the router's queue if that queue is
 expected to drain within `queue_wait`, else it is shed at once with 429 and
 `Retry-After` (plus `retry-after-ms`, which OpenAI clients honour). A 503
 means no node can serve at all, and says why.
@@ -20,6 +21,7 @@ than `idle_timeout`; never a bound on total duration. A stream that stalls
 before its first chunk is retried like a timeout; after bytes reached the
 client it is cut (the client sees a truncated answer, never a fake end).
 
+The data plane is vigil.router.http1 (httptools on both sides, no framework).
 `X-Vigil-Node` names the node that answered. The router's own endpoints:
 GET /metrics (Prometheus), GET /_vigil/status.
 """
@@ -27,46 +29,50 @@ GET /metrics (Prometheus), GET /_vigil/status.
 from __future__ import annotations
 
 import asyncio
-import collections
+import json
 import logging
 import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
-import aiohttp
-from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from vigil.clock import Clock, SystemClock
 from vigil.core.admission import Admission, NodeLimit, Shed
 from vigil.core.routing import RETRYABLE_STATUS, Backend, RetryPolicy, RoutingTable
 from vigil.router.config import RouterConfig
+from vigil.router.answers import Answered, error as _error, forwarded as _forwarded, replay as _replay, \
+    small as _small
+from vigil.router.http1 import (HOP_BY_HOP, ConnectFailed, FrontProtocol, Incoming, Reply, Upstream,
+                                UpstreamBroken, UpstreamPool, request_bytes, sweep)
 from vigil.router.idempotency import IdempotencyCache, Mismatch, Result, fingerprint
 from vigil.router.metrics import RouterMetrics, status_document
+from vigil.router.queue import SlotQueue
 from vigil.store.base import Store
 
 log = logging.getLogger(__name__)
 
-HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
-              "trailers", "transfer-encoding", "upgrade", "content-length", "host"}
-WHOLE_BODY_MAX = 1 << 20
 UNKNOWN_OUTCOME = frozenset({"reset", "first_byte", "ejected"})  # sent: it may have run
 OUTCOME_HEADER = "X-Vigil-Outcome"
+CLIENT_IDLE_TIMEOUT = 75.0  # nginx's keepalive_timeout
+CLIENT_HEADER_TIMEOUT = 60.0  # nginx's client_header_timeout
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})  # reads of an engine's metadata, not inference
 
 
 class AttemptFailed(Exception):
-    """One attempt got no usable answer. `kind`: connect | reset | status |
-    first_byte (no first byte in time) | ejected | overloaded (the engine shed it)."""
+    """One attempt got no usable answer. `kind`: connect (never sent) | reset |
+    status | first_byte (no first byte in time) | ejected | overloaded (the engine shed it)."""
 
-    def __init__(self, kind: str, cause: str, status: int | None = None,
-                 answer: "Result | None" = None):
+    def __init__(self, kind: str, cause: str, status: int | None = None):
         super().__init__(cause)
-        self.kind, self.cause, self.status, self.answer = kind, cause, status, answer
+        self.kind, self.cause, self.status = kind, cause, status
 
 
 @dataclass
 class Answer:
-    resp: aiohttp.ClientResponse
+    up: Upstream
     head: bytes  # the whole body when `whole`, else the first chunk
     whole: bool
 
@@ -81,8 +87,7 @@ class Router:
             a.initial_limit, a.min_limit, a.max_limit, a.tolerance,
             queue_budget=0.8 * cfg.retry.per_try_timeout))
         self.admission = Admission(a.queue_wait, a.max_queue)
-        self.waiters: collections.deque[asyncio.Future] = collections.deque()
-        self.shed_late = 0
+        self.queue = SlotQueue(self.admission)
         r = cfg.retry
         self.policy = RetryPolicy(max_attempts=r.max_attempts, budget_ratio=r.budget_ratio,
                                   idempotent_paths=r.idempotent_paths)
@@ -91,23 +96,43 @@ class Router:
         self.metrics.attach(self)
         self.membership = Membership(cfg, store, self.table, self.clock, self.eject, self._on_change)
         self.inflight: dict[str, set[asyncio.Task]] = defaultdict(set)
-        self.app = web.Application(client_max_size=cfg.max_body)
-        self.app.add_routes([web.get("/metrics", self.metrics_handler),
-                             web.get("/_vigil/status", self.status_handler),
-                             web.route("*", "/{tail:.*}", self.handle)])
-        self._http: aiohttp.ClientSession | None = None
-        self._client_timeout = aiohttp.ClientTimeout(total=None, sock_connect=r.connect_timeout)
+        self.pool = UpstreamPool(r.connect_timeout)
+        self._server: asyncio.AbstractServer | None = None
+        self._sweeper: asyncio.Task | None = None
+        self.clients: set[FrontProtocol] = set()
         self._cancel_cause: dict[asyncio.Task, tuple[str, str]] = {}
 
+    @property
+    def waiters(self):
+        return self.queue.waiters
+
+    @property
+    def shed_late(self) -> int:
+        return self.queue.shed_late
+
     async def start(self) -> None:
-        self._http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
-                                           auto_decompress=False)
         await self.membership.start()
 
+    async def listen(self, host: str, port: int) -> None:
+        """Serve clients on host:port (raises OSError when it cannot bind). Idle
+        client connections close after `client_idle_timeout` (as nginx's
+        keepalive_timeout); a request whose head takes longer than
+        `client_header_timeout` to arrive is dropped (slowloris)."""
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: FrontProtocol(self.handle, self.cfg.max_body, self.clients),
+            host, port, reuse_address=True, backlog=1024)
+        self._sweeper = loop.create_task(sweep(self.clients, CLIENT_IDLE_TIMEOUT, CLIENT_HEADER_TIMEOUT))
+
     async def stop(self) -> None:
+        if self._sweeper:
+            self._sweeper.cancel()
+        if self._server:
+            self._server.close()
+        for c in list(self.clients):
+            c.close()
         await self.membership.stop()
-        if self._http:
-            await self._http.close()
+        self.pool.close()
 
     # -- membership callbacks ------------------------------------------------------
     def eject(self, name: str, cause: str) -> None:
@@ -118,24 +143,33 @@ class Router:
     def _on_change(self, name: str, state: str) -> None:
         log.info("backend %s: %s", name, state)
         self.metrics.state_changes.labels(name, "eligible" if state == "eligible" else "ineligible").inc()
-        self._wake(len(self.waiters))  # a node back in rotation brings room
+        self.queue.wake(len(self.queue))  # a node back in rotation brings room
 
     # -- the data path -------------------------------------------------------------
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, req: Incoming, reply: Reply) -> None:
         t0 = time.monotonic()
-        try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            return _error(413, f"request body larger than {self.cfg.max_body} bytes")
-        key = request.headers.get("Idempotency-Key")
-        if key:
-            return await self._keyed(request, body, key, t0)
-        return await self._route(request, body, t0, buffer=False)
+        if req.method == "GET" and req.path in ("/metrics", "/_vigil/status"):
+            return self._admin(req, reply)
+        if req.too_large:
+            answer = _error(413, f"request body larger than {self.cfg.max_body} bytes")
+        elif key := req.header("Idempotency-Key"):
+            answer = await self._keyed(req, key, t0)
+        else:
+            answer = await self._route(req, t0, reply, buffer=False)
+        if answer is not None:
+            reply.whole(answer.status, answer.headers, answer.body)
 
-    async def _keyed(self, request: web.Request, body: bytes, key: str, t0: float) -> web.StreamResponse:
+    def _admin(self, req: Incoming, reply: Reply) -> None:
+        if req.path == "/metrics":
+            reply.whole(200, [("Content-Type", CONTENT_TYPE_LATEST)], self.metrics.render())
+        else:
+            reply.whole(200, [("Content-Type", "application/json")],
+                        json.dumps(status_document(self)).encode())
+
+    async def _keyed(self, req: Incoming, key: str, t0: float) -> Answered:
         """At most once per key (vigil.router.idempotency): a duplicate replays the
         first answer or waits for it; the key is settled on every path."""
-        prior = self.cache.begin(key, fingerprint(request.method, request.path_qs, body), self.clock.now())
+        prior = self.cache.begin(key, fingerprint(req.method, req.target, req.body), self.clock.now())
         if isinstance(prior, Mismatch):
             return _error(422, f"Idempotency-Key {key!r} was first used with another request "
                                f"({prior.first} with a different body); use a new key for a new request")
@@ -146,27 +180,27 @@ class Router:
                 return _replay(await prior)
             except AttemptFailed as e:
                 return _error(503, f"the first request with this Idempotency-Key failed: {e.cause}")
-        resp: web.StreamResponse | None = None
+        answer: Answered | None = None
         try:
-            resp = await self._route(request, body, t0, buffer=True)
+            answer = await self._route(req, t0, None, buffer=True)
         finally:
-            self._settle(key, resp)
-        return resp
+            self._settle(key, answer)
+        assert answer is not None
+        return answer
 
-    def _settle(self, key: str, resp: web.StreamResponse | None) -> None:
-        if not isinstance(resp, web.Response):
+    def _settle(self, key: str, answer: Answered | None) -> None:
+        if answer is None:
             self.cache.abandon(key, AttemptFailed("reset", "the first request got no answer"))
             return
-        result = Result(resp.status, tuple(resp.headers.items()), resp.body or b"")
-        if resp.headers.get(OUTCOME_HEADER) == "unknown":
-            # It may have run: keep the failure so a client's retry cannot run it again.
-            self.cache.finish(key, result, self.clock.now(), keep=True)
-        else:
-            self.cache.finish(key, result, self.clock.now())
+        result = Result(answer.status, tuple(answer.headers), answer.body)
+        # One that may have run keeps its failure, so a client's retry cannot run it again.
+        self.cache.finish(key, result, self.clock.now(), keep=answer.header(OUTCOME_HEADER) == "unknown")
 
-    async def _route(self, request: web.Request, body: bytes, t0: float,
-                     buffer: bool) -> web.StreamResponse:
-        safe = self.policy.safe(request.method, request.path, request.headers)
+    async def _route(self, req: Incoming, t0: float, reply: Reply | None,
+                     buffer: bool) -> Answered | None:
+        """The answer, whole; or None once it was streamed to `reply`."""
+        safe = self.policy.safe(req.method, req.path, {})
+        work = req.method not in READ_METHODS
         self.policy.request_started()
         tried: set[str] = set()
         attempts, last, full, admitted, maybe_ran = 0, "no attempt", None, False, False
@@ -179,10 +213,12 @@ class Router:
                 why = self.table.none_reason(now) if not tried else f"last failure: {last}"
                 self.metrics.finished(503, time.monotonic() - t0)
                 return _error(503, f"no ready inference node can take this request ({why})")
-            # First come, first served: while others wait, a newcomer queues behind them.
-            backend = None if self.waiters and not admitted else self.table.choose(now, pool=pool)
+            if not work:  # a metadata read (GET /v1/models): no inference capacity to guard
+                backend = self.table.choose(now, pool=pool, need_room=False)
+            else:  # first come, first served: while others wait, a newcomer queues behind them
+                backend = None if self.queue.waiters and not admitted else self.table.choose(now, pool=pool)
             if backend is None:
-                shed = await self._wait_for_room(pool, admitted)
+                shed = await self.queue.wait(pool, admitted)
                 if shed is not None:
                     return self._shed(t0, "queue_full" if shed.reason else "queue_timeout", shed)
                 admitted = True
@@ -190,7 +226,7 @@ class Router:
             tried.add(backend.name)
             attempts += 1
             try:
-                answer = await self._attempt(backend, request, body)
+                answer = await self._attempt(backend, req)
             except AttemptFailed as e:
                 last = f"{backend.name}: {e.cause}"
                 log.info("attempt %d on %s failed (%s): %s", attempts, backend.name, e.kind, e.cause)
@@ -207,12 +243,12 @@ class Router:
                     continue
                 code = e.status or (504 if e.kind == "first_byte" else 502)
                 self.metrics.finished(code, time.monotonic() - t0)
-                resp = _error(code, f"{last} (not retried: "
-                              f"{'unsafe request' if not safe else 'retry limit or budget'})")
+                out = _error(code, f"{last} (not retried: "
+                                   f"{'unsafe request' if not safe else 'retry limit or budget'})")
                 if maybe_ran:
-                    resp.headers[OUTCOME_HEADER] = "unknown"
-                return resp
-            return await self._respond(request, backend, answer, t0, attempts, buffer)
+                    out.headers.append((OUTCOME_HEADER, "unknown"))
+                return out
+            return await self._respond(reply, backend, answer, t0, attempts, buffer)
 
     def _attempt_failed(self, b: Backend, e: AttemptFailed) -> None:
         if e.kind == "first_byte":
@@ -228,44 +264,7 @@ class Router:
         b.shed_by_engine += 1
         return Shed(max(0.05, b.limit.latency), f"{b.name} is full: {e.cause}")
 
-    async def _wait_for_room(self, pool: list[Backend], admitted: bool) -> Shed | None:
-        """Wait for a slot on any eligible node; a Shed if not admitted to the queue
-        (reason set) or not served within twice the queue wait (reason empty). A
-        request woken before that keeps its place at the head of the queue."""
-        if not admitted:
-            slots = sum(b.limit.slots for b in pool)
-            latency = max((b.limit.latency for b in pool), default=0.0)
-            shed = self.admission.may_wait(len(self.waiters), slots, latency)
-            if shed is not None:
-                return shed
-        fut = asyncio.get_running_loop().create_future()
-        self.waiters.appendleft(fut) if admitted else self.waiters.append(fut)
-        if any(b.has_room() for b in pool):  # room nobody was woken for: the head takes it
-            self._wake(1)
-        try:
-            await asyncio.wait_for(fut, 2 * self.admission.queue_wait)
-        except asyncio.TimeoutError:
-            self.shed_late += 1
-            return Shed(self.admission.queue_wait, "")
-        finally:
-            if not fut.done():
-                fut.cancel()
-            try:
-                self.waiters.remove(fut)
-            except ValueError:
-                pass
-        return None
-
-    def _wake(self, n: int = 1) -> None:
-        for fut in list(self.waiters):
-            if n <= 0:
-                break
-            if not fut.done():
-                fut.set_result(None)
-                self.waiters.remove(fut)
-                n -= 1
-
-    def _shed(self, t0: float, reason: str, shed: Shed) -> web.Response:
+    def _shed(self, t0: float, reason: str, shed: Shed) -> Answered:
         elapsed = time.monotonic() - t0
         self.metrics.shed.labels(reason).inc()
         self.metrics.shed_latency.observe(elapsed)
@@ -273,133 +272,141 @@ class Router:
         retry = max(0.05, shed.retry_after)
         message = {"queue_timeout": f"waited {2 * self.admission.queue_wait:g} s for a free slot",
                    "engine_full": shed.reason}.get(reason, shed.reason)
-        return web.json_response(
-            {"error": {"message": f"overloaded, not failed: {message}; retry after {retry:.2f} s",
-                       "type": "rate_limit_error", "param": None, "code": "overloaded"}},
-            status=429, headers={"Retry-After": str(max(1, math.ceil(retry))),
-                                 "retry-after-ms": str(int(retry * 1000))})
+        out = _error(429, f"overloaded, not failed: {message}; retry after {retry:.2f} s",
+                     "rate_limit_error", "overloaded")
+        out.headers += [("Retry-After", str(max(1, math.ceil(retry)))),
+                        ("retry-after-ms", str(int(retry * 1000)))]
+        return out
 
-    async def _attempt(self, b: Backend, request: web.Request, body: bytes) -> Answer:
-        """One attempt up to the first byte, as a task that `eject` or the timer may cancel."""
-        loop = asyncio.get_running_loop()
-        task = loop.create_task(self._send(b, request, body))
+    async def _attempt(self, b: Backend, req: Incoming) -> Answer:
+        """One attempt up to the first byte, in the request's own task: `eject` or
+        the per-try timer cancel that task with a recorded cause (asyncio.timeout's
+        technique, without a task per attempt), which becomes AttemptFailed; a
+        cancel without a cause (the client went away) propagates."""
+        task = asyncio.current_task()
+        assert task is not None
         timeout = self.cfg.retry.per_try_timeout
-        timer = loop.call_later(timeout, self._abandon, task, "first_byte",
-                                f"no first byte within {timeout:g} s (timed out)")
+        timer = asyncio.get_running_loop().call_later(
+            timeout, self._abandon, task, "first_byte", f"no first byte within {timeout:g} s (timed out)")
         self.inflight[b.name].add(task)
         b.outstanding += 1
         started = self.clock.now()
-        done = True
+        answer: Answer | None = None
         try:
-            answer = await task
-            done = answer.whole
+            answer = await self._send(b, req)
             return answer
         except asyncio.CancelledError:
-            if asyncio.current_task().cancelling():  # the client went away: stop the attempt too
-                task.cancel()
+            cause = self._cancel_cause.pop(task, None)
+            if cause is None:
                 raise
-            kind, cause = self._cancel_cause.pop(task, ("ejected", "abandoned"))
-            raise AttemptFailed(kind, cause) from None
+            task.uncancel()
+            raise AttemptFailed(*cause) from None
         finally:
             timer.cancel()
             self.inflight[b.name].discard(task)
-            if task.done() and not task.cancelled() and task.exception() is None:
-                self._observe(b, task.result(), started)
-            if done:
+            if answer is not None:
+                self._observe(b, answer.up, started)
+            if answer is None or answer.whole:
                 self._release(b)
 
-    def _observe(self, b: Backend, answer: Answer, started: float) -> None:
-        h = answer.resp.headers
+    def _observe(self, b: Backend, up: Upstream, started: float) -> None:
+        h = {k.lower(): v for k, v in up.headers}
         try:
-            queue_s = float(h["X-Vigil-Queue-Ms"]) / 1000
-            service_s = float(h["X-Vigil-Service-Ms"]) / 1000
+            queue_s = float(h["x-vigil-queue-ms"]) / 1000
+            service_s = float(h["x-vigil-service-ms"]) / 1000
         except (KeyError, ValueError):
             queue_s = service_s = None
-        depth = h.get("X-Vigil-Queue-Depth", "")
+        depth = h.get("x-vigil-queue-depth", "")
         if depth.isdigit():
             b.engine_queue = int(depth)
         b.limit.sample(self.clock.now(), self.clock.now() - started, queue_s, service_s, b.outstanding)
 
     def _release(self, b: Backend) -> None:
         b.outstanding -= 1
-        self._wake(1)
+        self.queue.wake(1)
 
     def _abandon(self, task: asyncio.Task, kind: str, cause: str) -> None:
         if not task.done():
             self._cancel_cause[task] = (kind, cause)
             task.cancel()
 
-    async def _send(self, b: Backend, request: web.Request, body: bytes) -> Answer:
-        assert self._http is not None
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+    async def _send(self, b: Backend, req: Incoming) -> Answer:
+        u = urlsplit(b.url)
         try:
-            resp = await self._http.request(request.method, b.url + request.path_qs, data=body or None,
-                                            headers=headers, allow_redirects=False,
-                                            timeout=self._client_timeout)
-        except aiohttp.ClientConnectorError as e:
-            raise AttemptFailed("connect", f"{type(e).__name__}: {e}") from None
-        except (aiohttp.ClientError, OSError) as e:
-            raise AttemptFailed("reset", f"{type(e).__name__}: {e}") from None
+            up = await self.pool.connection(u.hostname or "127.0.0.1", u.port or 80)
+        except ConnectFailed as e:
+            raise AttemptFailed("connect", f"cannot connect to {b.url}: {e}") from None
         try:
-            if resp.status in RETRYABLE_STATUS or resp.status == 429:
-                detail = (await resp.read())[:200].decode(errors="replace")
-                resp.release()
-                kind = "overloaded" if resp.status == 429 else "status"
-                raise AttemptFailed(kind, f"HTTP {resp.status} {detail}", resp.status)
-            if _small(resp):
-                return Answer(resp, await resp.read(), True)
-            return Answer(resp, await resp.content.readany(), False)
-        except (aiohttp.ClientError, OSError) as e:
-            resp.release()
-            raise AttemptFailed("reset", f"{type(e).__name__} before the first byte: {e}") from None
+            await up.send(request_bytes(req.method, req.target, u.netloc, _forwarded(req), req.body),
+                          req.method == "HEAD")
+            status = up.status
+            if status in RETRYABLE_STATUS or status == 429:
+                detail = (await up.read_all())[:200].decode(errors="replace")
+                up.release()  # (which resets `up` for its next request)
+                raise AttemptFailed("overloaded" if status == 429 else "status",
+                                    f"HTTP {status} {detail}", status)
+            if _small(up):
+                return Answer(up, await up.read_all(), True)
+            return Answer(up, await up.read(), False)
+        except UpstreamBroken as e:
+            up.release()
+            raise AttemptFailed("reset", f"{e}") from None
+        except asyncio.CancelledError:
+            if up.transport:
+                up.transport.abort()  # mid-request: this connection can carry nothing more
+            raise
 
-    async def _respond(self, request: web.Request, b: Backend, answer: Answer,
-                       t0: float, attempts: int, buffer: bool) -> web.StreamResponse:
-        upstream = answer.resp
-        headers = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP}
-        headers["X-Vigil-Node"] = b.name
-        headers["X-Vigil-Attempts"] = str(attempts)
+    async def _respond(self, reply: Reply | None, b: Backend, answer: Answer,
+                       t0: float, attempts: int, buffer: bool) -> Answered | None:
+        up = answer.up
+        headers = [(k, v) for k, v in up.headers if k.lower() not in HOP_BY_HOP]
+        headers += [("X-Vigil-Node", b.name), ("X-Vigil-Attempts", str(attempts))]
+        finished = False
         try:
-            if answer.whole or buffer:
-                data = answer.head if answer.whole else answer.head + await self._rest(upstream)
-                self._done(b, upstream.status, t0)
-                return web.Response(status=upstream.status, body=data, headers=headers)
-            out = web.StreamResponse(status=upstream.status, headers=headers)
-            await out.prepare(request)
+            if answer.whole or buffer or reply is None:
+                data = answer.head if answer.whole else answer.head + await self._rest(up)
+                finished = True
+                self._done(b, up.status, t0)
+                return Answered(up.status, headers, data)
+            reply.head(up.status, headers, up.content_length)
             chunk = answer.head
             while chunk:
-                await out.write(chunk)
+                reply.write(chunk)
+                await reply.drain()
                 async with asyncio.timeout(self.cfg.retry.idle_timeout):
-                    chunk = await upstream.content.readany()
-            await out.write_eof()
-            self._done(b, upstream.status, t0)
-            return out
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
+                    chunk = await up.read()
+            reply.end()
+            finished = True
+            self._done(b, up.status, t0)
+            return None
+        except (UpstreamBroken, TimeoutError) as e:
             # The answer already started: it cannot be retried. Cut the client off
             # rather than pretend the truncated body is whole.
             why = (f"silent for {self.cfg.retry.idle_timeout:g} s" if isinstance(e, TimeoutError)
-                   else f"{type(e).__name__}: {e}")
+                   else str(e))
             if not isinstance(e, TimeoutError):
                 self.table.failed(b.name, self.clock.now())
             self.metrics.finished(502, time.monotonic() - t0)
             log.warning("answer from %s cut after it started: %s", b.name, why)
-            if request.transport:
-                request.transport.close()
-            if buffer:
-                resp = _error(502, f"{b.name}: answer broke after it started ({why})")
-                resp.headers[OUTCOME_HEADER] = "unknown"  # it ran; its answer is lost
-                return resp
-            raise
+            if reply is None or buffer or not reply.started:
+                out = _error(502, f"{b.name}: answer broke after it started ({why})")
+                out.headers.append((OUTCOME_HEADER, "unknown"))  # it ran; its answer is lost
+                return out
+            reply.abort()
+            return None
         finally:
-            upstream.release()
+            if finished:
+                up.release()
+            elif up.transport:
+                up.transport.abort()
             if not answer.whole:
                 self._release(b)
 
-    async def _rest(self, upstream: aiohttp.ClientResponse) -> bytes:
+    async def _rest(self, up: Upstream) -> bytes:
         parts = []
         while True:
             async with asyncio.timeout(self.cfg.retry.idle_timeout):
-                chunk = await upstream.content.readany()
+                chunk = await up.read()
             if not chunk:
                 return b"".join(parts)
             parts.append(chunk)
@@ -410,32 +417,3 @@ class Router:
         else:
             self.table.failed(b.name, self.clock.now())
         self.metrics.finished(status, time.monotonic() - t0)
-
-    # -- the router's own endpoints ------------------------------------------------
-    async def metrics_handler(self, _: web.Request) -> web.Response:
-        return web.Response(body=self.metrics.render(), content_type="text/plain")
-
-    async def status_handler(self, _: web.Request) -> web.Response:
-        return web.json_response(status_document(self))
-
-
-def _small(resp: aiohttp.ClientResponse) -> bool:
-    """A sized, non-streaming answer is cheaper to pass whole; streams pass chunk by chunk."""
-    length = resp.content_length
-    return (length is not None and length <= WHOLE_BODY_MAX
-            and not resp.headers.get("Content-Type", "").startswith("text/event-stream"))
-
-
-def _error(status: int, message: str) -> web.Response:
-    kind = "service_unavailable" if status == 503 else "router_error"
-    return web.json_response({"error": {"message": message, "type": kind, "param": None,
-                                        "code": status}}, status=status)
-
-
-def _replay(r: Result) -> web.Response:
-    if r.body is None:
-        return _error(409, "the request with this Idempotency-Key was executed, but its answer was too "
-                           "large to keep for a replay; use a new key for a new request")
-    headers = {k: v for k, v in r.headers if k.lower() not in HOP_BY_HOP}
-    headers["X-Vigil-Idempotent-Replay"] = "true"
-    return web.Response(status=r.status, body=r.body, headers=headers)
