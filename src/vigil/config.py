@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import os
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -118,11 +119,28 @@ def read_yaml(path: str | Path) -> Any:
     """The parsed YAML of a configuration file. Raises ConfigError."""
     p = Path(path)
     try:
+        check_owner(p, "config file")
         return yaml.safe_load(p.read_text())
     except OSError as e:
         raise ConfigError("config file", str(p), f"cannot be read ({e.strerror}); check the path") from None
     except yaml.YAMLError as e:
         raise ConfigError("config file", str(p), f"is not valid YAML: {e}") from None
+
+
+def check_owner(path: Path, field: str) -> None:
+    """Running as root, refuse a file someone else could change: the agent runs
+    `inference.command` as root and acts on keys and BMC passwords, so whoever
+    may write these files owns the machine. Raises ConfigError (or OSError)."""
+    if os.geteuid() != 0:
+        return
+    st = path.stat()
+    if st.st_uid != 0:
+        raise ConfigError(field, str(path), f"is owned by uid {st.st_uid}, not root, and whoever owns "
+                                            f"it controls this node: `chown root {path}`")
+    if st.st_mode & 0o022:
+        raise ConfigError(field, str(path), f"is writable by group or others (mode "
+                                            f"{st.st_mode & 0o777:o}), so they control this node: "
+                                            f"`chmod go-w {path}`")
 
 
 def load_config(path: str | Path) -> NodeConfig:
@@ -162,7 +180,7 @@ def _mapping(v: Any, where: str, allowed: set[str]) -> dict[str, Any]:
             close = difflib.get_close_matches(str(k), sorted(allowed), n=1)
             hint = f"did you mean '{close[0]}'?" if close else f"allowed: {', '.join(sorted(allowed))}"
             raise ConfigError(f"{where}.{k}" if where != "(top level)" else str(k), v[k],
-                              f"unknown field; {hint}")
+                              f"unknown field; {hint}", secret=True)
     return v
 
 
@@ -257,6 +275,7 @@ def _key(hb: dict[str, Any], base: Path) -> bytes:
         where = "heartbeat.key_file"
         path = base / str(hb["key_file"])
         try:
+            check_owner(path, where)
             text = path.read_text().strip()
         except OSError as e:
             raise ConfigError(where, str(path), f"cannot be read ({e.strerror})") from None
@@ -360,6 +379,7 @@ def _device(v: Any, where: str, base: Path) -> dict[str, Any]:
     if "password_file" in d:
         path = base / str(d.pop("password_file"))
         try:
+            check_owner(path, f"{where}.password_file")
             d["password"] = path.read_text().strip()
         except OSError as e:
             raise ConfigError(f"{where}.password_file", str(path), f"cannot be read ({e.strerror})") from None

@@ -9,15 +9,23 @@ class VigilError(Exception):
     """Base of every error Vigil raises on purpose."""
 
 
+SECRET_WORDS = ("pass", "secret", "token", "key")
+
+
 class ConfigError(VigilError):
     """A configuration value is missing, malformed or inconsistent.
 
     The message names the field, the value and the fix.
     """
 
-    def __init__(self, field: str, value: object, fix: str):
-        self.field, self.value, self.fix = field, value, fix
-        super().__init__(f"{field}: {value!r} is invalid: {fix}")
+    def __init__(self, field: str, value: object, fix: str, secret: bool | None = None):
+        # Never echo a secret: a field named like one (a path to it is fine), or one the
+        # caller says may hold one (an unknown field: a misspelled `pasword:`).
+        leaf = field.rsplit(".", 1)[-1].split("[")[0].lower()
+        if secret is None:
+            secret = any(w in leaf for w in SECRET_WORDS) and not leaf.endswith("_file")
+        self.field, self.value, self.fix = field, ("<hidden>" if secret else value), fix
+        super().__init__(f"{field}: {'<hidden>' if secret else repr(value)} is invalid: {fix}")
 
 
 class StoreError(VigilError):

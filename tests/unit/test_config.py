@@ -119,3 +119,35 @@ def test_unreachable_etcd_is_a_clear_failure_not_a_hang():
     r = subprocess.run([sys.executable, "-m", "vigil", "status", "--etcd", "http://127.0.0.1:1",
                         "--cluster", "x"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "etcd did not answer" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_misspelled_secret_is_never_echoed():
+    """Issue 9 #7: `pasword: hunter2` was printed back in the error."""
+    fencing = {"topology": {"n2": [{"type": "ipmi", "host": "127.0.0.1", "user": "admin",
+                                    "pasword": "hunter2"}]}}
+    with pytest.raises(ConfigError) as e:
+        parse_config(good(fencing=fencing))
+    assert "hunter2" not in str(e.value) and "did you mean 'password'" in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        parse_config(good(heartbeat={"key": "not hex at all, but secret"}))
+    assert "secret" not in str(e.value) and "<hidden>" in str(e.value)
+
+
+def test_files_others_could_change_are_refused_when_running_as_root(tmp_path):
+    import os
+    cfg = tmp_path / "node.yaml"
+    cfg.write_text(yaml.safe_dump(good()))
+    os.chmod(cfg, 0o666)
+    with pytest.raises(ConfigError) as e:
+        load_config(cfg)
+    assert e.value.field == "config file" and f"chmod go-w {cfg}" in str(e.value)
+    os.chmod(cfg, 0o644)
+    key = tmp_path / "cluster.key"
+    key.write_text(KEY)
+    os.chown(key, 1000, 0)
+    cfg.write_text(yaml.safe_dump(good(heartbeat={"key_file": "cluster.key"})))
+    with pytest.raises(ConfigError) as e:
+        load_config(cfg)
+    assert e.value.field == "heartbeat.key_file" and "not root" in str(e.value) and "chown root" in str(e.value)
+    os.chown(key, 0, 0)
+    assert load_config(cfg).key == bytes.fromhex(KEY)

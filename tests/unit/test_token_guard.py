@@ -64,3 +64,16 @@ def _try(g, t):
         g.admit(t)
     except StaleToken:
         pass
+
+
+def test_the_state_is_written_under_an_unpredictable_name_and_leaves_nothing_behind(tmp_path):
+    """Issue 9 #7: a fixed `.tmp` name could be planted (a symlink) by anyone who can write there."""
+    from vigil.fencing.guard import TokenGuard
+    state = tmp_path / "actuator.token"
+    planted = tmp_path / "actuator.tmp"
+    planted.symlink_to(tmp_path / "victim")
+    g = TokenGuard(state)
+    g.admit(7)
+    assert state.read_text() == "7" and not (tmp_path / "victim").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["actuator.tmp", "actuator.token"]
+    assert TokenGuard(state).highest == 7

@@ -28,6 +28,7 @@ import fcntl
 import logging
 import math
 import os
+import stat
 import struct
 from typing import Any, Callable
 
@@ -61,6 +62,9 @@ class LinuxWatchdogDevice:
         """Why the device cannot be used, without opening (opening arms it)."""
         if not os.path.exists(self.path):
             return f"{self.path} does not exist: load a watchdog driver (a hardware one, or softdog)"
+        if not stat.S_ISCHR(os.stat(self.path).st_mode):
+            return (f"{self.path} is not a character device: point watchdog.device at the "
+                    "watchdog driver's node (/dev/watchdog or /dev/watchdogN)")
         if not os.access(self.path, os.W_OK):
             return f"{self.path} is not writable by this user: run the agent as root or grant access"
         return None

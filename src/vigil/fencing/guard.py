@@ -4,8 +4,9 @@ seen.
 Contract:
 - `admit(token)` accepts a token >= the highest seen so far (the current
   leader keeps writing with its token) and raises StaleToken for a lower one.
-- With a `state_file`, a higher token is written to disk (fsync, atomic
-  rename) *before* it is admitted, so a guard restarted after a crash still
+- With a `state_file`, a higher token is written to disk (a fresh
+  unpredictable temp file, fsync, atomic rename, fsync of the directory)
+  *before* it is admitted, so a guard restarted after a crash still
   refuses every token it refused before. A corrupt state file is an error,
   never a silent reset to zero.
 - Thread-safe: a lock orders concurrent admits.
@@ -14,6 +15,7 @@ Contract:
 from __future__ import annotations
 
 import os
+import tempfile
 import threading
 from pathlib import Path
 
@@ -61,9 +63,22 @@ class TokenGuard:
     def _store(self, token: int) -> None:
         if self.state_file is None:
             return
-        tmp = self.state_file.with_suffix(".tmp")
-        with open(tmp, "w") as f:
-            f.write(str(token))
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(self.state_file)
+        # An unpredictable name made with O_EXCL (mkstemp): no one can plant a link or
+        # a file at it beforehand. The directory is synced after the rename, or a
+        # crash could bring back the old token.
+        folder = self.state_file.parent
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.state_file.name}.", dir=folder)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(str(token))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.state_file)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
