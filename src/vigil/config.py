@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
-import os
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-import yaml
-
 from vigil.core.timing import Timing, validate_timing
 from vigil.errors import ConfigError
+from vigil.files import check_owner, read_yaml
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 DEFAULT_HEARTBEAT_PORT = 694  # the Linux-HA heartbeat port
@@ -113,34 +111,6 @@ class NodeConfig:
 
 _TOP = {"cluster", "node", "priority", "data_dir", "api", "etcd", "heartbeat", "timing", "log_level",
         "inference", "fencing", "controller", "watchdog"}
-
-
-def read_yaml(path: str | Path) -> Any:
-    """The parsed YAML of a configuration file. Raises ConfigError."""
-    p = Path(path)
-    try:
-        check_owner(p, "config file")
-        return yaml.safe_load(p.read_text())
-    except OSError as e:
-        raise ConfigError("config file", str(p), f"cannot be read ({e.strerror}); check the path") from None
-    except yaml.YAMLError as e:
-        raise ConfigError("config file", str(p), f"is not valid YAML: {e}") from None
-
-
-def check_owner(path: Path, field: str) -> None:
-    """Running as root, refuse a file someone else could change: the agent runs
-    `inference.command` as root and acts on keys and BMC passwords, so whoever
-    may write these files owns the machine. Raises ConfigError (or OSError)."""
-    if os.geteuid() != 0:
-        return
-    st = path.stat()
-    if st.st_uid != 0:
-        raise ConfigError(field, str(path), f"is owned by uid {st.st_uid}, not root, and whoever owns "
-                                            f"it controls this node: `chown root {path}`")
-    if st.st_mode & 0o022:
-        raise ConfigError(field, str(path), f"is writable by group or others (mode "
-                                            f"{st.st_mode & 0o777:o}), so they control this node: "
-                                            f"`chmod go-w {path}`")
 
 
 def load_config(path: str | Path) -> NodeConfig:

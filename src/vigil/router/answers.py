@@ -4,6 +4,7 @@ an Idempotency-Key's first answer, and the headers a request is forwarded with."
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 
 from vigil.router.http1 import HOP_BY_HOP, Incoming, Upstream
@@ -55,3 +56,13 @@ def replay(r: Result) -> Answered:
     headers = [(k, v) for k, v in r.headers if k.lower() not in HOP_BY_HOP]
     headers.append(("X-Vigil-Idempotent-Replay", "true"))
     return Answered(r.status, headers, r.body)
+
+
+def overloaded(message: str, retry_after: float) -> Answered:
+    """429 with Retry-After (whole seconds, at least 1) and retry-after-ms (which
+    OpenAI clients honour): full now, not failed."""
+    retry = max(0.05, retry_after)
+    out = error(429, f"overloaded, not failed: {message}; retry after {retry:.2f} s",
+                "rate_limit_error", "overloaded")
+    out.headers += [("Retry-After", str(max(1, math.ceil(retry)))), ("retry-after-ms", str(int(retry * 1000)))]
+    return out

@@ -6,10 +6,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vigil.config import (EtcdConfig, _address, _etcd, _int, _key, _mapping, _name, _port,
-                          _timing, read_yaml)
+from vigil.config import EtcdConfig, _address, _etcd, _int, _key, _mapping, _name, _port, _timing
 from vigil.core.timing import Timing
 from vigil.errors import ConfigError
+from vigil.files import read_yaml
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -43,8 +42,8 @@ from vigil.clock import Clock, SystemClock
 from vigil.core.admission import Admission, NodeLimit, Shed
 from vigil.core.routing import RETRYABLE_STATUS, Backend, RetryPolicy, RoutingTable
 from vigil.router.config import RouterConfig
-from vigil.router.answers import Answered, error as _error, forwarded as _forwarded, replay as _replay, \
-    small as _small
+from vigil.router.answers import Answered, error as _error, forwarded as _forwarded, overloaded, \
+    replay as _replay, small as _small
 from vigil.router.http1 import (HOP_BY_HOP, ConnectFailed, FrontProtocol, Incoming, Reply, Upstream,
                                 UpstreamBroken, UpstreamPool, request_bytes, sweep)
 from vigil.router.idempotency import IdempotencyCache, Mismatch, Result, fingerprint
@@ -163,8 +162,7 @@ class Router:
         if req.path == "/metrics":
             reply.whole(200, [("Content-Type", CONTENT_TYPE_LATEST)], self.metrics.render())
         else:
-            reply.whole(200, [("Content-Type", "application/json")],
-                        json.dumps(status_document(self)).encode())
+            reply.whole(200, [("Content-Type", "application/json")], json.dumps(status_document(self)).encode())
 
     async def _keyed(self, req: Incoming, key: str, t0: float) -> Answered:
         """At most once per key (vigil.router.idempotency): a duplicate replays the
@@ -269,14 +267,9 @@ class Router:
         self.metrics.shed.labels(reason).inc()
         self.metrics.shed_latency.observe(elapsed)
         self.metrics.finished(429, elapsed)
-        retry = max(0.05, shed.retry_after)
         message = {"queue_timeout": f"waited {2 * self.admission.queue_wait:g} s for a free slot",
                    "engine_full": shed.reason}.get(reason, shed.reason)
-        out = _error(429, f"overloaded, not failed: {message}; retry after {retry:.2f} s",
-                     "rate_limit_error", "overloaded")
-        out.headers += [("Retry-After", str(max(1, math.ceil(retry)))),
-                        ("retry-after-ms", str(int(retry * 1000)))]
-        return out
+        return overloaded(message, shed.retry_after)
 
     async def _attempt(self, b: Backend, req: Incoming) -> Answer:
         """One attempt up to the first byte, in the request's own task: `eject` or
