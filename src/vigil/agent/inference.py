@@ -146,26 +146,36 @@ class InferenceSupervisor:
     async def _observe(self) -> None:
         """One look at the engine: its process (managed), then its load report."""
         assert self._http is not None
-        now = self.clock.now()
-        if self.proc is not None and self.proc.returncode is None:
-            st = procs.state(self.proc.pid)
-            if st in ("T", "t"):
-                self._changed(self.judge.stopped(now, f"engine process {self.proc.pid} is stopped "
-                                                      f"(state {st}: SIGSTOP or a debugger)"))
-                return
+        if self._frozen():
+            return
         if not self.load_supported:
-            self._changed(self.judge.tick(now))
+            self._changed(self.judge.tick(self.clock.now()))
             return
         try:
-            reading = await read_load(self._http, self.cfg.url + self.cfg.load_path,
-                                      self.cfg.load_format, self.cfg.silence_window)
+            # Several looks fit in one silence window: a report that comes late is no
+            # verdict yet, and a look that timed out is followed at once by the next.
+            reading = await read_load(self._http, self.cfg.url + self.cfg.load_path, self.cfg.load_format,
+                                      min(self.cfg.silence_window, max(0.1, 2 * self.cfg.load_interval)))
         except ProbeError as e:
             self._probe_failed(e)
             return
         self._changed(self.judge.load(self.clock.now(), reading))
 
+    def _frozen(self) -> bool:
+        """A managed process the kernel stopped is hung at once, whatever its port says."""
+        if self.proc is None or self.proc.returncode is not None:
+            return False
+        st = procs.state(self.proc.pid)
+        if st not in ("T", "t"):
+            return False
+        self._changed(self.judge.stopped(self.clock.now(), f"engine process {self.proc.pid} is stopped "
+                                                           f"(state {st}: SIGSTOP or a debugger)"))
+        return True
+
     def _probe_failed(self, e: ProbeError) -> None:
         now = self.clock.now()
+        if e.kind == "silent" and self._frozen():  # the likeliest reason it said nothing
+            return
         if e.kind == "unsupported":
             self.load_supported = False
             self.on_event("inference_load_unsupported", f"{e}; judging the engine by canaries alone "
