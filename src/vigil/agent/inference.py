@@ -76,6 +76,8 @@ class InferenceSupervisor:
             self._stop_orphan()
             self._tasks.append(loop.create_task(self._run_loop()))
         self._tasks.append(loop.create_task(self._watch_loop()))
+        if self.cfg.command:  # a look at the report may wait a whole silence window: not this one
+            self._tasks.append(loop.create_task(self._freeze_watch()))
 
     async def stop(self) -> None:
         for t in self._tasks + ([self._canary] if self._canary else []):
@@ -152,14 +154,17 @@ class InferenceSupervisor:
             self._changed(self.judge.tick(self.clock.now()))
             return
         try:
-            # Several looks fit in one silence window: a report that comes late is no
-            # verdict yet, and a look that timed out is followed at once by the next.
-            reading = await read_load(self._http, self.cfg.url + self.cfg.load_path, self.cfg.load_format,
-                                      min(self.cfg.silence_window, max(0.1, 2 * self.cfg.load_interval)))
+            reading = await read_load(self._http, self.cfg.url + self.cfg.load_path,
+                                      self.cfg.load_format, self.cfg.silence_window)
         except ProbeError as e:
             self._probe_failed(e)
             return
         self._changed(self.judge.load(self.clock.now(), reading))
+
+    async def _freeze_watch(self) -> None:
+        while True:
+            self._frozen()
+            await asyncio.sleep(self.cfg.load_interval)
 
     def _frozen(self) -> bool:
         """A managed process the kernel stopped is hung at once, whatever its port says."""
