@@ -7,9 +7,6 @@ are documented in docs/configuration.md.
 
 from __future__ import annotations
 
-import difflib
-import ipaddress
-import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -17,9 +14,10 @@ from urllib.parse import urlparse
 
 from vigil.core.timing import Timing, validate_timing
 from vigil.errors import ConfigError
+from vigil.fields import (check_address, check_addresses, check_int, check_mapping, check_name,
+                          check_port)
 from vigil.files import check_owner, read_yaml
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 DEFAULT_HEARTBEAT_PORT = 694  # the Linux-HA heartbeat port
 
 
@@ -119,11 +117,11 @@ def load_config(path: str | Path) -> NodeConfig:
 
 
 def parse_config(raw: Any, base_dir: Path = Path(".")) -> NodeConfig:
-    d = _mapping(raw, "(top level)", _TOP)
-    cluster = _name(d, "cluster")
-    node = _name(d, "node")
-    api = _mapping(d.get("api", {}), "api", {"host", "port"})
-    hb = _mapping(d.get("heartbeat"), "heartbeat", {"addresses", "port", "key", "key_file", "peers",
+    d = check_mapping(raw, "(top level)", _TOP)
+    cluster = check_name(d, "cluster")
+    node = check_name(d, "node")
+    api = check_mapping(d.get("api", {}), "api", {"host", "port"})
+    hb = check_mapping(d.get("heartbeat"), "heartbeat", {"addresses", "port", "key", "key_file", "peers",
                                                     "observers"})
     peers = _peers(hb.get("peers", []), node)
     timing = _timing(d.get("timing", {}))
@@ -132,59 +130,14 @@ def parse_config(raw: Any, base_dir: Path = Path(".")) -> NodeConfig:
         raise ConfigError("log_level", level, "use one of debug, info, warning, error")
     return NodeConfig(
         cluster=cluster, node=node, etcd=_etcd(d.get("etcd")), key=_key(hb, base_dir),
-        addresses=_addresses(hb.get("addresses", ["127.0.0.1"]), "heartbeat.addresses"),
-        heartbeat_port=_port(hb.get("port", DEFAULT_HEARTBEAT_PORT), "heartbeat.port"),
-        peers=peers, observers=_observers(hb.get("observers", [])), priority=_int(d.get("priority", 100), "priority", 0, 1000),
-        api_host=_address(api.get("host", "127.0.0.1"), "api.host"),
-        api_port=_port(api.get("port", 8008), "api.port"),
+        addresses=check_addresses(hb.get("addresses", ["127.0.0.1"]), "heartbeat.addresses"),
+        heartbeat_port=check_port(hb.get("port", DEFAULT_HEARTBEAT_PORT), "heartbeat.port"),
+        peers=peers, observers=_observers(hb.get("observers", [])), priority=check_int(d.get("priority", 100), "priority", 0, 1000),
+        api_host=check_address(api.get("host", "127.0.0.1"), "api.host"),
+        api_port=check_port(api.get("port", 8008), "api.port"),
         data_dir=str(d.get("data_dir", "/var/lib/vigil")), timing=timing, log_level=level,
         inference=_inference(d.get("inference")), fencing=_fencing(d.get("fencing"), base_dir),
         controller=_controller(d.get("controller")), watchdog=_watchdog(d.get("watchdog"), timing))
-
-
-def _mapping(v: Any, where: str, allowed: set[str]) -> dict[str, Any]:
-    if not isinstance(v, dict):
-        raise ConfigError(where, v, "must be a mapping (key: value lines)")
-    for k in v:
-        if k not in allowed:
-            close = difflib.get_close_matches(str(k), sorted(allowed), n=1)
-            hint = f"did you mean '{close[0]}'?" if close else f"allowed: {', '.join(sorted(allowed))}"
-            raise ConfigError(f"{where}.{k}" if where != "(top level)" else str(k), v[k],
-                              f"unknown field; {hint}", secret=True)
-    return v
-
-
-def _name(d: dict[str, Any], key: str, where: str | None = None) -> str:
-    v = d.get(key)
-    if not isinstance(v, str) or not NAME_RE.match(v):
-        raise ConfigError(where or key, v, "required; 1-64 letters, digits, '.', '_' or '-', "
-                                           "starting with a letter or digit")
-    return v
-
-
-def _int(v: Any, where: str, lo: int, hi: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-        raise ConfigError(where, v, f"must be an integer from {lo} to {hi}")
-    return v
-
-
-def _port(v: Any, where: str) -> int:
-    return _int(v, where, 1, 65535)
-
-
-def _address(v: Any, where: str) -> str:
-    try:
-        return str(ipaddress.ip_address(str(v)))
-    except ValueError:
-        raise ConfigError(where, v, "must be an IPv4 or IPv6 address such as 127.0.0.1") from None
-
-
-def _addresses(v: Any, where: str) -> tuple[str, ...]:
-    if isinstance(v, str):
-        v = [v]
-    if not isinstance(v, list) or not 1 <= len(v) <= 2:
-        raise ConfigError(where, v, "must list one or two addresses (one per network link)")
-    return tuple(_address(a, f"{where}[{i}]") for i, a in enumerate(v))
 
 
 def _peers(v: Any, me: str) -> tuple[Peer, ...]:
@@ -193,13 +146,13 @@ def _peers(v: Any, me: str) -> tuple[Peer, ...]:
     out, seen = [], set()
     for i, p in enumerate(v):
         where = f"heartbeat.peers[{i}]"
-        p = _mapping(p, where, {"name", "addresses", "port"})
-        name = _name(p, "name", f"{where}.name")
+        p = check_mapping(p, where, {"name", "addresses", "port"})
+        name = check_name(p, "name", f"{where}.name")
         if name == me or name in seen:
             raise ConfigError(f"{where}.name", name, "must be unique and differ from this node's name")
         seen.add(name)
-        out.append(Peer(name, _addresses(p.get("addresses"), f"{where}.addresses"),
-                        _port(p.get("port", DEFAULT_HEARTBEAT_PORT), f"{where}.port")))
+        out.append(Peer(name, check_addresses(p.get("addresses"), f"{where}.addresses"),
+                        check_port(p.get("port", DEFAULT_HEARTBEAT_PORT), f"{where}.port")))
     return tuple(out)
 
 
@@ -208,14 +161,14 @@ def _observers(v: Any) -> tuple[Observer, ...]:
         raise ConfigError("heartbeat.observers", v, "must be a list of {address, port} (routers)")
     out = []
     for i, o in enumerate(v):
-        o = _mapping(o, f"heartbeat.observers[{i}]", {"address", "port"})
-        out.append(Observer(_address(o.get("address"), f"heartbeat.observers[{i}].address"),
-                            _port(o.get("port"), f"heartbeat.observers[{i}].port")))
+        o = check_mapping(o, f"heartbeat.observers[{i}]", {"address", "port"})
+        out.append(Observer(check_address(o.get("address"), f"heartbeat.observers[{i}].address"),
+                            check_port(o.get("port"), f"heartbeat.observers[{i}].port")))
     return tuple(out)
 
 
 def _etcd(v: Any) -> EtcdConfig:
-    d = _mapping(v, "etcd", {"endpoints", "ca_file", "cert_file", "key_file"})
+    d = check_mapping(v, "etcd", {"endpoints", "ca_file", "cert_file", "key_file"})
     eps = d.get("endpoints")
     if isinstance(eps, str):
         eps = [eps]
@@ -260,7 +213,7 @@ def _key(hb: dict[str, Any], base: Path) -> bytes:
 
 def _timing(v: Any) -> Timing:
     names = {f.name for f in fields(Timing)}
-    d = _mapping(v, "timing", names)
+    d = check_mapping(v, "timing", names)
     values: dict[str, Any] = {}
     for k, x in d.items():
         if isinstance(x, bool) or not isinstance(x, (int, float)):
@@ -277,7 +230,7 @@ def _timing(v: Any) -> Timing:
 def _inference(v: Any) -> InferenceConfig | None:
     if v is None:
         return None
-    d = _mapping(v, "inference", {"url", "command", "canary_path", "canary_body", "canary_interval",
+    d = check_mapping(v, "inference", {"url", "command", "canary_path", "canary_body", "canary_interval",
                                   "canary_timeout", "rise", "fall", "load_format", "load_path",
                                   "load_interval", "silence_window", "stall_window"})
     u = urlparse(str(d.get("url", "")))
@@ -307,7 +260,7 @@ def _inference(v: Any) -> InferenceConfig | None:
     if not isinstance(lp, str) or not lp.startswith("/"):
         raise ConfigError("inference.load_path", lp, "must be a path such as /v2/load")
     for k in ("rise", "fall"):
-        numbers[k] = _int(d.get(k, getattr(InferenceConfig, k)), f"inference.{k}", 1, 100)
+        numbers[k] = check_int(d.get(k, getattr(InferenceConfig, k)), f"inference.{k}", 1, 100)
     body = d.get("canary_body", InferenceConfig.canary_body)
     if not isinstance(body, str):
         import json
@@ -325,8 +278,8 @@ DEVICE_FIELDS = {"ipmi": {"type", "host", "port", "user", "password", "password_
 def _fencing(v: Any, base: Path) -> FencingConfig | None:
     if v is None:
         return None
-    d = _mapping(v, "fencing", {"topology", "race_delay"})
-    topo = _mapping(d.get("topology"), "fencing.topology", set(d.get("topology") or {}))
+    d = check_mapping(v, "fencing", {"topology", "race_delay"})
+    topo = check_mapping(d.get("topology"), "fencing.topology", set(d.get("topology") or {}))
     out: dict[str, tuple[dict[str, Any], ...]] = {}
     for node, levels in topo.items():
         where = f"fencing.topology.{node}"
@@ -345,7 +298,7 @@ def _device(v: Any, where: str, base: Path) -> dict[str, Any]:
     kind = v.get("type") if isinstance(v, dict) else None
     if kind not in DEVICE_FIELDS:
         raise ConfigError(f"{where}.type", kind, "must be one of ipmi, redfish, null")
-    d = dict(_mapping(v, where, DEVICE_FIELDS[kind]))
+    d = dict(check_mapping(v, where, DEVICE_FIELDS[kind]))
     if "password_file" in d:
         path = base / str(d.pop("password_file"))
         try:
@@ -354,8 +307,8 @@ def _device(v: Any, where: str, base: Path) -> dict[str, Any]:
         except OSError as e:
             raise ConfigError(f"{where}.password_file", str(path), f"cannot be read ({e.strerror})") from None
     if kind == "ipmi":
-        d["host"] = _address(d.get("host"), f"{where}.host")
-        d["port"] = _port(d.get("port", 623), f"{where}.port")
+        d["host"] = check_address(d.get("host"), f"{where}.host")
+        d["port"] = check_port(d.get("port", 623), f"{where}.port")
         if not d.get("user"):
             raise ConfigError(f"{where}.user", d.get("user"), "the BMC user is required")
     if kind == "redfish" and not str(d.get("url", "")).startswith(("http://", "https://")):
@@ -366,21 +319,21 @@ def _device(v: Any, where: str, base: Path) -> dict[str, Any]:
 def _controller(v: Any) -> dict[str, Any] | None:
     if v is None:
         return None
-    d = _mapping(v, "controller", {"gateway", "register", "interval"})
+    d = check_mapping(v, "controller", {"gateway", "register", "interval"})
     if not str(d.get("gateway", "")).startswith(("http://", "https://")):
         raise ConfigError("controller.gateway", d.get("gateway"), "must be the actuator gateway's URL")
     interval = d.get("interval", 0.2)
     if isinstance(interval, bool) or not isinstance(interval, (int, float)) or interval < 0.01:
         raise ConfigError("controller.interval", interval, "must be >= 0.01 seconds")
     return {"gateway": str(d["gateway"]).rstrip("/"),
-            "register": _int(d.get("register", 0), "controller.register", 0, 65535),
+            "register": check_int(d.get("register", 0), "controller.register", 0, 65535),
             "interval": float(interval)}
 
 
 def _watchdog(v: Any, t: Timing) -> WatchdogConfig:
     from vigil.agent.watchdog import MODES, REQUIRED, fitting_timeout
 
-    d = _mapping({} if v is None else v, "watchdog", {"mode", "device", "timeout"})
+    d = check_mapping({} if v is None else v, "watchdog", {"mode", "device", "timeout"})
     mode = d.get("mode", "automatic")
     if mode is False:  # YAML reads a bare `off` as false
         mode = "off"
@@ -389,7 +342,7 @@ def _watchdog(v: Any, t: Timing) -> WatchdogConfig:
     fits = fitting_timeout(t.demote_after, t.lease_ttl, t.etcd_timeout)
     timeout = d.get("timeout", fits)
     if "timeout" in d:
-        timeout = _int(timeout, "watchdog.timeout", 1, 3600)
+        timeout = check_int(timeout, "watchdog.timeout", 1, 3600)
         if not t.demote_after < timeout <= t.lease_ttl - t.etcd_timeout:
             raise ConfigError("watchdog.timeout", timeout,
                               f"must be above timing.demote_after ({t.demote_after:g}) and at most "

@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from tests.integration.test_router_inprocess import serve
 from vigil.procs import free_ports
 from vigil.router.config import parse_router_config
 from vigil.router.proxy import Router
@@ -22,13 +23,6 @@ from vigil.testing import MemoryStore
 from vigil.testing.wait import wait_until
 
 KEY = "ef" * 32
-
-
-async def serve(app: web.Application, port: int) -> web.AppRunner:
-    runner = web.AppRunner(app, shutdown_timeout=0.5)  # stalled handlers end with the test
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    return runner
 
 
 def sse_backend(chunks: int, every: float, stall_after: int | None = None,

@@ -6,9 +6,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vigil.config import EtcdConfig, _address, _etcd, _int, _key, _mapping, _name, _port, _timing
+from vigil.config import EtcdConfig, _etcd, _key, _timing
 from vigil.core.timing import Timing
 from vigil.errors import ConfigError
+from vigil.fields import check_address, check_int, check_mapping, check_name, check_port
 from vigil.files import read_yaml
 
 
@@ -62,28 +63,28 @@ def load_router_config(path: str | Path) -> RouterConfig:
 
 
 def parse_router_config(raw: Any, base_dir: Path = Path(".")) -> RouterConfig:
-    d = _mapping(raw, "(top level)", {"cluster", "name", "listen", "etcd", "heartbeat", "timing", "retry",
+    d = check_mapping(raw, "(top level)", {"cluster", "name", "listen", "etcd", "heartbeat", "timing", "retry",
                                       "admission"})
-    listen = _mapping(d.get("listen", {}), "listen", {"host", "port"})
-    hb = _mapping(d.get("heartbeat"), "heartbeat", {"address", "port", "key", "key_file"})
+    listen = check_mapping(d.get("listen", {}), "listen", {"host", "port"})
+    hb = check_mapping(d.get("heartbeat"), "heartbeat", {"address", "port", "key", "key_file"})
     return RouterConfig(
-        cluster=_name(d, "cluster"), etcd=_etcd(d.get("etcd")), key=_key(hb, base_dir),
-        listen_host=_address(listen.get("host", "127.0.0.1"), "listen.host"),
-        listen_port=_port(listen.get("port", 8080), "listen.port"),
-        heartbeat_address=_address(hb.get("address", "127.0.0.1"), "heartbeat.address"),
-        heartbeat_port=_port(hb.get("port", 695), "heartbeat.port"),
+        cluster=check_name(d, "cluster"), etcd=_etcd(d.get("etcd")), key=_key(hb, base_dir),
+        listen_host=check_address(listen.get("host", "127.0.0.1"), "listen.host"),
+        listen_port=check_port(listen.get("port", 8080), "listen.port"),
+        heartbeat_address=check_address(hb.get("address", "127.0.0.1"), "heartbeat.address"),
+        heartbeat_port=check_port(hb.get("port", 695), "heartbeat.port"),
         name=str(d.get("name", "router")), timing=_timing(d.get("timing", {})),
         retry=_retry(d.get("retry", {})), admission=_admission(d.get("admission", {})))
 
 
 def _retry(v: Any) -> RetryConfig:
-    d = _mapping(v, "retry", {"max_attempts", "per_try_timeout", "first_byte_timeout", "idle_timeout",
+    d = check_mapping(v, "retry", {"max_attempts", "per_try_timeout", "first_byte_timeout", "idle_timeout",
                               "connect_timeout", "budget_ratio", "idempotent_paths", "idempotency_window"})
     if "first_byte_timeout" in d:  # the clearer name; per_try_timeout stays accepted
         d = {**d, "per_try_timeout": d.pop("first_byte_timeout")}
     values: dict[str, Any] = {}
     if "max_attempts" in d:
-        values["max_attempts"] = _int(d["max_attempts"], "retry.max_attempts", 1, 10)
+        values["max_attempts"] = check_int(d["max_attempts"], "retry.max_attempts", 1, 10)
     for k, hi in (("per_try_timeout", 3600), ("idle_timeout", 3600), ("connect_timeout", 60),
                   ("budget_ratio", 1), ("idempotency_window", 86400)):
         if k in d:
@@ -97,7 +98,7 @@ def _retry(v: Any) -> RetryConfig:
 
 
 def _admission(v: Any) -> AdmissionConfig:
-    d = _mapping(v, "admission", {"initial_limit", "min_limit", "max_limit", "tolerance", "queue_wait",
+    d = check_mapping(v, "admission", {"initial_limit", "min_limit", "max_limit", "tolerance", "queue_wait",
                                   "max_queue", "panic_threshold"})
     values: dict[str, Any] = {}
     for k, hi in (("initial_limit", 100_000), ("min_limit", 100_000), ("max_limit", 100_000),
@@ -105,7 +106,7 @@ def _admission(v: Any) -> AdmissionConfig:
         if k in d:
             values[k] = _number(d[k], f"admission.{k}", 0, hi)
     if "max_queue" in d:
-        values["max_queue"] = _int(d["max_queue"], "admission.max_queue", 0, 1_000_000)
+        values["max_queue"] = check_int(d["max_queue"], "admission.max_queue", 0, 1_000_000)
     if "panic_threshold" in d:
         x = d["panic_threshold"]
         if isinstance(x, bool) or not isinstance(x, (int, float)) or not 0 <= x <= 1:

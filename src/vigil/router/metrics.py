@@ -80,7 +80,7 @@ class _TableCollector:
             c.add_metric([b.name], b.shed_by_engine)
         yield c
         yield GaugeMetricFamily("vigil_router_queue_length", "Requests waiting for a slot.",
-                                value=len(rt.waiters))
+                                value=len(rt.queue))
         yield GaugeMetricFamily("vigil_router_panic", "1 while the panic threshold routes to every "
                                 "node not confirmed gone.", value=int(rt.table.panicking))
         yield CounterMetricFamily("vigil_router_retries_denied", "Retries refused by the retry budget.",
@@ -92,7 +92,7 @@ def status_document(rt: Router) -> dict[str, Any]:
     return {
         "etcd_ok": rt.membership.etcd_ok, "retries": rt.policy.retries,
         "retry_budget": round(rt.policy.tokens, 2), "idempotent_replays": rt.cache.replays,
-        "queue": {"waiting": len(rt.waiters), "shed": rt.admission.shed, "shed_late": rt.shed_late,
+        "queue": {"waiting": len(rt.queue), "shed": rt.admission.shed, "shed_late": rt.queue.shed_late,
                   "queue_wait": rt.admission.queue_wait},
         "panic": rt.table.panicking,
         "backends": {b.name: {"url": b.url, "ready": b.ready, "alive": b.alive, "state": b.state,

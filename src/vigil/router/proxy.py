@@ -15,11 +15,9 @@ expected to drain within `queue_wait`, else it is shed at once with 429 and
 `Retry-After` (plus `retry-after-ms`, which OpenAI clients honour). A 503
 means no node can serve at all, and says why.
 
-Deadlines fit inference: the first byte of the answer (headers and first
-body chunk) within `per_try_timeout`, then no silence between chunks longer
-than `idle_timeout`; never a bound on total duration. A stream that stalls
-before its first chunk is retried like a timeout; after bytes reached the
-client it is cut (the client sees a truncated answer, never a fake end).
+Deadlines bound silence, never total duration (docs/configuration.md): the
+first byte within `per_try_timeout` (a stall before it is retried like a
+timeout), then `idle_timeout` between chunks (a stall after it is cut).
 
 The data plane is vigil.router.http1 (httptools on both sides, no framework).
 `X-Vigil-Node` names the node that answered. The router's own endpoints:
@@ -100,14 +98,6 @@ class Router:
         self._sweeper: asyncio.Task | None = None
         self.clients: set[FrontProtocol] = set()
         self._cancel_cause: dict[asyncio.Task, tuple[str, str]] = {}
-
-    @property
-    def waiters(self):
-        return self.queue.waiters
-
-    @property
-    def shed_late(self) -> int:
-        return self.queue.shed_late
 
     async def start(self) -> None:
         await self.membership.start()
