@@ -18,8 +18,9 @@ from vigil.store.events import read_events
 from vigil.store.keys import Keys
 from vigil.testing import MemoryStore
 from vigil.testing.wait import wait_until
+from vigil.testing.keys import shared_keys
 
-KEY = "ef" * 32
+KEYS = shared_keys('n1', 'n2')
 
 
 async def test_agent_keeps_deciding_past_a_malformed_peer_record(tmp_path):
@@ -30,7 +31,7 @@ async def test_agent_keeps_deciding_past_a_malformed_peer_record(tmp_path):
     await store.put(keys.member("n2"), json.dumps({"name": "n2", "priority": "high"}))
     cfg = parse_config({"cluster": "bad", "node": "n1", "data_dir": str(tmp_path),
                         "etcd": {"endpoints": ["http://127.0.0.1:1"]}, "api": {"port": api_port},
-                        "heartbeat": {"key": KEY, "port": hb_port,
+                        "heartbeat": {**KEYS["n1"], "port": hb_port,
                                       "peers": [{"name": "n2", "addresses": ["127.0.0.1"],
                                                  "port": peer_port}]},
                         "timing": {"lease_ttl": 2, "keepalive_interval": 0.5, "demote_after": 1.6,
@@ -69,7 +70,7 @@ async def test_router_routes_around_a_malformed_record_and_takes_the_node_back_w
     await store.put(keys.member("n2"), json.dumps({"inference": "x"}))
     router = Router(parse_router_config({"cluster": "bad", "etcd": {"endpoints": ["http://127.0.0.1:1"]},
                                          "listen": {"port": router_port},
-                                         "heartbeat": {"port": hb_port, "key": KEY}}), store)
+                                         "heartbeat": {"port": hb_port, **KEYS["ring"]}}), store)
     await router.start()
     await router.listen("127.0.0.1", router_port)
     try:

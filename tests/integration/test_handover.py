@@ -11,6 +11,7 @@ import threading
 import time
 
 from vigil.agent.history import read_records
+from vigil.identity import load_signing_keys
 from vigil.net.wire import Heartbeat, encode
 from tests.integration.conftest import leader_of
 
@@ -19,7 +20,7 @@ def test_a_new_leader_waits_while_a_live_peer_still_claims_leadership(lab):
     leader, token = leader_of(lab)
     impostor, survivor = [n.name for n in lab.nodes if n.name != leader]
     lab.kill_agent(impostor)
-    key = bytes.fromhex((lab.root / "cluster.key").read_text().strip())
+    key = load_signing_keys(lab.root / "keys" / f"{impostor}.key", "impostor")  # stolen from the dead node
     targets = [(n.host, n.heartbeat_port) for n in lab.nodes if n.name != impostor]
     role, stop = {"now": "leader"}, threading.Event()
     incarnation = int(time.time() * 1e6) + 10**9  # newer than the real node's (a start time in µs)

@@ -9,14 +9,15 @@ from vigil.clock import SystemClock
 from vigil.config import parse_config
 from vigil.procs import free_ports
 from vigil.testing.wait import wait_until
+from vigil.testing.keys import shared_keys
 
-KEY = "cd" * 32
+KEYS = shared_keys('a', 'b')
 
 
 def node_cfg(me, peer, my_port, peer_port):
     return parse_config({
         "cluster": "links", "node": me, "etcd": {"endpoints": ["http://127.0.0.1:1"]},
-        "heartbeat": {"key": KEY, "addresses": ["127.0.0.1", "127.0.0.2"], "port": my_port,
+        "heartbeat": {**KEYS[me], "addresses": ["127.0.0.1", "127.0.0.2"], "port": my_port,
                       "peers": [{"name": peer, "addresses": ["127.0.0.1", "127.0.0.2"], "port": peer_port}]}})
 
 

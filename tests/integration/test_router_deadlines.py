@@ -21,8 +21,9 @@ from vigil.router.proxy import Router
 from vigil.store.keys import Keys
 from vigil.testing import MemoryStore
 from vigil.testing.wait import wait_until
+from vigil.testing.keys import shared_keys
 
-KEY = "ef" * 32
+KEYS = shared_keys('n1')
 
 
 def sse_backend(chunks: int, every: float, stall_after: int | None = None,
@@ -59,7 +60,7 @@ async def router_over(backends: dict[str, web.Application], **cfg):
             {"inference": {"url": f"http://127.0.0.1:{port}", "ready": True}}))
     router_port, hb_port = ports[-2:]
     config = {"cluster": "d", "etcd": {"endpoints": ["http://127.0.0.1:1"]},
-              "listen": {"port": router_port}, "heartbeat": {"port": hb_port, "key": KEY}, **cfg}
+              "listen": {"port": router_port}, "heartbeat": {"port": hb_port, **KEYS["ring"]}, **cfg}
     router = Router(parse_router_config(config), store)
     await router.start()
     await router.listen("127.0.0.1", router_port)

@@ -18,8 +18,9 @@ from vigil.store.events import read_events
 from vigil.store.keys import Keys
 from vigil.testing import MemoryStore
 from vigil.testing.wait import wait_until
+from vigil.testing.keys import shared_keys
 
-KEY = "ef" * 32
+KEYS = shared_keys('a')
 
 
 async def serve(app: web.Application, port: int) -> web.AppRunner:
@@ -53,7 +54,7 @@ async def test_streaming_response_passes_through_without_buffering(tmp_path):
         {"inference": {"url": f"http://127.0.0.1:{backend_port}", "ready": True}}))
     cfg = parse_router_config({"cluster": "s", "etcd": {"endpoints": ["http://127.0.0.1:1"]},
                                "listen": {"port": router_port},
-                               "heartbeat": {"port": hb_port, "key": KEY}})
+                               "heartbeat": {"port": hb_port, **KEYS["ring"]}})
     router = Router(cfg, store)
     await router.start()
     await router.listen("127.0.0.1", router_port)
@@ -85,7 +86,7 @@ async def test_agent_watches_an_external_server_by_url(tmp_path):
     srv = await serve(app, srv_port)
     cfg = parse_config({"cluster": "ext", "node": "a", "data_dir": str(tmp_path),
                         "etcd": {"endpoints": ["http://127.0.0.1:1"]}, "api": {"port": api_port},
-                        "heartbeat": {"key": KEY, "port": hb_port},
+                        "heartbeat": {**KEYS["a"], "port": hb_port},
                         "inference": {"url": f"http://127.0.0.1:{srv_port}", "canary_interval": 0.1,
                                       "canary_timeout": 0.5}})
     store = MemoryStore()
@@ -134,7 +135,7 @@ async def _agent_on(tmp_path, srv_port: int, **inference):
     api_port, hb_port = free_ports(2)
     cfg = parse_config({"cluster": "ext", "node": "a", "data_dir": str(tmp_path),
                         "etcd": {"endpoints": ["http://127.0.0.1:1"]}, "api": {"port": api_port},
-                        "heartbeat": {"key": KEY, "port": hb_port},
+                        "heartbeat": {**KEYS["a"], "port": hb_port},
                         "inference": {"url": f"http://127.0.0.1:{srv_port}", "canary_interval": 0.2,
                                       "canary_timeout": 0.5, "load_interval": 0.1, **inference}})
     store = MemoryStore()

@@ -1,18 +1,22 @@
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
 
 from vigil.config import load_config, parse_config
 from vigil.errors import ConfigError
+from vigil.identity import load_ring
+from vigil.testing.keys import heartbeat_keys, shared_keys
 
-KEY = "ab" * 32
+KEYS = shared_keys("n1", "n2")
+KEY = KEYS["n1"]
 
 
 def good(**over):
     d = {"cluster": "prod", "node": "n1", "etcd": {"endpoints": ["http://127.0.0.1:2379"]},
-         "heartbeat": {"key": KEY, "addresses": ["10.0.0.1", "10.1.0.1"],
+         "heartbeat": {**KEY, "addresses": ["10.0.0.1", "10.1.0.1"],
                        "peers": [{"name": "n2", "addresses": ["10.0.0.2", "10.1.0.2"]}]}}
     d.update(over)
     return d
@@ -22,7 +26,8 @@ def test_good_config_and_defaults():
     c = parse_config(good())
     assert c.heartbeat_port == 694 and c.peers[0].port == 694
     assert c.timing.heartbeat_interval == 0.1 and c.timing.lease_ttl == 10
-    assert c.key == bytes.fromhex(KEY) and c.addresses == ("10.0.0.1", "10.1.0.1")
+    assert c.keys.signing.node == "n1" and set(c.keys.ring.members) == {"n1", "n2"}
+    assert c.addresses == ("10.0.0.1", "10.1.0.1") and c.keys.max_clock_skew == 2.0
     inf = parse_config(good(inference={"url": "http://127.0.0.1:8000", "load_format": "vllm"})).inference
     assert inf.load_path == "/metrics" and inf.stall_window == 10.0 and inf.silence_window == 1.0
 
@@ -33,11 +38,16 @@ def test_good_config_and_defaults():
     (dict(priority=5000), "priority", "0 to 1000"),
     (dict(etcd={"endpoints": ["127.0.0.1:2379"]}), "etcd.endpoints[0]", "http(s)://HOST:PORT"),
     (dict(etcd={"endpoints": []}), "etcd.endpoints", "at least one"),
-    (dict(heartbeat={"key": "zz"}), "heartbeat.key", "hexadecimal"),
-    (dict(heartbeat={"key": "abcd"}), "heartbeat.key", "at least 16 bytes"),
-    (dict(heartbeat={"key": KEY, "peers": [{"name": "n1", "addresses": ["10.0.0.2"]}]}),
+    (dict(heartbeat={"key": "ab" * 32}), "heartbeat.key", "vigil keygen --node"),
+    (dict(heartbeat={"keyring_file": KEY["keyring_file"]}), "heartbeat.signing_key_file", "vigil keygen"),
+    (dict(heartbeat={**KEY, "max_clock_skew": 0}), "heartbeat.max_clock_skew", "0.1..300"),
+    (dict(heartbeat={**KEY, "signing_key_file": KEYS["n2"]["signing_key_file"]}),
+     "heartbeat.signing_key_file", "holds n2's keys"),
+    (dict(heartbeat={**KEY, "peers": [{"name": "n3", "addresses": ["10.0.0.3"]}]}),
+     "heartbeat.keyring_file", "no key for peer n3"),
+    (dict(heartbeat={**KEY, "peers": [{"name": "n1", "addresses": ["10.0.0.2"]}]}),
      "heartbeat.peers[0].name", "differ from this node"),
-    (dict(heartbeat={"key": KEY, "addresses": ["1.2.3.4", "5.6.7.8", "9.9.9.9"]}),
+    (dict(heartbeat={**KEY, "addresses": ["1.2.3.4", "5.6.7.8", "9.9.9.9"]}),
      "heartbeat.addresses", "one or two"),
     (dict(timing={"keepalive_interval": 5}), "timing.keepalive_interval", "lease_ttl/3"),
     (dict(timing={"demote_after": 12}), "timing.demote_after", "< lease_ttl"),
@@ -62,12 +72,23 @@ def test_bad_values_name_field_and_fix(over, field, words):
     assert words in str(e.value)
 
 
-def test_key_file_is_read_relative_to_config(tmp_path):
-    (tmp_path / "k").write_text(KEY + "\n")
+def test_key_files_are_read_relative_to_config(tmp_path):
+    heartbeat_keys(tmp_path / "keys", ["n1"])
     d = good()
-    d["heartbeat"] = {"key_file": "k"}
+    d["heartbeat"] = {"signing_key_file": "keys/n1.key", "keyring_file": "keys/cluster.keyring"}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(d))
-    assert load_config(tmp_path / "c.yaml").key == bytes.fromhex(KEY)
+    keys = load_config(tmp_path / "c.yaml").keys
+    assert keys.signing.node == "n1" and keys.signing.public(1) == \
+        keys.ring.members["n1"][1].public_bytes_raw().hex()
+
+
+def test_a_ring_without_our_signing_key_is_refused(tmp_path):
+    """Peers would refuse every heartbeat: say so at start, not by being fenced."""
+    other = heartbeat_keys(tmp_path / "other", ["n1", "n2"])
+    with pytest.raises(ConfigError) as e:
+        parse_config(good(heartbeat={**KEY, "keyring_file": other["ring"]["keyring_file"]}))
+    assert e.value.field == "heartbeat.keyring_file" and "does not hold n1's key 1" in str(e.value)
+    assert set(load_ring(other["ring"]["keyring_file"], "x").members) == {"n1", "n2"}
 
 
 @pytest.mark.parametrize("text", ["cluster: [", "- just a list", "", "cluster: prod\nnode: n1\n"])
@@ -121,16 +142,18 @@ def test_unreachable_etcd_is_a_clear_failure_not_a_hang():
     assert r.returncode == 1 and "etcd did not answer" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_a_misspelled_secret_is_never_echoed():
+def test_a_misspelled_secret_is_never_echoed(tmp_path):
     """Issue 9 #7: `pasword: hunter2` was printed back in the error."""
     fencing = {"topology": {"n2": [{"type": "ipmi", "host": "127.0.0.1", "user": "admin",
                                     "pasword": "hunter2"}]}}
     with pytest.raises(ConfigError) as e:
         parse_config(good(fencing=fencing))
     assert "hunter2" not in str(e.value) and "did you mean 'password'" in str(e.value)
+    secret = tmp_path / "n1.key"
+    secret.write_text("node: n1\nsend: 1\nkeys: {1: hunter2-is-not-hex}\n")
     with pytest.raises(ConfigError) as e:
-        parse_config(good(heartbeat={"key": "not hex at all, but secret"}))
-    assert "secret" not in str(e.value) and "<hidden>" in str(e.value)
+        parse_config(good(heartbeat={**KEY, "signing_key_file": str(secret)}))
+    assert "hunter2" not in str(e.value) and "<hidden>" in str(e.value)
 
 
 def test_files_others_could_change_are_refused_when_running_as_root(tmp_path):
@@ -142,12 +165,13 @@ def test_files_others_could_change_are_refused_when_running_as_root(tmp_path):
         load_config(cfg)
     assert e.value.field == "config file" and f"chmod go-w {cfg}" in str(e.value)
     os.chmod(cfg, 0o644)
-    key = tmp_path / "cluster.key"
-    key.write_text(KEY)
+    keys = heartbeat_keys(tmp_path / "keys", ["n1", "n2"])
+    key = Path(keys["n1"]["signing_key_file"])
     os.chown(key, 1000, 0)
-    cfg.write_text(yaml.safe_dump(good(heartbeat={"key_file": "cluster.key"})))
+    cfg.write_text(yaml.safe_dump(good(heartbeat={**keys["n1"]})))
     with pytest.raises(ConfigError) as e:
         load_config(cfg)
-    assert e.value.field == "heartbeat.key_file" and "not root" in str(e.value) and "chown root" in str(e.value)
+    assert e.value.field == "heartbeat.signing_key_file" and "not root" in str(e.value) \
+        and "chown root" in str(e.value)
     os.chown(key, 0, 0)
-    assert load_config(cfg).key == bytes.fromhex(KEY)
+    assert load_config(cfg).keys.signing.node == "n1"

@@ -2,8 +2,9 @@ import pytest
 
 from vigil.errors import ConfigError
 from vigil.router.config import load_router_config, parse_router_config
+from vigil.testing.keys import shared_keys
 
-BASE = {"cluster": "prod", "etcd": {"endpoints": ["http://127.0.0.1:2379"]}, "heartbeat": {"key": "ab" * 32}}
+BASE = {"cluster": "prod", "etcd": {"endpoints": ["http://127.0.0.1:2379"]}, "heartbeat": shared_keys("n1")["ring"]}
 
 
 def test_defaults():
@@ -37,7 +38,7 @@ def test_admission_and_deadlines_are_validated():
     from vigil.errors import ConfigError
     from vigil.router.config import parse_router_config
     base = {"cluster": "c", "etcd": {"endpoints": ["http://127.0.0.1:2379"]},
-            "heartbeat": {"key": "ab" * 16}}
+            "heartbeat": shared_keys("n1")["ring"]}
     cfg = parse_router_config({**base, "retry": {"first_byte_timeout": 4, "idle_timeout": 20},
                                "admission": {"initial_limit": 8, "queue_wait": 0.5, "panic_threshold": 0.3}})
     assert cfg.retry.per_try_timeout == 4.0 and cfg.retry.idle_timeout == 20.0

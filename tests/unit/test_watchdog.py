@@ -11,6 +11,7 @@ from vigil.agent.watchdog import (AUTOMATIC, OFF, REQUIRED, LinuxWatchdogDevice,
                                   WatchdogError, fitting_timeout)
 from vigil.config import parse_config
 from vigil.errors import ConfigError
+from vigil.testing.keys import shared_keys
 
 
 class FakeDevice:
@@ -112,7 +113,7 @@ def test_linux_device_reports_a_missing_path_and_a_file_that_is_no_watchdog(tmp_
 
 def base(**extra):
     return {"cluster": "c", "node": "n1", "etcd": {"endpoints": ["http://127.0.0.1:2379"]},
-            "heartbeat": {"key": "ab" * 32}} | extra
+            "heartbeat": shared_keys("n1")["n1"]} | extra
 
 
 def test_config_defaults_to_automatic_with_a_fitting_timeout():

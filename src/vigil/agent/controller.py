@@ -3,8 +3,11 @@ behind a token-guarded gateway (vigil.fencing.actuator).
 
 While this node leads, it writes the register every `interval` seconds,
 starting at once on acquisition, each write carrying the fencing token. The
-write is attempted only after a fresh `is_leader()` check; a 409 from the
-gateway means a newer leader exists: this node stops writing and says so.
+write is attempted only after a fresh `is_leader()` check and is signed with
+this node's key (vigil.fencing.signed); a 409 from the gateway means a newer
+leader exists, a 403 that etcd names another leader: either way this node
+stops writing and says so. A 401 (signature refused) is reported as an
+event: the gateway's key ring lacks this node's current key.
 
 Every write the gateway acknowledged is appended to `acks` (JSON lines:
 node, token, register, value, at): the operator's audit trail of what this
@@ -25,6 +28,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 
 from vigil.fencing import TOKEN_HEADER
+from vigil.fencing.signed import sign_request
 
 if TYPE_CHECKING:
     from vigil.agent.daemon import Agent
@@ -55,23 +59,30 @@ class Controller:
 
     async def _drive(self, token: int) -> None:
         a = self.agent
-        value = 0
+        value, unauthorised = 0, False
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.0)) as http:
             while a.is_leader() and a.role.token == token:
                 value = (value + 1) % 65536
+                body = json.dumps({"register": self.register, "value": value, "token": token}).encode()
+                headers = {TOKEN_HEADER: str(token), "Content-Type": "application/json",
+                           **sign_request(a.cfg.keys.signing, "POST", "/write", body, a.clock.wall())}
                 try:
-                    async with http.post(self.gateway + "/write", headers={TOKEN_HEADER: str(token)},
-                                         json={"register": self.register, "value": value,
-                                               "token": token}) as r:
-                        if r.status == 409:
-                            self.rejected += 1
-                            a.events.record("actuator_rejected", f"the actuator refused token {token}: "
-                                            "a newer leader has written; stopping", token=token)
-                            return
+                    async with http.post(self.gateway + "/write", headers=headers, data=body) as r:
                         if r.status == 200:
                             self.accepted += 1
                             self._acknowledged(token, value)
-                except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+                        elif r.status in (401, 403, 409):
+                            self.rejected += 1
+                            why = (await r.json(content_type=None)).get("error", "")
+                            if r.status != 401:
+                                a.events.record("actuator_rejected", f"the actuator refused token "
+                                                f"{token}: {why}; stopping", token=token, status=r.status)
+                                return
+                            if not unauthorised:  # once per leadership, not once per write
+                                a.events.record("actuator_unauthorised", "the actuator refused this "
+                                                f"node's signature: {why}", token=token)
+                            unauthorised = True
+                except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as e:
                     log.warning("actuator write failed: %s", e)
                 await asyncio.sleep(self.interval)
 

@@ -15,6 +15,7 @@ the detector tick also demotes it within 10 ms.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import time
@@ -32,7 +33,7 @@ from vigil.clock import SystemClock
 from vigil.config import NodeConfig
 from vigil.core.leader import LeaderRole, RoleChange
 from vigil.core.peers import PeerTransition
-from vigil.errors import StoreError, VigilError
+from vigil.errors import ConfigError, StoreError, VigilError
 from vigil.store.base import Store
 from vigil.store.election import Election
 from vigil.store.etcd import EtcdStore, lease_revocation_bug
@@ -131,6 +132,23 @@ class Agent:
     def _heartbeat_status(self) -> tuple[str, str]:
         return ("healthy" if self.healthy else "unhealthy",
                 "leader" if self.is_leader() else "standby")
+
+    def reload_keys(self) -> bool:
+        """Read the signing key file and the key ring again (SIGHUP): the new
+        ring verifies, the file's `send` key signs, from the next packet on.
+        A file that does not load changes nothing and is reported."""
+        try:
+            keys = self.cfg.keys.reload(self.cfg.node, [p.name for p in self.cfg.peers])
+        except ConfigError as e:
+            self.events.record("keys_reload_failed", f"heartbeat keys not reloaded, the old ones "
+                               f"stay in use: {e}")
+            return False
+        self.cfg = dataclasses.replace(self.cfg, keys=keys)
+        self.heartbeats.use_keys(keys)
+        ring = {n: sorted(ids) for n, ids in keys.ring.members.items()}
+        self.events.record("keys_reloaded", f"heartbeat keys reloaded: signing with key "
+                           f"{keys.signing.send}, ring {ring}", send=keys.signing.send, ring=ring)
+        return True
 
     # -- lifecycle -------------------------------------------------------------
     async def run(self, stop: asyncio.Event, api_ready: asyncio.Event | None = None) -> None:

@@ -16,7 +16,7 @@ import logging
 from typing import Callable
 
 from vigil.clock import Clock
-from vigil.config import NodeConfig
+from vigil.config import HeartbeatKeys, NodeConfig
 from vigil.core.detector import PauseGuard
 from vigil.core.peers import PeerTable, PeerTransition
 from vigil.net.transport import HeartbeatReceiver, HeartbeatTransport
@@ -35,12 +35,14 @@ class HeartbeatService:
         self.cfg, self.clock, self.incarnation = cfg, clock, incarnation
         self.on_transitions, self.status = on_transitions, status
         self.peers = PeerTable([p.name for p in cfg.peers], cfg.timing.detector(), cfg.timing.rise)
-        self.receiver = HeartbeatReceiver(cfg.cluster, cfg.node, cfg.key, set(self.peers.peers))
+        self.receiver = HeartbeatReceiver(cfg.cluster, cfg.node, cfg.keys.ring,
+                                          {p.name: set(p.addresses) for p in cfg.peers},
+                                          clock.wall, cfg.keys.max_clock_skew)
         links = {p.name: [(a, p.port) for a in p.addresses] for p in cfg.peers}
         for o in cfg.observers:  # routers hear us but send nothing back
             links[f"observer {o.address}:{o.port}"] = [(o.address, o.port)]
         self.transport = HeartbeatTransport(self.receiver, list(cfg.addresses), cfg.heartbeat_port,
-                                            links, self._deliver)
+                                            links, self._deliver, cfg.keys.signing)
         self.guard = PauseGuard(TICK, PAUSE_TOLERANCE)
         self._seq = itertools.count(1)
         self._tasks: list[asyncio.Task] = []
@@ -55,6 +57,10 @@ class HeartbeatService:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.transport.close()
+
+    def use_keys(self, keys: HeartbeatKeys) -> None:
+        """Verify with the new ring and sign with the new key from the next packet on."""
+        self.receiver.ring, self.transport.signer = keys.ring, keys.signing
 
     def send_now(self) -> None:
         health, role = self.status()

@@ -1,12 +1,11 @@
-"""`vigil agent`, `vigil check-config`, `vigil keygen`."""
+"""`vigil agent`, `vigil check-config`."""
 
 from __future__ import annotations
 
 import logging
-import secrets
 import sys
 
-from vigil.cli.runner import run, stop_on_signals
+from vigil.cli.runner import on_reload, run, stop_on_signals
 from vigil.config import load_config
 
 
@@ -17,8 +16,6 @@ def register(sub) -> None:
     p = sub.add_parser("check-config", help="validate a node configuration file and exit")
     p.add_argument("config")
     p.set_defaults(func=check_config)
-    p = sub.add_parser("keygen", help="print a new random heartbeat key (hex)")
-    p.set_defaults(func=lambda _: print(secrets.token_hex(32)))
 
 
 def check_config(args) -> int:
@@ -61,7 +58,9 @@ def run_agent(args) -> int:
     from vigil.agent import Agent
 
     async def main() -> None:
-        await Agent(cfg).run(stop_on_signals())
+        agent = Agent(cfg)
+        on_reload(agent.reload_keys)
+        await agent.run(stop_on_signals())
 
     run(main)
     return 0

@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from vigil.cli.runner import run, stop_on_signals
+from vigil.cli.runner import on_reload, run, stop_on_signals
 from vigil.errors import ConfigError
 
 
@@ -17,6 +17,13 @@ def register(sub) -> None:
     p.add_argument("--listen", type=int, required=True, metavar="PORT", help="HTTP port")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--state", required=True, metavar="DIR", help="highest token and write history")
+    p.add_argument("--keyring", required=True, metavar="FILE",
+                   help="the cluster's key ring: only nodes in it may write (reloaded on SIGHUP)")
+    p.add_argument("--etcd", required=True, metavar="URL[,URL...]",
+                   help="etcd endpoints: a token is accepted only if it is the leader key's")
+    p.add_argument("--cluster", required=True, help="the cluster name (its etcd key prefix)")
+    p.add_argument("--max-skew", type=float, default=5.0, metavar="SECONDS",
+                   help="how far a command's signing time may be from ours (default 5)")
     p.set_defaults(func=gateway)
     p = sub.add_parser("plc-sim", help="a Modbus/TCP PLC simulator (100 holding registers)")
     p.add_argument("--port", type=int, required=True)
@@ -32,20 +39,43 @@ def gateway(args) -> int:
 
     from vigil.fencing import TokenGuard
     from vigil.fencing.actuator import ActuatorGateway, ModbusPlc
+    from vigil.fencing.signed import RequestVerifier
+    from vigil.identity import load_ring
+    from vigil.store.etcd import EtcdStore
+    from vigil.store.keys import Keys
 
+    if not 0.1 <= args.max_skew <= 300:
+        raise ConfigError("--max-skew", args.max_skew, "must be 0.1..300 seconds")
+    verifier = RequestVerifier(load_ring(args.keyring, "--keyring"), args.max_skew)
     state = Path(args.state)
     state.mkdir(parents=True, exist_ok=True)
 
+    def reload() -> None:
+        try:
+            verifier.ring = load_ring(args.keyring, "--keyring")
+            logging.info("key ring reloaded")
+        except ConfigError as e:
+            logging.error("key ring not reloaded, the old one stays in use: %s", e)
+
     async def main() -> None:
+        store = EtcdStore(args.etcd.split(","), 1.0)
+        leader_key = Keys(args.cluster).leader
+
+        async def leader_of() -> tuple[str, int] | None:
+            kv = await store.get(leader_key)
+            return (kv.value, kv.create_revision) if kv else None
         plc = ModbusPlc(host, int(port))
-        gw = ActuatorGateway(plc, TokenGuard(state / "highest-token"), state / "writes.jsonl")
+        gw = ActuatorGateway(plc, TokenGuard(state / "highest-token"), state / "writes.jsonl",
+                             verifier, leader_of)
         runner = web.AppRunner(gw.app, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, args.host, args.listen).start()
+        on_reload(reload)
         try:
             await stop_on_signals().wait()
         finally:
             await runner.cleanup()
+            await store.close()
             plc.close()
 
     run(main)

@@ -7,7 +7,8 @@ import argparse
 import sys
 
 from vigil import __version__
-from vigil.cli import agent_cmd, cluster_cmd, demo_cmd, fence_cmd, lab_cmd, router_cmd, serve_cmd
+from vigil.cli import (agent_cmd, cluster_cmd, demo_cmd, fence_cmd, keygen_cmd, lab_cmd, router_cmd,
+                       serve_cmd)
 from vigil.errors import ConfigError, VigilError
 
 
@@ -24,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     agent_cmd.register(sub)
+    keygen_cmd.register(sub)
     cluster_cmd.register(sub)
     lab_cmd.register(sub)
     serve_cmd.register(sub)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from vigil.cli.runner import run, stop_on_signals
+from vigil.cli.runner import on_reload, run, stop_on_signals
 
 
 def register(sub) -> None:
@@ -29,6 +29,7 @@ def run_router(args) -> int:
         e = cfg.etcd
         store = EtcdStore(list(e.endpoints), 1.0, e.ca_file, e.cert_file, e.key_file)
         router = Router(cfg, store)
+        on_reload(router.membership.reload_keys)
         await router.start()
         try:
             try:

@@ -17,6 +17,11 @@ def stop_on_signals() -> asyncio.Event:
     return stop
 
 
+def on_reload(callback: Callable[[], Any]) -> None:
+    """Call `callback` on SIGHUP (call inside the running loop)."""
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, callback)
+
+
 def run(main: Callable[[], Awaitable[Any]]) -> None:
     try:
         import uvloop  # type: ignore[import-not-found]

@@ -1,10 +1,17 @@
 """ActuatorGateway: the only path to a PLC's holding registers, fenced by token.
 
 A PLC speaking Modbus/TCP cannot check fencing tokens itself, so every write
-goes through this gateway: POST /write {"register", "value", "token"}. The
-TokenGuard admits the token first (a deposed leader gets 409 and the
-register is untouched), then the value is written with pymodbus and read
-back. Every attempt, accepted or not, is appended to a JSON-lines history
+goes through this gateway: POST /write {"register", "value", "token"},
+signed by the node that sends it (vigil.fencing.signed). In order:
+- a body that is not that JSON object: 400;
+- a missing, wrong, stale or replayed signature: 401;
+- a token that is neither the one this gateway already accepted from the
+  same node, nor the create revision of the leader key in etcd held by the
+  signing node: 403 (so nobody can push the guard to 2^63 and lock every
+  future leader out); etcd not answering while that must be checked: 503;
+- a token lower than the highest accepted (a deposed leader): 409, and the
+  register is untouched;
+- otherwise the value is written with pymodbus and read back (PLC error: 502). Every attempt, accepted or not, is appended to a JSON-lines history
 that the chaos checker reads (tokens accepted must never decrease; no stale
 write is ever accepted).
 
@@ -18,12 +25,15 @@ import asyncio
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
-from vigil.errors import VigilError
+from vigil.errors import StoreError, VigilError
 from vigil.fencing.guard import StaleToken, TokenGuard
+from vigil.fencing.signed import RequestVerifier, Unauthorised
+
+LeaderOf = Callable[[], Awaitable[tuple[str, int] | None]]  # etcd's (leader, token), None if none
 
 
 class PlcError(VigilError):
@@ -76,23 +86,45 @@ class ModbusPlc:
             self._client.close()
 
 
+class Refused(VigilError):
+    def __init__(self, status: int, message: str):
+        self.status = status
+        super().__init__(message)
+
+
 class ActuatorGateway:
-    def __init__(self, plc: ModbusPlc, guard: TokenGuard, history: Path):
+    def __init__(self, plc: ModbusPlc, guard: TokenGuard, history: Path, verifier: RequestVerifier,
+                 leader_of: LeaderOf, clock: Callable[[], float] = time.time):
         self.plc, self.guard, self.history = plc, guard, history
+        self.verifier, self.leader_of, self.clock = verifier, leader_of, clock
+        self.owner: tuple[str, int] | None = None  # (node, token) confirmed with etcd
         self._lock = asyncio.Lock()
         self.app = web.Application(client_max_size=64 * 1024)
         self.app.add_routes([web.post("/write", self.write), web.get("/read", self.read),
                              web.get("/status", self.status)])
 
     async def write(self, request: web.Request) -> web.Response:
+        raw = await request.read()
         try:
-            body = await request.json()
+            body = json.loads(raw)
+            if not isinstance(body, dict):
+                raise VigilError(f"the body is {type(body).__name__}, not an object")
             register, value, token = _int(body, "register", 0, 65535), _int(body, "value", 0, 65535), \
                 _int(body, "token", 1, 2**63)
-        except (ValueError, VigilError, AttributeError) as e:
+        except (ValueError, VigilError) as e:
             return web.json_response({"error": f"bad write request: {e}; send JSON "
                                       '{"register": N, "value": V, "token": T}'}, status=400)
+        try:
+            node = self.verifier.verify(request.headers, request.method, request.path, raw, self.clock())
+        except Unauthorised as e:
+            self._record(token, register, value, False, f"unauthorised: {e}")
+            return web.json_response({"error": f"unauthorised: {e}"}, status=401)
         async with self._lock:
+            try:
+                await self._authorise(node, token)
+            except Refused as e:
+                self._record(token, register, value, False, str(e), node=node)
+                return web.json_response({"error": str(e)}, status=e.status)
             try:
                 self.guard.admit(token)
             except StaleToken as e:
@@ -103,8 +135,21 @@ class ActuatorGateway:
             except PlcError as e:
                 self._record(token, register, value, False, str(e))
                 return web.json_response({"error": str(e)}, status=502)
-            self._record(token, register, value, True, "written", readback)
+            self._record(token, register, value, True, "written", readback, node)
         return web.json_response({"register": register, "value": readback, "token": token})
+
+    async def _authorise(self, node: str, token: int) -> None:
+        """Raises Refused unless `token` is `node`'s leadership token."""
+        if self.owner == (node, token) or token < self.guard.highest:
+            return  # accepted before; or stale, which the guard refuses with 409
+        try:
+            leader = await self.leader_of()
+        except StoreError as e:
+            raise Refused(503, f"cannot confirm token {token} with etcd ({e}); retry") from None
+        if leader != (node, token):
+            held = f"{leader[0]} holds token {leader[1]}" if leader else "no node leads"
+            raise Refused(403, f"token {token} is not {node}'s leadership: in etcd {held}")
+        self.owner = (node, token)
 
     async def read(self, request: web.Request) -> web.Response:
         try:
@@ -116,12 +161,15 @@ class ActuatorGateway:
             return web.json_response({"error": str(e)}, status=502)
 
     async def status(self, _: web.Request) -> web.Response:
-        return web.json_response({"highest_token": self.guard.highest, "rejected": self.guard.rejected})
+        return web.json_response({"highest_token": self.guard.highest, "rejected": self.guard.rejected,
+                                  "owner": self.owner and {"node": self.owner[0], "token": self.owner[1]},
+                                  "keyring": {n: sorted(ids) for n, ids in
+                                              self.verifier.ring.members.items()}})
 
     def _record(self, token: int, register: int, value: int, accepted: bool, reason: str,
-                readback: int | None = None) -> None:
+                readback: int | None = None, node: str | None = None) -> None:
         line = json.dumps({"at": time.time(), "token": token, "register": register, "value": value,
-                           "accepted": accepted, "reason": reason, "readback": readback})
+                           "accepted": accepted, "reason": reason, "readback": readback, "node": node})
         with open(self.history, "a") as f:
             f.write(line + "\n")
 

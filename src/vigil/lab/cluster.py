@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import secrets
 import signal
 import sys
 import urllib.error
@@ -28,6 +27,7 @@ from typing import Any, Awaitable, Callable
 import yaml
 
 from vigil.errors import ConfigError, VigilError
+from vigil.identity import make_cluster_keys
 from vigil import procs
 from vigil.lab.etcd import EtcdCluster
 from vigil.lab.fencing import LabFencing
@@ -89,9 +89,7 @@ class Lab:
         root.mkdir(parents=True, exist_ok=True)
         hosts = [(net.host(i + 1), net.ns(i + 1)) for i in range(n)] if net else None
         etcd = EtcdCluster.plan(root / "etcd", 3, hosts)
-        key_file = root / "cluster.key"
-        key_file.write_text(secrets.token_hex(32) + "\n")
-        key_file.chmod(0o600)
+        make_cluster_keys(root / "keys", [f"n{i + 1}" for i in range(n)])
         ports = procs.free_ports(3 * n + 2)
         nodes = []
         for i in range(n):
@@ -123,7 +121,8 @@ class Lab:
             "api": {"host": node.host, "port": int(node.api_url.rsplit(":", 1)[1])},
             "etcd": {"endpoints": self.etcd.endpoints},
             "heartbeat": {"addresses": [node.host], "port": node.heartbeat_port,
-                          "key_file": str(self.root / "cluster.key"),
+                          "signing_key_file": str(self.root / "keys" / f"{node.name}.key"),
+                          "keyring_file": str(self.root / "keys" / "cluster.keyring"),
                           "peers": [{"name": p.name, "addresses": [p.host], "port": p.heartbeat_port}
                                     for p in self.nodes if p.name != node.name],
                           "observers": ([{"address": "127.0.0.1", "port": self.router.heartbeat_port}]
@@ -150,7 +149,7 @@ class Lab:
                 "listen": {"host": "127.0.0.1", "port": int(self.router.url.rsplit(":", 1)[1])},
                 "etcd": {"endpoints": self.etcd.endpoints},
                 "heartbeat": {"address": "127.0.0.1", "port": self.router.heartbeat_port,
-                              "key_file": str(self.root / "cluster.key")},
+                              "keyring_file": str(self.root / "keys" / "cluster.keyring")},
                 "retry": {"per_try_timeout": 3.0, "max_attempts": 3}}
 
     @classmethod
@@ -168,7 +167,8 @@ class Lab:
             self.save()
             self.etcd.wait_healthy()
             if self.fencing:
-                self.fencing.start_support()
+                self.fencing.start_support(str(self.root / "keys" / "cluster.keyring"),
+                                           self.etcd.endpoints, self.cluster)
             for node in self.nodes:
                 self.start_agent(node.name)
             if self.router:
@@ -266,6 +266,16 @@ class Lab:
     def signal_agent(self, name: str, sig: int) -> bool:
         node = self.node(name)
         return procs.signal_pid(node.agent_pid, sig, node.config)
+
+    def reload_keys(self, names: list[str] | None = None) -> None:
+        """SIGHUP: the named agents (all by default) read their keys again;
+        with every agent, the router and the actuator gateway too."""
+        for name in names or [n.name for n in self.nodes]:
+            self.signal_agent(name, signal.SIGHUP)
+        if names is None and self.router:
+            procs.signal_pid(self.router.pid, signal.SIGHUP, self.router.config)
+        if names is None and self.fencing:
+            procs.signal_pid(self.fencing.gateway_pid, signal.SIGHUP, "actuator-gateway")
 
     def kill_agent(self, name: str) -> None:
         node = self.node(name)

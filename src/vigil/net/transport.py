@@ -5,6 +5,11 @@ Contract:
 - `HeartbeatReceiver.receive` never raises: every packet is either delivered
   ("accepted"), reported as an authentic duplicate ("duplicate": its link
   works, but the detector is not fed twice) or dropped and counted.
+- A packet is delivered only if it is signed by the node it names with a key
+  in the ring, comes from one of that node's addresses, and was sent within
+  `max_skew` seconds of the receiver's wall clock (so packets captured
+  earlier cannot be replayed after a restart cleared the replay windows:
+  the nodes' clocks must be synchronised, e.g. by chrony, within it).
 - Send errors (EPERM from a local firewall, ENETUNREACH while a link is
   down) are counted in `send_errors` and never stop the sender.
 """
@@ -17,35 +22,61 @@ from collections import Counter
 from typing import Callable
 
 from vigil.errors import WireError
+from vigil.identity import KeyRing, SigningKeys
 from vigil.net.wire import Heartbeat, ReplayGuard, decode, encode
 
 log = logging.getLogger(__name__)
 
 Delivery = Callable[[Heartbeat, str, str], None]  # (heartbeat, link, verdict)
+DEFAULT_MAX_SKEW = 2.0
 
 
 class HeartbeatReceiver:
-    """Authenticates and de-duplicates packets; counts every rejection by reason."""
+    """Authenticates and de-duplicates packets; counts every rejection by reason.
 
-    def __init__(self, cluster: str, me: str, key: bytes, peers: set[str]):
-        self.cluster, self.me, self.key = cluster, me, key
-        self.guards = {p: ReplayGuard() for p in peers}
+    `peers` maps each peer to the addresses its packets may come from;
+    `ring` may be replaced at any time (a key reload)."""
+
+    def __init__(self, cluster: str, me: str, ring: KeyRing, peers: dict[str, set[str]],
+                 wall: Callable[[], float], max_skew: float = DEFAULT_MAX_SKEW):
+        self.cluster, self.me, self.ring, self.wall, self.max_skew = cluster, me, ring, wall, max_skew
+        self.guards: dict[str, ReplayGuard] = {}
+        self.sources: dict[str, frozenset[str]] = {}
+        for p, addrs in peers.items():
+            self.track(p, addrs)
         self.counters: Counter[str] = Counter()
+        self.skew: dict[str, float] = {}  # node -> last authentic packet's send time minus ours
 
-    def receive(self, packet: bytes) -> tuple[str, Heartbeat | None]:
+    def track(self, peer: str, addresses: set[str]) -> None:
+        """Accept `peer`'s packets from `addresses` from now on."""
+        self.guards.setdefault(peer, ReplayGuard())
+        self.sources[peer] = frozenset(addresses)
+
+    def receive(self, packet: bytes, source: str) -> tuple[str, Heartbeat | None]:
         try:
-            hb = decode(packet, self.key, self.cluster)
+            hb = decode(packet, self.ring, self.cluster)
         except WireError as e:
             self.counters[e.reason] += 1
             return e.reason, None
-        if hb.node == self.me:
-            verdict = "self"
-        elif hb.node not in self.guards:
-            verdict = "unknown_node"
-        else:
-            verdict = self.guards[hb.node].check(hb.incarnation, hb.seq)
+        verdict = self._judge(hb, source)
         self.counters[verdict] += 1
         return verdict, hb
+
+    def _judge(self, hb: Heartbeat, source: str) -> str:
+        if hb.node == self.me:
+            return "self"
+        if hb.node not in self.guards:
+            return "unknown_node"
+        if source not in self.sources[hb.node]:
+            return "wrong_source"
+        skew = hb.sent_us / 1e6 - self.wall()
+        self.skew[hb.node] = skew
+        if abs(skew) > self.max_skew:
+            if self.counters["stale"] % 100 == 0:  # a clock problem, not an attack: say it, rarely
+                log.warning("heartbeat from %s sent %.3f s from our clock (window %.1f s): check "
+                            "time synchronisation (chrony) on both nodes", hb.node, skew, self.max_skew)
+            return "stale"
+        return self.guards[hb.node].check(hb.incarnation, hb.seq)
 
 
 class _Protocol(asyncio.DatagramProtocol):
@@ -63,8 +94,9 @@ class HeartbeatTransport:
     """Sends our heartbeats on every link and delivers peers' heartbeats."""
 
     def __init__(self, receiver: HeartbeatReceiver, bind: list[str], port: int,
-                 peer_links: dict[str, list[tuple[str, int]]], deliver: Delivery):
-        self.receiver, self.bind, self.port = receiver, bind, port
+                 peer_links: dict[str, list[tuple[str, int]]], deliver: Delivery,
+                 signer: SigningKeys | None = None):
+        self.receiver, self.bind, self.port, self.signer = receiver, bind, port, signer
         self.peer_links, self.deliver = peer_links, deliver
         self._transports: list[asyncio.DatagramTransport] = []
         self.sent = 0
@@ -83,10 +115,11 @@ class HeartbeatTransport:
             self._transports.append(tr)
 
     def send(self, hb: Heartbeat) -> None:
-        """Send to every peer on every link; a no-op before start and after close."""
-        if not self._transports:
+        """Send to every peer on every link; a no-op before start and after
+        close, and for a receive-only transport (a router's)."""
+        if not self._transports or self.signer is None:
             return
-        packet = encode(hb, self.receiver.key)
+        packet = encode(hb, self.signer)
         for links in self.peer_links.values():
             for i, dest in enumerate(links):
                 # Link i leaves through local address i, so two links use two paths.
@@ -103,6 +136,6 @@ class HeartbeatTransport:
         self._transports.clear()
 
     def _on_datagram(self, data: bytes, addr) -> None:
-        verdict, hb = self.receiver.receive(data)
+        verdict, hb = self.receiver.receive(data, addr[0])
         if hb is not None and verdict in ("accepted", "duplicate"):
             self.deliver(hb, addr[0], verdict)

@@ -1,6 +1,6 @@
-"""Heartbeat packets: a versioned binary format authenticated with HMAC-SHA256.
+"""Heartbeat packets: a versioned binary format, signed by the sending node.
 
-Layout (network byte order), version 1:
+Layout (network byte order), version 2:
 
     offset size  field
     0      4     magic b"VGHB"
@@ -10,13 +10,18 @@ Layout (network byte order), version 1:
     7      1     len(node) N, 1..64
     8      8     incarnation (grows on every restart of the sender)
     16     8     sequence number (grows with every packet of one incarnation)
-    24     8     send time, sender's wall clock in microseconds (diagnostics only)
+    24     8     send time, sender's wall clock in microseconds (the receiver's
+                 send-time window refuses captured packets replayed later)
     32     1     health (0 unknown, 1 healthy, 2 degraded, 3 unhealthy)
     33     1     role (0 unknown, 1 standby, 2 leader)
-    34     2     reserved (0)
+    34     2     key id: which of the sender's keys signed it (vigil.identity)
     36     C     cluster name, UTF-8
     36+C   N     node name, UTF-8
-    36+C+N 32    HMAC-SHA256 over every byte before it, keyed with the cluster key
+    36+C+N 64    Ed25519 signature over every byte before it, by the named node's
+                 key: a node can speak only for itself
+
+Version 1 (HMAC with one shared cluster key) let any key holder speak for
+any node and is no longer accepted.
 
 `decode` never raises anything but `WireError`, whose `reason` is one of
 REJECT_REASONS: every rejected packet lands in exactly one counter.
@@ -24,23 +29,22 @@ REJECT_REASONS: every rejected packet lands in exactly one counter.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import struct
 from dataclasses import dataclass
 
 from vigil.errors import WireError
+from vigil.identity import SIG_LEN, KeyRing, SigningKeys
 
 MAGIC = b"VGHB"
-VERSION = 1
+VERSION = 2
 _HEADER = struct.Struct("!4sBBBBQQQBBH")
-MAC_LEN = 32
-MIN_LEN = _HEADER.size + 2 + MAC_LEN
+MIN_LEN = _HEADER.size + 2 + SIG_LEN
 MAX_NAME = 64
 HEALTH = ("unknown", "healthy", "degraded", "unhealthy")
 ROLES = ("unknown", "standby", "leader")
 REJECT_REASONS = ("truncated", "bad_magic", "bad_version", "malformed", "wrong_cluster",
-                  "forged", "unknown_node", "replayed", "duplicate", "self")
+                  "forged", "unknown_node", "unknown_key", "wrong_source", "stale", "replayed",
+                  "duplicate", "self")
 
 
 @dataclass(frozen=True)
@@ -54,44 +58,44 @@ class Heartbeat:
     role: str = "unknown"
 
 
-def encode(hb: Heartbeat, key: bytes) -> bytes:
-    """Serialise and sign one heartbeat. Raises WireError on unencodable fields."""
+def encode(hb: Heartbeat, signer: SigningKeys) -> bytes:
+    """Serialise one heartbeat and sign it with the sender's current key.
+    Raises WireError on unencodable fields."""
     c, n = hb.cluster.encode(), hb.node.encode()
     if not (1 <= len(c) <= MAX_NAME and 1 <= len(n) <= MAX_NAME):
         raise WireError("malformed", "cluster and node names must be 1..64 bytes")
     try:
         head = _HEADER.pack(MAGIC, VERSION, 0, len(c), len(n), hb.incarnation, hb.seq,
-                            hb.sent_us, HEALTH.index(hb.health), ROLES.index(hb.role), 0)
+                            hb.sent_us, HEALTH.index(hb.health), ROLES.index(hb.role), signer.send)
     except (struct.error, ValueError) as e:
         raise WireError("malformed", str(e)) from None
     body = head + c + n
-    return body + hmac.new(key, body, hashlib.sha256).digest()
+    return body + signer.sign(body)
 
 
-def decode(packet: bytes, key: bytes, cluster: str) -> Heartbeat:
-    """Parse and authenticate one packet for `cluster`. Raises WireError."""
+def decode(packet: bytes, ring: KeyRing, cluster: str) -> Heartbeat:
+    """Parse one packet for `cluster` and verify its signature against the
+    named node's key in `ring`. Raises WireError."""
     if len(packet) < MIN_LEN:
         raise WireError("truncated", f"{len(packet)} bytes < {MIN_LEN}")
     (magic, version, _flags, clen, nlen, inc, seq, sent, health, role,
-     _res) = _HEADER.unpack_from(packet)
+     key_id) = _HEADER.unpack_from(packet)
     if magic != MAGIC:
         raise WireError("bad_magic")
     if version != VERSION:
         raise WireError("bad_version", f"version {version}, this node speaks {VERSION}")
     end = _HEADER.size + clen + nlen
-    if not (1 <= clen <= MAX_NAME and 1 <= nlen <= MAX_NAME) or len(packet) != end + MAC_LEN:
+    if not (1 <= clen <= MAX_NAME and 1 <= nlen <= MAX_NAME) or len(packet) != end + SIG_LEN:
         raise WireError("malformed", "name lengths do not match the packet length")
     if packet[_HEADER.size:_HEADER.size + clen] != cluster.encode():
         raise WireError("wrong_cluster")
-    expected = hmac.new(key, packet[:end], hashlib.sha256).digest()
-    if not hmac.compare_digest(expected, packet[end:]):
-        raise WireError("forged", "HMAC does not match the cluster key")
-    if health >= len(HEALTH) or role >= len(ROLES):
-        raise WireError("malformed", "health or role out of range")
     try:
         node = packet[_HEADER.size + clen:end].decode()
     except UnicodeDecodeError:
         raise WireError("malformed", "node name is not UTF-8") from None
+    ring.verify(node, key_id, packet[:end], packet[end:])
+    if health >= len(HEALTH) or role >= len(ROLES):
+        raise WireError("malformed", "health or role out of range")
     return Heartbeat(cluster, node, inc, seq, sent, HEALTH[health], ROLES[role])
 
 

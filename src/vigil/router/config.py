@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vigil.config import EtcdConfig, _etcd, _key, _timing
+from vigil.config import EtcdConfig, HeartbeatKeys, _etcd, _keys, _timing
 from vigil.core.timing import Timing
 from vigil.errors import ConfigError
 from vigil.fields import check_address, check_int, check_mapping, check_name, check_port
@@ -45,7 +45,7 @@ class AdmissionConfig:
 class RouterConfig:
     cluster: str
     etcd: EtcdConfig
-    key: bytes
+    keys: HeartbeatKeys
     listen_host: str = "127.0.0.1"
     listen_port: int = 8080
     heartbeat_address: str = "127.0.0.1"
@@ -66,9 +66,10 @@ def parse_router_config(raw: Any, base_dir: Path = Path(".")) -> RouterConfig:
     d = check_mapping(raw, "(top level)", {"cluster", "name", "listen", "etcd", "heartbeat", "timing", "retry",
                                       "admission"})
     listen = check_mapping(d.get("listen", {}), "listen", {"host", "port"})
-    hb = check_mapping(d.get("heartbeat"), "heartbeat", {"address", "port", "key", "key_file"})
+    hb = check_mapping(d.get("heartbeat"), "heartbeat", {"address", "port", "key", "key_file", "keyring_file",
+                                                    "max_clock_skew"})
     return RouterConfig(
-        cluster=check_name(d, "cluster"), etcd=_etcd(d.get("etcd")), key=_key(hb, base_dir),
+        cluster=check_name(d, "cluster"), etcd=_etcd(d.get("etcd")), keys=_keys(hb, base_dir, None),
         listen_host=check_address(listen.get("host", "127.0.0.1"), "listen.host"),
         listen_port=check_port(listen.get("port", 8080), "listen.port"),
         heartbeat_address=check_address(hb.get("address", "127.0.0.1"), "heartbeat.address"),

@@ -23,9 +23,9 @@ from vigil.clock import Clock
 from vigil.core.detector import PauseGuard
 from vigil.core.peers import ALIVE, PeerTable
 from vigil.core.routing import RoutingTable
-from vigil.errors import StoreError, WatchCompacted
+from vigil.errors import StoreError, VigilError, WatchCompacted
 from vigil.net.transport import HeartbeatReceiver, HeartbeatTransport
-from vigil.net.wire import Heartbeat, ReplayGuard
+from vigil.net.wire import Heartbeat
 from vigil.router.config import RouterConfig
 from vigil.store.base import Store, WatchEvent, prefix_end
 from vigil.store.keys import Keys
@@ -41,7 +41,8 @@ class Membership:
         self.on_eject, self.on_change = on_eject, on_change
         self.keys = Keys(cfg.cluster)
         self.peers = PeerTable([], cfg.timing.detector(), cfg.timing.rise)
-        self.receiver = HeartbeatReceiver(cfg.cluster, cfg.name, cfg.key, set())
+        self.receiver = HeartbeatReceiver(cfg.cluster, cfg.name, cfg.keys.ring, {}, clock.wall,
+                                          cfg.keys.max_clock_skew)
         self.transport = HeartbeatTransport(self.receiver, [cfg.heartbeat_address], cfg.heartbeat_port,
                                             {}, self._deliver)
         self.guard = PauseGuard(0.01, 0.02)
@@ -61,6 +62,17 @@ class Membership:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.transport.close()
+
+    def reload_keys(self) -> bool:
+        """Read the key ring again (SIGHUP); a ring that does not load changes nothing."""
+        try:
+            keys = self.cfg.keys.reload()
+        except VigilError as e:
+            log.error("key ring not reloaded, the old one stays in use: %s", e)
+            return False
+        self.receiver.ring = keys.ring
+        log.info("key ring reloaded: %s", {n: sorted(ids) for n, ids in keys.ring.members.items()})
+        return True
 
     # -- etcd ------------------------------------------------------------------
     async def _etcd_loop(self) -> None:
@@ -120,6 +132,8 @@ class Membership:
                 self._set(name, ready=False, cause=f"malformed member record: {problem}")
                 return
             self.bad_records.pop(ev.key, None)
+            # Heartbeats count only from the addresses the node's own record names.
+            self.receiver.track(name, set((rec.get("heartbeat") or {}).get("addresses", [])))
             inf = rec.get("inference") or {}
             b = self.table.backend(name)
             b.gone = False
@@ -149,7 +163,6 @@ class Membership:
     def _track(self, name: str) -> None:
         if name not in self.peers.peers:
             self.peers.add(name)
-            self.receiver.guards[name] = ReplayGuard()
 
     def _deliver(self, hb: Heartbeat, link: str, verdict: str) -> None:
         now = self.clock.now()

@@ -104,4 +104,5 @@ def status_document(rt: Router) -> dict[str, Any]:
                               "eligible": b.why_not(now) is None, "why_not": b.why_not(now)}
                      for b in rt.table.backends.values()},
         "heartbeat": dict(rt.membership.receiver.counters),
+        "keyring": {n: sorted(ids) for n, ids in rt.membership.receiver.ring.members.items()},
         "bad_records": dict(rt.membership.bad_records), "membership_failures": rt.membership.failures}

@@ -134,6 +134,9 @@ def member_problem(rec: dict[str, Any]) -> str | None:
         return f"health {health!r} is not {{verdict: str, reasons: [str]}}"
     if not _strings(rec.get("suspects") or []):
         return f"suspects {rec.get('suspects')!r} is not a list of node names"
+    hb = rec.get("heartbeat", {})
+    if not isinstance(hb, dict) or not _strings(hb.get("addresses", [])):
+        return f"heartbeat {str(hb)[:80]!r} is not {{addresses: [str], port: int}}"
     if not isinstance(rec.get("api_url", ""), str):
         return f"api_url {rec.get('api_url')!r} is not a URL"
     return inference_problem(rec.get("inference"))
