@@ -142,7 +142,7 @@ class Monitor:
                 if inf and not inf.get("ready"):
                     self.false.append({"by": "agent", "node": n.name, "verdict": inf.get("verdict"),
                                        "reason": inf.get("reason")})
-            rs = _get(self.lab.router.url + "/_vigil/status")
+            rs = _get(self.lab.router.admin_url + "/_vigil/status")
             for name, b in (rs or {}).get("backends", {}).items():
                 if not b["eligible"] or not b["alive"]:
                     self.false.append({"by": "router", "node": name, "why": b["why_not"]})
@@ -199,7 +199,7 @@ def hang_test(lab: Lab, rate: float, seconds: float) -> dict:
             lab.wait_for(lambda: (lab.agent_status(victim) or {}).get("inference", {}).get("ready")
                          is False, 10, "the agent to call the frozen engine not ready", poll=0.005)
             found["agent_ms"] = (time.monotonic() - t) * 1000
-            lab.wait_for(lambda: not ((_get(lab.router.url + "/_vigil/status") or {})
+            lab.wait_for(lambda: not ((_get(lab.router.admin_url + "/_vigil/status") or {})
                                       .get("backends", {}).get(victim, {}).get("eligible", True)),
                          10, "the router to stop routing to it", poll=0.005)
             found["router_ms"] = (time.monotonic() - t) * 1000

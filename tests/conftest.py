@@ -8,8 +8,15 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from vigil.lab.etcd import EtcdCluster
+
+# CI gates on the same examples every run (a fuzz target never fails a
+# submission by luck); `pytest --hypothesis-profile=explore` draws new ones.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile("ci")
 
 
 @pytest.fixture(scope="session")

@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from vigil.errors import VigilError
+from vigil.web import finish, route
 
 if TYPE_CHECKING:
     from vigil.agent.daemon import Agent
@@ -32,9 +33,10 @@ class AgentApi:
     def __init__(self, agent: "Agent"):
         self.agent = agent
         self.app = web.Application()
-        self.app.add_routes([web.get("/health", self.health), web.get("/leader", self.leader),
-                             web.get("/standby", self.standby), web.get("/ready", self.ready),
-                             web.get("/status", self.status), web.get("/metrics", self.metrics)])
+        self.app.add_routes([route("GET", "/health", self.health), route("GET", "/leader", self.leader),
+                             route("GET", "/standby", self.standby), route("GET", "/ready", self.ready),
+                             route("GET", "/status", self.status), route("GET", "/metrics", self.metrics)])
+        finish(self.app)
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:

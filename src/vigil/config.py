@@ -52,6 +52,7 @@ class InferenceConfig:
 
     url: str
     command: tuple[str, ...] = ()
+    user: str | None = None  # run `command` as this user (never as root, when set)
     canary_path: str = "/v1/embeddings"
     canary_body: str = '{"input": "vigil canary"}'
     canary_interval: float = 1.0
@@ -271,7 +272,7 @@ def _timing(v: Any) -> Timing:
 def _inference(v: Any) -> InferenceConfig | None:
     if v is None:
         return None
-    d = check_mapping(v, "inference", {"url", "command", "canary_path", "canary_body", "canary_interval",
+    d = check_mapping(v, "inference", {"url", "command", "user", "canary_path", "canary_body", "canary_interval",
                                   "canary_timeout", "rise", "fall", "load_format", "load_path",
                                   "load_interval", "silence_window", "stall_window"})
     u = urlparse(str(d.get("url", "")))
@@ -306,9 +307,25 @@ def _inference(v: Any) -> InferenceConfig | None:
     if not isinstance(body, str):
         import json
         body = json.dumps(body)
-    return InferenceConfig(str(d["url"]).rstrip("/"), tuple(cmd),
+    return InferenceConfig(str(d["url"]).rstrip("/"), tuple(cmd), _user(d.get("user")),
                            str(d.get("canary_path", InferenceConfig.canary_path)), body,
                            load_format=fmt, load_path=lp, **numbers)
+
+
+def _user(v: Any) -> str | None:
+    if v is None:
+        return None
+    import pwd
+
+    try:
+        pw = pwd.getpwnam(str(v))
+    except KeyError:
+        raise ConfigError("inference.user", v, "no such user on this machine: create it (`useradd "
+                          "--system vigil-inference`) or name an existing one") from None
+    if pw.pw_uid == 0:
+        raise ConfigError("inference.user", v, "is root: name an unprivileged user, or leave "
+                                                "inference.user out")
+    return str(v)
 
 
 DEVICE_FIELDS = {"ipmi": {"type", "host", "port", "user", "password", "password_file", "timeout"},
@@ -320,7 +337,8 @@ def _fencing(v: Any, base: Path) -> FencingConfig | None:
     if v is None:
         return None
     d = check_mapping(v, "fencing", {"topology", "race_delay"})
-    topo = check_mapping(d.get("topology"), "fencing.topology", set(d.get("topology") or {}))
+    raw = d.get("topology")
+    topo = check_mapping(raw, "fencing.topology", set(raw) if isinstance(raw, dict) else set())
     out: dict[str, tuple[dict[str, Any], ...]] = {}
     for node, levels in topo.items():
         where = f"fencing.topology.{node}"
@@ -337,7 +355,7 @@ def _fencing(v: Any, base: Path) -> FencingConfig | None:
 
 def _device(v: Any, where: str, base: Path) -> dict[str, Any]:
     kind = v.get("type") if isinstance(v, dict) else None
-    if kind not in DEVICE_FIELDS:
+    if not isinstance(kind, str) or kind not in DEVICE_FIELDS:
         raise ConfigError(f"{where}.type", kind, "must be one of ipmi, redfish, null")
     d = dict(check_mapping(v, where, DEVICE_FIELDS[kind]))
     if "password_file" in d:
@@ -347,6 +365,11 @@ def _device(v: Any, where: str, base: Path) -> dict[str, Any]:
             d["password"] = path.read_text().strip()
         except OSError as e:
             raise ConfigError(f"{where}.password_file", str(path), f"cannot be read ({e.strerror})") from None
+    if "timeout" in d:
+        t = d["timeout"]
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.1 <= t <= 120:
+            raise ConfigError(f"{where}.timeout", t, "must be 0.1..120 seconds per device command")
+        d["timeout"] = float(t)
     if kind == "ipmi":
         d["host"] = check_address(d.get("host"), f"{where}.host")
         d["port"] = check_port(d.get("port", 623), f"{where}.port")
@@ -364,8 +387,8 @@ def _controller(v: Any) -> dict[str, Any] | None:
     if not str(d.get("gateway", "")).startswith(("http://", "https://")):
         raise ConfigError("controller.gateway", d.get("gateway"), "must be the actuator gateway's URL")
     interval = d.get("interval", 0.2)
-    if isinstance(interval, bool) or not isinstance(interval, (int, float)) or interval < 0.01:
-        raise ConfigError("controller.interval", interval, "must be >= 0.01 seconds")
+    if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not 0.01 <= interval <= 60:
+        raise ConfigError("controller.interval", interval, "must be 0.01..60 seconds")
     return {"gateway": str(d["gateway"]).rstrip("/"),
             "register": check_int(d.get("register", 0), "controller.register", 0, 65535),
             "interval": float(interval)}

@@ -24,7 +24,8 @@ def check_mapping(v: Any, where: str, allowed: set[str]) -> dict[str, Any]:
         if k not in allowed:
             close = difflib.get_close_matches(str(k), sorted(allowed), n=1)
             hint = f"did you mean '{close[0]}'?" if close else f"allowed: {', '.join(sorted(allowed))}"
-            raise ConfigError(f"{where}.{k}" if where != "(top level)" else str(k), v[k],
+            name = str(k) if str(k).strip() else repr(k)  # an empty key is named, not blank
+            raise ConfigError(f"{where}.{name}" if where != "(top level)" else name, v[k],
                               f"unknown field; {hint}", secret=True)
     return v
 

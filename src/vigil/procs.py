@@ -23,6 +23,17 @@ def spawn(cmd: list[str], log_path: Path, env: dict[str, str] | None = None) -> 
                                 start_new_session=True, env=env)
 
 
+def run_as(user: str | None) -> dict[str, Any]:
+    """subprocess keyword arguments that drop to `user` (its own primary group,
+    no supplementary groups); {} for None (run as we are)."""
+    if user is None:
+        return {}
+    import pwd
+
+    pw = pwd.getpwnam(user)
+    return {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
+
+
 def in_netns(netns: str, cmd: list[str]) -> list[str]:
     """`cmd` run inside a network namespace (`ip netns exec` execs: the PID stays the command's)."""
     return ["ip", "netns", "exec", netns, *cmd] if netns else cmd

@@ -45,7 +45,7 @@ def get(url: str) -> dict:
 def everyone_holds(lab: Lab, ring: dict[str, list[int]]) -> bool:
     agents = all((lab.agent_status(n.name) or {}).get("heartbeat", {}).get("keyring") == ring
                  for n in lab.nodes)
-    return (agents and get(lab.router.url + "/_vigil/status")["keyring"] == ring
+    return (agents and get(lab.router.admin_url + "/_vigil/status")["keyring"] == ring
             and get(lab.fencing.gateway_url + "/status")["keyring"] == ring)
 
 
@@ -100,7 +100,7 @@ def test_rotating_every_key_under_load_fails_nothing(lab):
         assert hb["received"].get("accepted", 0) > before[n.name], "still hearing peers on key 2"
         for refused in ("forged", "unknown_key", "unknown_node", "wrong_source", "stale"):
             assert refused not in hb["received"], (n.name, hb["received"])
-    router = get(lab.router.url + "/_vigil/status")["heartbeat"]
+    router = get(lab.router.admin_url + "/_vigil/status")["heartbeat"]
     assert not {"forged", "unknown_key", "wrong_source", "stale"} & set(router), router
     writes = [json.loads(x) for x in lab.fencing.history.read_text().splitlines()]
     late = [w for w in writes if w["at"] > time.time() - 3]

@@ -60,7 +60,7 @@ class Watch:
                 inf = (self.lab.agent_status(n.name, 2.0) or {}).get("inference") or {}
                 if not inf.get("ready"):
                     self.seen.append(("agent", n.name, inf.get("reason")))
-            for name, b in _get(self.lab.router.url + "/_vigil/status")["backends"].items():
+            for name, b in _get(self.lab.router.admin_url + "/_vigil/status")["backends"].items():
                 if not b["eligible"]:
                     self.seen.append(("router", name, b["why_not"]))
 

@@ -26,7 +26,7 @@ def post(url, body, headers=None, timeout=30):
 
 
 def router_status(lab):
-    with urllib.request.urlopen(lab.router.url + "/_vigil/status", timeout=5) as r:
+    with urllib.request.urlopen(lab.router.admin_url + "/_vigil/status", timeout=5) as r:
         return json.load(r)
 
 
@@ -205,6 +205,9 @@ def test_all_nodes_down_gives_fast_503(model_lab):
 
 @pytest.mark.parametrize("path", ["/metrics"])
 def test_router_metrics(model_lab, path):
-    with urllib.request.urlopen(model_lab.router.url + path, timeout=5) as r:
+    with urllib.request.urlopen(model_lab.router.admin_url + path, timeout=5) as r:
         text = r.read().decode()
     assert "vigil_router_requests_total" in text and "vigil_router_request_seconds_bucket" in text
+    with pytest.raises(urllib.error.HTTPError) as e:  # issue 9 #6: never on the public listener
+        urllib.request.urlopen(model_lab.router.url + "/_vigil/status", timeout=5)
+    assert e.value.code == 404 and b"admin listener" in e.value.read()

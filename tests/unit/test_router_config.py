@@ -51,3 +51,30 @@ def test_admission_and_deadlines_are_validated():
         with _pytest.raises(ConfigError) as e:
             parse_router_config({**base, **bad})
         assert e.value.field.startswith(field), (bad, e.value.field)
+
+
+@pytest.mark.parametrize("over, field", [
+    ({"limits": {"max_connections": 0}}, "limits.max_connections"),
+    ({"limits": {"max_body": 10}}, "limits.max_body"),
+    ({"limits": {"client_idle_timeout": -1}}, "limits.client_idle_timeout"),
+    ({"limits": {"max_conns": 5}}, "limits.max_conns"),
+    ({"listen": {"port": 9000}, "admin": {"port": 9000}}, "admin.port"),
+])
+def test_limits_and_admin_listener_are_validated(over, field):
+    with pytest.raises(ConfigError) as e:
+        parse_router_config({**BASE, **over})
+    assert e.value.field == field
+
+
+def test_limits_defaults_and_overrides():
+    c = parse_router_config({**BASE, "limits": {"max_body": 1 << 20, "max_inflight": 100}})
+    assert c.max_body == 1 << 20 and c.limits.max_inflight == 100 and c.limits.max_connections == 10_000
+    assert (c.admin_host, c.admin_port) == ("127.0.0.1", 8081)
+
+
+def test_aiohttp_has_no_known_request_smuggling_parser_bugs():
+    """Issue 9 #6: CVE-2024-52304 (fixed 3.10.11) and CVE-2025-53643 (fixed
+    3.12.14) are in aiohttp's HTTP parser; the agent API, the actuator gateway
+    and the model server still parse requests with it."""
+    import aiohttp
+    assert tuple(int(x) for x in aiohttp.__version__.split(".")[:3]) >= (3, 12, 14)

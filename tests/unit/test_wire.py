@@ -124,7 +124,7 @@ def test_captured_packets_are_refused_after_a_restart():
     assert set(r.counters) <= set(REJECT_REASONS) | {"accepted"}
 
 
-@settings(max_examples=500)
+@settings(max_examples=2000, deadline=None)
 @given(st.binary(max_size=300))
 def test_random_packets_are_rejected_and_counted(data):
     r = receiver()
@@ -133,7 +133,7 @@ def test_random_packets_are_rejected_and_counted(data):
     assert sum(r.counters.values()) == 1
 
 
-@settings(max_examples=300)
+@settings(max_examples=2000, deadline=None)
 @given(st.integers(0, 200), st.integers(0, 255))
 def test_any_single_byte_change_is_rejected(pos, xor):
     packet = bytearray(encode(hb(), KEY))

@@ -114,7 +114,8 @@ class InferenceSupervisor:
                 env = {**os.environ, "VIGIL_FENCING_TOKEN_FILE": str(self.data_dir / "fencing-token")}
                 self.proc = await asyncio.create_subprocess_exec(
                     *self.cfg.command, stdin=asyncio.subprocess.DEVNULL, stdout=log_file,
-                    stderr=asyncio.subprocess.STDOUT, start_new_session=True, env=env)
+                    stderr=asyncio.subprocess.STDOUT, start_new_session=True, env=env,
+                    **procs.run_as(self.cfg.user))
             except OSError as e:
                 log_file.close()
                 self._changed(self.judge.down(self.clock.now(), f"cannot start: {e}"))

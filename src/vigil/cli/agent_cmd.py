@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 from vigil.cli.runner import on_reload, run, stop_on_signals
@@ -25,6 +26,10 @@ def check_config(args) -> int:
           f"suspicion after ~{t.suspicion_time * 1000:.0f} ms, lease TTL {t.lease_ttl} s, "
           f"self-demotion after {t.demote_after:g} s)")
     print(_etcd_check(cfg))
+    inf = cfg.inference
+    if inf and inf.command and inf.user is None and os.geteuid() == 0:
+        print("WARNING: inference.command would run as root: set inference.user to an "
+              "unprivileged user (the model server parses requests from the network)")
     return 0
 
 

@@ -32,11 +32,12 @@ def run_router(args) -> int:
         on_reload(router.membership.reload_keys)
         await router.start()
         try:
-            try:
-                await router.listen(cfg.listen_host, cfg.listen_port)
-            except OSError as err:
-                raise VigilError(f"cannot listen on {cfg.listen_host}:{cfg.listen_port}: "
-                                 f"{err.strerror}") from None
+            for listen, host, port in ((router.listen, cfg.listen_host, cfg.listen_port),
+                                       (router.listen_admin, cfg.admin_host, cfg.admin_port)):
+                try:
+                    await listen(host, port)
+                except OSError as err:
+                    raise VigilError(f"cannot listen on {host}:{port}: {err.strerror}") from None
             await stop.wait()
         finally:
             await router.stop()

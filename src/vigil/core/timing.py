@@ -52,6 +52,11 @@ class TimingProblem:
     fix: str
 
 
+UPPER_BOUNDS = {"heartbeat_interval": 10.0, "phi_threshold": 100.0, "min_std_deviation": 10.0,
+                "acceptable_pause": 60.0, "lease_ttl": 3600, "keepalive_interval": 1200.0,
+                "demote_after": 3600.0, "etcd_timeout": 60.0, "loop_interval": 600.0, "rise": 100}
+
+
 def validate_timing(t: Timing) -> list[TimingProblem]:
     """All violated relations; an empty list means the timers are consistent."""
     problems: list[TimingProblem] = []
@@ -60,11 +65,11 @@ def validate_timing(t: Timing) -> list[TimingProblem]:
         if not ok:
             problems.append(TimingProblem(field, value, fix))
 
-    for name in ("heartbeat_interval", "min_std_deviation", "keepalive_interval",
-                 "demote_after", "etcd_timeout", "loop_interval", "phi_threshold"):
-        need(getattr(t, name) > 0, f"timing.{name}", getattr(t, name), "must be > 0")
-    need(t.acceptable_pause >= 0, "timing.acceptable_pause", t.acceptable_pause, "must be >= 0")
-    need(t.rise >= 1, "timing.rise", t.rise, "must be an integer >= 1")
+    for name, hi in UPPER_BOUNDS.items():  # a bound on each: no infinite or absurd timer
+        v = getattr(t, name)
+        need(name == "acceptable_pause" or v > 0, f"timing.{name}", v, "must be > 0")
+        need(v >= 0 and v <= hi, f"timing.{name}", v, f"must be at most {hi:g}")
+    need(isinstance(t.rise, int) and t.rise >= 1, "timing.rise", t.rise, "must be an integer >= 1")
     need(isinstance(t.lease_ttl, int) and t.lease_ttl >= 1, "timing.lease_ttl", t.lease_ttl,
          "must be a whole number of seconds >= 1 (etcd grants whole seconds)")
     if problems:

@@ -32,6 +32,7 @@ from aiohttp import web
 from vigil.errors import StoreError, VigilError
 from vigil.fencing.guard import StaleToken, TokenGuard
 from vigil.fencing.signed import RequestVerifier, Unauthorised
+from vigil.web import finish, route
 
 LeaderOf = Callable[[], Awaitable[tuple[str, int] | None]]  # etcd's (leader, token), None if none
 
@@ -100,8 +101,9 @@ class ActuatorGateway:
         self.owner: tuple[str, int] | None = None  # (node, token) confirmed with etcd
         self._lock = asyncio.Lock()
         self.app = web.Application(client_max_size=64 * 1024)
-        self.app.add_routes([web.post("/write", self.write), web.get("/read", self.read),
-                             web.get("/status", self.status)])
+        self.app.add_routes([route("POST", "/write", self.write), route("GET", "/read", self.read),
+                             route("GET", "/status", self.status)])
+        finish(self.app)
 
     async def write(self, request: web.Request) -> web.Response:
         raw = await request.read()

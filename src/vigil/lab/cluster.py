@@ -60,6 +60,7 @@ class LabRouter:
     log: str
     heartbeat_port: int
     pid: int = 0
+    admin_url: str = ""  # /metrics and /_vigil/status
 
 
 class Lab:
@@ -90,7 +91,7 @@ class Lab:
         hosts = [(net.host(i + 1), net.ns(i + 1)) for i in range(n)] if net else None
         etcd = EtcdCluster.plan(root / "etcd", 3, hosts)
         make_cluster_keys(root / "keys", [f"n{i + 1}" for i in range(n)])
-        ports = procs.free_ports(3 * n + 2)
+        ports = procs.free_ports(3 * n + 3)
         nodes = []
         for i in range(n):
             name = f"n{i + 1}"
@@ -101,7 +102,8 @@ class Lab:
                                  server_url=f"http://127.0.0.1:{ports[3 * i + 2]}" if model else None,
                                  host=host, netns=ns))
         lab_router = (LabRouter(f"http://127.0.0.1:{ports[-2]}", str(root / "router.yaml"),
-                                str(root / "router.log"), ports[-1]) if router else None)
+                                str(root / "router.log"), ports[-1],
+                                admin_url=f"http://127.0.0.1:{ports[-3]}") if router else None)
         lab = cls(root, cluster, etcd, nodes, lab_router,
                   LabFencing.plan(root, [x.name for x in nodes],
                                   net.client_host if net else "127.0.0.1",
@@ -147,6 +149,7 @@ class Lab:
         assert self.router is not None
         return {"cluster": self.cluster, "name": "router",
                 "listen": {"host": "127.0.0.1", "port": int(self.router.url.rsplit(":", 1)[1])},
+                "admin": {"host": "127.0.0.1", "port": int(self.router.admin_url.rsplit(":", 1)[1])},
                 "etcd": {"endpoints": self.etcd.endpoints},
                 "heartbeat": {"address": "127.0.0.1", "port": self.router.heartbeat_port,
                               "keyring_file": str(self.root / "keys" / "cluster.keyring")},
@@ -298,7 +301,7 @@ class Lab:
             if node.server_url and not (st.get("inference") or {}).get("ready"):
                 return False
         if self.router:
-            rs = _get_json(self.router.url + "/_vigil/status", 0.5)
+            rs = _get_json(self.router.admin_url + "/_vigil/status", 0.5)
             if not rs or sum(b["eligible"] for b in rs["backends"].values()) < len(
                     [n for n in self.nodes if n.server_url]):
                 return False

@@ -7,7 +7,8 @@ import json
 import math
 from dataclasses import dataclass
 
-from vigil.router.http1 import HOP_BY_HOP, Incoming, Upstream
+from vigil.router.http1 import HOP_BY_HOP, Incoming
+from vigil.router.upstream import Upstream
 from vigil.router.idempotency import Result
 
 WHOLE_BODY_MAX = 1 << 20

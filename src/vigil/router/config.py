@@ -42,6 +42,20 @@ class AdmissionConfig:
 
 
 @dataclass(frozen=True)
+class LimitsConfig:
+    """What one router holds at most (HAProxy's maxconn, nginx's client
+    timeouts): past a cap the client is told (503 for a connection, 429 for
+    a request), never left hanging."""
+
+    max_connections: int = 10_000
+    max_inflight: int = 4096  # requests being handled, queued ones included
+    max_body: int = 16 * 1024 * 1024  # bytes; larger requests get 413
+    client_idle_timeout: float = 75.0  # an idle keep-alive client connection closes (nginx)
+    client_header_timeout: float = 60.0  # one request's line and headers must arrive in this
+    upstream_idle_per_backend: int = 64  # idle keep-alive connections kept per backend
+
+
+@dataclass(frozen=True)
 class RouterConfig:
     cluster: str
     etcd: EtcdConfig
@@ -54,7 +68,13 @@ class RouterConfig:
     timing: Timing = field(default_factory=Timing)
     retry: RetryConfig = field(default_factory=RetryConfig)
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
-    max_body: int = 16 * 1024 * 1024
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    admin_host: str = "127.0.0.1"  # /metrics and /_vigil/status: never on the public listener
+    admin_port: int = 8081
+
+    @property
+    def max_body(self) -> int:
+        return self.limits.max_body
 
 
 def load_router_config(path: str | Path) -> RouterConfig:
@@ -64,18 +84,26 @@ def load_router_config(path: str | Path) -> RouterConfig:
 
 def parse_router_config(raw: Any, base_dir: Path = Path(".")) -> RouterConfig:
     d = check_mapping(raw, "(top level)", {"cluster", "name", "listen", "etcd", "heartbeat", "timing", "retry",
-                                      "admission"})
+                                      "admission", "limits", "admin"})
     listen = check_mapping(d.get("listen", {}), "listen", {"host", "port"})
+    admin = check_mapping(d.get("admin", {}), "admin", {"host", "port"})
     hb = check_mapping(d.get("heartbeat"), "heartbeat", {"address", "port", "key", "key_file", "keyring_file",
                                                     "max_clock_skew"})
-    return RouterConfig(
+    cfg = RouterConfig(
         cluster=check_name(d, "cluster"), etcd=_etcd(d.get("etcd")), keys=_keys(hb, base_dir, None),
         listen_host=check_address(listen.get("host", "127.0.0.1"), "listen.host"),
         listen_port=check_port(listen.get("port", 8080), "listen.port"),
         heartbeat_address=check_address(hb.get("address", "127.0.0.1"), "heartbeat.address"),
         heartbeat_port=check_port(hb.get("port", 695), "heartbeat.port"),
         name=str(d.get("name", "router")), timing=_timing(d.get("timing", {})),
-        retry=_retry(d.get("retry", {})), admission=_admission(d.get("admission", {})))
+        retry=_retry(d.get("retry", {})), admission=_admission(d.get("admission", {})),
+        limits=_limits(d.get("limits", {})),
+        admin_host=check_address(admin.get("host", "127.0.0.1"), "admin.host"),
+        admin_port=check_port(admin.get("port", 8081), "admin.port"))
+    if cfg.admin_port == cfg.listen_port:
+        raise ConfigError("admin.port", cfg.admin_port, "must differ from listen.port: the admin "
+                          "endpoints (/metrics, /_vigil/status) never share the public listener")
+    return cfg
 
 
 def _retry(v: Any) -> RetryConfig:
@@ -119,6 +147,20 @@ def _admission(v: Any) -> AdmissionConfig:
                           f"needs 1 <= min_limit ({a.min_limit:g}) <= initial_limit <= max_limit "
                           f"({a.max_limit:g})")
     return a
+
+
+def _limits(v: Any) -> LimitsConfig:
+    d = check_mapping(v, "limits", {"max_connections", "max_inflight", "max_body", "client_idle_timeout",
+                                    "client_header_timeout", "upstream_idle_per_backend"})
+    values: dict[str, Any] = {}
+    for k, lo, hi in (("max_connections", 1, 1_000_000), ("max_inflight", 1, 1_000_000),
+                      ("max_body", 1024, 1 << 34), ("upstream_idle_per_backend", 0, 100_000)):
+        if k in d:
+            values[k] = check_int(d[k], f"limits.{k}", lo, hi)
+    for k in ("client_idle_timeout", "client_header_timeout"):
+        if k in d:
+            values[k] = _number(d[k], f"limits.{k}", 0, 3600)
+    return LimitsConfig(**values)
 
 
 def _number(x: Any, name: str, lo: float, hi: float) -> float:

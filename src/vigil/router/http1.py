@@ -6,13 +6,10 @@ parsers (llhttp) on both sides, no framework on the hot path.
   connection are answered in order. A request larger than `max_body` gets 413
   at once; a malformed one 400, then the connection closes. A client that
   goes away cancels its handler.
-- `UpstreamPool` keeps idle keep-alive connections per backend; `request()`
-  sends one request and returns an `Upstream` once the status line and
-  headers arrived; its body is read chunk by chunk (`read()`, b"" at the end)
-  with flow control (the socket pauses while unread data piles up).
+- At most `max_conns` client connections are served at once; one more is
+  answered 503 and closed (HAProxy's maxconn, said rather than silent).
 
-Errors: an upstream that cannot be reached raises `ConnectFailed` (nothing
-was sent); one that breaks before or while answering raises `UpstreamBroken`.
+The upstream side is vigil.router.upstream.
 """
 
 from __future__ import annotations
@@ -31,14 +28,6 @@ REASONS = {200: "OK", 201: "Created", 204: "No Content", 304: "Not Modified", 40
            429: "Too Many Requests", 500: "Internal Server Error", 502: "Bad Gateway",
            503: "Service Unavailable", 504: "Gateway Timeout"}
 HIGH_WATER = 1 << 20
-
-
-class ConnectFailed(Exception):
-    """No connection to the upstream: the request was never sent."""
-
-
-class UpstreamBroken(Exception):
-    """The upstream connection broke after the request was (maybe) sent."""
 
 
 @dataclass
@@ -115,14 +104,16 @@ MAX_HEAD = 64 * 1024  # request line and headers together
 
 
 class FrontProtocol(asyncio.Protocol):
-    def __init__(self, handler: Handler, max_body: int, conns: "set[FrontProtocol] | None" = None):
-        self.handler, self.max_body = handler, max_body
+    def __init__(self, handler: Handler, max_body: int, conns: "set[FrontProtocol] | None" = None,
+                 max_conns: int = 1 << 30):
+        self.handler, self.max_body, self.max_conns = handler, max_body, max_conns
         self.conns = conns if conns is not None else set()
         self.transport: asyncio.Transport | None = None
         self.active_at = 0.0  # loop time of the last bytes received
         self.in_message = False  # a request is partly received
         self.parser = httptools.HttpRequestParser(self)
         self.keep_alive = True
+        self.refused = False
         self._queue: collections.deque[Incoming] = collections.deque()
         self._task: asyncio.Task | None = None
         self._writable = asyncio.Event()
@@ -139,9 +130,16 @@ class FrontProtocol(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.client = str(peer[0]) if peer else ""
         self.active_at = asyncio.get_running_loop().time()
+        if len(self.conns) >= self.max_conns:
+            self.refused = True
+            self._refuse(503, b"the router is at its connection limit (limits.max_connections); "
+                              b"retry shortly or on another router")
+            return
         self.conns.add(self)
 
     def data_received(self, data: bytes) -> None:
+        if self.refused:
+            return
         self.active_at = asyncio.get_running_loop().time()
         try:
             self.parser.feed_data(data)
@@ -251,149 +249,3 @@ async def sweep(conns: set[FrontProtocol], idle: float, head: float) -> None:
             quiet = now - c.active_at
             if (c.in_message and quiet > head) or (not c.busy() and quiet > idle):
                 c.close()
-
-
-class Upstream(asyncio.Protocol):
-    """One keep-alive connection to a backend, answering one request at a time."""
-
-    def __init__(self, pool: "UpstreamPool", key: tuple[str, int]):
-        self.pool, self.key = pool, key
-        self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpResponseParser(self)
-        self.status = 0
-        self.headers: list[tuple[str, str]] = []
-        self._head: asyncio.Future | None = None
-        self._chunks: collections.deque[bytes] = collections.deque()
-        self._buffered = 0
-        self._more = asyncio.Event()
-        self._done = self._broken = False
-        self._head_only = self._keep = False
-
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-
-    def connection_lost(self, exc) -> None:
-        self.transport = None
-        if not self._done:
-            self._broken = True
-            if self._head and not self._head.done():
-                self._head.set_exception(UpstreamBroken(f"connection closed before the answer ({exc})"))
-        self._more.set()
-
-    def data_received(self, data: bytes) -> None:
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError as e:
-            self._broken = True
-            if self._head and not self._head.done():
-                self._head.set_exception(UpstreamBroken(f"malformed answer: {e}"))
-            if self.transport:
-                self.transport.abort()
-            self._more.set()
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
-
-    def on_headers_complete(self) -> None:
-        self.status = self.parser.get_status_code()
-        self._keep = self.parser.should_keep_alive()  # llhttp forgets it once the message ends
-        if self._head and not self._head.done():
-            self._head.set_result(None)
-        if self._head_only:
-            self._finish()
-
-    def on_body(self, body: bytes) -> None:
-        self._chunks.append(body)
-        self._buffered += len(body)
-        if self._buffered > HIGH_WATER and self.transport:
-            self.transport.pause_reading()
-        self._more.set()
-
-    def on_message_complete(self) -> None:
-        self._finish()
-
-    def _finish(self) -> None:
-        if not self._done:
-            self._done = True
-            self._more.set()
-
-    # -- used by the router -----------------------------------------------------------
-    async def send(self, data: bytes, head_only: bool) -> None:
-        """Send a request; return once the status line and headers arrived."""
-        self._head = asyncio.get_running_loop().create_future()
-        self._head_only = head_only
-        assert self.transport is not None
-        self.transport.write(data)
-        await self._head
-
-    @property
-    def content_length(self) -> int | None:
-        v = next((v for k, v in self.headers if k.lower() == "content-length"), None)
-        return int(v) if v and v.isdigit() else None
-
-    async def read(self) -> bytes:
-        """The next body chunk; b"" at the end. Raises UpstreamBroken."""
-        while not self._chunks:
-            if self._done:
-                return b""
-            if self._broken:
-                raise UpstreamBroken("connection closed in the middle of the answer")
-            self._more.clear()
-            await self._more.wait()
-        chunk = self._chunks.popleft()
-        self._buffered -= len(chunk)
-        if self.transport and self._buffered < HIGH_WATER // 4:
-            self.transport.resume_reading()
-        return chunk
-
-    async def read_all(self) -> bytes:
-        parts = []
-        while chunk := await self.read():
-            parts.append(chunk)
-        return b"".join(parts)
-
-    def release(self) -> None:
-        """Back to the pool if it can carry another request, else closed."""
-        if self._done and not self._broken and self.transport and self._keep and not self._head_only:
-            self.parser = httptools.HttpResponseParser(self)
-            self.status, self.headers, self._done, self._head = 0, [], False, None
-            self.pool.idle[self.key].append(self)
-        elif self.transport:
-            self.transport.abort()
-
-
-class UpstreamPool:
-    def __init__(self, connect_timeout: float):
-        self.connect_timeout = connect_timeout
-        self.idle: dict[tuple[str, int], list[Upstream]] = collections.defaultdict(list)
-
-    async def connection(self, host: str, port: int) -> Upstream:
-        key = (host, port)
-        idle = self.idle[key]
-        while idle:
-            conn = idle.pop()
-            if conn.transport is not None and not conn.transport.is_closing():
-                return conn
-        loop = asyncio.get_running_loop()
-        try:
-            _, conn = await asyncio.wait_for(
-                loop.create_connection(lambda: Upstream(self, key), host, port), self.connect_timeout)
-        except (OSError, asyncio.TimeoutError) as e:
-            raise ConnectFailed(f"{type(e).__name__}: {e}") from None
-        return conn
-
-    def close(self) -> None:
-        for conns in self.idle.values():
-            for c in conns:
-                if c.transport:
-                    c.transport.abort()
-        self.idle.clear()
-
-
-def request_bytes(method: str, target: str, host: str, headers: list[tuple[str, str]],
-                  body: bytes) -> bytes:
-    lines = [f"{method} {target} HTTP/1.1", f"Host: {host}"]
-    lines += [f"{k}: {v}" for k, v in headers if k.lower() not in HOP_BY_HOP]
-    if body or method in ("POST", "PUT", "PATCH"):
-        lines.append(f"Content-Length: {len(body)}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body

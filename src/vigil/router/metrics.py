@@ -103,6 +103,26 @@ def status_document(rt: Router) -> dict[str, Any]:
                               "served": b.served, "failures": b.failures,
                               "eligible": b.why_not(now) is None, "why_not": b.why_not(now)}
                      for b in rt.table.backends.values()},
+        "limits": {"connections": len(rt.clients), "inflight": rt.active,
+                   "max_connections": rt.cfg.limits.max_connections,
+                   "max_inflight": rt.cfg.limits.max_inflight},
         "heartbeat": dict(rt.membership.receiver.counters),
         "keyring": {n: sorted(ids) for n, ids in rt.membership.receiver.ring.members.items()},
         "bad_records": dict(rt.membership.bad_records), "membership_failures": rt.membership.failures}
+
+
+def admin_handler(rt: Router):
+    """The admin listener's handler: GET /metrics and GET /_vigil/status, 404 else."""
+    import json
+
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    async def handle(req, reply) -> None:
+        if req.method == "GET" and req.path == "/metrics":
+            reply.whole(200, [("Content-Type", CONTENT_TYPE_LATEST)], rt.metrics.render())
+        elif req.method == "GET" and req.path == "/_vigil/status":
+            reply.whole(200, [("Content-Type", "application/json")],
+                        json.dumps(status_document(rt)).encode())
+        else:
+            reply.whole(404, [("Content-Type", "text/plain")], b"GET /metrics or /_vigil/status\n")
+    return handle

@@ -19,59 +19,37 @@ Deadlines bound silence, never total duration (docs/configuration.md): the
 first byte within `per_try_timeout` (a stall before it is retried like a
 timeout), then `idle_timeout` between chunks (a stall after it is cut).
 
-The data plane is vigil.router.http1 (httptools on both sides, no framework).
-`X-Vigil-Node` names the node that answered. The router's own endpoints:
-GET /metrics (Prometheus), GET /_vigil/status.
+The data plane is vigil.router.http1 and .upstream (httptools, no
+framework). `X-Vigil-Node` names the node that answered. The router's own
+endpoints, GET /metrics (Prometheus) and GET /_vigil/status, are served only
+on the admin listener (`listen_admin`); limits: vigil.router.config.LimitsConfig.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections import defaultdict
-from dataclasses import dataclass
-from urllib.parse import urlsplit
-
-from prometheus_client import CONTENT_TYPE_LATEST
 
 from vigil.clock import Clock, SystemClock
 from vigil.core.admission import Admission, NodeLimit, Shed
-from vigil.core.routing import RETRYABLE_STATUS, Backend, RetryPolicy, RoutingTable
+from vigil.core.routing import Backend, RetryPolicy, RoutingTable
+from vigil.router.answers import Answered, error as _error, overloaded, replay as _replay
+from vigil.router.attempt import Answer, AttemptFailed, send_attempt
 from vigil.router.config import RouterConfig
-from vigil.router.answers import Answered, error as _error, forwarded as _forwarded, overloaded, \
-    replay as _replay, small as _small
-from vigil.router.http1 import (HOP_BY_HOP, ConnectFailed, FrontProtocol, Incoming, Reply, Upstream,
-                                UpstreamBroken, UpstreamPool, request_bytes, sweep)
+from vigil.router.http1 import HOP_BY_HOP, FrontProtocol, Incoming, Reply, sweep
 from vigil.router.idempotency import IdempotencyCache, Mismatch, Result, fingerprint
-from vigil.router.metrics import RouterMetrics, status_document
+from vigil.router.metrics import RouterMetrics, admin_handler
 from vigil.router.queue import SlotQueue
+from vigil.router.upstream import Upstream, UpstreamBroken, UpstreamPool
 from vigil.store.base import Store
 
 log = logging.getLogger(__name__)
 
 UNKNOWN_OUTCOME = frozenset({"reset", "first_byte", "ejected"})  # sent: it may have run
 OUTCOME_HEADER = "X-Vigil-Outcome"
-CLIENT_IDLE_TIMEOUT = 75.0  # nginx's keepalive_timeout
-CLIENT_HEADER_TIMEOUT = 60.0  # nginx's client_header_timeout
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})  # reads of an engine's metadata, not inference
-
-
-class AttemptFailed(Exception):
-    """One attempt got no usable answer. `kind`: connect (never sent) | reset |
-    status | first_byte (no first byte in time) | ejected | overloaded (the engine shed it)."""
-
-    def __init__(self, kind: str, cause: str, status: int | None = None):
-        super().__init__(cause)
-        self.kind, self.cause, self.status = kind, cause, status
-
-
-@dataclass
-class Answer:
-    up: Upstream
-    head: bytes  # the whole body when `whole`, else the first chunk
-    whole: bool
 
 
 class Router:
@@ -93,8 +71,9 @@ class Router:
         self.metrics.attach(self)
         self.membership = Membership(cfg, store, self.table, self.clock, self.eject, self._on_change)
         self.inflight: dict[str, set[asyncio.Task]] = defaultdict(set)
-        self.pool = UpstreamPool(r.connect_timeout)
-        self._server: asyncio.AbstractServer | None = None
+        self.pool = UpstreamPool(r.connect_timeout, cfg.limits.upstream_idle_per_backend)
+        self.active = 0  # requests being handled
+        self._servers: list[asyncio.AbstractServer] = []
         self._sweeper: asyncio.Task | None = None
         self.clients: set[FrontProtocol] = set()
         self._cancel_cause: dict[asyncio.Task, tuple[str, str]] = {}
@@ -104,20 +83,27 @@ class Router:
 
     async def listen(self, host: str, port: int) -> None:
         """Serve clients on host:port (raises OSError when it cannot bind). Idle
-        client connections close after `client_idle_timeout` (as nginx's
+        client connections close after `limits.client_idle_timeout` (as nginx's
         keepalive_timeout); a request whose head takes longer than
-        `client_header_timeout` to arrive is dropped (slowloris)."""
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: FrontProtocol(self.handle, self.cfg.max_body, self.clients),
-            host, port, reuse_address=True, backlog=1024)
-        self._sweeper = loop.create_task(sweep(self.clients, CLIENT_IDLE_TIMEOUT, CLIENT_HEADER_TIMEOUT))
+        `limits.client_header_timeout` to arrive is dropped (slowloris)."""
+        loop, lim = asyncio.get_running_loop(), self.cfg.limits
+        self._servers.append(await loop.create_server(
+            lambda: FrontProtocol(self.handle, lim.max_body, self.clients, lim.max_connections),
+            host, port, reuse_address=True, backlog=1024))
+        self._sweeper = loop.create_task(sweep(self.clients, lim.client_idle_timeout,
+                                               lim.client_header_timeout))
+
+    async def listen_admin(self, host: str, port: int) -> None:
+        """Serve /metrics and /_vigil/status on host:port (an operator's network)."""
+        handler = admin_handler(self)
+        self._servers.append(await asyncio.get_running_loop().create_server(
+            lambda: FrontProtocol(handler, 1024, max_conns=64), host, port, reuse_address=True))
 
     async def stop(self) -> None:
         if self._sweeper:
             self._sweeper.cancel()
-        if self._server:
-            self._server.close()
+        for server in self._servers:
+            server.close()
         for c in list(self.clients):
             c.close()
         await self.membership.stop()
@@ -137,22 +123,25 @@ class Router:
     # -- the data path -------------------------------------------------------------
     async def handle(self, req: Incoming, reply: Reply) -> None:
         t0 = time.monotonic()
-        if req.method == "GET" and req.path in ("/metrics", "/_vigil/status"):
-            return self._admin(req, reply)
-        if req.too_large:
-            answer = _error(413, f"request body larger than {self.cfg.max_body} bytes")
-        elif key := req.header("Idempotency-Key"):
-            answer = await self._keyed(req, key, t0)
-        else:
-            answer = await self._route(req, t0, reply, buffer=False)
-        if answer is not None:
-            reply.whole(answer.status, answer.headers, answer.body)
-
-    def _admin(self, req: Incoming, reply: Reply) -> None:
-        if req.path == "/metrics":
-            reply.whole(200, [("Content-Type", CONTENT_TYPE_LATEST)], self.metrics.render())
-        else:
-            reply.whole(200, [("Content-Type", "application/json")], json.dumps(status_document(self)).encode())
+        self.active += 1
+        try:
+            if self.active > self.cfg.limits.max_inflight:
+                answer = overloaded(f"the router holds its limit of {self.cfg.limits.max_inflight} "
+                                    "requests (limits.max_inflight)", 1.0)
+                self.metrics.finished(429, time.monotonic() - t0)
+            elif req.too_large:
+                answer = _error(413, f"request body larger than {self.cfg.max_body} bytes "
+                                     "(limits.max_body)")
+            elif req.path.startswith("/_vigil/"):
+                answer = _error(404, "the router's own endpoints are on its admin listener (admin.port)")
+            elif key := req.header("Idempotency-Key"):
+                answer = await self._keyed(req, key, t0)
+            else:
+                answer = await self._route(req, t0, reply, buffer=False)
+            if answer is not None:
+                reply.whole(answer.status, answer.headers, answer.body)
+        finally:
+            self.active -= 1
 
     async def _keyed(self, req: Incoming, key: str, t0: float) -> Answered:
         """At most once per key (vigil.router.idempotency): a duplicate replays the
@@ -314,30 +303,7 @@ class Router:
             task.cancel()
 
     async def _send(self, b: Backend, req: Incoming) -> Answer:
-        u = urlsplit(b.url)
-        try:
-            up = await self.pool.connection(u.hostname or "127.0.0.1", u.port or 80)
-        except ConnectFailed as e:
-            raise AttemptFailed("connect", f"cannot connect to {b.url}: {e}") from None
-        try:
-            await up.send(request_bytes(req.method, req.target, u.netloc, _forwarded(req), req.body),
-                          req.method == "HEAD")
-            status = up.status
-            if status in RETRYABLE_STATUS or status == 429:
-                detail = (await up.read_all())[:200].decode(errors="replace")
-                up.release()  # (which resets `up` for its next request)
-                raise AttemptFailed("overloaded" if status == 429 else "status",
-                                    f"HTTP {status} {detail}", status)
-            if _small(up):
-                return Answer(up, await up.read_all(), True)
-            return Answer(up, await up.read(), False)
-        except UpstreamBroken as e:
-            up.release()
-            raise AttemptFailed("reset", f"{e}") from None
-        except asyncio.CancelledError:
-            if up.transport:
-                up.transport.abort()  # mid-request: this connection can carry nothing more
-            raise
+        return await send_attempt(self.pool, b.url, req)
 
     async def _respond(self, reply: Reply | None, b: Backend, answer: Answer,
                        t0: float, attempts: int, buffer: bool) -> Answered | None:

@@ -31,6 +31,7 @@ from typing import Any
 from aiohttp import web
 
 from vigil.serve.model import DIMENSIONS, MODEL_ID, MiniLM
+from vigil.web import finish, route
 
 log = logging.getLogger(__name__)
 
@@ -99,11 +100,12 @@ class ModelServer:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self.app = web.Application(client_max_size=MAX_BODY)
         self.app.add_routes([
-            web.post("/v1/embeddings", self.embeddings), web.get("/v1/models", self.models),
-            web.get("/health", self.live), web.get("/v2/health/live", self.live),
-            web.get("/v2/health/ready", self.readiness), web.get("/v2/load", self.load_report)])
+            route("POST", "/v1/embeddings", self.embeddings), route("GET", "/v1/models", self.models),
+            route("GET", "/health", self.live), route("GET", "/v2/health/live", self.live),
+            route("GET", "/v2/health/ready", self.readiness), route("GET", "/v2/load", self.load_report)])
         if fault_injection:
-            self.app.add_routes([web.post("/_vigil/faults", self.faults)])
+            self.app.add_routes([route("POST", "/_vigil/faults", self.faults)])
+        finish(self.app)
 
     async def load(self) -> None:
         """Load the engine and run a warm-up inference; only then become ready."""

@@ -1,0 +1,59 @@
+"""One attempt at a backend, with a typed outcome: an `Answer` (its head
+arrived) or `AttemptFailed` whose `kind` says what the router may do next
+(vigil.router.proxy: retry, shed, eject)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from vigil.core.routing import RETRYABLE_STATUS
+from vigil.router.answers import forwarded as _forwarded, small as _small
+from vigil.router.http1 import Incoming
+from vigil.router.upstream import ConnectFailed, Upstream, UpstreamBroken, UpstreamPool, request_bytes
+
+
+class AttemptFailed(Exception):
+    """One attempt got no usable answer. `kind`: connect (never sent) | reset |
+    status | first_byte (no first byte in time) | ejected | overloaded (the engine shed it)."""
+
+    def __init__(self, kind: str, cause: str, status: int | None = None):
+        super().__init__(cause)
+        self.kind, self.cause, self.status = kind, cause, status
+
+
+@dataclass
+class Answer:
+    up: Upstream
+    head: bytes  # the whole body when `whole`, else the first chunk
+    whole: bool
+
+
+async def send_attempt(pool: UpstreamPool, url: str, req: Incoming) -> Answer:
+    """Send `req` to the backend at `url`; the answer once its head (and first
+    chunk, or whole small body) arrived. Raises AttemptFailed."""
+    u = urlsplit(url)
+    try:
+        up = await pool.connection(u.hostname or "127.0.0.1", u.port or 80)
+    except ConnectFailed as e:
+        raise AttemptFailed("connect", f"cannot connect to {url}: {e}") from None
+    try:
+        await up.send(request_bytes(req.method, req.target, u.netloc, _forwarded(req), req.body),
+                      req.method == "HEAD")
+        status = up.status
+        if status in RETRYABLE_STATUS or status == 429:
+            detail = (await up.read_all())[:200].decode(errors="replace")
+            up.release()  # (which resets `up` for its next request)
+            raise AttemptFailed("overloaded" if status == 429 else "status",
+                                f"HTTP {status} {detail}", status)
+        if _small(up):
+            return Answer(up, await up.read_all(), True)
+        return Answer(up, await up.read(), False)
+    except UpstreamBroken as e:
+        up.release()
+        raise AttemptFailed("reset", f"{e}") from None
+    except asyncio.CancelledError:
+        if up.transport:
+            up.transport.abort()  # mid-request: this connection can carry nothing more
+        raise
