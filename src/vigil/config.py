@@ -17,7 +17,7 @@ from vigil.errors import ConfigError
 from vigil.fields import (check_address, check_addresses, check_int, check_mapping, check_name,
                           check_port)
 from vigil.files import check_owner, read_yaml
-from vigil.identity import KeyRing, SigningKeys, load_ring, load_signing_keys, public_hex
+from vigil.heartbeat_keys import HeartbeatKeys, parse_heartbeat_keys, ring_covers
 
 DEFAULT_HEARTBEAT_PORT = 694  # the Linux-HA heartbeat port
 
@@ -84,30 +84,11 @@ class WatchdogConfig:
 
 
 @dataclass(frozen=True)
-class HeartbeatKeys:
-    """Where this node's signing keys and the cluster's key ring live (read
-    again on SIGHUP), what they held at load, and the send-time window."""
-
-    keyring_file: str
-    ring: KeyRing
-    signing_key_file: str | None = None
-    signing: SigningKeys | None = None
-    max_clock_skew: float = 2.0
-
-    def reload(self, node: str | None = None, peers: list[str] = ()) -> "HeartbeatKeys":
-        """Read both files again. Raises ConfigError (the caller keeps the old keys)."""
-        keys = _keys({"keyring_file": self.keyring_file, "signing_key_file": self.signing_key_file,
-                      "max_clock_skew": self.max_clock_skew}, Path("."), node)
-        _ring_covers(keys, peers)
-        return keys
-
-
-@dataclass(frozen=True)
 class NodeConfig:
     cluster: str
     node: str
     etcd: EtcdConfig
-    keys: "HeartbeatKeys"
+    keys: HeartbeatKeys
     addresses: tuple[str, ...] = ("127.0.0.1",)
     heartbeat_port: int = DEFAULT_HEARTBEAT_PORT
     peers: tuple[Peer, ...] = ()
@@ -146,8 +127,8 @@ def parse_config(raw: Any, base_dir: Path = Path(".")) -> NodeConfig:
                                                     "observers", "signing_key_file", "keyring_file",
                                                     "max_clock_skew"})
     peers = _peers(hb.get("peers", []), node)
-    keys = _keys(hb, base_dir, node)
-    _ring_covers(keys, [p.name for p in peers])
+    keys = parse_heartbeat_keys(hb, base_dir, node)
+    ring_covers(keys, [p.name for p in peers])
     timing = _timing(d.get("timing", {}))
     level = str(d.get("log_level", "info")).lower()
     if level not in ("debug", "info", "warning", "error"):
@@ -209,48 +190,6 @@ def _etcd(v: Any) -> EtcdConfig:
     if any(str(e).startswith("https") for e in eps) and not tls["ca_file"]:
         raise ConfigError("etcd.ca_file", None, "https endpoints need ca_file (the etcd CA certificate)")
     return EtcdConfig(tuple(str(e) for e in eps), **tls)
-
-
-def _ring_covers(keys: HeartbeatKeys, peers: list[str]) -> None:
-    for p in peers:
-        if p not in keys.ring.members:
-            raise ConfigError("heartbeat.keyring_file", keys.keyring_file, f"has no key for peer "
-                              f"{p}, so its heartbeats would all be refused: add it (`vigil keygen`)")
-
-
-def _keys(hb: dict[str, Any], base: Path, node: str | None) -> HeartbeatKeys:
-    """The heartbeat keys: `node` signs with its own key file (routers and
-    gateways pass None: they only verify)."""
-    if "key" in hb or "key_file" in hb:
-        raise ConfigError("heartbeat.key", None, "a shared cluster key let any node speak for any "
-                          "other and is no longer read: give each node its own signing key with "
-                          "`vigil keygen --node NAME --key-file NAME.key --keyring cluster.keyring` and "
-                          "set heartbeat.signing_key_file and heartbeat.keyring_file")
-    if not hb.get("keyring_file"):
-        raise ConfigError("heartbeat.keyring_file", None, "give the cluster's key ring (public keys), "
-                          "made by `vigil keygen`")
-    ring_path = str(base / str(hb["keyring_file"]))
-    skew = hb.get("max_clock_skew", 2.0)
-    if isinstance(skew, bool) or not isinstance(skew, (int, float)) or not 0.1 <= skew <= 300:
-        raise ConfigError("heartbeat.max_clock_skew", skew, "must be 0.1..300 seconds: how far a "
-                          "packet's send time may be from ours (keep the clocks synchronised)")
-    keys = HeartbeatKeys(ring_path, load_ring(ring_path, "heartbeat.keyring_file"), max_clock_skew=float(skew))
-    if node is None:
-        return keys
-    if not hb.get("signing_key_file"):
-        raise ConfigError("heartbeat.signing_key_file", None, "give this node's signing key file, "
-                          f"made by `vigil keygen --node {node}`")
-    sk_path = str(base / str(hb["signing_key_file"]))
-    signing = load_signing_keys(sk_path, "heartbeat.signing_key_file")
-    if signing.node != node:
-        raise ConfigError("heartbeat.signing_key_file", sk_path, f"holds {signing.node}'s keys, not "
-                          f"{node}'s: each node signs with its own")
-    mine = keys.ring.members.get(node, {}).get(signing.send)
-    if mine is None or public_hex(mine) != signing.public(signing.send):
-        raise ConfigError("heartbeat.keyring_file", ring_path, f"does not hold {node}'s key "
-                          f"{signing.send} (the one it signs with), so peers would refuse every "
-                          "heartbeat: add it to the ring on every member first (`vigil keygen`)")
-    return HeartbeatKeys(ring_path, keys.ring, sk_path, signing, float(skew))
 
 
 def _timing(v: Any) -> Timing:

@@ -16,7 +16,8 @@ import logging
 from typing import Callable
 
 from vigil.clock import Clock
-from vigil.config import HeartbeatKeys, NodeConfig
+from vigil.config import NodeConfig
+from vigil.heartbeat_keys import HeartbeatKeys
 from vigil.core.detector import PauseGuard
 from vigil.core.peers import PeerTable, PeerTransition
 from vigil.net.transport import HeartbeatReceiver, HeartbeatTransport
