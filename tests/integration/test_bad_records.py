@@ -68,6 +68,8 @@ async def test_router_routes_around_a_malformed_record_and_takes_the_node_back_w
     good = {"inference": {"url": f"http://127.0.0.1:{backend_port}", "ready": True}}
     await store.put(keys.member("n1"), json.dumps(good))
     await store.put(keys.member("n2"), json.dumps({"inference": "x"}))
+    metadata = {"inference": {"url": "http://169.254.169.254:80", "ready": True}}
+    await store.put(keys.member("n3"), json.dumps(metadata))  # a record aiming the router at cloud metadata
     router = Router(parse_router_config({"cluster": "bad", "etcd": {"endpoints": ["http://127.0.0.1:1"]},
                                          "listen": {"port": router_port},
                                          "heartbeat": {"port": hb_port, **KEYS["ring"]}}), store)
@@ -76,13 +78,14 @@ async def test_router_routes_around_a_malformed_record_and_takes_the_node_back_w
     try:
         await wait_until(lambda: router.table.choose(0.0) is not None, 5, "n1 learnt")
         assert keys.member("n2") in router.membership.bad_records
+        assert "link-local" in router.membership.bad_records[keys.member("n3")]
         async with aiohttp.ClientSession() as http:
             for _ in range(5):
                 async with http.post(f"http://127.0.0.1:{router_port}/v1/embeddings", json={}) as r:
                     assert r.status == 200 and r.headers["X-Vigil-Node"] == "n1"
         await store.put(keys.member("n2"), json.dumps(good))
         await wait_until(lambda: len(router.table.eligible(0.0)) == 2, 5, "n2 back once its record is whole")
-        assert router.membership.bad_records == {} and router.membership.failures == 0
+        assert set(router.membership.bad_records) == {keys.member("n3")} and router.membership.failures == 0
     finally:
         await router.stop()
         await runner.cleanup()

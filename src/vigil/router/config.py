@@ -8,6 +8,7 @@ from typing import Any
 
 from vigil.config import EtcdConfig, _etcd, _timing
 from vigil.heartbeat_keys import HeartbeatKeys, parse_heartbeat_keys
+from vigil.core.allowlist import BackendAllowlist
 from vigil.core.timing import Timing
 from vigil.errors import ConfigError
 from vigil.fields import check_address, check_int, check_mapping, check_name, check_port
@@ -70,6 +71,7 @@ class RouterConfig:
     retry: RetryConfig = field(default_factory=RetryConfig)
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    backends: BackendAllowlist = field(default_factory=BackendAllowlist)
     admin_host: str = "127.0.0.1"  # /metrics and /_vigil/status: never on the public listener
     admin_port: int = 8081
 
@@ -85,7 +87,7 @@ def load_router_config(path: str | Path) -> RouterConfig:
 
 def parse_router_config(raw: Any, base_dir: Path = Path(".")) -> RouterConfig:
     d = check_mapping(raw, "(top level)", {"cluster", "name", "listen", "etcd", "heartbeat", "timing", "retry",
-                                      "admission", "limits", "admin"})
+                                      "admission", "limits", "admin", "backends"})
     listen = check_mapping(d.get("listen", {}), "listen", {"host", "port"})
     admin = check_mapping(d.get("admin", {}), "admin", {"host", "port"})
     hb = check_mapping(d.get("heartbeat"), "heartbeat", {"address", "port", "key", "key_file", "keyring_file",
@@ -98,7 +100,7 @@ def parse_router_config(raw: Any, base_dir: Path = Path(".")) -> RouterConfig:
         heartbeat_port=check_port(hb.get("port", 695), "heartbeat.port"),
         name=str(d.get("name", "router")), timing=_timing(d.get("timing", {})),
         retry=_retry(d.get("retry", {})), admission=_admission(d.get("admission", {})),
-        limits=_limits(d.get("limits", {})),
+        limits=_limits(d.get("limits", {})), backends=_backends(d.get("backends", {})),
         admin_host=check_address(admin.get("host", "127.0.0.1"), "admin.host"),
         admin_port=check_port(admin.get("port", 8081), "admin.port"))
     if cfg.admin_port == cfg.listen_port:
@@ -148,6 +150,18 @@ def _admission(v: Any) -> AdmissionConfig:
                           f"needs 1 <= min_limit ({a.min_limit:g}) <= initial_limit <= max_limit "
                           f"({a.max_limit:g})")
     return a
+
+
+def _backends(v: Any) -> BackendAllowlist:
+    d = check_mapping(v, "backends", {"allow"})
+    allow = d.get("allow")
+    if allow is not None and (not isinstance(allow, list) or not all(isinstance(x, str) for x in allow)):
+        raise ConfigError("backends.allow", allow, "must be a list of networks (10.0.0.0/8), addresses "
+                                                   "or host names the router may send requests to")
+    try:
+        return BackendAllowlist(allow)
+    except ValueError as e:
+        raise ConfigError("backends.allow", allow, str(e)) from None
 
 
 def _limits(v: Any) -> LimitsConfig:

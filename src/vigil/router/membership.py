@@ -125,6 +125,9 @@ class Membership:
                 rec = None
             problem = (member_problem(rec) if isinstance(rec, dict)
                        else f"not a JSON object: {ev.value[:60]!r}")
+            url = (rec.get("inference") or {}).get("url") if not problem else None
+            if url:  # a record must not point the router anywhere off the cluster
+                problem = self.cfg.backends.problem(url)
             if problem:  # a record no agent wrote: the node gets no traffic until it is whole
                 if self.bad_records.get(ev.key) != problem:
                     log.warning("ignoring member record %s: %s", ev.key, problem)
