@@ -16,7 +16,7 @@ from vigil.core.timing import Timing, validate_timing
 from vigil.errors import ConfigError
 from vigil.fields import (check_address, check_addresses, check_int, check_mapping, check_name,
                           check_port)
-from vigil.files import check_owner, read_yaml
+from vigil.files import read_secret, read_yaml
 from vigil.heartbeat_keys import HeartbeatKeys, parse_heartbeat_keys, ring_covers
 
 DEFAULT_HEARTBEAT_PORT = 694  # the Linux-HA heartbeat port
@@ -43,6 +43,15 @@ class EtcdConfig:
     ca_file: str | None = None
     cert_file: str | None = None
     key_file: str | None = None
+    user: str | None = None  # etcd auth (roles: docs/operations.md)
+    password: str | None = field(default=None, repr=False)
+
+    def store(self, timeout: float):
+        """An EtcdStore for these endpoints, TLS files and credentials."""
+        from vigil.store.etcd import EtcdStore
+
+        return EtcdStore(list(self.endpoints), timeout, self.ca_file, self.cert_file, self.key_file,
+                         self.user, self.password)
 
 
 @dataclass(frozen=True)
@@ -134,7 +143,7 @@ def parse_config(raw: Any, base_dir: Path = Path(".")) -> NodeConfig:
     if level not in ("debug", "info", "warning", "error"):
         raise ConfigError("log_level", level, "use one of debug, info, warning, error")
     return NodeConfig(
-        cluster=cluster, node=node, etcd=_etcd(d.get("etcd")), keys=keys,
+        cluster=cluster, node=node, etcd=_etcd(d.get("etcd"), base_dir), keys=keys,
         addresses=check_addresses(hb.get("addresses", ["127.0.0.1"]), "heartbeat.addresses"),
         heartbeat_port=check_port(hb.get("port", DEFAULT_HEARTBEAT_PORT), "heartbeat.port"),
         peers=peers, observers=_observers(hb.get("observers", [])), priority=check_int(d.get("priority", 100), "priority", 0, 1000),
@@ -172,8 +181,8 @@ def _observers(v: Any) -> tuple[Observer, ...]:
     return tuple(out)
 
 
-def _etcd(v: Any) -> EtcdConfig:
-    d = check_mapping(v, "etcd", {"endpoints", "ca_file", "cert_file", "key_file"})
+def _etcd(v: Any, base: Path = Path(".")) -> EtcdConfig:
+    d = check_mapping(v, "etcd", {"endpoints", "ca_file", "cert_file", "key_file", "user", "password_file"})
     eps = d.get("endpoints")
     if isinstance(eps, str):
         eps = [eps]
@@ -189,7 +198,13 @@ def _etcd(v: Any) -> EtcdConfig:
             raise ConfigError(f"etcd.{k}", f, "file not found; give the path of a PEM file")
     if any(str(e).startswith("https") for e in eps) and not tls["ca_file"]:
         raise ConfigError("etcd.ca_file", None, "https endpoints need ca_file (the etcd CA certificate)")
-    return EtcdConfig(tuple(str(e) for e in eps), **tls)
+    if ("user" in d) != ("password_file" in d):
+        raise ConfigError("etcd.user", d.get("user"), "give both etcd.user and etcd.password_file "
+                                                      "(etcd auth), or neither")
+    password = read_secret(base / str(d["password_file"]), "etcd.password_file") if "password_file" in d \
+        else None
+    user = check_name(d, "user", "etcd.user") if "user" in d else None
+    return EtcdConfig(tuple(str(e) for e in eps), **tls, user=user, password=password)
 
 
 def _timing(v: Any) -> Timing:
@@ -298,12 +313,7 @@ def _device(v: Any, where: str, base: Path) -> dict[str, Any]:
         raise ConfigError(f"{where}.type", kind, "must be one of ipmi, redfish, null")
     d = dict(check_mapping(v, where, DEVICE_FIELDS[kind]))
     if "password_file" in d:
-        path = base / str(d.pop("password_file"))
-        try:
-            check_owner(path, f"{where}.password_file")
-            d["password"] = path.read_text().strip()
-        except OSError as e:
-            raise ConfigError(f"{where}.password_file", str(path), f"cannot be read ({e.strerror})") from None
+        d["password"] = read_secret(base / str(d.pop("password_file")), f"{where}.password_file")
     if "timeout" in d:
         t = d["timeout"]
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.1 <= t <= 120:

@@ -39,3 +39,13 @@ def check_owner(path: Path, field: str) -> None:
         raise ConfigError(field, str(path), f"is writable by group or others (mode "
                                             f"{st.st_mode & 0o777:o}), so they control this node: "
                                             f"`chmod go-w {path}`")
+
+
+def read_secret(path: str | Path, field: str) -> str:
+    """A password or token from a root-owned file, stripped. Raises ConfigError."""
+    p = Path(path)
+    try:
+        check_owner(p, field)
+        return p.read_text().strip()
+    except OSError as e:
+        raise ConfigError(field, str(p), f"cannot be read ({e.strerror})") from None

@@ -36,7 +36,7 @@ from vigil.core.peers import PeerTransition
 from vigil.errors import ConfigError, StoreError, VigilError
 from vigil.store.base import Store
 from vigil.store.election import Election
-from vigil.store.etcd import EtcdStore, lease_revocation_bug
+from vigil.store.etcd import lease_revocation_bug
 from vigil.store.events import EventLog
 from vigil.store.keys import Keys
 from vigil.store.registry import Registry
@@ -69,9 +69,7 @@ class Agent:
     def __init__(self, cfg: NodeConfig, store: Store | None = None, clock: SystemClock | None = None):
         self.cfg, self.clock = cfg, clock or SystemClock()
         self.keys = Keys(cfg.cluster)
-        e = cfg.etcd
-        self.store = store or EtcdStore(list(e.endpoints), cfg.timing.etcd_timeout,
-                                        e.ca_file, e.cert_file, e.key_file)
+        self.store = store or cfg.etcd.store(cfg.timing.etcd_timeout)
         self.data_dir = Path(cfg.data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.incarnation = next_incarnation(self.data_dir)

@@ -39,11 +39,10 @@ def _etcd_check(cfg) -> str:
     import asyncio
 
     from vigil.errors import StoreError
-    from vigil.store.etcd import EtcdStore, lease_revocation_bug
+    from vigil.store.etcd import lease_revocation_bug
 
     async def ask() -> str:
-        e = cfg.etcd
-        store = EtcdStore(list(e.endpoints), 1.0, e.ca_file, e.cert_file, e.key_file)
+        store = cfg.etcd.store(1.0)
         try:
             return await store.version()
         finally:

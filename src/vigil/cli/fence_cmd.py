@@ -22,6 +22,11 @@ def register(sub) -> None:
     p.add_argument("--etcd", required=True, metavar="URL[,URL...]",
                    help="etcd endpoints: a token is accepted only if it is the leader key's")
     p.add_argument("--cluster", required=True, help="the cluster name (its etcd key prefix)")
+    p.add_argument("--etcd-ca", help="CA certificate for https etcd endpoints")
+    p.add_argument("--etcd-cert", help="client certificate (TLS to etcd)")
+    p.add_argument("--etcd-key", help="its key")
+    p.add_argument("--etcd-user", help="etcd user (auth on: the gateway role reads the leader key)")
+    p.add_argument("--etcd-password-file", help="that user's password, in a root-only file")
     p.add_argument("--max-skew", type=float, default=5.0, metavar="SECONDS",
                    help="how far a command's signing time may be from ours (default 5)")
     p.set_defaults(func=gateway)
@@ -40,6 +45,7 @@ def gateway(args) -> int:
     from vigil.fencing import TokenGuard
     from vigil.fencing.actuator import ActuatorGateway, ModbusPlc
     from vigil.fencing.signed import RequestVerifier
+    from vigil.files import read_secret
     from vigil.identity import load_ring
     from vigil.store.etcd import EtcdStore
     from vigil.store.keys import Keys
@@ -47,6 +53,7 @@ def gateway(args) -> int:
     if not 0.1 <= args.max_skew <= 300:
         raise ConfigError("--max-skew", args.max_skew, "must be 0.1..300 seconds")
     verifier = RequestVerifier(load_ring(args.keyring, "--keyring"), args.max_skew)
+    password = read_secret(args.etcd_password_file, "--etcd-password-file") if args.etcd_password_file else None
     state = Path(args.state)
     state.mkdir(parents=True, exist_ok=True)
 
@@ -58,7 +65,8 @@ def gateway(args) -> int:
             logging.error("key ring not reloaded, the old one stays in use: %s", e)
 
     async def main() -> None:
-        store = EtcdStore(args.etcd.split(","), 1.0)
+        store = EtcdStore(args.etcd.split(","), 1.0, args.etcd_ca, args.etcd_cert, args.etcd_key,
+                          args.etcd_user, password)
         leader_key = Keys(args.cluster).leader
 
         async def leader_of() -> tuple[str, int] | None:

@@ -18,6 +18,9 @@ def register(sub) -> None:
     up.add_argument("--cluster", default="lab")
     up.add_argument("--no-model", action="store_true",
                     help="no model servers and no router: agents and etcd only (starts in seconds)")
+    up.add_argument("--secure", action="store_true",
+                    help="etcd with TLS for clients and peers, client certificates, and a user and role "
+                         "per agent, router, gateway and operator (files in DIR/tls)")
     up.set_defaults(func=lab_up)
     down = lab_sub.add_parser("down", help="stop everything `lab up` started in DIR")
     down.add_argument("--dir", required=True)
@@ -28,12 +31,14 @@ def lab_up(args) -> int:
     from vigil.lab import Lab
 
     lab = Lab.up(Path(args.dir), args.nodes, args.cluster, model=not args.no_model,
-                 router=not args.no_model)
+                 router=not args.no_model, secure=args.secure)
     leader = lab.leader()
     print(f"lab up in {lab.root}: etcd {', '.join(lab.etcd.endpoints)}; "
           f"{len(lab.nodes)} agents; leader {leader[0]} (token {leader[1]})" if leader else "no leader")
     if lab.router:
         print(f"  router: {lab.router.url} (e.g. POST {lab.router.url}/v1/embeddings)")
+    if args.secure:
+        print(f"  etcd: TLS and auth; the operator's certificate, key and password are in {lab.root / 'tls'}")
     print(f"  vigil status --lab {lab.root}")
     print(f"  vigil lab down --dir {lab.root}")
     return 0

@@ -7,8 +7,8 @@ import argparse
 import sys
 
 from vigil import __version__
-from vigil.cli import (agent_cmd, cluster_cmd, demo_cmd, fence_cmd, keygen_cmd, lab_cmd, router_cmd,
-                       serve_cmd)
+from vigil.cli import (agent_cmd, certs_cmd, cluster_cmd, demo_cmd, fence_cmd, keygen_cmd, lab_cmd,
+                       router_cmd, serve_cmd)
 from vigil.errors import ConfigError, VigilError
 
 
@@ -26,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     agent_cmd.register(sub)
     keygen_cmd.register(sub)
+    certs_cmd.register(sub)
+    certs_cmd.register_auth(sub)
     cluster_cmd.register(sub)
     lab_cmd.register(sub)
     serve_cmd.register(sub)

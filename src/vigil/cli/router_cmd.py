@@ -22,12 +22,10 @@ def run_router(args) -> int:
                         format=f"%(asctime)s {cfg.name} %(levelname)s %(name)s: %(message)s")
     from vigil.errors import VigilError
     from vigil.router.proxy import Router
-    from vigil.store.etcd import EtcdStore
 
     async def main() -> None:
         stop = stop_on_signals()
-        e = cfg.etcd
-        store = EtcdStore(list(e.endpoints), 1.0, e.ca_file, e.cert_file, e.key_file)
+        store = cfg.etcd.store(1.0)
         router = Router(cfg, store)
         on_reload(router.membership.reload_keys)
         await router.start()

@@ -1,14 +1,18 @@
 """Which cluster a command talks to: --config FILE, --lab DIR, or
---etcd URLS --cluster NAME (also $VIGIL_ETCD / $VIGIL_CLUSTER)."""
+--etcd URLS --cluster NAME (also $VIGIL_ETCD / $VIGIL_CLUSTER), with
+--cacert/--cert/--key for TLS and --user/--password-file for etcd auth (as
+etcdctl's). https is always verified: against --cacert, else the system CAs."""
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from vigil.config import load_config
 from vigil.errors import ConfigError
+from vigil.files import read_secret
 from vigil.store.etcd import EtcdStore
 from vigil.store.keys import Keys
 
@@ -20,9 +24,11 @@ class Target:
     ca: str | None = None
     cert: str | None = None
     key: str | None = None
+    user: str | None = None
+    password: str | None = None
 
     def store(self) -> EtcdStore:
-        return EtcdStore(self.endpoints, 2.0, self.ca, self.cert, self.key)
+        return EtcdStore(self.endpoints, 2.0, self.ca, self.cert, self.key, self.user, self.password)
 
     @property
     def keys(self) -> Keys:
@@ -35,22 +41,41 @@ def add_target_args(p) -> None:
     g.add_argument("--lab", metavar="DIR", help="a lab directory (from `vigil lab up`)")
     g.add_argument("--etcd", help="comma-separated etcd URLs (or $VIGIL_ETCD)")
     g.add_argument("--cluster", help="cluster name (or $VIGIL_CLUSTER)")
+    t = p.add_argument_group("TLS and etcd auth (with --etcd)")
+    t.add_argument("--cacert", help="CA certificate that signed etcd's (https is always verified)")
+    t.add_argument("--cert", help="client certificate")
+    t.add_argument("--key", help="its private key")
+    t.add_argument("--user", help="etcd user (e.g. operator)")
+    t.add_argument("--password-file", help="that user's password, in a root-only file")
 
 
 def resolve(args) -> Target:
     if args.config:
         cfg = load_config(args.config)
         e = cfg.etcd
-        return Target(list(e.endpoints), cfg.cluster, e.ca_file, e.cert_file, e.key_file)
+        return Target(list(e.endpoints), cfg.cluster, e.ca_file, e.cert_file, e.key_file, e.user, e.password)
     if args.lab:
-        from vigil.lab import Lab
-
-        lab = Lab.load(Path(args.lab))
-        return Target(lab.etcd.endpoints, lab.cluster)
+        return _lab_target(Path(args.lab))
     etcd = args.etcd or os.environ.get("VIGIL_ETCD")
     cluster = args.cluster or os.environ.get("VIGIL_CLUSTER")
     if not etcd or not cluster:
         raise ConfigError("--etcd/--cluster", etcd or cluster,
                           "name the cluster: --config FILE, --lab DIR, or both --etcd URLS and "
                           "--cluster NAME")
-    return Target([e.strip() for e in etcd.split(",") if e.strip()], cluster)
+    password = read_secret(args.password_file, "--password-file") if args.password_file else None
+    if bool(args.user) != bool(password):
+        raise ConfigError("--user", args.user, "give --user and --password-file together")
+    return Target([e.strip() for e in etcd.split(",") if e.strip()], cluster, args.cacert, args.cert,
+                  args.key, args.user, password)
+
+
+def _lab_target(root: Path) -> Target:
+    """A lab's etcd; on a secure lab, as its operator (lab.json names the files)."""
+    from vigil.lab import Lab
+
+    lab = Lab.load(root)
+    doc = json.loads((lab.root / "lab.json").read_text())
+    if "ca" not in doc:
+        return Target(lab.etcd.endpoints, lab.cluster)
+    return Target(lab.etcd.endpoints, lab.cluster, doc["ca"], doc["operator_cert"], doc["operator_key"],
+                  doc["operator_user"], read_secret(doc["operator_password_file"], "lab.json"))

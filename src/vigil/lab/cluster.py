@@ -29,6 +29,7 @@ import yaml
 from vigil.errors import ConfigError, VigilError
 from vigil.identity import make_cluster_keys
 from vigil import procs
+from vigil.lab import secure as secure_lab
 from vigil.lab.etcd import EtcdCluster
 from vigil.lab.fencing import LabFencing
 from vigil.store.etcd import EtcdStore
@@ -69,18 +70,20 @@ class Lab:
         self.root, self.cluster, self.etcd, self.nodes = root, cluster, etcd, nodes
         self.router, self.fencing = router, fencing
         self._answered = ""  # the etcd endpoint that answered the last read
+        self._tokens: dict[str, dict[str, str]] = {}  # etcd auth token per endpoint (secure labs)
 
     # -- construction ----------------------------------------------------------
     @classmethod
     def create(cls, root: Path, n: int, cluster: str = "lab", timing: dict[str, Any] | None = None,
                model: bool = False, router: bool = False, fencing: bool = False,
-               net: Any = None, fence_devices: bool = True) -> "Lab":
+               net: Any = None, fence_devices: bool = True, secure: bool = False) -> "Lab":
         """Write configs for a lab of `n` nodes under `root` (nothing started).
 
         `net`: a NetTopology; node i then runs in its namespace on its address,
         with etcd member i beside it (3 nodes only). `fencing`: BMCs, a PLC and
         the actuator the leader drives; `fence_devices=False` keeps those but
-        gives the agents no fencing devices (takeover waits for the lease)."""
+        gives the agents no fencing devices (takeover waits for the lease).
+        `secure`: etcd with TLS, client certificates, users and roles (vigil.lab.secure)."""
         if not 1 <= n <= 32:
             raise ConfigError("--nodes", n, "a lab has 1 to 32 nodes")
         root = root.resolve()
@@ -89,7 +92,9 @@ class Lab:
                              "or choose another --dir")
         root.mkdir(parents=True, exist_ok=True)
         hosts = [(net.host(i + 1), net.ns(i + 1)) for i in range(n)] if net else None
-        etcd = EtcdCluster.plan(root / "etcd", 3, hosts)
+        tls = secure_lab.plan_tls(root, [h for h, _ in hosts or []], [f"n{i + 1}" for i in range(n)]) \
+            if secure else None
+        etcd = EtcdCluster.plan(root / "etcd", 3, hosts, tls)
         make_cluster_keys(root / "keys", [f"n{i + 1}" for i in range(n)])
         ports = procs.free_ports(3 * n + 3)
         nodes = []
@@ -121,7 +126,7 @@ class Lab:
             "cluster": self.cluster, "node": node.name, "priority": priority,
             "data_dir": node.data_dir,
             "api": {"host": node.host, "port": int(node.api_url.rsplit(":", 1)[1])},
-            "etcd": {"endpoints": self.etcd.endpoints},
+            "etcd": self._etcd_block(node.name),
             "heartbeat": {"addresses": [node.host], "port": node.heartbeat_port,
                           "signing_key_file": str(self.root / "keys" / f"{node.name}.key"),
                           "keyring_file": str(self.root / "keys" / "cluster.keyring"),
@@ -134,6 +139,11 @@ class Lab:
             # may reset the machine it runs on.
             "watchdog": {"mode": "off"},
         } | self._inference_config(node) | (self.fencing.node_config(node.name) if self.fencing else {})
+
+    def _etcd_block(self, name: str) -> dict[str, Any]:
+        if self.etcd.tls is None:
+            return {"endpoints": self.etcd.endpoints}
+        return secure_lab.etcd_block(self.root, self.etcd.endpoints, name)
 
     def _inference_config(self, node: LabNode) -> dict[str, Any]:
         if not node.server_url:
@@ -150,7 +160,7 @@ class Lab:
         return {"cluster": self.cluster, "name": "router",
                 "listen": {"host": "127.0.0.1", "port": int(self.router.url.rsplit(":", 1)[1])},
                 "admin": {"host": "127.0.0.1", "port": int(self.router.admin_url.rsplit(":", 1)[1])},
-                "etcd": {"endpoints": self.etcd.endpoints},
+                "etcd": self._etcd_block("router"),
                 "heartbeat": {"address": "127.0.0.1", "port": self.router.heartbeat_port,
                               "keyring_file": str(self.root / "keys" / "cluster.keyring")},
                 "retry": {"per_try_timeout": 3.0, "max_attempts": 3}}
@@ -158,8 +168,9 @@ class Lab:
     @classmethod
     def up(cls, root: Path, n: int, cluster: str = "lab", timing: dict[str, Any] | None = None,
            timeout: float = 30.0, model: bool = False, router: bool = False,
-           fencing: bool = False, net: Any = None, fence_devices: bool = True) -> "Lab":
-        lab = cls.create(root, n, cluster, timing, model, router, fencing, net, fence_devices)
+           fencing: bool = False, net: Any = None, fence_devices: bool = True,
+           secure: bool = False) -> "Lab":
+        lab = cls.create(root, n, cluster, timing, model, router, fencing, net, fence_devices, secure)
         lab.start(timeout)
         return lab
 
@@ -169,9 +180,12 @@ class Lab:
             self.etcd.start()
             self.save()
             self.etcd.wait_healthy()
+            if self.etcd.tls:
+                secure_lab.enable(self.etcd, self.root, self.cluster, [n.name for n in self.nodes])
             if self.fencing:
                 self.fencing.start_support(str(self.root / "keys" / "cluster.keyring"),
-                                           self.etcd.endpoints, self.cluster)
+                                           self.etcd.endpoints, self.cluster,
+                                           secure_lab.gateway_args(self.root) if self.etcd.tls else [])
             for node in self.nodes:
                 self.start_agent(node.name)
             if self.router:
@@ -199,7 +213,11 @@ class Lab:
                    LabFencing(**d["fencing"]) if d.get("fencing") else None)
 
     def save(self) -> None:
+        tls = self.root / "tls"
         doc = {"dir": str(self.root), "cluster": self.cluster, "etcd": self.etcd.to_json(),
+               **({"ca": str(tls / "ca.pem"), "operator_cert": str(tls / "operator.pem"),
+                   "operator_key": str(tls / "operator.key"), "operator_user": "operator",
+                   "operator_password_file": str(tls / "operator.password")} if self.etcd.tls else {}),
                "router": asdict(self.router) if self.router else None,
                "fencing": asdict(self.fencing) if self.fencing else None,
                "nodes": [asdict(n) for n in self.nodes]}
@@ -333,16 +351,23 @@ class Lab:
         # would cost every later read its full timeout.
         for ep in sorted(eps, key=lambda e: e != self._answered):
             try:
-                with urllib.request.urlopen(urllib.request.Request(f"{ep}/v3/kv/range", data=body),
-                                            timeout=0.5) as r:
+                with urllib.request.urlopen(urllib.request.Request(f"{ep}/v3/kv/range", data=body,
+                                                                   headers=self._token(ep)),
+                                            timeout=0.5, context=self.etcd.context()) as r:
                     kvs = json.load(r).get("kvs") or []
             except (OSError, ValueError):
+                self._tokens.pop(ep, None)  # an expired token is fetched anew next time
                 continue
             self._answered = ep
             if not kvs:
                 return None
             return base64.b64decode(kvs[0]["value"]).decode(), int(kvs[0]["create_revision"])
         return None
+
+    def _token(self, ep: str) -> dict[str, str]:
+        if self.etcd.tls and ep not in self._tokens:
+            self._tokens[ep] = secure_lab.harness_token(self.etcd, ep)
+        return self._tokens.get(ep, {})
 
     def wait_for(self, cond: Callable[[], Any], timeout: float, what: str, poll: float = 0.02) -> Any:
         return procs.wait_for(cond, timeout, what, poll)
@@ -360,7 +385,9 @@ class Lab:
     def with_store(self, fn: Callable[[EtcdStore], Awaitable[Any]]) -> Any:
         """Run `fn(store)` on a fresh store client for this lab's etcd; its result."""
         async def go() -> Any:
-            store = EtcdStore(self.etcd.endpoints, 2.0)
+            t = self.etcd.tls
+            store = (EtcdStore(self.etcd.endpoints, 2.0, t.ca, t.client_cert, t.client_key, t.user, t.password)
+                     if t else EtcdStore(self.etcd.endpoints, 2.0))
             try:
                 return await fn(store)
             finally:

@@ -127,11 +127,14 @@ class Demo:
         self.switchover()
 
 
-def run_demo(out: Path, as_json: bool, keep: bool = False) -> int:
+def run_demo(out: Path, as_json: bool, keep: bool = False, secure: bool = False) -> int:
     say = (lambda m: print(m, file=sys.stderr, flush=True)) if as_json else (lambda m: print(m, flush=True))
     root = Path(tempfile.mkdtemp(prefix="vigil-demo-"))
     say(f"starting 3 etcd members, 3 agents with model servers (all-MiniLM-L6-v2) and a router in {root}")
-    lab = Lab.up(root / "lab", 3, model=True, router=True)
+    if secure:
+        say("secure: etcd with TLS, client certificates, and a user and role per agent, router and "
+            "operator")
+    lab = Lab.up(root / "lab", 3, model=True, router=True, secure=secure)
     try:
         demo = Demo(lab, say)
         say(f"router {lab.router.url}: sending 30 embedding requests/s")

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import time
 import urllib.request
@@ -44,6 +45,31 @@ def find_etcd() -> str:
 
 
 @dataclass
+class EtcdTLS:
+    """A secure lab's etcd: TLS for clients and peers with client-certificate
+    auth (the server certificate serves both), and the harness's own client
+    certificate and root credentials (etcd auth, vigil.store.etcd_auth)."""
+
+    ca: str
+    cert: str
+    key: str
+    client_cert: str
+    client_key: str
+    user: str = "root"
+    password: str = ""
+
+    def flags(self) -> list[str]:
+        return ["--cert-file", self.cert, "--key-file", self.key, "--trusted-ca-file", self.ca,
+                "--client-cert-auth", "--peer-cert-file", self.cert, "--peer-key-file", self.key,
+                "--peer-trusted-ca-file", self.ca, "--peer-client-cert-auth"]
+
+    def context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=self.ca)
+        ctx.load_cert_chain(self.client_cert, self.client_key)
+        return ctx
+
+
+@dataclass
 class EtcdMember:
     name: str
     client_port: int
@@ -53,31 +79,33 @@ class EtcdMember:
     pid: int = 0
     host: str = "127.0.0.1"
     netns: str = ""  # run inside this network namespace (system tests)
+    scheme: str = "http"
 
     @property
     def client_url(self) -> str:
-        return f"http://{self.host}:{self.client_port}"
+        return f"{self.scheme}://{self.host}:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
-        return f"http://{self.host}:{self.peer_port}"
+        return f"{self.scheme}://{self.host}:{self.peer_port}"
 
 
 class EtcdCluster:
-    def __init__(self, members: list[EtcdMember], binary: str, token: str):
-        self.members, self.binary, self.token = members, binary, token
+    def __init__(self, members: list[EtcdMember], binary: str, token: str, tls: EtcdTLS | None = None):
+        self.members, self.binary, self.token, self.tls = members, binary, token, tls
         self.procs: dict[str, subprocess.Popen] = {}
 
     @classmethod
-    def plan(cls, root: Path, n: int = 3, hosts: list[tuple[str, str]] | None = None) -> "EtcdCluster":
+    def plan(cls, root: Path, n: int = 3, hosts: list[tuple[str, str]] | None = None,
+             tls: EtcdTLS | None = None) -> "EtcdCluster":
         """`hosts`: (address, network namespace) per member; loopback by default."""
         ports = procs.free_ports(2 * n)
         hosts = hosts or [("127.0.0.1", "")] * n
         members = [EtcdMember(f"etcd{i + 1}", ports[2 * i], ports[2 * i + 1],
                               str(root / f"etcd{i + 1}"), str(root / f"etcd{i + 1}.log"),
-                              host=hosts[i][0], netns=hosts[i][1])
+                              host=hosts[i][0], netns=hosts[i][1], scheme="https" if tls else "http")
                    for i in range(n)]
-        return cls(members, find_etcd(), f"vigil-{ports[0]}")
+        return cls(members, find_etcd(), f"vigil-{ports[0]}", tls)
 
     @property
     def endpoints(self) -> list[str]:
@@ -89,7 +117,8 @@ class EtcdCluster:
                 "--listen-client-urls", m.client_url, "--advertise-client-urls", m.client_url,
                 "--listen-peer-urls", m.peer_url, "--initial-advertise-peer-urls", m.peer_url,
                 "--initial-cluster", initial, "--initial-cluster-state", "new",
-                "--initial-cluster-token", self.token, *ETCD_FLAGS]
+                "--initial-cluster-token", self.token, *ETCD_FLAGS,
+                *(self.tls.flags() if self.tls else [])]
 
     def start(self, name: str | None = None) -> None:
         """Start every member (or one, which rejoins with its data dir)."""
@@ -106,7 +135,7 @@ class EtcdCluster:
         deadline = time.monotonic() + timeout
         todo = [m for m in self.members if names is None or m.name in names]
         while time.monotonic() < deadline:
-            if all(_healthy(m.client_url) for m in todo):
+            if all(_healthy(m.client_url, self.context()) for m in todo):
                 return
             time.sleep(0.05)
         logs = "; ".join(f"{m.name}: {Path(m.log).read_text()[-300:]!r}" for m in todo
@@ -119,7 +148,7 @@ class EtcdCluster:
             try:
                 with urllib.request.urlopen(urllib.request.Request(
                         f"{m.client_url}/v3/maintenance/status", data=b"{}", method="POST"),
-                        timeout=0.5) as r:
+                        timeout=0.5, context=self.context()) as r:
                     st = json.load(r)
             except (OSError, ValueError):
                 continue
@@ -137,18 +166,24 @@ class EtcdCluster:
         for m in self.members:
             procs.stop(m.pid, m.data_dir)
 
+    def context(self) -> ssl.SSLContext | None:
+        """For the harness's own requests: None on a plain lab."""
+        return self.tls.context() if self.tls else None
+
     def to_json(self) -> dict:
         return {"endpoints": self.endpoints, "binary": self.binary, "token": self.token,
-                "members": [asdict(m) for m in self.members]}
+                "members": [asdict(m) for m in self.members],
+                "tls": asdict(self.tls) if self.tls else None}
 
     @classmethod
     def from_json(cls, d: dict) -> "EtcdCluster":
-        return cls([EtcdMember(**m) for m in d["members"]], d["binary"], d["token"])
+        return cls([EtcdMember(**m) for m in d["members"]], d["binary"], d["token"],
+                   EtcdTLS(**d["tls"]) if d.get("tls") else None)
 
 
-def _healthy(url: str) -> bool:
+def _healthy(url: str, context: ssl.SSLContext | None = None) -> bool:
     try:
-        with urllib.request.urlopen(f"{url}/health", timeout=0.5) as r:
+        with urllib.request.urlopen(f"{url}/health", timeout=0.5, context=context) as r:
             return json.load(r).get("health") == "true"
     except (OSError, ValueError):
         return False

@@ -66,7 +66,7 @@ class LabFencing:
         return IpmiSim(Path(self.root) / "bmc" / node, self.bmc_ports[node], ["sh", "-c", cmd],
                        BMC_USER, BMC_PASSWORD, name=node, addr=self.host)
 
-    def start_support(self, keyring: str, etcd: list[str], cluster: str) -> None:
+    def start_support(self, keyring: str, etcd: list[str], cluster: str, etcd_args: list[str] = ()) -> None:
         root = Path(self.root)
         self.plc_pid = procs.spawn([sys.executable, "-m", "vigil", "plc-sim", "--port", str(self.plc_port)],
                                    root / "plc.log").pid
@@ -74,7 +74,7 @@ class LabFencing:
                                         f"127.0.0.1:{self.plc_port}", "--listen", str(self.gateway_port),
                                         "--state", str(root / "actuator"), "--host", self.host,
                                         "--keyring", keyring, "--etcd", ",".join(etcd),
-                                        "--cluster", cluster],
+                                        "--cluster", cluster, *etcd_args],
                                        root / "gateway.log").pid
         procs.wait_for(lambda: _up(self.gateway_url + "/status"), 20, "the actuator gateway")
 

@@ -10,6 +10,12 @@ Translation at this boundary: aiohttp/OS errors and etcd's "try again"
 answers (no leader, leader changed, timeouts) become StoreUnavailable after
 every endpoint was tried within the deadline; "lease not found" becomes
 LeaseNotFound; a compacted watch becomes WatchCompacted.
+
+With `user`/`password` (etcd auth enabled, docs/operations.md) the store
+authenticates once, sends the token with every request, and authenticates
+again when etcd says the token expired; wrong credentials are a StoreError
+naming the user. The gateway ignores certificate common names, so a client
+certificate gives TLS transport only and the user name is the identity.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ log = logging.getLogger(__name__)
 
 _RETRYABLE = ("no leader", "leader changed", "timed out", "too many requests",
               "not capable", "unhealthy", "stopped", "server is stopping")
+_TOKEN_GONE = ("invalid auth token", "user name is empty")
 
 
 def _b64(s: str) -> str:
@@ -48,11 +55,13 @@ def _kv(d: dict[str, Any]) -> KeyValue:
 
 class EtcdStore(Store):
     def __init__(self, endpoints: list[str], timeout: float = 1.0, ca: str | None = None,
-                 cert: str | None = None, key: str | None = None):
+                 cert: str | None = None, key: str | None = None, user: str | None = None,
+                 password: str | None = None):
         if not endpoints:
             raise StoreError("no etcd endpoints configured")
         self.endpoints = [e.rstrip("/") for e in endpoints]
         self.timeout = timeout
+        self.user, self._password, self._token = user, password, None
         self._current = 0
         self._ssl = _ssl_context(ca, cert, key)
         self._session: aiohttp.ClientSession | None = None
@@ -63,7 +72,8 @@ class EtcdStore(Store):
     # -- transport ---------------------------------------------------------
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            conn = aiohttp.TCPConnector(ssl=self._ssl if self._ssl else False, limit=0)
+            # No CA given: https endpoints are verified against the system CAs, never unverified.
+            conn = aiohttp.TCPConnector(ssl=self._ssl or True, limit=0)
             self._session = aiohttp.ClientSession(connector=conn, read_bufsize=1 << 22)
         return self._session
 
@@ -84,7 +94,9 @@ class EtcdStore(Store):
             # until its own timeout (~7 s): give each attempt a slice, then try again.
             attempt = min(left, max(0.25, self.timeout / 3))
             try:
-                async with self._http().post(f"{ep}/v3/{path}", json=body,
+                if self.user and self._token is None:
+                    await self._authenticate(ep, attempt)
+                async with self._http().post(f"{ep}/v3/{path}", json=body, headers=self._auth(),
                                              timeout=aiohttp.ClientTimeout(total=attempt)) as r:
                     data = await r.json(content_type=None)
                     if r.status == 200:
@@ -106,9 +118,28 @@ class EtcdStore(Store):
                 continue
         raise StoreUnavailable("no etcd member answered GET /version")
 
-    @staticmethod
-    def _classify(ep: str, data: Any) -> str:
+    def _auth(self) -> dict[str, str]:
+        return {"Authorization": self._token} if self._token else {}
+
+    async def _authenticate(self, ep: str, timeout: float) -> None:
+        async with self._http().post(f"{ep}/v3/auth/authenticate",
+                                     json={"name": self.user, "password": self._password},
+                                     timeout=aiohttp.ClientTimeout(total=timeout)) as r:
+            data = await r.json(content_type=None)
+        if r.status == 200 and isinstance(data, dict) and data.get("token"):
+            self._token = str(data["token"])
+            return
         msg = str(data.get("error") or data.get("message") or data) if isinstance(data, dict) else str(data)
+        if "authentication failed" in msg or "not enabled" in msg:
+            raise StoreError(f"etcd {ep} refused user {self.user!r}: {msg}; check etcd.user and "
+                             "etcd.password_file")
+        raise aiohttp.ClientPayloadError(f"authenticate: {msg}")  # retried like any answer
+
+    def _classify(self, ep: str, data: Any) -> str:
+        msg = str(data.get("error") or data.get("message") or data) if isinstance(data, dict) else str(data)
+        if any(t in msg for t in _TOKEN_GONE) and self.user:
+            self._token = None  # expired (simple tokens live 5 minutes idle): authenticate again
+            return f"{ep}: {msg}"
         if "lease not found" in msg:
             raise LeaseNotFound(msg)
         if not any(r in msg for r in _RETRYABLE):
@@ -195,8 +226,10 @@ class EtcdStore(Store):
                 req["start_revision"] = str(nxt)
             try:
                 timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout)
+                if self.user and self._token is None:
+                    await self._authenticate(ep, self.timeout)
                 async with self._http().post(f"{ep}/v3/watch", json={"create_request": req},
-                                             timeout=timeout) as resp:
+                                             headers=self._auth(), timeout=timeout) as resp:
                     async for line in resp.content:
                         failures = 0
                         for ev, rev in self._watch_line(line):
@@ -212,13 +245,14 @@ class EtcdStore(Store):
             self._current = (self._current + 1) % len(self.endpoints)
             await asyncio.sleep(min(1.0, 0.02 * failures))
 
-    @staticmethod
-    def _watch_line(line: bytes) -> list[tuple[WatchEvent | None, int]]:
+    def _watch_line(self, line: bytes) -> list[tuple[WatchEvent | None, int]]:
         line = line.strip()
         if not line:
             return []
         msg = json.loads(line)
         if "error" in msg:
+            if any(t in str(msg["error"]) for t in _TOKEN_GONE):
+                self._token = None
             raise aiohttp.ClientPayloadError(str(msg["error"]))
         res = msg.get("result", {})
         if int(res.get("compact_revision", 0)) > 0:

@@ -1,0 +1,75 @@
+"""`vigil certs init|issue`: the cluster's CA and its certificates (vigil.certs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vigil.certs import init_ca, issue
+
+
+def register(sub) -> None:
+    p = sub.add_parser("certs", help="make the cluster's CA and certificates (TLS for etcd and Vigil)")
+    s = p.add_subparsers(dest="certs_command", metavar="ACTION", required=True)
+    i = s.add_parser("init", help="create DIR/ca.pem and DIR/ca.key")
+    i.add_argument("--dir", required=True)
+    i.set_defaults(func=lambda a: print(f"CA: {init_ca(Path(a.dir))} (keep {Path(a.dir) / 'ca.key'} "
+                                        "offline once every certificate is issued)"))
+    c = s.add_parser("issue", help="a certificate for an etcd member, agent, router or operator",
+                     description="CN=NAME is who the certificate speaks for (etcd takes it as the user "
+                                 "name: n1, router, operator, ...).")
+    c.add_argument("--dir", required=True, help="the CA's directory; NAME.pem/NAME.key go there too")
+    c.add_argument("--name", required=True)
+    c.add_argument("--host", action="append", default=[], help="an address or DNS name it serves on "
+                                                               "(repeat)")
+    c.add_argument("--days", type=int, default=825)
+    c.set_defaults(func=_issue)
+
+
+def _issue(args) -> None:
+    cert, key = issue(Path(args.dir), args.name, args.host, args.days)
+    print(f"{args.name}: {cert} and {key}")
+
+
+def register_auth(sub) -> None:
+    p = sub.add_parser("etcd-auth", help="create etcd users and roles for a cluster and turn etcd auth on")
+    s = p.add_subparsers(dest="auth_command", metavar="ACTION", required=True)
+    i = s.add_parser("init", description="Roles on /vigil/CLUSTER/ only: agents and operators read and "
+                                         "write, routers and gateways read. Writes NAME.password (0600) "
+                                         "for every user, and root.password, into --out.")
+    i.add_argument("--etcd", required=True, metavar="URL[,URL...]")
+    i.add_argument("--cluster", required=True)
+    i.add_argument("--cacert")
+    i.add_argument("--cert")
+    i.add_argument("--key")
+    for kind in ("agent", "router", "gateway", "operator"):
+        i.add_argument(f"--{kind}", action="append", default=[], metavar="NAME", help=f"a {kind} user (repeat)")
+    i.add_argument("--out", required=True, help="directory for the password files")
+    i.set_defaults(func=_auth_init)
+
+
+def _auth_init(args) -> int:
+    import asyncio
+
+    from vigil.store.etcd import EtcdStore
+    from vigil.store.etcd_auth import enable_auth, new_password
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    users = {n: (kind, new_password()) for kind in ("agent", "router", "gateway", "operator")
+             for n in getattr(args, kind)}
+    root = new_password()
+    for name, (_, pw) in {**users, "root": ("root", root)}.items():
+        f = out / f"{name}.password"
+        f.touch(mode=0o600)
+        f.write_text(pw + "\n")
+
+    async def go() -> None:
+        store = EtcdStore(args.etcd.split(","), 5.0, args.cacert, args.cert, args.key)
+        try:
+            await enable_auth(store, args.cluster, users, root)
+        finally:
+            await store.close()
+    asyncio.run(go())
+    print(f"etcd auth on for cluster {args.cluster}: {len(users)} users; passwords in {out} "
+          "(give each its own file, root-only; keep root.password offline)")
+    return 0

@@ -1,0 +1,78 @@
+"""`vigil lab up --secure`: the lab's etcd with TLS for clients and peers,
+client-certificate auth, and etcd users and roles (vigil.store.etcd_auth);
+every agent, the router, the gateway and the operator with their own
+certificate and etcd user. Files live in DIR/tls (never committed):
+ca.pem; etcd.pem (the members' server certificate); NAME.pem, NAME.key and
+NAME.password per client (n1.., router, gateway, operator, harness).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from vigil.certs import init_ca, issue
+from vigil.lab.etcd import EtcdCluster, EtcdTLS
+from vigil.store.etcd import EtcdStore
+from vigil.store.etcd_auth import enable_auth, new_password
+
+SERVICE_USERS = {"router": "router", "gateway": "gateway", "operator": "operator"}
+
+
+def plan_tls(root: Path, hosts: list[str], nodes: list[str]) -> EtcdTLS:
+    """Make the CA and every certificate and password; the harness's TLS."""
+    d = root / "tls"
+    init_ca(d, "Vigil lab CA")
+    issue(d, "etcd", sorted({"127.0.0.1", "localhost", *hosts}))
+    for name in [*nodes, *SERVICE_USERS, "harness"]:
+        issue(d, name)
+        pw = d / f"{name}.password"
+        pw.write_text(new_password() + "\n")
+        pw.chmod(0o600)
+    return EtcdTLS(str(d / "ca.pem"), str(d / "etcd.pem"), str(d / "etcd.key"), str(d / "harness.pem"),
+                   str(d / "harness.key"), "root", new_password())
+
+
+def etcd_block(root: Path, endpoints: list[str], name: str) -> dict[str, Any]:
+    """The `etcd:` block of NAME's configuration (a node, or `router`)."""
+    d = root / "tls"
+    return {"endpoints": endpoints, "ca_file": str(d / "ca.pem"), "cert_file": str(d / f"{name}.pem"),
+            "key_file": str(d / f"{name}.key"), "user": name, "password_file": str(d / f"{name}.password")}
+
+
+def gateway_args(root: Path) -> list[str]:
+    d = root / "tls"
+    return ["--etcd-ca", str(d / "ca.pem"), "--etcd-cert", str(d / "gateway.pem"),
+            "--etcd-key", str(d / "gateway.key"), "--etcd-user", "gateway",
+            "--etcd-password-file", str(d / "gateway.password")]
+
+
+def enable(etcd: EtcdCluster, root: Path, cluster: str, nodes: list[str]) -> None:
+    """Create the users and roles and turn etcd auth on (once, at lab start)."""
+    tls = etcd.tls
+    assert tls is not None
+    d = root / "tls"
+    users = {n: ("agent", (d / f"{n}.password").read_text().strip()) for n in nodes}
+    users |= {u: (kind, (d / f"{u}.password").read_text().strip()) for u, kind in SERVICE_USERS.items()}
+
+    async def go() -> None:
+        store = EtcdStore(etcd.endpoints, 5.0, tls.ca, tls.client_cert, tls.client_key)
+        try:
+            await enable_auth(store, cluster, users, tls.password)
+        finally:
+            await store.close()
+    asyncio.run(go())
+
+
+def harness_token(etcd: EtcdCluster, endpoint: str) -> dict[str, str]:
+    """Headers for the harness's own plain requests to `endpoint` ({} on a plain lab)."""
+    tls = etcd.tls
+    if tls is None:
+        return {}
+    body = json.dumps({"name": tls.user, "password": tls.password}).encode()
+    with urllib.request.urlopen(urllib.request.Request(f"{endpoint}/v3/auth/authenticate", data=body),
+                                timeout=1.0, context=tls.context()) as r:
+        return {"Authorization": json.load(r)["token"]}
