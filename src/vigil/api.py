@@ -9,6 +9,10 @@ GET /ready    200 when this node's inference server is ready
 GET /status   JSON: role, token, lease, decision, peers, counters
 GET /metrics  Prometheus text format
 Every answer is JSON (but /metrics) and carries the reason in its body.
+
+With `api.cert_file`/`key_file` the API speaks https; with `api.tokens_file`
+/status and /metrics need a bearer token, while the health endpoints stay
+open for load balancers (as Patroni's).
 """
 
 from __future__ import annotations
@@ -21,18 +25,21 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from vigil.errors import VigilError
-from vigil.web import finish, route
+from vigil.web import bearer_tokens, finish, route, server_tls
 
 if TYPE_CHECKING:
     from vigil.agent.daemon import Agent
 
 log = logging.getLogger(__name__)
 
+HEALTH_PATHS = frozenset({"/health", "/leader", "/standby", "/ready"})
+
 
 class AgentApi:
     def __init__(self, agent: "Agent"):
         self.agent = agent
-        self.app = web.Application()
+        tokens = agent.cfg.api_tokens
+        self.app = web.Application(middlewares=[bearer_tokens(tokens, HEALTH_PATHS)] if tokens else [])
         self.app.add_routes([route("GET", "/health", self.health), route("GET", "/leader", self.leader),
                              route("GET", "/standby", self.standby), route("GET", "/ready", self.ready),
                              route("GET", "/status", self.status), route("GET", "/metrics", self.metrics)])
@@ -43,7 +50,8 @@ class AgentApi:
         self._runner = web.AppRunner(self.app, access_log=None)
         await self._runner.setup()
         cfg = self.agent.cfg
-        site = web.TCPSite(self._runner, cfg.api_host, cfg.api_port, reuse_address=True)
+        tls = server_tls(*cfg.api_tls) if cfg.api_tls else None
+        site = web.TCPSite(self._runner, cfg.api_host, cfg.api_port, reuse_address=True, ssl_context=tls)
         try:
             await site.start()
         except OSError as e:

@@ -105,6 +105,8 @@ class NodeConfig:
     priority: int = 100
     api_host: str = "127.0.0.1"
     api_port: int = 8008
+    api_tls: tuple[str, str] | None = None  # (cert_file, key_file): serve the API over https
+    api_tokens: dict[str, str] | None = field(default=None, repr=False)  # name -> bearer token
     data_dir: str = "/var/lib/vigil"
     timing: Timing = field(default_factory=Timing)
     log_level: str = "info"
@@ -115,7 +117,7 @@ class NodeConfig:
 
     @property
     def api_url(self) -> str:
-        return f"http://{self.api_host}:{self.api_port}"
+        return f"{'https' if self.api_tls else 'http'}://{self.api_host}:{self.api_port}"
 
 
 _TOP = {"cluster", "node", "priority", "data_dir", "api", "etcd", "heartbeat", "timing", "log_level",
@@ -131,7 +133,7 @@ def parse_config(raw: Any, base_dir: Path = Path(".")) -> NodeConfig:
     d = check_mapping(raw, "(top level)", _TOP)
     cluster = check_name(d, "cluster")
     node = check_name(d, "node")
-    api = check_mapping(d.get("api", {}), "api", {"host", "port"})
+    api = check_mapping(d.get("api", {}), "api", {"host", "port", "cert_file", "key_file", "tokens_file"})
     hb = check_mapping(d.get("heartbeat"), "heartbeat", {"addresses", "port", "key", "key_file", "peers",
                                                     "observers", "signing_key_file", "keyring_file",
                                                     "max_clock_skew"})
@@ -148,10 +150,26 @@ def parse_config(raw: Any, base_dir: Path = Path(".")) -> NodeConfig:
         heartbeat_port=check_port(hb.get("port", DEFAULT_HEARTBEAT_PORT), "heartbeat.port"),
         peers=peers, observers=_observers(hb.get("observers", [])), priority=check_int(d.get("priority", 100), "priority", 0, 1000),
         api_host=check_address(api.get("host", "127.0.0.1"), "api.host"),
-        api_port=check_port(api.get("port", 8008), "api.port"),
+        api_port=check_port(api.get("port", 8008), "api.port"), **_api_security(api, base_dir),
         data_dir=str(d.get("data_dir", "/var/lib/vigil")), timing=timing, log_level=level,
         inference=_inference(d.get("inference")), fencing=_fencing(d.get("fencing"), base_dir),
         controller=_controller(d.get("controller")), watchdog=_watchdog(d.get("watchdog"), timing))
+
+
+def _api_security(api: dict[str, Any], base: Path, where: str = "api") -> dict[str, Any]:
+    """TLS for an HTTP API (both files or neither) and its bearer tokens."""
+    from vigil.web import load_tokens
+
+    if ("cert_file" in api) != ("key_file" in api):
+        raise ConfigError(f"{where}.cert_file", api.get("cert_file"), f"give both {where}.cert_file and "
+                                                                      f"{where}.key_file (https), or neither")
+    tls = (str(base / str(api["cert_file"])), str(base / str(api["key_file"]))) if "cert_file" in api else None
+    for f in tls or ():
+        if not Path(f).is_file():
+            raise ConfigError(f"{where}.cert_file", f, "file not found; make one with `vigil certs issue`")
+    tokens = load_tokens(str(base / str(api["tokens_file"])), f"{where}.tokens_file") \
+        if "tokens_file" in api else None
+    return {"api_tls": tls, "api_tokens": tokens}
 
 
 def _peers(v: Any, me: str) -> tuple[Peer, ...]:

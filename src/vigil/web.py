@@ -10,10 +10,14 @@ matches, so `finish(app)` adds a last route that answers every other path
 
 from __future__ import annotations
 
+import hmac
+import ssl
 from typing import Any
 
 from aiohttp import web
 from aiohttp.http import HttpVersion11
+
+from vigil.errors import ConfigError
 
 
 async def expect_continue(request: web.Request) -> None:
@@ -37,3 +41,50 @@ def finish(app: web.Application) -> None:
     async def unknown(request: web.Request) -> web.Response:
         return web.json_response({"error": "no such endpoint"}, status=404)
     app.router.add_route("*", "/{tail:.*}", unknown, expect_handler=expect_continue)
+
+
+def server_tls(cert_file: str, key_file: str) -> ssl.SSLContext:
+    """A server TLS context (TLS 1.2 at least). Raises ConfigError naming the files."""
+    try:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(cert_file, key_file)
+    except (OSError, ssl.SSLError) as e:
+        raise ConfigError("api.cert_file", cert_file, f"cannot load the certificate and key ({e})") from None
+    return ctx
+
+
+def bearer_tokens(tokens: dict[str, str], open_paths: frozenset[str]) -> Any:
+    """A middleware: every path but `open_paths` needs `Authorization: Bearer
+    <token>` with one of `tokens` (name -> token; compared in constant time);
+    the caller's name is request["operator"]. 401 otherwise, naming no token."""
+    @web.middleware
+    async def check(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path not in open_paths:
+            given = request.headers.get("Authorization", "")
+            name = next((n for n, t in tokens.items()
+                         if hmac.compare_digest(given.encode(), f"Bearer {t}".encode())), None)
+            if name is None:
+                return web.json_response({"error": "this endpoint needs Authorization: Bearer <token> "
+                                                   "(api.tokens_file); health endpoints need none"},
+                                         status=401, headers={"WWW-Authenticate": "Bearer"})
+            request["operator"] = name
+        return await handler(request)
+    return check
+
+
+def load_tokens(path: str, field: str) -> dict[str, str]:
+    """name -> token from a root-only YAML file. Raises ConfigError."""
+    import yaml
+
+    from vigil.files import read_secret
+
+    try:
+        doc = yaml.safe_load(read_secret(path, field))
+    except yaml.YAMLError:
+        doc = None
+    if not isinstance(doc, dict) or not doc or not all(
+            isinstance(n, str) and isinstance(t, str) and len(t) >= 16 for n, t in doc.items()):
+        raise ConfigError(field, path, "must map names to tokens of 16+ characters "
+                                       "(`operator: <python3 -c 'import secrets; print(secrets.token_hex(16))'>`)")
+    return doc

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 from tests.integration.test_router_deadlines import router_over
@@ -93,3 +94,29 @@ async def test_admin_endpoints_only_on_the_admin_listener():
             async with http.get(url + "/metrics") as r:  # the public /metrics is the engine's
                 assert r.status == 200 and (await r.json())["path"] == "/metrics"
 
+
+
+async def test_admin_listener_speaks_tls_and_wants_a_token(tmp_path):
+    from vigil.certs import init_ca, issue
+
+    ca = init_ca(tmp_path)
+    cert, key = issue(tmp_path, "router-admin", ["127.0.0.1"])
+    tokens = tmp_path / "tokens.yaml"
+    tokens.write_text("prometheus: " + "ab" * 16 + "\n")
+    tokens.chmod(0o600)
+    admin = {"cert_file": str(cert), "key_file": str(key), "tokens_file": str(tokens)}
+    async with router_over({"n1": echo_backend()}, admin=admin) as (router, _):
+        (port,) = free_ports(1)
+        await router.listen_admin("127.0.0.1", port)
+        import ssl
+        ctx = ssl.create_default_context(cafile=str(ca))
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as http:
+            async with http.get(f"https://127.0.0.1:{port}/metrics") as r:
+                assert r.status == 401 and r.headers["WWW-Authenticate"] == "Bearer"
+            async with http.get(f"https://127.0.0.1:{port}/metrics",
+                                headers={"Authorization": "Bearer " + "ab" * 16}) as r:
+                assert r.status == 200 and "vigil_router_requests_total" in await r.text()
+        async with aiohttp.ClientSession() as http:
+            with pytest.raises(aiohttp.ClientError):  # plain http to a TLS listener gets nothing
+                async with http.get(f"http://127.0.0.1:{port}/metrics") as r:
+                    await r.read()

@@ -11,6 +11,7 @@ import json
 import ssl
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 
 import pytest
@@ -84,11 +85,15 @@ def test_the_cli_verifies_tls_and_uses_the_operator_identity(lab):
     r = vigil("status", "--etcd", ",".join(lab.etcd.endpoints), "--cluster", lab.cluster)
     assert r.returncode == 1 and "CERTIFICATE_VERIFY_FAILED" in r.stderr, "no CA: verified, so refused"
     tls = lab.root / "tls"
-    r = vigil("status", "--json", "--etcd", ",".join(lab.etcd.endpoints), "--cluster", lab.cluster,
-              "--cacert", str(tls / "ca.pem"), "--cert", str(tls / "operator.pem"),
-              "--key", str(tls / "operator.key"), "--user", "operator",
-              "--password-file", str(tls / "operator.password"))
+    args = ["status", "--json", "--etcd", ",".join(lab.etcd.endpoints), "--cluster", lab.cluster,
+            "--cacert", str(tls / "ca.pem"), "--cert", str(tls / "operator.pem"),
+            "--key", str(tls / "operator.key"), "--user", "operator",
+            "--password-file", str(tls / "operator.password")]
+    r = vigil(*args)
+    assert r.returncode == 1 and "wants a bearer token: give --api-token-file" in r.stderr
+    r = vigil(*args, "--api-token-file", str(tls / "operator.api-token"))
     assert r.returncode == 0, r.stderr
+    assert all(m["heartbeat_age"] is not None for m in json.loads(r.stdout)["members"])
 
 
 def test_the_demo_fault_sequence_fails_no_request_on_the_secure_lab(tmp_path):
@@ -99,3 +104,34 @@ def test_the_demo_fault_sequence_fails_no_request_on_the_secure_lab(tmp_path):
     assert report["requests_sent"] > 500 and report["requests_failed"] == 0
     assert [f["name"] for f in report["faults"]] == ["kill leader", "hang server", "restart node", "switchover"]
     assert all(f["during"]["failed"] == 0 for f in report["faults"])
+
+
+def test_events_an_operator_causes_name_the_operator(lab):
+    old = lab.leader()[0]
+    to = next(n.name for n in lab.nodes if n.name != old)
+    r = vigil("switchover", "--to", to, "--lab", str(lab.root))
+    assert r.returncode == 0, r.stderr
+    events = lab.events()
+    asked = [e for e in events if e["kind"] == "switchover_requested"]
+    assert asked and asked[-1]["operator"] == "operator" and asked[-1]["subject"] == to
+    assert any("requested by operator" in e.get("cause", "") for e in events if e["node"] == old), \
+        "the old leader's resignation names who asked for it"
+
+
+def test_agent_api_is_https_and_only_health_is_open(lab):
+    node = lab.nodes[0]
+    assert node.api_url.startswith("https://")
+    ctx = ssl.create_default_context(cafile=str(lab.root / "tls" / "ca.pem"))
+    with urllib.request.urlopen(node.api_url + "/health", timeout=2, context=ctx) as r:
+        assert r.status == 200, "load balancers need no token"
+    for path in ("/status", "/metrics"):
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(node.api_url + path, timeout=2, context=ctx)
+        assert e.value.code == 401
+    bad = urllib.request.Request(node.api_url + "/status", headers={"Authorization": "Bearer " + "0" * 32})
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(bad, timeout=2, context=ctx)
+    assert e.value.code == 401
+    assert lab.agent_status(node.name)["node"] == node.name, "the harness's token is taken"
+    with pytest.raises(OSError):
+        urllib.request.urlopen(node.api_url.replace("https://", "http://") + "/health", timeout=2)

@@ -60,6 +60,8 @@ def test_stale_own_key_is_released_or_waited_out():
 def test_switchover_resign_and_target_campaigns():
     lead = view("a", i_lead=True, my_token=5, leader=LeaderInfo("a", 5, 1), switchover=Switchover("c"))
     assert str(decide(lead)) == "resign: switchover to c requested"
+    by = view("a", i_lead=True, my_token=5, leader=LeaderInfo("a", 5, 1), switchover=Switchover("c", "alice"))
+    assert str(decide(by)) == "resign: switchover to c requested by alice", "the operator is named"
     assert decide(view("c", switchover=Switchover("c"))).action == CAMPAIGN
     d = decide(view("a", switchover=Switchover("c")))
     assert d.action == NONE and "switchover target c" in d.reason

@@ -52,7 +52,7 @@ def _run(coro_fn, target):
 
 def status(args) -> int:
     target = resolve(args)
-    doc = _run(lambda store: gather_status(store, target.keys), target)
+    doc = _run(lambda store: gather_status(store, target.keys, target.api), target)
     print(json.dumps(doc, indent=2) if args.json else render_table(doc))
     return 0
 
@@ -87,7 +87,9 @@ def switchover(args) -> int:
             print(f"{args.to} already leads (token {snap.leader.token})")
             return 0
         lease = await store.grant(SWITCHOVER_TTL)
-        await reg.request_switchover(args.to, "vigil switchover", lease.id)
+        await reg.request_switchover(args.to, target.operator, lease.id)
+        await _record(store, target, "switchover_requested", f"{target.operator} asked for a "
+                      f"switchover to {args.to}", subject=args.to)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + args.wait
         while loop.time() < deadline:
@@ -106,16 +108,13 @@ def fence(args) -> int:
     target = resolve(args)
 
     async def go(store):
-        from vigil.clock import SystemClock
-        from vigil.store.events import EventLog
-
         reg = Registry(store, target.keys)
         snap = await reg.snapshot()
         known = set(snap.members) | set(snap.states) | set(snap.fence_blocked)
         if args.node not in known:
             raise VigilError(f"{args.node}: not a member of cluster {target.cluster} "
                              f"(known: {', '.join(sorted(known)) or 'none'})")
-        hearers = await _still_heard(snap, args.node)
+        hearers = await _still_heard(snap, args.node, target.api)
         if hearers and not args.force:
             raise VigilError(f"{args.node} is not powered off: {', '.join(hearers)} still hear its "
                              "heartbeats. Releasing its roles now could let two leaders act. Power it "
@@ -126,21 +125,29 @@ def fence(args) -> int:
         for lease in leases - {0}:
             await store.revoke(lease)  # its leader key and member record go with it
         await reg.fenced(args.node)
-        log = EventLog(store, target.keys, "operator", SystemClock())
-        log.record("fence_confirmed", f"operator confirmed {args.node} is powered off; its roles are "
-                   "released" + (f" (forced: {', '.join(hearers)} still heard it)" if hearers else ""),
-                   subject=args.node)
-        await log.flush()
+        await _record(store, target, "fence_confirmed", f"{target.operator} confirmed {args.node} is "
+                      "powered off; its roles are released" +
+                      (f" (forced: {', '.join(hearers)} still heard it)" if hearers else ""), subject=args.node)
         print(f"{args.node} marked fenced; its lease is revoked and its roles may move")
         return 0
 
     return _run(go, target)
 
 
-async def _still_heard(snap, node: str) -> list[str]:
+async def _record(store, target, kind: str, cause: str, **details) -> None:
+    """One event in the cluster's log, naming the operator who caused it."""
+    from vigil.clock import SystemClock
+    from vigil.store.events import EventLog
+
+    log = EventLog(store, target.keys, "operator", SystemClock())
+    log.record(kind, cause, operator=target.operator, **details)
+    await log.flush()
+
+
+async def _still_heard(snap, node: str, access) -> list[str]:
     """The members whose agents say `node`'s heartbeats are alive right now."""
     from vigil.cli.status_view import agent_views
 
-    views = await agent_views(snap, [n for n in snap.members if n != node])
+    views = await agent_views(snap, [n for n in snap.members if n != node], access)
     return sorted(name for name, v in views.items()
                   if v and (v.get("peers", {}).get(node) or {}).get("state") == "alive")

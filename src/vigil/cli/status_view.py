@@ -4,37 +4,57 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
+from vigil.errors import VigilError
 from vigil.store.base import Store
 from vigil.store.keys import Keys
 from vigil.store.registry import Registry, Snapshot
 
 
+@dataclass(frozen=True)
+class ApiAccess:
+    """How to read agents' /status: the CA for https APIs (system CAs if
+    None; always verified) and a bearer token where the API wants one."""
+
+    ca: str | None = None
+    token: str | None = None
+
+    def session(self) -> aiohttp.ClientSession:
+        ctx = ssl.create_default_context(cafile=self.ca)
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        return aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx), headers=headers)
+
+
 async def _agent_status(http: aiohttp.ClientSession, url: str) -> dict[str, Any] | None:
     try:
         async with http.get(url + "/status", timeout=aiohttp.ClientTimeout(total=0.7)) as r:
-            return await r.json()
+            if r.status == 401:  # never read as "agent down": fence would then skip its check
+                raise VigilError(f"{url}/status wants a bearer token: give --api-token-file")
+            return await r.json() if r.status == 200 else None
     except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
         return None
 
 
-async def agent_views(snap: Snapshot, names: list[str]) -> dict[str, dict[str, Any] | None]:
+async def agent_views(snap: Snapshot, names: list[str],
+                      access: ApiAccess | None = None) -> dict[str, dict[str, Any] | None]:
     """Each named member's agent /status (None where it does not answer)."""
-    async with aiohttp.ClientSession() as http:
+    async with (access or ApiAccess()).session() as http:
         views = await asyncio.gather(*(_agent_status(http, str(snap.members[n].get("api_url", "")))
                                        if n in snap.members else asyncio.sleep(0, None)
                                        for n in names))
     return dict(zip(names, views))
 
 
-async def gather_status(store: Store, keys: Keys) -> dict[str, Any]:
+async def gather_status(store: Store, keys: Keys, access: ApiAccess | None = None) -> dict[str, Any]:
     """Members from etcd, lease TTLs from etcd, heartbeat ages from the agents."""
     snap = await Registry(store, keys).snapshot()
     names = sorted(set(snap.members) | set(snap.states))
-    by_name = await agent_views(snap, names)
+    by_name = await agent_views(snap, names, access)
     ttls = await asyncio.gather(*(store.time_to_live(snap.member_leases[n]) if n in snap.members
                                   else asyncio.sleep(0, -1) for n in names))
     members = []

@@ -26,6 +26,23 @@ class Target:
     key: str | None = None
     user: str | None = None
     password: str | None = None
+    api_token: str | None = None  # bearer token for agents' /status (api.tokens_file)
+
+    @property
+    def api(self):
+        from vigil.cli.status_view import ApiAccess
+
+        return ApiAccess(self.ca, self.api_token)
+
+    @property
+    def operator(self) -> str:
+        """Who is acting, for the event log: the etcd user, else user@host."""
+        if self.user:
+            return self.user
+        import getpass
+        import socket
+
+        return f"{getpass.getuser()}@{socket.gethostname()}"
 
     def store(self) -> EtcdStore:
         return EtcdStore(self.endpoints, 2.0, self.ca, self.cert, self.key, self.user, self.password)
@@ -47,13 +64,15 @@ def add_target_args(p) -> None:
     t.add_argument("--key", help="its private key")
     t.add_argument("--user", help="etcd user (e.g. operator)")
     t.add_argument("--password-file", help="that user's password, in a root-only file")
+    t.add_argument("--api-token-file", help="a bearer token for the agents' /status (root-only file)")
 
 
 def resolve(args) -> Target:
     if args.config:
         cfg = load_config(args.config)
         e = cfg.etcd
-        return Target(list(e.endpoints), cfg.cluster, e.ca_file, e.cert_file, e.key_file, e.user, e.password)
+        return Target(list(e.endpoints), cfg.cluster, e.ca_file, e.cert_file, e.key_file, e.user, e.password,
+                      _token(args) or (cfg.api_tokens or {}).get("operator"))
     if args.lab:
         return _lab_target(Path(args.lab))
     etcd = args.etcd or os.environ.get("VIGIL_ETCD")
@@ -66,7 +85,11 @@ def resolve(args) -> Target:
     if bool(args.user) != bool(password):
         raise ConfigError("--user", args.user, "give --user and --password-file together")
     return Target([e.strip() for e in etcd.split(",") if e.strip()], cluster, args.cacert, args.cert,
-                  args.key, args.user, password)
+                  args.key, args.user, password, _token(args))
+
+
+def _token(args) -> str | None:
+    return read_secret(args.api_token_file, "--api-token-file") if args.api_token_file else None
 
 
 def _lab_target(root: Path) -> Target:
@@ -78,4 +101,5 @@ def _lab_target(root: Path) -> Target:
     if "ca" not in doc:
         return Target(lab.etcd.endpoints, lab.cluster)
     return Target(lab.etcd.endpoints, lab.cluster, doc["ca"], doc["operator_cert"], doc["operator_key"],
-                  doc["operator_user"], read_secret(doc["operator_password_file"], "lab.json"))
+                  doc["operator_user"], read_secret(doc["operator_password_file"], "lab.json"),
+                  read_secret(doc["api_token_file"], "lab.json"))

@@ -60,7 +60,8 @@ def _leading(v: ClusterView) -> Decision | None:
         return None
     so = v.switchover
     if so and so.to != v.me and v.eligible(so.to):
-        return Decision(RESIGN, f"switchover to {so.to} requested")
+        by = f" by {so.requested_by}" if so.requested_by else ""
+        return Decision(RESIGN, f"switchover to {so.to} requested{by}")
     if not v.healthy:
         return Decision(RESIGN, "unhealthy: " + ("; ".join(v.health_reasons) or "no reason given"))
     return Decision(NONE, f"holding leadership (token {v.my_token})")

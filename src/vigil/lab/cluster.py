@@ -13,16 +13,12 @@ keep-alive was sent.
 
 from __future__ import annotations
 
-import asyncio
-import base64
 import json
 import signal
 import sys
-import urllib.error
-import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import yaml
 
@@ -32,8 +28,7 @@ from vigil import procs
 from vigil.lab import secure as secure_lab
 from vigil.lab.etcd import EtcdCluster
 from vigil.lab.fencing import LabFencing
-from vigil.store.etcd import EtcdStore
-from vigil.store.keys import Keys
+from vigil.lab.observe import LabObservation
 
 LAB_TIMING = {"heartbeat_interval": 0.1, "lease_ttl": 2, "keepalive_interval": 0.5,
               "demote_after": 1.6, "etcd_timeout": 0.5, "loop_interval": 0.5}
@@ -64,7 +59,7 @@ class LabRouter:
     admin_url: str = ""  # /metrics and /_vigil/status
 
 
-class Lab:
+class Lab(LabObservation):
     def __init__(self, root: Path, cluster: str, etcd: EtcdCluster, nodes: list[LabNode],
                  router: LabRouter | None = None, fencing: LabFencing | None = None):
         self.root, self.cluster, self.etcd, self.nodes = root, cluster, etcd, nodes
@@ -103,12 +98,12 @@ class Lab:
             d = root / "nodes" / name
             host, ns = hosts[i] if hosts else ("127.0.0.1", "")
             nodes.append(LabNode(name, str(d / "config.yaml"), str(d), str(d / "agent.log"),
-                                 f"http://{host}:{ports[3 * i]}", ports[3 * i + 1],
+                                 f"{'https' if secure else 'http'}://{host}:{ports[3 * i]}", ports[3 * i + 1],
                                  server_url=f"http://127.0.0.1:{ports[3 * i + 2]}" if model else None,
                                  host=host, netns=ns))
         lab_router = (LabRouter(f"http://127.0.0.1:{ports[-2]}", str(root / "router.yaml"),
                                 str(root / "router.log"), ports[-1],
-                                admin_url=f"http://127.0.0.1:{ports[-3]}") if router else None)
+                                admin_url=f"{'https' if secure else 'http'}://127.0.0.1:{ports[-3]}") if router else None)
         lab = cls(root, cluster, etcd, nodes, lab_router,
                   LabFencing.plan(root, [x.name for x in nodes],
                                   net.client_host if net else "127.0.0.1",
@@ -125,7 +120,8 @@ class Lab:
         return {
             "cluster": self.cluster, "node": node.name, "priority": priority,
             "data_dir": node.data_dir,
-            "api": {"host": node.host, "port": int(node.api_url.rsplit(":", 1)[1])},
+            "api": {"host": node.host, "port": int(node.api_url.rsplit(":", 1)[1]),
+                    **(secure_lab.api_block(self.root, node.name) if self.etcd.tls else {})},
             "etcd": self._etcd_block(node.name),
             "heartbeat": {"addresses": [node.host], "port": node.heartbeat_port,
                           "signing_key_file": str(self.root / "keys" / f"{node.name}.key"),
@@ -159,7 +155,8 @@ class Lab:
         assert self.router is not None
         return {"cluster": self.cluster, "name": "router",
                 "listen": {"host": "127.0.0.1", "port": int(self.router.url.rsplit(":", 1)[1])},
-                "admin": {"host": "127.0.0.1", "port": int(self.router.admin_url.rsplit(":", 1)[1])},
+                "admin": {"host": "127.0.0.1", "port": int(self.router.admin_url.rsplit(":", 1)[1]),
+                          **(secure_lab.admin_block(self.root) if self.etcd.tls else {})},
                 "etcd": self._etcd_block("router"),
                 "heartbeat": {"address": "127.0.0.1", "port": self.router.heartbeat_port,
                               "keyring_file": str(self.root / "keys" / "cluster.keyring")},
@@ -217,7 +214,8 @@ class Lab:
         doc = {"dir": str(self.root), "cluster": self.cluster, "etcd": self.etcd.to_json(),
                **({"ca": str(tls / "ca.pem"), "operator_cert": str(tls / "operator.pem"),
                    "operator_key": str(tls / "operator.key"), "operator_user": "operator",
-                   "operator_password_file": str(tls / "operator.password")} if self.etcd.tls else {}),
+                   "operator_password_file": str(tls / "operator.password"),
+                   "api_token_file": str(tls / "operator.api-token")} if self.etcd.tls else {}),
                "router": asdict(self.router) if self.router else None,
                "fencing": asdict(self.fencing) if self.fencing else None,
                "nodes": [asdict(n) for n in self.nodes]}
@@ -306,101 +304,3 @@ class Lab:
     def stop_agent(self, name: str, timeout: float = 10.0) -> None:
         node = self.node(name)
         procs.stop(node.agent_pid, node.config, grace=timeout)
-
-    # -- observation -------------------------------------------------------------
-    def ready(self) -> bool:
-        """A leader exists and every agent answers and sees every peer alive."""
-        if self.leader() is None:
-            return False
-        for node in self.nodes:
-            st = self.agent_status(node.name)
-            if not st or any(p["state"] != "alive" for p in st["peers"].values()):
-                return False
-            if node.server_url and not (st.get("inference") or {}).get("ready"):
-                return False
-        if self.router:
-            rs = _get_json(self.router.admin_url + "/_vigil/status", 0.5)
-            if not rs or sum(b["eligible"] for b in rs["backends"].values()) < len(
-                    [n for n in self.nodes if n.server_url]):
-                return False
-        return True
-
-    def agent_status(self, name: str, timeout: float = 0.5) -> dict[str, Any] | None:
-        return _get_json(self.node(name).api_url + "/status", timeout)
-
-    def is_leader(self, name: str, timeout: float = 0.5) -> bool | None:
-        """The node's own /leader answer: True (200), False (503), None (no answer)."""
-        try:
-            with urllib.request.urlopen(self.node(name).api_url + "/leader", timeout=timeout):
-                return True
-        except urllib.error.HTTPError:
-            return False
-        except OSError:
-            return None
-
-    def leader(self) -> tuple[str, int] | None:
-        """(name, token) of the leader key in etcd, or None."""
-        return self.read_key(Keys(self.cluster).leader)
-
-    def read_key(self, key: str) -> tuple[str, int] | None:
-        """(value, create revision) of one etcd key from the first member that
-        answers, or None (absent, or no member answered)."""
-        body = json.dumps({"key": base64.b64encode(key.encode()).decode()}).encode()
-        eps = self.etcd.endpoints
-        # The member that answered last is asked first: one cut off by a partition
-        # would cost every later read its full timeout.
-        for ep in sorted(eps, key=lambda e: e != self._answered):
-            try:
-                with urllib.request.urlopen(urllib.request.Request(f"{ep}/v3/kv/range", data=body,
-                                                                   headers=self._token(ep)),
-                                            timeout=0.5, context=self.etcd.context()) as r:
-                    kvs = json.load(r).get("kvs") or []
-            except (OSError, ValueError):
-                self._tokens.pop(ep, None)  # an expired token is fetched anew next time
-                continue
-            self._answered = ep
-            if not kvs:
-                return None
-            return base64.b64decode(kvs[0]["value"]).decode(), int(kvs[0]["create_revision"])
-        return None
-
-    def _token(self, ep: str) -> dict[str, str]:
-        if self.etcd.tls and ep not in self._tokens:
-            self._tokens[ep] = secure_lab.harness_token(self.etcd, ep)
-        return self._tokens.get(ep, {})
-
-    def wait_for(self, cond: Callable[[], Any], timeout: float, what: str, poll: float = 0.02) -> Any:
-        return procs.wait_for(cond, timeout, what, poll)
-
-    def events(self) -> list[dict[str, Any]]:
-        """The whole event log, oldest first."""
-        from vigil.store.events import read_events
-        return self.with_store(lambda store: read_events(store, Keys(self.cluster)))
-
-    def status(self) -> dict[str, Any]:
-        """What `vigil status --json` prints for this lab."""
-        from vigil.cli.status_view import gather_status
-        return self.with_store(lambda store: gather_status(store, Keys(self.cluster)))
-
-    def with_store(self, fn: Callable[[EtcdStore], Awaitable[Any]]) -> Any:
-        """Run `fn(store)` on a fresh store client for this lab's etcd; its result."""
-        async def go() -> Any:
-            t = self.etcd.tls
-            store = (EtcdStore(self.etcd.endpoints, 2.0, t.ca, t.client_cert, t.client_key, t.user, t.password)
-                     if t else EtcdStore(self.etcd.endpoints, 2.0))
-            try:
-                return await fn(store)
-            finally:
-                await store.close()
-        return asyncio.run(go())
-
-    def history_files(self) -> list[Path]:
-        return [Path(n.data_dir) / "leadership.jsonl" for n in self.nodes]
-
-
-def _get_json(url: str, timeout: float) -> dict[str, Any] | None:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return json.load(r)
-    except (OSError, ValueError):
-        return None

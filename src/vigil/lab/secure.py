@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -23,17 +24,48 @@ SERVICE_USERS = {"router": "router", "gateway": "gateway", "operator": "operator
 
 
 def plan_tls(root: Path, hosts: list[str], nodes: list[str]) -> EtcdTLS:
-    """Make the CA and every certificate and password; the harness's TLS."""
+    """Make the CA and every certificate, password and API token; the harness's TLS."""
     d = root / "tls"
     init_ca(d, "Vigil lab CA")
     issue(d, "etcd", sorted({"127.0.0.1", "localhost", *hosts}))
+    for i, node in enumerate(nodes):  # each agent's API serves https on its host
+        issue(d, f"{node}-api", sorted({"127.0.0.1", hosts[i] if hosts else "127.0.0.1"}))
+    issue(d, "router-admin", ["127.0.0.1"])
     for name in [*nodes, *SERVICE_USERS, "harness"]:
         issue(d, name)
-        pw = d / f"{name}.password"
-        pw.write_text(new_password() + "\n")
-        pw.chmod(0o600)
+        _secret(d / f"{name}.password", new_password())
+    tokens = {"operator": new_password(), "harness": new_password()}
+    _secret(d / "api-tokens.yaml", "".join(f"{n}: {t}\n" for n, t in tokens.items()))
+    for n, t in tokens.items():
+        _secret(d / f"{n}.api-token", t)
     return EtcdTLS(str(d / "ca.pem"), str(d / "etcd.pem"), str(d / "etcd.key"), str(d / "harness.pem"),
                    str(d / "harness.key"), "root", new_password())
+
+
+def _secret(path: Path, text: str) -> None:
+    path.write_text(text + ("" if text.endswith("\n") else "\n"))
+    path.chmod(0o600)
+
+
+def api_block(root: Path, name: str) -> dict[str, Any]:
+    """The `api:` TLS and token fields of node NAME's configuration."""
+    d = root / "tls"
+    return {"cert_file": str(d / f"{name}-api.pem"), "key_file": str(d / f"{name}-api.key"),
+            "tokens_file": str(d / "api-tokens.yaml")}
+
+
+def admin_block(root: Path) -> dict[str, Any]:
+    """The router's `admin:` TLS and token fields."""
+    d = root / "tls"
+    return {"cert_file": str(d / "router-admin.pem"), "key_file": str(d / "router-admin.key"),
+            "tokens_file": str(d / "api-tokens.yaml")}
+
+
+def api_access(root: Path) -> tuple[ssl.SSLContext, dict[str, str]]:
+    """The harness's TLS context and bearer header for agents' and routers' APIs."""
+    d = root / "tls"
+    return (ssl.create_default_context(cafile=str(d / "ca.pem")),
+            {"Authorization": f"Bearer {(d / 'harness.api-token').read_text().strip()}"})
 
 
 def etcd_block(root: Path, endpoints: list[str], name: str) -> dict[str, Any]:

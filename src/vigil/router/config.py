@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vigil.config import EtcdConfig, _etcd, _timing
+from vigil.config import EtcdConfig, _api_security, _etcd, _timing
 from vigil.heartbeat_keys import HeartbeatKeys, parse_heartbeat_keys
 from vigil.core.allowlist import BackendAllowlist
 from vigil.core.timing import Timing
@@ -74,6 +74,8 @@ class RouterConfig:
     backends: BackendAllowlist = field(default_factory=BackendAllowlist)
     admin_host: str = "127.0.0.1"  # /metrics and /_vigil/status: never on the public listener
     admin_port: int = 8081
+    admin_tls: tuple[str, str] | None = None  # (cert_file, key_file): https
+    admin_tokens: dict[str, str] | None = field(default=None, repr=False)  # name -> bearer token
 
     @property
     def max_body(self) -> int:
@@ -89,7 +91,7 @@ def parse_router_config(raw: Any, base_dir: Path = Path(".")) -> RouterConfig:
     d = check_mapping(raw, "(top level)", {"cluster", "name", "listen", "etcd", "heartbeat", "timing", "retry",
                                       "admission", "limits", "admin", "backends"})
     listen = check_mapping(d.get("listen", {}), "listen", {"host", "port"})
-    admin = check_mapping(d.get("admin", {}), "admin", {"host", "port"})
+    admin = check_mapping(d.get("admin", {}), "admin", {"host", "port", "cert_file", "key_file", "tokens_file"})
     hb = check_mapping(d.get("heartbeat"), "heartbeat", {"address", "port", "key", "key_file", "keyring_file",
                                                     "max_clock_skew"})
     cfg = RouterConfig(
@@ -102,7 +104,8 @@ def parse_router_config(raw: Any, base_dir: Path = Path(".")) -> RouterConfig:
         retry=_retry(d.get("retry", {})), admission=_admission(d.get("admission", {})),
         limits=_limits(d.get("limits", {})), backends=_backends(d.get("backends", {})),
         admin_host=check_address(admin.get("host", "127.0.0.1"), "admin.host"),
-        admin_port=check_port(admin.get("port", 8081), "admin.port"))
+        admin_port=check_port(admin.get("port", 8081), "admin.port"),
+        **{f"admin_{k[4:]}": v for k, v in _api_security(admin, base_dir, "admin").items()})
     if cfg.admin_port == cfg.listen_port:
         raise ConfigError("admin.port", cfg.admin_port, "must differ from listen.port: the admin "
                           "endpoints (/metrics, /_vigil/status) never share the public listener")

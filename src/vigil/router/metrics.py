@@ -112,13 +112,21 @@ def status_document(rt: Router) -> dict[str, Any]:
 
 
 def admin_handler(rt: Router):
-    """The admin listener's handler: GET /metrics and GET /_vigil/status, 404 else."""
+    """The admin listener's handler: GET /metrics and GET /_vigil/status, 404
+    else; with `admin.tokens_file`, 401 without one of its bearer tokens."""
+    import hmac
     import json
 
     from prometheus_client import CONTENT_TYPE_LATEST
 
+    tokens = [f"Bearer {t}".encode() for t in (rt.cfg.admin_tokens or {}).values()]
+
     async def handle(req, reply) -> None:
-        if req.method == "GET" and req.path == "/metrics":
+        given = (req.header("Authorization") or "").encode("latin-1", "replace")
+        if tokens and not any(hmac.compare_digest(given, t) for t in tokens):
+            reply.whole(401, [("Content-Type", "text/plain"), ("WWW-Authenticate", "Bearer")],
+                        b"needs Authorization: Bearer <token> (admin.tokens_file)\n")
+        elif req.method == "GET" and req.path == "/metrics":
             reply.whole(200, [("Content-Type", CONTENT_TYPE_LATEST)], rt.metrics.render())
         elif req.method == "GET" and req.path == "/_vigil/status":
             reply.whole(200, [("Content-Type", "application/json")],

@@ -94,10 +94,14 @@ class Router:
                                                lim.client_header_timeout))
 
     async def listen_admin(self, host: str, port: int) -> None:
-        """Serve /metrics and /_vigil/status on host:port (an operator's network)."""
+        """Serve /metrics and /_vigil/status on host:port (an operator's network),
+        over https with `admin.cert_file`, behind `admin.tokens_file`'s tokens."""
+        from vigil.web import server_tls
+
         handler = admin_handler(self)
+        tls = server_tls(*self.cfg.admin_tls) if self.cfg.admin_tls else None
         self._servers.append(await asyncio.get_running_loop().create_server(
-            lambda: FrontProtocol(handler, 1024, max_conns=64), host, port, reuse_address=True))
+            lambda: FrontProtocol(handler, 1024, max_conns=64), host, port, reuse_address=True, ssl=tls))
 
     async def stop(self) -> None:
         if self._sweeper:
