@@ -1,6 +1,9 @@
 """Random fault schedules on a lab in network namespaces, checked by the
 chaos checker: violations (target: 0 over 200 schedules) and the
-distribution of takeover and recovery times.
+distribution of takeover and recovery times. With fence devices, the
+takeover after a leader kill is held to the fresh lab's fast path whatever
+ran before (target: p99 <= 500 ms; bench/failover.py measures it on a fresh
+lab, about 350 ms).
 
 Each schedule is one to three faults (SIGKILL/SIGSTOP of agents, the leader
 cut off, a standby cut off, every node cut off from every other, packet
@@ -75,7 +78,13 @@ def main() -> int:
     recoveries = [s["recovery_s"] for s in steps if s.get("recovery_s") is not None]
     takeovers = [t for ts in by_fault.values() for t in ts]
     name = "chaos-lease" if args.no_fence_devices else "chaos"
+    kill = summary_ms(by_fault.get("kill leader", []))
+    targets = {"violations": 0, **({} if args.no_fence_devices else {"kill_leader_takeover_p99_ms": 500})}
+    met = {"violations": not violations,
+           **({} if args.no_fence_devices else {"kill_leader_takeover_p99_ms":
+                                               kill["p99"] is not None and kill["p99"] <= 500})}
     doc = {"schedules": args.schedules, "seed": args.seed, "faults": len(steps),
+           "targets": targets, "targets_met": met, "kill_leader_takeover_ms": kill,
            "fence_devices": not args.no_fence_devices, "violations": violations,
            "harness_errors": [s for s in steps if "error" in s],
            "takeover_ms": summary_ms(takeovers), "recovery_after_heal_ms": summary_ms(recoveries),
@@ -83,18 +92,20 @@ def main() -> int:
            "faults_by_kind": {k: sum(1 for s in steps if s["fault"] == k)
                               for k in sorted({s["fault"] for s in steps})},
            "wall_s": round(time.time() - t0, 1)}
-    rows = [["measure", "n", "p50 ms", "p99 ms", "max ms"]]
+    rows = [["measure", "n", "p50 ms", "p99 ms", "max ms", "target"]]
     for label, v in [("takeover (any fault that moved the leader)", doc["takeover_ms"]),
                      ("leader again after healing", doc["recovery_after_heal_ms"])] + [
             (f"takeover after {k}", x) for k, x in doc["takeover_ms_by_fault"].items()]:
-        rows.append([label, v["n"], v["p50"], v["p99"], v["max"]])
+        target = ("p99 <= 500" + (" (met)" if met["kill_leader_takeover_p99_ms"] else " (MISSED)")
+                  if label == "takeover after kill leader" and not args.no_fence_devices else "")
+        rows.append([label, v["n"], v["p50"], v["p99"], v["max"], target])
     write(name, doc, rows, notes=(
         f"{args.schedules} random schedules (seed {args.seed}), {len(steps)} faults "
         f"({', '.join(f'{k} {n}' for k, n in doc['faults_by_kind'].items())}); fence devices "
         f"{'on (IPMI)' if not args.no_fence_devices else 'off (lease only)'}; "
         f"**{len(violations)} violations**; wall {doc['wall_s']:.0f} s. Lab timers: heartbeat "
         "100 ms, lease TTL 2 s. Takeover is from the fault to a new token in etcd."))
-    return 1 if violations else 0
+    return 0 if all(met.values()) else 1
 
 
 if __name__ == "__main__":

@@ -98,3 +98,34 @@ def test_only_alive_peers_announcing_leadership_are_claimants():
     t.heartbeat("b", "l", 0.2, 1, "healthy", "leader")
     t.tick(5.0)  # silent since: suspected, so no longer a claimant
     assert t.peers["b"].state == SUSPECT and t.claiming_leader() == []
+
+
+def detect_after(t, peer, last, step=0.005):
+    """Seconds of silence after `last` until `peer` is suspected (ticks every `step`)."""
+    now = last
+    while not t.tick(now):
+        now += step
+        assert now - last < 30, "never suspected"
+    return now - last
+
+
+def test_an_outage_does_not_slow_the_next_detection():
+    """Issue 9 #10: a 5 s freeze (suspected, then back) was learnt as an
+    inter-arrival gap and stretched the next detection from ~0.25 s to ~3.5 s."""
+    t = table()
+    last, _ = feed(t, "b", 0.0, 50)
+    first = detect_after(t, "b", last)
+    back = last + 5.0
+    last, changes = feed(t, "b", back, 50)
+    assert [c.new for c in changes] == [ALIVE]
+    again = detect_after(t, "b", last)
+    assert first < 0.3 and abs(again - first) < 0.02, (first, again)
+
+
+def test_jitter_while_alive_is_still_learnt():
+    """The detector stays adaptive: a peer whose heartbeats arrive every 150 ms
+    while alive widens the window (no flapping), as phi accrual should."""
+    t = table()
+    last, _ = feed(t, "b", 0.0, 200, interval=0.15)
+    assert t.peers["b"].state == ALIVE
+    assert detect_after(t, "b", last) > 0.28, "about 0.15 + 0.04 + 5.2 x 0.02 s, not 0.245 s"

@@ -12,6 +12,12 @@ Rules:
   (its loop ran late): that silence is not held against the peer, and the
   inter-arrival sample spanning it is not recorded (Cassandra's local-pause
   guard).
+- `heartbeat(now, learn=False)` records an arrival without learning the gap
+  before it: the caller (vigil.core.peers) passes it while the peer is
+  suspected, because that gap was a fault (a crash, a freeze, a partition),
+  not the sender's jitter. Learnt, one 5 s outage would stretch the mean and
+  deviation for the next 200 heartbeats and delay the next detection from
+  ~0.25 s to ~3.5 s (found by the chaos bench: issue 9 #10).
 """
 
 from __future__ import annotations
@@ -76,11 +82,12 @@ class PhiAccrualDetector:
     def last_heartbeat(self) -> float | None:
         return self._last
 
-    def heartbeat(self, now: float) -> None:
-        """Record the arrival of one heartbeat at `now`."""
+    def heartbeat(self, now: float, learn: bool = True) -> None:
+        """Record the arrival of one heartbeat at `now`; with `learn`, the gap
+        since the previous one joins the inter-arrival history."""
         if self._last is None:
             self._seed()
-        elif self._skip_next_sample:
+        elif self._skip_next_sample or not learn:
             self._skip_next_sample = False
         else:
             self._add(max(0.0, now - self._last))

@@ -10,6 +10,9 @@ Rules:
   every accepted heartbeat whatever link it came on; links are tracked
   separately only for reporting.
 - A new incarnation (the peer restarted) resets the detector history.
+- Gaps are learnt only while the peer is alive: the silence that made it
+  suspect, and the gaps of its rise back, were a fault, and must not make
+  the detector slower for the next one (vigil.core.detector).
 """
 
 from __future__ import annotations
@@ -114,7 +117,7 @@ class PeerTable:
                 out.append(self._move(p, SUSPECT, now, 0.0, "peer restarted (new incarnation)"))
         if p.detector.last_heartbeat is not None:
             p.gaps.add(now - p.detector.last_heartbeat)
-        p.detector.heartbeat(now)
+        p.detector.heartbeat(now, learn=p.state == ALIVE)
         if p.state == ALIVE:
             return out
         p.rises += 1
