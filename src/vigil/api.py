@@ -120,6 +120,7 @@ def status_document(a: "Agent") -> dict[str, Any]:
         "decision": str(a.reconciler.last), "cycles": a.reconciler.cycles,
         "inference": a.inference.describe() if a.inference else None,
         "watchdog": a.watchdog.describe(),
+        "vips": a.vips.describe() if a.cfg.vips else None,
         "peers": peers,
         "heartbeat": {"sent": a.heartbeats.transport.sent,
                       "send_errors": a.heartbeats.transport.send_errors,

@@ -18,6 +18,7 @@ from vigil.fields import (check_address, check_addresses, check_int, check_mappi
                           check_port)
 from vigil.files import read_secret, read_yaml
 from vigil.heartbeat_keys import HeartbeatKeys, parse_heartbeat_keys, ring_covers
+from vigil.resources.vip import VipConfig, parse_vips
 
 DEFAULT_HEARTBEAT_PORT = 694  # the Linux-HA heartbeat port
 
@@ -114,6 +115,7 @@ class NodeConfig:
     fencing: FencingConfig | None = None
     controller: dict[str, Any] | None = None  # {gateway, register, interval}: the leader's actuator
     watchdog: WatchdogConfig = field(default_factory=lambda: WatchdogConfig())
+    vips: tuple[VipConfig, ...] = ()  # held by the leader (vigil.agent.vips)
 
     @property
     def api_url(self) -> str:
@@ -121,7 +123,7 @@ class NodeConfig:
 
 
 _TOP = {"cluster", "node", "priority", "data_dir", "api", "etcd", "heartbeat", "timing", "log_level",
-        "inference", "fencing", "controller", "watchdog"}
+        "inference", "fencing", "controller", "watchdog", "vips"}
 
 
 def load_config(path: str | Path) -> NodeConfig:
@@ -153,7 +155,8 @@ def parse_config(raw: Any, base_dir: Path = Path(".")) -> NodeConfig:
         api_port=check_port(api.get("port", 8008), "api.port"), **_api_security(api, base_dir),
         data_dir=str(d.get("data_dir", "/var/lib/vigil")), timing=timing, log_level=level,
         inference=_inference(d.get("inference")), fencing=_fencing(d.get("fencing"), base_dir),
-        controller=_controller(d.get("controller")), watchdog=_watchdog(d.get("watchdog"), timing))
+        controller=_controller(d.get("controller")), watchdog=_watchdog(d.get("watchdog"), timing),
+        vips=parse_vips(d.get("vips", [])))
 
 
 def _api_security(api: dict[str, Any], base: Path, where: str = "api") -> dict[str, Any]:

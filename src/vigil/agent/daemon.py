@@ -26,6 +26,7 @@ from vigil import __version__
 from vigil.agent.heartbeat import HeartbeatService
 from vigil.agent.history import LeadershipHistory
 from vigil.agent.controller import Controller
+from vigil.agent.vips import VipHolder
 from vigil.agent.watchdog import LinuxWatchdogDevice, Watchdog
 from vigil.agent.inference import InferenceSupervisor
 from vigil.agent.reconciler import Reconciler
@@ -93,6 +94,7 @@ class Agent:
         self.published_suspects: list[str] = []  # as last written to our member record
         w = cfg.watchdog
         self.watchdog = Watchdog(w.mode, LinuxWatchdogDevice(w.device), w.timeout, self.events.record)
+        self.vips = VipHolder(cfg.vips, self.clock.now, lambda: self.role.valid_until, self.events.record)
         self._tasks: list[asyncio.Task] = []
 
     def __repr__(self) -> str:
@@ -197,6 +199,7 @@ class Agent:
             self.record_role_change(change)
             await _best_effort("delete the leader key", asyncio.wait_for(
                 self.election.resign(token), self.cfg.timing.etcd_timeout * 2))
+        await self.vips.stop()
         self.events.record("agent_stopped", "graceful stop")
         await self.events.stop()
         await _best_effort("flush the event log", self.events.flush())
@@ -262,6 +265,7 @@ class Agent:
         if self.role.state == "leader":
             before = self.role.valid_until
             self.role.renewed(sent_at)
+            self.vips.renewed()
             if self.role.valid_until > before:
                 self.history.write("renew", self.role.token, self.clock.wall(),
                                    valid_until=self.clock.to_wall(self.role.valid_until))
@@ -277,6 +281,8 @@ class Agent:
             self.events.record(kind, f"{c.peer}: {c.cause}", peer=c.peer, phi=round(c.phi, 2),
                                silent_ms=round(c.silent_for * 1000, 1),
                                detected_at=self.clock.to_wall(c.at))
+        if any(c.new == "alive" for c in changes):
+            self.vips.reannounce()  # a peer is back (a partition healed): re-map ARP caches
         # Peers read our suspicions before they fence anyone (core.reconcile).
         asyncio.get_running_loop().create_task(_best_effort("publish suspicions", self.publish_record()))
         self.wake.set()
@@ -301,7 +307,9 @@ class Agent:
                                                  f"{change.reason}", token=change.token)
             if not self.watchdog.arm():  # required and unusable: unhealthy now, so it resigns
                 self.wake.set()
+            self.vips.acquired()
         else:
+            self.vips.released(f"{change.kind}: {change.reason}")  # before the key can go
             token_file.unlink(missing_ok=True)
             self.watchdog.disarm()
             self.history.write("end", change.token, wall, kind=change.kind, reason=change.reason)

@@ -61,9 +61,11 @@ class LabRouter:
 
 class Lab(LabObservation):
     def __init__(self, root: Path, cluster: str, etcd: EtcdCluster, nodes: list[LabNode],
-                 router: LabRouter | None = None, fencing: LabFencing | None = None):
+                 router: LabRouter | None = None, fencing: LabFencing | None = None,
+                 vip: str | None = None):
         self.root, self.cluster, self.etcd, self.nodes = root, cluster, etcd, nodes
         self.router, self.fencing = router, fencing
+        self.vip = vip  # A.B.C.D/N on every node's eth0 (labs in namespaces), held by the leader
         self._answered = ""  # the etcd endpoint that answered the last read
         self._tokens: dict[str, dict[str, str]] = {}  # etcd auth token per endpoint (secure labs)
 
@@ -71,7 +73,8 @@ class Lab(LabObservation):
     @classmethod
     def create(cls, root: Path, n: int, cluster: str = "lab", timing: dict[str, Any] | None = None,
                model: bool = False, router: bool = False, fencing: bool = False,
-               net: Any = None, fence_devices: bool = True, secure: bool = False) -> "Lab":
+               net: Any = None, fence_devices: bool = True, secure: bool = False,
+               vip: str | None = None) -> "Lab":
         """Write configs for a lab of `n` nodes under `root` (nothing started).
 
         `net`: a NetTopology; node i then runs in its namespace on its address,
@@ -107,7 +110,9 @@ class Lab(LabObservation):
         lab = cls(root, cluster, etcd, nodes, lab_router,
                   LabFencing.plan(root, [x.name for x in nodes],
                                   net.client_host if net else "127.0.0.1",
-                                  {x.name: x.netns for x in nodes}, fence_devices) if fencing else None)
+                                  {x.name: x.netns for x in nodes}, fence_devices,
+                                  link_down=bool(vip and net)) if fencing else None,
+                  vip if net else None)
         if lab_router:
             Path(lab_router.config).write_text(yaml.safe_dump(lab.router_config(), sort_keys=False))
         for i, node in enumerate(nodes):
@@ -134,6 +139,7 @@ class Lab(LabObservation):
             # No whole-second watchdog timeout fits the lab's 2 s lease, and no lab
             # may reset the machine it runs on.
             "watchdog": {"mode": "off"},
+            **({"vips": [{"address": self.vip, "interface": "eth0"}]} if self.vip else {}),
         } | self._inference_config(node) | (self.fencing.node_config(node.name) if self.fencing else {})
 
     def _etcd_block(self, name: str) -> dict[str, Any]:
@@ -166,8 +172,8 @@ class Lab(LabObservation):
     def up(cls, root: Path, n: int, cluster: str = "lab", timing: dict[str, Any] | None = None,
            timeout: float = 30.0, model: bool = False, router: bool = False,
            fencing: bool = False, net: Any = None, fence_devices: bool = True,
-           secure: bool = False) -> "Lab":
-        lab = cls.create(root, n, cluster, timing, model, router, fencing, net, fence_devices, secure)
+           secure: bool = False, vip: str | None = None) -> "Lab":
+        lab = cls.create(root, n, cluster, timing, model, router, fencing, net, fence_devices, secure, vip)
         lab.start(timeout)
         return lab
 
@@ -207,7 +213,8 @@ class Lab(LabObservation):
         return cls(Path(d["dir"]), d["cluster"], EtcdCluster.from_json(d["etcd"]),
                    [LabNode(**x) for x in d["nodes"]],
                    LabRouter(**d["router"]) if d.get("router") else None,
-                   LabFencing(**d["fencing"]) if d.get("fencing") else None)
+                   LabFencing(**d["fencing"]) if d.get("fencing") else None,
+                   (d.get("vip") or {}).get("address"))
 
     def save(self) -> None:
         tls = self.root / "tls"
@@ -218,6 +225,7 @@ class Lab(LabObservation):
                    "api_token_file": str(tls / "operator.api-token")} if self.etcd.tls else {}),
                "router": asdict(self.router) if self.router else None,
                "fencing": asdict(self.fencing) if self.fencing else None,
+               "vip": {"address": self.vip, "ip": self.vip.split("/")[0]} if self.vip else None,
                "nodes": [asdict(n) for n in self.nodes]}
         for n in doc["nodes"]:
             n["server_pid"] = self.server_pid(n["name"])

@@ -33,16 +33,21 @@ class LabFencing:
     host: str = "127.0.0.1"
     netns: dict[str, str] = field(default_factory=dict)  # node -> its network namespace
     devices: bool = True  # False: the agents get no fencing devices and wait for leases
+    # Power off takes the node's eth0 down (labs with a VIP: a powered-off machine answers no
+    # ARP). Chaos labs leave it up, so the etcd member beside the node stays reachable, as an
+    # etcd member on its own machine would.
+    link_down: bool = False
     bmc_pids: dict[str, int] = field(default_factory=dict)
     plc_pid: int = 0
     gateway_pid: int = 0
 
     @classmethod
     def plan(cls, root: Path, names: list[str], host: str = "127.0.0.1",
-             netns: dict[str, str] | None = None, devices: bool = True) -> "LabFencing":
+             netns: dict[str, str] | None = None, devices: bool = True,
+             link_down: bool = False) -> "LabFencing":
         ports = procs.free_ports(len(names) + 2)
         return cls(dict(zip(names, ports)), ports[-2], ports[-1], str(root / "fencing"), host,
-                   netns or {}, devices)
+                   netns or {}, devices, link_down=link_down)
 
     @property
     def gateway_url(self) -> str:
@@ -63,8 +68,10 @@ class LabFencing:
         agent = procs.in_netns(self.netns.get(node, ""), [sys.executable, "-m", "vigil", "agent",
                                                            "--config", config])
         cmd = f"exec {shlex.join(agent)} >> {shlex.quote(log)} 2>&1"
+        ns = self.netns.get(node, "")
         return IpmiSim(Path(self.root) / "bmc" / node, self.bmc_ports[node], ["sh", "-c", cmd],
-                       BMC_USER, BMC_PASSWORD, name=node, addr=self.host)
+                       BMC_USER, BMC_PASSWORD, name=node, addr=self.host,
+                       link=(ns, "eth0") if self.link_down and ns else None)
 
     def start_support(self, keyring: str, etcd: list[str], cluster: str, etcd_args: list[str] = ()) -> None:
         root = Path(self.root)

@@ -18,8 +18,8 @@ CHASSIS = """#!/bin/sh
 D={dir}; PIDF=$D/node.pid
 dev=$1; op=$2; shift 2
 alive() {{ [ -f "$PIDF" ] && kill -0 "$(cat "$PIDF")" 2>/dev/null && ! grep -q '^State:.*Z' /proc/$(cat "$PIDF")/status 2>/dev/null; }}
-start_node() {{ alive || {{ setsid {node} </dev/null >/dev/null 2>&1 & echo $! > "$PIDF"; }}; }}
-stop_node() {{ alive && kill -9 "$(cat "$PIDF")"; rm -f "$PIDF"; }}
+start_node() {{ {link_up}alive || {{ setsid {node} </dev/null >/dev/null 2>&1 & echo $! > "$PIDF"; }}; }}
+stop_node() {{ alive && kill -9 "$(cat "$PIDF")"; rm -f "$PIDF"; {link_down}}}
 case "$op" in
   get) for p in "$@"; do case "$p" in
          power) if alive; then echo "power:1"; else echo "power:0"; fi ;;
@@ -60,9 +60,12 @@ mc_enable 0x20
 
 class IpmiSim:
     def __init__(self, root: Path, port: int, node_cmd: list[str], user: str = "admin",
-                 password: str = "vigil-pass", name: str = "node", addr: str = "127.0.0.1"):
+                 password: str = "vigil-pass", name: str = "node", addr: str = "127.0.0.1",
+                 link: tuple[str, str] | None = None):
+        """`link`: (network namespace, interface) that power off takes down and
+        power on brings up: a powered-off machine answers no ARP for its VIP."""
         self.root, self.port, self.user, self.password = root, port, user, password
-        self.addr = addr
+        self.addr, self.link = addr, link
         self.node_cmd, self.name = node_cmd, name
         self.proc: subprocess.Popen | None = None
 
@@ -72,7 +75,11 @@ class IpmiSim:
         (self.root / "state").mkdir(parents=True, exist_ok=True)
         node = " ".join(shlex.quote(c) for c in self.node_cmd)
         chassis = self.root / "chassis.sh"
-        chassis.write_text(CHASSIS.format(dir=self.root, node=node))
+        ns, dev = (shlex.quote(x) for x in self.link) if self.link else ("", "")
+        chassis.write_text(CHASSIS.format(
+            dir=self.root, node=node,
+            link_up=f"ip -n {ns} link set {dev} up; " if self.link else "",
+            link_down=f"ip -n {ns} link set {dev} down; " if self.link else ""))
         chassis.chmod(0o755)
         (self.root / "lan.conf").write_text(LAN_CONF.format(
             name=self.name, addr=self.addr, port=self.port, dir=self.root, user=self.user,

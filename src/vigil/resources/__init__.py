@@ -1,0 +1,1 @@
+"""What a node holds for the cluster: virtual IPs (vip.py, arp.py)."""

@@ -1,0 +1,45 @@
+"""Issue 10 (part 1), system test: the leader's VIP in network namespaces.
+SIGKILL of the holder's agent, SIGSTOP of it for 2 x TTL and a partition
+that isolates the holder never leave two namespaces holding the address or
+two MACs answering ARP for it; each time another node takes it over, and
+after the heal the client's ARP cache points at the holder (re-announced)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vigil.lab.netns import NetTopology
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def net():
+    topo = NetTopology(3).create()
+    try:
+        yield topo
+    finally:
+        topo.destroy()
+
+
+def test_never_two_holders_and_the_client_follows(net, tmp_path):
+    r = subprocess.run(["ip", "netns", "exec", net.client, sys.executable, "-m", "tests.system.vip_run",
+                        "--tag", net.tag, "--dir", str(tmp_path / "lab")],
+                       capture_output=True, text=True, timeout=400, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    print("vip:", json.dumps(out))
+    assert out["max_holders"] == 1 and out["max_arp_answers"] == 1, out
+    assert out["samples"] > 100
+    for fault in ("kill_agent", "stop_agent", "partition"):
+        f = out[fault]
+        assert f["new"] != f["old"] and f["gone_s"] <= f["new_holder_s"], f
+        assert f["answering_after"] == [f["holder_mac"]] and f["client_cache"] == f["holder_mac"], f
+    # The kernel lease: a SIGKILLed or frozen holder's address is gone by its
+    # self-demotion deadline (keep-alive + 1.6 s), before the 2 s lease lets anyone in.
+    assert out["kill_agent"]["gone_s"] < 2.0 and out["stop_agent"]["gone_s"] < 2.0, out
