@@ -7,8 +7,8 @@ import argparse
 import sys
 
 from vigil import __version__
-from vigil.cli import (agent_cmd, certs_cmd, cluster_cmd, demo_cmd, fence_cmd, firewall_cmd, keygen_cmd,
-                       lab_cmd, router_cmd, serve_cmd)
+from vigil.cli import (agent_cmd, certs_cmd, cluster_cmd, demo_cmd, fence_cmd, firewall_cmd, haproxy_cmd,
+                       keygen_cmd, lab_cmd, router_cmd, serve_cmd)
 from vigil.errors import ConfigError, VigilError
 
 
@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     certs_cmd.register(sub)
     certs_cmd.register_auth(sub)
     firewall_cmd.register(sub)
+    haproxy_cmd.register(sub)
     cluster_cmd.register(sub)
     lab_cmd.register(sub)
     serve_cmd.register(sub)
