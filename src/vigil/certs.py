@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 from pathlib import Path
 
 from cryptography import x509
@@ -24,13 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from vigil.errors import ConfigError
-
-
-def _write(path: Path, data: bytes, mode: int) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as f:
-        os.fchmod(f.fileno(), mode)
-        f.write(data)
+from vigil.files import write_atomic
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -56,8 +49,8 @@ def init_ca(directory: Path, name: str = "Vigil cluster CA", days: int = 3650) -
                                          data_encipherment=False, key_agreement=False,
                                          encipher_only=False, decipher_only=False), critical=True)
             .sign(key, hashes.SHA256()))
-    _write(directory / "ca.key", _key_pem(key), 0o600)
-    _write(directory / "ca.pem", cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    write_atomic(directory / "ca.key", _key_pem(key), 0o600)
+    write_atomic(directory / "ca.pem", cert.public_bytes(serialization.Encoding.PEM), 0o644)
     return directory / "ca.pem"
 
 
@@ -92,6 +85,6 @@ def issue(directory: Path, name: str, hosts: list[str] = (), days: int = 825) ->
     if sans:
         b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
     cert = b.sign(ca_key, hashes.SHA256())
-    _write(directory / f"{name}.key", _key_pem(key), 0o600)
-    _write(directory / f"{name}.pem", cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    write_atomic(directory / f"{name}.key", _key_pem(key), 0o600)
+    write_atomic(directory / f"{name}.pem", cert.public_bytes(serialization.Encoding.PEM), 0o644)
     return directory / f"{name}.pem", directory / f"{name}.key"

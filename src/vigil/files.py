@@ -5,6 +5,7 @@ keys and BMC passwords, so whoever may write these files owns the node)."""
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -49,3 +50,29 @@ def read_secret(path: str | Path, field: str) -> str:
         return p.read_text().strip()
     except OSError as e:
         raise ConfigError(field, str(p), f"cannot be read ({e.strerror})") from None
+
+
+def write_atomic(path: Path, data: bytes | str, mode: int = 0o600) -> None:
+    """Replace `path` with `data`, created with `mode` (never readable by others,
+    not even for an instant), atomically and durably: a temp file with an
+    unpredictable O_EXCL name in the same directory (nobody can plant a link
+    there beforehand), fsync, rename, fsync of the directory (or a crash could
+    bring the old contents back)."""
+    folder = path.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), mode)
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

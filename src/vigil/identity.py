@@ -25,8 +25,6 @@ Errors: loading raises ConfigError naming the file, the entry and the fix;
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from vigil.errors import ConfigError, WireError
-from vigil.files import check_owner
+from vigil.files import check_owner, write_atomic
 
 SIG_LEN = 64
 MAX_KEY_ID = 65535
@@ -164,19 +162,8 @@ def private_hex(key: Ed25519PrivateKey) -> str:
 
 
 def write_yaml(path: Path, doc: Any, mode: int, header: str) -> None:
-    """Atomically replace `path` (temp file in the same directory, fsync, rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            os.fchmod(f.fileno(), mode)
-            f.write(header + yaml.safe_dump(doc, sort_keys=True))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Atomically replace `path` (vigil.files.write_atomic)."""
+    write_atomic(path, header + yaml.safe_dump(doc, sort_keys=True), mode)
 
 
 def write_signing_keys(path: Path, sk: SigningKeys) -> None:

@@ -50,6 +50,7 @@ def register_auth(sub) -> None:
 def _auth_init(args) -> int:
     import asyncio
 
+    from vigil.files import write_atomic
     from vigil.store.etcd import EtcdStore
     from vigil.store.etcd_auth import enable_auth, new_password
 
@@ -59,9 +60,7 @@ def _auth_init(args) -> int:
              for n in getattr(args, kind)}
     root = new_password()
     for name, (_, pw) in {**users, "root": ("root", root)}.items():
-        f = out / f"{name}.password"
-        f.touch(mode=0o600)
-        f.write_text(pw + "\n")
+        write_atomic(out / f"{name}.password", pw + "\n", 0o600)
 
     async def go() -> None:
         store = EtcdStore(args.etcd.split(","), 5.0, args.cacert, args.cert, args.key)

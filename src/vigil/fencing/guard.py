@@ -14,12 +14,11 @@ Contract:
 
 from __future__ import annotations
 
-import os
-import tempfile
 import threading
 from pathlib import Path
 
 from vigil.errors import VigilError
+from vigil.files import write_atomic
 
 
 class StaleToken(VigilError):
@@ -61,24 +60,5 @@ class TokenGuard:
                              "or write the current leader's token into it by hand") from None
 
     def _store(self, token: int) -> None:
-        if self.state_file is None:
-            return
-        # An unpredictable name made with O_EXCL (mkstemp): no one can plant a link or
-        # a file at it beforehand. The directory is synced after the rename, or a
-        # crash could bring back the old token.
-        folder = self.state_file.parent
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.state_file.name}.", dir=folder)
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(str(token))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.state_file)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        if self.state_file is not None:
+            write_atomic(self.state_file, str(token), 0o600)

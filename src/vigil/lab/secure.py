@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from vigil.certs import init_ca, issue
+from vigil.files import write_atomic
 from vigil.lab.etcd import EtcdCluster, EtcdTLS
 from vigil.store.etcd import EtcdStore
 from vigil.store.etcd_auth import enable_auth, new_password
@@ -43,8 +44,7 @@ def plan_tls(root: Path, hosts: list[str], nodes: list[str]) -> EtcdTLS:
 
 
 def _secret(path: Path, text: str) -> None:
-    path.write_text(text + ("" if text.endswith("\n") else "\n"))
-    path.chmod(0o600)
+    write_atomic(path, text if text.endswith("\n") else text + "\n", 0o600)
 
 
 def api_block(root: Path, name: str) -> dict[str, Any]:
