@@ -54,6 +54,13 @@ def server_tls(cert_file: str, key_file: str) -> ssl.SSLContext:
     return ctx
 
 
+def bearer_holder(authorization: str | None, tokens: dict[str, str]) -> str | None:
+    """The name whose token `Authorization: Bearer <token>` carries, or None
+    (compared in constant time; any header value, even undecodable, is a no)."""
+    given = (authorization or "").encode("utf-8", "surrogateescape")
+    return next((n for n, t in tokens.items() if hmac.compare_digest(given, f"Bearer {t}".encode())), None)
+
+
 def bearer_tokens(tokens: dict[str, str], open_paths: frozenset[str]) -> Any:
     """A middleware: every path but `open_paths` needs `Authorization: Bearer
     <token>` with one of `tokens` (name -> token; compared in constant time);
@@ -61,9 +68,7 @@ def bearer_tokens(tokens: dict[str, str], open_paths: frozenset[str]) -> Any:
     @web.middleware
     async def check(request: web.Request, handler: Any) -> web.StreamResponse:
         if request.path not in open_paths:
-            given = request.headers.get("Authorization", "")
-            name = next((n for n, t in tokens.items()
-                         if hmac.compare_digest(given.encode(), f"Bearer {t}".encode())), None)
+            name = bearer_holder(request.headers.get("Authorization"), tokens)
             if name is None:
                 return web.json_response({"error": "this endpoint needs Authorization: Bearer <token> "
                                                    "(api.tokens_file); health endpoints need none"},

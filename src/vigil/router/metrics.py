@@ -114,16 +114,16 @@ def status_document(rt: Router) -> dict[str, Any]:
 def admin_handler(rt: Router):
     """The admin listener's handler: GET /metrics and GET /_vigil/status, 404
     else; with `admin.tokens_file`, 401 without one of its bearer tokens."""
-    import hmac
     import json
 
     from prometheus_client import CONTENT_TYPE_LATEST
 
-    tokens = [f"Bearer {t}".encode() for t in (rt.cfg.admin_tokens or {}).values()]
+    from vigil.web import bearer_holder
+
+    tokens = rt.cfg.admin_tokens
 
     async def handle(req, reply) -> None:
-        given = (req.header("Authorization") or "").encode("latin-1", "replace")
-        if tokens and not any(hmac.compare_digest(given, t) for t in tokens):
+        if tokens and bearer_holder(req.header("Authorization"), tokens) is None:
             reply.whole(401, [("Content-Type", "text/plain"), ("WWW-Authenticate", "Bearer")],
                         b"needs Authorization: Bearer <token> (admin.tokens_file)\n")
         elif req.method == "GET" and req.path == "/metrics":
