@@ -18,7 +18,7 @@ from vigil.lab.load import LoadGenerator
 from vigil.router.config import load_router_config
 from vigil.router.haproxy import BACKEND, HaproxyDriver, runtime
 from vigil.store.etcd import EtcdStore
-from vigil.testing.wait import wait_until
+from vigil.testing.wait import wait_for_value, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -73,14 +73,10 @@ async def drive(lab: Lab, socket: str, url: str) -> str:
         victim = names[-1]
         t0 = time.time()
         await asyncio.to_thread(lab.kill_node, victim)
-        seen: dict = {}
 
         async def in_maint() -> bool:
-            seen.update(await servers(socket))
-            return seen.get(victim, (0, 0))[1] & 1 == 1
-        while not await in_maint():
-            assert time.time() - t0 < 10, "never put in maintenance"
-            await asyncio.sleep(0.01)  # polling HAProxy's socket, bounded above
+            return (await servers(socket)).get(victim, (0, 0))[1] & 1 == 1
+        await wait_for_value(in_maint, True, 10, poll=0.01)  # "never put in maintenance" otherwise
         maint_after = time.time() - t0
         n = len(load.samples) + 60
         await wait_until(lambda: len(load.samples) >= n, 60, "3 s more of traffic")

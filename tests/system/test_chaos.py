@@ -10,13 +10,10 @@ with IPMI fencing, and a time-boxed set of random schedules from fixed seeds
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 
 import pytest
 
-from vigil.lab.netns import NetTopology
+from tests.system.netns import run_in_client, topology
 from vigil.lab.schedules import NAMED, TTL
 
 RANDOM_SEED, RANDOM_COUNT = 20261127, 6  # about a minute
@@ -24,19 +21,12 @@ RANDOM_SEED, RANDOM_COUNT = 20261127, 6  # about a minute
 
 @pytest.fixture(scope="module")
 def net():
-    topo = NetTopology(3).create()  # fails (never skips) without root, iproute2 or nftables
-    try:
+    with topology(3) as topo:
         yield topo
-    finally:
-        topo.destroy()
 
 
 def chaos(net, root, *args) -> dict:
-    r = subprocess.run(["ip", "netns", "exec", net.client, sys.executable, "-m", "vigil.lab.netrun",
-                        "--dir", str(root), "--tag", net.tag, *args],
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-4000:]
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    return run_in_client(net, "vigil.lab.netrun", root, *args, timeout=600)
 
 
 @pytest.fixture(scope="module")

@@ -5,33 +5,19 @@ leader kill taken over)."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-from vigil.lab.netns import NetTopology
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.system.netns import run_in_client, topology
 
 
 @pytest.fixture
 def net():
-    topo = NetTopology(4).create()  # fails (never skips) without root, iproute2 or nftables
-    try:
+    with topology(4) as topo:  # the rulesets live in the node namespaces and go with them
         yield topo
-    finally:
-        topo.destroy()  # the rulesets live in the node namespaces and go with them
 
 
 def test_outsiders_are_refused_and_the_cluster_keeps_working(net, tmp_path):
-    r = subprocess.run(["ip", "netns", "exec", net.client, sys.executable, "-m", "tests.system.firewall_run",
-                        "--tag", net.tag, "--dir", str(tmp_path / "lab")],
-                       capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert r.returncode == 0, r.stderr[-3000:]
-    out = json.loads(r.stdout.strip().splitlines()[-1])
+    out = run_in_client(net, "tests.system.firewall_run", tmp_path / "lab", timeout=300)
     assert out["outsider"] == {"etcd": "TimeoutError", "etcd_peer": "TimeoutError", "api": "TimeoutError"}, out
     assert out["allowed"] == {"etcd": "open", "api": "open", "peer_api": "open"}, out
     assert out["failover"]["new"] != out["failover"]["old"] and out["ready_again"]

@@ -7,32 +7,20 @@ after the heal the client's ARP cache points at the holder (re-announced)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-from vigil.lab.netns import NetTopology
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.system.netns import run_in_client, topology
 
 
 @pytest.fixture
 def net():
-    topo = NetTopology(3).create()
-    try:
+    with topology(3) as topo:
         yield topo
-    finally:
-        topo.destroy()
 
 
 def test_never_two_holders_and_the_client_follows(net, tmp_path):
-    r = subprocess.run(["ip", "netns", "exec", net.client, sys.executable, "-m", "tests.system.vip_run",
-                        "--tag", net.tag, "--dir", str(tmp_path / "lab")],
-                       capture_output=True, text=True, timeout=400, cwd=ROOT)
-    assert r.returncode == 0, r.stderr[-3000:]
-    out = json.loads(r.stdout.strip().splitlines()[-1])
+    out = run_in_client(net, "tests.system.vip_run", tmp_path / "lab", timeout=400)
     print("vip:", json.dumps(out))
     assert out["max_holders"] == 1 and out["max_arp_answers"] == 1, out
     assert out["samples"] > 100
