@@ -11,6 +11,7 @@ python3 -c 'import ensurepip, venv' 2>/dev/null || pkgs+=(python3-venv)
 command -v ip >/dev/null || pkgs+=(iproute2)
 command -v nft >/dev/null || pkgs+=(nftables)
 command -v haproxy >/dev/null || pkgs+=(haproxy)   # bench/router.py compares against it
+command -v keepalived >/dev/null || pkgs+=(keepalived)   # bench/vip.py compares against it
 command -v wrk >/dev/null || pkgs+=(wrk)
 command -v ipmi_sim >/dev/null || pkgs+=(openipmi)     # the IPMI BMC simulator fencing is tested on
 command -v ipmitool >/dev/null || pkgs+=(ipmitool)

@@ -79,9 +79,7 @@ class InferenceConfig:
 
 @dataclass(frozen=True)
 class FencingConfig:
-    """Which devices fence which node, tried in order (levels), and the delay
-    that keeps two partitions from fencing each other at once."""
-
+    """Which devices fence which node, tried in order (levels); `race_delay`: see docs."""
     topology: dict[str, tuple[dict[str, Any], ...]]
     race_delay: float = 0.5
 
@@ -116,6 +114,7 @@ class NodeConfig:
     controller: dict[str, Any] | None = None  # {gateway, register, interval}: the leader's actuator
     watchdog: WatchdogConfig = field(default_factory=lambda: WatchdogConfig())
     vips: tuple[VipConfig, ...] = ()  # held by the leader (vigil.agent.vips)
+    router_config: str | None = None  # the node's router, run and restarted by the agent
 
     @property
     def api_url(self) -> str:
@@ -123,7 +122,7 @@ class NodeConfig:
 
 
 _TOP = {"cluster", "node", "priority", "data_dir", "api", "etcd", "heartbeat", "timing", "log_level",
-        "inference", "fencing", "controller", "watchdog", "vips"}
+        "inference", "fencing", "controller", "watchdog", "vips", "router"}
 
 
 def load_config(path: str | Path) -> NodeConfig:
@@ -156,7 +155,15 @@ def parse_config(raw: Any, base_dir: Path = Path(".")) -> NodeConfig:
         data_dir=str(d.get("data_dir", "/var/lib/vigil")), timing=timing, log_level=level,
         inference=_inference(d.get("inference")), fencing=_fencing(d.get("fencing"), base_dir),
         controller=_controller(d.get("controller")), watchdog=_watchdog(d.get("watchdog"), timing),
-        vips=parse_vips(d.get("vips", [])))
+        vips=parse_vips(d.get("vips", [])), router_config=_router(d.get("router"), base_dir))
+
+
+def _router(v: Any, base: Path) -> str | None:
+    """`router: {config: FILE}`: the agent runs `vigil router --config FILE` (checked at start)."""
+    path = None if v is None else check_mapping(v, "router", {"config"}).get("config")
+    if v is not None and not (isinstance(path, str) and (base / path).is_file()):
+        raise ConfigError("router.config", path, "must name the router's YAML file (see `vigil router`)")
+    return str((base / path).resolve()) if v is not None else None
 
 
 def _api_security(api: dict[str, Any], base: Path, where: str = "api") -> dict[str, Any]:

@@ -1,14 +1,22 @@
 """Run inside the client namespace of a NetTopology(3) (see test_vip.py): a
-lab whose leader holds a VIP on its eth0; every 20 ms, which node
-namespaces hold the address, and every 100 ms which MACs answer ARP for it
-seen from the client. Faults: SIGKILL of the holder's agent, SIGSTOP of it
-for 2 x TTL, the holder cut off from the other nodes. Prints one JSON document."""
+lab whose leader holds a VIP on its eth0, in front of a router on every
+node (each run by its node's agent) and a model server on every node.
+Every 20 ms, which node namespaces hold the address (on a link that is up);
+every 100 ms, which MACs answer ARP for it seen from the client; and a
+steady stream of client requests to http://VIP:PORT (one every 20 ms, a new
+connection each, 1 s timeout), each noting which router answered. Faults:
+SIGKILL of the holder's agent, SIGSTOP of it for 2 x TTL, the holder cut off
+from the other nodes, and `vigil lab kill` of the holder (agent, router,
+model server). Prints one JSON document."""
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -39,8 +47,10 @@ class Watcher:
             t.start()
 
     def holders(self) -> list[str]:
+        """Namespaces with the VIP on an eth0 that is up (a link down answers nothing)."""
         return [name for name, ns in self.ns.items()
-                if any(a.get_attr("IFA_ADDRESS") == ADDR for a in ns.get_addr())]
+                if any(a.get_attr("IFA_ADDRESS") == ADDR for a in ns.get_addr())
+                and ns.get_links(ifname="eth0")[0].get_attr("IFLA_OPERSTATE") != "DOWN"]
 
     def _addr_loop(self) -> None:
         while not self._stop.wait(0.02):
@@ -61,6 +71,42 @@ class Watcher:
             t.join()
         for ns in self.ns.values():
             ns.close()
+
+
+class Stream:
+    """The client: GET /v1/models at the VIP every 20 ms; (time, status or error, router)."""
+
+    def __init__(self, port: int):
+        self.port, self.log = port, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.02):
+            t = time.monotonic()
+            c = http.client.HTTPConnection(ADDR, self.port, timeout=1.0)
+            try:
+                c.request("GET", "/v1/models")
+                r = c.getresponse()
+                r.read()
+                self.log.append((t, r.status, r.getheader("X-Vigil-Router") or ""))
+            except OSError as e:
+                self.log.append((t, type(e).__name__, ""))
+            finally:
+                c.close()
+
+    def after(self, t0: float) -> list[tuple[float, object, str]]:
+        return [x for x in list(self.log) if x[0] >= t0]
+
+    def resumed(self, t0: float, old: str) -> float | None:
+        """Seconds from t0 to the first answer from a router other than `old`'s."""
+        return next((round(t - t0, 3) for t, st, r in self.after(t0) if st == 200 and r != f"router-{old}"),
+                    None)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def client_cache() -> str | None:
@@ -89,14 +135,18 @@ def main() -> None:
     a.add_argument("--dir", required=True)
     args = a.parse_args()
     net = NetTopology(3, tag=args.tag)
-    lab = Lab.up(Path(args.dir), 3, net=net, vip=VIP)
+    lab = Lab.up(Path(args.dir), 3, net=net, vip=VIP, model=True, router=True)
     out: dict = {}
     w = Watcher(lab)
+    stream = Stream(lab.front.port)
     try:
-        for fault in ("kill_agent", "stop_agent", "partition"):
+        for fault in ("kill_node", "kill_agent", "stop_agent", "partition"):
             old = settle(lab, w)
             t0 = time.monotonic()
-            if fault == "kill_agent":
+            if fault == "kill_node":  # the operator's command, as documented
+                subprocess.run([sys.executable, "-m", "vigil", "lab", "kill", "--dir", args.dir, "--node", old],
+                               check=True, capture_output=True, timeout=30)
+            elif fault == "kill_agent":
                 lab.signal_agent(old, signal.SIGKILL)
             elif fault == "stop_agent":
                 lab.signal_agent(old, signal.SIGSTOP)
@@ -113,19 +163,28 @@ def main() -> None:
                 lab.signal_agent(old, signal.SIGCONT)
             if fault == "partition":
                 net.heal()
-            if fault == "kill_agent":
+            if fault in ("kill_agent", "kill_node"):
                 lab.start_agent(old)
             lab.wait_for(lab.ready, 30, "the cluster whole again")
             holder = settle(lab, w)
-            out[fault] = {"old": old, "new": new, "gone_s": round(t_gone, 3), "new_holder_s": round(t_new, 3),
+            t_after = time.monotonic()
+            lab.wait_for(lambda: len([x for x in stream.after(t_after) if x[1] == 200]) >= 5, 15,
+                         "the stream answered after the fault")
+            out[fault] = {"resumed_s": stream.resumed(t0, old),
+                          "failed": sum(1 for x in stream.after(t0) if x[0] < t_after and x[1] != 200),
+                          "routers_after": sorted({x[2] for x in stream.after(t_after) if x[1] == 200}),
+                          "holder_router": f"router-{holder}",
+                          "old": old, "new": new, "gone_s": round(t_gone, 3), "new_holder_s": round(t_new, 3),
                           "holder_after": holder, "holder_mac": w.mac(holder),
                           "answering_after": sorted(arp.who_has("eth0", ADDR, 0.3)),
                           "client_cache": client_cache()}
     finally:
+        stream.stop()
         w.stop()
         net.heal()
         lab.down()
-    out.update(max_holders=w.max_holders, max_arp_answers=w.max_answering, samples=w.samples)
+    out.update(max_holders=w.max_holders, max_arp_answers=w.max_answering, samples=w.samples,
+               requests=len(stream.log), answered=sum(1 for x in stream.log if x[1] == 200))
     print(json.dumps(out))
 
 

@@ -18,6 +18,7 @@ import asyncio
 import dataclasses
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from typing import Any
 from vigil import __version__
 from vigil.agent.heartbeat import HeartbeatService
 from vigil.agent.history import LeadershipHistory
+from vigil.agent.child import ChildProcess
 from vigil.agent.controller import Controller
 from vigil.agent.vips import VipHolder
 from vigil.agent.watchdog import LinuxWatchdogDevice, Watchdog
@@ -94,6 +96,11 @@ class Agent:
         self.published_suspects: list[str] = []  # as last written to our member record
         w = cfg.watchdog
         self.watchdog = Watchdog(w.mode, LinuxWatchdogDevice(w.device), w.timeout, self.events.record)
+        # The node's front door runs beside the agent, not in it: its proxy load must never
+        # delay a heartbeat or a self-demotion check, and its crash must not end leadership.
+        self.router = (ChildProcess("router", "router", [sys.executable, "-m", "vigil", "router", "--config",
+                                                         cfg.router_config], self.data_dir, self.clock,
+                                    self.events.record) if cfg.router_config else None)
         self.vips = VipHolder(cfg.vips, self.clock.now, lambda: self.role.valid_until, self.events.record)
         self._tasks: list[asyncio.Task] = []
 
@@ -123,6 +130,7 @@ class Agent:
                 "health": {"verdict": "healthy" if self.healthy else "unhealthy",
                            "reasons": list(self.health_reasons)},
                 "inference": self.inference.describe() if self.inference else None,
+                "router": self.router.describe() if self.router else None,
                 "fences": ({n: [d["type"] for d in levels] for n, levels in self.cfg.fencing.topology.items()}
                            if self.cfg.fencing else {}),
                 "suspects": self.suspects(),
@@ -160,6 +168,8 @@ class Agent:
         self.events.start()
         if self.inference:
             await self.inference.start()
+        if self.router:
+            self.router.start()
         self.events.record("agent_started", f"agent started (incarnation {self.incarnation})",
                            pid=os.getpid(), version=__version__)
         loop = asyncio.get_running_loop()
@@ -208,6 +218,8 @@ class Agent:
         if self.controller:
             await self.controller.stop()
         self.watchdog.disarm()  # a clean stop must never reset the machine
+        if self.router:
+            await _best_effort("stop the router", self.router.stop())
         if self.inference:
             await _best_effort("stop the inference server", self.inference.stop())
         await _best_effort("stop heartbeats", self.heartbeats.stop())

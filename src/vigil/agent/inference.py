@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import signal
 from pathlib import Path
 from typing import Callable
 
@@ -33,8 +31,8 @@ import aiohttp
 from vigil.clock import Clock
 from vigil.config import InferenceConfig
 from vigil.core.engine import EngineChange, EngineJudge
-from vigil.core.readiness import Backoff
 from vigil import procs
+from vigil.agent.child import ChildProcess, child_pid
 from vigil.errors import ProbeError
 from vigil.probes.engine import read_load
 
@@ -51,9 +49,8 @@ class InferenceSupervisor:
         self._last_canary = float("-inf")
         self._was_ready = False
         self._canary: asyncio.Task | None = None
-        self.backoff = Backoff()
-        self.proc: asyncio.subprocess.Process | None = None
-        self.pid_file = data_dir / "inference.pid"
+        self.child = (ChildProcess("inference", "inference server", cfg.command, data_dir, clock,
+                                   on_event, self._exited, cfg.user) if cfg.command else None)
         self._tasks: list[asyncio.Task] = []
         self._http: aiohttp.ClientSession | None = None
 
@@ -66,15 +63,18 @@ class InferenceSupervisor:
         return {"url": self.cfg.url, "ready": j.ready, "verdict": j.verdict,
                 "reason": j.reason or None, "pending": j.pending,
                 "load_report": self.load_supported, "managed": bool(self.cfg.command),
-                "pid": self.proc.pid if self.proc and self.proc.returncode is None else None,
-                "restarts": self.backoff.restarts}
+                "pid": self.child.pid if self.child else None,
+                "restarts": self.child.backoff.restarts if self.child else 0}
+
+    @property
+    def proc(self) -> asyncio.subprocess.Process | None:
+        return self.child.proc if self.child else None
 
     async def start(self) -> None:
         self._http = aiohttp.ClientSession()
         loop = asyncio.get_running_loop()
-        if self.cfg.command:
-            self._stop_orphan()
-            self._tasks.append(loop.create_task(self._run_loop()))
+        if self.child:
+            self.child.start()
         self._tasks.append(loop.create_task(self._watch_loop()))
         if self.cfg.command:  # a look at the report may wait a whole silence window: not this one
             self._tasks.append(loop.create_task(self._freeze_watch()))
@@ -83,56 +83,13 @@ class InferenceSupervisor:
         for t in self._tasks + ([self._canary] if self._canary else []):
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self.proc and self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGCONT)
-            self.proc.terminate()
-            try:
-                await asyncio.wait_for(self.proc.wait(), 5)
-            except asyncio.TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
-        self.pid_file.unlink(missing_ok=True)
+        if self.child:
+            await self.child.stop()
         if self._http:
             await self._http.close()
 
-    def _stop_orphan(self) -> None:
-        try:
-            pid = int(self.pid_file.read_text())
-        except (OSError, ValueError):
-            return
-        marker = " ".join(self.cfg.command[1:]) or self.cfg.command[0]
-        if procs.owns(pid, marker):
-            log.warning("stopping inference server %d left by an earlier agent", pid)
-            procs.stop(pid, marker, grace=3.0)
-
-    async def _run_loop(self) -> None:
-        while True:
-            log_file = open(self.data_dir / "inference.log", "ab")
-            try:
-                # The file holds the current fencing token while this node leads; a process
-                # that acts for the leader sends it with every command (vigil.fencing).
-                env = {**os.environ, "VIGIL_FENCING_TOKEN_FILE": str(self.data_dir / "fencing-token")}
-                self.proc = await asyncio.create_subprocess_exec(
-                    *self.cfg.command, stdin=asyncio.subprocess.DEVNULL, stdout=log_file,
-                    stderr=asyncio.subprocess.STDOUT, start_new_session=True, env=env,
-                    **procs.run_as(self.cfg.user))
-            except OSError as e:
-                log_file.close()
-                self._changed(self.judge.down(self.clock.now(), f"cannot start: {e}"))
-                await asyncio.sleep(self.backoff.next_delay(self.clock.now()))
-                continue
-            log_file.close()
-            self.pid_file.write_text(str(self.proc.pid))
-            self.backoff.started(self.clock.now())
-            self.on_event("inference_started", f"inference server started (pid {self.proc.pid})",
-                          pid=self.proc.pid)
-            code = await self.proc.wait()
-            cause = f"inference server exited with status {code}"
-            self._changed(self.judge.down(self.clock.now(), cause))
-            delay = self.backoff.next_delay(self.clock.now())
-            self.on_event("inference_exited", f"{cause}; restarting in {delay:g} s", status=code,
-                          restart_in=delay)
-            await asyncio.sleep(delay)
+    def _exited(self, cause: str) -> None:
+        self._changed(self.judge.down(self.clock.now(), cause))
 
     async def _watch_loop(self) -> None:
         while True:
@@ -222,11 +179,4 @@ class InferenceSupervisor:
 
 
 def server_pid(data_dir: Path) -> int | None:
-    try:
-        pid = int((data_dir / "inference.pid").read_text())
-    except (OSError, ValueError):
-        return None
-    return pid if procs.alive(pid) else None
-
-
-
+    return child_pid(data_dir, "inference")

@@ -19,8 +19,23 @@ def register(sub) -> None:
     p.set_defaults(func=check_config)
 
 
+def load_node_config(path: str):
+    """The node's configuration and, when it names one, its router's (checked now,
+    so a bad router file stops the agent before anything starts). Raises ConfigError."""
+    from vigil.errors import ConfigError
+    from vigil.router.config import load_router_config
+
+    cfg = load_config(path)
+    if cfg.router_config:
+        try:
+            load_router_config(cfg.router_config)
+        except ConfigError as e:
+            raise ConfigError("router.config", cfg.router_config, f"does not load: {e}") from None
+    return cfg
+
+
 def check_config(args) -> int:
-    cfg = load_config(args.config)
+    cfg = load_node_config(args.config)
     t = cfg.timing
     print(f"{args.config}: OK (cluster {cfg.cluster}, node {cfg.node}, {len(cfg.peers)} peer(s), "
           f"suspicion after ~{t.suspicion_time * 1000:.0f} ms, lease TTL {t.lease_ttl} s, "
@@ -56,7 +71,7 @@ def _etcd_check(cfg) -> str:
 
 
 def run_agent(args) -> int:
-    cfg = load_config(args.config)  # ConfigError -> exit 2 before anything starts
+    cfg = load_node_config(args.config)  # ConfigError -> exit 2 before anything starts
     logging.basicConfig(level=cfg.log_level.upper(), stream=sys.stderr,
                         format=f"%(asctime)s {cfg.node} %(levelname)s %(name)s: %(message)s")
     from vigil.agent import Agent

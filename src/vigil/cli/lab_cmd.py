@@ -1,8 +1,17 @@
-"""`vigil lab up` / `vigil lab down`."""
+"""`vigil lab up` / `vigil lab kill` / `vigil lab down`.
+
+`lab up --netns` (root) creates the namespaces in this process, then runs the
+lab's harness inside the client namespace (`ip netns exec CLIENT vigil lab up
+... --in-netns TAG`), where the BMCs and the actuator live and whence every
+node's address is reachable; the namespaces are deleted again if that fails.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from vigil.errors import ConfigError
@@ -10,7 +19,7 @@ from vigil.errors import ConfigError
 
 def register(sub) -> None:
     p = sub.add_parser("lab", help="a local cluster on loopback for demos, tests and benchmarks")
-    lab_sub = p.add_subparsers(dest="lab_command", metavar="up|down", parser_class=type(p))
+    lab_sub = p.add_subparsers(dest="lab_command", metavar="up|kill|down", parser_class=type(p))
     lab_sub.required = True
     up = lab_sub.add_parser("up", help="start 3 etcd members and N agents in the background")
     up.add_argument("--nodes", type=int, default=3)
@@ -21,22 +30,49 @@ def register(sub) -> None:
     up.add_argument("--secure", action="store_true",
                     help="etcd with TLS for clients and peers, client certificates, and a user and role "
                          "per agent, router, gateway and operator (files in DIR/tls)")
+    up.add_argument("--netns", action="store_true",
+                    help="root: every node (agent, its router, its model server, its etcd member) in its "
+                         "own network namespace on a bridge (10.231.0.0/24), a client namespace, and a "
+                         "VIP held by the leader in front of a router on every node")
+    up.add_argument("--fencing", action="store_true",
+                    help="a BMC (ipmi_sim) per node whose power off kills the node, a Modbus PLC and the "
+                         "token-guarded actuator the leader writes through")
+    up.add_argument("--in-netns", default="", help=argparse_hidden())
     up.set_defaults(func=lab_up)
+    kill = lab_sub.add_parser("kill", help="SIGKILL every process of one node (agent, router, model "
+                                           "server; not its etcd member)")
+    kill.add_argument("--dir", required=True)
+    kill.add_argument("--node", required=True)
+    kill.set_defaults(func=lab_kill)
     down = lab_sub.add_parser("down", help="stop everything `lab up` started in DIR")
     down.add_argument("--dir", required=True)
     down.set_defaults(func=lab_down)
 
 
+def argparse_hidden() -> str:
+    import argparse
+    return argparse.SUPPRESS
+
+
 def lab_up(args) -> int:
     from vigil.lab import Lab
+    from vigil.lab.netns import VIP, NetTopology
 
+    if args.netns and not args.in_netns:
+        return _up_in_namespaces(args)
+    net = NetTopology(args.nodes, tag=args.in_netns) if args.in_netns else None
     lab = Lab.up(Path(args.dir), args.nodes, args.cluster, model=not args.no_model,
-                 router=not args.no_model, secure=args.secure)
+                 router=not args.no_model, secure=args.secure, fencing=args.fencing, net=net,
+                 vip=VIP if net else None, own_net=bool(net))
     leader = lab.leader()
     print(f"lab up in {lab.root}: etcd {', '.join(lab.etcd.endpoints)}; "
           f"{len(lab.nodes)} agents; leader {leader[0]} (token {leader[1]})" if leader else "no leader")
     if lab.router:
         print(f"  router: {lab.router.url} (e.g. POST {lab.router.url}/v1/embeddings)")
+    if lab.netns:
+        url = lab.front.url(lab.vip.split("/")[0]) if lab.front else lab.vip
+        print(f"  VIP {lab.vip} in front of a router on every node: {url} from the client namespace "
+              f"(ip netns exec {lab.netns['client']} curl {url}/v1/models)")
     if args.secure:
         print(f"  etcd: TLS and auth; the operator's certificate, key and password are in {lab.root / 'tls'}")
     print(f"  vigil status --lab {lab.root}")
@@ -44,14 +80,48 @@ def lab_up(args) -> int:
     return 0
 
 
-def lab_down(args) -> int:
+def _up_in_namespaces(args) -> int:
+    from vigil.errors import VigilError
+    from vigil.lab.netns import NetTopology
+
+    if os.geteuid() != 0:
+        raise VigilError("--netns needs root (it creates network namespaces): run it as root, "
+                         "or leave --netns out for a lab on loopback")
+    if not 3 <= args.nodes <= 32:
+        raise ConfigError("--nodes", args.nodes, "a lab in namespaces has 3 to 32 nodes")
+    net = NetTopology(args.nodes).create()
+    inner = ["lab", "up", "--nodes", str(args.nodes), "--dir", str(Path(args.dir).resolve()),
+             "--cluster", args.cluster, "--in-netns", net.tag,
+             *[f"--{f.replace('_', '-')}" for f in ("no_model", "secure", "fencing") if getattr(args, f)]]
+    try:
+        code = subprocess.run(["ip", "netns", "exec", net.client, sys.executable, "-m", "vigil", *inner]).returncode
+    except BaseException:
+        net.destroy()
+        raise
+    if code != 0:
+        net.destroy()
+    return code
+
+
+def lab_kill(args) -> int:
+    lab = _load(Path(args.dir))
+    pids = lab.kill_node(args.node)
+    lab.save()
+    print(json.dumps({"node": args.node, "killed": pids}))
+    return 0
+
+
+def _load(path: Path):
     from vigil.lab import Lab
 
-    path = Path(args.dir)
     if not (path / "lab.json").exists():
-        raise ConfigError("--dir", str(path), "no lab.json there: nothing to stop (was "
-                          f"`vigil lab up --dir {path}` run?)")
-    lab = Lab.load(path)
+        raise ConfigError("--dir", str(path), "no lab.json there: nothing to stop or kill (was `vigil lab up --dir "
+                          f"{path}` run?)")
+    return Lab.load(path)
+
+
+def lab_down(args) -> int:
+    lab = _load(Path(args.dir))
     lab.down()
     print(json.dumps({"stopped": [n.name for n in lab.nodes] + [m.name for m in lab.etcd.members]}))
     return 0

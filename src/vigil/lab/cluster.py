@@ -28,6 +28,7 @@ from vigil import procs
 from vigil.lab import secure as secure_lab
 from vigil.lab.etcd import EtcdCluster
 from vigil.lab.fencing import LabFencing
+from vigil.lab.frontdoor import FrontDoor
 from vigil.lab.observe import LabObservation
 
 LAB_TIMING = {"heartbeat_interval": 0.1, "lease_ttl": 2, "keepalive_interval": 0.5,
@@ -47,6 +48,7 @@ class LabNode:
     server_url: str | None = None
     host: str = "127.0.0.1"
     netns: str = ""
+    router_pid: int | None = None  # the node's own router (labs with a front door on every node)
 
 
 @dataclass
@@ -62,10 +64,12 @@ class LabRouter:
 class Lab(LabObservation):
     def __init__(self, root: Path, cluster: str, etcd: EtcdCluster, nodes: list[LabNode],
                  router: LabRouter | None = None, fencing: LabFencing | None = None,
-                 vip: str | None = None):
+                 vip: str | None = None, front: FrontDoor | None = None, netns: dict | None = None):
         self.root, self.cluster, self.etcd, self.nodes = root, cluster, etcd, nodes
         self.router, self.fencing = router, fencing
         self.vip = vip  # A.B.C.D/N on every node's eth0 (labs in namespaces), held by the leader
+        self.front = front  # a router on every node (labs in namespaces with router=True)
+        self.netns = netns  # {"tag", "client", "owned"}: the lab's NetTopology
         self._answered = ""  # the etcd endpoint that answered the last read
         self._tokens: dict[str, dict[str, str]] = {}  # etcd auth token per endpoint (secure labs)
 
@@ -74,16 +78,19 @@ class Lab(LabObservation):
     def create(cls, root: Path, n: int, cluster: str = "lab", timing: dict[str, Any] | None = None,
                model: bool = False, router: bool = False, fencing: bool = False,
                net: Any = None, fence_devices: bool = True, secure: bool = False,
-               vip: str | None = None) -> "Lab":
+               vip: str | None = None, own_net: bool = False) -> "Lab":
         """Write configs for a lab of `n` nodes under `root` (nothing started).
 
         `net`: a NetTopology; node i then runs in its namespace on its address,
-        with etcd member i beside it (3 nodes only). `fencing`: BMCs, a PLC and
+        with etcd member i beside it (3 members); `router` then puts a router on
+        every node (FrontDoor), run by its agent. `own_net`: `down()` deletes the
+        topology's namespaces too. `fencing`: BMCs, a PLC and
         the actuator the leader drives; `fence_devices=False` keeps those but
         gives the agents no fencing devices (takeover waits for the lease).
         `secure`: etcd with TLS, client certificates, users and roles (vigil.lab.secure)."""
-        if not 1 <= n <= 32:
-            raise ConfigError("--nodes", n, "a lab has 1 to 32 nodes")
+        if not (3 if net else 1) <= n <= 32:
+            raise ConfigError("--nodes", n, "a lab has 1 to 32 nodes (3 to 32 in namespaces: an etcd "
+                                            "member beside each of the first 3)")
         root = root.resolve()
         if (root / "lab.json").exists():
             raise VigilError(f"{root}/lab.json exists: run `vigil lab down --dir {root}` first "
@@ -102,21 +109,27 @@ class Lab(LabObservation):
             host, ns = hosts[i] if hosts else ("127.0.0.1", "")
             nodes.append(LabNode(name, str(d / "config.yaml"), str(d), str(d / "agent.log"),
                                  f"{'https' if secure else 'http'}://{host}:{ports[3 * i]}", ports[3 * i + 1],
-                                 server_url=f"http://127.0.0.1:{ports[3 * i + 2]}" if model else None,
+                                 server_url=f"http://{host}:{ports[3 * i + 2]}" if model else None,
                                  host=host, netns=ns))
+        front = FrontDoor(*ports[-3:]) if router and net else None
         lab_router = (LabRouter(f"http://127.0.0.1:{ports[-2]}", str(root / "router.yaml"),
                                 str(root / "router.log"), ports[-1],
-                                admin_url=f"{'https' if secure else 'http'}://127.0.0.1:{ports[-3]}") if router else None)
+                                admin_url=f"{'https' if secure else 'http'}://127.0.0.1:{ports[-3]}")
+                      if router and not net else None)
         lab = cls(root, cluster, etcd, nodes, lab_router,
                   LabFencing.plan(root, [x.name for x in nodes],
                                   net.client_host if net else "127.0.0.1",
                                   {x.name: x.netns for x in nodes}, fence_devices,
                                   link_down=bool(vip and net)) if fencing else None,
-                  vip if net else None)
+                  vip if net else None, front,
+                  {"tag": net.tag, "client": net.client, "owned": own_net} if net else None)
         if lab_router:
             Path(lab_router.config).write_text(yaml.safe_dump(lab.router_config(), sort_keys=False))
         for i, node in enumerate(nodes):
             Path(node.data_dir).mkdir(parents=True, exist_ok=True)
+            if front:
+                front.config_path(node.data_dir).write_text(yaml.safe_dump(lab.node_router_config(node),
+                                                                           sort_keys=False))
             Path(node.config).write_text(yaml.safe_dump(
                 lab.node_config(node, priority=100 - i, timing=timing or LAB_TIMING), sort_keys=False))
         return lab
@@ -133,14 +146,25 @@ class Lab(LabObservation):
                           "keyring_file": str(self.root / "keys" / "cluster.keyring"),
                           "peers": [{"name": p.name, "addresses": [p.host], "port": p.heartbeat_port}
                                     for p in self.nodes if p.name != node.name],
-                          "observers": ([{"address": "127.0.0.1", "port": self.router.heartbeat_port}]
-                                        if self.router else [])},
+                          "observers": self._observers()},
             "timing": dict(timing),
             # No whole-second watchdog timeout fits the lab's 2 s lease, and no lab
             # may reset the machine it runs on.
             "watchdog": {"mode": "off"},
             **({"vips": [{"address": self.vip, "interface": "eth0"}]} if self.vip else {}),
+            **({"router": {"config": str(self.front.config_path(node.data_dir))}} if self.front else {}),
         } | self._inference_config(node) | (self.fencing.node_config(node.name) if self.fencing else {})
+
+    def _observers(self) -> list[dict[str, Any]]:
+        if self.front:
+            return self.front.observers([n.host for n in self.nodes])
+        return [{"address": "127.0.0.1", "port": self.router.heartbeat_port}] if self.router else []
+
+    def node_router_config(self, node: LabNode) -> dict[str, Any]:
+        assert self.front is not None
+        return self.front.router_config(self.cluster, node.name, node.host, self._etcd_block("router"),
+                                        str(self.root / "keys" / "cluster.keyring"),
+                                        secure_lab.admin_block(self.root) if self.etcd.tls else {})
 
     def _etcd_block(self, name: str) -> dict[str, Any]:
         if self.etcd.tls is None:
@@ -154,7 +178,7 @@ class Lab(LabObservation):
         return {"inference": {
             "url": node.server_url, "canary_interval": 0.5, "canary_timeout": 1.0,
             "load_interval": 0.1, "silence_window": 0.5, "stall_window": 5.0,
-            "command": [sys.executable, "-m", "vigil", "serve-model", "--port", port,
+            "command": [sys.executable, "-m", "vigil", "serve-model", "--port", port, "--host", node.host,
                         "--node", node.name, "--fault-injection"]}}
 
     def router_config(self) -> dict[str, Any]:
@@ -172,8 +196,9 @@ class Lab(LabObservation):
     def up(cls, root: Path, n: int, cluster: str = "lab", timing: dict[str, Any] | None = None,
            timeout: float = 30.0, model: bool = False, router: bool = False,
            fencing: bool = False, net: Any = None, fence_devices: bool = True,
-           secure: bool = False, vip: str | None = None) -> "Lab":
-        lab = cls.create(root, n, cluster, timing, model, router, fencing, net, fence_devices, secure, vip)
+           secure: bool = False, vip: str | None = None, own_net: bool = False) -> "Lab":
+        lab = cls.create(root, n, cluster, timing, model, router, fencing, net, fence_devices, secure, vip,
+                         own_net)
         lab.start(timeout)
         return lab
 
@@ -214,7 +239,8 @@ class Lab(LabObservation):
                    [LabNode(**x) for x in d["nodes"]],
                    LabRouter(**d["router"]) if d.get("router") else None,
                    LabFencing(**d["fencing"]) if d.get("fencing") else None,
-                   (d.get("vip") or {}).get("address"))
+                   (d.get("vip") or {}).get("address"),
+                   FrontDoor(**d["front_door"]) if d.get("front_door") else None, d.get("netns"))
 
     def save(self) -> None:
         tls = self.root / "tls"
@@ -225,28 +251,44 @@ class Lab(LabObservation):
                    "api_token_file": str(tls / "operator.api-token")} if self.etcd.tls else {}),
                "router": asdict(self.router) if self.router else None,
                "fencing": asdict(self.fencing) if self.fencing else None,
-               "vip": {"address": self.vip, "ip": self.vip.split("/")[0]} if self.vip else None,
+               "vip": self._vip_json(), "front_door": asdict(self.front) if self.front else None,
+               "netns": self.netns, "client_netns": self.netns["client"] if self.netns else None,
                "nodes": [asdict(n) for n in self.nodes]}
         for n in doc["nodes"]:
             n["server_pid"] = self.server_pid(n["name"])
+            n["router_pid"] = self.router_pid(n["name"])
         tmp = self.root / "lab.json.tmp"
         tmp.write_text(json.dumps(doc, indent=2))
         tmp.replace(self.root / "lab.json")
 
+    def _vip_json(self) -> dict[str, str] | None:
+        if not self.vip:
+            return None
+        ip = self.vip.split("/")[0]
+        return {"address": self.vip, "ip": ip, **({"url": self.front.url(ip)} if self.front else {})}
+
     def down(self) -> None:
-        """Stop the router, every agent (each stops its model server), any model
-        server an agent left behind, then every etcd member; remove lab.json."""
+        """Stop the router, every agent (each stops its model server and router),
+        any child an agent left behind, then every etcd member; delete the
+        namespaces when the lab made them; remove lab.json."""
         if self.router:
             procs.stop(self.router.pid, self.router.config)
-        leftovers = [(self.server_pid(n.name), n.server_url) for n in self.nodes]
+        leftovers = [(self.server_pid(n.name), n.server_url, self.router_pid(n.name), n.data_dir)
+                     for n in self.nodes]
         for node in self.nodes:
             procs.stop(node.agent_pid, node.config)
-        for pid, url in leftovers:
+        for pid, url, router_pid, data_dir in leftovers:
             if pid and url:
                 procs.stop(pid, "serve-model --port " + url.rsplit(":", 1)[1])
+            if router_pid and self.front:
+                procs.stop(router_pid, str(self.front.config_path(data_dir)))
         if self.fencing:
             self.fencing.stop()
         self.etcd.stop()
+        if self.netns and self.netns.get("owned"):
+            from vigil.lab.netns import NetTopology
+
+            NetTopology(len(self.nodes), tag=self.netns["tag"]).destroy_all()
         (self.root / "lab.json").unlink(missing_ok=True)
 
     # -- fault injection ------------------------------------------------------------
@@ -278,17 +320,29 @@ class Lab(LabObservation):
         from vigil.agent.inference import server_pid
         return server_pid(Path(self.node(name).data_dir))
 
+    def router_pid(self, name: str) -> int | None:
+        """PID of the node's own router now (the agent restarts it with a new PID)."""
+        from vigil.agent.child import child_pid
+        return child_pid(Path(self.node(name).data_dir), "router") if self.front else None
+
     def signal_server(self, name: str, sig: int) -> bool:
         pid, url = self.server_pid(name), self.node(name).server_url
         return bool(pid and url) and procs.signal_pid(pid, sig, "serve-model --port " + url.rsplit(":", 1)[1])
 
-    def kill_node(self, name: str) -> None:
-        """SIGKILL the node's agent and its model server: the whole node dies."""
-        pid = self.server_pid(name)
+    def kill_node(self, name: str) -> dict[str, int | None]:
+        """SIGKILL every process of the node (agent, router, model server; not its
+        etcd member): the whole node dies. Returns the PIDs killed."""
+        node = self.node(name)
+        pids = {"agent": node.agent_pid if procs.owns(node.agent_pid, node.config) else None,
+                "router": self.router_pid(name), "server": self.server_pid(name)}
+        self.signal_agent(name, signal.SIGKILL)  # first: it would restart the others
+        if pids["router"] and self.front:
+            procs.signal_pid(pids["router"], signal.SIGKILL, str(self.front.config_path(node.data_dir)))
         self.signal_server(name, signal.SIGKILL)
-        self.kill_agent(name)
-        if pid:
-            procs.wait_dead(pid, 5.0)
+        for pid in pids.values():
+            if pid:
+                procs.wait_dead(pid, 5.0)
+        return pids
 
     def signal_agent(self, name: str, sig: int) -> bool:
         node = self.node(name)

@@ -71,7 +71,8 @@ class LabFencing:
         ns = self.netns.get(node, "")
         return IpmiSim(Path(self.root) / "bmc" / node, self.bmc_ports[node], ["sh", "-c", cmd],
                        BMC_USER, BMC_PASSWORD, name=node, addr=self.host,
-                       link=(ns, "eth0") if self.link_down and ns else None)
+                       link=(ns, "eth0") if self.link_down and ns else None,
+                       children=tuple(Path(config).parent / f"{c}.pid" for c in ("router", "inference")))
 
     def start_support(self, keyring: str, etcd: list[str], cluster: str, etcd_args: list[str] = ()) -> None:
         root = Path(self.root)

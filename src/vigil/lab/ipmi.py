@@ -19,7 +19,7 @@ D={dir}; PIDF=$D/node.pid
 dev=$1; op=$2; shift 2
 alive() {{ [ -f "$PIDF" ] && kill -0 "$(cat "$PIDF")" 2>/dev/null && ! grep -q '^State:.*Z' /proc/$(cat "$PIDF")/status 2>/dev/null; }}
 start_node() {{ {link_up}alive || {{ setsid {node} </dev/null >/dev/null 2>&1 & echo $! > "$PIDF"; }}; }}
-stop_node() {{ alive && kill -9 "$(cat "$PIDF")"; rm -f "$PIDF"; {link_down}}}
+stop_node() {{ alive && kill -9 "$(cat "$PIDF")"; rm -f "$PIDF"; {children}{link_down}}}
 case "$op" in
   get) for p in "$@"; do case "$p" in
          power) if alive; then echo "power:1"; else echo "power:0"; fi ;;
@@ -61,11 +61,13 @@ mc_enable 0x20
 class IpmiSim:
     def __init__(self, root: Path, port: int, node_cmd: list[str], user: str = "admin",
                  password: str = "vigil-pass", name: str = "node", addr: str = "127.0.0.1",
-                 link: tuple[str, str] | None = None):
+                 link: tuple[str, str] | None = None, children: tuple[Path, ...] = ()):
         """`link`: (network namespace, interface) that power off takes down and
-        power on brings up: a powered-off machine answers no ARP for its VIP."""
+        power on brings up: a powered-off machine answers no ARP for its VIP.
+        `children`: PID files of the node's other processes (its router, its
+        model server), SIGKILLed with it if their command line names vigil."""
         self.root, self.port, self.user, self.password = root, port, user, password
-        self.addr, self.link = addr, link
+        self.addr, self.link, self.children = addr, link, children
         self.node_cmd, self.name = node_cmd, name
         self.proc: subprocess.Popen | None = None
 
@@ -79,7 +81,9 @@ class IpmiSim:
         chassis.write_text(CHASSIS.format(
             dir=self.root, node=node,
             link_up=f"ip -n {ns} link set {dev} up; " if self.link else "",
-            link_down=f"ip -n {ns} link set {dev} down; " if self.link else ""))
+            link_down=f"ip -n {ns} link set {dev} down; " if self.link else "",
+            children="".join(f'p=$(cat {shlex.quote(str(f))} 2>/dev/null) && grep -q vigil /proc/"$p"/cmdline '
+                             f'2>/dev/null && kill -9 "$p"; ' for f in self.children)))
         chassis.chmod(0o755)
         (self.root / "lan.conf").write_text(LAN_CONF.format(
             name=self.name, addr=self.addr, port=self.port, dir=self.root, user=self.user,

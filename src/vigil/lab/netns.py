@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 SUBNET = "10.231.0"
 CLIENT = 100
+VIP = f"{SUBNET}.200/24"  # the lab's virtual IP, on whichever node leads
 
 
 def _ip(*args: str) -> None:
@@ -99,6 +100,11 @@ class NetTopology:
         for table in ("vigil_partition", "vigil_loss"):
             subprocess.run(["ip", "netns", "exec", self.switch, "nft", "delete", "table", "bridge", table],
                            capture_output=True, timeout=10)
+
+    def destroy_all(self) -> None:
+        """Delete every namespace of this tag, also those a different process made."""
+        self.made = [self.switch, *(self.ns(i) for i in range(1, self.nodes + 1)), self.client]
+        self.destroy()
 
     def destroy(self) -> None:
         for ns in reversed(self.made):

@@ -313,7 +313,8 @@ class Router:
                        t0: float, attempts: int, buffer: bool) -> Answered | None:
         up = answer.up
         headers = [(k, v) for k, v in up.headers if k.lower() not in HOP_BY_HOP]
-        headers += [("X-Vigil-Node", b.name), ("X-Vigil-Attempts", str(attempts))]
+        headers += [("X-Vigil-Node", b.name), ("X-Vigil-Attempts", str(attempts)),
+                    ("X-Vigil-Router", self.cfg.name)]
         finished = False
         try:
             if answer.whole or buffer or reply is None:
