@@ -101,7 +101,8 @@ class Agent:
         self.router = (ChildProcess("router", "router", [sys.executable, "-m", "vigil", "router", "--config",
                                                          cfg.router_config], self.data_dir, self.clock,
                                     self.events.record) if cfg.router_config else None)
-        self.vips = VipHolder(cfg.vips, self.clock.now, lambda: self.role.valid_until, self.events.record)
+        self.vips = VipHolder(cfg.vips, self.clock.now, lambda: self.role.valid_until, self.events.record,
+                              lambda: self.session.renew_now() if self.session else None)
         self._tasks: list[asyncio.Task] = []
 
     def __repr__(self) -> str:

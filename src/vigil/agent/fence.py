@@ -55,6 +55,7 @@ async def fence_leader(a: "Agent", leader: LeaderInfo, reason: str) -> bool:
             a.events.record("fencing_incomplete", f"{leader.name} is off but its lease could not be "
                             f"revoked yet ({e}); it will expire", subject=leader.name)
             return False
+        a.vips.previous_holder_fenced()  # proven off: our takeover needs no duplicate-address probe
         a.events.record("node_fenced", f"{leader.name} powered off by {device.name} and verified off in "
                         f"{ms:.0f} ms; lease revoked", subject=leader.name, device=device.name,
                         level=level, fence_ms=ms, token=leader.token)

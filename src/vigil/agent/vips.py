@@ -1,10 +1,16 @@
 """The leader's virtual IPs as a resource of this node (vigil.resources.vip).
 
 Contract:
-- On acquiring leadership each VIP is probed for a duplicate; then, at the
-  next acknowledged keep-alive, added with a kernel lifetime that ends
-  before the self-demotion deadline (vigil.core.vip) and announced with
-  `announce_count` gratuitous ARPs.
+- On acquiring leadership each VIP is probed for a duplicate (not when this
+  node verified the previous holder powered off a moment ago: that holder is
+  proven silent, and a foreign host on the address would have been found
+  when the address was first taken; the probe would only add `probe_wait`
+  to the outage); then a
+  keep-alive is sent at once (`renew_now`) and, when it is acknowledged, the
+  VIP is added with a kernel lifetime that ends before the self-demotion
+  deadline (vigil.core.vip) and announced with `announce_count` gratuitous
+  ARPs. (Waiting for the next scheduled keep-alive instead would cost up to
+  a keep-alive interval: a deadline older than 0.1 s leaves no whole second.)
 - Every acknowledged keep-alive refreshes the lifetime; when no whole second
   fits before the deadline the address is removed at once (and added back
   by the next keep-alive that leaves room).
@@ -40,19 +46,34 @@ log = logging.getLogger(__name__)
 
 Record = Callable[..., object]  # EventLog.record
 HELD, SUSPENDED = "held", "suspended"
+FENCED_RECENTLY = 5.0  # s: an acquisition this soon after our fence of the leader follows from it
+
+
+def _warm_up() -> None:
+    try:
+        from pyroute2 import IPRoute
+
+        IPRoute().close()
+    except Exception as e:  # noqa: BLE001 - the first real operation reports it properly
+        log.warning("netlink not usable yet: %r", e)
 
 
 class VipHolder:
     def __init__(self, configs: tuple[VipConfig, ...], now: Callable[[], float],
-                 valid_until: Callable[[], float], record: Record):
+                 valid_until: Callable[[], float], record: Record,
+                 renew_now: Callable[[], None] | None = None):
         self.vips = [Vip(c) for c in configs]
         self.now, self.valid_until, self.record = now, valid_until, record
+        self.renew_now = renew_now
+        self._fenced_at = float("-inf")  # when this node last fenced the leader (agent.fence)
         self.wanted = False  # leading: the VIPs should be up
         self.probed = False  # no other host answers: add on the next keep-alive
         self.state = ""  # "", HELD or SUSPENDED
         self.failed: dict[str, str] = {}  # label -> cause of the last failed start
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vip")
         self._task: asyncio.Task | None = None
+        if self.vips:  # importing pyroute2 takes ~0.2 s: not on a takeover's critical path
+            self._worker.submit(_warm_up)
 
     @property
     def holding(self) -> bool:
@@ -63,11 +84,16 @@ class VipHolder:
                 "failed": dict(self.failed)}
 
     # -- leadership events (called on the event loop) -------------------------------
+    def previous_holder_fenced(self) -> None:
+        """This node just powered the leader off and verified it (agent.fence)."""
+        self._fenced_at = self.now()
+
     def acquired(self) -> None:
-        """Leadership began: probe every VIP, then add them at the next keep-alive."""
+        """Leadership began: probe every VIP (unless the previous holder was just
+        fenced by us), then add them on a fresh keep-alive."""
         if self.vips:
             self.wanted = True
-            self._restart(self._prepare())
+            self._restart(self._prepare(probe=self.now() - self._fenced_at > FENCED_RECENTLY))
 
     def released(self, why: str) -> None:
         """Leadership ended: remove every VIP now (queued behind nothing but a probe)."""
@@ -156,22 +182,25 @@ class VipHolder:
             self._task.cancel()
         self._task = asyncio.get_running_loop().create_task(coro)
 
-    async def _prepare(self, delay: float = 0.0) -> None:
+    async def _prepare(self, delay: float = 0.0, probe: bool = True) -> None:
         """Probe until no other host answers for any VIP (back-off 1 s doubling to
-        30 s); the next keep-alive then adds them."""
+        30 s); a fresh keep-alive then adds them."""
         while self.wanted:
             await asyncio.sleep(delay)
             delay = min(30.0, max(1.0, delay * 2))
             try:
                 for v in self.vips:
-                    await self._run(v.check)
+                    await self._run(v.check if probe else v.interface)
             except VipError as e:
                 self._fail(v, str(e))
                 continue
             for v in self.vips:
                 self.failed.pop(v.cfg.label, None)
             self.probed = True
-            self.renewed()  # the current deadline may already leave a whole second
+            if self.renew_now and lifetime(self.now(), self.valid_until()) is None:
+                self.renew_now()  # its acknowledgement adds them (renewed)
+            else:
+                self.renewed()  # the current deadline leaves a whole second
             return
 
     def _fail(self, v: Vip, cause: str) -> None:

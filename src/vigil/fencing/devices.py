@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import os
 import re
 
 import aiohttp
@@ -76,16 +77,24 @@ class IpmiDevice(FenceDevice):
         self.timeout, self.ipmitool, self.cipher = timeout, ipmitool, cipher
         self.name = f"ipmi {host}:{port}"
 
-    async def _run(self, *args: str) -> str:
+    async def _run(self, *args: str, stdin: bytes | None = None) -> str:
         cmd = [self.ipmitool, "-I", "lanplus", "-C", str(self.cipher), "-H", self.host,
                "-p", str(self.port), "-U", self.user, "-E", "-N", "1", "-R", "2", *args]
+        # `exec /dev/stdin` must open its stdin by path: a real pipe, not asyncio's socket.
+        r, w = os.pipe() if stdin else (asyncio.subprocess.DEVNULL, -1)
+        if stdin:
+            os.write(w, stdin)  # a few bytes: within the pipe's buffer
+            os.close(w)
         try:
             p = await asyncio.create_subprocess_exec(
-                *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                *cmd, stdin=r, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
                 env={"IPMI_PASSWORD": self.password, "PATH": "/usr/bin:/bin:/usr/sbin:/sbin"})
         except OSError as e:
             raise FencingFailed(f"{self.name}: cannot run {self.ipmitool}: {e.strerror} "
                                 "(apt-get install ipmitool)") from None
+        finally:
+            if stdin:
+                os.close(r)
         try:
             out, err = await asyncio.wait_for(p.communicate(), self.timeout)
         except asyncio.TimeoutError:
@@ -99,11 +108,21 @@ class IpmiDevice(FenceDevice):
         return out.decode(errors="replace")
 
     async def status(self) -> str:
-        out = await self._run("chassis", "power", "status")
-        m = re.search(r"Chassis Power is (on|off)", out)
+        return self._power(await self._run("chassis", "power", "status"))
+
+    def _power(self, out: str) -> str:
+        m = re.findall(r"Chassis Power is (on|off)", out)
         if not m:
             raise FencingFailed(f"{self.name}: unexpected power status answer {out.strip()!r}")
-        return m.group(1)
+        return m[-1]
+
+    async def fence(self) -> None:
+        """Power off and read the status back in one IPMI session (one RMCP+
+        handshake, not two: the fence is on the takeover's critical path);
+        a BMC that still reads "on" is then polled as every device is."""
+        out = await self._run("exec", "/dev/stdin", stdin=b"chassis power off\nchassis power status\n")
+        if self._power(out) != "off":
+            await super().fence()
 
     async def power_off(self) -> None:
         await self._run("chassis", "power", "off")

@@ -78,13 +78,14 @@ class Lab(LabObservation):
     def create(cls, root: Path, n: int, cluster: str = "lab", timing: dict[str, Any] | None = None,
                model: bool = False, router: bool = False, fencing: bool = False,
                net: Any = None, fence_devices: bool = True, secure: bool = False,
-               vip: str | None = None, own_net: bool = False) -> "Lab":
+               vip: str | None = None, own_net: bool = False, etcd_apart: bool = False) -> "Lab":
         """Write configs for a lab of `n` nodes under `root` (nothing started).
 
         `net`: a NetTopology; node i then runs in its namespace on its address,
         with etcd member i beside it (3 members); `router` then puts a router on
         every node (FrontDoor), run by its agent. `own_net`: `down()` deletes the
-        topology's namespaces too. `fencing`: BMCs, a PLC and
+        topology's namespaces too. `etcd_apart`: the etcd members in namespaces
+        n+1..n+3 of `net` (a separate control plane), not beside the nodes. `fencing`: BMCs, a PLC and
         the actuator the leader drives; `fence_devices=False` keeps those but
         gives the agents no fencing devices (takeover waits for the lease).
         `secure`: etcd with TLS, client certificates, users and roles (vigil.lab.secure)."""
@@ -97,9 +98,10 @@ class Lab(LabObservation):
                              "or choose another --dir")
         root.mkdir(parents=True, exist_ok=True)
         hosts = [(net.host(i + 1), net.ns(i + 1)) for i in range(n)] if net else None
-        tls = secure_lab.plan_tls(root, [h for h, _ in hosts or []], [f"n{i + 1}" for i in range(n)]) \
-            if secure else None
-        etcd = EtcdCluster.plan(root / "etcd", 3, hosts, tls)
+        etcd_hosts = [(net.host(n + j), net.ns(n + j)) for j in (1, 2, 3)] if net and etcd_apart else hosts
+        tls = secure_lab.plan_tls(root, [h for h, _ in hosts or []], [f"n{i + 1}" for i in range(n)],
+                                  [h for h, _ in etcd_hosts or []]) if secure else None
+        etcd = EtcdCluster.plan(root / "etcd", 3, etcd_hosts, tls)
         make_cluster_keys(root / "keys", [f"n{i + 1}" for i in range(n)])
         ports = procs.free_ports(3 * n + 3)
         nodes = []
@@ -196,9 +198,10 @@ class Lab(LabObservation):
     def up(cls, root: Path, n: int, cluster: str = "lab", timing: dict[str, Any] | None = None,
            timeout: float = 30.0, model: bool = False, router: bool = False,
            fencing: bool = False, net: Any = None, fence_devices: bool = True,
-           secure: bool = False, vip: str | None = None, own_net: bool = False) -> "Lab":
+           secure: bool = False, vip: str | None = None, own_net: bool = False,
+           etcd_apart: bool = False) -> "Lab":
         lab = cls.create(root, n, cluster, timing, model, router, fencing, net, fence_devices, secure, vip,
-                         own_net)
+                         own_net, etcd_apart)
         lab.start(timeout)
         return lab
 

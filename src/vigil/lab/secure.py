@@ -24,11 +24,11 @@ from vigil.store.etcd_auth import enable_auth, new_password
 SERVICE_USERS = {"router": "router", "gateway": "gateway", "operator": "operator"}
 
 
-def plan_tls(root: Path, hosts: list[str], nodes: list[str]) -> EtcdTLS:
+def plan_tls(root: Path, hosts: list[str], nodes: list[str], etcd_hosts: list[str] = ()) -> EtcdTLS:
     """Make the CA and every certificate, password and API token; the harness's TLS."""
     d = root / "tls"
     init_ca(d, "Vigil lab CA")
-    issue(d, "etcd", sorted({"127.0.0.1", "localhost", *hosts}))
+    issue(d, "etcd", sorted({"127.0.0.1", "localhost", *hosts, *etcd_hosts}))
     for i, node in enumerate(nodes):  # each agent's API serves https on its host
         issue(d, f"{node}-api", sorted({"127.0.0.1", hosts[i] if hosts else "127.0.0.1"}))
     issue(d, "router-admin", ["127.0.0.1"])

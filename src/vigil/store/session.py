@@ -9,6 +9,8 @@ Contract:
 - `last_ack_sent` is the monotonic time at which the last renewal that etcd
   acknowledged was *sent* (the grant counts). etcd restarted the TTL no
   earlier than that instant; the leader role derives its deadline from it.
+- `renew_now()` sends the next renewal at once instead of at the end of the
+  interval (a new holder of a resource that needs a fresh deadline).
 - `done` is set when the lease is known to be gone (etcd said LeaseNotFound)
   or the session was closed. It is not set merely because etcd is
   unreachable: the role's own deadline covers that case.
@@ -41,6 +43,7 @@ class Session:
         self.done = asyncio.Event()
         self.lost_reason = ""
         self._task: asyncio.Task | None = None
+        self._wake = asyncio.Event()
 
     def __repr__(self) -> str:
         lid = f"{self.lease.id:x}" if self.lease else "-"
@@ -57,6 +60,16 @@ class Session:
         self.last_ack_sent = sent
         self._task = asyncio.get_running_loop().create_task(self._keepalive_loop())
         return self.lease
+
+    def renew_now(self) -> None:
+        self._wake.set()
+
+    async def _pause(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._wake.wait(), seconds)
+        except asyncio.TimeoutError:
+            pass
+        self._wake.clear()
 
     def expires_by(self) -> float:
         """Monotonic instant by which etcd may expire the lease if no renewal lands."""
@@ -76,7 +89,7 @@ class Session:
     async def _keepalive_loop(self) -> None:
         assert self.lease is not None
         while True:
-            await asyncio.sleep(self.retry_interval if self.failures else self.keepalive_interval)
+            await self._pause(self.retry_interval if self.failures else self.keepalive_interval)
             sent = self.clock.now()
             try:
                 await self.store.keepalive(self.lease.id)
