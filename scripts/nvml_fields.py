@@ -18,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from vigil.probes.fingerprint import node_fingerprint  # noqa: E402
 from vigil.probes.gpu import GpuProbe  # noqa: E402
 from vigil.probes.xid import KmsgXids  # noqa: E402
 
@@ -52,7 +53,7 @@ def main() -> int:
            "not_supported": sorted(k for k, v in probe.statuses.items() if v == "not_supported"),
            "failed": {k: v for k, v in sorted(probe.statuses.items()) if v not in ("ok", "not_supported")},
            "first_read_ms": round(first_ms, 2), "read_ms_median": round(sorted(reads)[len(reads) // 2], 3),
-           "kernel_log": kmsg.to_json()}
+           "kernel_log": kmsg.to_json(), "fingerprint": node_fingerprint(first)}
     probe.close()
     text = json.dumps(doc, indent=2, default=str)
     print(text)

@@ -104,3 +104,20 @@ def test_the_log_reader_reports_only_new_xids(tmp_path):
     reader.close()
     missing = KmsgXids(str(tmp_path / "none")).read(3.0)
     assert not missing.available and "cannot read the kernel log" in missing.problem
+
+
+def test_the_fingerprint_names_the_gpu_stack_cpu_flags_and_engines(tmp_path):
+    from vigil.probes.fingerprint import node_fingerprint
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("model name\t: Intel(R) Xeon(R) Platinum 8480+\nflags\t\t: fpu sse2 avx2 fma avx512f "
+                       "avx512_bf16 amx_tile amx_bf16 sse4_2\n")
+    reading = GpuProbe(FakeNvml([FakeGpu(), FakeGpu()], cuda=12010)).read(1.0)
+    fp = node_fingerprint(reading, str(cpuinfo))
+    assert fp["cuda_driver"] == "12.1" and fp["driver"] == "570.124.06" and fp["gpu_count"] == 2
+    assert fp["gpu_model"] == "NVIDIA H100 80GB HBM3" and fp["compute_capability"] == "9.0"
+    assert fp["gpu_memory_mib"] == 81920 and fp["cpu_model"].startswith("Intel")
+    assert fp["cpu_flags"] == ["amx_bf16", "amx_tile", "avx2", "avx512_bf16", "avx512f", "fma"]
+    assert fp["python"] and "torch" in fp["engines"]  # installed here (the model server's)
+    nogpu = node_fingerprint(GpuProbe(FakeNvml(library=False)).read(1.0), str(cpuinfo))
+    assert nogpu["gpu"].startswith("no GPU: NVML library not found") and "cuda_driver" not in nogpu

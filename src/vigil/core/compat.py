@@ -1,0 +1,111 @@
+"""The compatibility gate (pure): a workload's requirements against a node's
+fingerprint (vigil.probes.fingerprint), and a cluster's homogeneity.
+
+A requirement maps a fingerprint key to a condition:
+- versions (`driver`, `cuda_driver`, `compute_capability`, `python`,
+  `kernel`, `engines.<name>`): ">=12.1", "<13", "==12.2", or a bare "12.2"
+  (equal); compared number by number ("12.10" > "12.9");
+- numbers (`gpu_count`, `gpu_memory_mib`): the same operators;
+- `gpu_model`: a glob ("NVIDIA H100*") or a list of globs, any matching;
+- `cpu_flags`: a list of flags the node must all have.
+
+`mismatches(fp, req)` returns one sentence per unmet condition, empty when
+the node satisfies the workload. A key the node's fingerprint lacks fails
+(no GPU cannot satisfy a CUDA requirement). `parse_requirement` raises
+ValueError naming the key and the fix.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import operator
+import re
+from typing import Any
+
+VERSION_KEYS = {"driver", "cuda_driver", "compute_capability", "python", "kernel"}
+NUMBER_KEYS = {"gpu_count", "gpu_memory_mib"}
+HOMOGENEITY_KEYS = ("driver", "cuda_driver", "gpu_model", "compute_capability", "gpu_count", "gpu_memory_mib",
+                    "cpu_flags", "kernel", "python", "engines")
+OPS = {">=": operator.ge, "<=": operator.le, "==": operator.eq, "!=": operator.ne, ">": operator.gt,
+       "<": operator.lt}
+CONDITION = re.compile(r"^\s*(>=|<=|==|!=|>|<)?\s*([0-9][0-9A-Za-z.+-]*)\s*$")
+
+
+def version(v: Any) -> tuple[int, ...]:
+    return tuple(int(x) for x in re.findall(r"\d+", str(v)))
+
+
+def parse_requirement(raw: Any) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise ValueError("requires: must be a mapping such as {cuda_driver: '>=12.1', gpu_memory_mib: '>=40000'}")
+    for key, cond in raw.items():
+        if key in VERSION_KEYS or key in NUMBER_KEYS or key.startswith("engines."):
+            if not isinstance(cond, (str, int, float)) or not CONDITION.match(str(cond)):
+                raise ValueError(f"requires.{key}: {cond!r} is not a condition; write e.g. '>=12.1'")
+        elif key == "gpu_model":
+            if not isinstance(cond, (str, list)) or not all(isinstance(x, str) for x in _list(cond)):
+                raise ValueError("requires.gpu_model: a glob such as 'NVIDIA H100*', or a list of them")
+        elif key == "cpu_flags":
+            if not isinstance(cond, list) or not all(isinstance(x, str) for x in cond):
+                raise ValueError("requires.cpu_flags: a list of flags such as [avx512f, amx_tile]")
+        else:
+            raise ValueError(f"requires.{key}: unknown; use {sorted(VERSION_KEYS | NUMBER_KEYS)}, gpu_model, "
+                             "cpu_flags or engines.<package>")
+    return dict(raw)
+
+
+def _list(v: Any) -> list[Any]:
+    return v if isinstance(v, list) else [v]
+
+
+def _value(fp: dict[str, Any], key: str) -> Any:
+    if key.startswith("engines."):
+        return (fp.get("engines") or {}).get(key.split(".", 1)[1])
+    return fp.get(key)
+
+
+def _compare(have: Any, cond: Any, numeric: bool) -> bool:
+    op, want = CONDITION.match(str(cond)).groups()  # validated by parse_requirement
+    if numeric:
+        return OPS[op or "=="](float(have), float(want))
+    return OPS[op or "=="](version(have), version(want))
+
+
+def mismatches(fp: dict[str, Any], req: dict[str, Any]) -> list[str]:
+    out = []
+    for key, cond in req.items():
+        have = _value(fp, key)
+        if have is None or (isinstance(have, list) and key != "cpu_flags"):
+            shown = fp.get("gpu") if key not in ("cpu_flags", "python", "kernel") and fp.get("gpu") else "unknown"
+            out.append(f"{key}: required {cond}, this node has none ({have if have is not None else shown})")
+        elif key == "cpu_flags":
+            missing = sorted(set(cond) - set(have))
+            if missing:
+                out.append(f"cpu_flags: missing {', '.join(missing)}")
+        elif key == "gpu_model":
+            if not any(fnmatch.fnmatch(str(have), g) for g in _list(cond)):
+                out.append(f"gpu_model: {have} is not {' or '.join(_list(cond))}")
+        elif not _compare(have, cond, key in NUMBER_KEYS):
+            out.append(f"{key}: {have}, required {cond}")
+    return out
+
+
+def differences(fingerprints: dict[str, dict[str, Any]]) -> dict[str, dict[str, list[str]]]:
+    """{key: {value: [nodes]}} for every key on which the nodes differ ("n2: CUDA 12.2, n1: 12.1")."""
+    out: dict[str, dict[str, list[str]]] = {}
+    for key in HOMOGENEITY_KEYS:
+        groups: dict[str, list[str]] = {}
+        for node, fp in sorted(fingerprints.items()):
+            groups.setdefault(_shown(fp.get(key, fp.get("gpu") if key in ("driver", "cuda_driver") else None)),
+                              []).append(node)
+        if len(groups) > 1:
+            out[key] = groups
+    return out
+
+
+def _shown(v: Any) -> str:
+    if isinstance(v, dict):
+        return ", ".join(f"{k} {x}" for k, x in sorted(v.items()))
+    if isinstance(v, list):
+        return " ".join(str(x) for x in v)
+    return "none" if v is None else str(v)
