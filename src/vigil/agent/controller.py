@@ -23,15 +23,15 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Callable
 
 import aiohttp
 
+from vigil.agent.leadership import Leadership
+from vigil.clock import Clock
 from vigil.fencing import TOKEN_HEADER
 from vigil.fencing.signed import sign_request
-
-if TYPE_CHECKING:
-    from vigil.agent.daemon import Agent
+from vigil.identity import SigningKeys
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +39,12 @@ ACKS_MAX_BYTES = 16 * 1024 * 1024
 
 
 class Controller:
-    def __init__(self, agent: "Agent", gateway: str, register: int, interval: float,
+    def __init__(self, node: str, signing: Callable[[], SigningKeys], clock: Clock, record: Any,
+                 leadership: Leadership, gateway: str, register: int, interval: float,
                  acks: Path | None = None):
-        self.agent, self.gateway, self.register, self.interval = agent, gateway, register, interval
+        """`signing`: this node's current signing keys (they change on a key reload)."""
+        self.node, self.signing, self.clock, self.record = node, signing, clock, record
+        self.leadership, self.gateway, self.register, self.interval = leadership, gateway, register, interval
         self.acks = acks
         self.accepted = 0
         self.rejected = 0
@@ -58,14 +61,14 @@ class Controller:
             await asyncio.gather(self._task, return_exceptions=True)
 
     async def _drive(self, token: int) -> None:
-        a = self.agent
+        lead = self.leadership
         value, unauthorised = 0, False
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.0)) as http:
-            while a.is_leader() and a.role.token == token:
+            while lead.is_leader() and lead.token == token:
                 value = (value + 1) % 65536
                 body = json.dumps({"register": self.register, "value": value, "token": token}).encode()
                 headers = {TOKEN_HEADER: str(token), "Content-Type": "application/json",
-                           **sign_request(a.cfg.keys.signing, "POST", "/write", body, a.clock.wall())}
+                           **sign_request(self.signing(), "POST", "/write", body, self.clock.wall())}
                 try:
                     async with http.post(self.gateway + "/write", headers=headers, data=body) as r:
                         if r.status == 200:
@@ -75,11 +78,11 @@ class Controller:
                             self.rejected += 1
                             why = (await r.json(content_type=None)).get("error", "")
                             if r.status != 401:
-                                a.events.record("actuator_rejected", f"the actuator refused token "
+                                self.record("actuator_rejected", f"the actuator refused token "
                                                 f"{token}: {why}; stopping", token=token, status=r.status)
                                 return
                             if not unauthorised:  # once per leadership, not once per write
-                                a.events.record("actuator_unauthorised", "the actuator refused this "
+                                self.record("actuator_unauthorised", "the actuator refused this "
                                                 f"node's signature: {why}", token=token)
                             unauthorised = True
                 except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as e:
@@ -89,7 +92,7 @@ class Controller:
     def _acknowledged(self, token: int, value: int) -> None:
         if self.acks is None:
             return
-        line = json.dumps({"node": self.agent.cfg.node, "token": token, "register": self.register,
+        line = json.dumps({"node": self.node, "token": token, "register": self.register,
                            "value": value, "at": time.time()})
         with open(self.acks, "a") as f:  # no fsync: a killed process loses nothing written
             f.write(line + "\n")

@@ -26,15 +26,19 @@ from typing import Any
 from vigil import __version__
 from vigil.agent.heartbeat import HeartbeatService
 from vigil.agent.history import LeadershipHistory
+from vigil.agent.api import AgentApi
 from vigil.agent.child import ChildProcess
 from vigil.agent.controller import Controller
+from vigil.agent.fence import Fencer
+from vigil.agent.leadership import Leadership
+from vigil.agent.status import metrics_text, status_document
 from vigil.agent.vips import VipHolder
 from vigil.agent.watchdog import LinuxWatchdogDevice, Watchdog
 from vigil.agent.inference import InferenceSupervisor
-from vigil.agent.reconciler import Reconciler
+from vigil.agent.reconciler import Reconciler, SessionLink
 from vigil.clock import SystemClock
 from vigil.config import NodeConfig
-from vigil.core.leader import LeaderRole, RoleChange
+from vigil.core.leader import LeaderRole
 from vigil.core.peers import PeerTransition
 from vigil.errors import ConfigError, StoreError, VigilError
 from vigil.store.base import Store
@@ -77,7 +81,6 @@ class Agent:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.incarnation = next_incarnation(self.data_dir)
         self.started_at = self.clock.wall()
-        self.role = LeaderRole(cfg.timing.demote_after)
         self.history = LeadershipHistory(self.data_dir / "leadership.jsonl", cfg.node)
         self.events = EventLog(self.store, self.keys, cfg.node, self.clock)
         self.registry = Registry(self.store, self.keys)
@@ -85,28 +88,43 @@ class Agent:
                                            self._on_peer_transitions, self._heartbeat_status)
         self.session: Session | None = None
         self.election: Election | None = None
-        self.reconciler = Reconciler(self)
+        self.wake = asyncio.Event()
+        w = cfg.watchdog
+        self.watchdog = Watchdog(w.mode, LinuxWatchdogDevice(w.device), w.timeout, self.events.record)
+        self.vips = VipHolder(cfg.vips, self.clock.now, lambda: self.leadership.valid_until, self.events.record,
+                              lambda: self.session.renew_now() if self.session else None)
+        self.leadership = Leadership(cfg.node, cfg.timing.demote_after, self.clock, self.data_dir, self.history,
+                                     self.watchdog, self.vips, self.events.record)
+        self.leadership.on_change += [lambda change: self.heartbeats.send_now(), lambda change: self.wake.set()]
         c = cfg.controller
-        self.controller = (Controller(self, c["gateway"], c["register"], c["interval"],
+        self.controller = (Controller(cfg.node, lambda: self.cfg.keys.signing, self.clock, self.events.record,
+                                      self.leadership, c["gateway"], c["register"], c["interval"],
                                       self.data_dir / "actuator-acks.jsonl") if c else None)
+        fencer = (Fencer(cfg.node, cfg.fencing.topology, self.clock, self.events.record, self.registry,
+                         self.store, self.leadership) if cfg.fencing else None)
+        link = SessionLink(lambda: self.session, lambda: self.election, lambda: self.health_reasons,
+                           self.publish_record, self.suspects_unpublished)
+        self.reconciler = Reconciler(cfg, self.clock, self.store, self.keys, self.registry, self.events.record,
+                                     self.leadership, self.heartbeats.peers, link, self.wake, fencer,
+                                     self.controller)
         self.inference = (InferenceSupervisor(cfg.inference, self.data_dir, self.clock,
                                               self._on_inference, self.events.record)
                           if cfg.inference else None)
-        self.wake = asyncio.Event()
         self.published_suspects: list[str] = []  # as last written to our member record
-        w = cfg.watchdog
-        self.watchdog = Watchdog(w.mode, LinuxWatchdogDevice(w.device), w.timeout, self.events.record)
         # The node's front door runs beside the agent, not in it: its proxy load must never
         # delay a heartbeat or a self-demotion check, and its crash must not end leadership.
         self.router = (ChildProcess("router", "router", [sys.executable, "-m", "vigil", "router", "--config",
                                                          cfg.router_config], self.data_dir, self.clock,
                                     self.events.record) if cfg.router_config else None)
-        self.vips = VipHolder(cfg.vips, self.clock.now, lambda: self.role.valid_until, self.events.record,
-                              lambda: self.session.renew_now() if self.session else None)
         self._tasks: list[asyncio.Task] = []
 
     def __repr__(self) -> str:
         return f"<Agent {self.cfg.node} {self.role!r} {self.session!r}>"
+
+    @property
+    def role(self) -> LeaderRole:
+        """The leader role, to read (tests, /status); change it through `leadership`."""
+        return self.leadership.role
 
     # -- state visible to the API and heartbeats ------------------------------
     @property
@@ -120,7 +138,7 @@ class Agent:
         return not self.health_reasons
 
     def is_leader(self) -> bool:
-        return self.role.is_leader(self.clock.now())
+        return self.leadership.is_leader()
 
     def session_ok(self) -> bool:
         return self.session is not None and not self.session.done.is_set()
@@ -161,9 +179,8 @@ class Agent:
 
     # -- lifecycle -------------------------------------------------------------
     async def run(self, stop: asyncio.Event, api_ready: asyncio.Event | None = None) -> None:
-        from vigil.api import AgentApi  # the API imports Agent types; avoid the cycle
-
-        api = AgentApi(self)
+        api = AgentApi(self.cfg, self.leadership, lambda: self.health_reasons, self.session_ok, self.inference,
+                       lambda: status_document(self), lambda: metrics_text(self))
         await api.start()
         await self.heartbeats.start()
         self.events.start()
@@ -204,10 +221,8 @@ class Agent:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        token = self.role.token
-        change = self.role.resigned(self.clock.now(), "graceful stop")
-        if change:
-            self.record_role_change(change)
+        token = self.leadership.resign("graceful stop")
+        if token:
             await _best_effort("delete the leader key", asyncio.wait_for(
                 self.election.resign(token), self.cfg.timing.etcd_timeout * 2))
         await self.vips.stop()
@@ -253,9 +268,7 @@ class Agent:
                                lease=session.lease_id, ttl=session.lease.ttl)
             self.wake.set()
             await session.done.wait()
-            change = self.role.lost(self.clock.now(), f"etcd session lost: {session.lost_reason}")
-            if change:
-                self.record_role_change(change)
+            self.leadership.lose(f"etcd session lost: {session.lost_reason}")
             self.events.record("session_lost", session.lost_reason, lease=session.lease_id)
             self.wake.set()
 
@@ -275,14 +288,7 @@ class Agent:
 
     # -- callbacks ---------------------------------------------------------------
     def _on_renewed(self, sent_at: float) -> None:
-        if self.role.state == "leader":
-            before = self.role.valid_until
-            self.role.renewed(sent_at)
-            self.vips.renewed()
-            if self.role.valid_until > before:
-                self.history.write("renew", self.role.token, self.clock.wall(),
-                                   valid_until=self.clock.to_wall(self.role.valid_until))
-            self.watchdog.pet()
+        self.leadership.renewed(sent_at)
 
     def _on_inference(self, ready: bool, cause: str) -> None:
         self.events.record("inference_ready" if ready else "inference_not_ready", cause)
@@ -304,29 +310,4 @@ class Agent:
         """Self-fencing: demote within 10 ms of the deadline, even if etcd hangs."""
         while True:
             await asyncio.sleep(0.01)
-            change = self.role.check(self.clock.now())
-            if change:
-                self.record_role_change(change)
-                self.wake.set()
-
-    def record_role_change(self, change: RoleChange) -> None:
-        wall = self.clock.to_wall(change.at)
-        token_file = self.data_dir / "fencing-token"
-        if change.kind == "acquired":
-            token_file.write_text(f"{change.token}\n")  # for processes that act for the leader
-            self.history.write("start", change.token, wall,
-                               valid_until=self.clock.to_wall(self.role.valid_until))
-            self.events.record("leader_elected", f"{self.cfg.node} leads with token {change.token}: "
-                                                 f"{change.reason}", token=change.token)
-            if not self.watchdog.arm():  # required and unusable: unhealthy now, so it resigns
-                self.wake.set()
-            self.vips.acquired()
-        else:
-            self.vips.released(f"{change.kind}: {change.reason}")  # before the key can go
-            token_file.unlink(missing_ok=True)
-            self.watchdog.disarm()
-            self.history.write("end", change.token, wall, kind=change.kind, reason=change.reason)
-            self.events.record(f"leader_{change.kind}", f"{self.cfg.node} stopped leading "
-                                                        f"(token {change.token}): {change.reason}",
-                               token=change.token)
-        self.heartbeats.send_now()  # peers waiting to take over learn the new role at once
+            self.leadership.check()

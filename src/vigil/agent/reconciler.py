@@ -9,20 +9,26 @@ cycle's decision is logged when it changes and kept in `last` for
 from __future__ import annotations
 
 import asyncio
-from dataclasses import replace
+from dataclasses import dataclass, replace
 import logging
-from typing import TYPE_CHECKING
+from typing import Any, Awaitable, Callable
 
+from vigil.agent.controller import Controller
+from vigil.agent.fence import Fencer
+from vigil.agent.leadership import Leadership
+from vigil.clock import Clock
+from vigil.config import NodeConfig
+from vigil.core.peers import PeerTable
 from vigil.core.reconcile import (CAMPAIGN, DEMOTE, FENCE, NONE, RESIGN, Decision, decide,
                                   decide_states)
 from vigil.core.view import ClusterView
 from vigil.errors import StoreError, WatchCompacted
-from vigil.agent.fence import fence_leader
+from vigil.store.base import Store
+from vigil.store.election import Election
 from vigil.store.events import prune_events
-from vigil.store.registry import Snapshot
-
-if TYPE_CHECKING:
-    from vigil.agent.daemon import Agent
+from vigil.store.keys import Keys
+from vigil.store.registry import Registry, Snapshot
+from vigil.store.session import Session
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +36,29 @@ EVENTS_KEEP = 2000
 PRUNE_EVERY = 30.0
 
 
+@dataclass(frozen=True)
+class SessionLink:
+    """What the reconciler reads of the agent's etcd session, which changes each
+    time a lost lease is replaced, and of its own member record."""
+
+    session: Callable[[], Session | None]
+    election: Callable[[], Election | None]
+    health_reasons: Callable[[], tuple[str, ...]]
+    publish_record: Callable[[], Awaitable[None]]
+    suspects_unpublished: Callable[[], bool]
+
+    def session_ok(self) -> bool:
+        s = self.session()
+        return s is not None and not s.done.is_set()
+
+
 class Reconciler:
-    def __init__(self, agent: "Agent"):
-        self.agent = agent
+    def __init__(self, cfg: NodeConfig, clock: Clock, store: Store, keys: Keys, registry: Registry,
+                 record: Any, leadership: Leadership, peers: PeerTable, link: SessionLink,
+                 wake: asyncio.Event, fencer: Fencer | None = None, controller: Controller | None = None):
+        self.cfg, self.clock, self.store, self.keys, self.registry = cfg, clock, store, keys, registry
+        self.record, self.leadership, self.peers, self.link, self.wake = record, leadership, peers, link, wake
+        self.fencer, self.controller = fencer, controller
         self.last = Decision(NONE, "starting")
         self.snapshot: Snapshot | None = None
         self.cycles = 0
@@ -43,19 +69,18 @@ class Reconciler:
         self._fail_delay = 0.0
 
     async def loop(self) -> None:
-        a = self.agent
         while True:
             try:
-                await asyncio.wait_for(a.wake.wait(), a.cfg.timing.loop_interval)
+                await asyncio.wait_for(self.wake.wait(), self.cfg.timing.loop_interval)
             except asyncio.TimeoutError:
                 pass
-            a.wake.clear()
+            self.wake.clear()
             try:
                 await self.run_cycle()
                 self._recovered()
             except StoreError as e:
                 self._set(Decision(NONE, f"etcd unreachable ({e}); leadership valid for "
-                                         f"{a.role.remaining(a.clock.now()):.1f} s more"))
+                                         f"{self.leadership.remaining():.1f} s more"))
             except Exception as e:  # noqa: BLE001 - the loop must outlive any one bad cycle
                 await self._failed(e)
 
@@ -65,7 +90,7 @@ class Reconciler:
         what = f"{type(e).__name__}: {e}"
         log.exception("decision cycle failed")
         if self.failing != what:
-            self.agent.events.record("decision_loop_failed", f"the decision loop failed: {what}; "
+            self.record("decision_loop_failed", f"the decision loop failed: {what}; "
                                      "this node reports itself unhealthy until a cycle succeeds")
         self.failing = what
         self._set(Decision(NONE, f"cycle failed: {what}"))
@@ -74,38 +99,36 @@ class Reconciler:
 
     def _recovered(self) -> None:
         if self.failing:
-            self.agent.events.record("decision_loop_recovered", f"the decision loop runs again "
+            self.record("decision_loop_recovered", f"the decision loop runs again "
                                      f"(it failed with {self.failing})")
         self.failing, self._fail_delay = None, 0.0
 
     async def watch_loop(self) -> None:
         """Wake the loop on every change under the cluster prefix but events."""
-        a = self.agent
-        events_prefix = a.keys.events
+        events_prefix = self.keys.events
         while True:
             try:
-                _, rev = await a.store.range(a.keys.leader, a.keys.leader + "\0")
-                async for ev in a.store.watch(a.keys.prefix, rev + 1):
+                _, rev = await self.store.range(self.keys.leader, self.keys.leader + "\0")
+                async for ev in self.store.watch(self.keys.prefix, rev + 1):
                     if not ev.key.startswith(events_prefix):
-                        a.wake.set()
+                        self.wake.set()
             except (StoreError, WatchCompacted) as e:
                 log.debug("watch restarting: %s", e)
                 await asyncio.sleep(0.1)
 
     async def run_cycle(self) -> Decision:
-        a = self.agent
-        if a.suspects_unpublished():  # a publish failed (etcd away): peers need it to fence
-            await a.publish_record()
-        snap = await a.registry.snapshot()
+        if self.link.suspects_unpublished():  # a publish failed (etcd away): peers need it to fence
+            await self.link.publish_record()
+        snap = await self.registry.snapshot()
         if await self._abandon_stale_fences(snap):
-            snap = await a.registry.snapshot()
+            snap = await self.registry.snapshot()
         self.snapshot = snap
         self._report_bad_records(snap)
         view = self.view(snap)
         decision = decide(view)
         self._set(decision)
         await self._perform(decision, view)
-        if a.is_leader() and decision.action != FENCE:  # after a fence the view is stale: next cycle
+        if self.leadership.is_leader() and decision.action != FENCE:  # after a fence the view is stale: next cycle
             await self._leader_housekeeping(view)
         self.cycles += 1
         return decision
@@ -116,7 +139,7 @@ class Reconciler:
         for key, problem in snap.bad_records.items():
             if self._bad_seen.get(key) != problem:
                 self._bad_seen[key] = problem
-                self.agent.events.record("bad_record", f"{key}: {problem}; ignored until its owner "
+                self.record("bad_record", f"{key}: {problem}; ignored until its owner "
                                          "rewrites it (or delete the key)", key=key)
 
     async def _abandon_stale_fences(self, snap: Snapshot) -> bool:
@@ -124,34 +147,33 @@ class Reconciler:
         runs only between fences): an attempt cut short by an etcd error, or a marker
         write that timed out here and was committed later. Left alone they would hold
         every node back forever; the next cycle fences again if it still must."""
-        a = self.agent
-        stale = {n: rev for n, (by, rev) in snap.fence_attempts.items() if by == a.cfg.node}
+        stale = {n: rev for n, (by, rev) in snap.fence_attempts.items() if by == self.cfg.node}
         for node, rev in stale.items():
-            if await a.registry.abandon_fencing(node, rev):
-                a.events.record("fencing_abandoned", f"removed the marker of an interrupted fence of "
+            if await self.registry.abandon_fencing(node, rev):
+                self.record("fencing_abandoned", f"removed the marker of an interrupted fence of "
                                 f"{node}; it will be fenced again if it still must", subject=node)
         return bool(stale)
 
     def view(self, snap: Snapshot) -> ClusterView:
-        a = self.agent
-        now = a.clock.now()
+        session = self.link.session()
+        now = self.clock.now()
         if snap.leader is None:
             self._no_leader_since = self._no_leader_since or now
         else:
             self._no_leader_since = None
         return ClusterView(
-            me=a.cfg.node, now=now, session_ok=a.session_ok(),
-            my_lease=a.session.lease_id if a.session else 0, i_lead=a.is_leader(),
-            my_token=a.role.token, healthy=a.healthy, health_reasons=a.health_reasons,
+            me=self.cfg.node, now=now, session_ok=self.link.session_ok(),
+            my_lease=session.lease_id if session else 0, i_lead=self.leadership.is_leader(),
+            my_token=self.leadership.token, healthy=not self.link.health_reasons(), health_reasons=self.link.health_reasons(),
             leader=snap.leader, members=snap.member_infos(), states=snap.states,
-            switchover=snap.switchover, suspected=frozenset(a.heartbeats.peers.suspected()),
+            switchover=snap.switchover, suspected=frozenset(self.peers.suspected()),
             no_leader_for=now - self._no_leader_since if self._no_leader_since else 0.0,
-            campaign_grace=a.cfg.timing.loop_interval,
-            fenceable=frozenset(a.cfg.fencing.topology) if a.cfg.fencing else frozenset(),
+            campaign_grace=self.cfg.timing.loop_interval,
+            fenceable=frozenset(self.cfg.fencing.topology) if self.cfg.fencing else frozenset(),
             fence_blocked=snap.fence_blocked,
-            suspected_for=a.heartbeats.peers.suspected_for(now),
-            race_delay=a.cfg.fencing.race_delay if a.cfg.fencing else 0.0,
-            cluster_size=len(a.cfg.peers) + 1)
+            suspected_for=self.peers.suspected_for(now),
+            race_delay=self.cfg.fencing.race_delay if self.cfg.fencing else 0.0,
+            cluster_size=len(self.cfg.peers) + 1)
 
     def _set(self, decision: Decision) -> None:
         if decision != self.last:
@@ -159,43 +181,36 @@ class Reconciler:
         self.last = decision
 
     async def _perform(self, d: Decision, view: ClusterView) -> None:
-        a = self.agent
+        election = self.link.election()
         if d.action == CAMPAIGN:
             await self._campaign(view)
         elif d.action == RESIGN:
-            change = a.role.resigned(a.clock.now(), d.reason)
-            if change:
-                a.record_role_change(change)
-            if view.leader and a.election:
-                await a.election.resign(view.leader.token)
+            self.leadership.resign(d.reason)
+            if view.leader and election:
+                await election.resign(view.leader.token)
         elif d.action == DEMOTE:
-            change = a.role.lost(a.clock.now(), d.reason)
-            if change:
-                a.record_role_change(change)
-        elif d.action == FENCE and view.leader:
-            if await fence_leader(a, view.leader, d.reason):
+            self.leadership.lose(d.reason)
+        elif d.action == FENCE and view.leader and self.fencer:
+            session = self.link.session()
+            if await self.fencer.fence_leader(view.leader, d.reason, session.lease_id if session else 0):
                 await self._campaign(view)
 
     async def _campaign(self, view: ClusterView) -> None:
-        a = self.agent
-        if a.election is None or not a.session_ok():
+        election, session = self.link.election(), self.link.session()
+        if election is None or session is None or not self.link.session_ok():
             return
-        token = await a.election.try_campaign()
+        token = await election.try_campaign()
         if not token:
             return
         await self._handover_barrier(token)
-        change = a.role.acquired(token, a.session.last_ack_sent, a.clock.now())
-        if not a.role.is_leader(a.clock.now()):
-            # The lease was renewed too long ago to act on: give the key back.
-            a.role.resigned(a.clock.now(), "lease too old to lead on")
-            await a.election.resign(token)
+        if not self.leadership.acquire(token, session.last_ack_sent):
+            await election.resign(token)  # the lease was renewed too long ago to act on
             return
-        a.record_role_change(change)
-        if view.switchover and view.switchover.to == a.cfg.node:
-            await a.registry.clear_switchover()
-        if a.controller:
-            a.controller.leading(token)
-        a.wake.set()
+        if view.switchover and view.switchover.to == self.cfg.node:
+            await self.registry.clear_switchover()
+        if self.controller:
+            self.controller.leading(token)
+        self.wake.set()
 
     async def _handover_barrier(self, token: int) -> None:
         """Holding a fresh token, wait to act while a live peer still announces
@@ -206,30 +221,28 @@ class Reconciler:
         revokes leases its successor was renewing (etcd issues #12528,
         #15247), and the chaos harness caught the old leader still acting for
         the few milliseconds its watch took to tell it."""
-        a = self.agent
-        claimants = a.heartbeats.peers.claiming_leader()
+        claimants = self.peers.claiming_leader()
         if not claimants:
             return
-        t0 = a.clock.now()
-        deadline = t0 + a.cfg.timing.demote_after
-        while a.heartbeats.peers.claiming_leader() and a.clock.now() < deadline:
+        t0 = self.clock.now()
+        deadline = t0 + self.cfg.timing.demote_after
+        while self.peers.claiming_leader() and self.clock.now() < deadline:
             await asyncio.sleep(0.005)
-        still = a.heartbeats.peers.claiming_leader()
-        a.events.record("handover_wait", f"won token {token} while {', '.join(claimants)} still announced "
-                        f"itself leader; waited {(a.clock.now() - t0) * 1000:.0f} ms before acting"
+        still = self.peers.claiming_leader()
+        self.record("handover_wait", f"won token {token} while {', '.join(claimants)} still announced "
+                        f"itself leader; waited {(self.clock.now() - t0) * 1000:.0f} ms before acting"
                         + (f" ({', '.join(still)} never stopped: acting at its self-demotion deadline)"
                            if still else ""), token=token, peers=claimants)
 
     async def _leader_housekeeping(self, view: ClusterView) -> None:
-        a = self.agent
         leader_view = replace(view, i_lead=True)
         for node, state in decide_states(leader_view).items():
-            if not a.is_leader():
+            if not self.leadership.is_leader():
                 return
-            await a.registry.set_state(node, state)
-            a.events.record("state_changed", f"{node} is now {state}", subject=node, state=state,
+            await self.registry.set_state(node, state)
+            self.record("state_changed", f"{node} is now {state}", subject=node, state=state,
                             previous=view.states.get(node))
-        now = a.clock.now()
+        now = self.clock.now()
         if now - self._last_prune > PRUNE_EVERY:
             self._last_prune = now
-            await prune_events(a.store, a.keys, EVENTS_KEEP)
+            await prune_events(self.store, self.keys, EVENTS_KEEP)

@@ -1,103 +1,19 @@
-"""The agent's HTTP API, for load balancers (as they check Patroni) and for
-`vigil status`.
+"""The agent describing itself: the /status document and the /metrics text.
 
-GET /health   200 when this node's health verdict is healthy
-GET /leader   200 only while this node holds leadership with an unexpired
-              lease, judged with a fresh clock reading on every request
-GET /standby  200 on a healthy node that is not the leader
-GET /ready    200 when this node's inference server is ready
-GET /status   JSON: role, token, lease, decision, peers, counters
-GET /metrics  Prometheus text format
-Every answer is JSON (but /metrics) and carries the reason in its body.
-
-With `api.cert_file`/`key_file` the API speaks https; with `api.tokens_file`
-/status and /metrics need a bearer token, while the health endpoints stay
-open for load balancers (as Patroni's).
+Both read the agent's parts at request time and change nothing. `a` is the
+running Agent, duck-typed (this module does not import it: the agent imports
+this one).
 """
 
 from __future__ import annotations
 
-import logging
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Iterator
 
-from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from vigil.errors import VigilError
-from vigil.web import bearer_tokens, finish, route, server_tls
 
-if TYPE_CHECKING:
-    from vigil.agent.daemon import Agent
-
-log = logging.getLogger(__name__)
-
-HEALTH_PATHS = frozenset({"/health", "/leader", "/standby", "/ready"})
-
-
-class AgentApi:
-    def __init__(self, agent: "Agent"):
-        self.agent = agent
-        tokens = agent.cfg.api_tokens
-        self.app = web.Application(middlewares=[bearer_tokens(tokens, HEALTH_PATHS)] if tokens else [])
-        self.app.add_routes([route("GET", "/health", self.health), route("GET", "/leader", self.leader),
-                             route("GET", "/standby", self.standby), route("GET", "/ready", self.ready),
-                             route("GET", "/status", self.status), route("GET", "/metrics", self.metrics)])
-        finish(self.app)
-        self._runner: web.AppRunner | None = None
-
-    async def start(self) -> None:
-        self._runner = web.AppRunner(self.app, access_log=None)
-        await self._runner.setup()
-        cfg = self.agent.cfg
-        tls = server_tls(*cfg.api_tls) if cfg.api_tls else None
-        site = web.TCPSite(self._runner, cfg.api_host, cfg.api_port, reuse_address=True, ssl_context=tls)
-        try:
-            await site.start()
-        except OSError as e:
-            await self._runner.cleanup()
-            raise VigilError(f"cannot listen on {cfg.api_url}: {e.strerror}; is another agent "
-                             "running, or set api.port to a free port") from None
-
-    async def stop(self) -> None:
-        if self._runner:
-            await self._runner.cleanup()
-
-    async def health(self, _: web.Request) -> web.Response:
-        a = self.agent
-        body = {"node": a.cfg.node, "healthy": a.healthy, "reasons": list(a.health_reasons)}
-        return web.json_response(body, status=200 if a.healthy else 503)
-
-    async def leader(self, _: web.Request) -> web.Response:
-        a = self.agent
-        now = a.clock.now()
-        ok = a.role.is_leader(now)
-        body = {"node": a.cfg.node, "leader": ok, "token": a.role.token if ok else None,
-                "valid_for": round(a.role.remaining(now), 3)}
-        return web.json_response(body, status=200 if ok else 503)
-
-    async def standby(self, _: web.Request) -> web.Response:
-        a = self.agent
-        ok = a.healthy and a.session_ok() and not a.is_leader()
-        return web.json_response({"node": a.cfg.node, "standby": ok}, status=200 if ok else 503)
-
-    async def ready(self, _: web.Request) -> web.Response:
-        a = self.agent
-        if a.inference is None:
-            return web.json_response({"node": a.cfg.node, "ready": False,
-                                      "reason": "no inference server is configured on this node"},
-                                     status=503)
-        body = {"node": a.cfg.node, **a.inference.describe()}
-        return web.json_response(body, status=200 if a.inference.ready else 503)
-
-    async def status(self, _: web.Request) -> web.Response:
-        return web.json_response(status_document(self.agent))
-
-    async def metrics(self, _: web.Request) -> web.Response:
-        return web.Response(body=metrics_text(self.agent), content_type="text/plain")
-
-
-def status_document(a: "Agent") -> dict[str, Any]:
+def status_document(a: Any) -> dict[str, Any]:
     now = a.clock.now()
     peers = {}
     for name, p in a.heartbeats.peers.peers.items():
@@ -135,7 +51,7 @@ def status_document(a: "Agent") -> dict[str, Any]:
     }
 
 
-def metrics_text(a: "Agent") -> bytes:
+def metrics_text(a: Any) -> bytes:
     """Prometheus exposition of the agent's state, read at scrape time."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_AgentCollector(a))
@@ -143,7 +59,7 @@ def metrics_text(a: "Agent") -> bytes:
 
 
 class _AgentCollector:
-    def __init__(self, agent: "Agent"):
+    def __init__(self, agent: Any):
         self.a = agent
 
     def collect(self) -> Iterator[Any]:

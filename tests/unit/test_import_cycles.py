@@ -1,0 +1,84 @@
+"""Issue 11: no import cycle anywhere in src/vigil (computed from the AST,
+type-checking imports and imports inside functions included), and no module
+outside agent/ reaches into the agent's daemon."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+
+
+def modules() -> dict[str, Path]:
+    out = {}
+    for p in (SRC / "vigil").rglob("*.py"):
+        parts = list(p.relative_to(SRC).with_suffix("").parts)
+        out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = p
+    return out
+
+
+def imports(name: str, path: Path, known: dict[str, Path]) -> set[str]:
+    """The vigil modules `name` imports: `from pkg import sub` names pkg.sub (a
+    module), and pkg itself only for names that are not modules."""
+    pkg = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                up = pkg.split(".")[: len(pkg.split(".")) - node.level + 1]
+                base = ".".join(up + ([node.module] if node.module else []))
+            subs = {f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in known}
+            out |= subs | ({base} if len(subs) < len(node.names) else set())
+    return {m for m in out if m in known and m != name}
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while (w := stack.pop()) != v:
+                comp.append(w)
+            if comp:
+                found.append(sorted(comp + [v]))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def graph() -> dict[str, set[str]]:
+    known = modules()
+    return {n: imports(n, p, known) for n, p in known.items()}
+
+
+def test_no_import_cycle_in_src_vigil():
+    assert cycles(graph()) == []
+
+
+def test_only_the_agent_package_imports_the_agent_daemon():
+    g = graph()
+    assert sorted(n for n, deps in g.items() if "vigil.agent.daemon" in deps
+                  and not n.startswith("vigil.agent")) == []
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
