@@ -166,7 +166,7 @@ def kills(system: VipSystem, watch: HolderWatch, probe: Probe, n: int, seed: int
     not just after the revived holder's first advertisement."""
     rng, trials = random.Random(seed), []
     for k in range(n):
-        node = watch.stable_holder(timeout=60)
+        node = watch.stable_holder(timeout=60, since=time.monotonic())
         time.sleep(rng.uniform(0, 1))  # the random moment of the crash
         if watch.stable_holder(hold=0, timeout=0) != node:
             raise RuntimeError(f"the VIP left {name(node)} by itself")

@@ -280,12 +280,16 @@ class HolderWatch:
                 raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
             return next(h for _, h in self.holders[seen:] if ok(h))
 
-    def stable_holder(self, hold: float = 1.0, timeout: float = 60) -> int:
-        """The node that alone has held the VIP for the last `hold` s (waits for one)."""
+    def stable_holder(self, hold: float = 1.0, timeout: float = 60, since: float | None = None) -> int:
+        """The node that alone has held the VIP for the last `hold` s (waits for
+        one); with `since`, only samples taken after it count (a just-revived
+        system may still move the VIP: preemption)."""
         def stable() -> str | None:
             if not self.holders or len(self.holders[-1][1]) != 1:
                 return None
             last, held = self.holders[-1]
+            if since is not None and last < since + hold:
+                return None
             for t, h in reversed(self.holders):
                 if h != held:
                     return None

@@ -55,8 +55,11 @@ class VigilVip:
 
     def kill_node(self, node: int) -> None:
         assert self.lab is not None
-        self.lab.signal_agent(name(node), signal.SIGKILL)
+        pid = self.lab.node(name(node)).agent_pid
+        killed = self.lab.signal_agent(name(node), signal.SIGKILL)
         node_down(self.net, node)
+        if not killed:  # never measure a port-down as a node death
+            raise RuntimeError(f"{name(node)}'s agent (pid {pid}) was not running when it was to be killed")
         procs.wait_dead(self.lab.node(name(node)).agent_pid, 5.0)
 
     def revive_node(self, node: int) -> None:
