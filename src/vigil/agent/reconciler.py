@@ -192,6 +192,8 @@ class Reconciler:
             self.leadership.lose(d.reason)
         elif d.action == FENCE and view.leader and self.fencer:
             session = self.link.session()
+            if session:  # renewed while the fence runs: the takeover's deadline (and VIP lifetime) is fresh
+                session.renew_now()
             if await self.fencer.fence_leader(view.leader, d.reason, session.lease_id if session else 0):
                 await self._campaign(view)
 
