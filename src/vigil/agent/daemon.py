@@ -102,8 +102,8 @@ class Agent:
                                       self.data_dir / "actuator-acks.jsonl") if c else None)
         fencer = (Fencer(cfg.node, cfg.fencing.topology, self.clock, self.events.record, self.registry,
                          self.store, self.leadership) if cfg.fencing else None)
-        link = SessionLink(lambda: self.session, lambda: self.election, lambda: self.health_reasons,
-                           self.publish_record, self.suspects_unpublished)
+        self.link = link = SessionLink(lambda: self.session, lambda: self.election, lambda: self.health_reasons,
+                                       self.publish_record, self.suspects_unpublished)
         self.reconciler = Reconciler(cfg, self.clock, self.store, self.keys, self.registry, self.events.record,
                                      self.leadership, self.heartbeats.peers, link, self.wake, fencer,
                                      self.controller)
@@ -141,7 +141,7 @@ class Agent:
         return self.leadership.is_leader()
 
     def session_ok(self) -> bool:
-        return self.session is not None and not self.session.done.is_set()
+        return self.link.session_ok()
 
     def member_record(self) -> dict[str, Any]:
         return {"name": self.cfg.node, "api_url": self.cfg.api_url, "priority": self.cfg.priority,

@@ -5,12 +5,13 @@ Contract:
   node verified the previous holder powered off a moment ago: that holder is
   proven silent, and a foreign host on the address would have been found
   when the address was first taken; the probe would only add `probe_wait`
-  to the outage); then a
-  keep-alive is sent at once (`renew_now`) and, when it is acknowledged, the
-  VIP is added with a kernel lifetime that ends before the self-demotion
-  deadline (vigil.core.vip) and announced with `announce_count` gratuitous
-  ARPs. (Waiting for the next scheduled keep-alive instead would cost up to
-  a keep-alive interval: a deadline older than 0.1 s leaves no whole second.)
+  to the outage). Then, unless the current deadline already leaves a whole
+  second, a keep-alive is sent at once (`renew_now`) and, when it is
+  acknowledged, the VIP is added with a kernel lifetime that ends before the
+  self-demotion deadline (vigil.core.vip) and announced with
+  `announce_count` gratuitous ARPs. (Waiting for the next scheduled
+  keep-alive would cost up to a keep-alive interval: a deadline older than
+  0.1 s leaves no whole second.)
 - Every acknowledged keep-alive refreshes the lifetime; when no whole second
   fits before the deadline the address is removed at once (and added back
   by the next keep-alive that leaves room).
@@ -67,7 +68,7 @@ class VipHolder:
         self.renew_now = renew_now
         self._fenced_at = float("-inf")  # when this node last fenced the leader (agent.fence)
         self.wanted = False  # leading: the VIPs should be up
-        self.probed = False  # no other host answers: add on the next keep-alive
+        self.probed = False  # no other host answers: add on the next acknowledged keep-alive
         self.state = ""  # "", HELD or SUSPENDED
         self.failed: dict[str, str] = {}  # label -> cause of the last failed start
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vip")

@@ -8,6 +8,7 @@ node's address is reachable; the namespaces are deleted again if that fails.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -37,7 +38,7 @@ def register(sub) -> None:
     up.add_argument("--fencing", action="store_true",
                     help="a BMC (ipmi_sim) per node whose power off kills the node, a Modbus PLC and the "
                          "token-guarded actuator the leader writes through")
-    up.add_argument("--in-netns", default="", help=argparse_hidden())
+    up.add_argument("--in-netns", default="", help=argparse.SUPPRESS)
     up.set_defaults(func=lab_up)
     kill = lab_sub.add_parser("kill", help="SIGKILL every process of one node (agent, router, model "
                                            "server; not its etcd member)")
@@ -47,11 +48,6 @@ def register(sub) -> None:
     down = lab_sub.add_parser("down", help="stop everything `lab up` started in DIR")
     down.add_argument("--dir", required=True)
     down.set_defaults(func=lab_down)
-
-
-def argparse_hidden() -> str:
-    import argparse
-    return argparse.SUPPRESS
 
 
 def lab_up(args) -> int:
