@@ -16,6 +16,7 @@ from vigil.core.timing import Timing, validate_timing
 from vigil.errors import ConfigError
 from vigil.fields import (check_address, check_addresses, check_int, check_mapping, check_name,
                           check_port)
+from vigil.fencing.config import FencingConfig, parse_fencing
 from vigil.files import read_secret, read_yaml
 from vigil.heartbeat_keys import HeartbeatKeys, parse_heartbeat_keys, ring_covers
 from vigil.resources.vip import VipConfig, parse_vips
@@ -75,13 +76,6 @@ class InferenceConfig:
     load_interval: float = 0.2
     silence_window: float = 1.0  # load probe unanswered this long: hung
     stall_window: float = 10.0  # work pending, nothing completed this long: hung
-
-
-@dataclass(frozen=True)
-class FencingConfig:
-    """Which devices fence which node, tried in order (levels); `race_delay`: see docs."""
-    topology: dict[str, tuple[dict[str, Any], ...]]
-    race_delay: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -153,7 +147,7 @@ def parse_config(raw: Any, base_dir: Path = Path(".")) -> NodeConfig:
         api_host=check_address(api.get("host", "127.0.0.1"), "api.host"),
         api_port=check_port(api.get("port", 8008), "api.port"), **_api_security(api, base_dir),
         data_dir=str(d.get("data_dir", "/var/lib/vigil")), timing=timing, log_level=level,
-        inference=_inference(d.get("inference")), fencing=_fencing(d.get("fencing"), base_dir),
+        inference=_inference(d.get("inference")), fencing=parse_fencing(d.get("fencing"), base_dir),
         controller=_controller(d.get("controller")), watchdog=_watchdog(d.get("watchdog"), timing),
         vips=parse_vips(d.get("vips", [])), router_config=_router(d.get("router"), base_dir))
 
@@ -308,53 +302,6 @@ def _user(v: Any) -> str | None:
         raise ConfigError("inference.user", v, "is root: name an unprivileged user, or leave "
                                                 "inference.user out")
     return str(v)
-
-
-DEVICE_FIELDS = {"ipmi": {"type", "host", "port", "user", "password", "password_file", "timeout"},
-                 "redfish": {"type", "url", "system", "user", "password", "password_file", "timeout"},
-                 "null": {"type"}}
-
-
-def _fencing(v: Any, base: Path) -> FencingConfig | None:
-    if v is None:
-        return None
-    d = check_mapping(v, "fencing", {"topology", "race_delay"})
-    raw = d.get("topology")
-    topo = check_mapping(raw, "fencing.topology", set(raw) if isinstance(raw, dict) else set())
-    out: dict[str, tuple[dict[str, Any], ...]] = {}
-    for node, levels in topo.items():
-        where = f"fencing.topology.{node}"
-        if isinstance(levels, dict):
-            levels = [levels]
-        if not isinstance(levels, list) or not levels:
-            raise ConfigError(where, levels, "list the devices that fence this node, first tried first")
-        out[str(node)] = tuple(_device(lv, f"{where}[{i}]", base) for i, lv in enumerate(levels))
-    delay = d.get("race_delay", 0.5)
-    if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not 0 <= delay <= 60:
-        raise ConfigError("fencing.race_delay", delay, "must be 0..60 seconds")
-    return FencingConfig(out, float(delay))
-
-
-def _device(v: Any, where: str, base: Path) -> dict[str, Any]:
-    kind = v.get("type") if isinstance(v, dict) else None
-    if not isinstance(kind, str) or kind not in DEVICE_FIELDS:
-        raise ConfigError(f"{where}.type", kind, "must be one of ipmi, redfish, null")
-    d = dict(check_mapping(v, where, DEVICE_FIELDS[kind]))
-    if "password_file" in d:
-        d["password"] = read_secret(base / str(d.pop("password_file")), f"{where}.password_file")
-    if "timeout" in d:
-        t = d["timeout"]
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.1 <= t <= 120:
-            raise ConfigError(f"{where}.timeout", t, "must be 0.1..120 seconds per device command")
-        d["timeout"] = float(t)
-    if kind == "ipmi":
-        d["host"] = check_address(d.get("host"), f"{where}.host")
-        d["port"] = check_port(d.get("port", 623), f"{where}.port")
-        if not d.get("user"):
-            raise ConfigError(f"{where}.user", d.get("user"), "the BMC user is required")
-    if kind == "redfish" and not str(d.get("url", "")).startswith(("http://", "https://")):
-        raise ConfigError(f"{where}.url", d.get("url"), "must be the BMC's base URL, http(s)://HOST:PORT")
-    return d
 
 
 def _controller(v: Any) -> dict[str, Any] | None:

@@ -72,3 +72,7 @@ class ProbeError(VigilError):
     def __init__(self, kind: str, detail: str):
         self.kind = kind
         super().__init__(f"{kind}: {detail}")
+
+
+class FencingFailed(VigilError):
+    """A node could not be confirmed powered off."""

@@ -3,6 +3,9 @@ off SIGKILLs the simulated node's process."""
 
 from __future__ import annotations
 
+import os
+import signal
+
 import pytest
 
 from vigil.fencing.devices import FencingFailed, IpmiDevice, NullDevice
@@ -44,6 +47,38 @@ async def test_failing_ipmi_device_is_a_clear_failure_never_off(bmc):
     dead_port = IpmiDevice("127.0.0.1", procs.free_ports(1)[0], "admin", "x", timeout=10)
     with pytest.raises(FencingFailed):
         await dead_port.status()
+
+
+async def test_open_session_fences_over_it_and_falls_back_when_it_dies(bmc):
+    """The session opened ahead of need carries the fence; a session whose
+    ipmitool was killed costs a fresh one-shot, never a wrong answer."""
+    dev = IpmiDevice("127.0.0.1", bmc.port, bmc.user, bmc.password)
+    await wait_until(lambda: bmc.node_pid(), 5, "the simulated node running")
+    await dev.open_session()
+    shell_pid = dev._shell._proc.pid
+    node = bmc.node_pid()
+    await dev.fence()
+    assert not procs.alive(node), "power off over the open session SIGKILLed the node"
+    assert dev._shell is not None and dev._shell._proc.pid == shell_pid, "the open session carried the fence"
+    assert await dev.status() == "off"
+    await dev.power_on()
+    await wait_until(lambda: bmc.node_pid(), 10, "the node powered on again")
+    shell = dev._shell._proc
+    os.kill(shell_pid, signal.SIGKILL)
+    await wait_until(lambda: shell.returncode is not None, 5, "the session's ipmitool gone")
+    node = bmc.node_pid()
+    await dev.fence()  # the dead session is noticed, the fence runs on a new one
+    assert not procs.alive(node)
+    assert await dev.status() == "off"
+    await dev.close()
+
+
+async def test_a_session_that_cannot_open_is_a_clear_failure_and_leaves_nothing(bmc):
+    wrong = IpmiDevice("127.0.0.1", bmc.port, bmc.user, "wrong-password", timeout=10)
+    with pytest.raises(FencingFailed, match="ipmi 127.0.0.1"):
+        await wrong.open_session()
+    assert wrong._shell is None
+    assert bmc.node_pid(), "nothing was powered off"
 
 
 async def test_null_device_never_pretends():

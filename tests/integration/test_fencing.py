@@ -47,6 +47,9 @@ def test_sigkill_of_leader_is_fenced_and_taken_over_before_the_lease_expires(fen
     lab = fenced_lab
     old, token = leader_of(lab)
     assert {m["fencing"] for m in lab.status()["members"]} == {"ipmi"}
+    standbys = {n.name for n in lab.nodes} - {old}
+    lab.wait_for(lambda: {e["node"] for e in events(lab, "fence_device_reachable") if e["subject"] == old}
+                 == standbys, 20, "every standby's BMC session to the leader open")
     t0 = time.time()
     lab.kill_agent(old)
     new, new_token = leader_of(lab, other_than=old, above=token)
@@ -83,6 +86,9 @@ def test_failed_fencing_blocks_takeover_until_the_operator_confirms(fenced_lab):
     lab = fenced_lab
     old, token = leader_of(lab)
     procs.stop(lab.fencing.bmc_pids[old], "ipmi_sim")  # the BMC is unreachable
+    # The standbys' session checks say so before any fence needs it (Pacemaker's stonith monitor).
+    lab.wait_for(lambda: {e["node"] for e in events(lab, "fence_device_unreachable") if e["subject"] == old}
+                 == {n.name for n in lab.nodes} - {old}, 40, "every standby reporting the BMC unreachable")
     lab.kill_agent(old)
     lab.wait_for(lambda: [e for e in events(lab, "fencing_failed") if e["subject"] == old], 30,
                  "a fencing failure")

@@ -3,7 +3,6 @@ the magic close; the Linux device's error paths on real files."""
 
 from __future__ import annotations
 
-import os
 
 import pytest
 

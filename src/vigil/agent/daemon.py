@@ -100,8 +100,9 @@ class Agent:
         self.controller = (Controller(cfg.node, lambda: self.cfg.keys.signing, self.clock, self.events.record,
                                       self.leadership, c["gateway"], c["register"], c["interval"],
                                       self.data_dir / "actuator-acks.jsonl") if c else None)
-        fencer = (Fencer(cfg.node, cfg.fencing.topology, self.clock, self.events.record, self.registry,
-                         self.store, self.leadership) if cfg.fencing else None)
+        self.fencer = fencer = (Fencer(cfg.node, cfg.fencing.topology, self.clock, self.events.record,
+                                       self.registry, self.store, self.leadership, cfg.fencing.keep_sessions)
+                                if cfg.fencing else None)
         self.link = link = SessionLink(lambda: self.session, lambda: self.election, lambda: self.health_reasons,
                                        self.publish_record, self.suspects_unpublished)
         self.reconciler = Reconciler(cfg, self.clock, self.store, self.keys, self.registry, self.events.record,
@@ -233,6 +234,8 @@ class Agent:
             await _best_effort("revoke the lease", self.session.close(revoke=True))
         if self.controller:
             await self.controller.stop()
+        if self.fencer:
+            await _best_effort("close the BMC sessions", self.fencer.stop())
         self.watchdog.disarm()  # a clean stop must never reset the machine
         if self.router:
             await _best_effort("stop the router", self.router.stop())

@@ -10,6 +10,7 @@ assumed dead. Every step is an event with its timing.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -24,11 +25,57 @@ from vigil.store.registry import Registry
 log = logging.getLogger(__name__)
 
 
+SESSION_CHECK = 10.0  # s: well inside the 60 s a BMC keeps an idle session (IPMI 2.0, 13.14)
+
+
 class Fencer:
     def __init__(self, node: str, topology: dict[str, Any], clock: Clock, record: Any, registry: Registry,
-                 store: Store, leadership: Leadership):
+                 store: Store, leadership: Leadership, keep_sessions: bool = True):
         self.node, self.topology, self.clock, self.record = node, topology, clock, record
         self.registry, self.store, self.leadership = registry, store, leadership
+        self.devices = {n: [make_device(spec) for spec in levels] for n, levels in topology.items()}
+        self.keep_sessions = keep_sessions
+        self._warm_for: str | None = None
+        self._warm_task: asyncio.Task | None = None
+
+    def follow(self, leader: str | None) -> None:
+        """Keep a session open to the first device of `leader` (the node this one
+        would fence), checked every SESSION_CHECK s; close the previous leader's.
+        Only one BMC per standby: a BMC serves a handful of sessions at a time."""
+        target = leader if self.keep_sessions and leader != self.node and leader in self.devices else None
+        if target == self._warm_for:
+            return
+        self._warm_for = target
+        if self._warm_task:
+            self._warm_task.cancel()
+        self._warm_task = (asyncio.get_running_loop().create_task(self._keep_session(target))
+                           if target else None)
+
+    async def _keep_session(self, node: str) -> None:
+        device, reachable = self.devices[node][0], None
+        try:
+            while True:
+                try:
+                    await device.open_session()
+                    await device.status()
+                    ok, why = True, ""
+                except FencingFailed as e:
+                    ok, why = False, str(e)
+                if ok != reachable:
+                    reachable = ok
+                    self.record("fence_device_reachable" if ok else "fence_device_unreachable",
+                                f"{device.name} (fences {node}) " + ("answers" if ok else
+                                f"does not answer: {why}; a fence of {node} would fail at this level"),
+                                subject=node, device=device.name)
+                await asyncio.sleep(SESSION_CHECK)
+        finally:
+            await asyncio.shield(device.close())
+
+    async def stop(self) -> None:
+        self.follow(None)
+        for levels in self.devices.values():
+            for device in levels:
+                await device.close()
 
     async def fence_leader(self, leader: LeaderInfo, reason: str, my_lease: int) -> bool:
         """True once `leader` is confirmed off and its lease revoked."""
@@ -43,8 +90,7 @@ class Fencer:
                                                         "state": "in_progress", "by": self.node,
                                                         "at": self.clock.wall()}, my_lease)
         errors = []
-        for level, spec in enumerate(self.topology[leader.name], start=1):
-            device = make_device(spec)
+        for level, device in enumerate(self.devices[leader.name], start=1):
             try:
                 await device.fence()
             except FencingFailed as e:

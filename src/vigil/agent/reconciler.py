@@ -125,6 +125,8 @@ class Reconciler:
         self.snapshot = snap
         self._report_bad_records(snap)
         view = self.view(snap)
+        if self.fencer:
+            self.fencer.follow(view.leader.name if view.leader else None)
         decision = decide(view)
         self._set(decision)
         await self._perform(decision, view)

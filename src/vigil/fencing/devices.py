@@ -16,16 +16,18 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import logging
 import os
 import re
 
 import aiohttp
 
-from vigil.errors import VigilError
+from vigil.errors import FencingFailed
+from vigil.fencing.ipmi_shell import IpmiShell
 
+log = logging.getLogger(__name__)
 
-class FencingFailed(VigilError):
-    """The node could not be confirmed powered off."""
+__all__ = ["FencingFailed", "FenceDevice", "IpmiDevice", "NullDevice", "RedfishDevice", "make_device"]
 
 
 class FenceDevice(abc.ABC):
@@ -40,6 +42,13 @@ class FenceDevice(abc.ABC):
 
     @abc.abstractmethod
     async def power_on(self) -> None: ...
+
+    async def open_session(self) -> None:
+        """Prepare what a fence needs ahead of time; raises FencingFailed when the
+        device cannot be reached. Devices without sessions have nothing to do."""
+
+    async def close(self) -> None:
+        """Release what `open_session` holds."""
 
     async def fence(self) -> None:
         await self.power_off()
@@ -76,10 +85,41 @@ class IpmiDevice(FenceDevice):
         self.host, self.port, self.user, self.password = host, port, user, password
         self.timeout, self.ipmitool, self.cipher = timeout, ipmitool, cipher
         self.name = f"ipmi {host}:{port}"
+        self._shell: IpmiShell | None = None
+
+    def _argv(self) -> list[str]:
+        return [self.ipmitool, "-I", "lanplus", "-C", str(self.cipher), "-H", self.host,
+                "-p", str(self.port), "-U", self.user, "-E", "-N", "1", "-R", "2"]
+
+    def _env(self) -> dict[str, str]:
+        return {"IPMI_PASSWORD": self.password, "PATH": "/usr/bin:/bin:/usr/sbin:/sbin"}
+
+    async def open_session(self) -> None:
+        """Open (or keep) the BMC session a fence will use: an `ipmitool shell`
+        whose session is established now, not on the takeover's critical path."""
+        if self._shell is None or not self._shell.is_open:
+            shell = IpmiShell(self._argv(), self._env(), self.name, self.timeout)
+            await shell.open()
+            self._shell = shell
+
+    async def close(self) -> None:
+        if self._shell is not None:
+            await self._shell.close()
+            self._shell = None
+
+    async def _shell_command(self, *lines: str) -> str | None:
+        """The output of `lines` over the open session; None when there is none
+        or it failed (the caller then runs a one-shot ipmitool)."""
+        if self._shell is None or not self._shell.is_open:
+            return None
+        try:
+            return "".join([await self._shell.command(line) for line in lines])
+        except FencingFailed as e:
+            log.info("%s: open session failed, using a new one: %s", self.name, e)
+            return None
 
     async def _run(self, *args: str, stdin: bytes | None = None) -> str:
-        cmd = [self.ipmitool, "-I", "lanplus", "-C", str(self.cipher), "-H", self.host,
-               "-p", str(self.port), "-U", self.user, "-E", "-N", "1", "-R", "2", *args]
+        cmd = [*self._argv(), *args]
         # `exec /dev/stdin` must open its stdin by path: a real pipe, not asyncio's socket.
         r, w = os.pipe() if stdin else (asyncio.subprocess.DEVNULL, -1)
         if stdin:
@@ -88,7 +128,7 @@ class IpmiDevice(FenceDevice):
         try:
             p = await asyncio.create_subprocess_exec(
                 *cmd, stdin=r, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-                env={"IPMI_PASSWORD": self.password, "PATH": "/usr/bin:/bin:/usr/sbin:/sbin"})
+                env=self._env())
         except OSError as e:
             raise FencingFailed(f"{self.name}: cannot run {self.ipmitool}: {e.strerror} "
                                 "(apt-get install ipmitool)") from None
@@ -108,7 +148,8 @@ class IpmiDevice(FenceDevice):
         return out.decode(errors="replace")
 
     async def status(self) -> str:
-        return self._power(await self._run("chassis", "power", "status"))
+        out = await self._shell_command("chassis power status")
+        return self._power(out if out is not None else await self._run("chassis", "power", "status"))
 
     def _power(self, out: str) -> str:
         m = re.findall(r"Chassis Power is (on|off)", out)
@@ -119,8 +160,11 @@ class IpmiDevice(FenceDevice):
     async def fence(self) -> None:
         """Power off and read the status back in one IPMI session (one RMCP+
         handshake, not two: the fence is on the takeover's critical path);
-        a BMC that still reads "on" is then polled as every device is."""
-        out = await self._run("exec", "/dev/stdin", stdin=b"chassis power off\nchassis power status\n")
+        a BMC that still reads "on" is then polled as every device is. With a
+        session opened ahead (`open_session`) not even that handshake is paid."""
+        out = await self._shell_command("chassis power off", "chassis power status")
+        if out is None or "Chassis Power is" not in out:
+            out = await self._run("exec", "/dev/stdin", stdin=b"chassis power off\nchassis power status\n")
         if self._power(out) != "off":
             await super().fence()
 
