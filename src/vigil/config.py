@@ -18,6 +18,7 @@ from vigil.fields import (check_address, check_addresses, check_int, check_mappi
                           check_port)
 from vigil.fencing.config import FencingConfig, parse_fencing
 from vigil.files import read_secret, read_yaml
+from vigil.probes.config import HealthConfig, parse_health
 from vigil.heartbeat_keys import HeartbeatKeys, parse_heartbeat_keys, ring_covers
 from vigil.resources.vip import VipConfig, parse_vips
 
@@ -109,6 +110,7 @@ class NodeConfig:
     watchdog: WatchdogConfig = field(default_factory=lambda: WatchdogConfig())
     vips: tuple[VipConfig, ...] = ()  # held by the leader (vigil.agent.vips)
     router_config: str | None = None  # the node's router, run and restarted by the agent
+    health: HealthConfig = field(default_factory=HealthConfig)  # probes, policy, requirements
 
     @property
     def api_url(self) -> str:
@@ -116,7 +118,7 @@ class NodeConfig:
 
 
 _TOP = {"cluster", "node", "priority", "data_dir", "api", "etcd", "heartbeat", "timing", "log_level",
-        "inference", "fencing", "controller", "watchdog", "vips", "router"}
+        "inference", "fencing", "controller", "watchdog", "vips", "router", "health"}
 
 
 def load_config(path: str | Path) -> NodeConfig:
@@ -149,7 +151,8 @@ def parse_config(raw: Any, base_dir: Path = Path(".")) -> NodeConfig:
         data_dir=str(d.get("data_dir", "/var/lib/vigil")), timing=timing, log_level=level,
         inference=_inference(d.get("inference")), fencing=parse_fencing(d.get("fencing"), base_dir),
         controller=_controller(d.get("controller")), watchdog=_watchdog(d.get("watchdog"), timing),
-        vips=parse_vips(d.get("vips", [])), router_config=_router(d.get("router"), base_dir))
+        vips=parse_vips(d.get("vips", [])), router_config=_router(d.get("router"), base_dir),
+        health=parse_health(d.get("health")))
 
 
 def _router(v: Any, base: Path) -> str | None:

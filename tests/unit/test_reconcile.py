@@ -163,3 +163,42 @@ def test_majority_is_of_the_configured_cluster_not_of_the_records_left():
     assert decide(fence_view("b", members=AGREE, cluster_size=3)).action == "fence"
     two_nodes = {"a": MEMBERS["a"], "b": MEMBERS["b"]}
     assert decide(fence_view("b", members=two_nodes, cluster_size=2)).action == "fence"
+
+
+# -- node health verdicts and maintenance (issue 12) ----------------------------
+def leading(**kw):
+    return view("a", i_lead=True, my_token=42, leader=LeaderInfo("a", 42, 1), **kw)
+
+
+def test_a_draining_or_failed_leader_hands_its_role_over():
+    for verdict in ("draining", "failed"):
+        d = decide(leading(verdict=verdict, verdict_reasons=("GPU 0: row remapping pending",)))
+        assert d.action == RESIGN and d.reason.startswith(verdict) and "row remapping" in d.reason
+
+
+def test_a_degraded_leader_hands_over_to_a_ready_member_only():
+    d = decide(leading(verdict="degraded", verdict_reasons=("GPU 0: 84 °C",)))
+    assert d.action == RESIGN and "b is ready to lead" in d.reason
+    nobody_ready = {n: replace(m, healthy=n == "a") for n, m in MEMBERS.items()}
+    d = decide(leading(verdict="degraded", verdict_reasons=("GPU 0: 84 °C",), members=nobody_ready))
+    assert d.action == NONE and "no ready member" in d.reason
+
+
+def test_a_degraded_node_is_not_promoted_unless_no_member_is_ready():
+    degraded_a = dict(MEMBERS, a=replace(MEMBERS["a"], healthy=False, verdict="degraded"))
+    assert decide(view("a", verdict="degraded", members=degraded_a)).action == NONE
+    all_degraded = {n: replace(m, healthy=False, verdict="degraded") for n, m in MEMBERS.items()}
+    assert decide(view("a", verdict="degraded", members=all_degraded)).action == NONE, "grace first"
+    d = decide(view("a", verdict="degraded", verdict_reasons=("inlet 33 °C",), members=all_degraded,
+                    no_leader_for=1.5))
+    assert d.action == CAMPAIGN and "leading while degraded" in d.reason
+    draining = {n: replace(m, healthy=False, verdict="draining") for n, m in MEMBERS.items()}
+    assert decide(view("a", verdict="draining", members=draining, no_leader_for=9)).action == NONE
+
+
+def test_an_operators_standby_moves_the_role_and_resume_allows_it_back():
+    d = decide(leading(states={"a": "maintenance"}))
+    assert d.action == RESIGN and "maintenance" in d.reason
+    assert decide(view("a", states={"a": "maintenance"})).action == NONE
+    assert decide(view("b", states={"a": "maintenance"})).action == CAMPAIGN
+    assert decide(view("a", states={"a": "standby"})).action == CAMPAIGN

@@ -29,6 +29,7 @@ from aiohttp import web
 from vigil.agent.inference import InferenceSupervisor
 from vigil.agent.leadership import Leadership
 from vigil.config import NodeConfig
+from vigil.core.health import Verdict
 from vigil.errors import VigilError
 from vigil.web import bearer_tokens, finish, route, server_tls
 
@@ -40,9 +41,11 @@ HEALTH_PATHS = frozenset({"/health", "/leader", "/standby", "/ready"})
 class AgentApi:
     def __init__(self, cfg: NodeConfig, leadership: Leadership, health_reasons: Callable[[], tuple[str, ...]],
                  session_ok: Callable[[], bool], inference: InferenceSupervisor | None,
-                 status: Callable[[], dict[str, Any]], metrics: Callable[[], bytes]):
+                 status: Callable[[], dict[str, Any]], metrics: Callable[[], bytes],
+                 verdict: Callable[[], Verdict] = Verdict):
         self.cfg, self.leadership, self.health_reasons, self.session_ok = cfg, leadership, health_reasons, session_ok
         self.inference, self.status_doc, self.metrics_text = inference, status, metrics
+        self.verdict = verdict
         tokens = cfg.api_tokens
         self.app = web.Application(middlewares=[bearer_tokens(tokens, HEALTH_PATHS)] if tokens else [])
         self.app.add_routes([route("GET", "/health", self.health), route("GET", "/leader", self.leader),
@@ -69,9 +72,11 @@ class AgentApi:
             await self._runner.cleanup()
 
     async def health(self, _: web.Request) -> web.Response:
-        reasons = self.health_reasons()
-        body = {"node": self.cfg.node, "healthy": not reasons, "reasons": list(reasons)}
-        return web.json_response(body, status=503 if reasons else 200)
+        v = self.verdict()
+        reasons = self.health_reasons() + v.reasons
+        ok = not self.health_reasons() and v.may_lead
+        body = {"node": self.cfg.node, "healthy": ok, "verdict": v.state, "reasons": list(reasons)}
+        return web.json_response(body, status=200 if ok else 503)
 
     async def leader(self, _: web.Request) -> web.Response:
         lead = self.leadership
@@ -89,6 +94,10 @@ class AgentApi:
             return web.json_response({"node": self.cfg.node, "ready": False,
                                       "reason": "no inference server is configured on this node"},
                                      status=503)
+        v = self.verdict()
+        if not v.serves:  # draining or failed: finish what is in flight, take nothing new
+            return web.json_response({"node": self.cfg.node, "ready": False, "verdict": v.state,
+                                      "reason": f"node {v.state}: {'; '.join(v.reasons)}"}, status=503)
         body = {"node": self.cfg.node, **self.inference.describe()}
         return web.json_response(body, status=200 if self.inference.ready else 503)
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from vigil import __version__
+from vigil.agent.health import HealthMonitor
 from vigil.agent.heartbeat import HeartbeatService
 from vigil.agent.history import LeadershipHistory
 from vigil.agent.api import AgentApi
@@ -38,6 +39,7 @@ from vigil.agent.inference import InferenceSupervisor
 from vigil.agent.reconciler import Reconciler, SessionLink
 from vigil.clock import SystemClock
 from vigil.config import NodeConfig
+from vigil.core.health import DEGRADED, more_severe
 from vigil.core.leader import LeaderRole
 from vigil.core.peers import PeerTransition
 from vigil.errors import ConfigError, StoreError, VigilError
@@ -105,9 +107,11 @@ class Agent:
                                 if cfg.fencing else None)
         self.link = link = SessionLink(lambda: self.session, lambda: self.election, lambda: self.health_reasons,
                                        self.publish_record, self.suspects_unpublished)
+        self.health = HealthMonitor(cfg.health, self.clock, self.events.record, self._on_health,
+                                    restart_server=self._restart_server)
         self.reconciler = Reconciler(cfg, self.clock, self.store, self.keys, self.registry, self.events.record,
                                      self.leadership, self.heartbeats.peers, link, self.wake, fencer,
-                                     self.controller)
+                                     self.controller, lambda: self.health.verdict)
         self.inference = (InferenceSupervisor(cfg.inference, self.data_dir, self.clock,
                                               self._on_inference, self.events.record)
                           if cfg.inference else None)
@@ -136,7 +140,8 @@ class Agent:
 
     @property
     def healthy(self) -> bool:
-        return not self.health_reasons
+        """May this node lead: the agent itself is sound and the node's verdict is ready."""
+        return not self.health_reasons and self.health.verdict.may_lead
 
     def is_leader(self) -> bool:
         return self.leadership.is_leader()
@@ -147,8 +152,7 @@ class Agent:
     def member_record(self) -> dict[str, Any]:
         return {"name": self.cfg.node, "api_url": self.cfg.api_url, "priority": self.cfg.priority,
                 "heartbeat": {"addresses": list(self.cfg.addresses), "port": self.cfg.heartbeat_port},
-                "health": {"verdict": "healthy" if self.healthy else "unhealthy",
-                           "reasons": list(self.health_reasons)},
+                "health": self._health_record(), "fingerprint": self.health.fingerprint,
                 "inference": self.inference.describe() if self.inference else None,
                 "router": self.router.describe() if self.router else None,
                 "fences": ({n: [d["type"] for d in levels] for n, levels in self.cfg.fencing.topology.items()}
@@ -156,6 +160,15 @@ class Agent:
                 "suspects": self.suspects(),
                 "incarnation": self.incarnation, "started_at": self.started_at,
                 "version": __version__, "pid": os.getpid()}
+
+    def _health_record(self) -> dict[str, Any]:
+        """The verdict others act on: a node whose agent may not lead (no watchdog, a
+        failing decision loop) is at least degraded, whatever its probes say."""
+        h = self.health.describe()
+        if self.health_reasons:
+            h["verdict"] = more_severe(h["verdict"], DEGRADED)
+            h["reasons"] = list(self.health_reasons) + h["reasons"]
+        return {**h, "may_lead": self.healthy}
 
     def _heartbeat_status(self) -> tuple[str, str]:
         return ("healthy" if self.healthy else "unhealthy",
@@ -181,10 +194,11 @@ class Agent:
     # -- lifecycle -------------------------------------------------------------
     async def run(self, stop: asyncio.Event, api_ready: asyncio.Event | None = None) -> None:
         api = AgentApi(self.cfg, self.leadership, lambda: self.health_reasons, self.session_ok, self.inference,
-                       lambda: status_document(self), lambda: metrics_text(self))
+                       lambda: status_document(self), lambda: metrics_text(self), lambda: self.health.verdict)
         await api.start()
         await self.heartbeats.start()
         self.events.start()
+        await self.health.start()
         if self.inference:
             await self.inference.start()
         if self.router:
@@ -241,6 +255,7 @@ class Agent:
             await _best_effort("stop the router", self.router.stop())
         if self.inference:
             await _best_effort("stop the inference server", self.inference.stop())
+        await _best_effort("stop the health probes", self.health.stop())
         await _best_effort("stop heartbeats", self.heartbeats.stop())
         await _best_effort("stop the API", api.stop())
         await _best_effort("close the store", self.store.close())
@@ -296,6 +311,17 @@ class Agent:
     def _on_inference(self, ready: bool, cause: str) -> None:
         self.events.record("inference_ready" if ready else "inference_not_ready", cause)
         asyncio.get_running_loop().create_task(_best_effort("publish readiness", self.publish_record()))
+
+    def _on_health(self) -> None:
+        asyncio.get_running_loop().create_task(_best_effort("publish the health verdict", self.publish_record()))
+        self.wake.set()
+
+    async def _restart_server(self, why: str) -> None:
+        """An application XID: restart the inference server (its supervisor starts it again)."""
+        proc = self.inference.proc if self.inference else None
+        if proc is not None and proc.returncode is None:
+            self.events.record("inference_restart", f"restarting the inference server: {why}")
+            proc.terminate()
 
     def _on_peer_transitions(self, changes: list[PeerTransition]) -> None:
         for c in changes:

@@ -37,6 +37,7 @@ class Fencer:
         self.keep_sessions = keep_sessions
         self._warm_for: str | None = None
         self._warm_task: asyncio.Task | None = None
+        self.completing: set[str] = set()  # fenced nodes whose state and marker are still being written
 
     def follow(self, leader: str | None) -> None:
         """Keep a session open to the first device of `leader` (the node this one
@@ -71,6 +72,15 @@ class Fencer:
         finally:
             await asyncio.shield(device.close())
 
+    async def _mark_fenced(self, node: str) -> None:
+        try:
+            await self.registry.fenced(node)  # lifts our marker too
+        except StoreError as e:
+            self.record("fencing_incomplete", f"{node} is off and its lease revoked, but its state could "
+                        f"not be set to fenced ({e}); the leader marks it failed instead", subject=node)
+        finally:
+            self.completing.discard(node)
+
     async def stop(self) -> None:
         self.follow(None)
         for levels in self.devices.values():
@@ -85,19 +95,27 @@ class Fencer:
         # Hold everyone else back while we fence: if the lease expires meanwhile, no one may
         # take the role of a node that is not yet confirmed off. Under our lease: if we die
         # or lose etcd mid-fence the marker goes with us; if we abandon the attempt (an etcd
-        # error, a revoke that failed) the next reconcile cycle removes it.
-        await self.registry.block_fencing(leader.name, {"reason": f"fencing in progress by {self.node}",
-                                                        "state": "in_progress", "by": self.node,
-                                                        "at": self.clock.wall()}, my_lease)
-        errors = []
-        for level, device in enumerate(self.devices[leader.name], start=1):
-            try:
-                await device.fence()
-            except FencingFailed as e:
-                errors.append(f"level {level} ({device.name}): {e}")
-                self.record("fencing_level_failed", str(e), subject=leader.name, level=level)
-                continue
-            return await self._confirmed(leader, device.name, level, round((self.clock.now() - t0) * 1000, 1))
+        # error, a revoke that failed) the next reconcile cycle removes it. Written while the
+        # first device works (the takeover's critical path), awaited before anything follows.
+        marker = asyncio.ensure_future(self.registry.block_fencing(
+            leader.name, {"reason": f"fencing in progress by {self.node}", "state": "in_progress",
+                          "by": self.node, "at": self.clock.wall()}, my_lease))
+        try:
+            errors = []
+            for level, device in enumerate(self.devices[leader.name], start=1):
+                try:
+                    await device.fence()
+                except FencingFailed as e:
+                    errors.append(f"level {level} ({device.name}): {e}")
+                    self.record("fencing_level_failed", str(e), subject=leader.name, level=level)
+                    continue
+                await marker
+                return await self._confirmed(leader, device.name, level,
+                                             round((self.clock.now() - t0) * 1000, 1))
+            await marker  # before the "failed" marker replaces it, never after
+        finally:
+            if not marker.done():
+                marker.cancel()
         why = "; ".join(errors)
         await self.registry.block_fencing(leader.name, {"reason": why, "state": "failed", "by": self.node,
                                                         "at": self.clock.wall()})
@@ -111,11 +129,13 @@ class Fencer:
         self.leadership.fenced(leader.name, leader.token)
         try:
             await self.store.revoke(leader.lease)
-            await self.registry.fenced(leader.name)
         except StoreError as e:
             self.record("fencing_incomplete", f"{leader.name} is off but its lease could not be "
                         f"revoked yet ({e}); it will expire", subject=leader.name)
             return False
+        # The node's `fenced` state is bookkeeping, not part of the takeover: written beside it.
+        self.completing.add(leader.name)
+        asyncio.get_running_loop().create_task(self._mark_fenced(leader.name))
         self.record("node_fenced", f"{leader.name} powered off by {device} and verified off in "
                     f"{ms:.0f} ms; lease revoked", subject=leader.name, device=device,
                     level=level, fence_ms=ms, token=leader.token)

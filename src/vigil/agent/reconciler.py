@@ -18,10 +18,12 @@ from vigil.agent.fence import Fencer
 from vigil.agent.leadership import Leadership
 from vigil.clock import Clock
 from vigil.config import NodeConfig
+from vigil.core.damping import FlapDamper
+from vigil.core.health import Verdict
 from vigil.core.peers import PeerTable
 from vigil.core.reconcile import (CAMPAIGN, DEMOTE, FENCE, NONE, RESIGN, Decision, decide,
                                   decide_states)
-from vigil.core.view import ClusterView
+from vigil.core.view import ACTIVE, FAILED, HELD, STANDBY, ClusterView
 from vigil.errors import StoreError, WatchCompacted
 from vigil.store.base import Store
 from vigil.store.election import Election
@@ -55,10 +57,13 @@ class SessionLink:
 class Reconciler:
     def __init__(self, cfg: NodeConfig, clock: Clock, store: Store, keys: Keys, registry: Registry,
                  record: Any, leadership: Leadership, peers: PeerTable, link: SessionLink,
-                 wake: asyncio.Event, fencer: Fencer | None = None, controller: Controller | None = None):
+                 wake: asyncio.Event, fencer: Fencer | None = None, controller: Controller | None = None,
+                 verdict: Callable[[], Verdict] = Verdict):
         self.cfg, self.clock, self.store, self.keys, self.registry = cfg, clock, store, keys, registry
         self.record, self.leadership, self.peers, self.link, self.wake = record, leadership, peers, link, wake
-        self.fencer, self.controller = fencer, controller
+        self.fencer, self.controller, self.verdict = fencer, controller, verdict
+        self.damper = FlapDamper(cfg.health.damping)
+        self._wrote_held: dict[str, bool] = {}
         self.last = Decision(NONE, "starting")
         self.snapshot: Snapshot | None = None
         self.cycles = 0
@@ -149,7 +154,8 @@ class Reconciler:
         runs only between fences): an attempt cut short by an etcd error, or a marker
         write that timed out here and was committed later. Left alone they would hold
         every node back forever; the next cycle fences again if it still must."""
-        stale = {n: rev for n, (by, rev) in snap.fence_attempts.items() if by == self.cfg.node}
+        finishing = self.fencer.completing if self.fencer else set()
+        stale = {n: rev for n, (by, rev) in snap.fence_attempts.items() if by == self.cfg.node and n not in finishing}
         for node, rev in stale.items():
             if await self.registry.abandon_fencing(node, rev):
                 self.record("fencing_abandoned", f"removed the marker of an interrupted fence of "
@@ -159,6 +165,7 @@ class Reconciler:
     def view(self, snap: Snapshot) -> ClusterView:
         session = self.link.session()
         now = self.clock.now()
+        verdict = self.verdict()
         if snap.leader is None:
             self._no_leader_since = self._no_leader_since or now
         else:
@@ -167,6 +174,7 @@ class Reconciler:
             me=self.cfg.node, now=now, session_ok=self.link.session_ok(),
             my_lease=session.lease_id if session else 0, i_lead=self.leadership.is_leader(),
             my_token=self.leadership.token, healthy=not self.link.health_reasons(), health_reasons=self.link.health_reasons(),
+            verdict=verdict.state, verdict_reasons=verdict.reasons,
             leader=snap.leader, members=snap.member_infos(), states=snap.states,
             switchover=snap.switchover, suspected=frozenset(self.peers.suspected()),
             no_leader_for=now - self._no_leader_since if self._no_leader_since else 0.0,
@@ -216,6 +224,19 @@ class Reconciler:
             self.controller.leading(token)
         self.wake.set()
 
+    def _held_out(self, view: ClusterView, now: float) -> dict[str, str]:
+        """Flap damping's holds; a node this leader held that reads `standby` again was
+        put back by an operator (`vigil resume`): its count starts from zero."""
+        held = self.damper.held(now, max(len(view.members), view.cluster_size))
+        for node in list(held):
+            if view.states.get(node) == STANDBY and self._wrote_held.get(node):
+                self.damper.clear(node)
+                del held[node]
+                self.record("flap_damping_cleared", f"{node} put back by an operator; its failure count "
+                            "starts from zero", subject=node)
+        self._wrote_held = {n: view.states.get(n) == HELD or n in held for n in view.states}
+        return held
+
     async def _handover_barrier(self, token: int) -> None:
         """Holding a fresh token, wait to act while a live peer still announces
         itself leader in its heartbeats, for at most `demote_after`: that peer
@@ -239,14 +260,17 @@ class Reconciler:
                            if still else ""), token=token, peers=claimants)
 
     async def _leader_housekeeping(self, view: ClusterView) -> None:
-        leader_view = replace(view, i_lead=True)
-        for node, state in decide_states(leader_view).items():
+        now = self.clock.now()
+        held = self._held_out(view, now)
+        for node, state in decide_states(replace(view, i_lead=True, held_out=held)).items():
             if not self.leadership.is_leader():
                 return
             await self.registry.set_state(node, state)
-            self.record("state_changed", f"{node} is now {state}", subject=node, state=state,
-                            previous=view.states.get(node))
-        now = self.clock.now()
+            if state == FAILED and view.states.get(node) in (ACTIVE, STANDBY, HELD):
+                self.damper.failed(node, now)
+            why = f": {held[node]}" if state == HELD else ""
+            self.record("state_changed", f"{node} is now {state}{why}", subject=node, state=state,
+                        previous=view.states.get(node))
         if now - self._last_prune > PRUNE_EVERY:
             self._last_prune = now
             await prune_events(self.store, self.keys, EVENTS_KEEP)

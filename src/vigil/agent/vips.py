@@ -92,9 +92,19 @@ class VipHolder:
     def acquired(self) -> None:
         """Leadership began: probe every VIP (unless the previous holder was just
         fenced by us), then add them on a fresh keep-alive."""
-        if self.vips:
-            self.wanted = True
-            self._restart(self._prepare(probe=self.now() - self._fenced_at > FENCED_RECENTLY))
+        if not self.vips:
+            return
+        self.wanted = True
+        if self.now() - self._fenced_at > FENCED_RECENTLY:
+            self._restart(self._prepare())
+            return
+        # The takeover's critical path: no probe, no separate interface check (the add
+        # itself fails with the cause, and a failed first add falls back to _prepare).
+        self.probed = True
+        if self.renew_now and lifetime(self.now(), self.valid_until()) is None:
+            self.renew_now()
+        else:
+            self.renewed()
 
     def released(self, why: str) -> None:
         """Leadership ended: remove every VIP now (queued behind nothing but a probe)."""
@@ -111,7 +121,8 @@ class VipHolder:
     def renewed(self) -> None:
         """An acknowledged keep-alive moved the deadline: add (once probed) or refresh."""
         if self.wanted and (self.state or self.probed):
-            self._run(self._refresh_all).add_done_callback(self._refreshed)
+            first = not self.state  # announce in the same worker call as the first add
+            self._run(lambda: self._refresh_all(announce=first)).add_done_callback(self._refreshed)
 
     def reannounce(self) -> None:
         """Re-map every neighbour's ARP cache (a partition healed, or on a timer)."""
@@ -126,13 +137,15 @@ class VipHolder:
         self._worker.shutdown(wait=False)
 
     # -- on the worker thread ---------------------------------------------------------
-    def _refresh_all(self) -> str:
+    def _refresh_all(self, announce: bool = False) -> str:
         seconds = lifetime(self.now(), self.valid_until())
         if seconds is None or not self.wanted:
             self._remove_all()
             return SUSPENDED
         for v in self.vips:
             v.refresh(seconds)
+        if announce:
+            self._announce_all()
         return HELD
 
     def _remove_all(self) -> None:
@@ -183,7 +196,7 @@ class VipHolder:
             self._task.cancel()
         self._task = asyncio.get_running_loop().create_task(coro)
 
-    async def _prepare(self, delay: float = 0.0, probe: bool = True) -> None:
+    async def _prepare(self, delay: float = 0.0) -> None:
         """Probe until no other host answers for any VIP (back-off 1 s doubling to
         30 s); a fresh keep-alive then adds them."""
         while self.wanted:
@@ -191,7 +204,7 @@ class VipHolder:
             delay = min(30.0, max(1.0, delay * 2))
             try:
                 for v in self.vips:
-                    await self._run(v.check if probe else v.interface)
+                    await self._run(v.check)
             except VipError as e:
                 self._fail(v, str(e))
                 continue

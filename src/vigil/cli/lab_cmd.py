@@ -20,7 +20,7 @@ from vigil.errors import ConfigError
 
 def register(sub) -> None:
     p = sub.add_parser("lab", help="a local cluster on loopback for demos, tests and benchmarks")
-    lab_sub = p.add_subparsers(dest="lab_command", metavar="up|kill|down", parser_class=type(p))
+    lab_sub = p.add_subparsers(dest="lab_command", metavar="up|kill|sensor|down", parser_class=type(p))
     lab_sub.required = True
     up = lab_sub.add_parser("up", help="start 3 etcd members and N agents in the background")
     up.add_argument("--nodes", type=int, default=3)
@@ -45,6 +45,22 @@ def register(sub) -> None:
     kill.add_argument("--dir", required=True)
     kill.add_argument("--node", required=True)
     kill.set_defaults(func=lab_kill)
+    sensor = lab_sub.add_parser("sensor", help="drive a node's facility sensors on the lab's PLC")
+    sensor.add_argument("--dir", required=True)
+    sensor.add_argument("--node", required=True)
+    what = sensor.add_mutually_exclusive_group(required=True)
+    what.add_argument("--inlet-temp", type=float, metavar="C", help="the rack inlet temperature, °C")
+    what.add_argument("--current-ma", type=float, metavar="MA",
+                      help="the raw loop current (NE 43: <= 3.6 or >= 21 mA is a sensor fault)")
+    what.add_argument("--fault-code", type=lambda v: int(v, 0), metavar="CODE",
+                      help="a PLC fault code (0x88: power imbalance; 0: none)")
+    sensor.add_argument("--ramp", type=float, default=0.0, metavar="C_PER_S",
+                        help="with --inlet-temp: keep moving it by this much per second")
+    sensor.set_defaults(func=lab_sensor)
+    sim = sub.add_parser("sensor-sim", help=argparse.SUPPRESS)
+    sim.add_argument("--port", type=int, required=True)
+    sim.add_argument("--nodes", type=int, required=True)
+    sim.set_defaults(func=sensor_sim)
     down = lab_sub.add_parser("down", help="stop everything `lab up` started in DIR")
     down.add_argument("--dir", required=True)
     down.set_defaults(func=lab_down)
@@ -121,3 +137,38 @@ def lab_down(args) -> int:
     lab.down()
     print(json.dumps({"stopped": [n.name for n in lab.nodes] + [m.name for m in lab.etcd.members]}))
     return 0
+
+
+def lab_sensor(args) -> int:
+    lab = _load(Path(args.dir))
+    if not lab.sensors:
+        raise ConfigError("--dir", args.dir, "this lab has no sensor PLC (labs in namespaces have none)")
+    names = [n.name for n in lab.nodes]
+    if args.node not in names:
+        raise ConfigError("--node", args.node, f"must be one of {', '.join(names)}")
+    if args.ramp and args.inlet_temp is None:
+        raise ConfigError("--ramp", args.ramp, "goes with --inlet-temp (the temperature it starts from)")
+    if args.inlet_temp is not None and not -40 <= args.inlet_temp <= 90:
+        raise ConfigError("--inlet-temp", args.inlet_temp, "must be -40..90 °C")
+    if args.current_ma is not None and not 0 <= args.current_ma <= 25:
+        raise ConfigError("--current-ma", args.current_ma, "must be 0..25 mA")
+    if args.fault_code is not None and not 0 <= args.fault_code <= 65535:
+        raise ConfigError("--fault-code", args.fault_code, "must be 0..65535")
+    lab.sensors.set(names.index(args.node), temp=args.inlet_temp,
+                    ramp=args.ramp if args.inlet_temp is not None else None,
+                    current_ma=args.current_ma, fault=args.fault_code)
+    print(json.dumps({"node": args.node, "inlet_temp": args.inlet_temp, "ramp": args.ramp,
+                      "current_ma": args.current_ma, "fault_code": args.fault_code}))
+    return 0
+
+
+def sensor_sim(args) -> int:
+    from vigil.cli.runner import run, stop_on_signals
+    from vigil.lab.sensors import serve
+
+    async def main() -> None:
+        await serve(args.port, args.nodes, stop_on_signals())
+
+    run(main)
+    return 0
+

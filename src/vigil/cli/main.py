@@ -8,7 +8,7 @@ import sys
 
 from vigil import __version__
 from vigil.cli import (agent_cmd, certs_cmd, cluster_cmd, demo_cmd, fence_cmd, firewall_cmd, haproxy_cmd,
-                       keygen_cmd, lab_cmd, router_cmd, serve_cmd)
+                       keygen_cmd, lab_cmd, node_cmd, router_cmd, serve_cmd)
 from vigil.errors import ConfigError, VigilError
 
 
@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     router_cmd.register(sub)
     demo_cmd.register(sub)
     fence_cmd.register(sub)
+    node_cmd.register(sub)
     return p
 
 

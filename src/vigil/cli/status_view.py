@@ -10,6 +10,7 @@ from typing import Any
 
 import aiohttp
 
+from vigil.core.compat import differences, mismatches
 from vigil.errors import VigilError
 from vigil.store.base import Store
 from vigil.store.keys import Keys
@@ -74,7 +75,9 @@ async def gather_status(store: Store, keys: Keys, access: ApiAccess | None = Non
             "role": "leader" if is_leader else ("standby" if rec else "-"),
             "state": snap.states.get(name, "unregistered" if not rec else "pending"),
             "health": (rec or {}).get("health", {}).get("verdict", "unknown") if rec else "down",
+            "verdict": (rec or {}).get("health", {}).get("verdict", "unknown") if rec else "down",
             "reasons": (rec or {}).get("health", {}).get("reasons", []),
+            "fingerprint": (rec or {}).get("fingerprint") or {},
             "heartbeat_age": min(ages) if ages else None,
             "lease_ttl": ttl if ttl >= 0 else None,
             "token": snap.leader.token if is_leader else None,
@@ -88,7 +91,20 @@ async def gather_status(store: Store, keys: Keys, access: ApiAccess | None = Non
     return {"cluster": keys.cluster, "revision": snap.revision,
             "leader": {"name": snap.leader.name, "token": snap.leader.token} if snap.leader else None,
             "switchover": {"to": snap.switchover.to} if snap.switchover else None,
-            "members": members, "bad_records": dict(snap.bad_records)}
+            "members": members, "bad_records": dict(snap.bad_records),
+            "compat": compat_report(snap.members)}
+
+
+def compat_report(records: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The cluster's homogeneity and each member against every member's declared
+    requirements (a workload's needs hold wherever it may fail over to)."""
+    fps = {n: r.get("fingerprint") or {} for n, r in records.items()}
+    required: dict[str, Any] = {}
+    for r in records.values():
+        required.update((r.get("health") or {}).get("requires") or {})
+    failing = {n: mismatches(fp, required) for n, fp in sorted(fps.items())}
+    return {"requires": required, "differences": differences(fps),
+            "mismatches": {n: m for n, m in failing.items() if m}}
 
 
 def _engine(view: dict[str, Any] | None, rec: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -124,6 +140,7 @@ def render_table(doc: dict[str, Any]) -> str:
     out += ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in rows]
     out.append(line)
     out += [f"ignored malformed record {k}: {why}" for k, why in sorted(doc.get("bad_records", {}).items())]
+    out += compat_lines(doc.get("compat") or {})
     return "\n".join(out)
 
 
@@ -141,3 +158,12 @@ def _cell(m: dict[str, Any], key: str) -> str:
     if key == "health" and m.get("reasons"):
         return f"{v} ({'; '.join(m['reasons'])})"
     return json.dumps(v) if isinstance(v, (dict, list)) else str(v)
+
+
+def compat_lines(compat: dict[str, Any]) -> list[str]:
+    """"n2: cuda_driver 12.2, required ==12.1 - failover to n2 would fail", then the differences."""
+    out = [f"{n}: {'; '.join(m)} - failover to {n} would fail"
+           for n, m in sorted((compat.get("mismatches") or {}).items())]
+    for key, groups in sorted((compat.get("differences") or {}).items()):
+        out.append(f"{key} differs: " + ", ".join(f"{'/'.join(nodes)}: {value}" for value, nodes in groups.items()))
+    return out

@@ -11,7 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from vigil.core.view import ACTIVE, FAILED, FENCED, MAINTENANCE, STANDBY, ClusterView
+from vigil.core.health import DEGRADED, SERVING
+from vigil.core.view import (ACTIVE, FAILED, FENCED, HELD, INELIGIBLE_STATES, MAINTENANCE, STANDBY,
+                             ClusterView)
 
 NONE, CAMPAIGN, RESIGN, DEMOTE, FENCE = "none", "campaign", "resign", "demote", "fence"
 
@@ -62,9 +64,24 @@ def _leading(v: ClusterView) -> Decision | None:
     if so and so.to != v.me and v.eligible(so.to):
         by = f" by {so.requested_by}" if so.requested_by else ""
         return Decision(RESIGN, f"switchover to {so.to} requested{by}")
+    mine = v.states.get(v.me)
+    if mine in INELIGIBLE_STATES:
+        return Decision(RESIGN, f"state {mine} (an operator's standby or drain): handing the role over")
     if not v.healthy:
         return Decision(RESIGN, "unhealthy: " + ("; ".join(v.health_reasons) or "no reason given"))
+    why = "; ".join(v.verdict_reasons) or "no reason given"
+    if v.verdict not in SERVING:
+        return Decision(RESIGN, f"{v.verdict}: handing the role over ({why})")
+    if v.verdict == DEGRADED:
+        ready = _ready_peers(v)
+        if ready:
+            return Decision(RESIGN, f"degraded ({why}); {ready[0]} is ready to lead")
+        return Decision(NONE, f"holding leadership while degraded ({why}): no ready member to hand over to")
     return Decision(NONE, f"holding leadership (token {v.my_token})")
+
+
+def _ready_peers(v: ClusterView) -> list[str]:
+    return sorted(n for n in v.members if n != v.me and v.eligible(n))
 
 
 def _fence_dead_leader(v: ClusterView) -> Decision | None:
@@ -114,6 +131,9 @@ def _no_leader(v: ClusterView) -> Decision:
                               f"power it off by hand, then run `vigil fence {node} --confirm-off`")
     if not v.healthy:
         return Decision(NONE, "no leader; not eligible: " + "; ".join(v.health_reasons))
+    if _lead_while_degraded(v):
+        return Decision(CAMPAIGN, f"no leader for {v.no_leader_for:.1f} s and no ready member; leading "
+                                  f"while degraded ({'; '.join(v.verdict_reasons)})")
     if not v.eligible(v.me):
         return Decision(NONE, f"no leader; not eligible (state {v.states.get(v.me, 'unregistered')})")
     so = v.switchover
@@ -129,6 +149,15 @@ def _no_leader(v: ClusterView) -> Decision:
         return Decision(CAMPAIGN, f"no leader for {v.no_leader_for:.1f} s and {best} has not "
                                   "taken over")
     return Decision(NONE, f"no leader; giving {best} (higher priority) {v.campaign_grace:g} s to take over")
+
+
+def _lead_while_degraded(v: ClusterView) -> bool:
+    """A degraded node is never promoted over a ready one, but a cluster with
+    no ready member is better led by a degraded node than by none (a whole
+    room running warm must not lose its leader)."""
+    return (v.verdict == DEGRADED and v.me in v.members and v.no_leader_for >= v.campaign_grace
+            and v.me not in v.fence_blocked and v.states.get(v.me) not in INELIGIBLE_STATES
+            and not any(v.eligible(n) for n in v.members))
 
 
 HANDLERS: tuple[Handler, ...] = (_no_session, _i_lead_without_key, _stale_own_key, _leading,
@@ -147,7 +176,8 @@ def decide(v: ClusterView) -> Decision:
 def decide_states(v: ClusterView) -> dict[str, str]:
     """States the leader should write (only those that change).
 
-    The leader is `active`, registered members are `standby`, and a node with
+    The leader is `active`, registered members are `standby` (`held` while
+    flap damping holds them out, vigil.core.damping), and a node with
     a state but no member record (its lease is gone) or that the leader
     suspects is `failed`. `maintenance` is kept until an operator changes it;
     `fenced` is kept until the node registers again (it was rebooted).
@@ -162,7 +192,7 @@ def decide_states(v: ClusterView) -> dict[str, str]:
         if name == v.me:
             state = ACTIVE
         elif name in v.members and name not in v.suspected:
-            state = STANDBY
+            state = HELD if name in v.held_out else STANDBY
         else:
             state = FAILED
         if state != current:

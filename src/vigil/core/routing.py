@@ -35,7 +35,7 @@ from typing import Mapping
 
 from vigil.core.admission import NodeLimit
 
-NO_TRAFFIC_STATES = frozenset({"failed", "fenced", "maintenance", "draining"})
+NO_TRAFFIC_STATES = frozenset({"failed", "fenced", "maintenance", "draining", "held"})
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 RETRYABLE_STATUS = frozenset({502, 503, 504})
 

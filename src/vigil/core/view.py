@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-ACTIVE, STANDBY, DRAINING, FAILED, FENCED, MAINTENANCE = (
-    "active", "standby", "draining", "failed", "fenced", "maintenance")
-NODE_STATES = (ACTIVE, STANDBY, DRAINING, FAILED, FENCED, MAINTENANCE)
+ACTIVE, STANDBY, DRAINING, FAILED, FENCED, MAINTENANCE, HELD = (
+    "active", "standby", "draining", "failed", "fenced", "maintenance", "held")
+NODE_STATES = (ACTIVE, STANDBY, DRAINING, FAILED, FENCED, MAINTENANCE, HELD)
 #: States in which a node may not take the leader role.
-INELIGIBLE_STATES = frozenset({FENCED, MAINTENANCE, DRAINING})
+INELIGIBLE_STATES = frozenset({FENCED, MAINTENANCE, DRAINING, HELD})
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,7 @@ class MemberInfo:
     reasons: tuple[str, ...] = ()
     lease: int = 0
     suspects: frozenset[str] = frozenset()  # the peers this member's detector suspects now
+    verdict: str = "ready"  # its node health verdict (vigil.core.health)
 
 
 @dataclass(frozen=True)
@@ -45,8 +46,10 @@ class ClusterView:
     my_lease: int
     i_lead: bool  # my LeaderRole is valid at `now`
     my_token: int
-    healthy: bool
+    healthy: bool  # the agent itself may lead (its watchdog, its decision loop)
     health_reasons: tuple[str, ...] = ()
+    verdict: str = "ready"  # the node's health verdict (vigil.core.health) and why
+    verdict_reasons: tuple[str, ...] = ()
     leader: LeaderInfo | None = None
     members: dict[str, MemberInfo] = field(default_factory=dict)
     states: dict[str, str] = field(default_factory=dict)
@@ -59,6 +62,7 @@ class ClusterView:
     suspected_for: dict[str, float] = field(default_factory=dict)  # heard, then lost: seconds since
     race_delay: float = 0.5
     cluster_size: int = 0  # configured members (peers + me); 0: count registered members only
+    held_out: dict[str, str] = field(default_factory=dict)  # flap damping (the leader's): node -> why
 
     def eligible(self, name: str) -> bool:
         """Could `name` lead: registered, healthy, not suspected, not held out by its state."""

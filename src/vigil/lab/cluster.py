@@ -30,6 +30,7 @@ from vigil.lab.etcd import EtcdCluster
 from vigil.lab.fencing import LabFencing
 from vigil.lab.frontdoor import FrontDoor
 from vigil.lab.observe import LabObservation
+from vigil.lab.sensors import LabSensors
 
 LAB_TIMING = {"heartbeat_interval": 0.1, "lease_ttl": 2, "keepalive_interval": 0.5,
               "demote_after": 1.6, "etcd_timeout": 0.5, "loop_interval": 0.5}
@@ -64,12 +65,14 @@ class LabRouter:
 class Lab(LabObservation):
     def __init__(self, root: Path, cluster: str, etcd: EtcdCluster, nodes: list[LabNode],
                  router: LabRouter | None = None, fencing: LabFencing | None = None,
-                 vip: str | None = None, front: FrontDoor | None = None, netns: dict | None = None):
+                 vip: str | None = None, front: FrontDoor | None = None, netns: dict | None = None,
+                 sensors: LabSensors | None = None):
         self.root, self.cluster, self.etcd, self.nodes = root, cluster, etcd, nodes
         self.router, self.fencing = router, fencing
         self.vip = vip  # A.B.C.D/N on every node's eth0 (labs in namespaces), held by the leader
         self.front = front  # a router on every node (labs in namespaces with router=True)
         self.netns = netns  # {"tag", "client", "owned"}: the lab's NetTopology
+        self.sensors = sensors  # the facility PLC (labs on loopback)
         self._answered = ""  # the etcd endpoint that answered the last read
         self._tokens: dict[str, dict[str, str]] = {}  # etcd auth token per endpoint (secure labs)
 
@@ -103,7 +106,7 @@ class Lab(LabObservation):
                                   [h for h, _ in etcd_hosts or []]) if secure else None
         etcd = EtcdCluster.plan(root / "etcd", 3, etcd_hosts, tls)
         make_cluster_keys(root / "keys", [f"n{i + 1}" for i in range(n)])
-        ports = procs.free_ports(3 * n + 3)
+        ports = procs.free_ports(3 * n + 4)
         nodes = []
         for i in range(n):
             name = f"n{i + 1}"
@@ -124,7 +127,8 @@ class Lab(LabObservation):
                                   {x.name: x.netns for x in nodes}, fence_devices,
                                   link_down=bool(vip and net)) if fencing else None,
                   vip if net else None, front,
-                  {"tag": net.tag, "client": net.client, "owned": own_net} if net else None)
+                  {"tag": net.tag, "client": net.client, "owned": own_net} if net else None,
+                  None if net else LabSensors(ports[-4], n, str(root / "sensors.log")))
         if lab_router:
             Path(lab_router.config).write_text(yaml.safe_dump(lab.router_config(), sort_keys=False))
         for i, node in enumerate(nodes):
@@ -155,6 +159,7 @@ class Lab(LabObservation):
             "watchdog": {"mode": "off"},
             **({"vips": [{"address": self.vip, "interface": "eth0"}]} if self.vip else {}),
             **({"router": {"config": str(self.front.config_path(node.data_dir))}} if self.front else {}),
+            **({"health": self.sensors.node_health(self.nodes.index(node))} if self.sensors else {}),
         } | self._inference_config(node) | (self.fencing.node_config(node.name) if self.fencing else {})
 
     def _observers(self) -> list[dict[str, Any]]:
@@ -213,6 +218,8 @@ class Lab(LabObservation):
             self.etcd.wait_healthy()
             if self.etcd.tls:
                 secure_lab.enable(self.etcd, self.root, self.cluster, [n.name for n in self.nodes])
+            if self.sensors:
+                self.sensors.start()
             if self.fencing:
                 self.fencing.start_support(str(self.root / "keys" / "cluster.keyring"),
                                            self.etcd.endpoints, self.cluster,
@@ -243,7 +250,8 @@ class Lab(LabObservation):
                    LabRouter(**d["router"]) if d.get("router") else None,
                    LabFencing(**d["fencing"]) if d.get("fencing") else None,
                    (d.get("vip") or {}).get("address"),
-                   FrontDoor(**d["front_door"]) if d.get("front_door") else None, d.get("netns"))
+                   FrontDoor(**d["front_door"]) if d.get("front_door") else None, d.get("netns"),
+                   LabSensors(**d["sensors"]) if d.get("sensors") else None)
 
     def save(self) -> None:
         tls = self.root / "tls"
@@ -256,6 +264,7 @@ class Lab(LabObservation):
                "fencing": asdict(self.fencing) if self.fencing else None,
                "vip": self._vip_json(), "front_door": asdict(self.front) if self.front else None,
                "netns": self.netns, "client_netns": self.netns["client"] if self.netns else None,
+               "sensors": asdict(self.sensors) if self.sensors else None,
                "nodes": [asdict(n) for n in self.nodes]}
         for n in doc["nodes"]:
             n["server_pid"] = self.server_pid(n["name"])
@@ -287,6 +296,8 @@ class Lab(LabObservation):
                 procs.stop(router_pid, str(self.front.config_path(data_dir)))
         if self.fencing:
             self.fencing.stop()
+        if self.sensors:
+            self.sensors.stop()
         self.etcd.stop()
         if self.netns and self.netns.get("owned"):
             from vigil.lab.netns import NetTopology

@@ -141,6 +141,11 @@ class Membership:
             b = self.table.backend(name)
             b.gone = False
             b.url = str(inf.get("url") or "")
+            health = rec.get("health") or {}
+            if health.get("verdict") in ("draining", "failed"):  # finish in-flight work, take none
+                self._set(name, ready=False, cause=f"node {health['verdict']}: "
+                                                   f"{'; '.join(health.get('reasons') or ()) or 'no reason given'}")
+                return
             self._set(name, ready=bool(inf.get("ready")),
                       cause=f"readiness reported: {inf.get('reason') or 'ready'}")
         elif ev.key.startswith(k.states) and ev.type == "put":

@@ -43,10 +43,12 @@ class Snapshot:
         out = {}
         for name, rec in self.members.items():
             health = rec.get("health", {})
-            out[name] = MemberInfo(name, rec.get("priority", 100),
-                                   health.get("verdict") == "healthy",
+            verdict = health.get("verdict", "unknown")
+            # `may_lead` since issue 12; before it, a verdict of "healthy" said the same
+            may_lead = health["may_lead"] is True if "may_lead" in health else verdict in ("healthy", "ready")
+            out[name] = MemberInfo(name, rec.get("priority", 100), may_lead,
                                    tuple(health.get("reasons", ())), self.member_leases.get(name, 0),
-                                   frozenset(rec.get("suspects") or ()))
+                                   frozenset(rec.get("suspects") or ()), verdict)
         return out
 
 
@@ -130,8 +132,10 @@ def member_problem(rec: dict[str, Any]) -> str | None:
         return f"priority {prio!r} is not an integer from 0 to 1000"
     health = rec.get("health", {})
     if not isinstance(health, dict) or not isinstance(health.get("verdict", ""), str) \
-            or not _strings(health.get("reasons", [])):
-        return f"health {health!r} is not {{verdict: str, reasons: [str]}}"
+            or not _strings(health.get("reasons", [])) or not isinstance(health.get("may_lead", False), bool):
+        return f"health {str(health)[:120]!r} is not {{verdict: str, reasons: [str], may_lead: bool}}"
+    if not isinstance(rec.get("fingerprint") or {}, dict):
+        return f"fingerprint {str(rec.get('fingerprint'))[:80]!r} is not a mapping"
     if not _strings(rec.get("suspects") or []):
         return f"suspects {rec.get('suspects')!r} is not a list of node names"
     hb = rec.get("heartbeat", {})

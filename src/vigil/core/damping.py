@@ -1,0 +1,61 @@
+"""Flap damping (pure), as Pacemaker's `migration-threshold` with
+`failure-timeout`: a node that failed `threshold` times within `window`
+seconds is held out (state `held`: no requests, no roles) until its oldest
+counted failure leaves the window or an operator clears it (`vigil resume`).
+
+The mass-ejection guard: at most `max_held_fraction` of the cluster's
+members are held out at once (those that failed most, ties by name); the
+rest are let back, because damping that empties the cluster is worse than
+flapping.
+
+The leader keeps the counts (in memory: a new leader starts from zero,
+which can only let a node back earlier, never hold a healthy one).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DampingRules:
+    threshold: int = 3  # failures within the window that hold a node out (0: never)
+    window: float = 600.0  # seconds
+    max_held_fraction: float = 0.34
+
+
+class FlapDamper:
+    def __init__(self, rules: DampingRules | None = None):
+        self.rules = rules or DampingRules()
+        self._failures: dict[str, deque[float]] = {}
+
+    def failed(self, node: str, now: float) -> None:
+        """Count one failure of `node` (it went from serving to failed) at `now`."""
+        self._failures.setdefault(node, deque()).append(now)
+
+    def clear(self, node: str) -> None:
+        """An operator put the node back: its count starts from zero."""
+        self._failures.pop(node, None)
+
+    def counts(self, now: float) -> dict[str, int]:
+        for node, times in list(self._failures.items()):
+            while times and now - times[0] >= self.rules.window:
+                times.popleft()
+            if not times:
+                del self._failures[node]
+        return {n: len(t) for n, t in self._failures.items()}
+
+    def held(self, now: float, members: int) -> dict[str, str]:
+        """{node: why} for the nodes held out now, within the mass-ejection guard."""
+        r = self.rules
+        if r.threshold <= 0:
+            return {}
+        over = sorted(((-c, n) for n, c in self.counts(now).items() if c >= r.threshold))
+        room = int(r.max_held_fraction * max(members, 1))
+        out = {}
+        for negative, node in over[:room]:
+            until = self._failures[node][0] + r.window
+            out[node] = (f"failed {-negative} times in {r.window:g} s (threshold {r.threshold}); held out for "
+                         f"{until - now:.0f} s more, or until `vigil resume {node}`")
+        return out

@@ -1,0 +1,184 @@
+"""Issue 12 on a real lab: the compatibility gate keeps a node whose CUDA
+differs from the workload's requirement out of every role and every request
+(and `vigil check compat` names it); an operator's standby, drain and resume
+move the role and the traffic with zero failed requests."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from vigil.lab import Lab
+from vigil.lab.load import LoadGenerator
+from tests.integration.conftest import leader_of
+
+
+def vigil(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vigil", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def member(lab: Lab, name: str) -> dict:
+    return next(m for m in lab.status()["members"] if m["name"] == name)
+
+
+@pytest.fixture
+def mixed_cuda_lab(tmp_path):
+    """n1 (the highest priority) declares CUDA 12.2; the workload needs 12.1."""
+    lab = Lab.create(tmp_path / "lab", 3)
+    for node in lab.nodes:
+        cfg = yaml.safe_load(open(node.config))
+        cfg["health"] = {"requires": {"cuda_driver": "==12.1"},
+                         "declare": {"cuda_driver": "12.2" if node.name == "n1" else "12.1"}}
+        open(node.config, "w").write(yaml.safe_dump(cfg))
+    lab.start()
+    try:
+        yield lab
+    finally:
+        lab.down()
+
+
+def test_an_incompatible_node_never_leads_and_check_compat_names_it(mixed_cuda_lab):
+    lab = mixed_cuda_lab
+    leader, token = leader_of(lab)
+    assert leader == "n2", "n1 has the highest priority but cannot run the workload"
+    n1 = lab.wait_for(lambda: member(lab, "n1") if member(lab, "n1")["verdict"] == "draining" else None,
+                      10, "n1's verdict published")
+    assert any("cuda_driver: 12.2, required ==12.1" in r for r in n1["reasons"]), n1["reasons"]
+    assert n1["fingerprint"]["cuda_driver"] == "12.2" and n1["fingerprint"]["declared"] == ["cuda_driver"]
+    assert n1["fingerprint"]["gpu"].startswith("no GPU"), "the lab has no GPU and says so"
+    r = vigil("check", "compat", "--lab", str(lab.root))
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "n1: cuda_driver: 12.2, required ==12.1 - failover to n1 would fail" in r.stdout
+    assert "cuda_driver differs: n1: 12.2, n2/n3: 12.1" in r.stdout
+    report = json.loads(vigil("check", "compat", "--lab", str(lab.root), "--json").stdout)
+    assert set(report["mismatches"]) == {"n1"} and report["requires"] == {"cuda_driver": "==12.1"}
+    text = vigil("status", "--lab", str(lab.root)).stdout
+    assert "failover to n1 would fail" in text
+    lab.kill_agent("n2")  # the failover goes to the compatible n3, never to n1
+    assert leader_of(lab, other_than="n2", above=token)[0] == "n3"
+
+
+@pytest.fixture(scope="module")
+def served_lab(tmp_path_factory):
+    lab = Lab.up(tmp_path_factory.mktemp("standby") / "lab", 3, model=True, router=True)
+    try:
+        yield lab
+    finally:
+        lab.down()
+
+
+def test_standby_drain_and_resume_move_roles_and_traffic_with_zero_failed_requests(served_lab):
+    lab = served_lab
+    leader, token = leader_of(lab)
+    load = LoadGenerator(lab.router.url + "/v1/embeddings", rate=25, concurrency=16)
+
+    def operate() -> dict:
+        r = vigil("standby", leader, "--lab", str(lab.root), "--reason", "replace a fan")
+        assert r.returncode == 0, r.stderr
+        t_standby = time.time()
+        new, _ = leader_of(lab, other_than=leader, above=token)
+        lab.wait_for(lambda: time.time() - t_standby > 3, 10, "3 s of traffic after the standby")
+        r = vigil("drain", new, "--lab", str(lab.root), "--wait", "--timeout", "60", "--reason", "firmware")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert lab.leader()[0] not in (leader, new), "the drained node holds no role"
+        t_drained = time.time()
+        for node in (leader, new):
+            assert vigil("resume", node, "--lab", str(lab.root)).returncode == 0
+        t_resumed = time.time()
+        lab.wait_for(lambda: time.time() - t_resumed > 4, 10, "4 s of traffic after the resume")
+        return {"standby": t_standby, "drained": t_drained, "resumed": t_resumed, "new": new}
+
+    async def run():
+        task = asyncio.get_running_loop().create_task(load.run(600))
+        marks = await asyncio.to_thread(operate)
+        load.stop()
+        return marks, await task
+
+    marks, samples = asyncio.run(run())
+    failed = [s for s in samples if s.status != 200]
+    assert len(samples) > 100 and not failed, failed[:5]
+    # A request sent 1 s after the standby (the router has read the state by then) never reaches it.
+    late = [s for s in samples if marks["standby"] + 1 < s.start < marks["resumed"]]
+    assert late and leader not in {s.node for s in late}, {s.node for s in late}
+    assert marks["new"] not in {s.node for s in samples if marks["drained"] + 1 < s.start < marks["resumed"]}
+    back = {s.node for s in samples if s.start > marks["resumed"] + 2}
+    assert leader in back, f"the resumed {leader} serves again ({back})"
+    kinds = [(e["kind"], e.get("subject"), e.get("reason")) for e in lab.events()]
+    assert ("node_standby", leader, "replace a fan") in kinds and ("node_drain", marks["new"], "firmware") in kinds
+    assert ("node_resume", leader, "") in kinds
+    assert {member(lab, n.name)["state"] for n in lab.nodes} <= {"active", "standby"}
+    print(f"standby/drain/resume under load: {len(samples)} requests, {len(failed)} failed")
+
+
+def verdict_events(lab: Lab, node: str, since: float) -> list[dict]:
+    return [e for e in lab.events() if e["kind"] == "health_verdict" and e["node"] == node and e["at"] >= since]
+
+
+def test_a_warming_rack_drains_its_node_before_the_limit_and_sensor_faults_only_alarm(served_lab):
+    lab = served_lab
+    load = LoadGenerator(lab.router.url + "/v1/embeddings", rate=25, concurrency=16)
+    start_temp, ramp, limit = 26.0, 0.2, 32.0  # the lab's inlet limit; drain time 10 s + 10 s margin
+
+    def operate() -> dict:
+        t0 = time.time()
+        assert vigil("lab", "sensor", "--dir", str(lab.root), "--node", "n1", "--inlet-temp", str(start_temp),
+                     "--ramp", str(ramp)).returncode == 0
+        crossing = t0 + (limit - start_temp) / ramp
+        drained = lab.wait_for(lambda: [e for e in verdict_events(lab, "n1", t0) if e["verdict"] == "draining"],
+                               40, "n1 drained by its inlet trend")[0]
+        lab.wait_for(lambda: time.time() - drained["at"] > 3, 10, "3 s of traffic after the drain")
+        # A sensor fault on n2 is an alarm only; a PLC fault code on n3 drains it.
+        assert vigil("lab", "sensor", "--dir", str(lab.root), "--node", "n2", "--current-ma", "2.0").returncode == 0
+        alarm = lab.wait_for(lambda: [e for e in lab.events() if e["kind"] == "health_alarm" and e["node"] == "n2"
+                                      and e["at"] >= t0], 15, "n2's sensor-fault alarm")[0]
+        assert "sensor fault" in alarm["cause"]
+        assert vigil("lab", "sensor", "--dir", str(lab.root), "--node", "n1", "--inlet-temp", "24").returncode == 0
+        lab.wait_for(lambda: member(lab, "n1")["verdict"] == "ready", 60, "n1 ready again once the rack cools")
+        t_back = time.time()
+        lab.wait_for(lambda: time.time() - t_back > 3, 10, "3 s of traffic after n1 came back")
+        return {"t0": t0, "crossing": crossing, "drained": drained["at"], "n2": member(lab, "n2")["verdict"],
+                "alarm": alarm["at"], "back": t_back}
+
+    async def run():
+        task = asyncio.get_running_loop().create_task(load.run(600))
+        marks = await asyncio.to_thread(operate)
+        load.stop()
+        return marks, await task
+
+    try:
+        marks, samples = asyncio.run(run())
+    finally:
+        vigil("lab", "sensor", "--dir", str(lab.root), "--node", "n2", "--inlet-temp", "24")
+        vigil("lab", "sensor", "--dir", str(lab.root), "--node", "n1", "--inlet-temp", "24")
+    lead = marks["crossing"] - marks["drained"]
+    assert lead >= 10.0, f"drained {lead:.1f} s before the limit; draining takes 10 s"
+    failed = [s for s in samples if s.status != 200]
+    assert len(samples) > 100 and not failed, failed[:5]
+    while_drained = {s.node for s in samples if marks["drained"] + 1 < s.start < marks["back"] - 1}
+    assert while_drained and "n1" not in while_drained, while_drained
+    assert "n2" in while_drained and marks["n2"] == "ready", "a broken sensor wire moves nothing"
+    assert "n1" in {s.node for s in samples if s.start > marks["back"]}
+    print(f"thermal drain: n1 drained {lead:.1f} s before its inlet would reach {limit} °C "
+          f"({ramp} °C/s from {start_temp}); {len(samples)} requests, {len(failed)} failed")
+
+
+def test_a_plc_fault_code_drains_and_clearing_it_readmits(served_lab):
+    lab = served_lab
+    t0 = time.time()
+    assert vigil("lab", "sensor", "--dir", str(lab.root), "--node", "n3", "--fault-code", "0x88").returncode == 0
+    try:
+        lab.wait_for(lambda: member(lab, "n3")["verdict"] == "draining", 15, "n3 draining on the fault code")
+        assert any("0x88 (power imbalance)" in r for r in member(lab, "n3")["reasons"])
+    finally:
+        assert vigil("lab", "sensor", "--dir", str(lab.root), "--node", "n3", "--fault-code", "0").returncode == 0
+    lab.wait_for(lambda: member(lab, "n3")["verdict"] == "ready", 15, "n3 ready once the fault clears")
+    assert [e["verdict"] for e in verdict_events(lab, "n3", t0)] == ["draining", "ready"]
+    r = vigil("lab", "sensor", "--dir", str(lab.root), "--node", "n9", "--fault-code", "1")
+    assert r.returncode == 2 and "--node" in r.stderr, "a bad argument names itself"
