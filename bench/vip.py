@@ -120,7 +120,8 @@ def kill_trial(system: VipSystem, node: int, watch: HolderWatch, probe: Probe) -
     t2 = time.monotonic()
     system.revive_node(node)
     t3 = time.monotonic()
-    return {"node": name(node), "outage_s": round(t1 - t0, 4),
+    return {"node": name(node), "killed_at": round(time.time() - (time.monotonic() - t0), 4),
+            "outage_s": round(t1 - t0, 4),
             "gap_s": round(probe.largest_gap(t0 - 1, t2) or 0, 4),
             "answered_by": probe.answers(t1, t1)[0][1], "dual": watch.dual(t0, t2),
             "revive_s": round(t3 - t2, 2), "revive_dual": watch.dual(t2, t3)}

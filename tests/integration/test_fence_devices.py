@@ -124,3 +124,39 @@ async def test_redfish_fence_powers_off_and_verifies(redfish):
     assert await dev.status() == "off"
     with pytest.raises(FencingFailed, match="HTTP 404"):
         await RedfishDevice(url, "no-such-system").fence()
+
+
+async def test_a_kept_session_dies_with_its_agent_even_a_sigkilled_one(bmc, tmp_path):
+    """ipmitool's shell spins on a closed stdin instead of exiting: the kept
+    session must not outlive the agent that opened it."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "holder.py"
+    script.write_text(
+        "import asyncio, sys\n"
+        "from vigil.fencing.devices import IpmiDevice\n"
+        "async def main():\n"
+        f"    dev = IpmiDevice('127.0.0.1', {bmc.port}, {bmc.user!r}, {bmc.password!r})\n"
+        "    await dev.open_session()\n"
+        "    print(dev._shell._proc.pid, flush=True)\n"
+        "    await asyncio.sleep(3600)\n"
+        "asyncio.run(main())\n")
+    holder = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        shell = int(holder.stdout.readline())
+        assert "ipmitool" in procs.cmdline(shell)
+        holder.kill()
+        holder.wait(10)
+        assert procs.wait_dead(shell, 10), "the kept ipmitool session died with its agent"
+    finally:
+        holder.kill()
+        holder.wait(10)
+
+
+async def test_closing_a_session_leaves_no_process(bmc):
+    dev = IpmiDevice("127.0.0.1", bmc.port, bmc.user, bmc.password)
+    await dev.open_session()
+    proc = dev._shell._proc
+    await dev.close()
+    assert proc.returncode is not None and not procs.alive(proc.pid)

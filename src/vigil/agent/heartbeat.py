@@ -63,10 +63,12 @@ class HeartbeatService:
         """Verify with the new ring and sign with the new key from the next packet on."""
         self.receiver.ring, self.transport.signer = keys.ring, keys.signing
 
-    def send_now(self) -> None:
+    def send_now(self) -> Heartbeat:
         health, role = self.status()
-        self.transport.send(Heartbeat(self.cfg.cluster, self.cfg.node, self.incarnation,
-                                      next(self._seq), int(self.clock.wall() * 1e6), health, role))
+        hb = Heartbeat(self.cfg.cluster, self.cfg.node, self.incarnation, next(self._seq),
+                       int(self.clock.wall() * 1e6), health, role)
+        self.transport.send(hb)
+        return hb
 
     def _observe_pause(self, now: float) -> None:
         # Runs first in every callback, so after a stall the pause is forgiven
@@ -90,8 +92,11 @@ class HeartbeatService:
         interval = self.cfg.timing.heartbeat_interval
         loop = asyncio.get_running_loop()
         nxt = loop.time()
+        t = self.cfg.timing
         while True:
-            self.send_now()
+            hb = self.send_now()
+            for i in range(1, t.heartbeat_copies):  # the same packet again: receivers keep the first
+                loop.call_later(i * t.copy_spacing, self.transport.send, hb)
             # Fixed-rate schedule: a late send does not push every later one back.
             nxt = max(nxt + interval, loop.time())
             await asyncio.sleep(nxt - loop.time())

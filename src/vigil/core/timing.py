@@ -11,6 +11,8 @@ Rules, each returned as a problem naming the fields and the fix:
 4. demote_after < lease_ttl: the leader stops acting before etcd can expire
    its lease and let another node take over (self-fencing).
 5. lease_ttl is a whole number of seconds >= 1 (etcd grants whole seconds).
+6. Every copy of a heartbeat leaves before the next heartbeat:
+   (heartbeat_copies - 1) * copy_spacing < heartbeat_interval.
 """
 
 from __future__ import annotations
@@ -34,6 +36,12 @@ class Timing:
     etcd_timeout: float = 1.0
     loop_interval: float = 1.0
     rise: int = 2
+    # Each heartbeat is sent this many times, `copy_spacing` apart; receivers keep the
+    # first copy (same sequence number). Under independent packet loss p a heartbeat is
+    # lost with p**copies, so random loss stops looking like a crash (issue 12 #6),
+    # while the detector sees the same 100 ms stream and detects a crash as fast.
+    heartbeat_copies: int = 2
+    copy_spacing: float = 0.02
 
     def detector(self) -> DetectorSettings:
         return DetectorSettings(threshold=self.phi_threshold, min_std=self.min_std_deviation,
@@ -54,7 +62,8 @@ class TimingProblem:
 
 UPPER_BOUNDS = {"heartbeat_interval": 10.0, "phi_threshold": 100.0, "min_std_deviation": 10.0,
                 "acceptable_pause": 60.0, "lease_ttl": 3600, "keepalive_interval": 1200.0,
-                "demote_after": 3600.0, "etcd_timeout": 60.0, "loop_interval": 600.0, "rise": 100}
+                "demote_after": 3600.0, "etcd_timeout": 60.0, "loop_interval": 600.0, "rise": 100,
+                "heartbeat_copies": 4, "copy_spacing": 10.0}
 
 
 def validate_timing(t: Timing) -> list[TimingProblem]:
@@ -67,9 +76,11 @@ def validate_timing(t: Timing) -> list[TimingProblem]:
 
     for name, hi in UPPER_BOUNDS.items():  # a bound on each: no infinite or absurd timer
         v = getattr(t, name)
-        need(name == "acceptable_pause" or v > 0, f"timing.{name}", v, "must be > 0")
+        need(name in ("acceptable_pause", "copy_spacing") or v > 0, f"timing.{name}", v, "must be > 0")
         need(v >= 0 and v <= hi, f"timing.{name}", v, f"must be at most {hi:g}")
     need(isinstance(t.rise, int) and t.rise >= 1, "timing.rise", t.rise, "must be an integer >= 1")
+    need(isinstance(t.heartbeat_copies, int) and t.heartbeat_copies >= 1, "timing.heartbeat_copies",
+         t.heartbeat_copies, "must be an integer from 1 to 4")
     need(isinstance(t.lease_ttl, int) and t.lease_ttl >= 1, "timing.lease_ttl", t.lease_ttl,
          "must be a whole number of seconds >= 1 (etcd grants whole seconds)")
     if problems:
@@ -83,6 +94,9 @@ def validate_timing(t: Timing) -> list[TimingProblem]:
     need(t.keepalive_interval + 2 * t.etcd_timeout <= t.demote_after, "timing.demote_after",
          t.demote_after, "must be >= keepalive_interval + 2*etcd_timeout = "
          f"{t.keepalive_interval + 2 * t.etcd_timeout:.3f} s, or one slow renewal demotes the leader")
+    need((t.heartbeat_copies - 1) * t.copy_spacing < t.heartbeat_interval, "timing.copy_spacing",
+         t.copy_spacing, f"must leave every copy before the next heartbeat: (heartbeat_copies - 1) * "
+         f"copy_spacing < heartbeat_interval ({t.heartbeat_interval:g} s)")
     need(t.demote_after < t.lease_ttl, "timing.demote_after", t.demote_after,
          f"must be < lease_ttl ({t.lease_ttl} s) so the leader stops before its lease can expire")
     return problems
