@@ -63,7 +63,7 @@ class Reconciler:
         self.record, self.leadership, self.peers, self.link, self.wake = record, leadership, peers, link, wake
         self.fencer, self.controller, self.verdict = fencer, controller, verdict
         self.damper = FlapDamper(cfg.health.damping)
-        self._wrote_held: dict[str, bool] = {}
+        self._holds_written: set[str] = set()
         self.last = Decision(NONE, "starting")
         self.snapshot: Snapshot | None = None
         self.cycles = 0
@@ -224,18 +224,30 @@ class Reconciler:
             self.controller.leading(token)
         self.wake.set()
 
-    def _held_out(self, view: ClusterView, now: float) -> dict[str, str]:
-        """Flap damping's holds; a node this leader held that reads `standby` again was
-        put back by an operator (`vigil resume`): its count starts from zero."""
-        held = self.damper.held(now, max(len(view.members), view.cluster_size))
-        for node in list(held):
-            if view.states.get(node) == STANDBY and self._wrote_held.get(node):
+    async def _held_out(self, now: float) -> dict[str, str]:
+        """Flap damping: new holds are written to etcd (a new leader keeps them), ended
+        ones deleted; a hold this leader wrote that is gone was released by an operator
+        (`vigil resume`): that node's failure count starts from zero."""
+        holds, wall = dict(self.snapshot.holds if self.snapshot else {}), self.clock.wall()
+        fresh = self.damper.held(now, max(len(self.cfg.peers) + 1, 1))
+        for node in list(fresh):
+            if node in self._holds_written and node not in holds:
                 self.damper.clear(node)
-                del held[node]
+                del fresh[node]
+                self._holds_written.discard(node)
                 self.record("flap_damping_cleared", f"{node} put back by an operator; its failure count "
                             "starts from zero", subject=node)
-        self._wrote_held = {n: view.states.get(n) == HELD or n in held for n in view.states}
-        return held
+            elif node not in holds:
+                until = wall + self.damper.release_in(node, now)
+                await self.registry.hold(node, until, fresh[node])
+                holds[node] = {"until": until, "why": fresh[node]}
+                self._holds_written.add(node)
+        for node, rec in list(holds.items()):
+            if rec["until"] <= wall:  # ended by time, not by an operator
+                await self.registry.release_hold(node)
+                del holds[node]
+                self._holds_written.discard(node)
+        return {n: r["why"] for n, r in holds.items()}
 
     async def _handover_barrier(self, token: int) -> None:
         """Holding a fresh token, wait to act while a live peer still announces
@@ -261,7 +273,7 @@ class Reconciler:
 
     async def _leader_housekeeping(self, view: ClusterView) -> None:
         now = self.clock.now()
-        held = self._held_out(view, now)
+        held = await self._held_out(now)
         for node, state in decide_states(replace(view, i_lead=True, held_out=held)).items():
             if not self.leadership.is_leader():
                 return

@@ -6,7 +6,8 @@
 - `vigil drain NODE --wait`: the same, then waits until the node holds no
   role and its engine has no work pending (exit 1 if that takes longer than
   --timeout).
-- `vigil resume NODE`: back to standby; it takes requests again and may lead.
+- `vigil resume NODE`: back to standby (also ending a flap-damping hold); it
+  takes requests again and may lead.
 - `vigil check compat [--json]`: each member's fingerprint against every
   member's declared requirements, and the differences between members. Exit
   1 when a member does not satisfy a requirement (a failover to it would
@@ -60,6 +61,8 @@ def _maintenance(args) -> int:
             raise VigilError(f"{args.node}: not a member of cluster {target.cluster} "
                              f"(known: {', '.join(sorted(known)) or 'none'})")
         state = STANDBY if args.action == "resume" else MAINTENANCE
+        if args.action == "resume":
+            await reg.release_hold(args.node)  # flap damping's hold, if any, ends too
         await reg.set_state(args.node, state)
         why = f" ({args.reason})" if args.reason else ""
         await _record(store, target, f"node_{args.action}", f"{target.operator} asked for {args.action} of "

@@ -8,8 +8,9 @@ members are held out at once (those that failed most, ties by name); the
 rest are let back, because damping that empties the cluster is worse than
 flapping.
 
-The leader keeps the counts (in memory: a new leader starts from zero,
-which can only let a node back earlier, never hold a healthy one).
+The leader keeps the counts in memory and writes each hold to etcd (with
+the time it ends), so a new leader keeps the holds it inherits; the counts
+themselves start from zero with it, which can only let a node back earlier.
 """
 
 from __future__ import annotations
@@ -45,6 +46,11 @@ class FlapDamper:
             if not times:
                 del self._failures[node]
         return {n: len(t) for n, t in self._failures.items()}
+
+    def release_in(self, node: str, now: float) -> float:
+        """Seconds until `node`'s oldest counted failure leaves the window."""
+        times = self._failures.get(node)
+        return max(0.0, times[0] + self.rules.window - now) if times else 0.0
 
     def held(self, now: float, members: int) -> dict[str, str]:
         """{node: why} for the nodes held out now, within the mass-ejection guard."""

@@ -42,6 +42,13 @@ class Keys:
     def fencing(self) -> str:
         return self.prefix + "fencing/"
 
+    @property
+    def holds(self) -> str:
+        return self.prefix + "held/"
+
+    def hold(self, node: str) -> str:
+        return self.holds + node
+
     def fence_marker(self, node: str) -> str:
         return self.fencing + node
 

@@ -38,6 +38,7 @@ class Snapshot:
     # node -> (fencer, marker create revision) for fences in flight, not failed ones
     fence_attempts: dict[str, tuple[str, int]] = field(default_factory=dict)
     bad_records: dict[str, str] = field(default_factory=dict)  # key -> what is wrong with it
+    holds: dict[str, dict[str, Any]] = field(default_factory=dict)  # flap damping: node -> {until, why}
 
     def member_infos(self) -> dict[str, MemberInfo]:
         out = {}
@@ -79,6 +80,13 @@ class Registry:
         """Remove an in-progress marker of a fence no longer in flight, if it is still that one."""
         return await self.store.delete_if_created(self.keys.fence_marker(node), create_revision)
 
+    async def hold(self, node: str, until: float, why: str) -> None:
+        """Flap damping holds `node` out until the Unix time `until` (or a release)."""
+        await self.store.put(self.keys.hold(node), json.dumps({"until": until, "why": why}))
+
+    async def release_hold(self, node: str) -> None:
+        await self.store.delete(self.keys.hold(node))
+
     async def fenced(self, node: str) -> None:
         """`node` is confirmed off: mark it fenced and lift any block."""
         await self.set_state(node, "fenced")
@@ -99,6 +107,7 @@ def parse_snapshot(keys: Keys, kvs: list[KeyValue], revision: int) -> Snapshot:
     blocked: dict[str, str] = {}
     attempts: dict[str, tuple[str, int]] = {}
     bad: dict[str, str] = {}
+    holds: dict[str, dict[str, Any]] = {}
     for kv in kvs:
         if kv.key == keys.leader:
             leader = leader_from(kv)
@@ -118,11 +127,15 @@ def parse_snapshot(keys: Keys, kvs: list[KeyValue], revision: int) -> Snapshot:
             blocked[node] = str(rec.get("reason", "fencing failed"))
             if rec.get("state") == "in_progress":
                 attempts[node] = (str(rec.get("by", "")), kv.create_revision)
+        elif kv.key.startswith(keys.holds):
+            rec = _json(kv.value)
+            if isinstance(rec.get("until"), (int, float)):
+                holds[kv.key[len(keys.holds):]] = {"until": float(rec["until"]), "why": str(rec.get("why", ""))}
         elif kv.key == keys.switchover:
             rec = _json(kv.value)
             if rec.get("to"):
                 switchover = Switchover(str(rec["to"]), str(rec.get("by", "")))
-    return Snapshot(revision, leader, members, leases, states, switchover, blocked, attempts, bad)
+    return Snapshot(revision, leader, members, leases, states, switchover, blocked, attempts, bad, holds)
 
 
 def member_problem(rec: dict[str, Any]) -> str | None:
