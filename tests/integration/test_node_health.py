@@ -12,7 +12,6 @@ import sys
 import time
 
 import pytest
-import yaml
 
 from vigil.lab import Lab
 from vigil.lab.load import LoadGenerator
@@ -31,14 +30,11 @@ def member(lab: Lab, name: str) -> dict:
 
 @pytest.fixture
 def mixed_cuda_lab(tmp_path):
-    """n1 (the highest priority) declares CUDA 12.2; the workload needs 12.1."""
-    lab = Lab.create(tmp_path / "lab", 3)
-    for node in lab.nodes:
-        cfg = yaml.safe_load(open(node.config))
-        cfg["health"] = {"requires": {"cuda_driver": "==12.1"},
-                         "declare": {"cuda_driver": "12.2" if node.name == "n1" else "12.1"}}
-        open(node.config, "w").write(yaml.safe_dump(cfg))
-    lab.start()
+    """n1 (the highest priority) declares CUDA 12.2; the workload needs 12.1
+    (`vigil lab up --require cuda_driver===12.1 --declare n1:cuda_driver=12.2 ...`)."""
+    lab = Lab.up(tmp_path / "lab", 3, workload={
+        "requires": {"cuda_driver": "==12.1"},
+        "declare": {"n1": {"cuda_driver": "12.2"}, "n2": {"cuda_driver": "12.1"}, "n3": {"cuda_driver": "12.1"}}})
     try:
         yield lab
     finally:
@@ -215,3 +211,13 @@ def test_a_flapping_node_is_held_out_until_an_operator_resumes_it(lab):
     r = vigil("resume", flapper, "--lab", str(lab.root), "--reason", "fixed the NIC")
     assert r.returncode == 0, r.stderr
     lab.wait_for(lambda: state() == "standby", 20, f"{flapper} back in service after resume")
+
+
+@pytest.mark.parametrize("flag,value,words", [
+    ("--declare", "n9:cuda_driver=12.2", "nodes are n1..n3"), ("--declare", "cuda_driver=12.2", "NODE:KEY=VALUE"),
+    ("--require", "cuda_driver", "KEY=COND"), ("--require", "cuda=>=12", "unknown")])
+def test_lab_workload_flags_refuse_bad_input(tmp_path, flag, value, words):
+    r = vigil("lab", "up", "--no-model", "--dir", str(tmp_path / "lab"), flag, value)
+    assert r.returncode == 2 and words in r.stderr, r.stderr
+    assert not (tmp_path / "lab" / "lab.json").exists(), "nothing was started"
+

@@ -109,6 +109,7 @@ def fence_view(me="b", **kw):
 def test_best_standby_fences_a_suspected_leader():
     d = decide(fence_view("b"))
     assert d.action == "fence" and "leader a (token 5) suspected" in d.reason
+    assert d.key == LeaderInfo("a", 5, 1), "the fence names its target: node, token and lease"
 
 
 def test_a_leader_suspected_by_one_standby_only_is_not_fenced():
@@ -202,3 +203,13 @@ def test_an_operators_standby_moves_the_role_and_resume_allows_it_back():
     assert decide(view("a", states={"a": "maintenance"})).action == NONE
     assert decide(view("b", states={"a": "maintenance"})).action == CAMPAIGN
     assert decide(view("a", states={"a": "standby"})).action == CAMPAIGN
+
+
+def test_decisions_carry_the_key_they_act_on():
+    """The shell fences and resigns what was decided, never a re-read view."""
+    mine = LeaderInfo("a", 42, 1)
+    d = decide(leading(verdict="draining", verdict_reasons=("GPU 0 lost",)))
+    assert d.action == RESIGN and d.key == mine
+    d = decide(leading(switchover=Switchover("b")))
+    assert d.action == RESIGN and d.key == mine
+    assert decide(view("a")).key is None, "a campaign acts on no existing key"

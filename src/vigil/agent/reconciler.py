@@ -191,21 +191,32 @@ class Reconciler:
         self.last = decision
 
     async def _perform(self, d: Decision, view: ClusterView) -> None:
+        """Run the decision: one small runner per action (none does nothing)."""
+        runners = {CAMPAIGN: self._campaign_for, RESIGN: self._resign, DEMOTE: self._demote, FENCE: self._fence}
+        runner = runners.get(d.action)
+        if runner is not None:
+            await runner(d, view)
+
+    async def _campaign_for(self, d: Decision, view: ClusterView) -> None:
+        await self._campaign(view)
+
+    async def _resign(self, d: Decision, view: ClusterView) -> None:
+        self.leadership.resign(d.reason)
         election = self.link.election()
-        if d.action == CAMPAIGN:
+        if d.key and election:
+            await election.resign(d.key.token)
+
+    async def _demote(self, d: Decision, view: ClusterView) -> None:
+        self.leadership.lose(d.reason)
+
+    async def _fence(self, d: Decision, view: ClusterView) -> None:
+        if d.key is None or self.fencer is None:
+            return
+        session = self.link.session()
+        if session:  # renewed while the fence runs: the takeover's deadline (and VIP lifetime) is fresh
+            session.renew_now()
+        if await self.fencer.fence_leader(d.key, d.reason, session.lease_id if session else 0):
             await self._campaign(view)
-        elif d.action == RESIGN:
-            self.leadership.resign(d.reason)
-            if view.leader and election:
-                await election.resign(view.leader.token)
-        elif d.action == DEMOTE:
-            self.leadership.lose(d.reason)
-        elif d.action == FENCE and view.leader and self.fencer:
-            session = self.link.session()
-            if session:  # renewed while the fence runs: the takeover's deadline (and VIP lifetime) is fresh
-                session.renew_now()
-            if await self.fencer.fence_leader(view.leader, d.reason, session.lease_id if session else 0):
-                await self._campaign(view)
 
     async def _campaign(self, view: ClusterView) -> None:
         election, session = self.link.election(), self.link.session()

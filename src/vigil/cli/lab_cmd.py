@@ -38,6 +38,11 @@ def register(sub) -> None:
     up.add_argument("--fencing", action="store_true",
                     help="a BMC (ipmi_sim) per node whose power off kills the node, a Modbus PLC and the "
                          "token-guarded actuator the leader writes through")
+    up.add_argument("--require", action="append", default=[], metavar="KEY=COND",
+                    help="the workload's requirement on every node, e.g. cuda_driver=>=12.1 (repeatable)")
+    up.add_argument("--declare", action="append", default=[], metavar="NODE:KEY=VALUE",
+                    help="a fingerprint value a node declares, e.g. n2:cuda_driver=12.2 (repeatable): "
+                         "exercises the compatibility gate without GPUs")
     up.add_argument("--in-netns", default="", help=argparse.SUPPRESS)
     up.set_defaults(func=lab_up)
     kill = lab_sub.add_parser("kill", help="SIGKILL every process of one node (agent, router, model "
@@ -75,7 +80,7 @@ def lab_up(args) -> int:
     net = NetTopology(args.nodes, tag=args.in_netns) if args.in_netns else None
     lab = Lab.up(Path(args.dir), args.nodes, args.cluster, model=not args.no_model,
                  router=not args.no_model, secure=args.secure, fencing=args.fencing, net=net,
-                 vip=VIP if net else None, own_net=bool(net))
+                 vip=VIP if net else None, own_net=bool(net), workload=_workload(args))
     leader = lab.leader()
     print(f"lab up in {lab.root}: etcd {', '.join(lab.etcd.endpoints)}; "
           f"{len(lab.nodes)} agents; leader {leader[0]} (token {leader[1]})" if leader else "no leader")
@@ -92,6 +97,30 @@ def lab_up(args) -> int:
     return 0
 
 
+def _workload(args) -> dict:
+    """--require KEY=COND and --declare NODE:KEY=VALUE, checked as the agent will check them."""
+    from vigil.probes.config import parse_health
+
+    requires: dict[str, str] = {}
+    declare: dict[str, dict[str, str]] = {}
+    for item in args.require:
+        key, sep, cond = item.partition("=")
+        if not sep or not key:
+            raise ConfigError("--require", item, "write KEY=COND, e.g. cuda_driver=>=12.1")
+        requires[key] = cond
+    for item in args.declare:
+        node, sep, rest = item.partition(":")
+        key, sep2, value = rest.partition("=")
+        if not (sep and sep2 and node and key):
+            raise ConfigError("--declare", item, "write NODE:KEY=VALUE, e.g. n2:cuda_driver=12.2")
+        declare.setdefault(node, {})[key] = value
+    unknown = sorted(set(declare) - {f"n{i + 1}" for i in range(args.nodes)})
+    if unknown:
+        raise ConfigError("--declare", ", ".join(unknown), f"nodes are n1..n{args.nodes}")
+    parse_health({"requires": requires})  # a bad condition fails here, not in every agent
+    return {"requires": requires, "declare": declare}
+
+
 def _up_in_namespaces(args) -> int:
     from vigil.errors import VigilError
     from vigil.lab.netns import NetTopology
@@ -104,7 +133,9 @@ def _up_in_namespaces(args) -> int:
     net = NetTopology(args.nodes).create()
     inner = ["lab", "up", "--nodes", str(args.nodes), "--dir", str(Path(args.dir).resolve()),
              "--cluster", args.cluster, "--in-netns", net.tag,
-             *[f"--{f.replace('_', '-')}" for f in ("no_model", "secure", "fencing") if getattr(args, f)]]
+             *[f"--{f.replace('_', '-')}" for f in ("no_model", "secure", "fencing") if getattr(args, f)],
+             *[x for r in args.require for x in ("--require", r)],
+             *[x for d in args.declare for x in ("--declare", d)]]
     try:
         code = subprocess.run(["ip", "netns", "exec", net.client, sys.executable, "-m", "vigil", *inner]).returncode
     except BaseException:

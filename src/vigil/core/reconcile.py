@@ -13,15 +13,19 @@ from typing import Callable
 
 from vigil.core.health import DEGRADED, SERVING
 from vigil.core.view import (ACTIVE, FAILED, FENCED, HELD, INELIGIBLE_STATES, MAINTENANCE, STANDBY,
-                             ClusterView)
+                             ClusterView, LeaderInfo)
 
 NONE, CAMPAIGN, RESIGN, DEMOTE, FENCE = "none", "campaign", "resign", "demote", "fence"
 
 
 @dataclass(frozen=True)
 class Decision:
+    """What to do and why. `key` is the leader key the action is about, so the
+    shell acts on what was decided, never on a re-read: FENCE powers off its
+    holder (name, token, lease), RESIGN releases it (its token)."""
     action: str
     reason: str
+    key: LeaderInfo | None = None
 
     def __str__(self) -> str:
         return f"{self.action}: {self.reason}"
@@ -53,7 +57,7 @@ def _stale_own_key(v: ClusterView) -> Decision | None:
         return None
     if v.leader.lease == v.my_lease:
         return Decision(RESIGN, f"leader key (token {v.leader.token}) is mine but I no longer "
-                                "act on it; releasing it")
+                                "act on it; releasing it", v.leader)
     return Decision(NONE, f"waiting for the leader key of an earlier lease (token {v.leader.token}) to expire")
 
 
@@ -63,19 +67,20 @@ def _leading(v: ClusterView) -> Decision | None:
     so = v.switchover
     if so and so.to != v.me and v.eligible(so.to):
         by = f" by {so.requested_by}" if so.requested_by else ""
-        return Decision(RESIGN, f"switchover to {so.to} requested{by}")
+        return Decision(RESIGN, f"switchover to {so.to} requested{by}", v.leader)
     mine = v.states.get(v.me)
     if mine in INELIGIBLE_STATES:
-        return Decision(RESIGN, f"state {mine} (an operator's standby or drain): handing the role over")
+        return Decision(RESIGN, f"state {mine} (an operator's standby or drain): handing the role over",
+                        v.leader)
     if not v.healthy:
-        return Decision(RESIGN, "unhealthy: " + ("; ".join(v.health_reasons) or "no reason given"))
+        return Decision(RESIGN, "unhealthy: " + ("; ".join(v.health_reasons) or "no reason given"), v.leader)
     why = "; ".join(v.verdict_reasons) or "no reason given"
     if v.verdict not in SERVING:
-        return Decision(RESIGN, f"{v.verdict}: handing the role over ({why})")
+        return Decision(RESIGN, f"{v.verdict}: handing the role over ({why})", v.leader)
     if v.verdict == DEGRADED:
         ready = _ready_peers(v)
         if ready:
-            return Decision(RESIGN, f"degraded ({why}); {ready[0]} is ready to lead")
+            return Decision(RESIGN, f"degraded ({why}); {ready[0]} is ready to lead", v.leader)
         return Decision(NONE, f"holding leadership while degraded ({why}): no ready member to hand over to")
     return Decision(NONE, f"holding leadership (token {v.my_token})")
 
@@ -115,7 +120,7 @@ def _fence_dead_leader(v: ClusterView) -> Decision | None:
     if waited < wait:
         return Decision(NONE, f"leader {lead.name} suspected; fencing it in {wait - waited:.1f} s unless "
                               "a higher-priority node does first")
-    return Decision(FENCE, f"leader {lead.name} (token {lead.token}) suspected; fencing it")
+    return Decision(FENCE, f"leader {lead.name} (token {lead.token}) suspected; fencing it", lead)
 
 
 def _following(v: ClusterView) -> Decision | None:

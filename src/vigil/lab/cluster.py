@@ -73,6 +73,7 @@ class Lab(LabObservation):
         self.front = front  # a router on every node (labs in namespaces with router=True)
         self.netns = netns  # {"tag", "client", "owned"}: the lab's NetTopology
         self.sensors = sensors  # the facility PLC (labs on loopback)
+        self.workload: dict[str, Any] = {}  # health.requires for all, health.declare per node (create)
         self._answered = ""  # the etcd endpoint that answered the last read
         self._tokens: dict[str, dict[str, str]] = {}  # etcd auth token per endpoint (secure labs)
 
@@ -81,7 +82,8 @@ class Lab(LabObservation):
     def create(cls, root: Path, n: int, cluster: str = "lab", timing: dict[str, Any] | None = None,
                model: bool = False, router: bool = False, fencing: bool = False,
                net: Any = None, fence_devices: bool = True, secure: bool = False,
-               vip: str | None = None, own_net: bool = False, etcd_apart: bool = False) -> "Lab":
+               vip: str | None = None, own_net: bool = False, etcd_apart: bool = False,
+               workload: dict[str, Any] | None = None) -> "Lab":
         """Write configs for a lab of `n` nodes under `root` (nothing started).
 
         `net`: a NetTopology; node i then runs in its namespace on its address,
@@ -91,7 +93,9 @@ class Lab(LabObservation):
         n+1..n+3 of `net` (a separate control plane), not beside the nodes. `fencing`: BMCs, a PLC and
         the actuator the leader drives; `fence_devices=False` keeps those but
         gives the agents no fencing devices (takeover waits for the lease).
-        `secure`: etcd with TLS, client certificates, users and roles (vigil.lab.secure)."""
+        `secure`: etcd with TLS, client certificates, users and roles (vigil.lab.secure).
+        `workload`: {"requires": {...}, "declare": {node: {...}}}: every node's
+        `health.requires`, and fingerprint values a node declares (another CUDA)."""
         if not (3 if net else 1) <= n <= 32:
             raise ConfigError("--nodes", n, "a lab has 1 to 32 nodes (3 to 32 in namespaces: an etcd "
                                             "member beside each of the first 3)")
@@ -129,6 +133,7 @@ class Lab(LabObservation):
                   vip if net else None, front,
                   {"tag": net.tag, "client": net.client, "owned": own_net} if net else None,
                   None if net else LabSensors(ports[-4], n, str(root / "sensors.log")))
+        lab.workload = workload or {}
         if lab_router:
             Path(lab_router.config).write_text(yaml.safe_dump(lab.router_config(), sort_keys=False))
         for i, node in enumerate(nodes):
@@ -159,7 +164,9 @@ class Lab(LabObservation):
             "watchdog": {"mode": "off"},
             **({"vips": [{"address": self.vip, "interface": "eth0"}]} if self.vip else {}),
             **({"router": {"config": str(self.front.config_path(node.data_dir))}} if self.front else {}),
-            **({"health": self.sensors.node_health(self.nodes.index(node))} if self.sensors else {}),
+            "health": (self.sensors.node_health(self.nodes.index(node)) if self.sensors else {})
+            | {"requires": self.workload.get("requires", {}),
+               "declare": self.workload.get("declare", {}).get(node.name, {})},
         } | self._inference_config(node) | (self.fencing.node_config(node.name) if self.fencing else {})
 
     def _observers(self) -> list[dict[str, Any]]:
@@ -204,9 +211,9 @@ class Lab(LabObservation):
            timeout: float = 30.0, model: bool = False, router: bool = False,
            fencing: bool = False, net: Any = None, fence_devices: bool = True,
            secure: bool = False, vip: str | None = None, own_net: bool = False,
-           etcd_apart: bool = False) -> "Lab":
+           etcd_apart: bool = False, workload: dict[str, Any] | None = None) -> "Lab":
         lab = cls.create(root, n, cluster, timing, model, router, fencing, net, fence_devices, secure, vip,
-                         own_net, etcd_apart)
+                         own_net, etcd_apart, workload)
         lab.start(timeout)
         return lab
 
