@@ -140,7 +140,7 @@ async def test_a_kept_session_dies_with_its_agent_even_a_sigkilled_one(bmc, tmp_
         f"    dev = IpmiDevice('127.0.0.1', {bmc.port}, {bmc.user!r}, {bmc.password!r})\n"
         "    await dev.open_session()\n"
         "    print(dev._shell._proc.pid, flush=True)\n"
-        "    await asyncio.sleep(3600)\n"
+        "    await asyncio.Event().wait()  # until killed\n"
         "asyncio.run(main())\n")
     holder = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
     try:
