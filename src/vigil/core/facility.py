@@ -3,7 +3,7 @@ read over Modbus/TCP (vigil.probes.modbus) become findings.
 
 Rules:
 - A valid inlet temperature feeds a ThermalTrend (drain before the limit) and
-  the envelope check (outside the allowable range: degraded).
+  the envelope check (outside the ASHRAE ranges: an alarm).
 - A sensor fault (NAMUR NE 43: a wire break is not 0 °C), a silent PLC, a
   garbage answer or an unknown fault code is an *alarm*: told, counted, and
   never by itself a reason to move work (a READY finding). The trend of a
@@ -56,12 +56,8 @@ class FacilityPolicy:
         trend = self.trends[name]
         trend.add(now, temperature)
         out = [f for f in (trend.judge(),) if f is not None]
-        envelope, note = inlet_alarm(name, temperature, rules.thermal)
-        if envelope:
-            out.append(envelope)
-        elif note:
-            out.append(Finding(READY, note))
-        return out
+        alarm = inlet_alarm(name, temperature, rules.thermal)
+        return out + ([Finding(READY, alarm)] if alarm else [])
 
     def _fault(self, name: str, code: int, rules: PointRules) -> list[Finding]:
         if code == 0:

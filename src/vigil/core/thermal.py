@@ -18,9 +18,8 @@ Against a noisy sensor:
 A temperature already at or above the limit drains at once.
 
 `inlet_alarm` checks the rack inlet against the ASHRAE envelope (A1
-allowable 15-32 °C): outside it the node is DEGRADED (it serves, nothing is
-moved onto it); inside the allowable but outside the recommended 18-27 °C
-is a note, not a verdict.
+allowable 15-32 °C, recommended 18-27 °C): outside either it is an alarm,
+told to the operator and never a verdict by itself.
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ import math
 from collections import deque
 from dataclasses import dataclass
 
-from vigil.core.health import DEGRADED, DRAINING, Finding
+from vigil.core.health import DRAINING, Finding
 
 
 @dataclass(frozen=True)
@@ -113,14 +112,15 @@ class ThermalTrend:
                                  f"+ {r.margin:g} s margin)")
 
 
-def inlet_alarm(name: str, temperature: float, rules: ThermalRules | None = None) -> tuple[Finding | None, str]:
-    """(a DEGRADED finding outside the allowable envelope, a note outside the recommended one)."""
+def inlet_alarm(name: str, temperature: float, rules: ThermalRules | None = None) -> str:
+    """An alarm's text when the inlet is outside the ASHRAE envelope ("" inside the
+    recommended range). An alarm moves nothing: a hot rack drains by its trend,
+    which reaches the allowable maximum (the default limit) first."""
     r = rules or ThermalRules()
     lo, hi = r.allowable
     if not lo <= temperature <= hi:
-        return Finding(DEGRADED, f"{name}: inlet {temperature:.1f} °C outside the allowable "
-                                 f"{lo:g}-{hi:g} °C (ASHRAE A1)"), ""
+        return f"{name}: inlet {temperature:.1f} °C outside the allowable {lo:g}-{hi:g} °C (ASHRAE A1)"
     rlo, rhi = r.recommended
     if not rlo <= temperature <= rhi:
-        return None, f"{name}: inlet {temperature:.1f} °C outside the recommended {rlo:g}-{rhi:g} °C"
-    return None, ""
+        return f"{name}: inlet {temperature:.1f} °C outside the recommended {rlo:g}-{rhi:g} °C"
+    return ""
