@@ -165,3 +165,39 @@ def test_inlet_envelope():
     assert "recommended 18-27" in inlet_alarm("rack 3", 29.0)
     assert "allowable 15-32" in inlet_alarm("rack 3", 33.5)
     assert "allowable 15-32" in inlet_alarm("rack 3", 14.0)
+
+
+def gpu_policy():
+    from vigil.core.thermal import gpu_rules
+    return HealthPolicy(gpu_trend=lambda name, limit: ThermalTrend(name, gpu_rules(limit, 30, 30)))
+
+
+def gpu_run(policy, samples):
+    """Feed (second, °C, W) to the policy as GPU 0 readings (slowdown 89 °C); the
+    first second at which it drains, or None."""
+    for t, temp, watts in samples:
+        v = policy.judge([gpu_reading(t, temperature_c=round(temp), thermal_margin_c=89 - round(temp),
+                                      power_w=watts)], t)
+        if v.state == DRAINING:
+            return t
+    return None
+
+
+@pytest.mark.parametrize("tau,seed", [(tau, seed) for tau in (20, 40, 60, 90, 120, 200) for seed in range(3)])
+def test_a_gpu_warming_up_to_its_working_temperature_never_drains(tau, seed):
+    """Idle at 35 °C and 80 W, then a job at 600 W (+- 5 %): an exponential approach
+    to 82 °C (time constant tau)."""
+    rnd = random.Random(seed)
+    samples = ((float(t), (35 if t < 30 else 35 + 47 * (1 - math.exp(-(t - 30) / tau))) + rnd.gauss(0, 0.5),
+                80.0 if t < 30 else 600 * (1 + rnd.uniform(-0.05, 0.05))) for t in range(900))
+    assert gpu_run(gpu_policy(), samples) is None
+
+
+def test_a_gpu_whose_cooling_failed_drains_before_it_slows_down():
+    """At 78 °C under a steady 600 W (+- 5 %), then its fan stops: +0.15 °C/s toward 89 °C."""
+    rnd = random.Random(5)
+    samples = [(float(t), (78 if t < 120 else 78 + 0.15 * (t - 120)) + rnd.gauss(0, 0.5),
+                600 * (1 + rnd.uniform(-0.05, 0.05))) for t in range(400)]
+    crossing = 120 + (89 - 78) / 0.15
+    drained = gpu_run(gpu_policy(), samples)
+    assert drained is not None and drained <= crossing - 30, (drained, crossing)

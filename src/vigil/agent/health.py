@@ -24,6 +24,7 @@ from typing import Any, Awaitable, Callable
 from vigil.clock import Clock
 from vigil.core.compat import mismatches
 from vigil.core.facility import FacilityPolicy
+from vigil.core.thermal import ThermalTrend, gpu_rules
 from vigil.core.health import RESTART_SERVER, HealthPolicy, Verdict, incompatible
 from vigil.probes.base import Probe, Reading
 from vigil.probes.config import HealthConfig
@@ -46,7 +47,9 @@ class HealthMonitor:
                  restart_server: Callable[[str], Awaitable[None]] | None = None):
         self.cfg, self.clock, self.record, self.on_change = cfg, clock, record, on_change
         self.probes = default_probes(cfg) if probes is None else probes
-        self.policy = HealthPolicy(cfg.rules, FacilityPolicy(cfg.facility) if cfg.facility else None)
+        self.policy = HealthPolicy(cfg.rules, FacilityPolicy(cfg.facility) if cfg.facility else None,
+                                   lambda name, limit: ThermalTrend(name, gpu_rules(limit, cfg.lead.drain_time,
+                                                                                    cfg.lead.margin)))
         self.restart_server = restart_server
         self.verdict = Verdict()
         self.fingerprint: dict[str, Any] = {}

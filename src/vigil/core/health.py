@@ -118,9 +118,13 @@ class HealthPolicy:
     """`judge(readings, now)` -> Verdict. Keeps only what time needs: when each
     XID was last seen, since when each GPU has been slowing down."""
 
-    def __init__(self, rules: HealthRules | None = None, facility: Any = None):
-        """`facility`: judges the "sensors" reading (vigil.core.facility.FacilityPolicy)."""
-        self.rules, self.facility = rules or HealthRules(), facility
+    def __init__(self, rules: HealthRules | None = None, facility: Any = None, gpu_trend: Any = None):
+        """`facility`: judges the "sensors" reading (vigil.core.facility.FacilityPolicy);
+        `gpu_trend(name, limit_c)`: a trend (vigil.core.thermal.ThermalTrend with
+        gpu_rules) per GPU, against its slowdown threshold: a GPU whose cooling
+        failed drains before it slows down."""
+        self.rules, self.facility, self.gpu_trend = rules or HealthRules(), facility, gpu_trend
+        self._trends: dict[str, Any] = {}
         self._xids: dict[tuple[str, int], tuple[float, str]] = {}  # (gpu, xid) -> (last seen, detail)
         self._slowdown_since: dict[str, float] = {}
         self._fresh: set[tuple[str, int]] = set()
@@ -174,7 +178,7 @@ class HealthPolicy:
             if g.get("lost"):
                 out.append(Finding(FAILED, f"{name} is lost (fell off the bus or needs a reset)", FENCE))
                 continue
-            out += self._memory(name, g) + self._recovery(name, g) + self._thermal(name, g)
+            out += self._memory(name, g) + self._recovery(name, g) + self._thermal(name, g, now)
             if THERMAL_EVENTS & set(_list(g.get("clock_events"))):
                 slowing.add(name)
                 out.append(self._slowdown(name, g, now))
@@ -213,17 +217,29 @@ class HealthPolicy:
             out.append(Finding(DRAINING, f"{name}: fabric manager {fabric} (not ready until completed)"))
         return out
 
-    def _thermal(self, name: str, g: dict[str, Any]) -> list[Finding]:
+    def _thermal(self, name: str, g: dict[str, Any], now: float) -> list[Finding]:
         margin, r = g.get("thermal_margin_c"), self.rules
         if not _number(margin):
             return []
         t, slow = g.get("temperature_c"), g.get("slowdown_c")
+        trend = self._trend(name, slow, t, g.get("power_w"), now)
+        if trend:
+            return [trend]
         if margin <= r.margin_draining_c:
             return [Finding(DRAINING, f"{name}: {t} °C, {margin} °C below its slowdown threshold {slow} °C "
                                       f"(drain at <= {r.margin_draining_c:g})")]
         if margin <= r.margin_degraded_c:
             return [Finding(DEGRADED, f"{name}: {t} °C, {margin} °C below its slowdown threshold {slow} °C")]
         return []
+
+    def _trend(self, name: str, limit: Any, temperature: Any, power: Any, now: float) -> Finding | None:
+        if self.gpu_trend is None or not (_number(limit) and _number(temperature)):
+            return None
+        trend = self._trends.get(name)
+        if trend is None or trend.rules.limit_c != limit:
+            trend = self._trends[name] = self.gpu_trend(name, float(limit))
+        trend.add(now, float(temperature), float(power) if _number(power) else None)
+        return trend.judge()
 
     def _slowdown(self, name: str, g: dict[str, Any], now: float) -> Finding:
         since = self._slowdown_since.setdefault(name, now)

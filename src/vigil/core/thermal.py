@@ -17,6 +17,16 @@ Against a noisy sensor:
   `hysteresis_c` below the limit (hysteresis).
 A temperature already at or above the limit drains at once.
 
+A GPU heats from idle to its working temperature at the start of every job
+and then levels off; extrapolating that rise would drain busy nodes. So a
+GPU's trend (`gpu_rules`: a 30 s window) waits for a whole window of
+samples and predicts only for a rise at a steady load (its power draw
+within 15 % for the last 90 s: more heat from more work is a warm-up) that
+does not level off below the limit (the level an exponential approach is
+heading for, from the means of the window's thirds): a fan or a cooling
+loop that failed. A busy GPU with a swinging load is left to NVML's own
+thresholds.
+
 `inlet_alarm` checks the rack inlet against the ASHRAE envelope (A1
 allowable 15-32 °C, recommended 18-27 °C): outside either it is an alarm,
 told to the operator and never a verdict by itself.
@@ -43,8 +53,19 @@ class ThermalRules:
     confirm: int = 3
     clear_factor: float = 2.0
     hysteresis_c: float = 1.0
+    min_span: float = 0.0  # s of samples before any prediction (GPUs: the whole window)
+    asymptote: bool = False  # no prediction for a rise levelling off below the limit (GPUs)
+    steady_load: float = 0.0  # > 0: no prediction unless the load stayed within this fraction ...
+    steady_for: float = 0.0  # ... for this many seconds (GPUs: 90)
     allowable: tuple[float, float] = (15.0, 32.0)  # ASHRAE A1
     recommended: tuple[float, float] = (18.0, 27.0)
+
+
+def gpu_rules(limit_c: float, drain_time: float, margin: float) -> ThermalRules:
+    """A GPU judged against its slowdown threshold (read from NVML), see above."""
+    return ThermalRules(limit_c=limit_c, drain_time=drain_time, margin=margin, window=60.0, min_span=58.0,
+                        asymptote=True, steady_load=0.15, steady_for=90.0, confirm=5,
+                        min_slope=0.02, allowable=(-273.0, 1000.0), recommended=(-273.0, 1000.0))
 
 
 @dataclass(frozen=True)
@@ -59,32 +80,67 @@ class ThermalTrend:
     def __init__(self, name: str, rules: ThermalRules | None = None):
         self.name, self.rules = name, rules or ThermalRules()
         self._samples: deque[tuple[float, float]] = deque()
+        self._loads: deque[tuple[float, float | None]] = deque()
         self._votes = 0
         self.draining = False
 
-    def add(self, now: float, temperature: float) -> None:
+    def add(self, now: float, temperature: float, load: float | None = None) -> None:
+        """One sample; `load` (a GPU's power draw) tells a warm-up from a runaway."""
         self._samples.append((now, float(temperature)))
+        self._loads.append((now, load))
         while self._samples and now - self._samples[0][0] > self.rules.window:
             self._samples.popleft()
+        while self._loads and now - self._loads[0][0] > max(self.rules.window, self.rules.steady_for):
+            self._loads.popleft()
 
     def trend(self) -> Trend | None:
-        """The fit over the window; None until `min_samples` samples span time."""
-        pts = self._samples
-        if len(pts) < self.rules.min_samples:
+        """The fit over the window; None until `min_samples` samples span
+        `min_span` seconds."""
+        pts, r = list(self._samples), self.rules
+        if len(pts) < r.min_samples or pts[-1][0] - pts[0][0] < r.min_span:
             return None
-        n = len(pts)
-        mt = sum(t for t, _ in pts) / n
-        my = sum(y for _, y in pts) / n
-        sxx = sum((t - mt) ** 2 for t, _ in pts)
-        if sxx <= 0:
+        fit = _fit(pts)
+        if fit is None:
             return None
-        slope = sum((t - mt) * (y - my) for t, y in pts) / sxx
-        resid = sum((y - (my + slope * (t - mt))) ** 2 for t, y in pts)
-        stderr = math.sqrt(resid / (n - 2) / sxx) if n > 2 else math.inf
+        slope, stderr = fit
         latest = pts[-1][1]
-        rising = slope > max(self.rules.min_slope, self.rules.sigmas * stderr)
-        eta = max(0.0, (self.rules.limit_c - latest) / slope) if rising else None
+        rising = (slope > max(r.min_slope, r.sigmas * stderr) and self._load_steady()
+                  and not self._levelling_off(pts))
+        eta = max(0.0, (r.limit_c - latest) / slope) if rising else None
         return Trend(latest, slope, stderr, eta)
+
+    def _load_steady(self) -> bool:
+        """With `steady_load`: the load stayed within that fraction for the last
+        `steady_for` seconds (heat from more work is a warm-up, and a warm-up
+        needs a while to show where it levels off; at the same work, a rise is
+        a cooling fault)."""
+        r = self.rules
+        if not r.steady_load:
+            return True
+        if not self._loads or self._loads[-1][0] - self._loads[0][0] < r.steady_for - 1:
+            return False
+        loads = [x for _, x in self._loads]
+        if any(x is None or x <= 0 for x in loads):
+            return False
+        return max(loads) / min(loads) - 1 <= r.steady_load
+
+    def _levelling_off(self, pts: list[tuple[float, float]]) -> bool:
+        """With `asymptote`: the rise decelerates toward a level below the limit.
+        The level of an exponential approach from the means of the window's
+        thirds (Aitken's delta-squared): m3 + d2^2 / (d1 - d2), d1 = m2 - m1,
+        d2 = m3 - m2; a rise that keeps its pace or speeds up has no level."""
+        if not self.rules.asymptote:
+            return False
+        t0, span = pts[0][0], pts[-1][0] - pts[0][0]
+        thirds = [[y for t, y in pts if k * span / 3 <= t - t0 < (k + 1) * span / 3 or (k == 2 and t - t0 == span)]
+                  for k in range(3)]
+        if not all(thirds):
+            return True
+        m1, m2, m3 = (sum(x) / len(x) for x in thirds)
+        d1, d2 = m2 - m1, m3 - m2
+        if d2 <= 0:
+            return True
+        return d2 < d1 and m3 + d2 * d2 / (d1 - d2) < self.rules.limit_c
 
     def judge(self) -> Finding | None:
         """DRAINING while a crossing is predicted inside the lead (see the
@@ -110,6 +166,21 @@ class ThermalTrend:
         return Finding(DRAINING, f"{self.name}: {tr.temperature:.1f} °C rising {tr.slope * 60:.1f} °C/min, "
                                  f"limit {r.limit_c:g} °C in {eta} (draining takes {r.drain_time:g} s "
                                  f"+ {r.margin:g} s margin)")
+
+
+def _fit(pts: list[tuple[float, float]]) -> tuple[float, float] | None:
+    """(slope, its standard error) of a least-squares line; None without spread."""
+    n = len(pts)
+    if n < 3:
+        return None
+    mt = sum(t for t, _ in pts) / n
+    my = sum(y for _, y in pts) / n
+    sxx = sum((t - mt) ** 2 for t, _ in pts)
+    if sxx <= 0:
+        return None
+    slope = sum((t - mt) * (y - my) for t, y in pts) / sxx
+    resid = sum((y - (my + slope * (t - mt))) ** 2 for t, y in pts)
+    return slope, math.sqrt(resid / (n - 2) / sxx)
 
 
 def inlet_alarm(name: str, temperature: float, rules: ThermalRules | None = None) -> str:

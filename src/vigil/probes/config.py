@@ -54,6 +54,7 @@ class HealthConfig:
     requires: dict[str, Any] = field(default_factory=dict)
     declare: dict[str, Any] = field(default_factory=dict)
     damping: DampingRules = field(default_factory=DampingRules)
+    lead: ThermalRules = field(default_factory=ThermalRules)  # drain_time and margin of every trend
     sensors: tuple[SensorPoint, ...] = ()
     facility: dict[str, PointRules] = field(default_factory=dict)
 
@@ -85,7 +86,7 @@ def parse_health(v: Any) -> HealthConfig:
     damping = DampingRules(check_int(d.get("flap_threshold", 3), "health.flap_threshold", 0, 100),
                            _number(d, "flap_window", 600.0, 1.0, 86400.0))
     return HealthConfig(interval, _switch(d, "gpu"), _switch(d, "kernel_log"), HealthRules(**rules), requires,
-                        {str(k): v for k, v in declare.items()}, damping, points, facility)
+                        {str(k): v for k, v in declare.items()}, damping, lead, points, facility)
 
 
 def _number(d: dict[str, Any], key: str, default: float, lo: float, hi: float, where: str = "health") -> float:
