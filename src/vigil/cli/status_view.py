@@ -74,7 +74,7 @@ async def gather_status(store: Store, keys: Keys, access: ApiAccess | None = Non
             "name": name,
             "role": "leader" if is_leader else ("standby" if rec else "-"),
             "state": snap.states.get(name, "unregistered" if not rec else "pending"),
-            "health": (rec or {}).get("health", {}).get("verdict", "unknown") if rec else "down",
+            "health": _health(rec),
             "verdict": (rec or {}).get("health", {}).get("verdict", "unknown") if rec else "down",
             "reasons": (rec or {}).get("health", {}).get("reasons", []),
             "fingerprint": (rec or {}).get("fingerprint") or {},
@@ -107,6 +107,15 @@ def compat_report(records: dict[str, dict[str, Any]]) -> dict[str, Any]:
             "mismatches": {n: m for n, m in failing.items() if m}}
 
 
+def _health(rec: dict[str, Any] | None) -> str:
+    """The contract's `health`: healthy when the member may lead (its `verdict` says more)."""
+    if not rec:
+        return "down"
+    h = rec.get("health") or {}
+    return "healthy" if (h.get("may_lead") is True if "may_lead" in h else h.get("verdict") == "healthy") \
+        else "unhealthy"
+
+
 def _engine(view: dict[str, Any] | None, rec: dict[str, Any] | None) -> dict[str, Any] | None:
     """The engine's verdict, live from the agent when it answers, else as last published."""
     inf = (view or {}).get("inference") or (rec or {}).get("inference")
@@ -126,7 +135,7 @@ def _fencing_label(types: set[str]) -> str:
 
 
 def render_table(doc: dict[str, Any]) -> str:
-    cols = [("Member", "name"), ("Role", "role"), ("State", "state"), ("Health", "health"),
+    cols = [("Member", "name"), ("Role", "role"), ("State", "state"), ("Health", "verdict"),
             ("HB age", "heartbeat_age"), ("Lease TTL", "lease_ttl"), ("Token", "token"),
             ("Fencing", "fencing"), ("Engine", "engine"), ("Decision", "decision")]
     rows = [[_cell(m, k) for _, k in cols] for m in doc["members"]]
@@ -155,7 +164,7 @@ def _cell(m: dict[str, Any], key: str) -> str:
     if key == "engine":
         text = v["verdict"] + (f" ({v['pending']} pending)" if v.get("pending") else "")
         return text + (f": {v['reason']}" if v.get("reason") else "")
-    if key == "health" and m.get("reasons"):
+    if key == "verdict" and m.get("reasons"):
         return f"{v} ({'; '.join(m['reasons'])})"
     return json.dumps(v) if isinstance(v, (dict, list)) else str(v)
 
