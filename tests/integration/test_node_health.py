@@ -184,9 +184,20 @@ def test_a_plc_fault_code_drains_and_clearing_it_readmits(served_lab):
     assert r.returncode == 2 and "--node" in r.stderr, "a bad argument names itself"
 
 
-def test_a_flapping_node_is_held_out_until_an_operator_resumes_it(lab):
+@pytest.fixture
+def damped_lab(tmp_path):
+    """Flap damping at the product's defaults (labs turn it off: they kill on purpose)."""
+    lab = Lab.up(tmp_path / "lab", 3, workload={"flap_threshold": 3})
+    try:
+        yield lab
+    finally:
+        lab.down()
+
+
+def test_a_flapping_node_is_held_out_until_an_operator_resumes_it(damped_lab):
     """Pacemaker's migration-threshold: three failures within the window (the
     defaults: 3 in 600 s) hold the node out; `vigil resume` puts it back."""
+    lab = damped_lab
     leader, _ = leader_of(lab)
     flapper = next(n.name for n in lab.nodes if n.name != leader)
 

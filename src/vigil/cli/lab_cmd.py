@@ -43,6 +43,9 @@ def register(sub) -> None:
     up.add_argument("--declare", action="append", default=[], metavar="NODE:KEY=VALUE",
                     help="a fingerprint value a node declares, e.g. n2:cuda_driver=12.2 (repeatable): "
                          "exercises the compatibility gate without GPUs")
+    up.add_argument("--flap-threshold", type=int, default=0, metavar="N",
+                    help="hold a node out after N failures in 600 s (flap damping; default 0: off, "
+                         "since a lab is killed on purpose)")
     up.add_argument("--in-netns", default="", help=argparse.SUPPRESS)
     up.set_defaults(func=lab_up)
     kill = lab_sub.add_parser("kill", help="SIGKILL every process of one node (agent, router, model "
@@ -117,8 +120,8 @@ def _workload(args) -> dict:
     unknown = sorted(set(declare) - {f"n{i + 1}" for i in range(args.nodes)})
     if unknown:
         raise ConfigError("--declare", ", ".join(unknown), f"nodes are n1..n{args.nodes}")
-    parse_health({"requires": requires})  # a bad condition fails here, not in every agent
-    return {"requires": requires, "declare": declare}
+    parse_health({"requires": requires, "flap_threshold": args.flap_threshold})  # fails here, not in agents
+    return {"requires": requires, "declare": declare, "flap_threshold": args.flap_threshold}
 
 
 def _up_in_namespaces(args) -> int:
@@ -135,7 +138,7 @@ def _up_in_namespaces(args) -> int:
              "--cluster", args.cluster, "--in-netns", net.tag,
              *[f"--{f.replace('_', '-')}" for f in ("no_model", "secure", "fencing") if getattr(args, f)],
              *[x for r in args.require for x in ("--require", r)],
-             *[x for d in args.declare for x in ("--declare", d)]]
+             *[x for d in args.declare for x in ("--declare", d)], "--flap-threshold", str(args.flap_threshold)]
     try:
         code = subprocess.run(["ip", "netns", "exec", net.client, sys.executable, "-m", "vigil", *inner]).returncode
     except BaseException:

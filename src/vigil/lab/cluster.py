@@ -94,8 +94,9 @@ class Lab(LabObservation):
         the actuator the leader drives; `fence_devices=False` keeps those but
         gives the agents no fencing devices (takeover waits for the lease).
         `secure`: etcd with TLS, client certificates, users and roles (vigil.lab.secure).
-        `workload`: {"requires": {...}, "declare": {node: {...}}}: every node's
-        `health.requires`, and fingerprint values a node declares (another CUDA)."""
+        `workload`: {"requires": {...}, "declare": {node: {...}}, "flap_threshold": N}:
+        every node's `health.requires`, fingerprint values a node declares (another
+        CUDA), and flap damping (off in labs unless given)."""
         if not (3 if net else 1) <= n <= 32:
             raise ConfigError("--nodes", n, "a lab has 1 to 32 nodes (3 to 32 in namespaces: an etcd "
                                             "member beside each of the first 3)")
@@ -166,7 +167,10 @@ class Lab(LabObservation):
             **({"router": {"config": str(self.front.config_path(node.data_dir))}} if self.front else {}),
             "health": (self.sensors.node_health(self.nodes.index(node)) if self.sensors else {})
             | {"requires": self.workload.get("requires", {}),
-               "declare": self.workload.get("declare", {}).get(node.name, {})},
+               "declare": self.workload.get("declare", {}).get(node.name, {}),
+               # A lab kills the same node again and again on purpose (tests, chaos, benches):
+               # flap damping is off unless asked for.
+               "flap_threshold": self.workload.get("flap_threshold", 0)},
         } | self._inference_config(node) | (self.fencing.node_config(node.name) if self.fencing else {})
 
     def _observers(self) -> list[dict[str, Any]]:
