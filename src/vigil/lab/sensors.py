@@ -21,6 +21,7 @@ from typing import Any
 
 from vigil import procs
 from vigil.errors import VigilError
+from vigil.probes.modbus import quiet_pymodbus
 
 SPAN = (0.0, 50.0)  # °C at 4 and 20 mA
 COUNTS_PER_MA = 100
@@ -95,6 +96,7 @@ class LabSensors:
 def _client_call(port: int, op: Any) -> Any:
     from pymodbus.client import ModbusTcpClient
 
+    quiet_pymodbus()
     c = ModbusTcpClient("127.0.0.1", port=port, timeout=1.0, retries=0)
     try:
         if not c.connect():

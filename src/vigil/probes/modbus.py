@@ -18,12 +18,23 @@ responses (illegal address...), garbage answers and connection failures.
 
 from __future__ import annotations
 
+import logging
 import struct
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 from vigil.probes.base import Reading
+
+
+
+def quiet_pymodbus() -> None:
+    """pymodbus logs every refused connection at ERROR, once per attempt; each failure
+    is counted and reported here (alarms, counts), so its own log only repeats it."""
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+
+
+quiet_pymodbus()
 
 NE43_FAULT_LOW, NE43_LOW, NE43_HIGH, NE43_FAULT_HIGH = 3.6, 3.8, 20.5, 21.0
 WORDS = {"uint16": 1, "int16": 1, "float32": 2}
