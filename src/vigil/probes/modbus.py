@@ -27,7 +27,6 @@ from typing import Any
 from vigil.probes.base import Reading
 
 
-
 def quiet_pymodbus() -> None:
     """pymodbus logs every refused connection at ERROR, once per attempt; each failure
     is counted and reported here (alarms, counts), so its own log only repeats it."""
