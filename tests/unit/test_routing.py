@@ -80,3 +80,15 @@ def test_retry_rules():
 
 def test_backend_defaults_are_not_eligible_without_url():
     assert Backend("x").why_not(0.0) == "no inference server"
+
+
+def test_a_degraded_node_gets_work_only_once_the_others_are_busier():
+    t = table("a", "b", "c")
+    t.backends["c"].weight = 0.5  # its node's verdict is degraded: it serves, less
+    assert {t.choose(0).name for _ in range(6)} == {"a", "b"}, "idle ready nodes first"
+    t.backends["a"].outstanding = t.backends["b"].outstanding = 1
+    picks = {t.choose(0).name for _ in range(6)}
+    assert "c" in picks, "with the others busy it takes its share"
+    t.backends["a"].outstanding = t.backends["b"].outstanding = 0
+    t.backends["c"].outstanding = 0
+    assert t.choose(0, exclude=frozenset({"a", "b"})).name == "c", "and it still serves when alone"

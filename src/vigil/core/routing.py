@@ -5,8 +5,10 @@ Rules:
 - A backend is eligible when its inference server is ready (member record),
   its node is not suspected by the router's own heartbeat detector, its
   decided state allows traffic, and it is not locally inhibited.
-- Among eligible backends the one with the fewest outstanding requests wins
-  (ties rotate, so equal nodes share the load).
+- Among eligible backends the one with the fewest outstanding requests wins,
+  each counted against its weight ((outstanding + 1) / weight: a degraded
+  node, weight 0.5, gets work only once the others are busier); ties rotate,
+  so equal nodes share the load.
 - A failed attempt (connect error, reset, 502/503/504, per-attempt timeout)
   inhibits that backend for `inhibit_base`, doubling on repeated failures up
   to `inhibit_max` (Envoy's ejection back-off); a success clears it.
@@ -35,6 +37,13 @@ from typing import Mapping
 
 from vigil.core.admission import NodeLimit
 
+DEGRADED_WEIGHT = 0.5
+
+
+def _load(b: "Backend") -> float:
+    return (b.outstanding + 1) / b.weight
+
+
 NO_TRAFFIC_STATES = frozenset({"failed", "fenced", "maintenance", "draining", "held"})
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 RETRYABLE_STATUS = frozenset({502, 503, 504})
@@ -48,6 +57,7 @@ class Backend:
     alive: bool = True
     state: str = "standby"
     outstanding: int = 0
+    weight: float = 1.0  # DEGRADED_WEIGHT while its node's health verdict is degraded
     inhibited_until: float = 0.0
     inhibit_for: float = 0.0
     failures: int = 0
@@ -126,8 +136,8 @@ class RoutingTable:
             ok = [b for b in ok if b.has_room()]
         if not ok:
             return None
-        least = min(b.outstanding for b in ok)
-        tied = sorted((b for b in ok if b.outstanding == least), key=lambda b: b.name)
+        least = min(_load(b) for b in ok)
+        tied = sorted((b for b in ok if _load(b) == least), key=lambda b: b.name)
         self._turn += 1
         return tied[self._turn % len(tied)]
 

@@ -22,7 +22,7 @@ from typing import Callable
 from vigil.clock import Clock
 from vigil.core.detector import PauseGuard
 from vigil.core.peers import ALIVE, PeerTable
-from vigil.core.routing import RoutingTable
+from vigil.core.routing import DEGRADED_WEIGHT, RoutingTable
 from vigil.errors import StoreError, VigilError, WatchCompacted
 from vigil.net.transport import HeartbeatReceiver, HeartbeatTransport
 from vigil.net.wire import Heartbeat
@@ -142,6 +142,7 @@ class Membership:
             b.gone = False
             b.url = str(inf.get("url") or "")
             health = rec.get("health") or {}
+            b.weight = DEGRADED_WEIGHT if health.get("verdict") == "degraded" else 1.0  # serves, less
             if health.get("verdict") in ("draining", "failed"):  # finish in-flight work, take none
                 self._set(name, ready=False, cause=f"node {health['verdict']}: "
                                                    f"{'; '.join(health.get('reasons') or ()) or 'no reason given'}")
