@@ -45,7 +45,7 @@ def test_an_incompatible_node_never_leads_and_check_compat_names_it(mixed_cuda_l
     lab = mixed_cuda_lab
     leader, token = leader_of(lab)
     assert leader != "n1", "n1 has the highest priority but cannot run the workload"
-    n1 = lab.wait_for(lambda: member(lab, "n1") if member(lab, "n1")["verdict"] == "draining" else None,
+    n1 = lab.wait_for(lambda: member(lab, "n1") if member(lab, "n1").get("verdict") == "draining" else None,
                       10, "n1's verdict published")
     assert any("cuda_driver: 12.2, required ==12.1" in r for r in n1["reasons"]), n1["reasons"]
     assert n1["fingerprint"]["cuda_driver"] == "12.2" and n1["fingerprint"]["declared"] == ["cuda_driver"]
@@ -140,7 +140,7 @@ def test_a_warming_rack_drains_its_node_before_the_limit_and_sensor_faults_only_
                                       and e["at"] >= t0], 15, "n2's sensor-fault alarm")[0]
         assert "sensor fault" in alarm["cause"]
         assert vigil("lab", "sensor", "--dir", str(lab.root), "--node", "n1", "--inlet-temp", "24").returncode == 0
-        lab.wait_for(lambda: member(lab, "n1")["verdict"] == "ready", 60, "n1 ready again once the rack cools")
+        lab.wait_for(lambda: member(lab, "n1").get("verdict") == "ready", 60, "n1 ready again once the rack cools")
         t_back = time.time()
         lab.wait_for(lambda: time.time() - t_back > 3, 10, "3 s of traffic after n1 came back")
         return {"t0": t0, "crossing": crossing, "drained": drained["at"], "n2": member(lab, "n2")["verdict"],
@@ -174,11 +174,11 @@ def test_a_plc_fault_code_drains_and_clearing_it_readmits(served_lab):
     t0 = time.time()
     assert vigil("lab", "sensor", "--dir", str(lab.root), "--node", "n3", "--fault-code", "0x88").returncode == 0
     try:
-        lab.wait_for(lambda: member(lab, "n3")["verdict"] == "draining", 15, "n3 draining on the fault code")
+        lab.wait_for(lambda: member(lab, "n3").get("verdict") == "draining", 15, "n3 draining on the fault code")
         assert any("0x88 (power imbalance)" in r for r in member(lab, "n3")["reasons"])
     finally:
         assert vigil("lab", "sensor", "--dir", str(lab.root), "--node", "n3", "--fault-code", "0").returncode == 0
-    lab.wait_for(lambda: member(lab, "n3")["verdict"] == "ready", 15, "n3 ready once the fault clears")
+    lab.wait_for(lambda: member(lab, "n3").get("verdict") == "ready", 15, "n3 ready once the fault clears")
     assert [e["verdict"] for e in verdict_events(lab, "n3", t0)] == ["draining", "ready"]
     r = vigil("lab", "sensor", "--dir", str(lab.root), "--node", "n9", "--fault-code", "1")
     assert r.returncode == 2 and "--node" in r.stderr, "a bad argument names itself"

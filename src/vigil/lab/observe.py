@@ -25,12 +25,15 @@ from vigil.store.keys import Keys
 class LabObservation:
     # -- observation -------------------------------------------------------------
     def ready(self) -> bool:
-        """A leader exists and every agent answers and sees every peer alive."""
+        """A leader exists and every agent answers, holds its etcd session (its
+        member record is registered) and sees every peer alive."""
         if self.leader() is None:
             return False
         for node in self.nodes:
             st = self.agent_status(node.name)
             if not st or any(p["state"] != "alive" for p in st["peers"].values()):
+                return False
+            if not (st.get("session") or {}).get("ok"):
                 return False
             if node.server_url and not (st.get("inference") or {}).get("ready"):
                 return False
