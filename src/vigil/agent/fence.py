@@ -31,7 +31,7 @@ SESSION_CHECK = 10.0  # s: well inside the 60 s a BMC keeps an idle session (IPM
 class Fencer:
     def __init__(self, node: str, topology: dict[str, Any], clock: Clock, record: Any, registry: Registry,
                  store: Store, leadership: Leadership, keep_sessions: bool = True):
-        self.node, self.topology, self.clock, self.record = node, topology, clock, record
+        self.node, self.clock, self.record = node, clock, record
         self.registry, self.store, self.leadership = registry, store, leadership
         self.devices = {n: [make_device(spec) for spec in levels] for n, levels in topology.items()}
         self.keep_sessions = keep_sessions

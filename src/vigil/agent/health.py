@@ -105,18 +105,22 @@ class HealthMonitor:
             if action.startswith(RESTART_SERVER) and self.restart_server:
                 await self.restart_server(action)
         self._report_alarms(verdict.alarms)
-        changed = (verdict.state, verdict.reasons) != (self.verdict.state, self.verdict.reasons)
-        previous, self.verdict = self.verdict.state, verdict
-        if changed:
+        previous = self.verdict
+        if (verdict.state, verdict.reasons) == (previous.state, previous.reasons):
+            return
+        self.verdict = verdict
+        # A reason's text moves with its reading ("84 °C", "for 12 s"): the record follows
+        # it, the event log only a change of verdict or of what the reasons are about.
+        if (verdict.state, _sources(verdict.reasons)) != (previous.state, _sources(previous.reasons)):
             self.record("health_verdict", f"{verdict.state}" + (f": {'; '.join(verdict.reasons)}"
                                                                  if verdict.reasons else ""),
-                        verdict=verdict.state, previous=previous, reasons=list(verdict.reasons))
-            self.on_change()
+                        verdict=verdict.state, previous=previous.state, reasons=list(verdict.reasons))
+        self.on_change()
 
     def _report_alarms(self, alarms: tuple[str, ...]) -> None:
         """One event when a source starts alarming and one when it stops, not one per
         round (a faulty sensor's text changes with every reading)."""
-        now = {a.split(":", 1)[0]: a for a in alarms}
+        now = {_source(a): a for a in alarms}
         for source in sorted(now.keys() - self._alarms.keys()):
             self.record("health_alarm", now[source], source=source)
         for source in sorted(self._alarms.keys() - now.keys()):
@@ -128,3 +132,13 @@ class HealthMonitor:
         return {**self.verdict.to_json(), "requires": self.cfg.requires,
                 "probes": {name: (r.problem or "ok") if r.available else f"unavailable: {r.problem}"
                            for name, r in sorted(self.readings.items())}}
+
+
+def _source(text: str) -> str:
+    """What a reason or an alarm is about: its text before the first colon."""
+    return text.split(":", 1)[0]
+
+
+def _sources(reasons: tuple[str, ...]) -> list[str]:
+    return sorted(_source(r) for r in reasons)
+

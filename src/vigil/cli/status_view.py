@@ -14,7 +14,7 @@ from vigil.core.compat import differences, mismatches
 from vigil.errors import VigilError
 from vigil.store.base import Store
 from vigil.store.keys import Keys
-from vigil.store.registry import Registry, Snapshot
+from vigil.store.registry import Registry, Snapshot, may_lead
 
 
 @dataclass(frozen=True)
@@ -111,9 +111,7 @@ def _health(rec: dict[str, Any] | None) -> str:
     """The contract's `health`: healthy when the member may lead (its `verdict` says more)."""
     if not rec:
         return "down"
-    h = rec.get("health") or {}
-    return "healthy" if (h.get("may_lead") is True if "may_lead" in h else h.get("verdict") == "healthy") \
-        else "unhealthy"
+    return "healthy" if may_lead(rec.get("health") or {}) else "unhealthy"
 
 
 def _engine(view: dict[str, Any] | None, rec: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -161,8 +161,7 @@ def _lead_while_degraded(v: ClusterView) -> bool:
     no ready member is better led by a degraded node than by none (a whole
     room running warm must not lose its leader)."""
     return (v.verdict == DEGRADED and v.me in v.members and v.no_leader_for >= v.campaign_grace
-            and v.me not in v.fence_blocked and v.states.get(v.me) not in INELIGIBLE_STATES
-            and not any(v.eligible(n) for n in v.members))
+            and v.states.get(v.me) not in INELIGIBLE_STATES and not any(v.eligible(n) for n in v.members))
 
 
 HANDLERS: tuple[Handler, ...] = (_no_session, _i_lead_without_key, _stale_own_key, _leading,

@@ -47,13 +47,6 @@ class Vip:
             raise VipError(f"no interface {self.cfg.interface} on this node (check `vips[].interface`)")
         return found[0]
 
-    def interface(self) -> None:
-        """The interface exists. Raises VipError."""
-        from pyroute2 import IPRoute
-
-        with IPRoute() as ipr:
-            self._index(ipr)
-
     def check(self) -> None:
         """The interface exists and no other host answers for the address (an
         RFC 5227 probe, `probe_wait` seconds; skipped while we hold it).

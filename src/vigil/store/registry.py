@@ -44,12 +44,9 @@ class Snapshot:
         out = {}
         for name, rec in self.members.items():
             health = rec.get("health", {})
-            verdict = health.get("verdict", "unknown")
-            # `may_lead` since issue 12; before it, a verdict of "healthy" said the same
-            may_lead = health["may_lead"] is True if "may_lead" in health else verdict in ("healthy", "ready")
-            out[name] = MemberInfo(name, rec.get("priority", 100), may_lead,
+            out[name] = MemberInfo(name, rec.get("priority", 100), may_lead(health),
                                    tuple(health.get("reasons", ())), self.member_leases.get(name, 0),
-                                   frozenset(rec.get("suspects") or ()), verdict)
+                                   frozenset(rec.get("suspects") or ()), health.get("verdict", "unknown"))
         return out
 
 
@@ -136,6 +133,14 @@ def parse_snapshot(keys: Keys, kvs: list[KeyValue], revision: int) -> Snapshot:
             if rec.get("to"):
                 switchover = Switchover(str(rec["to"]), str(rec.get("by", "")))
     return Snapshot(revision, leader, members, leases, states, switchover, blocked, attempts, bad, holds)
+
+
+def may_lead(health: dict[str, Any]) -> bool:
+    """A member record's `health` says its node may lead: `may_lead` since issue 12;
+    before it, a verdict of "healthy" said the same."""
+    if "may_lead" in health:
+        return health["may_lead"] is True
+    return health.get("verdict") in ("healthy", "ready")
 
 
 def member_problem(rec: dict[str, Any]) -> str | None:
