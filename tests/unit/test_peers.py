@@ -129,3 +129,15 @@ def test_jitter_while_alive_is_still_learnt():
     last, _ = feed(t, "b", 0.0, 200, interval=0.15)
     assert t.peers["b"].state == ALIVE
     assert detect_after(t, "b", last) > 0.28, "about 0.15 + 0.04 + 5.2 x 0.02 s, not 0.245 s"
+
+
+def test_suspicions_heard_are_those_of_alive_peers_whose_heartbeat_lists_them():
+    t = table()
+    t.heartbeat("b", "l", 0.0, 1, suspects=("c",))
+    t.heartbeat("c", "l", 0.0, 1)  # version 2: lists nothing, its member record speaks
+    assert t.heard_suspicions() == {"b": frozenset({"c"})}
+    t.heartbeat("b", "l", 0.1, 1, suspects=())
+    assert t.heard_suspicions() == {"b": frozenset()}
+    t.heartbeat("b", "l", 0.2, 1, suspects=("c",))
+    t.tick(5.0)  # b silent: what it said last is no longer its word
+    assert t.peers["b"].state == SUSPECT and "b" not in t.heard_suspicions()

@@ -120,6 +120,17 @@ def test_a_leader_suspected_by_one_standby_only_is_not_fenced():
     assert decide(fence_view("b", members=two_nodes)).action == "fence"
 
 
+def test_a_suspicion_heard_in_a_heartbeat_corroborates_before_the_record_does():
+    """c's member record does not yet say it suspects a, but its latest heartbeat
+    does: that is c's newer word, and it counts; a heartbeat that lists no
+    suspicion of a outweighs a record that still does."""
+    record_behind = AGREE | {"c": MEMBERS["c"]}
+    d = decide(fence_view("b", members=record_behind, heard_suspects={"c": frozenset({"a"})}))
+    assert d.action == "fence"
+    d = decide(fence_view("b", heard_suspects={"c": frozenset()}))
+    assert d.action == NONE and "suspected by 1 of 2 members" in d.reason
+
+
 def test_lower_priority_standby_leaves_fencing_to_the_best():
     d = decide(fence_view("c"))
     assert d.action == NONE and "b (higher priority) will fence it" in d.reason

@@ -25,6 +25,27 @@ def test_roundtrip():
     assert decode(encode(h, KEY), RING, "prod") == h
 
 
+def test_suspicions_travel_as_version_3_and_none_as_version_2():
+    h = hb(health="healthy", suspects=("a", "c"))
+    packet = encode(h, KEY)
+    assert packet[4] == 3 and decode(packet, RING, "prod") == h
+    quiet = encode(hb(suspects=()), KEY)
+    assert quiet[4] == 2, "no suspicion: the packet earlier agents send and accept"
+    assert decode(quiet, RING, "prod").suspects is None, "version 2 says nothing about suspicions"
+    too_many = encode(hb(suspects=tuple(f"n{i}" for i in range(40))), KEY)
+    assert too_many[4] == 2, "more than a packet lists: left to the member record"
+
+
+@pytest.mark.parametrize("trailer", [b"", b"\x00", b"\x21" + b"\x01a" * 33, b"\x02\x01a",
+                                     b"\x01\x05ab", b"\x01\x00", b"\x01\x01a\x00", b"\x01\x02\xff\xfe"])
+def test_signed_but_malformed_suspicion_lists_are_rejected(trailer):
+    body = bytearray(encode(hb(), KEY)[:-SIG_LEN]) + trailer
+    body[4] = 3
+    with pytest.raises(WireError) as e:
+        decode(bytes(body) + KEY.sign(bytes(body)), RING, "prod")
+    assert e.value.reason == "malformed"
+
+
 def test_a_node_cannot_speak_for_another():
     """c holds a valid key, but only its own: a packet naming b is forged."""
     with pytest.raises(WireError) as e:

@@ -87,7 +87,8 @@ class Agent:
         self.events = EventLog(self.store, self.keys, cfg.node, self.clock)
         self.registry = Registry(self.store, self.keys)
         self.heartbeats = HeartbeatService(cfg, self.clock, self.incarnation,
-                                           self._on_peer_transitions, self._heartbeat_status)
+                                           self._on_peer_transitions, self._heartbeat_status,
+                                           lambda: self.wake.set())
         self.session: Session | None = None
         self.election: Election | None = None
         self.wake = asyncio.Event()
@@ -331,7 +332,9 @@ class Agent:
                                detected_at=self.clock.to_wall(c.at))
         if any(c.new == "alive" for c in changes):
             self.vips.reannounce()  # a peer is back (a partition healed): re-map ARP caches
-        # Peers read our suspicions before they fence anyone (core.reconcile).
+        # Peers read our suspicions before they fence anyone (core.reconcile): in our
+        # heartbeats at once, and in our member record once etcd has it.
+        self.heartbeats.send_now()
         asyncio.get_running_loop().create_task(_best_effort("publish suspicions", self.publish_record()))
         self.wake.set()
 

@@ -6,6 +6,11 @@ is evaluated every `tick` seconds (10 ms), so a suspicion is noticed at most
 one tick after phi crosses the threshold. When this process's own loop ran
 late by more than `pause_tolerance`, that lateness is forgiven on every
 peer before judging them (a stalled observer must not convict its peers).
+
+Each heartbeat lists the peers its sender suspects (vigil.net.wire), and a
+change of our own suspicions is sent at once, not at the next interval: a
+standby deciding whether to fence learns that the others agree within a
+packet's flight, not after their member records pass through etcd.
 """
 
 from __future__ import annotations
@@ -32,9 +37,9 @@ PAUSE_TOLERANCE = 0.02
 class HeartbeatService:
     def __init__(self, cfg: NodeConfig, clock: Clock, incarnation: int,
                  on_transitions: Callable[[list[PeerTransition]], None],
-                 status: Callable[[], tuple[str, str]]):
+                 status: Callable[[], tuple[str, str]], on_suspicions_heard: Callable[[], None] = lambda: None):
         self.cfg, self.clock, self.incarnation = cfg, clock, incarnation
-        self.on_transitions, self.status = on_transitions, status
+        self.on_transitions, self.status, self.on_suspicions_heard = on_transitions, status, on_suspicions_heard
         self.peers = PeerTable([p.name for p in cfg.peers], cfg.timing.detector(), cfg.timing.rise)
         self.receiver = HeartbeatReceiver(cfg.cluster, cfg.node, cfg.keys.ring,
                                           {p.name: set(p.addresses) for p in cfg.peers},
@@ -64,10 +69,16 @@ class HeartbeatService:
         self.receiver.ring, self.transport.signer = keys.ring, keys.signing
 
     def send_now(self) -> Heartbeat:
+        """Send our current heartbeat (and its copies) now, out of schedule."""
         health, role = self.status()
         hb = Heartbeat(self.cfg.cluster, self.cfg.node, self.incarnation, next(self._seq),
-                       int(self.clock.wall() * 1e6), health, role)
+                       int(self.clock.wall() * 1e6), health, role,
+                       tuple(sorted(self.peers.suspected_for(self.clock.now()))))
         self.transport.send(hb)
+        t = self.cfg.timing
+        loop = asyncio.get_running_loop()
+        for i in range(1, t.heartbeat_copies):  # the same packet again: receivers keep the first
+            loop.call_later(i * t.copy_spacing, self.transport.send, hb)
         return hb
 
     def _observe_pause(self, now: float) -> None:
@@ -84,19 +95,19 @@ class HeartbeatService:
         if verdict == "duplicate":
             self.peers.link_seen(hb.node, link, now)
             return
-        changes = self.peers.heartbeat(hb.node, link, now, hb.incarnation, hb.health, hb.role)
+        heard = self.peers.peers[hb.node].suspects
+        changes = self.peers.heartbeat(hb.node, link, now, hb.incarnation, hb.health, hb.role, hb.suspects)
         if changes:
             self.on_transitions(changes)
+        if hb.suspects != heard:
+            self.on_suspicions_heard()
 
     async def _send_loop(self) -> None:
         interval = self.cfg.timing.heartbeat_interval
         loop = asyncio.get_running_loop()
         nxt = loop.time()
-        t = self.cfg.timing
         while True:
-            hb = self.send_now()
-            for i in range(1, t.heartbeat_copies):  # the same packet again: receivers keep the first
-                loop.call_later(i * t.copy_spacing, self.transport.send, hb)
+            self.send_now()
             # Fixed-rate schedule: a late send does not push every later one back.
             nxt = max(nxt + interval, loop.time())
             await asyncio.sleep(nxt - loop.time())

@@ -181,7 +181,7 @@ class Reconciler:
             campaign_grace=self.cfg.timing.loop_interval,
             fenceable=frozenset(self.cfg.fencing.topology) if self.cfg.fencing else frozenset(),
             fence_blocked=snap.fence_blocked,
-            suspected_for=self.peers.suspected_for(now),
+            suspected_for=self.peers.suspected_for(now), heard_suspects=self.peers.heard_suspicions(),
             race_delay=self.cfg.fencing.race_delay if self.cfg.fencing else 0.0,
             cluster_size=len(self.cfg.peers) + 1)
 

@@ -79,6 +79,7 @@ class PeerState:
     rises: int = 0
     health: str = "unknown"
     role: str = "unknown"
+    suspects: tuple[str, ...] | None = None  # as its latest heartbeat listed them (None: not listed)
     links: dict[str, float] = field(default_factory=dict)
     gaps: GapHistogram = field(default_factory=GapHistogram)
 
@@ -103,11 +104,12 @@ class PeerTable:
         self.peers.setdefault(peer, PeerState(peer, PhiAccrualDetector(self.settings)))
 
     def heartbeat(self, peer: str, link: str, now: float, incarnation: int,
-                  health: str = "unknown", role: str = "unknown") -> list[PeerTransition]:
+                  health: str = "unknown", role: str = "unknown",
+                  suspects: tuple[str, ...] | None = None) -> list[PeerTransition]:
         """Feed one accepted heartbeat; returns the transitions it caused."""
         p = self.peers[peer]
         p.links[link] = now
-        p.health, p.role = health, role
+        p.health, p.role, p.suspects = health, role, suspects
         out: list[PeerTransition] = []
         if incarnation != p.incarnation:
             restarted = p.incarnation != 0
@@ -128,6 +130,12 @@ class PeerTable:
     def claiming_leader(self) -> list[str]:
         """Alive peers whose latest heartbeat says they act as leader."""
         return sorted(p.name for p in self.peers.values() if p.state == ALIVE and p.role == "leader")
+
+    def heard_suspicions(self) -> dict[str, frozenset[str]]:
+        """What each alive peer's latest heartbeat says it suspects, for the peers
+        whose latest heartbeat lists it (wire version 3); the rest say nothing."""
+        return {p.name: frozenset(p.suspects) for p in self.peers.values()
+                if p.state == ALIVE and p.suspects is not None}
 
     def link_seen(self, peer: str, link: str, now: float) -> None:
         """An authentic duplicate arrived on `link`: that link works."""

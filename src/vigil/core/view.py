@@ -63,6 +63,7 @@ class ClusterView:
     race_delay: float = 0.5
     cluster_size: int = 0  # configured members (peers + me); 0: count registered members only
     held_out: dict[str, str] = field(default_factory=dict)  # flap damping (the leader's): node -> why
+    heard_suspects: dict[str, frozenset[str]] = field(default_factory=dict)  # from peers' heartbeats
 
     def eligible(self, name: str) -> bool:
         """Could `name` lead: registered, healthy, not suspected, not held out by its state."""
@@ -84,9 +85,14 @@ class ClusterView:
         """(members suspecting `node`, members whose word counts): every configured
         member but `node`, counting my own view instead of my published one. A
         member with no (valid) record counts as a voter that does not agree: a
-        majority of a shrunken registry is no majority of the cluster."""
+        majority of a shrunken registry is no majority of the cluster.
+
+        A member's word is what its latest heartbeat lists when that heartbeat
+        lists suspicions (sent the moment they change, so never older than its
+        member record), else what its member record says."""
         voters = [m for m in self.members.values() if m.name != node]
-        agree = sum(1 for m in voters if node in (self.suspected if m.name == self.me else m.suspects))
+        agree = sum(1 for m in voters if node in (
+            self.suspected if m.name == self.me else self.heard_suspects.get(m.name, m.suspects)))
         return agree, max(len(voters), self.cluster_size - 1)
 
     def best_candidate(self) -> str | None:

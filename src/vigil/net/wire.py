@@ -1,10 +1,10 @@
 """Heartbeat packets: a versioned binary format, signed by the sending node.
 
-Layout (network byte order), version 2:
+Layout (network byte order), versions 2 and 3:
 
     offset size  field
     0      4     magic b"VGHB"
-    4      1     version (1)
+    4      1     version (2, or 3 when it carries suspicions)
     5      1     flags (reserved, 0)
     6      1     len(cluster) C, 1..64
     7      1     len(node) N, 1..64
@@ -17,8 +17,21 @@ Layout (network byte order), version 2:
     34     2     key id: which of the sender's keys signed it (vigil.identity)
     36     C     cluster name, UTF-8
     36+C   N     node name, UTF-8
-    36+C+N 64    Ed25519 signature over every byte before it, by the named node's
+    36+C+N       version 3 only: the peers the sender suspects now, one count
+                 byte K (1..32), then K times a length byte L (1..64) and L bytes
+                 of UTF-8 name
+    ...    64    Ed25519 signature over every byte before it, by the named node's
                  key: a node can speak only for itself
+
+A sender that suspects no one (the steady state) or too many to list sends
+version 2, byte for byte what earlier agents send and accept; it sends
+version 3 only while it suspects someone, so a peer learns a suspicion from
+the very next packet, before the sender's member record reaches etcd
+(vigil.core.view.ClusterView.corroborated). A version 2 packet says nothing
+about suspicions (`suspects` None): receivers then read the member record.
+During a rolling upgrade an agent that knows only version 2 drops (and
+counts as `bad_version`) the packets of an upgraded peer for as long as
+that peer suspects someone.
 
 Version 1 (HMAC with one shared cluster key) let any key holder speak for
 any node and is no longer accepted.
@@ -37,6 +50,8 @@ from vigil.identity import SIG_LEN, KeyRing, SigningKeys
 
 MAGIC = b"VGHB"
 VERSION = 2
+VERSION_SUSPECTS = 3
+MAX_SUSPECTS = 32  # listed in one packet; more, and the member record alone says them
 _HEADER = struct.Struct("!4sBBBBQQQBBH")
 MIN_LEN = _HEADER.size + 2 + SIG_LEN
 MAX_NAME = 64
@@ -56,6 +71,35 @@ class Heartbeat:
     sent_us: int
     health: str = "unknown"
     role: str = "unknown"
+    suspects: tuple[str, ...] | None = None  # None: not carried (version 2)
+
+
+def _trailer(suspects: tuple[str, ...] | None) -> bytes:
+    """The version 3 suspicion list, or b"" when the packet goes as version 2."""
+    names = [s.encode() for s in suspects or ()]
+    if not names or len(names) > MAX_SUSPECTS or not all(1 <= len(n) <= MAX_NAME for n in names):
+        return b""
+    return bytes([len(names)]) + b"".join(bytes([len(n)]) + n for n in names)
+
+
+def _suspects(packet: bytes, start: int) -> tuple[tuple[str, ...], int]:
+    """Parse a version 3 trailer at `start`; returns the names and where the
+    signature begins. Raises WireError("malformed")."""
+    end = len(packet) - SIG_LEN
+    if start >= end or not 1 <= packet[start] <= MAX_SUSPECTS:
+        raise WireError("malformed", "suspect count missing or out of range")
+    names, pos = [], start + 1
+    for _ in range(packet[start]):
+        if pos >= end or not 1 <= packet[pos] <= MAX_NAME or pos + 1 + packet[pos] > end:
+            raise WireError("malformed", "suspect names do not match the packet length")
+        try:
+            names.append(packet[pos + 1:pos + 1 + packet[pos]].decode())
+        except UnicodeDecodeError:
+            raise WireError("malformed", "suspect name is not UTF-8") from None
+        pos += 1 + packet[pos]
+    if pos != end:
+        raise WireError("malformed", "suspect names do not match the packet length")
+    return tuple(names), pos
 
 
 def encode(hb: Heartbeat, signer: SigningKeys) -> bytes:
@@ -64,12 +108,13 @@ def encode(hb: Heartbeat, signer: SigningKeys) -> bytes:
     c, n = hb.cluster.encode(), hb.node.encode()
     if not (1 <= len(c) <= MAX_NAME and 1 <= len(n) <= MAX_NAME):
         raise WireError("malformed", "cluster and node names must be 1..64 bytes")
+    trailer = _trailer(hb.suspects)
     try:
-        head = _HEADER.pack(MAGIC, VERSION, 0, len(c), len(n), hb.incarnation, hb.seq,
+        head = _HEADER.pack(MAGIC, VERSION_SUSPECTS if trailer else VERSION, 0, len(c), len(n), hb.incarnation, hb.seq,
                             hb.sent_us, HEALTH.index(hb.health), ROLES.index(hb.role), signer.send)
     except (struct.error, ValueError) as e:
         raise WireError("malformed", str(e)) from None
-    body = head + c + n
+    body = head + c + n + trailer
     return body + signer.sign(body)
 
 
@@ -82,21 +127,25 @@ def decode(packet: bytes, ring: KeyRing, cluster: str) -> Heartbeat:
      key_id) = _HEADER.unpack_from(packet)
     if magic != MAGIC:
         raise WireError("bad_magic")
-    if version != VERSION:
-        raise WireError("bad_version", f"version {version}, this node speaks {VERSION}")
-    end = _HEADER.size + clen + nlen
-    if not (1 <= clen <= MAX_NAME and 1 <= nlen <= MAX_NAME) or len(packet) != end + SIG_LEN:
+    if version not in (VERSION, VERSION_SUSPECTS):
+        raise WireError("bad_version", f"version {version}, this node speaks {VERSION} and "
+                                       f"{VERSION_SUSPECTS}")
+    named = _HEADER.size + clen + nlen
+    if not (1 <= clen <= MAX_NAME and 1 <= nlen <= MAX_NAME) or len(packet) < named + SIG_LEN:
+        raise WireError("malformed", "name lengths do not match the packet length")
+    suspects, end = _suspects(packet, named) if version == VERSION_SUSPECTS else (None, named)
+    if len(packet) != end + SIG_LEN:
         raise WireError("malformed", "name lengths do not match the packet length")
     if packet[_HEADER.size:_HEADER.size + clen] != cluster.encode():
         raise WireError("wrong_cluster")
     try:
-        node = packet[_HEADER.size + clen:end].decode()
+        node = packet[_HEADER.size + clen:named].decode()
     except UnicodeDecodeError:
         raise WireError("malformed", "node name is not UTF-8") from None
     ring.verify(node, key_id, packet[:end], packet[end:])
     if health >= len(HEALTH) or role >= len(ROLES):
         raise WireError("malformed", "health or role out of range")
-    return Heartbeat(cluster, node, inc, seq, sent, HEALTH[health], ROLES[role])
+    return Heartbeat(cluster, node, inc, seq, sent, HEALTH[health], ROLES[role], suspects)
 
 
 class ReplayGuard:
