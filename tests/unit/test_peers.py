@@ -141,3 +141,17 @@ def test_suspicions_heard_are_those_of_alive_peers_whose_heartbeat_lists_them():
     t.heartbeat("b", "l", 0.2, 1, suspects=("c",))
     t.tick(5.0)  # b silent: what it said last is no longer its word
     assert t.peers["b"].state == SUSPECT and "b" not in t.heard_suspicions()
+
+
+def test_news_out_of_schedule_is_taken_but_not_timed():
+    """An extra heartbeat (a role or suspicion change) updates what the peer
+    says, but its short gap is not learnt: the detector stays as quick."""
+    t, quick = table(), table()
+    for i in range(50):
+        for x in (t, quick):
+            x.heartbeat("b", "l", i * 0.1, 1)
+        if i % 5 == 4:
+            t.news("b", "l", i * 0.1 + 0.003, 1, "healthy", "leader", ("c",))
+    assert t.claiming_leader() == ["b"] and t.heard_suspicions() == {"b": frozenset({"c"})}
+    last = 4.9
+    assert detect_after(t, "b", last) == detect_after(quick, "b", last)

@@ -7,7 +7,8 @@ from hypothesis import given, settings, strategies as st
 
 from vigil.store.base import KeyValue
 from vigil.store.keys import Keys
-from vigil.store.registry import member_problem, parse_snapshot
+from vigil.store.member_record import MemberRecord, member_problem, parse_member
+from vigil.store.registry import parse_snapshot
 
 K = Keys("c")
 GOOD = {"name": "n1", "api_url": "http://127.0.0.1:8008", "priority": 100,
@@ -46,6 +47,22 @@ def test_any_json_is_a_good_record_or_a_named_problem(value):
         snap.member_infos()  # a record let through never raises later
     else:
         assert snap.bad_records[K.member("n1")]
+
+
+def test_a_record_reads_back_as_written_and_keeps_the_contract_keys():
+    rec = MemberRecord("n1", "http://127.0.0.1:8008", 150, ("127.0.0.1",), 7946,
+                       {"verdict": "degraded", "reasons": ["gpu 0: 4 C margin"], "may_lead": True,
+                        "requires": {"gpu.count": 1}}, {"gpu.count": 1},
+                       {"url": "http://127.0.0.1:8000", "ready": True}, None, {"n2": ["ipmi"]},
+                       ("n3",), 4, 1.5, "0.9", 42)
+    assert parse_member("n1", rec.to_json()) == rec
+    assert set(json.loads(rec.to_json())) == {
+        "name", "api_url", "priority", "heartbeat", "health", "fingerprint", "inference", "router",
+        "fences", "suspects", "incarnation", "started_at", "version", "pid"}
+    assert rec.verdict == "degraded" and rec.may_lead and rec.requires == {"gpu.count": 1}
+    sparse = parse_member("n1", json.dumps({"name": "n1", "health": {"verdict": "healthy"}}))
+    assert isinstance(sparse, MemberRecord) and sparse.may_lead, "an issue-9 agent's record still leads"
+    assert parse_member("n1", "[1]").problem == "not a JSON object: '[1]'"
 
 
 def test_etcd_versions_with_the_lease_revocation_bug_are_named():

@@ -25,6 +25,13 @@ def test_roundtrip():
     assert decode(encode(h, KEY), RING, "prod") == h
 
 
+def test_a_packet_out_of_schedule_says_so_in_a_flag_earlier_agents_ignore():
+    h = hb(role="leader", extra=True)
+    packet = encode(h, KEY)
+    assert packet[5] == 1 and decode(packet, RING, "prod") == h
+    assert encode(hb(), KEY)[5] == 0
+
+
 def test_suspicions_travel_as_version_3_and_none_as_version_2():
     h = hb(health="healthy", suspects=("a", "c"))
     packet = encode(h, KEY)

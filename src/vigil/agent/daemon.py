@@ -48,6 +48,7 @@ from vigil.store.election import Election
 from vigil.store.etcd import lease_revocation_bug
 from vigil.store.events import EventLog
 from vigil.store.keys import Keys
+from vigil.store.member_record import MemberRecord
 from vigil.store.registry import Registry
 from vigil.store.session import Session
 
@@ -150,17 +151,15 @@ class Agent:
     def session_ok(self) -> bool:
         return self.link.session_ok()
 
-    def member_record(self) -> dict[str, Any]:
-        return {"name": self.cfg.node, "api_url": self.cfg.api_url, "priority": self.cfg.priority,
-                "heartbeat": {"addresses": list(self.cfg.addresses), "port": self.cfg.heartbeat_port},
-                "health": self._health_record(), "fingerprint": self.health.fingerprint,
-                "inference": self.inference.describe() if self.inference else None,
-                "router": self.router.describe() if self.router else None,
-                "fences": ({n: [d["type"] for d in levels] for n, levels in self.cfg.fencing.topology.items()}
-                           if self.cfg.fencing else {}),
-                "suspects": self.suspects(),
-                "incarnation": self.incarnation, "started_at": self.started_at,
-                "version": __version__, "pid": os.getpid()}
+    def member_record(self) -> MemberRecord:
+        return MemberRecord(
+            self.cfg.node, self.cfg.api_url, self.cfg.priority, tuple(self.cfg.addresses), self.cfg.heartbeat_port,
+            self._health_record(), self.health.fingerprint,
+            self.inference.describe() if self.inference else None,
+            self.router.describe() if self.router else None,
+            ({n: [d["type"] for d in levels] for n, levels in self.cfg.fencing.topology.items()}
+             if self.cfg.fencing else {}),
+            tuple(self.suspects()), self.incarnation, self.started_at, __version__, os.getpid())
 
     def _health_record(self) -> dict[str, Any]:
         """The verdict others act on: a node whose agent may not lead (no watchdog, a
@@ -271,8 +270,8 @@ class Agent:
             try:
                 await session.open()
                 record = self.member_record()
-                await self.registry.register(self.cfg.node, record, session.lease_id)
-                self.published_suspects = record["suspects"]
+                await self.registry.register(record, session.lease_id)
+                self.published_suspects = list(record.suspects)
             except StoreError as e:
                 log.warning("cannot open an etcd session yet: %s", e)
                 await session.close(revoke=True)
@@ -294,8 +293,8 @@ class Agent:
     async def publish_record(self) -> None:
         if self.session_ok():
             record = self.member_record()
-            await self.registry.register(self.cfg.node, record, self.session.lease_id)
-            self.published_suspects = record["suspects"]
+            await self.registry.register(record, self.session.lease_id)
+            self.published_suspects = list(record.suspects)
 
     def suspects(self) -> list[str]:
         """Peers heard and then lost, as published in our member record."""

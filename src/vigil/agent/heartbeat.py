@@ -68,12 +68,13 @@ class HeartbeatService:
         """Verify with the new ring and sign with the new key from the next packet on."""
         self.receiver.ring, self.transport.signer = keys.ring, keys.signing
 
-    def send_now(self) -> Heartbeat:
-        """Send our current heartbeat (and its copies) now, out of schedule."""
+    def send_now(self, extra: bool = True) -> Heartbeat:
+        """Send our current heartbeat (and its copies) now; `extra`: out of schedule,
+        to carry news (receivers do not time it, vigil.net.wire)."""
         health, role = self.status()
         hb = Heartbeat(self.cfg.cluster, self.cfg.node, self.incarnation, next(self._seq),
                        int(self.clock.wall() * 1e6), health, role,
-                       tuple(sorted(self.peers.suspected_for(self.clock.now()))))
+                       tuple(sorted(self.peers.suspected_for(self.clock.now()))), extra)
         self.transport.send(hb)
         t = self.cfg.timing
         loop = asyncio.get_running_loop()
@@ -96,7 +97,11 @@ class HeartbeatService:
             self.peers.link_seen(hb.node, link, now)
             return
         heard = self.peers.peers[hb.node].suspects
-        changes = self.peers.heartbeat(hb.node, link, now, hb.incarnation, hb.health, hb.role, hb.suspects)
+        if hb.extra:
+            self.peers.news(hb.node, link, now, hb.incarnation, hb.health, hb.role, hb.suspects)
+            changes = []
+        else:
+            changes = self.peers.heartbeat(hb.node, link, now, hb.incarnation, hb.health, hb.role, hb.suspects)
         if changes:
             self.on_transitions(changes)
         if hb.suspects != heard:
@@ -107,7 +112,7 @@ class HeartbeatService:
         loop = asyncio.get_running_loop()
         nxt = loop.time()
         while True:
-            self.send_now()
+            self.send_now(extra=False)
             # Fixed-rate schedule: a late send does not push every later one back.
             nxt = max(nxt + interval, loop.time())
             await asyncio.sleep(nxt - loop.time())

@@ -14,7 +14,8 @@ from vigil.core.compat import differences, mismatches
 from vigil.errors import VigilError
 from vigil.store.base import Store
 from vigil.store.keys import Keys
-from vigil.store.registry import Registry, Snapshot, may_lead
+from vigil.store.member_record import MemberRecord
+from vigil.store.registry import Registry, Snapshot
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ async def agent_views(snap: Snapshot, names: list[str],
                       access: ApiAccess | None = None) -> dict[str, dict[str, Any] | None]:
     """Each named member's agent /status (None where it does not answer)."""
     async with (access or ApiAccess()).session() as http:
-        views = await asyncio.gather(*(_agent_status(http, str(snap.members[n].get("api_url", "")))
+        views = await asyncio.gather(*(_agent_status(http, snap.members[n].api_url)
                                        if n in snap.members else asyncio.sleep(0, None)
                                        for n in names))
     return dict(zip(names, views))
@@ -61,7 +62,7 @@ async def gather_status(store: Store, keys: Keys, access: ApiAccess | None = Non
     members = []
     fencers: dict[str, set[str]] = {}
     for rec in snap.members.values():
-        for target, types in (rec.get("fences") or {}).items():
+        for target, types in rec.fences.items():
             fencers.setdefault(target, set()).update(types)
     for name, ttl in zip(names, ttls):
         rec = snap.members.get(name)
@@ -75,14 +76,14 @@ async def gather_status(store: Store, keys: Keys, access: ApiAccess | None = Non
             "role": "leader" if is_leader else ("standby" if rec else "-"),
             "state": snap.states.get(name, "unregistered" if not rec else "pending"),
             "health": _health(rec),
-            "verdict": (rec or {}).get("health", {}).get("verdict", "unknown") if rec else "down",
-            "reasons": (rec or {}).get("health", {}).get("reasons", []),
-            "fingerprint": (rec or {}).get("fingerprint") or {},
+            "verdict": rec.verdict if rec else "down",
+            "reasons": list(rec.reasons) if rec else [],
+            "fingerprint": rec.fingerprint if rec else {},
             "heartbeat_age": min(ages) if ages else None,
             "lease_ttl": ttl if ttl >= 0 else None,
             "token": snap.leader.token if is_leader else None,
-            "priority": (rec or {}).get("priority"),
-            "api_url": (rec or {}).get("api_url"),
+            "priority": rec.priority if rec else None,
+            "api_url": rec.api_url if rec else None,
             "agent_reachable": view is not None,
             "decision": view.get("decision") if view else None,
             "fencing": _fencing_label(fencers.get(name, set())),
@@ -95,28 +96,28 @@ async def gather_status(store: Store, keys: Keys, access: ApiAccess | None = Non
             "compat": compat_report(snap.members)}
 
 
-def compat_report(records: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def compat_report(records: dict[str, MemberRecord]) -> dict[str, Any]:
     """The cluster's homogeneity and each member against every member's declared
     requirements (a workload's needs hold wherever it may fail over to)."""
-    fps = {n: r.get("fingerprint") or {} for n, r in records.items()}
+    fps = {n: r.fingerprint for n, r in records.items()}
     required: dict[str, Any] = {}
     for r in records.values():
-        required.update((r.get("health") or {}).get("requires") or {})
+        required.update(r.requires)
     failing = {n: mismatches(fp, required) for n, fp in sorted(fps.items())}
     return {"requires": required, "differences": differences(fps),
             "mismatches": {n: m for n, m in failing.items() if m}}
 
 
-def _health(rec: dict[str, Any] | None) -> str:
+def _health(rec: MemberRecord | None) -> str:
     """The contract's `health`: healthy when the member may lead (its `verdict` says more)."""
     if not rec:
         return "down"
-    return "healthy" if may_lead(rec.get("health") or {}) else "unhealthy"
+    return "healthy" if rec.may_lead else "unhealthy"
 
 
-def _engine(view: dict[str, Any] | None, rec: dict[str, Any] | None) -> dict[str, Any] | None:
+def _engine(view: dict[str, Any] | None, rec: MemberRecord | None) -> dict[str, Any] | None:
     """The engine's verdict, live from the agent when it answers, else as last published."""
-    inf = (view or {}).get("inference") or (rec or {}).get("inference")
+    inf = (view or {}).get("inference") or (rec.inference if rec else None)
     if not isinstance(inf, dict):
         return None
     verdict = inf.get("verdict") or ("ready" if inf.get("ready") else "not ready")

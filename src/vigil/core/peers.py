@@ -131,6 +131,17 @@ class PeerTable:
         """Alive peers whose latest heartbeat says they act as leader."""
         return sorted(p.name for p in self.peers.values() if p.state == ALIVE and p.role == "leader")
 
+    def news(self, peer: str, link: str, now: float, incarnation: int, health: str, role: str,
+             suspects: tuple[str, ...] | None) -> None:
+        """An authentic heartbeat sent out of schedule: take its news (role, health,
+        suspicions) but do not time it. Counted as an arrival, its short gap would
+        widen the learnt spread and slow every later detection; it does not count
+        towards liveness or a rise either (a peer is judged on its schedule)."""
+        p = self.peers[peer]
+        p.links[link] = now
+        if incarnation == p.incarnation:  # a restarted peer's news waits for its first timed heartbeat
+            p.health, p.role, p.suspects = health, role, suspects
+
     def heard_suspicions(self) -> dict[str, frozenset[str]]:
         """What each alive peer's latest heartbeat says it suspects, for the peers
         whose latest heartbeat lists it (wire version 3); the rest say nothing."""

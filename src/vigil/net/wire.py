@@ -5,7 +5,8 @@ Layout (network byte order), versions 2 and 3:
     offset size  field
     0      4     magic b"VGHB"
     4      1     version (2, or 3 when it carries suspicions)
-    5      1     flags (reserved, 0)
+    5      1     flags: bit 0 set on a packet sent out of schedule (a role or
+                 suspicion change); other bits reserved, 0
     6      1     len(cluster) C, 1..64
     7      1     len(node) N, 1..64
     8      8     incarnation (grows on every restart of the sender)
@@ -51,6 +52,7 @@ from vigil.identity import SIG_LEN, KeyRing, SigningKeys
 MAGIC = b"VGHB"
 VERSION = 2
 VERSION_SUSPECTS = 3
+FLAG_EXTRA = 0x01
 MAX_SUSPECTS = 32  # listed in one packet; more, and the member record alone says them
 _HEADER = struct.Struct("!4sBBBBQQQBBH")
 MIN_LEN = _HEADER.size + 2 + SIG_LEN
@@ -72,6 +74,9 @@ class Heartbeat:
     health: str = "unknown"
     role: str = "unknown"
     suspects: tuple[str, ...] | None = None  # None: not carried (version 2)
+    # Sent out of schedule to carry news at once: receivers take its news but do not
+    # time it, so it neither shortens the gaps their detectors learn nor counts for liveness.
+    extra: bool = False
 
 
 def _trailer(suspects: tuple[str, ...] | None) -> bytes:
@@ -110,7 +115,7 @@ def encode(hb: Heartbeat, signer: SigningKeys) -> bytes:
         raise WireError("malformed", "cluster and node names must be 1..64 bytes")
     trailer = _trailer(hb.suspects)
     try:
-        head = _HEADER.pack(MAGIC, VERSION_SUSPECTS if trailer else VERSION, 0, len(c), len(n), hb.incarnation, hb.seq,
+        head = _HEADER.pack(MAGIC, VERSION_SUSPECTS if trailer else VERSION, FLAG_EXTRA if hb.extra else 0, len(c), len(n), hb.incarnation, hb.seq,
                             hb.sent_us, HEALTH.index(hb.health), ROLES.index(hb.role), signer.send)
     except (struct.error, ValueError) as e:
         raise WireError("malformed", str(e)) from None
@@ -123,7 +128,7 @@ def decode(packet: bytes, ring: KeyRing, cluster: str) -> Heartbeat:
     named node's key in `ring`. Raises WireError."""
     if len(packet) < MIN_LEN:
         raise WireError("truncated", f"{len(packet)} bytes < {MIN_LEN}")
-    (magic, version, _flags, clen, nlen, inc, seq, sent, health, role,
+    (magic, version, flags, clen, nlen, inc, seq, sent, health, role,
      key_id) = _HEADER.unpack_from(packet)
     if magic != MAGIC:
         raise WireError("bad_magic")
@@ -145,7 +150,8 @@ def decode(packet: bytes, ring: KeyRing, cluster: str) -> Heartbeat:
     ring.verify(node, key_id, packet[:end], packet[end:])
     if health >= len(HEALTH) or role >= len(ROLES):
         raise WireError("malformed", "health or role out of range")
-    return Heartbeat(cluster, node, inc, seq, sent, HEALTH[health], ROLES[role], suspects)
+    return Heartbeat(cluster, node, inc, seq, sent, HEALTH[health], ROLES[role], suspects,
+                     bool(flags & FLAG_EXTRA))
 
 
 class ReplayGuard:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 from urllib.parse import urlsplit
 
 from vigil.clock import SystemClock
@@ -29,6 +28,7 @@ from vigil.core.routing import RoutingTable
 from vigil.errors import VigilError
 from vigil.router.config import RouterConfig
 from vigil.store.base import Store
+from vigil.store.member_record import MemberRecord
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +64,11 @@ backend vigil_leader
 """
 
 
-def render(cluster: str, members: dict[str, dict[str, Any]], socket: str, bind: str) -> str:
+def render(cluster: str, members: dict[str, MemberRecord], socket: str, bind: str) -> str:
     """haproxy.cfg for these member records (name -> record, as in etcd)."""
     lines, leader = [], []
     for name, rec in sorted(members.items()):
-        inf = urlsplit(str((rec.get("inference") or {}).get("url") or ""))
-        api = urlsplit(str(rec.get("api_url") or ""))
+        inf, api = urlsplit(rec.inference_url), urlsplit(rec.api_url)
         if not inf.hostname or not api.port:
             continue
         tls = " check-ssl verify none" if api.scheme == "https" else ""

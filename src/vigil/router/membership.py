@@ -15,7 +15,6 @@ so in-flight attempts on it are abandoned and retried elsewhere.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from typing import Callable
 
@@ -29,7 +28,7 @@ from vigil.net.wire import Heartbeat
 from vigil.router.config import RouterConfig
 from vigil.store.base import Store, WatchEvent, prefix_end
 from vigil.store.keys import Keys
-from vigil.store.registry import member_problem
+from vigil.store.member_record import BadRecord, MemberRecord, parse_member
 
 log = logging.getLogger(__name__)
 
@@ -119,16 +118,11 @@ class Membership:
                 self.table.backend(name).gone = True
                 self._set(name, ready=False, cause="member record gone (lease expired or revoked)")
                 return
-            try:
-                rec = json.loads(ev.value)
-            except ValueError:
-                rec = None
-            problem = (member_problem(rec) if isinstance(rec, dict)
-                       else f"not a JSON object: {ev.value[:60]!r}")
-            url = (rec.get("inference") or {}).get("url") if not problem else None
-            if url:  # a record must not point the router anywhere off the cluster
-                problem = self.cfg.backends.problem(url)
-            if problem:  # a record no agent wrote: the node gets no traffic until it is whole
+            rec = parse_member(name, ev.value)
+            # A record must not point the router anywhere off the cluster.
+            problem = rec.problem if isinstance(rec, BadRecord) else (
+                self.cfg.backends.problem(rec.inference_url) if rec.inference_url else None)
+            if problem or not isinstance(rec, MemberRecord):  # a record no agent wrote: no traffic until whole
                 if self.bad_records.get(ev.key) != problem:
                     log.warning("ignoring member record %s: %s", ev.key, problem)
                 self.bad_records[ev.key] = problem
@@ -136,16 +130,15 @@ class Membership:
                 return
             self.bad_records.pop(ev.key, None)
             # Heartbeats count only from the addresses the node's own record names.
-            self.receiver.track(name, set((rec.get("heartbeat") or {}).get("addresses", [])))
-            inf = rec.get("inference") or {}
+            self.receiver.track(name, set(rec.heartbeat_addresses))
+            inf = rec.inference or {}
             b = self.table.backend(name)
             b.gone = False
-            b.url = str(inf.get("url") or "")
-            health = rec.get("health") or {}
-            b.weight = DEGRADED_WEIGHT if health.get("verdict") == "degraded" else 1.0  # serves, less
-            if health.get("verdict") in ("draining", "failed"):  # finish in-flight work, take none
-                self._set(name, ready=False, cause=f"node {health['verdict']}: "
-                                                   f"{'; '.join(health.get('reasons') or ()) or 'no reason given'}")
+            b.url = rec.inference_url
+            b.weight = DEGRADED_WEIGHT if rec.verdict == "degraded" else 1.0  # serves, less
+            if rec.verdict in ("draining", "failed"):  # finish in-flight work, take none
+                self._set(name, ready=False, cause=f"node {rec.verdict}: "
+                                                   f"{'; '.join(rec.reasons) or 'no reason given'}")
                 return
             self._set(name, ready=bool(inf.get("ready")),
                       cause=f"readiness reported: {inf.get('reason') or 'ready'}")
@@ -177,6 +170,9 @@ class Membership:
         now = self.clock.now()
         self._pause(now)
         if verdict == "duplicate":
+            return
+        if hb.extra:  # news out of schedule: not timed (vigil.core.peers.PeerTable.news)
+            self.peers.news(hb.node, link, now, hb.incarnation, hb.health, hb.role, hb.suspects)
             return
         for t in self.peers.heartbeat(hb.node, link, now, hb.incarnation, hb.health, hb.role):
             self._alive(t.peer, t.new == ALIVE, t.cause)

@@ -6,9 +6,10 @@ Contract:
   node's session. Decided states are plain keys written by the leader (and
   by operators for `maintenance`), so they outlive the node.
 - `snapshot()` reads leader, members, states and switchover in ONE range
-  request, hence at one revision. A member record that is not what agents
-  write (bad JSON, a priority that is not an integer, ...) is left out of
-  `members` and named in `bad_records` (key -> the problem): one bad record
+  request, hence at one revision. Member records are typed
+  (vigil.store.member_record); one that is not what agents write (bad JSON,
+  a priority that is not an integer, ...) is left out of `members` and named
+  in `bad_records` (key -> the problem): one bad record
   never stops a decision loop or a command; the events below the same prefix are
   outside that range (keys sort: config < events/ < fencing/ < leader <
   members/ < state/ < switchover).
@@ -24,13 +25,14 @@ from vigil.core.view import LeaderInfo, MemberInfo, Switchover
 from vigil.store.base import KeyValue, Store, prefix_end
 from vigil.store.election import leader_from
 from vigil.store.keys import Keys
+from vigil.store.member_record import BadRecord, MemberRecord, parse_member
 
 
 @dataclass(frozen=True)
 class Snapshot:
     revision: int
     leader: LeaderInfo | None
-    members: dict[str, dict[str, Any]] = field(default_factory=dict)
+    members: dict[str, MemberRecord] = field(default_factory=dict)
     member_leases: dict[str, int] = field(default_factory=dict)
     states: dict[str, str] = field(default_factory=dict)
     switchover: Switchover | None = None
@@ -41,21 +43,17 @@ class Snapshot:
     holds: dict[str, dict[str, Any]] = field(default_factory=dict)  # flap damping: node -> {until, why}
 
     def member_infos(self) -> dict[str, MemberInfo]:
-        out = {}
-        for name, rec in self.members.items():
-            health = rec.get("health", {})
-            out[name] = MemberInfo(name, rec.get("priority", 100), may_lead(health),
-                                   tuple(health.get("reasons", ())), self.member_leases.get(name, 0),
-                                   frozenset(rec.get("suspects") or ()), health.get("verdict", "unknown"))
-        return out
+        return {name: MemberInfo(name, rec.priority, rec.may_lead, rec.reasons, self.member_leases.get(name, 0),
+                                 frozenset(rec.suspects), rec.verdict)
+                for name, rec in self.members.items()}
 
 
 class Registry:
     def __init__(self, store: Store, keys: Keys):
         self.store, self.keys = store, keys
 
-    async def register(self, node: str, record: dict[str, Any], lease: int) -> None:
-        await self.store.put(self.keys.member(node), json.dumps(record, sort_keys=True), lease)
+    async def register(self, record: MemberRecord, lease: int) -> None:
+        await self.store.put(self.keys.member(record.name), record.to_json(), lease)
 
     async def set_state(self, node: str, state: str) -> None:
         await self.store.put(self.keys.state(node), state)
@@ -97,7 +95,7 @@ class Registry:
 
 def parse_snapshot(keys: Keys, kvs: list[KeyValue], revision: int) -> Snapshot:
     leader = None
-    members: dict[str, dict[str, Any]] = {}
+    members: dict[str, MemberRecord] = {}
     leases: dict[str, int] = {}
     states: dict[str, str] = {}
     switchover = None
@@ -109,11 +107,10 @@ def parse_snapshot(keys: Keys, kvs: list[KeyValue], revision: int) -> Snapshot:
         if kv.key == keys.leader:
             leader = leader_from(kv)
         elif kv.key.startswith(keys.members):
-            name, rec = kv.key[len(keys.members):], _object(kv.value)
-            problem = member_problem(rec) if rec is not None else \
-                f"not a JSON object: {kv.value[:60]!r}"
-            if problem:
-                bad[kv.key] = problem
+            name = kv.key[len(keys.members):]
+            rec = parse_member(name, kv.value)
+            if isinstance(rec, BadRecord):
+                bad[kv.key] = rec.problem
                 continue
             members[name] = rec
             leases[name] = kv.lease
@@ -133,57 +130,6 @@ def parse_snapshot(keys: Keys, kvs: list[KeyValue], revision: int) -> Snapshot:
             if rec.get("to"):
                 switchover = Switchover(str(rec["to"]), str(rec.get("by", "")))
     return Snapshot(revision, leader, members, leases, states, switchover, blocked, attempts, bad, holds)
-
-
-def may_lead(health: dict[str, Any]) -> bool:
-    """A member record's `health` says its node may lead: `may_lead` since issue 12;
-    before it, a verdict of "healthy" said the same."""
-    if "may_lead" in health:
-        return health["may_lead"] is True
-    return health.get("verdict") in ("healthy", "ready")
-
-
-def member_problem(rec: dict[str, Any]) -> str | None:
-    """None for a record as agents write it; else what is wrong, in one line."""
-    prio = rec.get("priority", 100)
-    if isinstance(prio, bool) or not isinstance(prio, int) or not 0 <= prio <= 1000:
-        return f"priority {prio!r} is not an integer from 0 to 1000"
-    health = rec.get("health", {})
-    if not isinstance(health, dict) or not isinstance(health.get("verdict", ""), str) \
-            or not _strings(health.get("reasons", [])) or not isinstance(health.get("may_lead", False), bool):
-        return f"health {str(health)[:120]!r} is not {{verdict: str, reasons: [str], may_lead: bool}}"
-    if not isinstance(rec.get("fingerprint") or {}, dict):
-        return f"fingerprint {str(rec.get('fingerprint'))[:80]!r} is not a mapping"
-    if not _strings(rec.get("suspects") or []):
-        return f"suspects {rec.get('suspects')!r} is not a list of node names"
-    hb = rec.get("heartbeat", {})
-    if not isinstance(hb, dict) or not _strings(hb.get("addresses", [])):
-        return f"heartbeat {str(hb)[:80]!r} is not {{addresses: [str], port: int}}"
-    if not isinstance(rec.get("api_url", ""), str):
-        return f"api_url {rec.get('api_url')!r} is not a URL"
-    return inference_problem(rec.get("inference"))
-
-
-def inference_problem(inf: Any) -> str | None:
-    """None for a missing or well-formed `inference` block of a member record."""
-    if inf is None:
-        return None
-    if not isinstance(inf, dict) or not isinstance(inf.get("url", ""), str) \
-            or not isinstance(inf.get("ready", False), bool):
-        return f"inference {str(inf)[:80]!r} is not {{url: str, ready: bool, ...}}"
-    return None
-
-
-def _strings(v: Any) -> bool:
-    return isinstance(v, list) and all(isinstance(x, str) for x in v)
-
-
-def _object(text: str) -> dict[str, Any] | None:
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def _json(text: str) -> dict[str, Any]:
