@@ -1,4 +1,7 @@
-from vigil.agent.history import Interval, intervals, overlaps
+import subprocess
+import sys
+
+from vigil.agent.history import Interval, LeadershipHistory, intervals, overlaps, read_jsonl
 
 
 def test_interval_of_killed_leader_ends_at_last_valid_until():
@@ -28,3 +31,18 @@ def test_fencing_ends_a_killed_leaders_interval():
             {"node": "a", "event": "fenced", "token": 5, "at": 10.4, "by": "b"}]
     [iv] = intervals(recs)
     assert iv.end == 10.4 and iv.ended_by == "fenced"
+
+
+def test_a_record_is_readable_at_once_and_survives_the_writers_sigkill(tmp_path):
+    """Handed to the kernel before write() returns (the fsync follows on a
+    thread): a process killed right after the write loses nothing."""
+    path = tmp_path / "leadership.jsonl"
+    h = LeadershipHistory(path, "a")
+    h.write("start", 5, 10.0, valid_until=11.6)
+    assert read_jsonl(path)[-1]["token"] == 5
+    h.flush()
+    code = ("import os, signal, sys; from pathlib import Path; from vigil.agent.history import LeadershipHistory;"
+            "LeadershipHistory(Path(sys.argv[1]), 'b').write('start', 9, 12.0);"
+            "os.kill(os.getpid(), signal.SIGKILL)")
+    subprocess.run([sys.executable, "-c", code, str(path)], timeout=60)
+    assert [r["token"] for r in read_jsonl(path)] == [5, 9]

@@ -257,6 +257,7 @@ class Agent:
             await _best_effort("stop the inference server", self.inference.stop())
         await _best_effort("stop the health probes", self.health.stop())
         await _best_effort("stop heartbeats", self.heartbeats.stop())
+        await _best_effort("sync the leadership history", asyncio.to_thread(self.history.flush))
         await _best_effort("stop the API", api.stop())
         await _best_effort("close the store", self.store.close())
 
