@@ -26,6 +26,10 @@ log = logging.getLogger(__name__)
 
 
 SESSION_CHECK = 10.0  # s: well inside the 60 s a BMC keeps an idle session (IPMI 2.0, 13.14)
+# A new leader's BMC session is opened this long after the leader changed: starting
+# ipmitool and its RMCP+ handshake take tens of ms of CPU, which a takeover's last
+# steps (the VIP, the first answers from the new holder) need more on a small node.
+FOLLOW_DELAY = 1.0
 
 
 class Fencer:
@@ -41,8 +45,11 @@ class Fencer:
 
     def follow(self, leader: str | None) -> None:
         """Keep a session open to the first device of `leader` (the node this one
-        would fence), checked every SESSION_CHECK s; close the previous leader's.
-        Only one BMC per standby: a BMC serves a handful of sessions at a time."""
+        would fence), opened FOLLOW_DELAY s after the leader changed and checked
+        every SESSION_CHECK s; close the previous leader's. Only one BMC per
+        standby: a BMC serves a handful of sessions at a time. (A fence of a
+        leader younger than FOLLOW_DELAY opens its own session, as without
+        `keep_sessions`.)"""
         target = leader if self.keep_sessions and leader != self.node and leader in self.devices else None
         if target == self._warm_for:
             return
@@ -55,6 +62,7 @@ class Fencer:
     async def _keep_session(self, node: str) -> None:
         device, reachable = self.devices[node][0], None
         try:
+            await asyncio.sleep(FOLLOW_DELAY)
             while True:
                 try:
                     await device.open_session()
