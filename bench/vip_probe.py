@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Callable, Protocol
 
 VIP = "10.231.0.200/24"
@@ -132,52 +134,43 @@ def vip_holders(net) -> list[int]:
 class Probe:
     """GET http://VIP:8080/ every `period` s, each a new connection with a
     `timeout` s deadline for connect + answer; attempts overlap. Records
-    (start, end, node name or None) in completion order (monotonic clock)."""
+    (start, end, node name or None) in completion order (monotonic clock,
+    which is one clock for every process of the machine).
+
+    The client runs in a process of its own at a raised priority (nice -10),
+    as a client machine would: sharing this process's interpreter with the
+    holder watch (netlink dumps parsed in Python every 20 ms) it waited for
+    the interpreter lock up to ~100 ms at the very moment a VIP moved, and
+    measured that wait as outage."""
 
     def __init__(self, addr: str = ADDR, period: float = 0.01, timeout: float = 0.1):
         self.addr, self.period, self.timeout = addr, period, timeout
         self.records: list[tuple[float, float, str | None]] = []
         self._cond = threading.Condition()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
+        self._proc: subprocess.Popen | None = None
+        self._reader = threading.Thread(target=self._read, daemon=True)
 
     def start(self) -> "Probe":
-        self._thread.start()
+        self._proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "probe", self.addr, str(self.period),
+             str(self.timeout)], stdout=subprocess.PIPE, text=True, preexec_fn=lambda: os.nice(-10))
+        self._reader.start()
         return self
 
     def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(10)
+        if self._proc is not None:
+            self._proc.terminate()
+            self._proc.wait(10)
+        self._reader.join(10)
 
-    async def _main(self) -> None:
-        tasks: set[asyncio.Task] = set()
-        due = time.monotonic()
-        while not self._stop.is_set():
-            task = asyncio.create_task(self._one())
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-            due = max(due + self.period, time.monotonic())  # never a burst after a stall
-            await asyncio.sleep(due - time.monotonic())
-        await asyncio.gather(*tasks, return_exceptions=True)
+    def _read(self) -> None:
+        assert self._proc is not None and self._proc.stdout is not None
+        for line in self._proc.stdout:
+            start, end, node = line.split()
+            with self._cond:
+                self.records.append((float(start), float(end), None if node == "-" else node))
+                self._cond.notify_all()
 
-    async def _one(self) -> None:
-        start, node, writer = time.monotonic(), None, None
-        try:
-            async with asyncio.timeout(self.timeout):
-                reader, writer = await asyncio.open_connection(self.addr, PORT)
-                writer.write(b"GET / HTTP/1.0\r\n\r\n")
-                data = await reader.read()
-            head, _, body = data.partition(b"\r\n\r\n")
-            if head.startswith(b"HTTP/1.0 200") and body:
-                node = body.decode()
-        except (OSError, TimeoutError, ValueError):
-            pass
-        finally:
-            if writer is not None:
-                writer.close()
-        with self._cond:
-            self.records.append((start, time.monotonic(), node))
-            self._cond.notify_all()
 
     def wait_answer(self, ok: Callable[[str], bool], after: float, timeout: float) -> float | None:
         """The end time of the first answer completed after `after` from a node
@@ -210,6 +203,35 @@ class Probe:
             counts[n] = counts.get(n, 0) + 1
         return counts
 
+
+async def run_client(addr: str, period: float, timeout: float) -> None:
+    """The probe process: one line "start end node" (node "-": no answer) per attempt."""
+    async def one() -> None:
+        start, node, writer = time.monotonic(), None, None
+        try:
+            async with asyncio.timeout(timeout):
+                reader, writer = await asyncio.open_connection(addr, PORT)
+                writer.write(b"GET / HTTP/1.0\r\n\r\n")
+                data = await reader.read()
+            head, _, body = data.partition(b"\r\n\r\n")
+            if head.startswith(b"HTTP/1.0 200") and body:
+                node = body.decode()
+        except (OSError, TimeoutError, ValueError):
+            pass
+        finally:
+            if writer is not None:
+                writer.close()
+        sys.stdout.write(f"{start:.6f} {time.monotonic():.6f} {node or '-'}\n")
+        sys.stdout.flush()
+
+    tasks: set[asyncio.Task] = set()
+    due = time.monotonic()
+    while True:
+        task = asyncio.create_task(one())
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+        due = max(due + period, time.monotonic())  # never a burst after a stall
+        await asyncio.sleep(due - time.monotonic())
 
 class HolderWatch:
     """Samples, from the client namespace, which nodes hold the VIP (every
@@ -320,7 +342,12 @@ class HolderWatch:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "serve":
+    if len(sys.argv) == 5 and sys.argv[1] == "probe":
+        try:
+            asyncio.run(run_client(sys.argv[2], float(sys.argv[3]), float(sys.argv[4])))
+        except (KeyboardInterrupt, BrokenPipeError):
+            pass
+    elif len(sys.argv) == 3 and sys.argv[1] == "serve":
         serve(sys.argv[2])
     else:
         sys.exit("usage: vip_probe.py serve NODE_NAME")

@@ -48,6 +48,9 @@ class EtcdConfig:
     key_file: str | None = None
     user: str | None = None  # etcd auth (roles: docs/operations.md)
     password: str | None = field(default=None, repr=False)
+    # The etcd member on this node's machine, if any: while this node leads, etcd's raft
+    # leader is moved off it (vigil.store.raft_leader).
+    local_member: str | None = None
 
     def store(self, timeout: float):
         """An EtcdStore for these endpoints, TLS files and credentials."""
@@ -207,7 +210,8 @@ def _observers(v: Any) -> tuple[Observer, ...]:
 
 
 def _etcd(v: Any, base: Path = Path(".")) -> EtcdConfig:
-    d = check_mapping(v, "etcd", {"endpoints", "ca_file", "cert_file", "key_file", "user", "password_file"})
+    d = check_mapping(v, "etcd", {"endpoints", "ca_file", "cert_file", "key_file", "user", "password_file",
+                                  "local_member"})
     eps = d.get("endpoints")
     if isinstance(eps, str):
         eps = [eps]
@@ -229,7 +233,8 @@ def _etcd(v: Any, base: Path = Path(".")) -> EtcdConfig:
     password = read_secret(base / str(d["password_file"]), "etcd.password_file") if "password_file" in d \
         else None
     user = check_name(d, "user", "etcd.user") if "user" in d else None
-    return EtcdConfig(tuple(str(e) for e in eps), **tls, user=user, password=password)
+    local = check_name(d, "local_member", "etcd.local_member") if "local_member" in d else None
+    return EtcdConfig(tuple(str(e) for e in eps), **tls, user=user, password=password, local_member=local)
 
 
 def _timing(v: Any) -> Timing:

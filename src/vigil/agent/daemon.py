@@ -45,10 +45,11 @@ from vigil.core.peers import PeerTransition
 from vigil.errors import ConfigError, StoreError, VigilError
 from vigil.store.base import Store
 from vigil.store.election import Election
-from vigil.store.etcd import lease_revocation_bug
+from vigil.store.etcd import EtcdStore, lease_revocation_bug
 from vigil.store.events import EventLog
 from vigil.store.keys import Keys
 from vigil.store.member_record import MemberRecord
+from vigil.store.raft_leader import RaftLeaderApart
 from vigil.store.registry import Registry
 from vigil.store.session import Session
 
@@ -99,7 +100,8 @@ class Agent:
                               lambda: self.session.renew_now() if self.session else None)
         self.leadership = Leadership(cfg.node, cfg.timing.demote_after, self.clock, self.data_dir, self.history,
                                      self.watchdog, self.vips, self.events.record)
-        self.leadership.on_change += [lambda change: self.heartbeats.send_now(), lambda change: self.wake.set()]
+        self.leadership.on_change += [lambda change: self.heartbeats.send_now(), lambda change: self.wake.set(),
+                                      lambda change: self.reconciler.invalidate_snapshot()]
         c = cfg.controller
         self.controller = (Controller(cfg.node, lambda: self.cfg.keys.signing, self.clock, self.events.record,
                                       self.leadership, c["gateway"], c["register"], c["interval"],
@@ -211,6 +213,11 @@ class Agent:
                        loop.create_task(self.reconciler.loop()),
                        loop.create_task(self._role_guard_loop()),
                        loop.create_task(self._check_etcd_version())]
+        local = self.cfg.etcd.local_member
+        if local and isinstance(self.store, EtcdStore):
+            apart = RaftLeaderApart(self.store, local)
+            self.leadership.on_change.append(lambda change: apart.wake.set())
+            self._tasks.append(loop.create_task(apart.run(self.is_leader, self.events.record)))
         if api_ready:
             api_ready.set()
         try:

@@ -152,7 +152,7 @@ class Lab(LabObservation):
             "data_dir": node.data_dir,
             "api": {"host": node.host, "port": int(node.api_url.rsplit(":", 1)[1]),
                     **(secure_lab.api_block(self.root, node.name) if self.etcd.tls else {})},
-            "etcd": self._etcd_block(node.name),
+            "etcd": self._etcd_block(node.name) | self._local_member(node),
             "heartbeat": {"addresses": [node.host], "port": node.heartbeat_port,
                           "signing_key_file": str(self.root / "keys" / f"{node.name}.key"),
                           "keyring_file": str(self.root / "keys" / "cluster.keyring"),
@@ -183,6 +183,11 @@ class Lab(LabObservation):
         return self.front.router_config(self.cluster, node.name, node.host, self._etcd_block("router"),
                                         str(self.root / "keys" / "cluster.keyring"),
                                         secure_lab.admin_block(self.root) if self.etcd.tls else {})
+
+    def _local_member(self, node: LabNode) -> dict[str, Any]:
+        """The etcd member on the node's own (namespace) machine, if any."""
+        here = [m.name for m in self.etcd.members if node.netns and m.netns == node.netns]
+        return {"local_member": here[0]} if here else {}
 
     def _etcd_block(self, name: str) -> dict[str, Any]:
         if self.etcd.tls is None:

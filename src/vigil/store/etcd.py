@@ -107,6 +107,30 @@ class EtcdStore(Store):
             self._current = (self._current + 1) % len(self.endpoints)
             await asyncio.sleep(min(0.02, max(0.0, deadline - loop.time())))
 
+    async def call_member(self, url: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """One POST to the member at `url` (no failover: some requests, such as a raft
+        leadership transfer, must reach one member). Raises StoreUnavailable or StoreError."""
+        try:
+            if self.user and self._token is None:
+                await self._authenticate(url, self.timeout)
+            async with self._http().post(f"{url.rstrip('/')}/v3/{path}", json=body, headers=self._auth(),
+                                         timeout=aiohttp.ClientTimeout(total=self.timeout)) as r:
+                data = await r.json(content_type=None)
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as e:
+            raise StoreUnavailable(f"{url}: {type(e).__name__} {e}".strip()) from None
+        if r.status != 200:
+            raise StoreError(f"etcd {url} refused {path}: {self._classify(url, data)}")
+        return data
+
+    async def raft_status(self) -> tuple[str, dict[str, list[str]], dict[str, str]]:
+        """(raft leader's member id, member id -> client URLs, member id -> name),
+        as the member answering now sees them. Raises StoreError."""
+        status = await self._call("maintenance/status", {})
+        listed = await self._call("cluster/member/list", {})
+        urls = {str(m["ID"]): [str(u) for u in m.get("clientURLs") or ()] for m in listed.get("members", [])}
+        names = {str(m["ID"]): str(m.get("name", "")) for m in listed.get("members", [])}
+        return str(status.get("leader", "")), urls, names
+
     async def version(self) -> str:
         """The etcd server version of the first member that answers GET /version."""
         for ep in self.endpoints:
