@@ -30,6 +30,9 @@ def test_good_config_and_defaults():
     assert c.addresses == ("10.0.0.1", "10.1.0.1") and c.keys.max_clock_skew == 2.0
     inf = parse_config(good(inference={"url": "http://127.0.0.1:8000", "load_format": "vllm"})).inference
     assert inf.load_path == "/metrics" and inf.stall_window == 10.0 and inf.silence_window == 1.0
+    assert c.etcd.local_member is None
+    here = parse_config(good(etcd={"endpoints": ["http://127.0.0.1:2379"], "local_member": "etcd1"}))
+    assert here.etcd.local_member == "etcd1"
 
 
 @pytest.mark.parametrize("over, field, words", [
@@ -38,6 +41,8 @@ def test_good_config_and_defaults():
     (dict(priority=5000), "priority", "0 to 1000"),
     (dict(etcd={"endpoints": ["127.0.0.1:2379"]}), "etcd.endpoints[0]", "http(s)://HOST:PORT"),
     (dict(etcd={"endpoints": []}), "etcd.endpoints", "at least one"),
+    (dict(etcd={"endpoints": ["http://127.0.0.1:2379"], "local_member": "etcd 1"}), "etcd.local_member",
+     "1-64 letters"),
     (dict(heartbeat={"key": "ab" * 32}), "heartbeat.key", "vigil keygen --node"),
     (dict(heartbeat={"keyring_file": KEY["keyring_file"]}), "heartbeat.signing_key_file", "vigil keygen"),
     (dict(heartbeat={**KEY, "max_clock_skew": 0}), "heartbeat.max_clock_skew", "0.1..300"),

@@ -33,7 +33,7 @@ def test_silence_suspects_with_cause_and_phi():
     assert c.phi >= 8 and abs(c.silent_for - 0.4) < 1e-9
     assert "phi" in c.cause and "silence" in c.cause
     assert t.tick(last + 0.5) == [], "a transition is reported once"
-    assert t.suspected() == {"b", "c"}
+    assert t.unheard() == {"b", "c"} and set(t.suspected_for(last + 0.5)) == {"b"}, "c was never heard"
 
 
 def test_rise_needs_consecutive_fresh_heartbeats():

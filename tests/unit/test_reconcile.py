@@ -26,7 +26,7 @@ def test_lower_priority_waits_then_campaigns_after_grace():
 
 
 def test_suspected_best_candidate_is_skipped():
-    d = decide(view("b", suspected=frozenset({"a"})))
+    d = decide(view("b", unheard=frozenset({"a"})))
     assert d.action == CAMPAIGN
 
 
@@ -69,7 +69,7 @@ def test_switchover_resign_and_target_campaigns():
 
 def test_switchover_to_ineligible_node_is_ignored():
     lead = view("a", i_lead=True, my_token=5, leader=LeaderInfo("a", 5, 1),
-                switchover=Switchover("c"), suspected=frozenset({"c"}))
+                switchover=Switchover("c"), unheard=frozenset({"c"}))
     assert decide(lead).action == NONE
 
 
@@ -90,7 +90,7 @@ def test_decide_states_marks_leader_standbys_and_failed():
     v = view("a", i_lead=True, my_token=5, leader=LeaderInfo("a", 5, 1),
              members={"a": MEMBERS["a"], "b": MEMBERS["b"]},
              states={"a": "standby", "b": "standby", "c": "standby", "d": "maintenance"},
-             suspected=frozenset())
+             unheard=frozenset())
     assert decide_states(v) == {"a": "active", "c": "failed"}
     assert decide_states(replace(v, i_lead=False)) == {}
 
@@ -101,7 +101,7 @@ AGREE = {n: replace(m, suspects=frozenset({"a"}) if n != "a" else frozenset())
 
 def fence_view(me="b", **kw):
     """`a` leads and is suspected by `me`; every other member's record suspects it too."""
-    base = view(me, leader=LeaderInfo("a", 5, 1), suspected=frozenset({"a"}), members=AGREE,
+    base = view(me, leader=LeaderInfo("a", 5, 1), unheard=frozenset({"a"}), members=AGREE,
                 fenceable=frozenset({"a"}), suspected_for={"a": 0.3})
     return replace(base, **kw)
 
@@ -137,7 +137,7 @@ def test_lower_priority_standby_leaves_fencing_to_the_best():
 
 
 def test_race_delay_when_a_higher_priority_peer_may_exist():
-    v = fence_view("c", suspected=frozenset({"a", "b"}), suspected_for={"a": 0.3}, race_delay=0.5)
+    v = fence_view("c", unheard=frozenset({"a", "b"}), suspected_for={"a": 0.3}, race_delay=0.5)
     d = decide(v)
     assert d.action == NONE and "fencing it in 0.2 s" in d.reason, "b outranks c: c waits 1 x 0.5 s"
     assert decide(replace(v, suspected_for={"a": 0.6})).action == "fence"

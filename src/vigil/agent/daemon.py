@@ -110,7 +110,7 @@ class Agent:
                                        self.registry, self.store, self.leadership, cfg.fencing.keep_sessions)
                                 if cfg.fencing else None)
         self.link = link = SessionLink(lambda: self.session, lambda: self.election, lambda: self.health_reasons,
-                                       self.publish_record, self.suspects_unpublished)
+                                       self._republish, self.suspects_unpublished)
         self.health = HealthMonitor(cfg.health, self.clock, self.events.record, self._on_health,
                                     restart_server=self._restart_server)
         self.reconciler = Reconciler(cfg, self.clock, self.store, self.keys, self.registry, self.events.record,
@@ -120,6 +120,8 @@ class Agent:
                                               self._on_inference, self.events.record)
                           if cfg.inference else None)
         self.published_suspects: list[str] = []  # as last written to our member record
+        self._publisher: asyncio.Task | None = None
+        self._publish_again = False
         # The node's front door runs beside the agent, not in it: its proxy load must never
         # delay a heartbeat or a self-demotion check, and its crash must not end leadership.
         self.router = (ChildProcess("router", "router", [sys.executable, "-m", "vigil", "router", "--config",
@@ -298,6 +300,25 @@ class Agent:
             self.events.record("session_lost", session.lost_reason, lease=session.lease_id)
             self.wake.set()
 
+    def request_publish(self) -> None:
+        """Publish our member record soon, in the background: one put in flight at a
+        time, and a request made meanwhile runs once more after it (the record is
+        built when sent, so the last put carries the newest state; two puts in
+        flight could land in either order)."""
+        self._publish_again = True
+        if self._publisher is None or self._publisher.done():
+            self._publisher = asyncio.get_running_loop().create_task(self._publish_loop())
+
+    def _republish(self) -> None:
+        """A retry of a publish that failed (etcd was away), unless one is under way."""
+        if self._publisher is None or self._publisher.done():
+            self.request_publish()
+
+    async def _publish_loop(self) -> None:
+        while self._publish_again:
+            self._publish_again = False
+            await _best_effort("publish the member record", self.publish_record())
+
     async def publish_record(self) -> None:
         if self.session_ok():
             record = self.member_record()
@@ -318,10 +339,10 @@ class Agent:
 
     def _on_inference(self, ready: bool, cause: str) -> None:
         self.events.record("inference_ready" if ready else "inference_not_ready", cause)
-        asyncio.get_running_loop().create_task(_best_effort("publish readiness", self.publish_record()))
+        self.request_publish()
 
     def _on_health(self) -> None:
-        asyncio.get_running_loop().create_task(_best_effort("publish the health verdict", self.publish_record()))
+        self.request_publish()
         self.wake.set()
 
     async def _restart_server(self, why: str) -> None:
@@ -342,7 +363,7 @@ class Agent:
         # Peers read our suspicions before they fence anyone (core.reconcile): in our
         # heartbeats at once, and in our member record once etcd has it.
         self.heartbeats.send_now()
-        asyncio.get_running_loop().create_task(_best_effort("publish suspicions", self.publish_record()))
+        self.request_publish()
         self.wake.set()
 
     async def _role_guard_loop(self) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, replace
 import logging
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable
 
 from vigil.agent.controller import Controller
 from vigil.agent.fence import Fencer
@@ -29,15 +29,17 @@ from vigil.store.base import Store
 from vigil.store.election import Election
 from vigil.store.events import prune_events
 from vigil.store.keys import Keys
-from vigil.store.registry import Registry, Snapshot
+from vigil.store.mirror import RegistryMirror
+from vigil.store.registry import Registry, Snapshot, parse_snapshot
 from vigil.store.session import Session
 
 log = logging.getLogger(__name__)
 
 EVENTS_KEEP = 2000
 PRUNE_EVERY = 30.0
-# A cycle reuses the last snapshot while the watch has delivered no change after it,
-# for at most this long: a cycle woken by a peer's heartbeat news (the second
+# A cycle decides on the watch's mirror of etcd (vigil.store.mirror) while it is
+# current, younger than this since its last range read, and this agent neither wrote
+# nor changed its role since: a cycle woken by a peer's heartbeat news (the second
 # suspicion a fence waits for) then decides at once, not after a 5-15 ms range read.
 SNAPSHOT_REUSE = 0.5
 
@@ -50,7 +52,7 @@ class SessionLink:
     session: Callable[[], Session | None]
     election: Callable[[], Election | None]
     health_reasons: Callable[[], tuple[str, ...]]
-    publish_record: Callable[[], Awaitable[None]]
+    republish: Callable[[], None]  # publish our member record in the background, unless under way
     suspects_unpublished: Callable[[], bool]
 
     def session_ok(self) -> bool:
@@ -71,11 +73,8 @@ class Reconciler:
         self.last = Decision(NONE, "starting")
         self.snapshot: Snapshot | None = None
         self._snapshot_at = 0.0
-        # The watch's position: it streams every change after `_watched_rev` (None: no
-        # watch running now), and `_changed_rev` is the newest change it delivered.
-        self._watched_rev: int | None = None
-        self._changed_rev = 0
-        self._reusable = False  # no write of ours and no role change since the last snapshot
+        self.mirror = RegistryMirror(keys)
+        self._reusable = False  # no write of ours and no role change since the last range read
         self.cycles = 0
         self._no_leader_since: float | None = None
         self._last_prune = 0.0
@@ -124,30 +123,29 @@ class Reconciler:
         while True:
             try:
                 _, rev = await self.store.range(self.keys.leader, self.keys.leader + "\0")
-                self._watched_rev = rev
+                self.mirror.watching(rev)
                 async for ev in self.store.watch(self.keys.prefix, rev + 1):
+                    self.mirror.apply(ev)
                     if not ev.key.startswith(events_prefix):
-                        self._changed_rev = max(self._changed_rev, ev.revision)
                         self.wake.set()
             except (StoreError, WatchCompacted) as e:
                 log.debug("watch restarting: %s", e)
                 await asyncio.sleep(0.1)
             finally:
-                self._watched_rev = None
+                self.mirror.stopped()
 
     async def _snapshot(self) -> Snapshot:
-        """The last snapshot if nothing under the prefix changed since it (the
-        watch, running since before it was read, delivered no later change)
-        and it is younger than SNAPSHOT_REUSE; else a fresh one (one range
-        read, one revision)."""
-        snap, now = self.snapshot, self.clock.now()
-        if (snap is not None and self._reusable and self._watched_rev is not None
-                and snap.revision >= self._watched_rev and snap.revision >= self._changed_rev
-                and now - self._snapshot_at < SNAPSHOT_REUSE):
-            return snap
-        snap = await self.registry.snapshot()
+        """The watch's mirror while it is current and the last range read is
+        younger than SNAPSHOT_REUSE (and none of our writes or role changes
+        came since); else a fresh range read, which the mirror then follows."""
+        now = self.clock.now()
+        mirrored = self.mirror.snapshot() if self.mirror.current else None
+        if mirrored is not None and self._reusable and now - self._snapshot_at < SNAPSHOT_REUSE:
+            return mirrored
+        kvs, rev = await self.registry.read()
+        self.mirror.load(kvs, rev)
         self._snapshot_at, self._reusable = now, True
-        return snap
+        return parse_snapshot(self.keys, kvs, rev)
 
     def invalidate_snapshot(self) -> None:
         """Our own role changed or we wrote: the next cycle reads etcd (our change
@@ -156,7 +154,7 @@ class Reconciler:
 
     async def run_cycle(self) -> Decision:
         if self.link.suspects_unpublished():  # a publish failed (etcd away): peers need it to fence
-            await self.link.publish_record()
+            self.link.republish()
         snap = await self._snapshot()
         if await self._abandon_stale_fences(snap):
             snap = await self.registry.snapshot()
@@ -211,7 +209,7 @@ class Reconciler:
             my_token=self.leadership.token, healthy=not self.link.health_reasons(), health_reasons=self.link.health_reasons(),
             verdict=verdict.state, verdict_reasons=verdict.reasons,
             leader=snap.leader, members=snap.member_infos(), states=snap.states,
-            switchover=snap.switchover, suspected=frozenset(self.peers.suspected()),
+            switchover=snap.switchover, unheard=frozenset(self.peers.unheard()),
             no_leader_for=now - self._no_leader_since if self._no_leader_since else 0.0,
             campaign_grace=self.cfg.timing.loop_interval,
             fenceable=frozenset(self.cfg.fencing.topology) if self.cfg.fencing else frozenset(),

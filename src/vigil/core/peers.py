@@ -175,7 +175,10 @@ class PeerTable:
     def suspected_for(self, now: float) -> dict[str, float]:
         return {p.name: now - p.since for p in self.peers.values() if p.state == SUSPECT}
 
-    def suspected(self) -> set[str]:
+    def unheard(self) -> set[str]:
+        """Peers not heard now: never heard (unknown) or heard and then lost
+        (suspected). Only the second are suspicions (`suspected_for`): a peer we
+        never heard, because we just started, is no evidence of anything."""
         return {p.name for p in self.peers.values() if p.state != ALIVE}
 
     def alive(self) -> set[str]:

@@ -183,7 +183,7 @@ def decide_states(v: ClusterView) -> dict[str, str]:
     The leader is `active`, registered members are `standby` (`held` while
     flap damping holds them out, vigil.core.damping), and a node with
     a state but no member record (its lease is gone) or that the leader
-    suspects is `failed`. `maintenance` is kept until an operator changes it;
+    does not hear now is `failed`. `maintenance` is kept until an operator changes it;
     `fenced` is kept until the node registers again (it was rebooted).
     """
     if not v.i_lead:
@@ -195,7 +195,7 @@ def decide_states(v: ClusterView) -> dict[str, str]:
             continue
         if name == v.me:
             state = ACTIVE
-        elif name in v.members and name not in v.suspected:
+        elif name in v.members and name not in v.unheard:
             state = HELD if name in v.held_out else STANDBY
         else:
             state = FAILED

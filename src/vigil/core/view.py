@@ -54,7 +54,9 @@ class ClusterView:
     members: dict[str, MemberInfo] = field(default_factory=dict)
     states: dict[str, str] = field(default_factory=dict)
     switchover: Switchover | None = None
-    suspected: frozenset[str] = frozenset()
+    # Peers this node does not hear now: never heard since it started, or heard and then
+    # lost. Only the second kind is *suspected* (`suspected_for`, a member's `suspects`).
+    unheard: frozenset[str] = frozenset()
     no_leader_for: float = 0.0
     campaign_grace: float = 1.0
     fenceable: frozenset[str] = frozenset()  # nodes this node has a fencing device for
@@ -66,11 +68,11 @@ class ClusterView:
     heard_suspects: dict[str, frozenset[str]] = field(default_factory=dict)  # from peers' heartbeats
 
     def eligible(self, name: str) -> bool:
-        """Could `name` lead: registered, healthy, not suspected, not held out by its state."""
+        """Could `name` lead: registered, healthy, heard by me, not held out by its state."""
         m = self.members.get(name)
         if m is None or not m.healthy:
             return False
-        if name != self.me and name in self.suspected:
+        if name != self.me and name in self.unheard:
             return False
         return self.states.get(name) not in INELIGIBLE_STATES
 
@@ -92,7 +94,7 @@ class ClusterView:
         member record), else what its member record says."""
         voters = [m for m in self.members.values() if m.name != node]
         agree = sum(1 for m in voters if node in (
-            self.suspected if m.name == self.me else self.heard_suspects.get(m.name, m.suspects)))
+            self.suspected_for if m.name == self.me else self.heard_suspects.get(m.name, m.suspects)))
         return agree, max(len(voters), self.cluster_size - 1)
 
     def best_candidate(self) -> str | None:

@@ -152,7 +152,7 @@ class Lab(LabObservation):
             "data_dir": node.data_dir,
             "api": {"host": node.host, "port": int(node.api_url.rsplit(":", 1)[1]),
                     **(secure_lab.api_block(self.root, node.name) if self.etcd.tls else {})},
-            "etcd": self._etcd_block(node.name) | self._local_member(node),
+            "etcd": self._etcd_block(node.name, self._local_member(node)),
             "heartbeat": {"addresses": [node.host], "port": node.heartbeat_port,
                           "signing_key_file": str(self.root / "keys" / f"{node.name}.key"),
                           "keyring_file": str(self.root / "keys" / "cluster.keyring"),
@@ -184,15 +184,18 @@ class Lab(LabObservation):
                                         str(self.root / "keys" / "cluster.keyring"),
                                         secure_lab.admin_block(self.root) if self.etcd.tls else {})
 
-    def _local_member(self, node: LabNode) -> dict[str, Any]:
+    def _local_member(self, node: LabNode) -> Any:
         """The etcd member on the node's own (namespace) machine, if any."""
-        here = [m.name for m in self.etcd.members if node.netns and m.netns == node.netns]
-        return {"local_member": here[0]} if here else {}
+        return next((m for m in self.etcd.members if node.netns and m.netns == node.netns), None)
 
-    def _etcd_block(self, name: str) -> dict[str, Any]:
-        if self.etcd.tls is None:
-            return {"endpoints": self.etcd.endpoints}
-        return secure_lab.etcd_block(self.root, self.etcd.endpoints, name)
+    def _etcd_block(self, name: str, local: Any = None) -> dict[str, Any]:
+        # The member on this machine first: when another machine dies, its member does
+        # not hold this agent's requests until a connect times out.
+        eps = self.etcd.endpoints
+        if local is not None:
+            eps = [local.client_url] + [e for e in eps if e != local.client_url]
+        block = {"endpoints": eps} if self.etcd.tls is None else secure_lab.etcd_block(self.root, eps, name)
+        return block | ({"local_member": local.name} if local is not None else {})
 
     def _inference_config(self, node: LabNode) -> dict[str, Any]:
         if not node.server_url:

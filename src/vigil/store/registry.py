@@ -88,9 +88,16 @@ class Registry:
         await self.store.delete(self.keys.fence_marker(node))
 
     async def snapshot(self) -> Snapshot:
-        start = self.keys.prefix + "events" + chr(ord("/") + 1)
-        kvs, rev = await self.store.range(start, prefix_end(self.keys.prefix))
-        return parse_snapshot(self.keys, kvs, rev)
+        return parse_snapshot(self.keys, *await self.read())
+
+    async def read(self) -> tuple[list[KeyValue], int]:
+        """The snapshot range's keys and the revision they were read at (one range request)."""
+        return await self.store.range(*snapshot_range(self.keys))
+
+
+def snapshot_range(keys: Keys) -> tuple[str, str]:
+    """[start, end) of the keys a snapshot holds: everything under the prefix after events/."""
+    return keys.prefix + "events" + chr(ord("/") + 1), prefix_end(keys.prefix)
 
 
 def parse_snapshot(keys: Keys, kvs: list[KeyValue], revision: int) -> Snapshot:

@@ -1,0 +1,71 @@
+"""RegistryMirror: the registry's keys as the watch tells them, so a decision
+needs no range read of its own (Kubernetes' informer cache, for one prefix).
+
+Contract:
+- `load(kvs, revision)` takes one range read (the snapshot range of
+  vigil.store.registry); `apply(event)` each watched change after it, in
+  revision order (changes at or before the loaded revision are already in).
+- `watching(from_revision)` is called when a watch starts streaming every
+  change after `from_revision`, `stopped()` when it ends. The mirror is
+  `current` only while a watch runs that started at or before the loaded
+  revision: then no change after the load can have been missed.
+- `snapshot()` is the Snapshot at the newest applied revision (parsed once
+  per change); it may trail etcd by the watch's delivery delay (ms), never
+  by a missed change.
+"""
+
+from __future__ import annotations
+
+from vigil.store.base import KeyValue, WatchEvent
+from vigil.store.keys import Keys
+from vigil.store.registry import Snapshot, parse_snapshot, snapshot_range
+
+
+class RegistryMirror:
+    def __init__(self, keys: Keys):
+        self.keys = keys
+        self.start, self.end = snapshot_range(keys)
+        self.revision = 0
+        self._kvs: dict[str, KeyValue] | None = None
+        self._loaded_at_rev = 0
+        self._watch_from: int | None = None
+        self._parsed: Snapshot | None = None
+
+    @property
+    def current(self) -> bool:
+        return (self._kvs is not None and self._watch_from is not None
+                and self._watch_from <= self._loaded_at_rev)
+
+    def watching(self, from_revision: int) -> None:
+        self._watch_from = from_revision
+
+    def stopped(self) -> None:
+        self._watch_from = None
+
+    def load(self, kvs: list[KeyValue], revision: int) -> None:
+        self._kvs = {kv.key: kv for kv in kvs}
+        self.revision = self._loaded_at_rev = revision
+        self._parsed = None
+
+    def apply(self, ev: WatchEvent) -> None:
+        if self._kvs is None or ev.revision <= self.revision:
+            return
+        self.revision = ev.revision
+        self._parsed = None
+        if not self.start <= ev.key < self.end:
+            return
+        if ev.type == "delete":
+            self._kvs.pop(ev.key, None)
+        else:
+            old = self._kvs.get(ev.key)
+            self._kvs[ev.key] = KeyValue(ev.key, ev.value, ev.create_revision or (old.create_revision if old
+                                         else ev.revision), ev.revision, lease=ev.lease)
+
+    def snapshot(self) -> Snapshot | None:
+        if self._kvs is None:
+            return None
+        if self._parsed is None:
+            self._parsed = parse_snapshot(self.keys, sorted(self._kvs.values(), key=lambda kv: kv.key),
+                                          self.revision)
+        return self._parsed
+

@@ -1,0 +1,80 @@
+"""The watch's mirror of the registry equals a fresh range read after any
+sequence of changes, and is never `current` when a change could have been
+missed (watch started after the load, or stopped)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from hypothesis import given, settings, strategies as st
+
+from vigil.store.keys import Keys
+from vigil.store.mirror import RegistryMirror
+from vigil.store.registry import Registry
+from vigil.testing.memory_store import MemoryStore
+
+K = Keys("c")
+NODES = ["n1", "n2", "n3"]
+
+
+async def _apply_changes(store: MemoryStore, changes: list[tuple[str, str, int]]) -> None:
+    lease = (await store.grant(10)).id
+    for op, node, n in changes:
+        if op == "member":
+            await store.put(K.member(node), json.dumps({"name": node, "priority": n, "suspects": []}), lease)
+        elif op == "state":
+            await store.put(K.state(node), ["standby", "failed", "fenced"][n % 3])
+        elif op == "leader":
+            await store.delete(K.leader)
+            await store.create(K.leader, node, lease)
+        elif op == "event":
+            await store.put(K.event(f"{n:016x}-{node}"), "{}")
+        else:
+            await store.delete(K.member(node))
+
+
+async def _mirror_after(changes: list[tuple[str, str, int]]) -> tuple[RegistryMirror, Registry]:
+    store = MemoryStore()
+    registry, mirror = Registry(store, K), RegistryMirror(K)
+    await _apply_changes(store, changes[: len(changes) // 2])
+    _, rev = await store.range(K.leader, K.leader + "\0")
+    mirror.watching(rev)
+    watch = store.watch(K.prefix, rev + 1).__aiter__()
+    mirror.load(*await registry.read())
+    await _apply_changes(store, changes[len(changes) // 2:])
+    while True:
+        try:
+            mirror.apply(await asyncio.wait_for(watch.__anext__(), 0.05))
+        except asyncio.TimeoutError:  # nothing more to deliver: the store is idle
+            break
+    return mirror, registry
+
+
+CHANGES = st.lists(st.tuples(st.sampled_from(["member", "state", "leader", "event", "gone"]),
+                             st.sampled_from(NODES), st.integers(0, 1000)), max_size=30)
+
+
+@settings(max_examples=60, deadline=None)
+@given(CHANGES)
+def test_the_mirror_equals_a_fresh_read(changes):
+    async def run():
+        mirror, registry = await _mirror_after(changes)
+        assert mirror.current
+        fresh, mirrored = await registry.snapshot(), mirror.snapshot()
+        assert mirrored.leader == fresh.leader and mirrored.members == fresh.members
+        assert mirrored.states == fresh.states and mirrored.member_leases == fresh.member_leases
+    asyncio.run(run())
+
+
+def test_never_current_when_a_change_could_have_been_missed():
+    m = RegistryMirror(K)
+    assert not m.current and m.snapshot() is None
+    m.load([], 10)
+    assert not m.current, "no watch: changes after the load go unseen"
+    m.watching(12)
+    assert not m.current, "the watch streams from after 12: changes 11-12 were missed"
+    m.watching(10)
+    assert m.current
+    m.stopped()
+    assert not m.current
