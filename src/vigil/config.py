@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from vigil.core.timing import Timing, validate_timing
+from vigil.core.timing import WATCHDOG_MODES, WATCHDOG_REQUIRED, Timing, fitting_timeout, validate_timing
 from vigil.errors import ConfigError
 from vigil.fields import (check_address, check_addresses, check_int, check_mapping, check_name,
                           check_port)
@@ -327,14 +327,12 @@ def _controller(v: Any) -> dict[str, Any] | None:
 
 
 def _watchdog(v: Any, t: Timing) -> WatchdogConfig:
-    from vigil.agent.watchdog import MODES, REQUIRED, fitting_timeout
-
     d = check_mapping({} if v is None else v, "watchdog", {"mode", "device", "timeout"})
     mode = d.get("mode", "automatic")
     if mode is False:  # YAML reads a bare `off` as false
         mode = "off"
-    if mode not in MODES:
-        raise ConfigError("watchdog.mode", mode, f"must be one of {', '.join(MODES)}")
+    if mode not in WATCHDOG_MODES:
+        raise ConfigError("watchdog.mode", mode, f"must be one of {', '.join(WATCHDOG_MODES)}")
     fits = fitting_timeout(t.demote_after, t.lease_ttl, t.etcd_timeout)
     timeout = d.get("timeout", fits)
     if "timeout" in d:
@@ -343,7 +341,7 @@ def _watchdog(v: Any, t: Timing) -> WatchdogConfig:
             raise ConfigError("watchdog.timeout", timeout,
                               f"must be above timing.demote_after ({t.demote_after:g}) and at most "
                               f"timing.lease_ttl - timing.etcd_timeout ({t.lease_ttl - t.etcd_timeout:g})")
-    elif fits is None and mode == REQUIRED:
+    elif fits is None and mode == WATCHDOG_REQUIRED:
         raise ConfigError("watchdog.mode", mode, "no whole-second watchdog timeout fits between "
                           f"timing.demote_after ({t.demote_after:g}) and timing.lease_ttl - "
                           f"timing.etcd_timeout ({t.lease_ttl - t.etcd_timeout:g}): lengthen "

@@ -82,3 +82,14 @@ def test_only_the_agent_package_imports_the_agent_daemon():
 
 def test_the_cycle_finder_finds_a_cycle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_lower_layers_never_import_the_agent_cli_or_lab():
+    """config, core, store, net and probes are below the agent: they may be
+    used by it, the router and the CLI, never the other way round."""
+    g = graph()
+    low = ("vigil.config", "vigil.core", "vigil.store", "vigil.net", "vigil.probes")
+    high = ("vigil.agent", "vigil.cli", "vigil.lab")
+    leaks = sorted(f"{n} -> {d}" for n, deps in g.items() if n.startswith(low)
+                   for d in deps if d.startswith(high))
+    assert leaks == []

@@ -1,6 +1,6 @@
 from dataclasses import replace
 
-from vigil.core.reconcile import CAMPAIGN, DEMOTE, NONE, RESIGN, decide, decide_states
+from vigil.core.reconcile import CAMPAIGN, DEMOTE, NONE, RESIGN, Campaign, Resign, decide, decide_states
 from vigil.core.view import ClusterView, LeaderInfo, MemberInfo, Switchover
 
 MEMBERS = {"a": MemberInfo("a", 100, lease=1), "b": MemberInfo("b", 90, lease=2),
@@ -109,7 +109,7 @@ def fence_view(me="b", **kw):
 def test_best_standby_fences_a_suspected_leader():
     d = decide(fence_view("b"))
     assert d.action == "fence" and "leader a (token 5) suspected" in d.reason
-    assert d.key == LeaderInfo("a", 5, 1), "the fence names its target: node, token and lease"
+    assert d.target == LeaderInfo("a", 5, 1), "the fence names its target: node, token and lease"
 
 
 def test_a_leader_suspected_by_one_standby_only_is_not_fenced():
@@ -217,10 +217,11 @@ def test_an_operators_standby_moves_the_role_and_resume_allows_it_back():
 
 
 def test_decisions_carry_the_key_they_act_on():
-    """The shell fences and resigns what was decided, never a re-read view."""
-    mine = LeaderInfo("a", 42, 1)
+    """The shell fences and resigns what was decided, never a re-read view: each
+    decision is a typed effect with its targets."""
     d = decide(leading(verdict="draining", verdict_reasons=("GPU 0 lost",)))
-    assert d.action == RESIGN and d.key == mine
+    assert isinstance(d, Resign) and d.token == 42
     d = decide(leading(switchover=Switchover("b")))
-    assert d.action == RESIGN and d.key == mine
-    assert decide(view("a")).key is None, "a campaign acts on no existing key"
+    assert isinstance(d, Resign) and d.token == 42
+    assert isinstance(decide(view("a")), Campaign), "a campaign acts on no existing key"
+    assert str(d) == "resign: switchover to b requested", "logged and shown in /status as before"

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from vigil.agent.watchdog import (AUTOMATIC, OFF, REQUIRED, LinuxWatchdogDevice, Watchdog,
-                                  WatchdogError, fitting_timeout)
+from vigil.agent.watchdog import AUTOMATIC, OFF, REQUIRED, LinuxWatchdogDevice, Watchdog, WatchdogError
+from vigil.core.timing import fitting_timeout
 from vigil.config import parse_config
 from vigil.errors import ConfigError
 from vigil.testing.keys import shared_keys

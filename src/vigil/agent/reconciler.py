@@ -21,7 +21,7 @@ from vigil.config import NodeConfig
 from vigil.core.damping import FlapDamper
 from vigil.core.health import Verdict
 from vigil.core.peers import PeerTable
-from vigil.core.reconcile import (CAMPAIGN, DEMOTE, FENCE, NONE, RESIGN, Decision, decide,
+from vigil.core.reconcile import (Campaign, Decision, Demote, Fence, Resign, Wait, decide,
                                   decide_states)
 from vigil.core.view import ACTIVE, FAILED, HELD, STANDBY, ClusterView
 from vigil.errors import StoreError, WatchCompacted
@@ -70,7 +70,7 @@ class Reconciler:
         self.fencer, self.controller, self.verdict = fencer, controller, verdict
         self.damper = FlapDamper(cfg.health.damping)
         self._holds_written: set[str] = set()
-        self.last = Decision(NONE, "starting")
+        self.last = Wait("starting")
         self.snapshot: Snapshot | None = None
         self._snapshot_at = 0.0
         self.mirror = RegistryMirror(keys)
@@ -93,8 +93,8 @@ class Reconciler:
                 await self.run_cycle()
                 self._recovered()
             except StoreError as e:
-                self._set(Decision(NONE, f"etcd unreachable ({e}); leadership valid for "
-                                         f"{self.leadership.remaining():.1f} s more"))
+                self._set(Wait(f"etcd unreachable ({e}); leadership valid for "
+                               f"{self.leadership.remaining():.1f} s more"))
             except Exception as e:  # noqa: BLE001 - the loop must outlive any one bad cycle
                 await self._failed(e)
 
@@ -107,7 +107,7 @@ class Reconciler:
             self.record("decision_loop_failed", f"the decision loop failed: {what}; "
                                      "this node reports itself unhealthy until a cycle succeeds")
         self.failing = what
-        self._set(Decision(NONE, f"cycle failed: {what}"))
+        self._set(Wait(f"cycle failed: {what}"))
         self._fail_delay = min(10.0, self._fail_delay * 2 if self._fail_delay else 0.5)
         await asyncio.sleep(self._fail_delay)
 
@@ -165,10 +165,10 @@ class Reconciler:
             self.fencer.follow(view.leader.name if view.leader else None)
         decision = decide(view)
         self._set(decision)
-        if decision.action != NONE:
+        if not isinstance(decision, Wait):
             self.invalidate_snapshot()
         await self._perform(decision, view)
-        if self.leadership.is_leader() and decision.action != FENCE:  # after a fence the view is stale: next cycle
+        if self.leadership.is_leader() and not isinstance(decision, Fence):  # after a fence the view is stale
             await self._leader_housekeeping(view)
         self.cycles += 1
         return decision
@@ -224,31 +224,31 @@ class Reconciler:
         self.last = decision
 
     async def _perform(self, d: Decision, view: ClusterView) -> None:
-        """Run the decision: one small runner per action (none does nothing)."""
-        runners = {CAMPAIGN: self._campaign_for, RESIGN: self._resign, DEMOTE: self._demote, FENCE: self._fence}
-        runner = runners.get(d.action)
+        """Run the decision: one small runner per type (Wait does nothing)."""
+        runners = {Campaign: self._campaign_for, Resign: self._resign, Demote: self._demote, Fence: self._fence}
+        runner = runners.get(type(d))
         if runner is not None:
             await runner(d, view)
 
-    async def _campaign_for(self, d: Decision, view: ClusterView) -> None:
+    async def _campaign_for(self, d: Campaign, view: ClusterView) -> None:
         await self._campaign(view)
 
-    async def _resign(self, d: Decision, view: ClusterView) -> None:
+    async def _resign(self, d: Resign, view: ClusterView) -> None:
         self.leadership.resign(d.reason)
         election = self.link.election()
-        if d.key and election:
-            await election.resign(d.key.token)
+        if election:
+            await election.resign(d.token)
 
-    async def _demote(self, d: Decision, view: ClusterView) -> None:
+    async def _demote(self, d: Demote, view: ClusterView) -> None:
         self.leadership.lose(d.reason)
 
-    async def _fence(self, d: Decision, view: ClusterView) -> None:
-        if d.key is None or self.fencer is None:
+    async def _fence(self, d: Fence, view: ClusterView) -> None:
+        if self.fencer is None:
             return
         session = self.link.session()
         if session:  # renewed while the fence runs: the takeover's deadline (and VIP lifetime) is fresh
             session.renew_now()
-        if await self.fencer.fence_leader(d.key, d.reason, session.lease_id if session else 0):
+        if await self.fencer.fence_leader(d.target, d.reason, session.lease_id if session else 0):
             await self._campaign(view)
 
     async def _campaign(self, view: ClusterView) -> None:

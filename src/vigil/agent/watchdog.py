@@ -10,7 +10,7 @@ disarms the device, so a standby is never reset. Disarming is the magic
 close: write "V", then close.
 
 Contract of the timeout (whole seconds, as the kernel takes it):
-demote_after < timeout <= lease_ttl - etcd_timeout; `fitting_timeout()`
+demote_after < timeout <= lease_ttl - etcd_timeout; `vigil.core.timing.fitting_timeout()`
 finds it, config validation enforces it.
 
 Modes:
@@ -26,29 +26,22 @@ from __future__ import annotations
 import errno
 import fcntl
 import logging
-import math
 import os
 import stat
 import struct
 from typing import Any, Callable
 
+from vigil.core.timing import WATCHDOG_AUTOMATIC, WATCHDOG_MODES, WATCHDOG_OFF, WATCHDOG_REQUIRED
 from vigil.errors import VigilError
 
 log = logging.getLogger(__name__)
 
-OFF, AUTOMATIC, REQUIRED = "off", "automatic", "required"
-MODES = (OFF, AUTOMATIC, REQUIRED)
+OFF, AUTOMATIC, REQUIRED, MODES = WATCHDOG_OFF, WATCHDOG_AUTOMATIC, WATCHDOG_REQUIRED, WATCHDOG_MODES
 WDIOC_SETTIMEOUT = 0xC0045706  # _IOWR('W', 6, int)
 
 
 class WatchdogError(VigilError):
     """The watchdog device could not be armed, pet or disarmed."""
-
-
-def fitting_timeout(demote_after: float, lease_ttl: float, etcd_timeout: float) -> int | None:
-    """The largest whole-second timeout in (demote_after, lease_ttl - etcd_timeout]."""
-    t = math.floor(lease_ttl - etcd_timeout)
-    return t if t > demote_after and t >= 1 else None
 
 
 class LinuxWatchdogDevice:

@@ -4,12 +4,19 @@ Each handler looks at one immutable `ClusterView` and either returns a
 `Decision` (what to do and why) or None to pass to the next handler. The
 first decision wins. The reason string is logged every cycle and asserted
 by tests (Patroni's `run_cycle() -> str`, without its 186-line function).
+
+A decision is a typed effect that carries its targets, so the shell acts on
+what was decided, never on a re-read: `Wait` (nothing to do), `Campaign`,
+`Resign(token)` (release the leader key created at `token`), `Demote` (stop
+acting at once; the key is not ours to touch) and `Fence(target)` (power off
+the leader key's holder: name, token, lease). The shell
+(vigil.agent.reconciler) is a table of one small runner per type.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, ClassVar
 
 from vigil.core.health import DEGRADED, SERVING
 from vigil.core.view import (ACTIVE, FAILED, FENCED, HELD, INELIGIBLE_STATES, MAINTENANCE, STANDBY,
@@ -20,15 +27,39 @@ NONE, CAMPAIGN, RESIGN, DEMOTE, FENCE = "none", "campaign", "resign", "demote", 
 
 @dataclass(frozen=True)
 class Decision:
-    """What to do and why. `key` is the leader key the action is about, so the
-    shell acts on what was decided, never on a re-read: FENCE powers off its
-    holder (name, token, lease), RESIGN releases it (its token)."""
-    action: str
+    """What to do and why; `action` names the type in logs and /status."""
     reason: str
-    key: LeaderInfo | None = None
+    action: ClassVar[str] = NONE
 
     def __str__(self) -> str:
         return f"{self.action}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class Wait(Decision):
+    action: ClassVar[str] = NONE
+
+
+@dataclass(frozen=True)
+class Campaign(Decision):
+    action: ClassVar[str] = CAMPAIGN
+
+
+@dataclass(frozen=True)
+class Demote(Decision):
+    action: ClassVar[str] = DEMOTE
+
+
+@dataclass(frozen=True)
+class Resign(Decision):
+    token: int  # the leader key's create revision: deleted only if it is still that key
+    action: ClassVar[str] = RESIGN
+
+
+@dataclass(frozen=True)
+class Fence(Decision):
+    target: LeaderInfo  # the leader key's holder as decided: powered off, its lease revoked
+    action: ClassVar[str] = FENCE
 
 
 Handler = Callable[[ClusterView], "Decision | None"]
@@ -38,17 +69,17 @@ def _no_session(v: ClusterView) -> Decision | None:
     if v.session_ok:
         return None
     if v.i_lead:
-        return Decision(DEMOTE, "lost the etcd session; stepping down")
-    return Decision(NONE, "waiting for an etcd session")
+        return Demote("lost the etcd session; stepping down")
+    return Wait("waiting for an etcd session")
 
 
 def _i_lead_without_key(v: ClusterView) -> Decision | None:
     if not v.i_lead:
         return None
     if v.leader is None:
-        return Decision(DEMOTE, "leader key disappeared")
+        return Demote("leader key disappeared")
     if v.leader.token != v.my_token or v.leader.name != v.me:
-        return Decision(DEMOTE, f"leader key now held by {v.leader.name} (token {v.leader.token})")
+        return Demote(f"leader key now held by {v.leader.name} (token {v.leader.token})")
     return None
 
 
@@ -56,9 +87,9 @@ def _stale_own_key(v: ClusterView) -> Decision | None:
     if v.leader is None or v.leader.name != v.me or v.i_lead:
         return None
     if v.leader.lease == v.my_lease:
-        return Decision(RESIGN, f"leader key (token {v.leader.token}) is mine but I no longer "
-                                "act on it; releasing it", v.leader)
-    return Decision(NONE, f"waiting for the leader key of an earlier lease (token {v.leader.token}) to expire")
+        return Resign(f"leader key (token {v.leader.token}) is mine but I no longer "
+                      "act on it; releasing it", v.leader.token)
+    return Wait(f"waiting for the leader key of an earlier lease (token {v.leader.token}) to expire")
 
 
 def _leading(v: ClusterView) -> Decision | None:
@@ -67,22 +98,22 @@ def _leading(v: ClusterView) -> Decision | None:
     so = v.switchover
     if so and so.to != v.me and v.eligible(so.to):
         by = f" by {so.requested_by}" if so.requested_by else ""
-        return Decision(RESIGN, f"switchover to {so.to} requested{by}", v.leader)
+        return Resign(f"switchover to {so.to} requested{by}", v.my_token)
     mine = v.states.get(v.me)
     if mine in INELIGIBLE_STATES:
-        return Decision(RESIGN, f"state {mine} (an operator's standby or drain): handing the role over",
-                        v.leader)
+        return Resign(f"state {mine} (an operator's standby or drain): handing the role over",
+                      v.my_token)
     if not v.healthy:
-        return Decision(RESIGN, "unhealthy: " + ("; ".join(v.health_reasons) or "no reason given"), v.leader)
+        return Resign("unhealthy: " + ("; ".join(v.health_reasons) or "no reason given"), v.my_token)
     why = "; ".join(v.verdict_reasons) or "no reason given"
     if v.verdict not in SERVING:
-        return Decision(RESIGN, f"{v.verdict}: handing the role over ({why})", v.leader)
+        return Resign(f"{v.verdict}: handing the role over ({why})", v.my_token)
     if v.verdict == DEGRADED:
         ready = _ready_peers(v)
         if ready:
-            return Decision(RESIGN, f"degraded ({why}); {ready[0]} is ready to lead", v.leader)
-        return Decision(NONE, f"holding leadership while degraded ({why}): no ready member to hand over to")
-    return Decision(NONE, f"holding leadership (token {v.my_token})")
+            return Resign(f"degraded ({why}); {ready[0]} is ready to lead", v.my_token)
+        return Wait(f"holding leadership while degraded ({why}): no ready member to hand over to")
+    return Wait(f"holding leadership (token {v.my_token})")
 
 
 def _ready_peers(v: ClusterView) -> list[str]:
@@ -98,62 +129,62 @@ def _fence_dead_leader(v: ClusterView) -> Decision | None:
     if lead is None or lead.name == v.me or lead.name not in v.suspected_for:
         return None
     if lead.name in v.fence_blocked:
-        return Decision(NONE, f"blocked on {lead.name}: {v.fence_blocked[lead.name]}; if it stays "
-                              f"blocked, power it off by hand, then run `vigil fence {lead.name} "
-                              "--confirm-off`")
+        return Wait(f"blocked on {lead.name}: {v.fence_blocked[lead.name]}; if it stays "
+                    f"blocked, power it off by hand, then run `vigil fence {lead.name} "
+                    "--confirm-off`")
     if lead.name not in v.fenceable:
-        return Decision(NONE, f"leader {lead.name} suspected; no fencing device for it: waiting for its "
-                              "lease to expire")
+        return Wait(f"leader {lead.name} suspected; no fencing device for it: waiting for its "
+                    "lease to expire")
     # One node's view is not enough to power a leader off: a standby on a lossy link
     # would fence a healthy leader (and, its BMC traffic lost too, fail and block).
     agree, voters = v.corroborated(lead.name)
     if 2 * agree <= voters:
-        return Decision(NONE, f"leader {lead.name} suspected by {agree} of {voters} members; fencing "
-                              "needs a majority (else its lease decides)")
+        return Wait(f"leader {lead.name} suspected by {agree} of {voters} members; fencing "
+                    "needs a majority (else its lease decides)")
     if not v.healthy or not v.eligible(v.me):
-        return Decision(NONE, f"leader {lead.name} suspected; not eligible to take over")
+        return Wait(f"leader {lead.name} suspected; not eligible to take over")
     best = v.best_candidate()
     if best != v.me:
-        return Decision(NONE, f"leader {lead.name} suspected; {best} (higher priority) will fence it")
+        return Wait(f"leader {lead.name} suspected; {best} (higher priority) will fence it")
     wait = v.higher_priority_peers(lead.name) * v.race_delay
     waited = v.suspected_for.get(lead.name, 0.0)
     if waited < wait:
-        return Decision(NONE, f"leader {lead.name} suspected; fencing it in {wait - waited:.1f} s unless "
-                              "a higher-priority node does first")
-    return Decision(FENCE, f"leader {lead.name} (token {lead.token}) suspected; fencing it", lead)
+        return Wait(f"leader {lead.name} suspected; fencing it in {wait - waited:.1f} s unless "
+                    "a higher-priority node does first")
+    return Fence(f"leader {lead.name} (token {lead.token}) suspected; fencing it", lead)
 
 
 def _following(v: ClusterView) -> Decision | None:
     if v.leader is None:
         return None
-    return Decision(NONE, f"following {v.leader.name} (token {v.leader.token})")
+    return Wait(f"following {v.leader.name} (token {v.leader.token})")
 
 
 def _no_leader(v: ClusterView) -> Decision:
     if v.fence_blocked:
         node, why = sorted(v.fence_blocked.items())[0]
-        return Decision(NONE, f"blocked on {node}: {why}; it may still be alive. If it stays blocked, "
-                              f"power it off by hand, then run `vigil fence {node} --confirm-off`")
+        return Wait(f"blocked on {node}: {why}; it may still be alive. If it stays blocked, "
+                    f"power it off by hand, then run `vigil fence {node} --confirm-off`")
     if not v.healthy:
-        return Decision(NONE, "no leader; not eligible: " + "; ".join(v.health_reasons))
+        return Wait("no leader; not eligible: " + "; ".join(v.health_reasons))
     if _lead_while_degraded(v):
-        return Decision(CAMPAIGN, f"no leader for {v.no_leader_for:.1f} s and no ready member; leading "
-                                  f"while degraded ({'; '.join(v.verdict_reasons)})")
+        return Campaign(f"no leader for {v.no_leader_for:.1f} s and no ready member; leading "
+                        f"while degraded ({'; '.join(v.verdict_reasons)})")
     if not v.eligible(v.me):
-        return Decision(NONE, f"no leader; not eligible (state {v.states.get(v.me, 'unregistered')})")
+        return Wait(f"no leader; not eligible (state {v.states.get(v.me, 'unregistered')})")
     so = v.switchover
     if so and so.to == v.me:
-        return Decision(CAMPAIGN, "no leader; I am the switchover target")
+        return Campaign("no leader; I am the switchover target")
     if so and v.eligible(so.to):
-        return Decision(NONE, f"no leader; waiting for switchover target {so.to}")
+        return Wait(f"no leader; waiting for switchover target {so.to}")
     best = v.best_candidate()
     if best == v.me:
-        return Decision(CAMPAIGN, f"no leader; best eligible candidate "
-                                  f"(priority {v.members[v.me].priority})")
+        return Campaign(f"no leader; best eligible candidate "
+                        f"(priority {v.members[v.me].priority})")
     if v.no_leader_for >= v.campaign_grace:
-        return Decision(CAMPAIGN, f"no leader for {v.no_leader_for:.1f} s and {best} has not "
-                                  "taken over")
-    return Decision(NONE, f"no leader; giving {best} (higher priority) {v.campaign_grace:g} s to take over")
+        return Campaign(f"no leader for {v.no_leader_for:.1f} s and {best} has not "
+                        "taken over")
+    return Wait(f"no leader; giving {best} (higher priority) {v.campaign_grace:g} s to take over")
 
 
 def _lead_while_degraded(v: ClusterView) -> bool:

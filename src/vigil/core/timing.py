@@ -17,6 +17,7 @@ Rules, each returned as a problem naming the fields and the fix:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from vigil.core.detector import DetectorSettings
@@ -100,3 +101,16 @@ def validate_timing(t: Timing) -> list[TimingProblem]:
     need(t.demote_after < t.lease_ttl, "timing.demote_after", t.demote_after,
          f"must be < lease_ttl ({t.lease_ttl} s) so the leader stops before its lease can expire")
     return problems
+
+
+# The hardware watchdog's modes (vigil.agent.watchdog runs it; config checks it).
+WATCHDOG_OFF, WATCHDOG_AUTOMATIC, WATCHDOG_REQUIRED = "off", "automatic", "required"
+WATCHDOG_MODES = (WATCHDOG_OFF, WATCHDOG_AUTOMATIC, WATCHDOG_REQUIRED)
+
+
+def fitting_timeout(demote_after: float, lease_ttl: float, etcd_timeout: float) -> int | None:
+    """The largest whole-second watchdog timeout in (demote_after, lease_ttl - etcd_timeout]:
+    the watchdog fires only after the leader demoted itself, and before etcd can
+    hand the role to another node."""
+    t = math.floor(lease_ttl - etcd_timeout)
+    return t if t > demote_after and t >= 1 else None
