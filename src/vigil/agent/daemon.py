@@ -41,7 +41,7 @@ from vigil.clock import SystemClock
 from vigil.config import NodeConfig
 from vigil.core.health import DEGRADED, more_severe
 from vigil.core.leader import LeaderRole
-from vigil.core.peers import PeerTransition
+from vigil.core.peers import TICK, PeerTransition
 from vigil.errors import ConfigError, StoreError, VigilError
 from vigil.store.base import Store
 from vigil.store.election import Election
@@ -367,7 +367,7 @@ class Agent:
         self.wake.set()
 
     async def _role_guard_loop(self) -> None:
-        """Self-fencing: demote within 10 ms of the deadline, even if etcd hangs."""
+        """Self-fencing: demote within a tick (10 ms) of the deadline, even if etcd hangs."""
         while True:
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(TICK)
             self.leadership.check()

@@ -23,15 +23,11 @@ from typing import Callable
 from vigil.clock import Clock
 from vigil.config import NodeConfig
 from vigil.heartbeat_keys import HeartbeatKeys
-from vigil.core.detector import PauseGuard
-from vigil.core.peers import PeerTable, PeerTransition
+from vigil.core.peers import TICK, PeerTable, PeerTransition, PeerWatch
 from vigil.net.transport import HeartbeatReceiver, HeartbeatTransport
 from vigil.net.wire import Heartbeat
 
 log = logging.getLogger(__name__)
-
-TICK = 0.01
-PAUSE_TOLERANCE = 0.02
 
 
 class HeartbeatService:
@@ -49,7 +45,7 @@ class HeartbeatService:
             links[f"observer {o.address}:{o.port}"] = [(o.address, o.port)]
         self.transport = HeartbeatTransport(self.receiver, list(cfg.addresses), cfg.heartbeat_port,
                                             links, self._deliver, cfg.keys.signing)
-        self.guard = PauseGuard(TICK, PAUSE_TOLERANCE)
+        self.watch = PeerWatch(self.peers)
         self._seq = itertools.count(1)
         self._tasks: list[asyncio.Task] = []
 
@@ -82,29 +78,17 @@ class HeartbeatService:
             loop.call_later(i * t.copy_spacing, self.transport.send, hb)
         return hb
 
-    def _observe_pause(self, now: float) -> None:
-        # Runs first in every callback, so after a stall the pause is forgiven
-        # before queued heartbeats or the next tick are judged.
-        late = self.guard.tick(now)
-        if late:
-            self.peers.forgive(late, now)
-            log.info("local pause of %.0f ms: not held against peers", late * 1000)
+    def _paused(self) -> None:
+        if self.watch.paused:
+            log.info("local pause of %.0f ms: not held against peers", self.watch.paused * 1000)
 
     def _deliver(self, hb: Heartbeat, link: str, verdict: str) -> None:
-        now = self.clock.now()
-        self._observe_pause(now)
-        if verdict == "duplicate":
-            self.peers.link_seen(hb.node, link, now)
-            return
         heard = self.peers.peers[hb.node].suspects
-        if hb.extra:
-            self.peers.news(hb.node, link, now, hb.incarnation, hb.health, hb.role, hb.suspects)
-            changes = []
-        else:
-            changes = self.peers.heartbeat(hb.node, link, now, hb.incarnation, hb.health, hb.role, hb.suspects)
+        changes = self.watch.deliver(hb, link, verdict, self.clock.now())
+        self._paused()
         if changes:
             self.on_transitions(changes)
-        if hb.suspects != heard:
+        if verdict != "duplicate" and hb.suspects != heard:
             self.on_suspicions_heard()
 
     async def _send_loop(self) -> None:
@@ -120,8 +104,7 @@ class HeartbeatService:
     async def _tick_loop(self) -> None:
         while True:
             await asyncio.sleep(TICK)
-            now = self.clock.now()
-            self._observe_pause(now)
-            changes = self.peers.tick(now)
+            changes = self.watch.tick(self.clock.now())
+            self._paused()
             if changes:
                 self.on_transitions(changes)

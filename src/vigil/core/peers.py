@@ -18,10 +18,13 @@ Rules:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
-from vigil.core.detector import DetectorSettings, PhiAccrualDetector
+from vigil.core.detector import DetectorSettings, PauseGuard, PhiAccrualDetector
 
 UNKNOWN, ALIVE, SUSPECT = "unknown", "alive", "suspect"
+TICK = 0.01  # s: detectors are evaluated this often; a suspicion is noticed at most a tick late
+PAUSE_TOLERANCE = 0.02  # s: a tick later than this was our own stall, forgiven on every peer
 
 
 @dataclass(frozen=True)
@@ -188,3 +191,36 @@ class PeerTable:
         t = PeerTransition(p.name, p.state, new, now, phi, p.heartbeat_age(now) or 0.0, cause)
         p.state, p.since, p.rises = new, now, 0
         return t
+
+
+class PeerWatch:
+    """What every listener does with heartbeats (the agent's HeartbeatService,
+    the router's membership): a PeerTable fed through the local pause guard.
+    Every call first checks our own lateness, so after a stall the pause is
+    forgiven before queued heartbeats or the next tick are judged (a stalled
+    observer must not convict its peers). `paused` is the last forgiven
+    lateness (s), for the caller to report."""
+
+    def __init__(self, table: PeerTable, tick: float = TICK, tolerance: float = PAUSE_TOLERANCE):
+        self.peers, self.guard, self.paused = table, PauseGuard(tick, tolerance), 0.0
+
+    def _observe(self, now: float) -> None:
+        self.paused = self.guard.tick(now)
+        if self.paused:
+            self.peers.forgive(self.paused, now)
+
+    def deliver(self, hb: Any, link: str, verdict: str, now: float) -> list[PeerTransition]:
+        """One authentic packet (vigil.net.wire.Heartbeat) accepted with `verdict`:
+        a duplicate proves its link, an extra brings news untimed, the rest are timed."""
+        self._observe(now)
+        if verdict == "duplicate":
+            self.peers.link_seen(hb.node, link, now)
+            return []
+        if hb.extra:
+            self.peers.news(hb.node, link, now, hb.incarnation, hb.health, hb.role, hb.suspects)
+            return []
+        return self.peers.heartbeat(hb.node, link, now, hb.incarnation, hb.health, hb.role, hb.suspects)
+
+    def tick(self, now: float) -> list[PeerTransition]:
+        self._observe(now)
+        return self.peers.tick(now)

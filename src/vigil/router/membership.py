@@ -19,8 +19,7 @@ import logging
 from typing import Callable
 
 from vigil.clock import Clock
-from vigil.core.detector import PauseGuard
-from vigil.core.peers import ALIVE, PeerTable
+from vigil.core.peers import ALIVE, TICK, PeerTable, PeerWatch
 from vigil.core.routing import DEGRADED_WEIGHT, RoutingTable
 from vigil.errors import StoreError, VigilError, WatchCompacted
 from vigil.net.transport import HeartbeatReceiver, HeartbeatTransport
@@ -44,7 +43,7 @@ class Membership:
                                           cfg.keys.max_clock_skew)
         self.transport = HeartbeatTransport(self.receiver, [cfg.heartbeat_address], cfg.heartbeat_port,
                                             {}, self._deliver)
-        self.guard = PauseGuard(0.01, 0.02)
+        self.watch = PeerWatch(self.peers)
         self.etcd_ok = False
         self.bad_records: dict[str, str] = {}  # key -> what is wrong with it
         self.failures = 0  # membership loop errors survived
@@ -167,28 +166,14 @@ class Membership:
             self.peers.add(name)
 
     def _deliver(self, hb: Heartbeat, link: str, verdict: str) -> None:
-        now = self.clock.now()
-        self._pause(now)
-        if verdict == "duplicate":
-            return
-        if hb.extra:  # news out of schedule: not timed (vigil.core.peers.PeerTable.news)
-            self.peers.news(hb.node, link, now, hb.incarnation, hb.health, hb.role, hb.suspects)
-            return
-        for t in self.peers.heartbeat(hb.node, link, now, hb.incarnation, hb.health, hb.role):
+        for t in self.watch.deliver(hb, link, verdict, self.clock.now()):
             self._alive(t.peer, t.new == ALIVE, t.cause)
 
     async def _tick_loop(self) -> None:
         while True:
-            await asyncio.sleep(0.01)
-            now = self.clock.now()
-            self._pause(now)
-            for t in self.peers.tick(now):
+            await asyncio.sleep(TICK)
+            for t in self.watch.tick(self.clock.now()):
                 self._alive(t.peer, False, t.cause)
-
-    def _pause(self, now: float) -> None:
-        late = self.guard.tick(now)
-        if late:
-            self.peers.forgive(late, now)
 
     def _alive(self, name: str, alive: bool, cause: str) -> None:
         b = self.table.backend(name)
