@@ -16,7 +16,7 @@ from vigil.core.timing import WATCHDOG_MODES, WATCHDOG_REQUIRED, Timing, fitting
 from vigil.errors import ConfigError
 from vigil.fields import (check_address, check_addresses, check_int, check_mapping, check_name,
                           check_port)
-from vigil.fencing.config import FencingConfig, parse_fencing
+from vigil.stonith.config import FencingConfig, parse_fencing
 from vigil.files import read_secret, read_yaml
 from vigil.probes.config import HealthConfig, parse_health
 from vigil.heartbeat_keys import HeartbeatKeys, parse_heartbeat_keys, ring_covers

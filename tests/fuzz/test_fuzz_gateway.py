@@ -13,9 +13,9 @@ from aiohttp import web
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from tests.fuzz.conftest import EXAMPLES, exchange, status_of
-from vigil.fencing import TokenGuard
-from vigil.fencing.actuator import ActuatorGateway
-from vigil.fencing.signed import RequestVerifier, sign_request
+from vigil.resources.guard import TokenGuard
+from vigil.resources.actuator import ActuatorGateway
+from vigil.resources.signed import RequestVerifier, sign_request
 from vigil.identity import load_ring, load_signing_keys
 from vigil.procs import free_ports
 from vigil.testing.keys import heartbeat_keys

@@ -1,5 +1,5 @@
 """Fuzz target: Modbus/TCP responses as the actuator gateway's PLC client
-reads them (vigil.fencing.actuator.ModbusPlc over pymodbus). A PLC that
+reads them (vigil.resources.actuator.ModbusPlc over pymodbus). A PLC that
 answers garbage, a truncated frame, the wrong transaction, a wrong byte
 count or an exception code makes a read either return a register value or
 raise PlcError, promptly: never another exception, never a hang."""
@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from tests.fuzz.conftest import EXAMPLES
-from vigil.fencing.actuator import ModbusPlc, PlcError
+from vigil.resources.actuator import ModbusPlc, PlcError
 from vigil.procs import free_ports
 
 

@@ -13,9 +13,9 @@ import aiohttp
 from aiohttp import web
 
 from vigil.errors import StoreUnavailable
-from vigil.fencing import TokenGuard
-from vigil.fencing.actuator import ActuatorGateway, ModbusPlc
-from vigil.fencing.signed import RequestVerifier, sign_request
+from vigil.resources.guard import TokenGuard
+from vigil.resources.actuator import ActuatorGateway, ModbusPlc
+from vigil.resources.signed import RequestVerifier, sign_request
 from vigil.identity import SigningKeys, generate, load_ring, load_signing_keys
 from vigil.procs import free_ports
 from vigil.testing.keys import heartbeat_keys

@@ -8,7 +8,7 @@ import signal
 
 import pytest
 
-from vigil.fencing.devices import FencingFailed, IpmiDevice, NullDevice
+from vigil.stonith.devices import FencingFailed, IpmiDevice, NullDevice
 from vigil import procs
 from vigil.lab.ipmi import IpmiSim
 from vigil.testing.wait import wait_for_value, wait_until
@@ -114,7 +114,7 @@ def redfish(tmp_path):
 
 
 async def test_redfish_fence_powers_off_and_verifies(redfish):
-    from vigil.fencing.devices import RedfishDevice
+    from vigil.stonith.devices import RedfishDevice
 
     url, system = redfish
     dev = RedfishDevice(url, system)  # the emulator applies each power change 1-11 s later
@@ -135,7 +135,7 @@ async def test_a_kept_session_dies_with_its_agent_even_a_sigkilled_one(bmc, tmp_
     script = tmp_path / "holder.py"
     script.write_text(
         "import asyncio, sys\n"
-        "from vigil.fencing.devices import IpmiDevice\n"
+        "from vigil.stonith.devices import IpmiDevice\n"
         "async def main():\n"
         f"    dev = IpmiDevice('127.0.0.1', {bmc.port}, {bmc.user!r}, {bmc.password!r})\n"
         "    await dev.open_session()\n"

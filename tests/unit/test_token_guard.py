@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from vigil.errors import VigilError
-from vigil.fencing import StaleToken, TokenGuard
+from vigil.resources.guard import StaleToken, TokenGuard
 
 
 def test_lower_token_rejected_equal_and_higher_accepted():
@@ -68,7 +68,7 @@ def _try(g, t):
 
 def test_the_state_is_written_under_an_unpredictable_name_and_leaves_nothing_behind(tmp_path):
     """Issue 9 #7: a fixed `.tmp` name could be planted (a symlink) by anyone who can write there."""
-    from vigil.fencing.guard import TokenGuard
+    from vigil.resources.guard import TokenGuard
     state = tmp_path / "actuator.token"
     planted = tmp_path / "actuator.tmp"
     planted.symlink_to(tmp_path / "victim")

@@ -14,7 +14,7 @@ Contract:
   SIGTERM, then SIGKILL after `grace` seconds; the PID file is removed.
 - The child's environment names the fencing-token file
   (`VIGIL_FENCING_TOKEN_FILE`): a process acting for the leader sends the
-  current token with every command (vigil.fencing).
+  current token with every command (vigil.resources.guard).
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """Controller: the singleton resource a leader drives, here an actuator
-behind a token-guarded gateway (vigil.fencing.actuator).
+behind a token-guarded gateway (vigil.resources.actuator).
 
 While this node leads, it writes the register every `interval` seconds,
 starting at once on acquisition, each write carrying the fencing token. The
 write is attempted only after a fresh `is_leader()` check and is signed with
-this node's key (vigil.fencing.signed); a 409 from the gateway means a newer
+this node's key (vigil.resources.signed); a 409 from the gateway means a newer
 leader exists, a 403 that etcd names another leader: either way this node
 stops writing and says so. A 401 (signature refused) is reported as an
 event: the gateway's key ring lacks this node's current key.
@@ -29,8 +29,8 @@ import aiohttp
 
 from vigil.agent.leadership import Leadership
 from vigil.clock import Clock
-from vigil.fencing import TOKEN_HEADER
-from vigil.fencing.signed import sign_request
+from vigil.resources.guard import TOKEN_HEADER
+from vigil.resources.signed import sign_request
 from vigil.identity import SigningKeys
 
 log = logging.getLogger(__name__)

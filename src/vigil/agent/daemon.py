@@ -30,7 +30,7 @@ from vigil.agent.history import LeadershipHistory
 from vigil.agent.api import AgentApi
 from vigil.agent.child import ChildProcess
 from vigil.agent.controller import Controller
-from vigil.agent.fence import Fencer
+from vigil.agent.stonith import Fencer
 from vigil.agent.leadership import Leadership
 from vigil.agent.status import metrics_text, status_document
 from vigil.agent.vips import VipHolder

@@ -14,7 +14,7 @@ import logging
 from typing import Any, Callable
 
 from vigil.agent.controller import Controller
-from vigil.agent.fence import Fencer
+from vigil.agent.stonith import Fencer
 from vigil.agent.leadership import Leadership
 from vigil.clock import Clock
 from vigil.config import NodeConfig

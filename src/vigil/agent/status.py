@@ -44,8 +44,8 @@ def status_document(a: Any) -> dict[str, Any]:
                       "signing_key": a.cfg.keys.signing.send if a.cfg.keys.signing else None,
                       "keyring": {n: sorted(ids) for n, ids in a.heartbeats.receiver.ring.members.items()},
                       "clock_skew": {n: round(x, 4) for n, x in a.heartbeats.receiver.skew.items()},
-                      "local_pauses": a.heartbeats.guard.pauses,
-                      "longest_local_pause_ms": round(a.heartbeats.guard.longest * 1000, 1)},
+                      "local_pauses": a.heartbeats.watch.guard.pauses,
+                      "longest_local_pause_ms": round(a.heartbeats.watch.guard.longest * 1000, 1)},
         "events": {"written": a.events.written, "pending": a.events.pending,
                    "dropped": a.events.dropped},
     }
@@ -90,7 +90,7 @@ class _AgentCollector:
         yield phi
         yield alive
         c = CounterMetricFamily("vigil_local_pauses", "Times this agent's own loop ran late.", labels=["node"])
-        c.add_metric([node], a.heartbeats.guard.pauses)
+        c.add_metric([node], a.heartbeats.watch.guard.pauses)
         yield c
         if a.inference:
             yield from _inference_metrics(node, a.inference.describe())

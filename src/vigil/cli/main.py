@@ -7,7 +7,7 @@ import argparse
 import sys
 
 from vigil import __version__
-from vigil.cli import (agent_cmd, certs_cmd, cluster_cmd, demo_cmd, fence_cmd, firewall_cmd, haproxy_cmd,
+from vigil.cli import (actuator_cmd, agent_cmd, certs_cmd, cluster_cmd, demo_cmd, firewall_cmd, haproxy_cmd,
                        keygen_cmd, lab_cmd, node_cmd, router_cmd, serve_cmd)
 from vigil.errors import ConfigError, VigilError
 
@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd.register(sub)
     router_cmd.register(sub)
     demo_cmd.register(sub)
-    fence_cmd.register(sub)
+    actuator_cmd.register(sub)
     node_cmd.register(sub)
     return p
 

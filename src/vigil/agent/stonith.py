@@ -18,7 +18,7 @@ from vigil.agent.leadership import Leadership
 from vigil.clock import Clock
 from vigil.core.view import LeaderInfo
 from vigil.errors import StoreError
-from vigil.fencing.devices import FencingFailed, make_device
+from vigil.stonith.devices import FencingFailed, make_device
 from vigil.store.base import Store
 from vigil.store.registry import Registry
 

@@ -20,6 +20,8 @@ from pathlib import Path
 from vigil.errors import VigilError
 from vigil.files import write_atomic
 
+TOKEN_HEADER = "X-Vigil-Fencing-Token"  # the HTTP header a command carries its leader's token in
+
 
 class StaleToken(VigilError):
     def __init__(self, token: int, highest: int):

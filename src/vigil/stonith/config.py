@@ -17,7 +17,7 @@ class FencingConfig:
     """Which devices fence which node, tried in order (levels); `race_delay`: see docs."""
     topology: dict[str, tuple[dict[str, Any], ...]]
     race_delay: float = 0.5
-    keep_sessions: bool = True  # a standby keeps its BMC session to the leader open (agent/fence.py)
+    keep_sessions: bool = True  # a standby keeps its BMC session to the leader open (agent/stonith.py)
 
 
 DEVICE_FIELDS = {"ipmi": {"type", "host", "port", "user", "password", "password_file", "timeout"},

@@ -2,7 +2,7 @@
 
 A PLC speaking Modbus/TCP cannot check fencing tokens itself, so every write
 goes through this gateway: POST /write {"register", "value", "token"},
-signed by the node that sends it (vigil.fencing.signed). In order:
+signed by the node that sends it (vigil.resources.signed). In order:
 - a body that is not that JSON object: 400;
 - a missing, wrong, stale or replayed signature: 401;
 - a token that is neither the one this gateway already accepted from the
@@ -30,8 +30,8 @@ from typing import Any, Awaitable, Callable
 from aiohttp import web
 
 from vigil.errors import StoreError, VigilError
-from vigil.fencing.guard import StaleToken, TokenGuard
-from vigil.fencing.signed import RequestVerifier, Unauthorised
+from vigil.resources.guard import StaleToken, TokenGuard
+from vigil.resources.signed import RequestVerifier, Unauthorised
 from vigil.web import finish, route
 
 LeaderOf = Callable[[], Awaitable[tuple[str, int] | None]]  # etcd's (leader, token), None if none

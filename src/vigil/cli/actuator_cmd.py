@@ -1,5 +1,5 @@
 """`vigil actuator-gateway` and `vigil plc-sim`: the token-guarded actuator
-path (vigil.fencing.actuator) and a Modbus/TCP PLC simulator for labs."""
+path (vigil.resources.actuator) and a Modbus/TCP PLC simulator for labs."""
 
 from __future__ import annotations
 
@@ -42,9 +42,9 @@ def gateway(args) -> int:
     logging.basicConfig(level="INFO", stream=sys.stderr)
     from aiohttp import web
 
-    from vigil.fencing import TokenGuard
-    from vigil.fencing.actuator import ActuatorGateway, ModbusPlc
-    from vigil.fencing.signed import RequestVerifier
+    from vigil.resources.guard import TokenGuard
+    from vigil.resources.actuator import ActuatorGateway, ModbusPlc
+    from vigil.resources.signed import RequestVerifier
     from vigil.files import read_secret
     from vigil.identity import load_ring
     from vigil.store.etcd import EtcdStore

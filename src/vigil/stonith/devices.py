@@ -23,7 +23,7 @@ import re
 import aiohttp
 
 from vigil.errors import FencingFailed
-from vigil.fencing.ipmi_shell import IpmiShell
+from vigil.stonith.ipmi_shell import IpmiShell
 
 log = logging.getLogger(__name__)
 
