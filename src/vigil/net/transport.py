@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from typing import Callable
+from typing import Any, Callable
 
 from vigil.errors import WireError
 from vigil.identity import KeyRing, SigningKeys
@@ -95,18 +95,21 @@ class HeartbeatTransport:
 
     def __init__(self, receiver: HeartbeatReceiver, bind: list[str], port: int,
                  peer_links: dict[str, list[tuple[str, int]]], deliver: Delivery,
-                 signer: SigningKeys | None = None):
+                 signer: SigningKeys | None = None, network: Any = None):
+        """`network`: where datagram endpoints come from: the running loop (UDP) by
+        default, or anything with its `create_datagram_endpoint` (an in-memory
+        network for simulations, vigil.testing.memory_network)."""
         self.receiver, self.bind, self.port, self.signer = receiver, bind, port, signer
-        self.peer_links, self.deliver = peer_links, deliver
+        self.peer_links, self.deliver, self.network = peer_links, deliver, network
         self._transports: list[asyncio.DatagramTransport] = []
         self.sent = 0
         self.send_errors = 0
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
+        endpoints = self.network or asyncio.get_running_loop()
         for addr in self.bind:
             try:
-                tr, _ = await loop.create_datagram_endpoint(
+                tr, _ = await endpoints.create_datagram_endpoint(
                     lambda a=addr: _Protocol(self, a), local_addr=(addr, self.port))
             except OSError as e:
                 self.close()
