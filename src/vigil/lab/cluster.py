@@ -152,7 +152,8 @@ class Lab(LabObservation):
             "data_dir": node.data_dir,
             "api": {"host": node.host, "port": int(node.api_url.rsplit(":", 1)[1]),
                     **(secure_lab.api_block(self.root, node.name) if self.etcd.tls else {})},
-            "etcd": self._etcd_block(node.name, self._local_member(node)),
+            "etcd": self._etcd_block(node.name, next((m for m in self.etcd.members
+                                                       if node.netns and m.netns == node.netns), None)),
             "heartbeat": {"addresses": [node.host], "port": node.heartbeat_port,
                           "signing_key_file": str(self.root / "keys" / f"{node.name}.key"),
                           "keyring_file": str(self.root / "keys" / "cluster.keyring"),
@@ -184,13 +185,10 @@ class Lab(LabObservation):
                                         str(self.root / "keys" / "cluster.keyring"),
                                         secure_lab.admin_block(self.root) if self.etcd.tls else {})
 
-    def _local_member(self, node: LabNode) -> Any:
-        """The etcd member on the node's own (namespace) machine, if any."""
-        return next((m for m in self.etcd.members if node.netns and m.netns == node.netns), None)
-
     def _etcd_block(self, name: str, local: Any = None) -> dict[str, Any]:
-        # The member on this machine first: when another machine dies, its member does
-        # not hold this agent's requests until a connect times out.
+        # `local`: the etcd member on the node's own (namespace) machine, listed first: when
+        # another machine dies, its member does not hold this agent's requests until a
+        # connect times out; and named, so a leading agent moves raft leadership off it.
         eps = self.etcd.endpoints
         if local is not None:
             eps = [local.client_url] + [e for e in eps if e != local.client_url]
