@@ -133,7 +133,8 @@ async def test_garbage_is_counted_by_reason_and_never_delivered(network):
         send = raw.sendto
     try:
         send(b"VGHB\x02", ("127.0.0.1", pb))
-        send(encode(beat("a", 1), SIGNERS["a"])[:-1] + b"\x00", ("127.0.0.1", pb))
+        packet = encode(beat("a", 1), SIGNERS["a"])
+        send(packet[:-1] + bytes([packet[-1] ^ 1]), ("127.0.0.1", pb))  # one signature bit flipped
         await asyncio.wait_for(_until(lambda: b.receiver.counters["truncated"] == 1
                                       and b.receiver.counters["forged"] == 1), 5)
         assert b.got == []
