@@ -10,7 +10,9 @@ self-demotion 1.6 s after the last acknowledged keep-alive).
 - "...-etcd-apart": the same with etcd on three namespaces of its own. With
   etcd beside the nodes (the lab's layout, and a small cluster's), a node
   death that takes etcd's raft leader with it stalls every etcd write for
-  an etcd election (election timeout 500 ms here) before anyone can take over.
+  an etcd election (election timeout 500 ms here) before anyone can take over;
+  so those systems set `etcd.local_member` (README.md, deployment step 5) and
+  the Vigil leader keeps etcd's raft leadership on another machine.
 
 The processes of a node are its agent only (the bench's responders stand
 for the service behind the VIP, the same for every system).
@@ -33,12 +35,14 @@ class VigilVip:
     def __init__(self, net: NetTopology, root: Path, fencing: bool, etcd_apart: bool = False):
         self.net, self.root, self.fencing, self.etcd_apart = net, root, fencing, etcd_apart
         self.name = (f"Vigil, heartbeat 100 ms, {'fencing (IPMI)' if fencing else 'no fencing (lease)'}, "
-                     f"etcd {'apart (3 own namespaces)' if etcd_apart else 'on the nodes'}")
+                     f"etcd {'apart (3 own namespaces)' if etcd_apart else 'on the nodes (etcd.local_member)'}")
         self.lab: Lab | None = None
 
     def start(self) -> None:
+        # With etcd beside the nodes, the deployment README.md describes: etcd.local_member set,
+        # so the leader keeps etcd's raft leadership on another machine.
         self.lab = Lab.up(self.root, NODES, net=self.net, vip=VIP, fencing=self.fencing,
-                          etcd_apart=self.etcd_apart)
+                          etcd_apart=self.etcd_apart, workload={"etcd_leader_apart": not self.etcd_apart})
         self._whole()
 
     def _whole(self) -> None:

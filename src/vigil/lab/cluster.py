@@ -94,9 +94,10 @@ class Lab(LabObservation):
         the actuator the leader drives; `fence_devices=False` keeps those but
         gives the agents no fencing devices (takeover waits for the lease).
         `secure`: etcd with TLS, client certificates, users and roles (vigil.lab.secure).
-        `workload`: {"requires": {...}, "declare": {node: {...}}, "flap_threshold": N}:
-        every node's `health.requires`, fingerprint values a node declares (another
-        CUDA), and flap damping (off in labs unless given)."""
+        `workload`: {"requires": {...}, "declare": {node: {...}}, "flap_threshold": N,
+        "etcd_leader_apart": bool}: every node's `health.requires`, fingerprint values a
+        node declares, flap damping (off in labs unless given), `etcd.local_member` beside
+        the nodes (off unless given: a standby's loss then costs an etcd election)."""
         if not (3 if net else 1) <= n <= 32:
             raise ConfigError("--nodes", n, "a lab has 1 to 32 nodes (3 to 32 in namespaces: an etcd "
                                             "member beside each of the first 3)")
@@ -186,14 +187,14 @@ class Lab(LabObservation):
                                         secure_lab.admin_block(self.root) if self.etcd.tls else {})
 
     def _etcd_block(self, name: str, local: Any = None) -> dict[str, Any]:
-        # `local`: the etcd member on the node's own (namespace) machine, listed first: when
-        # another machine dies, its member does not hold this agent's requests until a
-        # connect times out; and named, so a leading agent moves raft leadership off it.
+        # `local`: the etcd member on the node's own machine, listed first (another machine's
+        # death never holds this agent's requests) and, if asked, named (raft_leader.py).
         eps = self.etcd.endpoints
         if local is not None:
             eps = [local.client_url] + [e for e in eps if e != local.client_url]
         block = {"endpoints": eps} if self.etcd.tls is None else secure_lab.etcd_block(self.root, eps, name)
-        return block | ({"local_member": local.name} if local is not None else {})
+        apart = local is not None and self.workload.get("etcd_leader_apart")
+        return block | ({"local_member": local.name} if apart else {})
 
     def _inference_config(self, node: LabNode) -> dict[str, Any]:
         if not node.server_url:
