@@ -139,9 +139,10 @@ class Reconciler:
         younger than SNAPSHOT_REUSE (and none of our writes or role changes
         came since); else a fresh range read, which the mirror then follows."""
         now = self.clock.now()
-        mirrored = self.mirror.snapshot() if self.mirror.current else None
-        if mirrored is not None and self._reusable and now - self._snapshot_at < SNAPSHOT_REUSE:
-            return mirrored
+        if self.mirror.current and self._reusable and now - self._snapshot_at < SNAPSHOT_REUSE:
+            mirrored = self.mirror.snapshot()
+            if mirrored is not None:
+                return mirrored
         kvs, rev = await self.registry.read()
         self.mirror.load(kvs, rev)
         self._snapshot_at, self._reusable = now, True
