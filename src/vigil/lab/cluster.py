@@ -96,8 +96,9 @@ class Lab(LabObservation):
         `secure`: etcd with TLS, client certificates, users and roles (vigil.lab.secure).
         `workload`: {"requires": {...}, "declare": {node: {...}}, "flap_threshold": N,
         "etcd_leader_apart": bool}: every node's `health.requires`, fingerprint values a
-        node declares, flap damping (off in labs unless given), `etcd.local_member` beside
-        the nodes (off unless given: a standby's loss then costs an etcd election)."""
+        node declares, flap damping (off in labs unless given), `etcd.local_member` and the
+        local member first beside the nodes (off unless given: a standby's loss then costs
+        an etcd election)."""
         if not (3 if net else 1) <= n <= 32:
             raise ConfigError("--nodes", n, "a lab has 1 to 32 nodes (3 to 32 in namespaces: an etcd "
                                             "member beside each of the first 3)")
@@ -187,13 +188,12 @@ class Lab(LabObservation):
                                         secure_lab.admin_block(self.root) if self.etcd.tls else {})
 
     def _etcd_block(self, name: str, local: Any = None) -> dict[str, Any]:
-        # `local`: the etcd member on the node's own machine, listed first (another machine's
-        # death never holds this agent's requests) and, if asked, named (raft_leader.py).
-        eps = self.etcd.endpoints
-        if local is not None:
+        # `local`: the etcd member on the node's own machine; if asked (README.md, deployment
+        # step 5), listed first and named, so a leading agent moves raft leadership off it.
+        eps, apart = self.etcd.endpoints, local is not None and self.workload.get("etcd_leader_apart")
+        if apart:
             eps = [local.client_url] + [e for e in eps if e != local.client_url]
         block = {"endpoints": eps} if self.etcd.tls is None else secure_lab.etcd_block(self.root, eps, name)
-        apart = local is not None and self.workload.get("etcd_leader_apart")
         return block | ({"local_member": local.name} if apart else {})
 
     def _inference_config(self, node: LabNode) -> dict[str, Any]:
