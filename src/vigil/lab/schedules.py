@@ -33,6 +33,10 @@ from vigil.store.keys import Keys
 TTL = float(LAB_TIMING["lease_ttl"])
 RECOVERY_WAIT = 30.0  # the checker's bound is tighter; this only stops a hung run
 RESTORE_WAIT = 90.0
+# After a restore the cluster must stay whole this long before the next fault: a schedule
+# starts from a steady state, not from the heal's last lease grants and elections (a leader
+# elected 0.1 s before the next fault leads on a keep-alive sent before its election).
+SETTLE = 2.0
 POLL = 0.05
 
 
@@ -215,7 +219,11 @@ class Chaos:
             lab.wait_for(lambda: dead() or lab.ready() or time.time() > deadline, RESTORE_WAIT,
                          "the whole cluster ready again")
             if not dead() and lab.ready() and not any(self.fencing_in_flight(n.name) for n in lab.nodes):
-                return
+                whole_since, leader = time.time(), lab.leader()
+                lab.wait_for(lambda: time.time() - whole_since >= SETTLE or lab.leader() != leader,
+                             SETTLE + RECOVERY_WAIT, "the restored cluster to settle", poll=0.1)
+                if lab.leader() == leader and lab.ready():
+                    return
             if time.time() > deadline:
                 raise VigilError(f"the cluster was not whole again within {RESTORE_WAIT:g} s")
 
