@@ -16,6 +16,7 @@ from vigil.net.transport import HeartbeatReceiver, HeartbeatTransport
 from vigil.net.wire import Heartbeat, encode
 from vigil.procs import free_ports
 from vigil.testing.memory_network import MemoryNetwork
+from vigil.testing.wait import wait_until
 
 SIGNERS = {n: SigningKeys(n, 1, {1: generate()}) for n in ("a", "b", "c")}
 RING = KeyRing({n: {1: sk.keys[1].public_key()} for n, sk in SIGNERS.items()})
@@ -82,8 +83,8 @@ async def test_only_authentic_packets_from_the_nodes_own_addresses_are_delivered
     try:
         c.transport.send(beat("c", 1))
         forger.transport.send(beat("a", 1))
-        await asyncio.wait_for(_until(lambda: b.receiver.counters["wrong_source"] == 1
-                                      and b.receiver.counters["forged"] == 1), 5)
+        await wait_until(lambda: b.receiver.counters["wrong_source"] == 1 and b.receiver.counters["forged"] == 1,
+                         5, "the wrong-source and forged packets counted")
         assert b.got == []
     finally:
         for n in (b, c, forger):
@@ -135,14 +136,9 @@ async def test_garbage_is_counted_by_reason_and_never_delivered(network):
         send(b"VGHB\x02", ("127.0.0.1", pb))
         packet = encode(beat("a", 1), SIGNERS["a"])
         send(packet[:-1] + bytes([packet[-1] ^ 1]), ("127.0.0.1", pb))  # one signature bit flipped
-        await asyncio.wait_for(_until(lambda: b.receiver.counters["truncated"] == 1
-                                      and b.receiver.counters["forged"] == 1), 5)
+        await wait_until(lambda: b.receiver.counters["truncated"] == 1 and b.receiver.counters["forged"] == 1,
+                         5, "the truncated and forged packets counted")
         assert b.got == []
     finally:
         raw.close()
         b.transport.close()
-
-
-async def _until(ok) -> None:
-    while not ok():
-        await asyncio.sleep(0.005)

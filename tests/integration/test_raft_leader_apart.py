@@ -8,17 +8,15 @@ import asyncio
 
 from vigil.store.etcd import EtcdStore
 from vigil.store.raft_leader import RaftCheck, RaftLeaderApart
+from vigil.testing.wait import wait_for_value
 
 
-async def _raft_leader(cluster, deadline_s: float = 15.0, not_: str | None = None) -> str:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + deadline_s
-    while loop.time() < deadline:
-        lead = await asyncio.to_thread(cluster.leader)
-        if lead and lead != not_:
-            return lead
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"no raft leader (other than {not_}) within {deadline_s} s")
+async def _raft_leader(cluster, not_: str | None = None) -> str:
+    """The raft leader's name, once there is one (other than `not_`)."""
+    async def elected() -> bool:
+        return await asyncio.to_thread(cluster.leader) not in (None, not_)
+    await wait_for_value(elected, True, 15)
+    return await asyncio.to_thread(cluster.leader)
 
 
 async def test_the_raft_leader_leaves_the_vigil_leaders_machine(etcd_cluster):
