@@ -57,3 +57,15 @@ def test_resign_and_lost_end_leadership_once():
     assert role.resigned(clock.now(), "switchover").kind == "resigned"
     assert role.resigned(clock.now(), "again") is None
     assert role.lost(clock.now(), "lease") is None
+
+
+def test_a_resign_noticed_after_a_pause_past_the_deadline_reports_the_demotion():
+    """Whichever task runs first on SIGCONT, the term ended at its deadline."""
+    for end in ("resigned", "lost"):
+        clock = FakeClock()
+        role = LeaderRole(demote_after=1.6)
+        start = clock.now()
+        role.acquired(7, start, start)
+        clock.advance(4.0)
+        change = getattr(role, end)(clock.now(), "noticed on resume")
+        assert change.kind == "demoted" and abs(change.at - (start + 1.6)) < 1e-9

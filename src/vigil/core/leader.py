@@ -69,10 +69,18 @@ class LeaderRole:
         return None
 
     def resigned(self, now: float, reason: str) -> RoleChange | None:
-        return self._end("resigned", min(now, self.valid_until), reason) if self.state == LEADER else None
+        """Give the role up at `now`. A role whose deadline already passed (the
+        process was paused past it) ended then, by self-demotion: that is what
+        is returned, whatever noticed it first."""
+        if self.state != LEADER:
+            return None
+        return self.check(now) or self._end("resigned", now, reason)
 
     def lost(self, now: float, reason: str) -> RoleChange | None:
-        return self._end("lost", min(now, self.valid_until), reason) if self.state == LEADER else None
+        """The key is gone; like `resigned`, a passed deadline is reported as the end."""
+        if self.state != LEADER:
+            return None
+        return self.check(now) or self._end("lost", now, reason)
 
     def _end(self, kind: str, at: float, reason: str) -> RoleChange:
         change = RoleChange(kind, self.token, at, reason)
