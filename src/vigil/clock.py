@@ -13,6 +13,8 @@ class Clock(Protocol):
 
     def wall(self) -> float: ...
 
+    def to_wall(self, monotonic: float) -> float: ...
+
 
 class SystemClock:
     def now(self) -> float:

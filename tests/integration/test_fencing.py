@@ -55,8 +55,10 @@ def test_sigkill_of_leader_is_fenced_and_taken_over_before_the_lease_expires(fen
     new, new_token = leader_of(lab, other_than=old, above=token)
     took = time.time() - t0
     assert took < 1.3, f"fenced takeover took {took:.2f} s; a lease expiry takes at least 1.5 s here"
-    fenced = [e for e in events(lab, "node_fenced") if e["subject"] == old]
-    assert fenced and fenced[0]["node"] == new
+    # The event reaches etcd through the new leader's event log, a moment after the role.
+    fenced = lab.wait_for(lambda: [e for e in events(lab, "node_fenced") if e["subject"] == old], 10,
+                          "the node_fenced event")
+    assert fenced[0]["node"] == new
     lab.wait_for(lambda: lab.status()["members"][int(old[1:]) - 1]["state"] == "fenced", 10, "fenced state")
     first = lab.wait_for(lambda: [h for h in actuator_history(lab) if h["token"] == new_token and h["accepted"]],
                          10, "the new leader's first actuator write")

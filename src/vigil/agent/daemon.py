@@ -37,7 +37,7 @@ from vigil.agent.vips import VipHolder
 from vigil.agent.watchdog import LinuxWatchdogDevice, Watchdog
 from vigil.agent.inference import InferenceSupervisor
 from vigil.agent.reconciler import Reconciler, SessionLink
-from vigil.clock import SystemClock
+from vigil.clock import Clock, SystemClock
 from vigil.config import NodeConfig
 from vigil.core.health import DEGRADED, more_severe
 from vigil.core.leader import LeaderRole
@@ -77,8 +77,16 @@ async def _best_effort(what: str, aw: Any) -> None:
 
 
 class Agent:
-    def __init__(self, cfg: NodeConfig, store: Store | None = None, clock: SystemClock | None = None):
+    def __init__(self, cfg: NodeConfig, store: Store | None = None, clock: Clock | None = None,
+                 network: Any = None, serve_api: bool = True, tick: float = TICK):
+        """The ports: `store` (etcd from the config by default), `clock` (the system's),
+        `network` (heartbeat datagrams: UDP by default, or an in-memory network,
+        vigil.testing.memory_network), `serve_api` (off in simulations, which
+        read the agent's state directly) and `tick`, the detector's evaluation
+        period (vigil.core.peers.TICK; a simulation with slow heartbeats may
+        evaluate less often)."""
         self.cfg, self.clock = cfg, clock or SystemClock()
+        self.serve_api = serve_api
         self.keys = Keys(cfg.cluster)
         self.store = store or cfg.etcd.store(cfg.timing.etcd_timeout)
         self.data_dir = Path(cfg.data_dir)
@@ -90,7 +98,7 @@ class Agent:
         self.registry = Registry(self.store, self.keys)
         self.heartbeats = HeartbeatService(cfg, self.clock, self.incarnation,
                                            self._on_peer_transitions, self._heartbeat_status,
-                                           lambda: self.wake.set())
+                                           lambda: self.wake.set(), network, tick)
         self.session: Session | None = None
         self.election: Election | None = None
         self.wake = asyncio.Event()
@@ -199,7 +207,8 @@ class Agent:
     async def run(self, stop: asyncio.Event, api_ready: asyncio.Event | None = None) -> None:
         api = AgentApi(self.cfg, self.leadership, lambda: self.health_reasons, self.session_ok, self.inference,
                        lambda: status_document(self), lambda: metrics_text(self), lambda: self.health.verdict)
-        await api.start()
+        if self.serve_api:
+            await api.start()
         await self.heartbeats.start()
         self.events.start()
         await self.health.start()
@@ -367,7 +376,20 @@ class Agent:
         self.wake.set()
 
     async def _role_guard_loop(self) -> None:
-        """Self-fencing: demote within a tick (10 ms) of the deadline, even if etcd hangs."""
+        """Self-fencing: demote at the role's deadline, even if etcd hangs. The guard
+        sleeps until the deadline (a renewal moves it: the guard sleeps on to the
+        new one) or until the role changes; a process stopped past the deadline
+        demotes the moment it runs again (its overdue timer fires first thing)."""
+        changed = asyncio.Event()
+        self.leadership.on_change.append(lambda change: changed.set())
         while True:
-            await asyncio.sleep(TICK)
+            changed.clear()
+            if self.leadership.state != "leader":
+                await changed.wait()
+                continue
+            try:
+                async with asyncio.timeout(self.leadership.remaining()):
+                    await changed.wait()
+            except TimeoutError:
+                pass
             self.leadership.check()

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from typing import Callable
+from typing import Any, Callable
 
 from vigil.clock import Clock
 from vigil.config import NodeConfig
@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 class HeartbeatService:
     def __init__(self, cfg: NodeConfig, clock: Clock, incarnation: int,
                  on_transitions: Callable[[list[PeerTransition]], None],
-                 status: Callable[[], tuple[str, str]], on_suspicions_heard: Callable[[], None] = lambda: None):
+                 status: Callable[[], tuple[str, str]], on_suspicions_heard: Callable[[], None] = lambda: None,
+                 network: Any = None, tick: float = TICK):
         self.cfg, self.clock, self.incarnation = cfg, clock, incarnation
         self.on_transitions, self.status, self.on_suspicions_heard = on_transitions, status, on_suspicions_heard
         self.peers = PeerTable([p.name for p in cfg.peers], cfg.timing.detector(), cfg.timing.rise)
@@ -44,8 +45,9 @@ class HeartbeatService:
         for o in cfg.observers:  # routers hear us but send nothing back
             links[f"observer {o.address}:{o.port}"] = [(o.address, o.port)]
         self.transport = HeartbeatTransport(self.receiver, list(cfg.addresses), cfg.heartbeat_port,
-                                            links, self._deliver, cfg.keys.signing)
-        self.watch = PeerWatch(self.peers)
+                                            links, self._deliver, cfg.keys.signing, network)
+        self.tick = tick
+        self.watch = PeerWatch(self.peers, tick)
         self._seq = itertools.count(1)
         self._tasks: list[asyncio.Task] = []
 
@@ -103,7 +105,7 @@ class HeartbeatService:
 
     async def _tick_loop(self) -> None:
         while True:
-            await asyncio.sleep(TICK)
+            await asyncio.sleep(self.tick)
             changes = self.watch.tick(self.clock.now())
             self._paused()
             if changes:

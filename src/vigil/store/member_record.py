@@ -15,6 +15,7 @@ Contract:
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -86,8 +87,11 @@ class MemberRecord:
         return json.dumps(self.to_dict(), sort_keys=True)
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_member(name: str, text: str) -> MemberRecord | BadRecord:
-    """The record stored under `name`'s key, or what is wrong with it."""
+    """The record stored under `name`'s key, or what is wrong with it. Both
+    are immutable, so a value read again (every decision cycle reads every
+    member's record, and records change rarely) is parsed once."""
     try:
         rec = json.loads(text)
     except ValueError:

@@ -8,14 +8,20 @@ Contract (held to the UDP one by tests/conformance/test_heartbeat_transport.py):
   bound there on a later loop iteration (never synchronously), with the
   sender's address as the source; nothing bound there, or a cut link, drops
   the datagram silently, as UDP does. A closed transport sends nothing.
+- A datagram is delivered in the context its endpoint was bound in, so on a
+  simulated process (vigil.testing.sim_loop) it waits while that process is
+  stopped, as it waits in a stopped process's socket buffer.
 - Faults for simulations: `cut(a, b)` drops every datagram between two
   addresses (both ways) until `heal()`; `loss` drops that fraction at random
-  (seeded `rng`); `latency` delays each delivery.
+  (seeded `rng`); `latency` delays each delivery; `close_host(addr)` closes
+  every endpoint bound on an address (the kernel closing a killed process's
+  sockets).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import errno
 import random
 from typing import Callable
@@ -27,6 +33,7 @@ class MemoryDatagramTransport(asyncio.DatagramTransport):
     def __init__(self, network: "MemoryNetwork", local: Address, protocol: asyncio.DatagramProtocol):
         super().__init__()
         self.network, self.local, self.protocol = network, local, protocol
+        self.context = contextvars.copy_context()
         self._closed = False
 
     def sendto(self, data: bytes, addr: Address | None = None) -> None:  # type: ignore[override]
@@ -71,6 +78,10 @@ class MemoryNetwork:
     def heal(self) -> None:
         self._cut.clear()
 
+    def close_host(self, addr: str) -> None:
+        for local in [a for a in self._bound if a[0] == addr]:
+            self._bound.pop(local)._closed = True
+
     def _unbind(self, local: Address) -> None:
         self._bound.pop(local, None)
 
@@ -78,9 +89,15 @@ class MemoryNetwork:
         if frozenset((src[0], dst[0])) in self._cut or (self.loss and self.rng.random() < self.loss):
             self.dropped += 1
             return
+        target = self._bound.get(dst)
+        if target is None:
+            self.dropped += 1
+            return
         loop = asyncio.get_running_loop()
-        loop.call_later(self.latency, self._deliver, src, dst, data) if self.latency else \
-            loop.call_soon(self._deliver, src, dst, data)
+        if self.latency:
+            loop.call_later(self.latency, self._deliver, src, dst, data, context=target.context)
+        else:
+            loop.call_soon(self._deliver, src, dst, data, context=target.context)
 
     def _deliver(self, src: Address, dst: Address, data: bytes) -> None:
         target = self._bound.get(dst)
