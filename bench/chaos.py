@@ -9,7 +9,7 @@ Each schedule is one to three faults (SIGKILL/SIGSTOP of agents, the leader
 cut off, a standby cut off, every node cut off from every other, packet
 loss, etcd members killed or frozen, a switchover with the etcd leader
 killed), drawn from --seed; schedule i of a seed is always the same, so a
-violation can be replayed with `python -m vigil.lab.netrun --random 1
+violation can be replayed with `python -m vigil.chaos.run --random 1
 --skip i-1 --seed S`. Schedules run in batches, one lab per batch.
 
 Usage (root): python bench/chaos.py [--schedules 200] [--seed 1] [--batch 25]
@@ -36,7 +36,7 @@ from vigil.lab.netns import NetTopology  # noqa: E402
 
 
 def batch(net: NetTopology, root: Path, seed: int, skip: int, count: int, lease_only: bool) -> dict:
-    cmd = ["ip", "netns", "exec", net.client, sys.executable, "-m", "vigil.lab.netrun",
+    cmd = ["ip", "netns", "exec", net.client, sys.executable, "-m", "vigil.chaos.run",
            "--dir", str(root / f"batch-{skip}"), "--tag", net.tag, "--random", str(count),
            "--skip", str(skip), "--seed", str(seed)] + (["--no-fence-devices"] if lease_only else [])
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=60 * count + 120)

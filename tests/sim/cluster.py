@@ -43,23 +43,29 @@ SIM_TICK = 0.25  # s: the detector's evaluation period with 1 s heartbeats
 
 class LinkedStore(Store):
     """One node's link to the shared store: it can be cut (every call fails as
-    etcd unreachable), each request and reply takes a random latency, and a
-    reply can be lost after the store applied the request (the client never
-    learns that its keep-alive or write landed)."""
+    etcd unreachable), a share of the calls is slow (request and reply each
+    take up to `latency`: the store applies a keep-alive later than it was
+    sent, and the client learns of it later still), and a reply can be lost
+    after the store applied the request (the client never learns that its
+    keep-alive or write landed)."""
 
-    def __init__(self, store: MemoryStore, rng: random.Random, latency: float = 0.05, lost: float = 0.02):
-        self.store, self.rng, self.latency, self.lost = store, rng, latency, lost
+    def __init__(self, store: MemoryStore, rng: random.Random, latency: float = 0.3, slow: float = 0.2,
+                 lost: float = 0.02):
+        self.store, self.rng, self.latency, self.slow, self.lost = store, rng, latency, slow, lost
         self.reachable = True
 
     async def _call(self, op: Any, *args: Any) -> Any:
         self._check()
-        await asyncio.sleep(self.rng.uniform(0, self.latency))
-        self._check()
+        slow = self.rng.random() < self.slow
+        if slow:
+            await asyncio.sleep(self.rng.uniform(0, self.latency))
+            self._check()
         result = await op(*args)
         if self.rng.random() < self.lost:
             raise StoreUnavailable("simulated: the reply was lost")
-        await asyncio.sleep(self.rng.uniform(0, self.latency))
-        self._check()
+        if slow:
+            await asyncio.sleep(self.rng.uniform(0, self.latency))
+            self._check()
         return result
 
     def _check(self) -> None:

@@ -1,7 +1,7 @@
 """System tests (root): the chaos harness on a lab in network namespaces
 (a host per namespace on a bridge, faults made with nftables and signals),
 with BMCs, a Modbus PLC and the token-guarded actuator. Each run is checked
-by vigil.lab.checker over every leadership record and actuator write.
+by vigil.chaos.checker over every leadership record and actuator write.
 
 Three runs, each on one lab: the named schedules with leases only, the same
 with IPMI fencing, and a time-boxed set of random schedules from fixed seeds
@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 
 from tests.system.netns import run_in_client, topology
-from vigil.lab.schedules import NAMED, TTL
+from vigil.chaos.schedules import NAMED, TTL
 
 RANDOM_SEED, RANDOM_COUNT = 20261127, 6  # about a minute
 
@@ -26,7 +26,7 @@ def net():
 
 
 def chaos(net, root, *args) -> dict:
-    return run_in_client(net, "vigil.lab.netrun", root, *args, timeout=600)
+    return run_in_client(net, "vigil.chaos.run", root, *args, timeout=600)
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import random
 
-from vigil.lab.checker import check
-from vigil.lab.schedules import FAULTS, Step, random_schedule
+from vigil.chaos.checker import check
+from vigil.chaos.schedules import FAULTS, Step, random_schedule
 
 
 def lead(node, token, start, until, end=None):
@@ -95,7 +95,7 @@ def test_random_schedules_follow_their_seed():
 
 
 def test_schedule_i_of_a_seed_is_the_same_in_any_batch():
-    from vigil.lab.netrun import schedules
+    from vigil.chaos.run import schedules
 
     whole = schedules("", 5, seed=3)
     assert schedules("", 2, seed=3, skip=3) == whole[3:]

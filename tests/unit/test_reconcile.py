@@ -1,6 +1,7 @@
 from dataclasses import replace
 
-from vigil.core.reconcile import CAMPAIGN, DEMOTE, NONE, RESIGN, Campaign, Resign, decide, decide_states
+from vigil.core.reconcile import (CAMPAIGN, DEMOTE, NONE, RESIGN, Campaign, Resign, WaitForHandover, decide,
+                                  decide_states, handover)
 from vigil.core.view import ClusterView, LeaderInfo, MemberInfo, Switchover
 
 MEMBERS = {"a": MemberInfo("a", 100, lease=1), "b": MemberInfo("b", 90, lease=2),
@@ -225,3 +226,11 @@ def test_decisions_carry_the_key_they_act_on():
     assert isinstance(d, Resign) and d.token == 42
     assert isinstance(decide(view("a")), Campaign), "a campaign acts on no existing key"
     assert str(d) == "resign: switchover to b requested", "logged and shown in /status as before"
+
+
+def test_handover_acts_at_once_unless_a_live_peer_still_announces_itself_leader():
+    assert handover(7, [], now=10.0, until=18.0) is None
+    d = handover(7, ["n1"], now=10.0, until=18.0)
+    assert isinstance(d, WaitForHandover) and d.peers == ("n1",) and d.until == 18.0
+    assert d.action == "wait_for_handover" and "n1" in d.reason and "token 7" in d.reason
+    assert handover(7, ["n1"], now=18.0, until=18.0) is None, "its self-demotion deadline has passed"

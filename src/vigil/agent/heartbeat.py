@@ -33,10 +33,10 @@ log = logging.getLogger(__name__)
 class HeartbeatService:
     def __init__(self, cfg: NodeConfig, clock: Clock, incarnation: int,
                  on_transitions: Callable[[list[PeerTransition]], None],
-                 status: Callable[[], tuple[str, str]], on_suspicions_heard: Callable[[], None] = lambda: None,
+                 status: Callable[[], tuple[str, str]], on_news: Callable[[], None] = lambda: None,
                  network: Any = None, tick: float = TICK):
         self.cfg, self.clock, self.incarnation = cfg, clock, incarnation
-        self.on_transitions, self.status, self.on_suspicions_heard = on_transitions, status, on_suspicions_heard
+        self.on_transitions, self.status, self.on_news = on_transitions, status, on_news
         self.peers = PeerTable([p.name for p in cfg.peers], cfg.timing.detector(), cfg.timing.rise)
         self.receiver = HeartbeatReceiver(cfg.cluster, cfg.node, cfg.keys.ring,
                                           {p.name: set(p.addresses) for p in cfg.peers},
@@ -85,13 +85,14 @@ class HeartbeatService:
             log.info("local pause of %.0f ms: not held against peers", self.watch.paused * 1000)
 
     def _deliver(self, hb: Heartbeat, link: str, verdict: str) -> None:
-        heard = self.peers.peers[hb.node].suspects
+        peer = self.peers.peers[hb.node]
+        heard = (peer.suspects, peer.role)
         changes = self.watch.deliver(hb, link, verdict, self.clock.now())
         self._paused()
         if changes:
             self.on_transitions(changes)
-        if verdict != "duplicate" and hb.suspects != heard:
-            self.on_suspicions_heard()
+        if verdict != "duplicate" and (peer.suspects, peer.role) != heard:
+            self.on_news()  # what a peer suspects, or whether it leads, changed
 
     async def _send_loop(self) -> None:
         interval = self.cfg.timing.heartbeat_interval

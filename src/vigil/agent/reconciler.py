@@ -22,7 +22,7 @@ from vigil.core.damping import FlapDamper
 from vigil.core.health import Verdict
 from vigil.core.peers import PeerTable
 from vigil.core.reconcile import (Campaign, Decision, Demote, Fence, Resign, Wait, decide,
-                                  decide_states)
+                                  decide_states, handover)
 from vigil.core.view import ACTIVE, FAILED, HELD, STANDBY, ClusterView
 from vigil.errors import StoreError, WatchCompacted
 from vigil.store.base import Store
@@ -297,26 +297,27 @@ class Reconciler:
         return {n: r["why"] for n, r in holds.items()}
 
     async def _handover_barrier(self, token: int) -> None:
-        """Holding a fresh token, wait to act while a live peer still announces
-        itself leader in its heartbeats, for at most `demote_after`: that peer
-        cannot renew a lease that is gone, so it demotes itself by then. This
-        never happens when etcd keeps its lease contract; it does with etcd
-        before 3.4.28 / 3.5.11, whose raft leader, resumed after a stall,
-        revokes leases its successor was renewing (etcd issues #12528,
-        #15247), and the chaos harness caught the old leader still acting for
-        the few milliseconds its watch took to tell it."""
-        claimants = self.peers.claiming_leader()
-        if not claimants:
-            return
+        """Act on a fresh token only once `handover()` says so: wait for the
+        heartbeat news (or the suspicion) that wakes this loop, not by polling."""
         t0 = self.clock.now()
-        deadline = t0 + self.cfg.timing.demote_after
-        while self.peers.claiming_leader() and self.clock.now() < deadline:
-            await asyncio.sleep(0.005)
+        first = None
+        while (d := handover(token, self.peers.claiming_leader(), self.clock.now(),
+                             t0 + self.cfg.timing.demote_after)) is not None:
+            self._set(d)
+            first = first or d
+            self.wake.clear()
+            try:
+                async with asyncio.timeout(max(0.0, d.until - self.clock.now())):
+                    await self.wake.wait()
+            except TimeoutError:
+                pass
+        if first is None:
+            return
         still = self.peers.claiming_leader()
-        self.record("handover_wait", f"won token {token} while {', '.join(claimants)} still announced "
+        self.record("handover_wait", f"won token {token} while {', '.join(first.peers)} still announced "
                         f"itself leader; waited {(self.clock.now() - t0) * 1000:.0f} ms before acting"
                         + (f" ({', '.join(still)} never stopped: acting at its self-demotion deadline)"
-                           if still else ""), token=token, peers=claimants)
+                           if still else ""), token=token, peers=list(first.peers))
 
     async def _leader_housekeeping(self, view: ClusterView) -> None:
         now = self.clock.now()

@@ -22,7 +22,8 @@ from vigil.core.health import DEGRADED, SERVING
 from vigil.core.view import (ACTIVE, FAILED, FENCED, HELD, INELIGIBLE_STATES, MAINTENANCE, STANDBY,
                              ClusterView, LeaderInfo)
 
-NONE, CAMPAIGN, RESIGN, DEMOTE, FENCE = "none", "campaign", "resign", "demote", "fence"
+NONE, CAMPAIGN, RESIGN, DEMOTE, FENCE, HANDOVER = ("none", "campaign", "resign", "demote", "fence",
+                                                   "wait_for_handover")
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,28 @@ class Fence(Decision):
     action: ClassVar[str] = FENCE
 
 
+@dataclass(frozen=True)
+class WaitForHandover(Decision):
+    peers: tuple[str, ...]  # alive peers whose latest heartbeat still says "leader"
+    until: float  # when they have demoted themselves whatever they say (monotonic s)
+    action: ClassVar[str] = HANDOVER
+
+
 Handler = Callable[[ClusterView], "Decision | None"]
+
+
+def handover(token: int, claimants: list[str], now: float, until: float) -> WaitForHandover | None:
+    """Holding a fresh `token`: act now (None), or wait while an alive peer still
+    announces itself leader in its heartbeats, at most `until` (won + demote_after:
+    that peer cannot renew a lease that is gone, so it has demoted itself by then).
+    This never happens when etcd keeps its lease contract; it does with etcd
+    before 3.4.28 / 3.5.11, whose raft leader, resumed after a stall, revokes
+    leases its successor was renewing (etcd issues #12528, #15247)."""
+    if not claimants or now >= until:
+        return None
+    return WaitForHandover(f"won token {token} while {', '.join(claimants)} still announced itself leader; "
+                           f"acting when it stops or in {until - now:.3f} s", tuple(claimants), until)
+
 
 
 def _no_session(v: ClusterView) -> Decision | None:

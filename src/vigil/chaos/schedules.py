@@ -1,6 +1,6 @@
 """Fault schedules for the chaos harness: the named ones of issue #4 and
 random ones drawn from a seed, run one after another on one lab in network
-namespaces (vigil.lab.netrun).
+namespaces (vigil.chaos.run).
 
 A schedule is a list of steps; a step is one fault (kill, pause, isolate,
 split, loss, etcd member faults, a switchover with the etcd leader killed)
@@ -8,7 +8,7 @@ held for a while, then healed. After each heal the step waits (bounded) for a
 live leader, then restores the lab (powers dead nodes on through their BMCs,
 restarts dead etcd members) and waits until the whole cluster is ready, so
 every step starts from a healthy cluster. What each step saw is returned as
-plain data; the checker (vigil.lab.checker) judges the whole run.
+plain data; the checker (vigil.chaos.checker) judges the whole run.
 
 Lab timers: lease TTL 2 s, so "2 x TTL" is 4 s.
 """

@@ -1,7 +1,7 @@
 """Run fault schedules on a lab in network namespaces, and check the run.
 
 Run inside the client namespace of a NetTopology that the caller created
-(`ip netns exec TAG-c python -m vigil.lab.netrun --tag TAG ...`) so the
+(`ip netns exec TAG-c python -m vigil.chaos.run --tag TAG ...`) so the
 harness reaches the nodes' 10.231.0.x addresses. One lab serves every
 schedule: named ones (--schedule a,b) and/or random ones (--random N
 --seed S). The lab has BMCs (ipmi_sim), a Modbus PLC and the token-guarded
@@ -9,7 +9,7 @@ actuator; --no-fence-devices gives the agents no fencing devices, so every
 takeover waits for the lease.
 
 Prints one JSON document on stdout: every step (what was done, what was
-seen), the checker's verdict over the whole run (vigil.lab.checker) and the
+seen), the checker's verdict over the whole run (vigil.chaos.checker) and the
 takeover times. Progress goes to stderr and DIR/steps.jsonl, a line per step.
 """
 
@@ -24,10 +24,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from vigil.lab import checker
+from vigil.chaos import checker
 from vigil.lab.cluster import Lab
 from vigil.lab.netns import NetTopology
-from vigil.lab.schedules import NAMED, Chaos, random_schedule
+from vigil.chaos.schedules import NAMED, Chaos, random_schedule
 
 
 def schedules(names: str, count: int, seed: int, skip: int = 0) -> list[tuple[str, list]]:
@@ -75,7 +75,7 @@ def _register(lab: Lab) -> int | None:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(prog="python -m vigil.lab.netrun")
+    p = argparse.ArgumentParser(prog="python -m vigil.chaos.run")
     p.add_argument("--dir", required=True)
     p.add_argument("--tag", required=True, help="the NetTopology tag the caller created")
     p.add_argument("--schedule", default="", help=f"comma-separated: {', '.join(NAMED)}")
