@@ -86,7 +86,6 @@ def handover(token: int, claimants: list[str], now: float, until: float) -> Wait
                            f"acting when it stops or in {until - now:.3f} s", tuple(claimants), until)
 
 
-
 def _no_session(v: ClusterView) -> Decision | None:
     if v.session_ok:
         return None

@@ -89,9 +89,9 @@ class MemberRecord:
 
 @functools.lru_cache(maxsize=4096)
 def parse_member(name: str, text: str) -> MemberRecord | BadRecord:
-    """The record stored under `name`'s key, or what is wrong with it. Both
-    are immutable, so a value read again (every decision cycle reads every
-    member's record, and records change rarely) is parsed once."""
+    """The record stored under `name`'s key, or what is wrong with it. A value
+    read again (every decision cycle reads every member's record, and records
+    change rarely) is parsed once: readers share the result and never change it."""
     try:
         rec = json.loads(text)
     except ValueError:
