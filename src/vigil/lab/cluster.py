@@ -95,6 +95,7 @@ class Lab(LabObservation):
         gives the agents no fencing devices (takeover waits for the lease).
         `secure`: etcd with TLS, client certificates, users and roles (vigil.lab.secure).
         `workload`: {"requires": {...}, "declare": {node: {...}}, "flap_threshold": N,
+        "router_queue_wait": S (the lab router's admission.queue_wait),
         "etcd_leader_apart": bool}: every node's `health.requires`, fingerprint values a
         node declares, flap damping (off in labs unless given), `etcd.local_member` and the
         local member first beside the nodes (off unless given: a standby's loss then costs
@@ -215,7 +216,9 @@ class Lab(LabObservation):
                 "etcd": self._etcd_block("router"),
                 "heartbeat": {"address": "127.0.0.1", "port": self.router.heartbeat_port,
                               "keyring_file": str(self.root / "keys" / "cluster.keyring")},
-                "retry": {"per_try_timeout": 3.0, "max_attempts": 3}}
+                "retry": {"per_try_timeout": 3.0, "max_attempts": 3},
+                **({"admission": {"queue_wait": self.workload["router_queue_wait"]}}
+                   if "router_queue_wait" in self.workload else {})}
 
     @classmethod
     def up(cls, root: Path, n: int, cluster: str = "lab", timing: dict[str, Any] | None = None,
@@ -330,13 +333,17 @@ class Lab(LabObservation):
                 return n
         raise VigilError(f"no node {name} in this lab")
 
-    def start_agent(self, name: str) -> int:
+    def start_agent(self, name: str, nice: int = 0) -> int:
+        """`nice`: start the agent (and so its model server) at that CPU niceness: the
+        lab's nodes share its CPUs, where a restarted node loading its model would
+        starve the others' serving, as separate machines never do."""
         node = self.node(name)
         if self.fencing:  # the node's BMC powers it on
             node.agent_pid = self.fencing.power_on(name, node.config, node.log)
             return node.agent_pid
-        p = procs.spawn(procs.in_netns(node.netns, [sys.executable, "-m", "vigil", "agent", "--config",
-                                                    node.config]), Path(node.log))
+        cmd = [sys.executable, "-m", "vigil", "agent", "--config", node.config]
+        p = procs.spawn(procs.in_netns(node.netns, ["nice", "-n", str(nice), *cmd] if nice else cmd),
+                        Path(node.log))
         node.agent_pid = p.pid
         return p.pid
 

@@ -91,7 +91,9 @@ class Demo:
     def restart(self, name: str) -> None:
         f = Fault("restart node", f"restart {name} (agent and model server)", time.time())
         self.say(f"[3/4] {f.action}")
-        self.lab.start_agent(name)
+        # At nice 10: on the lab's shared cores its model load must not starve the nodes
+        # that serve meanwhile (separate machines share no CPU).
+        self.lab.start_agent(name, nice=10)
         self.lab.wait_for(self.lab.ready, 120, f"{name} ready")
         f.end = time.time()
         f.takeover_ms = round((f.end - f.start) * 1000, 1)
@@ -133,7 +135,9 @@ def run_demo(out: Path, as_json: bool, keep: bool = False, secure: bool = False)
     if secure:
         say("secure: etcd with TLS, client certificates, and a user and role per agent, router and "
             "operator")
-    lab = Lab.up(root / "lab", 3, model=True, router=True, secure=secure)
+    # Three nodes share this machine's cores: a node's start-up can stall the others for a
+    # few seconds, so the router lets a request wait up to 6 s (2 s by default) before it sheds.
+    lab = Lab.up(root / "lab", 3, model=True, router=True, secure=secure, workload={"router_queue_wait": 6.0})
     try:
         demo = Demo(lab, say)
         say(f"router {lab.router.url}: sending 30 embedding requests/s")
