@@ -86,20 +86,18 @@ class Lab(LabObservation):
                workload: dict[str, Any] | None = None) -> "Lab":
         """Write configs for a lab of `n` nodes under `root` (nothing started).
 
-        `net`: a NetTopology; node i then runs in its namespace on its address,
-        with etcd member i beside it (3 members); `router` then puts a router on
-        every node (FrontDoor), run by its agent. `own_net`: `down()` deletes the
-        topology's namespaces too. `etcd_apart`: the etcd members in namespaces
-        n+1..n+3 of `net` (a separate control plane), not beside the nodes. `fencing`: BMCs, a PLC and
-        the actuator the leader drives; `fence_devices=False` keeps those but
-        gives the agents no fencing devices (takeover waits for the lease).
+        `net`: a NetTopology; node i then runs in its namespace on its address, with etcd
+        member i beside it (3 members); `router` then puts a router on every node (FrontDoor),
+        run by its agent. `own_net`: `down()` deletes the topology's namespaces too.
+        `etcd_apart`: the etcd members in namespaces n+1..n+3 of `net` (a separate control
+        plane). `fencing`: BMCs, a PLC and the actuator the leader drives; `fence_devices=False`
+        keeps those but gives the agents no fencing devices (takeover waits for the lease).
         `secure`: etcd with TLS, client certificates, users and roles (vigil.lab.secure).
         `workload`: {"requires": {...}, "declare": {node: {...}}, "flap_threshold": N,
-        "router_queue_wait": S (the lab router's admission.queue_wait),
-        "etcd_leader_apart": bool}: every node's `health.requires`, fingerprint values a
-        node declares, flap damping (off in labs unless given), `etcd.local_member` and the
-        local member first beside the nodes (off unless given: a standby's loss then costs
-        an etcd election)."""
+        "router_queue_wait": S, "etcd_leader_apart": bool}: every node's `health.requires`,
+        fingerprint values a node declares, flap damping (off in labs unless given), the lab
+        router's admission.queue_wait, `etcd.local_member` and the local member first beside
+        the nodes (off unless given: a standby's loss then costs an etcd election)."""
         if not (3 if net else 1) <= n <= 32:
             raise ConfigError("--nodes", n, "a lab has 1 to 32 nodes (3 to 32 in namespaces: an etcd "
                                             "member beside each of the first 3)")
@@ -334,9 +332,8 @@ class Lab(LabObservation):
         raise VigilError(f"no node {name} in this lab")
 
     def start_agent(self, name: str, nice: int = 0) -> int:
-        """`nice`: start the agent (and so its model server) at that CPU niceness: the
-        lab's nodes share its CPUs, where a restarted node loading its model would
-        starve the others' serving, as separate machines never do."""
+        """`nice`: the agent and its model server at that niceness (the lab's nodes share
+        its CPUs: a node loading its model starves the others, as machines never do)."""
         node = self.node(name)
         if self.fencing:  # the node's BMC powers it on
             node.agent_pid = self.fencing.power_on(name, node.config, node.log)
