@@ -16,11 +16,14 @@ from typing import Any, Callable
 from vigil.errors import VigilError
 
 
-def spawn(cmd: list[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+def spawn(cmd: list[str], log_path: Path, env: dict[str, str] | None = None, nice: int = 0) -> subprocess.Popen:
+    """`cmd` in a session of its own, output to `log_path`; `nice`: at that CPU
+    niceness (its children inherit it)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True, env=env)
+                                start_new_session=True, env=env,
+                                preexec_fn=(lambda: os.nice(nice)) if nice else None)
 
 
 def run_as(user: str | None) -> dict[str, Any]:

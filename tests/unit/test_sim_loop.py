@@ -35,11 +35,13 @@ def test_a_stopped_process_runs_nothing_and_its_overdue_timer_fires_on_continue(
     clock = FakeClock()
     loop = SimLoop(clock)
     ticks: list[float] = []
+    ticked = asyncio.Event()
 
     async def ticker():
         while True:
             await asyncio.sleep(1.0)
             ticks.append(clock.now())
+            ticked.set()
 
     async def main():
         p = loop.spawn("p", ticker())
@@ -47,10 +49,11 @@ def test_a_stopped_process_runs_nothing_and_its_overdue_timer_fires_on_continue(
         loop.sigstop(p)
         await asyncio.sleep(10.0)
         assert len(ticks) == 2, ticks
+        ticked.clear()
+        resumed = clock.now()
         loop.sigcont(p)
-        await asyncio.sleep(0)
-        await asyncio.sleep(0)
-        assert len(ticks) == 3 and ticks[2] == clock.now(), "the overdue tick fires at once"
+        await asyncio.wait_for(ticked.wait(), 60)
+        assert len(ticks) == 3 and ticks[2] == resumed, "the overdue tick fires at once"
         await asyncio.sleep(1.0)
         assert len(ticks) == 4
     run(loop, main())
@@ -83,10 +86,12 @@ def test_a_datagram_to_a_stopped_process_waits_as_in_its_socket_buffer():
     loop = SimLoop(clock)
     net = MemoryNetwork()
     got: list[tuple[bytes, float]] = []
+    arrived = asyncio.Event()
 
     class Receiver(asyncio.DatagramProtocol):
         def datagram_received(self, data, addr):
             got.append((data, clock.now()))
+            arrived.set()
 
     async def listener(bound: asyncio.Event):
         await net.create_datagram_endpoint(Receiver, local_addr=("10.231.9.2", 7400))
@@ -102,9 +107,10 @@ def test_a_datagram_to_a_stopped_process_waits_as_in_its_socket_buffer():
         sender.sendto(b"hb", ("10.231.9.2", 7400))
         await asyncio.sleep(2.0)
         assert got == []
+        resumed = clock.now()
         loop.sigcont(p)
-        await asyncio.sleep(0)
-        await asyncio.sleep(0)
+        await asyncio.wait_for(arrived.wait(), 60)
+        assert got[0][1] == resumed, "delivered as the receiver runs again"
         return got
     got_at = run(loop, main())
     assert [d for d, _ in got_at] == [b"hb"] and got_at[0][1] >= 1002.0

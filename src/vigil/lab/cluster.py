@@ -93,11 +93,10 @@ class Lab(LabObservation):
         plane). `fencing`: BMCs, a PLC and the actuator the leader drives; `fence_devices=False`
         keeps those but gives the agents no fencing devices (takeover waits for the lease).
         `secure`: etcd with TLS, client certificates, users and roles (vigil.lab.secure).
-        `workload`: {"requires": {...}, "declare": {node: {...}}, "flap_threshold": N,
-        "router_queue_wait": S, "etcd_leader_apart": bool}: every node's `health.requires`,
-        fingerprint values a node declares, flap damping (off in labs unless given), the lab
-        router's admission.queue_wait, `etcd.local_member` and the local member first beside
-        the nodes (off unless given: a standby's loss then costs an etcd election)."""
+        `workload`: {"requires", "declare": {node: ...}, "flap_threshold", "router_queue_wait",
+        "etcd_leader_apart"}: every node's `health.requires`, fingerprint values a node declares,
+        flap damping (off unless given), the lab router's admission.queue_wait, and
+        `etcd.local_member` with the local member first (off unless given)."""
         if not (3 if net else 1) <= n <= 32:
             raise ConfigError("--nodes", n, "a lab has 1 to 32 nodes (3 to 32 in namespaces: an etcd "
                                             "member beside each of the first 3)")
@@ -215,8 +214,7 @@ class Lab(LabObservation):
                 "heartbeat": {"address": "127.0.0.1", "port": self.router.heartbeat_port,
                               "keyring_file": str(self.root / "keys" / "cluster.keyring")},
                 "retry": {"per_try_timeout": 3.0, "max_attempts": 3},
-                **({"admission": {"queue_wait": self.workload["router_queue_wait"]}}
-                   if "router_queue_wait" in self.workload else {})}
+                **({"admission": {"queue_wait": w}} if (w := self.workload.get("router_queue_wait")) else {})}
 
     @classmethod
     def up(cls, root: Path, n: int, cluster: str = "lab", timing: dict[str, Any] | None = None,
@@ -332,15 +330,13 @@ class Lab(LabObservation):
         raise VigilError(f"no node {name} in this lab")
 
     def start_agent(self, name: str, nice: int = 0) -> int:
-        """`nice`: the agent and its model server at that niceness (the lab's nodes share
-        its CPUs: a node loading its model starves the others, as machines never do)."""
+        """`nice`: agent and model server at that niceness (a lab's nodes share its CPUs)."""
         node = self.node(name)
         if self.fencing:  # the node's BMC powers it on
             node.agent_pid = self.fencing.power_on(name, node.config, node.log)
             return node.agent_pid
-        cmd = [sys.executable, "-m", "vigil", "agent", "--config", node.config]
-        p = procs.spawn(procs.in_netns(node.netns, ["nice", "-n", str(nice), *cmd] if nice else cmd),
-                        Path(node.log))
+        p = procs.spawn(procs.in_netns(node.netns, [sys.executable, "-m", "vigil", "agent", "--config",
+                                                    node.config]), Path(node.log), nice=nice)
         node.agent_pid = p.pid
         return p.pid
 
