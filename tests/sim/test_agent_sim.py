@@ -21,8 +21,8 @@ import pytest
 from vigil.errors import ConfigError
 from tests.sim.cluster import SimCluster
 
-SEEDS = int(os.environ.get("VIGIL_SIM_SEEDS", "6"))
-MINUTES = float(os.environ.get("VIGIL_SIM_MINUTES", "20"))
+SEEDS = int(os.environ.get("VIGIL_SIM_SEEDS", "10"))
+MINUTES = float(os.environ.get("VIGIL_SIM_MINUTES", "60"))
 
 
 @pytest.mark.parametrize("seed", range(SEEDS))

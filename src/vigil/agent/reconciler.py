@@ -16,7 +16,7 @@ from typing import Any, Callable
 from vigil.agent.controller import Controller
 from vigil.agent.stonith import Fencer
 from vigil.agent.leadership import Leadership
-from vigil.clock import Clock
+from vigil.clock import Clock, woken
 from vigil.config import NodeConfig
 from vigil.core.damping import FlapDamper
 from vigil.core.health import Verdict
@@ -84,10 +84,7 @@ class Reconciler:
 
     async def loop(self) -> None:
         while True:
-            try:
-                await asyncio.wait_for(self.wake.wait(), self.cfg.timing.loop_interval)
-            except asyncio.TimeoutError:
-                pass
+            await woken(self.wake, self.cfg.timing.loop_interval)
             self.wake.clear()
             try:
                 await self.run_cycle()

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
+from vigil.clock import woken
+
 
 @dataclass
 class Sample:
@@ -57,10 +59,7 @@ class LoadGenerator:
                 nxt += 1.0 / self.rate
                 delay = nxt - loop.time()
                 if delay > 0:
-                    try:
-                        await asyncio.wait_for(self._stop.wait(), delay)
-                    except asyncio.TimeoutError:
-                        pass
+                    await woken(self._stop, delay)
             await asyncio.gather(*tasks, return_exceptions=True)
         return self.samples
 

@@ -28,6 +28,11 @@ class RetryConfig:
     budget_ratio: float = 0.2
     idempotent_paths: tuple[str, ...] = ("/v1/embeddings",)
     idempotency_window: float = 600.0
+    # A streamed generation whose node dies, hangs or is ejected mid-stream is
+    # continued on another node from the token ids already delivered
+    # (vigil.router.resume), at most `max_resumes` times per stream.
+    resume_streams: bool = True
+    max_resumes: int = 2
 
 
 @dataclass(frozen=True)
@@ -114,12 +119,19 @@ def parse_router_config(raw: Any, base_dir: Path = Path(".")) -> RouterConfig:
 
 def _retry(v: Any) -> RetryConfig:
     d = check_mapping(v, "retry", {"max_attempts", "per_try_timeout", "first_byte_timeout", "idle_timeout",
-                              "connect_timeout", "budget_ratio", "idempotent_paths", "idempotency_window"})
+                              "connect_timeout", "budget_ratio", "idempotent_paths", "idempotency_window",
+                              "resume_streams", "max_resumes"})
     if "first_byte_timeout" in d:  # the clearer name; per_try_timeout stays accepted
         d = {**d, "per_try_timeout": d.pop("first_byte_timeout")}
     values: dict[str, Any] = {}
     if "max_attempts" in d:
         values["max_attempts"] = check_int(d["max_attempts"], "retry.max_attempts", 1, 10)
+    if "max_resumes" in d:
+        values["max_resumes"] = check_int(d["max_resumes"], "retry.max_resumes", 0, 10)
+    if "resume_streams" in d:
+        if not isinstance(d["resume_streams"], bool):
+            raise ConfigError("retry.resume_streams", d["resume_streams"], "must be true or false")
+        values["resume_streams"] = d["resume_streams"]
     for k, hi in (("per_try_timeout", 3600), ("idle_timeout", 3600), ("connect_timeout", 60),
                   ("budget_ratio", 1), ("idempotency_window", 86400)):
         if k in d:

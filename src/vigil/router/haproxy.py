@@ -23,7 +23,7 @@ import asyncio
 import logging
 from urllib.parse import urlsplit
 
-from vigil.clock import SystemClock
+from vigil.clock import SystemClock, woken
 from vigil.core.routing import RoutingTable
 from vigil.errors import VigilError
 from vigil.router.config import RouterConfig
@@ -135,11 +135,8 @@ class HaproxyDriver:
 
     async def _loop(self) -> None:
         while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), self.resync)
-                full = False
-            except asyncio.TimeoutError:
-                full = True  # re-apply everything: HAProxy may have restarted
+            # on no wake for `resync`: re-apply everything, HAProxy may have restarted
+            full = not await woken(self._wake, self.resync)
             self._wake.clear()
             await self.apply(full)
 

@@ -28,6 +28,9 @@ class RouterMetrics:
                                 registry=r)
         self._by_status: dict[int, Any] = {}
         self.retries = Counter("vigil_router_retries", "Attempts retried on another node.", registry=r)
+        self.stream_resumes = Counter("vigil_router_stream_resumes", "Streamed generations whose node failed "
+                                      "mid-stream: resumed on another node, or broken (not resumable).",
+                                      ["outcome"], registry=r)
         self.shed = Counter("vigil_router_shed", "Requests answered 429 by the router: queue_full "
                             "(shed on arrival), queue_timeout (waited too long), engine_full "
                             "(every engine tried shed it).", ["reason"], registry=r)

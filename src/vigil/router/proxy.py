@@ -42,6 +42,7 @@ from vigil.router.http1 import HOP_BY_HOP, FrontProtocol, Incoming, Reply, sweep
 from vigil.router.idempotency import IdempotencyCache, Mismatch, Result, fingerprint
 from vigil.router.metrics import RouterMetrics, admin_handler
 from vigil.router.queue import SlotQueue
+from vigil.router.resume import ResumingStream, is_event_stream, plan_stream
 from vigil.router.upstream import Upstream, UpstreamBroken, UpstreamPool
 from vigil.store.base import Store
 
@@ -181,6 +182,7 @@ class Router:
                      buffer: bool) -> Answered | None:
         """The answer, whole; or None once it was streamed to `reply`."""
         safe = self.policy.safe(req.method, req.path, {})
+        stream = plan_stream(req, self.cfg.retry.resume_streams) if reply is not None and not buffer else None
         work = req.method not in READ_METHODS
         self.policy.request_started()
         tried: set[str] = set()
@@ -229,6 +231,9 @@ class Router:
                 if maybe_ran:
                     out.headers.append((OUTCOME_HEADER, "unknown"))
                 return out
+            if stream is not None and reply is not None and is_event_stream(answer):
+                await ResumingStream(self, req, stream, reply, t0).run(backend, answer, attempts)
+                return None
             return await self._respond(reply, backend, answer, t0, attempts, buffer)
 
     def _attempt_failed(self, b: Backend, e: AttemptFailed) -> None:
@@ -312,7 +317,7 @@ class Router:
     async def _respond(self, reply: Reply | None, b: Backend, answer: Answer,
                        t0: float, attempts: int, buffer: bool) -> Answered | None:
         up = answer.up
-        headers = [(k, v) for k, v in up.headers if k.lower() not in HOP_BY_HOP]
+        headers = [(k, v) for k, v in up.headers if k.lower() not in HOP_BY_HOP and k.lower() != "x-vigil-node"]
         headers += [("X-Vigil-Node", b.name), ("X-Vigil-Attempts", str(attempts)),
                     ("X-Vigil-Router", self.cfg.name)]
         finished = False

@@ -50,3 +50,15 @@ class MiniLM:
                                      show_progress_bar=False)
         tokens = sum(len(ids) for ids in self._model.tokenizer(texts)["input_ids"])
         return Embeddings([v.tolist() for v in vectors], tokens)
+
+
+class NoEmbeddings:
+    """A server that only generates: /v1/embeddings answers that no embedding model is loaded."""
+
+    serves = False
+
+    def load(self) -> None:
+        pass
+
+    def embed(self, texts: list[str]) -> Embeddings:
+        raise VigilError("this server loads no embedding model (--no-embed)")

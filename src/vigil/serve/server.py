@@ -1,6 +1,8 @@
-"""ModelServer: the OpenAI-compatible HTTP face of the embedding engine.
+"""ModelServer: the OpenAI-compatible HTTP face of the embedding engine and,
+when given one, of a generative model (vigil.serve.completions).
 
 POST /v1/embeddings    {"input": str | [str], "model"?, "encoding_format"?: float|base64}
+POST /v1/completions, /v1/chat/completions   (with a generative model; streamed or not)
 GET  /v1/models
 GET  /health, /v2/health/live   200 while the process serves HTTP
 GET  /v2/health/ready           200 only after the model loaded AND a warm-up inference succeeded
@@ -14,8 +16,11 @@ signal routers share. Past `max_pending` requests waiting or running, the server
 Bad requests get 4xx with an OpenAI-style body: {"error": {message, type, param, code}}.
 Until ready, /v1/* answers 503 (a restarting engine), never a hang.
 
-With `fault_injection`, POST /_vigil/faults {"slowdown": F, "fail_status": S}
-makes every inference F times slower or answer S: used by the lab and benches.
+With `fault_injection`, POST /_vigil/faults {"slowdown": F, "fail_status": S,
+"cut_streams_after": N} makes every inference F times slower or answer S, or
+resets the connection of every new generation stream (not a continuation)
+after N tokens (as a crash looks to a router): used by the lab, tests and
+benches.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from typing import Any
 
 from aiohttp import web
 
+from vigil.serve.errors import BadRequest, error
 from vigil.serve.model import DIMENSIONS, MODEL_ID, MiniLM
 from vigil.web import finish, route
 
@@ -40,16 +46,6 @@ MAX_CHARS = 32_768
 MAX_BODY = 4 * 1024 * 1024
 
 
-def error(status: int, message: str, param: str | None = None, code: str | None = None,
-          kind: str = "invalid_request_error") -> web.Response:
-    return web.json_response({"error": {"message": message, "type": kind, "param": param,
-                                        "code": code}}, status=status)
-
-
-class BadRequest(Exception):
-    def __init__(self, message: str, param: str | None = None):
-        super().__init__(message)
-        self.param = param
 
 
 def parse_embedding_request(body: Any) -> tuple[list[str], str]:
@@ -82,13 +78,18 @@ def parse_embedding_request(body: Any) -> tuple[list[str], str]:
 
 class ModelServer:
     def __init__(self, engine: Any = None, node: str = "", fault_injection: bool = False,
-                 max_pending: int = 64):
+                 max_pending: int = 64, generator: Any = None, slots: int = 1):
+        """`engine` embeds; `generator` (a vigil.serve.generate.LanguageModel), if
+        given, also serves /v1/completions and /v1/chat/completions (`slots` at once)."""
         self.engine = engine or MiniLM()
+        self.generator = generator
+        self.embeds = getattr(self.engine, "serves", True)
         self.node = node
         self.ready = False
         self.not_ready_reason = "loading the model"
         self.slowdown = 1.0
         self.fail_status = 0
+        self.cut_streams_after: int | None = None  # fault: reset every new stream after N tokens
         self.served = 0
         self.canaries = 0  # readiness probes, counted apart from client traffic
         self.max_pending = max_pending
@@ -97,12 +98,15 @@ class ModelServer:
         self.completed = 0
         self.shed = 0
         self._service_ewma = 0.0
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self.app = web.Application(client_max_size=MAX_BODY)
         self.app.add_routes([
             route("POST", "/v1/embeddings", self.embeddings), route("GET", "/v1/models", self.models),
             route("GET", "/health", self.live), route("GET", "/v2/health/live", self.live),
             route("GET", "/v2/health/ready", self.readiness), route("GET", "/v2/load", self.load_report)])
+        if generator is not None:
+            from vigil.serve.completions import Completions
+            self.app.add_routes(Completions(generator, node, self, slots).routes(route))
         if fault_injection:
             self.app.add_routes([route("POST", "/_vigil/faults", self.faults)])
         finish(self.app)
@@ -111,10 +115,14 @@ class ModelServer:
         """Load the engine and run a warm-up inference; only then become ready."""
         loop = asyncio.get_running_loop()
         t0 = time.monotonic()
-        await loop.run_in_executor(self._pool, self.engine.load)
-        await loop.run_in_executor(self._pool, self.engine.embed, ["warm-up inference"])
+        await loop.run_in_executor(self.pool, self.engine.load)
+        if self.embeds:
+            await loop.run_in_executor(self.pool, self.engine.embed, ["warm-up inference"])
+        if self.generator is not None:
+            await loop.run_in_executor(self.pool, self.generator.load)
+            await loop.run_in_executor(self.pool, warm_up, self.generator)
         self.ready, self.not_ready_reason = True, ""
-        log.info("model %s ready after %.1f s", MODEL_ID, time.monotonic() - t0)
+        log.info("models ready after %.1f s", time.monotonic() - t0)
 
     async def live(self, _: web.Request) -> web.Response:
         return web.json_response({"live": True, "node": self.node, "ready": self.ready,
@@ -130,19 +138,16 @@ class ModelServer:
                                   "max_pending": self.max_pending, "ready": self.ready})
 
     async def models(self, _: web.Request) -> web.Response:
+        ids = ([MODEL_ID] if self.embeds else []) + ([self.generator.model_id] if self.generator is not None else [])
         return web.json_response({"object": "list", "data": [
-            {"id": MODEL_ID, "object": "model", "created": 0, "owned_by": "vigil"}]})
+            {"id": i, "object": "model", "created": 0, "owned_by": "vigil"} for i in ids]})
 
-    async def embeddings(self, request: web.Request) -> web.Response:
+    def refusal(self) -> web.Response | None:
+        """Why this server takes no inference now (not ready, an injected fault,
+        full), or None."""
         if not self.ready:
             return error(503, f"not ready: {self.not_ready_reason}", kind="server_error",
                          code="not_ready")
-        try:
-            texts, fmt = parse_embedding_request(await request.json())
-        except ValueError:
-            return error(400, "the request body is not valid JSON")
-        except BadRequest as e:
-            return error(400, str(e), e.param)
         if self.fail_status:
             return error(self.fail_status, "injected failure", kind="server_error")
         if self.pending >= self.max_pending:
@@ -155,11 +160,29 @@ class ModelServer:
                 status=429, headers={"Retry-After": str(max(1, round(retry))),
                                      "retry-after-ms": str(int(retry * 1000)),
                                      "X-Vigil-Queue-Depth": str(self.pending)})
+        return None
+
+    async def embeddings(self, request: web.Request) -> web.Response:
+        if not self.embeds:
+            return error(404, "this server loads no embedding model (started with --no-embed)", "model",
+                         code="model_not_found")
+        if not self.ready:
+            return error(503, f"not ready: {self.not_ready_reason}", kind="server_error",
+                         code="not_ready")
+        try:
+            texts, fmt = parse_embedding_request(await request.json())
+        except ValueError:
+            return error(400, "the request body is not valid JSON")
+        except BadRequest as e:
+            return error(400, str(e), e.param)
+        refusal = self.refusal()
+        if refusal is not None:
+            return refusal
         self.pending += 1
         t_in = time.monotonic()
         try:
             result, busy, started = await asyncio.get_running_loop().run_in_executor(
-                self._pool, self._embed, texts)
+                self.pool, self._embed, texts)
             if self.slowdown > 1:
                 # N times slower than the engine's own work, not than the queue in front of it.
                 await asyncio.sleep(busy * (self.slowdown - 1))
@@ -177,7 +200,7 @@ class ModelServer:
         return web.json_response({"object": "list", "data": data, "model": MODEL_ID,
                                   "usage": {"prompt_tokens": result.tokens,
                                             "total_tokens": result.tokens}},
-                                 headers={"X-Vigil-Served-By": self.node,
+                                 headers={"X-Vigil-Served-By": self.node, "X-Vigil-Node": self.node,
                                           "X-Vigil-Queue-Depth": str(self.pending),
                                           "X-Vigil-Queue-Ms": f"{(started - t_in) * 1000:.1f}",
                                           "X-Vigil-Service-Ms": f"{busy * 1000:.1f}"})
@@ -196,9 +219,19 @@ class ModelServer:
             body = await request.json()
             self.slowdown = float(body.get("slowdown", 1.0))
             self.fail_status = int(body.get("fail_status", 0))
+            cut = body.get("cut_streams_after")
+            self.cut_streams_after = None if cut is None else int(cut)
         except (ValueError, TypeError, AttributeError):
-            return error(400, "faults take {\"slowdown\": number, \"fail_status\": int}")
-        return web.json_response({"slowdown": self.slowdown, "fail_status": self.fail_status})
+            return error(400, "faults take {\"slowdown\": number, \"fail_status\": int, "
+                              "\"cut_streams_after\": int | null}")
+        return web.json_response({"slowdown": self.slowdown, "fail_status": self.fail_status,
+                                  "cut_streams_after": self.cut_streams_after})
+
+
+def warm_up(model: Any) -> None:
+    """One token from the generative model: it loaded and decodes."""
+    from vigil.serve.generate import Sampling
+    model.start(model.encode("warm-up")).choose(Sampling(temperature=0.0), 0)
 
 
 def _b64(vector: list[float]) -> str:
@@ -206,8 +239,8 @@ def _b64(vector: list[float]) -> str:
 
 
 async def serve(host: str, port: int, node: str, fault_injection: bool, stop: asyncio.Event,
-                engine: Any = None, max_pending: int = 64) -> None:
-    server = ModelServer(engine, node, fault_injection, max_pending)
+                engine: Any = None, max_pending: int = 64, generator: Any = None, slots: int = 1) -> None:
+    server = ModelServer(engine, node, fault_injection, max_pending, generator, slots)
     runner = web.AppRunner(server.app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port, reuse_address=True).start()
@@ -217,4 +250,4 @@ async def serve(host: str, port: int, node: str, fault_injection: bool, stop: as
     finally:
         loader.cancel()
         await runner.cleanup()
-        server._pool.shutdown(wait=False, cancel_futures=True)
+        server.pool.shutdown(wait=False, cancel_futures=True)

@@ -24,6 +24,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from vigil.clock import woken
 from vigil.errors import StoreError
 from vigil.store.etcd import EtcdStore
 
@@ -48,10 +49,7 @@ class RaftLeaderApart:
         `etcd_leader_apart_failed` event."""
         said = None
         while True:
-            try:
-                await asyncio.wait_for(self.wake.wait(), CHECK_EVERY)
-            except asyncio.TimeoutError:
-                pass
+            await woken(self.wake, CHECK_EVERY)
             self.wake.clear()
             if not leading():
                 continue

@@ -24,7 +24,7 @@ import asyncio
 import logging
 from typing import Callable
 
-from vigil.clock import Clock
+from vigil.clock import Clock, woken
 from vigil.errors import LeaseNotFound, StoreError
 from vigil.store.base import Lease, Store
 
@@ -65,10 +65,7 @@ class Session:
         self._wake.set()
 
     async def _pause(self, seconds: float) -> None:
-        try:
-            await asyncio.wait_for(self._wake.wait(), seconds)
-        except asyncio.TimeoutError:
-            pass
+        await woken(self._wake, seconds)
         self._wake.clear()
 
     def expires_by(self) -> float:

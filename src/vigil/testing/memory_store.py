@@ -9,6 +9,7 @@ inside a running loop so a task expires leases on time; with a FakeClock,
 from __future__ import annotations
 
 import asyncio
+import bisect
 import itertools
 import math
 from typing import AsyncIterator
@@ -26,6 +27,7 @@ class MemoryStore(Store):
         self.compacted = 0
         self.available = True  # set False to simulate an unreachable cluster
         self._kv: dict[str, KeyValue] = {}
+        self._keys: list[str] = []  # _kv's keys in order, for ranges
         self._history: list[WatchEvent] = []
         self._leases: dict[int, tuple[int, float]] = {}  # id -> (ttl, expires_at)
         self._ids = itertools.count(0x1000)
@@ -57,8 +59,8 @@ class MemoryStore(Store):
     async def range(self, prefix: str, end: str | None = None) -> tuple[list[KeyValue], int]:
         self._enter()
         end = prefix_end(prefix) if end is None else end
-        return sorted((kv for k, kv in self._kv.items() if prefix <= k < end),
-                      key=lambda kv: kv.key), self.revision
+        keys = self._keys[bisect.bisect_left(self._keys, prefix):bisect.bisect_left(self._keys, end)]
+        return [self._kv[k] for k in keys], self.revision
 
     async def put(self, key: str, value: str, lease: int = 0) -> int:
         self._enter()
@@ -68,6 +70,8 @@ class MemoryStore(Store):
         self.revision += 1
         kv = KeyValue(key, value, old.create_revision if old else self.revision, self.revision,
                       (old.version + 1) if old else 1, lease)
+        if old is None:
+            bisect.insort(self._keys, key)
         self._kv[key] = kv
         self._record(WatchEvent("put", key, value, self.revision, kv.create_revision, lease))
         return self.revision
@@ -123,7 +127,8 @@ class MemoryStore(Store):
         nxt = start_revision or self.revision + 1
         cond = self._cond()
         while True:
-            pending = [e for e in self._history if e.revision >= nxt and e.key.startswith(prefix)]
+            first = bisect.bisect_left(self._history, nxt, key=_revision)  # revisions only grow
+            pending = [e for e in self._history[first:] if e.key.startswith(prefix)]
             for ev in pending:
                 nxt = ev.revision + 1
                 yield ev
@@ -155,6 +160,7 @@ class MemoryStore(Store):
         if key not in self._kv:
             return False
         old = self._kv.pop(key)
+        del self._keys[bisect.bisect_left(self._keys, key)]
         self.revision += 1
         self._record(WatchEvent("delete", key, "", self.revision, old.create_revision))
         return True
@@ -186,6 +192,10 @@ class MemoryStore(Store):
                     await self._granted.wait()
             except TimeoutError:
                 pass
+
+
+def _revision(ev: WatchEvent) -> int:
+    return ev.revision
 
 
 def _in_loop() -> bool:

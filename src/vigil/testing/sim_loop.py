@@ -65,8 +65,10 @@ class _VirtualSelector(selectors.BaseSelector):
         return self._real.modify(fileobj, events, data)
 
     def select(self, timeout: float | None = None):
+        if timeout == 0:  # callbacks are ready: real I/O waits until they have run
+            return []
         ready = self._real.select(0)
-        if ready or timeout == 0:
+        if ready:
             return ready
         if timeout is None:  # no timer at all: only real I/O (a worker thread) can wake us
             return self._real.select(None)

