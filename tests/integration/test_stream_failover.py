@@ -23,8 +23,7 @@ import pytest
 from vigil import procs
 from vigil.router.config import parse_router_config
 from vigil.router.proxy import Router
-from vigil.serve.completions import Generation, _next
-from vigil.serve.generate import ReferenceLM, Sampling, TextStream
+from vigil.serve.generate import ReferenceLM, Sampling, generation
 from vigil.store.keys import Keys
 from vigil.testing import MemoryStore
 from vigil.testing.keys import shared_keys
@@ -39,15 +38,7 @@ TOKENS = 80
 def expected(prompt: str, temperature: float, seed: int = 0, n: int = TOKENS) -> tuple[str, list[int]]:
     """The uninterrupted generation, from the model itself."""
     model = ReferenceLM()
-    g = Generation(False, model.encode(prompt), n, Sampling(temperature, 1.0, seed), True, False)
-    decoder, text, ids, out = model.start(g.prompt_ids), TextStream(model), [], ""
-    for step in range(n):
-        token = _next(decoder, g.sampling, step, model.eos)
-        if token is None:
-            break
-        ids.append(token)
-        out += text.text(token)
-    return out + text.flush(), ids
+    return generation(model, model.encode(prompt), n, Sampling(temperature, 1.0, seed))
 
 
 class Nodes:

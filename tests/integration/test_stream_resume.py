@@ -92,10 +92,16 @@ async def front():
 
 async def read_stream(http: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> dict[str, Any]:
     """POST a streamed request; its events, text, token ids, head and comment lines."""
+    raw, cut = b"", False
     async with http.post(url, json=body) as r:
         assert r.status == 200, await r.text()
-        raw = (await r.read()).decode()
+        try:
+            async for chunk in r.content.iter_any():
+                raw += chunk
+        except aiohttp.ClientPayloadError:
+            cut = True  # a stream that broke and was not resumed ends cut short
         headers = dict(r.headers)
+    raw = raw.decode()
     events = [e for e in raw.split("\n\n") if e]
     data = [e[6:] for e in events if e.startswith("data: ")]
     chunks = [json.loads(d) for d in data if d != "[DONE]"]
@@ -105,7 +111,7 @@ async def read_stream(http: aiohttp.ClientSession, url: str, body: dict[str, Any
             ids += ch.get("token_ids", [])
             text += ch.get("text") or (ch.get("delta") or {}).get("content") or ""
     return {"raw": raw, "data": data, "chunks": chunks, "text": text, "ids": ids, "headers": headers,
-            "comments": [e for e in events if e.startswith(":")]}
+            "comments": [e for e in events if e.startswith(":")], "cut": cut}
 
 
 def body_for(chat: bool, sampling: dict[str, Any], n: int = 40) -> dict[str, Any]:
@@ -137,7 +143,7 @@ async def test_a_stream_cut_at_any_token_resumes_exactly(front, chat, sampling):
             got = await read_stream(http, front.url + path, body_for(chat, sampling))
             assert got["ids"] == whole["ids"], f"cut after {cut} tokens"
             assert got["text"] == whole["text"], f"cut after {cut} tokens"
-            assert got["data"].count("[DONE]") == 1 and got["data"][-1] == "[DONE]"
+            assert got["data"].count("[DONE]") == 1 and got["data"][-1] == "[DONE]" and not got["cut"]
             assert len({c["id"] for c in got["chunks"]}) == 1, "one stream id throughout"
             if chat:
                 roles = [c for c in got["chunks"] if (c["choices"] or [{}])[0].get("delta", {}).get("role")]
@@ -180,7 +186,7 @@ async def test_resumes_are_bounded_and_a_spent_stream_ends_with_an_error_event(f
     assert len(errors) == 1 and errors[0]["code"] == "stream_broken"
     assert "resumed 0 times already, the limit (retry.max_resumes)" in errors[0]["message"]
     assert len(got["ids"]) == 5 and got["comments"] == []
-    assert "[DONE]" not in got["data"], "a broken stream does not claim to be complete"
+    assert "[DONE]" not in got["data"] and got["cut"], "a broken stream does not claim to be complete"
 
 
 def constrained_backend() -> web.Application:
@@ -221,6 +227,7 @@ async def test_a_constrained_stream_is_not_resumed_and_says_why():
         assert got["text"] == '{"state": "'
         errors = [c["error"] for c in got["chunks"] if "error" in c]
         assert len(errors) == 1 and "not resumed: constrained output (response_format)" in errors[0]["message"]
+        assert got["cut"] and "[DONE]" not in got["data"]
         assert router.metrics.stream_resumes.labels("broken")._value.get() == 1
     finally:
         await router.stop()
@@ -235,7 +242,7 @@ async def test_resume_off_passes_the_break_to_the_client(front):
     async with aiohttp.ClientSession() as http:
         got = await read_stream(http, front.url + "/v1/completions", body_for(False, {"temperature": 0}))
     assert got["headers"]["X-Vigil-Resumable"] == "no: stream resume is off (retry.resume_streams)"
-    assert len(got["ids"]) == 3 and "[DONE]" not in got["data"]
+    assert len(got["ids"]) == 3 and "[DONE]" not in got["data"] and got["cut"]
     assert [c["error"]["code"] for c in got["chunks"] if "error" in c] == ["stream_broken"]
 
 

@@ -31,6 +31,7 @@ from vigil.agent.api import AgentApi
 from vigil.agent.child import ChildProcess
 from vigil.agent.controller import Controller
 from vigil.agent.stonith import Fencer
+from vigil.agent.payloads import PayloadPublisher
 from vigil.agent.leadership import Leadership
 from vigil.agent.status import metrics_text, status_document
 from vigil.agent.vips import VipHolder
@@ -124,9 +125,10 @@ class Agent:
         self.reconciler = Reconciler(cfg, self.clock, self.store, self.keys, self.registry, self.events.record,
                                      self.leadership, self.heartbeats.peers, link, self.wake, fencer,
                                      self.controller, lambda: self.health.verdict)
-        self.inference = (InferenceSupervisor(cfg.inference, self.data_dir, self.clock,
-                                              self._on_inference, self.events.record)
-                          if cfg.inference else None)
+        self.payloads = PayloadPublisher(self.store, self.keys, cfg.node, self.clock,
+                                         lambda: self.session.lease_id if self.session_ok() else 0)
+        self.inference = (InferenceSupervisor(cfg.inference, self.data_dir, self.clock, self._on_inference,
+                                              self.events.record, self.payloads.report) if cfg.inference else None)
         self.published_suspects: list[str] = []  # as last written to our member record
         self._publisher: asyncio.Task | None = None
         self._publish_again = False
@@ -223,7 +225,8 @@ class Agent:
                        loop.create_task(self.reconciler.watch_loop()),
                        loop.create_task(self.reconciler.loop()),
                        loop.create_task(self._role_guard_loop()),
-                       loop.create_task(self._check_etcd_version())]
+                       loop.create_task(self._check_etcd_version()),
+                       *([loop.create_task(self.payloads.run())] if self.inference else [])]
         local = self.cfg.etcd.local_member
         if local and isinstance(self.store, EtcdStore):
             apart = RaftLeaderApart(self.store, local)

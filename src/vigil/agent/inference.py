@@ -41,9 +41,11 @@ log = logging.getLogger(__name__)
 
 class InferenceSupervisor:
     def __init__(self, cfg: InferenceConfig, data_dir: Path, clock: Clock,
-                 on_change: Callable[[bool, str], None], on_event: Callable[..., None]):
+                 on_change: Callable[[bool, str], None], on_event: Callable[..., None],
+                 on_payloads: Callable[[tuple], None] = lambda payloads: None):
+        """`on_payloads` gets the long-running work each load report lists."""
         self.cfg, self.data_dir, self.clock = cfg, data_dir, clock
-        self.on_change, self.on_event = on_change, on_event
+        self.on_change, self.on_event, self.on_payloads = on_change, on_event, on_payloads
         self.judge = EngineJudge(cfg.stall_window, cfg.silence_window, cfg.rise, cfg.fall)
         self.load_supported = cfg.load_format != "none"
         self._last_canary = float("-inf")
@@ -117,6 +119,7 @@ class InferenceSupervisor:
         except ProbeError as e:
             self._probe_failed(e)
             return
+        self.on_payloads(reading.payloads)
         self._changed(self.judge.load(self.clock.now(), reading))
 
     async def _freeze_watch(self) -> None:

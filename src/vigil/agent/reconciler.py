@@ -115,15 +115,15 @@ class Reconciler:
         self.failing, self._fail_delay = None, 0.0
 
     async def watch_loop(self) -> None:
-        """Wake the loop on every change under the cluster prefix but events."""
-        events_prefix = self.keys.events
+        """Wake the loop on every change under the cluster prefix but events and payloads."""
+        quiet = (self.keys.events, self.keys.payloads)  # records of what happened and of work: no decision
         while True:
             try:
                 _, rev = await self.store.range(self.keys.leader, self.keys.leader + "\0")
                 self.mirror.watching(rev)
                 async for ev in self.store.watch(self.keys.prefix, rev + 1):
                     self.mirror.apply(ev)
-                    if not ev.key.startswith(events_prefix):
+                    if not ev.key.startswith(quiet):
                         self.wake.set()
             except (StoreError, WatchCompacted) as e:
                 log.debug("watch restarting: %s", e)

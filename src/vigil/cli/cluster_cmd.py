@@ -1,4 +1,4 @@
-"""`vigil status`, `vigil events`, `vigil switchover`."""
+"""`vigil status`, `vigil events`, `vigil payloads`, `vigil switchover`."""
 
 from __future__ import annotations
 
@@ -25,6 +25,10 @@ def register(sub) -> None:
     p.add_argument("--limit", type=int, default=50, help="newest N events (0: all; default 50)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=events)
+    p = sub.add_parser("payloads", help="long-running work (generations, jobs) and the node doing it")
+    add_target_args(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=payloads)
     p = sub.add_parser("switchover", help="move leadership to a healthy standby on purpose")
     add_target_args(p)
     p.add_argument("--to", required=True, metavar="NODE", help="the node to lead next")
@@ -68,6 +72,36 @@ def events(args) -> int:
     for e in evs:
         at = datetime.datetime.fromtimestamp(e.get("at", 0)).strftime("%H:%M:%S.%f")[:-3]
         print(f"{at}  {e.get('node', '?'):<8} {e.get('kind', '?'):<16} {e.get('cause', '')}")
+    return 0
+
+
+async def read_payloads(store, keys) -> list[dict]:
+    """The payload records (vigil.core.payloads), oldest first; an unreadable one is shown as such."""
+    kvs, _ = await store.range(keys.payloads)
+    out = []
+    for kv in kvs:
+        try:
+            rec = json.loads(kv.value)
+        except ValueError:
+            rec = None
+        out.append(rec if isinstance(rec, dict) else {"id": kv.key[len(keys.payloads):], "corrupt": kv.value[:200]})
+    return sorted(out, key=lambda r: r.get("started", 0) if isinstance(r.get("started"), (int, float)) else 0)
+
+
+def payloads(args) -> int:
+    target = resolve(args)
+    recs = _run(lambda store: read_payloads(store, target.keys), target)
+    if args.json:
+        print(json.dumps(recs, indent=2))
+        return 0
+    now = datetime.datetime.now().timestamp()
+    print(f"{'ID':<36} {'NODE':<8} {'KIND':<10} {'MODEL':<24} {'AGE':>7} {'PROGRESS':>9}")
+    for r in recs:
+        age = f"{now - r['started']:.1f}s" if isinstance(r.get("started"), (int, float)) else "?"
+        print(f"{str(r.get('id')):<36} {str(r.get('node', '?')):<8} {str(r.get('kind', '?')):<10} "
+              f"{str(r.get('model', '?')):<24} {age:>7} {str(r.get('progress', '?')):>9}")
+    if not recs:
+        print("(no long-running work registered)")
     return 0
 
 

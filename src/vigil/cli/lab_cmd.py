@@ -28,6 +28,13 @@ def register(sub) -> None:
     up.add_argument("--cluster", default="lab")
     up.add_argument("--no-model", action="store_true",
                     help="no model servers and no router: agents and etcd only (starts in seconds)")
+    up.add_argument("--generate", default="auto", metavar="MODEL",
+                    help="the generative model beside the embedding one: auto (default: "
+                         "smollm2-135m-instruct where scripts/install.sh --generative installed it, else "
+                         "reference, a deterministic toy model at 50 tokens/s), smollm2-135m-instruct, "
+                         "reference or none")
+    up.add_argument("--no-generate", action="store_const", const="none", dest="generate",
+                    help="serve embeddings only (same as --generate none)")
     up.add_argument("--secure", action="store_true",
                     help="etcd with TLS for clients and peers, client certificates, and a user and role "
                          "per agent, router, gateway and operator (files in DIR/tls)")
@@ -102,6 +109,7 @@ def lab_up(args) -> int:
 
 def _workload(args) -> dict:
     """--require KEY=COND and --declare NODE:KEY=VALUE, checked as the agent will check them."""
+    from vigil.lab.generative import lab_generator
     from vigil.probes.config import parse_health
 
     requires: dict[str, str] = {}
@@ -121,7 +129,8 @@ def _workload(args) -> dict:
     if unknown:
         raise ConfigError("--declare", ", ".join(unknown), f"nodes are n1..n{args.nodes}")
     parse_health({"requires": requires, "flap_threshold": args.flap_threshold})  # fails here, not in agents
-    return {"requires": requires, "declare": declare, "flap_threshold": args.flap_threshold}
+    return {"requires": requires, "declare": declare, "flap_threshold": args.flap_threshold,
+            "generate": lab_generator(args.generate)}
 
 
 def _up_in_namespaces(args) -> int:
@@ -138,7 +147,8 @@ def _up_in_namespaces(args) -> int:
              "--cluster", args.cluster, "--in-netns", net.tag,
              *[f"--{f.replace('_', '-')}" for f in ("no_model", "secure", "fencing") if getattr(args, f)],
              *[x for r in args.require for x in ("--require", r)],
-             *[x for d in args.declare for x in ("--declare", d)], "--flap-threshold", str(args.flap_threshold)]
+             *[x for d in args.declare for x in ("--declare", d)], "--flap-threshold", str(args.flap_threshold),
+             "--generate", args.generate]
     try:
         code = subprocess.run(["ip", "netns", "exec", net.client, sys.executable, "-m", "vigil", *inner]).returncode
     except BaseException:

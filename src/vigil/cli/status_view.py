@@ -59,6 +59,7 @@ async def gather_status(store: Store, keys: Keys, access: ApiAccess | None = Non
     by_name = await agent_views(snap, names, access)
     ttls = await asyncio.gather(*(store.time_to_live(snap.member_leases[n]) if n in snap.members
                                   else asyncio.sleep(0, -1) for n in names))
+    owners = await payload_owners(store, keys)
     members = []
     fencers: dict[str, set[str]] = {}
     for rec in snap.members.values():
@@ -88,6 +89,7 @@ async def gather_status(store: Store, keys: Keys, access: ApiAccess | None = Non
             "decision": view.get("decision") if view else None,
             "fencing": _fencing_label(fencers.get(name, set())),
             "engine": _engine(view, rec),
+            "payloads": owners.count(name),
         })
     return {"cluster": keys.cluster, "revision": snap.revision,
             "leader": {"name": snap.leader.name, "token": snap.leader.token} if snap.leader else None,
@@ -133,6 +135,17 @@ def _fencing_label(types: set[str]) -> str:
     return "none (lease only)"
 
 
+async def payload_owners(store: Store, keys: Keys) -> list[str]:
+    """The node of each payload record (vigil.core.payloads), one entry per record."""
+    owners = []
+    for kv in (await store.range(keys.payloads))[0]:
+        try:
+            owners.append(str(json.loads(kv.value).get("node")))
+        except (ValueError, AttributeError):
+            owners.append("?")
+    return owners
+
+
 def render_table(doc: dict[str, Any]) -> str:
     cols = [("Member", "name"), ("Role", "role"), ("State", "state"), ("Health", "verdict"),
             ("HB age", "heartbeat_age"), ("Lease TTL", "lease_ttl"), ("Token", "token"),
@@ -149,6 +162,8 @@ def render_table(doc: dict[str, Any]) -> str:
     out.append(line)
     out += [f"ignored malformed record {k}: {why}" for k, why in sorted(doc.get("bad_records", {}).items())]
     out += compat_lines(doc.get("compat") or {})
+    if work := {m["name"]: m["payloads"] for m in doc["members"] if m.get("payloads")}:
+        out.append("long-running work: " + ", ".join(f"{n} {c}" for n, c in work.items()) + " (vigil payloads)")
     return "\n".join(out)
 
 

@@ -39,6 +39,7 @@ GOOD = frozenset({"ready", "busy"})
 class LoadReading:
     pending: int  # accepted and not yet answered (waiting + running)
     completed: int  # monotone count of finished work (requests, or tokens)
+    payloads: tuple = ()  # vigil.core.payloads.Payload: the long-running work it lists
 
 
 @dataclass(frozen=True)

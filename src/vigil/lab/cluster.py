@@ -29,6 +29,7 @@ from vigil.lab import secure as secure_lab
 from vigil.lab.etcd import EtcdCluster
 from vigil.lab.fencing import LabFencing
 from vigil.lab.frontdoor import FrontDoor
+from vigil.lab.generative import generate_args, lab_generator
 from vigil.lab.observe import LabObservation
 from vigil.lab.sensors import LabSensors
 
@@ -94,9 +95,8 @@ class Lab(LabObservation):
         keeps those but gives the agents no fencing devices (takeover waits for the lease).
         `secure`: etcd with TLS, client certificates, users and roles (vigil.lab.secure).
         `workload`: {"requires", "declare": {node: ...}, "flap_threshold", "router_queue_wait",
-        "etcd_leader_apart"}: every node's `health.requires`, fingerprint values a node declares,
-        flap damping (off unless given), the lab router's admission.queue_wait, and
-        `etcd.local_member` with the local member first (off unless given)."""
+        "etcd_leader_apart", "generate", "router_retry"}: health.requires, declared values per node, flap
+        damping, router queue_wait, etcd.local_member first, the generative model, router `retry:`."""
         if not (3 if net else 1) <= n <= 32:
             raise ConfigError("--nodes", n, "a lab has 1 to 32 nodes (3 to 32 in namespaces: an etcd "
                                             "member beside each of the first 3)")
@@ -134,7 +134,7 @@ class Lab(LabObservation):
                   vip if net else None, front,
                   {"tag": net.tag, "client": net.client, "owned": own_net} if net else None,
                   None if net else LabSensors(ports[-4], n, str(root / "sensors.log")))
-        lab.workload = workload or {}
+        lab.workload = {**(workload or {}), "generate": lab_generator((workload or {}).get("generate", "auto"))}
         if lab_router:
             Path(lab_router.config).write_text(yaml.safe_dump(lab.router_config(), sort_keys=False))
         for i, node in enumerate(nodes):
@@ -202,7 +202,7 @@ class Lab(LabObservation):
             "url": node.server_url, "canary_interval": 0.5, "canary_timeout": 1.0,
             "load_interval": 0.1, "silence_window": 0.5, "stall_window": 5.0,
             "command": [sys.executable, "-m", "vigil", "serve-model", "--port", port, "--host", node.host,
-                        "--node", node.name, "--fault-injection"]}}
+                        "--node", node.name, "--fault-injection", *generate_args(self.workload)]}}
 
     def router_config(self) -> dict[str, Any]:
         assert self.router is not None
@@ -213,7 +213,7 @@ class Lab(LabObservation):
                 "etcd": self._etcd_block("router"),
                 "heartbeat": {"address": "127.0.0.1", "port": self.router.heartbeat_port,
                               "keyring_file": str(self.root / "keys" / "cluster.keyring")},
-                "retry": {"per_try_timeout": 3.0, "max_attempts": 3},
+                "retry": {"per_try_timeout": 3.0, "max_attempts": 3, **self.workload.get("router_retry", {})},
                 **({"admission": {"queue_wait": w}} if (w := self.workload.get("router_queue_wait")) else {})}
 
     @classmethod
@@ -281,7 +281,7 @@ class Lab(LabObservation):
                "fencing": asdict(self.fencing) if self.fencing else None,
                "vip": self._vip_json(), "front_door": asdict(self.front) if self.front else None,
                "netns": self.netns, "client_netns": self.netns["client"] if self.netns else None,
-               "sensors": asdict(self.sensors) if self.sensors else None,
+               "sensors": asdict(self.sensors) if self.sensors else None, "generate": self.workload.get("generate"),
                "nodes": [asdict(n) for n in self.nodes]}
         for n in doc["nodes"]:
             n["server_pid"] = self.server_pid(n["name"])

@@ -1,13 +1,16 @@
 """`vigil demo`: a local 3-node cluster (etcd, agents, real model servers,
 router) under a steady stream of embedding requests, through four faults:
 
-1. SIGKILL of the leader node (agent and model server),
+1. SIGKILL of the leader node (agent and model server), while three long
+   streamed generations run, one on each node: the one on the leader's node
+   is resumed on another node mid-stream (vigil.router.resume),
 2. SIGSTOP of a model server for 10 s (a hung engine on a live node),
 3. restart of the killed node (it rejoins as a standby),
 4. a graceful switchover.
 
 Prints a report (and `--json` only the JSON), writes demo-report.json and
-demo-timeline.png, and exits 1 if any request failed.
+demo-timeline.png, and exits 1 if any request failed or any stream did not
+arrive whole and exact.
 """
 
 from __future__ import annotations
@@ -25,8 +28,10 @@ from typing import Callable
 
 from vigil.agent.history import read_records
 from vigil.lab import Lab
+from vigil.lab.generative import load_model
 from vigil.lab.load import LoadGenerator
 from vigil.lab.report import Fault, build, plot
+from vigil.lab.streams import StreamWatch
 
 STOP_SECONDS = 10.0
 SETTLE = 5.0
@@ -37,6 +42,7 @@ class Demo:
         self.lab, self.say = lab, say
         self.gen = LoadGenerator(lab.router.url + "/v1/embeddings", rate=30)
         self.faults: list[Fault] = []
+        self.model = load_model(lab.workload.get("generate", "none"))
 
     def events_after(self, t0: float, kind: str, **match) -> list[dict]:
         return [e for e in self.lab.events() if e["at"] >= t0 and e["kind"] == kind
@@ -48,6 +54,11 @@ class Demo:
 
     def kill_leader(self) -> str:
         old, token = self.lab.leader()
+        watch = StreamWatch(self.lab.router.url, self.model) if self.model else None
+        if watch:
+            self.say(f"      three streamed generations of {watch.tokens} tokens through the router first")
+            watch.start()
+            watch.wait_tokens(20, 60)
         f = Fault("kill leader", f"SIGKILL agent and model server of {old} (leader, token {token})",
                   time.time())
         self.say(f"[1/4] {f.action}")
@@ -62,9 +73,16 @@ class Demo:
         f.takeover_ms = round((starts[0] - f.start) * 1000, 1) if starts else None
         f.detail = {"old_leader": old, "new_leader": new, "old_token": token, "new_token": new_token}
         self.settle(2)
+        if watch:
+            f.detail["streams"] = [r.summary() for r in watch.join(120)]
         f.end = time.time()
         self.say(f"      all peers suspected {old} after {f.detection_ms:.0f} ms; {new} leads with "
                  f"token {new_token} after {f.takeover_ms:.0f} ms (lease TTL 2 s)")
+        for s in f.detail.get("streams", []):
+            moved = "; ".join(f"resumed {r['from']}->{r['to']} at token {r['at_token']} (gap {r['gap_ms']} ms)"
+                              for r in s["resumes"]) or f"on {s['node']}, not touched"
+            self.say(f"      stream {moved}: {s['tokens']} tokens, "
+                     f"{'whole and exact' if s['complete'] else 'BROKEN: ' + (s['error'] or 'not exact')}")
         self.faults.append(f)
         return old
 
@@ -163,7 +181,7 @@ def run_demo(out: Path, as_json: bool, keep: bool = False, secure: bool = False)
         print(json.dumps(result, indent=2))
     else:
         print_report(result, out, plotted)
-    return 1 if result["requests_failed"] else 0
+    return 1 if result["requests_failed"] or result["streams"]["broken"] else 0
 
 
 def print_report(r: dict, out: Path, plotted: bool) -> None:
@@ -179,5 +197,8 @@ def print_report(r: dict, out: Path, plotted: bool) -> None:
         print(f"{f['name']:<14} {str(f['detection_ms'] if f['detection_ms'] is not None else '-'):>9} "
               f"{str(f['takeover_ms'] if f['takeover_ms'] is not None else '-'):>11} {d['requests']:>5} "
               f"{d['failed']:>6} {d['retried']:>7}  {fmt(b)} | {fmt(d)} | {fmt(a)}")
+    s = r["streams"]
+    print(f"streamed generations: {s['streams']}, {s['complete']} whole and exact, {s['resumed']} resumed "
+          f"mid-stream, {s['broken']} broken")
     print(f"\nwrote {out / 'demo-report.json'}" + (f" and {out / 'demo-timeline.png'}" if plotted else
                                                    " (no plot: matplotlib is not installed)"))

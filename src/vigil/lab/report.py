@@ -1,6 +1,7 @@
 """The demo's report: per fault, what was done, when Vigil noticed, when it
 took over, and what the clients saw (requests, failures, retries, latency
-before, during and after); plus the timeline plot."""
+before, during and after; streamed generations and where they resumed);
+plus the timeline plot (resume points marked)."""
 
 from __future__ import annotations
 
@@ -44,10 +45,14 @@ def build(samples: list[Sample], faults: list[Fault], margin: float = 5.0) -> di
                     "after": window(samples, f.end, f.end + margin)})
     lat = [s.latency for s in samples if s.status == 200]
     errors = sorted({s.error or f"HTTP {s.status}" for s in samples if s.status != 200})
+    streams = [s for f in faults for s in f.detail.get("streams", [])]
     return {"requests_sent": len(samples), "requests_failed": sum(s.status != 200 for s in samples),
             "requests_retried": sum(s.attempts > 1 for s in samples),
             "latency_ms": {"p50": _pct(lat, 50), "p99": _pct(lat, 99), "max": _pct(lat, 100)},
-            "errors": errors[:20], "faults": out}
+            "errors": errors[:20], "faults": out,
+            "streams": {"streams": len(streams), "complete": sum(s["complete"] for s in streams),
+                        "broken": sum(not s["complete"] for s in streams),
+                        "resumed": sum(len(s["resumes"]) for s in streams)}}
 
 
 def plot(samples: list[Sample], faults: list[Fault], path: Path) -> bool:
@@ -87,6 +92,10 @@ def plot(samples: list[Sample], faults: list[Fault], path: Path) -> bool:
     for f in faults:
         ax1.annotate(f.name, (f.start - t0, ax1.get_ylim()[1]), fontsize=8, rotation=90,
                      va="top", ha="right")
+        for r in (r for s in f.detail.get("streams", []) for r in s["resumes"]):
+            ax1.axvline(r["at"] - t0, color="purple", ls="--", lw=1)
+            ax1.annotate(f"stream resumed {r['from']}->{r['to']}", (r["at"] - t0, ax1.get_ylim()[0]),
+                         fontsize=8, rotation=90, va="bottom", ha="left", color="purple")
     fig.suptitle("Vigil demo: every request through the router, faults shaded")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

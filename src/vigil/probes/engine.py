@@ -1,8 +1,8 @@
 """The inference engine's own progress report, read over HTTP.
 
 Formats:
-- `vigil`: GET /v2/load -> {"pending": int, "completed": int, ...} (the
-  reference model server);
+- `vigil`: GET /v2/load -> {"pending": int, "completed": int, "payloads":
+  [...] (vigil.core.payloads), ...} (the reference model server);
 - `vllm`: GET /metrics (Prometheus text): pending = num_requests_running +
   num_requests_waiting, completed = request_success_total +
   generation_tokens_total (tokens advance during a long generation, so a
@@ -22,6 +22,7 @@ import math
 import aiohttp
 
 from vigil.core.engine import LoadReading
+from vigil.core.payloads import parse_payloads
 from vigil.errors import ProbeError
 
 VLLM_PENDING = ("vllm:num_requests_running", "vllm:num_requests_waiting")
@@ -55,7 +56,8 @@ def parse_vigil(body: bytes) -> LoadReading:
         raise ProbeError("bad", "load report is not JSON with 'pending' and 'completed'") from None
     if not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in (pending, completed)):
         raise ProbeError("bad", f"load report has non-counts: pending={pending!r} completed={completed!r}")
-    return LoadReading(pending, completed)
+    payloads, _malformed = parse_payloads(d.get("payloads"))  # a bad entry is left out, not fatal
+    return LoadReading(pending, completed, tuple(payloads))
 
 
 def parse_vllm(body: bytes) -> LoadReading:

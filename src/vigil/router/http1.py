@@ -99,6 +99,13 @@ class Reply:
         if self.front.transport:
             self.front.transport.abort()
 
+    def cut(self) -> None:
+        """Close after what was written reaches the client (flushed, unlike `abort`),
+        without the last chunk: the answer still shows as cut short."""
+        self.front.keep_alive = False
+        if self.front.transport:
+            self.front.transport.close()
+
 
 MAX_HEAD = 64 * 1024  # request line and headers together
 

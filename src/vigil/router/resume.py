@@ -12,7 +12,8 @@ cannot change its output: never for constrained output (response_format,
 tools, grammars: the engine's constraint state is not carried over), nor
 once the backend sent text without `token_ids` (ids cannot be recovered from
 text). Those streams end with an SSE error event naming why, as does one
-whose `max_resumes` are spent. Each resume is an SSE comment line in the
+whose `max_resumes` are spent, and then the connection closes without the
+last chunk, so a client that reads no events still sees the answer cut. Each resume is an SSE comment line in the
 stream (`: vigil resumed ...`, ignored by SSE clients), a metric and a log
 line; the answer's head says `X-Vigil-Resumable: yes` or why not.
 """
@@ -185,7 +186,7 @@ class ResumingStream:
         error = {"error": {"message": f"the stream broke ({broke}) and was not resumed: {why}",
                            "type": "server_error", "param": None, "code": "stream_broken"}}
         self.reply.write(b"data: " + json.dumps(error).encode() + b"\n\n")
-        self.reply.end()
+        self.reply.cut()  # after the event that says why: a client that reads no events sees it cut short
         r.metrics.finished(502, time.monotonic() - self.t0)
         return None
 

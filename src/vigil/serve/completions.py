@@ -165,6 +165,8 @@ class Completions:
         g.created = g.created or int(time.time())
         headers = {"X-Vigil-Node": self.node, "X-Vigil-Served-By": self.node, "X-Vigil-Seed": str(g.sampling.seed)}
         self.progress.pending += 1
+        self.progress.payloads[g.id] = {"id": g.id, "model": self.model.model_id, "started": time.time(),
+                                        "kind": "stream" if g.stream else "completion", "tokens": len(g.done_ids)}
         try:
             async with self.slots:
                 if g.stream:
@@ -173,6 +175,7 @@ class Completions:
         finally:
             self.progress.pending -= 1
             self.progress.completed += 1
+            self.progress.payloads.pop(g.id, None)
 
     async def _tokens(self, g: Generation):
         """(token id, its text, None) per generated token, then (None, the text
@@ -185,6 +188,7 @@ class Completions:
         for step in range(first, first + g.max_tokens):
             token = await loop.run_in_executor(pool, _next, decoder, g.sampling, step, self.model.eos)
             self.progress.completed += 1
+            self.progress.payloads[g.id]["tokens"] = step + 1
             if token is None:
                 yield None, text.flush(), "stop"
                 return

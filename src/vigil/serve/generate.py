@@ -127,8 +127,9 @@ class ReferenceLM:
     model_id = "vigil-reference-lm"
     context = 4096
 
-    def __init__(self, token_delay: float = 0.0):
-        self.token_delay = token_delay
+    def __init__(self, token_delay: float = 0.0, ends: bool = True):
+        """`ends=False`: it never chooses end-of-sequence (a generation runs to max_tokens)."""
+        self.token_delay, self.ends = token_delay, ends
         self.vocab: list[bytes] = [bytes([b]) for b in range(BYTES)] + [w.encode() for w in _WORDS] + [b""]
         self.eos = frozenset({EOS})
         self.vocab_size = len(self.vocab)
@@ -173,7 +174,7 @@ class ReferenceDecoder:
         n = len(self.model.vocab)
         # words score high, bytes low except the continuation bytes of a split character
         scores = [((h[i % 64] ^ (i * 37 & 0xFF)) / 32.0) - (4.0 if i < BYTES else 0.0) for i in range(n)]
-        scores[EOS] = h[0] / 64.0 if len(self.ids) > 24 else -9.0  # an end, now and then
+        scores[EOS] = h[0] / 64.0 if len(self.ids) > 24 and self.model.ends else -99.0  # an end, now and then
         scores[self.model.cafe] = -99.0  # generated only split: " caf" + "\xc3" + "\xa9"
         if self.ids and self.model.piece(self.ids[-1]) == b" caf":
             scores[0xC3] = 99.0  # " caf" + "\xc3" + "\xa9": "é" across two tokens
@@ -188,3 +189,18 @@ class ReferenceDecoder:
 
     def push(self, token: int) -> None:
         self.ids.append(token)
+
+
+def generation(model: LanguageModel, prompt: list[int], n: int, sampling: Sampling) -> tuple[str, list[int]]:
+    """The uninterrupted generation of up to `n` tokens after `prompt`: (text, token ids),
+    as a model server streams it (what a resumed stream must equal)."""
+    decoder, text, ids, out = model.start(prompt), TextStream(model), [], ""
+    for step in range(n):
+        token = decoder.choose(sampling, step)
+        if token in model.eos:
+            break
+        decoder.push(token)
+        ids.append(token)
+        out += text.text(token)
+    return out + text.flush(), ids
+

@@ -6,9 +6,11 @@ POST /v1/completions, /v1/chat/completions   (with a generative model; streamed 
 GET  /v1/models
 GET  /health, /v2/health/live   200 while the process serves HTTP
 GET  /v2/health/ready           200 only after the model loaded AND a warm-up inference succeeded
-GET  /v2/load                   {"pending", "running", "completed", "shed", "max_pending"}: the
-                                progress an agent judges busy from hung by (answered by the event
-                                loop, never queued behind inference)
+GET  /v2/load                   {"pending", "running", "completed", "shed", "max_pending",
+                                "payloads"}: the progress an agent judges busy from hung by
+                                (answered by the event loop, never queued behind inference;
+                                completed counts requests and generated tokens) and the
+                                generations under way (vigil.core.payloads)
 Every embeddings answer carries X-Vigil-Queue-Depth (pending after it), X-Vigil-Queue-Ms (time
 it waited for the engine) and X-Vigil-Service-Ms (time the engine worked on it): the load
 signal routers share. Past `max_pending` requests waiting or running, the server sheds with
@@ -90,6 +92,7 @@ class ModelServer:
         self.slowdown = 1.0
         self.fail_status = 0
         self.cut_streams_after: int | None = None  # fault: reset every new stream after N tokens
+        self.payloads: dict[str, dict[str, Any]] = {}  # generations under way (vigil.core.payloads)
         self.served = 0
         self.canaries = 0  # readiness probes, counted apart from client traffic
         self.max_pending = max_pending
@@ -135,7 +138,8 @@ class ModelServer:
     async def load_report(self, _: web.Request) -> web.Response:
         return web.json_response({"pending": self.pending, "running": self.running,
                                   "completed": self.completed, "shed": self.shed,
-                                  "max_pending": self.max_pending, "ready": self.ready})
+                                  "max_pending": self.max_pending, "ready": self.ready,
+                                  "payloads": list(self.payloads.values())})
 
     async def models(self, _: web.Request) -> web.Response:
         ids = ([MODEL_ID] if self.embeds else []) + ([self.generator.model_id] if self.generator is not None else [])

@@ -46,6 +46,13 @@ class Keys:
     def holds(self) -> str:
         return self.prefix + "held/"
 
+    @property
+    def payloads(self) -> str:
+        return self.prefix + "payloads/"
+
+    def payload(self, payload_id: str) -> str:
+        return self.payloads + payload_id
+
     def hold(self, node: str) -> str:
         return self.holds + node
 

@@ -48,8 +48,8 @@ class RegistryMirror:
         self._parsed = None
 
     def apply(self, ev: WatchEvent) -> None:
-        if self._kvs is None or ev.revision <= self.revision:
-            return
+        if self._kvs is None or ev.revision <= self.revision or ev.key.startswith(self.keys.payloads):
+            return  # (payload records are in the range, not in any decision: no re-parse for them)
         self.revision = ev.revision
         self._parsed = None
         if not self.start <= ev.key < self.end:

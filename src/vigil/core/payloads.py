@@ -1,0 +1,78 @@
+"""Payload ownership: which node is working on which long-running request.
+
+A model server lists the generations it is working on in its load report
+(`payloads`: id, model, kind, started, tokens). The node's agent registers
+each one that has run for `min_age` seconds in etcd at
+`/vigil/<cluster>/payloads/<id>` under its own lease, so when the node dies
+the record goes with the lease, and removes it when the work ends. Progress
+(tokens) is rewritten at most every `every` seconds: etcd holds who works
+on what, not a token counter.
+
+`PayloadBook` is the sans-IO part: fed what the server reports and what was
+written, it returns what to put and what to delete.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+KINDS = ("stream", "completion", "job")
+
+
+@dataclass(frozen=True)
+class Payload:
+    id: str
+    model: str
+    kind: str
+    started: float  # Unix time
+    progress: int  # tokens generated, or inputs done
+
+    def record(self, node: str) -> dict[str, Any]:
+        return {"id": self.id, "node": node, "model": self.model, "kind": self.kind,
+                "started": self.started, "progress": self.progress}
+
+
+def parse_payloads(raw: Any) -> tuple[list[Payload], int]:
+    """The well-formed entries of a load report's `payloads` list, and how many were not."""
+    if not isinstance(raw, list):
+        return [], 0 if raw is None else 1
+    good: list[Payload] = []
+    for p in raw:
+        try:
+            pid, model, kind = p["id"], p["model"], p["kind"]
+            started, progress = p["started"], p.get("tokens", p.get("progress", 0))
+            ok = (isinstance(pid, str) and ID.match(pid) and isinstance(model, str) and 0 < len(model) <= 128
+                  and kind in KINDS and isinstance(started, (int, float)) and not isinstance(started, bool)
+                  and isinstance(progress, int) and not isinstance(progress, bool) and progress >= 0)
+        except (TypeError, KeyError):
+            ok = False
+        if ok:
+            good.append(Payload(pid, model, kind, float(started), progress))
+    return good, len(raw) - len(good)
+
+
+class PayloadBook:
+    def __init__(self, min_age: float = 1.0, every: float = 2.0):
+        self.min_age, self.every = min_age, every
+        self.written: dict[str, tuple[Payload, float]] = {}  # id -> (as written, when)
+        self.lease = 0
+
+    def plan(self, reported: list[Payload], now: float, lease: int) -> tuple[list[Payload], list[str]]:
+        """(records to put, ids to delete) to make etcd say what the server reports.
+        A new lease (a new session: the old records went with the old lease) writes all again."""
+        if lease != self.lease:
+            self.written, self.lease = {}, lease
+        current = {p.id: p for p in reported if now - p.started >= self.min_age}
+        puts = [p for pid, p in current.items()
+                if pid not in self.written or (p != self.written[pid][0] and now - self.written[pid][1] >= self.every)]
+        deletes = [pid for pid in self.written if pid not in current]
+        return puts, deletes
+
+    def put(self, p: Payload, now: float) -> None:
+        self.written[p.id] = (p, now)
+
+    def deleted(self, pid: str) -> None:
+        self.written.pop(pid, None)
