@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shutil
 import signal
 import sys
 import tempfile
@@ -196,7 +197,10 @@ def main() -> None:
     runs = {}
     for resume in (True, False):
         root = Path(tempfile.mkdtemp(prefix="vigil-streams-"))
-        runs["on" if resume else "off"] = r = run(root / "lab", resume, args, model)
+        try:
+            runs["on" if resume else "off"] = r = run(root / "lab", resume, args, model)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
         print(f"resume {'on' if resume else 'off'}: {json.dumps(r)}", flush=True)
     rows = [["stream resume", "faults (SIGKILL mid-stream)", "streams", "hit by a fault", "broken (target 0)",
              "resumes", "gap at resume p50 / p99 ms", "tokens/s before / after (p50)"]]

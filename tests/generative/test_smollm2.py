@@ -26,12 +26,15 @@ def model() -> SmolLM2:
 
 def generate(m: SmolLM2, prompt: list[int], done: list[int], n: int, s: Sampling) -> list[int]:
     d, out = m.start(prompt, done), list(done)
-    for step in range(len(done), n):
-        t = d.choose(s, step)
-        if t in m.eos:
-            break
-        d.push(t)
-        out.append(t)
+    try:
+        for step in range(len(done), n):
+            t = d.choose(s, step)
+            if t in m.eos:
+                break
+            d.push(t)
+            out.append(t)
+    finally:
+        d.close()
     return out
 
 
@@ -47,8 +50,7 @@ def test_continuation_from_token_ids_is_exact(model, sampling):
 async def test_a_real_model_stream_cut_mid_way_resumes_exactly(model):
     front = Front()
     try:
-        # one loaded model behind the three servers: the streams here run one at a
-        # time (a cut stream has ended before its continuation starts)
+        # one loaded model (its contexts) behind the three servers
         await front.start_with(lambda: model, slots=1)
         body = {"model": MODEL_ID, "messages": QUESTION, "max_tokens": 40, "temperature": 0, "stream": True}
         async with aiohttp.ClientSession() as http:

@@ -119,22 +119,34 @@ async def sse_stream(url: str, prompt: str, temperature: float, seed: int,
     on_tokens[1](node) once on_tokens[0] tokens arrived."""
     body = {"model": MODEL, "prompt": prompt, "max_tokens": TOKENS, "temperature": temperature, "seed": seed,
             "stream": True}
-    text, ids, done, buf = "", [], 0, b""
+    seen, buf = Seen(), b""
     async with aiohttp.ClientSession() as http, http.post(url + "/v1/completions", json=body) as r:
-        node = r.headers["X-Vigil-Node"]
+        seen.node = r.headers["X-Vigil-Node"]
         async for chunk in r.content.iter_any():
             buf += chunk
             while b"\n\n" in buf:
                 event, buf = buf.split(b"\n\n", 1)
-                if event == b"data: [DONE]":
-                    done += 1
-                elif event.startswith(b"data: "):
-                    for ch in json.loads(event[6:])["choices"]:
-                        ids += ch["token_ids"]
-                        text += ch["text"]
-                    if on_tokens and len(ids) == on_tokens[0]:
-                        on_tokens[1](node)
-    return {"text": text, "ids": ids, "done": done, "node": node}
+                if seen.take(event) and on_tokens and len(seen.ids) == on_tokens[0]:
+                    on_tokens[1](seen.node)
+    return vars(seen)
+
+
+class Seen:
+    """What a client got from the SSE events it read."""
+
+    def __init__(self):
+        self.text, self.ids, self.done, self.node = "", [], 0, ""
+
+    def take(self, event: bytes) -> bool:
+        """True when the event carried tokens."""
+        if event == b"data: [DONE]":
+            self.done += 1
+        elif event.startswith(b"data: "):
+            for ch in json.loads(event[6:])["choices"]:
+                self.ids += ch["token_ids"]
+                self.text += ch["text"]
+            return True
+        return False
 
 
 def openai_stream(url: str, prompt: str, at: int, fault: Any) -> dict[str, Any]:
@@ -158,21 +170,15 @@ async def curl_stream(url: str, prompt: str, at: int, fault: Any) -> dict[str, A
         "curl", "-sN", "-D", "-", "-H", "Content-Type: application/json", "-d", body, url + "/v1/completions",
         stdout=asyncio.subprocess.PIPE)
     assert p.stdout is not None
-    node, text, ids, done = "", "", [], 0
+    seen = Seen()
     while line := await asyncio.wait_for(p.stdout.readline(), 30):
         line = line.strip()
         if line.lower().startswith(b"x-vigil-node:"):
-            node = line.split(b":", 1)[1].strip().decode()
-        elif line == b"data: [DONE]":
-            done += 1
-        elif line.startswith(b"data: "):
-            for ch in json.loads(line[6:])["choices"]:
-                ids += ch["token_ids"]
-                text += ch["text"]
-            if len(ids) == at:
-                fault(node)
+            seen.node = line.split(b":", 1)[1].strip().decode()
+        elif seen.take(line) and len(seen.ids) == at:
+            fault(seen.node)
     assert await p.wait() == 0
-    return {"text": text, "ids": ids, "done": done, "node": node}
+    return vars(seen)
 
 
 async def test_sigkill_of_the_serving_node_mid_stream_under_load(nodes):

@@ -10,6 +10,7 @@ Real processes killed and stopped mid-stream: tests/system/test_stream_failover.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
 
@@ -189,14 +190,15 @@ async def test_resumes_are_bounded_and_a_spent_stream_ends_with_an_error_event(f
     assert "[DONE]" not in got["data"] and got["cut"], "a broken stream does not claim to be complete"
 
 
-def constrained_backend() -> web.Application:
-    """A backend streaming a JSON-constrained answer, whose connection resets mid-way."""
+def one_shot_backend(tail: bytes = b"") -> web.Application:
+    """A backend streaming three chunks (then `tail`), whose connection then resets."""
     async def stream(request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
         for i, piece in enumerate(['{"', 'state', '": "']):
             await resp.write(b"data: " + json.dumps({"id": "c1", "created": 1, "choices": [
                 {"index": 0, "text": piece, "token_ids": [i], "finish_reason": None}]}).encode() + b"\n\n")
+        await resp.write(tail)
         assert request.transport is not None
         request.transport.abort()
         return resp
@@ -205,9 +207,11 @@ def constrained_backend() -> web.Application:
     return app
 
 
-async def test_a_constrained_stream_is_not_resumed_and_says_why():
+@contextlib.asynccontextmanager
+async def router_before(app: web.Application):
+    """The router in front of one backend `app`; yields (router, its URL)."""
     port, router_port, hb_port = free_ports(3)
-    backend = await serve(constrained_backend(), port)
+    backend = await serve(app, port)
     store = MemoryStore()
     store.start()
     await store.put(Keys("s").member("n1"), json.dumps({"inference": {"url": f"http://127.0.0.1:{port}",
@@ -219,20 +223,36 @@ async def test_a_constrained_stream_is_not_resumed_and_says_why():
     await router.listen("127.0.0.1", router_port)
     try:
         await wait_until(lambda: router.table.choose(0.0) is not None, 5, "the member to be learnt")
+        yield router, f"http://127.0.0.1:{router_port}"
+    finally:
+        await router.stop()
+        await backend.cleanup()
+        await store.close()
+
+
+async def test_a_constrained_stream_is_not_resumed_and_says_why():
+    async with router_before(one_shot_backend()) as (router, url):
         async with aiohttp.ClientSession() as http:
-            got = await read_stream(http, f"http://127.0.0.1:{router_port}/v1/completions",
-                                    {"model": "m", "prompt": "x", "stream": True,
-                                     "response_format": {"type": "json_object"}})
+            got = await read_stream(http, url + "/v1/completions", {"model": "m", "prompt": "x", "stream": True,
+                                                                   "response_format": {"type": "json_object"}})
         assert got["headers"]["X-Vigil-Resumable"].startswith("no: constrained output (response_format)")
         assert got["text"] == '{"state": "'
         errors = [c["error"] for c in got["chunks"] if "error" in c]
         assert len(errors) == 1 and "not resumed: constrained output (response_format)" in errors[0]["message"]
         assert got["cut"] and "[DONE]" not in got["data"]
         assert router.metrics.stream_resumes.labels("broken")._value.get() == 1
-    finally:
-        await router.stop()
-        await backend.cleanup()
-        await store.close()
+
+
+async def test_a_backend_error_event_is_passed_on_and_not_resumed():
+    """The engine's own error (a context overflow, say) would recur on another node."""
+    tail = b'data: {"error": {"message": "engine ran out of memory", "code": "oom"}}\n\n'
+    async with router_before(one_shot_backend(tail)) as (router, url):
+        async with aiohttp.ClientSession() as http:
+            got = await read_stream(http, url + "/v1/completions", {"model": "m", "prompt": "x", "stream": True})
+        assert got["headers"]["X-Vigil-Resumable"] == "yes"
+        assert [c["error"]["code"] for c in got["chunks"] if "error" in c] == ["oom"]
+        assert got["cut"] and "[DONE]" not in got["data"] and got["comments"] == []
+        assert router.metrics.stream_resumes.labels("resumed")._value.get() == 0
 
 
 async def test_resume_off_passes_the_break_to_the_client(front):

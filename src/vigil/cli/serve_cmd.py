@@ -18,7 +18,8 @@ def generative_model(name: str, threads: int, token_delay: float):
         return ReferenceLM(token_delay), 8
     if name == "smollm2-135m-instruct":
         from vigil.serve.llama import SmolLM2
-        return SmolLM2(threads), 1
+        model = SmolLM2(threads, contexts=4)
+        return model, model.contexts
     return None, 1
 
 

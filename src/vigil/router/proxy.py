@@ -181,8 +181,9 @@ class Router:
     async def _route(self, req: Incoming, t0: float, reply: Reply | None,
                      buffer: bool) -> Answered | None:
         """The answer, whole; or None once it was streamed to `reply`."""
-        safe = self.policy.safe(req.method, req.path, {})
         stream = plan_stream(req, self.cfg.retry.resume_streams) if reply is not None and not buffer else None
+        # a resumable stream is resent from its first token just as from its 37th
+        safe = self.policy.safe(req.method, req.path, {}) or (stream is not None and stream.why_not is None)
         work = req.method not in READ_METHODS
         self.policy.request_started()
         tried: set[str] = set()
@@ -259,14 +260,14 @@ class Router:
                    "engine_full": shed.reason}.get(reason, shed.reason)
         return overloaded(message, shed.retry_after)
 
-    async def _attempt(self, b: Backend, req: Incoming) -> Answer:
-        """One attempt up to the first byte, in the request's own task: `eject` or
-        the per-try timer cancel that task with a recorded cause (asyncio.timeout's
-        technique, without a task per attempt), which becomes AttemptFailed; a
-        cancel without a cause (the client went away) propagates."""
+    async def _attempt(self, b: Backend, req: Incoming, first_byte: float | None = None) -> Answer:
+        """One attempt up to the first byte (within `first_byte`, per_try_timeout unless
+        given), in the request's own task: `eject` or the timer cancel that task with a
+        recorded cause (asyncio.timeout's technique, without a task per attempt), which
+        becomes AttemptFailed; a cancel without a cause (the client went away) propagates."""
         task = asyncio.current_task()
         assert task is not None
-        timeout = self.cfg.retry.per_try_timeout
+        timeout = first_byte or self.cfg.retry.per_try_timeout
         timer = asyncio.get_running_loop().call_later(
             timeout, self._abandon, task, "first_byte", f"no first byte within {timeout:g} s (timed out)")
         self.inflight[b.name].add(task)

@@ -15,7 +15,9 @@ text). Those streams end with an SSE error event naming why, as does one
 whose `max_resumes` are spent, and then the connection closes without the
 last chunk, so a client that reads no events still sees the answer cut. Each resume is an SSE comment line in the
 stream (`: vigil resumed ...`, ignored by SSE clients), a metric and a log
-line; the answer's head says `X-Vigil-Resumable: yes` or why not.
+line; the answer's head says `X-Vigil-Resumable: yes` or why not. For the
+same reason a resumable stream whose node fails before its first byte is
+retried on another node like a safe request (vigil.router.proxy).
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ class SseSplice:
     finished: bool = False  # a finish_reason went out
     done: bool = False  # data: [DONE] went out
     exact: bool = True  # every chunk with text carried its token ids
+    errored: bool = False  # the backend sent an error event
     _buf: bytes = b""
 
     def feed(self, data: bytes) -> list[bytes]:
@@ -109,7 +112,7 @@ class SseSplice:
                 self.exact = False
             self.finished = self.finished or choice.get("finish_reason") is not None
         if "error" in chunk:
-            self.finished = True  # the backend ended the stream with its own error
+            self.errored = True  # the backend's own error: passed on, not resumed (it may recur)
 
 
 def continuation(req: Incoming, plan: StreamPlan, splice: SseSplice, seed: str | None) -> Incoming:
@@ -159,6 +162,10 @@ class ResumingStream:
                 self.reply.end()
                 r.metrics.finished(200, time.monotonic() - self.t0)
                 return
+            if self.splice.errored:  # the client has the backend's error event; it did not finish
+                self.reply.cut()
+                r.metrics.finished(502, time.monotonic() - self.t0)
+                return
             nxt = await self._resume(backend, broke, seed)
             if nxt is None:
                 return
@@ -202,7 +209,10 @@ class ResumingStream:
                 return None
             self.tried.add(backend.name)
             try:
-                answer = await r._attempt(backend, req)
+                # a stream's contract is its silence bound, idle_timeout: the continuation's
+                # first token (a prefill and a replay of the delivered ids) may take that long
+                answer = await r._attempt(backend, req, first_byte=max(r.cfg.retry.idle_timeout,
+                                                                        r.cfg.retry.per_try_timeout))
             except AttemptFailed as e:
                 log.info("continuation on %s failed (%s): %s", backend.name, e.kind, e.cause)
                 continue

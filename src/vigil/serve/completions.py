@@ -29,6 +29,7 @@ import asyncio
 import json
 import secrets
 import time
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -182,18 +183,21 @@ class Completions:
         of a character left incomplete, finish_reason)."""
         loop, pool = asyncio.get_running_loop(), self.progress.pool
         decoder = await loop.run_in_executor(pool, self.model.start, g.prompt_ids, g.done_ids)
-        text = TextStream(self.model)
-        text.skip(g.done_ids)
-        first = len(g.done_ids)
-        for step in range(first, first + g.max_tokens):
-            token = await loop.run_in_executor(pool, _next, decoder, g.sampling, step, self.model.eos)
-            self.progress.completed += 1
-            self.progress.payloads[g.id]["tokens"] = step + 1
-            if token is None:
-                yield None, text.flush(), "stop"
-                return
-            yield token, text.text(token), None
-        yield None, text.flush(), "length"
+        try:
+            text = TextStream(self.model)
+            text.skip(g.done_ids)
+            first = len(g.done_ids)
+            for step in range(first, first + g.max_tokens):
+                token = await loop.run_in_executor(pool, _next, decoder, g.sampling, step, self.model.eos)
+                self.progress.completed += 1
+                self.progress.payloads[g.id]["tokens"] = step + 1
+                if token is None:
+                    yield None, text.flush(), "stop"
+                    return
+                yield token, text.text(token), None
+            yield None, text.flush(), "length"
+        finally:
+            decoder.close()
 
     def _chunk(self, g: Generation, text: str, ids: list[int], finish: str | None) -> dict[str, Any]:
         choice: dict[str, Any] = {"index": 0, "logprobs": None, "finish_reason": finish, "token_ids": ids}
@@ -221,17 +225,18 @@ class Completions:
             first["choices"][0]["delta"] = {"role": "assistant", "content": ""}
             await send(first)
         made = 0
-        async for token, text, finish in self._tokens(g):
-            if token is None:
-                await send(self._chunk(g, text, [], finish))
-                break
-            made += 1
-            await send(self._chunk(g, text, [token], None))
-            if (self.progress.cut_streams_after is not None and not g.done_ids
-                    and made >= self.progress.cut_streams_after):
-                assert request.transport is not None
-                request.transport.abort()  # injected: the connection resets mid-stream
-                return resp
+        async with aclosing(self._tokens(g)) as tokens:  # a hang-up frees the engine's context at once
+            async for token, text, finish in tokens:
+                if token is None:
+                    await send(self._chunk(g, text, [], finish))
+                    break
+                made += 1
+                await send(self._chunk(g, text, [token], None))
+                if (self.progress.cut_streams_after is not None and not g.done_ids
+                        and made >= self.progress.cut_streams_after):
+                    assert request.transport is not None
+                    request.transport.abort()  # injected: the connection resets mid-stream
+                    return resp
         if g.include_usage:
             await send({"id": g.id, "object": "chat.completion.chunk" if g.chat else "text_completion",
                         "created": g.created, "model": self.model.model_id, "choices": [],
@@ -242,12 +247,13 @@ class Completions:
 
     async def _whole(self, g: Generation, headers: dict[str, str]) -> web.Response:
         ids, parts, finish = [], [], "length"
-        async for token, text, end in self._tokens(g):
-            parts.append(text)
-            if token is None:
-                finish = end
-                break
-            ids.append(token)
+        async with aclosing(self._tokens(g)) as tokens:
+            async for token, text, end in tokens:
+                parts.append(text)
+                if token is None:
+                    finish = end
+                    break
+                ids.append(token)
         content = "".join(parts)
         choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": None, "token_ids": ids}
         if g.chat:

@@ -72,6 +72,8 @@ class Decoder(Protocol):
 
     def push(self, token: int) -> None: ...
 
+    def close(self) -> None: ...  # the context it holds is free again
+
 
 class LanguageModel(Protocol):
     model_id: str
@@ -190,17 +192,23 @@ class ReferenceDecoder:
     def push(self, token: int) -> None:
         self.ids.append(token)
 
+    def close(self) -> None:
+        pass
+
 
 def generation(model: LanguageModel, prompt: list[int], n: int, sampling: Sampling) -> tuple[str, list[int]]:
     """The uninterrupted generation of up to `n` tokens after `prompt`: (text, token ids),
     as a model server streams it (what a resumed stream must equal)."""
     decoder, text, ids, out = model.start(prompt), TextStream(model), [], ""
-    for step in range(n):
-        token = decoder.choose(sampling, step)
-        if token in model.eos:
-            break
-        decoder.push(token)
-        ids.append(token)
-        out += text.text(token)
+    try:
+        for step in range(n):
+            token = decoder.choose(sampling, step)
+            if token in model.eos:
+                break
+            decoder.push(token)
+            ids.append(token)
+            out += text.text(token)
+    finally:
+        decoder.close()
     return out + text.flush(), ids
 

