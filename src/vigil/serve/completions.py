@@ -39,6 +39,7 @@ from vigil.serve.errors import BadRequest, error
 from vigil.serve.generate import LanguageModel, Sampling, TextStream
 
 MAX_PROMPT_CHARS = 65_536
+REPLAY_CHUNK = 8  # delivered ids fed back per turn of the engine's thread
 MAX_MESSAGES = 256
 CONSTRAINED = ("response_format", "tools", "tool_choice", "functions", "grammar", "guided_json",
                "guided_regex", "guided_choice", "guided_grammar")
@@ -182,8 +183,14 @@ class Completions:
         """(token id, its text, None) per generated token, then (None, the text
         of a character left incomplete, finish_reason)."""
         loop, pool = asyncio.get_running_loop(), self.progress.pool
-        decoder = await loop.run_in_executor(pool, self.model.start, g.prompt_ids, g.done_ids)
+        decoder = await loop.run_in_executor(pool, self.model.start, g.prompt_ids)
         try:
+            # A continuation's delivered ids are fed back as they were generated, one at a
+            # time, a few per turn of the engine's thread: other streams go on meanwhile and
+            # the load report shows progress (a long replay is busy, not hung).
+            for i in range(0, len(g.done_ids), REPLAY_CHUNK):
+                await loop.run_in_executor(pool, _replay, decoder, g.done_ids[i:i + REPLAY_CHUNK])
+                self.progress.completed += len(g.done_ids[i:i + REPLAY_CHUNK])
             text = TextStream(self.model)
             text.skip(g.done_ids)
             first = len(g.done_ids)
@@ -263,6 +270,11 @@ class Completions:
         return web.json_response({"id": g.id, "object": "chat.completion" if g.chat else "text_completion",
                                   "created": g.created, "model": self.model.model_id, "choices": [choice],
                                   "usage": self._usage(g, len(ids))}, headers=headers)
+
+
+def _replay(decoder: Any, ids: list[int]) -> None:
+    for t in ids:
+        decoder.push(t)
 
 
 def _next(decoder: Any, sampling: Sampling, step: int, eos: frozenset[int]) -> int | None:
