@@ -7,7 +7,7 @@ have behaves past the first byte.
 
 Per run: streams complete and exact (text and token ids equal the
 uninterrupted generation, computed here from the same model, and one
-[DONE]), broken (an error event, no [DONE], or different text; target 0 with
+[DONE]; checked on every stream a fault touched and every 10th other), broken (an error event, no [DONE], or different text; target 0 with
 resume on); for resumed streams the gap the client saw at the resume point
 (from the last token before the cut to the first after: p50/p99) and the
 stream's tokens/s before and after it. A fault is injected only once the
@@ -165,7 +165,10 @@ def judge(streams: list[Stream], log: list[dict], model, tokens: int, wall: floa
     complete = broken = 0
     gaps, before, after, why = [], [], [], []
     hit = [s for s in streams if s.resumed_at or s.error or s.done != 1]
-    for s in streams:
+    # Exactness is checked on every stream a fault touched and on every 10th other one:
+    # recomputing all of them with the real model took longer than the faults (6 min for 300).
+    checked = hit + [s for s in streams if s not in hit][::10]
+    for s in checked:
         text, ids = expected(model, s, tokens)
         ok = s.done == 1 and not s.error and s.ids == ids and s.text == text
         complete += ok
@@ -178,7 +181,8 @@ def judge(streams: list[Stream], log: list[dict], model, tokens: int, wall: floa
                 before.append((k - 1) / max(1e-9, s.times[k - 1] - s.times[0]))
                 rest = s.times[k:]
                 after.append((len(rest) - 1) / max(1e-9, rest[-1] - rest[0]) if len(rest) > 1 else 0.0)
-    return {"streams": len(streams), "faults": len(log), "streams_hit": len(hit), "complete": complete,
+    return {"streams": len(streams), "faults": len(log), "streams_hit": len(hit), "checked": len(checked),
+            "complete": complete,
             "broken": broken, "resumed": sum(len(s.resumed_at) for s in streams),
             "gap_ms": summary_ms(gaps), "tokens_s_before": round(percentile(before, 50) or 0, 1),
             "tokens_s_after": round(percentile(after, 50) or 0, 1), "wall_s": round(wall, 1),
