@@ -12,6 +12,7 @@ import urllib.request
 
 import pytest
 
+from vigil.lab.generative import served_model_ids
 from vigil.lab.load import LoadGenerator
 
 
@@ -66,8 +67,9 @@ def test_openai_client_gets_embeddings(model_lab):
     resp = client.embeddings.create(model="all-MiniLM-L6-v2", input=["hello world", "failover"])
     assert len(resp.data) == 2 and len(resp.data[0].embedding) == 384
     assert resp.model == "all-MiniLM-L6-v2" and resp.usage.total_tokens > 0
-    models = client.models.list()
-    assert [m.id for m in models.data] == ["all-MiniLM-L6-v2"]
+    models = client.models.list()  # the lab's servers generate too (vigil.lab.generative)
+    assert [m.id for m in models.data] == served_model_ids(model_lab.workload["generate"])
+    assert len(models.data) == 2, "a lab serves both models by default"
 
 
 def test_bad_request_gets_4xx_and_is_not_retried(model_lab):

@@ -10,6 +10,8 @@ import importlib.util
 from typing import Any
 
 from vigil.errors import ConfigError
+from vigil.serve.generate import ReferenceLM
+from vigil.serve.llama import MODEL_ID as SMOLLM2
 
 CHOICES = ("auto", "smollm2-135m-instruct", "reference", "none")
 REFERENCE_TOKEN_DELAY = 0.02  # s per token
@@ -37,7 +39,6 @@ def generate_args(workload: dict[str, Any]) -> list[str]:
 def load_model(choice: str) -> Any:
     """The lab's generative model, loaded here (to know what a stream must say), or None."""
     if choice == "reference":
-        from vigil.serve.generate import ReferenceLM
         return ReferenceLM()
     if choice == "smollm2-135m-instruct":
         from vigil.serve.llama import SmolLM2
@@ -45,3 +46,11 @@ def load_model(choice: str) -> Any:
         model.load()
         return model
     return None
+
+
+MODEL_IDS = {"reference": ReferenceLM.model_id, "smollm2-135m-instruct": SMOLLM2}
+
+
+def served_model_ids(choice: str) -> list[str]:
+    """What a lab model server lists in /v1/models, given the lab's generative choice."""
+    return ["all-MiniLM-L6-v2"] + ([MODEL_IDS[choice]] if choice in MODEL_IDS else [])
