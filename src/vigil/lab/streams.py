@@ -21,6 +21,7 @@ from typing import Any
 
 import aiohttp
 
+from vigil import procs
 from vigil.serve.generate import Sampling, generation
 
 
@@ -55,12 +56,8 @@ class StreamWatch:
         self._thread.start()
 
     def wait_tokens(self, k: int, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while not all(r.tokens >= k or r.error or r.done for r in self.results):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"streams did not reach {k} tokens in {timeout:g} s: "
-                                   f"{[r.tokens for r in self.results]}")
-            time.sleep(0.02)  # a sync script polling another thread's progress
+        procs.wait_for(lambda: all(r.tokens >= k or r.error or r.done for r in self.results), timeout,
+                       f"{len(self.results)} streams to reach {k} tokens each")
 
     def join(self, timeout: float) -> list[StreamResult]:
         self._thread.join(timeout)

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vigil.core.routing import Backend
+from vigil.openai_fields import constrained_by
 from vigil.router.attempt import Answer, AttemptFailed
 from vigil.router.http1 import HOP_BY_HOP, Incoming, Reply
 from vigil.router.upstream import UpstreamBroken
@@ -38,8 +39,6 @@ from vigil.router.upstream import UpstreamBroken
 log = logging.getLogger(__name__)
 
 GENERATIVE_PATHS = frozenset({"/v1/completions", "/v1/chat/completions"})
-CONSTRAINED = ("response_format", "tools", "tool_choice", "functions", "grammar", "guided_json",
-               "guided_regex", "guided_choice", "guided_grammar", "structured_outputs")
 
 
 @dataclass
@@ -59,9 +58,9 @@ def plan_stream(req: Incoming, enabled: bool) -> StreamPlan | None:
     if not isinstance(body, dict) or body.get("stream") is not True:
         return None
     why = None if enabled else "stream resume is off (retry.resume_streams)"
-    for name in CONSTRAINED:
-        if why is None and body.get(name) not in (None, {"type": "text"}, "none"):
-            why = f"constrained output ({name}): a resend could change it"
+    name = constrained_by(body)
+    if why is None and name:
+        why = f"constrained output ({name}): a resend could change it"
     return StreamPlan(body, why)
 
 

@@ -35,14 +35,13 @@ from typing import Any
 
 from aiohttp import web
 
+from vigil.openai_fields import constrained_by
 from vigil.serve.errors import BadRequest, error
 from vigil.serve.generate import LanguageModel, Sampling, TextStream
 
 MAX_PROMPT_CHARS = 65_536
 REPLAY_CHUNK = 8  # delivered ids fed back per turn of the engine's thread
 MAX_MESSAGES = 256
-CONSTRAINED = ("response_format", "tools", "tool_choice", "functions", "grammar", "guided_json",
-               "guided_regex", "guided_choice", "guided_grammar")
 
 
 @dataclass
@@ -92,9 +91,9 @@ def parse_generation(model: LanguageModel, body: Any, chat: bool) -> Generation:
         raise BadRequest("the request body must be a JSON object")
     if body.get("model", model.model_id) != model.model_id:
         raise BadRequest(f"model '{body.get('model')}' is not served here; use '{model.model_id}'", "model")
-    for name in CONSTRAINED:
-        if body.get(name) not in (None, {"type": "text"}):
-            raise BadRequest(f"'{name}': constrained generation is not supported by this engine", name)
+    name = constrained_by(body)
+    if name:
+        raise BadRequest(f"'{name}': constrained generation is not supported by this engine", name)
     if body.get("n", 1) != 1:
         raise BadRequest("'n' must be 1", "n")
     for name in ("stop", "logprobs", "echo", "suffix", "best_of"):
