@@ -80,6 +80,7 @@ class InferenceConfig:
     load_interval: float = 0.2
     silence_window: float = 1.0  # load probe unanswered this long: hung
     stall_window: float = 10.0  # work pending, nothing completed this long: hung
+    batch_jobs: bool = True  # take a share of batch jobs (vigil.agent.jobs)
 
 
 @dataclass(frozen=True)
@@ -258,7 +259,7 @@ def _inference(v: Any) -> InferenceConfig | None:
         return None
     d = check_mapping(v, "inference", {"url", "command", "user", "canary_path", "canary_body", "canary_interval",
                                   "canary_timeout", "rise", "fall", "load_format", "load_path",
-                                  "load_interval", "silence_window", "stall_window"})
+                                  "load_interval", "silence_window", "stall_window", "batch_jobs"})
     u = urlparse(str(d.get("url", "")))
     if u.scheme not in ("http", "https") or not u.hostname or u.port is None:
         raise ConfigError("inference.url", d.get("url"), "must be http(s)://HOST:PORT of the inference server")
@@ -287,13 +288,16 @@ def _inference(v: Any) -> InferenceConfig | None:
         raise ConfigError("inference.load_path", lp, "must be a path such as /v2/load")
     for k in ("rise", "fall"):
         numbers[k] = check_int(d.get(k, getattr(InferenceConfig, k)), f"inference.{k}", 1, 100)
+    jobs = d.get("batch_jobs", True)
+    if not isinstance(jobs, bool):
+        raise ConfigError("inference.batch_jobs", jobs, "must be true (this node takes batch jobs) or false")
     body = d.get("canary_body", InferenceConfig.canary_body)
     if not isinstance(body, str):
         import json
         body = json.dumps(body)
     return InferenceConfig(str(d["url"]).rstrip("/"), tuple(cmd), _user(d.get("user")),
                            str(d.get("canary_path", InferenceConfig.canary_path)), body,
-                           load_format=fmt, load_path=lp, **numbers)
+                           load_format=fmt, load_path=lp, batch_jobs=jobs, **numbers)
 
 
 def _user(v: Any) -> str | None:

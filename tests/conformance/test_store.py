@@ -11,6 +11,7 @@ import pytest
 
 from vigil.clock import SystemClock
 from vigil.errors import LeaseNotFound
+from vigil.store.base import Expect
 from vigil.store.election import Election
 from vigil.store.etcd import EtcdStore
 from vigil.store.session import Session
@@ -72,6 +73,37 @@ async def test_delete_if_created_only_removes_that_incarnation(store, prefix):
     assert await store.delete_if_created(prefix + "k", first.create_revision) is False
     assert (await store.get(prefix + "k")).value == "b"
     assert await store.delete_if_created(prefix + "k", second.create_revision) is True
+
+
+async def test_txn_applies_all_or_nothing_at_one_revision(store, prefix):
+    a, b, c = prefix + "a", prefix + "b", prefix + "c"
+    ok, rev = await store.txn([Expect(a, create_revision=0)], [(a, "1", 0), (b, "2", 0)])
+    assert ok
+    ka, kb = await store.get(a), await store.get(b)
+    assert ka.mod_revision == kb.mod_revision == rev, "one revision for the whole transaction"
+    ok, rev2 = await store.txn([Expect(a, create_revision=0)], [(c, "x", 0)])
+    assert not ok and rev2 == rev and await store.get(c) is None, "a failed compare writes nothing"
+    ok, rev3 = await store.txn([Expect(a, create_revision=ka.create_revision, mod_revision=rev)],
+                               [(a, "3", 0)], [b])
+    assert ok and rev3 == rev + 1
+    assert (await store.get(a)).value == "3" and await store.get(b) is None
+    ok, _ = await store.txn([Expect(a, mod_revision=rev)], [(c, "x", 0)])
+    assert not ok, "a stale mod revision fails the compare"
+    lease = await store.grant(5)
+    ok, _ = await store.txn([], [(c, "y", lease.id)])
+    assert ok and (await store.get(c)).lease == lease.id
+    await store.revoke(lease.id)
+    with pytest.raises(LeaseNotFound):
+        await store.txn([], [(c, "z", lease.id)])
+    assert await store.get(c) is None
+
+
+async def test_delete_prefix_removes_only_that_prefix(store, prefix):
+    for k in ("j/1/a", "j/1/b", "j/10/a", "j/2/a"):
+        await store.put(prefix + k, "v")
+    assert await store.delete_prefix(prefix + "j/1/") == 2
+    assert [kv.key[len(prefix):] for kv in (await store.range(prefix))[0]] == ["j/10/a", "j/2/a"]
+    assert await store.delete_prefix(prefix + "j/1/") == 0
 
 
 async def test_lease_binds_keys_and_revoke_deletes_them(store, prefix):

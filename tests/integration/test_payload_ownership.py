@@ -7,6 +7,7 @@ its model server a real HTTP server running the reference model."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 
 import aiohttp
@@ -28,7 +29,9 @@ from vigil.testing.wait import wait_until
 KEYS = shared_keys("a")
 
 
-async def test_a_long_generation_is_registered_under_the_nodes_lease(tmp_path):
+@contextlib.asynccontextmanager
+async def node_with_a_generator(tmp_path):
+    """An agent on the in-memory store watching a real model server (reference model): (agent, store, url)."""
     api_port, hb_port, srv_port = free_ports(3)
     server = ModelServer(NoEmbeddings(), "a", generator=ReferenceLM(token_delay=0.02, ends=False), slots=4)
     await server.load()
@@ -40,16 +43,29 @@ async def test_a_long_generation_is_registered_under_the_nodes_lease(tmp_path):
                         "heartbeat": {**KEYS["a"], "port": hb_port},
                         "inference": {"url": f"http://127.0.0.1:{srv_port}", "load_interval": 0.1,
                                       "canary_path": "/v2/health/ready", "canary_body": ""}})
-    store, keys = MemoryStore(), Keys("p")
+    store = MemoryStore()
     store.start()
     agent = Agent(cfg, store=store)
     stop = asyncio.Event()
     task = asyncio.get_running_loop().create_task(agent.run(stop))
     try:
         await wait_until(lambda: agent.session_ok(), 10, "the agent's session")
+        yield agent, store, f"http://127.0.0.1:{srv_port}"
+    finally:
+        stop.set()
+        await task
+        await runner.cleanup()
+        await store.close()
+
+
+BODY = {"model": ReferenceLM.model_id, "prompt": "a long one", "max_tokens": 2000, "stream": True}
+
+
+async def test_a_long_generation_is_registered_under_the_nodes_lease(tmp_path):
+    keys = Keys("p")
+    async with node_with_a_generator(tmp_path) as (agent, store, url):
         async with aiohttp.ClientSession() as http:
-            body = {"model": ReferenceLM.model_id, "prompt": "a long one", "max_tokens": 2000, "stream": True}
-            async with http.post(f"http://127.0.0.1:{srv_port}/v1/completions", json=body) as r:
+            async with http.post(f"{url}/v1/completions", json=BODY) as r:
                 first = await r.content.readuntil(b"\n\n")
                 stream_id = json.loads(first[6:])["id"]
                 key = keys.payload(stream_id)
@@ -67,13 +83,30 @@ async def test_a_long_generation_is_registered_under_the_nodes_lease(tmp_path):
                 r.close()  # the client hangs up: the generation ends
         await wait_until(lambda: key not in store._kv, 10, "the record removed when the generation ended")
         async with aiohttp.ClientSession() as http:
-            async with http.post(f"http://127.0.0.1:{srv_port}/v1/completions", json=body) as r:
+            async with http.post(f"{url}/v1/completions", json=BODY) as r:
                 await wait_until(lambda: any(k.startswith(keys.payloads) for k in store._kv), 10, "a new record")
                 await store.revoke(agent.session.lease_id)  # the node's lease ends (its node died)
                 assert not any(k.startswith(keys.payloads) for k in store._kv), "gone with the lease"
                 r.close()
-    finally:
-        stop.set()
-        await task
-        await runner.cleanup()
-        await store.close()
+
+
+async def test_a_record_another_node_holds_is_neither_overwritten_nor_removed(tmp_path):
+    """A stream continued on node b keeps its id; node a, where it started (paused,
+    then running again), must not take b's record over or delete it."""
+    keys = Keys("p")
+    async with node_with_a_generator(tmp_path) as (agent, store, url):
+        other = await store.grant(30)
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{url}/v1/completions", json=BODY) as r:
+                stream_id = json.loads((await r.content.readuntil(b"\n\n"))[6:])["id"]
+                key = keys.payload(stream_id)
+                theirs = json.dumps({"id": stream_id, "node": "b", "model": ReferenceLM.model_id,
+                                     "kind": "stream", "started": 1.0, "progress": 40})
+                await store.put(key, theirs, other.id)  # before a's agent registers it (min age 1 s)
+                await wait_until(lambda: agent.payloads.book.create_revision(stream_id), 10,
+                                 "a's agent to try to register the stream")
+                assert store._kv[key].value == theirs and store._kv[key].lease == other.id
+                r.close()
+        await wait_until(lambda: agent.payloads.book.create_revision(stream_id) == 0, 10,
+                         "a's agent to forget the ended stream")
+        assert store._kv[key].value == theirs, "b's record is still there"

@@ -119,6 +119,12 @@ class LinkedStore(Store):
     async def delete_if_created(self, key, create_revision):
         return await self._call(self.store.delete_if_created, key, create_revision)
 
+    async def txn(self, expect, puts, deletes=()):
+        return await self._call(self.store.txn, expect, puts, deletes)
+
+    async def delete_prefix(self, prefix):
+        return await self._call(self.store.delete_prefix, prefix)
+
     async def grant(self, ttl):
         return await self._call(self.store.grant, ttl)
 

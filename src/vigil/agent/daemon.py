@@ -32,6 +32,7 @@ from vigil.agent.child import ChildProcess
 from vigil.agent.controller import Controller
 from vigil.agent.stonith import Fencer
 from vigil.agent.payloads import PayloadPublisher
+from vigil.agent.jobs import JobRunner
 from vigil.agent.leadership import Leadership
 from vigil.agent.status import metrics_text, status_document
 from vigil.agent.vips import VipHolder
@@ -46,7 +47,7 @@ from vigil.core.peers import TICK, PeerTransition
 from vigil.errors import ConfigError, StoreError, VigilError
 from vigil.store.base import Store
 from vigil.store.election import Election
-from vigil.store.etcd import EtcdStore, lease_revocation_bug
+from vigil.store.etcd import EtcdStore, warn_of_lease_bug
 from vigil.store.events import EventLog
 from vigil.store.keys import Keys
 from vigil.store.member_record import MemberRecord
@@ -129,6 +130,9 @@ class Agent:
                                          lambda: self.session.lease_id if self.session_ok() else 0)
         self.inference = (InferenceSupervisor(cfg.inference, self.data_dir, self.clock, self._on_inference,
                                               self.events.record, self.payloads.report) if cfg.inference else None)
+        self.jobs = (JobRunner(self.store, self.keys, cfg.node, cfg.inference.url, self.clock, self.payloads.lease,
+                               self._takes_jobs, self.events.record)
+                     if cfg.inference and cfg.inference.batch_jobs else None)
         self.published_suspects: list[str] = []  # as last written to our member record
         self._publisher: asyncio.Task | None = None
         self._publish_again = False
@@ -164,6 +168,12 @@ class Agent:
 
     def session_ok(self) -> bool:
         return self.link.session_ok()
+
+    def _takes_jobs(self) -> bool:
+        """Batch work goes where requests would: a ready engine on a node in service."""
+        snap = self.reconciler.snapshot
+        state = snap.states.get(self.cfg.node) if snap else None
+        return self.inference.ready and self.health.verdict.serves and state in (None, "active", "standby")
 
     def member_record(self) -> MemberRecord:
         return MemberRecord(
@@ -225,8 +235,9 @@ class Agent:
                        loop.create_task(self.reconciler.watch_loop()),
                        loop.create_task(self.reconciler.loop()),
                        loop.create_task(self._role_guard_loop()),
-                       loop.create_task(self._check_etcd_version()),
-                       *([loop.create_task(self.payloads.run())] if self.inference else [])]
+                       loop.create_task(warn_of_lease_bug(self.store, self.events.record)),
+                       *([loop.create_task(self.payloads.run())] if self.inference else []),
+                       *([loop.create_task(self.jobs.run())] if self.jobs else [])]
         local = self.cfg.etcd.local_member
         if local and isinstance(self.store, EtcdStore):
             apart = RaftLeaderApart(self.store, local)
@@ -238,20 +249,6 @@ class Agent:
             await stop.wait()
         finally:
             await self._shutdown(api)
-
-    async def _check_etcd_version(self) -> None:
-        """Warn loudly, once, when etcd has the lease-revocation bug (etcd #15247)."""
-        version_of = getattr(self.store, "version", None)
-        while version_of is not None:  # the in-memory store has no version to check
-            try:
-                problem = lease_revocation_bug(await version_of())
-            except StoreError:
-                await asyncio.sleep(5.0)
-                continue
-            if problem:
-                log.warning("%s", problem)
-                self.events.record("etcd_version_warning", problem)
-            return
 
     async def _shutdown(self, api: Any) -> None:
         for t in self._tasks:

@@ -11,9 +11,9 @@ import logging
 from typing import Callable
 
 from vigil.clock import Clock
-from vigil.core.payloads import Payload, PayloadBook
+from vigil.core.payloads import FOREIGN, Payload, PayloadBook
 from vigil.errors import StoreError
-from vigil.store.base import Store
+from vigil.store.base import Expect, Store
 from vigil.store.keys import Keys
 
 log = logging.getLogger(__name__)
@@ -45,8 +45,15 @@ class PayloadPublisher:
         now = self.clock.wall()
         puts, deletes = self.book.plan(list(self.reported), now, lease)
         for p in puts:
-            await self.store.put(self.keys.payload(p.id), json.dumps(p.record(self.node)), lease)
-            self.book.put(p, now)
+            key, created = self.keys.payload(p.id), self.book.create_revision(p.id)
+            ok, rev = await self.store.txn([Expect(key, create_revision=created)],
+                                           [(key, json.dumps(p.record(self.node)), lease)])
+            if not ok:
+                log.info("payload %s is registered by another node (a stream continued there): "
+                         "not overwritten", p.id)
+            self.book.put(p, now, (created or rev) if ok else FOREIGN)
         for pid in deletes:
-            await self.store.delete(self.keys.payload(pid))
+            created = self.book.create_revision(pid)
+            if created > 0:
+                await self.store.delete_if_created(self.keys.payload(pid), created)
             self.book.deleted(pid)

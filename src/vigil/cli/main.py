@@ -8,7 +8,7 @@ import sys
 
 from vigil import __version__
 from vigil.cli import (actuator_cmd, agent_cmd, certs_cmd, cluster_cmd, demo_cmd, firewall_cmd, haproxy_cmd,
-                       keygen_cmd, lab_cmd, node_cmd, router_cmd, serve_cmd)
+                       job_cmd, keygen_cmd, lab_cmd, node_cmd, router_cmd, serve_cmd)
 from vigil.errors import ConfigError, VigilError
 
 
@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     firewall_cmd.register(sub)
     haproxy_cmd.register(sub)
     cluster_cmd.register(sub)
+    job_cmd.register(sub)
     lab_cmd.register(sub)
     serve_cmd.register(sub)
     router_cmd.register(sub)

@@ -9,7 +9,11 @@ the record goes with the lease, and removes it when the work ends. Progress
 on what, not a token counter.
 
 `PayloadBook` is the sans-IO part: fed what the server reports and what was
-written, it returns what to put and what to delete.
+written, it returns what to put and what to delete. A record is created
+only where absent and then changed or deleted only while it is the one this
+node created (its create revision): a stream continued on another node keeps
+its id, and that node's record is never overwritten or removed by the node
+the stream left (paused, then running again). Such an id is FOREIGN here.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+FOREIGN = -1  # create revision of a record another node holds
 KINDS = ("stream", "completion", "job")
 
 
@@ -57,7 +62,7 @@ def parse_payloads(raw: Any) -> tuple[list[Payload], int]:
 class PayloadBook:
     def __init__(self, min_age: float = 1.0, every: float = 2.0):
         self.min_age, self.every = min_age, every
-        self.written: dict[str, tuple[Payload, float]] = {}  # id -> (as written, when)
+        self.written: dict[str, tuple[Payload, float, int]] = {}  # id -> (as written, when, create revision)
         self.lease = 0
 
     def plan(self, reported: list[Payload], now: float, lease: int) -> tuple[list[Payload], list[str]]:
@@ -67,12 +72,18 @@ class PayloadBook:
             self.written, self.lease = {}, lease
         current = {p.id: p for p in reported if now - p.started >= self.min_age}
         puts = [p for pid, p in current.items()
-                if pid not in self.written or (p != self.written[pid][0] and now - self.written[pid][1] >= self.every)]
+                if pid not in self.written or (p != self.written[pid][0] and now - self.written[pid][1] >= self.every
+                                               and self.written[pid][2] != FOREIGN)]
         deletes = [pid for pid in self.written if pid not in current]
         return puts, deletes
 
-    def put(self, p: Payload, now: float) -> None:
-        self.written[p.id] = (p, now)
+    def put(self, p: Payload, now: float, create_revision: int) -> None:
+        """`p` was written (created at `create_revision`), or found held by another node (FOREIGN)."""
+        self.written[p.id] = (p, now, create_revision)
+
+    def create_revision(self, pid: str) -> int:
+        """The revision this node created the record at; 0: not written; FOREIGN: not ours."""
+        return self.written[pid][2] if pid in self.written else 0
 
     def deleted(self, pid: str) -> None:
         self.written.pop(pid, None)

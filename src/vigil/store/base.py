@@ -10,6 +10,9 @@ same suite against both):
   absent and never overwrites (the election relies on it).
 - `delete_if_created` deletes only the incarnation of the key that was
   created at `create_revision` (a resign never removes a successor's key).
+- `txn(expect, puts, deletes)` is etcd's transaction: when every `Expect`
+  holds, all its puts and deletes apply at one new revision, else none;
+  it returns (applied, the store's revision).
 - Leases: `grant(ttl)` returns a lease the store expires `ttl` seconds
   after the last successful `keepalive` (etcd may round the TTL up; the
   granted TTL is in the result). Expiry deletes every key bound to it.
@@ -56,6 +59,15 @@ class WatchEvent:
     lease: int = 0
 
 
+@dataclass(frozen=True)
+class Expect:
+    """A transaction's condition on one key: its create revision (0: absent)
+    and/or its mod revision equal the given ones."""
+    key: str
+    create_revision: int | None = None
+    mod_revision: int | None = None
+
+
 def prefix_end(prefix: str) -> str:
     """The first key after every key that starts with `prefix` (etcd's range_end)."""
     b = bytearray(prefix.encode())
@@ -93,6 +105,16 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def delete_if_created(self, key: str, create_revision: int) -> bool:
         """Atomically delete `key` only if its create revision matches."""
+
+    @abc.abstractmethod
+    async def txn(self, expect: list[Expect], puts: list[tuple[str, str, int]],
+                  deletes: list[str] = ()) -> tuple[bool, int]:
+        """If every `expect` holds, apply `puts` ((key, value, lease)) and `deletes`
+        atomically at one revision. Returns (applied, revision)."""
+
+    @abc.abstractmethod
+    async def delete_prefix(self, prefix: str) -> int:
+        """Delete every key starting with `prefix` at one revision; returns how many."""
 
     @abc.abstractmethod
     async def grant(self, ttl: int) -> Lease: ...

@@ -30,7 +30,7 @@ from typing import Any, AsyncIterator
 import aiohttp
 
 from vigil.errors import LeaseNotFound, StoreError, StoreUnavailable, WatchCompacted
-from vigil.store.base import KeyValue, Lease, Store, WatchEvent, prefix_end
+from vigil.store.base import Expect, KeyValue, Lease, Store, WatchEvent, prefix_end
 
 log = logging.getLogger(__name__)
 
@@ -214,6 +214,26 @@ class EtcdStore(Store):
             "success": [{"request_delete_range": {"key": _b64(key)}}]})
         return bool(r.get("succeeded", False))
 
+    async def txn(self, expect: list[Expect], puts: list[tuple[str, str, int]],
+                  deletes: list[str] = ()) -> tuple[bool, int]:
+        compare = []
+        for e in expect:
+            for target, value in (("CREATE", e.create_revision), ("MOD", e.mod_revision)):
+                if value is not None:
+                    compare.append({"key": _b64(e.key), "result": "EQUAL", "target": target,
+                                    f"{target.lower()}_revision": str(value)})
+        ops: list[dict[str, Any]] = []
+        for key, value, lease in puts:
+            ops.append({"request_put": {"key": _b64(key), "value": _b64(value), **({"lease": str(lease)}
+                                                                                   if lease else {})}})
+        ops += [{"request_delete_range": {"key": _b64(key)}} for key in deletes]
+        r = await self._call("kv/txn", {"compare": compare, "success": ops})
+        return bool(r.get("succeeded", False)), int(r["header"]["revision"])
+
+    async def delete_prefix(self, prefix: str) -> int:
+        r = await self._call("kv/deleterange", {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix))})
+        return int(r.get("deleted", 0))
+
     async def grant(self, ttl: int) -> Lease:
         r = await self._call("lease/grant", {"TTL": str(int(ttl))})
         if r.get("error"):
@@ -324,3 +344,19 @@ def lease_revocation_bug(version: str) -> str | None:
         return (f"etcd {version} can revoke a healthy leader's lease after a raft-leader stall "
                 "(etcd #15247): run etcd >= 3.4.28 or >= 3.5.11 in production")
     return None
+
+
+async def warn_of_lease_bug(store: Any, record: Any) -> None:
+    """Warn loudly, once, when etcd has the lease-revocation bug (etcd #15247);
+    `record(kind, cause)` is the event log's. Retries while etcd is away."""
+    version_of = getattr(store, "version", None)
+    while version_of is not None:  # the in-memory store has no version to check
+        try:
+            problem = lease_revocation_bug(await version_of())
+        except StoreError:
+            await asyncio.sleep(5.0)
+            continue
+        if problem:
+            log.warning("%s", problem)
+            record("etcd_version_warning", problem)
+        return

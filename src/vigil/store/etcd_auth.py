@@ -1,7 +1,8 @@
 """etcd users and roles for a Vigil cluster: least privilege per kind of
 client, enforced by etcd itself (`vigil etcd-auth init`, and the secure lab).
 
-Roles, each on the cluster's prefix /vigil/<cluster>/ only:
+Roles, each on the cluster's prefix /vigil/<cluster>/ only (agents and
+operators also on its batch jobs' /vigil-jobs/<cluster>/):
 - vigil-<cluster>-agent     read and write (leases, member records, leader key, events)
 - vigil-<cluster>-operator  read and write (switchover, fence, maintenance)
 - vigil-<cluster>-router    read only: a router can follow the cluster, never change it
@@ -25,6 +26,7 @@ from vigil.store.etcd import EtcdStore
 from vigil.store.keys import Keys
 
 KINDS = {"agent": "READWRITE", "operator": "READWRITE", "router": "READ", "gateway": "READ"}
+JOB_KINDS = ("agent", "operator")  # who works on and submits batch jobs
 
 
 def new_password() -> str:
@@ -48,12 +50,13 @@ async def enable_auth(store: EtcdStore, cluster: str, users: dict[str, tuple[str
     """Create the roles, `users` (name -> (kind, password)) and root, then turn
     auth on. `store` must not authenticate (auth is still off). Idempotent up
     to the enable; raises StoreError."""
-    prefix = Keys(cluster).prefix
+    keys = Keys(cluster)
     for kind, perm in KINDS.items():
         role = f"vigil-{cluster}-{kind}"
         await _ok(store, "auth/role/add", {"name": role})
-        await _ok(store, "auth/role/grant", {"name": role, "perm": {
-            "permType": perm, "key": _b64(prefix), "range_end": _b64(prefix_end(prefix))}})
+        for prefix in (keys.prefix, keys.jobs) if kind in JOB_KINDS else (keys.prefix,):
+            await _ok(store, "auth/role/grant", {"name": role, "perm": {
+                "permType": perm, "key": _b64(prefix), "range_end": _b64(prefix_end(prefix))}})
     for name, (kind, password) in {**users, "root": ("root", root_password)}.items():
         if kind not in (*KINDS, "root"):
             raise StoreError(f"user {name}: kind {kind!r} is none of {', '.join(KINDS)}")

@@ -53,6 +53,38 @@ class Keys:
     def payload(self, payload_id: str) -> str:
         return self.payloads + payload_id
 
+    # Batch jobs live beside the cluster's prefix, not under it: every agent and
+    # router watches that one, and a job's inputs and results are bulk.
+    @property
+    def jobs(self) -> str:
+        return f"{self.root}-jobs/{self.cluster}/"
+
+    @property
+    def job_specs(self) -> str:
+        return self.jobs + "spec/"
+
+    def job_spec(self, job_id: str) -> str:
+        return self.job_specs + job_id
+
+    @property
+    def job_progresses(self) -> str:
+        return self.jobs + "progress/"
+
+    def job_progress(self, job_id: str) -> str:
+        return self.job_progresses + job_id
+
+    def job_inputs(self, job_id: str) -> str:
+        return f"{self.jobs}input/{job_id}/"
+
+    def job_input(self, job_id: str, chunk: int) -> str:
+        return f"{self.job_inputs(job_id)}{chunk:06d}"
+
+    def job_results(self, job_id: str) -> str:
+        return f"{self.jobs}result/{job_id}/"
+
+    def job_result(self, job_id: str, chunk: int) -> str:
+        return f"{self.job_results(job_id)}{chunk:06d}"
+
     def hold(self, node: str) -> str:
         return self.holds + node
 

@@ -16,7 +16,7 @@ from typing import AsyncIterator
 
 from vigil.clock import Clock, SystemClock
 from vigil.errors import LeaseNotFound, StoreUnavailable, WatchCompacted
-from vigil.store.base import KeyValue, Lease, Store, WatchEvent, prefix_end
+from vigil.store.base import Expect, KeyValue, Lease, Store, WatchEvent, prefix_end
 
 
 class MemoryStore(Store):
@@ -66,15 +66,36 @@ class MemoryStore(Store):
         self._enter()
         if lease and lease not in self._leases:
             raise LeaseNotFound(f"lease {lease:x} not found")
-        old = self._kv.get(key)
         self.revision += 1
-        kv = KeyValue(key, value, old.create_revision if old else self.revision, self.revision,
-                      (old.version + 1) if old else 1, lease)
-        if old is None:
-            bisect.insort(self._keys, key)
-        self._kv[key] = kv
-        self._record(WatchEvent("put", key, value, self.revision, kv.create_revision, lease))
+        self._put(key, value, lease)
         return self.revision
+
+    async def txn(self, expect: list[Expect], puts: list[tuple[str, str, int]],
+                  deletes: list[str] = ()) -> tuple[bool, int]:
+        self._enter()
+        for e in expect:
+            kv = self._kv.get(e.key)
+            if ((e.create_revision is not None and (kv.create_revision if kv else 0) != e.create_revision)
+                    or (e.mod_revision is not None and (kv.mod_revision if kv else 0) != e.mod_revision)):
+                return False, self.revision
+        for _, _, lease in puts:
+            if lease and lease not in self._leases:
+                raise LeaseNotFound(f"lease {lease:x} not found")
+        self.revision += 1  # one revision for the whole transaction, as etcd's
+        for key, value, lease in puts:
+            self._put(key, value, lease)
+        for key in deletes:
+            self._delete(key, bump=False)
+        return True, self.revision
+
+    async def delete_prefix(self, prefix: str) -> int:
+        self._enter()
+        keys, _ = await self.range(prefix)
+        if keys:
+            self.revision += 1
+        for kv in keys:
+            self._delete(kv.key, bump=False)
+        return len(keys)
 
     async def delete(self, key: str) -> bool:
         self._enter()
@@ -156,12 +177,22 @@ class MemoryStore(Store):
             self._changed = asyncio.Condition()
         return self._changed
 
-    def _delete(self, key: str) -> bool:
+    def _put(self, key: str, value: str, lease: int) -> None:
+        old = self._kv.get(key)
+        kv = KeyValue(key, value, old.create_revision if old else self.revision, self.revision,
+                      (old.version + 1) if old else 1, lease)
+        if old is None:
+            bisect.insort(self._keys, key)
+        self._kv[key] = kv
+        self._record(WatchEvent("put", key, value, self.revision, kv.create_revision, lease))
+
+    def _delete(self, key: str, bump: bool = True) -> bool:
         if key not in self._kv:
             return False
         old = self._kv.pop(key)
         del self._keys[bisect.bisect_left(self._keys, key)]
-        self.revision += 1
+        if bump:
+            self.revision += 1
         self._record(WatchEvent("delete", key, "", self.revision, old.create_revision))
         return True
 

@@ -1,0 +1,280 @@
+"""JobRunner: this node's share of the batch jobs (vigil.core.jobs).
+
+While the node has a session and its model server is ready, every `POLL`
+seconds the runner looks for an open job nobody owns, claims it (creates
+the job's payload record under this node's lease: the claim revision is the
+job's fencing token), and embeds it chunk by chunk through the node's own
+model server, committing each chunk's result with the checkpoint in one
+guarded transaction. One job at a time per node.
+
+- The node dies: its lease expires, the payload record goes with it, and
+  another node's runner claims the job and resumes at the checkpoint.
+- The node is paused past its lease and runs again: its next commit fails
+  the claim check; it stops (`job_lost`) and commits nothing.
+- The model server is busy (429, 503): the chunk waits and is sent again;
+  busy is not broken. It stops answering, the engine is judged not ready,
+  or the node goes out of service (maintenance, drain, a verdict that takes
+  it out of rotation): the claim is released at once for another node
+  (`job_released`).
+- The model server refuses an input (400): the job fails (`job_failed`),
+  naming the chunk; the same input would fail on every node.
+- etcd is away: nothing is committed; a commit whose outcome is unknown is
+  re-read before anything else is done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+from typing import Callable
+
+import aiohttp
+
+from vigil.clock import Clock
+from vigil.core.jobs import (JobRecordError, JobSpec, Progress, parse_chunk, parse_progress, parse_spec,
+                             payload_id, pick_job, sha256_of)
+from vigil.core.payloads import Payload
+from vigil.errors import StoreError, StoreUnavailable, VigilError
+from vigil.store.base import Expect, Store
+from vigil.store.keys import Keys
+
+log = logging.getLogger(__name__)
+
+POLL = 1.0  # s between looks for an unowned job
+BUSY_BACKOFF = (0.2, 2.0)  # s: first and longest wait for a busy model server
+CHUNK_TIMEOUT = 120.0  # s for one chunk's embeddings (a busy CPU server)
+AVOID = 30.0  # s a job this node could not serve is left to others
+
+
+class JobStop(VigilError):
+    """This node stops working on the job. `state`: the job ends for every node
+    (failed); `lost`: another node holds it now; `avoid`: leave it to others a while."""
+
+    def __init__(self, why: str, state: str = "", lost: bool = False, avoid: bool = False):
+        self.state, self.lost, self.avoid = state, lost, avoid
+        super().__init__(why)
+
+
+@dataclasses.dataclass
+class Claim:
+    spec: JobSpec
+    revision: int  # the payload record's create revision
+    lease: int
+    progress: Progress
+    progress_rev: int  # the progress record's mod revision, as last read or written
+
+
+class JobRunner:
+    def __init__(self, store: Store, keys: Keys, node: str, server_url: str, clock: Clock,
+                 lease: Callable[[], int], ready: Callable[[], bool], record: Callable[..., object]):
+        """`lease()`: this node's session lease (0: none); `ready()`: the model server may take work."""
+        self.store, self.keys, self.node, self.url, self.clock = store, keys, node, server_url, clock
+        self.lease, self.ready, self.record = lease, ready, record
+        self.current: Claim | None = None
+        self.avoid: dict[str, float] = {}  # job id -> until (monotonic)
+        self._http: aiohttp.ClientSession | None = None
+
+    async def run(self) -> None:
+        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=CHUNK_TIMEOUT))
+        try:
+            while True:
+                await asyncio.sleep(POLL)
+                lease = self.lease()
+                if not (lease and self.ready()):
+                    continue
+                try:
+                    claim = await self.claim(lease)
+                    if claim:
+                        await self.work(claim)
+                except StoreError as e:
+                    log.debug("batch jobs: %s", e)
+                finally:
+                    self.current = None
+        finally:
+            await self._http.close()
+
+    # -- claiming --------------------------------------------------------------
+    async def _open_jobs(self) -> tuple[dict[str, JobSpec], dict[str, tuple[Progress, int]], set[str]]:
+        specs, progress = {}, {}
+        for kv in (await self.store.range(self.keys.job_specs))[0]:
+            try:
+                spec = parse_spec(kv.value, kv.key)
+                specs[spec.id] = spec
+            except JobRecordError as e:
+                log.warning("batch job skipped: %s", e)
+        for kv in (await self.store.range(self.keys.job_progresses))[0]:
+            try:
+                progress[kv.key[len(self.keys.job_progresses):]] = (parse_progress(kv.value, kv.key),
+                                                                    kv.mod_revision)
+            except JobRecordError as e:
+                log.warning("batch job skipped: %s", e)
+        owners = (await self.store.range(self.keys.payload(payload_id(""))))[0]
+        owned = {kv.key[len(self.keys.payload(payload_id(""))):] for kv in owners}
+        now = self.clock.now()
+        owned |= {j for j, until in self.avoid.items() if until > now}
+        return specs, progress, owned
+
+    async def claim(self, lease: int) -> Claim | None:
+        """Take the oldest open job nobody owns, or None."""
+        specs, progress, owned = await self._open_jobs()
+        job = pick_job(specs, {j: p for j, (p, _) in progress.items()}, owned)
+        if job is None:
+            return None
+        spec, (prog, rev) = specs[job], progress[job]
+        key = self.keys.payload(payload_id(job))
+        ok, kv = await self.store.create(key, self._owner_record(spec, prog.done), lease)
+        if not ok:
+            return None  # another node was quicker
+        claimed = prog.claimed(self.node, self.clock.wall())
+        ok, new_rev = await self.store.txn([Expect(key, create_revision=kv.create_revision),
+                                            Expect(self.keys.job_progress(job), mod_revision=rev)],
+                                           [(self.keys.job_progress(job), claimed.record(), 0)])
+        if not ok:  # the job changed meanwhile (cancelled, or finished): leave it
+            await self.store.delete_if_created(key, kv.create_revision)
+            return None
+        self.current = c = Claim(spec, kv.create_revision, lease, claimed, new_rev)
+        self.record("job_claimed", f"batch job {job}: claimed (claim {c.revision}), "
+                    f"{'resuming at' if prog.next else 'starting at'} chunk {prog.next} of {spec.chunks} "
+                    f"({prog.done}/{spec.total} inputs done)", job=job, claim=c.revision,
+                    chunk=prog.next, done=prog.done)
+        return c
+
+    def _owner_record(self, spec: JobSpec, done: int) -> str:
+        p = Payload(payload_id(spec.id), spec.model, "job", self.clock.wall(), done)
+        return json.dumps({**p.record(self.node), "total": spec.total})
+
+    # -- working -------------------------------------------------------------------
+    async def work(self, c: Claim) -> None:
+        """Embed and commit chunk after chunk until the job ends or this node stops on it."""
+        try:
+            while c.progress.state == "running":
+                if not self.ready() or self.lease() != c.lease:
+                    raise JobStop("this node stopped taking work (engine not ready, health verdict, "
+                                  "maintenance or drain)" if self.lease() == c.lease
+                                  else "this node's session ended")
+                await self._chunk(c)
+            self.record("job_done", f"batch job {c.spec.id}: all {c.spec.total} inputs embedded "
+                        f"({c.progress.claims} claim(s))", job=c.spec.id, claims=c.progress.claims)
+        except JobStop as e:
+            await self._stop(c, e)
+
+    async def _chunk(self, c: Claim) -> None:
+        k, spec = c.progress.next, c.spec
+        kv = await self.store.get(self.keys.job_input(spec.id, k))
+        if kv is None:
+            raise JobStop(f"input chunk {k} is missing from the store", "failed")
+        try:
+            inputs = parse_chunk(kv.value, kv.key, spec, k)
+        except JobRecordError as e:
+            raise JobStop(str(e), "failed") from None
+        vectors = await self._embed(spec, inputs, k)
+        result = {"chunk": k, "node": self.node, "claim": c.revision, "at": self.clock.wall(),
+                  "inputs_sha256": sha256_of(inputs), "vectors": vectors}
+        after = c.progress.committed(spec, len(inputs), self.clock.wall())
+        await self._commit(c, after, [(self.keys.job_result(spec.id, k), json.dumps(result), 0)])
+
+    async def _commit(self, c: Claim, after: Progress, puts: list[tuple[str, str, int]]) -> None:
+        """Write `puts` and move the checkpoint to `after`, only while this node holds
+        the claim; a commit that did not land is tried again; JobStop once the claim is lost."""
+        owner = self.keys.payload(payload_id(c.spec.id))
+        progress_key = self.keys.job_progress(c.spec.id)
+        puts = puts + [(progress_key, after.record(), 0)]
+        deletes = [owner] if after.state != "running" else []
+        if not deletes:
+            puts.append((owner, self._owner_record(c.spec, after.done), c.lease))
+        while True:
+            try:
+                ok, rev = await self.store.txn([Expect(owner, create_revision=c.revision),
+                                                Expect(progress_key, mod_revision=c.progress_rev)],
+                                               puts, deletes)
+            except StoreUnavailable:  # applied or not: read before anything else
+                ok, rev = await self._landed(c, after)
+            if ok:
+                c.progress, c.progress_rev = after, rev
+                return
+            await self._refused(c)
+
+    async def _landed(self, c: Claim, after: Progress) -> tuple[bool, int]:
+        """Whether a commit whose answer was lost was applied (re-read until etcd answers)."""
+        while True:
+            try:
+                kv = await self.store.get(self.keys.job_progress(c.spec.id))
+                break
+            except StoreUnavailable:
+                await asyncio.sleep(0.5)
+        if kv is None or kv.mod_revision == c.progress_rev:
+            return False, 0
+        seen = parse_progress(kv.value, kv.key)
+        return (seen.next, seen.state, seen.node, seen.claims) == (after.next, after.state, self.node,
+                                                                   after.claims), kv.mod_revision
+
+    async def _refused(self, c: Claim) -> None:
+        """A commit did not apply: return to try it again, or JobStop saying why not."""
+        owner = await self.store.get(self.keys.payload(payload_id(c.spec.id)))
+        if owner is None or owner.create_revision != c.revision:
+            holder = json.loads(owner.value).get("node", "?") if owner else "nobody yet"
+            raise JobStop(f"the claim was lost (this node's lease ended; now held by {holder}); "
+                          "nothing was committed after it", lost=True)
+        kv = await self.store.get(self.keys.job_progress(c.spec.id))
+        if kv is not None and kv.mod_revision == c.progress_rev:
+            return  # not applied (etcd was away): the same commit again
+        state = parse_progress(kv.value, kv.key).state if kv else "deleted"
+        raise JobStop(f"the job's checkpoint was changed by someone else (now {state})")
+
+    async def _embed(self, spec: JobSpec, inputs: list[str], k: int) -> list[str]:
+        """The chunk's embeddings (base64 float32, one per input), waiting out a busy server."""
+        assert self._http is not None
+        wait = BUSY_BACKOFF[0]
+        body = {"input": inputs, "model": spec.model, "encoding_format": "base64"}
+        while True:
+            try:
+                async with self._http.post(f"{self.url}/v1/embeddings", json=body,
+                                           headers={"X-Vigil-Job": spec.id}) as r:
+                    doc = await r.json(content_type=None) if r.status in (200, 400) else None
+                    status = r.status
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as e:
+                raise JobStop(f"the model server did not answer chunk {k}: {type(e).__name__}") from None
+            if status == 200:
+                return _vectors(doc, len(inputs), k)
+            if status == 400:
+                msg = (doc or {}).get("error", {}).get("message", "bad request") if isinstance(doc, dict) else ""
+                raise JobStop(f"the model server refused chunk {k}: {msg}", "failed")
+            if status not in (429, 503):
+                raise JobStop(f"the model server answered chunk {k} with HTTP {status}", avoid=True)
+            await asyncio.sleep(wait)  # busy: the same chunk again, later
+            wait = min(BUSY_BACKOFF[1], wait * 2)
+            if not self.ready():
+                raise JobStop("this node stopped taking work while its model server was busy")
+
+    async def _stop(self, c: Claim, e: JobStop) -> None:
+        job = c.spec.id
+        if e.state:  # the job ends for every node: say so in the checkpoint (which lets go)
+            try:
+                await self._commit(c, c.progress.ended(e.state, str(e), self.clock.wall()), [])
+            except JobStop:
+                pass
+            self.record("job_failed", f"batch job {job}: failed: {e}", job=job, reason=str(e))
+            return
+        if e.avoid:
+            self.avoid[job] = self.clock.now() + AVOID
+        if not e.lost:
+            try:
+                await self.store.delete_if_created(self.keys.payload(payload_id(job)), c.revision)
+            except StoreError:
+                pass  # the lease takes it
+        self.record("job_lost" if e.lost else "job_released",
+                    f"batch job {job}: {e}; at chunk {c.progress.next} of {c.spec.chunks}",
+                    job=job, chunk=c.progress.next)
+
+
+def _vectors(doc: object, n: int, k: int) -> list[str]:
+    try:
+        data = sorted(doc["data"], key=lambda d: d["index"])  # type: ignore[index]
+        vectors = [d["embedding"] for d in data]
+    except (TypeError, KeyError):
+        raise JobStop(f"the model server's answer to chunk {k} is not an embeddings list") from None
+    if len(vectors) != n or not all(isinstance(v, str) for v in vectors):
+        raise JobStop(f"the model server answered chunk {k} with {len(vectors)} embeddings for {n} inputs")
+    return vectors

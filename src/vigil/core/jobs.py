@@ -1,0 +1,195 @@
+"""Batch jobs: a list of inputs embedded by whichever node owns the job,
+checkpointed chunk by chunk so that a job survives its node.
+
+The records (layout in vigil.store.keys; all JSON, all read as untrusted):
+- spec      {id, model, total, chunk_size, chunks, submitted, by, inputs_sha256}: written once
+- input/k   the k-th chunk of inputs, a list of strings
+- progress  {state, next, done, claims, node, updated, reason}: the checkpoint. `next` is the
+            first chunk not yet committed; chunks commit in order, so `done` inputs are
+            exactly chunks 0..next-1
+- result/k  {chunk, node, claim, at, inputs_sha256, vectors}: the k-th chunk's embeddings
+- the owner: the payload record `job:<id>` (vigil.core.payloads), created under the owning
+            node's lease; its create revision is the claim (a fencing token for the job)
+
+Exactly once: a chunk's result is written in one transaction with the
+progress that moves past it, on two conditions: the payload record still has
+the owner's claim revision, and the progress is the one the owner last read.
+A node that lost the job (its lease expired while it was paused; the job
+was claimed again) fails the first; a result committed twice fails the
+second. Work a killed node did but had not committed is done again by the
+next owner; nothing is committed twice and nothing is skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from vigil.errors import ConfigError, VigilError
+
+JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+STATES = ("queued", "running", "done", "cancelled", "failed")
+OPEN = ("queued", "running")
+MAX_INPUTS = 100_000  # per job: its results take ~2 kB each in etcd
+MAX_INPUT_CHARS = 32_768  # the model server's own bound per input (vigil.serve.server)
+MAX_CHUNK = 256  # the model server's bound per request
+MAX_CHUNK_BYTES = 512 * 1024  # one etcd write per chunk, well under etcd's 1.5 MiB request limit
+DEFAULT_CHUNK = 64
+
+
+class JobRecordError(VigilError):
+    """A job record in the store is not one Vigil wrote (corrupt or foreign)."""
+
+
+def payload_id(job_id: str) -> str:
+    """The job's owner record id (vigil.core.payloads)."""
+    return f"job:{job_id}"
+
+
+def sha256_of(inputs: list[str]) -> str:
+    return hashlib.sha256(json.dumps(inputs, ensure_ascii=False).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    id: str
+    model: str
+    total: int
+    chunk_size: int
+    chunks: int
+    submitted: float
+    by: str
+    inputs_sha256: str
+
+    def record(self) -> str:
+        return json.dumps(asdict(self))
+
+
+@dataclass(frozen=True)
+class Progress:
+    state: str = "queued"
+    next: int = 0  # first chunk not committed
+    done: int = 0  # inputs committed
+    claims: int = 0  # times a node took the job
+    node: str = ""  # the node that last claimed it
+    updated: float = 0.0
+    reason: str = ""
+
+    def record(self) -> str:
+        return json.dumps(asdict(self))
+
+    def claimed(self, node: str, now: float) -> "Progress":
+        return replace(self, state="running", claims=self.claims + 1, node=node, updated=now)
+
+    def committed(self, spec: JobSpec, inputs: int, now: float) -> "Progress":
+        nxt = self.next + 1
+        return replace(self, next=nxt, done=self.done + inputs, updated=now,
+                       state="done" if nxt >= spec.chunks else self.state)
+
+    def ended(self, state: str, reason: str, now: float) -> "Progress":
+        return replace(self, state=state, reason=reason, updated=now)
+
+
+def _field(d: dict, name: str, kind: type, what: str) -> Any:
+    v = d.get(name)
+    if not isinstance(v, kind) or isinstance(v, bool):
+        raise JobRecordError(f"{what}: '{name}' is {v!r}, not a {kind.__name__}")
+    return v
+
+
+def parse_spec(raw: str, key: str) -> JobSpec:
+    """A spec record as read from the store; JobRecordError names the key and the field."""
+    d = _json_object(raw, key)
+    spec = JobSpec(_field(d, "id", str, key), _field(d, "model", str, key), _field(d, "total", int, key),
+                   _field(d, "chunk_size", int, key), _field(d, "chunks", int, key),
+                   float(_field(d, "submitted", (int, float), key)), str(d.get("by", "")),
+                   _field(d, "inputs_sha256", str, key))
+    if not (JOB_ID.match(spec.id) and 0 < spec.total <= MAX_INPUTS and 0 < spec.chunk_size <= MAX_CHUNK
+            and spec.chunks == -(-spec.total // spec.chunk_size)):
+        raise JobRecordError(f"{key}: id, total, chunk_size and chunks do not agree: {d}")
+    return spec
+
+
+def parse_progress(raw: str, key: str) -> Progress:
+    d = _json_object(raw, key)
+    p = Progress(_field(d, "state", str, key), _field(d, "next", int, key), _field(d, "done", int, key),
+                 _field(d, "claims", int, key), str(d.get("node", "")),
+                 float(_field(d, "updated", (int, float), key)), str(d.get("reason", "")))
+    if p.state not in STATES or p.next < 0 or p.done < 0 or p.claims < 0:
+        raise JobRecordError(f"{key}: state, next, done or claims out of range: {d}")
+    return p
+
+
+def parse_chunk(raw: str, key: str, spec: JobSpec, chunk: int) -> list[str]:
+    """The inputs of chunk `chunk`: as many strings as the spec says it holds."""
+    try:
+        inputs = json.loads(raw)
+    except ValueError:
+        raise JobRecordError(f"{key}: not JSON") from None
+    want = min(spec.chunk_size, spec.total - chunk * spec.chunk_size)
+    if not (isinstance(inputs, list) and len(inputs) == want and all(isinstance(x, str) for x in inputs)):
+        raise JobRecordError(f"{key}: expected a list of {want} strings")
+    return inputs
+
+
+def _json_object(raw: str, key: str) -> dict:
+    try:
+        d = json.loads(raw)
+    except ValueError:
+        raise JobRecordError(f"{key}: not JSON") from None
+    if not isinstance(d, dict):
+        raise JobRecordError(f"{key}: not a JSON object")
+    return d
+
+
+def parse_inputs(text: str, fmt: str, where: str) -> list[str]:
+    """The inputs of a job file: `lines` (one input per non-empty line) or `jsonl`
+    (one JSON string, or an object with "input", per line). ConfigError names
+    the line and the fix."""
+    inputs: list[str] = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        item: Any = line
+        if fmt == "jsonl":
+            try:
+                item = json.loads(line)
+            except ValueError as e:
+                raise ConfigError(f"{where} line {n}", line[:80], f"is not JSON ({e}); write one JSON "
+                                  "string or {\"input\": \"...\"} per line, or use --format lines") from None
+            if isinstance(item, dict):
+                item = item.get("input")
+        if not isinstance(item, str) or not item:
+            raise ConfigError(f"{where} line {n}", line[:80], "must be a non-empty string")
+        if len(item) > MAX_INPUT_CHARS:
+            raise ConfigError(f"{where} line {n}", f"{len(item)} characters",
+                              f"an input holds at most {MAX_INPUT_CHARS} characters; split it")
+        inputs.append(item)
+    if not 0 < len(inputs) <= MAX_INPUTS:
+        raise ConfigError(where, f"{len(inputs)} inputs", f"a job holds 1 to {MAX_INPUTS} inputs; "
+                          "split a larger one into several jobs")
+    return inputs
+
+
+def chunked(inputs: list[str], chunk_size: int) -> list[list[str]]:
+    """The inputs in chunks of `chunk_size`; ConfigError when one chunk would be too big to commit."""
+    if not 0 < chunk_size <= MAX_CHUNK:
+        raise ConfigError("--chunk", chunk_size, f"must be 1 to {MAX_CHUNK} inputs (the model server's "
+                          "bound per request)")
+    chunks = [inputs[i:i + chunk_size] for i in range(0, len(inputs), chunk_size)]
+    for k, c in enumerate(chunks):
+        size = len(json.dumps(c, ensure_ascii=False).encode())
+        if size > MAX_CHUNK_BYTES:
+            raise ConfigError("--chunk", chunk_size, f"chunk {k} holds {size} bytes of input, over "
+                              f"{MAX_CHUNK_BYTES}; choose a smaller --chunk")
+    return chunks
+
+
+def pick_job(specs: dict[str, JobSpec], progress: dict[str, Progress], owned: set[str]) -> str | None:
+    """The job a free node should claim: the oldest submitted that is open and has no owner."""
+    open_jobs = [s for s in specs.values()
+                 if s.id in progress and progress[s.id].state in OPEN and s.id not in owned]
+    return min(open_jobs, key=lambda s: (s.submitted, s.id)).id if open_jobs else None

@@ -1,0 +1,215 @@
+"""Batch jobs, the node's side (vigil.agent.jobs): two runners share a job
+through the store, each with its own lease, embedding through a real HTTP
+server (a deterministic stand-in for the model: a vector derived from each
+input, so every result can be checked). The store is the in-memory one,
+held to etcd by the conformance suite; tests/integration/test_batch_job_lab.py
+runs the same against real etcd, agents and MiniLM servers killed with SIGKILL.
+
+Covered: a job moves to another node when its owner's lease ends and every
+input is committed exactly once; an owner paused past its lease commits
+nothing after it; a busy server (429) is waited for, not left; a refused
+input fails the job, naming its chunk; a cancel stops the owner; records
+that are not Vigil's are skipped, not trusted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import struct
+
+import pytest
+from aiohttp import web
+
+from vigil.agent.jobs import JobRunner
+from vigil.clock import SystemClock
+from vigil.core.jobs import JobSpec, chunked, payload_id, sha256_of
+from vigil.procs import free_ports
+from vigil.store import jobs
+from vigil.store.keys import Keys
+from vigil.testing import MemoryStore
+from vigil.testing.wait import wait_until
+
+KEYS = Keys("j")
+
+
+def vector(text: str) -> str:
+    d = hashlib.sha256(text.encode()).digest()
+    return base64.b64encode(struct.pack("<4f", *(b / 255 for b in d[:4]))).decode()
+
+
+class Embedder:
+    """An embeddings endpoint: `busy` answers 429 that many times, `hold` parks
+    requests until set, `refuse` answers 400 for an input with that text."""
+
+    def __init__(self):
+        self.busy, self.refuse, self.served = 0, None, 0
+        self.hold = asyncio.Event()
+        self.hold.set()
+        self.arrived = asyncio.Event()
+        self.app = web.Application()
+        self.app.router.add_post("/v1/embeddings", self.embeddings)
+
+    async def embeddings(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.arrived.set()
+        await self.hold.wait()
+        if self.busy:
+            self.busy -= 1
+            return web.json_response({"error": {"message": "busy"}}, status=429)
+        if self.refuse in body["input"]:
+            return web.json_response({"error": {"message": "input too long for the model"}}, status=400)
+        self.served += len(body["input"])
+        return web.json_response({"data": [{"index": i, "embedding": vector(t)}
+                                           for i, t in enumerate(body["input"])]})
+
+
+class Node:
+    def __init__(self, name: str, store: MemoryStore, url: str):
+        self.name, self.lease, self.ready, self.events = name, 0, True, []
+        self.runner = JobRunner(store, KEYS, name, url, SystemClock(), lambda: self.lease, lambda: self.ready,
+                                lambda kind, cause, **d: self.events.append((kind, cause)))
+        self.task: asyncio.Task | None = None
+
+    def kinds(self) -> list[str]:
+        return [k for k, _ in self.events]
+
+
+@pytest.fixture
+async def env():
+    store = MemoryStore()
+    store.start()
+    embedder = Embedder()
+    runner = web.AppRunner(embedder.app)
+    await runner.setup()
+    port = free_ports(1)[0]
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    nodes = [Node(n, store, f"http://127.0.0.1:{port}") for n in ("a", "b")]
+    yield store, embedder, nodes
+    for n in nodes:
+        if n.task:
+            n.task.cancel()
+    await asyncio.gather(*(n.task for n in nodes if n.task), return_exceptions=True)
+    await runner.cleanup()
+    await store.close()
+
+
+async def start(store: MemoryStore, node: Node) -> None:
+    node.lease = (await store.grant(10)).id
+    node.task = asyncio.get_running_loop().create_task(node.runner.run())
+
+
+async def submit(store: MemoryStore, n: int, chunk: int, job: str = "j1") -> tuple[JobSpec, list[str]]:
+    inputs = [f"input {i}: {'x' * (i % 7)}" for i in range(n)]
+    chunks = chunked(inputs, chunk)
+    spec = JobSpec(job, "m", n, chunk, len(chunks), 1.0, "test", sha256_of(inputs))
+    await jobs.submit(store, KEYS, spec, chunks)
+    return spec, inputs
+
+
+async def progress(store: MemoryStore, job: str = "j1"):
+    return (await jobs.read_job(store, KEYS, job)).progress
+
+
+async def collect(store: MemoryStore, spec: JobSpec) -> list[tuple[int, str, str, str]]:
+    return [(c.first + i, text, vec, c.node) async for c in jobs.results(store, KEYS, spec, spec.chunks)
+            for i, (text, vec) in enumerate(zip(c.inputs, c.vectors))]
+
+
+async def test_a_job_moves_when_its_owner_dies_and_every_input_is_committed_once(env):
+    store, embedder, (a, b) = env
+    spec, inputs = await submit(store, 2000, 20)
+    await start(store, a)
+    owner_key = KEYS.payload(payload_id("j1"))
+    await wait_until(lambda: store._kv.get(owner_key) and json.loads(store._kv[owner_key].value)["progress"] >= 200,
+                     30, "a to embed 200 inputs")
+    assert store._kv[owner_key].lease == a.lease, "the owner record lives under the owner's lease"
+    await start(store, b)
+    await store.revoke(a.lease)  # a dies
+    a.task.cancel()
+    done_before = (await progress(store)).done
+    assert 0 < done_before < 2000
+    await wait_until(lambda: "job_done" in b.kinds(), 60, "b to finish the job")
+    p = await progress(store)
+    assert (p.state, p.done, p.next, p.claims) == ("done", 2000, 100, 2)
+    got = await collect(store, spec)
+    assert [g[0] for g in got] == list(range(2000)), "every input once, in order"
+    assert all(text == inputs[i] and vec == vector(text) for i, text, vec, _ in got)
+    assert {node for *_, node in got} == {"a", "b"}
+    claimed = [c for k, c in b.events if k == "job_claimed"][0]
+    assert f"resuming at chunk {done_before // 20}" in claimed, claimed
+    assert owner_key not in store._kv, "the owner record goes when the job is done"
+
+
+async def test_an_owner_paused_past_its_lease_commits_nothing_after_it(env):
+    store, embedder, (a, b) = env
+    spec, _ = await submit(store, 400, 20)
+    await start(store, a)
+    await wait_until(lambda: a.runner.current and a.runner.current.progress.next >= 3, 30, "a at work")
+    embedder.arrived.clear()
+    embedder.hold.clear()  # a's next chunk is under way and stays so: a is "paused"
+    await wait_until(lambda: embedder.arrived.is_set(), 10, "a's chunk in flight")
+    at = a.runner.current.progress.next
+    await store.revoke(a.lease)  # its lease ends while it is paused
+    await start(store, b)
+    await wait_until(lambda: b.runner.current is not None, 10, "b to claim the job")
+    embedder.hold.set()  # both run again
+    await wait_until(lambda: "job_lost" in a.kinds(), 30, "a to learn it lost the claim")
+    await wait_until(lambda: "job_done" in b.kinds(), 60, "b to finish")
+    got = await collect(store, spec)
+    assert [g[0] for g in got] == list(range(400))
+    assert all(node == "a" for i, *_, node in got if i < at * 20)
+    assert all(node == "b" for i, *_, node in got if i >= at * 20), "nothing of a's after its lease ended"
+    lost = [c for k, c in a.events if k == "job_lost"][0]
+    assert "claim was lost" in lost and "held by b" in lost
+
+
+async def test_a_busy_server_is_waited_for_and_a_refused_input_fails_the_job(env):
+    store, embedder, (a, _) = env
+    embedder.busy = 3
+    await submit(store, 100, 10)
+    await start(store, a)
+    await wait_until(lambda: "job_done" in a.kinds(), 60, "the job done despite 3 busy answers")
+    assert a.kinds() == ["job_claimed", "job_done"], "busy is waited out, never a release"
+    embedder.refuse = "input 57: x"
+    spec, _ = await submit(store, 100, 10, job="j2")
+    await wait_until(lambda: "job_failed" in a.kinds(), 30, "the job failed")
+    p = await progress(store, "j2")
+    assert p.state == "failed" and "refused chunk 5" in p.reason and "too long" in p.reason
+    assert p.done == 50, "the chunks before it stay committed"
+    assert KEYS.payload(payload_id("j2")) not in store._kv
+
+
+async def test_cancel_stops_the_owner_and_delete_removes_the_job(env):
+    store, embedder, (a, _) = env
+    spec, _ = await submit(store, 2000, 10)
+    await start(store, a)
+    await wait_until(lambda: a.runner.current and a.runner.current.progress.next >= 2, 30, "a at work")
+    p = await jobs.cancel(store, KEYS, "j1", "operator", 2.0)
+    assert p.state == "cancelled"
+    await wait_until(lambda: "job_released" in a.kinds(), 30, "a to stop")
+    assert KEYS.payload(payload_id("j1")) not in store._kv
+    with pytest.raises(Exception, match="exists"):
+        await submit(store, 10, 10)
+    assert await jobs.delete(store, KEYS, "j1") > spec.chunks
+    assert not any(k.startswith(KEYS.jobs) for k in store._kv)
+
+
+async def test_records_that_are_not_vigils_are_skipped(env):
+    store, embedder, (a, _) = env
+    await store.put(KEYS.job_spec("bad"), "{not json")
+    await store.put(KEYS.job_progress("bad"), json.dumps({"state": "queued", "next": 0}))
+    await store.put(KEYS.job_spec("neg"), json.dumps({"id": "neg", "model": "m", "total": -5, "chunk_size": 1,
+                                                      "chunks": 1, "submitted": 0, "inputs_sha256": ""}))
+    await store.put(KEYS.job_progress("neg"), json.dumps({"state": "queued", "next": 0, "done": 0, "claims": 0,
+                                                          "updated": 0}))
+    spec, _ = await submit(store, 30, 10)
+    await store.put(KEYS.job_input("j1", 1), json.dumps(["only one"]))  # a tampered chunk
+    await start(store, a)
+    await wait_until(lambda: "job_failed" in a.kinds(), 30, "the tampered job failed")
+    p = await progress(store)
+    assert p.state == "failed" and "expected a list of 10 strings" in p.reason and p.done == 10
+    listed = {j["id"]: j["state"] for j in await jobs.list_jobs(store, KEYS)}
+    assert listed == {"bad": "unreadable", "neg": "unreadable", "j1": "failed"}
