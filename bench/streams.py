@@ -77,6 +77,8 @@ async def run_stream(http: aiohttp.ClientSession, url: str, model_id: str, s: St
     try:
         async with http.post(url + "/v1/completions", json=body) as r:
             s.node = r.headers.get("X-Vigil-Node", "")
+            if r.status != 200:
+                s.error = f"HTTP {r.status}: {(await r.read())[:200]!r}"
             async for chunk in r.content.iter_any():
                 buf += chunk
                 while b"\n\n" in buf:

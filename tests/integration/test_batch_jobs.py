@@ -123,12 +123,18 @@ async def test_a_job_moves_when_its_owner_dies_and_every_input_is_committed_once
     spec, inputs = await submit(store, 2000, 20)
     await start(store, a)
     owner_key = KEYS.payload(payload_id("j1"))
-    await wait_until(lambda: store._kv.get(owner_key) and json.loads(store._kv[owner_key].value)["progress"] >= 200,
-                     30, "a to embed 200 inputs")
+    embedder.hold.clear()  # a works only while the test lets it
+    await wait_until(lambda: a.runner.current, 30, "a to claim the job")
+    embedder.hold.set()
+    await wait_until(lambda: a.runner.current and a.runner.current.progress.done >= 200, 30, "a to commit 200")
+    embedder.hold.clear()
+    owner = json.loads(store._kv[owner_key].value)
+    assert (owner["node"], owner["kind"], owner["total"]) == ("a", "job", 2000) and owner["progress"] >= 0
     assert store._kv[owner_key].lease == a.lease, "the owner record lives under the owner's lease"
     await start(store, b)
     await store.revoke(a.lease)  # a dies
     a.task.cancel()
+    embedder.hold.set()
     done_before = (await progress(store)).done
     assert 0 < done_before < 2000
     await wait_until(lambda: "job_done" in b.kinds(), 60, "b to finish the job")
@@ -164,6 +170,19 @@ async def test_an_owner_paused_past_its_lease_commits_nothing_after_it(env):
     assert all(node == "b" for i, *_, node in got if i >= at * 20), "nothing of a's after its lease ended"
     lost = [c for k, c in a.events if k == "job_lost"][0]
     assert "claim was lost" in lost and "held by b" in lost
+
+
+async def test_etcd_away_mid_job_keeps_the_claim_and_work_goes_on_from_the_checkpoint(env):
+    store, embedder, (a, _) = env
+    spec, _ = await submit(store, 600, 20)
+    await start(store, a)
+    await wait_until(lambda: a.runner.current and a.runner.current.progress.next >= 3, 30, "a at work")
+    store.available = False
+    await wait_until(lambda: store.refused >= 3, 30, "a's commit and re-reads refused while etcd is away")
+    store.available = True
+    await wait_until(lambda: "job_done" in a.kinds(), 60, "the job done after etcd came back")
+    assert a.kinds() == ["job_claimed", "job_done"] and (await progress(store)).claims == 1
+    assert [g[0] for g in await collect(store, spec)] == list(range(600)), "every input once"
 
 
 async def test_a_busy_server_is_waited_for_and_a_refused_input_fails_the_job(env):

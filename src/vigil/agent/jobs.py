@@ -46,6 +46,7 @@ POLL = 1.0  # s between looks for an unowned job
 BUSY_BACKOFF = (0.2, 2.0)  # s: first and longest wait for a busy model server
 CHUNK_TIMEOUT = 120.0  # s for one chunk's embeddings (a busy CPU server)
 AVOID = 30.0  # s a job this node could not serve is left to others
+OWNER_EVERY = 2.0  # s: the owner record's progress is rewritten at most this often (vigil.core.payloads)
 
 
 class JobStop(VigilError):
@@ -64,6 +65,7 @@ class Claim:
     lease: int
     progress: Progress
     progress_rev: int  # the progress record's mod revision, as last read or written
+    owner_written: float = 0.0  # when the owner record's progress was last rewritten (monotonic)
 
 
 class JobRunner:
@@ -74,24 +76,27 @@ class JobRunner:
         self.lease, self.ready, self.record = lease, ready, record
         self.current: Claim | None = None
         self.avoid: dict[str, float] = {}  # job id -> until (monotonic)
+        self._warned: set[str] = set()
         self._http: aiohttp.ClientSession | None = None
 
     async def run(self) -> None:
+        """Claim and work, forever. etcd failing mid-job keeps the claim (it holds
+        while the lease does): the work goes on from the checkpoint once etcd answers."""
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=CHUNK_TIMEOUT))
         try:
             while True:
                 await asyncio.sleep(POLL)
                 lease = self.lease()
-                if not (lease and self.ready()):
+                if self.current and self.current.lease != lease:
+                    self.current = None  # the claim went with the lease
+                if not lease or not (self.current or self.ready()):
                     continue
                 try:
-                    claim = await self.claim(lease)
+                    claim = self.current or await self.claim(lease)
                     if claim:
                         await self.work(claim)
                 except StoreError as e:
-                    log.debug("batch jobs: %s", e)
-                finally:
-                    self.current = None
+                    log.info("batch jobs: etcd failed (%s); the claim holds while the lease does", e)
         finally:
             await self._http.close()
 
@@ -103,18 +108,24 @@ class JobRunner:
                 spec = parse_spec(kv.value, kv.key)
                 specs[spec.id] = spec
             except JobRecordError as e:
-                log.warning("batch job skipped: %s", e)
+                self._skipped(kv.key, e)
         for kv in (await self.store.range(self.keys.job_progresses))[0]:
             try:
                 progress[kv.key[len(self.keys.job_progresses):]] = (parse_progress(kv.value, kv.key),
                                                                     kv.mod_revision)
             except JobRecordError as e:
-                log.warning("batch job skipped: %s", e)
+                self._skipped(kv.key, e)
         owners = (await self.store.range(self.keys.payload(payload_id(""))))[0]
         owned = {kv.key[len(self.keys.payload(payload_id(""))):] for kv in owners}
         now = self.clock.now()
-        owned |= {j for j, until in self.avoid.items() if until > now}
-        return specs, progress, owned
+        self.avoid = {j: until for j, until in self.avoid.items() if until > now}
+        return specs, progress, owned | set(self.avoid)
+
+    def _skipped(self, key: str, e: JobRecordError) -> None:
+        """A record that is not Vigil's: said once per key, never trusted."""
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning("batch job record skipped: %s", e)
 
     async def claim(self, lease: int) -> Claim | None:
         """Take the oldest open job nobody owns, or None."""
@@ -134,7 +145,7 @@ class JobRunner:
         if not ok:  # the job changed meanwhile (cancelled, or finished): leave it
             await self.store.delete_if_created(key, kv.create_revision)
             return None
-        self.current = c = Claim(spec, kv.create_revision, lease, claimed, new_rev)
+        c = Claim(spec, kv.create_revision, lease, claimed, new_rev)
         self.record("job_claimed", f"batch job {job}: claimed (claim {c.revision}), "
                     f"{'resuming at' if prog.next else 'starting at'} chunk {prog.next} of {spec.chunks} "
                     f"({prog.done}/{spec.total} inputs done)", job=job, claim=c.revision,
@@ -147,7 +158,9 @@ class JobRunner:
 
     # -- working -------------------------------------------------------------------
     async def work(self, c: Claim) -> None:
-        """Embed and commit chunk after chunk until the job ends or this node stops on it."""
+        """Embed and commit chunk after chunk until the job ends or this node stops on
+        it (`current` is then None). StoreError leaves the claim current."""
+        self.current = c
         try:
             while c.progress.state == "running":
                 if not self.ready() or self.lease() != c.lease:
@@ -158,7 +171,10 @@ class JobRunner:
             self.record("job_done", f"batch job {c.spec.id}: all {c.spec.total} inputs embedded "
                         f"({c.progress.claims} claim(s))", job=c.spec.id, claims=c.progress.claims)
         except JobStop as e:
+            self.current = None
             await self._stop(c, e)
+        else:
+            self.current = None
 
     async def _chunk(self, c: Claim) -> None:
         k, spec = c.progress.next, c.spec
@@ -182,7 +198,9 @@ class JobRunner:
         progress_key = self.keys.job_progress(c.spec.id)
         puts = puts + [(progress_key, after.record(), 0)]
         deletes = [owner] if after.state != "running" else []
-        if not deletes:
+        now = self.clock.now()
+        rewrite = not deletes and now - c.owner_written >= OWNER_EVERY  # the watchers' traffic is bounded
+        if rewrite:
             puts.append((owner, self._owner_record(c.spec, after.done), c.lease))
         while True:
             try:
@@ -193,6 +211,7 @@ class JobRunner:
                 ok, rev = await self._landed(c, after)
             if ok:
                 c.progress, c.progress_rev = after, rev
+                c.owner_written = now if rewrite else c.owner_written
                 return
             await self._refused(c)
 

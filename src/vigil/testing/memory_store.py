@@ -26,6 +26,7 @@ class MemoryStore(Store):
         self.revision = 1
         self.compacted = 0
         self.available = True  # set False to simulate an unreachable cluster
+        self.refused = 0  # calls that failed while unavailable
         self._kv: dict[str, KeyValue] = {}
         self._keys: list[str] = []  # _kv's keys in order, for ranges
         self._history: list[WatchEvent] = []
@@ -169,6 +170,7 @@ class MemoryStore(Store):
     # -- internals ---------------------------------------------------------
     def _enter(self) -> None:
         if not self.available:
+            self.refused += 1
             raise StoreUnavailable("memory store marked unavailable")
         self.expire()
 
