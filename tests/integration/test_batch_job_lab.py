@@ -1,11 +1,12 @@
 """A batch job of 10,000 inputs survives SIGKILL of its node twice: a lab of
 3 nodes (real etcd, agents, all-MiniLM-L6-v2 model servers), the job
-submitted, watched and read back with the `vigil job` commands as an operator
-would; every process of the owning node SIGKILLed while it works, then of
-the next owner. Every input is embedded exactly once in the results (checked
-against the committed record of which node did which chunk under which
-claim), and the embeddings equal what a model server answers for the same
-inputs."""
+submitted in 8 shards, watched and read back with the `vigil job` commands
+as an operator would; every process of a node working on it SIGKILLed once
+5,000 inputs are done, then of another at 7,000. Every input is embedded
+exactly once in the results (checked against the committed record of which
+node did which chunk under which claim: in each shard the claims only grow,
+so each owner went on from the last one's checkpoint), and the embeddings
+equal what a model server answers for the same inputs."""
 
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ import subprocess
 import sys
 import urllib.request
 
-from vigil.core.jobs import payload_id
 from vigil.lab import Lab
 from vigil.store import jobs
 from vigil.store.keys import Keys
@@ -41,11 +41,13 @@ def job_state(lab: Lab) -> dict:
     return lab.with_store(read)
 
 
-def owner_moved(lab: Lab, dead: set[str], past: int):
-    def ok():
-        j = job_state(lab)
-        return j if j["node"] and j["node"] not in dead and j["done"] >= past else None
-    return ok
+def mid_way(j: dict, killed: list[str]) -> str | None:
+    """A live node holding a shard it has committed some of, but not all."""
+    for sh in j["shards"]:
+        if sh["node"] and sh["node"] not in killed and sh["state"] == "running" and \
+                0 < sh["done"] and sh["next_chunk"] < sh["end_chunk"] - 1:
+            return sh["node"]
+    return None
 
 
 def embed(url: str, texts: list[str]) -> list[tuple[float, ...]]:
@@ -68,23 +70,23 @@ def test_a_10000_input_job_survives_two_sigkills_of_its_node(tmp_path):
     try:
         d = str(lab.root)
         sub = json.loads(vigil("job", "submit", "--lab", d, "--input", str(tmp_path / "inputs.txt"),
-                               "--id", "big", "--chunk", "50").stdout)
-        assert (sub["total"], sub["chunks"], sub["state"]) == (TOTAL, 200, "queued")
-        killed: list[tuple[str, int]] = []
-        for _ in range(2):
-            past = (killed[-1][1] if killed else 0) + 1000
-            j = lab.wait_for(owner_moved(lab, {n for n, _ in killed}, past), 240,
-                             f"a live owner with {past} inputs done")
+                               "--id", "big", "--chunk", "50", "--shards", "8").stdout)
+        assert (sub["total"], sub["chunks"], sub["shards"], sub["state"]) == (TOTAL, 200, 8, "queued")
+        killed: list[str] = []
+        for due in (5000, 7000):  # inputs committed before each SIGKILL: the state waited for
+            lab.wait_for(lambda: job_state(lab)["done"] >= due, 240, f"{due} inputs done")
             status = vigil("job", "status", "--lab", d, "big").stdout
-            assert "big: running" in status and f"on {j['node']}" in status, status
+            assert "big: running" in status and " on n" in status, status
             listed = json.loads(vigil("payloads", "--lab", d, "--json").stdout)
-            mine = [p for p in listed if p["id"] == payload_id("big")]
-            assert mine and mine[0]["node"] == j["node"] and mine[0]["kind"] == "job", listed
-            lab.kill_node(j["node"])  # agent, model server: every process of the node
-            killed.append((j["node"], j["done"]))
+            assert any(p["id"].startswith("job:big:") and p["kind"] == "job" for p in listed), listed
+            j = lab.wait_for(lambda: (lambda j: j if mid_way(j, killed) else None)(job_state(lab)), 60,
+                             "a live node mid-way through a shard")
+            victim = mid_way(j, killed)
+            lab.kill_node(victim)  # agent and model server: every process of the node
+            killed.append(victim)
         waited = vigil("job", "wait", "--lab", d, "big", "--timeout", "600")
         final = json.loads(waited.stdout)
-        assert (final["state"], final["done"], final["claims"]) == ("done", TOTAL, 3), final
+        assert (final["state"], final["done"]) == ("done", TOTAL) and final["claims"] >= 10, final
         assert "inputs (" in waited.stderr, "progress printed while waiting"
 
         out = tmp_path / "results.jsonl"
@@ -97,16 +99,19 @@ def test_a_10000_input_job_survives_two_sigkills_of_its_node(tmp_path):
 
         async def ledger(store):
             spec = (await jobs.read_job(store, KEYS, "big")).spec
-            return [(c.chunk, c.node, c.claim) async for c in jobs.results(store, KEYS, spec, spec.chunks)]
-        record = lab.with_store(ledger)
+            return spec, [(c.chunk, c.node, c.claim) async for c in jobs.results(store, KEYS, spec, spec.chunks)]
+        spec, record = lab.with_store(ledger)
         assert [k for k, _, _ in record] == list(range(200)), "one committed result per chunk"
-        runs = [(k, node, claim) for k, node, claim in record if k == 0 or record[k - 1][1:] != (node, claim)]
-        assert [n for _, n, _ in runs[:2]] == [n for n, _ in killed] and len(runs) == 3, runs
-        assert runs[0][2] < runs[1][2] < runs[2][2], "each claim's token is above the one before"
-        for (first_chunk, _, _), (_, done_at_kill) in zip(runs[1:], killed):
-            assert first_chunk * 50 >= done_at_kill, "the next owner resumed at the checkpoint, not earlier"
+        moved = 0
+        for shard in range(spec.shards):
+            lo, hi = spec.shard_range(shard)
+            claims = [claim for _, _, claim in record[lo:hi]]
+            assert claims == sorted(claims), f"shard {shard}: each owner went on from the last one's checkpoint"
+            runs = [record[k][1] for k in range(lo, hi) if k == lo or record[k][2] != record[k - 1][2]]
+            moved += len(runs) - 1
+        assert moved >= 2, "both SIGKILLs caught a shard mid-way, which another node finished"
 
-        survivor = runs[2][1]
+        survivor = next(n.name for n in lab.nodes if n.name not in killed)
         sample = rng.sample(range(TOTAL), 64)
         direct = embed(lab.node(survivor).server_url, [inputs[i] for i in sample])
         for i, want in zip(sample, direct):
@@ -114,6 +119,6 @@ def test_a_10000_input_job_survives_two_sigkills_of_its_node(tmp_path):
             assert len(got) == 384 and max(abs(a - b) for a, b in zip(got, want)) < 1e-4, i
         events = json.loads(vigil("events", "--lab", d, "--limit", "0", "--json").stdout)
         kinds = [e["kind"] for e in events if e.get("job") == "big"]
-        assert kinds.count("job_claimed") == 3 and kinds.count("job_done") == 1, kinds
+        assert kinds.count("job_claimed") >= 10 and kinds.count("job_done") >= 1, kinds
     finally:
         lab.down()

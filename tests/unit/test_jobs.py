@@ -9,13 +9,13 @@ import sys
 
 import pytest
 
-from vigil.core.jobs import (MAX_CHUNK_BYTES, MAX_INPUT_CHARS, JobRecordError, JobSpec, Progress, chunked,
-                             parse_chunk, parse_inputs, parse_progress, parse_spec, pick_job)
+from vigil.core.jobs import (MAX_CHUNK_BYTES, MAX_INPUT_CHARS, JobRecordError, JobSpec, Progress, chunked, job_state,
+                             parse_chunk, parse_inputs, parse_progress, parse_spec, pick_shard)
 from vigil.errors import ConfigError
 
 
-def spec(job="j", total=10, chunk=4, submitted=1.0) -> JobSpec:
-    return JobSpec(job, "m", total, chunk, -(-total // chunk), submitted, "op", "sha")
+def spec(job="j", total=10, chunk=4, submitted=1.0, shards=1) -> JobSpec:
+    return JobSpec(job, "m", total, chunk, -(-total // chunk), shards, submitted, "op", "sha")
 
 
 def test_input_files_lines_and_jsonl():
@@ -48,36 +48,58 @@ def test_chunks_are_bounded_by_count_and_bytes():
     assert len(chunked(big, 10)) == 2
 
 
+def test_shards_split_the_chunks_evenly_and_contiguously():
+    s = spec(total=100, chunk=10, shards=3)
+    assert [s.shard_range(i) for i in range(3)] == [(0, 3), (3, 6), (6, 10)]
+    assert [(p.next, p.end, p.state) for p in s.checkpoints()] == [(0, 3, "queued"), (3, 6, "queued"),
+                                                                    (6, 10, "queued")]
+
+
 def test_records_round_trip_and_untrusted_ones_are_refused():
     s = spec()
     assert parse_spec(s.record(), "k") == s
-    p = Progress().claimed("n1", 5.0).committed(s, 4, 6.0)
-    assert parse_progress(p.record(), "k") == p and (p.state, p.next, p.done, p.claims) == ("running", 1, 4, 1)
-    done = p.committed(s, 4, 7.0).committed(s, 2, 8.0)
+    p = s.checkpoints()[0].claimed("n1", 5.0).committed(4, 6.0)
+    assert parse_progress(p.record(), "k", s, 0) == p
+    assert (p.state, p.next, p.end, p.done, p.claims) == ("running", 1, 3, 4, 1)
+    done = p.committed(4, 7.0).committed(2, 8.0)
     assert (done.state, done.done) == ("done", 10)
     for raw in ("[]", "{bad", json.dumps({**json.loads(s.record()), "chunks": 2}),
                 json.dumps({**json.loads(s.record()), "total": True}),
+                json.dumps({**json.loads(s.record()), "shards": 4}),
                 json.dumps({**json.loads(s.record()), "id": "../x"})):
         with pytest.raises(JobRecordError):
             parse_spec(raw, "k")
     for raw in (json.dumps({**json.loads(p.record()), "state": "weird"}),
-                json.dumps({**json.loads(p.record()), "next": -1}), "null"):
+                json.dumps({**json.loads(p.record()), "next": 4}),
+                json.dumps({**json.loads(p.record()), "end": 2}), "null"):
         with pytest.raises(JobRecordError):
-            parse_progress(raw, "k")
+            parse_progress(raw, "k", s, 0)
+    with pytest.raises(JobRecordError):
+        parse_progress(p.record(), "k", s, 1), "no shard 1 in a one-shard job"
     assert parse_chunk('["a", "b"]', "k", s, 2) == ["a", "b"], "the last chunk holds the rest"
     for raw in ('["a"]', '["a", 1, "b", "c"]', '{"a": 1}', "x"):
         with pytest.raises(JobRecordError):
             parse_chunk(raw, "k", s, 0)
 
 
-def test_a_free_node_claims_the_oldest_open_job_nobody_owns():
-    specs = {j: spec(j, submitted=t) for j, t in (("a", 3.0), ("b", 1.0), ("c", 2.0), ("d", 0.5))}
-    progress = {"a": Progress(), "b": Progress("running"), "c": Progress(), "d": Progress("done")}
-    assert pick_job(specs, progress, set()) == "b"
-    assert pick_job(specs, progress, {"b"}) == "c"
-    assert pick_job(specs, progress, {"b", "c", "a"}) is None
-    assert pick_job(specs, {k: v for k, v in progress.items() if k != "b"}, set()) == "c", \
-        "a job without a checkpoint is not claimed"
+def test_a_jobs_state_is_its_shards():
+    q, r, d = Progress(), Progress("running"), Progress("done")
+    assert [job_state(x) for x in ([q, q], [q, r], [d, q], [d, d], [d, Progress("failed")],
+                                   [r, Progress("cancelled")])] == ["queued", "running", "running", "done",
+                                                                    "failed", "cancelled"]
+
+
+def test_a_free_node_claims_the_first_free_shard_of_the_oldest_open_job():
+    specs = {j: spec(j, submitted=t, shards=2) for j, t in (("a", 3.0), ("b", 1.0), ("c", 2.0), ("d", 0.5))}
+    progress = {("a", 0): Progress(), ("a", 1): Progress(), ("b", 0): Progress("running"),
+                ("b", 1): Progress("done"), ("c", 0): Progress("done"), ("c", 1): Progress(),
+                ("d", 0): Progress("failed"), ("d", 1): Progress()}
+    assert pick_shard(specs, progress, set()) == ("b", 0), "d failed: its open shard is not taken"
+    assert pick_shard(specs, progress, {("b", 0)}) == ("c", 1)
+    assert pick_shard(specs, progress, {("b", 0), ("c", 1)}) == ("a", 0)
+    assert pick_shard(specs, progress, {("b", 0), ("c", 1), ("a", 0), ("a", 1)}) is None
+    del progress["a", 1]
+    assert pick_shard(specs, progress, {("b", 0), ("c", 1)}) is None, "a job missing a checkpoint is not claimed"
 
 
 @pytest.mark.parametrize("args,says", [
@@ -85,6 +107,7 @@ def test_a_free_node_claims_the_oldest_open_job_nobody_owns():
     (["--input", "EMPTY"], "1 to 100000 inputs"),
     (["--input", "GOOD", "--chunk", "0"], "--chunk"),
     (["--input", "GOOD", "--id", "no/slash"], "--id"),
+    (["--input", "GOOD", "--shards", "0"], "--shards"),
 ])
 def test_submit_refuses_bad_input_before_touching_the_cluster(tmp_path, args, says):
     (tmp_path / "empty.txt").write_text("\n")

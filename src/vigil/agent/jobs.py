@@ -1,11 +1,12 @@
 """JobRunner: this node's share of the batch jobs (vigil.core.jobs).
 
 While the node has a session and its model server is ready, every `POLL`
-seconds the runner looks for an open job nobody owns, claims it (creates
-the job's payload record under this node's lease: the claim revision is the
-job's fencing token), and embeds it chunk by chunk through the node's own
-model server, committing each chunk's result with the checkpoint in one
-guarded transaction. One job at a time per node.
+seconds the runner looks for an open shard of a job that nobody owns,
+claims it (creates the shard's owner record under this node's lease: the
+claim revision is the shard's fencing token), and embeds it chunk by chunk
+through the node's own model server, committing each chunk's result with
+the shard's checkpoint in one guarded transaction. One shard at a time per
+node: the shards of a job spread over the nodes that take batch work.
 
 - The node dies: its lease expires, the payload record goes with it, and
   another node's runner claims the job and resumes at the checkpoint.
@@ -34,10 +35,11 @@ import aiohttp
 
 from vigil.clock import Clock
 from vigil.core.jobs import (JobRecordError, JobSpec, Progress, parse_chunk, parse_progress, parse_spec,
-                             payload_id, pick_job, sha256_of)
+                             payload_id, pick_shard, sha256_of)
 from vigil.core.payloads import Payload
 from vigil.errors import StoreError, StoreUnavailable, VigilError
 from vigil.store.base import Expect, Store
+from vigil.store import jobs
 from vigil.store.keys import Keys
 
 log = logging.getLogger(__name__)
@@ -61,7 +63,8 @@ class JobStop(VigilError):
 @dataclasses.dataclass
 class Claim:
     spec: JobSpec
-    revision: int  # the payload record's create revision
+    shard: int
+    revision: int  # the owner record's create revision
     lease: int
     progress: Progress
     progress_rev: int  # the progress record's mod revision, as last read or written
@@ -101,7 +104,8 @@ class JobRunner:
             await self._http.close()
 
     # -- claiming --------------------------------------------------------------
-    async def _open_jobs(self) -> tuple[dict[str, JobSpec], dict[str, tuple[Progress, int]], set[str]]:
+    async def _open_shards(self) -> tuple[dict[str, JobSpec], dict[tuple[str, int], tuple[Progress, int]],
+                                          set[tuple[str, int]]]:
         specs, progress = {}, {}
         for kv in (await self.store.range(self.keys.job_specs))[0]:
             try:
@@ -109,17 +113,23 @@ class JobRunner:
                 specs[spec.id] = spec
             except JobRecordError as e:
                 self._skipped(kv.key, e)
-        for kv in (await self.store.range(self.keys.job_progresses))[0]:
-            try:
-                progress[kv.key[len(self.keys.job_progresses):]] = (parse_progress(kv.value, kv.key),
-                                                                    kv.mod_revision)
-            except JobRecordError as e:
-                self._skipped(kv.key, e)
-        owners = (await self.store.range(self.keys.payload(payload_id(""))))[0]
-        owned = {kv.key[len(self.keys.payload(payload_id(""))):] for kv in owners}
+        for kv in (await self.store.range(self.keys.job_progresses()))[0]:
+            job, _, shard = kv.key[len(self.keys.job_progresses()):].partition("/")
+            if job in specs and shard.isdigit():
+                try:
+                    progress[job, int(shard)] = (parse_progress(kv.value, kv.key, specs[job], int(shard)),
+                                                 kv.mod_revision)
+                except JobRecordError as e:
+                    self._skipped(kv.key, e)
+        prefix = self.keys.payload("job:")
+        owned = set()
+        for kv in (await self.store.range(prefix))[0]:
+            job, _, shard = kv.key[len(prefix):].rpartition(":")
+            if shard.isdigit():
+                owned.add((job, int(shard)))
         now = self.clock.now()
         self.avoid = {j: until for j, until in self.avoid.items() if until > now}
-        return specs, progress, owned | set(self.avoid)
+        return specs, progress, owned | {(j, s) for j, s in progress if j in self.avoid}
 
     def _skipped(self, key: str, e: JobRecordError) -> None:
         """A record that is not Vigil's: said once per key, never trusted."""
@@ -128,33 +138,36 @@ class JobRunner:
             log.warning("batch job record skipped: %s", e)
 
     async def claim(self, lease: int) -> Claim | None:
-        """Take the oldest open job nobody owns, or None."""
-        specs, progress, owned = await self._open_jobs()
-        job = pick_job(specs, {j: p for j, (p, _) in progress.items()}, owned)
-        if job is None:
+        """Take the first open shard nobody owns of the oldest open job, or None."""
+        specs, progress, owned = await self._open_shards()
+        picked = pick_shard(specs, {k: p for k, (p, _) in progress.items()}, owned)
+        if picked is None:
             return None
-        spec, (prog, rev) = specs[job], progress[job]
-        key = self.keys.payload(payload_id(job))
-        ok, kv = await self.store.create(key, self._owner_record(spec, prog.done), lease)
+        job, shard = picked
+        spec, (prog, rev) = specs[job], progress[picked]
+        key = self.keys.payload(payload_id(job, shard))
+        ok, kv = await self.store.create(key, self._owner_record(spec, shard, prog.done), lease)
         if not ok:
             return None  # another node was quicker
         claimed = prog.claimed(self.node, self.clock.wall())
         ok, new_rev = await self.store.txn([Expect(key, create_revision=kv.create_revision),
-                                            Expect(self.keys.job_progress(job), mod_revision=rev)],
-                                           [(self.keys.job_progress(job), claimed.record(), 0)])
-        if not ok:  # the job changed meanwhile (cancelled, or finished): leave it
+                                            Expect(self.keys.job_progress(job, shard), mod_revision=rev)],
+                                           [(self.keys.job_progress(job, shard), claimed.record(), 0)])
+        if not ok:  # the shard changed meanwhile (cancelled, or finished): leave it
             await self.store.delete_if_created(key, kv.create_revision)
             return None
-        c = Claim(spec, kv.create_revision, lease, claimed, new_rev)
-        self.record("job_claimed", f"batch job {job}: claimed (claim {c.revision}), "
-                    f"{'resuming at' if prog.next else 'starting at'} chunk {prog.next} of {spec.chunks} "
-                    f"({prog.done}/{spec.total} inputs done)", job=job, claim=c.revision,
-                    chunk=prog.next, done=prog.done)
+        c = Claim(spec, shard, kv.create_revision, lease, claimed, new_rev)
+        start = spec.shard_range(shard)[0]
+        self.record("job_claimed", f"batch job {job} shard {shard}: claimed (claim {c.revision}), "
+                    f"{'resuming at' if prog.next > start else 'starting at'} chunk {prog.next} "
+                    f"(chunks {start}..{prog.end - 1}; {prog.done} inputs of the shard done)", job=job, shard=shard,
+                    claim=c.revision, chunk=prog.next, done=prog.done)
         return c
 
-    def _owner_record(self, spec: JobSpec, done: int) -> str:
-        p = Payload(payload_id(spec.id), spec.model, "job", self.clock.wall(), done)
-        return json.dumps({**p.record(self.node), "total": spec.total})
+    def _owner_record(self, spec: JobSpec, shard: int, done: int) -> str:
+        p = Payload(payload_id(spec.id, shard), spec.model, "job", self.clock.wall(), done)
+        lo, hi = spec.shard_range(shard)
+        return json.dumps({**p.record(self.node), "total": min(spec.total, hi * spec.chunk_size) - lo * spec.chunk_size})
 
     # -- working -------------------------------------------------------------------
     async def work(self, c: Claim) -> None:
@@ -168,13 +181,23 @@ class JobRunner:
                                   "maintenance or drain)" if self.lease() == c.lease
                                   else "this node's session ended")
                 await self._chunk(c)
-            self.record("job_done", f"batch job {c.spec.id}: all {c.spec.total} inputs embedded "
-                        f"({c.progress.claims} claim(s))", job=c.spec.id, claims=c.progress.claims)
         except JobStop as e:
             self.current = None
             await self._stop(c, e)
+            return
+        self.current = None
+        job, shard = c.spec.id, c.shard
+        try:
+            view = await jobs.read_job(self.store, self.keys, job)
+        except VigilError as e:  # deleted meanwhile, or not Vigil's any more
+            log.warning("batch job %s shard %s done, but the job cannot be read: %s", job, shard, e)
+            return
+        if view.state == "done":
+            self.record("job_done", f"batch job {job}: all {c.spec.total} inputs embedded "
+                        f"({sum(p.claims for p in view.shards)} claims over {c.spec.shards} shards)", job=job)
         else:
-            self.current = None
+            self.record("job_shard_done", f"batch job {job} shard {shard}: done ({c.progress.done} inputs); "
+                        f"job {view.done}/{c.spec.total}", job=job, shard=shard)
 
     async def _chunk(self, c: Claim) -> None:
         k, spec = c.progress.next, c.spec
@@ -188,20 +211,20 @@ class JobRunner:
         vectors = await self._embed(spec, inputs, k)
         result = {"chunk": k, "node": self.node, "claim": c.revision, "at": self.clock.wall(),
                   "inputs_sha256": sha256_of(inputs), "vectors": vectors}
-        after = c.progress.committed(spec, len(inputs), self.clock.wall())
+        after = c.progress.committed(len(inputs), self.clock.wall())
         await self._commit(c, after, [(self.keys.job_result(spec.id, k), json.dumps(result), 0)])
 
     async def _commit(self, c: Claim, after: Progress, puts: list[tuple[str, str, int]]) -> None:
         """Write `puts` and move the checkpoint to `after`, only while this node holds
         the claim; a commit that did not land is tried again; JobStop once the claim is lost."""
-        owner = self.keys.payload(payload_id(c.spec.id))
-        progress_key = self.keys.job_progress(c.spec.id)
+        owner = self.keys.payload(payload_id(c.spec.id, c.shard))
+        progress_key = self.keys.job_progress(c.spec.id, c.shard)
         puts = puts + [(progress_key, after.record(), 0)]
         deletes = [owner] if after.state != "running" else []
         now = self.clock.now()
         rewrite = not deletes and now - c.owner_written >= OWNER_EVERY  # the watchers' traffic is bounded
         if rewrite:
-            puts.append((owner, self._owner_record(c.spec, after.done), c.lease))
+            puts.append((owner, self._owner_record(c.spec, c.shard, after.done), c.lease))
         while True:
             try:
                 ok, rev = await self.store.txn([Expect(owner, create_revision=c.revision),
@@ -219,27 +242,27 @@ class JobRunner:
         """Whether a commit whose answer was lost was applied (re-read until etcd answers)."""
         while True:
             try:
-                kv = await self.store.get(self.keys.job_progress(c.spec.id))
+                kv = await self.store.get(self.keys.job_progress(c.spec.id, c.shard))
                 break
             except StoreUnavailable:
                 await asyncio.sleep(0.5)
         if kv is None or kv.mod_revision == c.progress_rev:
             return False, 0
-        seen = parse_progress(kv.value, kv.key)
+        seen = parse_progress(kv.value, kv.key, c.spec, c.shard)
         return (seen.next, seen.state, seen.node, seen.claims) == (after.next, after.state, self.node,
                                                                    after.claims), kv.mod_revision
 
     async def _refused(self, c: Claim) -> None:
         """A commit did not apply: return to try it again, or JobStop saying why not."""
-        owner = await self.store.get(self.keys.payload(payload_id(c.spec.id)))
+        owner = await self.store.get(self.keys.payload(payload_id(c.spec.id, c.shard)))
         if owner is None or owner.create_revision != c.revision:
-            holder = json.loads(owner.value).get("node", "?") if owner else "nobody yet"
+            holder = jobs.owner_of(owner.value).get("node", "?") if owner else "nobody yet"
             raise JobStop(f"the claim was lost (this node's lease ended; now held by {holder}); "
                           "nothing was committed after it", lost=True)
-        kv = await self.store.get(self.keys.job_progress(c.spec.id))
+        kv = await self.store.get(self.keys.job_progress(c.spec.id, c.shard))
         if kv is not None and kv.mod_revision == c.progress_rev:
             return  # not applied (etcd was away): the same commit again
-        state = parse_progress(kv.value, kv.key).state if kv else "deleted"
+        state = parse_progress(kv.value, kv.key, c.spec, c.shard).state if kv else "deleted"
         raise JobStop(f"the job's checkpoint was changed by someone else (now {state})")
 
     async def _embed(self, spec: JobSpec, inputs: list[str], k: int) -> list[str]:
@@ -258,7 +281,8 @@ class JobRunner:
             if status == 200:
                 return _vectors(doc, len(inputs), k)
             if status == 400:
-                msg = (doc or {}).get("error", {}).get("message", "bad request") if isinstance(doc, dict) else ""
+                err = doc.get("error") if isinstance(doc, dict) else None
+                msg = str(err.get("message", "bad request"))[:300] if isinstance(err, dict) else "bad request"
                 raise JobStop(f"the model server refused chunk {k}: {msg}", "failed")
             if status not in (429, 503):
                 raise JobStop(f"the model server answered chunk {k} with HTTP {status}", avoid=True)
@@ -268,24 +292,20 @@ class JobRunner:
                 raise JobStop("this node stopped taking work while its model server was busy")
 
     async def _stop(self, c: Claim, e: JobStop) -> None:
-        job = c.spec.id
-        if e.state:  # the job ends for every node: say so in the checkpoint (which lets go)
-            try:
-                await self._commit(c, c.progress.ended(e.state, str(e), self.clock.wall()), [])
-            except JobStop:
-                pass
+        job, where = c.spec.id, f"shard {c.shard} at chunk {c.progress.next}"
+        if e.state:  # the job ends for every node: every shard's checkpoint says so
+            await jobs.end_job(self.store, self.keys, job, e.state, f"{e} (on {self.node})", self.clock.wall())
             self.record("job_failed", f"batch job {job}: failed: {e}", job=job, reason=str(e))
-            return
         if e.avoid:
             self.avoid[job] = self.clock.now() + AVOID
         if not e.lost:
             try:
-                await self.store.delete_if_created(self.keys.payload(payload_id(job)), c.revision)
+                await self.store.delete_if_created(self.keys.payload(payload_id(job, c.shard)), c.revision)
             except StoreError:
                 pass  # the lease takes it
-        self.record("job_lost" if e.lost else "job_released",
-                    f"batch job {job}: {e}; at chunk {c.progress.next} of {c.spec.chunks}",
-                    job=job, chunk=c.progress.next)
+        if not e.state:
+            self.record("job_lost" if e.lost else "job_released", f"batch job {job}: {e}; {where}",
+                        job=job, shard=c.shard, chunk=c.progress.next)
 
 
 def _vectors(doc: object, n: int, k: int) -> list[str]:

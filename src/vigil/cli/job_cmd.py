@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 
 from vigil.cli.target import add_target_args, resolve
-from vigil.core.jobs import DEFAULT_CHUNK, JOB_ID, JobSpec, chunked, parse_inputs, sha256_of
+from vigil.core.jobs import (DEFAULT_CHUNK, DEFAULT_SHARDS, JOB_ID, MAX_SHARDS, JobSpec, chunked, parse_inputs,
+                             sha256_of)
 from vigil.errors import ConfigError, VigilError
 from vigil.serve.model import MODEL_ID
 from vigil.store import jobs
@@ -38,6 +39,9 @@ def register(sub) -> None:
     s.add_argument("--model", default=MODEL_ID, help=f"the embedding model (default {MODEL_ID})")
     s.add_argument("--chunk", type=int, default=DEFAULT_CHUNK,
                    help=f"inputs per request and per checkpoint (default {DEFAULT_CHUNK})")
+    s.add_argument("--shards", type=int, default=DEFAULT_SHARDS,
+                   help=f"parts of the job that nodes take one each, at once (default {DEFAULT_SHARDS}, at most "
+                        f"{MAX_SHARDS} and the number of chunks)")
     s.add_argument("--id", help="the job's id (default: job-<date>-<random>)")
     s.set_defaults(func=submit)
     for name, helptext, fn in (("status", "a job's state and progress", status),
@@ -96,17 +100,20 @@ def submit(args) -> int:
                                            "letter or digit")
     if not (isinstance(args.model, str) and 0 < len(args.model) <= 128):
         raise ConfigError("--model", args.model, "must name a model, 1-128 characters")
+    if not 1 <= args.shards <= MAX_SHARDS:
+        raise ConfigError("--shards", args.shards, f"must be 1 to {MAX_SHARDS}")
     inputs = _read_inputs(args)
     chunks = chunked(inputs, args.chunk)
+    shards = min(args.shards, len(chunks))  # a shard holds at least one chunk
 
     async def go(store, keys, target):
-        spec = JobSpec(job_id, args.model, len(inputs), args.chunk, len(chunks), time.time(), target.operator,
-                       sha256_of(inputs))
+        spec = JobSpec(job_id, args.model, len(inputs), args.chunk, len(chunks), shards, time.time(),
+                       target.operator, sha256_of(inputs))
         await jobs.submit(store, keys, spec, chunks)
         return spec
     spec = _run(args, go)
     print(json.dumps({"id": spec.id, "model": spec.model, "total": spec.total, "chunks": spec.chunks,
-                      "state": "queued"}))
+                      "shards": spec.shards, "state": "queued"}))
     return 0
 
 
@@ -118,11 +125,12 @@ def status(args) -> int:
 
 
 def _line(j: dict) -> str:
-    where = f"on {j['node']}" if j.get("node") else ("waiting for a node" if j["state"] in ("queued", "running")
-                                                     else f"last on {j.get('last_node') or '-'}")
+    open_job = j["state"] in ("queued", "running")
+    where = (f"on {', '.join(j['nodes'])}" if j["nodes"] else "waiting for a node") if open_job else "no node"
+    done = sum(s["state"] == "done" for s in j["shards"])
     why = f" ({j['reason']})" if j.get("reason") else ""
-    return (f"{j['id']}: {j['state']} {j['done']}/{j['total']} inputs ({j['percent']}%), chunk "
-            f"{j['next_chunk']}/{j['chunks']}, {where}, {j['claims']} claim(s){why}")
+    return (f"{j['id']}: {j['state']} {j['done']}/{j['total']} inputs ({j['percent']}%), {done}/"
+            f"{len(j['shards'])} shards done, {where}, {j['claims']} claim(s){why}")
 
 
 def list_jobs(args) -> int:
@@ -161,9 +169,9 @@ def wait(args) -> int:
 def results(args) -> int:
     async def go(store, keys, target):
         view = await jobs.read_job(store, keys, args.job)
-        if view.progress.state != "done":
-            raise VigilError(f"job {args.job} is {view.progress.state} ({view.progress.done}/"
-                             f"{view.spec.total}): results are written once it is done")
+        if view.state != "done":
+            raise VigilError(f"job {args.job} is {view.state} ({view.done}/{view.spec.total}): results are "
+                             "written once it is done")
         n = 0
         try:
             with open(args.out, "w", encoding="utf-8") as out:
@@ -186,8 +194,9 @@ def _floats(b64: str) -> list[float]:
 
 
 def cancel(args) -> int:
-    p = _run(args, lambda store, keys, target: jobs.cancel(store, keys, args.job, target.operator, time.time()))
-    print(json.dumps({"id": args.job, "state": p.state, "done": p.done}))
+    state = _run(args, lambda store, keys, target: jobs.end_job(store, keys, args.job, "cancelled",
+                                                                 f"cancelled by {target.operator}", time.time()))
+    print(json.dumps({"id": args.job, "state": state}))
     return 0
 
 

@@ -1,21 +1,24 @@
-"""Batch jobs: a list of inputs embedded by whichever node owns the job,
-checkpointed chunk by chunk so that a job survives its node.
+"""Batch jobs: a list of inputs embedded by the cluster's nodes, in shards
+each owned by one node at a time, checkpointed chunk by chunk so that a job
+survives its nodes.
 
 The records (layout in vigil.store.keys; all JSON, all read as untrusted):
-- spec      {id, model, total, chunk_size, chunks, submitted, by, inputs_sha256}: written once
-- input/k   the k-th chunk of inputs, a list of strings
-- progress  {state, next, done, claims, node, updated, reason}: the checkpoint. `next` is the
-            first chunk not yet committed; chunks commit in order, so `done` inputs are
-            exactly chunks 0..next-1
-- result/k  {chunk, node, claim, at, inputs_sha256, vectors}: the k-th chunk's embeddings
-- the owner: the payload record `job:<id>` (vigil.core.payloads), created under the owning
-            node's lease; its create revision is the claim (a fencing token for the job)
+- spec        {id, model, total, chunk_size, chunks, shards, submitted, by, inputs_sha256}:
+              written once
+- input/k     the k-th chunk of inputs, a list of strings
+- progress/s  shard s's checkpoint {state, next, end, done, claims, node, updated, reason}.
+              Shard s is chunks [start, end) (`shard_range`); `next` is its first chunk not
+              yet committed; its chunks commit in order, so its `done` inputs are exactly
+              chunks start..next-1
+- result/k    {chunk, node, claim, at, inputs_sha256, vectors}: the k-th chunk's embeddings
+- the owner   the payload record `job:<id>:<s>` (vigil.core.payloads), created under the
+              owning node's lease; its create revision is the claim (the shard's fencing token)
 
 Exactly once: a chunk's result is written in one transaction with the
-progress that moves past it, on two conditions: the payload record still has
-the owner's claim revision, and the progress is the one the owner last read.
-A node that lost the job (its lease expired while it was paused; the job
-was claimed again) fails the first; a result committed twice fails the
+checkpoint that moves past it, on two conditions: the owner record still has
+the owner's claim revision, and the checkpoint is the one the owner last
+read. A node that lost the shard (its lease expired while it was paused; the
+shard was claimed again) fails the first; a result committed twice fails the
 second. Work a killed node did but had not committed is done again by the
 next owner; nothing is committed twice and nothing is skipped.
 """
@@ -38,15 +41,17 @@ MAX_INPUT_CHARS = 32_768  # the model server's own bound per input (vigil.serve.
 MAX_CHUNK = 256  # the model server's bound per request
 MAX_CHUNK_BYTES = 512 * 1024  # one etcd write per chunk, well under etcd's 1.5 MiB request limit
 DEFAULT_CHUNK = 64
+MAX_SHARDS = 64  # one transaction writes them all at submit (etcd allows 128 operations)
+DEFAULT_SHARDS = 8  # more than the nodes of a small cluster: a node that finishes one takes the next
 
 
 class JobRecordError(VigilError):
     """A job record in the store is not one Vigil wrote (corrupt or foreign)."""
 
 
-def payload_id(job_id: str) -> str:
-    """The job's owner record id (vigil.core.payloads)."""
-    return f"job:{job_id}"
+def payload_id(job_id: str, shard: int | None = None) -> str:
+    """A shard's owner record id (vigil.core.payloads); without a shard, the prefix of the job's."""
+    return f"job:{job_id}:" + ("" if shard is None else str(shard))
 
 
 def sha256_of(inputs: list[str]) -> str:
@@ -60,6 +65,7 @@ class JobSpec:
     total: int
     chunk_size: int
     chunks: int
+    shards: int
     submitted: float
     by: str
     inputs_sha256: str
@@ -67,11 +73,20 @@ class JobSpec:
     def record(self) -> str:
         return json.dumps(asdict(self))
 
+    def shard_range(self, shard: int) -> tuple[int, int]:
+        """The chunks [start, end) of `shard`: contiguous, as even as they divide."""
+        return shard * self.chunks // self.shards, (shard + 1) * self.chunks // self.shards
+
+    def checkpoints(self) -> list["Progress"]:
+        """Every shard's first checkpoint, queued."""
+        return [Progress(next=lo, end=hi) for lo, hi in map(self.shard_range, range(self.shards))]
+
 
 @dataclass(frozen=True)
 class Progress:
     state: str = "queued"
-    next: int = 0  # first chunk not committed
+    next: int = 0  # first chunk of the shard not committed
+    end: int = 0  # the chunk after the shard's last
     done: int = 0  # inputs committed
     claims: int = 0  # times a node took the job
     node: str = ""  # the node that last claimed it
@@ -84,10 +99,10 @@ class Progress:
     def claimed(self, node: str, now: float) -> "Progress":
         return replace(self, state="running", claims=self.claims + 1, node=node, updated=now)
 
-    def committed(self, spec: JobSpec, inputs: int, now: float) -> "Progress":
+    def committed(self, inputs: int, now: float) -> "Progress":
         nxt = self.next + 1
         return replace(self, next=nxt, done=self.done + inputs, updated=now,
-                       state="done" if nxt >= spec.chunks else self.state)
+                       state="done" if nxt >= self.end else self.state)
 
     def ended(self, state: str, reason: str, now: float) -> "Progress":
         return replace(self, state=state, reason=reason, updated=now)
@@ -104,22 +119,26 @@ def parse_spec(raw: str, key: str) -> JobSpec:
     """A spec record as read from the store; JobRecordError names the key and the field."""
     d = _json_object(raw, key)
     spec = JobSpec(_field(d, "id", str, key), _field(d, "model", str, key), _field(d, "total", int, key),
-                   _field(d, "chunk_size", int, key), _field(d, "chunks", int, key),
+                   _field(d, "chunk_size", int, key), _field(d, "chunks", int, key), _field(d, "shards", int, key),
                    float(_field(d, "submitted", (int, float), key)), str(d.get("by", "")),
                    _field(d, "inputs_sha256", str, key))
     if not (JOB_ID.match(spec.id) and 0 < spec.total <= MAX_INPUTS and 0 < spec.chunk_size <= MAX_CHUNK
-            and spec.chunks == -(-spec.total // spec.chunk_size)):
-        raise JobRecordError(f"{key}: id, total, chunk_size and chunks do not agree: {d}")
+            and spec.chunks == -(-spec.total // spec.chunk_size) and 0 < spec.shards <= min(spec.chunks,
+                                                                                             MAX_SHARDS)):
+        raise JobRecordError(f"{key}: id, total, chunk_size, chunks and shards do not agree: {d}")
     return spec
 
 
-def parse_progress(raw: str, key: str) -> Progress:
+def parse_progress(raw: str, key: str, spec: JobSpec, shard: int) -> Progress:
+    """Shard `shard`'s checkpoint, checked against the spec's bounds for it."""
     d = _json_object(raw, key)
-    p = Progress(_field(d, "state", str, key), _field(d, "next", int, key), _field(d, "done", int, key),
-                 _field(d, "claims", int, key), str(d.get("node", "")),
+    p = Progress(_field(d, "state", str, key), _field(d, "next", int, key), _field(d, "end", int, key),
+                 _field(d, "done", int, key), _field(d, "claims", int, key), str(d.get("node", "")),
                  float(_field(d, "updated", (int, float), key)), str(d.get("reason", "")))
-    if p.state not in STATES or p.next < 0 or p.done < 0 or p.claims < 0:
-        raise JobRecordError(f"{key}: state, next, done or claims out of range: {d}")
+    lo, hi = spec.shard_range(shard) if 0 <= shard < spec.shards else (0, -1)
+    if p.state not in STATES or not lo <= p.next <= hi or p.end != hi or p.done < 0 or p.claims < 0:
+        raise JobRecordError(f"{key}: state, next, end, done or claims out of range for shard {shard} "
+                             f"(chunks {lo}..{hi - 1}): {d}")
     return p
 
 
@@ -188,8 +207,24 @@ def chunked(inputs: list[str], chunk_size: int) -> list[list[str]]:
     return chunks
 
 
-def pick_job(specs: dict[str, JobSpec], progress: dict[str, Progress], owned: set[str]) -> str | None:
-    """The job a free node should claim: the oldest submitted that is open and has no owner."""
-    open_jobs = [s for s in specs.values()
-                 if s.id in progress and progress[s.id].state in OPEN and s.id not in owned]
-    return min(open_jobs, key=lambda s: (s.submitted, s.id)).id if open_jobs else None
+def job_state(shards: list[Progress]) -> str:
+    """A job's state from its shards': failed or cancelled if one is, done when all are."""
+    states = {p.state for p in shards}
+    for s in ("failed", "cancelled"):
+        if s in states:
+            return s
+    return "done" if states == {"done"} else "running" if "running" in states or "done" in states else "queued"
+
+
+def pick_shard(specs: dict[str, JobSpec], progress: dict[tuple[str, int], Progress],
+               owned: set[tuple[str, int]]) -> tuple[str, int] | None:
+    """The shard a free node should claim: of the oldest submitted job that is still
+    open (no shard failed or cancelled), its first open shard nobody owns."""
+    for spec in sorted(specs.values(), key=lambda s: (s.submitted, s.id)):
+        shards = [progress.get((spec.id, s)) for s in range(spec.shards)]
+        if None in shards or job_state(shards) not in OPEN:
+            continue  # a job whose checkpoints are not all there is not claimed
+        free = [s for s, p in enumerate(shards) if p.state in OPEN and (spec.id, s) not in owned]
+        if free:
+            return spec.id, free[0]
+    return None

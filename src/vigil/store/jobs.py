@@ -1,7 +1,7 @@
 """Batch job records in the store, for the operator's side (`vigil job`):
-submit, read, list, cancel, delete, and read back results checked against
-the inputs (vigil.core.jobs has the records and the exactly-once rules;
-vigil.agent.jobs does the work).
+submit, read, list, end (cancel; a node fails a job the same way), delete,
+and read back results checked against the inputs (vigil.core.jobs has the
+records and the exactly-once rules; vigil.agent.jobs does the work).
 
 Errors: VigilError naming the job when it does not exist or a record is
 not Vigil's; StoreError when etcd fails.
@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
-from vigil.core.jobs import (OPEN, JobRecordError, JobSpec, Progress, parse_chunk, parse_progress,
+from vigil.core.jobs import (OPEN, JobRecordError, JobSpec, Progress, job_state, parse_chunk, parse_progress,
                              parse_spec, payload_id, sha256_of)
 from vigil.errors import VigilError
 from vigil.store.base import Expect, Store
@@ -23,49 +23,75 @@ from vigil.store.keys import Keys
 @dataclass
 class JobView:
     spec: JobSpec
-    progress: Progress
-    owner: dict[str, Any] | None  # the payload record while a node holds the job
+    shards: list[Progress]  # one checkpoint per shard
+    revisions: list[int]  # their mod revisions
+    owners: dict[int, dict[str, Any]]  # shard -> its owner record, while a node holds it
+
+    @property
+    def state(self) -> str:
+        return job_state(self.shards)
+
+    @property
+    def done(self) -> int:
+        return sum(p.done for p in self.shards)
 
     def to_json(self) -> dict[str, Any]:
-        s, p = self.spec, self.progress
-        return {"id": s.id, "model": s.model, "state": p.state, "total": s.total, "done": p.done,
-                "percent": round(100.0 * p.done / s.total, 1), "chunks": s.chunks, "next_chunk": p.next,
-                "chunk_size": s.chunk_size, "claims": p.claims,
-                "node": self.owner.get("node") if self.owner else None, "last_node": p.node or None,
-                "submitted": s.submitted, "by": s.by, "updated": p.updated or None, "reason": p.reason or None}
+        s = self.spec
+        reasons = [p.reason for p in self.shards if p.reason]
+        return {"id": s.id, "model": s.model, "state": self.state, "total": s.total, "done": self.done,
+                "percent": round(100.0 * self.done / s.total, 1), "chunks": s.chunks, "chunk_size": s.chunk_size,
+                "claims": sum(p.claims for p in self.shards),
+                "nodes": sorted({str(o.get("node", "?")) for o in self.owners.values()}),
+                "submitted": s.submitted, "by": s.by, "updated": max(p.updated for p in self.shards) or None,
+                "reason": reasons[0] if reasons else None,
+                "shards": [{"shard": i, "state": p.state, "next_chunk": p.next, "end_chunk": p.end, "done": p.done,
+                            "claims": p.claims, "node": self.owners.get(i, {}).get("node"),
+                            "last_node": p.node or None} for i, p in enumerate(self.shards)]}
 
 
 async def submit(store: Store, keys: Keys, spec: JobSpec, chunks: list[list[str]]) -> None:
-    """Write the inputs, then the spec and a queued checkpoint in one transaction
-    (the job is visible to nodes only once whole). VigilError if the id is taken."""
-    if await store.get(keys.job_spec(spec.id)) is not None:
+    """Reserve the id (the spec, created only where absent), write the inputs, then
+    every shard's queued checkpoint in one transaction: nodes claim a job only once
+    all its checkpoints exist, so they never see it half-written. VigilError if
+    the id is taken; a submit that fails half-way leaves a job that `delete` removes."""
+    ok, _ = await store.txn([Expect(keys.job_spec(spec.id), create_revision=0)],
+                            [(keys.job_spec(spec.id), spec.record(), 0)])
+    if not ok:
         raise VigilError(f"job {spec.id} exists: choose another --id, or `vigil job delete {spec.id}`")
-    await store.delete_prefix(keys.job_inputs(spec.id))  # a submit that failed half-way
-    await store.delete_prefix(keys.job_results(spec.id))
+    for prefix in (keys.job_inputs(spec.id), keys.job_results(spec.id), keys.job_progresses(spec.id)):
+        await store.delete_prefix(prefix)  # left by an earlier job of this id that was not deleted whole
     for k, chunk in enumerate(chunks):
         await store.put(keys.job_input(spec.id, k), json.dumps(chunk, ensure_ascii=False))
-    ok, _ = await store.txn([Expect(keys.job_spec(spec.id), create_revision=0)],
-                            [(keys.job_spec(spec.id), spec.record(), 0),
-                             (keys.job_progress(spec.id), Progress().record(), 0)])
-    if not ok:
-        raise VigilError(f"job {spec.id} was submitted by someone else meanwhile")
+    await store.txn([], [(keys.job_progress(spec.id, i), p.record(), 0) for i, p in enumerate(spec.checkpoints())])
 
 
 async def read_job(store: Store, keys: Keys, job_id: str) -> JobView:
     kv = await store.get(keys.job_spec(job_id))
     if kv is None:
         raise VigilError(f"no job {job_id!r} in cluster {keys.cluster} (see `vigil job list`)")
-    pkv = await store.get(keys.job_progress(job_id))
-    okv = await store.get(keys.payload(payload_id(job_id)))
     try:
         spec = parse_spec(kv.value, kv.key)
-        progress = parse_progress(pkv.value, pkv.key) if pkv else Progress("failed", reason="no checkpoint")
+        found = {kv.key: kv for kv in (await store.range(keys.job_progresses(job_id)))[0]}
+        shards, revisions = [], []
+        for i in range(spec.shards):
+            pkv = found.get(keys.job_progress(job_id, i))
+            if pkv is None:
+                raise JobRecordError(f"{keys.job_progress(job_id, i)}: the checkpoint of shard {i} is missing")
+            shards.append(parse_progress(pkv.value, pkv.key, spec, i))
+            revisions.append(pkv.mod_revision)
     except JobRecordError as e:
         raise VigilError(f"job {job_id}: {e}") from None
-    return JobView(spec, progress, _owner(okv.value) if okv else None)
+    prefix = keys.payload(payload_id(job_id))
+    owners = {}
+    for okv in (await store.range(prefix))[0]:
+        tail = okv.key[len(prefix):]
+        if tail.isdigit():
+            owners[int(tail)] = owner_of(okv.value)
+    return JobView(spec, shards, revisions, owners)
 
 
-def _owner(raw: str) -> dict[str, Any]:
+def owner_of(raw: str) -> dict[str, Any]:
+    """An owner record as a dict, whatever is stored there."""
     try:
         d = json.loads(raw)
     except ValueError:
@@ -85,32 +111,33 @@ async def list_jobs(store: Store, keys: Keys) -> list[dict[str, Any]]:
     return sorted(out, key=lambda j: (j.get("submitted", 0), j["id"]))
 
 
-async def cancel(store: Store, keys: Keys, job_id: str, by: str, now: float) -> Progress:
-    """Mark an open job cancelled (its owner stops at its next commit). Returns the checkpoint."""
+async def end_job(store: Store, keys: Keys, job_id: str, state: str, reason: str, now: float) -> str:
+    """End every open shard of the job (`cancelled` or `failed`, with `reason`); each
+    owner stops at its next commit. Returns the job's state after."""
     while True:
         view = await read_job(store, keys, job_id)
-        if view.progress.state not in OPEN:
-            return view.progress
-        pkv = await store.get(keys.job_progress(job_id))
-        ended = view.progress.ended("cancelled", f"cancelled by {by}", now)
-        ok, _ = await store.txn([Expect(pkv.key, mod_revision=pkv.mod_revision)], [(pkv.key, ended.record(), 0)])
+        open_shards = [i for i, p in enumerate(view.shards) if p.state in OPEN]
+        if not open_shards:
+            return view.state
+        ok, _ = await store.txn([Expect(keys.job_progress(job_id, i), mod_revision=view.revisions[i])
+                                 for i in open_shards],
+                                [(keys.job_progress(job_id, i), view.shards[i].ended(state, reason, now).record(), 0)
+                                 for i in open_shards])
         if ok:
-            return ended
+            return state
 
 
 async def delete(store: Store, keys: Keys, job_id: str) -> int:
     """Remove every record of the job (an open job must be cancelled first). Returns keys deleted."""
-    kv = await store.get(keys.job_progress(job_id))
-    if kv is not None:
-        try:
-            if parse_progress(kv.value, kv.key).state in OPEN:
-                raise VigilError(f"job {job_id} is still open: `vigil job cancel {job_id}` first")
-        except JobRecordError:
-            pass  # a broken record is deleted like any other
-    n = 0
-    for prefix in (keys.job_spec(job_id), keys.job_progress(job_id), keys.job_inputs(job_id),
-                   keys.job_results(job_id)):
-        n += await store.delete_prefix(prefix) if prefix.endswith("/") else int(await store.delete(prefix))
+    try:
+        view: JobView | None = await read_job(store, keys, job_id)
+    except VigilError:
+        view = None  # a broken or half-submitted job is deleted like any other
+    if view and view.state in OPEN:
+        raise VigilError(f"job {job_id} is still open: `vigil job cancel {job_id}` first")
+    n = int(await store.delete(keys.job_spec(job_id)))
+    for prefix in (keys.job_progresses(job_id), keys.job_inputs(job_id), keys.job_results(job_id)):
+        n += await store.delete_prefix(prefix)
     return n
 
 

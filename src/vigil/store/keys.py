@@ -66,12 +66,12 @@ class Keys:
     def job_spec(self, job_id: str) -> str:
         return self.job_specs + job_id
 
-    @property
-    def job_progresses(self) -> str:
-        return self.jobs + "progress/"
+    def job_progresses(self, job_id: str = "") -> str:
+        """Every job's shard checkpoints, or (with `job_id`) one job's."""
+        return f"{self.jobs}progress/{job_id}/" if job_id else self.jobs + "progress/"
 
-    def job_progress(self, job_id: str) -> str:
-        return self.job_progresses + job_id
+    def job_progress(self, job_id: str, shard: int) -> str:
+        return f"{self.job_progresses(job_id)}{shard:03d}"
 
     def job_inputs(self, job_id: str) -> str:
         return f"{self.jobs}input/{job_id}/"
