@@ -289,3 +289,31 @@ async def test_generation_requests_are_validated_with_the_field_named(front):
             assert r.headers["X-Vigil-Node"] in front.servers and r.headers.getall("X-Vigil-Node") == [
                 r.headers["X-Vigil-Node"]]
     assert len(whole["choices"][0]["token_ids"]) == 5 and whole["usage"]["completion_tokens"] == 5
+
+
+async def test_a_stream_waiting_for_a_decoding_slot_hears_it_is_queued_at_once():
+    """Busy is not hung: with every slot taken, a new stream gets its head and an SSE
+    comment at once (a router's first-byte deadline is for dead servers), then its
+    whole generation when a slot frees."""
+    port = free_ports(1)[0]
+    srv = ModelServer(NoEmbeddings(), "n1", generator=ReferenceLM(token_delay=0.02), slots=1)
+    await srv.load()
+    runner = await serve(srv.app, port)
+    url = f"http://127.0.0.1:{port}/v1/completions"
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(url, json=body_for(False, {"temperature": 0.0}, n=150)) as first:
+                await first.content.readuntil(b"\n\n")  # the slot is taken
+                async with http.post(url, json=body_for(False, {"temperature": 0.0}, n=20)) as second:
+                    assert second.status == 200
+                    head = await second.content.readuntil(b"\n\n")
+                    assert head.startswith(b": queued"), head
+                    assert not first.content.at_eof(), "heard while the first stream still holds the slot"
+                    rest = (head + await second.content.read()).decode()
+                await first.read()
+            alone = await read_stream(http, url, body_for(False, {"temperature": 0.0}, n=20))
+        ids = [i for e in rest.split("\n\n") if e.startswith("data: {")
+               for ch in json.loads(e[6:])["choices"] for i in ch["token_ids"]]
+        assert ids == alone["ids"] and rest.rstrip().endswith("data: [DONE]")
+    finally:
+        await runner.cleanup()

@@ -41,6 +41,7 @@ from vigil.serve.generate import LanguageModel, Sampling, TextStream
 
 MAX_PROMPT_CHARS = 65_536
 REPLAY_CHUNK = 8  # delivered ids fed back per turn of the engine's thread
+QUEUED_NOTE = 5.0  # s between the comments a stream waiting for a decoding slot hears
 MAX_MESSAGES = 256
 
 
@@ -169,9 +170,9 @@ class Completions:
         self.progress.payloads[g.id] = {"id": g.id, "model": self.model.model_id, "started": time.time(),
                                         "kind": "stream" if g.stream else "completion", "tokens": len(g.done_ids)}
         try:
+            if g.stream:
+                return await self._stream(request, g, headers)
             async with self.slots:
-                if g.stream:
-                    return await self._stream(request, g, headers)
                 return await self._whole(g, headers)
         finally:
             self.progress.pending -= 1
@@ -223,7 +224,29 @@ class Completions:
         resp = web.StreamResponse(headers={**headers, "Content-Type": "text/event-stream",
                                            "Cache-Control": "no-cache"})
         await resp.prepare(request)
+        await self._slot(resp)
+        try:
+            return await self._generate(request, g, resp)
+        finally:
+            self.slots.release()
 
+    async def _slot(self, resp: web.StreamResponse) -> None:
+        """A decoding slot for this stream. While every slot is busy the client hears an
+        SSE comment at once and every QUEUED_NOTE seconds: a stream waiting its turn is
+        queued, not hung, and a router's first-byte deadline is for dead servers."""
+        if not self.slots.locked():
+            await self.slots.acquire()
+            return
+        while True:
+            await resp.write(b": queued: every decoding slot is busy\n\n")
+            try:
+                async with asyncio.timeout(QUEUED_NOTE):
+                    await self.slots.acquire()
+                return
+            except TimeoutError:
+                pass
+
+    async def _generate(self, request: web.Request, g: Generation, resp: web.StreamResponse) -> web.StreamResponse:
         async def send(obj: Any) -> None:
             await resp.write(b"data: " + (obj if isinstance(obj, bytes) else json.dumps(obj).encode()) + b"\n\n")
         if g.chat and not g.done_ids:
