@@ -20,7 +20,10 @@ continued too.
 
 Errors are 4xx with an OpenAI-style body naming the field. Work is counted in
 the server's load report per token, so a long generation is progress, not a
-hang (vigil.core.engine).
+hang (vigil.core.engine). A stream that must wait for a decoding slot gets
+its head and an SSE comment (`: queued: ...`) at once and every 5 s while it
+waits: SSE clients ignore comments, and a router's first-byte deadline stays
+a test of a dead or hung server, not of a queue.
 """
 
 from __future__ import annotations
