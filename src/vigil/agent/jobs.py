@@ -34,7 +34,7 @@ from typing import Callable
 import aiohttp
 
 from vigil.clock import Clock
-from vigil.core.jobs import (JobRecordError, JobSpec, Progress, parse_chunk, parse_progress, parse_spec,
+from vigil.core.jobs import (OPEN, JobRecordError, JobSpec, Progress, parse_chunk, parse_progress, parse_spec,
                              payload_id, pick_shard, sha256_of)
 from vigil.core.payloads import Payload
 from vigil.errors import StoreError, StoreUnavailable, VigilError
@@ -44,7 +44,8 @@ from vigil.store.keys import Keys
 
 log = logging.getLogger(__name__)
 
-POLL = 1.0  # s between looks for an unowned job
+POLL = 1.0  # s between looks for a free shard while a job is open
+POLL_IDLE = 5.0  # s between looks while no job is open: a new job starts within this
 BUSY_BACKOFF = (0.2, 2.0)  # s: first and longest wait for a busy model server
 CHUNK_TIMEOUT = 120.0  # s for one chunk's embeddings (a busy CPU server)
 AVOID = 30.0  # s a job this node could not serve is left to others
@@ -80,6 +81,7 @@ class JobRunner:
         self.current: Claim | None = None
         self.avoid: dict[str, float] = {}  # job id -> until (monotonic)
         self._warned: set[str] = set()
+        self._open = True  # the last look found an open job (or none was made yet)
         self._http: aiohttp.ClientSession | None = None
 
     async def run(self) -> None:
@@ -88,7 +90,7 @@ class JobRunner:
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=CHUNK_TIMEOUT))
         try:
             while True:
-                await asyncio.sleep(POLL)
+                await asyncio.sleep(POLL if self._open else POLL_IDLE)
                 lease = self.lease()
                 if self.current and self.current.lease != lease:
                     self.current = None  # the claim went with the lease
@@ -113,6 +115,8 @@ class JobRunner:
                 specs[spec.id] = spec
             except JobRecordError as e:
                 self._skipped(kv.key, e)
+        if not specs:
+            return specs, {}, set()
         for kv in (await self.store.range(self.keys.job_progresses()))[0]:
             job, _, shard = kv.key[len(self.keys.job_progresses()):].partition("/")
             if job in specs and shard.isdigit():
@@ -140,7 +144,9 @@ class JobRunner:
     async def claim(self, lease: int) -> Claim | None:
         """Take the first open shard nobody owns of the oldest open job, or None."""
         specs, progress, owned = await self._open_shards()
-        picked = pick_shard(specs, {k: p for k, (p, _) in progress.items()}, owned)
+        open_now = {k: p for k, (p, _) in progress.items()}
+        self._open = any(p.state in OPEN for p in open_now.values())
+        picked = pick_shard(specs, open_now, owned)
         if picked is None:
             return None
         job, shard = picked
@@ -167,7 +173,8 @@ class JobRunner:
     def _owner_record(self, spec: JobSpec, shard: int, done: int) -> str:
         p = Payload(payload_id(spec.id, shard), spec.model, "job", self.clock.wall(), done)
         lo, hi = spec.shard_range(shard)
-        return json.dumps({**p.record(self.node), "total": min(spec.total, hi * spec.chunk_size) - lo * spec.chunk_size})
+        inputs = min(spec.total, hi * spec.chunk_size) - lo * spec.chunk_size
+        return json.dumps({**p.record(self.node), "total": inputs})
 
     # -- working -------------------------------------------------------------------
     async def work(self, c: Claim) -> None:
