@@ -41,21 +41,31 @@ def vector(text: str) -> str:
 
 
 class Embedder:
-    """An embeddings endpoint: `busy` answers 429 that many times, `hold` parks
-    requests until set, `refuse` answers 400 for an input with that text."""
+    """An embeddings endpoint: `busy` answers 429 that many times, `allow(n)` lets n
+    more requests through and parks the rest (a node "paused" mid-chunk; None: all),
+    `refuse` answers 400 for an input with that text."""
 
     def __init__(self):
         self.busy, self.refuse, self.served = 0, None, 0
-        self.hold = asyncio.Event()
-        self.hold.set()
-        self.arrived = asyncio.Event()
+        self.limit: int | None = None
+        self.answered = 0
+        self.parked = 0
+        self.more = asyncio.Event()
         self.app = web.Application()
         self.app.router.add_post("/v1/embeddings", self.embeddings)
 
+    def allow(self, n: int | None) -> None:
+        self.limit = None if n is None else self.answered + n
+        self.more.set()
+
     async def embeddings(self, request: web.Request) -> web.Response:
         body = await request.json()
-        self.arrived.set()
-        await self.hold.wait()
+        while self.limit is not None and self.answered >= self.limit:
+            self.parked += 1
+            self.more.clear()
+            await self.more.wait()
+            self.parked -= 1
+        self.answered += 1
         if self.busy:
             self.busy -= 1
             return web.json_response({"error": {"message": "busy"}}, status=429)
@@ -124,20 +134,18 @@ async def test_a_job_moves_when_its_owner_dies_and_every_input_is_committed_once
     spec, inputs = await submit(store, 2000, 20)
     await start(store, a)
     owner_key = KEYS.payload(payload_id("j1", 0))
-    embedder.hold.clear()  # a works only while the test lets it
-    await wait_until(lambda: a.runner.current, 30, "a to claim the job")
-    embedder.hold.set()
-    await wait_until(lambda: a.runner.current and a.runner.current.progress.done >= 200, 30, "a to commit 200")
-    embedder.hold.clear()
+    embedder.allow(10)  # a commits 10 chunks, then its next one is in flight and stays so
+    await wait_until(lambda: a.runner.current and a.runner.current.progress.done == 200 and embedder.parked, 30,
+                     "a to commit 200 inputs")
     owner = json.loads(store._kv[owner_key].value)
     assert (owner["node"], owner["kind"], owner["total"]) == ("a", "job", 2000) and owner["progress"] >= 0
     assert store._kv[owner_key].lease == a.lease, "the owner record lives under the owner's lease"
     await start(store, b)
     await store.revoke(a.lease)  # a dies
     a.task.cancel()
-    embedder.hold.set()
+    embedder.allow(None)
     done_before = (await progress(store))["done"]
-    assert 0 < done_before < 2000
+    assert done_before == 200
     await wait_until(lambda: "job_done" in b.kinds(), 60, "b to finish the job")
     p = await progress(store)
     assert (p["state"], p["done"], p["shards"][0]["next_chunk"], p["claims"]) == ("done", 2000, 100, 2)
@@ -153,17 +161,17 @@ async def test_a_job_moves_when_its_owner_dies_and_every_input_is_committed_once
 async def test_the_shards_of_a_job_spread_over_the_nodes_and_move_when_one_dies(env):
     store, embedder, (a, b) = env
     spec, inputs = await submit(store, 3000, 20, shards=3)
+    embedder.allow(0)
     await start(store, a)
     await start(store, b)
-    await wait_until(lambda: a.runner.current and b.runner.current and a.runner.current.progress.done >= 100
-                     and b.runner.current.progress.done >= 100, 30, "both nodes at work on a shard each")
+    await wait_until(lambda: a.runner.current and b.runner.current and embedder.parked == 2, 30,
+                     "both nodes at work on a shard each")
     assert a.runner.current.shard != b.runner.current.shard
     doc = await progress(store)
     assert doc["state"] == "running" and doc["nodes"] == ["a", "b"]
-    embedder.hold.clear()
     await store.revoke(a.lease)  # a dies holding its shard
     a.task.cancel()
-    embedder.hold.set()
+    embedder.allow(None)
     await wait_until(lambda: "job_done" in b.kinds(), 60, "b to finish every shard")
     doc = await progress(store)
     assert (doc["state"], doc["done"], doc["nodes"]) == ("done", 3000, [])
@@ -177,16 +185,15 @@ async def test_the_shards_of_a_job_spread_over_the_nodes_and_move_when_one_dies(
 async def test_an_owner_paused_past_its_lease_commits_nothing_after_it(env):
     store, embedder, (a, b) = env
     spec, _ = await submit(store, 400, 20)
+    embedder.allow(3)  # a's 4th chunk is under way and stays so: a is "paused"
     await start(store, a)
-    await wait_until(lambda: a.runner.current and a.runner.current.progress.next >= 3, 30, "a at work")
-    embedder.arrived.clear()
-    embedder.hold.clear()  # a's next chunk is under way and stays so: a is "paused"
-    await wait_until(lambda: embedder.arrived.is_set(), 10, "a's chunk in flight")
-    at = a.runner.current.progress.next
+    await wait_until(lambda: a.runner.current and a.runner.current.progress.next == 3 and embedder.parked, 30,
+                     "a paused in its 4th chunk")
+    at = 3
     await store.revoke(a.lease)  # its lease ends while it is paused
     await start(store, b)
-    await wait_until(lambda: b.runner.current is not None, 10, "b to claim the job")
-    embedder.hold.set()  # both run again
+    await wait_until(lambda: b.runner.current is not None and embedder.parked == 2, 10, "b to claim the job")
+    embedder.allow(None)  # both run again
     await wait_until(lambda: "job_lost" in a.kinds(), 30, "a to learn it lost the claim")
     await wait_until(lambda: "job_done" in b.kinds(), 60, "b to finish")
     got = await collect(store, spec)
@@ -200,9 +207,12 @@ async def test_an_owner_paused_past_its_lease_commits_nothing_after_it(env):
 async def test_etcd_away_mid_job_keeps_the_claim_and_work_goes_on_from_the_checkpoint(env):
     store, embedder, (a, _) = env
     spec, _ = await submit(store, 600, 20)
+    embedder.allow(3)
     await start(store, a)
-    await wait_until(lambda: a.runner.current and a.runner.current.progress.next >= 3, 30, "a at work")
+    await wait_until(lambda: a.runner.current and a.runner.current.progress.next == 3 and embedder.parked, 30,
+                     "a at work")
     store.available = False
+    embedder.allow(None)
     await wait_until(lambda: store.refused >= 3, 30, "a's commit and re-reads refused while etcd is away")
     store.available = True
     await wait_until(lambda: "job_done" in a.kinds(), 60, "the job done after etcd came back")
@@ -229,9 +239,12 @@ async def test_a_busy_server_is_waited_for_and_a_refused_input_fails_the_job(env
 async def test_cancel_stops_the_owner_and_delete_removes_the_job(env):
     store, embedder, (a, _) = env
     spec, _ = await submit(store, 2000, 10)
+    embedder.allow(2)
     await start(store, a)
-    await wait_until(lambda: a.runner.current and a.runner.current.progress.next >= 2, 30, "a at work")
+    await wait_until(lambda: a.runner.current and a.runner.current.progress.next == 2 and embedder.parked, 30,
+                     "a at work")
     assert await jobs.end_job(store, KEYS, "j1", "cancelled", "by operator", 2.0) == "cancelled"
+    embedder.allow(None)
     await wait_until(lambda: "job_released" in a.kinds(), 30, "a to stop")
     assert KEYS.payload(payload_id("j1", 0)) not in store._kv
     with pytest.raises(Exception, match="exists"):

@@ -4,11 +4,10 @@ job a free node claims; and `vigil job` refusing bad input with exit 2."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
+from vigil.cli.main import main
 from vigil.core.jobs import (MAX_CHUNK_BYTES, MAX_INPUT_CHARS, JobRecordError, JobSpec, Progress, chunked, job_state,
                              parse_chunk, parse_inputs, parse_progress, parse_spec, pick_shard)
 from vigil.errors import ConfigError
@@ -109,11 +108,11 @@ def test_a_free_node_claims_the_first_free_shard_of_the_oldest_open_job():
     (["--input", "GOOD", "--id", "no/slash"], "--id"),
     (["--input", "GOOD", "--shards", "0"], "--shards"),
 ])
-def test_submit_refuses_bad_input_before_touching_the_cluster(tmp_path, args, says):
+def test_submit_refuses_bad_input_before_touching_the_cluster(tmp_path, capsys, args, says):
     (tmp_path / "empty.txt").write_text("\n")
     (tmp_path / "good.txt").write_text("one\ntwo\n")
     args = [str(tmp_path / "empty.txt") if a == "EMPTY" else str(tmp_path / "good.txt") if a == "GOOD" else a
             for a in args]
-    p = subprocess.run([sys.executable, "-m", "vigil", "job", "submit", "--etcd", "http://127.0.0.1:1",
-                        "--cluster", "c", *args], capture_output=True, text=True, timeout=60)
-    assert p.returncode == 2 and says in p.stderr, p.stderr
+    rc = main(["job", "submit", "--etcd", "http://127.0.0.1:1", "--cluster", "c", *args])
+    err = capsys.readouterr().err
+    assert rc == 2 and says in err, err
