@@ -77,10 +77,12 @@ def test_a_10000_input_job_survives_two_sigkills_of_its_node(tmp_path):
         killed: list[str] = []
         for due in (3000, 5000):  # inputs committed before each SIGKILL: the state waited for
             lab.wait_for(lambda: job_state(lab)["done"] >= due, 240, f"{due} inputs done")
-            status = vigil("job", "status", "--lab", d, "big").stdout
-            assert "big: running" in status and " on n" in status, status
-            listed = json.loads(vigil("payloads", "--lab", d, "--json").stdout)
-            assert any(p["id"].startswith("job:big:") and p["kind"] == "job" for p in listed), listed
+            status = lab.wait_for(lambda: (lambda out: out if " on n" in out else None)(
+                vigil("job", "status", "--lab", d, "big").stdout), 60, "the job status to name a node on it")
+            assert "big: running" in status, status
+            lab.wait_for(lambda: any(p["id"].startswith("job:big:") and p["kind"] == "job" for p in
+                                     json.loads(vigil("payloads", "--lab", d, "--json").stdout)), 60,
+                         "a shard's owner record in `vigil payloads`")
             j = lab.wait_for(lambda: (lambda j: j if mid_way(j, killed) else None)(job_state(lab)), 60,
                              "a live node mid-way through a shard")
             victim = mid_way(j, killed)

@@ -8,8 +8,10 @@ through the node's own model server, committing each chunk's result with
 the shard's checkpoint in one guarded transaction. One shard at a time per
 node: the shards of a job spread over the nodes that take batch work.
 
-- The node dies: its lease expires, the payload record goes with it, and
-  another node's runner claims the job and resumes at the checkpoint.
+- The node dies: its lease expires, the shard's owner record goes with it,
+  and the next node free of a shard claims it and resumes at its
+  checkpoint (within a second if one is idle; else once one finishes its
+  own shard: every live node keeps working meanwhile).
 - The node is paused past its lease and runs again: its next commit fails
   the claim check; it stops (`job_lost`) and commits nothing.
 - The model server is busy (429, 503): the chunk waits and is sent again;
@@ -89,8 +91,11 @@ class JobRunner:
         while the lease does): the work goes on from the checkpoint once etcd answers."""
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=CHUNK_TIMEOUT))
         try:
+            finished = False
             while True:
-                await asyncio.sleep(POLL if self._open else POLL_IDLE)
+                if not finished:  # a node that just finished a shard takes the next at once
+                    await asyncio.sleep(POLL if self._open else POLL_IDLE)
+                finished = False
                 lease = self.lease()
                 if self.current and self.current.lease != lease:
                     self.current = None  # the claim went with the lease
@@ -99,11 +104,22 @@ class JobRunner:
                 try:
                     claim = self.current or await self.claim(lease)
                     if claim:
-                        await self.work(claim)
+                        finished = await self.work(claim)
                 except StoreError as e:
                     log.info("batch jobs: etcd failed (%s); the claim holds while the lease does", e)
+                except VigilError as e:  # a record changed under us into one that is not Vigil's
+                    log.warning("batch jobs: %s; letting the shard go", e)
+                    await self._let_go()
         finally:
             await self._http.close()
+
+    async def _let_go(self) -> None:
+        c, self.current = self.current, None
+        if c is not None:
+            try:
+                await self.store.delete_if_created(self.keys.payload(payload_id(c.spec.id, c.shard)), c.revision)
+            except StoreError:
+                pass  # the lease takes it
 
     # -- claiming --------------------------------------------------------------
     async def _open_shards(self) -> tuple[dict[str, JobSpec], dict[tuple[str, int], tuple[Progress, int]],
@@ -177,9 +193,10 @@ class JobRunner:
         return json.dumps({**p.record(self.node), "total": inputs})
 
     # -- working -------------------------------------------------------------------
-    async def work(self, c: Claim) -> None:
-        """Embed and commit chunk after chunk until the job ends or this node stops on
-        it (`current` is then None). StoreError leaves the claim current."""
+    async def work(self, c: Claim) -> bool:
+        """Embed and commit chunk after chunk until the shard is done (True) or this
+        node stops on it (False); `current` is then None. StoreError leaves the claim
+        current."""
         self.current = c
         try:
             while c.progress.state == "running":
@@ -191,20 +208,21 @@ class JobRunner:
         except JobStop as e:
             self.current = None
             await self._stop(c, e)
-            return
+            return False
         self.current = None
         job, shard = c.spec.id, c.shard
         try:
             view = await jobs.read_job(self.store, self.keys, job)
         except VigilError as e:  # deleted meanwhile, or not Vigil's any more
             log.warning("batch job %s shard %s done, but the job cannot be read: %s", job, shard, e)
-            return
+            return True
         if view.state == "done":
             self.record("job_done", f"batch job {job}: all {c.spec.total} inputs embedded "
                         f"({sum(p.claims for p in view.shards)} claims over {c.spec.shards} shards)", job=job)
         else:
             self.record("job_shard_done", f"batch job {job} shard {shard}: done ({c.progress.done} inputs); "
                         f"job {view.done}/{c.spec.total}", job=job, shard=shard)
+        return True
 
     async def _chunk(self, c: Claim) -> None:
         k, spec = c.progress.next, c.spec
@@ -301,7 +319,10 @@ class JobRunner:
     async def _stop(self, c: Claim, e: JobStop) -> None:
         job, where = c.spec.id, f"shard {c.shard} at chunk {c.progress.next}"
         if e.state:  # the job ends for every node: every shard's checkpoint says so
-            await jobs.end_job(self.store, self.keys, job, e.state, f"{e} (on {self.node})", self.clock.wall())
+            try:
+                await jobs.end_job(self.store, self.keys, job, e.state, f"{e} (on {self.node})", self.clock.wall())
+            except VigilError as err:  # etcd away, or the job deleted meanwhile
+                log.warning("batch job %s: could not mark it %s: %s", job, e.state, err)
             self.record("job_failed", f"batch job {job}: failed: {e}", job=job, reason=str(e))
         if e.avoid:
             self.avoid[job] = self.clock.now() + AVOID
