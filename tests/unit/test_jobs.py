@@ -3,14 +3,17 @@ job a free node claims; and `vigil job` refusing bad input with exit 2."""
 
 from __future__ import annotations
 
+import base64
 import json
+import struct
 
 import pytest
 
+from vigil.cli.job_cmd import _floats
 from vigil.cli.main import main
 from vigil.core.jobs import (MAX_CHUNK_BYTES, MAX_INPUT_CHARS, JobRecordError, JobSpec, Progress, chunked, job_state,
                              parse_chunk, parse_inputs, parse_progress, parse_spec, pick_shard)
-from vigil.errors import ConfigError
+from vigil.errors import ConfigError, VigilError
 
 
 def spec(job="j", total=10, chunk=4, submitted=1.0, shards=1) -> JobSpec:
@@ -116,3 +119,9 @@ def test_submit_refuses_bad_input_before_touching_the_cluster(tmp_path, capsys, 
     rc = main(["job", "submit", "--etcd", "http://127.0.0.1:1", "--cluster", "c", *args])
     err = capsys.readouterr().err
     assert rc == 2 and says in err, err
+
+
+def test_results_decode_float32_and_name_a_record_that_is_not():
+    assert _floats(base64.b64encode(struct.pack("<3f", 0.5, -1.0, 2.0)).decode(), 0) == [0.5, -1.0, 2.0]
+    with pytest.raises(VigilError, match="chunk 7: an embedding is not base64"):
+        _floats("not*base64", 7)

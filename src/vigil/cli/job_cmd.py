@@ -20,7 +20,7 @@ from pathlib import Path
 from vigil.cli.target import add_target_args, resolve
 from vigil.core.jobs import (DEFAULT_CHUNK, DEFAULT_SHARDS, JOB_ID, MAX_SHARDS, JobSpec, chunked, parse_inputs,
                              sha256_of)
-from vigil.errors import ConfigError, VigilError
+from vigil.errors import ConfigError, StoreUnavailable, VigilError
 from vigil.serve.model import MODEL_ID
 from vigil.store import jobs
 
@@ -150,7 +150,13 @@ def wait(args) -> int:
     async def go(store, keys, target):
         deadline, last = time.monotonic() + args.timeout, ""
         while True:
-            doc = (await jobs.read_job(store, keys, args.job)).to_json()
+            try:
+                doc = (await jobs.read_job(store, keys, args.job)).to_json()
+            except StoreUnavailable as e:  # etcd away a moment: the wait goes on to its deadline
+                if time.monotonic() > deadline:
+                    raise VigilError(f"job {args.job}: etcd did not answer before the deadline: {e}") from None
+                await asyncio.sleep(1.0)
+                continue
             line = _line(doc)
             if line != last:
                 print(line, file=sys.stderr, flush=True)
@@ -177,7 +183,7 @@ def results(args) -> int:
             with open(args.out, "w", encoding="utf-8") as out:
                 async for c in jobs.results(store, keys, view.spec, view.spec.chunks):
                     for i, (text, vec) in enumerate(zip(c.inputs, c.vectors)):
-                        emb = vec if args.encoding == "base64" else _floats(vec)
+                        emb = vec if args.encoding == "base64" else _floats(vec, c.chunk)
                         out.write(json.dumps({"index": c.first + i, "input": text, "embedding": emb}) + "\n")
                         n += 1
         except OSError as e:
@@ -188,9 +194,12 @@ def results(args) -> int:
     return 0
 
 
-def _floats(b64: str) -> list[float]:
-    raw = base64.b64decode(b64)
-    return list(struct.unpack(f"<{len(raw) // 4}f", raw))
+def _floats(b64: str, chunk: int) -> list[float]:
+    try:
+        raw = base64.b64decode(b64, validate=True)
+        return list(struct.unpack(f"<{len(raw) // 4}f", raw[:len(raw) // 4 * 4]))
+    except ValueError:  # binascii.Error is one
+        raise VigilError(f"chunk {chunk}: an embedding is not base64 float32 (a record not Vigil's)") from None
 
 
 def cancel(args) -> int:
