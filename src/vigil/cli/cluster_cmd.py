@@ -45,13 +45,7 @@ def register(sub) -> None:
 
 
 def _run(coro_fn, target):
-    async def main():
-        store = target.store()
-        try:
-            return await coro_fn(store)
-        finally:
-            await store.close()
-    return asyncio.run(main())
+    return target.run(coro_fn)
 
 
 def status(args) -> int:

@@ -74,14 +74,7 @@ def register(sub) -> None:
 
 def _run(args, coro_fn):
     target = resolve(args)
-
-    async def main():
-        store = target.store()
-        try:
-            return await coro_fn(store, target.keys, target)
-        finally:
-            await store.close()
-    return asyncio.run(main())
+    return target.run(lambda store: coro_fn(store, target.keys, target))
 
 
 def _read_inputs(args) -> list[str]:

@@ -5,10 +5,12 @@ etcdctl's). https is always verified: against --cacert, else the system CAs."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Awaitable, Callable
 
 from vigil.config import load_config
 from vigil.errors import ConfigError
@@ -46,6 +48,16 @@ class Target:
 
     def store(self) -> EtcdStore:
         return EtcdStore(self.endpoints, 2.0, self.ca, self.cert, self.key, self.user, self.password)
+
+    def run(self, fn: Callable[[EtcdStore], Awaitable[Any]]) -> Any:
+        """`fn(store)` on a fresh store client, closed after; its result."""
+        async def main() -> Any:
+            store = self.store()
+            try:
+                return await fn(store)
+            finally:
+                await store.close()
+        return asyncio.run(main())
 
     @property
     def keys(self) -> Keys:

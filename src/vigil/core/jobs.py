@@ -32,13 +32,13 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from vigil.errors import ConfigError, VigilError
+from vigil.openai_fields import MAX_EMBEDDING_INPUTS, MAX_INPUT_CHARS
 
 JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 STATES = ("queued", "running", "done", "cancelled", "failed")
 OPEN = ("queued", "running")
 MAX_INPUTS = 100_000  # per job: its results take ~2 kB each in etcd
-MAX_INPUT_CHARS = 32_768  # the model server's own bound per input (vigil.serve.server)
-MAX_CHUNK = 256  # the model server's bound per request
+MAX_CHUNK = MAX_EMBEDDING_INPUTS  # one chunk is one embeddings request
 MAX_CHUNK_BYTES = 512 * 1024  # one etcd write per chunk, well under etcd's 1.5 MiB request limit
 DEFAULT_CHUNK = 64
 MAX_SHARDS = 64  # one transaction writes them all at submit (etcd allows 128 operations)

@@ -37,14 +37,15 @@ from typing import Any
 
 from aiohttp import web
 
+from vigil.openai_fields import MAX_EMBEDDING_INPUTS, MAX_INPUT_CHARS
 from vigil.serve.errors import BadRequest, error
 from vigil.serve.model import DIMENSIONS, MODEL_ID, MiniLM
 from vigil.web import finish, route
 
 log = logging.getLogger(__name__)
 
-MAX_INPUTS = 256
-MAX_CHARS = 32_768
+MAX_INPUTS = MAX_EMBEDDING_INPUTS
+MAX_CHARS = MAX_INPUT_CHARS
 MAX_BODY = 4 * 1024 * 1024
 
 
