@@ -153,6 +153,32 @@ async def test_a_stream_cut_at_any_token_resumes_exactly(front, chat, sampling):
     assert front.router.metrics.stream_resumes.labels("resumed")._value.get() == n + 1
 
 
+@pytest.mark.parametrize("chat", [False, True], ids=["completions", "chat"])
+async def test_a_stream_cut_inside_an_event_resumes_exactly(front, chat):
+    """The node dies partway through writing an event (an ejection or a partition
+    mid-segment, a kill that ends in RST): the router drops the part it got; no
+    event glued onto the continuation's first, no token lost (review B6)."""
+    await front.start()
+    path = "/v1/chat/completions" if chat else "/v1/completions"
+    sampling = {"temperature": 0.9, "seed": 11}
+    async with aiohttp.ClientSession() as http:
+        whole = await read_stream(http, front.url + path, body_for(chat, sampling, n=12))
+        n = len(whole["ids"])
+        for after in (0, 1, n // 2, n):  # before the first token's event ... inside the finish event
+            for mid in (1, 6, 40, 10_000):  # one byte, "data: ", mid-JSON, all but the last byte
+                for srv in front.servers.values():
+                    srv.cut_streams_after, srv.cut_mid_event = after, mid
+                got = await read_stream(http, front.url + path, body_for(chat, sampling, n=12))
+                where = f"cut after {after} tokens and {mid} bytes of the next event"
+                assert got["ids"] == whole["ids"] and got["text"] == whole["text"], where
+                assert got["data"].count("[DONE]") == 1 and not got["cut"], where
+                assert len({c["id"] for c in got["chunks"]}) == 1, where
+                if chat:
+                    roles = [c for c in got["chunks"] if (c["choices"] or [{}])[0].get("delta", {}).get("role")]
+                    assert len(roles) == 1, f"{where}: the role chunk once"
+                assert len(got["comments"]) == 1 and "part was dropped" in got["comments"][0], where
+
+
 async def test_continuation_reproduces_the_split_character_and_usage(front):
     """A character whose bytes span two tokens, cut between them: the text is
     whole; usage counts the whole generation."""

@@ -7,7 +7,8 @@ count and the same seed, and splices the continuation into the same client
 stream: no text twice, none missing, one `data: [DONE]`.
 
 Only whole SSE events are forwarded, so the ids delivered are exactly those
-of the events the client received. A stream is resumed only when a resend
+of the events the client received; the part of an event a failed node sent
+is dropped, never glued onto the continuation (SseSplice.cut). A stream is resumed only when a resend
 cannot change its output: never for constrained output (response_format,
 tools, grammars: the engine's constraint state is not carried over), nor
 once the backend sent text without `token_ids` (ids cannot be recovered from
@@ -31,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vigil.core.routing import Backend
+from vigil.errors import VigilError
 from vigil.openai_fields import constrained_by
 from vigil.router.attempt import Answer, AttemptFailed
 from vigil.router.http1 import HOP_BY_HOP, Incoming, Reply
@@ -64,54 +66,112 @@ def plan_stream(req: Incoming, enabled: bool) -> StreamPlan | None:
     return StreamPlan(body, why)
 
 
+MAX_EVENT = 1 << 20  # bytes of one SSE event: a token's event is a few hundred
+
+
+class EventTooLarge(VigilError):
+    """A backend sent an SSE event larger than MAX_EVENT: it misbehaves."""
+
+
 @dataclass
 class SseSplice:
-    """The client's side of the stream: complete events only, and what they carried."""
+    """The client's side of the stream: complete events only, and what they carried.
+
+    `feed` returns the complete events received so far, to be written to the
+    client as they are, at once, and counts their token ids in `delivered`:
+    the ids of exactly the events the client got. Bytes after the last complete
+    event wait for the rest of it; when the node fails, `cut` drops them, so
+    a continuation never starts inside a broken event. Lines may end in CRLF,
+    LF or CR (the SSE grammar), even split across reads; events go out with LF.
+    """
 
     delivered: list[int] = field(default_factory=list)  # token ids the client has
     stream_id: str = ""
     created: int = 0
     finished: bool = False  # a finish_reason went out
     done: bool = False  # data: [DONE] went out
-    exact: bool = True  # every chunk with text carried its token ids
+    inexact: str | None = None  # why the ids delivered may not be all the client has
     errored: bool = False  # the backend sent an error event
+    role_sent: bool = False  # a chat role chunk went out
     _buf: bytes = b""
+    _after_cr: bool = False  # the last byte fed was a CR: a LF next belongs to it
+
+    @property
+    def exact(self) -> bool:
+        return self.inexact is None
 
     def feed(self, data: bytes) -> list[bytes]:
-        """The complete events in `data` (and what was buffered), to forward as they are."""
-        self._buf += data.replace(b"\r\n", b"\n")
+        """The complete events in `data` (and what was buffered), to forward as they are.
+        Raises EventTooLarge past MAX_EVENT bytes without an event's end."""
+        if not data:
+            return []
+        if self._after_cr and data[:1] == b"\n":
+            data = data[1:]
+        self._after_cr = data[-1:] == b"\r"
+        self._buf += data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         out = []
         while not self.done and b"\n\n" in self._buf:
             event, self._buf = self._buf.split(b"\n\n", 1)
-            self._note(event)
-            out.append(event + b"\n\n")
+            event = event.lstrip(b"\n")
+            if event and self._note(event):
+                out.append(event + b"\n\n")
+        if len(self._buf) > MAX_EVENT:
+            raise EventTooLarge(f"an SSE event larger than {MAX_EVENT} bytes")
         return out
 
-    def _note(self, event: bytes) -> None:
-        payload = b"".join(line[5:].lstrip() for line in event.split(b"\n") if line.startswith(b"data:"))
+    def cut(self) -> int:
+        """The node failed: drop the part of an event it sent (the client never got
+        it, and no continuation may be glued onto it). The bytes dropped."""
+        dropped, self._buf, self._after_cr = len(self._buf), b"", False
+        return dropped
+
+    def _note(self, event: bytes) -> bool:
+        """Count what `event` carries; False for one the client must not get again."""
+        payload = b"\n".join(line[5:].removeprefix(b" ") for line in event.split(b"\n")
+                             if line.startswith(b"data:"))
         if payload == b"[DONE]":
             self.done = True
-            return
+            return True
+        if not payload:
+            return True  # a comment (": queued ...") or an event without data
         try:
-            chunk = json.loads(payload) if payload else None
-        except ValueError:
+            chunk = json.loads(payload)
+        except (ValueError, RecursionError):
             chunk = None
         if not isinstance(chunk, dict):
-            return
-        self.stream_id = self.stream_id or str(chunk.get("id", ""))
+            self.inexact = self.inexact or "the backend sent an event that is not a JSON object"
+            return True
+        self.stream_id = self.stream_id or str(chunk.get("id", ""))[:128]
         self.created = self.created or (chunk.get("created") if isinstance(chunk.get("created"), int) else 0)
-        for choice in chunk.get("choices") or []:
-            if not isinstance(choice, dict):
-                continue
-            ids = choice.get("token_ids")
-            text = choice.get("text") or (choice.get("delta") or {}).get("content")
-            if isinstance(ids, list) and all(isinstance(t, int) for t in ids):
-                self.delivered.extend(ids)
-            elif text:
-                self.exact = False
-            self.finished = self.finished or choice.get("finish_reason") is not None
+        choices = chunk.get("choices")
+        if isinstance(choices, list) and len(choices) == 1 and _role_only(choices[0]):
+            # A continuation from no token sends the chat role chunk again: the node
+            # cannot know whether its predecessor's went out; the client gets one.
+            again, self.role_sent = self.role_sent, True
+            return not again
+        for choice in choices if isinstance(choices, list) else []:
+            if isinstance(choice, dict):
+                self._note_choice(choice)
         if "error" in chunk:
             self.errored = True  # the backend's own error: passed on, not resumed (it may recur)
+        return True
+
+    def _note_choice(self, choice: dict[str, Any]) -> None:
+        ids = choice.get("token_ids")
+        delta = choice.get("delta")
+        text = choice.get("text") or (delta.get("content") if isinstance(delta, dict) else None)
+        if isinstance(ids, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
+            self.delivered.extend(ids)
+        elif text:
+            self.inexact = self.inexact or "the backend sent text without token ids"
+        self.finished = self.finished or choice.get("finish_reason") is not None
+
+
+def _role_only(choice: Any) -> bool:
+    """A chat stream's first chunk: the role, no text, no tokens."""
+    delta = choice.get("delta") if isinstance(choice, dict) else None
+    return (isinstance(delta, dict) and "role" in delta and not delta.get("content")
+            and not choice.get("token_ids") and choice.get("finish_reason") is None)
 
 
 def continuation(req: Incoming, plan: StreamPlan, splice: SseSplice, seed: str | None) -> Incoming:
@@ -154,6 +214,8 @@ class ResumingStream:
         while True:
             self.tried.add(backend.name)
             broke = await self._relay(backend, answer)
+            if broke is not None and self.splice.cut():  # never glue a continuation onto it
+                broke += " inside an event, whose part was dropped"
             if broke is not None and self.splice.finished:  # cut after its last token: nothing to resume
                 self.reply.write(b"data: [DONE]\n\n")
                 broke = None
@@ -172,7 +234,7 @@ class ResumingStream:
 
     async def _resume(self, failed: Backend, broke: str, seed: str | None) -> tuple[Backend, Answer] | None:
         r = self.router
-        why = self.plan.why_not or (None if self.splice.exact else "the backend sent text without token ids")
+        why = self.plan.why_not or self.splice.inexact
         if why is None and self.resumes >= r.cfg.retry.max_resumes:
             why = f"it was resumed {self.resumes} times already, the limit (retry.max_resumes)"
         if why is None:
@@ -240,7 +302,7 @@ class ResumingStream:
                     chunk = await up.read()
                 if not chunk:
                     return f"{b.name} ended the stream before [DONE]"
-        except UpstreamBroken as e:
+        except (UpstreamBroken, EventTooLarge) as e:
             r.table.failed(b.name, r.clock.now())
             return f"{b.name}: {e}"
         except TimeoutError:

@@ -14,9 +14,10 @@ Continuation (a router's, vigil.router.resume): `vigil_continue` {token_ids,
 id, created} starts generation after those already-delivered token ids (the
 prompt's ids plus these, never re-tokenised text), at step len(token_ids) of
 the seeded sampler, with the same `id` and `created`; the chat role chunk is
-not sent again, and usage counts the whole generation. The sampler's seed,
-given or drawn, is in `X-Vigil-Seed`, so an unseeded sampled stream can be
-continued too.
+not sent again (from no token it is: only the router knows whether the
+first went out, and it drops a second), and usage counts the whole
+generation. The sampler's seed, given or drawn, is in `X-Vigil-Seed`, so an
+unseeded sampled stream can be continued too.
 
 Errors are 4xx with an OpenAI-style body naming the field. Work is counted in
 the server's load report per token, so a long generation is progress, not a
@@ -57,6 +58,7 @@ class Generation:
     stream: bool
     include_usage: bool
     done_ids: list[int] = field(default_factory=list)  # delivered before (a continuation)
+    continued: bool = False  # a router's continuation (vigil_continue), from done_ids
     id: str = ""
     created: int = 0
 
@@ -127,6 +129,7 @@ def parse_generation(model: LanguageModel, body: Any, chat: bool) -> Generation:
 def _continuation(model: LanguageModel, cont: Any, g: Generation) -> None:
     if cont is None:
         return
+    g.continued = True
     if not isinstance(cont, dict) or not isinstance(cont.get("token_ids"), list):
         raise BadRequest("'vigil_continue' must be {token_ids: [int], id: str, created: int}", "vigil_continue")
     ids = cont["token_ids"]
@@ -259,15 +262,20 @@ class Completions:
         made = 0
         async with aclosing(self._tokens(g)) as tokens:  # a hang-up frees the engine's context at once
             async for token, text, finish in tokens:
-                if token is None:
-                    await send(self._chunk(g, text, [], finish))
-                    break
-                made += 1
-                await send(self._chunk(g, text, [token], None))
-                if (self.progress.cut_streams_after is not None and not g.done_ids
-                        and made >= self.progress.cut_streams_after):
+                chunk = self._chunk(g, text, [] if token is None else [token], finish)
+                if self._cut_now(g, made, mid=True):
+                    event = b"data: " + json.dumps(chunk).encode() + b"\n\n"
+                    await resp.write(event[:min(self.progress.cut_mid_event or 0, len(event) - 1)])
                     assert request.transport is not None
                     request.transport.abort()  # injected: the connection resets mid-stream
+                    return resp
+                await send(chunk)
+                if token is None:
+                    break
+                made += 1
+                if self._cut_now(g, made, mid=False):
+                    assert request.transport is not None
+                    request.transport.abort()
                     return resp
         if g.include_usage:
             await send({"id": g.id, "object": "chat.completion.chunk" if g.chat else "text_completion",
@@ -276,6 +284,14 @@ class Completions:
         await send(b"[DONE]")
         await resp.write_eof()
         return resp
+
+    def _cut_now(self, g: Generation, made: int, mid: bool) -> bool:
+        """Fault injection: reset a new stream (never a continuation) after
+        `cut_streams_after` tokens (at least one), or, with `cut_mid_event`, after
+        that many bytes of the event that follows them (a node dying mid-write)."""
+        after = self.progress.cut_streams_after
+        return (after is not None and not g.continued and made >= after
+                and mid == bool(self.progress.cut_mid_event))
 
     async def _whole(self, g: Generation, headers: dict[str, str]) -> web.Response:
         ids, parts, finish = [], [], "length"

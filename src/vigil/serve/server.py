@@ -93,6 +93,7 @@ class ModelServer:
         self.slowdown = 1.0
         self.fail_status = 0
         self.cut_streams_after: int | None = None  # fault: reset every new stream after N tokens
+        self.cut_mid_event = 0  # fault: ... with this many bytes of the next event sent (a cut mid-event)
         self.payloads: dict[str, dict[str, Any]] = {}  # generations under way (vigil.core.payloads)
         self.served = 0
         self.canaries = 0  # readiness probes, counted apart from client traffic
