@@ -54,7 +54,9 @@ def test_leader_key_taken_by_other_demotes():
 def test_stale_own_key_is_released_or_waited_out():
     d = decide(view("a", leader=LeaderInfo("a", 5, 1)))
     assert d.action == RESIGN
-    d = decide(view("a", leader=LeaderInfo("a", 5, 999)))
+    d = decide(view("a", leader=LeaderInfo("a", 5, 999)))  # an earlier lease of mine (I restarted):
+    assert d.action == "clear_leader_key", "no one acts on it: removed, not waited out"
+    d = decide(view("a", leader=LeaderInfo("a", 5, 999), unparsed=frozenset({"a"}), members={}))
     assert d.action == NONE and "earlier lease" in d.reason
 
 
@@ -234,3 +236,67 @@ def test_handover_acts_at_once_unless_a_live_peer_still_announces_itself_leader(
     assert isinstance(d, WaitForHandover) and d.peers == ("n1",) and d.until == 18.0
     assert d.action == "wait_for_handover" and "n1" in d.reason and "token 7" in d.reason
     assert handover(7, ["n1"], now=18.0, until=18.0) is None, "its self-demotion deadline has passed"
+
+
+RING = frozenset(MEMBERS)
+
+
+def test_only_key_ring_members_vote_on_a_fence():
+    """B-L9: records under names outside the key ring (anyone with etcd write can add
+    them) list the leader as suspect; they are no member's word and make no majority."""
+    fakes = {n: MemberInfo(n, 10, lease=9, suspects=frozenset({"a"})) for n in ("x", "y", "z")}
+    alone = AGREE | {"c": MEMBERS["c"]} | fakes  # only b (me) suspects a among the ring's members
+    v = fence_view("b", members=alone, ring=RING, cluster_size=3)
+    assert v.corroborated("a") == (1, 2)
+    d = decide(v)
+    assert d.action == NONE and "suspected by 1 of 2 members; fencing needs a majority" in d.reason
+    assert decide(replace(v, members=AGREE | fakes)).action == "fence", "the ring's own majority still fences"
+
+
+def test_a_name_outside_the_key_ring_is_never_a_candidate():
+    boss = MemberInfo("boss", 1000, lease=9)
+    v = view("b", members=dict(MEMBERS) | {"boss": boss}, ring=RING)
+    assert v.best_candidate() == "a" and not v.eligible("boss")
+
+
+def clear_of(v):
+    d = decide(v)
+    assert d.action == "clear_leader_key", str(d)
+    assert d.target == v.leader, "the removal names exactly the key judged"
+    return d.reason
+
+
+def test_a_lease_less_leader_key_is_no_leader_and_is_removed():
+    """B4: `put(leader, "ghost")` with no lease left every node following it for good."""
+    for name in ("ghost", "a", "b"):  # even one naming a real member, or me
+        reason = clear_of(view("b", leader=LeaderInfo(name, 7, 0, 8), ring=RING))
+        assert f"names {name!r} with no lease" in reason and "no leader" in reason
+
+
+def test_a_leader_key_naming_no_member_is_removed_even_under_a_live_lease():
+    reason = clear_of(view("b", leader=LeaderInfo("ghost", 7, 44, 7), ring=RING))
+    assert "'ghost', which is not in the key ring" in reason
+    intruder = MemberInfo("intruder", 1000, lease=44)  # a record of its own does not make it a member
+    reason = clear_of(view("b", leader=LeaderInfo("intruder", 7, 44, 7), ring=RING,
+                           members=dict(MEMBERS) | {"intruder": intruder}))
+    assert "not in the key ring" in reason
+    gone = {n: m for n, m in MEMBERS.items() if n != "c"}
+    reason = clear_of(view("b", leader=LeaderInfo("c", 7, 3, 7), ring=RING, members=gone))
+    assert "'c', which has no member record" in reason
+
+
+def test_a_leader_key_under_a_lease_not_its_members_is_removed():
+    """A key naming `c` under another lease is no campaign of c's (a campaign binds the
+    key to the lease c's member record is bound to): c never acts on it."""
+    for me in ("a", "c"):
+        reason = clear_of(view(me, leader=LeaderInfo("c", 7, 1, 9), ring=RING))
+        assert "bound to lease 1, not to the lease of c's member record (3)" in reason
+
+
+def test_a_valid_leader_key_is_followed_and_one_with_an_unreadable_record_too():
+    assert str(decide(view("b", leader=LeaderInfo("a", 42, 1, 50), ring=RING))) == "none: following a (token 42)"
+    unread = {n: m for n, m in MEMBERS.items() if n != "a"}
+    d = decide(view("b", leader=LeaderInfo("a", 42, 1, 50), ring=RING, members=unread, unparsed=frozenset({"a"})))
+    assert str(d) == "none: following a (token 42)", "a malformed record cannot be checked: no churn over it"
+    d = decide(view("a", i_lead=True, my_token=42, leader=LeaderInfo("a", 42, 1, 50), ring=RING))
+    assert d.action == NONE and "holding leadership" in d.reason

@@ -100,7 +100,7 @@ class Agent:
         self.registry = Registry(self.store, self.keys)
         self.heartbeats = HeartbeatService(cfg, self.clock, self.incarnation,
                                            self._on_peer_transitions, self._heartbeat_status,
-                                           lambda: self.wake.set(), network, tick)
+                                           lambda: self.wake.set(), network, tick, self.events.record)
         self.session: Session | None = None
         self.election: Election | None = None
         self.wake = asyncio.Event()
@@ -208,7 +208,7 @@ class Agent:
             self.events.record("keys_reload_failed", f"heartbeat keys not reloaded, the old ones "
                                f"stay in use: {e}")
             return False
-        self.cfg = dataclasses.replace(self.cfg, keys=keys)
+        self.cfg = self.reconciler.cfg = dataclasses.replace(self.cfg, keys=keys)  # its ring: who may lead, vote
         self.heartbeats.use_keys(keys)
         ring = {n: sorted(ids) for n, ids in keys.ring.members.items()}
         self.events.record("keys_reloaded", f"heartbeat keys reloaded: signing with key "

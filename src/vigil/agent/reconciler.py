@@ -21,12 +21,12 @@ from vigil.config import NodeConfig
 from vigil.core.damping import FlapDamper
 from vigil.core.health import Verdict
 from vigil.core.peers import PeerTable
-from vigil.core.reconcile import (Campaign, Decision, Demote, Fence, Resign, Wait, decide,
+from vigil.core.reconcile import (Campaign, ClearLeaderKey, Decision, Demote, Fence, Resign, Wait, decide,
                                   decide_states, handover)
 from vigil.core.view import ACTIVE, FAILED, HELD, STANDBY, ClusterView
 from vigil.errors import StoreError, WatchCompacted
 from vigil.store.base import Store
-from vigil.store.election import Election
+from vigil.store.election import Election, remove_invalid
 from vigil.store.events import prune_events
 from vigil.store.keys import Keys
 from vigil.store.mirror import RegistryMirror
@@ -214,7 +214,9 @@ class Reconciler:
             fence_blocked=snap.fence_blocked,
             suspected_for=self.peers.suspected_for(now), heard_suspects=self.peers.heard_suspicions(),
             race_delay=self.cfg.fencing.race_delay if self.cfg.fencing else 0.0,
-            cluster_size=len(self.cfg.peers) + 1)
+            cluster_size=len(self.cfg.peers) + 1, ring=frozenset(self.cfg.keys.ring.members),
+            unparsed=frozenset(k[len(self.keys.members):] for k in snap.bad_records
+                               if k.startswith(self.keys.members)))
 
     def _set(self, decision: Decision) -> None:
         if decision != self.last:
@@ -223,7 +225,8 @@ class Reconciler:
 
     async def _perform(self, d: Decision, view: ClusterView) -> None:
         """Run the decision: one small runner per type (Wait does nothing)."""
-        runners = {Campaign: self._campaign_for, Resign: self._resign, Demote: self._demote, Fence: self._fence}
+        runners = {Campaign: self._campaign_for, Resign: self._resign, Demote: self._demote, Fence: self._fence,
+                   ClearLeaderKey: self._clear_leader_key}
         runner = runners.get(type(d))
         if runner is not None:
             await runner(d, view)
@@ -236,6 +239,13 @@ class Reconciler:
         election = self.link.election()
         if election:
             await election.resign(d.token)
+
+    async def _clear_leader_key(self, d: ClearLeaderKey, view: ClusterView) -> None:
+        # Every node that sees the key tries; the guarded delete lets exactly one win, whose
+        # event is the alarm (a key rewritten again is judged and removed again).
+        if await remove_invalid(self.store, self.keys.leader, d.target):
+            self.record("leader_key_invalid", d.reason, subject=d.target.name, token=d.target.token,
+                        lease=d.target.lease)
 
     async def _demote(self, d: Demote, view: ClusterView) -> None:
         self.leadership.lose(d.reason)

@@ -8,8 +8,9 @@ by tests (Patroni's `run_cycle() -> str`, without its 186-line function).
 A decision is a typed effect that carries its targets, so the shell acts on
 what was decided, never on a re-read: `Wait` (nothing to do), `Campaign`,
 `Resign(token)` (release the leader key created at `token`), `Demote` (stop
-acting at once; the key is not ours to touch) and `Fence(target)` (power off
-the leader key's holder: name, token, lease). The shell
+acting at once; the key is not ours to touch), `Fence(target)` (power off
+the leader key's holder: name, token, lease) and `ClearLeaderKey(target)`
+(remove a leader key that names no leader anyone may follow). The shell
 (vigil.agent.reconciler) is a table of one small runner per type.
 """
 
@@ -22,8 +23,8 @@ from vigil.core.health import DEGRADED, SERVING
 from vigil.core.view import (ACTIVE, FAILED, FENCED, HELD, INELIGIBLE_STATES, MAINTENANCE, STANDBY,
                              ClusterView, LeaderInfo)
 
-NONE, CAMPAIGN, RESIGN, DEMOTE, FENCE, HANDOVER = ("none", "campaign", "resign", "demote", "fence",
-                                                   "wait_for_handover")
+NONE, CAMPAIGN, RESIGN, DEMOTE, FENCE, HANDOVER, CLEAR = ("none", "campaign", "resign", "demote", "fence",
+                                                          "wait_for_handover", "clear_leader_key")
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,15 @@ class Resign(Decision):
 class Fence(Decision):
     target: LeaderInfo  # the leader key's holder as decided: powered off, its lease revoked
     action: ClassVar[str] = FENCE
+
+
+@dataclass(frozen=True)
+class ClearLeaderKey(Decision):
+    """The leader key names no leader (`ClusterView.leader_key_problem`): it is
+    "no leader", an alarm, and it is removed only while it is still the key
+    judged (its mod revision), so the next campaign can succeed."""
+    target: LeaderInfo
+    action: ClassVar[str] = CLEAR
 
 
 @dataclass(frozen=True)
@@ -102,6 +112,15 @@ def _i_lead_without_key(v: ClusterView) -> Decision | None:
     if v.leader.token != v.my_token or v.leader.name != v.me:
         return Demote(f"leader key now held by {v.leader.name} (token {v.leader.token})")
     return None
+
+
+def _invalid_leader_key(v: ClusterView) -> Decision | None:
+    # While I lead, `_i_lead_without_key` has checked the key is the one I created.
+    why = None if v.i_lead else v.leader_key_problem()
+    if why is None:
+        return None
+    return ClearLeaderKey(f"leader key (token {v.leader.token}) {why}: no leader; removing it so an "
+                          "election can happen", v.leader)
 
 
 def _stale_own_key(v: ClusterView) -> Decision | None:
@@ -216,8 +235,8 @@ def _lead_while_degraded(v: ClusterView) -> bool:
             and v.states.get(v.me) not in INELIGIBLE_STATES and not any(v.eligible(n) for n in v.members))
 
 
-HANDLERS: tuple[Handler, ...] = (_no_session, _i_lead_without_key, _stale_own_key, _leading,
-                                 _fence_dead_leader, _following)
+HANDLERS: tuple[Handler, ...] = (_no_session, _i_lead_without_key, _invalid_leader_key, _stale_own_key,
+                                 _leading, _fence_dead_leader, _following)
 
 
 def decide(v: ClusterView) -> Decision:

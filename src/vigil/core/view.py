@@ -17,6 +17,7 @@ class LeaderInfo:
     name: str
     token: int  # the leader key's create revision: the fencing token
     lease: int
+    mod_revision: int = 0  # of the key as read (0: not known); a guarded removal compares it
 
 
 @dataclass(frozen=True)
@@ -66,11 +67,42 @@ class ClusterView:
     cluster_size: int = 0  # configured members (peers + me); 0: count registered members only
     held_out: dict[str, str] = field(default_factory=dict)  # flap damping (the leader's): node -> why
     heard_suspects: dict[str, frozenset[str]] = field(default_factory=dict)  # from peers' heartbeats
+    # The names in the key ring: only they may lead or vote (empty: not known, any registered name).
+    ring: frozenset[str] = frozenset()
+    unparsed: frozenset[str] = frozenset()  # names whose member record is there but malformed
+
+    def in_ring(self, name: str) -> bool:
+        return not self.ring or name in self.ring
+
+    def leader_key_problem(self) -> str | None:
+        """Why the leader key names no leader anyone may follow, or None. A
+        campaign always binds the key to the lease the node's member record is
+        bound to, and only key-ring members campaign; any other key was written
+        by hand or by a compromised credential, and following it would leave the
+        cluster leaderless for good. A member record that is there but malformed
+        cannot be checked: that key is followed (its owner's churn is no cure)."""
+        lead = self.leader
+        if lead is None:
+            return None
+        if lead.lease == 0:
+            return f"names {lead.name!r} with no lease"
+        if not self.in_ring(lead.name):
+            return f"names {lead.name!r}, which is not in the key ring"
+        if lead.name in self.unparsed:
+            return None
+        member = self.members.get(lead.name)
+        if member is None:
+            return f"names {lead.name!r}, which has no member record"
+        if member.lease != lead.lease:
+            return (f"is bound to lease {lead.lease:x}, not to the lease of {lead.name}'s member "
+                    f"record ({member.lease:x})")
+        return None
 
     def eligible(self, name: str) -> bool:
-        """Could `name` lead: registered, healthy, heard by me, not held out by its state."""
+        """Could `name` lead: in the key ring, registered, healthy, heard by me, not
+        held out by its state."""
         m = self.members.get(name)
-        if m is None or not m.healthy:
+        if m is None or not m.healthy or not self.in_ring(name):
             return False
         if name != self.me and name in self.unheard:
             return False
@@ -91,8 +123,9 @@ class ClusterView:
 
         A member's word is what its latest heartbeat lists when that heartbeat
         lists suspicions (sent the moment they change, so never older than its
-        member record), else what its member record says."""
-        voters = [m for m in self.members.values() if m.name != node]
+        member record), else what its member record says. Only key-ring members
+        vote: a record under any other name is no member's word."""
+        voters = [m for m in self.members.values() if m.name != node and self.in_ring(m.name)]
         agree = sum(1 for m in voters if node in (
             self.suspected_for if m.name == self.me else self.heard_suspects.get(m.name, m.suspects)))
         return agree, max(len(voters), self.cluster_size - 1)

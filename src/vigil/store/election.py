@@ -10,6 +10,9 @@ Contract:
   is unknown (StoreUnavailable) it re-reads the key and reports leadership
   only if the key holds our name under our lease.
 - `resign` deletes the key only if it is still the incarnation we created.
+- `remove_invalid` deletes a key that names no leader (a lease-less or
+  foreign one, vigil.core.view.ClusterView.leader_key_problem) only while it
+  is still exactly the key judged: same create and mod revision.
 """
 
 from __future__ import annotations
@@ -18,12 +21,21 @@ from typing import AsyncIterator
 
 from vigil.core.view import LeaderInfo
 from vigil.errors import StoreUnavailable
-from vigil.store.base import KeyValue, Store
+from vigil.store.base import Expect, KeyValue, Store
 from vigil.store.session import Session
 
 
 def leader_from(kv: KeyValue | None) -> LeaderInfo | None:
-    return LeaderInfo(kv.value, kv.create_revision, kv.lease) if kv else None
+    return LeaderInfo(kv.value, kv.create_revision, kv.lease, kv.mod_revision) if kv else None
+
+
+async def remove_invalid(store: Store, key: str, judged: LeaderInfo) -> bool:
+    """Delete the leader key `judged` as invalid, only if it has not changed
+    since (a real campaign, or a rewrite, is never removed on an old verdict).
+    True when it was removed by this call."""
+    ok, _ = await store.txn([Expect(key, create_revision=judged.token, mod_revision=judged.mod_revision or None)],
+                            [], [key])
+    return ok
 
 
 class Election:
@@ -76,4 +88,4 @@ class Election:
             if ev.type == "delete":
                 yield None
             else:
-                yield LeaderInfo(ev.value, ev.create_revision, ev.lease)
+                yield LeaderInfo(ev.value, ev.create_revision, ev.lease, ev.revision)
