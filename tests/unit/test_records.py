@@ -29,7 +29,7 @@ def test_a_bad_record_is_left_out_and_named():
     assert list(snap.members) == ["n1"] and snap.member_infos()["n1"].priority == 100
     assert snap.bad_records[K.member("n2")] == "priority 'high' is not an integer from 0 to 1000"
     assert "inference 'x'" in snap.bad_records[K.member("n3")]
-    assert "not a JSON object" in snap.bad_records[K.member("n4")]
+    assert "not JSON" in snap.bad_records[K.member("n4")]
 
 
 def test_records_agents_write_are_good():

@@ -31,6 +31,7 @@ import re
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from vigil.core.records import BULK, CLUSTER, MAX_NUMBER, BadRecord, Limits, decode_json, integer, number
 from vigil.errors import ConfigError, VigilError
 from vigil.openai_fields import MAX_EMBEDDING_INPUTS, MAX_INPUT_CHARS
 
@@ -111,54 +112,118 @@ class Progress:
 def _field(d: dict, name: str, kind: type, what: str) -> Any:
     v = d.get(name)
     if not isinstance(v, kind) or isinstance(v, bool):
-        raise JobRecordError(f"{what}: '{name}' is {v!r}, not a {kind.__name__}")
+        raise JobRecordError(f"{what}: '{name}' is {str(v)[:40]!r}, not a {getattr(kind, '__name__', 'number')}")
     return v
 
 
+def _count(d: dict, name: str, what: str, hi: int = MAX_INPUTS) -> int:
+    v = _field(d, name, int, what)
+    if not 0 <= v <= hi:
+        raise JobRecordError(f"{what}: '{name}' is {v}, not from 0 to {hi}")
+    return v
+
+
+def _time(d: dict, name: str, what: str) -> float:
+    """A Unix time: decode_json already refused a number float() cannot hold."""
+    v = _field(d, name, (int, float), what)
+    if not number(v, 0.0, MAX_NUMBER):
+        raise JobRecordError(f"{what}: '{name}' is {v!r}, not a Unix time")
+    return float(v)
+
+
 def parse_spec(raw: str, key: str) -> JobSpec:
-    """A spec record as read from the store; JobRecordError names the key and the field."""
+    """A spec record as read from the store; JobRecordError (and nothing else)
+    names the key and the field."""
     d = _json_object(raw, key)
-    spec = JobSpec(_field(d, "id", str, key), _field(d, "model", str, key), _field(d, "total", int, key),
-                   _field(d, "chunk_size", int, key), _field(d, "chunks", int, key), _field(d, "shards", int, key),
-                   float(_field(d, "submitted", (int, float), key)), str(d.get("by", "")),
-                   _field(d, "inputs_sha256", str, key))
-    if not (JOB_ID.match(spec.id) and 0 < spec.total <= MAX_INPUTS and 0 < spec.chunk_size <= MAX_CHUNK
+    spec = JobSpec(_field(d, "id", str, key), _field(d, "model", str, key), _count(d, "total", key),
+                   _count(d, "chunk_size", key, MAX_CHUNK), _count(d, "chunks", key), _count(d, "shards", key, MAX_SHARDS),
+                   _time(d, "submitted", key), str(d.get("by", ""))[:256], _field(d, "inputs_sha256", str, key))
+    if not (JOB_ID.fullmatch(spec.id) and 0 < spec.total <= MAX_INPUTS and 0 < spec.chunk_size <= MAX_CHUNK
             and spec.chunks == -(-spec.total // spec.chunk_size) and 0 < spec.shards <= min(spec.chunks,
                                                                                              MAX_SHARDS)):
-        raise JobRecordError(f"{key}: id, total, chunk_size, chunks and shards do not agree: {d}")
+        raise JobRecordError(f"{key}: id, total, chunk_size, chunks and shards do not agree: {str(d)[:200]}")
     return spec
+
+
+def progress_from(d: dict, key: str) -> Progress:
+    """A checkpoint's fields, each bounded; not yet checked against its spec."""
+    p = Progress(_field(d, "state", str, key), _count(d, "next", key), _count(d, "end", key),
+                 _count(d, "done", key), _count(d, "claims", key, 2**62), str(d.get("node", ""))[:64],
+                 _time(d, "updated", key), str(d.get("reason", ""))[:1024])
+    if p.state not in STATES:
+        raise JobRecordError(f"{key}: state {p.state[:40]!r} is not one of {', '.join(STATES)}")
+    return p
+
+
+def progress_record(raw: str, key: str) -> Progress:
+    """A checkpoint record, each field bounded; not yet checked against its spec."""
+    return progress_from(_json_object(raw, key), key)
 
 
 def parse_progress(raw: str, key: str, spec: JobSpec, shard: int) -> Progress:
     """Shard `shard`'s checkpoint, checked against the spec's bounds for it."""
-    d = _json_object(raw, key)
-    p = Progress(_field(d, "state", str, key), _field(d, "next", int, key), _field(d, "end", int, key),
-                 _field(d, "done", int, key), _field(d, "claims", int, key), str(d.get("node", "")),
-                 float(_field(d, "updated", (int, float), key)), str(d.get("reason", "")))
+    p = progress_record(raw, key)
     lo, hi = spec.shard_range(shard) if 0 <= shard < spec.shards else (0, -1)
-    if p.state not in STATES or not lo <= p.next <= hi or p.end != hi or p.done < 0 or p.claims < 0:
-        raise JobRecordError(f"{key}: state, next, end, done or claims out of range for shard {shard} "
-                             f"(chunks {lo}..{hi - 1}): {d}")
+    if not lo <= p.next <= hi or p.end != hi:
+        raise JobRecordError(f"{key}: next {p.next} or end {p.end} out of range for shard {shard} "
+                             f"(chunks {lo}..{hi - 1})")
     return p
+
+
+def chunk_inputs(raw: str, key: str) -> list[str]:
+    """A chunk of inputs as any job may hold it: 1 to MAX_CHUNK strings of at most
+    MAX_INPUT_CHARS characters."""
+    inputs = decode_json(key, raw, BULK)
+    if isinstance(inputs, BadRecord):
+        raise JobRecordError(f"{key}: {inputs.problem}")
+    if not (isinstance(inputs, list) and 0 < len(inputs) <= MAX_CHUNK
+            and all(isinstance(x, str) and len(x) <= MAX_INPUT_CHARS for x in inputs)):
+        raise JobRecordError(f"{key}: not a list of 1 to {MAX_CHUNK} inputs of at most {MAX_INPUT_CHARS} characters")
+    return inputs
 
 
 def parse_chunk(raw: str, key: str, spec: JobSpec, chunk: int) -> list[str]:
     """The inputs of chunk `chunk`: as many strings as the spec says it holds."""
-    try:
-        inputs = json.loads(raw)
-    except ValueError:
-        raise JobRecordError(f"{key}: not JSON") from None
+    inputs = chunk_inputs(raw, key)
     want = min(spec.chunk_size, spec.total - chunk * spec.chunk_size)
-    if not (isinstance(inputs, list) and len(inputs) == want and all(isinstance(x, str) for x in inputs)):
-        raise JobRecordError(f"{key}: expected a list of {want} strings")
+    if len(inputs) != want:
+        raise JobRecordError(f"{key}: expected a list of {want} strings, not {len(inputs)}")
     return inputs
 
 
-def _json_object(raw: str, key: str) -> dict:
-    try:
-        d = json.loads(raw)
-    except ValueError:
-        raise JobRecordError(f"{key}: not JSON") from None
+@dataclass(frozen=True)
+class ChunkRecord:
+    """A committed chunk's result record (result/k)."""
+    chunk: int
+    node: str
+    claim: int
+    at: float
+    inputs_sha256: str
+    vectors: list[str]  # base64 float32, one per input
+
+
+def result_from(raw: str, key: str) -> ChunkRecord:
+    """A result record's fields, each bounded; not yet checked against its inputs."""
+    d = _json_object(raw, key, BULK)
+    vectors = _field(d, "vectors", list, key)
+    if len(vectors) > MAX_CHUNK or not all(isinstance(v, str) for v in vectors):
+        raise JobRecordError(f"{key}: 'vectors' is not a list of at most {MAX_CHUNK} base64 strings")
+    claim = d.get("claim")
+    return ChunkRecord(_count(d, "chunk", key), str(d.get("node", "?"))[:64],
+                       claim if integer(claim, 0, 2**62) else 0,
+                       float(d["at"]) if number(d.get("at"), 0.0, MAX_NUMBER) else 0.0,
+                       str(d.get("inputs_sha256", ""))[:64], vectors)
+
+
+def shard_of(tail: str) -> int | None:
+    """A shard number as it ends a key (ASCII digits, at most 6), else None."""
+    return int(tail) if 0 < len(tail) <= 6 and tail.isascii() and tail.isdigit() else None
+
+
+def _json_object(raw: str, key: str, limits: Limits = CLUSTER) -> dict:
+    d = decode_json(key, raw, limits)
+    if isinstance(d, BadRecord):
+        raise JobRecordError(f"{key}: {d.problem}")
     if not isinstance(d, dict):
         raise JobRecordError(f"{key}: not a JSON object")
     return d

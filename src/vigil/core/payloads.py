@@ -22,6 +22,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from vigil.core.records import MAX_NUMBER, BadRecord, decode_object, integer, node_name, number, snippet
+
 ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 FOREIGN = -1  # create revision of a record another node holds
 KINDS = ("stream", "completion", "job")
@@ -40,23 +42,49 @@ class Payload:
                 "started": self.started, "progress": self.progress}
 
 
+MAX_PAYLOADS = 4096  # entries of one load report taken; the rest are counted as bad
+
+
+def payload_from(p: Any) -> Payload | None:
+    """One load-report entry or payload record, every field bounded; None if it is not one.
+    Never raises, whatever `p` holds (an int too large for a float included)."""
+    if not isinstance(p, dict):
+        return None
+    pid, model, kind, started = p.get("id"), p.get("model"), p.get("kind"), p.get("started")
+    progress = p.get("tokens", p.get("progress", 0))
+    ok = (isinstance(pid, str) and ID.fullmatch(pid) is not None and isinstance(model, str) and 0 < len(model) <= 128
+          and kind in KINDS and number(started, 0.0, MAX_NUMBER) and integer(progress, 0, 2**62))
+    return Payload(pid, model, kind, float(started), progress) if ok else None
+
+
 def parse_payloads(raw: Any) -> tuple[list[Payload], int]:
     """The well-formed entries of a load report's `payloads` list, and how many were not."""
     if not isinstance(raw, list):
         return [], 0 if raw is None else 1
-    good: list[Payload] = []
-    for p in raw:
-        try:
-            pid, model, kind = p["id"], p["model"], p["kind"]
-            started, progress = p["started"], p.get("tokens", p.get("progress", 0))
-            ok = (isinstance(pid, str) and ID.match(pid) and isinstance(model, str) and 0 < len(model) <= 128
-                  and kind in KINDS and isinstance(started, (int, float)) and not isinstance(started, bool)
-                  and isinstance(progress, int) and not isinstance(progress, bool) and progress >= 0)
-        except (TypeError, KeyError):
-            ok = False
-        if ok:
-            good.append(Payload(pid, model, kind, float(started), progress))
+    good = [p for p in map(payload_from, raw[:MAX_PAYLOADS]) if p is not None]
     return good, len(raw) - len(good)
+
+
+@dataclass(frozen=True)
+class PayloadRecord:
+    """What `/vigil/<cluster>/payloads/<id>` holds: who works on which payload."""
+    node: str
+    payload: Payload
+
+
+def parse_payload_record(key: str, text: str) -> PayloadRecord | BadRecord:
+    """A payload record as agents write it (`Payload.record`), or what is wrong with it.
+    Never raises."""
+    d = decode_object(key, text)
+    if isinstance(d, BadRecord):
+        return d
+    p = payload_from(d)
+    if p is None:
+        return BadRecord(key, f"not {{id, node, model, kind, started, progress}} as agents write it: "
+                              f"{snippet(text)}")
+    if not node_name(d.get("node")):
+        return BadRecord(key, f"node {snippet(str(d.get('node')), 40)} is not a node name")
+    return PayloadRecord(d["node"], p)
 
 
 class PayloadBook:

@@ -8,9 +8,11 @@ Contract:
   ignored, missing ones take their defaults (an older agent's sparse record
   still counts).
 - `parse_member()` never raises: a record that is not what agents write
-  (bad JSON, a priority that is not an integer, ...) comes back as a
-  `BadRecord` naming the problem in one line. One bad record must never
-  stop a decision loop, a router or a command.
+  (bad JSON, a priority that is not an integer, a number no float holds,
+  a string or nesting past vigil.core.records' bounds, a key that is not a
+  node name, ...) comes back as a `BadRecord` naming the problem in one
+  line. One bad record must never stop a decision loop, a router or a
+  command. Every number of a record let through is finite and in range.
 """
 
 from __future__ import annotations
@@ -20,14 +22,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from vigil.core.records import MAX_NUMBER, BadRecord, decode_object, integer, node_name, number, snippet, strings
+
+__all__ = ["BadRecord", "MemberRecord", "parse_member", "member_from", "member_problem", "NO_VERDICT"]
+
 NO_VERDICT = "unknown"
-
-
-@dataclass(frozen=True)
-class BadRecord:
-    """A member record no agent wrote: left out of every decision, named in events."""
-
-    problem: str
 
 
 @dataclass(frozen=True)
@@ -87,53 +86,66 @@ class MemberRecord:
         return json.dumps(self.to_dict(), sort_keys=True)
 
 
-@functools.lru_cache(maxsize=4096)
+CACHED_TEXT = 16 * 1024  # longer records are parsed each time: the cache must stay small
+
+
 def parse_member(name: str, text: str) -> MemberRecord | BadRecord:
-    """The record stored under `name`'s key, or what is wrong with it. A value
-    read again (every decision cycle reads every member's record, and records
-    change rarely) is parsed once: readers share the result and never change it."""
-    try:
-        rec = json.loads(text)
-    except ValueError:
-        rec = None
-    if not isinstance(rec, dict):
-        return BadRecord(f"not a JSON object: {text[:60]!r}")
-    return member_from(name, rec)
+    """The record stored under `name`'s key (`members/<name>`), or what is wrong
+    with it. A value read again (every decision cycle reads every member's record,
+    and records change rarely) is parsed once: readers share the result and never
+    change it."""
+    if isinstance(text, str) and len(text) <= CACHED_TEXT:
+        return _parse_cached(name, text)
+    return _parse(name, text)
+
+
+@functools.lru_cache(maxsize=512)
+def _parse_cached(name: str, text: str) -> MemberRecord | BadRecord:
+    return _parse(name, text)
+
+
+def _parse(name: str, text: str) -> MemberRecord | BadRecord:
+    key = f"members/{name[:80]}"
+    if not node_name(name):
+        return BadRecord(key, f"the key ends in {snippet(name, 40)}, not a node name")
+    rec = decode_object(key, text)
+    return rec if isinstance(rec, BadRecord) else member_from(name, rec)
 
 
 def member_from(name: str, rec: dict[str, Any]) -> MemberRecord | BadRecord:
     problem = member_problem(rec)
     if problem:
-        return BadRecord(problem)
+        return BadRecord(f"members/{name[:80]}", problem)
     hb = rec.get("heartbeat") or {}
     port, inc, started, pid = hb.get("port"), rec.get("incarnation"), rec.get("started_at"), rec.get("pid")
     return MemberRecord(
         name, str(rec.get("api_url") or ""), rec.get("priority", 100), tuple(hb.get("addresses", [])),
-        port if _int(port) else 0, dict(rec.get("health") or {}), dict(rec.get("fingerprint") or {}),
+        port if integer(port, 0, 65535) else 0, dict(rec.get("health") or {}), dict(rec.get("fingerprint") or {}),
         rec.get("inference"), rec.get("router") if isinstance(rec.get("router"), dict) else None,
-        _fences(rec.get("fences")), tuple(rec.get("suspects") or ()), inc if _int(inc) else 0,
-        float(started) if _number(started) else 0.0, str(rec.get("version") or ""), pid if _int(pid) else 0)
+        _fences(rec.get("fences")), tuple(rec.get("suspects") or ()), inc if integer(inc, 0, 2**62) else 0,
+        float(started) if number(started, 0.0, MAX_NUMBER) else 0.0, str(rec.get("version") or "")[:128],
+        pid if integer(pid, 0, 2**31) else 0)
 
 
 def member_problem(rec: dict[str, Any]) -> str | None:
     """None for a record as agents write it; else what is wrong, in one line."""
     prio = rec.get("priority", 100)
     if isinstance(prio, bool) or not isinstance(prio, int) or not 0 <= prio <= 1000:
-        return f"priority {prio!r} is not an integer from 0 to 1000"
+        return f"priority {_show(prio)} is not an integer from 0 to 1000"
     health = rec.get("health", {})
     if not isinstance(health, dict) or not isinstance(health.get("verdict", ""), str) \
             or not _strings(health.get("reasons", [])) or not isinstance(health.get("may_lead", False), bool) \
             or not isinstance(health.get("requires") or {}, dict):
-        return f"health {str(health)[:120]!r} is not {{verdict: str, reasons: [str], may_lead: bool}}"
+        return f"health {_show(health, 120)} is not {{verdict: str, reasons: [str], may_lead: bool}}"
     if not isinstance(rec.get("fingerprint") or {}, dict):
-        return f"fingerprint {str(rec.get('fingerprint'))[:80]!r} is not a mapping"
+        return f"fingerprint {_show(rec.get('fingerprint'), 80)} is not a mapping"
     if not _strings(rec.get("suspects") or []):
-        return f"suspects {rec.get('suspects')!r} is not a list of node names"
+        return f"suspects {_show(rec.get('suspects'), 80)} is not a list of node names"
     hb = rec.get("heartbeat", {})
     if not isinstance(hb, dict) or not _strings(hb.get("addresses", [])):
-        return f"heartbeat {str(hb)[:80]!r} is not {{addresses: [str], port: int}}"
+        return f"heartbeat {_show(hb, 80)} is not {{addresses: [str], port: int}}"
     if not isinstance(rec.get("api_url", ""), str):
-        return f"api_url {rec.get('api_url')!r} is not a URL"
+        return f"api_url {_show(rec.get('api_url'))} is not a URL"
     return inference_problem(rec.get("inference"))
 
 
@@ -143,7 +155,7 @@ def inference_problem(inf: Any) -> str | None:
         return None
     if not isinstance(inf, dict) or not isinstance(inf.get("url", ""), str) \
             or not isinstance(inf.get("ready", False), bool):
-        return f"inference {str(inf)[:80]!r} is not {{url: str, ready: bool, ...}}"
+        return f"inference {_show(inf, 80)} is not {{url: str, ready: bool, ...}}"
     return None
 
 
@@ -153,13 +165,10 @@ def _fences(v: Any) -> dict[str, list[str]]:
     return {str(n): [str(t) for t in types] for n, types in v.items() if isinstance(types, list)}
 
 
-def _strings(v: Any) -> bool:
-    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+_strings = strings
 
 
-def _int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
+def _show(v: Any, n: int = 40) -> str:
+    """`v` for a problem line: its repr, cut at `n` characters."""
+    r = repr(v) if not isinstance(v, (dict, list)) else repr(str(v))
+    return r if len(r) <= n else r[:n] + "..."

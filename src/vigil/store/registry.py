@@ -6,11 +6,13 @@ Contract:
   node's session. Decided states are plain keys written by the leader (and
   by operators for `maintenance`), so they outlive the node.
 - `snapshot()` reads leader, members, states and switchover in ONE range
-  request, hence at one revision. Member records are typed
-  (vigil.store.member_record); one that is not what agents write (bad JSON,
-  a priority that is not an integer, ...) is left out of `members` and named
-  in `bad_records` (key -> the problem): one bad record
-  never stops a decision loop or a command; the events below the same prefix are
+  request, hence at one revision. Every record goes through its key
+  family's total parser (vigil.store.records); one that is not what Vigil
+  writes (bad JSON, a priority that is not an integer, a number no float
+  holds, a state that is not a state, ...) is left out and named in
+  `bad_records` (key -> the problem): one bad record never stops a decision
+  loop or a command. A leader key holding no node name still holds the
+  election (as `UNNAMED_LEADER`) until its lease goes; the events below the same prefix are
   outside that range (keys sort: config < events/ < fencing/ < leader <
   members/ < state/ < switchover).
 """
@@ -18,14 +20,17 @@ Contract:
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable
 
 from vigil.core.view import LeaderInfo, MemberInfo, Switchover
 from vigil.store.base import KeyValue, Store, prefix_end
 from vigil.store.election import leader_from
 from vigil.store.keys import Keys
-from vigil.store.member_record import BadRecord, MemberRecord, parse_member
+from vigil.store.member_record import MemberRecord
+from vigil.store.records import BadRecord, FenceMarker, Hold, family_of, node_of, parse_record
+
+UNNAMED_LEADER = "?"  # the leader key holds no node name: no node is "?" (vigil.fields.NAME_RE)
 
 
 @dataclass(frozen=True)
@@ -101,48 +106,51 @@ def snapshot_range(keys: Keys) -> tuple[str, str]:
 
 
 def parse_snapshot(keys: Keys, kvs: list[KeyValue], revision: int) -> Snapshot:
-    leader = None
-    members: dict[str, MemberRecord] = {}
-    leases: dict[str, int] = {}
-    states: dict[str, str] = {}
-    switchover = None
-    blocked: dict[str, str] = {}
-    attempts: dict[str, tuple[str, int]] = {}
-    bad: dict[str, str] = {}
-    holds: dict[str, dict[str, Any]] = {}
+    """The snapshot of one range read. Never raises: each record goes through its
+    family's parser (vigil.store.records); a bad one is left out and named in
+    `bad_records`. A fencing marker that is not what a fencer writes blocks
+    nothing: no fencer of ours wrote it."""
+    snap = Snapshot(revision, None)
     for kv in kvs:
-        if kv.key == keys.leader:
-            leader = leader_from(kv)
-        elif kv.key.startswith(keys.members):
-            name = kv.key[len(keys.members):]
-            rec = parse_member(name, kv.value)
-            if isinstance(rec, BadRecord):
-                bad[kv.key] = rec.problem
-                continue
-            members[name] = rec
-            leases[name] = kv.lease
-        elif kv.key.startswith(keys.states):
-            states[kv.key[len(keys.states):]] = kv.value
-        elif kv.key.startswith(keys.fencing):
-            rec, node = _json(kv.value), kv.key[len(keys.fencing):]
-            blocked[node] = str(rec.get("reason", "fencing failed"))
-            if rec.get("state") == "in_progress":
-                attempts[node] = (str(rec.get("by", "")), kv.create_revision)
-        elif kv.key.startswith(keys.holds):
-            rec = _json(kv.value)
-            if isinstance(rec.get("until"), (int, float)):
-                holds[kv.key[len(keys.holds):]] = {"until": float(rec["until"]), "why": str(rec.get("why", ""))}
-        elif kv.key == keys.switchover:
-            rec = _json(kv.value)
-            if rec.get("to"):
-                switchover = Switchover(str(rec["to"]), str(rec.get("by", "")))
-    return Snapshot(revision, leader, members, leases, states, switchover, blocked, attempts, bad, holds)
+        f = family_of(keys, kv.key)
+        if f is None or f.name not in _SNAPSHOT_FAMILIES:
+            continue  # payload records share the range; no decision reads them
+        rec = parse_record(keys, kv.key, kv.value)
+        if isinstance(rec, BadRecord):
+            snap.bad_records[kv.key] = rec.problem
+            if f.name == "leader":  # the key is held all the same: by no node we know of
+                snap = replace(snap, leader=replace(leader_from(kv), name=UNNAMED_LEADER))
+            continue
+        _SNAPSHOT_FAMILIES[f.name](snap, kv, rec)
+        if f.name == "leader":
+            snap = replace(snap, leader=leader_from(kv))
+        elif f.name == "switchover":
+            snap = replace(snap, switchover=rec)
+    return snap
 
 
-def _json(text: str) -> dict[str, Any]:
-    # A record someone wrote by hand must not crash every agent's loop.
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return {"corrupt": text[:200]}
-    return value if isinstance(value, dict) else {"corrupt": text[:200]}
+def _member(snap: Snapshot, kv: KeyValue, rec: MemberRecord) -> None:
+    snap.members[rec.name] = rec
+    snap.member_leases[rec.name] = kv.lease
+
+
+def _fencing(snap: Snapshot, kv: KeyValue, rec: FenceMarker) -> None:
+    snap.fence_blocked[rec.node] = rec.reason
+    if rec.state == "in_progress":
+        snap.fence_attempts[rec.node] = (rec.by, kv.create_revision)
+
+
+def _hold(snap: Snapshot, kv: KeyValue, rec: Hold) -> None:
+    snap.holds[rec.node] = {"until": rec.until, "why": rec.why}
+
+
+def _state(snap: Snapshot, kv: KeyValue, rec: str) -> None:
+    snap.states[node_of(kv.key)] = rec
+
+
+def _none(snap: Snapshot, kv: KeyValue, rec: Any) -> None:
+    pass  # set by parse_snapshot itself (a frozen field)
+
+
+_SNAPSHOT_FAMILIES: dict[str, Callable[[Snapshot, KeyValue, Any], None]] = {
+    "leader": _none, "members": _member, "state": _state, "fencing": _fencing, "held": _hold, "switchover": _none}

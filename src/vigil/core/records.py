@@ -1,0 +1,146 @@
+"""Bounded decoding of untrusted record text: every etcd value (and a model
+server's load report) becomes a Python value here, or a `BadRecord`.
+
+Contract:
+- `decode_json(key, text, limits)` never raises. It returns the decoded
+  value only when the text is at most `limits.max_bytes` long, valid JSON,
+  nested at most `limits.max_depth` deep, every string at most
+  `limits.max_string` characters of valid Unicode (no lone surrogates: an
+  etcd value that is not UTF-8 arrives with them), and every number finite
+  with a magnitude below `MAX_NUMBER` (so `float()`, `int()` and arithmetic
+  on it never overflow). Anything else is a `BadRecord(key, problem)` whose
+  problem names what is wrong in one line.
+- The hooks refuse a 400-digit integer, NaN, Infinity and 1e999 while the
+  text is parsed: such a number never exists as a Python value.
+- `number`, `integer` and `node_name` are the field checks every record
+  parser (vigil.store.records) builds on.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from vigil.fields import NAME_RE
+
+MAX_INT_DIGITS = 18  # |n| < 10**18: fits int64, converts to float exactly enough
+MAX_NUMBER = 1e18
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+@dataclass(frozen=True)
+class BadRecord:
+    """A record no Vigil component wrote: left out of every decision, named in events.
+    `key` is the etcd key (or what the caller named the record by)."""
+
+    key: str
+    problem: str
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_bytes: int  # characters of the whole text (etcd values are UTF-8; ~bytes)
+    max_depth: int  # nesting of lists and objects
+    max_string: int  # characters of any one string, object keys included
+
+
+CLUSTER = Limits(256 * 1024, 32, 16 * 1024)  # members, states, markers, events, payloads, ...
+BULK = Limits(8 * 1024 * 1024, 8, 1024 * 1024)  # job inputs and results: one etcd write each
+
+
+class _Refused(ValueError):
+    """A number the hooks refuse while parsing (never leaves this module)."""
+
+
+def _int(s: str) -> int:
+    if len(s.lstrip("-")) > MAX_INT_DIGITS:
+        raise _Refused(f"integer of {len(s.lstrip('-'))} digits (at most {MAX_INT_DIGITS})")
+    return int(s)
+
+
+def _float(s: str) -> float:
+    v = float(s)
+    if not math.isfinite(v) or abs(v) >= MAX_NUMBER:
+        raise _Refused(f"number {s[:40]} out of range (|x| < {MAX_NUMBER:g})")
+    return v
+
+
+def _constant(s: str) -> Any:
+    raise _Refused(f"{s} is not a number JSON allows")
+
+
+def snippet(text: str, n: int = 60) -> str:
+    """The start of `text` as a repr, safe to log and to put in an event."""
+    return repr(text[:n]) + ("..." if len(text) > n else "")
+
+
+def decode_json(key: str, text: Any, limits: Limits = CLUSTER) -> Any:
+    """The JSON value of `text` within `limits`, or a BadRecord (see the module docstring)."""
+    if not isinstance(text, str):
+        return BadRecord(key, f"not text: {type(text).__name__}")
+    if len(text) > limits.max_bytes:
+        return BadRecord(key, f"{len(text)} bytes, over the {limits.max_bytes} a record may hold")
+    try:
+        value = json.loads(text, parse_int=_int, parse_float=_float, parse_constant=_constant)
+    except _Refused as e:
+        return BadRecord(key, f"refused: {e}")
+    except RecursionError:
+        return BadRecord(key, f"nested deeper than {limits.max_depth}")
+    except ValueError as e:
+        return BadRecord(key, f"not JSON ({str(e)[:80]}): {snippet(text)}")
+    problem = _bounds_problem(value, limits)
+    return BadRecord(key, problem) if problem else value
+
+
+def decode_object(key: str, text: Any, limits: Limits = CLUSTER) -> dict[str, Any] | BadRecord:
+    """`decode_json`, and the value must be a JSON object."""
+    value = decode_json(key, text, limits)
+    if isinstance(value, BadRecord) or isinstance(value, dict):
+        return value
+    return BadRecord(key, f"not a JSON object: {snippet(text)}")
+
+
+def _bounds_problem(value: Any, limits: Limits) -> str | None:
+    """Depth and string bounds of a decoded value, walked without recursion."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, str):
+            if len(v) > limits.max_string:
+                return f"a string of {len(v)} characters (at most {limits.max_string})"
+            if _SURROGATE.search(v):
+                return f"a string that is not valid UTF-8: {snippet(v)}"
+        elif isinstance(v, (list, dict)):
+            if depth > limits.max_depth:
+                return f"nested deeper than {limits.max_depth}"
+            items = list(v.keys()) + list(v.values()) if isinstance(v, dict) else v
+            stack.extend((x, depth + 1) for x in items)
+    return None
+
+
+# -- field checks ----------------------------------------------------------------
+
+def number(v: Any, lo: float, hi: float) -> bool:
+    """A number (not a bool), finite, within [lo, hi]; never raises, even for an
+    int too large for a float (int/float comparisons are exact in Python)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    return (isinstance(v, int) or math.isfinite(v)) and lo <= v <= hi
+
+
+def integer(v: Any, lo: int, hi: int) -> bool:
+    """A JSON integer (not a bool) within [lo, hi]."""
+    return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+
+
+def node_name(v: Any) -> bool:
+    """A node name as configuration allows it (vigil.fields.NAME_RE), exactly."""
+    return isinstance(v, str) and NAME_RE.fullmatch(v) is not None
+
+
+def strings(v: Any, max_items: int = 1024) -> bool:
+    """A list of at most `max_items` strings."""
+    return isinstance(v, list) and len(v) <= max_items and all(isinstance(x, str) for x in v)
