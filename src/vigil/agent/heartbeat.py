@@ -11,6 +11,11 @@ Each heartbeat lists the peers its sender suspects (vigil.net.wire), and a
 change of our own suspicions is sent at once, not at the next interval: a
 standby deciding whether to fence learns that the others agree within a
 packet's flight, not after their member records pass through etcd.
+
+A peer whose clock is off by more than `heartbeat.max_clock_skew` is an
+alarm, not a suspicion: its authentic heartbeats keep it alive
+(vigil.net.transport), and one `clock_skew` event is recorded when it starts
+and one `clock_skew_cleared` when it ends.
 """
 
 from __future__ import annotations
@@ -34,19 +39,22 @@ class HeartbeatService:
     def __init__(self, cfg: NodeConfig, clock: Clock, incarnation: int,
                  on_transitions: Callable[[list[PeerTransition]], None],
                  status: Callable[[], tuple[str, str]], on_news: Callable[[], None] = lambda: None,
-                 network: Any = None, tick: float = TICK):
+                 network: Any = None, tick: float = TICK,
+                 record: Callable[..., Any] = lambda kind, cause, **details: None):
         self.cfg, self.clock, self.incarnation = cfg, clock, incarnation
         self.on_transitions, self.status, self.on_news = on_transitions, status, on_news
         self.peers = PeerTable([p.name for p in cfg.peers], cfg.timing.detector(), cfg.timing.rise)
         self.receiver = HeartbeatReceiver(cfg.cluster, cfg.node, cfg.keys.ring,
                                           {p.name: set(p.addresses) for p in cfg.peers},
-                                          clock.wall, cfg.keys.max_clock_skew)
+                                          clock.wall, cfg.keys.max_clock_skew, clock.now,
+                                          cfg.timing.heartbeat_interval)
         links = {p.name: [(a, p.port) for a in p.addresses] for p in cfg.peers}
         for o in cfg.observers:  # routers hear us but send nothing back
             links[f"observer {o.address}:{o.port}"] = [(o.address, o.port)]
         self.transport = HeartbeatTransport(self.receiver, list(cfg.addresses), cfg.heartbeat_port,
                                             links, self._deliver, cfg.keys.signing, network)
-        self.tick = tick
+        self.tick, self.record = tick, record
+        self._skew_alarms: set[str] = set()
         self.watch = PeerWatch(self.peers, tick)
         self._seq = itertools.count(1)
         self._tasks: list[asyncio.Task] = []
@@ -111,3 +119,18 @@ class HeartbeatService:
             self._paused()
             if changes:
                 self.on_transitions(changes)
+            if self._skew_alarms != self.receiver.skewed.keys():
+                self._report_skew()
+
+    def _report_skew(self) -> None:
+        """One event when a peer's clock goes beyond the window, one when it is back."""
+        now = self.receiver.skewed
+        for node in sorted(now.keys() - self._skew_alarms):
+            self.record("clock_skew", f"{node}'s clock is {now[node]:+.1f} s from ours (window "
+                        f"{self.receiver.max_skew:g} s): an alarm only, its heartbeats still count; "
+                        "check time synchronisation (chrony) on both nodes", subject=node,
+                        skew=round(now[node], 3))
+        for node in sorted(self._skew_alarms - now.keys()):
+            self.record("clock_skew_cleared", f"{node}'s clock is back within "
+                        f"{self.receiver.max_skew / 2:g} s of ours", subject=node)
+        self._skew_alarms = set(now)

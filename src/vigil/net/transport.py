@@ -4,12 +4,27 @@ of every peer, and a receiver that authenticates, de-duplicates and counts.
 Contract:
 - `HeartbeatReceiver.receive` never raises: every packet is either delivered
   ("accepted"), reported as an authentic duplicate ("duplicate": its link
-  works, but the detector is not fed twice) or dropped and counted.
+  works, but the detector is not fed twice) or dropped and counted under
+  one reason (vigil.net.wire.REJECT_REASONS).
 - A packet is delivered only if it is signed by the node it names with a key
-  in the ring, comes from one of that node's addresses, and was sent within
-  `max_skew` seconds of the receiver's wall clock (so packets captured
-  earlier cannot be replayed after a restart cleared the replay windows:
-  the nodes' clocks must be synchronised, e.g. by chrony, within it).
+  in the ring, comes from one of that node's addresses, and its (incarnation,
+  sequence) is new (vigil.net.wire.ReplayGuard).
+- Cheap checks first: the header is parsed and the node, the source address
+  and the sequence number are judged before the Ed25519 signature (~60 µs).
+  What still needs a verification is bounded per source address
+  (vigil.net.admit): a stranger's flood costs a parse per packet, not a
+  verify, and cannot starve the peer's own packets. Only verified packets
+  move the replay window.
+- The send time is not a liveness condition. A packet sent more than
+  `max_skew` seconds from our wall clock is refused ("stale") only when it
+  does not advance the replay window of an incarnation we already hold: the
+  first we hear of a node since we started, or of a new incarnation of it,
+  or a gap filled behind the highest sequence number. There the send time is
+  what keeps a packet captured earlier from being replayed. Every packet
+  that advances a known incarnation is one its sender signed after the last
+  one we verified, so an authentic packet from a node whose clock stepped is
+  delivered like any other (a clock step is an alarm, `skewed`, never a
+  suspicion or a fence) and counted in `counters["skewed"]` as well.
 - Send errors (EPERM from a local firewall, ENETUNREACH while a link is
   down) are counted in `send_errors` and never stop the sender.
 """
@@ -18,65 +33,115 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 from typing import Any, Callable
 
 from vigil.errors import WireError
 from vigil.identity import KeyRing, SigningKeys
-from vigil.net.wire import Heartbeat, ReplayGuard, decode, encode
+from vigil.net.admit import VerifyBudget
+from vigil.net.wire import Heartbeat, ReplayGuard, Unverified, encode, parse
 
 log = logging.getLogger(__name__)
 
 Delivery = Callable[[Heartbeat, str, str], None]  # (heartbeat, link, verdict)
 DEFAULT_MAX_SKEW = 2.0
+DEFAULT_INTERVAL = 0.1  # the senders' heartbeat interval (vigil.core.timing.Timing)
+RECENT = 8  # verified packets remembered per node: a copy of one is a duplicate without a verify
 
 
 class HeartbeatReceiver:
     """Authenticates and de-duplicates packets; counts every rejection by reason.
 
     `peers` maps each peer to the addresses its packets may come from;
-    `ring` may be replaced at any time (a key reload)."""
+    `ring` may be replaced at any time (a key reload). `wall` is Unix time
+    (send-time skew), `monotonic` paces the verification budget. `skewed`
+    names the nodes whose clocks are off by more than `max_skew` now (set
+    past `max_skew`, cleared below half of it): the clock_skew alarm."""
 
     def __init__(self, cluster: str, me: str, ring: KeyRing, peers: dict[str, set[str]],
-                 wall: Callable[[], float], max_skew: float = DEFAULT_MAX_SKEW):
+                 wall: Callable[[], float], max_skew: float = DEFAULT_MAX_SKEW,
+                 monotonic: Callable[[], float] = time.monotonic, interval: float = DEFAULT_INTERVAL):
         self.cluster, self.me, self.ring, self.wall, self.max_skew = cluster, me, ring, wall, max_skew
+        self.monotonic, self.budget = monotonic, VerifyBudget(interval)
         self.guards: dict[str, ReplayGuard] = {}
         self.sources: dict[str, frozenset[str]] = {}
+        self._recent: dict[str, dict[tuple[int, int], bytes]] = {}
+        self._verified_at: dict[str, float] = {}
         for p, addrs in peers.items():
             self.track(p, addrs)
         self.counters: Counter[str] = Counter()
         self.skew: dict[str, float] = {}  # node -> last authentic packet's send time minus ours
+        self.skewed: dict[str, float] = {}  # node -> its skew, while beyond max_skew
 
     def track(self, peer: str, addresses: set[str]) -> None:
         """Accept `peer`'s packets from `addresses` from now on."""
         self.guards.setdefault(peer, ReplayGuard())
+        self._recent.setdefault(peer, {})
         self.sources[peer] = frozenset(addresses)
 
     def receive(self, packet: bytes, source: str) -> tuple[str, Heartbeat | None]:
         try:
-            hb = decode(packet, self.ring, self.cluster)
+            verdict, hb = self._receive(packet, source)
         except WireError as e:
-            self.counters[e.reason] += 1
-            return e.reason, None
-        verdict = self._judge(hb, source)
+            verdict, hb = e.reason, None
         self.counters[verdict] += 1
         return verdict, hb
 
-    def _judge(self, hb: Heartbeat, source: str) -> str:
-        if hb.node == self.me:
-            return "self"
-        if hb.node not in self.guards:
-            return "unknown_node"
-        if source not in self.sources[hb.node]:
-            return "wrong_source"
+    def _receive(self, packet: bytes, source: str) -> tuple[str, Heartbeat | None]:
+        """The cheap checks, then at most one signature check. Raises WireError."""
+        u = parse(packet, self.cluster)
+        node, inc, seq = u.hb.node, u.hb.incarnation, u.hb.seq
+        if node == self.me:
+            return "self", None
+        if node not in self.guards:
+            return "unknown_node", None
+        if source not in self.sources[node]:
+            return "wrong_source", None
+        guard = self.guards[node]
+        expect = guard.peek(inc, seq)
+        if expect == "replayed":
+            return "replayed", None
+        if expect == "duplicate" and self._recent[node].get((inc, seq)) == packet:
+            return "duplicate", u.hb  # byte for byte a packet we verified: its second link works
+        now = self.monotonic()
+        if not self.budget.allow(source, self._near(node, guard, inc, seq, now), now):
+            return "rate_limited", None
+        hb = u.verify(self.ring)
+        if self._skewed(hb) and not (inc == guard.incarnation and seq > guard.highest):
+            return "stale", None  # it would start a replay window, or fill a gap in one
+        verdict = guard.check(inc, seq)
+        self._remember(node, u, packet, now)
+        return verdict, hb
+
+    def _near(self, node: str, guard: ReplayGuard, inc: int, seq: int, now: float) -> bool:
+        """In the incarnation we know, and no further ahead than the node can have sent."""
+        if inc != guard.incarnation:
+            return False
+        return seq <= self.budget.near_limit(guard.highest, now - self._verified_at.get(node, now))
+
+    def _remember(self, node: str, u: Unverified, packet: bytes, now: float) -> None:
+        recent = self._recent[node]
+        recent[(u.hb.incarnation, u.hb.seq)] = packet
+        if len(recent) > RECENT:
+            del recent[next(iter(recent))]
+        self._verified_at[node] = now
+
+    def _skewed(self, hb: Heartbeat) -> bool:
+        """Note an authentic packet's send-time skew; True if beyond `max_skew`."""
         skew = hb.sent_us / 1e6 - self.wall()
         self.skew[hb.node] = skew
-        if abs(skew) > self.max_skew:
-            if self.counters["stale"] % 100 == 0:  # a clock problem, not an attack: say it, rarely
-                log.warning("heartbeat from %s sent %.3f s from our clock (window %.1f s): check "
-                            "time synchronisation (chrony) on both nodes", hb.node, skew, self.max_skew)
-            return "stale"
-        return self.guards[hb.node].check(hb.incarnation, hb.seq)
+        if abs(skew) <= self.max_skew:
+            if abs(skew) <= self.max_skew / 2:
+                self.skewed.pop(hb.node, None)
+            return False
+        if self.counters["skewed"] % 100 == 0:  # a clock problem, not an attack: say it, rarely
+            log.warning("heartbeat from %s sent %.3f s from our clock (window %.1f s): an alarm, not "
+                        "a suspicion; check time synchronisation (chrony) on both nodes",
+                        hb.node, skew, self.max_skew)
+        self.counters["skewed"] += 1
+        self.skewed[hb.node] = skew
+        return True
 
 
 class _Protocol(asyncio.DatagramProtocol):
