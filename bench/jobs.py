@@ -72,9 +72,14 @@ async def run(lab: Lab, job: str, n: int, chunk: int, shards: int, kills_at: lis
         wall = time.monotonic() - t0
         seen = [c.first + i async for c in jobs.results(store, KEYS, view.spec, view.spec.chunks)
                 for i in range(len(c.inputs))]
+        # One key per chunk: a second commit would overwrite the first and leave `seen` intact;
+        # etcd's version (puts since the key's creation) shows it.
+        twice = [k for k in range(view.spec.chunks)
+                 if (await store.get(KEYS.job_result(job, k))).version != 1]  # type: ignore[union-attr]
         return {"state": view.state, "inputs": n, "chunk": chunk, "shards": shards, "wall_s": round(wall, 1),
                 "inputs_per_s": round(n / wall, 1), "claims": sum(p.claims for p in view.shards), "kills": killed,
-                "results_checked": len(seen), "every_input_once": seen == list(range(n)),
+                "results_checked": len(seen), "every_input_once": seen == list(range(n)) and not twice,
+                "chunks_committed_twice": twice,
                 "redone_without_checkpoints": sum(k["done_at_kill"] for k in killed)}
     finally:
         await store.close()
@@ -117,7 +122,8 @@ def main() -> None:
              "per model server), lease TTL 2 s (the lab's timing). A kill SIGKILLs the agent and model server "
              "of a node mid-way through a shard; the shard's next owner resumes at its checkpoint, so at most "
              "the chunk in flight is embedded again. Killed nodes are restarted between runs. Results read "
-             "back with vigil.store.jobs.results (each chunk checked against its inputs).")
+             "back with vigil.store.jobs.results (each chunk checked against its inputs); 'every input once' "
+             "also requires every result key to have been written exactly once (etcd version 1).")
     write("jobs", {"runs": runs}, rows, notes)
 
 

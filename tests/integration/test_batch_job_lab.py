@@ -103,9 +103,12 @@ def test_a_10000_input_job_survives_two_sigkills_of_its_node(tmp_path):
 
         async def ledger(store):
             spec = (await jobs.read_job(store, KEYS, "big")).spec
-            return spec, [(c.chunk, c.node, c.claim) async for c in jobs.results(store, KEYS, spec, spec.chunks)]
-        spec, record = lab.with_store(ledger)
+            twice = [k for k in range(spec.chunks) if (await store.get(KEYS.job_result("big", k))).version != 1]
+            return spec, twice, [(c.chunk, c.node, c.claim)
+                                 async for c in jobs.results(store, KEYS, spec, spec.chunks)]
+        spec, twice, record = lab.with_store(ledger)
         assert [k for k, _, _ in record] == list(range(200)), "one committed result per chunk"
+        assert not twice, f"chunks committed more than once (a later commit overwrote the first): {twice}"
         moved = 0
         for shard in range(spec.shards):
             lo, hi = spec.shard_range(shard)

@@ -23,11 +23,13 @@ import struct
 import pytest
 from aiohttp import web
 
-from vigil.agent.jobs import JobRunner
+from vigil.agent.jobs import JobRunner, _too_large
 from vigil.clock import SystemClock
+from vigil.errors import StoreError, StoreUnavailable
 from vigil.core.jobs import JobSpec, chunked, payload_id, sha256_of
 from vigil.procs import free_ports
 from vigil.store import jobs
+from vigil.store.etcd import EtcdStore
 from vigil.store.keys import Keys
 from vigil.testing import MemoryStore
 from vigil.testing.wait import wait_until
@@ -89,7 +91,11 @@ class Node:
 
 @pytest.fixture
 async def env():
-    store = MemoryStore()
+    async for e in serving(MemoryStore()):
+        yield e
+
+
+async def serving(store: MemoryStore):
     store.start()
     embedder = Embedder()
     runner = web.AppRunner(embedder.app)
@@ -125,8 +131,17 @@ async def progress(store: MemoryStore, job: str = "j1") -> dict:
 
 
 async def collect(store: MemoryStore, spec: JobSpec) -> list[tuple[int, str, str, str]]:
+    """Every committed input, in order; AssertionError if a chunk's result was written more
+    than once (the last value alone would hide a second commit: each put bumps `version`)."""
+    twice = [k for k in range(spec.chunks) if (await store.get(KEYS.job_result(spec.id, k))).version != 1]
+    assert not twice, f"chunks committed more than once: {twice}"
     return [(c.first + i, text, vec, c.node) async for c in jobs.results(store, KEYS, spec, spec.chunks)
             for i, (text, vec) in enumerate(zip(c.inputs, c.vectors))]
+
+
+def embedded_at_most_once_per_claim(embedder: Embedder, spec: JobSpec, claims: int) -> None:
+    """Each claim re-embeds at most the one chunk it had in flight (A1: re-embedding is measured)."""
+    assert spec.total <= embedder.served <= spec.total + spec.chunk_size * claims, (embedder.served, claims)
 
 
 async def test_a_job_moves_when_its_owner_dies_and_every_input_is_committed_once(env):
@@ -151,6 +166,7 @@ async def test_a_job_moves_when_its_owner_dies_and_every_input_is_committed_once
     assert (p["state"], p["done"], p["shards"][0]["next_chunk"], p["claims"]) == ("done", 2000, 100, 2)
     got = await collect(store, spec)
     assert [g[0] for g in got] == list(range(2000)), "every input once, in order"
+    embedded_at_most_once_per_claim(embedder, spec, 2)
     assert all(text == inputs[i] and vec == vector(text) for i, text, vec, _ in got)
     assert {node for *_, node in got} == {"a", "b"}
     claimed = [c for k, c in b.events if k == "job_claimed"][0]
@@ -178,6 +194,7 @@ async def test_the_shards_of_a_job_spread_over_the_nodes_and_move_when_one_dies(
     assert [s["state"] for s in doc["shards"]] == ["done"] * 3 and doc["claims"] == 4, doc["shards"]
     got = await collect(store, spec)
     assert [g[0] for g in got] == list(range(3000)), "every input once, in order"
+    embedded_at_most_once_per_claim(embedder, spec, 4)
     assert all(text == inputs[i] and vec == vector(text) for i, text, vec, _ in got)
     assert b.kinds().count("job_shard_done") == 2 and b.kinds()[-1] == "job_done"
 
@@ -198,6 +215,7 @@ async def test_an_owner_paused_past_its_lease_commits_nothing_after_it(env):
     await wait_until(lambda: "job_done" in b.kinds(), 60, "b to finish")
     got = await collect(store, spec)
     assert [g[0] for g in got] == list(range(400))
+    embedded_at_most_once_per_claim(embedder, spec, (await progress(store))["claims"])
     assert all(node == "a" for i, *_, node in got if i < at * 20)
     assert all(node == "b" for i, *_, node in got if i >= at * 20), "nothing of a's after its lease ended"
     lost = [c for k, c in a.events if k == "job_lost"][0]
@@ -218,6 +236,7 @@ async def test_etcd_away_mid_job_keeps_the_claim_and_work_goes_on_from_the_check
     await wait_until(lambda: "job_done" in a.kinds(), 60, "the job done after etcd came back")
     assert a.kinds() == ["job_claimed", "job_done"] and (await progress(store))["claims"] == 1
     assert [g[0] for g in await collect(store, spec)] == list(range(600)), "every input once"
+    embedded_at_most_once_per_claim(embedder, spec, 1)
 
 
 async def test_a_busy_server_is_waited_for_and_a_refused_input_fails_the_job(env):
@@ -274,3 +293,87 @@ async def test_records_that_are_not_vigils_are_skipped(env):
     assert listed == {"bad": "unreadable", "neg": "unreadable", "half": "unreadable", "j1": "failed"}
     assert a.kinds() == ["job_claimed", "job_failed"], "nothing but the whole job was claimed"
     assert await jobs.delete(store, KEYS, "half") == 1
+
+
+async def test_the_every_input_once_check_sees_a_chunk_committed_twice(env):
+    """The checks above are held to a known violation: a second put of one chunk's result,
+    with the same value, is seen (the last value alone would hide it)."""
+    store, embedder, (a, _) = env
+    spec, _ = await submit(store, 40, 20)
+    await start(store, a)
+    await wait_until(lambda: "job_done" in a.kinds(), 30, "the job done")
+    assert len(await collect(store, spec)) == 40
+    kv = await store.get(KEYS.job_result("j1", 1))
+    await store.put(kv.key, kv.value)  # chunk 1 committed again, identically
+    with pytest.raises(AssertionError, match=r"committed more than once: \[1\]"):
+        await collect(store, spec)
+    embedder.served += 40  # ... and embedded twice more under one claim
+    with pytest.raises(AssertionError):
+        embedded_at_most_once_per_claim(embedder, spec, 1)
+
+
+class CreateAnswerLost(MemoryStore):
+    """etcd's client retrying an owner create whose answer was lost: the first create of an
+    owner record applies and then answers like the retry would, "already there"."""
+
+    def __init__(self):
+        super().__init__()
+        self.lost = 0
+
+    async def create(self, key, value, lease=0):
+        ok, kv = await super().create(key, value, lease)
+        if ok and key.startswith(KEYS.payload("job:")) and not self.lost:
+            self.lost += 1
+            return False, kv
+        return ok, kv
+
+
+async def test_a_claim_whose_create_answer_was_lost_is_worked_on():
+    async for store, embedder, (a, _) in serving(CreateAnswerLost()):
+        spec, _ = await submit(store, 100, 20)
+        await start(store, a)
+        await wait_until(lambda: "job_done" in a.kinds(), 30, "a to work on the shard it created")
+        assert store.lost == 1 and a.kinds() == ["job_claimed", "job_done"]
+        assert [g[0] for g in await collect(store, spec)] == list(range(100))
+        embedded_at_most_once_per_claim(embedder, spec, 1)
+
+
+class RequestLimit(MemoryStore):
+    """etcd's --max-request-bytes: a transaction whose puts exceed `limit` bytes is refused
+    the way EtcdStore reports it (test_a_request_over_etcds_limit_is_refused_as_too_large)."""
+
+    def __init__(self, limit: int):
+        super().__init__()
+        self.limit, self.refused_large = limit, 0
+
+    async def txn(self, expect, puts, deletes=()):
+        if sum(len(k) + len(v) for k, v, _ in puts) > self.limit:
+            self.refused_large += 1
+            raise StoreError("etcd http://127.0.0.1:2379 refused the request: etcdserver: request is too large")
+        return await super().txn(expect, puts, deletes)
+
+
+async def test_a_result_too_large_for_etcd_fails_the_job_instead_of_embedding_forever():
+    async for store, embedder, (a, _) in serving(RequestLimit(4000)):
+        await submit(store, 100, 20, job="small")  # ~0.5 kB per result: fits
+        await start(store, a)
+        await wait_until(lambda: "job_done" in a.kinds(), 30, "the job with small results done")
+        await submit(store, 500, 250, job="big")  # ~5.5 kB per result: over the limit
+        await wait_until(lambda: "job_failed" in a.kinds(), 30, "the job with big results failed")
+        p = await progress(store, "big")
+        assert p["state"] == "failed" and p["done"] == 0, p
+        assert "result of chunk 0" in p["reason"] and "smaller --chunk" in p["reason"], p["reason"]
+        assert store.refused_large == 1 and embedder.served == 100 + 250, "chunk 0 was embedded once"
+        assert KEYS.payload(payload_id("big", 0)) not in store._kv
+
+
+async def test_a_request_over_etcds_limit_is_refused_as_too_large(etcd_cluster):
+    """The message RequestLimit imitates is the one a real etcd gives (1.5 MiB by default)."""
+    store = EtcdStore(etcd_cluster.endpoints, 5.0)
+    try:
+        for size in (1_700_000, 2_500_000):  # over etcd's limit; over its gRPC gateway's too
+            with pytest.raises(StoreError) as e:
+                await store.txn([], [("/vigil-test/too-large", "x" * size, 0)], [])
+            assert _too_large(e.value) and not isinstance(e.value, StoreUnavailable), e.value
+    finally:
+        await store.close()

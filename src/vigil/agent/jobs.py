@@ -22,7 +22,12 @@ node: the shards of a job spread over the nodes that take batch work.
 - The model server refuses an input (400): the job fails (`job_failed`),
   naming the chunk; the same input would fail on every node.
 - etcd is away: nothing is committed; a commit whose outcome is unknown is
-  re-read before anything else is done.
+  re-read before anything else is done. An owner record that a retried
+  create found "already there" under this node's name and lease is this
+  node's claim.
+- A chunk's result is larger than one etcd request may be: the job fails,
+  naming the chunk and a --chunk that fits (it would fail on every node).
+  A result is created once, never overwritten (the commit requires it absent).
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ from vigil.core.jobs import (OPEN, JobRecordError, JobSpec, Progress, parse_chun
                              payload_id, pick_shard, sha256_of)
 from vigil.core.payloads import Payload
 from vigil.errors import StoreError, StoreUnavailable, VigilError
-from vigil.store.base import Expect, Store
+from vigil.store.base import Expect, KeyValue, Store
 from vigil.store import jobs
 from vigil.store.keys import Keys
 
@@ -169,7 +174,7 @@ class JobRunner:
         spec, (prog, rev) = specs[job], progress[picked]
         key = self.keys.payload(payload_id(job, shard))
         ok, kv = await self.store.create(key, self._owner_record(spec, shard, prog.done), lease)
-        if not ok:
+        if not ok and not self._mine(kv, lease):
             return None  # another node was quicker
         claimed = prog.claimed(self.node, self.clock.wall())
         ok, new_rev = await self.store.txn([Expect(key, create_revision=kv.create_revision),
@@ -185,6 +190,12 @@ class JobRunner:
                     f"(chunks {start}..{prog.end - 1}; {prog.done} inputs of the shard done)", job=job, shard=shard,
                     claim=c.revision, chunk=prog.next, done=prog.done)
         return c
+
+    def _mine(self, kv: KeyValue | None, lease: int) -> bool:
+        """An owner record that names this node under its lease is this node's claim,
+        even when the create said "already there": etcd's client retried a create
+        whose first answer was lost (as Election.try_campaign reads it)."""
+        return kv is not None and kv.lease == lease and jobs.owner_of(kv.value).get("node") == self.node
 
     def _owner_record(self, spec: JobSpec, shard: int, done: int) -> str:
         p = Payload(payload_id(spec.id, shard), spec.model, "job", self.clock.wall(), done)
@@ -237,7 +248,18 @@ class JobRunner:
         result = {"chunk": k, "node": self.node, "claim": c.revision, "at": self.clock.wall(),
                   "inputs_sha256": sha256_of(inputs), "vectors": vectors}
         after = c.progress.committed(len(inputs), self.clock.wall())
-        await self._commit(c, after, [(self.keys.job_result(spec.id, k), json.dumps(result), 0)])
+        try:
+            await self._commit(c, after, [(self.keys.job_result(spec.id, k), json.dumps(result), 0)])
+        except StoreError as e:
+            if not _too_large(e):
+                raise
+            # The same chunk would be refused on every node, after every retry: fail the job
+            # (the earlier chunks stay committed) instead of embedding it again forever.
+            size = len(json.dumps(result))
+            raise JobStop(f"the result of chunk {k} ({len(inputs)} inputs, {size} bytes) is larger than one "
+                          f"etcd request may be (etcd --max-request-bytes, 1.5 MiB by default): submit the "
+                          f"job again with a smaller --chunk (at most {max(1, len(inputs) * 2**20 // size)} "
+                          f"inputs for this model)", "failed") from None
 
     async def _commit(self, c: Claim, after: Progress, puts: list[tuple[str, str, int]]) -> None:
         """Write `puts` and move the checkpoint to `after`, only while this node holds
@@ -250,10 +272,13 @@ class JobRunner:
         rewrite = not deletes and now - c.owner_written >= OWNER_EVERY  # the watchers' traffic is bounded
         if rewrite:
             puts.append((owner, self._owner_record(c.spec, c.shard, after.done), c.lease))
+        # A chunk's result is created, never overwritten: a second commit of one chunk cannot
+        # land unseen (the claim and checkpoint checks already exclude it; this makes it visible).
+        fresh = [Expect(key, create_revision=0) for key, _, _ in puts if key != owner and key != progress_key]
         while True:
             try:
                 ok, rev = await self.store.txn([Expect(owner, create_revision=c.revision),
-                                                Expect(progress_key, mod_revision=c.progress_rev)],
+                                                Expect(progress_key, mod_revision=c.progress_rev), *fresh],
                                                puts, deletes)
             except StoreUnavailable:  # applied or not: read before anything else
                 ok, rev = await self._landed(c, after)
@@ -261,7 +286,7 @@ class JobRunner:
                 c.progress, c.progress_rev = after, rev
                 c.owner_written = now if rewrite else c.owner_written
                 return
-            await self._refused(c)
+            await self._refused(c, [e.key for e in fresh])
 
     async def _landed(self, c: Claim, after: Progress) -> tuple[bool, int]:
         """Whether a commit whose answer was lost was applied (re-read until etcd answers)."""
@@ -277,7 +302,7 @@ class JobRunner:
         return (seen.next, seen.state, seen.node, seen.claims) == (after.next, after.state, self.node,
                                                                    after.claims), kv.mod_revision
 
-    async def _refused(self, c: Claim) -> None:
+    async def _refused(self, c: Claim, fresh: list[str]) -> None:
         """A commit did not apply: return to try it again, or JobStop saying why not."""
         owner = await self.store.get(self.keys.payload(payload_id(c.spec.id, c.shard)))
         if owner is None or owner.create_revision != c.revision:
@@ -286,6 +311,10 @@ class JobRunner:
                           "nothing was committed after it", lost=True)
         kv = await self.store.get(self.keys.job_progress(c.spec.id, c.shard))
         if kv is not None and kv.mod_revision == c.progress_rev:
+            for key in fresh:
+                if await self.store.get(key) is not None:
+                    raise JobStop(f"{key} was written by someone else before this node committed it; "
+                                  "the chunk is not committed twice", "failed")
             return  # not applied (etcd was away): the same commit again
         state = parse_progress(kv.value, kv.key, c.spec, c.shard).state if kv else "deleted"
         raise JobStop(f"the job's checkpoint was changed by someone else (now {state})")
@@ -334,6 +363,12 @@ class JobRunner:
         if not e.state:
             self.record("job_lost" if e.lost else "job_released", f"batch job {job}: {e}; {where}",
                         job=job, shard=c.shard, chunk=c.progress.next)
+
+
+def _too_large(e: StoreError) -> bool:
+    """etcd's refusal of a request over --max-request-bytes: "etcdserver: request is too large",
+    or, past that limit plus 512 KiB, its gRPC gateway's "received message larger than max"."""
+    return "request is too large" in str(e) or "larger than max" in str(e)
 
 
 def _vectors(doc: object, n: int, k: int) -> list[str]:
