@@ -25,6 +25,7 @@ command -v keepalived >/dev/null || pkgs+=(keepalived)   # bench/vip.py compares
 command -v wrk >/dev/null || pkgs+=(wrk)
 command -v ipmi_sim >/dev/null || pkgs+=(openipmi)     # the IPMI BMC simulator fencing is tested on
 command -v ipmitool >/dev/null || pkgs+=(ipmitool)
+command -v faketime >/dev/null || pkgs+=(faketime)   # the clock-step test and bench/hostile.py
 if ((${#pkgs[@]})); then
   echo "install: apt-get install ${pkgs[*]}"
   apt-get update -q >/dev/null

@@ -1,6 +1,11 @@
 """`vigil firewall render`: an nftables ruleset for one node that lets only
-the cluster reach its etcd (client and peer ports), its heartbeat port and
-its agent API (the seed's "nftables restricting 2379/2380 to the cluster").
+the cluster reach its etcd (client and peer ports), every port on it that
+receives heartbeats (the agent's, and the observer port of a router on the
+node: the one its agent runs, and any observer listed at one of the node's
+addresses) and its agent API (the seed's "nftables restricting 2379/2380 to
+the cluster"). Address rules stop strangers cheaply; a stranger who spoofs a
+cluster address still costs the receivers only a parse per packet
+(vigil.net.transport).
 
 The cluster is every address the node's configuration names (its own
 heartbeat addresses, its peers', its observers' (routers), its etcd
@@ -36,6 +41,16 @@ def cluster_sources(cfg: NodeConfig, allow: list[str]) -> list[str]:
     return [str(n) for n in sorted(nets, key=lambda n: (n.version, n))]
 
 
+def heartbeat_ports(cfg: NodeConfig) -> list[int]:
+    """Every UDP port on this node that receives heartbeats. Raises ConfigError
+    (an unreadable router configuration)."""
+    ports = {cfg.heartbeat_port, *(o.port for o in cfg.observers if o.address in cfg.addresses)}
+    if cfg.router_config:
+        from vigil.router.config import load_router_config  # only nodes that run a router need it
+        ports.add(load_router_config(cfg.router_config).heartbeat_port)
+    return sorted(ports)
+
+
 def render(cfg: NodeConfig, allow: list[str], etcd_peer_ports: list[int], extra_tcp: list[int] = ()) -> str:
     """The ruleset, as `nft -f` reads it."""
     nets = cluster_sources(cfg, allow)
@@ -56,5 +71,6 @@ def render(cfg: NodeConfig, allow: list[str], etcd_peer_ports: list[int], extra_
             f"  chain input {{\n    type filter hook input priority filter; policy accept;\n"
             f"    iif \"lo\" accept\n{accepts}"
             f"    tcp dport {{ {', '.join(map(str, tcp))} }} counter drop comment \"vigil: cluster only\"\n"
-            f"    udp dport {cfg.heartbeat_port} counter drop comment \"vigil heartbeats: cluster only\"\n"
+            f"    udp dport {{ {', '.join(map(str, heartbeat_ports(cfg)))} }} counter drop "
+            f"comment \"vigil heartbeats: cluster only\"\n"
             f"  }}\n}}\n")
