@@ -1,12 +1,15 @@
-"""Issue 9 #1, in-process on the in-memory store: a malformed member record
-stops neither an agent's decision loop nor the router's membership."""
+"""Issue 9 #1 and issue 22 #1 (review B1), in-process on the in-memory store:
+a malformed record of any key family the agents read stops neither an
+agent's decision loop nor the router's membership."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 from vigil.agent.daemon import Agent
@@ -21,6 +24,68 @@ from vigil.testing.wait import wait_until
 from vigil.testing.keys import shared_keys
 
 KEYS = shared_keys('n1', 'n2')
+HUGE = "1" + "0" * 400  # a JSON integer no float holds (review B1)
+
+
+def one_node_config(tmp_path, api_port: int, hb_port: int, peer_port: int) -> dict:
+    return {"cluster": "bad", "node": "n1", "data_dir": str(tmp_path),
+            "etcd": {"endpoints": ["http://127.0.0.1:1"]}, "api": {"port": api_port},
+            "heartbeat": {**KEYS["n1"], "port": hb_port,
+                          "peers": [{"name": "n2", "addresses": ["127.0.0.1"], "port": peer_port}]},
+            "timing": {"lease_ttl": 2, "keepalive_interval": 0.5, "demote_after": 1.6,
+                       "etcd_timeout": 0.5, "loop_interval": 0.5}}
+
+
+@contextlib.asynccontextmanager
+async def running_agent(tmp_path, store):
+    agent = Agent(parse_config(one_node_config(tmp_path, *free_ports(3))), store=store)
+    stop = asyncio.Event()
+    task = asyncio.get_running_loop().create_task(agent.run(stop))
+    try:
+        yield agent
+    finally:
+        stop.set()
+        await task
+
+
+# One hostile value per key family the agents decide on; each stopped every
+# agent's cycle (members, held), held every node back for good (fencing), or
+# went into a decision unchecked (the rest) on 7cf5bfd.
+BAD = {
+    "members": lambda k: (k.member("zz-not-a-node"), '{"started_at": ' + HUGE + "}"),
+    "held": lambda k: (k.hold("n2"), '{"until": ' + HUGE + ', "why": "x"}'),
+    "fencing": lambda k: (k.fence_marker("n2"), "[" * 100_000),
+    "state": lambda k: (k.state("n2"), HUGE),
+    "switchover": lambda k: (k.switchover, '{"to": ' + HUGE + "}"),
+    "payloads": lambda k: (k.payload("job:j:1"), '{"started": NaN}'),
+    "leader": lambda k: (k.leader, "\udcff" + HUGE),
+}
+
+
+@pytest.mark.parametrize("family", sorted(BAD))
+async def test_an_agent_stays_healthy_and_leads_past_a_hostile_record(tmp_path, family):
+    """The review's reproduction and its class: the only agent leads, stays
+    healthy cycle after cycle, and names the record once in a bad_record event."""
+    store = MemoryStore()
+    store.start()
+    keys = Keys("bad")
+    key, value = BAD[family](keys)
+    lease = (await store.grant(1)).id if family == "leader" else 0  # a dead writer's leader key
+    await store.put(key, value, lease)
+    try:
+        async with running_agent(tmp_path, store) as agent:
+            await wait_until(agent.is_leader, 15, f"n1 to lead despite a bad {family} record")
+            cycles = agent.reconciler.cycles
+            await wait_until(lambda: agent.reconciler.cycles >= cycles + 3, 15, "three more decision cycles")
+            assert agent.is_leader() and agent.healthy and agent.reconciler.failing is None
+            await agent.events.flush()
+            events = await read_events(store, keys)
+            assert not [e for e in events if e["kind"] == "decision_loop_failed"]
+            if family not in ("payloads", "leader"):  # payloads are in no decision; the leader key is gone
+                named = [e for e in events if e["kind"] == "bad_record" and e["key"] == key]
+                assert len(named) == 1, events
+    finally:
+        await store.close()
 
 
 async def test_agent_keeps_deciding_past_a_malformed_peer_record(tmp_path):

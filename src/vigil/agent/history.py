@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from vigil.core.records import MAX_NUMBER, decode_json, integer, number
+
 
 @dataclass(frozen=True)
 class Interval:
@@ -80,12 +82,18 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """The records of one JSON-lines file (none if it does not exist)."""
     out = []
     if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                continue  # a line cut by SIGKILL mid-write: the previous records stand
+        for line in path.read_text(errors="surrogateescape").splitlines():
+            rec = decode_json(str(path), line)
+            if _well_formed(rec):
+                out.append(rec)  # else a line cut by SIGKILL mid-write: the previous records stand
     return out
+
+
+def _well_formed(rec: Any) -> bool:
+    """A record as `write` makes it: what `intervals` reads is there, bounded."""
+    return (isinstance(rec, dict) and isinstance(rec.get("node"), str) and isinstance(rec.get("event"), str)
+            and integer(rec.get("token"), 0, 2**62) and number(rec.get("at"), 0.0, MAX_NUMBER)
+            and (rec.get("valid_until") is None or number(rec["valid_until"], 0.0, MAX_NUMBER)))
 
 
 def read_records(paths: Iterable[Path]) -> list[dict[str, Any]]:

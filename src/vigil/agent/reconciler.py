@@ -172,13 +172,17 @@ class Reconciler:
         return decision
 
     def _report_bad_records(self, snap: Snapshot) -> None:
-        """Each malformed member record is an event once (per key and problem);
-        the record itself is left out of every decision."""
+        """Each record no Vigil component wrote (vigil.store.records) is an event
+        once per key and problem while it stands, logged with it; the record
+        itself is left out of every decision."""
         for key, problem in snap.bad_records.items():
             if self._bad_seen.get(key) != problem:
                 self._bad_seen[key] = problem
+                log.warning("ignoring record %s: %s", key, problem)
                 self.record("bad_record", f"{key}: {problem}; ignored until its owner "
                                          "rewrites it (or delete the key)", key=key)
+        for key in set(self._bad_seen) - set(snap.bad_records):  # fixed or gone: said again if it recurs
+            del self._bad_seen[key]
 
     async def _abandon_stale_fences(self, snap: Snapshot) -> bool:
         """Our in-progress fencing markers whose fence is no longer in flight (a cycle

@@ -21,6 +21,7 @@ from vigil.clock import Clock
 from vigil.errors import StoreError
 from vigil.store.base import Store
 from vigil.store.keys import Keys
+from vigil.store.records import BadRecord, parse_event
 
 log = logging.getLogger(__name__)
 
@@ -91,13 +92,14 @@ class EventLog:
 
 
 async def read_events(store: Store, keys: Keys, limit: int = 0) -> list[dict[str, Any]]:
+    """The newest `limit` events (all if 0), oldest first. An event no agent wrote
+    (vigil.store.records.parse_event) is listed as kind "corrupt" with the problem."""
     kvs, _ = await store.range(keys.events)
     out = []
     for kv in kvs[-limit:] if limit else kvs:
-        try:
-            out.append(json.loads(kv.value))
-        except ValueError:
-            out.append({"id": kv.key, "kind": "corrupt", "cause": kv.value[:200]})
+        ev = parse_event(kv.key, kv.value)
+        out.append({"id": kv.key, "at": 0.0, "node": "?", "kind": "corrupt", "cause": ev.problem}
+                   if isinstance(ev, BadRecord) else ev)
     return out
 
 

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
 from vigil.core.jobs import (OPEN, JobRecordError, JobSpec, Progress, job_state, parse_chunk, parse_progress,
-                             parse_spec, payload_id, sha256_of)
+                             parse_spec, payload_id, result_from, sha256_of, shard_of)
+from vigil.core.payloads import parse_payload_record
+from vigil.core.records import BadRecord, decode_object, snippet
 from vigil.errors import VigilError
 from vigil.store.base import Expect, Store
 from vigil.store.keys import Keys
@@ -84,19 +86,18 @@ async def read_job(store: Store, keys: Keys, job_id: str) -> JobView:
     prefix = keys.payload(payload_id(job_id))
     owners = {}
     for okv in (await store.range(prefix))[0]:
-        tail = okv.key[len(prefix):]
-        if tail.isdigit():
-            owners[int(tail)] = owner_of(okv.value)
+        shard = shard_of(okv.key[len(prefix):])
+        if shard is not None:
+            owners[shard] = owner_of(okv.value)
     return JobView(spec, shards, revisions, owners)
 
 
-def owner_of(raw: str) -> dict[str, Any]:
-    """An owner record as a dict, whatever is stored there."""
-    try:
-        d = json.loads(raw)
-    except ValueError:
-        return {"node": "?", "corrupt": raw[:200]}
-    return d if isinstance(d, dict) else {"node": "?", "corrupt": raw[:200]}
+def owner_of(raw: str, key: str = "owner") -> dict[str, Any]:
+    """An owner record (a payload record, vigil.core.payloads) as a dict, whatever
+    is stored there: {"node": "?", "corrupt": ...} for one no agent wrote."""
+    if isinstance(parse_payload_record(key, raw), BadRecord):
+        return {"node": "?", "corrupt": snippet(str(raw), 200)}
+    return decode_object(key, raw)  # checked just above: a bounded object, extra fields ("total") kept
 
 
 async def list_jobs(store: Store, keys: Keys) -> list[dict[str, Any]]:
@@ -160,13 +161,9 @@ async def results(store: Store, keys: Keys, spec: JobSpec, upto: int) -> AsyncIt
             raise VigilError(f"job {spec.id}: chunk {k} has no {'input' if ikv is None else 'result'} record")
         try:
             inputs = parse_chunk(ikv.value, ikv.key, spec, k)
-            r = json.loads(rkv.value)
-            ok = (isinstance(r, dict) and r.get("chunk") == k and r.get("inputs_sha256") == sha256_of(inputs)
-                  and isinstance(r.get("vectors"), list) and len(r["vectors"]) == len(inputs)
-                  and all(isinstance(v, str) for v in r["vectors"]))
-        except (JobRecordError, ValueError) as e:
+            r = result_from(rkv.value, rkv.key)
+        except JobRecordError as e:
             raise VigilError(f"job {spec.id}: chunk {k}: {e}") from None
-        if not ok:
+        if r.chunk != k or r.inputs_sha256 != sha256_of(inputs) or len(r.vectors) != len(inputs):
             raise VigilError(f"job {spec.id}: the result of chunk {k} does not match its inputs")
-        yield ChunkResult(k, k * spec.chunk_size, inputs, r["vectors"], str(r.get("node", "?")),
-                          r["claim"] if isinstance(r.get("claim"), int) else 0)
+        yield ChunkResult(k, k * spec.chunk_size, inputs, r.vectors, r.node, r.claim)
