@@ -218,9 +218,7 @@ class Reconciler:
             fence_blocked=snap.fence_blocked,
             suspected_for=self.peers.suspected_for(now), heard_suspects=self.peers.heard_suspicions(),
             race_delay=self.cfg.fencing.race_delay if self.cfg.fencing else 0.0,
-            cluster_size=len(self.cfg.peers) + 1, ring=frozenset(self.cfg.keys.ring.members),
-            unparsed=frozenset(k[len(self.keys.members):] for k in snap.bad_records
-                               if k.startswith(self.keys.members)))
+            cluster_size=len(self.cfg.peers) + 1, ring=frozenset(self.cfg.keys.ring.members))
 
     def _set(self, decision: Decision) -> None:
         if decision != self.last:
@@ -249,7 +247,7 @@ class Reconciler:
         # event is the alarm (a key rewritten again is judged and removed again).
         if await remove_invalid(self.store, self.keys.leader, d.target):
             self.record("leader_key_invalid", d.reason, subject=d.target.name, token=d.target.token,
-                        lease=d.target.lease)
+                        lease=f"{d.target.lease:x}")
 
     async def _demote(self, d: Demote, view: ClusterView) -> None:
         self.leadership.lose(d.reason)

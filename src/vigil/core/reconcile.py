@@ -111,6 +111,8 @@ def _i_lead_without_key(v: ClusterView) -> Decision | None:
         return Demote("leader key disappeared")
     if v.leader.token != v.my_token or v.leader.name != v.me:
         return Demote(f"leader key now held by {v.leader.name} (token {v.leader.token})")
+    if v.leader.lease != v.my_lease:  # rewritten under another lease: its expiry no longer bounds my term
+        return Demote(f"leader key (token {v.leader.token}) rebound from my lease to lease {v.leader.lease:x}")
     return None
 
 
@@ -254,13 +256,16 @@ def decide_states(v: ClusterView) -> dict[str, str]:
     The leader is `active`, registered members are `standby` (`held` while
     flap damping holds them out, vigil.core.damping), and a node with
     a state but no member record (its lease is gone) or that the leader
-    does not hear now is `failed`. `maintenance` is kept until an operator changes it;
+    does not hear now is `failed`; names outside the key ring get no state.
+    `maintenance` is kept until an operator changes it;
     `fenced` is kept until the node registers again (it was rebooted).
     """
     if not v.i_lead:
         return {}
     wanted: dict[str, str] = {}
     for name in set(v.members) | set(v.states):
+        if not v.in_ring(name):  # a record under a name outside the key ring is no member's
+            continue
         current = v.states.get(name)
         if current == MAINTENANCE or (current == FENCED and name not in v.members):
             continue

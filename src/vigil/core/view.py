@@ -69,18 +69,19 @@ class ClusterView:
     heard_suspects: dict[str, frozenset[str]] = field(default_factory=dict)  # from peers' heartbeats
     # The names in the key ring: only they may lead or vote (empty: not known, any registered name).
     ring: frozenset[str] = frozenset()
-    unparsed: frozenset[str] = frozenset()  # names whose member record is there but malformed
 
     def in_ring(self, name: str) -> bool:
         return not self.ring or name in self.ring
 
     def leader_key_problem(self) -> str | None:
-        """Why the leader key names no leader anyone may follow, or None. A
-        campaign always binds the key to the lease the node's member record is
-        bound to, and only key-ring members campaign; any other key was written
-        by hand or by a compromised credential, and following it would leave the
-        cluster leaderless for good. A member record that is there but malformed
-        cannot be checked: that key is followed (its owner's churn is no cure)."""
+        """Why the leader key is one no campaign wrote, or None. A campaign binds
+        the key to the campaigning node's own lease (the one its member record is
+        bound to), and only key-ring members campaign. Any other key was written
+        by hand or by a compromised credential; following it would leave the
+        cluster leaderless for good. A key under a live lease that names a ring
+        member and no other member's lease may be that member's, from an earlier
+        incarnation: it is waited out (its lease ends it), never removed, since
+        its holder's self-demotion deadline is only known to end with that lease."""
         lead = self.leader
         if lead is None:
             return None
@@ -88,14 +89,10 @@ class ClusterView:
             return f"names {lead.name!r} with no lease"
         if not self.in_ring(lead.name):
             return f"names {lead.name!r}, which is not in the key ring"
-        if lead.name in self.unparsed:
-            return None
-        member = self.members.get(lead.name)
-        if member is None:
-            return f"names {lead.name!r}, which has no member record"
-        if member.lease != lead.lease:
-            return (f"is bound to lease {lead.lease:x}, not to the lease of {lead.name}'s member "
-                    f"record ({member.lease:x})")
+        owner = next((m.name for m in self.members.values() if m.lease == lead.lease and m.name != lead.name),
+                     None)
+        if owner is not None:
+            return f"names {lead.name!r} but is bound to {owner}'s lease"
         return None
 
     def eligible(self, name: str) -> bool:
