@@ -9,7 +9,7 @@ import asyncio
 from aiohttp import web
 
 from tests.integration.test_router_deadlines import router_over
-from vigil.router.http1 import FrontProtocol, sweep
+from vigil.router.http1 import FrontProtocol, Listener, sweep
 
 
 def echo_backend() -> web.Application:
@@ -77,14 +77,15 @@ async def test_garbage_a_huge_head_and_a_huge_body_are_refused_and_the_router_se
 
 
 async def test_idle_and_slow_clients_are_closed_by_the_sweep():
-    conns: set[FrontProtocol] = set()
+    listener = Listener(1024, idle=0.4, head=0.8)
+    conns = listener.conns
 
     async def never(req, reply):
         raise AssertionError("no request completes here")
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: FrontProtocol(never, 1024, conns), "127.0.0.1", 0)
+    server = await loop.create_server(lambda: FrontProtocol(never, listener), "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    sweeper = loop.create_task(sweep(conns, idle=0.4, head=0.8))
+    sweeper = loop.create_task(sweep(listener))
     try:
         _, idle_w = await asyncio.open_connection("127.0.0.1", port)
         slow_r, slow_w = await asyncio.open_connection("127.0.0.1", port)

@@ -120,3 +120,118 @@ async def test_admin_listener_speaks_tls_and_wants_a_token(tmp_path):
             with pytest.raises(aiohttp.ClientError):  # plain http to a TLS listener gets nothing
                 async with http.get(f"http://127.0.0.1:{port}/metrics") as r:
                     await r.read()
+
+
+# -- review 7cf5bfd B7-B9: what one connection, a slow client or the admin port can hold --
+
+def post(path: str, body: bytes) -> bytes:
+    return b"POST %b HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n%b" % (path.encode(), len(body), body)
+
+
+async def answers(reader: asyncio.StreamReader, n: int) -> list[int]:
+    """The statuses of the next `n` answers on one connection (each with a Content-Length)."""
+    statuses = []
+    for _ in range(n):
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        await reader.readexactly(length)
+        statuses.append(int(head.split(b" ")[1]))
+    return statuses
+
+
+async def test_a_pipelining_client_is_not_read_past_the_pipeline_depth():
+    """One connection writes 300 pipelined 64 KiB POSTs (19 MiB) at a stalled backend:
+    the router holds a bounded few (the review held 799, 49 MiB), stops reading, and
+    answers all of them in order once the backend moves."""
+    release = asyncio.Event()
+    async with router_over({"n1": slow_backend(release)}, admission={"initial_limit": 64, "max_limit": 64},
+                           limits={"max_pipeline": 8}) as (router, url):
+        host, port = url.split("//")[1].split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"".join(post(f"/v1/embeddings?{i}", b"x" * 65536) for i in range(300)))
+        await wait_until(lambda: router.clients and next(iter(router.clients)).paused_at is not None,
+                         10, "the router to stop reading the pipelining client")
+        (conn,) = router.clients
+        one_read = 4  # requests a single read (256 KiB at most) may complete past the depth
+        assert len(conn._queue) <= 8 + one_read and router.front.held <= 1 + 8 + one_read, conn
+        assert conn._queued_bytes <= (8 + one_read) * 65536
+        assert writer.transport.get_write_buffer_size() > 0, "the rest waits on the client's side"
+        release.set()
+        assert await answers(reader, 300) == [200] * 300
+        writer.close()
+    assert router.front.held == 0
+
+
+async def test_requests_queued_on_connections_count_toward_max_inflight():
+    """12 pipelined requests hold the first 8 inflight slots: another client's request
+    is refused at once (429), and so are the pipeline's last 4, in their turn."""
+    release = asyncio.Event()
+    async with router_over({"n1": slow_backend(release)}, admission={"initial_limit": 64, "max_limit": 64},
+                           limits={"max_inflight": 8}) as (router, url):
+        host, port = url.split("//")[1].split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"".join(post("/v1/embeddings", b"{}") for _ in range(12)))
+        await wait_until(lambda: router.front.held == 8 and router.active == 1, 10, "12 requests received")
+        out = await raw(url, post("/v1/embeddings", b"{}"), until=b"HTTP/1.1 429")
+        assert out.startswith(b"HTTP/1.1 429") and b"limits.max_inflight" in out
+        release.set()
+        assert await answers(reader, 12) == [200] * 8 + [429] * 4
+        writer.close()
+
+
+async def drip(url: str, prefix: bytes, data: bytes, every: float) -> bool:
+    """Send `prefix`, then `data` one byte per `every` s (the fault itself, not a
+    wait); True once the router closes the connection before all is sent."""
+    host, port = url.split("//")[1].split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    closed = asyncio.ensure_future(reader.read())
+    writer.write(prefix)
+    try:
+        for i in range(len(data)):
+            writer.write(data[i:i + 1])
+            done, _ = await asyncio.wait([closed], timeout=every)
+            if done:
+                return True
+        return False
+    finally:
+        closed.cancel()
+        writer.close()
+
+
+@pytest.mark.parametrize("part", ["head", "body"])
+async def test_a_client_sending_a_byte_per_interval_is_closed_and_others_served(part):
+    """Review B8: the head deadline is a total from the request's first byte, and a
+    body must keep a rate, so two clients dripping a byte every 0.6 s cannot hold
+    both connection slots (main held them: new clients got 503)."""
+    head = b"POST /v1/embeddings HTTP/1.1\r\nHost: a\r\nContent-Length: 60\r\n\r\n"
+    prefix, data = (b"", head) if part == "head" else (head, b"x" * 60)
+    limits = {"client_header_timeout": 1, "max_connections": 2, "client_body_rate": 100}
+    async with router_over({"n1": echo_backend()}, limits=limits) as (router, url):
+        slow = [drip(url, prefix, data, 0.6) for _ in range(2)]
+        assert await asyncio.wait_for(asyncio.gather(*slow), 60) == [True, True]
+        await wait_until(lambda: not router.clients, 10, "both slow connections to close")
+        out = await raw(url, b"GET /v1/x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", until=b"200")
+        assert out.startswith(b"HTTP/1.1 200")
+
+
+async def test_the_admin_listener_caps_its_connections_and_sweeps_idle_ones():
+    """Review B9: 200 idle connections to the admin port: past ADMIN_MAX_CONNS each is
+    told 503 and closed, the held ones close after client_idle_timeout, and then an
+    operator is served again; the data plane never saw them."""
+    from vigil.router.proxy import ADMIN_MAX_CONNS
+
+    async with router_over({"n1": echo_backend()}, limits={"client_idle_timeout": 1}) as (router, url):
+        (admin_port,) = free_ports(1)
+        await router.listen_admin("127.0.0.1", admin_port)
+        conns = [await asyncio.open_connection("127.0.0.1", admin_port) for _ in range(200)]
+        refused = await asyncio.gather(*[asyncio.wait_for(r.read(), 30) for r, _ in conns[ADMIN_MAX_CONNS:]])
+        assert all(out.startswith(b"HTTP/1.1 503") for out in refused)
+        assert len(router.admin.conns) == ADMIN_MAX_CONNS and not router.clients
+        held = await asyncio.gather(*[asyncio.wait_for(r.read(), 30) for r, _ in conns[:ADMIN_MAX_CONNS]])
+        assert held == [b""] * ADMIN_MAX_CONNS, "idle admin connections swept (closed without a word)"
+        for _, w in conns:
+            w.close()
+        await wait_until(lambda: not router.admin.conns, 10, "the admin connections to go")
+        out = await raw(f"http://127.0.0.1:{admin_port}", b"GET /_vigil/status HTTP/1.1\r\nHost: a\r\n"
+                                                           b"Connection: close\r\n\r\n")
+        assert out.startswith(b"HTTP/1.1 200")

@@ -58,7 +58,9 @@ class LimitsConfig:
     max_inflight: int = 4096  # requests being handled, queued ones included
     max_body: int = 16 * 1024 * 1024  # bytes; larger requests get 413
     client_idle_timeout: float = 75.0  # an idle keep-alive client connection closes (nginx)
-    client_header_timeout: float = 60.0  # one request's line and headers must arrive in this
+    client_header_timeout: float = 60.0  # one request's line and headers must arrive in this, in total
+    client_body_rate: float = 4096.0  # bytes/s a body must average once client_header_timeout passed
+    max_pipeline: int = 16  # requests queued on one connection; past it the client is not read
     upstream_idle_per_backend: int = 64  # idle keep-alive connections kept per backend
 
 
@@ -181,15 +183,19 @@ def _backends(v: Any) -> BackendAllowlist:
 
 def _limits(v: Any) -> LimitsConfig:
     d = check_mapping(v, "limits", {"max_connections", "max_inflight", "max_body", "client_idle_timeout",
-                                    "client_header_timeout", "upstream_idle_per_backend"})
+                                    "client_header_timeout", "client_body_rate", "max_pipeline",
+                                    "upstream_idle_per_backend"})
     values: dict[str, Any] = {}
     for k, lo, hi in (("max_connections", 1, 1_000_000), ("max_inflight", 1, 1_000_000),
-                      ("max_body", 1024, 1 << 34), ("upstream_idle_per_backend", 0, 100_000)):
+                      ("max_body", 1024, 1 << 34), ("upstream_idle_per_backend", 0, 100_000),
+                      ("max_pipeline", 1, 1024)):
         if k in d:
             values[k] = check_int(d[k], f"limits.{k}", lo, hi)
     for k in ("client_idle_timeout", "client_header_timeout"):
         if k in d:
             values[k] = _number(d[k], f"limits.{k}", 0, 3600)
+    if "client_body_rate" in d:
+        values["client_body_rate"] = _number(d["client_body_rate"], "limits.client_body_rate", 0, 1 << 34)
     return LimitsConfig(**values)
 
 
