@@ -7,20 +7,25 @@ are documented in docs/configuration.md.
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 from vigil.core.timing import WATCHDOG_MODES, WATCHDOG_REQUIRED, Timing, fitting_timeout, validate_timing
-from vigil.errors import ConfigError
+from vigil.errors import ConfigError, VigilError
 from vigil.fields import (check_address, check_addresses, check_int, check_mapping, check_name,
                           check_port)
 from vigil.stonith.config import FencingConfig, parse_fencing
-from vigil.files import read_secret, read_yaml
+from vigil.files import check_secret, read_secret, read_yaml
 from vigil.probes.config import HealthConfig, parse_health
 from vigil.heartbeat_keys import HeartbeatKeys, parse_heartbeat_keys, ring_covers
+from vigil.resources.signed import gateway_name
 from vigil.resources.vip import VipConfig, parse_vips
+
+log = logging.getLogger(__name__)
 
 DEFAULT_HEARTBEAT_PORT = 694  # the Linux-HA heartbeat port
 
@@ -178,9 +183,43 @@ def _api_security(api: dict[str, Any], base: Path, where: str = "api") -> dict[s
     for f in tls or ():
         if not Path(f).is_file():
             raise ConfigError(f"{where}.cert_file", f, "file not found; make one with `vigil certs issue`")
+    if tls:
+        check_secret(tls[1], f"{where}.key_file")
     tokens = load_tokens(str(base / str(api["tokens_file"])), f"{where}.tokens_file") \
         if "tokens_file" in api else None
+    for warning in exposure_warnings(str(api.get("host", "127.0.0.1")), tokens is not None, tls is not None, where):
+        log.warning("%s", warning)
     return {"api_tls": tls, "api_tokens": tokens}
+
+
+def exposure_warnings(host: str, tokens: bool, tls: bool, where: str) -> list[str]:
+    """What an operator should know about an HTTP API listening on `host`: tokens in
+    cleartext, or no tokens at all, on an address other hosts can reach."""
+    if _loopback(host):
+        return []
+    if not tokens:
+        return [f"{where}.host is {host} and {where}.tokens_file is not set: anyone who can reach it may "
+                f"use every endpoint (drain, maintenance, switchover); give {where}.tokens_file"]
+    if not tls:
+        return [f"{where}.tokens_file without {where}.cert_file: bearer tokens cross the network to {host} "
+                f"in cleartext; give {where}.cert_file and {where}.key_file (`vigil certs issue`)"]
+    return []
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def check_etcd_auth(endpoints: list[str] | tuple[str, ...], user: str | None, field: str) -> None:
+    """Refuse etcd credentials sent to an http:// endpoint (the password, then every
+    token, would cross the network in cleartext). Raises ConfigError."""
+    plain = [e for e in endpoints if not str(e).startswith("https://")]
+    if user and plain:
+        raise ConfigError(field, user, f"etcd auth over {plain[0]} would send the password and every token "
+                                       "in cleartext: use https:// endpoints (with the etcd CA), or no etcd user")
 
 
 def _peers(v: Any, me: str) -> tuple[Peer, ...]:
@@ -226,14 +265,17 @@ def _etcd(v: Any, base: Path = Path(".")) -> EtcdConfig:
     for k, f in tls.items():
         if f is not None and not Path(str(f)).is_file():
             raise ConfigError(f"etcd.{k}", f, "file not found; give the path of a PEM file")
+    if tls["key_file"]:
+        check_secret(str(tls["key_file"]), "etcd.key_file")
     if any(str(e).startswith("https") for e in eps) and not tls["ca_file"]:
         raise ConfigError("etcd.ca_file", None, "https endpoints need ca_file (the etcd CA certificate)")
     if ("user" in d) != ("password_file" in d):
         raise ConfigError("etcd.user", d.get("user"), "give both etcd.user and etcd.password_file "
                                                       "(etcd auth), or neither")
+    user = check_name(d, "user", "etcd.user") if "user" in d else None
+    check_etcd_auth(eps, user, "etcd.user")
     password = read_secret(base / str(d["password_file"]), "etcd.password_file") if "password_file" in d \
         else None
-    user = check_name(d, "user", "etcd.user") if "user" in d else None
     local = check_name(d, "local_member", "etcd.local_member") if "local_member" in d else None
     return EtcdConfig(tuple(str(e) for e in eps), **tls, user=user, password=password, local_member=local)
 
@@ -322,6 +364,10 @@ def _controller(v: Any) -> dict[str, Any] | None:
     d = check_mapping(v, "controller", {"gateway", "register", "interval"})
     if not str(d.get("gateway", "")).startswith(("http://", "https://")):
         raise ConfigError("controller.gateway", d.get("gateway"), "must be the actuator gateway's URL")
+    try:
+        gateway_name(str(d["gateway"]))  # commands are signed for it (vigil.resources.signed)
+    except VigilError as e:
+        raise ConfigError("controller.gateway", d["gateway"], f"must be the actuator gateway's URL: {e}") from None
     interval = d.get("interval", 0.2)
     if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not 0.01 <= interval <= 60:
         raise ConfigError("controller.interval", interval, "must be 0.01..60 seconds")

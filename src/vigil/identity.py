@@ -86,7 +86,7 @@ def generate() -> Ed25519PrivateKey:
 
 
 def load_signing_keys(path: str | Path, where: str) -> SigningKeys:
-    raw = _read(Path(path), where)
+    raw = _read(Path(path), where, secret=True)
     if not isinstance(raw, dict) or set(raw) - {"node", "send", "keys"}:
         raise ConfigError(where, str(path), "must be a signing key file {node, send, keys} made by "
                                             "`vigil keygen`")
@@ -114,9 +114,9 @@ def load_ring(path: str | Path, where: str) -> KeyRing:
     return ring
 
 
-def _read(path: Path, where: str) -> Any:
+def _read(path: Path, where: str, secret: bool = False) -> Any:
     try:
-        check_owner(path, where)
+        check_owner(path, where, secret)
         return yaml.safe_load(path.read_text())
     except OSError as e:
         raise ConfigError(where, str(path), f"cannot be read ({e.strerror}); make it with "

@@ -1,7 +1,8 @@
 """Fuzz target: bodies (and signatures) sent to the actuator gateway. Every
 one gets an answer below 500; the guard only ever holds a token etcd issued
 to the signing node, and a write reaches the PLC only when it is signed by
-the leader with the leader's token."""
+the leader with the leader's token, for this gateway. A request refused for
+its signature writes nothing to disk (it is only counted)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from vigil.procs import free_ports
 from vigil.testing.keys import heartbeat_keys
 
 LEADER = ("n1", 9)
+NAME = "gateway-a:8400"  # the gateway's name; commands signed for another are refused
 
 
 class MemoryPlc:
@@ -44,7 +46,7 @@ def gateway(loop_thread, tmp_path_factory):
     async def leader_of():
         return LEADER
     gw = ActuatorGateway(plc, TokenGuard(root / "highest"), root / "writes.jsonl",
-                         RequestVerifier(load_ring(root / "keys" / "cluster.keyring", "ring"),
+                         RequestVerifier(load_ring(root / "keys" / "cluster.keyring", "ring"), NAME,
                                          remember=1 << 16), leader_of)
     (port,) = free_ports(1)
 
@@ -73,11 +75,11 @@ BODIES = (FIELDS.map(lambda d: json.dumps(d).encode()) | JSON.map(lambda d: json
 
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
-@given(BODIES, st.sampled_from([None, "n1", "n2"]))
-def test_no_body_breaks_the_gateway_or_moves_the_guard(gateway, body, signer):
+@given(BODIES, st.sampled_from([None, "n1", "n2"]), st.sampled_from([NAME, "gateway-b:8400"]))
+def test_no_body_breaks_the_gateway_or_moves_the_guard(gateway, body, signer, signed_for):
     gw, plc, port, keys = gateway
-    before = dict(plc.registers)
-    headers = sign_request(keys[signer], "POST", "/write", body, time.time()) if signer else {}
+    before, written = dict(plc.registers), _size(gw.history.path)
+    headers = sign_request(keys[signer], signed_for, "POST", "/write", body, time.time()) if signer else {}
     head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
     answer = exchange(port, (f"POST /write HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n{head}"
                              f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
@@ -87,7 +89,13 @@ def test_no_body_breaks_the_gateway_or_moves_the_guard(gateway, body, signer):
     assert gw.guard.highest in (0, LEADER[1]), "only the token etcd issued is ever persisted"
     if status == 200:
         doc = json.loads(body)
-        assert signer == LEADER[0] and doc["token"] == LEADER[1]
+        assert signer == LEADER[0] and doc["token"] == LEADER[1] and signed_for == NAME
         assert plc.registers[doc["register"]] == doc["value"]
     else:
         assert plc.registers == before, "a refused write never reaches the PLC"
+    if status in (400, 401):
+        assert _size(gw.history.path) == written, "an unauthenticated request writes nothing to disk"
+
+
+def _size(path) -> int:
+    return path.stat().st_size if path.exists() else 0

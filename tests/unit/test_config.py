@@ -166,6 +166,7 @@ def test_a_misspelled_secret_is_never_echoed(tmp_path):
     assert "hunter2" not in str(e.value) and "did you mean 'password'" in str(e.value)
     secret = tmp_path / "n1.key"
     secret.write_text("node: n1\nsend: 1\nkeys: {1: hunter2-is-not-hex}\n")
+    secret.chmod(0o600)
     with pytest.raises(ConfigError) as e:
         parse_config(good(heartbeat={**KEY, "signing_key_file": str(secret)}))
     assert "hunter2" not in str(e.value) and "<hidden>" in str(e.value)
@@ -190,3 +191,123 @@ def test_files_others_could_change_are_refused_when_running_as_root(tmp_path):
         and "chown root" in str(e.value)
     os.chown(key, 0, 0)
     assert load_config(cfg).keys.signing.node == "n1"
+
+
+def test_a_yaml_syntax_error_names_the_place_never_the_text(tmp_path):
+    """B-L1: PyYAML quotes the lines around an error; a password there was printed."""
+    cfg = tmp_path / "node.yaml"
+    for text in ("password: S3cretBMC!\n  bad: [", "cluster: prod\n\tpassword: S3cretBMC!\n",
+                 "password: 'S3cretBMC!\n"):
+        cfg.write_text(text)
+        with pytest.raises(ConfigError) as e:
+            load_config(cfg)
+        assert "S3cret" not in str(e.value) and "at line " in str(e.value), str(e.value)
+        r = subprocess.run([sys.executable, "-m", "vigil", "check-config", str(cfg)],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and "S3cret" not in r.stderr + r.stdout and "not valid YAML" in r.stderr
+
+
+def test_secrets_others_could_read_and_files_in_a_directory_others_could_write_are_refused(tmp_path):
+    """B-L2: signing keys, password and token files and TLS keys must be mode 600 (the
+    message says so); a file in a directory others may write could be replaced by rename."""
+    keys = heartbeat_keys(tmp_path / "keys", ["n1", "n2"])
+    key = Path(keys["n1"]["signing_key_file"])
+    key.chmod(0o640)
+    with pytest.raises(ConfigError) as e:
+        parse_config(good(heartbeat={**keys["n1"]}))
+    assert e.value.field == "heartbeat.signing_key_file" and f"`chmod 600 {key}`" in str(e.value)
+    key.chmod(0o600)
+    assert parse_config(good(heartbeat={**keys["n1"]})).keys.signing.node == "n1"
+    password = tmp_path / "etcd.password"
+    password.write_text("hunter2\n")
+    password.chmod(0o604)
+    from vigil.files import read_secret
+    with pytest.raises(ConfigError, match=r"open to group or others \(mode 604\): `chmod 600 "):
+        read_secret(password, "etcd.password_file")
+    password.chmod(0o600)
+    assert read_secret(password, "etcd.password_file") == "hunter2"
+    from vigil.certs import init_ca, issue
+    init_ca(tmp_path / "tls")
+    cert, tls_key = issue(tmp_path / "tls", "n1-api", ["127.0.0.1"])
+    tls_key.chmod(0o644)
+    with pytest.raises(ConfigError, match="api.key_file.*chmod 600"):
+        parse_config(good(api={"cert_file": str(cert), "key_file": str(tls_key)}))
+    etcd = {"endpoints": ["https://127.0.0.1:2379"], "ca_file": str(tmp_path / "tls" / "ca.pem"),
+            "cert_file": str(cert), "key_file": str(tls_key)}
+    with pytest.raises(ConfigError, match="etcd.key_file.*chmod 600"):
+        parse_config(good(etcd=etcd))
+    tls_key.chmod(0o600)
+    assert parse_config(good(etcd=etcd)).etcd.key_file == str(tls_key)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    cfg = shared / "node.yaml"
+    cfg.write_text(yaml.safe_dump(good()))
+    shared.chmod(0o777)
+    with pytest.raises(ConfigError) as e:
+        load_config(cfg)
+    assert "directory of" in str(e.value) and f"chmod go-w {shared}" in str(e.value)
+    shared.chmod(0o1777)  # sticky, as /tmp: nobody may replace another's file in it
+    assert load_config(cfg).node == "n1"
+
+
+def test_a_user_other_than_root_accepts_only_its_own_or_roots_files(tmp_path, monkeypatch):
+    """B-L2: routers and gateways need not run as root; the checks still hold for them."""
+    import os
+    from vigil.files import read_secret
+    token = tmp_path / "token"
+    token.write_text("t0ken\n")
+    token.chmod(0o600)
+    monkeypatch.setattr(os, "geteuid", lambda: 4321)
+    assert read_secret(token, "--api-token-file") == "t0ken", "root's file"
+    os.chown(token, 1000, 0)
+    with pytest.raises(ConfigError, match="owned by uid 1000, not root or uid 4321"):
+        read_secret(token, "--api-token-file")
+    os.chown(token, 4321, 0)
+    os.chown(tmp_path, 4321, 0)
+    assert read_secret(token, "--api-token-file") == "t0ken", "its own file"
+    token.chmod(0o644)
+    with pytest.raises(ConfigError, match="chmod 600"):
+        read_secret(token, "--api-token-file")
+
+
+def test_etcd_credentials_over_plain_http_are_refused(tmp_path):
+    """B-L3: the password and every token would cross the network in cleartext."""
+    password = tmp_path / "pw"
+    password.write_text("hunter2\n")
+    password.chmod(0o600)
+    etcd = {"endpoints": ["https://10.0.0.9:2379", "http://10.0.0.10:2379"], "user": "n1",
+            "password_file": str(password), "ca_file": str(password)}
+    with pytest.raises(ConfigError) as e:
+        parse_config(good(etcd=etcd))
+    assert e.value.field == "etcd.user" and "http://10.0.0.10:2379" in str(e.value) and "https://" in str(e.value)
+    for args in (["status", "--etcd", "http://127.0.0.1:1", "--cluster", "x", "--user", "op",
+                  "--password-file", str(password)],
+                 ["actuator-gateway", "--plc", "127.0.0.1:1", "--listen", "1", "--state", str(tmp_path / "s"),
+                  "--keyring", str(password), "--etcd", "http://127.0.0.1:1", "--cluster", "x",
+                  "--etcd-user", "gateway", "--etcd-password-file", str(password)]):
+        r = subprocess.run([sys.executable, "-m", "vigil", *args], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and "cleartext" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_an_api_open_to_the_network_without_tokens_or_tls_is_warned_about(tmp_path, caplog):
+    """B-L3: bearer tokens over plain http, or no tokens on a wildcard address."""
+    from vigil.config import exposure_warnings
+    assert exposure_warnings("127.0.0.1", False, False, "api") == []
+    assert "tokens_file is not set" in exposure_warnings("0.0.0.0", False, False, "api")[0]
+    assert "cleartext" in exposure_warnings("10.0.0.1", True, False, "admin")[0]
+    assert exposure_warnings("10.0.0.1", True, True, "api") == []
+    with caplog.at_level("WARNING", logger="vigil.config"):
+        parse_config(good(api={"host": "0.0.0.0"}))
+    assert any("api.host is 0.0.0.0" in r.getMessage() for r in caplog.records)
+
+
+def test_a_gateway_that_listens_everywhere_must_be_named(tmp_path):
+    """B-L4: commands are signed for one gateway's name; on 0.0.0.0 it cannot guess it."""
+    keys = heartbeat_keys(tmp_path / "keys", ["n1"])
+    r = subprocess.run([sys.executable, "-m", "vigil", "actuator-gateway", "--plc", "127.0.0.1:1",
+                        "--listen", "1", "--host", "0.0.0.0", "--state", str(tmp_path / "s"),
+                        "--keyring", keys["n1"]["keyring_file"], "--etcd", "http://127.0.0.1:1",
+                        "--cluster", "x"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "--name HOST:PORT" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    with pytest.raises(ConfigError, match="controller.gateway"):
+        parse_config(good(controller={"gateway": "http://:80"}))

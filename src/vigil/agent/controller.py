@@ -30,7 +30,7 @@ import aiohttp
 from vigil.agent.leadership import Leadership
 from vigil.clock import Clock
 from vigil.resources.guard import TOKEN_HEADER
-from vigil.resources.signed import sign_request
+from vigil.resources.signed import gateway_name, sign_request
 from vigil.identity import SigningKeys
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,8 @@ class Controller:
                 value = (value + 1) % 65536
                 body = json.dumps({"register": self.register, "value": value, "token": token}).encode()
                 headers = {TOKEN_HEADER: str(token), "Content-Type": "application/json",
-                           **sign_request(self.signing(), "POST", "/write", body, self.clock.wall())}
+                           **sign_request(self.signing(), gateway_name(self.gateway), "POST", "/write", body,
+                                          self.clock.wall())}
                 try:
                     async with http.post(self.gateway + "/write", headers=headers, data=body) as r:
                         if r.status == 200:

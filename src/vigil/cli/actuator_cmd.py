@@ -16,6 +16,10 @@ def register(sub) -> None:
     p.add_argument("--plc", required=True, metavar="HOST:PORT")
     p.add_argument("--listen", type=int, required=True, metavar="PORT", help="HTTP port")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--name", metavar="HOST:PORT",
+                   help="this gateway as the nodes' controller.gateway URL names it: commands are signed "
+                        "for it, so one sent on to another gateway is refused (default --host:--listen; "
+                        "required when --host is a wildcard address)")
     p.add_argument("--state", required=True, metavar="DIR", help="highest token and write history")
     p.add_argument("--keyring", required=True, metavar="FILE",
                    help="the cluster's key ring: only nodes in it may write (reloaded on SIGHUP)")
@@ -42,17 +46,22 @@ def gateway(args) -> int:
     logging.basicConfig(level="INFO", stream=sys.stderr)
     from aiohttp import web
 
+    from vigil.config import check_etcd_auth
     from vigil.resources.guard import TokenGuard
     from vigil.resources.actuator import ActuatorGateway, ModbusPlc
     from vigil.resources.signed import RequestVerifier
-    from vigil.files import read_secret
+    from vigil.files import check_secret, read_secret
     from vigil.identity import load_ring
     from vigil.store.etcd import EtcdStore
     from vigil.store.keys import Keys
 
     if not 0.1 <= args.max_skew <= 300:
         raise ConfigError("--max-skew", args.max_skew, "must be 0.1..300 seconds")
-    verifier = RequestVerifier(load_ring(args.keyring, "--keyring"), args.max_skew)
+    endpoints = args.etcd.split(",")
+    check_etcd_auth(endpoints, args.etcd_user, "--etcd-user")
+    if args.etcd_key:
+        check_secret(args.etcd_key, "--etcd-key")
+    verifier = RequestVerifier(load_ring(args.keyring, "--keyring"), _name(args), args.max_skew)
     password = read_secret(args.etcd_password_file, "--etcd-password-file") if args.etcd_password_file else None
     state = Path(args.state)
     state.mkdir(parents=True, exist_ok=True)
@@ -65,7 +74,7 @@ def gateway(args) -> int:
             logging.error("key ring not reloaded, the old one stays in use: %s", e)
 
     async def main() -> None:
-        store = EtcdStore(args.etcd.split(","), 1.0, args.etcd_ca, args.etcd_cert, args.etcd_key,
+        store = EtcdStore(endpoints, 1.0, args.etcd_ca, args.etcd_cert, args.etcd_key,
                           args.etcd_user, password)
         leader_key = Keys(args.cluster).leader
 
@@ -88,6 +97,21 @@ def gateway(args) -> int:
 
     run(main)
     return 0
+
+
+def _name(args) -> str:
+    """The name commands are signed for (vigil.resources.signed.gateway_name)."""
+    from vigil.errors import VigilError
+    from vigil.resources.signed import gateway_name
+
+    if args.name is None and args.host in ("0.0.0.0", "::", ""):
+        raise ConfigError("--name", None, f"--host {args.host or '(all)'} listens on every address: give "
+                                          "--name HOST:PORT as the nodes' controller.gateway URL has it")
+    name = args.name or (f"[{args.host}]:{args.listen}" if ":" in args.host else f"{args.host}:{args.listen}")
+    try:
+        return gateway_name(f"http://{name}")
+    except VigilError as e:
+        raise ConfigError("--name", name, f"must be HOST:PORT: {e}") from None
 
 
 def plc_sim(args) -> int:

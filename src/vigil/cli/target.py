@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from vigil.config import load_config
+from vigil.config import check_etcd_auth, load_config
 from vigil.errors import ConfigError
 from vigil.files import read_secret
 from vigil.store.etcd import EtcdStore
@@ -93,11 +93,12 @@ def resolve(args) -> Target:
         raise ConfigError("--etcd/--cluster", etcd or cluster,
                           "name the cluster: --config FILE, --lab DIR, or both --etcd URLS and "
                           "--cluster NAME")
+    endpoints = [e.strip() for e in etcd.split(",") if e.strip()]
+    check_etcd_auth(endpoints, args.user, "--user")
     password = read_secret(args.password_file, "--password-file") if args.password_file else None
     if bool(args.user) != bool(password):
         raise ConfigError("--user", args.user, "give --user and --password-file together")
-    return Target([e.strip() for e in etcd.split(",") if e.strip()], cluster, args.cacert, args.cert,
-                  args.key, args.user, password, _token(args))
+    return Target(endpoints, cluster, args.cacert, args.cert, args.key, args.user, password, _token(args))
 
 
 def _token(args) -> str | None:

@@ -11,9 +11,20 @@ signed by the node that sends it (vigil.resources.signed). In order:
   future leader out); etcd not answering while that must be checked: 503;
 - a token lower than the highest accepted (a deposed leader): 409, and the
   register is untouched;
-- otherwise the value is written with pymodbus and read back (PLC error: 502). Every attempt, accepted or not, is appended to a JSON-lines history
+- otherwise the value is written with pymodbus and read back (PLC error: 502).
+
+Every signed attempt, accepted or not, is appended to a JSON-lines history
 that the chaos checker reads (tokens accepted must never decrease; no stale
-write is ever accepted).
+write is ever accepted); the history is bounded (vigil.logfile: 16 MiB, then
+one rotated file). Unsigned or wrongly signed requests are only counted
+(`/status` "unauthorised") and logged at most once a minute: a stranger's
+requests must not fill the disk, after which the guard could not persist a
+new token and no leader could write.
+
+GET /read and GET /status take no signature: they change nothing (no PLC
+write, no token), the gateway listens on a control network (127.0.0.1 by
+default), and requiring a node's signing key for them would hand operators
+and monitoring the keys that can command the PLC. /status names no secret.
 
 Writes are serialised: the guard check and the PLC write happen under one
 lock, so a stale command can never overtake a newer one between the two.
@@ -23,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable
@@ -30,11 +42,15 @@ from typing import Any, Awaitable, Callable
 from aiohttp import web
 
 from vigil.errors import StoreError, VigilError
+from vigil.logfile import LOG_MAX_BYTES, BoundedLog
 from vigil.resources.guard import StaleToken, TokenGuard
 from vigil.resources.signed import RequestVerifier, Unauthorised
 from vigil.web import finish, route
 
 LeaderOf = Callable[[], Awaitable[tuple[str, int] | None]]  # etcd's (leader, token), None if none
+UNAUTHORISED_LOG_EVERY = 60.0  # s: refused signatures are logged at most this often, with their count
+
+log = logging.getLogger(__name__)
 
 
 class PlcError(VigilError):
@@ -100,10 +116,13 @@ class Refused(VigilError):
 
 class ActuatorGateway:
     def __init__(self, plc: ModbusPlc, guard: TokenGuard, history: Path, verifier: RequestVerifier,
-                 leader_of: LeaderOf, clock: Callable[[], float] = time.time):
-        self.plc, self.guard, self.history = plc, guard, history
+                 leader_of: LeaderOf, clock: Callable[[], float] = time.time,
+                 history_max_bytes: int = LOG_MAX_BYTES):
+        self.plc, self.guard, self.history = plc, guard, BoundedLog(history, history_max_bytes)
         self.verifier, self.leader_of, self.clock = verifier, leader_of, clock
         self.owner: tuple[str, int] | None = None  # (node, token) confirmed with etcd
+        self.unauthorised = 0  # requests refused for their signature: counted, never written to disk
+        self._unauthorised_logged = (float("-inf"), 0)  # (when, count then)
         self._lock = asyncio.Lock()
         self.app = web.Application(client_max_size=64 * 1024)
         self.app.add_routes([route("POST", "/write", self.write), route("GET", "/read", self.read),
@@ -124,7 +143,7 @@ class ActuatorGateway:
         try:
             node = self.verifier.verify(request.headers, request.method, request.path, raw, self.clock())
         except Unauthorised as e:
-            self._record(token, register, value, False, f"unauthorised: {e}")
+            self._refused_signature(e)
             return web.json_response({"error": f"unauthorised: {e}"}, status=401)
         async with self._lock:
             try:
@@ -169,16 +188,25 @@ class ActuatorGateway:
 
     async def status(self, _: web.Request) -> web.Response:
         return web.json_response({"highest_token": self.guard.highest, "rejected": self.guard.rejected,
+                                  "unauthorised": self.unauthorised,
                                   "owner": self.owner and {"node": self.owner[0], "token": self.owner[1]},
                                   "keyring": {n: sorted(ids) for n, ids in
                                               self.verifier.ring.members.items()}})
 
     def _record(self, token: int, register: int, value: int, accepted: bool, reason: str,
                 readback: int | None = None, node: str | None = None) -> None:
-        line = json.dumps({"at": time.time(), "token": token, "register": register, "value": value,
-                           "accepted": accepted, "reason": reason, "readback": readback, "node": node})
-        with open(self.history, "a") as f:
-            f.write(line + "\n")
+        self.history.append(json.dumps({"at": time.time(), "token": token, "register": register, "value": value,
+                                        "accepted": accepted, "reason": reason, "readback": readback,
+                                        "node": node}))
+
+    def _refused_signature(self, e: Unauthorised) -> None:
+        self.unauthorised += 1
+        now = self.clock()
+        at, count = self._unauthorised_logged
+        if now - at >= UNAUTHORISED_LOG_EVERY:
+            log.warning("refused a request for its signature (%d since the last such warning, %d in all; "
+                        "at most one warning a minute): %s", self.unauthorised - count, self.unauthorised, e)
+            self._unauthorised_logged = (now, self.unauthorised)
 
 
 def _int(body: dict[str, Any], key: str, lo: int, hi: int) -> int:
