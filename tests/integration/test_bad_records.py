@@ -21,6 +21,7 @@ from vigil.store.events import read_events
 from vigil.store.keys import Keys
 from vigil.testing import MemoryStore
 from vigil.testing.wait import wait_until
+from vigil.testing.heartbeats import HeartbeatSender, member_record
 from vigil.testing.keys import shared_keys
 
 KEYS = shared_keys('n1', 'n2')
@@ -130,16 +131,18 @@ async def test_router_routes_around_a_malformed_record_and_takes_the_node_back_w
     store = MemoryStore()
     store.start()
     keys = Keys("bad")
-    good = {"inference": {"url": f"http://127.0.0.1:{backend_port}", "ready": True}}
+    good = member_record(f"http://127.0.0.1:{backend_port}")
+    ring = shared_keys("n1", "n2", "n3")  # members the router hears (the router routes to no other)
     await store.put(keys.member("n1"), json.dumps(good))
     await store.put(keys.member("n2"), json.dumps({"inference": "x"}))
     metadata = {"inference": {"url": "http://169.254.169.254:80", "ready": True}}
     await store.put(keys.member("n3"), json.dumps(metadata))  # a record aiming the router at cloud metadata
     router = Router(parse_router_config({"cluster": "bad", "etcd": {"endpoints": ["http://127.0.0.1:1"]},
                                          "listen": {"port": router_port},
-                                         "heartbeat": {"port": hb_port, **KEYS["ring"]}}), store)
+                                         "heartbeat": {"port": hb_port, **ring["ring"]}}), store)
     await router.start()
     await router.listen("127.0.0.1", router_port)
+    beats = HeartbeatSender("bad", ring, ["n1", "n2", "n3"], ("127.0.0.1", hb_port)).start()
     try:
         await wait_until(lambda: router.table.choose(0.0) is not None, 5, "n1 learnt")
         assert keys.member("n2") in router.membership.bad_records
@@ -152,6 +155,7 @@ async def test_router_routes_around_a_malformed_record_and_takes_the_node_back_w
         await wait_until(lambda: len(router.table.eligible(0.0)) == 2, 5, "n2 back once its record is whole")
         assert set(router.membership.bad_records) == {keys.member("n3")} and router.membership.failures == 0
     finally:
+        await beats.stop()
         await router.stop()
         await runner.cleanup()
         await store.close()

@@ -6,24 +6,16 @@ first byte is retried elsewhere, and a full cluster sheds with 429 at once."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import time
 
 import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.integration.test_router_inprocess import serve
-from vigil.procs import free_ports
-from vigil.router.config import parse_router_config
-from vigil.router.proxy import Router
-from vigil.store.keys import Keys
-from vigil.testing import MemoryStore
-from vigil.testing.wait import wait_until
+from tests.integration.routerharness import router_over, serve  # noqa: F401 - serve: test_idempotency_router's
 from vigil.testing.keys import shared_keys
 
-KEYS = shared_keys('n1')
+KEYS = shared_keys('n1')  # a ring for tests that make their own routers (test_idempotency_router)
 
 
 def sse_backend(chunks: int, every: float, stall_after: int | None = None,
@@ -46,33 +38,6 @@ def sse_backend(chunks: int, every: float, stall_after: int | None = None,
     app = web.Application()
     app.add_routes([web.route("*", "/v1/completions", stream)])
     return app
-
-
-@contextlib.asynccontextmanager
-async def router_over(backends: dict[str, web.Application], **cfg):
-    """A router (config overrides in `cfg`) in front of the given backends."""
-    ports = free_ports(len(backends) + 2)
-    runners = [await serve(app, port) for app, port in zip(backends.values(), ports)]
-    store = MemoryStore()
-    store.start()
-    for (name, _), port in zip(backends.items(), ports):
-        await store.put(Keys("d").member(name), json.dumps(
-            {"inference": {"url": f"http://127.0.0.1:{port}", "ready": True}}))
-    router_port, hb_port = ports[-2:]
-    config = {"cluster": "d", "etcd": {"endpoints": ["http://127.0.0.1:1"]},
-              "listen": {"port": router_port}, "heartbeat": {"port": hb_port, **KEYS["ring"]}, **cfg}
-    router = Router(parse_router_config(config), store)
-    await router.start()
-    await router.listen("127.0.0.1", router_port)
-    try:
-        await wait_until(lambda: len(router.table.eligible(0.0)) == len(backends), 5,
-                         "every backend to be learnt")
-        yield router, f"http://127.0.0.1:{router_port}"
-    finally:
-        await router.stop()
-        for r in runners:
-            await r.cleanup()
-        await store.close()
 
 
 async def test_a_60_s_stream_that_keeps_producing_passes():

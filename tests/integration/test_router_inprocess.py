@@ -9,11 +9,10 @@ import json
 import aiohttp
 from aiohttp import web
 
+from tests.integration.routerharness import router_over, serve
 from vigil.agent.daemon import Agent
 from vigil.config import parse_config
 from vigil.procs import free_ports
-from vigil.router.config import parse_router_config
-from vigil.router.proxy import Router
 from vigil.store.events import read_events
 from vigil.store.keys import Keys
 from vigil.testing import MemoryStore
@@ -21,13 +20,6 @@ from vigil.testing.wait import wait_until
 from vigil.testing.keys import shared_keys
 
 KEYS = shared_keys('a')
-
-
-async def serve(app: web.Application, port: int) -> web.AppRunner:
-    runner = web.AppRunner(app, shutdown_timeout=0.5)  # a frozen handler ends with the test
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    return runner
 
 
 def streaming_backend(release: asyncio.Event) -> web.Application:
@@ -44,33 +36,16 @@ def streaming_backend(release: asyncio.Event) -> web.Application:
     return app
 
 
-async def test_streaming_response_passes_through_without_buffering(tmp_path):
-    backend_port, router_port, hb_port = free_ports(3)
+async def test_streaming_response_passes_through_without_buffering():
     release = asyncio.Event()
-    backend = await serve(streaming_backend(release), backend_port)
-    store = MemoryStore()
-    store.start()
-    await store.put(Keys("s").member("n1"), json.dumps(
-        {"inference": {"url": f"http://127.0.0.1:{backend_port}", "ready": True}}))
-    cfg = parse_router_config({"cluster": "s", "etcd": {"endpoints": ["http://127.0.0.1:1"]},
-                               "listen": {"port": router_port},
-                               "heartbeat": {"port": hb_port, **KEYS["ring"]}})
-    router = Router(cfg, store)
-    await router.start()
-    await router.listen("127.0.0.1", router_port)
-    try:
-        await wait_until(lambda: router.table.choose(0.0) is not None, 5, "the member to be learnt")
+    async with router_over({"n1": streaming_backend(release)}, cluster="s") as (_, url):
         async with aiohttp.ClientSession() as http:
-            async with http.post(f"http://127.0.0.1:{router_port}/v1/completions", json={}) as r:
+            async with http.post(f"{url}/v1/completions", json={}) as r:
                 assert r.headers["X-Vigil-Node"] == "n1"
                 first = await asyncio.wait_for(r.content.readuntil(b"\n\n"), 5)
                 assert first == b"data: first\n\n", "the first event arrived while the stream is open"
                 release.set()
                 assert await r.content.read() == b"data: second\n\n"
-    finally:
-        await router.stop()
-        await backend.cleanup()
-        await store.close()
 
 
 async def test_agent_watches_an_external_server_by_url(tmp_path):

@@ -26,10 +26,10 @@ from vigil.router.proxy import Router
 from vigil.serve.generate import ReferenceLM, Sampling, generation
 from vigil.store.keys import Keys
 from vigil.testing import MemoryStore
+from vigil.testing.heartbeats import HeartbeatSender, member_record
 from vigil.testing.keys import shared_keys
 from vigil.testing.wait import wait_for_value, wait_until
 
-KEYS = shared_keys("a")
 MODEL = ReferenceLM.model_id
 TOKEN_DELAY = 0.02  # s per token: an 80-token stream lasts about 1.6 s
 TOKENS = 80
@@ -48,6 +48,7 @@ class Nodes:
         self.pids: dict[str, int] = {}
         self.store = MemoryStore()
         self.router: Router | None = None
+        self.beats: HeartbeatSender | None = None
         self.url = ""
 
     def marker(self, name: str) -> str:
@@ -65,16 +66,17 @@ class Nodes:
                 await wait_for_value(lambda port=port: _ready(http, port), True, 30)
         self.store.start()
         for i, port in enumerate(self.ports):
-            await self.store.put(Keys("s").member(f"n{i + 1}"), json.dumps(
-                {"inference": {"url": f"http://127.0.0.1:{port}", "ready": True}}))
+            await self.store.put(Keys("s").member(f"n{i + 1}"), json.dumps(member_record(f"http://127.0.0.1:{port}")))
         router_port, hb_port = procs.free_ports(2)
+        keys = shared_keys(*self.pids)  # key-ring members that heartbeat: the router routes to no other
         # 2 s of silence between tokens that come every 20 ms is a hung node
         cfg = parse_router_config({"cluster": "s", "etcd": {"endpoints": ["http://127.0.0.1:1"]},
                                    "listen": {"port": router_port}, "retry": {"idle_timeout": 2.0},
-                                   "heartbeat": {"port": hb_port, **KEYS["ring"]}})
+                                   "heartbeat": {"port": hb_port, **keys["ring"]}})
         self.router = Router(cfg, self.store)
         await self.router.start()
         await self.router.listen("127.0.0.1", router_port)
+        self.beats = HeartbeatSender("s", keys, list(self.pids), ("127.0.0.1", hb_port)).start()
         self.url = f"http://127.0.0.1:{router_port}"
         await wait_until(lambda: len(self.router.table.eligible(0.0, frozenset())) == self.n, 5, "the backends")
 
@@ -82,6 +84,8 @@ class Nodes:
         assert procs.signal_pid(self.pids[name], sig, self.marker(name)), f"{name} was not running"
 
     async def stop(self) -> None:
+        if self.beats:
+            await self.beats.stop()
         if self.router:
             await self.router.stop()
         await self.store.close()

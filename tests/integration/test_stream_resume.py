@@ -26,10 +26,10 @@ from vigil.serve.model import NoEmbeddings
 from vigil.serve.server import ModelServer
 from vigil.store.keys import Keys
 from vigil.testing import MemoryStore
+from vigil.testing.heartbeats import HeartbeatSender, member_record
 from vigil.testing.keys import shared_keys
 from vigil.testing.wait import wait_until
 
-KEYS = shared_keys("a")
 MODEL = ReferenceLM.model_id
 
 
@@ -48,6 +48,7 @@ class Front:
         self.runners: list[web.AppRunner] = []
         self.store = MemoryStore()
         self.router: Router | None = None
+        self.beats: HeartbeatSender | None = None
         self.url = ""
 
     async def start(self, **retry: Any) -> None:
@@ -63,18 +64,21 @@ class Front:
             await srv.load()
             self.servers[name] = srv
             self.runners.append(await serve(srv.app, port))
-            await self.store.put(Keys("s").member(name), json.dumps(
-                {"inference": {"url": f"http://127.0.0.1:{port}", "ready": True}}))
+            await self.store.put(Keys("s").member(name), json.dumps(member_record(f"http://127.0.0.1:{port}")))
+        keys = shared_keys(*self.servers)  # key-ring members that heartbeat: the router routes to no other
         cfg = parse_router_config({"cluster": "s", "etcd": {"endpoints": ["http://127.0.0.1:1"]},
                                    "listen": {"port": router_port}, "retry": retry,
-                                   "heartbeat": {"port": hb_port, **KEYS["ring"]}})
+                                   "heartbeat": {"port": hb_port, **keys["ring"]}})
         self.router = Router(cfg, self.store)
         await self.router.start()
         await self.router.listen("127.0.0.1", router_port)
+        self.beats = HeartbeatSender("s", keys, list(self.servers), ("127.0.0.1", hb_port)).start()
         self.url = f"http://127.0.0.1:{router_port}"
         await wait_until(lambda: len(self.router.table.eligible(0.0, frozenset())) == 3, 5, "three backends")
 
     async def stop(self) -> None:
+        if self.beats:
+            await self.beats.stop()
         if self.router:
             await self.router.stop()
         for r in self.runners:
@@ -240,17 +244,19 @@ async def router_before(app: web.Application):
     backend = await serve(app, port)
     store = MemoryStore()
     store.start()
-    await store.put(Keys("s").member("n1"), json.dumps({"inference": {"url": f"http://127.0.0.1:{port}",
-                                                                     "ready": True}}))
+    await store.put(Keys("s").member("n1"), json.dumps(member_record(f"http://127.0.0.1:{port}")))
+    keys = shared_keys("n1")
     cfg = parse_router_config({"cluster": "s", "etcd": {"endpoints": ["http://127.0.0.1:1"]},
-                               "listen": {"port": router_port}, "heartbeat": {"port": hb_port, **KEYS["ring"]}})
+                               "listen": {"port": router_port}, "heartbeat": {"port": hb_port, **keys["ring"]}})
     router = Router(cfg, store)
     await router.start()
     await router.listen("127.0.0.1", router_port)
+    beats = HeartbeatSender("s", keys, ["n1"], ("127.0.0.1", hb_port)).start()
     try:
         await wait_until(lambda: router.table.choose(0.0) is not None, 5, "the member to be learnt")
         yield router, f"http://127.0.0.1:{router_port}"
     finally:
+        await beats.stop()
         await router.stop()
         await backend.cleanup()
         await store.close()

@@ -21,7 +21,7 @@ def test_render_names_servers_as_nodes_and_checks_the_agents():
 def test_desired_states_follow_eligibility():
     t = RoutingTable()
     b = t.backend("n1")
-    b.url, b.ready, b.alive, b.state = "http://x:1", True, True, "standby"
+    b.url, b.ready, b.heard, b.alive, b.state = "http://x:1", True, True, True, "standby"
     assert desired(t, "n1", 0.0) == "ready"
     b.alive = False
     assert desired(t, "n1", 0.0) == "maint", "suspected by Vigil's detector"

@@ -155,3 +155,13 @@ def test_news_out_of_schedule_is_taken_but_not_timed():
     assert t.claiming_leader() == ["b"] and t.heard_suspicions() == {"b": frozenset({"c"})}
     last = 4.9
     assert detect_after(t, "b", last) == detect_after(quick, "b", last)
+
+
+def test_a_removed_peer_is_forgotten_and_starts_unknown_when_added_again():
+    t = table()
+    feed(t, "b", 0.0, 5)
+    t.remove("b")
+    t.remove("zz")  # never tracked: nothing to do
+    assert "b" not in t.peers and t.alive() == set()
+    t.add("b")
+    assert t.peers["b"].state == UNKNOWN and t.peers["b"].detector.last_heartbeat is None

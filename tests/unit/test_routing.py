@@ -5,7 +5,7 @@ def table(*names):
     t = RoutingTable(inhibit_base=1.0, inhibit_max=8.0)
     for n in names:
         b = t.backend(n)
-        b.url, b.ready = f"http://{n}", True
+        b.url, b.ready, b.heard = f"http://{n}", True, True
     return t
 
 
@@ -92,3 +92,25 @@ def test_a_degraded_node_gets_work_only_once_the_others_are_busier():
     t.backends["a"].outstanding = t.backends["b"].outstanding = 0
     t.backends["c"].outstanding = 0
     assert t.choose(0, exclude=frozenset({"a", "b"})).name == "c", "and it still serves when alone"
+
+
+def test_a_node_never_heard_or_refused_gets_no_traffic_not_even_in_panic():
+    """B5: a member record is a claim; only a heard node at an admitted URL serves."""
+    t = RoutingTable(panic_threshold=1.0)  # panics as soon as one node is ineligible
+    for n in ("a", "b"):
+        t.backend(n).url, t.backend(n).ready = f"http://{n}", True
+    assert t.backend("a").why_not(0.0) == "never heard (no authentic heartbeat from it yet)"
+    assert t.choose(0.0) is None and t.eligible(0.0) == [], "a name in etcd alone gets nothing"
+    t.backend("a").heard = True
+    assert [b.name for b in t.eligible(0.0)] == ["a"], "panic routes only to nodes not confirmed gone"
+    t.backend("a").refused = "10.9.9.9 is outside the cluster's networks"
+    assert t.backend("a").why_not(0.0) == "refused: 10.9.9.9 is outside the cluster's networks"
+    assert t.choose(0.0) is None
+
+
+def test_a_forgotten_backend_is_not_brought_back_by_its_last_attempt():
+    t = table("a")
+    t.forget("a")
+    t.failed("a", 1.0)
+    t.succeeded("a", 1.0)
+    assert t.backends == {}, "an attempt that ends after its node was forgotten adds nothing"

@@ -106,6 +106,12 @@ class PeerTable:
         """Start tracking a peer learnt at run time (the router learns nodes from etcd)."""
         self.peers.setdefault(peer, PeerState(peer, PhiAccrualDetector(self.settings)))
 
+    def remove(self, peer: str) -> None:
+        """Stop tracking a peer learnt at run time (its member record went): a
+        name someone wrote into etcd once must not be kept forever. Added again,
+        it starts `unknown`, as any new peer."""
+        self.peers.pop(peer, None)
+
     def heartbeat(self, peer: str, link: str, now: float, incarnation: int,
                   health: str = "unknown", role: str = "unknown",
                   suspects: tuple[str, ...] | None = None) -> list[PeerTransition]:

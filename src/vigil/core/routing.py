@@ -3,8 +3,11 @@ a failed attempt may be retried, and the retry budget.
 
 Rules:
 - A backend is eligible when its inference server is ready (member record),
-  its node is not suspected by the router's own heartbeat detector, its
-  decided state allows traffic, and it is not locally inhibited.
+  the router has heard its node (at least one authentic heartbeat; a name
+  the router never heard is only a name someone wrote into etcd), its node
+  is not suspected by the router's own heartbeat detector, its URL is one
+  the router may send to (vigil.core.allowlist), its decided state allows
+  traffic, and it is not locally inhibited.
 - Among eligible backends the one with the fewest outstanding requests wins,
   each counted against its weight ((outstanding + 1) / weight: a degraded
   node, weight 0.5, gets work only once the others are busier); ties rotate,
@@ -54,7 +57,9 @@ class Backend:
     name: str
     url: str = ""
     ready: bool = False
-    alive: bool = True
+    heard: bool = False  # an authentic heartbeat arrived once (or membership: etcd_only vouches)
+    alive: bool = True  # not suspected by the router's detector since
+    refused: str = ""  # why the router will not send to `url` (backends.allow), else ""
     state: str = "standby"
     outstanding: int = 0
     weight: float = 1.0  # DEGRADED_WEIGHT while its node's health verdict is degraded
@@ -81,6 +86,10 @@ class Backend:
             return "no inference server"
         if self.gone:
             return "member record gone (lease expired or revoked)"
+        if self.refused:
+            return f"refused: {self.refused}"
+        if not self.heard:
+            return "never heard (no authentic heartbeat from it yet)"
         if not self.alive:
             return "node suspected (heartbeats lost)"
         if self.state in NO_TRAFFIC_STATES:
@@ -141,14 +150,23 @@ class RoutingTable:
         self._turn += 1
         return tied[self._turn % len(tied)]
 
+    def forget(self, name: str) -> None:
+        """Drop `name` (its member record went and it is no member the router
+        keeps): a name invented in etcd must not stay in memory."""
+        self.backends.pop(name, None)
+
     def failed(self, name: str, now: float) -> None:
-        b = self.backend(name)
+        b = self.backends.get(name)
+        if b is None:  # forgotten while the attempt ran
+            return
         b.failures += 1
         b.inhibit_for = min(self.inhibit_max, b.inhibit_for * 2 if b.inhibit_for else self.inhibit_base)
         b.inhibited_until = now + b.inhibit_for
 
     def succeeded(self, name: str, now: float = 0.0) -> None:
-        b = self.backend(name)
+        b = self.backends.get(name)
+        if b is None:
+            return
         b.served += 1
         b.last_success = now
         if b.inhibit_for:

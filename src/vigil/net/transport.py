@@ -80,6 +80,12 @@ class HeartbeatReceiver:
         self._recent.setdefault(peer, {})
         self.sources[peer] = frozenset(addresses)
 
+    def untrack(self, peer: str) -> None:
+        """Forget `peer` (the router drops a member name whose record went): its
+        packets are `unknown_node` again until it is tracked anew."""
+        for held in (self.guards, self.sources, self._recent, self._verified_at, self.skew, self.skewed):
+            held.pop(peer, None)
+
     def receive(self, packet: bytes, source: str) -> tuple[str, Heartbeat | None]:
         try:
             verdict, hb = self._receive(packet, source)

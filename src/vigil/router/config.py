@@ -58,9 +58,7 @@ class LimitsConfig:
     max_inflight: int = 4096  # requests being handled, queued ones included
     max_body: int = 16 * 1024 * 1024  # bytes; larger requests get 413
     client_idle_timeout: float = 75.0  # an idle keep-alive client connection closes (nginx)
-    client_header_timeout: float = 60.0  # one request's line and headers must arrive in this, in total
-    client_body_rate: float = 4096.0  # bytes/s a body must average once client_header_timeout passed
-    max_pipeline: int = 16  # requests queued on one connection; past it the client is not read
+    client_header_timeout: float = 60.0  # one request's line and headers must arrive in this
     upstream_idle_per_backend: int = 64  # idle keep-alive connections kept per backend
 
 
@@ -79,6 +77,10 @@ class RouterConfig:
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     backends: BackendAllowlist = field(default_factory=BackendAllowlist)
+    # "heard": route only to key-ring members the router has heard at least once;
+    # "etcd_only": member records alone (a setup whose agents do not list the router
+    # among their observers), which then needs an explicit backends.allow.
+    membership: str = "heard"
     admin_host: str = "127.0.0.1"  # /metrics and /_vigil/status: never on the public listener
     admin_port: int = 8081
     admin_tls: tuple[str, str] | None = None  # (cert_file, key_file): https
@@ -96,7 +98,7 @@ def load_router_config(path: str | Path) -> RouterConfig:
 
 def parse_router_config(raw: Any, base_dir: Path = Path(".")) -> RouterConfig:
     d = check_mapping(raw, "(top level)", {"cluster", "name", "listen", "etcd", "heartbeat", "timing", "retry",
-                                      "admission", "limits", "admin", "backends"})
+                                      "admission", "limits", "admin", "backends", "membership"})
     listen = check_mapping(d.get("listen", {}), "listen", {"host", "port"})
     admin = check_mapping(d.get("admin", {}), "admin", {"host", "port", "cert_file", "key_file", "tokens_file"})
     hb = check_mapping(d.get("heartbeat"), "heartbeat", {"address", "port", "key", "key_file", "keyring_file",
@@ -112,6 +114,7 @@ def parse_router_config(raw: Any, base_dir: Path = Path(".")) -> RouterConfig:
         limits=_limits(d.get("limits", {})), backends=_backends(d.get("backends", {})),
         admin_host=check_address(admin.get("host", "127.0.0.1"), "admin.host"),
         admin_port=check_port(admin.get("port", 8081), "admin.port"),
+        membership=_membership(d.get("membership", "heard"), d.get("backends") or {}),
         **{f"admin_{k[4:]}": v for k, v in _api_security(admin, base_dir, "admin").items()})
     if cfg.admin_port == cfg.listen_port:
         raise ConfigError("admin.port", cfg.admin_port, "must differ from listen.port: the admin "
@@ -181,21 +184,28 @@ def _backends(v: Any) -> BackendAllowlist:
         raise ConfigError("backends.allow", allow, str(e)) from None
 
 
+def _membership(v: Any, backends: Any) -> str:
+    if v not in ("heard", "etcd_only"):
+        raise ConfigError("membership", v, "must be heard (route only to key-ring members this router "
+                          "hears, the default) or etcd_only (member records alone, for agents that do "
+                          "not list the router among their heartbeat observers)")
+    if v == "etcd_only" and not (isinstance(backends, dict) and "allow" in backends):
+        raise ConfigError("membership", v, "etcd_only trusts member records alone, so give the "
+                          "networks the router may send to in backends.allow (e.g. [10.0.0.0/24])")
+    return v
+
+
 def _limits(v: Any) -> LimitsConfig:
     d = check_mapping(v, "limits", {"max_connections", "max_inflight", "max_body", "client_idle_timeout",
-                                    "client_header_timeout", "client_body_rate", "max_pipeline",
-                                    "upstream_idle_per_backend"})
+                                    "client_header_timeout", "upstream_idle_per_backend"})
     values: dict[str, Any] = {}
     for k, lo, hi in (("max_connections", 1, 1_000_000), ("max_inflight", 1, 1_000_000),
-                      ("max_body", 1024, 1 << 34), ("upstream_idle_per_backend", 0, 100_000),
-                      ("max_pipeline", 1, 1024)):
+                      ("max_body", 1024, 1 << 34), ("upstream_idle_per_backend", 0, 100_000)):
         if k in d:
             values[k] = check_int(d[k], f"limits.{k}", lo, hi)
     for k in ("client_idle_timeout", "client_header_timeout"):
         if k in d:
             values[k] = _number(d[k], f"limits.{k}", 0, 3600)
-    if "client_body_rate" in d:
-        values["client_body_rate"] = _number(d["client_body_rate"], "limits.client_body_rate", 0, 1 << 34)
     return LimitsConfig(**values)
 
 

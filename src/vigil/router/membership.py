@@ -8,28 +8,58 @@
   phi detector marks a node suspected within ~250 ms of its death, long
   before etcd's lease could expire.
 
+A record in etcd is a claim, an authentic heartbeat is evidence. By default
+(`membership: heard`) a node gets traffic only if its name is in the key
+ring, the router has heard it at least once, and its inference URL lies in
+the cluster's networks (those its members' heartbeats come from, unless
+`backends.allow` says otherwise: vigil.core.allowlist). `membership:
+etcd_only` routes on member records alone, to `backends.allow`, for agents
+that do not send the router heartbeats.
+
+Every record is untrusted: each is applied under its own guard, so one that
+does not parse or cannot be applied is named once in `bad_records` (by key)
+and skipped, and the rest are learnt and the watch starts regardless.
+
+Memory is bounded whatever an etcd writer invents: the routing table, the
+peer table, the heartbeat guards and the per-node metric labels hold only
+key-ring names (kept when their record goes: their decided state and
+detector history stay) and, under etcd_only, at most MAX_OTHER_NAMES other
+names at once, each forgotten when its record goes; `bad_records` lists at
+most MAX_BAD_RECORDS keys and counts the rest (`bad_unlisted`).
+
 Every change that makes a backend ineligible calls `on_eject(name, cause)`
-so in-flight attempts on it are abandoned and retried elsewhere.
+so in-flight attempts on it are abandoned and retried elsewhere; every
+change of eligibility calls `on_change(name, why_not or "eligible")`, and
+`on_change(name, FORGOTTEN)` when a name is dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from typing import Callable
+from typing import Any, Callable
 
 from vigil.clock import Clock
+from vigil.core.allowlist import ClusterNetworks
 from vigil.core.peers import ALIVE, TICK, PeerTable, PeerWatch
-from vigil.core.routing import DEGRADED_WEIGHT, RoutingTable
+from vigil.core.routing import DEGRADED_WEIGHT, Backend, RoutingTable
 from vigil.errors import StoreError, VigilError, WatchCompacted
+from vigil.fields import NAME_RE
 from vigil.net.transport import HeartbeatReceiver, HeartbeatTransport
 from vigil.net.wire import Heartbeat
 from vigil.router.config import RouterConfig
 from vigil.store.base import Store, WatchEvent, prefix_end
 from vigil.store.keys import Keys
-from vigil.store.member_record import BadRecord, MemberRecord, parse_member
+from vigil.store.member_record import MemberRecord
+from vigil.store.records import BadRecord, parse_member_kv, parse_state
 
 log = logging.getLogger(__name__)
+
+MAX_OTHER_NAMES = 256  # etcd_only: names outside the key ring tracked at once
+MAX_BAD_RECORDS = 64  # keys listed in bad_records; more are only counted
+MAX_SHOWN = 200  # characters of a key or a problem kept in bad_records
+FORGOTTEN = "forgotten"
 
 
 class Membership:
@@ -38,31 +68,40 @@ class Membership:
         self.cfg, self.store, self.table, self.clock = cfg, store, table, clock
         self.on_eject, self.on_change = on_eject, on_change
         self.keys = Keys(cfg.cluster)
+        self.etcd_only = cfg.membership == "etcd_only"
         self.peers = PeerTable([], cfg.timing.detector(), cfg.timing.rise)
         self.receiver = HeartbeatReceiver(cfg.cluster, cfg.name, cfg.keys.ring, {}, clock.wall,
                                           cfg.keys.max_clock_skew)
         self.transport = HeartbeatTransport(self.receiver, [cfg.heartbeat_address], cfg.heartbeat_port,
                                             {}, self._deliver)
         self.watch = PeerWatch(self.peers)
+        self.networks = ClusterNetworks()
+        self._heard_from: dict[str, set[str]] = {}  # name -> heartbeat sources already in `networks`
+        self.states: dict[str, str] = {}  # decided state by name, for names the router may track
         self.etcd_ok = False
         self.bad_records: dict[str, str] = {}  # key -> what is wrong with it
+        self.bad_unlisted = 0  # bad records past MAX_BAD_RECORDS, counted only
         self.failures = 0  # membership loop errors survived
+        self._etcd_task: asyncio.Task | None = None
         self._tasks: list[asyncio.Task] = []
 
     async def start(self) -> None:
         await self.transport.start()
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._etcd_loop()), loop.create_task(self._tick_loop()),
-                       loop.create_task(self._etcd_probe_loop())]
+        self._etcd_task = loop.create_task(self._etcd_loop())
+        self._tasks = [loop.create_task(self._tick_loop()), loop.create_task(self._etcd_probe_loop())]
 
     async def stop(self) -> None:
-        for t in self._tasks:
+        tasks = self._tasks + ([self._etcd_task] if self._etcd_task else [])
+        for t in tasks:
             t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         self.transport.close()
 
     def reload_keys(self) -> bool:
-        """Read the key ring again (SIGHUP); a ring that does not load changes nothing."""
+        """Read the key ring again (SIGHUP); a ring that does not load changes
+        nothing. Names that left the ring are forgotten, and the membership is
+        read again so that names that joined it are learnt."""
         try:
             keys = self.cfg.keys.reload()
         except VigilError as e:
@@ -70,6 +109,12 @@ class Membership:
             return False
         self.receiver.ring = keys.ring
         log.info("key ring reloaded: %s", {n: sorted(ids) for n, ids in keys.ring.members.items()})
+        if not self.etcd_only:
+            for name in [n for n in self.table.backends if n not in keys.ring.members]:
+                self._forget(name, "no longer in the key ring")
+        if self._etcd_task is not None:  # re-read: records ignored before may count now
+            self._etcd_task.cancel()
+            self._etcd_task = asyncio.get_running_loop().create_task(self._etcd_loop())
         return True
 
     # -- etcd ------------------------------------------------------------------
@@ -80,17 +125,17 @@ class Membership:
                 kvs, rev = await self.store.range(self.keys.prefix + "events0",
                                                   prefix_end(self.keys.prefix))
                 for kv in kvs:
-                    self._apply(WatchEvent("put", kv.key, kv.value, kv.mod_revision))
+                    self._apply_guarded(WatchEvent("put", kv.key, kv.value, kv.mod_revision))
                 self._forget_missing({kv.key for kv in kvs})
                 self.etcd_ok = True
                 async for ev in self.store.watch(self.keys.prefix, rev + 1):
-                    self._apply(ev)
+                    self._apply_guarded(ev)
             except (StoreError, WatchCompacted) as e:
                 if self.etcd_ok:
                     log.warning("etcd unreachable, routing on the last membership: %s", e)
                 self.etcd_ok = False
                 await asyncio.sleep(0.5)
-            except Exception:  # noqa: BLE001 - the membership must outlive any one bad event
+            except Exception:  # noqa: BLE001 - the membership must outlive any one failure
                 log.exception("membership update failed; re-reading the membership")
                 self.failures += 1
                 await asyncio.sleep(0.5)
@@ -108,78 +153,171 @@ class Membership:
                     log.warning("etcd unreachable, routing on the last membership: %s", e)
             self.etcd_ok = ok
 
+    def _apply_guarded(self, ev: WatchEvent) -> None:
+        """Apply one record; whatever it holds, it costs only itself."""
+        try:
+            self._apply(ev)
+        except Exception as e:  # noqa: BLE001 - a record no parser foresaw still stops only itself
+            self._bad(ev.key, f"could not be applied: {type(e).__name__}: {e}")
+            name = ev.key[len(self.keys.members):]
+            if ev.key.startswith(self.keys.members) and name in self.table.backends:
+                with contextlib.suppress(Exception):
+                    self._set(name, "member record could not be applied", ready=False)
+
     def _apply(self, ev: WatchEvent) -> None:
         k = self.keys
         if ev.key.startswith(k.members):
-            name = ev.key[len(k.members):]
-            self._track(name)
-            if ev.type == "delete":
-                self.table.backend(name).gone = True
-                self._set(name, ready=False, cause="member record gone (lease expired or revoked)")
-                return
-            rec = parse_member(name, ev.value)
-            # A record must not point the router anywhere off the cluster.
-            problem = rec.problem if isinstance(rec, BadRecord) else (
-                self.cfg.backends.problem(rec.inference_url) if rec.inference_url else None)
-            if problem or not isinstance(rec, MemberRecord):  # a record no agent wrote: no traffic until whole
-                if self.bad_records.get(ev.key) != problem:
-                    log.warning("ignoring member record %s: %s", ev.key, problem)
-                self.bad_records[ev.key] = problem
-                self._set(name, ready=False, cause=f"malformed member record: {problem}")
-                return
-            self.bad_records.pop(ev.key, None)
-            # Heartbeats count only from the addresses the node's own record names.
-            self.receiver.track(name, set(rec.heartbeat_addresses))
-            inf = rec.inference or {}
-            b = self.table.backend(name)
-            b.gone = False
-            b.url = rec.inference_url
-            b.weight = DEGRADED_WEIGHT if rec.verdict == "degraded" else 1.0  # serves, less
-            if rec.verdict in ("draining", "failed"):  # finish in-flight work, take none
-                self._set(name, ready=False, cause=f"node {rec.verdict}: "
-                                                   f"{'; '.join(rec.reasons) or 'no reason given'}")
-                return
-            self._set(name, ready=bool(inf.get("ready")),
-                      cause=f"readiness reported: {inf.get('reason') or 'ready'}")
-        elif ev.key.startswith(k.states) and ev.type == "put":
-            name = ev.key[len(k.states):]
-            b = self.table.backend(name)
-            if b.state != ev.value:
-                b.state = ev.value
-                self._changed(name, f"state {ev.value}")
+            self._member(ev, ev.key[len(k.members):])
+        elif ev.key.startswith(k.states):
+            self._state(ev, ev.key[len(k.states):])
+
+    def _member(self, ev: WatchEvent, name: str) -> None:
+        if ev.type == "delete":
+            self._unbad(ev.key)
+            if name in self.table.backends:
+                self._went(name, "member record gone (lease expired or revoked)")
+            return
+        why_not = self._untracked(name)
+        if why_not:  # not even a backend: nothing of it is kept but this line
+            self._bad(ev.key, why_not)
+            return
+        rec = parse_member_kv(ev.key, ev.value)
+        # A record must not point the router anywhere off the cluster.
+        problem = rec.problem if isinstance(rec, BadRecord) else (
+            self.cfg.backends.problem(rec.inference_url) if rec.inference_url else None)
+        if problem or not isinstance(rec, MemberRecord):  # a record no agent wrote: no traffic until whole
+            self._bad(ev.key, problem or "not a member record")
+            self._set(name, f"malformed member record: {problem}", ready=False)
+            return
+        self._unbad(ev.key)
+        # Heartbeats count only from the addresses the node's own record names.
+        self.receiver.track(name, set(rec.heartbeat_addresses))
+        self.peers.add(name)
+        b = self._backend(name)
+        b.gone, b.url = False, rec.inference_url
+        b.weight = DEGRADED_WEIGHT if rec.verdict == "degraded" else 1.0  # serves, less
+        self._judge_url(b)
+        if rec.verdict in ("draining", "failed"):  # finish in-flight work, take none
+            self._set(name, f"node {rec.verdict}: {'; '.join(rec.reasons) or 'no reason given'}",
+                      ready=False)
+            return
+        inf = rec.inference or {}
+        self._set(name, f"readiness reported: {inf.get('reason') or 'ready'}", ready=bool(inf.get("ready")))
+
+    def _state(self, ev: WatchEvent, name: str) -> None:
+        if ev.type == "delete":
+            self.states.pop(name, None)
+            return
+        if name not in self.states and self._untracked(name, len(self.states)):
+            return
+        state = parse_state(ev.key, ev.value)
+        if isinstance(state, BadRecord):
+            self._bad(ev.key, state.problem)
+            return
+        self._unbad(ev.key)
+        self.states[name] = state
+        if name in self.table.backends:
+            self._set(name, f"state {state}", state=state)
+
+    def _untracked(self, name: str, others: int | None = None) -> str | None:
+        """Why `name` may not be tracked (its record is ignored), or None.
+        `others`: how many untracked-elsewhere names are held already."""
+        ring = self.receiver.ring.members
+        if name in self.table.backends or name in ring:
+            return None
+        if not self.etcd_only:
+            return ("not in the key ring: membership: heard routes only to key-ring members "
+                    "(add its key with vigil keygen, or set membership: etcd_only)")
+        if not NAME_RE.fullmatch(name):
+            return "not a node name (1-64 letters, digits, '.', '_' or '-')"
+        held = sum(1 for n in self.table.backends if n not in ring) if others is None else others
+        if held >= MAX_OTHER_NAMES:
+            return f"more than {MAX_OTHER_NAMES} member names outside the key ring at once"
+        return None
 
     def _forget_missing(self, present: set[str]) -> None:
+        for key in [key for key in self.bad_records if key not in present]:
+            self._unbad(key)
         for name in list(self.table.backends):
             if self.keys.member(name) not in present:
-                self.table.backend(name).gone = True
-                self._set(name, ready=False, cause="no member record")
+                self._went(name, "no member record")
 
-    def _set(self, name: str, ready: bool, cause: str) -> None:
-        b = self.table.backend(name)
-        if b.ready != ready:
-            b.ready = ready
+    def _went(self, name: str, cause: str) -> None:
+        """`name`'s record is gone: a key-ring member is kept (gone), any other forgotten."""
+        if name in self.receiver.ring.members:
+            self._set(name, cause, gone=True, ready=False)
+        else:
+            self._forget(name, cause)
+
+    def _forget(self, name: str, cause: str) -> None:
+        self._set(name, cause, gone=True, ready=False)  # ejects what is in flight there
+        self.table.forget(name)
+        self.peers.remove(name)
+        self.receiver.untrack(name)
+        self._heard_from.pop(name, None)
+        self.states.pop(name, None)
+        if self.networks.forget(name):
+            self._judge_urls()
+        self.on_change(name, FORGOTTEN)
+
+    def _bad(self, key: str, problem: str) -> None:
+        key, problem = key[:MAX_SHOWN], problem[:MAX_SHOWN]
+        if self.bad_records.get(key) == problem:
+            return
+        if key not in self.bad_records and len(self.bad_records) >= MAX_BAD_RECORDS:
+            self.bad_unlisted += 1
+            if self.bad_unlisted == 1:
+                log.warning("more than %d bad member records: the rest are counted, not listed",
+                            MAX_BAD_RECORDS)
+            return
+        log.warning("ignoring record %s: %s", key, problem)
+        self.bad_records[key] = problem
+
+    def _unbad(self, key: str) -> None:
+        self.bad_records.pop(key[:MAX_SHOWN], None)
+
+    # -- backends --------------------------------------------------------------
+    def _backend(self, name: str) -> Backend:
+        b = self.table.backends.get(name)
+        if b is None:
+            b = self.table.backend(name)
+            b.state = self.states.get(name, b.state)
+            b.heard = self.etcd_only  # etcd_only: the record alone vouches for the node
+        return b
+
+    def _judge_url(self, b: Backend) -> None:
+        refused = self.cfg.backends.outside(b.url, self.networks) if b.url else None
+        self._set(b.name, f"URL {b.url}: {refused or 'inside the cluster networks'}", refused=refused or "")
+
+    def _judge_urls(self) -> None:
+        for b in list(self.table.backends.values()):
+            self._judge_url(b)
+
+    def _set(self, name: str, cause: str, **attrs: Any) -> None:
+        b = self._backend(name)
+        if any(getattr(b, k) != v for k, v in attrs.items()):
+            for k, v in attrs.items():
+                setattr(b, k, v)
             self._changed(name, cause)
 
     # -- heartbeats ------------------------------------------------------------
-    def _track(self, name: str) -> None:
-        if name not in self.peers.peers:
-            self.peers.add(name)
-
     def _deliver(self, hb: Heartbeat, link: str, verdict: str) -> None:
+        seen = self._heard_from.setdefault(hb.node, set())
+        if link not in seen:
+            seen.add(link)
+            if self.networks.heard(hb.node, link):
+                self._judge_urls()
         for t in self.watch.deliver(hb, link, verdict, self.clock.now()):
-            self._alive(t.peer, t.new == ALIVE, t.cause)
+            if t.new == ALIVE:
+                self._set(t.peer, f"alive: {t.cause}", heard=True, alive=True)
+            else:
+                self._set(t.peer, f"suspected: {t.cause}", alive=False)
 
     async def _tick_loop(self) -> None:
         while True:
             await asyncio.sleep(TICK)
             for t in self.watch.tick(self.clock.now()):
-                self._alive(t.peer, False, t.cause)
-
-    def _alive(self, name: str, alive: bool, cause: str) -> None:
-        b = self.table.backend(name)
-        if b.alive != alive:
-            b.alive = alive
-            self._changed(name, ("alive: " if alive else "suspected: ") + cause)
+                self._set(t.peer, f"suspected: {t.cause}", alive=False)
 
     def _changed(self, name: str, cause: str) -> None:
         b = self.table.backend(name)

@@ -9,6 +9,7 @@ collector, so they are never stale and cost nothing per request.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -41,6 +42,17 @@ class RouterMetrics:
         self.shed_latency = Histogram("vigil_router_shed_seconds", "Time to answer a shed request.",
                                       buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1, 5),
                                       registry=r)
+
+    def node_changed(self, node: str, state: str) -> None:
+        """A backend's eligibility changed (`state`: "eligible", a reason, or
+        "forgotten", which drops the node's labels: they stay bounded by the
+        names the router tracks, vigil.router.membership)."""
+        if state == "forgotten":
+            for to in ("eligible", "ineligible"):
+                with contextlib.suppress(KeyError):
+                    self.state_changes.remove(node, to)
+            return
+        self.state_changes.labels(node, "eligible" if state == "eligible" else "ineligible").inc()
 
     def attach(self, router: Router) -> None:
         self.registry.register(_TableCollector(router))
@@ -98,7 +110,8 @@ def status_document(rt: Router) -> dict[str, Any]:
         "queue": {"waiting": len(rt.queue), "shed": rt.admission.shed, "shed_late": rt.queue.shed_late,
                   "queue_wait": rt.admission.queue_wait},
         "panic": rt.table.panicking,
-        "backends": {b.name: {"url": b.url, "ready": b.ready, "alive": b.alive, "state": b.state,
+        "backends": {b.name: {"url": b.url, "ready": b.ready, "heard": b.heard, "alive": b.alive,
+                              "state": b.state,
                               "outstanding": b.outstanding, "limit": round(b.limit.limit, 2),
                               "engine_queue": b.engine_queue, "shed_by_engine": b.shed_by_engine,
                               "latency_ms": round(b.limit.latency * 1000, 1),
@@ -111,7 +124,10 @@ def status_document(rt: Router) -> dict[str, Any]:
                    "max_inflight": rt.cfg.limits.max_inflight},
         "heartbeat": dict(rt.membership.receiver.counters),
         "keyring": {n: sorted(ids) for n, ids in rt.membership.receiver.ring.members.items()},
-        "bad_records": dict(rt.membership.bad_records), "membership_failures": rt.membership.failures}
+        "membership": rt.cfg.membership,
+        "cluster_networks": [str(n) for n in rt.membership.networks.networks()],
+        "bad_records": dict(rt.membership.bad_records), "bad_records_unlisted": rt.membership.bad_unlisted,
+        "membership_failures": rt.membership.failures}
 
 
 def admin_handler(rt: Router):
