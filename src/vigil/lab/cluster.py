@@ -77,6 +77,7 @@ class Lab(LabObservation):
         self.workload: dict[str, Any] = {}  # health.requires for all, health.declare per node (create)
         self._answered = ""  # the etcd endpoint that answered the last read
         self._tokens: dict[str, dict[str, str]] = {}  # etcd auth token per endpoint (secure labs)
+        self.agent_env: dict[str, dict[str, str]] = {}  # more environment for a node's agent (libfaketime)
 
     # -- construction ----------------------------------------------------------
     @classmethod
@@ -335,8 +336,9 @@ class Lab(LabObservation):
         if self.fencing:  # the node's BMC powers it on
             node.agent_pid = self.fencing.power_on(name, node.config, node.log)
             return node.agent_pid
-        p = procs.spawn(procs.in_netns(node.netns, [sys.executable, "-m", "vigil", "agent", "--config",
-                                                    node.config]), Path(node.log), nice=nice)
+        env = [f"{k}={v}" for k, v in self.agent_env.get(name, {}).items()]  # `env` execs: same PID
+        p = procs.spawn(procs.in_netns(node.netns, [*(["env", *env] if env else []), sys.executable, "-m",
+                                                    "vigil", "agent", "--config", node.config]), Path(node.log), nice=nice)
         node.agent_pid = p.pid
         return p.pid
 
