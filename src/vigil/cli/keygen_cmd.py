@@ -86,8 +86,11 @@ def _retire(path: Path, ring_path: Path, kid: int) -> int:
     sk = load_signing_keys(path, "--key-file")
     if kid == sk.send:
         raise ConfigError("--retire", kid, f"{sk.node} still signs with key {kid}: `--use` another first")
-    sk.keys.pop(kid, None)
     ring = read_ring_doc(ring_path)
+    if kid not in sk.keys and kid not in ring.get(sk.node, {}):
+        raise ConfigError("--retire", kid, f"{sk.node} has no key {kid} in {path} (it has {sorted(sk.keys)}) "
+                                           f"nor in {ring_path}: nothing was changed; check the key id")
+    sk.keys.pop(kid, None)
     ring.get(sk.node, {}).pop(kid, None)
     write_signing_keys(path, sk)
     write_ring(ring_path, ring)
