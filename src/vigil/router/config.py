@@ -81,6 +81,10 @@ class RouterConfig:
     # "etcd_only": member records alone (a setup whose agents do not list the router
     # among their observers), which then needs an explicit backends.allow.
     membership: str = "heard"
+    # "heard": route only to key-ring members the router has heard at least once;
+    # "etcd_only": member records alone (a setup whose agents do not list the router
+    # among their observers), which then needs an explicit backends.allow.
+    membership: str = "heard"
     admin_host: str = "127.0.0.1"  # /metrics and /_vigil/status: never on the public listener
     admin_port: int = 8081
     admin_tls: tuple[str, str] | None = None  # (cert_file, key_file): https
@@ -114,6 +118,7 @@ def parse_router_config(raw: Any, base_dir: Path = Path(".")) -> RouterConfig:
         limits=_limits(d.get("limits", {})), backends=_backends(d.get("backends", {})),
         admin_host=check_address(admin.get("host", "127.0.0.1"), "admin.host"),
         admin_port=check_port(admin.get("port", 8081), "admin.port"),
+        membership=_membership(d.get("membership", "heard"), d.get("backends") or {}),
         membership=_membership(d.get("membership", "heard"), d.get("backends") or {}),
         **{f"admin_{k[4:]}": v for k, v in _api_security(admin, base_dir, "admin").items()})
     if cfg.admin_port == cfg.listen_port:
@@ -182,6 +187,17 @@ def _backends(v: Any) -> BackendAllowlist:
         return BackendAllowlist(allow)
     except ValueError as e:
         raise ConfigError("backends.allow", allow, str(e)) from None
+
+
+def _membership(v: Any, backends: Any) -> str:
+    if v not in ("heard", "etcd_only"):
+        raise ConfigError("membership", v, "must be heard (route only to key-ring members this router "
+                          "hears, the default) or etcd_only (member records alone, for agents that do "
+                          "not list the router among their heartbeat observers)")
+    if v == "etcd_only" and not (isinstance(backends, dict) and "allow" in backends):
+        raise ConfigError("membership", v, "etcd_only trusts member records alone, so give the "
+                          "networks the router may send to in backends.allow (e.g. [10.0.0.0/24])")
+    return v
 
 
 def _membership(v: Any, backends: Any) -> str:
