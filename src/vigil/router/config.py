@@ -58,7 +58,9 @@ class LimitsConfig:
     max_inflight: int = 4096  # requests being handled, queued ones included
     max_body: int = 16 * 1024 * 1024  # bytes; larger requests get 413
     client_idle_timeout: float = 75.0  # an idle keep-alive client connection closes (nginx)
-    client_header_timeout: float = 60.0  # one request's line and headers must arrive in this
+    client_header_timeout: float = 60.0  # one request's line and headers must arrive in this, in total
+    client_body_rate: float = 4096.0  # bytes/s a body must average once client_header_timeout passed
+    max_pipeline: int = 16  # requests queued on one connection; past it the client is not read
     upstream_idle_per_backend: int = 64  # idle keep-alive connections kept per backend
 
 
@@ -77,10 +79,6 @@ class RouterConfig:
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     backends: BackendAllowlist = field(default_factory=BackendAllowlist)
-    # "heard": route only to key-ring members the router has heard at least once;
-    # "etcd_only": member records alone (a setup whose agents do not list the router
-    # among their observers), which then needs an explicit backends.allow.
-    membership: str = "heard"
     # "heard": route only to key-ring members the router has heard at least once;
     # "etcd_only": member records alone (a setup whose agents do not list the router
     # among their observers), which then needs an explicit backends.allow.
@@ -118,7 +116,6 @@ def parse_router_config(raw: Any, base_dir: Path = Path(".")) -> RouterConfig:
         limits=_limits(d.get("limits", {})), backends=_backends(d.get("backends", {})),
         admin_host=check_address(admin.get("host", "127.0.0.1"), "admin.host"),
         admin_port=check_port(admin.get("port", 8081), "admin.port"),
-        membership=_membership(d.get("membership", "heard"), d.get("backends") or {}),
         membership=_membership(d.get("membership", "heard"), d.get("backends") or {}),
         **{f"admin_{k[4:]}": v for k, v in _api_security(admin, base_dir, "admin").items()})
     if cfg.admin_port == cfg.listen_port:
@@ -200,28 +197,21 @@ def _membership(v: Any, backends: Any) -> str:
     return v
 
 
-def _membership(v: Any, backends: Any) -> str:
-    if v not in ("heard", "etcd_only"):
-        raise ConfigError("membership", v, "must be heard (route only to key-ring members this router "
-                          "hears, the default) or etcd_only (member records alone, for agents that do "
-                          "not list the router among their heartbeat observers)")
-    if v == "etcd_only" and not (isinstance(backends, dict) and "allow" in backends):
-        raise ConfigError("membership", v, "etcd_only trusts member records alone, so give the "
-                          "networks the router may send to in backends.allow (e.g. [10.0.0.0/24])")
-    return v
-
-
 def _limits(v: Any) -> LimitsConfig:
     d = check_mapping(v, "limits", {"max_connections", "max_inflight", "max_body", "client_idle_timeout",
-                                    "client_header_timeout", "upstream_idle_per_backend"})
+                                    "client_header_timeout", "client_body_rate", "max_pipeline",
+                                    "upstream_idle_per_backend"})
     values: dict[str, Any] = {}
     for k, lo, hi in (("max_connections", 1, 1_000_000), ("max_inflight", 1, 1_000_000),
-                      ("max_body", 1024, 1 << 34), ("upstream_idle_per_backend", 0, 100_000)):
+                      ("max_body", 1024, 1 << 34), ("upstream_idle_per_backend", 0, 100_000),
+                      ("max_pipeline", 1, 1024)):
         if k in d:
             values[k] = check_int(d[k], f"limits.{k}", lo, hi)
     for k in ("client_idle_timeout", "client_header_timeout"):
         if k in d:
             values[k] = _number(d[k], f"limits.{k}", 0, 3600)
+    if "client_body_rate" in d:
+        values["client_body_rate"] = _number(d["client_body_rate"], "limits.client_body_rate", 0, 1 << 34)
     return LimitsConfig(**values)
 
 

@@ -38,7 +38,7 @@ from vigil.core.routing import Backend, RetryPolicy, RoutingTable
 from vigil.router.answers import Answered, error as _error, overloaded, replay as _replay
 from vigil.router.attempt import Answer, AttemptFailed, send_attempt
 from vigil.router.config import RouterConfig
-from vigil.router.http1 import HOP_BY_HOP, FrontProtocol, Incoming, Reply, sweep
+from vigil.router.http1 import HOP_BY_HOP, FrontProtocol, Incoming, Listener, Reply, sweep
 from vigil.router.idempotency import IdempotencyCache, Mismatch, Result, fingerprint
 from vigil.router.metrics import RouterMetrics, admin_handler
 from vigil.router.queue import SlotQueue
@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 UNKNOWN_OUTCOME = frozenset({"reset", "first_byte", "ejected"})  # sent: it may have run
 OUTCOME_HEADER = "X-Vigil-Outcome"
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})  # reads of an engine's metadata, not inference
+ADMIN_MAX_CONNS = 64  # connections to the admin listener at once
+MAX_BUFFERED = 64 << 20  # bytes of one answer held whole (an Idempotency-Key's), as the cache holds
 
 
 class Router:
@@ -75,41 +77,51 @@ class Router:
         self.pool = UpstreamPool(r.connect_timeout, cfg.limits.upstream_idle_per_backend)
         self.active = 0  # requests being handled
         self._servers: list[asyncio.AbstractServer] = []
-        self._sweeper: asyncio.Task | None = None
-        self.clients: set[FrontProtocol] = set()
+        lim = cfg.limits
+        self.front = Listener(lim.max_body, lim.max_connections, lim.max_inflight, lim.max_pipeline,
+                              lim.client_idle_timeout, lim.client_header_timeout, lim.client_body_rate)
+        self.clients = self.front.conns
+        # The admin listener faces an operator network: its own cap and sweep, so that
+        # nobody who reaches it holds the file descriptors the data plane needs.
+        self.admin = Listener(1024, ADMIN_MAX_CONNS, ADMIN_MAX_CONNS, 1, lim.client_idle_timeout,
+                              lim.client_header_timeout, lim.client_body_rate)
+        self._sweepers: list[asyncio.Task] = []
         self._cancel_cause: dict[asyncio.Task, tuple[str, str]] = {}
 
     async def start(self) -> None:
         await self.membership.start()
 
     async def listen(self, host: str, port: int) -> None:
-        """Serve clients on host:port (raises OSError when it cannot bind). Idle
-        client connections close after `limits.client_idle_timeout` (as nginx's
-        keepalive_timeout); a request whose head takes longer than
-        `limits.client_header_timeout` to arrive is dropped (slowloris)."""
-        loop, lim = asyncio.get_running_loop(), self.cfg.limits
+        """Serve clients on host:port (raises OSError when it cannot bind), within
+        `limits` (vigil.router.http1.Listener): idle client connections close after
+        `client_idle_timeout` (as nginx's keepalive_timeout); a request whose head
+        takes longer than `client_header_timeout` in total to arrive, or whose body
+        falls below `client_body_rate`, is dropped (slowloris); at most
+        `max_pipeline` requests wait on one connection, counted in `max_inflight`."""
+        loop = asyncio.get_running_loop()
         self._servers.append(await loop.create_server(
-            lambda: FrontProtocol(self.handle, lim.max_body, self.clients, lim.max_connections),
-            host, port, reuse_address=True, backlog=1024))
-        self._sweeper = loop.create_task(sweep(self.clients, lim.client_idle_timeout,
-                                               lim.client_header_timeout))
+            lambda: FrontProtocol(self.handle, self.front), host, port, reuse_address=True, backlog=1024))
+        self._sweepers.append(loop.create_task(sweep(self.front)))
 
     async def listen_admin(self, host: str, port: int) -> None:
         """Serve /metrics and /_vigil/status on host:port (an operator's network),
-        over https with `admin.cert_file`, behind `admin.tokens_file`'s tokens."""
+        over https with `admin.cert_file`, behind `admin.tokens_file`'s tokens; at
+        most ADMIN_MAX_CONNS connections, swept with the client timeouts."""
         from vigil.web import server_tls
 
         handler = admin_handler(self)
         tls = server_tls(*self.cfg.admin_tls) if self.cfg.admin_tls else None
-        self._servers.append(await asyncio.get_running_loop().create_server(
-            lambda: FrontProtocol(handler, 1024, max_conns=64), host, port, reuse_address=True, ssl=tls))
+        loop = asyncio.get_running_loop()
+        self._servers.append(await loop.create_server(
+            lambda: FrontProtocol(handler, self.admin), host, port, reuse_address=True, ssl=tls))
+        self._sweepers.append(loop.create_task(sweep(self.admin)))
 
     async def stop(self) -> None:
-        if self._sweeper:
-            self._sweeper.cancel()
+        for sweeper in self._sweepers:
+            sweeper.cancel()
         for server in self._servers:
             server.close()
-        for c in list(self.clients):
+        for c in [*self.clients, *self.admin.conns]:
             c.close()
         await self.membership.stop()
         self.pool.close()
@@ -130,7 +142,7 @@ class Router:
         t0 = time.monotonic()
         self.active += 1
         try:
-            if self.active > self.cfg.limits.max_inflight:
+            if req.over_limit or self.active > self.cfg.limits.max_inflight:  # queued ones count
                 answer = overloaded(f"the router holds its limit of {self.cfg.limits.max_inflight} "
                                     "requests (limits.max_inflight)", 1.0)
                 self.metrics.finished(429, time.monotonic() - t0)
@@ -363,12 +375,17 @@ class Router:
                 self._release(b)
 
     async def _rest(self, up: Upstream) -> bytes:
-        parts = []
+        """The rest of an answer held whole, up to MAX_BUFFERED bytes (a backend
+        that sends more misbehaves: UpstreamBroken)."""
+        parts, size = [], 0
         while True:
             async with asyncio.timeout(self.cfg.retry.idle_timeout):
                 chunk = await up.read()
             if not chunk:
                 return b"".join(parts)
+            size += len(chunk)
+            if size > MAX_BUFFERED:
+                raise UpstreamBroken(f"an answer larger than {MAX_BUFFERED >> 20} MiB, held whole")
             parts.append(chunk)
 
     def _done(self, b: Backend, status: int, t0: float) -> None:
