@@ -99,8 +99,8 @@ def parse_fencing(key: str, text: str) -> FenceMarker | BadRecord:
     d = node if isinstance(node, BadRecord) else decode_object(key, text)
     if isinstance(d, BadRecord):
         return d
-    state, by, reason = d.get("state", "failed"), d.get("by", ""), d.get("reason", "fencing failed")
-    if state not in FENCE_STATES or not isinstance(reason, str) or not (by == "" or node_name(by)):
+    state, by, reason = d.get("state"), d.get("by"), d.get("reason")
+    if state not in FENCE_STATES or not isinstance(reason, str) or not node_name(by):
         return BadRecord(key, f"not {{state: in_progress|failed, by: node, reason: str}}: {snippet(text)}")
     return FenceMarker(node, state, by, reason[:MAX_REASON])
 
