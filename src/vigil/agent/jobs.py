@@ -42,7 +42,7 @@ import aiohttp
 
 from vigil.clock import Clock
 from vigil.core.jobs import (OPEN, JobRecordError, JobSpec, Progress, parse_chunk, parse_progress, parse_spec,
-                             payload_id, pick_shard, sha256_of)
+                             payload_id, pick_shard, sha256_of, shard_of)
 from vigil.core.payloads import Payload
 from vigil.errors import StoreError, StoreUnavailable, VigilError
 from vigil.store.base import Expect, KeyValue, Store
@@ -140,18 +140,18 @@ class JobRunner:
             return specs, {}, set()
         for kv in (await self.store.range(self.keys.job_progresses()))[0]:
             job, _, shard = kv.key[len(self.keys.job_progresses()):].partition("/")
-            if job in specs and shard.isdigit():
+            n = shard_of(shard)  # "²".isdigit() holds, and int("²") raises
+            if job in specs and n is not None:
                 try:
-                    progress[job, int(shard)] = (parse_progress(kv.value, kv.key, specs[job], int(shard)),
-                                                 kv.mod_revision)
+                    progress[job, n] = (parse_progress(kv.value, kv.key, specs[job], n), kv.mod_revision)
                 except JobRecordError as e:
                     self._skipped(kv.key, e)
         prefix = self.keys.payload("job:")
         owned = set()
         for kv in (await self.store.range(prefix))[0]:
             job, _, shard = kv.key[len(prefix):].rpartition(":")
-            if shard.isdigit():
-                owned.add((job, int(shard)))
+            if shard_of(shard) is not None:
+                owned.add((job, shard_of(shard)))
         now = self.clock.now()
         self.avoid = {j: until for j, until in self.avoid.items() if until > now}
         return specs, progress, owned | {(j, s) for j, s in progress if j in self.avoid}
