@@ -44,14 +44,15 @@ class Front:
 @contextlib.asynccontextmanager
 async def router_front(servers: dict[str, web.Application], /, cluster: str = CLUSTER,
                        ring: tuple[str, ...] = (), before: dict[str, str] | None = None,
-                       **cfg: Any) -> AsyncIterator[Front]:
+                       keys: dict[str, dict[str, Any]] | None = None, **cfg: Any) -> AsyncIterator[Front]:
     """A router (config overrides in `cfg`) in front of the given servers (by node name),
     each a heartbeating key-ring member; yields once every one is eligible.
     `ring`: more key-ring members, silent until `beats.start_node(name)`;
     `before`: raw etcd keys and values (under the cluster's prefix) put
-    before the router starts."""
+    before the router starts; `keys`: vigil.testing.keys.heartbeat_keys' output
+    for every name, instead of shared ones."""
     names = list(servers)
-    keys = shared_keys(*names, *ring)
+    keys = keys or shared_keys(*names, *ring)
     ports = free_ports(len(servers) + 2)
     runners = [await serve(app, port) for app, port in zip(servers.values(), ports)]
     store = MemoryStore()

@@ -20,7 +20,9 @@ import vigil.router.membership as membership
 from tests.integration.routerharness import router_front, serve
 from vigil.procs import free_ports
 from vigil.store.keys import Keys
+from vigil.identity import read_ring_doc, write_ring
 from vigil.testing.heartbeats import member_record
+from vigil.testing.keys import heartbeat_keys
 from vigil.testing.wait import wait_until
 
 HUGE_INT = '{"started_at": 1' + "0" * 400 + "}"  # the review's reproduction: float() overflowed
@@ -192,3 +194,29 @@ async def test_etcd_only_tracks_a_bounded_number_of_other_names_and_forgets_them
         assert b"fake" not in f.router.metrics.render() and m.bad_records == {}
         await f.store.put(Keys("d").member("late"), url_record("http://127.0.0.1:9"))
         await wait_until(lambda: "late" in t.backends, 10, "room again for a new name")
+
+
+async def test_a_key_reload_learns_members_that_joined_the_ring_and_forgets_those_that_left(tmp_path):
+    keys = heartbeat_keys(tmp_path, ["n1", "n2"])
+    ring = tmp_path / "cluster.keyring"
+    full = read_ring_doc(ring)
+    write_ring(ring, {"n1": full["n1"]})  # n2 not in the ring yet
+    hits: list[str] = []
+    (port,) = free_ports(1)
+    runner = await serve(counting(hits, "n2"), port)
+    try:
+        async with router_front({"n1": counting(hits, "n1")}, keys=keys, ring=("n2",),
+                                before={"members/n2": url_record(f"http://127.0.0.1:{port}")}) as f:
+            m, t = f.router.membership, f.router.table
+            assert "n2" not in t.backends and "not in the key ring" in m.bad_records[Keys("d").member("n2")]
+            f.beats.start_node("n2")
+            write_ring(ring, full)
+            assert m.reload_keys()
+            await wait_until(lambda: "n2" in t.backends and t.backends["n2"].why_not(0.0) is None, 10,
+                             "n2 learnt once the ring holds it")
+            write_ring(ring, {"n2": full["n2"]})
+            assert m.reload_keys()
+            assert "n1" not in t.backends and "n1" not in m.peers.peers and "n1" not in m.receiver.guards
+            assert await answered_by(f.url, 3) == ["n2"] * 3
+    finally:
+        await runner.cleanup()
