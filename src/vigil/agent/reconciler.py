@@ -272,8 +272,8 @@ class Reconciler:
         if not self.leadership.acquire(token, session.last_ack_sent):
             await election.resign(token)  # the lease was renewed too long ago to act on
             return
-        if view.switchover and view.switchover.to == self.cfg.node:
-            await self.registry.clear_switchover()
+        # A switchover request is the operator's to remove (`vigil switchover` revokes its
+        # lease once the target leads, else it expires): a node's etcd role may not write it.
         if self.controller:
             self.controller.leading(token)
         self.wake.set()

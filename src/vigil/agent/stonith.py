@@ -132,19 +132,32 @@ class Fencer:
                     subject=leader.name)
         return False
 
+    async def _drop_leader_key(self, leader: LeaderInfo) -> bool:
+        try:
+            await self.store.delete_if_created(self.registry.keys.leader, leader.token)
+        except StoreError:
+            return False
+        return True  # deleted now, or gone already: either way not the fenced node's any more
+
     async def _confirmed(self, leader: LeaderInfo, device: str, level: int, ms: float) -> bool:
         # From here the old leader cannot act: its leadership ended no later than now.
         self.leadership.fenced(leader.name, leader.token)
+        ended = "lease revoked"
         try:
             await self.store.revoke(leader.lease)
         except StoreError as e:
-            self.record("fencing_incomplete", f"{leader.name} is off but its lease could not be "
-                        f"revoked yet ({e}); it will expire", subject=leader.name)
-            return False
+            # etcd revokes a lease only for a user who may write every key bound to it, and a
+            # node's role (vigil.store.etcd_auth) may not write another's member record: the
+            # leader key, all the takeover needs, goes instead (only the incarnation fenced).
+            if "permission denied" not in str(e) or not await self._drop_leader_key(leader):
+                self.record("fencing_incomplete", f"{leader.name} is off but its lease could not be "
+                            f"revoked yet ({e}); it will expire", subject=leader.name)
+                return False
+            ended = "leader key removed (its etcd role may not revoke the lease, which expires)"
         # The node's `fenced` state is bookkeeping, not part of the takeover: written beside it.
         self.completing.add(leader.name)
         asyncio.get_running_loop().create_task(self._mark_fenced(leader.name))
         self.record("node_fenced", f"{leader.name} powered off by {device} and verified off in "
-                    f"{ms:.0f} ms; lease revoked", subject=leader.name, device=device,
+                    f"{ms:.0f} ms; {ended}", subject=leader.name, device=device,
                     level=level, fence_ms=ms, token=leader.token)
         return True

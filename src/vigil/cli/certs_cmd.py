@@ -33,15 +33,21 @@ def _issue(args) -> None:
 def register_auth(sub) -> None:
     p = sub.add_parser("etcd-auth", help="create etcd users and roles for a cluster and turn etcd auth on")
     s = p.add_subparsers(dest="auth_command", metavar="ACTION", required=True)
-    i = s.add_parser("init", description="Roles on /vigil/CLUSTER/ only: agents and operators read and "
-                                         "write, routers and gateways read. Writes NAME.password (0600) "
-                                         "for every user, and root.password, into --out.")
+    i = s.add_parser("init", description="Roles on /vigil/CLUSTER/ (and /vigil-jobs/CLUSTER/) only: "
+                                         "each agent its own, writing its own member record, the election "
+                                         "key and the records a leader keeps, never another node's member "
+                                         "record, a switchover or the config; operators read and write; "
+                                         "routers and gateways read (docs/architecture.md, \"Trust model\"). "
+                                         "Writes NAME.password (0600) for every user, and root.password, "
+                                         "into --out.")
     i.add_argument("--etcd", required=True, metavar="URL[,URL...]")
     i.add_argument("--cluster", required=True)
     i.add_argument("--cacert")
     i.add_argument("--cert")
     i.add_argument("--key")
-    for kind in ("agent", "router", "gateway", "operator"):
+    i.add_argument("--agent", action="append", default=[], metavar="NODE",
+                   help="an agent's user, named as its node (its `node:`), with a role of its own (repeat)")
+    for kind in ("router", "gateway", "operator"):
         i.add_argument(f"--{kind}", action="append", default=[], metavar="NAME", help=f"a {kind} user (repeat)")
     i.add_argument("--out", required=True, help="directory for the password files")
     i.set_defaults(func=_auth_init)

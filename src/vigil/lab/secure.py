@@ -1,7 +1,8 @@
 """`vigil lab up --secure`: the lab's etcd with TLS for clients and peers,
 client-certificate auth, and etcd users and roles (vigil.store.etcd_auth);
 every agent, the router, the gateway and the operator with their own
-certificate and etcd user. Files live in DIR/tls (never committed):
+certificate and etcd user; each agent's user (its node name) has a role of
+its own, so one node's credential cannot rewrite another's records. Files live in DIR/tls (never committed):
 ca.pem; etcd.pem (the members' server certificate); NAME.pem, NAME.key and
 NAME.password per client (n1.., router, gateway, operator, harness).
 """
