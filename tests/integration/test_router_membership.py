@@ -19,7 +19,9 @@ from aiohttp import web
 import vigil.router.membership as membership
 from tests.integration.routerharness import router_front, serve
 from vigil.procs import free_ports
+from vigil.router.metrics import status_document
 from vigil.store.keys import Keys
+from vigil.core.routing import NEVER_HEARD
 from vigil.identity import read_ring_doc, write_ring
 from vigil.testing.heartbeats import member_record
 from vigil.testing.keys import heartbeat_keys
@@ -137,10 +139,13 @@ async def test_only_heard_key_ring_members_at_cluster_addresses_get_traffic():
             await wait_until(lambda: t.backends["n3"].heard, 10, "n3 to be heard")
             assert "evil" not in t.backends and "evil" not in m.peers.peers
             assert "not in the key ring" in m.bad_records[Keys("d").member("evil")]
-            assert t.backends["n2"].why_not(0.0) == "never heard (no authentic heartbeat from it yet)"
+            assert t.backends["n2"].why_not(0.0) == NEVER_HEARD
             assert t.backends["n3"].why_not(0.0).startswith(
                 "refused: 203.0.113.7 is outside the cluster's networks (127.0.0.0/24)")
             assert await answered_by(f.url, 10) == ["n1"] * 10 and hits == ["n1"] * 10
+            doc = status_document(f.router)  # what an operator sees on the admin listener
+            assert doc["cluster_networks"] == ["127.0.0.0/24"] and doc["membership"] == "heard"
+            assert doc["backends"]["n2"]["why_not"] == NEVER_HEARD and not doc["backends"]["n2"]["heard"]
             f.beats.start_node("n2")  # heard now: it serves
             await wait_until(lambda: t.backends["n2"].why_not(0.0) is None, 10, "n2 heard")
             assert "n2" in await answered_by(f.url, 6)

@@ -1,4 +1,4 @@
-from vigil.core.routing import Backend, RetryPolicy, RoutingTable
+from vigil.core.routing import NEVER_HEARD, Backend, RetryPolicy, RoutingTable
 
 
 def table(*names):
@@ -99,7 +99,7 @@ def test_a_node_never_heard_or_refused_gets_no_traffic_not_even_in_panic():
     t = RoutingTable(panic_threshold=1.0)  # panics as soon as one node is ineligible
     for n in ("a", "b"):
         t.backend(n).url, t.backend(n).ready = f"http://{n}", True
-    assert t.backend("a").why_not(0.0) == "never heard (no authentic heartbeat from it yet)"
+    assert t.backend("a").why_not(0.0) == NEVER_HEARD
     assert t.choose(0.0) is None and t.eligible(0.0) == [], "a name in etcd alone gets nothing"
     t.backend("a").heard = True
     assert [b.name for b in t.eligible(0.0)] == ["a"], "panic routes only to nodes not confirmed gone"

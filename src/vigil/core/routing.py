@@ -47,6 +47,8 @@ def _load(b: "Backend") -> float:
     return (b.outstanding + 1) / b.weight
 
 
+NEVER_HEARD = ("never heard: no authentic heartbeat from it yet (is this router in the agent's "
+               "heartbeat.observers? membership: etcd_only routes without heartbeats)")
 NO_TRAFFIC_STATES = frozenset({"failed", "fenced", "maintenance", "draining", "held"})
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 RETRYABLE_STATUS = frozenset({502, 503, 504})
@@ -89,7 +91,7 @@ class Backend:
         if self.refused:
             return f"refused: {self.refused}"
         if not self.heard:
-            return "never heard (no authentic heartbeat from it yet)"
+            return NEVER_HEARD
         if not self.alive:
             return "node suspected (heartbeats lost)"
         if self.state in NO_TRAFFIC_STATES:
