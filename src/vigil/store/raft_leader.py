@@ -14,7 +14,9 @@ which proposals wait rather than fail).
 Contract: `check()` is one round (status, member list, and a transfer only
 when the raft leader is `etcd.local_member`); it returns what it did, or
 raises StoreError when etcd did not answer. A member name that etcd does not
-list is reported, never guessed at.
+list is reported, never guessed at. Under etcd auth, etcd 3.5 and later
+allow the transfer only to root (3.4 to any user): a node's own user is then
+refused, and `run()` says so once and stops, instead of failing every round.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from vigil.store.etcd import EtcdStore
 
 log = logging.getLogger(__name__)
 CHECK_EVERY = 2.0  # s while leading; at once when leadership begins
+DENIED = "permission denied"  # etcd's words for a request the user's roles do not allow
 
 
 @dataclass(frozen=True)
@@ -46,7 +49,8 @@ class RaftLeaderApart:
     async def run(self, leading: Callable[[], bool], record: Callable[..., Any]) -> None:
         """While `leading()`, check every CHECK_EVERY s (and at once on `wake`);
         each move is an `etcd_leader_moved` event, each new problem one
-        `etcd_leader_apart_failed` event."""
+        `etcd_leader_apart_failed` event. Returns when etcd refuses the user
+        permission (after that event)."""
         said = None
         while True:
             await woken(self.wake, CHECK_EVERY)
@@ -55,8 +59,15 @@ class RaftLeaderApart:
                 continue
             try:
                 done = await self.check()
-            except StoreError as e:  # etcd busy or away: the next round tries again
-                log.debug("raft leader check failed: %s", e)
+            except StoreError as e:
+                if DENIED in str(e):  # a permission does not come back by itself: say it once, stop
+                    why = (f"etcd refused this node's etcd user a raft leader transfer ({e}): etcd 3.5 "
+                           "and later allow it only to root. etcd's raft leader is no longer kept off this "
+                           "machine; remove etcd.local_member, or run etcd apart from the Vigil nodes")
+                    log.warning("%s", why)
+                    record("etcd_leader_apart_failed", why)
+                    return
+                log.debug("raft leader check failed: %s", e)  # etcd busy or away: the next round tries again
                 continue
             if done.moved_to:
                 record("etcd_leader_moved", f"etcd's raft leader was {self.local_member}, on this node (the "
