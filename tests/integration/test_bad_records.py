@@ -173,3 +173,29 @@ async def test_status_names_a_malformed_record_instead_of_a_traceback():
         await store.close()
     assert doc["bad_records"] == {keys.member("n2"): "priority 'high' is not an integer from 0 to 1000"}
     assert f"ignored malformed record {keys.member('n2')}: priority 'high'" in render_table(doc)
+
+
+async def test_the_commands_read_hostile_payloads_and_events_and_print_them():
+    """`vigil status`, `vigil payloads` and `vigil events` over records no agent wrote
+    (7cf5bfd: RecursionError, and `now - started` or fromtimestamp(at) overflowed)."""
+    import datetime
+    from vigil.cli.cluster_cmd import read_payloads
+    from vigil.cli.status_view import gather_status, payload_owners
+    store = MemoryStore()
+    store.start()
+    keys = Keys("bad")
+    for i, value in enumerate(['{"node": "n1", "started": %s}' % HUGE, "[" * 100_000, '{"started": 1e300}']):
+        await store.put(keys.payload(f"p{i}"), value)
+        await store.put(keys.event(f"e{i}"), value.replace("started", "at"))
+    try:
+        doc = await gather_status(store, keys)
+        owners = await payload_owners(store, keys)
+        recs = await read_payloads(store, keys)
+        evs = await read_events(store, keys)
+    finally:
+        await store.close()
+    assert owners == ["?", "?", "?"] and isinstance(doc, dict)
+    assert [sorted(r) for r in recs] == [["corrupt", "id"]] * 3
+    assert [e["kind"] for e in evs] == ["corrupt"] * 3
+    for e in evs:
+        datetime.datetime.fromtimestamp(e.get("at", 0))

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from vigil.core.records import MAX_NUMBER, decode_json, integer, number
+from vigil.core.records import decode_json, integer, unix_time
 
 
 @dataclass(frozen=True)
@@ -92,8 +92,8 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 def _well_formed(rec: Any) -> bool:
     """A record as `write` makes it: what `intervals` reads is there, bounded."""
     return (isinstance(rec, dict) and isinstance(rec.get("node"), str) and isinstance(rec.get("event"), str)
-            and integer(rec.get("token"), 0, 2**62) and number(rec.get("at"), 0.0, MAX_NUMBER)
-            and (rec.get("valid_until") is None or number(rec["valid_until"], 0.0, MAX_NUMBER)))
+            and integer(rec.get("token"), 0, 2**62) and unix_time(rec.get("at"))
+            and (rec.get("valid_until") is None or unix_time(rec["valid_until"])))
 
 
 def read_records(paths: Iterable[Path]) -> list[dict[str, Any]]:

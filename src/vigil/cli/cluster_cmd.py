@@ -8,6 +8,7 @@ import json
 
 from vigil.cli.status_view import gather_status, render_table
 from vigil.cli.target import add_target_args, resolve
+from vigil.core.records import decode_object
 from vigil.errors import ConfigError, VigilError
 from vigil.store.events import read_events
 from vigil.store.registry import Registry
@@ -74,10 +75,7 @@ async def read_payloads(store, keys) -> list[dict]:
     kvs, _ = await store.range(keys.payloads)
     out = []
     for kv in kvs:
-        try:
-            rec = json.loads(kv.value)
-        except ValueError:
-            rec = None
+        rec = decode_object(kv.key, kv.value)  # bounded: every number finite, a time prints
         out.append(rec if isinstance(rec, dict) else {"id": kv.key[len(keys.payloads):], "corrupt": kv.value[:200]})
     return sorted(out, key=lambda r: r.get("started", 0) if isinstance(r.get("started"), (int, float)) else 0)
 
@@ -123,7 +121,6 @@ def switchover(args) -> int:
         while loop.time() < deadline:
             snap = await reg.snapshot()
             if snap.leader and snap.leader.name == args.to:
-                await store.revoke(lease.id)  # the request is done (no node's etcd role may delete it)
                 print(f"switchover done: {args.to} leads with token {snap.leader.token}")
                 return 0
             await asyncio.sleep(0.05)

@@ -15,6 +15,7 @@ from vigil.errors import VigilError
 from vigil.store.base import Store
 from vigil.store.keys import Keys
 from vigil.store.member_record import MemberRecord
+from vigil.store.records import BadRecord, parse_payload
 from vigil.store.registry import Registry, Snapshot
 
 
@@ -139,10 +140,8 @@ async def payload_owners(store: Store, keys: Keys) -> list[str]:
     """The node of each payload record (vigil.core.payloads), one entry per record."""
     owners = []
     for kv in (await store.range(keys.payloads))[0]:
-        try:
-            owners.append(str(json.loads(kv.value).get("node")))
-        except (ValueError, AttributeError):
-            owners.append("?")
+        rec = parse_payload(kv.key, kv.value)
+        owners.append("?" if isinstance(rec, BadRecord) else rec.node)
     return owners
 
 

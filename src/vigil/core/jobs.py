@@ -31,7 +31,7 @@ import re
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from vigil.core.records import BULK, CLUSTER, MAX_NUMBER, BadRecord, Limits, decode_json, integer, number
+from vigil.core.records import BULK, CLUSTER, BadRecord, Limits, decode_json, integer, unix_time
 from vigil.errors import ConfigError, VigilError
 from vigil.openai_fields import MAX_EMBEDDING_INPUTS, MAX_INPUT_CHARS
 
@@ -126,7 +126,7 @@ def _count(d: dict, name: str, what: str, hi: int = MAX_INPUTS) -> int:
 def _time(d: dict, name: str, what: str) -> float:
     """A Unix time: decode_json already refused a number float() cannot hold."""
     v = _field(d, name, (int, float), what)
-    if not number(v, 0.0, MAX_NUMBER):
+    if not unix_time(v):
         raise JobRecordError(f"{what}: '{name}' is {v!r}, not a Unix time")
     return float(v)
 
@@ -211,7 +211,7 @@ def result_from(raw: str, key: str) -> ChunkRecord:
     claim = d.get("claim")
     return ChunkRecord(_count(d, "chunk", key), str(d.get("node", "?"))[:64],
                        claim if integer(claim, 0, 2**62) else 0,
-                       float(d["at"]) if number(d.get("at"), 0.0, MAX_NUMBER) else 0.0,
+                       float(d["at"]) if unix_time(d.get("at")) else 0.0,
                        str(d.get("inputs_sha256", ""))[:64], vectors)
 
 

@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from vigil.core.records import MAX_NUMBER, BadRecord, decode_object, integer, node_name, number, snippet
+from vigil.core.records import BadRecord, decode_object, integer, node_name, snippet, unix_time
 
 ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 FOREIGN = -1  # create revision of a record another node holds
@@ -53,7 +53,7 @@ def payload_from(p: Any) -> Payload | None:
     pid, model, kind, started = p.get("id"), p.get("model"), p.get("kind"), p.get("started")
     progress = p.get("tokens", p.get("progress", 0))
     ok = (isinstance(pid, str) and ID.fullmatch(pid) is not None and isinstance(model, str) and 0 < len(model) <= 128
-          and kind in KINDS and number(started, 0.0, MAX_NUMBER) and integer(progress, 0, 2**62))
+          and kind in KINDS and unix_time(started) and integer(progress, 0, 2**62))
     return Payload(pid, model, kind, float(started), progress) if ok else None
 
 

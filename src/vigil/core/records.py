@@ -12,7 +12,7 @@ Contract:
   problem names what is wrong in one line.
 - The hooks refuse a 400-digit integer, NaN, Infinity and 1e999 while the
   text is parsed: such a number never exists as a Python value.
-- `number`, `integer` and `node_name` are the field checks every record
+- `number`, `unix_time`, `integer` and `node_name` are the field checks every record
   parser (vigil.store.records) builds on.
 """
 
@@ -28,6 +28,7 @@ from vigil.fields import NAME_RE
 
 MAX_INT_DIGITS = 18  # |n| < 10**18: fits int64, converts to float exactly enough
 MAX_NUMBER = 1e18
+MAX_TIME = 1e11  # Unix seconds (year 5138): inside datetime's range, so a time always prints
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -129,6 +130,11 @@ def number(v: Any, lo: float, hi: float) -> bool:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         return False
     return (isinstance(v, int) or math.isfinite(v)) and lo <= v <= hi
+
+
+def unix_time(v: Any) -> bool:
+    """A Unix time in seconds, from 0 to MAX_TIME."""
+    return number(v, 0.0, MAX_TIME)
 
 
 def integer(v: Any, lo: int, hi: int) -> bool:

@@ -22,7 +22,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from vigil.core.records import MAX_NUMBER, BadRecord, decode_object, integer, node_name, number, snippet, strings
+from vigil.core.records import BadRecord, decode_object, integer, node_name, snippet, strings, unix_time
 
 __all__ = ["BadRecord", "MemberRecord", "parse_member", "member_from", "member_problem", "NO_VERDICT"]
 
@@ -123,7 +123,7 @@ def member_from(name: str, rec: dict[str, Any]) -> MemberRecord | BadRecord:
         port if integer(port, 0, 65535) else 0, dict(rec.get("health") or {}), dict(rec.get("fingerprint") or {}),
         rec.get("inference"), rec.get("router") if isinstance(rec.get("router"), dict) else None,
         _fences(rec.get("fences")), tuple(rec.get("suspects") or ()), inc if integer(inc, 0, 2**62) else 0,
-        float(started) if number(started, 0.0, MAX_NUMBER) else 0.0, str(rec.get("version") or "")[:128],
+        float(started) if unix_time(started) else 0.0, str(rec.get("version") or "")[:128],
         pid if integer(pid, 0, 2**31) else 0)
 
 

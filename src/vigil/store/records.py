@@ -29,7 +29,7 @@ from typing import Any, Callable
 from vigil.core.jobs import (ChunkRecord, JobRecordError, JobSpec, Progress, chunk_inputs, parse_spec, progress_record,
                              result_from, shard_of)
 from vigil.core.payloads import PayloadRecord, parse_payload_record
-from vigil.core.records import (MAX_NUMBER, BadRecord, decode_object, node_name, number, snippet)
+from vigil.core.records import BadRecord, decode_object, node_name, snippet, unix_time
 from vigil.core.view import NODE_STATES, Switchover
 from vigil.store.keys import Keys
 from vigil.store.member_record import MemberRecord, parse_member
@@ -111,7 +111,7 @@ def parse_hold(key: str, text: str) -> Hold | BadRecord:
     d = node if isinstance(node, BadRecord) else decode_object(key, text)
     if isinstance(d, BadRecord):
         return d
-    if not number(d.get("until"), 0.0, MAX_NUMBER) or not isinstance(d.get("why", ""), str):
+    if not unix_time(d.get("until")) or not isinstance(d.get("why", ""), str):
         return BadRecord(key, f"not {{until: Unix time, why: str}}: {snippet(text)}")
     return Hold(node, float(d["until"]), d.get("why", "")[:MAX_REASON])
 
@@ -136,7 +136,7 @@ def parse_event(key: str, text: str) -> dict[str, Any] | BadRecord:
     d = decode_object(key, text)
     if isinstance(d, BadRecord):
         return d
-    if not number(d.get("at"), 0.0, MAX_NUMBER) or not all(isinstance(d.get(f), str) for f in ("node", "kind", "cause")):
+    if not unix_time(d.get("at")) or not all(isinstance(d.get(f), str) for f in ("node", "kind", "cause")):
         return BadRecord(key, f"not {{at: Unix time, node, kind, cause: str, ...}}: {snippet(text)}")
     return d
 
