@@ -334,7 +334,7 @@ class Lab(LabObservation):
         """`nice`: agent and model server at that niceness (a lab's nodes share its CPUs)."""
         node = self.node(name)
         if self.fencing:  # the node's BMC powers it on
-            node.agent_pid = self.fencing.power_on(name, node.config, node.log)
+            node.agent_pid = self.fencing.power_on(name, node.config, node.log, self.agent_env.get(name))
             return node.agent_pid
         env = [f"{k}={v}" for k, v in self.agent_env.get(name, {}).items()]  # `env` execs: same PID
         p = procs.spawn(procs.in_netns(node.netns, [*(["env", *env] if env else []), sys.executable, "-m",

@@ -64,8 +64,9 @@ class LabFencing:
         return ({"fencing": {"topology": topology, "race_delay": 0.5}} if self.devices else {}) | {
                 "controller": {"gateway": self.gateway_url, "register": 0, "interval": 0.05}}
 
-    def sim(self, node: str, config: str, log: str) -> IpmiSim:
-        agent = procs.in_netns(self.netns.get(node, ""), [sys.executable, "-m", "vigil", "agent",
+    def sim(self, node: str, config: str, log: str, env: dict[str, str] | None = None) -> IpmiSim:
+        extra = ["env", *(f"{k}={v}" for k, v in env.items())] if env else []  # `env` execs: same PID
+        agent = procs.in_netns(self.netns.get(node, ""), [*extra, sys.executable, "-m", "vigil", "agent",
                                                            "--config", config])
         cmd = f"exec {shlex.join(agent)} >> {shlex.quote(log)} 2>&1"
         ns = self.netns.get(node, "")
@@ -86,9 +87,10 @@ class LabFencing:
                                        root / "gateway.log").pid
         procs.wait_for(lambda: _up(self.gateway_url + "/status"), 20, "the actuator gateway")
 
-    def power_on(self, node: str, config: str, log: str) -> int:
-        """Power the node on through its BMC (starting the BMC first); returns the agent PID."""
-        sim = self.sim(node, config, log)
+    def power_on(self, node: str, config: str, log: str, env: dict[str, str] | None = None) -> int:
+        """Power the node on through its BMC (starting the BMC first); returns the agent PID.
+        `env`: more environment for the agent (from the first power-on: the BMC keeps its command)."""
+        sim = self.sim(node, config, log, env)
         if not procs.owns(self.bmc_pids.get(node, 0), "ipmi_sim"):
             sim.start(power_on=True)
             self.bmc_pids[node] = sim.proc.pid
