@@ -41,6 +41,9 @@ def register(sub) -> None:
                    help="reference model only: seconds per generated token (default 0)")
     p.add_argument("--fault-injection", action="store_true",
                    help="enable POST /_vigil/faults (labs and benchmarks only)")
+    p.add_argument("--continue-key-file", metavar="FILE",
+                   help="the cluster's continuation key (the routers' retry.continue_key_file): only "
+                        "stream continuations a router signed with it are honoured")
     p.set_defaults(func=serve_model)
 
 
@@ -60,12 +63,18 @@ def serve_model(args) -> int:
     from vigil.serve.model import MiniLM, NoEmbeddings
     from vigil.serve.server import serve
 
+    from vigil.router.continue_sign import load_key
+
+    key = load_key(args.continue_key_file, "--continue-key-file") if args.continue_key_file else None
+    if key is None and args.generate != "none" and args.host not in ("127.0.0.1", "::1", "localhost"):
+        logging.warning("no --continue-key-file: whoever reaches %s:%d directly may send a stream "
+                        "continuation (vigil_continue) of their own", args.host, args.port)
     generator, slots = generative_model(args.generate, args.threads, args.token_delay)
 
     async def main() -> None:
         await serve(args.host, args.port, args.node, args.fault_injection, stop_on_signals(),
                     NoEmbeddings() if args.no_embed else MiniLM(threads=args.threads), args.max_pending,
-                    generator, slots)
+                    generator, slots, key)
 
     run(main)
     return 0

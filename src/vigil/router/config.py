@@ -33,6 +33,9 @@ class RetryConfig:
     # (vigil.router.resume), at most `max_resumes` times per stream.
     resume_streams: bool = True
     max_resumes: int = 2
+    # The cluster's continuation key (retry.continue_key_file): continuations are signed
+    # with it, and model servers given it honour no other (vigil.router.continue_sign).
+    continue_key: bytes | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -112,7 +115,7 @@ def parse_router_config(raw: Any, base_dir: Path = Path(".")) -> RouterConfig:
         heartbeat_address=check_address(hb.get("address", "127.0.0.1"), "heartbeat.address"),
         heartbeat_port=check_port(hb.get("port", 695), "heartbeat.port"),
         name=str(d.get("name", "router")), timing=_timing(d.get("timing", {})),
-        retry=_retry(d.get("retry", {})), admission=_admission(d.get("admission", {})),
+        retry=_retry(d.get("retry", {}), base_dir), admission=_admission(d.get("admission", {})),
         limits=_limits(d.get("limits", {})), backends=_backends(d.get("backends", {})),
         admin_host=check_address(admin.get("host", "127.0.0.1"), "admin.host"),
         admin_port=check_port(admin.get("port", 8081), "admin.port"),
@@ -124,10 +127,10 @@ def parse_router_config(raw: Any, base_dir: Path = Path(".")) -> RouterConfig:
     return cfg
 
 
-def _retry(v: Any) -> RetryConfig:
+def _retry(v: Any, base: Path = Path(".")) -> RetryConfig:
     d = check_mapping(v, "retry", {"max_attempts", "per_try_timeout", "first_byte_timeout", "idle_timeout",
                               "connect_timeout", "budget_ratio", "idempotent_paths", "idempotency_window",
-                              "resume_streams", "max_resumes"})
+                              "resume_streams", "max_resumes", "continue_key_file"})
     if "first_byte_timeout" in d:  # the clearer name; per_try_timeout stays accepted
         d = {**d, "per_try_timeout": d.pop("first_byte_timeout")}
     values: dict[str, Any] = {}
@@ -148,6 +151,9 @@ def _retry(v: Any) -> RetryConfig:
         if not isinstance(paths, list) or not all(isinstance(x, str) and x.startswith("/") for x in paths):
             raise ConfigError("retry.idempotent_paths", paths, "must be a list of paths like /v1/embeddings")
         values["idempotent_paths"] = tuple(paths)
+    if "continue_key_file" in d:
+        from vigil.router.continue_sign import load_key
+        values["continue_key"] = load_key(base / str(d["continue_key_file"]), "retry.continue_key_file")
     return RetryConfig(**values)
 
 

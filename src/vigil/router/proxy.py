@@ -42,6 +42,7 @@ from vigil.router.http1 import HOP_BY_HOP, FrontProtocol, Incoming, Listener, Re
 from vigil.router.idempotency import IdempotencyCache, Mismatch, Result, fingerprint
 from vigil.router.metrics import RouterMetrics, admin_handler
 from vigil.router.queue import SlotQueue
+from vigil.router.continue_sign import client_continue, refused as continue_refused
 from vigil.router.resume import ResumingStream, is_event_stream, plan_stream
 from vigil.router.upstream import Upstream, UpstreamBroken, UpstreamPool
 from vigil.store.base import Store
@@ -151,6 +152,8 @@ class Router:
                                      "(limits.max_body)")
             elif req.path.startswith("/_vigil/"):
                 answer = _error(404, "the router's own endpoints are on its admin listener (admin.port)")
+            elif (why := client_continue(req.method, req.path, req.body)) is not None:
+                answer = continue_refused(why)  # only this router's continuations carry it
             elif key := req.header("Idempotency-Key"):
                 answer = await self._keyed(req, key, t0)
             else:

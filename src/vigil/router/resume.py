@@ -35,6 +35,7 @@ from vigil.core.routing import Backend
 from vigil.errors import VigilError
 from vigil.openai_fields import constrained_by
 from vigil.router.attempt import Answer, AttemptFailed
+from vigil.router.continue_sign import signed
 from vigil.router.http1 import HOP_BY_HOP, Incoming, Reply
 from vigil.router.upstream import UpstreamBroken
 
@@ -261,7 +262,7 @@ class ResumingStream:
     async def _continue(self, seed: str | None) -> tuple[Backend, Answer] | None:
         """Another eligible node's continuation answer, once its head arrived."""
         r = self.router
-        req = continuation(self.req, self.plan, self.splice, seed)
+        req = signed(continuation(self.req, self.plan, self.splice, seed), self.router.cfg.retry.continue_key)
         while True:
             now = r.clock.now()
             pool = r.table.eligible(now, frozenset(self.tried))

@@ -17,7 +17,11 @@ the seeded sampler, with the same `id` and `created`; the chat role chunk is
 not sent again (from no token it is: only the router knows whether the
 first went out, and it drops a second), and usage counts the whole
 generation. The sampler's seed, given or drawn, is in `X-Vigil-Seed`, so an
-unseeded sampled stream can be continued too.
+unseeded sampled stream can be continued too. Only a router's continuation
+is honoured (vigil.router.continue_sign): with a continue key, its MAC must
+verify; always, its `id` must be one a Vigil server makes (so it never names
+other work, such as a batch job's shard). Two generations under one id are
+both listed in the load report.
 
 Errors are 4xx with an OpenAI-style body naming the field. Work is counted in
 the server's load report per token, so a long generation is progress, not a
@@ -40,6 +44,7 @@ from typing import Any
 from aiohttp import web
 
 from vigil.openai_fields import constrained_by
+from vigil.router import continue_sign
 from vigil.serve.errors import BadRequest, error
 from vigil.serve.generate import LanguageModel, Sampling, TextStream
 
@@ -61,6 +66,7 @@ class Generation:
     continued: bool = False  # a router's continuation (vigil_continue), from done_ids
     id: str = ""
     created: int = 0
+    entry: dict[str, Any] = field(default_factory=dict)  # its load-report entry (payloads)
 
 
 def _number(body: dict[str, Any], name: str, default: float, lo: float, hi: float) -> float:
@@ -91,8 +97,9 @@ def _prompt(model: LanguageModel, body: dict[str, Any], chat: bool) -> list[int]
     return model.encode(prompt)
 
 
-def parse_generation(model: LanguageModel, body: Any, chat: bool) -> Generation:
-    """Validate a (chat) completion request. Raises BadRequest."""
+def parse_generation(model: LanguageModel, body: Any, chat: bool, continue_key: bytes | None = None) -> Generation:
+    """Validate a (chat) completion request; with `continue_key`, a continuation
+    must carry a router's MAC. Raises BadRequest."""
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object")
     if body.get("model", model.model_id) != model.model_id:
@@ -119,6 +126,10 @@ def parse_generation(model: LanguageModel, body: Any, chat: bool) -> Generation:
     if room < 1:
         raise BadRequest(f"the prompt is {len(ids)} tokens; this model's context is {model.context}",
                          "messages" if chat else "prompt")
+    if body.get("vigil_continue") is not None and continue_key is not None:
+        why = continue_sign.verify(continue_key, body)
+        if why:
+            raise BadRequest(why, "vigil_continue")
     _continuation(model, body.get("vigil_continue"), g)
     name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
     default = max(0, (256 if chat else 16) - len(g.done_ids))  # a continuation's share of the default
@@ -136,18 +147,24 @@ def _continuation(model: LanguageModel, cont: Any, g: Generation) -> None:
     if not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < model.vocab_size for t in ids):
         raise BadRequest(f"'vigil_continue.token_ids' must be token ids below {model.vocab_size}",
                          "vigil_continue")
-    g.done_ids, g.id, g.created = list(ids), str(cont.get("id", ""))[:128], cont.get("created", 0)
+    g.done_ids, g.id, g.created = list(ids), cont.get("id", ""), cont.get("created", 0)
     if not isinstance(g.created, int):
         raise BadRequest("'vigil_continue.created' must be an integer", "vigil_continue")
+    if not (g.id == "" or isinstance(g.id, str) and continue_sign.STREAM_ID.fullmatch(g.id)):
+        raise BadRequest("'vigil_continue.id' must be the id of a stream a Vigil model server started "
+                         "(cmpl-/chatcmpl- and 24 hex digits)", "vigil_continue")
 
 
 class Completions:
     """The generation endpoints of one model server over `model`; `slots`
     generations decode at once (a real engine's context holds one)."""
 
-    def __init__(self, model: LanguageModel, node: str, progress: Any, slots: int = 1):
+    def __init__(self, model: LanguageModel, node: str, progress: Any, slots: int = 1,
+                 continue_key: bytes | None = None):
+        """`continue_key`: honour only continuations a router signed with it (None: any router's)."""
         self.model, self.node, self.progress = model, node, progress
         self.slots = asyncio.Semaphore(slots)
+        self.continue_key = continue_key
 
     def routes(self, route: Any) -> list[web.RouteDef]:
         return [route("POST", "/v1/completions", self.completions),
@@ -164,7 +181,7 @@ class Completions:
         if refusal is not None:
             return refusal
         try:
-            g = parse_generation(self.model, await request.json(), chat)
+            g = parse_generation(self.model, await request.json(), chat, self.continue_key)
         except ValueError:
             return error(400, "the request body is not valid JSON")
         except BadRequest as e:
@@ -173,8 +190,10 @@ class Completions:
         g.created = g.created or int(time.time())
         headers = {"X-Vigil-Node": self.node, "X-Vigil-Served-By": self.node, "X-Vigil-Seed": str(g.sampling.seed)}
         self.progress.pending += 1
-        self.progress.payloads[g.id] = {"id": g.id, "model": self.model.model_id, "started": time.time(),
-                                        "kind": "stream" if g.stream else "completion", "tokens": len(g.done_ids)}
+        g.entry = {"id": g.id, "model": self.model.model_id, "started": time.time(),
+                   "kind": "stream" if g.stream else "completion", "tokens": len(g.done_ids)}
+        slot = f"{g.id}#{secrets.token_hex(6)}"  # a continuation may share its id with a generation still here
+        self.progress.payloads[slot] = g.entry
         try:
             if g.stream:
                 return await self._stream(request, g, headers)
@@ -183,7 +202,7 @@ class Completions:
         finally:
             self.progress.pending -= 1
             self.progress.completed += 1
-            self.progress.payloads.pop(g.id, None)
+            self.progress.payloads.pop(slot, None)
 
     async def _tokens(self, g: Generation):
         """(token id, its text, None) per generated token, then (None, the text
@@ -203,7 +222,7 @@ class Completions:
             for step in range(first, first + g.max_tokens):
                 token = await loop.run_in_executor(pool, _next, decoder, g.sampling, step, self.model.eos)
                 self.progress.completed += 1
-                self.progress.payloads[g.id]["tokens"] = step + 1
+                g.entry["tokens"] = step + 1
                 if token is None:
                     yield None, text.flush(), "stop"
                     return

@@ -81,9 +81,11 @@ def parse_embedding_request(body: Any) -> tuple[list[str], str]:
 
 class ModelServer:
     def __init__(self, engine: Any = None, node: str = "", fault_injection: bool = False,
-                 max_pending: int = 64, generator: Any = None, slots: int = 1):
+                 max_pending: int = 64, generator: Any = None, slots: int = 1, continue_key: bytes | None = None):
         """`engine` embeds; `generator` (a vigil.serve.generate.LanguageModel), if
-        given, also serves /v1/completions and /v1/chat/completions (`slots` at once)."""
+        given, also serves /v1/completions and /v1/chat/completions (`slots` at once),
+        honouring only continuations signed with `continue_key` when it is given
+        (vigil.router.continue_sign)."""
         self.engine = engine or MiniLM()
         self.generator = generator
         self.embeds = getattr(self.engine, "serves", True)
@@ -111,7 +113,8 @@ class ModelServer:
             route("GET", "/v2/health/ready", self.readiness), route("GET", "/v2/load", self.load_report)])
         if generator is not None:
             from vigil.serve.completions import Completions
-            self.app.add_routes(Completions(generator, node, self, slots).routes(route))
+            self.completions = Completions(generator, node, self, slots, continue_key)
+            self.app.add_routes(self.completions.routes(route))
         if fault_injection:
             self.app.add_routes([route("POST", "/_vigil/faults", self.faults)])
         finish(self.app)
@@ -249,8 +252,9 @@ def _b64(vector: list[float]) -> str:
 
 
 async def serve(host: str, port: int, node: str, fault_injection: bool, stop: asyncio.Event,
-                engine: Any = None, max_pending: int = 64, generator: Any = None, slots: int = 1) -> None:
-    server = ModelServer(engine, node, fault_injection, max_pending, generator, slots)
+                engine: Any = None, max_pending: int = 64, generator: Any = None, slots: int = 1,
+                continue_key: bytes | None = None) -> None:
+    server = ModelServer(engine, node, fault_injection, max_pending, generator, slots, continue_key)
     runner = web.AppRunner(server.app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port, reuse_address=True).start()
