@@ -3,7 +3,7 @@ grows without bound (a full disk stops the fencing guard and the agent's
 own state files).
 
 - `BoundedLog(path, max_bytes)`: JSON lines (or any lines) appended by this
-  process. Once the file passes `max_bytes` it is renamed to `<path>.1`
+  process. Once the file reaches `max_bytes` it is renamed to `<path>.1`
   (replacing the previous one) and a new file starts: at most about
   2 x `max_bytes` on disk, the newest records always kept.
 - `cap(path, max_bytes)`: the same bound for a file another process appends
@@ -48,14 +48,27 @@ class BoundedLog:
         return f"<BoundedLog {self.path} max={self.max_bytes} rotations={self.rotations}>"
 
     def append(self, line: str) -> None:
-        """Write `line` and a newline; no fsync (a killed process loses nothing written)."""
+        """Write `line` and a newline; no fsync (a killed process loses nothing written).
+        A full file is rotated first, so `path` exists after every append."""
         with self._lock:
-            with open(self.path, "a") as f:
-                f.write(line + "\n")
-                full = f.tell() > self.max_bytes
+            try:
+                full = self.path.stat().st_size >= self.max_bytes
+            except FileNotFoundError:
+                full = False
             if full:
+                _fsync(self.path)  # its last records are durable before it stops being the one synced
                 os.replace(self.path, rotated(self.path))
                 self.rotations += 1
+            with open(self.path, "a") as f:
+                f.write(line + "\n")
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def cap(path: Path, max_bytes: int = LOG_MAX_BYTES) -> bool:

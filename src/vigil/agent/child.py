@@ -6,7 +6,9 @@ Contract:
   agent (a SIGKILLed agent leaves its children running): by the PID in
   `<data_dir>/<name>.pid`, and only if that PID's command line still names
   the command (a recycled PID is left alone). It then runs the command in
-  its own session, output appended to `<data_dir>/<name>.log`, and restarts
+  its own session, output appended to `<data_dir>/<name>.log` (kept under
+  16 MiB plus one rotated `.log.1`, checked every `log_check` seconds and at
+  each start: vigil.logfile.cap), and restarts
   it with back-off (0.5 s doubling to 30 s, reset after 60 s up) whenever it
   exits. Each start and exit is an event (`<name>_started`, `<name>_exited`)
   and calls `on_exit(cause)` on exit or on a failed start.
@@ -29,6 +31,7 @@ from typing import Callable
 from vigil import procs
 from vigil.clock import Clock
 from vigil.core.readiness import Backoff
+from vigil.logfile import LOG_MAX_BYTES, cap
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +39,10 @@ log = logging.getLogger(__name__)
 class ChildProcess:
     def __init__(self, name: str, label: str, command: list[str], data_dir: Path, clock: Clock,
                  on_event: Callable[..., None], on_exit: Callable[[str], None] = lambda cause: None,
-                 user: str | None = None, grace: float = 5.0):
+                 user: str | None = None, grace: float = 5.0, log_max: int = LOG_MAX_BYTES,
+                 log_check: float = 10.0):
         self.name, self.label, self.command = name, label, list(command)
+        self.log_path, self.log_max, self.log_check = data_dir / f"{name}.log", log_max, log_check
         self.data_dir, self.clock, self.user, self.grace = data_dir, clock, user, grace
         self.on_event, self.on_exit = on_event, on_exit
         self.backoff = Backoff()
@@ -94,7 +99,7 @@ class ChildProcess:
             self.backoff.started(self.clock.now())
             self.on_event(f"{self.name}_started", f"{self.label} started (pid {self.proc.pid})",
                           pid=self.proc.pid)
-            code = await self.proc.wait()
+            code = await self._wait_capping_log(self.proc)
             cause = f"{self.label} exited with status {code}"
             self.on_exit(cause)
             delay = self.backoff.next_delay(self.clock.now())
@@ -102,8 +107,29 @@ class ChildProcess:
                           restart_in=delay)
             await asyncio.sleep(delay)
 
+    async def _wait_capping_log(self, proc: asyncio.subprocess.Process) -> int:
+        """`proc`'s exit status; meanwhile its output file stays bounded (a chatty or
+        looping server must not fill the disk the agent keeps its state on)."""
+        done = asyncio.ensure_future(proc.wait())
+        try:
+            while True:
+                try:
+                    return await asyncio.wait_for(asyncio.shield(done), self.log_check)
+                except asyncio.TimeoutError:
+                    self._cap_log()
+        finally:
+            done.cancel()
+
+    def _cap_log(self) -> None:
+        try:
+            if cap(self.log_path, self.log_max):
+                log.info("%s rotated to %s.1 (over %d bytes)", self.log_path, self.log_path.name, self.log_max)
+        except OSError as e:
+            log.warning("cannot rotate %s: %s", self.log_path, e)
+
     async def _spawn(self) -> asyncio.subprocess.Process:
-        with open(self.data_dir / f"{self.name}.log", "ab") as log_file:
+        self._cap_log()
+        with open(self.log_path, "ab") as log_file:
             env = {**os.environ, "VIGIL_FENCING_TOKEN_FILE": str(self.data_dir / "fencing-token")}
             return await asyncio.create_subprocess_exec(
                 *self.command, stdin=asyncio.subprocess.DEVNULL, stdout=log_file,

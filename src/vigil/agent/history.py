@@ -1,6 +1,8 @@
 """Leadership history: every (node, token, start, end) as this agent saw it.
 
-One JSON line per record in `<data_dir>/leadership.jsonl`, handed to the
+One JSON line per record in `<data_dir>/leadership.jsonl` (bounded: past
+16 MiB, some days of renewals, it becomes `leadership.jsonl.1`, replacing the
+previous one; vigil.logfile; `read_records` reads both), handed to the
 kernel synchronously, so a SIGKILL of the agent loses nothing already
 decided, and made durable by an fsync on a background thread a few
 milliseconds later: an fsync (5-40 ms on a busy disk) must not sit between
@@ -29,6 +31,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from vigil.core.records import decode_json, integer, unix_time
+from vigil.logfile import LOG_MAX_BYTES, BoundedLog, with_rotated
 
 
 @dataclass(frozen=True)
@@ -44,17 +47,17 @@ log = logging.getLogger(__name__)
 
 
 class LeadershipHistory:
-    def __init__(self, path: Path, node: str):
+    def __init__(self, path: Path, node: str, max_bytes: int = LOG_MAX_BYTES):
         self.path, self.node = path, node
         path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = BoundedLog(path, max_bytes)
         self._syncer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="history-fsync")
         self._lock = threading.Lock()
         self._sync_queued = False
 
     def write(self, event: str, token: int, at: float, node: str | None = None, **extra: Any) -> None:
         line = json.dumps({"node": node or self.node, "event": event, "token": token, "at": at, **extra})
-        with open(self.path, "a") as f:
-            f.write(line + "\n")
+        self._log.append(line)
         with self._lock:  # one fsync queued at a time covers every write before it runs
             if self._sync_queued:
                 return
@@ -97,7 +100,8 @@ def _well_formed(rec: Any) -> bool:
 
 
 def read_records(paths: Iterable[Path]) -> list[dict[str, Any]]:
-    return [r for p in paths for r in read_jsonl(p)]
+    """The leadership records of each history file and of its rotated predecessor."""
+    return [r for p in paths for q in with_rotated(p) for r in read_jsonl(q)]
 
 
 def intervals(records: list[dict[str, Any]]) -> list[Interval]:
