@@ -4,10 +4,11 @@ history, the controller's acks (16 MiB, already), and a child's output."""
 
 from __future__ import annotations
 
+import json
 import sys
 
 from vigil.agent.child import ChildProcess
-from vigil.agent.history import LeadershipHistory, intervals, read_records
+from vigil.agent.history import LeadershipHistory, intervals, read_jsonl, read_records
 from vigil.clock import SystemClock
 from vigil.logfile import BoundedLog, cap
 from vigil.testing.wait import wait_until
@@ -69,3 +70,18 @@ async def test_a_chatty_child_does_not_fill_the_disk(tmp_path):
         assert (tmp_path / "chatty.log.1").stat().st_size <= 4_000_000
     finally:
         await child.stop()
+
+
+def test_the_chaos_checker_reads_the_gateways_writes_and_the_acks(tmp_path):
+    """read_jsonl (vigil.chaos.checker.load) had come to keep leadership records only,
+    so the actuator invariants were checked against no writes at all."""
+    write = {"at": 1.7e9, "token": 5, "register": 0, "value": 1, "accepted": True, "reason": "written",
+             "readback": 1, "node": "n1"}
+    ack = {"node": "n1", "token": 5, "register": 0, "value": 1, "at": 1.7e9}
+    path = tmp_path / "writes.jsonl"
+    log = BoundedLog(path)
+    for rec in (write, ack):
+        log.append(json.dumps(rec))
+    path.write_text(path.read_text() + '{"cut by SIGKILL')
+    assert read_jsonl(path) == [write, ack]
+    assert read_records([path]) == [], "leadership readers still take leadership records only"

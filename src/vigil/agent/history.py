@@ -28,7 +28,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from vigil.core.records import decode_json, integer, unix_time
 from vigil.logfile import LOG_MAX_BYTES, BoundedLog, with_rotated
@@ -81,13 +81,15 @@ class LeadershipHistory:
         self._syncer.submit(self._sync).result()
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The records of one JSON-lines file (none if it does not exist)."""
+def read_jsonl(path: Path, keep: Callable[[Any], bool] = lambda rec: isinstance(rec, dict)) -> list[dict[str, Any]]:
+    """The records of one JSON-lines file that `keep` accepts (default: every JSON
+    object; the chaos checker reads the gateway's writes and the acks with it),
+    none if it does not exist."""
     out = []
     if path.exists():
         for line in path.read_text(errors="surrogateescape").splitlines():
             rec = decode_json(str(path), line)
-            if _well_formed(rec):
+            if keep(rec):
                 out.append(rec)  # else a line cut by SIGKILL mid-write: the previous records stand
     return out
 
@@ -101,7 +103,7 @@ def _well_formed(rec: Any) -> bool:
 
 def read_records(paths: Iterable[Path]) -> list[dict[str, Any]]:
     """The leadership records of each history file and of its rotated predecessor."""
-    return [r for p in paths for q in with_rotated(p) for r in read_jsonl(q)]
+    return [r for p in paths for q in with_rotated(p) for r in read_jsonl(q, _well_formed)]
 
 
 def intervals(records: list[dict[str, Any]]) -> list[Interval]:
