@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 _RETRYABLE = ("no leader", "leader changed", "timed out", "too many requests",
               "not capable", "unhealthy", "stopped", "server is stopping")
+AUTH_TIMEOUT = 10.0  # s for one authentication, whatever the request waiting on it allows
 _TOKEN_GONE = ("invalid auth token", "user name is empty")
 
 
@@ -62,6 +63,7 @@ class EtcdStore(Store):
         self.endpoints = [e.rstrip("/") for e in endpoints]
         self.timeout = timeout
         self.user, self._password, self._token = user, password, None
+        self._login_task: asyncio.Future | None = None
         self._current = 0
         self._ssl = _ssl_context(ca, cert, key)
         self._session: aiohttp.ClientSession | None = None
@@ -95,7 +97,7 @@ class EtcdStore(Store):
             attempt = min(left, max(0.25, self.timeout / 3))
             try:
                 if self.user and self._token is None:
-                    await self._authenticate(ep, attempt)
+                    await self._login(ep, attempt)
                 async with self._http().post(f"{ep}/v3/{path}", json=body, headers=self._auth(),
                                              timeout=aiohttp.ClientTimeout(total=attempt)) as r:
                     data = await r.json(content_type=None)
@@ -112,7 +114,7 @@ class EtcdStore(Store):
         leadership transfer, must reach one member). Raises StoreUnavailable or StoreError."""
         try:
             if self.user and self._token is None:
-                await self._authenticate(url, self.timeout)
+                await self._login(url, self.timeout)
             async with self._http().post(f"{url.rstrip('/')}/v3/{path}", json=body, headers=self._auth(),
                                          timeout=aiohttp.ClientTimeout(total=self.timeout)) as r:
                 data = await r.json(content_type=None)
@@ -144,6 +146,18 @@ class EtcdStore(Store):
 
     def _auth(self) -> dict[str, str]:
         return {"Authorization": self._token} if self._token else {}
+
+    async def _login(self, ep: str, budget: float) -> None:
+        """Get a token, one authentication at a time per store: a request waits at most
+        `budget` for the one in flight, which runs on to AUTH_TIMEOUT when nobody waits.
+        etcd checks the password with bcrypt (~60 ms idle, seconds on a loaded host): with
+        each request authenticating within its own slice, a busy etcd saw every attempt
+        abandoned and went on checking each one, and no client got a token."""
+        task = self._login_task
+        if task is None or task.done():
+            task = self._login_task = asyncio.ensure_future(self._authenticate(ep, AUTH_TIMEOUT))
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved by someone
+        await asyncio.wait_for(asyncio.shield(task), budget)
 
     async def _authenticate(self, ep: str, timeout: float) -> None:
         async with self._http().post(f"{ep}/v3/auth/authenticate",
@@ -271,7 +285,7 @@ class EtcdStore(Store):
             try:
                 timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout)
                 if self.user and self._token is None:
-                    await self._authenticate(ep, self.timeout)
+                    await self._login(ep, self.timeout)
                 async with self._http().post(f"{ep}/v3/watch", json={"create_request": req},
                                              headers=self._auth(), timeout=timeout) as resp:
                     async for line in resp.content:
@@ -314,6 +328,8 @@ class EtcdStore(Store):
         return out
 
     async def close(self) -> None:
+        if self._login_task is not None:
+            self._login_task.cancel()
         if self._session is not None:
             await self._session.close()
             self._session = None
