@@ -52,5 +52,5 @@ def test_the_router_serves_on_and_holds_nothing_afterwards(router, loop_thread):
     req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/embeddings", data=b"{}", method="POST")
     with urllib.request.urlopen(req, timeout=10) as r:
         assert r.status == 200
-    loop_thread.run(wait_until(lambda: rt.active == 0 and not rt.clients, 10,
+    loop_thread.run(wait_until(lambda: rt.active == 0 and rt.front.held == 0 and not rt.clients, 10,
                                "every fuzzed connection and request to be gone"))

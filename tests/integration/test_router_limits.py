@@ -179,6 +179,30 @@ async def test_requests_queued_on_connections_count_toward_max_inflight():
         writer.close()
 
 
+def big_backend(size: int) -> web.Application:
+    async def big(_: web.Request) -> web.Response:
+        return web.Response(body=b"x" * size)
+    app = web.Application()
+    app.add_routes([web.get("/{tail:.*}", big)])
+    return app
+
+
+async def test_a_client_that_reads_no_answers_is_not_written_past_one_answer_and_is_closed():
+    """100 pipelined GETs of 256 KiB answers (25 MiB), none read: the router writes
+    no answer while the last is unread (at most one past the high-water mark is
+    buffered) and closes the connection after client_idle_timeout."""
+    async with router_over({"n1": big_backend(256 * 1024)}, limits={"client_idle_timeout": 1}) as (router, url):
+        host, port = url.split("//")[1].split(":")
+        _, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"GET /v1/models HTTP/1.1\r\nHost: a\r\n\r\n" * 100)
+        await wait_until(lambda: router.clients and next(iter(router.clients)).stalled_at is not None,
+                         10, "the router's writes to the client to back up")
+        (conn,) = router.clients
+        assert conn.transport.get_write_buffer_size() <= 64 * 1024 + 300 * 1024, conn
+        await wait_until(lambda: not router.clients and router.front.held == 0, 10, "the connection to close")
+        writer.close()
+
+
 async def drip(url: str, prefix: bytes, data: bytes, every: float) -> bool:
     """Send `prefix`, then `data` one byte per `every` s (the fault itself, not a
     wait); True once the router closes the connection before all is sent."""

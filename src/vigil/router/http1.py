@@ -270,7 +270,7 @@ class FrontProtocol(asyncio.Protocol):
     # -- flow control ---------------------------------------------------------------
     def _flow(self) -> None:
         """Read the client while its pipeline has room and it reads its answers."""
-        if self.transport is None or self.refused:
+        if self.transport is None or self.refused or self.transport.is_closing():
             return
         full = (len(self._queue) >= self.listener.max_pipeline or self._queued_bytes >= self.max_body
                 or not self._writable.is_set())
