@@ -2,7 +2,7 @@ import asyncio
 
 import pytest
 
-from vigil.router.idempotency import IdempotencyCache, Mismatch, Result, fingerprint
+from vigil.router.idempotency import IdempotencyCache, Mismatch, Result, fingerprint, keeps, scope
 
 R = Result(200, (("Content-Type", "application/json"),), b"{}")
 FP = fingerprint("POST", "/v1/pay", b'{"amount": 5}')
@@ -35,14 +35,6 @@ async def test_abandoned_key_fails_waiters_and_frees_the_key():
     assert c.begin("k", FP, 1.0) is None
 
 
-async def test_bounded_entries():
-    c = IdempotencyCache(max_entries=2)
-    for k in "abc":
-        c.begin(k, FP, 0.0)
-        c.finish(k, R, 0.0)
-    assert c.begin("a", FP, 0.0) is None and c.begin("c", FP, 0.0) == R
-
-
 async def test_key_is_bound_to_method_path_and_body():
     """Issue 9 #2: the same key with another body returned the first client's answer."""
     c = IdempotencyCache()
@@ -54,14 +46,23 @@ async def test_key_is_bound_to_method_path_and_body():
     assert c.begin("k", FP, 0.4) == R
 
 
-async def test_client_errors_are_not_kept_and_failures_that_may_have_run_are():
-    c = IdempotencyCache()
-    c.begin("bad", FP, 0.0)
-    c.finish("bad", Result(400, (), b"no"), 0.0)
-    assert c.begin("bad", FP, 0.1) is None, "a 4xx did nothing: the key is free again"
-    c.begin("lost", FP, 0.0)
-    c.finish("lost", Result(504, (), b"timed out"), 0.0, keep=True)
-    assert c.begin("lost", FP, 0.1).status == 504, "it may have run: never again under this key"
+@pytest.mark.parametrize("status, headers, kept", [
+    (200, [("X-Vigil-Node", "a")], True),
+    (500, [("X-Vigil-Node", "a")], True),  # the backend's own 5xx: it may have acted (B-L6)
+    (400, [("X-Vigil-Node", "a")], False),  # the backend refused it: nothing ran
+    (429, [("Retry-After", "1")], False),  # shed by the router: never sent
+    (503, [], False),  # no node could take it: never sent
+    (504, [("X-Vigil-Outcome", "unknown")], True),  # sent, then no answer: it may have run
+    (502, [("X-Vigil-Outcome", "unknown"), ("X-Vigil-Node", "a")], True),
+])
+def test_what_settles_a_key(status, headers, kept):
+    assert keeps(status, headers) is kept
+
+
+def test_a_key_is_scoped_to_its_callers_authorization():
+    assert scope("k", "Bearer alice") == scope("k", "Bearer alice") != scope("k", "Bearer mallory")
+    assert scope("k", "") != scope("k", "Bearer alice")
+    assert scope("ab", "c") != scope("b", "ac"), "the boundary between the two is not ambiguous"
 
 
 async def test_bytes_are_bounded_and_a_huge_answer_is_done_but_not_replayable():
@@ -72,4 +73,5 @@ async def test_bytes_are_bounded_and_a_huge_answer_is_done_but_not_replayable():
     for k in "abc":
         c.begin(k, FP, 1.0)
         c.finish(k, Result(200, (), b"y" * 40), 1.0)
-    assert c._bytes <= 100 and c.begin("a", FP, 1.1) is None, "the oldest bodies went first"
+    assert c._bytes <= 100 and c.begin("a", FP, 1.1) is None, "the oldest bodies went first (the " \
+        "router then asks etcd's marker: tests/unit/test_keyed.py)"

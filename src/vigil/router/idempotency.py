@@ -1,22 +1,26 @@
-"""Idempotency-Key handling: a repeated key within the window returns the
-first result and never executes twice.
+"""Idempotency-Key handling, the router's own memory of it: a repeated key
+within the window returns the first result and never executes twice.
 
 Contract:
+- A key belongs to its caller: `scope` digests it with the request's
+  Authorization, so another caller's same key is another key (it never gets
+  the first caller's answer, and cannot block it).
 - A key is bound to what it was first sent with: method, path and a SHA-256
-  of the body (the fingerprint). The same key with another fingerprint is
-  `Mismatch` (the router answers 422): it never returns someone else's answer.
+  of both and the body (the fingerprint). The same key with another
+  fingerprint is `Mismatch` (the router answers 422).
 - `begin(key, fingerprint, now)` returns a finished Result (replay it), an
-  awaitable that resolves to the first request's Result (it is still running),
-  `Mismatch`, or None (this request owns the key and MUST end with `finish` or
-  `abandon` on every path: callers use try/finally).
-- `finish` keeps 2xx/3xx answers, and failures after which the request may
-  have run (`keep`: a timeout or reset once it was sent), so a client's retry
-  cannot run it twice; a 4xx, a 429 or a failure before anything was sent
-  frees the key so the client may try again. A result too large to keep
-  (over `max_result_bytes`) is remembered as done but not replayable
-  (`Result.body is None`: the router answers 409).
-- Memory is bounded: at most `max_entries` finished results and
-  `max_bytes` of bodies; the oldest go first.
+  awaitable that resolves to the first request's Result (it is still running
+  in this router), `Mismatch`, or None (this request owns the key and MUST
+  end with `finish` or `abandon` on every path).
+- `keeps(status, headers)` is the rule for what settles a key: once a request
+  may have run, its outcome is kept (a backend's answer other than 4xx, a
+  backend's own 5xx included, or an unknown outcome after the request was
+  sent); a 4xx (429 included) or a failure before anything was sent frees it.
+- This is one router's fast path, bounded (`max_entries` results, `max_bytes`
+  of bodies, the oldest dropped first; a result over `max_result_bytes` is
+  kept without its body: `Result.body is None`, the router answers 409).
+  What it drops inside the window is still held by the cluster's marker in
+  etcd (vigil.store.idem), which the router asks on every miss here.
 """
 
 from __future__ import annotations
@@ -40,7 +44,26 @@ class Mismatch:
 
 
 def fingerprint(method: str, path: str, body: bytes) -> str:
-    return f"{method.upper()} {path} {hashlib.sha256(body).hexdigest()}"
+    """`METHOD path sha256`: the digest covers the whole method, path and body;
+    the readable part is cut short (it is kept, in etcd too)."""
+    h = hashlib.sha256(f"{method.upper()} {path}\n".encode("utf-8", "backslashreplace") + body)
+    return f"{method.upper()[:16]} {path[:256]} {h.hexdigest()}"
+
+
+def scope(key: str, authorization: str) -> str:
+    """The key as this caller's: a SHA-256 of its Authorization and the key."""
+    auth = authorization.encode("utf-8", "backslashreplace")
+    return hashlib.sha256(b"%d:" % len(auth) + auth + key.encode("utf-8", "backslashreplace")).hexdigest()
+
+
+def keeps(status: int, headers: tuple[tuple[str, str], ...] | list[tuple[str, str]]) -> bool:
+    """Does this answer settle the key for the window (see the module docstring)?
+    `X-Vigil-Node` marks a backend's answer, `X-Vigil-Outcome: unknown` a
+    router's error after the request was sent."""
+    names = {k.lower(): v for k, v in headers}
+    if names.get("x-vigil-outcome") == "unknown":
+        return True
+    return "x-vigil-node" in names and not 400 <= status < 500
 
 
 class IdempotencyCache:
@@ -65,12 +88,8 @@ class IdempotencyCache:
         self._running[key] = (fp, asyncio.get_running_loop().create_future())
         return None
 
-    def finish(self, key: str, result: Result, now: float, keep: bool = False) -> None:
-        """The owner got an answer: keep it if it says the request was done (2xx,
-        3xx), or if `keep` (a failure after which the request may have run)."""
-        if not keep and not 200 <= result.status < 400:
-            self.abandon(key, result)
-            return
+    def finish(self, key: str, result: Result, now: float) -> None:
+        """The owner's outcome settles the key: keep it for the window."""
         fp, fut = self._running.pop(key, ("", None))
         if result.body is not None and len(result.body) > self.max_result_bytes:
             result = Result(result.status, result.headers, None)

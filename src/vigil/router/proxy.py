@@ -35,11 +35,11 @@ from collections import defaultdict
 from vigil.clock import Clock, SystemClock
 from vigil.core.admission import Admission, NodeLimit, Shed
 from vigil.core.routing import Backend, RetryPolicy, RoutingTable
-from vigil.router.answers import Answered, error as _error, overloaded, replay as _replay
+from vigil.router.answers import Answered, error as _error, overloaded
 from vigil.router.attempt import Answer, AttemptFailed, send_attempt
 from vigil.router.config import RouterConfig
 from vigil.router.http1 import HOP_BY_HOP, FrontProtocol, Incoming, Listener, Reply, sweep
-from vigil.router.idempotency import IdempotencyCache, Mismatch, Result, fingerprint
+from vigil.router.keyed import KeyedRequests
 from vigil.router.metrics import RouterMetrics, admin_handler
 from vigil.router.queue import SlotQueue
 from vigil.router.continue_sign import client_continue, refused as continue_refused
@@ -49,7 +49,8 @@ from vigil.store.base import Store
 
 log = logging.getLogger(__name__)
 
-UNKNOWN_OUTCOME = frozenset({"reset", "first_byte", "ejected"})  # sent: it may have run
+# Sent, and it may have run: reset, no first byte, node ejected, or the backend answered a 5xx.
+UNKNOWN_OUTCOME = frozenset({"reset", "first_byte", "ejected", "status"})
 OUTCOME_HEADER = "X-Vigil-Outcome"
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})  # reads of an engine's metadata, not inference
 ADMIN_MAX_CONNS = 64  # connections to the admin listener at once
@@ -70,7 +71,9 @@ class Router:
         r = cfg.retry
         self.policy = RetryPolicy(max_attempts=r.max_attempts, budget_ratio=r.budget_ratio,
                                   idempotent_paths=r.idempotent_paths)
-        self.cache = IdempotencyCache(r.idempotency_window)
+        self.keyed = KeyedRequests(store, cfg.cluster, cfg.name, r.idempotency_window, self.clock,
+                                   lambda req, t0: self._route(req, t0, None, buffer=True))
+        self.cache = self.keyed.cache
         self.metrics = RouterMetrics()
         self.metrics.attach(self)
         self.membership = Membership(cfg, store, self.table, self.clock, self.eject, self._on_change)
@@ -120,6 +123,7 @@ class Router:
     async def stop(self) -> None:
         for sweeper in self._sweepers:
             sweeper.cancel()
+        self.keyed.close()
         for server in self._servers:
             server.close()
         for c in [*self.clients, *self.admin.conns]:
@@ -155,43 +159,13 @@ class Router:
             elif (why := client_continue(req.method, req.path, req.body)) is not None:
                 answer = continue_refused(why)  # only this router's continuations carry it
             elif key := req.header("Idempotency-Key"):
-                answer = await self._keyed(req, key, t0)
+                answer = await self.keyed.handle(req, key, t0)
             else:
                 answer = await self._route(req, t0, reply, buffer=False)
             if answer is not None:
                 reply.whole(answer.status, answer.headers, answer.body)
         finally:
             self.active -= 1
-
-    async def _keyed(self, req: Incoming, key: str, t0: float) -> Answered:
-        """At most once per key (vigil.router.idempotency): a duplicate replays the
-        first answer or waits for it; the key is settled on every path."""
-        prior = self.cache.begin(key, fingerprint(req.method, req.target, req.body), self.clock.now())
-        if isinstance(prior, Mismatch):
-            return _error(422, f"Idempotency-Key {key!r} was first used with another request "
-                               f"({prior.first} with a different body); use a new key for a new request")
-        if isinstance(prior, Result):
-            return _replay(prior)
-        if prior is not None:
-            try:
-                return _replay(await prior)
-            except AttemptFailed as e:
-                return _error(503, f"the first request with this Idempotency-Key failed: {e.cause}")
-        answer: Answered | None = None
-        try:
-            answer = await self._route(req, t0, None, buffer=True)
-        finally:
-            self._settle(key, answer)
-        assert answer is not None
-        return answer
-
-    def _settle(self, key: str, answer: Answered | None) -> None:
-        if answer is None:
-            self.cache.abandon(key, AttemptFailed("reset", "the first request got no answer"))
-            return
-        result = Result(answer.status, tuple(answer.headers), answer.body)
-        # One that may have run keeps its failure, so a client's retry cannot run it again.
-        self.cache.finish(key, result, self.clock.now(), keep=answer.header(OUTCOME_HEADER) == "unknown")
 
     async def _route(self, req: Incoming, t0: float, reply: Reply | None,
                      buffer: bool) -> Answered | None:

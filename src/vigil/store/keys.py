@@ -79,6 +79,16 @@ class Keys:
     def job_input(self, job_id: str, chunk: int) -> str:
         return f"{self.job_inputs(job_id)}{chunk:06d}"
 
+    # Idempotency-Key markers (vigil.store.idem) live beside the cluster's prefix
+    # too: they carry kept answers, and routers write them (a router's etcd role
+    # reads the cluster, never changes it).
+    @property
+    def idempotency(self) -> str:
+        return f"{self.root}-idem/{self.cluster}/"
+
+    def idem_marker(self, digest: str) -> str:
+        return self.idempotency + digest
+
     def job_results(self, job_id: str) -> str:
         return f"{self.jobs}result/{job_id}/"
 

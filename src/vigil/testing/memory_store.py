@@ -150,10 +150,12 @@ class MemoryStore(Store):
         cond = self._cond()
         while True:
             first = bisect.bisect_left(self._history, nxt, key=_revision)  # revisions only grow
-            pending = [e for e in self._history[first:] if e.key.startswith(prefix)]
-            for ev in pending:
+            seen = self._history[first:]
+            for ev in [e for e in seen if e.key.startswith(prefix)]:
                 nxt = ev.revision + 1
                 yield ev
+            if seen:  # past changes under other prefixes too, or the wait below never waits
+                nxt = max(nxt, seen[-1].revision + 1)
             async with cond:
                 while not any(e.revision >= nxt for e in self._history[-1:]):
                     await cond.wait()
