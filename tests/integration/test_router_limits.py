@@ -259,3 +259,19 @@ async def test_the_admin_listener_caps_its_connections_and_sweeps_idle_ones():
         out = await raw(f"http://127.0.0.1:{admin_port}", b"GET /_vigil/status HTTP/1.1\r\nHost: a\r\n"
                                                            b"Connection: close\r\n\r\n")
         assert out.startswith(b"HTTP/1.1 200")
+
+
+async def test_an_answer_held_whole_is_bounded(monkeypatch):
+    """An Idempotency-Key's answer is held whole (to replay it): a backend sending more
+    than MAX_BUFFERED gets a 502 naming it instead of the router's memory (review B6);
+    the same answer unkeyed streams through whole."""
+    import vigil.router.proxy as proxy
+
+    monkeypatch.setattr(proxy, "MAX_BUFFERED", 1 << 20)
+    big = 3 << 19  # 1.5 MiB
+    async with router_over({"n1": big_backend(big)}) as (_, url):
+        async with aiohttp.ClientSession() as http:
+            async with http.get(url + "/v1/models", headers={"Idempotency-Key": "k1"}) as r:
+                assert r.status == 502 and "larger than 1 MiB" in (await r.json())["error"]["message"]
+            async with http.get(url + "/v1/models") as r:
+                assert r.status == 200 and len(await r.read()) == big
