@@ -23,7 +23,8 @@ them, and tests/system/test_secure_lab.py holds real etcd to them.
 - `vigil-<cluster>-operator`  read and write both prefixes (switchover,
   fence, maintenance, jobs)
 - `vigil-<cluster>-router`    read /vigil/<cluster>/: a router follows the
-  cluster, never changes it
+  cluster, never changes it; read and write /vigil-idem/<cluster>/, where it
+  records the Idempotency-Keys it runs (vigil.store.idem)
 - `vigil-<cluster>-gateway`   read /vigil/<cluster>/: the actuator gateway
   checks the leader key
 plus `root` (etcd requires it to enable auth), whose password only the
@@ -67,6 +68,8 @@ def kind_grants(keys: Keys, kind: str) -> list[Grant]:
     """What an operator, router or gateway may do."""
     if kind == "operator":
         return [(READWRITE, keys.prefix, True), (READWRITE, keys.jobs, True)]
+    if kind == "router":
+        return [(READ, keys.prefix, True), (READWRITE, keys.idempotency, True)]
     return [(READ, keys.prefix, True)]
 
 
