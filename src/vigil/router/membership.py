@@ -71,7 +71,7 @@ class Membership:
         self.etcd_only = cfg.membership == "etcd_only"
         self.peers = PeerTable([], cfg.timing.detector(), cfg.timing.rise)
         self.receiver = HeartbeatReceiver(cfg.cluster, cfg.name, cfg.keys.ring, {}, clock.wall,
-                                          cfg.keys.max_clock_skew)
+                                          cfg.keys.max_clock_skew, clock.now, cfg.timing.heartbeat_interval)
         self.transport = HeartbeatTransport(self.receiver, [cfg.heartbeat_address], cfg.heartbeat_port,
                                             {}, self._deliver)
         self.watch = PeerWatch(self.peers)
