@@ -13,7 +13,7 @@ import json
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from vigil.router.resume import MAX_EVENT, EventTooLarge, SseSplice
+from vigil.router.resume import MAX_EVENT, SseSplice
 
 TOKENS = [101, 7, 2048, 33, 0, 65535, 12, 9]
 TEXT = ["The", " node", " é", "\n\n", "", " fails", " \"over\"", "."]  # JSON escapes, blank lines in text
@@ -113,8 +113,11 @@ def test_the_ids_a_client_cannot_have_make_the_stream_inexact():
 
 
 def test_a_backend_event_without_end_is_bounded():
+    """Past MAX_EVENT bytes without an event's end the node misbehaves; the whole
+    events before it still go out (and only they count as delivered)."""
     s = SseSplice()
-    s.feed(b"data: " + b"x" * (MAX_EVENT // 2))
-    with pytest.raises(EventTooLarge, match="larger than"):
-        s.feed(b"x" * (MAX_EVENT // 2 + 16))
-    assert s.cut() > MAX_EVENT and s.feed(b"data: [DONE]\n\n") == [b"data: [DONE]\n\n"]
+    whole = event({"choices": [{"token_ids": [5], "text": "a"}]}, "\n")
+    assert s.feed(whole + b"data: " + b"x" * (MAX_EVENT // 2)) == [whole] and not s.oversized
+    assert s.feed(b"x" * (MAX_EVENT // 2 + 16)) == [] and s.oversized and s.delivered == [5]
+    assert s.cut() > MAX_EVENT and not s.oversized
+    assert s.feed(b"data: [DONE]\n\n") == [b"data: [DONE]\n\n"]

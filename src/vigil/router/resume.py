@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vigil.core.routing import Backend
-from vigil.errors import VigilError
 from vigil.openai_fields import constrained_by
 from vigil.router.attempt import Answer, AttemptFailed
 from vigil.router.continue_sign import signed
@@ -70,10 +69,6 @@ def plan_stream(req: Incoming, enabled: bool) -> StreamPlan | None:
 MAX_EVENT = 1 << 20  # bytes of one SSE event: a token's event is a few hundred
 
 
-class EventTooLarge(VigilError):
-    """A backend sent an SSE event larger than MAX_EVENT: it misbehaves."""
-
-
 @dataclass
 class SseSplice:
     """The client's side of the stream: complete events only, and what they carried.
@@ -94,6 +89,7 @@ class SseSplice:
     inexact: str | None = None  # why the ids delivered may not be all the client has
     errored: bool = False  # the backend sent an error event
     role_sent: bool = False  # a chat role chunk went out
+    oversized: bool = False  # the bytes after the last whole event exceed MAX_EVENT
     _buf: bytes = b""
     _after_cr: bool = False  # the last byte fed was a CR: a LF next belongs to it
 
@@ -103,7 +99,8 @@ class SseSplice:
 
     def feed(self, data: bytes) -> list[bytes]:
         """The complete events in `data` (and what was buffered), to forward as they are.
-        Raises EventTooLarge past MAX_EVENT bytes without an event's end."""
+        Past MAX_EVENT bytes without an event's end the node misbehaves: `oversized`
+        says so (after the whole events, which the client must still get)."""
         if not data:
             return []
         if self._after_cr and data[:1] == b"\n":
@@ -116,14 +113,13 @@ class SseSplice:
             event = event.lstrip(b"\n")
             if event and self._note(event):
                 out.append(event + b"\n\n")
-        if len(self._buf) > MAX_EVENT:
-            raise EventTooLarge(f"an SSE event larger than {MAX_EVENT} bytes")
+        self.oversized = len(self._buf) > MAX_EVENT
         return out
 
     def cut(self) -> int:
         """The node failed: drop the part of an event it sent (the client never got
         it, and no continuation may be glued onto it). The bytes dropped."""
-        dropped, self._buf, self._after_cr = len(self._buf), b"", False
+        dropped, self._buf, self._after_cr, self.oversized = len(self._buf), b"", False, False
         return dropped
 
     def _note(self, event: bytes) -> bool:
@@ -295,6 +291,9 @@ class ResumingStream:
             while True:
                 for event in self.splice.feed(chunk):
                     self.reply.write(event)
+                if self.splice.oversized:
+                    r.table.failed(b.name, r.clock.now())
+                    return f"{b.name} sent an SSE event larger than {MAX_EVENT >> 20} MiB"
                 await self.reply.drain()
                 if self.splice.done:
                     clean = True
@@ -303,7 +302,7 @@ class ResumingStream:
                     chunk = await up.read()
                 if not chunk:
                     return f"{b.name} ended the stream before [DONE]"
-        except (UpstreamBroken, EventTooLarge) as e:
+        except UpstreamBroken as e:
             r.table.failed(b.name, r.clock.now())
             return f"{b.name}: {e}"
         except TimeoutError:
