@@ -148,7 +148,7 @@ class Listener:
     idle: float = 75.0
     head: float = 60.0
     body_rate: float = 4096.0
-    conns: "set[FrontProtocol]" = field(default_factory=set)
+    conns: "set[FrontProtocol]" = field(default_factory=set, repr=False)
     held: int = 0
 
 
