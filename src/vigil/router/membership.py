@@ -78,6 +78,7 @@ class Membership:
         self.networks = ClusterNetworks()
         self._heard_from: dict[str, set[str]] = {}  # name -> heartbeat sources already in `networks`
         self.states: dict[str, str] = {}  # decided state by name, for names the router may track
+        self.others: set[str] = set()  # tracked names outside the key ring (etcd_only), at most MAX_OTHER_NAMES
         self.etcd_ok = False
         self.bad_records: dict[str, str] = {}  # key -> what is wrong with it
         self.bad_unlisted = 0  # bad records past MAX_BAD_RECORDS, counted only
@@ -112,6 +113,7 @@ class Membership:
         if not self.etcd_only:
             for name in [n for n in self.table.backends if n not in keys.ring.members]:
                 self._forget(name, "no longer in the key ring")
+        self.others = {n for n in self.table.backends if n not in keys.ring.members}
         if self._etcd_task is not None:  # re-read: records ignored before may count now
             self._etcd_task.cancel()
             self._etcd_task = asyncio.get_running_loop().create_task(self._etcd_loop())
@@ -221,7 +223,8 @@ class Membership:
 
     def _untracked(self, name: str, others: int | None = None) -> str | None:
         """Why `name` may not be tracked (its record is ignored), or None.
-        `others`: how many untracked-elsewhere names are held already."""
+        `others`: the count held against MAX_OTHER_NAMES, if not the tracked
+        names outside the ring (the decided states pass their own)."""
         ring = self.receiver.ring.members
         if name in self.table.backends or name in ring:
             return None
@@ -230,8 +233,7 @@ class Membership:
                     "(add its key with vigil keygen, or set membership: etcd_only)")
         if not NAME_RE.fullmatch(name):
             return "not a node name (1-64 letters, digits, '.', '_' or '-')"
-        held = sum(1 for n in self.table.backends if n not in ring) if others is None else others
-        if held >= MAX_OTHER_NAMES:
+        if (len(self.others) if others is None else others) >= MAX_OTHER_NAMES:
             return f"more than {MAX_OTHER_NAMES} member names outside the key ring at once"
         return None
 
@@ -252,6 +254,7 @@ class Membership:
     def _forget(self, name: str, cause: str) -> None:
         self._set(name, cause, gone=True, ready=False)  # ejects what is in flight there
         self.table.forget(name)
+        self.others.discard(name)
         self.peers.remove(name)
         self.receiver.untrack(name)
         self._heard_from.pop(name, None)
@@ -281,6 +284,8 @@ class Membership:
         b = self.table.backends.get(name)
         if b is None:
             b = self.table.backend(name)
+            if name not in self.receiver.ring.members:
+                self.others.add(name)
             b.state = self.states.get(name, b.state)
             b.heard = self.etcd_only  # etcd_only: the record alone vouches for the node
         return b
