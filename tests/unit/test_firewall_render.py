@@ -38,7 +38,7 @@ def render(path) -> str:
 
 
 def udp_ports(rules: str) -> set[int]:
-    (ports,) = re.findall(r"udp dport \{ ([0-9, ]+) \} counter drop", rules)
+    (ports,) = re.findall(r"udp dport \{? ?([0-9, ]+?) ?\}? counter drop", rules)  # a set, or one port
     return {int(p) for p in ports.split(", ")}
 
 
