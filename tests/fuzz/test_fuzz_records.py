@@ -19,6 +19,7 @@ from tests.fuzz.conftest import EXAMPLES
 from vigil.core.jobs import JobRecordError, JobSpec, Progress, parse_chunk, parse_progress
 from vigil.core.payloads import Payload, parse_payloads
 from vigil.core.records import BULK, CLUSTER, BadRecord, decode_json
+from vigil.store.idem import Marker, encode_marker
 from vigil.store.keys import Keys
 from vigil.store.member_record import MemberRecord
 from vigil.store.records import FAMILIES, family_of, parse_record
@@ -49,6 +50,8 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "job input": (K.job_input("j", 0), ["a", "b", "c", "d"]),
     "job result": (K.job_result("j", 0), {"chunk": 0, "node": "n1", "claim": 7, "at": 1.7e9,
                                           "inputs_sha256": "0" * 64, "vectors": ["AACAPw=="] * 4}),
+    "idempotency": (K.idem_marker("ab" * 32), json.loads(encode_marker(Marker(
+        "done", "f" * 64, "router", 200, (("content-type", "application/json"),), b'{"ok": true}')))),
 }
 
 

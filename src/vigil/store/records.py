@@ -17,7 +17,8 @@ Contract:
 
 Readers: the registry's snapshot (leader, members, states, fencing, held,
 switchover) decides on these; the router's membership, `vigil status`,
-`vigil events`, `vigil payloads` and `vigil job` show them.
+`vigil events`, `vigil payloads` and `vigil job` show them; routers read the
+Idempotency-Key markers (vigil.store.idem).
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ from typing import Any, Callable
 from vigil.core.jobs import (ChunkRecord, JobRecordError, JobSpec, Progress, chunk_inputs, parse_spec, progress_record,
                              result_from, shard_of)
 from vigil.core.payloads import PayloadRecord, parse_payload_record
-from vigil.core.records import BadRecord, decode_object, node_name, snippet, unix_time
+from vigil.core.records import BadRecord, Limits, decode_json, decode_object, node_name, snippet, unix_time
 from vigil.core.view import NODE_STATES, Switchover
+from vigil.store.idem import MAX_VALUE as IDEM_MAX, BadMarker, Marker, parse_marker
 from vigil.store.keys import Keys
 from vigil.store.member_record import MemberRecord, parse_member
 
@@ -39,7 +41,7 @@ log = logging.getLogger(__name__)
 __all__ = ["BadRecord", "FAMILIES", "Family", "FenceMarker", "Hold", "family_of", "parse_record",
            "parse_leader", "parse_member_kv", "parse_state", "parse_fencing", "parse_hold", "parse_switchover",
            "parse_payload", "parse_event", "parse_config", "parse_job_spec", "parse_job_progress",
-           "parse_job_input", "parse_job_result", "node_of"]
+           "parse_job_input", "parse_job_result", "parse_idem_marker", "node_of"]
 
 FENCE_STATES = ("in_progress", "failed")
 MAX_REASON = 1024  # characters of a reason or cause kept from a record
@@ -183,6 +185,16 @@ def parse_job_result(key: str, text: str) -> ChunkRecord | BadRecord:
     return result_from(text, key)
 
 
+def parse_idem_marker(key: str, text: str) -> Marker | BadRecord:
+    """<root>-idem/<cluster>/<digest>: an Idempotency-Key marker (vigil.store.idem),
+    within the decoder's bounds first (a kept answer's base64 is one long string)."""
+    bounded = decode_json(key, text, Limits(IDEM_MAX, 8, IDEM_MAX))
+    if isinstance(bounded, BadRecord):
+        return bounded
+    m = parse_marker(text)
+    return BadRecord(key, m.reason) if isinstance(m, BadMarker) else m
+
+
 @dataclass(frozen=True)
 class Family:
     name: str
@@ -205,6 +217,7 @@ FAMILIES: tuple[Family, ...] = (
     Family("job progress", lambda k: k.job_progresses(), False, parse_job_progress),
     Family("job input", lambda k: k.jobs + "input/", False, parse_job_input),
     Family("job result", lambda k: k.jobs + "result/", False, parse_job_result),
+    Family("idempotency", lambda k: k.idempotency, False, parse_idem_marker),
 )
 
 
