@@ -199,3 +199,25 @@ async def test_the_commands_read_hostile_payloads_and_events_and_print_them():
     assert [e["kind"] for e in evs] == ["corrupt"] * 3
     for e in evs:
         datetime.datetime.fromtimestamp(e.get("at", 0))
+
+
+async def test_thousands_of_bad_keys_are_a_bounded_number_of_events(tmp_path):
+    """A writer of many bad keys gets BAD_REPORTS events naming keys and one
+    saying how many more from each agent, once, not an event per key per agent."""
+    from vigil.agent.reconciler import BAD_REPORTS
+    store = MemoryStore()
+    store.start()
+    keys = Keys("bad")
+    for i in range(200):
+        await store.put(keys.member(f"zz{i:03d}"), '{"started_at": ' + HUGE + "}")
+    try:
+        async with running_agent(tmp_path, store) as agent:
+            await wait_until(agent.is_leader, 15, "n1 to lead past 200 bad records")
+            cycles = agent.reconciler.cycles
+            await wait_until(lambda: agent.reconciler.cycles >= cycles + 3, 15, "three more decision cycles")
+            await agent.events.flush()
+            bad = [e for e in await read_events(store, keys) if e["kind"] == "bad_record"]
+    finally:
+        await store.close()
+    assert [e["key"] for e in bad[:BAD_REPORTS]] == [keys.member(f"zz{i:03d}") for i in range(BAD_REPORTS)]
+    assert len(bad) == BAD_REPORTS + 1 and bad[-1]["more"] == 200 - BAD_REPORTS, bad[-1]

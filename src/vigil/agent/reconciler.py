@@ -42,6 +42,7 @@ PRUNE_EVERY = 30.0
 # nor changed its role since: a cycle woken by a peer's heartbeat news (the second
 # suspicion a fence waits for) then decides at once, not after a 5-15 ms range read.
 SNAPSHOT_REUSE = 0.5
+BAD_REPORTS = 8  # bad_record events per cycle, each naming its key (then one saying how many more)
 
 
 @dataclass(frozen=True)
@@ -174,13 +175,19 @@ class Reconciler:
     def _report_bad_records(self, snap: Snapshot) -> None:
         """Each record no Vigil component wrote (vigil.store.records) is an event
         once per key and problem while it stands, logged with it; the record
-        itself is left out of every decision."""
-        for key, problem in snap.bad_records.items():
-            if self._bad_seen.get(key) != problem:
-                self._bad_seen[key] = problem
+        itself is left out of every decision. At most BAD_REPORTS per cycle are
+        events of their own: a writer of thousands of bad keys gets one more
+        event saying how many, not thousands of events from every agent."""
+        new = {k: p for k, p in snap.bad_records.items() if self._bad_seen.get(k) != p}
+        for i, (key, problem) in enumerate(sorted(new.items())):
+            self._bad_seen[key] = problem
+            if i < BAD_REPORTS:
                 log.warning("ignoring record %s: %s", key, problem)
                 self.record("bad_record", f"{key}: {problem}; ignored until its owner "
                                          "rewrites it (or delete the key)", key=key)
+        if len(new) > BAD_REPORTS:
+            self.record("bad_record", f"{len(new) - BAD_REPORTS} more records no Vigil component wrote, "
+                                      "each ignored (`vigil status` lists them)", key="", more=len(new) - BAD_REPORTS)
         for key in set(self._bad_seen) - set(snap.bad_records):  # fixed or gone: said again if it recurs
             del self._bad_seen[key]
 
