@@ -37,8 +37,10 @@ that peer suspects someone.
 Version 1 (HMAC with one shared cluster key) let any key holder speak for
 any node and is no longer accepted.
 
-`decode` never raises anything but `WireError`, whose `reason` is one of
-REJECT_REASONS: every rejected packet lands in exactly one counter.
+`parse` reads a packet without checking its signature (what a receiver's
+cheap checks need, vigil.net.transport); `decode` is `parse` and then the
+signature check. Neither raises anything but `WireError`, whose `reason` is
+one of REJECT_REASONS: every rejected packet lands in exactly one counter.
 """
 
 from __future__ import annotations
