@@ -20,15 +20,16 @@ JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st
 HOSTILE = (JSON | st.just(10 ** 400) | st.just(float("nan")) | st.just("x" * 70_000)
            | st.just([["k", "v"]] * (MAX_HEADERS + 1)) | st.lists(st.lists(st.text(max_size=3), max_size=3),
                                                                max_size=3) | st.text(max_size=20))
-FIELDS = ("v", "state", "fp", "router", "status", "headers", "body", "body_sha256")
-GOOD = {"v": 1, "state": "done", "fp": "POST /v1/pay " + "0" * 64, "router": "r1", "status": 200,
+FIELDS = ("v", "state", "fp", "router", "claimant", "status", "headers", "body", "body_sha256")
+GOOD = {"v": 1, "state": "done", "fp": "POST /v1/pay " + "0" * 64, "router": "r1", "claimant": "c1", "status": 200,
         "headers": [["Content-Type", "application/json"]], "body": "e30=", "body_sha256": "1" * 64}
 
 markers = st.builds(
-    lambda state, fp, router, status, headers, body: Marker(
-        state, fp, router, *((status, tuple(headers), body, hashlib.sha256(body).hexdigest())
-                             if state == "done" else ())),
-    st.sampled_from(STATES), st.text(max_size=40), st.text(max_size=20), st.integers(100, 599),
+    lambda state, fp, router, claimant, status, headers, body: Marker(
+        state, fp, router, claimant, *((status, tuple(headers), body, hashlib.sha256(body).hexdigest())
+                                       if state == "done" else ())),
+    st.sampled_from(STATES), st.text(max_size=40), st.text(max_size=20), st.text(max_size=16),
+    st.integers(100, 599),
     st.lists(st.tuples(st.text(max_size=10), st.text(max_size=20)), max_size=4),
     st.binary(max_size=100) | st.just(b"\xff" * MAX_KEPT_BODY))
 

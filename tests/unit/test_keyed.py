@@ -15,7 +15,10 @@ from vigil.router.http1 import Incoming
 from vigil.router.keyed import KeyedRequests
 from vigil.store.idem import MAX_KEPT_BODY, BadMarker, Marker, encode_marker, parse_marker
 from vigil.store.keys import Keys
+from vigil.errors import StoreUnavailable
+from vigil.router.idempotency import scope
 from vigil.testing import FakeClock, MemoryStore
+from vigil.testing.wait import wait_until
 
 WINDOW = 600.0
 
@@ -36,6 +39,18 @@ class Backend:
         if self.gate:
             await self.gate.wait()
         return Answered(self.status, [("X-Vigil-Node", "a")], self.body)
+
+
+class LosesAnswers(MemoryStore):
+    """Applies a create, then says etcd did not answer (a timeout after the write)."""
+    lose = 0
+
+    async def create(self, key: str, value: str, lease: int = 0):
+        out = await super().create(key, value, lease)
+        if self.lose:
+            self.lose -= 1
+            raise StoreUnavailable("etcd did not answer within 1 s (the write was applied)")
+        return out
 
 
 def keyed(store: MemoryStore, clock: FakeClock, backend: Backend, name: str = "r1") -> KeyedRequests:
@@ -103,17 +118,16 @@ async def test_an_unreadable_marker_is_an_unknown_outcome_not_a_free_key():
     clock, backend = FakeClock(), Backend()
     store = MemoryStore(clock)
     k = keyed(store, clock, backend)
-    from vigil.router.idempotency import scope
     await store.put(Keys("c").idem_marker(scope("k", "")), "{not json")
     answer = await k.handle(request(), "k", 0.0)
     assert answer.status == 409 and b"unreadable" in answer.body and backend.runs == 0
 
 
 def test_markers_round_trip_and_a_large_answer_keeps_only_its_digest():
-    m = Marker("done", "POST /v1/pay abc", "r1", 201, (("Content-Type", "application/json"),), b"{}")
-    assert parse_marker(encode_marker(m)) == Marker(m.state, m.fp, m.router, 201, m.headers, b"{}",
+    m = Marker("done", "POST /v1/pay abc", "r1", "c1", 201, (("Content-Type", "application/json"),), b"{}")
+    assert parse_marker(encode_marker(m)) == Marker(m.state, m.fp, m.router, "c1", 201, m.headers, b"{}",
                                                     parse_marker(encode_marker(m)).body_sha256)
-    big = parse_marker(encode_marker(Marker("done", "fp", "r1", 200, (), b"x" * (MAX_KEPT_BODY + 1))))
+    big = parse_marker(encode_marker(Marker("done", "fp", "r1", "c1", 200, (), b"x" * (MAX_KEPT_BODY + 1))))
     assert isinstance(big, Marker) and big.body is None and len(big.body_sha256) == 64
 
 
@@ -133,3 +147,54 @@ def test_a_bad_marker_is_named_never_raised(value):
 def test_a_marker_value_is_json_a_router_of_any_version_can_read():
     d = json.loads(encode_marker(Marker("in_flight", "POST /v1/pay abc", "r1")))
     assert d["v"] == 1 and d["state"] == "in_flight" and d["body"] is None
+
+
+async def test_a_claim_etcd_applied_but_never_confirmed_is_taken_back_not_called_in_flight():
+    clock, backend = FakeClock(), Backend()
+    store = LosesAnswers(clock)
+    store.lose = 1
+    k = keyed(store, clock, backend)
+    first = await k.handle(request(), "k", 0.0)
+    assert first.status == 503 and backend.runs == 0, "refused: nothing sent"
+    retry = await k.handle(request(), "k", 0.0)
+    assert retry.status == 200 and backend.runs == 1, "its own marker, under which nothing ran"
+    assert (await keyed(store, clock, backend, "r2").handle(request(), "k", 0.0)).status == 200
+    assert backend.runs == 1
+
+
+async def test_a_refused_request_whose_marker_etcd_did_not_free_may_run_again_here():
+    clock, backend = FakeClock(), Backend(status=400)
+    store = MemoryStore(clock)
+    k = keyed(store, clock, backend)
+    real = backend.__call__
+
+    async def then_etcd_fails(req: Incoming, t0: float) -> Answered:
+        answer = await real(req, t0)
+        store.available = False  # the free after it fails
+        return answer
+    k.route = then_etcd_fails
+    assert (await k.handle(request(), "k", 0.0)).status == 400
+    store.available = True
+    k.route = backend
+    assert (await keyed(store, clock, backend, "r2").handle(request(), "k", 0.0)).status == 409
+    assert (await k.handle(request(), "k", 0.0)).status == 400 and backend.runs == 2, \
+        "a 4xx ran nothing: this router takes its marker back"
+
+
+async def test_an_outcome_etcd_did_not_take_is_recorded_when_it_is_back():
+    store, backend = MemoryStore(), Backend()
+    k = KeyedRequests(store, "c", "r1", WINDOW, store.clock, backend)
+    real = backend.__call__
+
+    async def then_etcd_fails(req: Incoming, t0: float) -> Answered:
+        answer = await real(req, t0)
+        store.available = False
+        return answer
+    k.route = then_etcd_fails
+    assert (await k.handle(request(), "k", 0.0)).status == 200
+    other = KeyedRequests(store, "c", "r2", WINDOW, store.clock, backend)
+    store.available = True
+    assert (await other.handle(request(), "k", 0.0)).status == 409, "in flight until recorded"
+    await wait_until(lambda: not k._recording, 20, "the outcome to be recorded (retried after 1 s)")
+    again = await other.handle(request(), "k", 0.0)
+    assert again.status == 200 and again.header("X-Vigil-Idempotent-Replay") == "true" and backend.runs == 1

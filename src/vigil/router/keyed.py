@@ -37,6 +37,7 @@ from vigil.store.keys import Keys
 log = logging.getLogger(__name__)
 
 MAX_KEY = 255  # characters (Stripe's bound); a UUID is 36
+RECORD_RETRIES = (1.0, 2.0, 4.0, 8.0, 16.0)  # seconds between tries to record an outcome etcd refused
 Route = Callable[[Incoming, float], Awaitable[Answered]]
 
 
@@ -54,6 +55,7 @@ class KeyedRequests:
         self.markers = IdemMarkers(store, Keys(cluster), window, clock)
         self.router, self.clock, self.route = router, clock, route
         self.pending: set[asyncio.Task] = set()  # owners at work, whether or not their client waits
+        self._recording: set[asyncio.Task] = set()  # outcomes etcd did not take at once
 
     def __repr__(self) -> str:
         return f"<KeyedRequests pending={len(self.pending)} cache={len(self.cache._done)}>"
@@ -79,7 +81,7 @@ class KeyedRequests:
 
     def close(self) -> None:
         """Stop the owners (the router stops): their markers stay `in_flight`."""
-        for task in list(self.pending):
+        for task in [*self.pending, *self._recording]:
             task.cancel()
 
     async def _own(self, req: Incoming, key: str, digest: str, fp: str, t0: float) -> Answered:
@@ -110,15 +112,34 @@ class KeyedRequests:
             self.cache.finish(digest, result, self.clock.now())
         else:
             self.cache.abandon(digest, Refused(answer))
+        if not kept:  # if etcd fails this, the next claim of the key here takes the marker back
+            await self._record(digest, claim, None)
+            return
+        done = Marker("done", fp, self.router, self.markers.claimant, result.status, result.headers,
+                      result.body)
+        if not await self._record(digest, claim, done):
+            task = asyncio.get_running_loop().create_task(self._record_later(digest, claim, done))
+            self._recording.add(task)
+            task.add_done_callback(self._recording.discard)
+
+    async def _record(self, digest: str, claim: Claim, done: Marker | None) -> bool:
+        """Settle the marker (`done`), or free it (None); False when etcd failed:
+        until it is recorded, other routers answer 409 (this one replays)."""
         try:
-            if kept:
-                done = Marker("done", fp, self.router, result.status, result.headers, result.body)
-                if not await self.markers.settle(claim, done):
-                    log.warning("Idempotency-Key marker %s expired before its outcome was recorded", digest)
-            else:
+            if done is None:
                 await self.markers.free(claim)
-        except StoreError as e:  # the marker stays in flight: other routers answer 409 until it expires
-            log.warning("cannot record an Idempotency-Key outcome in etcd (%s): %s", digest[:12], e)
+            elif not await self.markers.settle(claim, done):
+                log.warning("Idempotency-Key marker %s expired before its outcome was recorded", digest[:12])
+            return True
+        except StoreError as e:
+            log.warning("cannot record an Idempotency-Key outcome in etcd yet (%s): %s", digest[:12], e)
+            return False
+
+    async def _record_later(self, digest: str, claim: Claim, done: Marker) -> None:
+        for delay in RECORD_RETRIES:  # a settle is guarded by the claim's revision: safe to repeat
+            await asyncio.sleep(delay)
+            if await self._record(digest, claim, done):
+                return
 
     def _answer_from(self, key: str, digest: str, fp: str, m: Marker | BadMarker) -> Answered:
         if isinstance(m, BadMarker):

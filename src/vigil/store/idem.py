@@ -7,10 +7,14 @@ the cluster's prefix: every agent and router watches that one, and a marker
 may carry a kept answer.
 
 Contract:
-- `claim(digest, fp)` creates the marker "in_flight" BEFORE the request is
-  sent, guarded by etcd's `create_revision == 0`: a `Claim` when this caller
-  now owns the key, else what was there (a `Marker`, or `BadMarker` for bytes
-  no router wrote: the caller treats it as an unknown outcome, never as free).
+- `claim(digest, marker)` creates the marker "in_flight" BEFORE the request
+  is sent, guarded by etcd's `create_revision == 0`: a `Claim` when this
+  caller now owns the key, else what was there (a `Marker`, or `BadMarker` for
+  bytes no router wrote: the caller treats it as an unknown outcome, never as
+  free). A claim that raised may have been applied, and a `free` that raised
+  may not: the next claim of that key takes such a marker back (it is this
+  instance's, `claimant`, and nothing ran under it) instead of calling it in
+  flight.
 - `settle(claim, marker)` replaces the caller's own marker with its outcome
   (only that incarnation: `create_revision` must still be the claim's);
   `free(claim)` deletes it, for a request that provably did not run.
@@ -34,7 +38,9 @@ import binascii
 import hashlib
 import json
 import math
-from dataclasses import dataclass
+import secrets
+from collections import OrderedDict
+from dataclasses import dataclass, replace
 from typing import Any
 
 from vigil.clock import Clock
@@ -46,6 +52,7 @@ MAX_KEPT_BODY = 64 << 10  # a larger answer is kept as its digest only
 MAX_VALUE = 4 * MAX_KEPT_BODY  # base64 of the body, headers and the rest
 MAX_HEADERS, MAX_HEADER = 64, 4096
 STATES = ("in_flight", "done")
+MAX_RECLAIMABLE = 10_000
 
 
 @dataclass(frozen=True)
@@ -56,6 +63,7 @@ class Marker:
     state: str
     fp: str  # the fingerprint the key was first used with
     router: str  # the router that claimed it
+    claimant: str = ""  # which IdemMarkers instance (router process) claimed it
     status: int = 0
     headers: tuple[tuple[str, str], ...] = ()
     body: bytes | None = None
@@ -78,7 +86,8 @@ def encode_marker(m: Marker) -> str:
     body = None if m.body is None or len(m.body) > MAX_KEPT_BODY else base64.b64encode(m.body).decode()
     digest = m.body_sha256 or (hashlib.sha256(m.body).hexdigest() if m.body is not None else "")
     headers = [[k[:MAX_HEADER], v[:MAX_HEADER]] for k, v in m.headers[:MAX_HEADERS]]
-    return json.dumps({"v": 1, "state": m.state, "fp": m.fp, "router": m.router, "status": m.status,
+    return json.dumps({"v": 1, "state": m.state, "fp": m.fp, "router": m.router, "claimant": m.claimant,
+                       "status": m.status,
                        "headers": headers, "body": body, "body_sha256": digest})
 
 
@@ -92,13 +101,13 @@ def parse_marker(value: str) -> Marker | BadMarker:
         return BadMarker(f"not JSON ({str(e)[:80]})")
     if not isinstance(d, dict):
         return BadMarker("not a JSON object")
-    state, fp, router = d.get("state"), d.get("fp"), d.get("router", "")
+    state, fp, router, claimant = d.get("state"), d.get("fp"), d.get("router", ""), d.get("claimant", "")
     if state not in STATES:
         return BadMarker(f"state is none of {', '.join(STATES)}")
-    if not _text(fp, 2 * MAX_HEADER) or not _text(router, 256):
-        return BadMarker("fp or router is not a short string")
+    if not _text(fp, 2 * MAX_HEADER) or not _text(router, 256) or not _text(claimant, 64):
+        return BadMarker("fp, router or claimant is not a short string")
     if state == "in_flight":
-        return Marker(state, fp, router)
+        return Marker(state, fp, router, claimant)
     status, headers = d.get("status"), _headers(d.get("headers"))
     if type(status) is not int or not 100 <= status <= 599:
         return BadMarker("status is not an HTTP status")
@@ -110,7 +119,7 @@ def parse_marker(value: str) -> Marker | BadMarker:
     body = _body(d.get("body"))
     if isinstance(body, BadMarker):
         return body
-    return Marker(state, fp, router, status, headers, body, digest)
+    return Marker(state, fp, router, claimant, status, headers, body, digest)
 
 
 def _text(x: Any, most: int) -> bool:
@@ -144,14 +153,17 @@ class IdemMarkers:
         self.store, self.keys, self.clock = store, keys, clock
         self.window = window
         self.bucket = max(1.0, window / 10)
+        self.claimant = secrets.token_hex(8)
         self._lease: tuple[int, float] | None = None  # id, and until when new markers may use it
         self._granting = asyncio.Lock()
+        self._reclaimable: OrderedDict[str, float] = OrderedDict()  # digest -> when: see claim
 
     def __repr__(self) -> str:
-        return f"<IdemMarkers {self.keys.idempotency} window={self.window:g}s lease={self._lease}>"
+        return (f"<IdemMarkers {self.keys.idempotency} window={self.window:g}s lease={self._lease} "
+                f"reclaimable={len(self._reclaimable)}>")
 
     async def claim(self, digest: str, marker: Marker) -> Claim | Marker | BadMarker:
-        key = self.keys.idem_marker(digest)
+        key, marker = self.keys.idem_marker(digest), replace(marker, claimant=self.claimant)
         for _ in range(2):
             lease = await self._current_lease()
             try:
@@ -159,8 +171,26 @@ class IdemMarkers:
             except LeaseNotFound:  # gone before its time (etcd restored from a backup): a new one
                 self._lease = None
                 continue
-            return Claim(key, kv.create_revision, lease) if created else parse_marker(kv.value)
+            except StoreError:
+                self._remember_reclaimable(digest)
+                raise
+            if created:
+                self._reclaimable.pop(digest, None)
+                return Claim(key, kv.create_revision, lease)
+            found = parse_marker(kv.value)
+            if (isinstance(found, Marker) and found.state == "in_flight" and found.claimant == self.claimant
+                    and self._reclaimable.pop(digest, None) is not None):
+                return Claim(key, kv.create_revision, kv.lease)  # ours, and nothing ran under it
+            return found
         raise StoreError("etcd dropped two fresh leases for Idempotency-Key markers in a row")
+
+    def _remember_reclaimable(self, digest: str) -> None:
+        now = self.clock.now()
+        self._reclaimable[digest] = now
+        self._reclaimable.move_to_end(digest)
+        while self._reclaimable and (len(self._reclaimable) > MAX_RECLAIMABLE or
+                                    next(iter(self._reclaimable.values())) < now - self.window - self.bucket):
+            self._reclaimable.popitem(last=False)  # forgetting one only turns its retry into a 409
 
     async def settle(self, claim: Claim, marker: Marker) -> bool:
         """Record the outcome; False when the marker is no longer the claim's (its
@@ -173,7 +203,12 @@ class IdemMarkers:
         return applied
 
     async def free(self, claim: Claim) -> bool:
-        return await self.store.delete_if_created(claim.key, claim.revision)
+        """Delete the marker of a request that did not run."""
+        try:
+            return await self.store.delete_if_created(claim.key, claim.revision)
+        except StoreError:
+            self._remember_reclaimable(claim.key.rsplit("/", 1)[-1])
+            raise
 
     async def read(self, digest: str) -> Marker | BadMarker | None:
         kv = await self.store.get(self.keys.idem_marker(digest))
