@@ -50,6 +50,12 @@ class Refused(Exception):
 
 
 class KeyedRequests:
+    """One router's keyed requests. `handle` always returns an answer to write:
+    the request's own (run through `route` at most once per key in the window),
+    a replay, 409 (in flight elsewhere, outcome unknown, answer not kept), 422
+    (another request under the key), 400 (key too long) or 503 (etcd did not
+    take the key: nothing sent). `close` when the router stops."""
+
     def __init__(self, store: Store, cluster: str, router: str, window: float, clock: Clock, route: Route):
         self.cache = IdempotencyCache(window)
         self.markers = IdemMarkers(store, Keys(cluster), window, clock)
