@@ -5,7 +5,7 @@ request a switchover, change the config or submit a job (etcd answers
 "permission denied"). Agents running on those credentials elect, and a
 fencer that may not revoke the fenced node's lease removes its leader key
 instead, so the takeover does not wait for the lease. A real etcd with auth
-on (one member, with TLS and users as the secure lab sets them up)."""
+on (three members, with TLS and users as the secure lab sets them up)."""
 
 from __future__ import annotations
 
@@ -33,25 +33,23 @@ from vigil.procs import free_ports
 from vigil.stonith.devices import FenceDevice
 from vigil.store.etcd import EtcdStore
 from vigil.store.keys import Keys
+from vigil.store.raft_leader import RaftLeaderApart
 from vigil.store.registry import Registry
 from vigil.testing.keys import shared_keys
-from vigil.testing.wait import wait_until
+from vigil.testing.wait import wait_for_value, wait_until
 
 CLUSTER = "roles"
 KEYS = Keys(CLUSTER)
 NODES = ("n1", "n2", "n3")
 HB = shared_keys(*NODES)
 DENIED = "permission denied"
-# etcd checks a password with bcrypt before it hands out a token: on a loaded 2-core runner the
-# first requests of two agents at once took over the default 1 s; a slower etcd, not a faster test.
-TIMING = {"lease_ttl": 10, "keepalive_interval": 1.0, "etcd_timeout": 3.0, "demote_after": 7.5}
 
 
 @pytest.fixture(scope="module")
 def etcd():
-    """One etcd member with TLS and auth on, users and roles as the secure lab makes them."""
+    """Three etcd members with TLS and auth on, users and roles as the secure lab makes them."""
     root = Path(tempfile.mkdtemp(prefix="vigil-etcd-roles-"))
-    cluster = EtcdCluster.plan(root, 1, tls=secure_lab.plan_tls(root, [], list(NODES)))
+    cluster = EtcdCluster.plan(root, 3, tls=secure_lab.plan_tls(root, [], list(NODES)))
     cluster.start()
     try:
         cluster.wait_healthy(30)
@@ -168,8 +166,7 @@ async def agents_on_their_own_credentials(tmp_path, etcd):
         cfg = parse_config({"cluster": CLUSTER, "node": node, "data_dir": str(tmp_path / node),
                             "etcd": secure_lab.etcd_block(etcd.root, etcd.endpoints, node),
                             "api": {"port": ports[node][0]},
-                            "heartbeat": {**HB[node], "port": ports[node][1], "peers": peers},
-                            "timing": TIMING})
+                            "heartbeat": {**HB[node], "port": ports[node][1], "peers": peers}})
         agents.append(Agent(cfg))
     stop = asyncio.Event()
     tasks = [asyncio.get_running_loop().create_task(a.run(stop)) for a in agents]
@@ -228,3 +225,27 @@ def test_the_cli_sets_up_a_role_per_agent_and_names_a_bad_user(tmp_path):
                                         "operator": [f"vigil-{CLUSTER}-operator"]}
     finally:
         cluster.stop()
+
+
+async def test_etcd_34_lets_a_nodes_user_move_the_raft_leader(etcd):
+    """Review B-L11: etcd 3.4 (installed here) lets any user transfer raft leadership, so
+    `etcd.local_member` works on per-node credentials; 3.5+ allows only root, and then
+    RaftLeaderApart says so once and stops (tests/unit/test_raft_leader_auth.py)."""
+    n1 = as_user(etcd, "n1")
+
+    async def raft_leader() -> str | None:
+        leader, _, names = await n1.raft_status()
+        return names.get(leader)
+    async def elected() -> bool:
+        return await raft_leader() is not None
+    try:
+        await wait_for_value(elected, True, 30)
+        lead = await raft_leader()
+        done = await RaftLeaderApart(n1, lead).check()
+        assert done.moved_to not in (None, lead) and done.problem is None
+
+        async def moved() -> bool:
+            return await raft_leader() == done.moved_to
+        await wait_for_value(moved, True, 30)
+    finally:
+        await n1.close()

@@ -64,6 +64,12 @@ def test_each_role_may_do_only_its_part(lab):
                 await router.put(keys.prefix + "router-was-here", "x")
             with pytest.raises(StoreError, match="permission denied"):
                 await agent.put("/outside/the/prefix", "x")
+            for key in (keys.member("n2"), keys.switchover, keys.config):  # review B4: a role per node
+                with pytest.raises(StoreError, match="permission denied"):
+                    await agent.put(key, "x")
+            n2 = await agent.get(keys.member("n2"))
+            with pytest.raises(StoreError, match="permission denied"):
+                await agent.revoke(n2.lease)
             await operator.put(keys.prefix + "operator-note", "x")
             await operator.delete(keys.prefix + "operator-note")
             tls = lab.root / "tls"
