@@ -51,7 +51,7 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "job result": (K.job_result("j", 0), {"chunk": 0, "node": "n1", "claim": 7, "at": 1.7e9,
                                           "inputs_sha256": "0" * 64, "vectors": ["AACAPw=="] * 4}),
     "idempotency": (K.idem_marker("ab" * 32), json.loads(encode_marker(Marker(
-        "done", "f" * 64, "router", 200, (("content-type", "application/json"),), b'{"ok": true}')))),
+        "done", "f" * 64, "router", status=200, headers=(("content-type", "application/json"),), body=b'{"ok": true}')))),
 }
 
 

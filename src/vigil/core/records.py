@@ -73,6 +73,9 @@ def _constant(s: str) -> Any:
     raise _Refused(f"{s} is not a number JSON allows")
 
 
+_DECODER = json.JSONDecoder(parse_int=_int, parse_float=_float, parse_constant=_constant)
+
+
 def snippet(text: str, n: int = 60) -> str:
     """The start of `text` as a repr, safe to log and to put in an event."""
     return repr(text[:n]) + ("..." if len(text) > n else "")
@@ -84,15 +87,17 @@ def decode_json(key: str, text: Any, limits: Limits = CLUSTER) -> Any:
         return BadRecord(key, f"not text: {type(text).__name__}")
     if len(text) > limits.max_bytes:
         return BadRecord(key, f"{len(text)} bytes, over the {limits.max_bytes} a record may hold")
+    if _SURROGATE.search(text):  # bytes that were not UTF-8 (the store decodes with surrogateescape)
+        return BadRecord(key, f"not valid UTF-8: {snippet(text)}")
     try:
-        value = json.loads(text, parse_int=_int, parse_float=_float, parse_constant=_constant)
+        value = _DECODER.decode(text)
     except _Refused as e:
         return BadRecord(key, f"refused: {e}")
     except RecursionError:
         return BadRecord(key, f"nested deeper than {limits.max_depth}")
     except ValueError as e:
         return BadRecord(key, f"not JSON ({str(e)[:80]}): {snippet(text)}")
-    problem = _bounds_problem(value, limits)
+    problem = _bounds_problem(text, value, limits)
     return BadRecord(key, problem) if problem else value
 
 
@@ -104,15 +109,22 @@ def decode_object(key: str, text: Any, limits: Limits = CLUSTER) -> dict[str, An
     return BadRecord(key, f"not a JSON object: {snippet(text)}")
 
 
-def _bounds_problem(value: Any, limits: Limits) -> str | None:
-    """Depth and string bounds of a decoded value, walked without recursion."""
+def _bounds_problem(text: str, value: Any, limits: Limits) -> str | None:
+    """Depth and string bounds of `value`, decoded from `text`. The walk (without
+    recursion) runs only when the text could break one: a text shorter than the
+    string bound holds no longer string, one with fewer brackets than the depth
+    bound nests no deeper, and only an escape makes a lone surrogate."""
+    strings = len(text) > limits.max_string
+    surrogates = "\\ud" in text or "\\uD" in text
+    if not (strings or surrogates or text.count("[") + text.count("{") > limits.max_depth):
+        return None
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         v, depth = stack.pop()
         if isinstance(v, str):
-            if len(v) > limits.max_string:
+            if strings and len(v) > limits.max_string:
                 return f"a string of {len(v)} characters (at most {limits.max_string})"
-            if _SURROGATE.search(v):
+            if surrogates and _SURROGATE.search(v):
                 return f"a string that is not valid UTF-8: {snippet(v)}"
         elif isinstance(v, (list, dict)):
             if depth > limits.max_depth:

@@ -23,6 +23,7 @@ Idempotency-Key markers (vigil.store.idem).
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 __all__ = ["BadRecord", "FAMILIES", "Family", "FenceMarker", "Hold", "family_of", "parse_record",
            "parse_leader", "parse_member_kv", "parse_state", "parse_fencing", "parse_hold", "parse_switchover",
            "parse_payload", "parse_event", "parse_config", "parse_job_spec", "parse_job_progress",
-           "parse_job_input", "parse_job_result", "parse_idem_marker", "node_of"]
+           "parse_job_input", "parse_job_result", "parse_idem_marker", "parse_as", "node_of"]
 
 FENCE_STATES = ("in_progress", "failed")
 MAX_REASON = 1024  # characters of a reason or cause kept from a record
@@ -223,21 +224,29 @@ FAMILIES: tuple[Family, ...] = (
 
 def family_of(keys: Keys, key: str) -> Family | None:
     """The family `key` belongs to, or None for a key Vigil never writes."""
-    for f in FAMILIES:
-        path = f.path(keys)
-        if key == path if f.exact else key.startswith(path) and len(key) > len(path):
+    for path, exact, f in _paths(keys):
+        if key == path if exact else key.startswith(path) and len(key) > len(path):
             return f
     return None
+
+
+@functools.lru_cache(maxsize=64)
+def _paths(keys: Keys) -> tuple[tuple[str, bool, Family], ...]:
+    return tuple((f.path(keys), f.exact, f) for f in FAMILIES)
 
 
 def parse_record(keys: Keys, key: str, text: str) -> Any:
     """`key`'s value through its family's parser; a BadRecord for a key of no
     family, or if a parser ever raised (logged: that is a bug to fix)."""
     f = family_of(keys, key)
-    if f is None:
-        return BadRecord(key, "not a key Vigil writes")
+    return BadRecord(key, "not a key Vigil writes") if f is None else parse_as(f, key, text)
+
+
+def parse_as(f: Family, key: str, text: str) -> Any:
+    """`f.parse(key, text)`, a BadRecord if it ever raised (the last line of defence;
+    the fuzz targets keep it unused)."""
     try:
         return f.parse(key, text)
-    except Exception as e:  # noqa: BLE001 - the last line of defence; the fuzz tests keep it unused
+    except Exception as e:  # noqa: BLE001 - one record must never stop a reader
         log.exception("the %s parser raised on %s", f.name, key)
         return BadRecord(key, f"unreadable ({type(e).__name__})")

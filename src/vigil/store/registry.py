@@ -28,7 +28,7 @@ from vigil.store.base import KeyValue, Store, prefix_end
 from vigil.store.election import leader_from
 from vigil.store.keys import Keys
 from vigil.store.member_record import MemberRecord
-from vigil.store.records import BadRecord, FenceMarker, Hold, family_of, node_of, parse_record
+from vigil.store.records import BadRecord, FenceMarker, Hold, family_of, node_of, parse_as
 
 UNNAMED_LEADER = "?"  # the leader key holds no node name: no node is "?" (vigil.fields.NAME_RE)
 
@@ -115,7 +115,7 @@ def parse_snapshot(keys: Keys, kvs: list[KeyValue], revision: int) -> Snapshot:
         f = family_of(keys, kv.key)
         if f is None or f.name not in _SNAPSHOT_FAMILIES:
             continue  # payload records share the range; no decision reads them
-        rec = parse_record(keys, kv.key, kv.value)
+        rec = parse_as(f, kv.key, kv.value)
         if isinstance(rec, BadRecord):
             snap.bad_records[kv.key] = rec.problem
             if f.name == "leader":  # the key is held all the same: by no node we know of
