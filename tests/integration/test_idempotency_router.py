@@ -14,12 +14,14 @@ import json
 import aiohttp
 from aiohttp import web
 
-from tests.integration.test_router_deadlines import KEYS, serve
+from tests.integration.routerharness import serve
 from vigil.procs import free_ports
 from vigil.router.config import parse_router_config
 from vigil.router.proxy import Router
 from vigil.store.keys import Keys
 from vigil.testing import MemoryStore
+from vigil.testing.heartbeats import HeartbeatSender, member_record
+from vigil.testing.keys import shared_keys
 from vigil.testing.wait import wait_until
 
 PATH = "/v1/payments"  # not an idempotent path: only the key protects it
@@ -60,25 +62,27 @@ async def routers_over(backends: dict[str, web.Application], n: int, store: Memo
     runners = [await serve(app, port) for app, port in zip(backends.values(), ports)]
     store = store or MemoryStore()
     store.start()
+    keys = shared_keys(*backends)  # key-ring members that heartbeat: a router routes to no other
     for (name, _), port in zip(backends.items(), ports):
-        await store.put(Keys("d").member(name), json.dumps(
-            {"inference": {"url": f"http://127.0.0.1:{port}", "ready": True}}))
-    routers, urls = [], []
+        await store.put(Keys("d").member(name), json.dumps(member_record(f"http://127.0.0.1:{port}")))
+    routers, urls, beats = [], [], []
     try:
         for i in range(n):
             port, hb = ports[len(backends) + 2 * i:len(backends) + 2 * i + 2]
             router = Router(parse_router_config({
                 "cluster": "d", "name": f"r{i}", "etcd": {"endpoints": ["http://127.0.0.1:1"]},
-                "listen": {"port": port}, "heartbeat": {"port": hb, **KEYS["ring"]},
-                "membership": "etcd_only", "backends": {"allow": ["127.0.0.0/8"]}, **cfg}), store)
+                "listen": {"port": port}, "heartbeat": {"port": hb, **keys["ring"]}, **cfg}), store)
             routers.append(router)
             await router.start()
             await router.listen("127.0.0.1", port)
+            beats.append(HeartbeatSender("d", keys, list(backends), ("127.0.0.1", hb)).start())
             await wait_until(lambda: len(router.table.eligible(0.0)) == len(backends), 5,
                              "every backend to be learnt")
             urls.append(f"http://127.0.0.1:{port}")
         yield routers, urls
     finally:
+        for b in beats:
+            await b.stop()
         for router in routers:
             await router.stop()
         for r in runners:

@@ -12,10 +12,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.integration.routerharness import router_over, serve  # noqa: F401 - serve: test_idempotency_router's
-from vigil.testing.keys import shared_keys
-
-KEYS = shared_keys('n1')  # a ring for tests that make their own routers (test_idempotency_router)
+from tests.integration.routerharness import router_over  # also the router tests' and test_fuzz_router's
 
 
 def sse_backend(chunks: int, every: float, stall_after: int | None = None,
