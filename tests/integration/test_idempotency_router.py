@@ -17,6 +17,7 @@ from aiohttp import web
 from tests.integration.routerharness import serve
 from vigil.procs import free_ports
 from vigil.router.config import parse_router_config
+from vigil.router.http1 import Incoming
 from vigil.router.proxy import Router
 from vigil.store.keys import Keys
 from vigil.testing import MemoryStore
@@ -329,3 +330,26 @@ async def test_a_key_longer_than_255_characters_is_refused():
     async with router_over({"a": counting_backend(runs, "a")}) as (_, url):
         status, _, body = await post(url, {"amount": 5}, "k" * 256)
         assert status == 400 and b"at most 255" in body and runs == []
+
+
+async def test_a_router_stopped_gracefully_records_what_it_was_running():
+    """A restart (SIGTERM, then a new process) while a keyed request runs: the
+    attempt finishes and its outcome is recorded before the router goes, so the
+    retry replays it; a key that arrives meanwhile is refused with nothing sent."""
+    runs: list[str] = []
+    entered, gate = asyncio.Event(), asyncio.Event()
+    store = MemoryStore()
+    async with routers_over({"a": gated_backend(runs, "a", entered, gate)}, 2, store) as ((ra, _), (a, b)):
+        first = asyncio.create_task(post(a, {"amount": 5}, "pay-14"))
+        await asyncio.wait_for(entered.wait(), 10)
+        stopping = asyncio.create_task(ra.stop())
+        await wait_until(lambda: ra.keyed.draining, 10, "router A to start draining")
+        late = await ra.keyed.handle(Incoming("POST", PATH, [], b"{}", True), "pay-15", 0.0)
+        assert late.status == 503 and b"stopping: nothing was sent" in late.body
+        gate.set()
+        await asyncio.wait_for(stopping, 20)
+        with contextlib.suppress(aiohttp.ClientError):
+            await asyncio.wait_for(first, 10)
+        status, headers, body = await asyncio.wait_for(post(b, {"amount": 5}, "pay-14"), 10)
+        assert status == 200 and headers.get("X-Vigil-Idempotent-Replay") == "true"
+        assert json.loads(body)["run"] == 1 and runs == ["a"]

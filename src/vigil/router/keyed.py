@@ -62,6 +62,7 @@ class KeyedRequests:
         self.router, self.clock, self.route = router, clock, route
         self.pending: set[asyncio.Task] = set()  # owners at work, whether or not their client waits
         self._recording: set[asyncio.Task] = set()  # outcomes etcd did not take at once
+        self.draining = False
 
     def __repr__(self) -> str:
         return f"<KeyedRequests pending={len(self.pending)} cache={len(self.cache._done)}>"
@@ -79,14 +80,25 @@ class KeyedRequests:
             return replay(prior)
         if prior is not None:
             return await _wait(prior)
+        if self.draining:
+            return self._refuse(digest, _stopping())
         task = asyncio.get_running_loop().create_task(self._own(req, key, digest, fp, t0))
         self.pending.add(task)
         task.add_done_callback(_ended)
         task.add_done_callback(self.pending.discard)
         return await asyncio.shield(task)  # a client gone away leaves the owner at work
 
+    async def drain(self, within: float) -> None:
+        """The router stops: take no new key (503), and give the owners at work
+        up to `within` seconds to finish and record their outcome, so a retry
+        after the restart replays it instead of meeting an unknown outcome."""
+        self.draining = True
+        if self.pending:
+            await asyncio.wait(list(self.pending), timeout=within)
+
     def close(self) -> None:
-        """Stop the owners (the router stops): their markers stay `in_flight`."""
+        """Stop the owners now (the router stops): their markers stay `in_flight`."""
+        self.draining = True
         for task in [*self.pending, *self._recording]:
             task.cancel()
 
@@ -192,6 +204,13 @@ def _conflict(why: str, retry: int | None = None) -> Answered:
     out = error(409, f"Idempotency-Key not run again: {why}")
     if retry is not None:
         out.headers.append(("Retry-After", str(retry)))
+    return out
+
+
+def _stopping() -> Answered:
+    out = error(503, "this router is stopping: nothing was sent; retry with the same key (through "
+                     "another router, or this one once restarted)")
+    out.headers.append(("Retry-After", "1"))
     return out
 
 

@@ -123,9 +123,12 @@ class Router:
     async def stop(self) -> None:
         for sweeper in self._sweepers:
             sweeper.cancel()
-        self.keyed.close()
         for server in self._servers:
             server.close()
+        # Keyed requests already sent finish and record their outcome first (within
+        # the first-byte deadline), so a retry after a restart replays, not 409s.
+        await self.keyed.drain(self.cfg.retry.per_try_timeout)
+        self.keyed.close()
         for c in [*self.clients, *self.admin.conns]:
             c.close()
         await self.membership.stop()
