@@ -21,16 +21,16 @@ from vigil.router.config import parse_router_config
 from vigil.router.proxy import Router
 from vigil.store.etcd import EtcdStore
 from vigil.store.keys import Keys
+from vigil.testing.heartbeats import HeartbeatSender, member_record
 from vigil.testing.keys import shared_keys
 from vigil.testing.wait import wait_for_value, wait_until
 
-KEYS = shared_keys("a")
+KEYS = shared_keys("n1")  # n1 heartbeats to both routers: a router routes only to members it hears
 
 
 def router_config(cluster: str, name: str, endpoints: list[str], port: int, admin: int, hb: int) -> dict:
     return {"cluster": cluster, "name": name, "etcd": {"endpoints": endpoints},
-            "listen": {"port": port}, "admin": {"port": admin}, "heartbeat": {"port": hb, **KEYS["ring"]},
-            "membership": "etcd_only", "backends": {"allow": ["127.0.0.0/8"]}}
+            "listen": {"port": port}, "admin": {"port": admin}, "heartbeat": {"port": hb, **KEYS["ring"]}}
 
 
 def eligible(admin_url: str) -> bool:
@@ -48,8 +48,8 @@ async def test_a_retry_through_another_router_after_a_sigkill_runs_nothing_again
     entered, gate = asyncio.Event(), asyncio.Event()
     backend = await serve(gated_backend(runs, "n1", entered, gate), backend_port)
     store = EtcdStore(etcd_cluster.endpoints, 5.0)
-    await store.put(Keys(cluster).member("n1"), json.dumps(
-        {"inference": {"url": f"http://127.0.0.1:{backend_port}", "ready": True}}))
+    await store.put(Keys(cluster).member("n1"), json.dumps(member_record(f"http://127.0.0.1:{backend_port}")))
+    beats = [HeartbeatSender(cluster, KEYS, ["n1"], ("127.0.0.1", hb)).start() for hb in (a_hb, b_hb)]
     config = tmp_path / "a.yaml"
     config.write_text(yaml.safe_dump(router_config(cluster, "A", etcd_cluster.endpoints, a_port, a_admin, a_hb)))
     proc = spawn([sys.executable, "-m", "vigil", "router", "--config", str(config)], tmp_path / "a.log")
@@ -94,6 +94,8 @@ async def test_a_retry_through_another_router_after_a_sigkill_runs_nothing_again
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+        for beat in beats:
+            await beat.stop()
         await b.stop()
         await backend.cleanup()
         await store.delete_prefix(Keys(cluster).prefix)
