@@ -16,6 +16,7 @@ from typing import Any
 from hypothesis import given, settings, strategies as st
 
 from tests.fuzz.conftest import EXAMPLES
+from vigil.core.compat import differences, mismatches
 from vigil.core.jobs import JobRecordError, JobSpec, Progress, parse_chunk, parse_progress
 from vigil.core.payloads import Payload, parse_payloads
 from vigil.core.records import BULK, CLUSTER, BadRecord, decode_json
@@ -133,6 +134,9 @@ def check(key: str, out: Any, typed: type) -> None:
     else:
         assert isinstance(out, typed), (key, out)
         assert bounded(out)
+        if isinstance(out, MemberRecord):  # what every reader asks of a record let through
+            (out.verdict, out.reasons, out.may_lead, out.inference_url, out.to_json())
+            mismatches(out.fingerprint, out.requires), differences({out.name: out.fingerprint})
 
 
 TYPED = {f.name: type(f.parse(SAMPLES[f.name][0], text_of(SAMPLES[f.name][1]))) for f in FAMILIES}

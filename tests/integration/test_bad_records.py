@@ -221,3 +221,23 @@ async def test_thousands_of_bad_keys_are_a_bounded_number_of_events(tmp_path):
         await store.close()
     assert [e["key"] for e in bad[:BAD_REPORTS]] == [keys.member(f"zz{i:03d}") for i in range(BAD_REPORTS)]
     assert len(bad) == BAD_REPORTS + 1 and bad[-1]["more"] == 200 - BAD_REPORTS, bad[-1]
+
+
+async def test_status_reads_requirements_and_fingerprints_no_agent_wrote():
+    """The compat gate in `vigil status` reads every member's requires and fingerprint
+    (7cf5bfd: AttributeError on a requirement that is no condition, ValueError on a
+    gpu_count that is no number)."""
+    from vigil.cli.status_view import gather_status
+    store = MemoryStore()
+    store.start()
+    keys = Keys("bad")
+    await store.put(keys.member("n1"), json.dumps({"fingerprint": {"gpu_count": 1}}))
+    await store.put(keys.member("n2"), json.dumps({"health": {"requires": {"gpu_count": "abc"}}}))
+    await store.put(keys.member("n3"), json.dumps({"fingerprint": {"gpu_count": "x", "cpu_flags": 5}}))
+    await store.put(keys.member("n4"), json.dumps({"health": {"requires": {"kernel": ">=" + "9" * 5000}}}))
+    try:
+        doc = await gather_status(store, keys)
+    finally:
+        await store.close()
+    assert sorted(doc["bad_records"]) == [keys.member(n) for n in ("n2", "n3", "n4")]
+    assert "is not a condition" in doc["bad_records"][keys.member("n2")]

@@ -52,14 +52,14 @@ def test_any_json_is_a_good_record_or_a_named_problem(value):
 def test_a_record_reads_back_as_written_and_keeps_the_contract_keys():
     rec = MemberRecord("n1", "http://127.0.0.1:8008", 150, ("127.0.0.1",), 7946,
                        {"verdict": "degraded", "reasons": ["gpu 0: 4 C margin"], "may_lead": True,
-                        "requires": {"gpu.count": 1}}, {"gpu.count": 1},
+                        "requires": {"gpu_count": ">=1"}}, {"gpu.count": 1},
                        {"url": "http://127.0.0.1:8000", "ready": True}, None, {"n2": ["ipmi"]},
                        ("n3",), 4, 1.5, "0.9", 42)
     assert parse_member("n1", rec.to_json()) == rec
     assert set(json.loads(rec.to_json())) == {
         "name", "api_url", "priority", "heartbeat", "health", "fingerprint", "inference", "router",
         "fences", "suspects", "incarnation", "started_at", "version", "pid"}
-    assert rec.verdict == "degraded" and rec.may_lead and rec.requires == {"gpu.count": 1}
+    assert rec.verdict == "degraded" and rec.may_lead and rec.requires == {"gpu_count": ">=1"}
     sparse = parse_member("n1", json.dumps({"name": "n1", "health": {"verdict": "healthy"}}))
     assert isinstance(sparse, MemberRecord) and sparse.may_lead, "an issue-9 agent's record still leads"
     assert parse_member("n1", "[1]").problem == "not a JSON object: '[1]'"

@@ -22,7 +22,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from vigil.core.records import BadRecord, decode_object, integer, node_name, snippet, strings, unix_time
+from vigil.core.compat import NUMBER_KEYS, VERSION_KEYS, parse_requirement
+from vigil.core.records import BadRecord, decode_object, integer, node_name, number, snippet, strings, unix_time
 
 __all__ = ["BadRecord", "MemberRecord", "parse_member", "member_from", "member_problem", "NO_VERDICT"]
 
@@ -146,7 +147,32 @@ def member_problem(rec: dict[str, Any]) -> str | None:
         return f"heartbeat {_show(hb, 80)} is not {{addresses: [str], port: int}}"
     if not isinstance(rec.get("api_url", ""), str):
         return f"api_url {_show(rec.get('api_url'))} is not a URL"
-    return inference_problem(rec.get("inference"))
+    return inference_problem(rec.get("inference")) or compat_problem(health.get("requires") or {},
+                                                                    rec.get("fingerprint") or {})
+
+
+def compat_problem(requires: dict[str, Any], fp: dict[str, Any]) -> str | None:
+    """None when the compat gate (vigil.core.compat) can read the record's requirements
+    and fingerprint: conditions it parses, short enough to compare; numbers where
+    it compares numbers, flags as a list of strings."""
+    try:
+        parse_requirement(requires)
+    except ValueError as e:
+        return f"health.{str(e)[:120]}"
+    if any(len(c) > 64 if isinstance(c, list) else len(str(c)) > 64 for c in requires.values()):
+        return "health.requires: a condition longer than 64 characters (or a list of more than 64)"
+    for key, v in fp.items():
+        if v is None or isinstance(v, list) and key != "cpu_flags":
+            continue
+        if key in NUMBER_KEYS and not number(v, 0, 2**53):
+            return f"fingerprint {key} {_show(v)} is not a number"
+        if key == "cpu_flags" and not strings(v, 4096):
+            return f"fingerprint cpu_flags {_show(v)} is not a list of flags"
+        if key in VERSION_KEYS | {"gpu_model"} and len(str(v)) > 256:
+            return f"fingerprint {key} {_show(v)} is longer than 256 characters"
+        if key == "engines" and not (isinstance(v, dict) and all(len(str(x)) <= 256 for x in v.values())):
+            return f"fingerprint engines {_show(v)} is not {{package: version}}"
+    return None
 
 
 def inference_problem(inf: Any) -> str | None:
