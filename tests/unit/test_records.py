@@ -72,3 +72,16 @@ def test_etcd_versions_with_the_lease_revocation_bug_are_named():
     for good in ("3.4.28", "3.5.11", "3.5.17", "3.6.0", "3.6.0-rc.1"):
         assert lease_revocation_bug(good) is None, good
     assert "not MAJOR.MINOR.PATCH" in lease_revocation_bug("banana")
+
+
+def test_urls_every_reader_takes_apart_or_the_record_is_bad():
+    """vigil.router.haproxy renders a server line from each record's URLs (7cf5bfd:
+    ValueError from .port on 'http://h:99999', and a host with a space went into
+    haproxy.cfg as is)."""
+    from vigil.router.haproxy import render
+    for bad in ("http://h:99999", "http://[::1", "ftp://h", "http://a b:80", "http://h\nx:1", "http://:80"):
+        for rec in ({**GOOD, "api_url": bad}, {**GOOD, "inference": {"url": bad, "ready": True}}):
+            assert "is not a URL" in parse_member("n2", json.dumps(rec)).problem, bad
+    assert isinstance(parse_member("n1", json.dumps({**GOOD, "api_url": "https://[::1]:8008/x"})), MemberRecord)
+    good = parse_member("n1", json.dumps(GOOD))
+    assert "server n1 127.0.0.1:8000 check port 8008" in render("c", {"n1": good}, "/run/s", "127.0.0.1:80")

@@ -20,7 +20,9 @@ from __future__ import annotations
 import functools
 import json
 from dataclasses import dataclass, field
+import re
 from typing import Any
+from urllib.parse import urlsplit
 
 from vigil.core.compat import NUMBER_KEYS, VERSION_KEYS, parse_requirement
 from vigil.core.records import BadRecord, decode_object, integer, node_name, number, snippet, strings, unix_time
@@ -87,6 +89,7 @@ class MemberRecord:
         return json.dumps(self.to_dict(), sort_keys=True)
 
 
+_HOST = re.compile(r"[A-Za-z0-9._:-]{1,253}")
 CACHED_TEXT = 16 * 1024  # longer records are parsed each time: the cache must stay small
 
 
@@ -145,8 +148,8 @@ def member_problem(rec: dict[str, Any]) -> str | None:
     hb = rec.get("heartbeat", {})
     if not isinstance(hb, dict) or not _strings(hb.get("addresses", [])):
         return f"heartbeat {_show(hb, 80)} is not {{addresses: [str], port: int}}"
-    if not isinstance(rec.get("api_url", ""), str):
-        return f"api_url {_show(rec.get('api_url'))} is not a URL"
+    if url_problem(rec.get("api_url", "")):
+        return f"api_url {_show(rec.get('api_url'))} is not a URL: {url_problem(rec.get('api_url', ''))}"
     return inference_problem(rec.get("inference")) or compat_problem(health.get("requires") or {},
                                                                     rec.get("fingerprint") or {})
 
@@ -182,6 +185,27 @@ def inference_problem(inf: Any) -> str | None:
     if not isinstance(inf, dict) or not isinstance(inf.get("url", ""), str) \
             or not isinstance(inf.get("ready", False), bool):
         return f"inference {_show(inf, 80)} is not {{url: str, ready: bool, ...}}"
+    problem = url_problem(inf.get("url", ""))
+    return f"inference url {_show(inf.get('url'))} is not a URL: {problem}" if problem else None
+
+
+def url_problem(u: Any) -> str | None:
+    """None for "" or an http(s) URL every reader can take apart (urlsplit, .port)
+    and put in a config line (vigil.router.haproxy): a host of letters, digits,
+    '.', '-', '_' and ':' only."""
+    if u == "":
+        return None
+    if not isinstance(u, str) or len(u) > 2048:
+        return "not a string of at most 2048 characters"
+    if any(c <= " " or c == "\x7f" for c in u):
+        return "it holds a space or a control character"
+    try:
+        parts = urlsplit(u)
+        parts.port  # raises for a port that is not one
+    except ValueError as e:
+        return str(e)[:80]
+    if parts.scheme not in ("http", "https") or not parts.hostname or not _HOST.fullmatch(parts.hostname):
+        return "not http(s)://host[:port] with a plain host name or address"
     return None
 
 
