@@ -20,6 +20,7 @@ from vigil.core.compat import differences, mismatches
 from vigil.core.jobs import JobRecordError, JobSpec, Progress, parse_chunk, parse_progress
 from vigil.core.payloads import Payload, parse_payloads
 from vigil.core.records import BULK, CLUSTER, BadRecord, decode_json
+from vigil.router.haproxy import render
 from vigil.store.idem import Marker, encode_marker
 from vigil.store.keys import Keys
 from vigil.store.member_record import MemberRecord
@@ -137,6 +138,7 @@ def check(key: str, out: Any, typed: type) -> None:
         if isinstance(out, MemberRecord):  # what every reader asks of a record let through
             (out.verdict, out.reasons, out.may_lead, out.inference_url, out.to_json())
             mismatches(out.fingerprint, out.requires), differences({out.name: out.fingerprint})
+            render("fz", {out.name: out}, "/run/haproxy.sock", "127.0.0.1:80")
 
 
 TYPED = {f.name: type(f.parse(SAMPLES[f.name][0], text_of(SAMPLES[f.name][1]))) for f in FAMILIES}
