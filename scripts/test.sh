@@ -12,4 +12,4 @@ if [[ ${1:-} == --generative ]]; then
   exec .venv/bin/python -m pytest -q -p no:cacheprovider tests "$@"
 fi
 bash scripts/install.sh
-exec .venv/bin/python -m pytest -q -p no:cacheprovider tests --ignore=tests/generative "$@"
+exec .venv/bin/python -m pytest -q -p no:cacheprovider --durations=25 tests --ignore=tests/generative "$@"

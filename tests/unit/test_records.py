@@ -85,3 +85,18 @@ def test_urls_every_reader_takes_apart_or_the_record_is_bad():
     assert isinstance(parse_member("n1", json.dumps({**GOOD, "api_url": "https://[::1]:8008/x"})), MemberRecord)
     good = parse_member("n1", json.dumps(GOOD))
     assert "server n1 127.0.0.1:8000 check port 8008" in render("c", {"n1": good}, "/run/s", "127.0.0.1:80")
+
+
+def test_etcd_ids_and_revisions_at_their_full_width_are_good_values():
+    """etcd's lease ids and revisions are int64: a lease id has 19 digits as often as not,
+    and an event or payload record that carries one is a record an agent wrote."""
+    from vigil.core.records import decode_json
+    from vigil.store.records import parse_event
+
+    lease = 2**63 - 1
+    event = json.dumps({"at": 1.7e9, "node": "n1", "kind": "session_opened", "cause": "c",
+                        "lease": lease, "ttl": 2})
+    assert parse_event(K.event("1"), event)["lease"] == lease
+    assert decode_json("k", str(1 - 2**63)) == 1 - 2**63
+    assert "out of range" in decode_json("k", str(2**63)).problem
+    assert "digits" in decode_json("k", "1" + "0" * 400).problem

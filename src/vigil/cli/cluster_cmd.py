@@ -121,6 +121,7 @@ def switchover(args) -> int:
         while loop.time() < deadline:
             snap = await reg.snapshot()
             if snap.leader and snap.leader.name == args.to:
+                await store.revoke(lease.id)  # the request is done (no node's etcd role may delete it)
                 print(f"switchover done: {args.to} leads with token {snap.leader.token}")
                 return 0
             await asyncio.sleep(0.05)

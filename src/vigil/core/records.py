@@ -26,7 +26,8 @@ from typing import Any
 
 from vigil.fields import NAME_RE
 
-MAX_INT_DIGITS = 18  # |n| < 10**18: fits int64, converts to float exactly enough
+MAX_INT_DIGITS = 19  # etcd's ids and revisions are int64 (lease ids often have 19 digits)
+MAX_INT = 2**63  # |n| < 2**63: every positive int64 fits, and float(n) is always finite
 MAX_NUMBER = 1e18
 MAX_TIME = 1e11  # Unix seconds (year 5138): inside datetime's range, so a time always prints
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -59,7 +60,10 @@ class _Refused(ValueError):
 def _int(s: str) -> int:
     if len(s.lstrip("-")) > MAX_INT_DIGITS:
         raise _Refused(f"integer of {len(s.lstrip('-'))} digits (at most {MAX_INT_DIGITS})")
-    return int(s)
+    n = int(s)
+    if abs(n) >= MAX_INT:
+        raise _Refused(f"integer {s[:24]} out of range (|n| < 2**63)")
+    return n
 
 
 def _float(s: str) -> float:
