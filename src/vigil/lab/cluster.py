@@ -14,6 +14,7 @@ keep-alive was sent.
 from __future__ import annotations
 
 import json
+import secrets
 import signal
 import sys
 from dataclasses import asdict, dataclass
@@ -23,6 +24,7 @@ from typing import Any
 import yaml
 
 from vigil.errors import ConfigError, VigilError
+from vigil.files import write_atomic
 from vigil.identity import make_cluster_keys
 from vigil import procs
 from vigil.lab import secure as secure_lab
@@ -32,6 +34,10 @@ from vigil.lab.frontdoor import FrontDoor
 from vigil.lab.generative import generate_args, lab_generator
 from vigil.lab.observe import LabObservation
 from vigil.lab.sensors import LabSensors
+
+# The routers sign stream continuations with it and the model servers honour no
+# other (vigil.router.continue_sign): a client can never send its own.
+CONTINUE_KEY = "continue.key"
 
 LAB_TIMING = {"heartbeat_interval": 0.1, "lease_ttl": 2, "keepalive_interval": 0.5,
               "demote_after": 1.6, "etcd_timeout": 0.5, "loop_interval": 0.5}
@@ -112,6 +118,7 @@ class Lab(LabObservation):
                                   [h for h, _ in etcd_hosts or []]) if secure else None
         etcd = EtcdCluster.plan(root / "etcd", 3, etcd_hosts, tls)
         make_cluster_keys(root / "keys", [f"n{i + 1}" for i in range(n)])
+        write_atomic(root / "keys" / CONTINUE_KEY, secrets.token_hex(32) + "\n")
         ports = procs.free_ports(3 * n + 4)
         nodes = []
         for i in range(n):
@@ -182,9 +189,11 @@ class Lab(LabObservation):
 
     def node_router_config(self, node: LabNode) -> dict[str, Any]:
         assert self.front is not None
-        return self.front.router_config(self.cluster, node.name, node.host, self._etcd_block("router"),
-                                        str(self.root / "keys" / "cluster.keyring"),
-                                        secure_lab.admin_block(self.root) if self.etcd.tls else {})
+        cfg = self.front.router_config(self.cluster, node.name, node.host, self._etcd_block("router"),
+                                       str(self.root / "keys" / "cluster.keyring"),
+                                       secure_lab.admin_block(self.root) if self.etcd.tls else {})
+        cfg["retry"]["continue_key_file"] = str(self.root / "keys" / CONTINUE_KEY)
+        return cfg
 
     def _etcd_block(self, name: str, local: Any = None) -> dict[str, Any]:
         # `local`: the etcd member on the node's own machine; if asked (README.md, deployment
@@ -203,7 +212,8 @@ class Lab(LabObservation):
             "url": node.server_url, "canary_interval": 0.5, "canary_timeout": 1.0,
             "load_interval": 0.1, "silence_window": 0.5, "stall_window": 5.0,
             "command": [sys.executable, "-m", "vigil", "serve-model", "--port", port, "--host", node.host,
-                        "--node", node.name, "--fault-injection", *generate_args(self.workload)]}}
+                        "--node", node.name, "--fault-injection", *generate_args(self.workload),
+                        "--continue-key-file", str(self.root / "keys" / CONTINUE_KEY)]}}
 
     def router_config(self) -> dict[str, Any]:
         assert self.router is not None
@@ -214,7 +224,8 @@ class Lab(LabObservation):
                 "etcd": self._etcd_block("router"),
                 "heartbeat": {"address": "127.0.0.1", "port": self.router.heartbeat_port,
                               "keyring_file": str(self.root / "keys" / "cluster.keyring")},
-                "retry": {"per_try_timeout": 3.0, "max_attempts": 3, **self.workload.get("router_retry", {})},
+                "retry": {"per_try_timeout": 3.0, "max_attempts": 3, **self.workload.get("router_retry", {}),
+                          "continue_key_file": str(self.root / "keys" / CONTINUE_KEY)},
                 **({"admission": {"queue_wait": w}} if (w := self.workload.get("router_queue_wait")) else {})}
 
     @classmethod
