@@ -150,8 +150,13 @@ def parse_config(raw: Any, base_dir: Path = Path(".")) -> NodeConfig:
     level = str(d.get("log_level", "info")).lower()
     if level not in ("debug", "info", "warning", "error"):
         raise ConfigError("log_level", level, "use one of debug, info, warning, error")
+    etcd = _etcd(d.get("etcd"), base_dir)
+    if etcd.user is not None and etcd.user != node:
+        raise ConfigError("etcd.user", etcd.user, f"an agent's etcd user is its node name ({node}): only "
+                          f"that user holds the role that may write members/{node} "
+                          "(`vigil etcd-auth init` makes one per node)")
     return NodeConfig(
-        cluster=cluster, node=node, etcd=_etcd(d.get("etcd"), base_dir), keys=keys,
+        cluster=cluster, node=node, etcd=etcd, keys=keys,
         addresses=check_addresses(hb.get("addresses", ["127.0.0.1"]), "heartbeat.addresses"),
         heartbeat_port=check_port(hb.get("port", DEFAULT_HEARTBEAT_PORT), "heartbeat.port"),
         peers=peers, observers=_observers(hb.get("observers", [])), priority=check_int(d.get("priority", 100), "priority", 0, 1000),

@@ -5,6 +5,7 @@ HTTP exchange over a real socket."""
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import threading
 from typing import Any, Awaitable
@@ -12,7 +13,9 @@ from typing import Any, Awaitable
 import pytest
 from hypothesis import strategies as st
 
-EXAMPLES = 2000  # issue 9: every fuzz target runs at least this many examples in CI
+# issue 9: every fuzz target runs at least this many examples in CI; a deeper
+# run sets VIGIL_FUZZ_EXAMPLES (issue 22: 200,000 with --hypothesis-profile=explore)
+EXAMPLES = max(2000, int(os.environ.get("VIGIL_FUZZ_EXAMPLES") or 2000))
 
 
 class LoopThread:

@@ -311,3 +311,17 @@ def test_a_gateway_that_listens_everywhere_must_be_named(tmp_path):
     assert r.returncode == 2 and "--name HOST:PORT" in r.stderr and "Traceback" not in r.stderr, r.stderr
     with pytest.raises(ConfigError, match="controller.gateway"):
         parse_config(good(controller={"gateway": "http://:80"}))
+
+
+def test_an_agents_etcd_user_is_its_node_name(tmp_path):
+    """Per-node etcd roles (B4): only the user named as the node may write its member
+    record, so an agent configured with another user would fail on every write."""
+    password = tmp_path / "pw"
+    password.write_text("hunter2\n")
+    password.chmod(0o600)
+    etcd = {"endpoints": ["https://10.0.0.9:2379"], "user": "someone-else",
+            "password_file": str(password), "ca_file": str(password)}
+    with pytest.raises(ConfigError) as e:
+        parse_config(good(etcd=etcd))
+    assert e.value.field == "etcd.user" and "vigil etcd-auth init" in str(e.value)
+    assert parse_config(good(etcd=etcd | {"user": good()["node"]})).etcd.user == good()["node"]

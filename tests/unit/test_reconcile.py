@@ -274,10 +274,21 @@ def test_a_lease_less_leader_key_is_no_leader_and_is_removed():
 def test_a_leader_key_naming_no_ring_member_is_removed_even_under_a_live_lease():
     reason = clear_of(view("b", leader=LeaderInfo("ghost", 7, 44, 7), ring=RING))
     assert "names 'ghost', which is not in the key ring" in reason
-    intruder = MemberInfo("intruder", 1000, lease=44)  # a record of its own does not make it a member
-    reason = clear_of(view("b", leader=LeaderInfo("intruder", 7, 44, 7), ring=RING,
+    intruder = MemberInfo("intruder", 1000, lease=44)  # its record under another lease proves nothing
+    reason = clear_of(view("b", leader=LeaderInfo("intruder", 7, 45, 7), ring=RING,
                            members=dict(MEMBERS) | {"intruder": intruder}))
     assert "not in the key ring" in reason
+
+
+def test_a_leader_my_ring_does_not_hold_yet_is_neither_followed_nor_removed_nor_fenced():
+    """A node added to the cluster campaigns (its key and member record under its own
+    lease) before every ring has its key: removing the key would let a second leader
+    campaign while it may still act; fencing it for silence would power off a leader."""
+    newcomer = MemberInfo("d", 1000, lease=44)
+    for unheard in (frozenset(), frozenset({"d"})):
+        d = decide(view("b", leader=LeaderInfo("d", 7, 44, 7), ring=RING, unheard=unheard,
+                        members=dict(MEMBERS) | {"d": newcomer}))
+        assert d.action == NONE and "not in my key ring" in d.reason and "SIGHUP" in d.reason, str(d)
 
 
 def test_a_leader_key_naming_one_member_under_anothers_lease_is_removed():

@@ -125,6 +125,14 @@ def _invalid_leader_key(v: ClusterView) -> Decision | None:
                           "election can happen", v.leader)
 
 
+def _leader_outside_my_ring(v: ClusterView) -> Decision | None:
+    if v.i_lead or not v.unknown_campaigner():
+        return None
+    return Wait(f"leader key (token {v.leader.token}) names {v.leader.name}, which is not in my key "
+                "ring: following no one, removing nothing and fencing no one until the ring is "
+                "reloaded (add its key with `vigil keygen`, then SIGHUP)")
+
+
 def _stale_own_key(v: ClusterView) -> Decision | None:
     if v.leader is None or v.leader.name != v.me or v.i_lead:
         return None
@@ -237,7 +245,8 @@ def _lead_while_degraded(v: ClusterView) -> bool:
             and v.states.get(v.me) not in INELIGIBLE_STATES and not any(v.eligible(n) for n in v.members))
 
 
-HANDLERS: tuple[Handler, ...] = (_no_session, _i_lead_without_key, _invalid_leader_key, _stale_own_key,
+HANDLERS: tuple[Handler, ...] = (_no_session, _i_lead_without_key, _invalid_leader_key,
+                                 _leader_outside_my_ring, _stale_own_key,
                                  _leading, _fence_dead_leader, _following)
 
 

@@ -87,13 +87,24 @@ class ClusterView:
             return None
         if lead.lease == 0:
             return f"names {lead.name!r} with no lease"
-        if not self.in_ring(lead.name):
+        if not self.in_ring(lead.name) and not self.unknown_campaigner():
             return f"names {lead.name!r}, which is not in the key ring"
         owner = next((m.name for m in self.members.values() if m.lease == lead.lease and m.name != lead.name),
                      None)
         if owner is not None:
             return f"names {lead.name!r} but is bound to {owner}'s lease"
         return None
+
+    def unknown_campaigner(self) -> bool:
+        """The leader key is bound to the lease of a member record of the same
+        name that my key ring does not hold: a node added to the cluster whose
+        key has not reached my ring yet (a rollout in progress) looks exactly so.
+        Removing its key would let others campaign while it may still act, so
+        it is neither followed nor removed: an alarm until my ring is reloaded.
+        (Only that node's own etcd user may write its member record.)"""
+        lead = self.leader
+        m = self.members.get(lead.name) if lead is not None else None
+        return m is not None and lead.lease != 0 and m.lease == lead.lease and not self.in_ring(lead.name)
 
     def eligible(self, name: str) -> bool:
         """Could `name` lead: in the key ring, registered, healthy, heard by me, not
