@@ -111,6 +111,20 @@ async def test_a_keyed_request_that_timed_out_runs_nowhere_else_and_never_again(
         assert runs == ["a"], "the client's retry did not run it a third (or second) time"
 
 
+async def test_a_safe_request_that_may_have_run_keeps_its_key_when_no_node_is_left_to_retry():
+    """A path the router may retry (idempotent_paths) timed out on the only node: the
+    503 "no node left" must keep the key as an unknown outcome, like the 504 above,
+    or the client's retry runs it again (fresh-eyes review of issue 22)."""
+    runs: list[str] = []
+    retry = {"per_try_timeout": 1.0, "idempotent_paths": [PATH]}
+    async with router_over({"a": counting_backend(runs, "a", "hang")}, retry=retry) as (_, url):
+        status, headers, _ = await post(url, {"amount": 5}, "order-safe")
+        assert status == 503 and headers.get("X-Vigil-Outcome") == "unknown", headers
+        status, headers, _ = await post(url, {"amount": 5}, "order-safe")
+        assert status == 503 and headers.get("X-Vigil-Idempotent-Replay") == "true"
+        assert runs == ["a"], "the retry did not run it a second time"
+
+
 async def test_a_backend_dying_mid_answer_does_not_hold_the_key_forever():
     runs: list[str] = []
     async with router_over({"a": counting_backend(runs, "a", "cut")}) as (_, url):

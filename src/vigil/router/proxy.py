@@ -185,10 +185,10 @@ class Router:
             pool = self.table.eligible(now, frozenset(tried))
             if not pool:
                 if full is not None:  # every node we could try shed it: the engines are full
-                    return self._shed(t0, "engine_full", full)
+                    return _outcome(self._shed(t0, "engine_full", full), maybe_ran)
                 why = self.table.none_reason(now) if not tried else f"last failure: {last}"
                 self.metrics.finished(503, time.monotonic() - t0)
-                return _error(503, f"no ready inference node can take this request ({why})")
+                return _outcome(_error(503, f"no ready inference node can take this request ({why})"), maybe_ran)
             if not work:  # a metadata read (GET /v1/models): no inference capacity to guard
                 backend = self.table.choose(now, pool=pool, need_room=False)
             else:  # first come, first served: while others wait, a newcomer queues behind them
@@ -196,7 +196,8 @@ class Router:
             if backend is None:
                 shed = await self.queue.wait(pool, admitted)
                 if shed is not None:
-                    return self._shed(t0, "queue_full" if shed.reason else "queue_timeout", shed)
+                    return _outcome(self._shed(t0, "queue_full" if shed.reason else "queue_timeout", shed),
+                                    maybe_ran)
                 admitted = True
                 continue
             tried.add(backend.name)
@@ -210,7 +211,7 @@ class Router:
                     full = self._engine_full(backend, e)
                     if attempts < self.policy.max_attempts:
                         continue
-                    return self._shed(t0, "engine_full", full)
+                    return _outcome(self._shed(t0, "engine_full", full), maybe_ran)
                 self._attempt_failed(backend, e)
                 maybe_ran = maybe_ran or e.kind in UNKNOWN_OUTCOME
                 # Never received (no connection): safe to send elsewhere, whatever the method.
@@ -219,11 +220,9 @@ class Router:
                     continue
                 code = e.status or (504 if e.kind == "first_byte" else 502)
                 self.metrics.finished(code, time.monotonic() - t0)
-                out = _error(code, f"{last} (not retried: "
-                                   f"{'unsafe request' if not safe else 'retry limit or budget'})")
-                if maybe_ran:
-                    out.headers.append((OUTCOME_HEADER, "unknown"))
-                return out
+                return _outcome(_error(code, f"{last} (not retried: "
+                                             f"{'unsafe request' if not safe else 'retry limit or budget'})"),
+                                maybe_ran)
             if stream is not None and reply is not None and is_event_stream(answer):
                 await ResumingStream(self, req, stream, reply, t0).run(backend, answer, attempts)
                 return None
@@ -374,3 +373,12 @@ class Router:
         else:
             self.table.failed(b.name, self.clock.now())
         self.metrics.finished(status, time.monotonic() - t0)
+
+
+def _outcome(out: Answered, maybe_ran: bool) -> Answered:
+    """`out`, marked as an unknown outcome when an earlier attempt may have run the
+    request: a keyed request's key is then kept (vigil.router.keyed), never freed
+    for a retry that could run it a second time."""
+    if maybe_ran:
+        out.headers.append((OUTCOME_HEADER, "unknown"))
+    return out
