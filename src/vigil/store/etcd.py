@@ -63,7 +63,7 @@ class EtcdStore(Store):
         self.endpoints = [e.rstrip("/") for e in endpoints]
         self.timeout = timeout
         self.user, self._password, self._token = user, password, None
-        self._login_task: asyncio.Future | None = None
+        self._logins: dict[str, asyncio.Future] = {}  # endpoint -> its authentication in flight
         self._current = 0
         self._ssl = _ssl_context(ca, cert, key)
         self._session: aiohttp.ClientSession | None = None
@@ -114,7 +114,7 @@ class EtcdStore(Store):
         leadership transfer, must reach one member). Raises StoreUnavailable or StoreError."""
         try:
             if self.user and self._token is None:
-                await self._login(url, self.timeout)
+                await self._login(url.rstrip("/"), self.timeout)
             async with self._http().post(f"{url.rstrip('/')}/v3/{path}", json=body, headers=self._auth(),
                                          timeout=aiohttp.ClientTimeout(total=self.timeout)) as r:
                 data = await r.json(content_type=None)
@@ -148,14 +148,16 @@ class EtcdStore(Store):
         return {"Authorization": self._token} if self._token else {}
 
     async def _login(self, ep: str, budget: float) -> None:
-        """Get a token, one authentication at a time per store: a request waits at most
-        `budget` for the one in flight, which runs on to AUTH_TIMEOUT when nobody waits.
-        etcd checks the password with bcrypt (~60 ms idle, seconds on a loaded host): with
-        each request authenticating within its own slice, a busy etcd saw every attempt
-        abandoned and went on checking each one, and no client got a token."""
-        task = self._login_task
+        """Get a token from `ep`, one authentication at a time per endpoint: a request waits
+        at most `budget` for the one in flight there, which runs on to AUTH_TIMEOUT when
+        nobody waits. etcd checks the password with bcrypt (~60 ms idle, seconds on a loaded
+        host): with each request authenticating within its own slice, a busy etcd saw every
+        attempt abandoned and went on checking each one, and no client got a token. Per
+        endpoint, because a request that gives up on a frozen member and fails over must
+        not wait out that member's 10 s login: its lease would expire first."""
+        task = self._logins.get(ep)
         if task is None or task.done():
-            task = self._login_task = asyncio.ensure_future(self._authenticate(ep, AUTH_TIMEOUT))
+            task = self._logins[ep] = asyncio.ensure_future(self._authenticate(ep, AUTH_TIMEOUT))
             task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved by someone
         await asyncio.wait_for(asyncio.shield(task), budget)
 
@@ -328,8 +330,9 @@ class EtcdStore(Store):
         return out
 
     async def close(self) -> None:
-        if self._login_task is not None:
-            self._login_task.cancel()
+        for task in self._logins.values():
+            task.cancel()
+        self._logins.clear()
         if self._session is not None:
             await self._session.close()
             self._session = None
