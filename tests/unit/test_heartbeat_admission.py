@@ -7,18 +7,29 @@ peer's own address, neither burns the CPU nor starves the peer's own packets.
 
 B11: a node whose wall clock steps stays alive for its peers (an alarm, not
 a suspicion); the send-time window guards only the first packet a freshly
-started receiver hears."""
+started receiver hears.
+
+And the two starvation holes a later review found in B10's budget: a flood
+at the sequence numbers an attacker could predict (they started at 1), or
+repeating one claim, drained the budget the peer's own packets share; and a
+flood naming random incarnations starved the peer's first packet after
+either side restarted."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 
 import pytest
 
+from vigil.agent.heartbeat import HeartbeatService
+from vigil.clock import SystemClock
+from vigil.config import parse_config
 from vigil.identity import KeyRing, SigningKeys, generate
 from vigil.net.admit import FAR_BURST, FAR_RATE, NEAR_BURST, TokenBucket
 from vigil.net.transport import HeartbeatReceiver
-from vigil.net.wire import REJECT_REASONS, Heartbeat, encode
+from vigil.net.wire import REJECT_REASONS, Heartbeat, ReplayGuard, encode
+from vigil.testing.keys import shared_keys
 
 T0 = 1_700_000_000.0
 INTERVAL = 0.1
@@ -186,3 +197,109 @@ def test_the_skew_alarm_clears_only_well_inside_the_window():
     for seq, off in enumerate([0.0, 2.5, 1.5, 1.2, 0.9, 0.2], start=1):
         r.receive(beat(seq, c.wall() + off), "10.0.0.2")
         assert ("b" in r.skewed) == (off in (2.5, 1.5, 1.2)), off
+
+
+# -- the starvation holes in the budget (sequence numbers, restarts) ------------
+
+def first_seq(incarnation: int) -> int:
+    """The first sequence number an agent's HeartbeatService of `incarnation` sends."""
+    keys = shared_keys("a", "b")
+    cfg = parse_config({"cluster": "prod", "node": "b", "etcd": {"endpoints": ["http://127.0.0.1:1"]},
+                        "heartbeat": {**keys["b"], "port": 1,
+                                      "peers": [{"name": "a", "addresses": ["127.0.0.1"], "port": 2}]}})
+    service = HeartbeatService(cfg, SystemClock(), incarnation, lambda changes: None,
+                               lambda: ("healthy", "leader"))
+
+    async def send() -> int:  # not started: nothing leaves, the heartbeat is only built
+        return service.send_now(extra=False).seq
+    return asyncio.run(send())
+
+
+def blind_flood(rng: random.Random, c: Clocks) -> list[bytes]:
+    """Forged packets naming b with random incarnations and sequence numbers."""
+    return [beat(rng.getrandbits(62), c.wall(), inc=rng.getrandbits(62), signer=FORGER) for _ in range(200)]
+
+
+def flooded(r: HeartbeatReceiver, c: Clocks, genuine, forged, intervals: int, per_interval: int = 2000) -> list[str]:
+    """Each interval: `per_interval` forged packets (20,000/s), then b's next genuine one;
+    the genuine verdicts. `genuine(i)` and `forged(i, j)` build the packets."""
+    verdicts = []
+    for i in range(intervals):
+        for j in range(per_interval):
+            c.mono += INTERVAL / per_interval
+            r.receive(forged(i, j), "10.0.0.2")
+        verdicts.append(r.receive(genuine(i), "10.0.0.2")[0])
+    return verdicts
+
+
+def test_each_incarnation_numbers_its_heartbeats_from_a_secret_random_start():
+    """Sequence numbers started at 1: an attacker who read the incarnation in the
+    member record knew the next one. Now no record holds the start, and the
+    64-bit field has room for 2**62 packets after it."""
+    starts = [first_seq(100 + i) for i in range(4)]
+    assert len(set(starts)) == 4 and all(0 <= s < 2**62 for s in starts), starts
+
+
+def test_a_flood_at_the_sequence_numbers_an_attacker_could_predict_starves_nothing():
+    """The review's /tmp/starve.py: 20,000 forged packets a second at what would be
+    b's next sequence number if it counted from 1 (its incarnation is public). On
+    7cf5bfd they drained the near budget and every genuine heartbeat was lost."""
+    c = Clocks()
+    r = receiver(c)
+    start = first_seq(100)
+    assert r.receive(beat(start, c.wall()), "10.0.0.2")[0] == "accepted"
+    forged = {i: beat(i + 2, c.wall(), signer=FORGER) for i in range(30)}
+    verdicts = flooded(r, c, lambda i: beat(start + 1 + i, c.wall()), lambda i, j: forged[i], 30)
+    assert verdicts == ["accepted"] * 30
+    assert r.ring.verifications - 31 <= FAR_BURST + FAR_RATE * 3 + 1
+
+
+@pytest.mark.parametrize("claim", ["ahead", "seen"])
+def test_a_forged_claim_repeated_costs_one_check_of_the_peers_budget(claim):
+    """An attacker that once learnt b's sequence numbers floods forged packets (each
+    different) claiming one of them: a number b has not reached yet, or one it sent.
+    One fails its check; repeats pay from the slow budget, not the near one b's
+    own packets need."""
+    c = Clocks()
+    r = receiver(c)
+    start = 2**61 + 12345
+    assert r.receive(beat(start, c.wall()), "10.0.0.2")[0] == "accepted"
+    target = start + 40 if claim == "ahead" else start
+    verdicts = flooded(r, c, lambda i: beat(start + 1 + i, c.wall()),
+                       lambda i, j: beat(target, c.wall() + j * 1e-6, signer=FORGER), 30)
+    assert verdicts == ["accepted"] * 30, f"{30 - verdicts.count('accepted')} genuine heartbeats lost"
+    assert r.ring.verifications - 31 <= 1 + FAR_BURST + FAR_RATE * 3 + 1
+
+
+@pytest.mark.parametrize("restarted", ["receiver", "peer"])
+def test_after_a_restart_the_incarnation_the_record_names_is_heard_under_a_blind_flood(restarted):
+    """The review's /tmp/starve2.py: forged packets naming random incarnations drained
+    the only budget a new incarnation had (2/s), so b was never heard while the flood
+    lasted, after our restart or after b's. Its member record (only b writes it) names
+    its incarnation: packets claiming that one have a budget of their own."""
+    c, rng = Clocks(), random.Random(3)
+    r = receiver(c)
+    inc = 100
+    if restarted == "peer":
+        r.expect("b", 100)
+        assert r.receive(beat(first_seq(100), c.wall()), "10.0.0.2")[0] == "accepted"
+        inc = 200  # b restarts; its new record is read
+    r.expect("b", inc)
+    r.expect("zz", 7)  # not tracked: no hint
+    r.expect("c", 0)  # a record that names none: no hint
+    assert r.expected == {"b": inc}
+    start, pool = first_seq(inc), blind_flood(rng, c)
+    before = r.ring.verifications
+    verdicts = flooded(r, c, lambda i: beat(start + i, c.wall(), inc=inc), lambda i, j: pool[j % len(pool)], 30)
+    assert verdicts == ["accepted"] * 30, f"{verdicts.count('rate_limited')} genuine heartbeats lost"
+    assert r.ring.verifications - before - 30 <= FAR_BURST + FAR_RATE * 3 + 1
+    r.untrack("b")
+    assert "b" not in r.expected
+
+
+def test_the_replay_window_takes_any_jump_of_the_64_bit_sequence_number():
+    """Shifting the window by the jump itself would allocate 2**63 bits."""
+    g = ReplayGuard()
+    assert g.check(1, 5) == "accepted" and g.check(1, 2**64 - 1) == "accepted"
+    assert g.check(1, 2**64 - 1) == "duplicate" and g.check(1, 5) == "replayed"
+    assert g.check(1, 2**64 - 3) == "accepted" and g.peek(1, 2**64 - 2) == "accepted"

@@ -125,7 +125,9 @@ class Agent:
                                     restart_server=self._restart_server)
         self.reconciler = Reconciler(cfg, self.clock, self.store, self.keys, self.registry, self.events.record,
                                      self.leadership, self.heartbeats.peers, link, self.wake, fencer,
-                                     self.controller, lambda: self.health.verdict)
+                                     self.controller, lambda: self.health.verdict,
+                                     lambda snap: self.heartbeats.expect(
+                                         {n: rec.incarnation for n, rec in snap.members.items()}))
         self.payloads = PayloadPublisher(self.store, self.keys, cfg.node, self.clock,
                                          lambda: self.session.lease_id if self.session_ok() else 0)
         self.inference = (InferenceSupervisor(cfg.inference, self.data_dir, self.clock, self._on_inference,

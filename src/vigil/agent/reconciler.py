@@ -65,10 +65,12 @@ class Reconciler:
     def __init__(self, cfg: NodeConfig, clock: Clock, store: Store, keys: Keys, registry: Registry,
                  record: Any, leadership: Leadership, peers: PeerTable, link: SessionLink,
                  wake: asyncio.Event, fencer: Fencer | None = None, controller: Controller | None = None,
-                 verdict: Callable[[], Verdict] = Verdict):
+                 verdict: Callable[[], Verdict] = Verdict,
+                 on_snapshot: Callable[[Snapshot], None] = lambda snap: None):
         self.cfg, self.clock, self.store, self.keys, self.registry = cfg, clock, store, keys, registry
         self.record, self.leadership, self.peers, self.link, self.wake = record, leadership, peers, link, wake
         self.fencer, self.controller, self.verdict = fencer, controller, verdict
+        self.on_snapshot = on_snapshot  # every snapshot a cycle reads (the heartbeat receiver's hints)
         self.damper = FlapDamper(cfg.health.damping)
         self._holds_written: set[str] = set()
         self.last = Wait("starting")
@@ -158,6 +160,7 @@ class Reconciler:
         if await self._abandon_stale_fences(snap):
             snap = await self.registry.snapshot()
         self.snapshot = snap
+        self.on_snapshot(snap)
         self._report_bad_records(snap)
         view = self.view(snap)
         if self.fencer:

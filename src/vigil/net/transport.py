@@ -12,9 +12,12 @@ Contract:
 - Cheap checks first: the header is parsed and the node, the source address
   and the sequence number are judged before the Ed25519 signature (~60 µs).
   What still needs a verification is bounded per source address
-  (vigil.net.admit): a stranger's flood costs a parse per packet, not a
-  verify, and cannot starve the peer's own packets. Only verified packets
-  move the replay window.
+  (vigil.net.admit), in buckets kept apart for the incarnation we hold, the
+  one the node's member record names (`expect`) and anything else, where an
+  (incarnation, sequence) whose packet once failed its check also pays: a
+  blind flood costs a parse per packet, not a verify, and cannot starve the
+  peer's own packets, not even its first after either side restarts. Only
+  verified packets move the replay window.
 - The send time is not a liveness condition. A packet sent more than
   `max_skew` seconds from our wall clock is refused ("stale") only when it
   does not advance the replay window of an incarnation we already hold: the
@@ -39,7 +42,7 @@ from typing import Any, Callable
 
 from vigil.errors import WireError
 from vigil.identity import KeyRing, SigningKeys
-from vigil.net.admit import VerifyBudget
+from vigil.net.admit import EXPECTED, FAR, NEAR, FailedClaims, VerifyBudget
 from vigil.net.wire import Heartbeat, ReplayGuard, Unverified, encode, parse
 
 log = logging.getLogger(__name__)
@@ -63,7 +66,8 @@ class HeartbeatReceiver:
                  wall: Callable[[], float], max_skew: float = DEFAULT_MAX_SKEW,
                  monotonic: Callable[[], float] = time.monotonic, interval: float = DEFAULT_INTERVAL):
         self.cluster, self.me, self.ring, self.wall, self.max_skew = cluster, me, ring, wall, max_skew
-        self.monotonic, self.budget = monotonic, VerifyBudget(interval)
+        self.monotonic, self.budget, self.failed = monotonic, VerifyBudget(interval), FailedClaims()
+        self.expected: dict[str, int] = {}  # node -> the incarnation its member record names
         self.guards: dict[str, ReplayGuard] = {}
         self.sources: dict[str, frozenset[str]] = {}
         self._recent: dict[str, dict[tuple[int, int], bytes]] = {}
@@ -80,11 +84,21 @@ class HeartbeatReceiver:
         self._recent.setdefault(peer, {})
         self.sources[peer] = frozenset(addresses)
 
+    def expect(self, peer: str, incarnation: int) -> None:
+        """`peer`'s member record names `incarnation`: its packets get a budget of
+        their own until we hold that incarnation (vigil.net.admit). Only the node
+        writes its record, so the hint is trusted; 0 (none named) and untracked
+        peers are ignored."""
+        if peer in self.guards and isinstance(incarnation, int) and incarnation > 0:
+            self.expected[peer] = incarnation
+
     def untrack(self, peer: str) -> None:
         """Forget `peer` (the router drops a member name whose record went): its
         packets are `unknown_node` again until it is tracked anew."""
-        for held in (self.guards, self.sources, self._recent, self._verified_at, self.skew, self.skewed):
+        for held in (self.guards, self.sources, self._recent, self._verified_at, self.skew, self.skewed,
+                     self.expected):
             held.pop(peer, None)
+        self.failed.forget(peer)
 
     def receive(self, packet: bytes, source: str) -> tuple[str, Heartbeat | None]:
         try:
@@ -111,20 +125,31 @@ class HeartbeatReceiver:
         if expect == "duplicate" and self._recent[node].get((inc, seq)) == packet:
             return "duplicate", u.hb  # byte for byte a packet we verified: its second link works
         now = self.monotonic()
-        if not self.budget.allow(source, self._near(node, guard, inc, seq, now), now):
+        if not self.budget.allow(source, self._kind(node, guard, inc, seq, now), now):
             return "rate_limited", None
-        hb = u.verify(self.ring)
+        try:
+            hb = u.verify(self.ring)
+        except WireError as e:
+            if e.reason == "forged":
+                self.failed.add(node, inc, seq)
+            raise
         if self._skewed(hb) and not (inc == guard.incarnation and seq > guard.highest):
             return "stale", None  # it would start a replay window, or fill a gap in one
         verdict = guard.check(inc, seq)
         self._remember(node, u, packet, now)
         return verdict, hb
 
-    def _near(self, node: str, guard: ReplayGuard, inc: int, seq: int, now: float) -> bool:
-        """In the incarnation we know, and no further ahead than the node can have sent."""
-        if inc != guard.incarnation:
-            return False
-        return seq <= self.budget.near_limit(guard.highest, now - self._verified_at.get(node, now))
+    def _kind(self, node: str, guard: ReplayGuard, inc: int, seq: int, now: float) -> str:
+        """Which bucket pays: NEAR in the incarnation we hold, no further ahead than
+        the node can have sent; EXPECTED in the one its member record names (an
+        older one never gets here: peek calls it replayed); else FAR, and FAR for
+        a claim that failed its check before, so repeating it drains no other."""
+        if (node, inc, seq) in self.failed:
+            return FAR
+        if inc == guard.incarnation:
+            limit = self.budget.near_limit(guard.highest, now - self._verified_at.get(node, now))
+            return NEAR if seq <= limit else FAR
+        return EXPECTED if inc == self.expected.get(node) else FAR
 
     def _remember(self, node: str, u: Unverified, packet: bytes, now: float) -> None:
         recent = self._recent[node]

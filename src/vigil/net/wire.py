@@ -216,8 +216,8 @@ class ReplayGuard:
             self.incarnation, self.highest, self._seen = incarnation, seq, 1
             return "accepted"
         if seq > self.highest:
-            shift = seq - self.highest
-            self._seen = ((self._seen << shift) | 1) & ((1 << self.window) - 1)
+            shift = seq - self.highest  # up to 2**64: never shift by it (a jump clears the window)
+            self._seen = ((self._seen << shift) | 1) & ((1 << self.window) - 1) if shift < self.window else 1
             self.highest = seq
             return "accepted"
         offset = self.highest - seq

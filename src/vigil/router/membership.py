@@ -194,6 +194,7 @@ class Membership:
         self._unbad(ev.key)
         # Heartbeats count only from the addresses the node's own record names.
         self.receiver.track(name, set(rec.heartbeat_addresses))
+        self.receiver.expect(name, rec.incarnation)  # only the node writes it: its restart is heard under a flood
         self.peers.add(name)
         b = self._backend(name)
         b.gone, b.url = False, rec.inference_url
