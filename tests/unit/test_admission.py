@@ -66,7 +66,7 @@ def table(n: int, threshold: float) -> RoutingTable:
     t = RoutingTable(panic_threshold=threshold)
     for i in range(n):
         b = t.backend(f"n{i}")
-        b.url, b.ready = f"http://n{i}", True
+        b.url, b.ready, b.heard = f"http://n{i}", True, True  # heartbeats heard: routable (B5)
     return t
 
 
