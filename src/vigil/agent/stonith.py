@@ -103,27 +103,23 @@ class Fencer:
         # Hold everyone else back while we fence: if the lease expires meanwhile, no one may
         # take the role of a node that is not yet confirmed off. Under our lease: if we die
         # or lose etcd mid-fence the marker goes with us; if we abandon the attempt (an etcd
-        # error, a revoke that failed) the next reconcile cycle removes it. Written while the
-        # first device works (the takeover's critical path), awaited before anything follows.
-        marker = asyncio.ensure_future(self.registry.block_fencing(
+        # error, a revoke that failed) the next reconcile cycle removes it. Written before any
+        # device acts, never beside it: a fencer cut off from etcd decided on a view that may
+        # be stale (the chaos run saw an isolated standby count an old suspicion and power a
+        # healthy leader off while its marker write was still timing out). One etcd write.
+        await self.registry.block_fencing(
             leader.name, {"reason": f"fencing in progress by {self.node}", "state": "in_progress",
-                          "by": self.node, "at": self.clock.wall()}, my_lease))
-        try:
-            errors = []
-            for level, device in enumerate(self.devices[leader.name], start=1):
-                try:
-                    await device.fence()
-                except FencingFailed as e:
-                    errors.append(f"level {level} ({device.name}): {e}")
-                    self.record("fencing_level_failed", str(e), subject=leader.name, level=level)
-                    continue
-                await marker
-                return await self._confirmed(leader, device.name, level,
-                                             round((self.clock.now() - t0) * 1000, 1))
-            await marker  # before the "failed" marker replaces it, never after
-        finally:
-            if not marker.done():
-                marker.cancel()
+                          "by": self.node, "at": self.clock.wall()}, my_lease)
+        errors = []
+        for level, device in enumerate(self.devices[leader.name], start=1):
+            try:
+                await device.fence()
+            except FencingFailed as e:
+                errors.append(f"level {level} ({device.name}): {e}")
+                self.record("fencing_level_failed", str(e), subject=leader.name, level=level)
+                continue
+            return await self._confirmed(leader, device.name, level,
+                                         round((self.clock.now() - t0) * 1000, 1))
         why = "; ".join(errors)
         await self.registry.block_fencing(leader.name, {"reason": why, "state": "failed", "by": self.node,
                                                         "at": self.clock.wall()})
