@@ -104,8 +104,10 @@ def get_json(url: str) -> dict:
         return json.load(r)
 
 
-def trial_flood(root: Path, seconds: float, rate: float) -> dict:
-    lab = Lab.up(root / "lab", 3, model=True, router=True, fencing=True, workload={"generate": "none"})
+def trial_flood(root: Path, seconds: float, rate: float, old: bool = False) -> dict:
+    # `old`: the lab's processes run 7cf5bfd, which knows no continuation key
+    lab = Lab.up(root / "lab", 3, model=True, router=True, fencing=True,
+                 workload={"generate": "none", "continue_key": not old})
     try:
         names = [n.name for n in lab.nodes]
         leader, token = lab.leader()
@@ -224,7 +226,7 @@ def main() -> int:
         if args.children_path:  # the lab's processes run that code; this harness keeps its own
             os.environ["PYTHONPATH"] = args.children_path
         root = Path(tempfile.mkdtemp(prefix=f"vigil-hostile-{args.inner}-"))
-        doc = trial_flood(root, args.flood, args.rate) if args.inner == "flood" else trial_clockstep(root, args.hold)
+        doc = trial_flood(root, args.flood, args.rate, bool(args.children_path)) if args.inner == "flood" else trial_clockstep(root, args.hold)
         Path(args.out).write_text(json.dumps(doc))
         return 0
     if args.render:  # the table again from the stored runs (no lab)

@@ -102,8 +102,9 @@ class Lab(LabObservation):
         keeps those but gives the agents no fencing devices (takeover waits for the lease).
         `secure`: etcd with TLS, client certificates, users and roles (vigil.lab.secure).
         `workload`: {"requires", "declare": {node: ...}, "flap_threshold", "router_queue_wait",
-        "etcd_leader_apart", "generate", "router_retry"}: health.requires, declared values per node, flap
-        damping, router queue_wait, etcd.local_member first, the generative model, router `retry:`."""
+        "etcd_leader_apart", "generate", "router_retry", "continue_key"}: health.requires, declared values
+        per node, flap damping, router queue_wait, etcd.local_member first, the generative model, router
+        `retry:`, whether routers and model servers share a continuation key (default true)."""
         if not (3 if net else 1) <= n <= 32:
             raise ConfigError("--nodes", n, "a lab has 1 to 32 nodes (3 to 32 in namespaces: an etcd "
                                             "member beside each of the first 3)")
@@ -192,7 +193,7 @@ class Lab(LabObservation):
         cfg = self.front.router_config(self.cluster, node.name, node.host, self._etcd_block("router"),
                                        str(self.root / "keys" / "cluster.keyring"),
                                        secure_lab.admin_block(self.root) if self.etcd.tls else {})
-        cfg["retry"]["continue_key_file"] = str(self.root / "keys" / CONTINUE_KEY)
+        cfg["retry"].update(self._continue_key())
         return cfg
 
     def _etcd_block(self, name: str, local: Any = None) -> dict[str, Any]:
@@ -207,13 +208,20 @@ class Lab(LabObservation):
     def _inference_config(self, node: LabNode) -> dict[str, Any]:
         if not node.server_url:
             return {}
-        port = node.server_url.rsplit(":", 1)[1]
+        port, key = node.server_url.rsplit(":", 1)[1], self._continue_key()
         return {"inference": {
             "url": node.server_url, "canary_interval": 0.5, "canary_timeout": 1.0,
             "load_interval": 0.1, "silence_window": 0.5, "stall_window": 5.0,
             "command": [sys.executable, "-m", "vigil", "serve-model", "--port", port, "--host", node.host,
                         "--node", node.name, "--fault-injection", *generate_args(self.workload),
-                        "--continue-key-file", str(self.root / "keys" / CONTINUE_KEY)]}}
+                        *(["--continue-key-file", key["continue_key_file"]] if key else [])]}}
+
+    def _continue_key(self) -> dict[str, str]:
+        # workload continue_key: false leaves it out (bench/hostile.py runs 7cf5bfd's
+        # processes in this lab, which know no such option)
+        if not self.workload.get("continue_key", True):
+            return {}
+        return {"continue_key_file": str(self.root / "keys" / CONTINUE_KEY)}
 
     def router_config(self) -> dict[str, Any]:
         assert self.router is not None
@@ -225,7 +233,7 @@ class Lab(LabObservation):
                 "heartbeat": {"address": "127.0.0.1", "port": self.router.heartbeat_port,
                               "keyring_file": str(self.root / "keys" / "cluster.keyring")},
                 "retry": {"per_try_timeout": 3.0, "max_attempts": 3, **self.workload.get("router_retry", {}),
-                          "continue_key_file": str(self.root / "keys" / CONTINUE_KEY)},
+                          **self._continue_key()},
                 **({"admission": {"queue_wait": w}} if (w := self.workload.get("router_queue_wait")) else {})}
 
     @classmethod
