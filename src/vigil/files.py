@@ -46,6 +46,8 @@ def check_owner(path: Path, field: str, secret: bool = False) -> None:
     may write these files owns the machine. A `secret` (a signing key, a
     password or token file, a TLS key) must also be unreadable by group and
     others. Raises ConfigError (or OSError)."""
+    if "\x00" in str(path):  # os.stat would raise ValueError, which no caller expects
+        raise ConfigError(field, repr(str(path)), "contains a NUL byte: give the path of a file")
     st = path.stat()
     me = os.geteuid()
     _check_writer(path, st, field, me, "file")

@@ -325,3 +325,12 @@ def test_an_agents_etcd_user_is_its_node_name(tmp_path):
         parse_config(good(etcd=etcd))
     assert e.value.field == "etcd.user" and "vigil etcd-auth init" in str(e.value)
     assert parse_config(good(etcd=etcd | {"user": good()["node"]})).etcd.user == good()["node"]
+
+
+def test_a_path_with_a_nul_byte_is_named_not_a_crash(tmp_path):
+    """Found by the 200,000-example exploring run of the config fuzz targets: a key
+    file path of "\\x00" raised ValueError (embedded null byte) from os.stat."""
+    for field in ("signing_key_file", "keyring_file"):
+        with pytest.raises(ConfigError) as e:
+            parse_config(good(heartbeat={**good()["heartbeat"], field: "keys/\x00"}))
+        assert e.value.field.endswith(field) and "NUL" in str(e.value)
