@@ -14,22 +14,12 @@ import json
 import secrets
 
 import aiohttp
-import pytest
 
-from tests.integration.test_stream_resume import Front, body_for, read_stream
+from tests.integration.test_stream_resume import Front, body_for, front, read_stream  # noqa: F401 (front: a fixture)
 from vigil.router import continue_sign
 from vigil.serve.generate import ReferenceLM
 
 KEY = bytes.fromhex("5e" * 32)
-
-
-@pytest.fixture
-async def front():
-    f = Front()
-    try:
-        yield f
-    finally:
-        await f.stop()
 
 
 def url_of(front: Front, name: str) -> str:

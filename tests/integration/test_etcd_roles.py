@@ -10,7 +10,6 @@ on (three members, with TLS and users as the secure lab sets them up)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import shutil
 import subprocess
@@ -20,16 +19,14 @@ from pathlib import Path
 
 import pytest
 
-from vigil.agent.daemon import Agent
+from tests.integration.agentharness import agents_running
 from vigil.agent.stonith import Fencer
 from vigil.clock import SystemClock
-from vigil.config import parse_config
 from vigil.core.view import LeaderInfo
 from vigil.errors import StoreError
 from vigil.files import read_secret
 from vigil.lab import secure as secure_lab
 from vigil.lab.etcd import EtcdCluster
-from vigil.procs import free_ports
 from vigil.stonith.devices import FenceDevice
 from vigil.store.etcd import EtcdStore
 from vigil.store.keys import Keys
@@ -157,28 +154,9 @@ async def test_a_fencer_that_may_not_revoke_the_lease_removes_the_leader_key(etc
             await s.close()
 
 
-@contextlib.asynccontextmanager
-async def agents_on_their_own_credentials(tmp_path, etcd):
-    ports = {n: free_ports(2) for n in NODES[:2]}
-    agents = []
-    for node in ports:
-        peers = [{"name": p, "addresses": ["127.0.0.1"], "port": ports[p][1]} for p in ports if p != node]
-        cfg = parse_config({"cluster": CLUSTER, "node": node, "data_dir": str(tmp_path / node),
-                            "etcd": secure_lab.etcd_block(etcd.root, etcd.endpoints, node),
-                            "api": {"port": ports[node][0]},
-                            "heartbeat": {**HB[node], "port": ports[node][1], "peers": peers}})
-        agents.append(Agent(cfg))
-    stop = asyncio.Event()
-    tasks = [asyncio.get_running_loop().create_task(a.run(stop)) for a in agents]
-    try:
-        yield agents
-    finally:
-        stop.set()
-        await asyncio.gather(*tasks)
-
-
 async def test_agents_on_per_node_credentials_elect_and_hand_over(tmp_path, etcd):
-    async with agents_on_their_own_credentials(tmp_path, etcd) as agents:
+    async with agents_running(tmp_path, CLUSTER, NODES[:2], HB,
+                              lambda node: secure_lab.etcd_block(etcd.root, etcd.endpoints, node)) as agents:
         def leader():
             return next((a for a in agents if a.is_leader()), None)
         first = await wait_until(leader, 30, "a leader elected on per-node credentials")

@@ -6,13 +6,9 @@ agent "following ghost" for good. Two real agents in-process on a real etcd."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 
-from vigil.agent.daemon import Agent
-from vigil.config import parse_config
-from vigil.procs import free_ports
+from tests.integration.agentharness import agents_running
 from vigil.store.base import Expect
 from vigil.store.etcd import EtcdStore
 from vigil.store.events import read_events
@@ -24,23 +20,8 @@ NODES = ("n1", "n2")
 KEYS = shared_keys(*NODES)
 
 
-@contextlib.asynccontextmanager
-async def two_agents(tmp_path, endpoints: list[str], cluster: str):
-    ports = dict(zip(NODES, (free_ports(2) for _ in NODES)))
-    agents = []
-    for node in NODES:
-        peers = [{"name": p, "addresses": ["127.0.0.1"], "port": ports[p][1]} for p in NODES if p != node]
-        cfg = parse_config({"cluster": cluster, "node": node, "data_dir": str(tmp_path / node),
-                            "etcd": {"endpoints": endpoints}, "api": {"port": ports[node][0]},
-                            "heartbeat": {**KEYS[node], "port": ports[node][1], "peers": peers}})
-        agents.append(Agent(cfg))
-    stop = asyncio.Event()
-    tasks = [asyncio.get_running_loop().create_task(a.run(stop)) for a in agents]
-    try:
-        yield agents
-    finally:
-        stop.set()
-        await asyncio.gather(*tasks)
+def two_agents(tmp_path, endpoints: list[str], cluster: str):
+    return agents_running(tmp_path, cluster, NODES, KEYS, lambda node: {"endpoints": endpoints})
 
 
 def leading(agents):
