@@ -44,12 +44,14 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from vigil.clock import Clock
+from vigil.core.records import BadRecord, Limits, decode_object
 from vigil.errors import LeaseNotFound, StoreError
 from vigil.store.base import Expect, Store
 from vigil.store.keys import Keys
 
 MAX_KEPT_BODY = 64 << 10  # a larger answer is kept as its digest only
 MAX_VALUE = 4 * MAX_KEPT_BODY  # base64 of the body, headers and the rest
+MARKER_LIMITS = Limits(MAX_VALUE, 8, MAX_VALUE)
 MAX_HEADERS, MAX_HEADER = 64, 4096
 STATES = ("in_flight", "done")
 MAX_RECLAIMABLE = 10_000
@@ -92,15 +94,11 @@ def encode_marker(m: Marker) -> str:
 
 
 def parse_marker(value: str) -> Marker | BadMarker:
-    """Bytes from etcd to a Marker, or a BadMarker naming what is wrong."""
-    if len(value) > MAX_VALUE:
-        return BadMarker(f"{len(value)} bytes, over {MAX_VALUE}")
-    try:
-        d = json.loads(value)
-    except (ValueError, RecursionError) as e:
-        return BadMarker(f"not JSON ({str(e)[:80]})")
-    if not isinstance(d, dict):
-        return BadMarker("not a JSON object")
+    """Bytes from etcd to a Marker, or a BadMarker naming what is wrong (decoded
+    within bounds by vigil.core.records: a kept answer's base64 is one long string)."""
+    d = decode_object("marker", value, MARKER_LIMITS)
+    if isinstance(d, BadRecord):
+        return BadMarker(d.problem)
     state, fp, router, claimant = d.get("state"), d.get("fp"), d.get("router", ""), d.get("claimant", "")
     if state not in STATES:
         return BadMarker(f"state is none of {', '.join(STATES)}")

@@ -31,9 +31,9 @@ from typing import Any, Callable
 from vigil.core.jobs import (ChunkRecord, JobRecordError, JobSpec, Progress, chunk_inputs, parse_spec, progress_record,
                              result_from, shard_of)
 from vigil.core.payloads import PayloadRecord, parse_payload_record
-from vigil.core.records import BadRecord, Limits, decode_json, decode_object, node_name, snippet, unix_time
+from vigil.core.records import BadRecord, decode_object, node_name, snippet, unix_time
 from vigil.core.view import NODE_STATES, Switchover
-from vigil.store.idem import MAX_VALUE as IDEM_MAX, BadMarker, Marker, parse_marker
+from vigil.store.idem import BadMarker, Marker, parse_marker
 from vigil.store.keys import Keys
 from vigil.store.member_record import MemberRecord, parse_member
 
@@ -187,11 +187,7 @@ def parse_job_result(key: str, text: str) -> ChunkRecord | BadRecord:
 
 
 def parse_idem_marker(key: str, text: str) -> Marker | BadRecord:
-    """<root>-idem/<cluster>/<digest>: an Idempotency-Key marker (vigil.store.idem),
-    within the decoder's bounds first (a kept answer's base64 is one long string)."""
-    bounded = decode_json(key, text, Limits(IDEM_MAX, 8, IDEM_MAX))
-    if isinstance(bounded, BadRecord):
-        return bounded
+    """<root>-idem/<cluster>/<digest>: an Idempotency-Key marker (vigil.store.idem)."""
     m = parse_marker(text)
     return BadRecord(key, m.reason) if isinstance(m, BadMarker) else m
 
