@@ -32,6 +32,7 @@ from vigil.clock import Clock
 from vigil.resources.guard import TOKEN_HEADER
 from vigil.resources.signed import gateway_name, sign_request
 from vigil.identity import SigningKeys
+from vigil.logfile import BoundedLog
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ class Controller:
         """`signing`: this node's current signing keys (they change on a key reload)."""
         self.node, self.signing, self.clock, self.record = node, signing, clock, record
         self.leadership, self.gateway, self.register, self.interval = leadership, gateway, register, interval
-        self.acks = acks
+        self.acks = BoundedLog(acks, ACKS_MAX_BYTES) if acks is not None else None
         self.accepted = 0
         self.rejected = 0
         self._task: asyncio.Task | None = None
@@ -93,10 +94,6 @@ class Controller:
     def _acknowledged(self, token: int, value: int) -> None:
         if self.acks is None:
             return
-        line = json.dumps({"node": self.node, "token": token, "register": self.register,
-                           "value": value, "at": time.time()})
-        with open(self.acks, "a") as f:  # no fsync: a killed process loses nothing written
-            f.write(line + "\n")
-            rotate = f.tell() > ACKS_MAX_BYTES
-        if rotate:  # keep the newest two files' worth: about a day at the default interval
-            self.acks.replace(self.acks.with_name(self.acks.name + ".1"))
+        # the newest two files' worth: about a day at the default interval
+        self.acks.append(json.dumps({"node": self.node, "token": token, "register": self.register,
+                                     "value": value, "at": time.time()}))
