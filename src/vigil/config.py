@@ -16,10 +16,11 @@ from urllib.parse import urlparse
 
 from vigil.core.timing import WATCHDOG_MODES, WATCHDOG_REQUIRED, Timing, fitting_timeout, validate_timing
 from vigil.errors import ConfigError, VigilError
+from vigil.etcd_config import EtcdConfig, parse_etcd
 from vigil.fields import (check_address, check_addresses, check_int, check_mapping, check_name,
                           check_port)
 from vigil.stonith.config import FencingConfig, parse_fencing
-from vigil.files import check_secret, read_secret, read_yaml
+from vigil.files import check_secret, read_yaml
 from vigil.probes.config import HealthConfig, parse_health
 from vigil.heartbeat_keys import HeartbeatKeys, parse_heartbeat_keys, ring_covers
 from vigil.resources.signed import gateway_name
@@ -43,26 +44,6 @@ class Observer:
 
     address: str
     port: int
-
-
-@dataclass(frozen=True)
-class EtcdConfig:
-    endpoints: tuple[str, ...]
-    ca_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
-    user: str | None = None  # etcd auth (roles: docs/operations.md)
-    password: str | None = field(default=None, repr=False)
-    # The etcd member on this node's machine, if any: while this node leads, etcd's raft
-    # leader is moved off it (vigil.store.raft_leader).
-    local_member: str | None = None
-
-    def store(self, timeout: float):
-        """An EtcdStore for these endpoints, TLS files and credentials."""
-        from vigil.store.etcd import EtcdStore
-
-        return EtcdStore(list(self.endpoints), timeout, self.ca_file, self.cert_file, self.key_file,
-                         self.user, self.password)
 
 
 @dataclass(frozen=True)
@@ -150,7 +131,7 @@ def parse_config(raw: Any, base_dir: Path = Path(".")) -> NodeConfig:
     level = str(d.get("log_level", "info")).lower()
     if level not in ("debug", "info", "warning", "error"):
         raise ConfigError("log_level", level, "use one of debug, info, warning, error")
-    etcd = _etcd(d.get("etcd"), base_dir)
+    etcd = parse_etcd(d.get("etcd"), base_dir)
     if etcd.user is not None and etcd.user != node:
         raise ConfigError("etcd.user", etcd.user, f"an agent's etcd user is its node name ({node}): only "
                           f"that user holds the role that may write members/{node} "
@@ -218,15 +199,6 @@ def _loopback(host: str) -> bool:
         return host == "localhost"
 
 
-def check_etcd_auth(endpoints: list[str] | tuple[str, ...], user: str | None, field: str) -> None:
-    """Refuse etcd credentials sent to an http:// endpoint (the password, then every
-    token, would cross the network in cleartext). Raises ConfigError."""
-    plain = [e for e in endpoints if not str(e).startswith("https://")]
-    if user and plain:
-        raise ConfigError(field, user, f"etcd auth over {plain[0]} would send the password and every token "
-                                       "in cleartext: use https:// endpoints (with the etcd CA), or no etcd user")
-
-
 def _peers(v: Any, me: str) -> tuple[Peer, ...]:
     if not isinstance(v, list):
         raise ConfigError("heartbeat.peers", v, "must be a list of {name, addresses, port}")
@@ -252,37 +224,6 @@ def _observers(v: Any) -> tuple[Observer, ...]:
         out.append(Observer(check_address(o.get("address"), f"heartbeat.observers[{i}].address"),
                             check_port(o.get("port"), f"heartbeat.observers[{i}].port")))
     return tuple(out)
-
-
-def _etcd(v: Any, base: Path = Path(".")) -> EtcdConfig:
-    d = check_mapping(v, "etcd", {"endpoints", "ca_file", "cert_file", "key_file", "user", "password_file",
-                                  "local_member"})
-    eps = d.get("endpoints")
-    if isinstance(eps, str):
-        eps = [eps]
-    if not isinstance(eps, list) or not eps:
-        raise ConfigError("etcd.endpoints", eps, "list at least one URL such as http://127.0.0.1:2379")
-    for i, ep in enumerate(eps):
-        u = urlparse(str(ep))
-        if u.scheme not in ("http", "https") or not u.hostname or u.port is None:
-            raise ConfigError(f"etcd.endpoints[{i}]", ep, "must be http(s)://HOST:PORT")
-    tls = {k: d.get(k) for k in ("ca_file", "cert_file", "key_file")}
-    for k, f in tls.items():
-        if f is not None and not Path(str(f)).is_file():
-            raise ConfigError(f"etcd.{k}", f, "file not found; give the path of a PEM file")
-    if tls["key_file"]:
-        check_secret(str(tls["key_file"]), "etcd.key_file")
-    if any(str(e).startswith("https") for e in eps) and not tls["ca_file"]:
-        raise ConfigError("etcd.ca_file", None, "https endpoints need ca_file (the etcd CA certificate)")
-    if ("user" in d) != ("password_file" in d):
-        raise ConfigError("etcd.user", d.get("user"), "give both etcd.user and etcd.password_file "
-                                                      "(etcd auth), or neither")
-    user = check_name(d, "user", "etcd.user") if "user" in d else None
-    check_etcd_auth(eps, user, "etcd.user")
-    password = read_secret(base / str(d["password_file"]), "etcd.password_file") if "password_file" in d \
-        else None
-    local = check_name(d, "local_member", "etcd.local_member") if "local_member" in d else None
-    return EtcdConfig(tuple(str(e) for e in eps), **tls, user=user, password=password, local_member=local)
 
 
 def _timing(v: Any) -> Timing:

@@ -46,7 +46,7 @@ def gateway(args) -> int:
     logging.basicConfig(level="INFO", stream=sys.stderr)
     from aiohttp import web
 
-    from vigil.config import check_etcd_auth
+    from vigil.etcd_config import check_etcd_auth
     from vigil.resources.guard import TokenGuard
     from vigil.resources.actuator import ActuatorGateway, ModbusPlc
     from vigil.resources.signed import RequestVerifier

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from vigil.config import check_etcd_auth, load_config
+from vigil.config import load_config
+from vigil.etcd_config import check_etcd_auth
 from vigil.errors import ConfigError
 from vigil.files import read_secret
 from vigil.store.etcd import EtcdStore

@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vigil.config import EtcdConfig, _api_security, _etcd, _timing
+from vigil.config import _api_security, _timing
+from vigil.etcd_config import EtcdConfig, parse_etcd
 from vigil.heartbeat_keys import HeartbeatKeys, parse_heartbeat_keys
 from vigil.core.allowlist import BackendAllowlist
 from vigil.core.timing import Timing
@@ -109,7 +110,7 @@ def parse_router_config(raw: Any, base_dir: Path = Path(".")) -> RouterConfig:
     hb = check_mapping(d.get("heartbeat"), "heartbeat", {"address", "port", "key", "key_file", "keyring_file",
                                                     "max_clock_skew"})
     cfg = RouterConfig(
-        cluster=check_name(d, "cluster"), etcd=_etcd(d.get("etcd"), base_dir), keys=parse_heartbeat_keys(hb, base_dir, None),
+        cluster=check_name(d, "cluster"), etcd=parse_etcd(d.get("etcd"), base_dir), keys=parse_heartbeat_keys(hb, base_dir, None),
         listen_host=check_address(listen.get("host", "127.0.0.1"), "listen.host"),
         listen_port=check_port(listen.get("port", 8080), "listen.port"),
         heartbeat_address=check_address(hb.get("address", "127.0.0.1"), "heartbeat.address"),
