@@ -245,8 +245,16 @@ def _pause(c: Chaos, node: str, _: Step) -> Callable[[], bool | None]:
     return heal
 
 
-def _isolate(c: Chaos, node: str, _: Step) -> Callable[[], None]:
+def _isolate(c: Chaos, node: str, step: Step) -> Callable[[], None]:
     i = int(node[1:])
+    if step.target == "standby":
+        # The standby's machine also runs an etcd member: were it raft leader, cutting it
+        # off would be an etcd election as well (an etcd fault, the etcd_* steps' business),
+        # and the leader, finding etcd mute for longer than its lease margin, would demote.
+        netns = c.lab.node(node).netns
+        for m in c.lab.etcd.members:
+            if m.netns == netns:
+                c.lab.etcd.move_leader_off(m.name)
     c.net.partition([i], [j for j in range(1, len(c.lab.nodes) + 1) if j != i])
     return c.net.heal
 

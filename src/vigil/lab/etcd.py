@@ -1,5 +1,5 @@
-"""Local etcd members for the lab: find the binary, start, stop, find the
-raft leader. Timers: heartbeat 100 ms, election 500 ms, so etcd grants
+"""Local etcd members for the lab: find the binary, start, stop, find (and
+move) the raft leader. Timers: heartbeat 100 ms, election 500 ms, so etcd grants
 leases as short as 1 s and elects a new leader in about 0.5 s; pre-vote on."""
 
 from __future__ import annotations
@@ -146,15 +146,35 @@ class EtcdCluster:
         """Name of the member that is raft leader now, or None."""
         for m in self.members:
             try:
-                with urllib.request.urlopen(urllib.request.Request(
-                        f"{m.client_url}/v3/maintenance/status", data=b"{}", method="POST"),
-                        timeout=0.5, context=self.context()) as r:
-                    st = json.load(r)
+                st = self._status(m)
             except (OSError, ValueError):
                 continue
             if st.get("leader") and st.get("leader") == st.get("header", {}).get("member_id"):
                 return m.name
         return None
+
+    def _status(self, m: EtcdMember) -> dict:
+        with urllib.request.urlopen(urllib.request.Request(
+                f"{m.client_url}/v3/maintenance/status", data=b"{}", method="POST"),
+                timeout=0.5, context=self.context()) as r:
+            return json.load(r)
+
+    def move_leader_off(self, name: str, timeout: float = 10.0) -> None:
+        """If member `name` leads raft, hand the leadership to another member
+        (etcd's MoveLeader, asked of the leader) and wait until that one leads, so
+        a fault meant for the machine `name` shares with a node is not also an
+        etcd election. Raises VigilError."""
+        if self.leader() != name:
+            return
+        me = self.member(name)
+        target = str(self._status(next(m for m in self.members if m.name != name))["header"]["member_id"])
+        with urllib.request.urlopen(urllib.request.Request(
+                f"{me.client_url}/v3/maintenance/transfer-leadership",
+                data=json.dumps({"targetID": target}).encode(), method="POST"),
+                timeout=timeout, context=self.context()):
+            pass
+        procs.wait_for(lambda: self.leader() not in (None, name), timeout,
+                       f"etcd's raft leadership to move off {name}")
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         m = self.member(name)
