@@ -26,6 +26,13 @@ command -v wrk >/dev/null || pkgs+=(wrk)
 command -v ipmi_sim >/dev/null || pkgs+=(openipmi)     # the IPMI BMC simulator fencing is tested on
 command -v ipmitool >/dev/null || pkgs+=(ipmitool)
 command -v faketime >/dev/null || pkgs+=(faketime)   # the clock-step test and bench/hostile.py
+# The deployment (issue 23): units checked by systemd-analyze, the .deb linted, and three
+# Debian 12 machines booted with systemd-nspawn from a debootstrapped root.
+command -v systemd-analyze >/dev/null || pkgs+=(systemd)
+command -v lintian >/dev/null || pkgs+=(lintian)
+command -v debootstrap >/dev/null || pkgs+=(debootstrap)
+command -v systemd-nspawn >/dev/null || pkgs+=(systemd-container)
+[ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import ensurepip, venv' 2>/dev/null || pkgs+=(python3 python3-venv)
 if ((${#pkgs[@]})); then
   echo "install: apt-get install ${pkgs[*]}"
   apt-get update -q >/dev/null

@@ -39,6 +39,7 @@ from vigil.agent.vips import VipHolder
 from vigil.agent.watchdog import LinuxWatchdogDevice, Watchdog
 from vigil.agent.inference import InferenceSupervisor
 from vigil.agent.reconciler import Reconciler, SessionLink
+from vigil.agent.sdnotify import Notifier, notify_loop
 from vigil.clock import Clock, SystemClock
 from vigil.config import NodeConfig
 from vigil.core.health import DEGRADED, more_severe
@@ -102,6 +103,7 @@ class Agent:
                                            self._on_peer_transitions, self._heartbeat_status,
                                            lambda: self.wake.set(), network, tick, self.events.record)
         self.session: Session | None = None
+        self.session_opened_at: float | None = None
         self.election: Election | None = None
         self.wake = asyncio.Event()
         w = cfg.watchdog
@@ -144,6 +146,7 @@ class Agent:
                                                          cfg.router_config], self.data_dir, self.clock,
                                     self.events.record) if cfg.router_config else None)
         self._tasks: list[asyncio.Task] = []
+        self._vital: list[asyncio.Task] = []
 
     def __repr__(self) -> str:
         return f"<Agent {self.cfg.node} {self.role!r} {self.session!r}>"
@@ -245,6 +248,10 @@ class Agent:
             apart = RaftLeaderApart(self.store, local)
             self.leadership.on_change.append(lambda change: apart.wake.set())
             self._tasks.append(loop.create_task(apart.run(self.is_leader, self.events.record)))
+        self._vital = self._tasks[2:4]  # the decision loop and the role guard
+        notifier = Notifier()
+        if notifier.enabled:
+            self._tasks.append(loop.create_task(notify_loop(self, notifier)))
         if api_ready:
             api_ready.set()
         try:
@@ -252,7 +259,23 @@ class Agent:
         finally:
             await self._shutdown(api)
 
+    def alive(self) -> bool:
+        """The decision loop and the role guard run (systemd's watchdog is fed only then)."""
+        return (bool(self._vital) and not any(t.done() for t in self._vital)
+                and not self.reconciler.stalled(self.clock.now()))
+
+    def ready_for_service(self, wait: float) -> list[str] | None:
+        """None until the session is held; then the peers not heard yet ([] when
+        all were), once all were heard or `wait` s after the session opened."""
+        if not self.session_ok() or self.session_opened_at is None:
+            return None
+        silent = sorted(self.heartbeats.peers.unheard())
+        if silent and self.clock.now() - self.session_opened_at < wait:
+            return None
+        return silent
+
     async def _shutdown(self, api: Any) -> None:
+        Notifier().send(STOPPING=1)
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -300,7 +323,7 @@ class Agent:
                 backoff = min(2.0, backoff * 2)
                 continue
             backoff = 0.1
-            self.session = session
+            self.session, self.session_opened_at = session, self.clock.now()
             self.election = Election(self.store, self.keys.leader, session, self.cfg.node)
             self.events.record("session_opened", f"lease {session.lease_id:x} granted "
                                                  f"(TTL {session.lease.ttl} s); member registered",

@@ -42,6 +42,7 @@ PRUNE_EVERY = 30.0
 # nor changed its role since: a cycle woken by a peer's heartbeat news (the second
 # suspicion a fence waits for) then decides at once, not after a 5-15 ms range read.
 SNAPSHOT_REUSE = 0.5
+MAX_FAIL_DELAY = 10.0  # s between tries of a cycle that keeps raising
 BAD_REPORTS = 8  # bad_record events per cycle, each naming its key (then one saying how many more)
 
 
@@ -84,11 +85,20 @@ class Reconciler:
         self._bad_seen: dict[str, str] = {}
         self.failing: str | None = None  # why the last cycle raised, while it keeps doing so
         self._fail_delay = 0.0
+        self.beat = clock.now()  # the decision loop's last sign of progress (systemd's watchdog)
+
+    def stalled(self, now: float) -> bool:
+        """The loop has made no progress for longer than a wait, a cycle's etcd calls and
+        the longest back-off together can take: it is stuck inside a cycle."""
+        t = self.cfg.timing
+        return now - self.beat > 2 * t.loop_interval + 4 * t.etcd_timeout + MAX_FAIL_DELAY
 
     async def loop(self) -> None:
         while True:
+            self.beat = self.clock.now()
             await woken(self.wake, self.cfg.timing.loop_interval)
             self.wake.clear()
+            self.beat = self.clock.now()
             try:
                 await self.run_cycle()
                 self._recovered()
@@ -108,7 +118,7 @@ class Reconciler:
                                      "this node reports itself unhealthy until a cycle succeeds")
         self.failing = what
         self._set(Wait(f"cycle failed: {what}"))
-        self._fail_delay = min(10.0, self._fail_delay * 2 if self._fail_delay else 0.5)
+        self._fail_delay = min(MAX_FAIL_DELAY, self._fail_delay * 2 if self._fail_delay else 0.5)
         await asyncio.sleep(self._fail_delay)
 
     def _recovered(self) -> None:

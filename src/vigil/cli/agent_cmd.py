@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
 import sys
@@ -72,6 +73,8 @@ def _etcd_check(cfg) -> str:
 
 def run_agent(args) -> int:
     cfg = load_node_config(args.config)  # ConfigError -> exit 2 before anything starts
+    # systemd's watchdog sends SIGABRT to a hung agent: every thread's stack goes to the journal
+    faulthandler.enable()
     logging.basicConfig(level=cfg.log_level.upper(), stream=sys.stderr,
                         format=f"%(asctime)s {cfg.node} %(levelname)s %(name)s: %(message)s")
     from vigil.agent import Agent
