@@ -92,8 +92,8 @@ def test_rotating_every_key_under_load_fails_nothing(lab):
         [s for s in samples if s.status != 200][:5]
     assert lab.leader() == leader, "the leader never changed"
     kinds = [e["kind"] for e in lab.events() if e["at"] >= t0]
-    assert kinds.count("keys_reloaded") == 3 + 3 + 3
-    for bad in ("peer_suspected", "fencing_started", "node_fenced", "keys_reload_failed",
+    assert kinds.count("config_reloaded") == 3 + 3 + 3
+    for bad in ("peer_suspected", "fencing_started", "node_fenced", "config_reload_failed",
                 "actuator_unauthorised", "actuator_rejected"):
         assert bad not in kinds, bad
     assert not [k for k in kinds if k.startswith("leader_")], "no leadership change"
@@ -110,4 +110,4 @@ def test_rotating_every_key_under_load_fails_nothing(lab):
     assert not [w for w in writes if w["at"] >= t0 and not w["accepted"]]
     print(f"key rotation under load: {len(samples)} requests, "
           f"{sum(s.status != 200 for s in samples)} failed; {len([w for w in writes if w['at'] >= t0])} "
-          f"actuator writes, all accepted; {kinds.count('keys_reloaded')} reloads; no suspicion, no fence")
+          f"actuator writes, all accepted; {kinds.count('config_reloaded')} reloads; no suspicion, no fence")

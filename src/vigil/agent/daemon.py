@@ -39,6 +39,7 @@ from vigil.agent.vips import VipHolder
 from vigil.agent.watchdog import LinuxWatchdogDevice, Watchdog
 from vigil.agent.inference import InferenceSupervisor
 from vigil.agent.reconciler import Reconciler, SessionLink
+from vigil.agent.reload import reload_config
 from vigil.agent.sdnotify import Notifier, notify_loop
 from vigil.clock import Clock, SystemClock
 from vigil.config import NodeConfig
@@ -203,22 +204,9 @@ class Agent:
         return ("healthy" if self.healthy else "unhealthy",
                 "leader" if self.is_leader() else "standby")
 
-    def reload_keys(self) -> bool:
-        """Read the signing key file and the key ring again (SIGHUP): the new
-        ring verifies, the file's `send` key signs, from the next packet on.
-        A file that does not load changes nothing and is reported."""
-        try:
-            keys = self.cfg.keys.reload(self.cfg.node, [p.name for p in self.cfg.peers])
-        except ConfigError as e:
-            self.events.record("keys_reload_failed", f"heartbeat keys not reloaded, the old ones "
-                               f"stay in use: {e}")
-            return False
-        self.cfg = self.reconciler.cfg = dataclasses.replace(self.cfg, keys=keys)  # its ring: who may lead, vote
-        self.heartbeats.use_keys(keys)
-        ring = {n: sorted(ids) for n, ids in keys.ring.members.items()}
-        self.events.record("keys_reloaded", f"heartbeat keys reloaded: signing with key "
-                           f"{keys.signing.send}, ring {ring}", send=keys.signing.send, ring=ring)
-        return True
+    def reload(self, path: str) -> bool:
+        """SIGHUP: take the keys, peers and observers from `path` (vigil.agent.reload)."""
+        return reload_config(self, path)
 
     # -- lifecycle -------------------------------------------------------------
     async def run(self, stop: asyncio.Event, api_ready: asyncio.Event | None = None) -> None:

@@ -49,11 +49,9 @@ class HeartbeatService:
                                           {p.name: set(p.addresses) for p in cfg.peers},
                                           clock.wall, cfg.keys.max_clock_skew, clock.now,
                                           cfg.timing.heartbeat_interval)
-        links = {p.name: [(a, p.port) for a in p.addresses] for p in cfg.peers}
-        for o in cfg.observers:  # routers hear us but send nothing back
-            links[f"observer {o.address}:{o.port}"] = [(o.address, o.port)]
         self.transport = HeartbeatTransport(self.receiver, list(cfg.addresses), cfg.heartbeat_port,
-                                            links, self._deliver, cfg.keys.signing, network)
+                                            _links(cfg.peers, cfg.observers), self._deliver,
+                                            cfg.keys.signing, network)
         self.tick, self.record = tick, record
         self._skew_alarms: set[str] = set()
         self.watch = PeerWatch(self.peers, tick)
@@ -73,6 +71,19 @@ class HeartbeatService:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.transport.close()
+
+    def use_peers(self, peers: tuple[Any, ...], observers: tuple[Any, ...]) -> tuple[list[str], list[str]]:
+        """Hear and send to these peers and observers from now on (a reload): a new
+        peer starts `unknown`, a removed one is forgotten. Returns (added, removed)."""
+        old, new = set(self.peers.peers), {p.name for p in peers}
+        for p in peers:
+            self.peers.add(p.name)
+            self.receiver.track(p.name, set(p.addresses))
+        for name in old - new:
+            self.peers.remove(name)
+            self.receiver.untrack(name)
+        self.transport.peer_links = _links(peers, observers)
+        return sorted(new - old), sorted(old - new)
 
     def use_keys(self, keys: HeartbeatKeys) -> None:
         """Verify with the new ring and sign with the new key from the next packet on."""
@@ -145,3 +156,12 @@ class HeartbeatService:
             self.record("clock_skew_cleared", f"{node}'s clock is back within "
                         f"{self.receiver.max_skew / 2:g} s of ours", subject=node)
         self._skew_alarms = set(now)
+
+
+def _links(peers: tuple[Any, ...], observers: tuple[Any, ...]) -> dict[str, list[tuple[str, int]]]:
+    """Where our heartbeats go: every peer's addresses, and every observer (routers
+    hear us but send nothing back)."""
+    links = {p.name: [(a, p.port) for a in p.addresses] for p in peers}
+    for o in observers:
+        links[f"observer {o.address}:{o.port}"] = [(o.address, o.port)]
+    return links

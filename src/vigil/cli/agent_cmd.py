@@ -81,7 +81,7 @@ def run_agent(args) -> int:
 
     async def main() -> None:
         agent = Agent(cfg)
-        on_reload(agent.reload_keys)
+        on_reload(lambda: agent.reload(args.config))
         await agent.run(stop_on_signals())
 
     run(main)
