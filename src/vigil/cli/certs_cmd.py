@@ -51,6 +51,12 @@ def register_auth(sub) -> None:
         i.add_argument(f"--{kind}", action="append", default=[], metavar="NAME", help=f"a {kind} user (repeat)")
     i.add_argument("--out", required=True, help="directory for the password files")
     i.set_defaults(func=_auth_init)
+    a = s.add_parser("apply", description="Create the users `vigil init` planned (OUT/admin/etcd-users.yaml) "
+                                          "with their passwords, their roles, and root; turn auth on; delete "
+                                          "the users of removed nodes. Run again after --add-node or "
+                                          "--remove-node: it logs in as root once auth is on.")
+    a.add_argument("--users", required=True, help="OUT/admin/etcd-users.yaml from `vigil init`")
+    a.set_defaults(func=_auth_apply)
 
 
 def _auth_init(args) -> int:
@@ -78,3 +84,55 @@ def _auth_init(args) -> int:
     print(f"etcd auth on for cluster {args.cluster}: {len(users)} users; passwords in {out} "
           "(give each its own file, root-only; keep root.password offline)")
     return 0
+
+
+def _auth_apply(args) -> int:
+    import asyncio
+
+    from vigil.errors import StoreError
+    from vigil.files import read_secret, read_yaml
+    from vigil.store.etcd import EtcdStore
+    from vigil.store.etcd_auth import auth_is_on, enable_auth, remove_users
+
+    doc = _users_doc(read_yaml(args.users), args.users)
+    users = {n: (u["kind"], read_secret(u["password_file"], f"users.{n}.password_file"))
+             for n, u in doc["users"].items()}
+    root = read_secret(doc["root_password_file"], "root_password_file")
+    tls = (doc["ca_file"], doc["cert_file"], doc["key_file"])
+
+    async def once(user: str | None) -> list[str]:
+        store = EtcdStore(doc["endpoints"], 5.0, *tls, user, root if user else None)
+        try:
+            await enable_auth(store, doc["cluster"], users, root)
+            return await remove_users(store, doc["cluster"], doc["remove"])
+        finally:
+            await store.close()
+
+    async def go() -> list[str]:
+        try:
+            return await once(None)
+        except StoreError as e:
+            if not auth_is_on(e):
+                raise
+            return await once("root")
+    gone = asyncio.run(go())
+    print(f"etcd auth on for cluster {doc['cluster']}: {len(users)} users with their roles"
+          + (f"; removed {', '.join(gone)}" if gone else ""))
+    return 0
+
+
+def _users_doc(v, path: str) -> dict:
+    from vigil.errors import ConfigError
+    from vigil.fields import check_mapping
+
+    d = check_mapping(v, path, {"cluster", "endpoints", "ca_file", "cert_file", "key_file", "root_password_file",
+                                "users", "remove"})
+    for k in ("cluster", "ca_file", "cert_file", "key_file", "root_password_file"):
+        if not isinstance(d.get(k), str):
+            raise ConfigError(f"{path}: {k}", d.get(k), "missing: use the file `vigil init` wrote")
+    if not isinstance(d.get("endpoints"), list) or not isinstance(d.get("users"), dict):
+        raise ConfigError(f"{path}: users", None, "missing: use the file `vigil init` wrote")
+    for n, u in d["users"].items():
+        check_mapping(u, f"{path}: users.{n}", {"kind", "password_file"})
+    d.setdefault("remove", [])
+    return d

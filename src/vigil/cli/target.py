@@ -68,6 +68,8 @@ class Target:
 def add_target_args(p) -> None:
     g = p.add_argument_group("cluster to talk to (one of)")
     g.add_argument("--config", help="a node's YAML configuration file")
+    g.add_argument("--target", help="an operator's target file: cluster, etcd, api_token_file (`vigil init` "
+                                    "writes /etc/vigil/operator.yaml; or $VIGIL_TARGET)")
     g.add_argument("--lab", metavar="DIR", help="a lab directory (from `vigil lab up`)")
     g.add_argument("--etcd", help="comma-separated etcd URLs (or $VIGIL_ETCD)")
     g.add_argument("--cluster", help="cluster name (or $VIGIL_CLUSTER)")
@@ -81,6 +83,10 @@ def add_target_args(p) -> None:
 
 
 def resolve(args) -> Target:
+    target = getattr(args, "target", None) or (None if args.config or args.lab or args.etcd
+                                               else os.environ.get("VIGIL_TARGET"))
+    if target:
+        return _target_file(target)
     if args.config:
         cfg = load_config(args.config)
         e = cfg.etcd
@@ -100,6 +106,21 @@ def resolve(args) -> Target:
     if bool(args.user) != bool(password):
         raise ConfigError("--user", args.user, "give --user and --password-file together")
     return Target(endpoints, cluster, args.cacert, args.cert, args.key, args.user, password, _token(args))
+
+
+def _target_file(path: str) -> Target:
+    """An operator's target file: `cluster`, an `etcd:` block as a node's, and
+    optionally `api_token_file`. Raises ConfigError."""
+    from vigil.etcd_config import parse_etcd
+    from vigil.fields import check_mapping, check_name
+    from vigil.files import read_yaml
+
+    d = check_mapping(read_yaml(path), path, {"cluster", "etcd", "api_token_file"})
+    base = Path(path).parent
+    e = parse_etcd(d.get("etcd"), base)
+    token = read_secret(base / str(d["api_token_file"]), "api_token_file") if "api_token_file" in d else None
+    return Target(list(e.endpoints), check_name(d, "cluster"), e.ca_file, e.cert_file, e.key_file, e.user,
+                  e.password, token)
 
 
 def _token(args) -> str | None:

@@ -123,3 +123,26 @@ async def enable_auth(store: EtcdStore, cluster: str, users: dict[str, tuple[str
             role = "root" if kind == "root" else f"vigil-{cluster}-{kind}"
         await _ok(store, "auth/user/grant", {"user": name, "role": role})
     await _ok(store, "auth/enable", {})
+
+
+async def remove_users(store: EtcdStore, cluster: str, names: list[str]) -> list[str]:
+    """Delete etcd users `names` and a removed node's own role (`vigil init
+    --remove-node`); the ones that were there. Raises StoreError."""
+    gone = []
+    for name in names:
+        try:
+            await store._call("auth/user/delete", {"name": name})
+            gone.append(name)
+        except StoreError as e:
+            if "not found" not in str(e):
+                raise
+        await _ok(store, "auth/role/delete", {"role": node_role(cluster, name)}, ("not found",))
+    return gone
+
+
+AUTH_ON = ("user name is empty", "permission denied", "invalid auth token", "authentication")
+
+
+def auth_is_on(e: StoreError) -> bool:
+    """`e` says etcd wants a user: auth is on already (a later `apply`)."""
+    return any(w in str(e).lower() for w in AUTH_ON)

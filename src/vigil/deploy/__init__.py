@@ -1,0 +1,1 @@
+"""`vigil init`: from one inventory, every machine's files (docs/deployment.md)."""
