@@ -28,13 +28,22 @@ def spawn(cmd: list[str], log_path: Path, env: dict[str, str] | None = None, nic
 
 def run_as(user: str | None) -> dict[str, Any]:
     """subprocess keyword arguments that drop to `user` (its own primary group,
-    no supplementary groups); {} for None (run as we are)."""
+    no supplementary groups); {} for None (run as we are). A `preexec_fn`, not
+    `user=`/`group=`/`extra_groups=`: the agent's event loop is uvloop, whose
+    subprocess_exec refuses those (ValueError), and a spawn that raises that
+    would leave the model server never started."""
     if user is None:
         return {}
     import pwd
 
     pw = pwd.getpwnam(user)
-    return {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
+    uid, gid = pw.pw_uid, pw.pw_gid
+
+    def drop() -> None:  # in the child, between fork and exec: os calls only
+        os.setgroups([])
+        os.setgid(gid)
+        os.setuid(uid)
+    return {"preexec_fn": drop}
 
 
 def in_netns(netns: str, cmd: list[str]) -> list[str]:

@@ -91,8 +91,9 @@ class ChildProcess:
         while True:
             try:
                 self.proc = await self._spawn()
-            except OSError as e:
-                self.on_exit(f"cannot start: {e}")
+            except Exception as e:  # noqa: BLE001 - any failure to spawn is retried, never the end
+                log.error("cannot start the %s: %s: %s", self.label, type(e).__name__, e)
+                self.on_exit(f"cannot start: {type(e).__name__}: {e}")
                 await asyncio.sleep(self.backoff.next_delay(self.clock.now()))
                 continue
             self.pid_file.write_text(str(self.proc.pid))

@@ -12,6 +12,8 @@ from typing import Any, Iterator
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from vigil import __version__
+
 
 def status_document(a: Any) -> dict[str, Any]:
     now = a.clock.now()
@@ -26,7 +28,7 @@ def status_document(a: Any) -> dict[str, Any]:
                                 "over": p.gaps.over()}}
     s = a.session
     return {
-        "node": a.cfg.node, "cluster": a.cfg.cluster, "incarnation": a.incarnation,
+        "node": a.cfg.node, "cluster": a.cfg.cluster, "incarnation": a.incarnation, "version": __version__,
         "role": "leader" if a.is_leader() else "follower", "token": a.role.token or None,
         "leader_valid_for": round(a.role.remaining(now), 3),
         "healthy": a.healthy, "reasons": list(a.health_reasons),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import aiohttp
 
@@ -34,6 +35,9 @@ class LoadGenerator:
     rate: float = 50.0
     concurrency: int = 64
     timeout: float = 30.0
+    # The request body of request i: an embedding by default; a deployment without the
+    # embedding model asks the reference generator (`serve-model --generate reference`).
+    body: Callable[[int], dict] | None = None
     samples: list[Sample] = field(default_factory=list)
     _stop: asyncio.Event | None = None
 
@@ -66,8 +70,9 @@ class LoadGenerator:
     async def _one(self, http: aiohttp.ClientSession, i: int, sem: asyncio.Semaphore) -> None:
         t0, w0 = time.monotonic(), time.time()
         try:
-            async with http.post(self.url, json={"input": f"request {i}: the quick brown fox",
-                                                 "model": "all-MiniLM-L6-v2"}) as r:
+            body = self.body(i) if self.body else {"input": f"request {i}: the quick brown fox",
+                                                    "model": "all-MiniLM-L6-v2"}
+            async with http.post(self.url, json=body) as r:
                 await r.read()
                 self.samples.append(Sample(w0, time.monotonic() - t0, r.status,
                                            r.headers.get("X-Vigil-Node", ""),
