@@ -39,6 +39,7 @@ from vigil.agent.vips import VipHolder
 from vigil.agent.watchdog import LinuxWatchdogDevice, Watchdog
 from vigil.agent.inference import InferenceSupervisor
 from vigil.agent.reconciler import Reconciler, SessionLink
+from vigil.agent.release import FrontDoorRelease
 from vigil.agent.reload import reload_config
 from vigil.agent.sdnotify import Notifier, notify_loop
 from vigil.clock import Clock, SystemClock
@@ -148,6 +149,11 @@ class Agent:
                                     self.events.record) if cfg.router_config else None)
         self._tasks: list[asyncio.Task] = []
         self._vital: list[asyncio.Task] = []
+        self.release = FrontDoorRelease([v.address for v in cfg.vips], lambda: self.router.pid if self.router else None,
+                                        self.is_leader, self.events.record)
+        self.reconciler.before_resign, self.reconciler.after_resign = self.release.quiesce, self.release.after_resign
+        self.leadership.on_change.append(
+            lambda change: change.kind == "acquired" and asyncio.get_running_loop().create_task(self.release.lift()))
 
     def __repr__(self) -> str:
         return f"<Agent {self.cfg.node} {self.role!r} {self.session!r}>"
@@ -264,6 +270,8 @@ class Agent:
 
     async def _shutdown(self, api: Any) -> None:
         Notifier().send(STOPPING=1)
+        if self.is_leader():  # a planned handover: no client connection may break (agent/release.py)
+            await _best_effort("quiesce the front door", self.release.quiesce())
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -272,6 +280,7 @@ class Agent:
             await _best_effort("delete the leader key", asyncio.wait_for(
                 self.election.resign(token), self.cfg.timing.etcd_timeout * 2))
         await self.vips.stop()
+        await _best_effort("lift the connection hold", self.release.lift())
         self.events.record("agent_stopped", "graceful stop")
         await self.events.stop()
         await _best_effort("flush the event log", self.events.flush())

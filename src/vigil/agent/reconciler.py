@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, replace
 import logging
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from vigil.agent.controller import Controller
 from vigil.agent.stonith import Fencer
@@ -62,6 +62,10 @@ class SessionLink:
         return s is not None and not s.done.is_set()
 
 
+async def _nothing() -> None:
+    return None
+
+
 class Reconciler:
     def __init__(self, cfg: NodeConfig, clock: Clock, store: Store, keys: Keys, registry: Registry,
                  record: Any, leadership: Leadership, peers: PeerTable, link: SessionLink,
@@ -86,6 +90,10 @@ class Reconciler:
         self.failing: str | None = None  # why the last cycle raised, while it keeps doing so
         self._fail_delay = 0.0
         self.beat = clock.now()  # the decision loop's last sign of progress (systemd's watchdog)
+        # A planned resignation quiesces the front door first and lifts its hold after
+        # (vigil.agent.release); no-ops unless the agent sets them.
+        self.before_resign: Callable[[], Awaitable[None]] = _nothing
+        self.after_resign: Callable[[], None] = lambda: None
 
     def stalled(self, now: float) -> bool:
         """The loop has made no progress for longer than a wait, a cycle's etcd calls and
@@ -257,10 +265,14 @@ class Reconciler:
         await self._campaign(view)
 
     async def _resign(self, d: Resign, view: ClusterView) -> None:
+        await self.before_resign()
         self.leadership.resign(d.reason)
         election = self.link.election()
-        if election:
-            await election.resign(d.token)
+        try:
+            if election:
+                await election.resign(d.token)
+        finally:
+            self.after_resign()
 
     async def _clear_leader_key(self, d: ClearLeaderKey, view: ClusterView) -> None:
         # Every node that sees the key tries; the guarded delete lets exactly one win, whose

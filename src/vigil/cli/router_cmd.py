@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
 import sys
 
 from vigil.cli.runner import on_reload, run, stop_on_signals
@@ -28,6 +30,7 @@ def run_router(args) -> int:
         store = cfg.etcd.store(1.0)
         router = Router(cfg, store)
         on_reload(router.membership.reload_keys)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, router.quiesce)  # the agent's, on handover
         await router.start()
         try:
             for listen, host, port in ((router.listen, cfg.listen_host, cfg.listen_port),

@@ -128,7 +128,8 @@ def node_config(inv: Inventory, node: NodeSpec) -> dict[str, Any]:
 def _inference(spec: dict[str, Any], node: NodeSpec) -> dict[str, Any]:
     def fill(s: str) -> str:
         return s.replace("{address}", node.address).replace("{node}", node.name)
-    out: dict[str, Any] = {"url": fill(spec["url"])}
+    out: dict[str, Any] = {k: v for k, v in spec.items() if k not in ("url", "command", "user")}
+    out["url"] = fill(spec["url"])
     if spec.get("command"):
         out["command"] = [fill(c) for c in spec["command"]]
         out["user"] = spec["user"]

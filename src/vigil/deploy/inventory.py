@@ -13,6 +13,7 @@
       url: "http://{address}:8000"
       command: ["/opt/model/bin/serve", "--host", "{address}", "--port", "8000"]
       user: vigil                  # never root
+      canary_path: /v1/completions # and any other field of a node file's inference block
     timing: {...}                  # optional; default: the fast profile below
     ports: {api: 7400, heartbeat: 7401, router: 8080, router_admin: 8081,
             router_heartbeat: 7402, etcd_client: 2379, etcd_peer: 2380}
@@ -191,7 +192,11 @@ def _vips(v: Any) -> tuple[dict[str, str], ...]:
 def _inference(v: Any) -> dict[str, Any] | None:
     if v is None:
         return None
-    d = check_mapping(v, "inference", {"url", "command", "user"})
+    # Beyond url, command and user, the fields of a node file's `inference:` block pass
+    # through as they are (canary_path, canary_body, ...): the node's parser checks them.
+    d = check_mapping(v, "inference", {"url", "command", "user", "canary_path", "canary_body", "canary_interval",
+                                       "canary_timeout", "rise", "fall", "load_format", "load_path",
+                                       "load_interval", "silence_window", "stall_window", "batch_jobs"})
     if not isinstance(d.get("url"), str):
         raise ConfigError("inference.url", d.get("url"), "the model server's URL, e.g. http://{address}:8000")
     cmd = d.get("command")

@@ -150,6 +150,7 @@ class Listener:
     body_rate: float = 4096.0
     conns: "set[FrontProtocol]" = field(default_factory=set, repr=False)
     held: int = 0
+    closing: bool = False  # a planned handover is under way: no connection is kept alive (quiesce)
 
 
 class FrontProtocol(asyncio.Protocol):
@@ -193,6 +194,7 @@ class FrontProtocol(asyncio.Protocol):
                               b"retry shortly or on another router")
             return
         self.conns.add(self)
+        self.keep_alive = not self.listener.closing
 
     def data_received(self, data: bytes) -> None:
         if self.refused:
@@ -346,6 +348,22 @@ class FrontProtocol(asyncio.Protocol):
         reply.whole(status, [("Content-Type", "text/plain")], message)
         if self.transport is not None:
             self.transport.close()
+
+
+def quiesce(listener: Listener) -> int:
+    """A planned handover of the address clients reach us on (the VIP): every
+    connection closes after the answer it is working on (`Connection: close`),
+    an idle one at once, and a new one after its first answer, so no client
+    holds a kept-alive connection when the address moves (a request on one
+    would meet the new holder's reset). Until `listener.closing` is cleared.
+    Returns how many connections were open."""
+    listener.closing = True
+    open_now = list(listener.conns)
+    for c in open_now:
+        c.keep_alive = False
+        if not c.busy():
+            c.close()
+    return len(open_now)
 
 
 async def sweep(listener: Listener) -> None:

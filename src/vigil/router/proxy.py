@@ -38,7 +38,7 @@ from vigil.core.routing import Backend, RetryPolicy, RoutingTable
 from vigil.router.answers import Answered, error as _error, overloaded
 from vigil.router.attempt import Answer, AttemptFailed, send_attempt
 from vigil.router.config import RouterConfig
-from vigil.router.http1 import HOP_BY_HOP, FrontProtocol, Incoming, Listener, Reply, sweep
+from vigil.router.http1 import HOP_BY_HOP, FrontProtocol, Incoming, Listener, Reply, quiesce, sweep
 from vigil.router.keyed import KeyedRequests
 from vigil.router.metrics import RouterMetrics, admin_handler
 from vigil.router.queue import SlotQueue
@@ -54,6 +54,7 @@ UNKNOWN_OUTCOME = frozenset({"reset", "first_byte", "ejected", "status"})
 OUTCOME_HEADER = "X-Vigil-Outcome"
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})  # reads of an engine's metadata, not inference
 ADMIN_MAX_CONNS = 64  # connections to the admin listener at once
+QUIESCE_HOLD = 15.0  # s a quiesce lasts: the VIP has moved long before
 MAX_BUFFERED = 64 << 20  # bytes of one answer held whole (an Idempotency-Key's), as the cache holds
 
 
@@ -119,6 +120,13 @@ class Router:
         self._servers.append(await loop.create_server(
             lambda: FrontProtocol(handler, self.admin), host, port, reuse_address=True, ssl=tls))
         self._sweepers.append(loop.create_task(sweep(self.admin)))
+
+    def quiesce(self, hold: float = QUIESCE_HOLD) -> None:
+        """SIGUSR1, from the agent before it gives up the VIP on purpose: clients'
+        connections close after their answers (http1.quiesce), for `hold` s."""
+        n = quiesce(self.front)
+        log.info("quiescing: %d client connection(s) close after their answers, for %g s", n, hold)
+        asyncio.get_running_loop().call_later(hold, setattr, self.front, "closing", False)
 
     async def stop(self) -> None:
         for sweeper in self._sweepers:
