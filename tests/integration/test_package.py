@@ -94,7 +94,7 @@ def control(built, tmp_path_factory) -> Path:
 
 
 def units() -> list[str]:
-    return sorted(p.name for p in (ROOT / "packaging" / "systemd").glob("*.service"))
+    return sorted(p.name for p in (ROOT / "deploy" / "systemd").glob("*.service"))
 
 
 # ---- names, lintian, control fields ---------------------------------------
@@ -151,7 +151,7 @@ def test_contents_and_modes(built):
     assert entries["/etc/vigil"][:2] == ("drwx------", "root/root")
     assert entries["/var/lib/vigil"][0] == "drwxr-x---"
     expected = units()
-    assert expected, "packaging/systemd/ has no *.service files: the package would ship no units"
+    assert expected, "deploy/systemd/ has no *.service files: the package would ship no units"
     shipped = sorted(p.rsplit("/", 1)[1] for p in entries if p.startswith("/lib/systemd/system/"))
     assert shipped == expected
     for unit in expected:

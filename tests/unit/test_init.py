@@ -34,7 +34,7 @@ def init(tmp_path: Path, doc: dict, *flags: str) -> int:
 
 
 def bundle(tmp_path: Path, node: str) -> Path:
-    return tmp_path / "out" / "bundles" / node
+    return tmp_path / "out" / node
 
 
 def installed(tmp_path: Path, node: str) -> Path:
@@ -104,7 +104,7 @@ def test_adding_a_worker_changes_the_others_peers_and_ring_only(tmp_path, capsys
     for node in ("n1", "n2", "n3"):
         line = next(li for li in out.splitlines() if li.startswith(f"{node}: "))
         assert "2 file(s) changed: /etc/vigil/keys/cluster.keyring, /etc/vigil/node.yaml)" in line, line
-    ring = load_ring(bundle(tmp_path, "n1") / "files/etc/vigil/keys/cluster.keyring", "ring")
+    ring = load_ring(bundle(tmp_path, "n1") / "etc/vigil/keys/cluster.keyring", "ring")
     assert set(ring.members) == {"n1", "n2", "n3", "n4"}
     users = yaml.safe_load((tmp_path / "out/admin/etcd-users.yaml").read_text())["users"]
     assert users["n4"]["kind"] == "agent" and users["router-n4"]["kind"] == "router"
@@ -120,7 +120,7 @@ def test_a_new_voter_is_refused_and_removal_retires_the_node(tmp_path, capsys):
     assert init(tmp_path, inventory(nodes=3), "--remove-node", "n4") == 0
     assert not bundle(tmp_path, "n4").exists()
     assert (tmp_path / "out/secrets/retired/n4/n4.key").exists()
-    ring = load_ring(bundle(tmp_path, "n1") / "files/etc/vigil/keys/cluster.keyring", "ring")
+    ring = load_ring(bundle(tmp_path, "n1") / "etc/vigil/keys/cluster.keyring", "ring")
     assert set(ring.members) == {"n1", "n2", "n3"}
     assert yaml.safe_load((tmp_path / "out/admin/etcd-users.yaml").read_text())["remove"] == ["n4", "router-n4"]
 
@@ -149,10 +149,10 @@ def test_the_inventory_parser_is_total(doc):
 
 def test_the_bundle_tree_is_private(tmp_path):
     assert init(tmp_path, inventory()) == 0
-    for d in ("secrets", "bundles/n1", "admin"):
+    for d in ("secrets", "n1", "admin"):
         mode = stat.S_IMODE((tmp_path / "out" / d).stat().st_mode)
         assert mode & 0o077 == 0, (d, oct(mode))
     out = tmp_path / "out"
     secret = [f for f in out.rglob("*") if f.is_file() and (
-        out / "bundles" in f.parents or (f.suffix != ".pem" and f.name != "cluster.keyring"))]
+        any(out / n in f.parents for n in ("n1", "n2", "n3")) or (f.suffix != ".pem" and f.name != "cluster.keyring"))]
     assert len(secret) > 40 and all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in secret)

@@ -1,4 +1,4 @@
-"""Issue 23 #2: the systemd units in packaging/systemd are valid for systemd
+"""Issue 23 #2: the systemd units in deploy/systemd are valid for systemd
 (`systemd-analyze verify`), as exposed as their work allows (`systemd-analyze
 security --offline`), and keep the contracts the deployment relies on. The
 units name /usr/bin/vigil, which only the package installs: here a copy of
@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-UNITS = Path(__file__).resolve().parents[2] / "packaging" / "systemd"
-NAMES = ("vigil-agent.service", "vigil-gateway.service", "vigil-haproxy.service")
+UNITS = Path(__file__).resolve().parents[2] / "deploy" / "systemd"
+NAMES = ("vigil-agent.service", "vigil-actuator-gateway.service", "vigil-haproxy-driver.service")
 # The agent is root with six capabilities (the VIP, /dev/watchdog, the model server's user);
 # the others run as `vigil` with none. Measured: 3.6, 1.4, 1.5.
-MOST_EXPOSED = {"vigil-agent.service": 4.5, "vigil-gateway.service": 2.0, "vigil-haproxy.service": 2.0}
+MOST_EXPOSED = {"vigil-agent.service": 4.5, "vigil-actuator-gateway.service": 2.0, "vigil-haproxy-driver.service": 2.0}
 
 
 def _analyze() -> str:
@@ -82,7 +82,7 @@ def test_the_agent_unit_is_notify_with_a_watchdog_and_never_starts_unconfigured(
                     "CAP_KILL"}
 
 
-@pytest.mark.parametrize("name", ["vigil-gateway.service", "vigil-haproxy.service"])
+@pytest.mark.parametrize("name", ["vigil-actuator-gateway.service", "vigil-haproxy-driver.service"])
 def test_the_helpers_run_unprivileged_and_never_start_unconfigured(name):
     u = _unit(name)
     assert u["Service"]["User"] == "vigil" and u["Service"]["CapabilityBoundingSet"] == ""

@@ -15,7 +15,6 @@ the detector tick also demotes it within 10 ms.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import os
 import sys
@@ -47,7 +46,7 @@ from vigil.config import NodeConfig
 from vigil.core.health import DEGRADED, more_severe
 from vigil.core.leader import LeaderRole
 from vigil.core.peers import TICK, PeerTransition
-from vigil.errors import ConfigError, StoreError, VigilError
+from vigil.errors import StoreError, VigilError
 from vigil.store.base import Store
 from vigil.store.election import Election
 from vigil.store.etcd import EtcdStore, warn_of_lease_bug
@@ -257,16 +256,6 @@ class Agent:
         """The decision loop and the role guard run (systemd's watchdog is fed only then)."""
         return (bool(self._vital) and not any(t.done() for t in self._vital)
                 and not self.reconciler.stalled(self.clock.now()))
-
-    def ready_for_service(self, wait: float) -> list[str] | None:
-        """None until the session is held; then the peers not heard yet ([] when
-        all were), once all were heard or `wait` s after the session opened."""
-        if not self.session_ok() or self.session_opened_at is None:
-            return None
-        silent = sorted(self.heartbeats.peers.unheard())
-        if silent and self.clock.now() - self.session_opened_at < wait:
-            return None
-        return silent
 
     async def _shutdown(self, api: Any) -> None:
         Notifier().send(STOPPING=1)

@@ -1,5 +1,5 @@
 """systemd's service notification protocol (sd_notify(3)) for the agent's
-`Type=notify` unit (packaging/systemd/vigil-agent.service).
+`Type=notify` unit (deploy/systemd/vigil-agent.service).
 
 Contract:
 - `READY=1` is sent once, when the agent holds its etcd session and has heard
@@ -85,6 +85,17 @@ def status_line(agent: Any) -> str:
             f"decision: {agent.reconciler.last}")[:400]
 
 
+def ready_for_service(agent: Any, wait: float) -> list[str] | None:
+    """None until the agent holds its session; then the peers not heard yet ([]
+    when all were), once all were heard or `wait` s after the session opened."""
+    if not agent.session_ok() or agent.session_opened_at is None:
+        return None
+    silent = sorted(agent.heartbeats.peers.unheard())
+    if silent and agent.clock.now() - agent.session_opened_at < wait:
+        return None
+    return silent
+
+
 async def notify_loop(agent: Any, notifier: Notifier) -> None:
     """Tell systemd when the agent is ready, what it is doing, and that it lives."""
     period = notifier.watchdog / 4 if notifier.watchdog else STATUS_PERIOD
@@ -92,7 +103,7 @@ async def notify_loop(agent: Any, notifier: Notifier) -> None:
     ready, last = False, ""
     while True:
         if not ready:
-            silent = agent.ready_for_service(READY_WAIT)
+            silent = ready_for_service(agent, READY_WAIT)
             if silent is not None:
                 note = f"; not heard yet: {', '.join(silent)}" if silent else ""
                 last = status_line(agent) + note

@@ -20,7 +20,7 @@ def register(sub) -> None:
     p = sub.add_parser("init", help="from one inventory, every machine's files: certificates, keys, etcd "
                                     "users, node.yaml, router.yaml, etcd's configuration (docs/deployment.md)")
     p.add_argument("--inventory", required=True, help="the cluster's inventory (YAML)")
-    p.add_argument("--out", required=True, help="where secrets/, bundles/NAME/ and admin/ go (root only; "
+    p.add_argument("--out", required=True, help="where secrets/, NAME/ (one bundle per machine) and admin/ go (root only; "
                                                 "keep it: later runs add and remove nodes from it)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--add-node", metavar="NAME", help="NAME is new in the inventory: make its bundle and "
@@ -29,7 +29,7 @@ def register(sub) -> None:
                                                          "secrets and update the others")
     p.set_defaults(func=run_init)
     i = sub.add_parser("install-bundle", help="put this machine's bundle (from `vigil init`) in place")
-    i.add_argument("bundle", help="the bundle directory (OUT/bundles/NAME, copied to this machine)")
+    i.add_argument("bundle", help="the bundle directory (OUT/NAME, copied to this machine)")
     i.add_argument("--root", default="/", help="install under this directory instead of / (image builds)")
     i.add_argument("--reload", action="store_true",
                    help="reload a running vigil-agent if its files changed (systemctl reload: no restart)")
@@ -49,12 +49,12 @@ def run_init(args) -> int:
     _check_growth(args, inv, sec)
     if args.remove_node:
         moved = sec.retire(args.remove_node)
-        shutil.rmtree(out / "bundles" / args.remove_node, ignore_errors=True)
+        shutil.rmtree(out / args.remove_node, ignore_errors=True)
         print(f"{args.remove_node}: retired {len(moved)} file(s) to {sec.root / 'retired' / args.remove_node}")
     sec.ensure(inv)
     for node in inv.nodes:
-        changed = write_bundle(render(inv, sec, node), out / "bundles" / node.name)
-        print(f"{node.name}: {out / 'bundles' / node.name} ({len(changed)} file(s) changed"
+        changed = write_bundle(render(inv, sec, node), out / node.name)
+        print(f"{node.name}: {out / node.name} ({len(changed)} file(s) changed"
               + (f": {', '.join(changed)}" if changed and len(changed) <= 6 else "") + ")")
     _write_admin(inv, sec, out / "admin", args.remove_node)
     _next_steps(args, out)
@@ -103,7 +103,7 @@ def _next_steps(args, out: Path) -> None:
               "`vigil install-bundle BUNDLE --reload` (its bundle copied there)"
               + (f", and on {args.add_node} `systemctl enable --now vigil-agent`" if args.add_node else ""))
     else:
-        print(f"next: copy bundles/NAME to each machine, `vigil install-bundle BUNDLE`, start etcd on the "
+        print(f"next: copy {out}/NAME to each machine, `vigil install-bundle BUNDLE`, start etcd on the "
               f"voters, `vigil etcd-auth apply --users {users}`, then `systemctl enable --now vigil-agent`")
 
 

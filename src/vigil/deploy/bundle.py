@@ -1,7 +1,7 @@
 """Every file one machine needs, rendered from the inventory and the cluster's
 secrets (vigil.deploy.secrets): a Bundle maps an absolute path on the machine
 to its bytes, mode and owner. `vigil init` writes each node's bundle under
-OUT/bundles/NAME/ as a tree plus MANIFEST (one `mode owner path` line per
+OUT/NAME/, laid out as they go on the machine, plus MANIFEST (one `mode owner path` line per
 file), and `vigil install-bundle` puts it in place (vigil.deploy.install).
 
 What a node gets (paths on the machine):
@@ -31,7 +31,7 @@ from vigil.deploy.secrets import Secrets
 ETC = Path("/etc/vigil")
 TLS, KEYS = ETC / "tls", ETC / "keys"
 ETCD_TLS = Path("/etc/etcd/vigil")
-UNITS = ("vigil-agent", "vigil-gateway", "vigil-haproxy", "etcd")
+UNITS = ("vigil-agent", "vigil-actuator-gateway", "vigil-haproxy-driver", "etcd")
 
 
 @dataclass

@@ -1,8 +1,8 @@
 """Writing bundles out (`vigil init`) and putting one in place on its machine
 (`vigil install-bundle`).
 
-A bundle directory holds its files under their machine paths (files/etc/...)
-and MANIFEST, one `MODE OWNER PATH` line per file. Contract of `install`:
+A bundle directory holds its files laid out as they go on the machine
+(etc/vigil/..., etc/default/etcd) and MANIFEST, one `MODE OWNER PATH` line per file. Contract of `install`:
 every file is written atomically with its mode and owner (write_atomic, then
 chown), only when its bytes, mode or owner differ; /etc/vigil is root 0700;
 a sudoers drop-in is checked with `visudo -cf` first and never installed
@@ -35,13 +35,13 @@ def write_bundle(bundle: Bundle, dest: Path) -> list[str]:
     """Write `bundle` to `dest` (replacing what was there); the paths whose bytes,
     mode or owner changed since the bundle last written there."""
     before = _manifest(dest) if (dest / MANIFEST).exists() else {}
-    old = {p: (before[p], (dest / "files" / p.lstrip("/")).read_bytes()) for p in before}
+    old = {p: (before[p], (dest / p.lstrip("/")).read_bytes()) for p in before}
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(mode=0o700, parents=True)  # it holds keys and passwords
     lines, changed = [], []
     for path, (data, mode, owner) in sorted(bundle.files.items()):
-        write_atomic(dest / "files" / path.lstrip("/"), data, 0o600)
+        write_atomic(dest / path.lstrip("/"), data, 0o600)
         lines.append(f"{mode:o} {owner} {path}\n")
         if old.get(path) != ((mode, owner), data):
             changed.append(path)
@@ -55,7 +55,7 @@ def _manifest(src: Path) -> dict[str, tuple[int, str]]:
         text = (src / MANIFEST).read_text()
     except OSError as e:
         raise ConfigError("bundle", str(src), f"has no readable {MANIFEST} ({e.strerror}): give the directory "
-                                              "`vigil init` wrote for this machine (OUT/bundles/NAME)") from None
+                                              "`vigil init` wrote for this machine (OUT/NAME)") from None
     for i, line in enumerate(text.splitlines(), 1):
         parts = line.split(" ", 2)
         if len(parts) != 3 or not parts[2].startswith("/") or ".." in parts[2].split("/"):
@@ -76,12 +76,12 @@ def install(src: Path, root: Path = Path("/")) -> list[str]:
     os.chmod(root / ETC.relative_to("/"), 0o700)
     changed = []
     for path, (mode, owner) in manifest.items():
-        data = (src / "files" / path.lstrip("/")).read_bytes()
+        data = (src / path.lstrip("/")).read_bytes()
         dest = root / path.lstrip("/")
         if _same(dest, data, mode, owners[owner]):
             continue
         if path.startswith("/etc/sudoers.d/"):
-            _check_sudoers(src / "files" / path.lstrip("/"))
+            _check_sudoers(src / path.lstrip("/"))
         _parent(dest, root, owners[owner])
         write_atomic(dest, data, mode)
         os.chown(dest, owners[owner], -1)

@@ -124,6 +124,8 @@ def _node(v: Any, i: int, base: Path) -> NodeSpec:
     name = check_name(d, "name", f"{where}.name")
     if name in ("root", "router", "gateway", "operator") or name.startswith("router-"):
         raise ConfigError(f"{where}.name", name, "is the name of a service user: name nodes n1, gpu-07, ...")
+    if name in ("secrets", "admin"):  # `vigil init` writes OUT/secrets, OUT/admin and OUT/NODE
+        raise ConfigError(f"{where}.name", name, "is a folder of `vigil init`'s output: name nodes n1, gpu-07, ...")
     etcd = d.get("etcd", False)
     if not isinstance(etcd, bool):
         raise ConfigError(f"{where}.etcd", etcd, "must be true (an etcd voter runs here) or false")

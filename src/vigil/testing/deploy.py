@@ -137,7 +137,7 @@ def tree(src: Machine, path: str) -> bytes:
 
 def give_bundle(cluster: Cluster, m: Machine) -> None:
     """Copy m's bundle from the admin machine to m and install it (docs: scp, then install-bundle)."""
-    data = tree(cluster.admin, f"{CLUSTER_DIR}/bundles/{m.name}")
+    data = tree(cluster.admin, f"{CLUSTER_DIR}/{m.name}")
     m.run(["sh", "-c", "rm -rf /root/bundle && mkdir -m 700 /root/bundle && tar -C /root/bundle -xf -"],
           input=data)
     m.run(["vigil", "install-bundle", f"/root/bundle/{m.name}", "--reload"])

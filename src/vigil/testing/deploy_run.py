@@ -10,7 +10,6 @@ import json
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -65,8 +64,8 @@ def bring_up(c: Cluster, deb: Path) -> None:
 
 def verify_units(c: Cluster) -> dict[str, Any]:
     """`systemd-analyze verify` and `security` of the installed units, on a machine."""
-    units = ["vigil-agent.service", "vigil-gateway.service", "vigil-haproxy.service"]
-    v = c.admin.run(["systemd-analyze", "verify", *units], check=False)
+    units = ["vigil-agent.service", "vigil-actuator-gateway.service", "vigil-haproxy-driver.service"]
+    v = c.admin.run(["systemd-analyze", "verify", "--man=no", *units], check=False)
     exposure = {}
     for u in units:
         s = c.admin.run(["systemd-analyze", "security", "--no-pager", u], check=False)
