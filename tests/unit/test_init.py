@@ -156,3 +156,17 @@ def test_the_bundle_tree_is_private(tmp_path):
     secret = [f for f in out.rglob("*") if f.is_file() and (
         any(out / n in f.parents for n in ("n1", "n2", "n3")) or (f.suffix != ".pem" and f.name != "cluster.keyring"))]
     assert len(secret) > 40 and all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in secret)
+
+
+def test_ipv6_addresses_are_bracketed_in_every_url(tmp_path):
+    doc = inventory()
+    for i, n in enumerate(doc["nodes"], 1):
+        n["address"] = f"fd00:231::{i}"
+    doc["vips"] = [{"address": "fd00:231::100/64", "interface": "eth0"}]
+    assert init(tmp_path, doc) == 2, "a VIP is IPv4 (vigil.resources.vip): said at once, not on the machines"
+    doc["vips"] = []
+    assert init(tmp_path, doc) == 0
+    root = installed(tmp_path, "n2")
+    cfg = parse_config(_here(root, "/etc/vigil/node.yaml"))
+    assert cfg.etcd.endpoints[0] == "https://[fd00:231::2]:2379", "the local voter first, bracketed"
+    assert 'ETCD_LISTEN_PEER_URLS="https://[fd00:231::2]:2380"' in (root / "etc/default/etcd").read_text()

@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from vigil.deploy.inventory import Inventory, NodeSpec
+from vigil.deploy.inventory import Inventory, NodeSpec, host
 from vigil.deploy.secrets import Secrets
 
 ETC = Path("/etc/vigil")
@@ -89,7 +89,7 @@ def _fenced_by(inv: Inventory, node: NodeSpec) -> list[NodeSpec]:
 def _etcd_block(inv: Inventory, user: str, local: str | None = None) -> dict[str, Any]:
     eps = inv.endpoints()
     if local:  # the voter on this machine first: a leading agent moves raft leadership off it
-        mine = next(e for e in eps if f"//{inv.node(local).address}:" in e)
+        mine = next(e for e in eps if f"//{host(inv.node(local).address)}:" in e)
         eps = [mine] + [e for e in eps if e != mine]
     return {"endpoints": eps, "ca_file": str(TLS / "ca.pem"), "cert_file": str(TLS / f"{user}.pem"),
             "key_file": str(TLS / f"{user}.key"), "user": user, "password_file": str(TLS / f"{user}.password"),
@@ -156,12 +156,13 @@ def operator_target(inv: Inventory) -> dict[str, Any]:
 
 def etcd_default(inv: Inventory, node: NodeSpec) -> str:
     p = inv.ports
-    peers = ",".join(f"{v.name}=https://{v.address}:{p['etcd_peer']}" for v in inv.voters)
+    peers = ",".join(f"{v.name}=https://{host(v.address)}:{p['etcd_peer']}" for v in inv.voters)
+    me = host(node.address)
     env = {"ETCD_NAME": node.name, "ETCD_DATA_DIR": "/var/lib/etcd/vigil",
-           "ETCD_LISTEN_CLIENT_URLS": f"https://{node.address}:{p['etcd_client']},https://127.0.0.1:{p['etcd_client']}",
-           "ETCD_ADVERTISE_CLIENT_URLS": f"https://{node.address}:{p['etcd_client']}",
-           "ETCD_LISTEN_PEER_URLS": f"https://{node.address}:{p['etcd_peer']}",
-           "ETCD_INITIAL_ADVERTISE_PEER_URLS": f"https://{node.address}:{p['etcd_peer']}",
+           "ETCD_LISTEN_CLIENT_URLS": f"https://{me}:{p['etcd_client']},https://127.0.0.1:{p['etcd_client']}",
+           "ETCD_ADVERTISE_CLIENT_URLS": f"https://{me}:{p['etcd_client']}",
+           "ETCD_LISTEN_PEER_URLS": f"https://{me}:{p['etcd_peer']}",
+           "ETCD_INITIAL_ADVERTISE_PEER_URLS": f"https://{me}:{p['etcd_peer']}",
            "ETCD_INITIAL_CLUSTER": peers, "ETCD_INITIAL_CLUSTER_STATE": "new",
            "ETCD_INITIAL_CLUSTER_TOKEN": f"vigil-{inv.cluster}",
            "ETCD_CERT_FILE": str(ETCD_TLS / "server.pem"), "ETCD_KEY_FILE": str(ETCD_TLS / "server.key"),

@@ -85,10 +85,11 @@ class Inventory:
     def endpoints(self) -> list[str]:
         if self.etcd_endpoints:
             return list(self.etcd_endpoints)
-        return [f"https://{_host(n.address)}:{self.ports['etcd_client']}" for n in self.voters]
+        return [f"https://{host(n.address)}:{self.ports['etcd_client']}" for n in self.voters]
 
 
-def _host(address: str) -> str:
+def host(address: str) -> str:
+    """`address` as the host part of a URL (an IPv6 one in brackets)."""
     return f"[{address}]" if ":" in address else address
 
 
@@ -182,8 +183,9 @@ def _vips(v: Any) -> tuple[dict[str, str], ...]:
     for i, x in enumerate(v):
         d = check_mapping(x, f"vips[{i}]", {"address", "interface"})
         addr, iface = d.get("address"), d.get("interface")
-        if not isinstance(addr, str) or "/" not in addr:
-            raise ConfigError(f"vips[{i}].address", addr, "must be ADDRESS/PREFIX such as 10.0.0.100/24")
+        if not isinstance(addr, str) or "/" not in addr or ":" in addr:
+            raise ConfigError(f"vips[{i}].address", addr, "must be an IPv4 ADDRESS/PREFIX such as 10.0.0.100/24 "
+                                                         "(VIPs are IPv4: gratuitous ARP)")
         check_address(addr.split("/")[0], f"vips[{i}].address")
         if not isinstance(iface, str) or not iface or len(iface) > 15:
             raise ConfigError(f"vips[{i}].interface", iface, "name the interface the VIP goes on, e.g. eth0")
