@@ -13,6 +13,8 @@
 # build/package/deps-<key>, keyed by the dependency list in pyproject.toml and
 # the python3 version; a warm build only installs the vigil wheel into a copy.
 set -euo pipefail
+# the build must not depend on the caller's Python path: the staged venv runs its own vigil
+unset PYTHONPATH PYTHONHOME
 
 usage() {
   cat <<'EOF'

@@ -1,8 +1,12 @@
-"""Issue 9: `vigil lab up --secure` and `vigil demo --secure`. etcd speaks
-only TLS, refuses clients without a certificate from the cluster CA, and
-enforces a role per kind of client: a router's credentials read but never
-write. The CLI verifies TLS by default. The demo's fault sequence passes
-with zero failed requests on the secure lab."""
+"""Issue 9: `vigil lab up --secure`. etcd speaks only TLS, refuses clients
+without a certificate from the cluster CA, and enforces a role per kind of
+client: a router's credentials read but never write. The CLI verifies TLS by
+default. Failover under load with zero failed requests on a secure cluster
+(etcd TLS, client certificates, a user and role per node) is the deployment
+walkthrough's, on three systemd machines (tests/system/test_deploy_machines.py:
+power-off, crash, stop, watchdog, rolling upgrade); the demo's fault sequence
+is test_demo.py's, on the plain lab. (This module ran `vigil demo --secure`
+too, 87 s of the suite that the deployment test now covers and goes beyond.)"""
 
 from __future__ import annotations
 
@@ -100,17 +104,6 @@ def test_the_cli_verifies_tls_and_uses_the_operator_identity(lab):
     r = vigil(*args, "--api-token-file", str(tls / "operator.api-token"))
     assert r.returncode == 0, r.stderr
     assert all(m["heartbeat_age"] is not None for m in json.loads(r.stdout)["members"])
-
-
-def test_the_demo_fault_sequence_fails_no_request_on_the_secure_lab(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "vigil", "demo", "--secure", "--json", "--out", str(tmp_path)],
-                       capture_output=True, text=True, timeout=600)
-    report = json.loads(r.stdout) if r.stdout.strip().startswith("{") else {}
-    failed = {f["name"]: {k: f[k]["failed"] for k in ("before", "during", "after")} for f in report.get("faults", [])}
-    assert r.returncode == 0, f"{r.stderr[-3000:]}\nerrors: {report.get('errors')}\nfailed per phase: {failed}"
-    assert report["requests_sent"] > 500 and report["requests_failed"] == 0
-    assert [f["name"] for f in report["faults"]] == ["kill leader", "hang server", "restart node", "switchover"]
-    assert all(f["during"]["failed"] == 0 for f in report["faults"])
 
 
 def test_events_an_operator_causes_name_the_operator(lab):
