@@ -32,6 +32,7 @@ command -v systemd-analyze >/dev/null || pkgs+=(systemd)
 command -v lintian >/dev/null || pkgs+=(lintian)
 command -v debootstrap >/dev/null || pkgs+=(debootstrap)
 command -v systemd-nspawn >/dev/null || pkgs+=(systemd-container)
+command -v visudo >/dev/null || pkgs+=(sudo)   # vigil init's sudoers drop-in is checked with visudo
 [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import ensurepip, venv' 2>/dev/null || pkgs+=(python3 python3-venv)
 if ((${#pkgs[@]})); then
   echo "install: apt-get install ${pkgs[*]}"

@@ -26,24 +26,30 @@ def spawn(cmd: list[str], log_path: Path, env: dict[str, str] | None = None, nic
                                 preexec_fn=(lambda: os.nice(nice)) if nice else None)
 
 
-def run_as(user: str | None) -> dict[str, Any]:
+def run_as(user: str | None, ignore: tuple[int, ...] = ()) -> dict[str, Any]:
     """subprocess keyword arguments that drop to `user` (its own primary group,
-    no supplementary groups); {} for None (run as we are). A `preexec_fn`, not
+    no supplementary groups; None: run as we are) and start the child with the
+    signals `ignore` ignored (kept across exec); {} when neither. A `preexec_fn`, not
     `user=`/`group=`/`extra_groups=`: the agent's event loop is uvloop, whose
     subprocess_exec refuses those (ValueError), and a spawn that raises that
     would leave the model server never started."""
-    if user is None:
+    if user is None and not ignore:
         return {}
-    import pwd
+    ids = None
+    if user is not None:
+        import pwd
 
-    pw = pwd.getpwnam(user)
-    uid, gid = pw.pw_uid, pw.pw_gid
+        pw = pwd.getpwnam(user)
+        ids = (pw.pw_uid, pw.pw_gid)
 
-    def drop() -> None:  # in the child, between fork and exec: os calls only
-        os.setgroups([])
-        os.setgid(gid)
-        os.setuid(uid)
-    return {"preexec_fn": drop}
+    def prepare() -> None:  # in the child, between fork and exec: os and signal calls only
+        for sig in ignore:
+            signal.signal(sig, signal.SIG_IGN)
+        if ids is not None:
+            os.setgroups([])
+            os.setgid(ids[1])
+            os.setuid(ids[0])
+    return {"preexec_fn": prepare}
 
 
 def in_netns(netns: str, cmd: list[str]) -> list[str]:

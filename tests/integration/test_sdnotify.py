@@ -13,7 +13,7 @@ import socket
 import time
 
 from tests.integration.agentharness import agents_running
-from vigil.agent.sdnotify import Notifier
+from vigil.agent.sdnotify import NO_ETCD_WAIT, READY_WAIT, Notifier, ready_for_service
 from vigil.testing.keys import shared_keys
 from vigil.testing.wait import wait_until
 
@@ -51,6 +51,23 @@ def test_notify_socket_and_watchdog_variables_are_read_as_systemd_sets_them():
     off = Notifier({}, pid=1)
     assert not off.enabled and off.send(READY=1) is False
     assert Notifier({"NOTIFY_SOCKET": "/nonexistent/sock"}, pid=1).send(READY=1) is False  # never raises
+
+
+def test_ready_comes_without_etcd_after_a_while_so_systemd_never_restarts_a_serving_node():
+    class Peers:
+        @staticmethod
+        def unheard():
+            return {"n2"}
+
+    class NoSession:  # an agent whose etcd is away
+        session_opened_at = None
+        heartbeats = type("H", (), {"peers": Peers})
+
+        @staticmethod
+        def session_ok():
+            return False
+    assert ready_for_service(NoSession, READY_WAIT, running_for=NO_ETCD_WAIT - 1) is None
+    assert ready_for_service(NoSession, READY_WAIT, running_for=NO_ETCD_WAIT) == ["n2"]
 
 
 async def test_ready_status_watchdog_and_stopping_reach_systemd(tmp_path, etcd_cluster, monkeypatch):

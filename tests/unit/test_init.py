@@ -5,7 +5,9 @@ for real by the three-machine test (tests/system/test_deploy_machines.py)."""
 
 from __future__ import annotations
 
+import shutil
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -103,7 +105,7 @@ def test_adding_a_worker_changes_the_others_peers_and_ring_only(tmp_path, capsys
     assert "n4: " in out and "(27 file(s) changed" not in out
     for node in ("n1", "n2", "n3"):
         line = next(li for li in out.splitlines() if li.startswith(f"{node}: "))
-        assert "2 file(s) changed: /etc/vigil/keys/cluster.keyring, /etc/vigil/node.yaml)" in line, line
+        assert "3 file(s) changed: /etc/sudoers.d/vigil-operators, /etc/vigil/keys/cluster.keyring, /etc/vigil/node.yaml)" in line, line
     ring = load_ring(bundle(tmp_path, "n1") / "etc/vigil/keys/cluster.keyring", "ring")
     assert set(ring.members) == {"n1", "n2", "n3", "n4"}
     users = yaml.safe_load((tmp_path / "out/admin/etcd-users.yaml").read_text())["users"]
@@ -117,11 +119,19 @@ def test_a_new_voter_is_refused_and_removal_retires_the_node(tmp_path, capsys):
     doc["nodes"][3]["etcd"] = True
     assert init(tmp_path, doc, "--add-node", "n5") == 2
     assert "etcdctl member add" in capsys.readouterr().err
+    doc = inventory(nodes=4)
+    doc["nodes"][3]["etcd"] = True  # a worker made a voter: its etcd would be a cluster of its own
+    doc["nodes"][2]["etcd"] = True
+    doc["nodes"][1]["etcd"] = False
+    assert init(tmp_path, doc) == 2
+    assert "does not change the voters of a running etcd" in capsys.readouterr().err
     assert init(tmp_path, inventory(nodes=3), "--remove-node", "n4") == 0
     assert not bundle(tmp_path, "n4").exists()
     assert (tmp_path / "out/secrets/retired/n4/n4.key").exists()
     ring = load_ring(bundle(tmp_path, "n1") / "etc/vigil/keys/cluster.keyring", "ring")
     assert set(ring.members) == {"n1", "n2", "n3"}
+    assert yaml.safe_load((tmp_path / "out/admin/etcd-users.yaml").read_text())["remove"] == ["n4", "router-n4"]
+    assert init(tmp_path, inventory(nodes=3)) == 0  # a run before `etcd-auth apply` forgets no removal
     assert yaml.safe_load((tmp_path / "out/admin/etcd-users.yaml").read_text())["remove"] == ["n4", "router-n4"]
 
 
@@ -170,3 +180,60 @@ def test_ipv6_addresses_are_bracketed_in_every_url(tmp_path):
     cfg = parse_config(_here(root, "/etc/vigil/node.yaml"))
     assert cfg.etcd.endpoints[0] == "https://[fd00:231::2]:2379", "the local voter first, bracketed"
     assert 'ETCD_LISTEN_PEER_URLS="https://[fd00:231::2]:2380"' in (root / "etc/default/etcd").read_text()
+
+
+@pytest.mark.parametrize("name", ["ca", "continue", "n1-api", "etcd-n1", "secrets", "admin", "router-x", "operator"])
+def test_names_that_would_collide_with_the_output_are_refused(tmp_path, capsys, name):
+    doc = inventory()
+    doc["nodes"][2]["name"] = name
+    assert init(tmp_path, doc) == 2
+    assert "name nodes n1, gpu-07" in capsys.readouterr().err
+
+
+def test_the_sudoers_drop_in_parses_and_spells_out_every_argument(tmp_path):
+    (tmp_path / "bmc.pw").write_text("secret\n")
+    doc = inventory()
+    doc["nodes"][0]["bmc"] = {"address": "fd00:231::11", "user": "admin", "password_file": "bmc.pw"}
+    doc["nodes"][1]["bmc"] = {"address": "10.231.1.12", "user": "admin", "password_file": "bmc.pw"}
+    assert init(tmp_path, doc) == 0
+    text = (bundle(tmp_path, "n3") / "etc/sudoers.d/vigil-operators").read_text()
+    assert "*" not in text and "journalctl" not in text, "no wildcard: sudo would let any argument through"
+    assert "-H fd00\\:231\\:\\:11 " in text and "drain n2 --wait --target /etc/vigil/operator.yaml" in text
+    visudo = shutil.which("visudo")
+    assert visudo, "visudo is missing: apt-get install sudo (scripts/install.sh does)"
+    r = subprocess.run([visudo, "-cf", str(bundle(tmp_path, "n3") / "etc/sudoers.d/vigil-operators")],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("line, why", [
+    ("600 root /etc/cron.d/evil", "is not a path a bundle writes"),
+    ("4755 root /etc/vigil/keys/n1.key", "never set-id"),
+    ("600 nobody /etc/vigil/keys/n1.key", "owned by root or etcd"),
+])
+def test_a_manifest_may_write_only_a_bundles_files(tmp_path, capsys, line, why):
+    assert init(tmp_path, inventory()) == 0
+    b = bundle(tmp_path, "n1")
+    (b / "MANIFEST").write_text(line + "\n")
+    assert main(["install-bundle", str(b), "--root", str(tmp_path / "r")]) == 2
+    assert why in capsys.readouterr().err
+
+
+def test_a_link_in_a_bundle_is_refused_and_dropped_files_are_removed(tmp_path, capsys):
+    (tmp_path / "bmc.pw").write_text("secret\n")
+    doc = inventory()
+    doc["nodes"][1]["bmc"] = {"address": "10.231.1.12", "user": "admin", "password_file": "bmc.pw"}
+    assert init(tmp_path, doc) == 0
+    root = installed(tmp_path, "n1")
+    assert (root / "etc/vigil/bmc/n2.password").exists()
+    doc["nodes"][1].pop("bmc")
+    assert init(tmp_path, doc) == 0
+    capsys.readouterr()
+    installed(tmp_path, "n1")
+    assert not (root / "etc/vigil/bmc/n2.password").exists(), "a BMC password the bundle dropped stays nowhere"
+    assert "/etc/vigil/bmc/n2.password" in capsys.readouterr().out
+    target = bundle(tmp_path, "n1") / "etc/default/etcd"
+    target.unlink()
+    target.symlink_to("/etc/hostname")
+    assert main(["install-bundle", str(bundle(tmp_path, "n1")), "--root", str(root)]) == 2
+    assert "is a link" in capsys.readouterr().err

@@ -63,6 +63,7 @@ def test_switchover_resign_and_target_campaigns():
     assert str(decide(lead)) == "resign: switchover to c requested"
     by = view("a", i_lead=True, my_token=5, leader=LeaderInfo("a", 5, 1), switchover=Switchover("c", "alice"))
     assert str(decide(by)) == "resign: switchover to c requested by alice", "the operator is named"
+    assert decide(by).planned, "a switchover is planned: the front door is quiesced first (agent/release.py)"
     assert decide(view("c", switchover=Switchover("c"))).action == CAMPAIGN
     d = decide(view("a", switchover=Switchover("c")))
     assert d.action == NONE and "switchover target c" in d.reason
@@ -78,8 +79,15 @@ def test_unhealthy_leader_resigns_and_unhealthy_node_never_campaigns():
     lead = view("a", i_lead=True, my_token=5, leader=LeaderInfo("a", 5, 1), healthy=False,
                 health_reasons=("gpu lost",))
     assert str(decide(lead)) == "resign: unhealthy: gpu lost"
+    assert not decide(lead).planned, "an unhealthy leader hands over at once, no quiesce"
     d = decide(view("a", healthy=False, health_reasons=("gpu lost",), no_leader_for=99))
     assert d.action == NONE and "gpu lost" in d.reason
+
+
+def test_an_operators_standby_of_the_leader_is_a_planned_handover():
+    lead = view("a", i_lead=True, my_token=5, leader=LeaderInfo("a", 5, 1), states={"a": "maintenance"})
+    d = decide(lead)
+    assert d.action == RESIGN and d.planned
 
 
 def test_maintenance_node_is_not_eligible():

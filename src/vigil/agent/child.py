@@ -40,11 +40,14 @@ class ChildProcess:
     def __init__(self, name: str, label: str, command: list[str], data_dir: Path, clock: Clock,
                  on_event: Callable[..., None], on_exit: Callable[[str], None] = lambda cause: None,
                  user: str | None = None, grace: float = 5.0, log_max: int = LOG_MAX_BYTES,
-                 log_check: float = 10.0):
+                 log_check: float = 10.0, ignore: tuple[int, ...] = ()):
+        """`ignore`: signals the child starts with ignored, until it installs its own
+        handlers (the router's SIGHUP and SIGUSR1: their default action would end a
+        router the agent signals in the second it takes to start)."""
         self.name, self.label, self.command = name, label, list(command)
         self.log_path, self.log_max, self.log_check = data_dir / f"{name}.log", log_max, log_check
         self.data_dir, self.clock, self.user, self.grace = data_dir, clock, user, grace
-        self.on_event, self.on_exit = on_event, on_exit
+        self.on_event, self.on_exit, self.ignore = on_event, on_exit, ignore
         self.backoff = Backoff()
         self.proc: asyncio.subprocess.Process | None = None
         self.pid_file = data_dir / f"{name}.pid"
@@ -135,7 +138,7 @@ class ChildProcess:
             return await asyncio.create_subprocess_exec(
                 *self.command, stdin=asyncio.subprocess.DEVNULL, stdout=log_file,
                 stderr=asyncio.subprocess.STDOUT, start_new_session=True, env=env,
-                **procs.run_as(self.user))
+                **procs.run_as(self.user, self.ignore))
 
 
 def child_pid(data_dir: Path, name: str) -> int | None:

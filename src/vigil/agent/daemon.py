@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -145,14 +146,14 @@ class Agent:
         # delay a heartbeat or a self-demotion check, and its crash must not end leadership.
         self.router = (ChildProcess("router", "router", [sys.executable, "-m", "vigil", "router", "--config",
                                                          cfg.router_config], self.data_dir, self.clock,
-                                    self.events.record) if cfg.router_config else None)
+                                    self.events.record, ignore=(signal.SIGHUP, signal.SIGUSR1))
+                       if cfg.router_config else None)
         self._tasks: list[asyncio.Task] = []
         self._vital: list[asyncio.Task] = []
         self.release = FrontDoorRelease([v.address for v in cfg.vips], lambda: self.router.pid if self.router else None,
                                         self.is_leader, self.events.record)
         self.reconciler.before_resign, self.reconciler.after_resign = self.release.quiesce, self.release.after_resign
-        self.leadership.on_change.append(
-            lambda change: change.kind == "acquired" and asyncio.get_running_loop().create_task(self.release.lift()))
+        self.leadership.on_change.append(lambda change: change.kind == "acquired" and self.release.lift_soon())
 
     def __repr__(self) -> str:
         return f"<Agent {self.cfg.node} {self.role!r} {self.session!r}>"
@@ -226,6 +227,7 @@ class Agent:
             await self.inference.start()
         if self.router:
             self.router.start()
+        self.release.lift_soon()  # a hold an earlier agent left mid-handover (agent/release.py)
         self.events.record("agent_started", f"agent started (incarnation {self.incarnation})",
                            pid=os.getpid(), version=__version__)
         loop = asyncio.get_running_loop()

@@ -43,6 +43,7 @@ PRUNE_EVERY = 30.0
 # suspicion a fence waits for) then decides at once, not after a 5-15 ms range read.
 SNAPSHOT_REUSE = 0.5
 MAX_FAIL_DELAY = 10.0  # s between tries of a cycle that keeps raising
+FENCE_CALLS, FENCE_TIMEOUT = 4, 10.0  # device calls per fence level; a device's timeout when none is set
 BAD_REPORTS = 8  # bad_record events per cycle, each naming its key (then one saying how many more)
 
 
@@ -90,16 +91,26 @@ class Reconciler:
         self.failing: str | None = None  # why the last cycle raised, while it keeps doing so
         self._fail_delay = 0.0
         self.beat = clock.now()  # the decision loop's last sign of progress (systemd's watchdog)
-        # A planned resignation quiesces the front door first and lifts its hold after
+        # A planned resignation (Resign.planned) quiesces the front door first and lifts its hold after
         # (vigil.agent.release); no-ops unless the agent sets them.
         self.before_resign: Callable[[], Awaitable[None]] = _nothing
         self.after_resign: Callable[[], None] = lambda: None
 
     def stalled(self, now: float) -> bool:
-        """The loop has made no progress for longer than a wait, a cycle's etcd calls and
-        the longest back-off together can take: it is stuck inside a cycle."""
+        """The loop has made no progress for longer than a wait, a cycle's etcd calls, the
+        longest back-off and the longest fence together can take: it is stuck in a cycle."""
         t = self.cfg.timing
-        return now - self.beat > 2 * t.loop_interval + 4 * t.etcd_timeout + MAX_FAIL_DELAY
+        return now - self.beat > 2 * t.loop_interval + 4 * t.etcd_timeout + MAX_FAIL_DELAY + self._fence_budget
+
+    @property
+    def _fence_budget(self) -> float:
+        """The longest a fence may take: every level of the slowest node's topology, each
+        a power-off, a verification and a status call (FENCE_CALLS) within its timeout."""
+        f = self.cfg.fencing
+        if not f:
+            return 0.0
+        return max((sum(FENCE_CALLS * float(d.get("timeout", FENCE_TIMEOUT)) for d in levels)
+                    for levels in f.topology.values()), default=0.0)
 
     async def loop(self) -> None:
         while True:
@@ -265,14 +276,16 @@ class Reconciler:
         await self._campaign(view)
 
     async def _resign(self, d: Resign, view: ClusterView) -> None:
-        await self.before_resign()
+        if d.planned:
+            await self.before_resign()
         self.leadership.resign(d.reason)
         election = self.link.election()
         try:
             if election:
                 await election.resign(d.token)
         finally:
-            self.after_resign()
+            if d.planned:
+                self.after_resign()
 
     async def _clear_leader_key(self, d: ClearLeaderKey, view: ClusterView) -> None:
         # Every node that sees the key tries; the guarded delete lets exactly one win, whose

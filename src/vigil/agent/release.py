@@ -14,7 +14,12 @@ door, while it still holds the VIP:
 3. the leader waits until no connection to a VIP is established, at most
    QUIESCE_MAX s and only while its role stays valid, then resigns as before.
 The hold is lifted HOLD_AFTER s after the resignation (the VIP is gone from
-this machine by then) and at once whenever this node takes the role.
+this machine by then), at once whenever this node takes the role, and when
+the agent starts (one that crashed mid-handover left it); a lift that fails
+is a `front_door_hold_stuck` event. Only a planned resignation
+(core.reconcile.Resign.planned: a switchover, an operator's standby or
+drain, a degraded leader with a ready peer, a graceful stop) is quiesced: an
+unhealthy or failed leader hands over at once.
 
 A crash, a kill or a lost lease does none of this: there is no time to.
 Every step is best effort: a missing `nft` or router costs the guarantee,
@@ -46,7 +51,9 @@ def hold_rules(addresses: Iterable[str]) -> str:
     v6 = [a for a in addresses if ipaddress.ip_address(a).version == 6]
     rules = [f"    {fam} daddr {{ {', '.join(xs)} }} tcp flags & (syn | ack) == syn drop"
              for fam, xs in (("ip", v4), ("ip6", v6)) if xs]
-    return (f"table inet {TABLE} {{\n  chain input {{\n    type filter hook input priority -200; policy accept;\n"
+    # declared, deleted and made again in one transaction: a second hold replaces the first
+    return (f"table inet {TABLE} {{}}\ndelete table inet {TABLE}\n"
+            f"table inet {TABLE} {{\n  chain input {{\n    type filter hook input priority -200; policy accept;\n"
             + "\n".join(rules) + "\n  }\n}\n")
 
 
@@ -89,6 +96,7 @@ class FrontDoorRelease:
                  still_leading: Callable[[], bool], record: Callable[..., Any]):
         self.addresses, self.router_pid, self.still_leading, self.record = addresses, router_pid, still_leading, record
         self._lift: asyncio.TimerHandle | None = None
+        self._lifting: set[asyncio.Task] = set()  # held here: a task nobody references may vanish
 
     async def quiesce(self) -> None:
         """Steps 1-3 of the module docstring, before a planned resignation."""
@@ -102,10 +110,11 @@ class FrontDoorRelease:
                 os.kill(pid, signal.SIGUSR1)
             except ProcessLookupError:
                 pid = None
-        left = established(self.addresses)
+        # /proc/net/tcp of a busy node is long: read off the event loop (heartbeats go out on it)
+        left = await asyncio.to_thread(established, self.addresses)
         while left and self.still_leading() and time.monotonic() - t0 < QUIESCE_MAX:
             await asyncio.sleep(0.05)
-            left = established(self.addresses)
+            left = await asyncio.to_thread(established, self.addresses)
         waited = time.monotonic() - t0
         self.record("front_door_quiesced",
                     f"before handing the VIP over: new connections held ({problem or 'nftables'}), "
@@ -116,8 +125,14 @@ class FrontDoorRelease:
     def after_resign(self) -> None:
         """Lift the hold once the VIP has left this machine."""
         if self.addresses:
-            loop = asyncio.get_running_loop()
-            self._lift = loop.call_later(HOLD_AFTER, lambda: loop.create_task(self.lift()))
+            self._lift = asyncio.get_running_loop().call_later(HOLD_AFTER, self.lift_soon)
+
+    def lift_soon(self) -> None:
+        """`lift` in the background (on taking the role, at start, after a resignation)."""
+        if self.addresses:
+            task = asyncio.get_running_loop().create_task(self.lift())
+            self._lifting.add(task)
+            task.add_done_callback(self._lifting.discard)
 
     async def lift(self) -> None:
         if self._lift:
@@ -125,4 +140,8 @@ class FrontDoorRelease:
             self._lift = None
         if self.addresses:
             # declaring the table first makes the delete succeed whether or not it exists
-            await asyncio.to_thread(_nft, f"table inet {TABLE} {{}}\ndelete table inet {TABLE}\n")
+            problem = await asyncio.to_thread(_nft, f"table inet {TABLE} {{}}\ndelete table inet {TABLE}\n")
+            if problem:  # left in place it would drop every new connection once this node leads again
+                self.record("front_door_hold_stuck", f"the nftables hold on new connections to "
+                            f"{', '.join(self.addresses)} could not be lifted: {problem}; remove it with "
+                            f"`nft delete table inet {TABLE}`", problem=problem)

@@ -6,7 +6,10 @@ Contract:
   every configured peer, or `READY_WAIT` seconds after the session opened if
   some peer is still silent (a peer that is down must not keep a node out of
   service: its unit would time out and restart forever). `STATUS=` names the
-  peers not heard then.
+  peers not heard then. Without an etcd session it is sent `NO_ETCD_WAIT` s
+  after start all the same (well inside the unit's TimeoutStartSec): etcd
+  being away must not make systemd kill and restart the node's router and
+  model server, which serve without it; `STATUS=` says `no etcd session`.
 - `STATUS=` carries the role, the token, the health verdict and the last
   decision; it is sent whenever that line changes.
 - `WATCHDOG=1` is sent every quarter of `WATCHDOG_USEC`, and only while the
@@ -32,6 +35,7 @@ from typing import Any, Mapping
 log = logging.getLogger(__name__)
 
 READY_WAIT = 5.0  # s after the session opened: ready even if some peer is still silent
+NO_ETCD_WAIT = 15.0  # s after start: ready without an etcd session
 STATUS_PERIOD = 0.5  # s between looks at the status line when no watchdog is asked for
 
 
@@ -85,11 +89,12 @@ def status_line(agent: Any) -> str:
             f"decision: {agent.reconciler.last}")[:400]
 
 
-def ready_for_service(agent: Any, wait: float) -> list[str] | None:
-    """None until the agent holds its session; then the peers not heard yet ([]
-    when all were), once all were heard or `wait` s after the session opened."""
+def ready_for_service(agent: Any, wait: float, running_for: float = 0.0) -> list[str] | None:
+    """None while not ready; then the peers not heard yet ([] when all were): once
+    the session is held and all peers were heard or `wait` s passed since it
+    opened, or, without a session, once the agent has run NO_ETCD_WAIT s."""
     if not agent.session_ok() or agent.session_opened_at is None:
-        return None
+        return sorted(agent.heartbeats.peers.unheard()) if running_for >= NO_ETCD_WAIT else None
     silent = sorted(agent.heartbeats.peers.unheard())
     if silent and agent.clock.now() - agent.session_opened_at < wait:
         return None
@@ -100,10 +105,10 @@ async def notify_loop(agent: Any, notifier: Notifier) -> None:
     """Tell systemd when the agent is ready, what it is doing, and that it lives."""
     period = notifier.watchdog / 4 if notifier.watchdog else STATUS_PERIOD
     period = min(period, STATUS_PERIOD)
-    ready, last = False, ""
+    ready, last, started = False, "", agent.clock.now()
     while True:
         if not ready:
-            silent = ready_for_service(agent, READY_WAIT)
+            silent = ready_for_service(agent, READY_WAIT, agent.clock.now() - started)
             if silent is not None:
                 note = f"; not heard yet: {', '.join(silent)}" if silent else ""
                 last = status_line(agent) + note

@@ -56,7 +56,7 @@ def run_init(args) -> int:
         changed = write_bundle(render(inv, sec, node), out / node.name)
         print(f"{node.name}: {out / node.name} ({len(changed)} file(s) changed"
               + (f": {', '.join(changed)}" if changed and len(changed) <= 6 else "") + ")")
-    _write_admin(inv, sec, out / "admin", args.remove_node)
+    _write_admin(inv, sec, out / "admin")
     _next_steps(args, out)
     return 0
 
@@ -81,9 +81,16 @@ def _check_growth(args, inv, sec) -> None:
                           f"lists {sorted(listed)} but {sec.root} holds {sorted(known)}: say the change, "
                           f"`--add-node NAME` for a node new in the inventory or `--remove-node NAME` for one "
                           f"taken out of it (one at a time)")
+    voters, wanted = sec.voters(), {n.name for n in inv.voters}
+    if not inv.etcd_endpoints and voters != wanted:
+        # A running etcd's members change with `etcdctl member add/remove` first; a bundle that
+        # said ETCD_INITIAL_CLUSTER_STATE=new to a new voter would make it a cluster of its own.
+        raise ConfigError("nodes.etcd", sorted(wanted), f"etcd's voters are {sorted(voters)}: `vigil init` does not "
+                                                        "change the voters of a running etcd; keep them (add and "
+                                                        "remove workers), and see docs/deployment.md, Growth")
 
 
-def _write_admin(inv, sec, admin: Path, removed: str | None) -> None:
+def _write_admin(inv, sec, admin: Path) -> None:
     """What the person setting the cluster up keeps: etcd's users (and root's password)."""
     admin.mkdir(mode=0o700, parents=True, exist_ok=True)
     users = {u: {"kind": k, "password_file": str((sec.passwords / f"{u}.password").resolve())}
@@ -92,7 +99,8 @@ def _write_admin(inv, sec, admin: Path, removed: str | None) -> None:
            "cert_file": str((sec.tls / "operator.pem").resolve()),
            "key_file": str((sec.tls / "operator.key").resolve()),
            "root_password_file": str((sec.passwords / "root.password").resolve()),
-           "users": users, "remove": [removed, f"router-{removed}"] if removed else []}
+           # every node ever retired, not only this run's: a run in between must not forget one
+           "users": users, "remove": [u for n in sec.retired() for u in (n, f"router-{n}") if u not in users]}
     write_atomic(admin / "etcd-users.yaml", yaml.safe_dump(doc, sort_keys=False), 0o600)
 
 

@@ -55,6 +55,10 @@ class Demote(Decision):
 @dataclass(frozen=True)
 class Resign(Decision):
     token: int  # the leader key's create revision: deleted only if it is still that key
+    # A handover the node chose while it still serves (a switchover, an operator's standby or
+    # drain, a degraded node with a ready peer): its front door is quiesced first
+    # (vigil.agent.release). An unhealthy or failed leader resigns at once.
+    planned: bool = False
     action: ClassVar[str] = RESIGN
 
 
@@ -148,11 +152,11 @@ def _leading(v: ClusterView) -> Decision | None:
     so = v.switchover
     if so and so.to != v.me and v.eligible(so.to):
         by = f" by {so.requested_by}" if so.requested_by else ""
-        return Resign(f"switchover to {so.to} requested{by}", v.my_token)
+        return Resign(f"switchover to {so.to} requested{by}", v.my_token, planned=True)
     mine = v.states.get(v.me)
     if mine in INELIGIBLE_STATES:
         return Resign(f"state {mine} (an operator's standby or drain): handing the role over",
-                      v.my_token)
+                      v.my_token, planned=True)
     if not v.healthy:
         return Resign("unhealthy: " + ("; ".join(v.health_reasons) or "no reason given"), v.my_token)
     why = "; ".join(v.verdict_reasons) or "no reason given"
@@ -161,7 +165,7 @@ def _leading(v: ClusterView) -> Decision | None:
     if v.verdict == DEGRADED:
         ready = _ready_peers(v)
         if ready:
-            return Resign(f"degraded ({why}); {ready[0]} is ready to lead", v.my_token)
+            return Resign(f"degraded ({why}); {ready[0]} is ready to lead", v.my_token, planned=True)
         return Wait(f"holding leadership while degraded ({why}): no ready member to hand over to")
     return Wait(f"holding leadership (token {v.my_token})")
 

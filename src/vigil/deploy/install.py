@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import stat
 import subprocess
 from pathlib import Path
 
@@ -25,6 +26,10 @@ from vigil.files import write_atomic
 
 MANIFEST = "MANIFEST"
 OWNER_PACKAGES = {"etcd": "etcd-server"}
+INSTALLED = ".installed-bundle"  # in /etc/vigil: the paths the last install put in place
+# Where a bundle may write (vigil.deploy.bundle): nothing else, whatever its MANIFEST says.
+ALLOWED_DIRS = ("/etc/vigil/", "/etc/etcd/vigil/")
+ALLOWED_FILES = {"/etc/default/etcd", "/etc/sudoers.d/vigil-operators"}
 
 
 class InstallError(VigilError):
@@ -49,6 +54,10 @@ def write_bundle(bundle: Bundle, dest: Path) -> list[str]:
     return changed + sorted(set(old) - set(bundle.files))
 
 
+def _allowed_path(path: str) -> bool:
+    return path in ALLOWED_FILES or any(path.startswith(d) for d in ALLOWED_DIRS)
+
+
 def _manifest(src: Path) -> dict[str, tuple[int, str]]:
     out: dict[str, tuple[int, str]] = {}
     try:
@@ -64,20 +73,30 @@ def _manifest(src: Path) -> dict[str, tuple[int, str]]:
             mode = int(parts[0], 8)
         except ValueError:
             raise ConfigError(f"{MANIFEST} line {i}", parts[0], "the mode must be octal, e.g. 600") from None
+        if not _allowed_path(parts[2]):
+            raise ConfigError(f"{MANIFEST} line {i}", parts[2], f"is not a path a bundle writes (under "
+                                                                f"{', '.join(ALLOWED_DIRS)} or one of "
+                                                                f"{', '.join(sorted(ALLOWED_FILES))})")
+        if mode & ~0o755 or parts[1] not in OWNER_PACKAGES and parts[1] != "root":
+            raise ConfigError(f"{MANIFEST} line {i}", line[:200], "a bundle's files are owned by root or etcd, "
+                                                                  "writable by their owner only, never set-id")
         out[parts[2]] = (mode, parts[1])
     return out
 
 
 def install(src: Path, root: Path = Path("/")) -> list[str]:
-    """Put the bundle at `src` in place under `root`; the paths changed."""
+    """Put the bundle at `src` in place under `root`; the paths changed (written or
+    removed). Every file is read first, so a bundle with one bad entry installs
+    nothing; the sudoers drop-in goes last, after the files its commands use."""
     manifest = _manifest(src)
     owners = {owner: _uid(owner) for _, owner in manifest.values()}
-    (root / ETC.relative_to("/")).mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(root / ETC.relative_to("/"), 0o700)
+    files = {path: _read_source(src, path) for path in manifest}
+    etc = root / ETC.relative_to("/")
+    etc.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(etc, 0o700)
     changed = []
-    for path, (mode, owner) in manifest.items():
-        data = (src / path.lstrip("/")).read_bytes()
-        dest = root / path.lstrip("/")
+    for path in sorted(manifest, key=lambda p: p.startswith("/etc/sudoers.d/")):
+        (mode, owner), data, dest = manifest[path], files[path], root / path.lstrip("/")
         if _same(dest, data, mode, owners[owner]):
             continue
         if path.startswith("/etc/sudoers.d/"):
@@ -86,7 +105,40 @@ def install(src: Path, root: Path = Path("/")) -> list[str]:
         write_atomic(dest, data, mode)
         os.chown(dest, owners[owner], -1)
         changed.append(path)
+    changed += _remove_dropped(etc / INSTALLED, set(manifest), root)
+    write_atomic(etc / INSTALLED, "".join(f"{p}\n" for p in sorted(manifest)), 0o600)
     return changed
+
+
+def _read_source(src: Path, path: str) -> bytes:
+    """A bundle file's bytes: a regular file inside the bundle, never through a link
+    (a link at etc/default/etcd to /etc/shadow would install a readable copy)."""
+    f = src / path.lstrip("/")
+    try:
+        inside = f.resolve().is_relative_to(src.resolve()) and f.resolve() == f.absolute()
+        if not inside or not stat.S_ISREG(os.lstat(f).st_mode):
+            raise ConfigError("bundle", str(f), "is a link or not a regular file: give the bundle `vigil init` "
+                                                "wrote, copied as it is")
+        fd = os.open(f, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as e:
+        raise ConfigError("bundle", str(f), f"cannot be read ({e.strerror}): copy the whole bundle") from None
+    with os.fdopen(fd, "rb") as fh:
+        return fh.read()
+
+
+def _remove_dropped(record: Path, now: set[str], root: Path) -> list[str]:
+    """Remove the files an earlier install of a bundle put here that this one no longer
+    has (a removed node's BMC password), and only such files."""
+    try:
+        before = set(record.read_text().split())
+    except OSError:
+        return []
+    gone = []
+    for path in sorted(before - now):
+        if _allowed_path(path):
+            (root / path.lstrip("/")).unlink(missing_ok=True)
+            gone.append(path)
+    return gone
 
 
 def _uid(owner: str) -> int:

@@ -40,6 +40,8 @@ from vigil.files import read_yaml
 # so); a machine with a watchdog can take `timing: {lease_ttl: 3, demote_after: 1.6, ...}`.
 FAST_TIMING = {"heartbeat_interval": 0.1, "lease_ttl": 2, "keepalive_interval": 0.5,
                "demote_after": 1.6, "etcd_timeout": 0.5, "loop_interval": 0.5}
+# Names a node may not have: files and folders of `vigil init`'s output and the service users.
+RESERVED = {"secrets", "admin", "retired", "ca", "continue", "root", "router", "gateway", "operator"}
 PORTS = {"api": 7400, "heartbeat": 7401, "router_heartbeat": 7402, "router": 8080, "router_admin": 8081,
          "etcd_client": 2379, "etcd_peer": 2380}
 
@@ -123,10 +125,12 @@ def _node(v: Any, i: int, base: Path) -> NodeSpec:
     where = f"nodes[{i}]"
     d = check_mapping(v, where, {"name", "address", "etcd", "failure_domain", "priority", "bmc"})
     name = check_name(d, "name", f"{where}.name")
-    if name in ("root", "router", "gateway", "operator") or name.startswith("router-"):
-        raise ConfigError(f"{where}.name", name, "is the name of a service user: name nodes n1, gpu-07, ...")
-    if name in ("secrets", "admin"):  # `vigil init` writes OUT/secrets, OUT/admin and OUT/NODE
-        raise ConfigError(f"{where}.name", name, "is a folder of `vigil init`'s output: name nodes n1, gpu-07, ...")
+    if name.startswith("router-"):
+        raise ConfigError(f"{where}.name", name, "is the name of a router's etcd user: name nodes n1, gpu-07, ...")
+    if name in RESERVED or name.endswith("-api") or name.startswith("etcd-"):
+        raise ConfigError(f"{where}.name", name, "is taken by a file or folder of `vigil init` (secrets/, admin/, "
+                                                 "ca.key, continue.key, NODE-api.*, etcd-NODE.*): name nodes "
+                                                 "n1, gpu-07, ...")
     etcd = d.get("etcd", False)
     if not isinstance(etcd, bool):
         raise ConfigError(f"{where}.etcd", etcd, "must be true (an etcd voter runs here) or false")
@@ -135,13 +139,20 @@ def _node(v: Any, i: int, base: Path) -> NodeSpec:
     if "bmc" in d:
         b = check_mapping(d["bmc"], f"{where}.bmc", {"address", "user", "password_file"})
         pw = b.get("password_file")
-        if not isinstance(pw, str) or not (base / pw).is_file():
+        if not isinstance(pw, str) or not _is_file(base, pw):
             raise ConfigError(f"{where}.bmc.password_file", pw, "name a file holding the BMC password "
                                                                 "(relative to the inventory)")
         bmc = Bmc(check_address(b.get("address"), f"{where}.bmc.address"),
                   check_name(b, "user", f"{where}.bmc.user"), str((base / pw).resolve()))
     return NodeSpec(name, check_address(d.get("address"), f"{where}.address"), etcd, domain,
                     check_int(d.get("priority", 100 - i), f"{where}.priority", 0, 1000), bmc)
+
+
+def _is_file(base: Path, name: str) -> bool:
+    try:
+        return (base / name).is_file()
+    except (OSError, ValueError):  # a name too long, a NUL byte
+        return False
 
 
 def _unique(nodes: tuple[NodeSpec, ...]) -> None:
@@ -206,7 +217,7 @@ def _inference(v: Any) -> dict[str, Any] | None:
     cmd = d.get("command")
     if cmd is not None and (not isinstance(cmd, list) or not all(isinstance(c, str) for c in cmd)):
         raise ConfigError("inference.command", cmd, "must be a list of strings (the program and its arguments)")
-    if cmd is not None and not isinstance(d.get("user"), str):
+    if cmd is not None and (not isinstance(d.get("user"), str) or d.get("user") in ("root", "0")):
         raise ConfigError("inference.user", d.get("user"), "name the unprivileged user the model server runs "
                                                            "as (never root)")
     return dict(d)

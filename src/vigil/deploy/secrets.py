@@ -97,6 +97,15 @@ class Secrets:
             write_ring(ring_path, ring)
         return moved
 
+    def voters(self) -> set[str]:
+        """The nodes with an etcd server certificate here: the voters `vigil init` made."""
+        return {p.stem.removeprefix("etcd-") for p in self.tls.glob("etcd-*.pem")}
+
+    def retired(self) -> list[str]:
+        """Every node `--remove-node` retired (its etcd users must be gone)."""
+        d = self.root / "retired"
+        return sorted(p.name for p in d.iterdir()) if d.is_dir() else []
+
     def known_nodes(self) -> set[str]:
         """The nodes that have a signing key here."""
         return {p.stem for p in self.keys.glob("*.key") if p.name != "continue.key"}
