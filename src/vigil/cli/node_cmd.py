@@ -26,6 +26,8 @@ from vigil.core.view import MAINTENANCE, STANDBY
 from vigil.errors import ConfigError, VigilError
 from vigil.store.registry import Registry
 
+DRAIN_SETTLE = 1.0  # s without work, and without the role, before a drain counts as done
+
 
 def register(sub) -> None:
     for name, text in (("standby", "take NODE out of service: no new requests, no roles (kept until resume)"),
@@ -77,16 +79,23 @@ def _maintenance(args) -> int:
 
 
 async def _wait_drained(reg: Registry, target, node: str, timeout: float) -> None:
+    """Until NODE leads nothing and its engine has had no work for DRAIN_SETTLE s on
+    end: the routers learn the new state through their etcd watches, and a request
+    one of them sent just before is on its way to the engine, not yet counted (an
+    upgrade that restarted the engine at the first empty look failed it)."""
     loop = asyncio.get_running_loop()
-    deadline, last = loop.time() + timeout, "not checked yet"
+    deadline, last, quiet_since = loop.time() + timeout, "not checked yet", None
     while loop.time() < deadline:
         snap = await reg.snapshot()
         view = (await agent_views(snap, [node], target.api)).get(node) if node in snap.members else None
         pending = ((view or {}).get("inference") or {}).get("pending") or 0
         leads = bool(snap.leader and snap.leader.name == node)
-        if not leads and not pending:
+        if leads or pending:
+            quiet_since, last = None, f"leader: {leads}, engine pending: {pending}"
+        elif quiet_since is None:
+            quiet_since = loop.time()
+        elif loop.time() - quiet_since >= DRAIN_SETTLE:
             return
-        last = f"leader: {leads}, engine pending: {pending}"
         await asyncio.sleep(0.1)
     raise VigilError(f"{node} is not drained after {timeout:g} s ({last}); it takes no new work, "
                      "run `vigil status` to see what it still holds")
