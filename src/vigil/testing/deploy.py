@@ -167,11 +167,14 @@ def start_agents(cluster: Cluster, machines: list[Machine]) -> None:
     cluster.connect(ca.read_bytes(), token)
     wait_for(lambda: cluster.leader(), 120, "a leader")
     wait_for(lambda: cluster.holders(), 60, "the VIP on the leader")
+    # in service: every model server answering (before, the routers answer 503: nothing to serve)
+    wait_for(lambda: all(ready(cluster, m) for m in machines), 90, "every node ready, its model server too")
 
 
 def ready(cluster: Cluster, m: Machine) -> bool:
+    """m's agent holds its session, is healthy, and its model server answers."""
     s = cluster.status(m)
-    return bool(s and s["session"]["ok"] and s["healthy"])
+    return bool(s and s["session"]["ok"] and s["healthy"] and (s.get("inference") or {}).get("ready"))
 
 
 # -- load ------------------------------------------------------------------------------
