@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from vigil.testing.machines import Client, Machine, Machines, MachineError, wait_for
+from vigil.testing.machines import Client, Machine, Machines, wait_for
 
 SUBNET = "10.231.42"
 VIP = f"{SUBNET}.100"
@@ -87,8 +87,8 @@ class Cluster:
     def holders(self) -> list[str]:
         out = []
         for m in self.up():
-            r = m.run(["ip", "-o", "-4", "addr", "show", "dev", "host0"], check=False, timeout=10)
-            if f" {VIP}/" in r.stdout:
+            r = m.net_run(["ip", "-o", "-4", "addr", "show", "dev", "host0"])
+            if r is not None and f" {VIP}/" in r.stdout:
                 out.append(m.name)
         return out
 
@@ -98,8 +98,8 @@ class Cluster:
             while not self._watching.is_set():
                 try:
                     self.vip_samples.append((time.time(), self.holders()))
-                except (MachineError, OSError):
-                    pass  # a machine going down mid-look
+                except Exception:  # noqa: BLE001 - a machine going down mid-look; the watch goes on
+                    pass
                 self._watching.wait(0.2)
         threading.Thread(target=loop, daemon=True).start()
 

@@ -92,10 +92,11 @@ def walkthrough(work: Path) -> dict[str, Any]:
         finally:
             max_holders = c.stop_watching()
             samples = stop_load(load, load_out)
-    for name in ("stop", "watchdog", "poweroff", "crash", "upgrade", "add_node"):
-        f = out[name]
-        f["failed"] = len([s for s in samples if f["t0"] <= s["start"] <= f["t1"] + WINDOW_MARGIN
-                           and s["status"] != 200])
+    order = ("stop", "watchdog", "poweroff", "crash", "upgrade", "add_node")
+    for name, after in zip(order, [*order[1:], None]):
+        f = out[name]  # its window: until WINDOW_MARGIN s after it, and never into the next fault
+        end = min(f["t1"] + WINDOW_MARGIN, out[after]["t0"] if after else float("inf"))
+        f["failed"] = len([s for s in samples if f["t0"] <= s["start"] < end and s["status"] != 200])
     return {**out, "timings": timings, "units_verified": units["verified"], "units": units,
             "max_vip_holders": max_holders, "answered": sum(s["status"] == 200 for s in samples),
             "failed_total": sum(s["status"] != 200 for s in samples), "next_version": following,

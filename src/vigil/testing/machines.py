@@ -198,6 +198,18 @@ class Machine:
                            input=input, capture_output=True, timeout=timeout)
         return _completed(argv, r, check, self.name)
 
+    def net_run(self, cmd: Sequence[str], timeout: float = 5) -> subprocess.CompletedProcess | None:
+        """A host program in the machine's network namespace only (None if it cannot run
+        now). For polling a machine that may be shutting down: a process that entered
+        its mount and PID namespaces (`run`) can hang there and hold its shutdown up."""
+        if not (self.running and self.init_pid):
+            return None
+        try:
+            return subprocess.run([self.owner.nsenter, "-t", str(self.init_pid), "-n", *cmd], env=ENV,
+                                  capture_output=True, text=True, timeout=timeout)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+
     def put(self, path: str, data: bytes, mode: int = 0o600, owner: str = "root") -> None:
         """Write `data` to `path` in the machine (parents made; replaced atomically)."""
         script = ('set -e; mkdir -p "$(dirname "$1")"; t="$1.vigil-put"; cat > "$t"; '
