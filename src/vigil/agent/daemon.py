@@ -234,7 +234,7 @@ class Agent:
         self._tasks = [loop.create_task(self._session_loop()),
                        loop.create_task(self.reconciler.watch_loop()),
                        loop.create_task(self.reconciler.loop()),
-                       loop.create_task(self._role_guard_loop()),
+                       loop.create_task(self.leadership.guard()),
                        loop.create_task(warn_of_lease_bug(self.store, self.events.record)),
                        *([loop.create_task(self.payloads.run())] if self.inference else []),
                        *([loop.create_task(self.jobs.run())] if self.jobs else [])]
@@ -387,22 +387,3 @@ class Agent:
         self.heartbeats.send_now()
         self.request_publish()
         self.wake.set()
-
-    async def _role_guard_loop(self) -> None:
-        """Self-fencing: demote at the role's deadline, even if etcd hangs. The guard
-        sleeps until the deadline (a renewal moves it: the guard sleeps on to the
-        new one) or until the role changes; a process stopped past the deadline
-        demotes the moment it runs again (its overdue timer fires first thing)."""
-        changed = asyncio.Event()
-        self.leadership.on_change.append(lambda change: changed.set())
-        while True:
-            changed.clear()
-            if self.leadership.state != "leader":
-                await changed.wait()
-                continue
-            try:
-                async with asyncio.timeout(self.leadership.remaining()):
-                    await changed.wait()
-            except TimeoutError:
-                pass
-            self.leadership.check()

@@ -16,6 +16,7 @@ its self-demotion deadline even if nobody calls `check()` (core.leader).
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Callable
 
@@ -122,3 +123,22 @@ class Leadership:
                         f"{change.reason}", token=change.token)
         for hook in self.on_change:
             hook(change)
+
+    async def guard(self) -> None:
+        """Self-fencing: demote at the role's deadline, even if etcd hangs. The guard
+        sleeps until the deadline (a renewal moves it: the guard sleeps on to the
+        new one) or until the role changes; a process stopped past the deadline
+        demotes the moment it runs again (its overdue timer fires first thing)."""
+        changed = asyncio.Event()
+        self.on_change.append(lambda change: changed.set())
+        while True:
+            changed.clear()
+            if self.state != "leader":
+                await changed.wait()
+                continue
+            try:
+                async with asyncio.timeout(self.remaining()):
+                    await changed.wait()
+            except TimeoutError:
+                pass
+            self.check()
