@@ -44,6 +44,8 @@ TABLE = "vigil_handover"
 QUIESCE_MAX = 5.0  # s: a connection still open after this is cut by the move
 HOLD_AFTER = 3.0  # s after resigning: the VIP is gone, the SYNs may pass again
 TCP_ESTABLISHED = "01"
+# Declaring the table first makes the delete succeed whether or not it exists.
+RESET = f"table inet {TABLE} {{}}\ndelete table inet {TABLE}\n"
 
 
 def hold_rules(addresses: Iterable[str]) -> str:
@@ -52,9 +54,8 @@ def hold_rules(addresses: Iterable[str]) -> str:
     v6 = [a for a in addresses if ipaddress.ip_address(a).version == 6]
     rules = [f"    {fam} daddr {{ {', '.join(xs)} }} tcp flags & (syn | ack) == syn drop"
              for fam, xs in (("ip", v4), ("ip6", v6)) if xs]
-    # declared, deleted and made again in one transaction: a second hold replaces the first
-    return (f"table inet {TABLE} {{}}\ndelete table inet {TABLE}\n"
-            f"table inet {TABLE} {{\n  chain input {{\n    type filter hook input priority -200; policy accept;\n"
+    # reset and made again in one transaction: a second hold replaces the first
+    return (RESET + f"table inet {TABLE} {{\n  chain input {{\n    type filter hook input priority -200; policy accept;\n"
             + "\n".join(rules) + "\n  }\n}\n")
 
 
@@ -140,8 +141,7 @@ class FrontDoorRelease:
             self._lift.cancel()
             self._lift = None
         if self.addresses and shutil.which("nft"):  # without nft no hold was ever made
-            # declaring the table first makes the delete succeed whether or not it exists
-            problem = await asyncio.to_thread(_nft, f"table inet {TABLE} {{}}\ndelete table inet {TABLE}\n")
+            problem = await asyncio.to_thread(_nft, RESET)
             if problem:  # left in place it would drop every new connection once this node leads again
                 self.record("front_door_hold_stuck", f"the nftables hold on new connections to "
                             f"{', '.join(self.addresses)} could not be lifted: {problem}; remove it with "
