@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from vigil.core.topology import DEFAULT_DOMAIN, TopologySettings
 from vigil.core.timing import WATCHDOG_MODES, WATCHDOG_REQUIRED, Timing, fitting_timeout, validate_timing
 from vigil.errors import ConfigError, VigilError
 from vigil.etcd_config import EtcdConfig, parse_etcd
@@ -36,6 +37,7 @@ class Peer:
     name: str
     addresses: tuple[str, ...]
     port: int
+    failure_domain: str = DEFAULT_DOMAIN  # its rack, power feed or NVLink domain
 
 
 @dataclass(frozen=True)
@@ -101,13 +103,19 @@ class NodeConfig:
     vips: tuple[VipConfig, ...] = ()  # held by the leader (vigil.agent.vips)
     router_config: str | None = None  # the node's router, run and restarted by the agent
     health: HealthConfig = field(default_factory=HealthConfig)  # probes, policy, requirements
+    failure_domain: str = DEFAULT_DOMAIN  # this node's rack, power feed or NVLink domain
+    topology: TopologySettings = field(default_factory=TopologySettings)  # who watches whom
+
+    def domains(self) -> dict[str, str]:
+        """Every configured member's failure domain, this node's included."""
+        return {self.node: self.failure_domain, **{p.name: p.failure_domain for p in self.peers}}
 
     @property
     def api_url(self) -> str:
         return f"{'https' if self.api_tls else 'http'}://{self.api_host}:{self.api_port}"
 
 
-_TOP = {"cluster", "node", "priority", "data_dir", "api", "etcd", "heartbeat", "timing", "log_level",
+_TOP = {"cluster", "node", "failure_domain", "priority", "data_dir", "api", "etcd", "heartbeat", "timing", "log_level",
         "inference", "fencing", "controller", "watchdog", "vips", "router", "health"}
 
 
@@ -123,7 +131,7 @@ def parse_config(raw: Any, base_dir: Path = Path(".")) -> NodeConfig:
     api = check_mapping(d.get("api", {}), "api", {"host", "port", "cert_file", "key_file", "tokens_file"})
     hb = check_mapping(d.get("heartbeat"), "heartbeat", {"addresses", "port", "key", "key_file", "peers",
                                                     "observers", "signing_key_file", "keyring_file",
-                                                    "max_clock_skew"})
+                                                    "max_clock_skew", "topology"})
     peers = _peers(hb.get("peers", []), node)
     keys = parse_heartbeat_keys(hb, base_dir, node)
     ring_covers(keys, [p.name for p in peers])
@@ -147,7 +155,8 @@ def parse_config(raw: Any, base_dir: Path = Path(".")) -> NodeConfig:
         inference=_inference(d.get("inference")), fencing=parse_fencing(d.get("fencing"), base_dir),
         controller=_controller(d.get("controller")), watchdog=_watchdog(d.get("watchdog"), timing),
         vips=parse_vips(d.get("vips", [])), router_config=_router(d.get("router"), base_dir),
-        health=parse_health(d.get("health")))
+        health=parse_health(d.get("health")), failure_domain=_domain(d, "failure_domain"),
+        topology=_topology(hb.get("topology", {})))
 
 
 def _router(v: Any, base: Path) -> str | None:
@@ -205,14 +214,32 @@ def _peers(v: Any, me: str) -> tuple[Peer, ...]:
     out, seen = [], set()
     for i, p in enumerate(v):
         where = f"heartbeat.peers[{i}]"
-        p = check_mapping(p, where, {"name", "addresses", "port"})
+        p = check_mapping(p, where, {"name", "addresses", "port", "failure_domain"})
         name = check_name(p, "name", f"{where}.name")
         if name == me or name in seen:
             raise ConfigError(f"{where}.name", name, "must be unique and differ from this node's name")
         seen.add(name)
         out.append(Peer(name, check_addresses(p.get("addresses"), f"{where}.addresses"),
-                        check_port(p.get("port", DEFAULT_HEARTBEAT_PORT), f"{where}.port")))
+                        check_port(p.get("port", DEFAULT_HEARTBEAT_PORT), f"{where}.port"),
+                        _domain(p, "failure_domain", f"{where}.failure_domain")))
     return tuple(out)
+
+
+def _domain(d: dict[str, Any], key: str, where: str | None = None) -> str:
+    return check_name(d, key, where) if key in d else DEFAULT_DOMAIN
+
+
+def _topology(v: Any) -> TopologySettings:
+    """heartbeat.topology: the same on every member, or they disagree on who
+    watches whom (`vigil plan --check` compares them)."""
+    d = check_mapping(v, "heartbeat.topology", {"observers", "agreement", "full_mesh_up_to",
+                                                 "domain_mesh_up_to"})
+    for k, x in d.items():
+        check_int(x, f"heartbeat.topology.{k}", 1, 1000)
+    t = TopologySettings(**d)
+    for name, value, fix in t.problems():
+        raise ConfigError(f"heartbeat.topology.{name}", value, fix)
+    return t
 
 
 def _observers(v: Any) -> tuple[Observer, ...]:

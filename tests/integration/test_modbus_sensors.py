@@ -78,6 +78,19 @@ def test_the_simulator_ramps_and_the_trend_sees_it(plc):
     assert plc.read(12, 1)[0] == 0
 
 
+def test_a_plc_for_a_hundred_nodes_ramps_the_last_one(tmp_path):
+    """A Modbus read carries at most 125 registers: the simulator of a 20-node lab
+    read 200 at once and died before answering (scale-baseline.md)."""
+    sim = LabSensors(procs.free_ports(1)[0], 100, str(tmp_path / "sensors.log"))
+    sim.start()
+    try:
+        sim.set(99, temp=20.0, ramp=5.0)
+        procs.wait_for(lambda: sim.read(990, 1)[0] >= temp_to_counts(21.0), 10, "node 99's ramp moving")
+        assert sim.read(0, 1)[0] == temp_to_counts(24.0)
+    finally:
+        sim.stop()
+
+
 def test_illegal_addresses_silent_and_vanishing_plcs_are_counted_never_raised(plc):
     beyond = ModbusSensors([SensorPoint("far", "inlet_temp", "127.0.0.1", plc.port, 500, signal="4-20mA",
                                         raw_per_unit=100)])

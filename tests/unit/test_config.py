@@ -141,7 +141,11 @@ def test_check_config_reports_timers(tmp_path):
     (["status", "--lab", "/nonexistent-lab"], "vigil lab up --dir"),
     (["lab", "down", "--dir", "/nonexistent-lab"], "nothing to stop"),
     (["events", "--limit", "-1", "--etcd", "http://127.0.0.1:1", "--cluster", "x"], "positive count"),
-    (["lab", "up", "--nodes", "0", "--dir", "/tmp/vigil-never-created"], "1 to 32 nodes"),
+    (["lab", "up", "--nodes", "0", "--dir", "/tmp/vigil-never-created"], "1 to 100 nodes"),
+    (["lab", "up", "--nodes", "101", "--dir", "/tmp/vigil-never-created"], "1 to 100 nodes"),
+    (["lab", "up", "--nodes", "3", "--rack-size", "0", "--dir", "/tmp/vigil-never-created"], "--rack-size"),
+    (["plan", "--nodes", "10", "--domains", "0"], "--domains"),
+    (["plan", "--check"], "--check needs a node"),
     (["--bogus"], "(see `vigil --help`)"),  # issue 9 #11: it said `vigil vigil --help`
     (["status", "--bogus"], "(see `vigil status --help`)"),
 ])
@@ -334,3 +338,32 @@ def test_a_path_with_a_nul_byte_is_named_not_a_crash(tmp_path):
         with pytest.raises(ConfigError) as e:
             parse_config(good(heartbeat={**good()["heartbeat"], field: "keys/\x00"}))
         assert e.value.field.endswith(field) and "NUL" in str(e.value)
+
+
+def test_failure_domains_and_the_detection_topology():
+    hb = good()["heartbeat"]
+    c = parse_config(good(failure_domain="rack-7", heartbeat={
+        **hb, "peers": [{**hb["peers"][0], "failure_domain": "rack-8"}],
+        "topology": {"observers": 4, "agreement": 3, "full_mesh_up_to": 24, "domain_mesh_up_to": 12}}))
+    assert c.domains() == {"n1": "rack-7", "n2": "rack-8"}
+    assert (c.topology.observers, c.topology.agreement, c.topology.full_mesh_up_to) == (4, 3, 24)
+    assert parse_config(good()).domains() == {"n1": "default", "n2": "default"}
+
+
+@pytest.mark.parametrize("topology, field", [
+    ({"observers": 0}, "heartbeat.topology.observers"),
+    ({"observers": 4, "agreement": 5}, "heartbeat.topology.agreement"),
+    ({"domain_mesh_up_to": 40}, "heartbeat.topology.domain_mesh_up_to"),
+    ({"observer": 4}, "heartbeat.topology.observer"),
+    ({"observers": "8"}, "heartbeat.topology.observers"),
+])
+def test_a_bad_topology_names_the_field(topology, field):
+    with pytest.raises(ConfigError) as e:
+        parse_config(good(heartbeat={**good()["heartbeat"], "topology": topology}))
+    assert e.value.field == field, str(e.value)
+
+
+def test_a_bad_failure_domain_names_the_field():
+    with pytest.raises(ConfigError) as e:
+        parse_config(good(failure_domain="rack 7/a"))
+    assert e.value.field == "failure_domain"

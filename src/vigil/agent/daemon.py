@@ -114,7 +114,7 @@ class Agent:
                               lambda: self.session.renew_now() if self.session else None)
         self.leadership = Leadership(cfg.node, cfg.timing.demote_after, self.clock, self.data_dir, self.history,
                                      self.watchdog, self.vips, self.events.record)
-        self.leadership.on_change += [lambda change: self.heartbeats.send_now(), lambda change: self.wake.set(),
+        self.leadership.on_change += [self._lead_heartbeats, lambda change: self.heartbeats.send_now(), lambda change: self.wake.set(),
                                       lambda change: self.reconciler.invalidate_snapshot()]
         c = cfg.controller
         self.controller = (Controller(cfg.node, lambda: self.cfg.keys.signing, self.clock, self.events.record,
@@ -130,8 +130,7 @@ class Agent:
         self.reconciler = Reconciler(cfg, self.clock, self.store, self.keys, self.registry, self.events.record,
                                      self.leadership, self.heartbeats.peers, link, self.wake, fencer,
                                      self.controller, lambda: self.health.verdict,
-                                     lambda snap: self.heartbeats.expect(
-                                         {n: rec.incarnation for n, rec in snap.members.items()}))
+                                     self._on_snapshot, lambda: self.heartbeats.topology)
         self.payloads = PayloadPublisher(self.store, self.keys, cfg.node, self.clock,
                                          lambda: self.session.lease_id if self.session_ok() else 0)
         self.inference = (InferenceSupervisor(cfg.inference, self.data_dir, self.clock, self._on_inference,
@@ -205,6 +204,17 @@ class Agent:
             h["verdict"] = more_severe(h["verdict"], DEGRADED)
             h["reasons"] = list(self.health_reasons) + h["reasons"]
         return {**h, "may_lead": self.healthy}
+
+    def _on_snapshot(self, snap: Any) -> None:
+        """Every snapshot a cycle reads: the incarnations the heartbeat receiver
+        should expect, and the leader the detection topology follows."""
+        self.heartbeats.expect({n: rec.incarnation for n, rec in snap.members.items()})
+        self.heartbeats.follow(snap.leader.name if snap.leader else None)
+
+    def _lead_heartbeats(self, change: Any) -> None:
+        """On taking the role, send to everyone at once, not from the next snapshot on."""
+        if self.leadership.is_leader():
+            self.heartbeats.follow(self.cfg.node)
 
     def _heartbeat_status(self) -> tuple[str, str]:
         return ("healthy" if self.healthy else "unhealthy",

@@ -12,6 +12,14 @@ change of our own suspicions is sent at once, not at the next interval: a
 standby deciding whether to fence learns that the others agree within a
 packet's flight, not after their member records pass through etcd.
 
+Whom we hear and whom we send to follow the detection topology
+(vigil.core.topology): everyone in a cluster of up to 16, else our failure
+domain's mesh, the nodes we observe and the leader; we send to our mesh,
+our observers and, while we lead, to everyone. `follow(leader)` re-plans
+when the leader changes (the reconciler calls it every cycle); a peer we
+stop watching is forgotten and one we start watching starts `unknown`.
+Packets from a tracked member we do not watch are authenticated and dropped.
+
 A peer whose clock is off by more than `heartbeat.max_clock_skew` is an
 alarm, not a suspicion: its authentic heartbeats keep it alive
 (vigil.net.transport), and one `clock_skew` event is recorded when it starts
@@ -30,6 +38,7 @@ from vigil.clock import Clock
 from vigil.config import NodeConfig
 from vigil.heartbeat_keys import HeartbeatKeys
 from vigil.core.peers import TICK, PeerTable, PeerTransition, PeerWatch
+from vigil.core.topology import Topology, TopologySettings
 from vigil.net.transport import HeartbeatReceiver, HeartbeatTransport
 from vigil.net.wire import Heartbeat
 
@@ -44,13 +53,17 @@ class HeartbeatService:
                  record: Callable[..., Any] = lambda kind, cause, **details: None):
         self.cfg, self.clock, self.incarnation = cfg, clock, incarnation
         self.on_transitions, self.status, self.on_news = on_transitions, status, on_news
-        self.peers = PeerTable([p.name for p in cfg.peers], cfg.timing.detector(), cfg.timing.rise)
+        self.topology = Topology(cfg.domains(), cfg.topology)
+        self.leader: str | None = None
+        self.peers = PeerTable(sorted(self.topology.subjects(cfg.node)), cfg.timing.detector(),
+                               cfg.timing.rise)
+        self._peer_cfg, self._observer_cfg = tuple(cfg.peers), tuple(cfg.observers)
         self.receiver = HeartbeatReceiver(cfg.cluster, cfg.node, cfg.keys.ring,
                                           {p.name: set(p.addresses) for p in cfg.peers},
                                           clock.wall, cfg.keys.max_clock_skew, clock.now,
                                           cfg.timing.heartbeat_interval)
         self.transport = HeartbeatTransport(self.receiver, list(cfg.addresses), cfg.heartbeat_port,
-                                            _links(cfg.peers, cfg.observers), self._deliver,
+                                            self._links(), self._deliver,
                                             cfg.keys.signing, network)
         self.tick, self.record = tick, record
         self._skew_alarms: set[str] = set()
@@ -72,18 +85,44 @@ class HeartbeatService:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.transport.close()
 
-    def use_peers(self, peers: tuple[Any, ...], observers: tuple[Any, ...]) -> tuple[list[str], list[str]]:
+    def use_peers(self, peers: tuple[Any, ...], observers: tuple[Any, ...],
+                  settings: TopologySettings | None = None) -> tuple[list[str], list[str]]:
         """Hear and send to these peers and observers from now on (a reload): a new
         peer starts `unknown`, a removed one is forgotten. Returns (added, removed)."""
-        old, new = set(self.peers.peers), {p.name for p in peers}
+        old, new = {p.name for p in self._peer_cfg}, {p.name for p in peers}
         for p in peers:
-            self.peers.add(p.name)
             self.receiver.track(p.name, set(p.addresses))
         for name in old - new:
-            self.peers.remove(name)
             self.receiver.untrack(name)
-        self.transport.peer_links = _links(peers, observers)
+        self._peer_cfg, self._observer_cfg = tuple(peers), tuple(observers)
+        domains = {self.cfg.node: self.cfg.failure_domain, **{p.name: p.failure_domain for p in peers}}
+        self.topology = Topology(domains, settings or self.topology.settings)
+        self._replan()
         return sorted(new - old), sorted(old - new)
+
+    def follow(self, leader: str | None) -> None:
+        """The leader is now `leader` (None: none): watch it, and send to everyone
+        while it is us. Cheap when nothing changed."""
+        if leader != self.leader:
+            self.leader = leader
+            self._replan()
+
+    def _replan(self) -> None:
+        watched = self.topology.subjects(self.cfg.node, self.leader)
+        for name in set(self.peers.peers) - watched:
+            self.peers.remove(name)
+        for name in sorted(watched - set(self.peers.peers)):
+            self.peers.add(name)
+        self.transport.peer_links = self._links()
+
+    def _links(self) -> dict[str, list[tuple[str, int]]]:
+        """Where our heartbeats go: our watchers' addresses, and every observer
+        (routers hear us but send nothing back)."""
+        watchers = self.topology.watchers(self.cfg.node, self.leader)
+        links = {p.name: [(a, p.port) for a in p.addresses] for p in self._peer_cfg if p.name in watchers}
+        for o in self._observer_cfg:
+            links[f"observer {o.address}:{o.port}"] = [(o.address, o.port)]
+        return links
 
     def use_keys(self, keys: HeartbeatKeys) -> None:
         """Verify with the new ring and sign with the new key from the next packet on."""
@@ -115,7 +154,9 @@ class HeartbeatService:
             log.info("local pause of %.0f ms: not held against peers", self.watch.paused * 1000)
 
     def _deliver(self, hb: Heartbeat, link: str, verdict: str) -> None:
-        peer = self.peers.peers[hb.node]
+        peer = self.peers.peers.get(hb.node)
+        if peer is None:  # a member we do not watch (yet): the leader before we read its key
+            return
         heard = (peer.suspects, peer.role)
         changes = self.watch.deliver(hb, link, verdict, self.clock.now())
         self._paused()
@@ -157,11 +198,3 @@ class HeartbeatService:
                         f"{self.receiver.max_skew / 2:g} s of ours", subject=node)
         self._skew_alarms = set(now)
 
-
-def _links(peers: tuple[Any, ...], observers: tuple[Any, ...]) -> dict[str, list[tuple[str, int]]]:
-    """Where our heartbeats go: every peer's addresses, and every observer (routers
-    hear us but send nothing back)."""
-    links = {p.name: [(a, p.port) for a in p.addresses] for p in peers}
-    for o in observers:
-        links[f"observer {o.address}:{o.port}"] = [(o.address, o.port)]
-    return links

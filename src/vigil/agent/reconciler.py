@@ -23,6 +23,7 @@ from vigil.core.health import Verdict
 from vigil.core.peers import PeerTable
 from vigil.core.reconcile import (Campaign, ClearLeaderKey, Decision, Demote, Fence, Resign, Wait, decide,
                                   decide_states, handover)
+from vigil.core.topology import Topology
 from vigil.core.view import ACTIVE, FAILED, HELD, STANDBY, ClusterView
 from vigil.errors import StoreError, WatchCompacted
 from vigil.store.base import Store
@@ -72,11 +73,13 @@ class Reconciler:
                  record: Any, leadership: Leadership, peers: PeerTable, link: SessionLink,
                  wake: asyncio.Event, fencer: Fencer | None = None, controller: Controller | None = None,
                  verdict: Callable[[], Verdict] = Verdict,
-                 on_snapshot: Callable[[Snapshot], None] = lambda snap: None):
+                 on_snapshot: Callable[[Snapshot], None] = lambda snap: None,
+                 topology: Callable[[], Topology | None] = lambda: None):
         self.cfg, self.clock, self.store, self.keys, self.registry = cfg, clock, store, keys, registry
         self.record, self.leadership, self.peers, self.link, self.wake = record, leadership, peers, link, wake
         self.fencer, self.controller, self.verdict = fencer, controller, verdict
         self.on_snapshot = on_snapshot  # every snapshot a cycle reads (the heartbeat receiver's hints)
+        self.topology = topology  # who watches whom (the heartbeat service's)
         self.damper = FlapDamper(cfg.health.damping)
         self._holds_written: set[str] = set()
         self.last = Wait("starting")
@@ -257,7 +260,8 @@ class Reconciler:
             fence_blocked=snap.fence_blocked,
             suspected_for=self.peers.suspected_for(now), heard_suspects=self.peers.heard_suspicions(),
             race_delay=self.cfg.fencing.race_delay if self.cfg.fencing else 0.0,
-            cluster_size=len(self.cfg.peers) + 1, ring=frozenset(self.cfg.keys.ring.members))
+            cluster_size=len(self.cfg.peers) + 1, ring=frozenset(self.cfg.keys.ring.members),
+            topology=self.topology())
 
     def _set(self, decision: Decision) -> None:
         if decision != self.last:

@@ -49,7 +49,7 @@ def reload_config(agent: Any, path: str) -> bool:
                                        f"{agent.cfg.node} of {agent.cfg.cluster}: not reloaded")
         return False
     stale = needs_restart(agent.cfg, new)
-    added, removed = agent.heartbeats.use_peers(new.peers, new.observers)
+    added, removed = agent.heartbeats.use_peers(new.peers, new.observers, agent.cfg.topology)
     agent.heartbeats.use_keys(keys)
     # The reconciler reads the ring (who may lead and vote) and the peers from the same object.
     agent.cfg = agent.reconciler.cfg = dataclasses.replace(agent.cfg, keys=keys, peers=new.peers,

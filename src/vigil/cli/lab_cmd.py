@@ -53,6 +53,11 @@ def register(sub) -> None:
     up.add_argument("--flap-threshold", type=int, default=0, metavar="N",
                     help="hold a node out after N failures in 600 s (flap damping; default 0: off, "
                          "since a lab is killed on purpose)")
+    up.add_argument("--rack-size", type=int, default=10, metavar="N",
+                    help="nodes per failure domain (rack-1, rack-2, ... in name order; default 10)")
+    up.add_argument("--full-mesh", action="store_true",
+                    help="every agent hears every other at any size (the detection topology before "
+                         "observers; for comparisons): heartbeat.topology.full_mesh_up_to 1000")
     up.add_argument("--in-netns", default="", help=argparse.SUPPRESS)
     up.set_defaults(func=lab_up)
     kill = lab_sub.add_parser("kill", help="SIGKILL every process of one node (agent, router, model "
@@ -129,8 +134,11 @@ def _workload(args) -> dict:
     if unknown:
         raise ConfigError("--declare", ", ".join(unknown), f"nodes are n1..n{args.nodes}")
     parse_health({"requires": requires, "flap_threshold": args.flap_threshold})  # fails here, not in agents
+    if not 1 <= args.rack_size <= 1000:
+        raise ConfigError("--rack-size", args.rack_size, "must be 1..1000 nodes per failure domain")
     return {"requires": requires, "declare": declare, "flap_threshold": args.flap_threshold,
-            "generate": lab_generator(args.generate)}
+            "generate": lab_generator(args.generate), "rack_size": args.rack_size,
+            "topology": {"full_mesh_up_to": 1000} if args.full_mesh else {}}
 
 
 def _up_in_namespaces(args) -> int:
@@ -145,7 +153,8 @@ def _up_in_namespaces(args) -> int:
     net = NetTopology(args.nodes).create()
     inner = ["lab", "up", "--nodes", str(args.nodes), "--dir", str(Path(args.dir).resolve()),
              "--cluster", args.cluster, "--in-netns", net.tag,
-             *[f"--{f.replace('_', '-')}" for f in ("no_model", "secure", "fencing") if getattr(args, f)],
+             *[f"--{f.replace('_', '-')}" for f in ("no_model", "secure", "fencing", "full_mesh") if getattr(args, f)],
+             "--rack-size", str(args.rack_size),
              *[x for r in args.require for x in ("--require", r)],
              *[x for d in args.declare for x in ("--declare", d)], "--flap-threshold", str(args.flap_threshold),
              "--generate", args.generate]

@@ -8,7 +8,7 @@ import sys
 
 from vigil import __version__
 from vigil.cli import (actuator_cmd, agent_cmd, certs_cmd, cluster_cmd, demo_cmd, firewall_cmd, haproxy_cmd,
-                       init_cmd, job_cmd, keygen_cmd, lab_cmd, node_cmd, router_cmd, serve_cmd)
+                       init_cmd, job_cmd, keygen_cmd, lab_cmd, node_cmd, plan_cmd, router_cmd, serve_cmd)
 from vigil.errors import ConfigError, VigilError
 
 
@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     actuator_cmd.register(sub)
     node_cmd.register(sub)
     init_cmd.register(sub)
+    plan_cmd.register(sub)
     return p
 
 

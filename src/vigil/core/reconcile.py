@@ -284,7 +284,7 @@ def decide_states(v: ClusterView) -> dict[str, str]:
             continue
         if name == v.me:
             state = ACTIVE
-        elif name in v.members and name not in v.unheard:
+        elif name in v.members and v.heard(name):
             state = HELD if name in v.held_out else STANDBY
         else:
             state = FAILED

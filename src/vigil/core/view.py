@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from vigil.core.topology import Topology
+
 ACTIVE, STANDBY, DRAINING, FAILED, FENCED, MAINTENANCE, HELD = (
     "active", "standby", "draining", "failed", "fenced", "maintenance", "held")
 NODE_STATES = (ACTIVE, STANDBY, DRAINING, FAILED, FENCED, MAINTENANCE, HELD)
@@ -69,6 +71,43 @@ class ClusterView:
     heard_suspects: dict[str, frozenset[str]] = field(default_factory=dict)  # from peers' heartbeats
     # The names in the key ring: only they may lead or vote (empty: not known, any registered name).
     ring: frozenset[str] = frozenset()
+    # Who watches whom (vigil.core.topology); None or a full mesh: I watch everyone.
+    topology: Topology | None = None
+
+    def watches(self, name: str) -> bool:
+        """Do I time `name`'s heartbeats myself (else its observers judge it)?"""
+        t = self.topology
+        if t is None or t.full_mesh:
+            return True
+        return name in t.subjects(self.me, self.leader.name if self.leader else None)
+
+    def heard(self, name: str) -> bool:
+        """Is `name` alive as far as this node can tell: heard by me when I watch
+        it, else not suspected cluster-wide by its observers (`suspected_cluster_wide`)."""
+        if name == self.me:
+            return True
+        if self.watches(name):
+            return name not in self.unheard
+        return not self.suspected_cluster_wide(name)
+
+    def suspected_cluster_wide(self, name: str) -> bool:
+        """At least H of `name`'s K observers suspect it (vigil.core.topology):
+        my own view when I am one of them, else what the observer's latest
+        heartbeat or member record says. Without a topology: never (the caller
+        then relies on its own detector)."""
+        t = self.topology
+        if t is None or t.full_mesh or not t.observers(name):
+            return False
+        agree = sum(1 for o in t.observers(name) if self.in_ring(o) and name in self._word_of(o))
+        return agree >= t.need(name)
+
+    def _word_of(self, voter: str) -> frozenset[str] | dict[str, float]:
+        """What `voter` suspects: my detector for me, else its heartbeat's list when
+        it carries one, else its member record's."""
+        if voter == self.me:
+            return self.suspected_for
+        m = self.members.get(voter)
+        return self.heard_suspects.get(voter, m.suspects if m else frozenset())
 
     def in_ring(self, name: str) -> bool:
         return not self.ring or name in self.ring
@@ -112,7 +151,7 @@ class ClusterView:
         m = self.members.get(name)
         if m is None or not m.healthy or not self.in_ring(name):
             return False
-        if name != self.me and name in self.unheard:
+        if not self.heard(name):
             return False
         return self.states.get(name) not in INELIGIBLE_STATES
 
@@ -134,8 +173,7 @@ class ClusterView:
         member record), else what its member record says. Only key-ring members
         vote: a record under any other name is no member's word."""
         voters = [m for m in self.members.values() if m.name != node and self.in_ring(m.name)]
-        agree = sum(1 for m in voters if node in (
-            self.suspected_for if m.name == self.me else self.heard_suspects.get(m.name, m.suspects)))
+        agree = sum(1 for m in voters if node in self._word_of(m.name))
         return agree, max(len(voters), self.cluster_size - 1)
 
     def best_candidate(self) -> str | None:

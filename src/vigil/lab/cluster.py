@@ -36,6 +36,7 @@ from vigil.lab.configs import CONTINUE_KEY, LabConfigs
 from vigil.lab.observe import LabObservation
 from vigil.lab.sensors import LabSensors
 
+MAX_NODES = 100  # on loopback; each agent idles at about 3 % of a core
 LAB_TIMING = {"heartbeat_interval": 0.1, "lease_ttl": 2, "keepalive_interval": 0.5,
               "demote_after": 1.6, "etcd_timeout": 0.5, "loop_interval": 0.5}
 
@@ -99,12 +100,13 @@ class Lab(LabConfigs, LabObservation):
         keeps those but gives the agents no fencing devices (takeover waits for the lease).
         `secure`: etcd with TLS, client certificates, users and roles (vigil.lab.secure).
         `workload`: {"requires", "declare": {node: ...}, "flap_threshold", "router_queue_wait",
-        "etcd_leader_apart", "generate", "router_retry", "continue_key"}: health.requires, declared values
+        "etcd_leader_apart", "generate", "router_retry", "continue_key", "rack_size", "topology"}: health.requires, declared values
         per node, flap damping, router queue_wait, etcd.local_member first, the generative model, router
-        `retry:`, whether routers and model servers share a continuation key (default true)."""
-        if not (3 if net else 1) <= n <= 32:
-            raise ConfigError("--nodes", n, "a lab has 1 to 32 nodes (3 to 32 in namespaces: an etcd "
-                                            "member beside each of the first 3)")
+        `retry:`, whether routers and model servers share a continuation key (default true), nodes per
+        failure domain (10), heartbeat.topology (e.g. {"full_mesh_up_to": 1000}: everyone hears everyone)."""
+        if not (3 if net else 1) <= n <= (32 if net else MAX_NODES):
+            raise ConfigError("--nodes", n, f"a lab has 1 to {MAX_NODES} nodes (3 to 32 in namespaces: an "
+                                            "etcd member beside each of the first 3)")
         root = root.resolve()
         if (root / "lab.json").exists():
             raise VigilError(f"{root}/lab.json exists: run `vigil lab down --dir {root}` first "
@@ -184,6 +186,7 @@ class Lab(LabConfigs, LabObservation):
             self.save()
             if any(n.server_url for n in self.nodes):  # a model loads in seconds per server on 2 cores
                 timeout += 20.0 * len(self.nodes)
+            timeout += 1.5 * max(0, len(self.nodes) - 10)  # an agent's start costs ~1 s of CPU on 2 cores
             self.wait_for(self.ready, timeout, "a leader, and every agent hearing every peer")
             self.save()  # now with the model servers' PIDs
         except BaseException:

@@ -24,6 +24,7 @@ class LabConfigs:
     def node_config(self, node: Any, priority: int, timing: dict[str, Any]) -> dict[str, Any]:
         return {
             "cluster": self.cluster, "node": node.name, "priority": priority,
+            "failure_domain": self._rack(node),
             "data_dir": node.data_dir,
             "api": {"host": node.host, "port": int(node.api_url.rsplit(":", 1)[1]),
                     **(secure_lab.api_block(self.root, node.name) if self.etcd.tls else {})},
@@ -32,9 +33,11 @@ class LabConfigs:
             "heartbeat": {"addresses": [node.host], "port": node.heartbeat_port,
                           "signing_key_file": str(self.root / "keys" / f"{node.name}.key"),
                           "keyring_file": str(self.root / "keys" / "cluster.keyring"),
-                          "peers": [{"name": p.name, "addresses": [p.host], "port": p.heartbeat_port}
+                          "peers": [{"name": p.name, "addresses": [p.host], "port": p.heartbeat_port,
+                                     "failure_domain": self._rack(p)}
                                     for p in self.nodes if p.name != node.name],
-                          "observers": self._observers()},
+                          "observers": self._observers(),
+                          **({"topology": self.workload["topology"]} if self.workload.get("topology") else {})},
             "timing": dict(timing),
             # No whole-second watchdog timeout fits the lab's 2 s lease, and no lab
             # may reset the machine it runs on.
@@ -48,6 +51,10 @@ class LabConfigs:
                # flap damping is off unless asked for.
                "flap_threshold": self.workload.get("flap_threshold", 0)},
         } | self._inference_config(node) | (self.fencing.node_config(node.name) if self.fencing else {})
+
+    def _rack(self, node: Any) -> str:
+        """The lab's failure domains: racks of `rack_size` (10) nodes in name order."""
+        return f"rack-{self.nodes.index(node) // self.workload.get('rack_size', 10) + 1}"
 
     def _observers(self) -> list[dict[str, Any]]:
         if self.front:

@@ -140,11 +140,16 @@ async def serve(port: int, nodes: int, stop: asyncio.Event) -> None:
         await server.shutdown()
 
 
+MAX_READ = 120  # registers per read: Modbus allows at most 125 in one PDU
+
+
 async def _tick(client: Any, nodes: int, temps: dict[int, tuple[int, float]]) -> None:
-    r = await client.read_holding_registers(0, count=10 * nodes, device_id=1)
-    if r.isError():
-        return
-    regs = r.registers
+    regs: list[int] = []
+    for start in range(0, 10 * nodes, MAX_READ):  # one read of all would fail from 13 nodes on
+        r = await client.read_holding_registers(start, count=min(MAX_READ, 10 * nodes - start), device_id=1)
+        if r.isError():
+            return
+        regs += r.registers
     for i in range(nodes):
         ramp = regs[10 * i + 2]
         ramp = (ramp - 65536 if ramp >= 32768 else ramp) / 1000.0

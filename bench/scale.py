@@ -1,0 +1,159 @@
+"""Agents-only labs at several sizes, before (every agent hears every other:
+`--full-mesh`) and after (the detection topology, vigil.core.topology), in
+the same run: what an idle agent costs, what it hears, what etcd serves, how
+many false suspicions an idle window brings, and how fast a leader's SIGKILL
+is suspected.
+
+Per size and mode: `Lab.up(N, no model)`, settle, then an idle window of
+--idle seconds (CPU = utime+stime of every agent from /proc; heartbeat
+packets = the agents' receive counters; etcd requests = the sum of
+grpc_server_handled_total over the three members, watch events =
+etcd_debugging_mvcc_events_total; false suspicions = peer_suspected events
+in the window, where nothing was killed), then --kills SIGKILLs of the
+leader's agent: detection = kill -> each survivor that watches the leader
+records peer_suspected (all of them do: everyone watches the leader).
+
+Usage: python bench/scale.py [--sizes 3,10,30,60] [--idle 60] [--kills 3] [--modes full,topology]
+Writes bench/results/scale.{json,md}. Root not needed (loopback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import summary_ms, write  # noqa: E402
+
+from vigil.errors import VigilError  # noqa: E402
+from vigil.lab import Lab  # noqa: E402
+
+TICKS = os.sysconf("SC_CLK_TCK")
+MODES = {"full": {"full_mesh_up_to": 1000}, "topology": {}}
+
+
+def cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def etcd_counters(lab: Lab) -> tuple[float, float]:
+    """(gRPC requests handled, watch events sent), summed over the members."""
+    handled = events = 0.0
+    for url in lab.etcd.endpoints:
+        try:
+            text = urllib.request.urlopen(url + "/metrics", timeout=2).read().decode()
+        except OSError:
+            continue
+        handled += sum(float(v) for v in re.findall(r"^grpc_server_handled_total\{[^}]*\} (\S+)$", text, re.M))
+        events += sum(float(v) for v in re.findall(r"^etcd_debugging_mvcc_events_total (\S+)$", text, re.M))
+    return handled, events
+
+
+def received(lab: Lab) -> tuple[int, int]:
+    """(heartbeat packets received by all agents, peers watched by all agents)."""
+    packets = watched = 0
+    for n in lab.nodes:
+        st = lab.agent_status(n.name, timeout=3) or {}
+        packets += sum((st.get("heartbeat") or {}).get("received", {}).values())
+        watched += len(st.get("peers") or {})
+    return packets, watched
+
+
+def suspicions(lab: Lab, since: float, peer: str | None = None) -> list[dict]:
+    return [e for e in lab.events() if e["kind"] == "peer_suspected" and e.get("detected_at", 0) >= since
+            and (peer is None or e.get("peer") == peer)]
+
+
+def idle(lab: Lab, seconds: float) -> dict:
+    pids = [n.agent_pid for n in lab.nodes]
+    cpu0, (req0, ev0), (pk0, _), t0 = [cpu_seconds(p) for p in pids], etcd_counters(lab), received(lab), time.time()
+    time.sleep(seconds)  # the window itself: nothing to wait for, we measure an idle cluster
+    cpu1, (req1, ev1), (pk1, watched), t1 = [cpu_seconds(p) for p in pids], etcd_counters(lab), received(lab), time.time()
+    span, n = t1 - t0, len(lab.nodes)
+    per_agent = [(b - a) / span * 100 for a, b in zip(cpu0, cpu1)]
+    return {"seconds": round(span, 1), "cpu_per_agent_pct": round(sum(per_agent) / n, 2),
+            "cpu_per_agent_max_pct": round(max(per_agent), 2), "cpu_all_agents_pct": round(sum(per_agent), 1),
+            "packets_per_node_s": round((pk1 - pk0) / span / n, 1), "peers_watched_per_node": round(watched / n, 1),
+            "etcd_requests_s": round((req1 - req0) / span, 1), "etcd_watch_events_s": round((ev1 - ev0) / span, 1),
+            "false_suspicions": len(suspicions(lab, t0))}
+
+
+def kills(lab: Lab, count: int) -> dict:
+    detect, first = [], []
+    for _ in range(count):
+        old, _token = lab.leader()
+        t0 = time.time()
+        lab.kill_agent(old)
+        lab.wait_for(lambda: (lambda c: c if c and c[0] != old else None)(lab.leader()), 30, "a new leader")
+        survivors = len(lab.nodes) - 1
+        seen = lab.wait_for(lambda: (lambda s: s if len({e["node"] for e in s}) >= survivors else None)(
+            suspicions(lab, t0, old)), 30, "every survivor's suspicion of the killed leader")
+        times = sorted({e["node"]: e["detected_at"] - t0 for e in seen}.values())
+        detect += times
+        first.append(times[0])
+        lab.start_agent(old)
+        lab.wait_for(lab.ready, 120, f"{old} to rejoin")
+    return {"detection_ms": summary_ms(detect), "first_detection_ms": summary_ms(first)}
+
+
+def one(root: Path, n: int, mode: str, idle_s: float, kill_count: int) -> dict:
+    started = time.monotonic()
+    try:
+        lab = Lab.up(root, n, timeout=60 + 3 * n, workload={"topology": MODES[mode], "flap_threshold": 0})
+    except VigilError as e:
+        return {"nodes": n, "mode": mode, "started": False, "error": str(e)[:300]}
+    try:
+        up = time.monotonic() - started
+        lab.wait_for(lab.ready, 60, "the lab settled")
+        return {"nodes": n, "mode": mode, "started": True, "lab_up_s": round(up, 1),
+                **idle(lab, idle_s), **kills(lab, kill_count)}
+    except VigilError as e:
+        return {"nodes": n, "mode": mode, "started": True, "error": str(e)[:300]}
+    finally:
+        lab.down()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", default="3,10,30,60")
+    ap.add_argument("--modes", default="full,topology")
+    ap.add_argument("--idle", type=float, default=60.0, help="idle window per size and mode (s)")
+    ap.add_argument("--kills", type=int, default=3)
+    args = ap.parse_args()
+    runs = []
+    for n in [int(x) for x in args.sizes.split(",")]:
+        for mode in args.modes.split(","):
+            with tempfile.TemporaryDirectory(prefix=f"vigil-scale-{n}-{mode}-") as d:
+                r = one(Path(d) / "lab", n, mode, args.idle, args.kills)
+            print(r, flush=True)
+            runs.append(r)
+    rows = [["nodes", "mode", "lab up (s)", "CPU/agent (% core)", "all agents (%)", "heartbeats rx/node/s",
+             "peers watched/node", "etcd req/s", "etcd watch ev/s", "false suspicions", "leader kill detection p50/p99 (ms)"]]
+    for r in runs:
+        if "error" in r or not r.get("started"):
+            rows.append([r["nodes"], r["mode"], "failed: " + r.get("error", "")[:80]] + [""] * 8)
+            continue
+        d = r["detection_ms"]
+        rows.append([r["nodes"], r["mode"], r["lab_up_s"], r["cpu_per_agent_pct"], r["cpu_all_agents_pct"],
+                     r["packets_per_node_s"], r["peers_watched_per_node"], r["etcd_requests_s"],
+                     r["etcd_watch_events_s"], r["false_suspicions"], f"{d['p50']} / {d['p99']}"])
+    write("scale", {"idle_s": args.idle, "kills": args.kills, "runs": runs}, rows,
+          f"Agents only (no model servers), loopback, lab timing (heartbeat 100 ms x 2 copies), "
+          f"{args.idle:g} s idle per row, {args.kills} leader SIGKILLs per row. `full`: every agent hears "
+          "every other (heartbeat.topology.full_mesh_up_to 1000, the design before issue 24); `topology`: "
+          "failure-domain meshes of 10 + 8 observers + the leader (defaults; a full mesh up to 16 members).")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

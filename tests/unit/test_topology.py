@@ -1,0 +1,124 @@
+"""The detection topology (vigil.core.topology): who watches whom, and the
+H-of-K verdict the view draws from it (vigil.core.view)."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vigil.core.reconcile import decide_states
+from vigil.core.topology import Topology, TopologySettings
+from vigil.core.view import ClusterView, LeaderInfo, MemberInfo
+
+
+def racks(n: int, per_rack: int) -> dict[str, str]:
+    return {f"n{i:04d}": f"rack-{i // per_rack}" for i in range(n)}
+
+
+memberships = st.builds(
+    lambda n, per, k: (racks(n, per), TopologySettings(observers=k, agreement=max(1, k * 3 // 4))),
+    st.integers(1, 120), st.integers(1, 40), st.integers(1, 10))
+
+
+@settings(max_examples=60, deadline=None)
+@given(memberships, st.data())
+def test_watchers_and_subjects_are_each_others_inverse(m, data):
+    domains, s = m
+    t = Topology(domains, s)
+    leader = data.draw(st.sampled_from([None, *sorted(domains)]))
+    for x in domains:
+        for y in domains:
+            assert (y in t.watchers(x, leader)) == (x in t.subjects(y, leader)), (x, y)
+        assert x not in t.watchers(x, leader) and x not in t.subjects(x, leader)
+
+
+@settings(max_examples=60, deadline=None)
+@given(memberships)
+def test_every_node_has_k_observers_outside_its_mesh_when_there_are_enough(m):
+    domains, s = m
+    t = Topology(domains, s)
+    for x in domains:
+        obs = t.observers(x)
+        assert not obs & t.mesh(x) and x not in obs
+        outside = len(domains) - 1 - len(t.mesh(x))
+        if not t.full_mesh:
+            assert len(obs) == min(s.observers, outside)
+            assert 1 <= t.need(x) <= len(obs) or not obs
+
+
+def test_the_same_membership_gives_the_same_topology_in_any_order():
+    domains = racks(200, 10)
+    shuffled = list(domains.items())
+    random.Random(7).shuffle(shuffled)
+    a, b = Topology(domains), Topology(dict(shuffled))
+    assert all(a.observers(x) == b.observers(x) and a.mesh(x) == b.mesh(x) for x in domains)
+
+
+def test_small_clusters_stay_a_full_mesh():
+    domains = racks(16, 4)
+    t = Topology(domains)
+    assert t.full_mesh
+    assert all(t.watchers(x) == set(domains) - {x} for x in domains)
+
+
+def test_load_per_node_is_flat_from_60_to_1000_nodes():
+    """The point of it all: fan-in and fan-out do not grow with N."""
+    worst = {}
+    for n in (60, 300, 1000):
+        t = Topology(racks(n, 10))
+        fan = [t.load(x, "n0000") for x in t.members if x != "n0000"]
+        worst[n] = max(max(o, i) for o, i in fan)
+        mean_in = sum(i for _, i in fan) / len(fan)
+        assert 9 + 8 <= mean_in <= 9 + 8 + 1 + 0.5, (n, mean_in)  # mesh + K + the leader
+    assert worst[1000] <= 1.5 * worst[60], worst
+    leader_out, _ = Topology(racks(1000, 10)).load("n0000", "n0000")
+    assert leader_out == 999  # only the leader sends to all
+
+
+def test_a_lost_rack_is_judged_from_outside_it():
+    t = Topology(racks(60, 10))
+    rack = t.domain_members("rack-2")
+    for x in rack:
+        assert not t.observers(x) & rack
+
+
+def view(t: Topology, me: str, suspects: dict[str, frozenset[str]], leader: str = "n0000",
+         unheard: frozenset[str] = frozenset()) -> ClusterView:
+    members = {m: MemberInfo(m, suspects=suspects.get(m, frozenset())) for m in t.members}
+    return ClusterView(me=me, now=10.0, session_ok=True, my_lease=1, i_lead=me == leader, my_token=5,
+                       healthy=True, leader=LeaderInfo(leader, 5, 1), members=members,
+                       states={m: "standby" for m in t.members}, unheard=unheard,
+                       cluster_size=len(t.members), topology=t)
+
+
+def test_h_of_k_observers_convict_and_fewer_do_not():
+    t = Topology(racks(60, 10))
+    me, x = "n0000", "n0033"
+    assert x not in t.subjects(me, me)
+    obs = sorted(t.observers(x))
+    need = t.need(x)
+    assert need == 6
+    few = view(t, me, {o: frozenset({x}) for o in obs[:need - 1]})
+    assert few.heard(x) and few.eligible(x) and "n0033" not in decide_states(few)
+    enough = view(t, me, {o: frozenset({x}) for o in obs[:need]})
+    assert not enough.heard(x) and not enough.eligible(x)
+    assert decide_states(enough)[x] == "failed"
+
+
+def test_suspicion_by_non_observers_convicts_no_one():
+    t = Topology(racks(60, 10))
+    x = "n0033"
+    others = [m for m in t.members if m not in t.observers(x) and m != x][:40]
+    v = view(t, "n0000", {o: frozenset({x}) for o in others})
+    assert v.heard(x)
+
+
+def test_a_watched_peer_is_judged_by_my_own_detector():
+    t = Topology(racks(60, 10))
+    me = "n0001"
+    mate = "n0002"  # same rack: in my mesh
+    assert mate in t.subjects(me)
+    v = view(t, me, {}, unheard=frozenset({mate}))
+    assert not v.heard(mate) and not v.eligible(mate)
