@@ -122,3 +122,13 @@ def test_a_watched_peer_is_judged_by_my_own_detector():
     assert mate in t.subjects(me)
     v = view(t, me, {}, unheard=frozenset({mate}))
     assert not v.heard(mate) and not v.eligible(mate)
+
+
+def test_a_whole_rack_failing_within_the_window_is_one_lost_domain():
+    t = Topology(racks(60, 10))
+    rack = sorted(t.domain_members("rack-3"))
+    at = {m: 100.0 + i * 0.5 for i, m in enumerate(rack)}  # one by one over 4.5 s
+    assert t.lost_domains(at, 10.0) == {"rack-3": rack}
+    assert t.lost_domains(at, 4.0) == {}  # spread wider than the window: separate failures
+    assert t.lost_domains({m: at[m] for m in rack[1:]}, 10.0) == {}  # one member still up
+    assert t.lost_domains({"n0001": 1.0, "n0002": 1.0}, 10.0) == {}

@@ -43,6 +43,7 @@ PRUNE_EVERY = 30.0
 # nor changed its role since: a cycle woken by a peer's heartbeat news (the second
 # suspicion a fence waits for) then decides at once, not after a 5-15 ms range read.
 SNAPSHOT_REUSE = 0.5
+DOMAIN_WINDOW = 10.0  # s: members of one failure domain failing within this are one event
 MAX_FAIL_DELAY = 10.0  # s between tries of a cycle that keeps raising
 FENCE_CALLS, FENCE_TIMEOUT = 4, 10.0  # device calls per fence level; a device's timeout when none is set
 BAD_REPORTS = 8  # bad_record events per cycle, each naming its key (then one saying how many more)
@@ -82,6 +83,8 @@ class Reconciler:
         self.topology = topology  # who watches whom (the heartbeat service's)
         self.damper = FlapDamper(cfg.health.damping)
         self._holds_written: set[str] = set()
+        self._failed_at: dict[str, float] = {}  # node -> when the leader first saw it failed
+        self._lost_domains: set[str] = set()  # reported, until a member is back
         self.last = Wait("starting")
         self.snapshot: Snapshot | None = None
         self._snapshot_at = 0.0
@@ -377,10 +380,31 @@ class Reconciler:
                         + (f" ({', '.join(still)} never stopped: acting at its self-demotion deadline)"
                            if still else ""), token=token, peers=list(first.peers))
 
+    def _report_lost_domains(self, view: ClusterView, wanted: dict[str, str]) -> None:
+        """A whole failure domain failing within DOMAIN_WINDOW is one `domain_lost` event."""
+        if view.topology is None:
+            return
+        now = self.clock.now()
+        states = {**view.states, **wanted}
+        for node, state in states.items():
+            if state == FAILED:
+                self._failed_at.setdefault(node, now)
+            else:
+                self._failed_at.pop(node, None)
+        lost = view.topology.lost_domains(self._failed_at, DOMAIN_WINDOW)
+        self._lost_domains &= set(lost)  # a domain back in part may be lost again later
+        for domain in sorted(set(lost) - self._lost_domains):
+            self._lost_domains.add(domain)
+            self.record("domain_lost", f"failure domain {domain} lost at once: {', '.join(lost[domain])} "
+                        "(a rack's power or switch?); their work moves to other domains",
+                        subject=domain, nodes=lost[domain])
+
     async def _leader_housekeeping(self, view: ClusterView) -> None:
         now = self.clock.now()
         held = await self._held_out(now)
-        for node, state in decide_states(replace(view, i_lead=True, held_out=held)).items():
+        wanted = decide_states(replace(view, i_lead=True, held_out=held))
+        self._report_lost_domains(view, wanted)
+        for node, state in wanted.items():
             if not self.leadership.is_leader():
                 return
             self.invalidate_snapshot()

@@ -145,6 +145,19 @@ class Topology:
     def domain_members(self, domain: str) -> frozenset[str]:
         return frozenset(m for m, d in self.domains.items() if d == domain)
 
+    def lost_domains(self, failed_at: Mapping[str, float], window: float) -> dict[str, list[str]]:
+        """The failure domains of two or more members that all failed within `window`
+        seconds of each other (`failed_at`: node -> when it was marked failed): a
+        rack's power or switch, reported as one event, not as its nodes one by one."""
+        out = {}
+        for d in sorted({self.domains[m] for m in failed_at if m in self.domains}):
+            members = self.domain_members(d)
+            if len(members) >= 2 and all(m in failed_at for m in members):
+                times = [failed_at[m] for m in members]
+                if max(times) - min(times) <= window:
+                    out[d] = sorted(members)
+        return out
+
     def load(self, node: str, leader: str | None = None) -> tuple[int, int]:
         """(peers `node` sends to, peers it hears): its heartbeat fan-out and fan-in."""
         return len(self.watchers(node, leader)), len(self.subjects(node, leader))
