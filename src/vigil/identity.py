@@ -19,12 +19,21 @@ accepts every id in its ring, so a new key is added to every ring first,
 then its node starts signing with it, then the old one is retired
 (docs/operations.md, "Rotating heartbeat keys").
 
+Pair keys (`PairKeys`): a heartbeat to a peer whose key id we know is
+authenticated with HMAC-SHA256 under a key only the two nodes can derive:
+HKDF-SHA256 of the X25519 agreement between their Ed25519 keys (converted
+as libsodium's crypto_sign_ed25519_*_to_curve25519 do), salted with the
+cluster and bound to both names and key ids. ~2 µs per packet instead of
+~100 µs for an Ed25519 check; still only the sender (or the receiver
+itself) can make a packet that verifies, so a node speaks only for itself.
+
 Errors: loading raises ConfigError naming the file, the entry and the fix;
 `verify` raises WireError with reason unknown_node, unknown_key or forged.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +41,10 @@ from typing import Any
 import yaml
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.hashes import SHA256
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
 from vigil.errors import ConfigError, WireError
 from vigil.files import check_owner, write_atomic
@@ -79,6 +91,57 @@ class KeyRing:
             key.verify(signature, data)
         except InvalidSignature:
             raise WireError("forged", f"signature does not match {node}'s key {key_id}") from None
+
+
+_P = 2**255 - 19
+
+
+def x25519_public(key: Ed25519PublicKey) -> X25519PublicKey:
+    """The Montgomery form of an Ed25519 public key: u = (1 + y) / (1 - y) mod p."""
+    y = int.from_bytes(key.public_bytes(Encoding.Raw, PublicFormat.Raw), "little") & ((1 << 255) - 1)
+    u = (1 + y) * pow((1 - y) % _P, _P - 2, _P) % _P
+    return X25519PublicKey.from_public_bytes(u.to_bytes(32, "little"))
+
+
+def x25519_private(key: Ed25519PrivateKey) -> X25519PrivateKey:
+    """The X25519 scalar of an Ed25519 seed: SHA-512(seed)[:32] (X25519 clamps it)."""
+    seed = key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+    return X25519PrivateKey.from_private_bytes(hashlib.sha512(seed).digest()[:32])
+
+
+class PairKeys:
+    """This node's heartbeat MAC keys, one per (my key id, peer, peer's key id),
+    derived on first use and kept (a few per peer). Replaced, not updated, when
+    the keys or the ring are reloaded."""
+
+    def __init__(self, cluster: str, signing: SigningKeys, ring: KeyRing):
+        self.cluster, self.me, self.signing, self.ring = cluster, signing.node, signing, ring
+        self._keys: dict[tuple[int, str, int], bytes] = {}
+
+    def key(self, my_id: int, peer: str, peer_id: int) -> bytes:
+        """The pair key. Raises WireError(unknown_node | unknown_key)."""
+        k = (my_id, peer, peer_id)
+        if k not in self._keys:
+            self._keys[k] = self._derive(*k)
+        return self._keys[k]
+
+    def _derive(self, my_id: int, peer: str, peer_id: int) -> bytes:
+        mine = self.signing.keys.get(my_id)
+        if mine is None:
+            raise WireError("unknown_key", f"a packet for our key {my_id}, which we do not hold")
+        ids = self.ring.members.get(peer)
+        if ids is None:
+            raise WireError("unknown_node", f"{peer!r} is not in the key ring")
+        theirs = ids.get(peer_id)
+        if theirs is None:
+            raise WireError("unknown_key", f"{peer!r} used key {peer_id}, the ring has {sorted(ids)}")
+        try:
+            shared = x25519_private(mine).exchange(x25519_public(theirs))
+        except ValueError:  # a low-order point: no key to agree on
+            raise WireError("unknown_key", f"{peer!r}'s key {peer_id} agrees on no pair key") from None
+        ends = sorted([(self.me, my_id), (peer, peer_id)])
+        info = ("vigil heartbeat pair key|" + "|".join(f"{n}:{i}" for n, i in ends)).encode()
+        return HKDF(SHA256(), 32, self.cluster.encode(), info).derive(shared)
 
 
 def generate() -> Ed25519PrivateKey:
@@ -156,8 +219,6 @@ def _public(v: Any, where: str) -> Ed25519PublicKey:
 
 # -- writing (vigil keygen) ----------------------------------------------------
 def private_hex(key: Ed25519PrivateKey) -> str:
-    from cryptography.hazmat.primitives.serialization import NoEncryption, PrivateFormat
-
     return key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption()).hex()
 
 

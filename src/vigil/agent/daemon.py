@@ -194,7 +194,8 @@ class Agent:
             self.router.describe() if self.router else None,
             ({n: [d["type"] for d in levels] for n, levels in self.cfg.fencing.topology.items()}
              if self.cfg.fencing else {}),
-            tuple(self.suspects()), self.incarnation, self.started_at, __version__, os.getpid())
+            tuple(self.suspects()), self.incarnation, self.started_at, __version__, os.getpid(),
+            self.cfg.keys.signing.send if self.cfg.keys.signing else 0)
 
     def _health_record(self) -> dict[str, Any]:
         """The verdict others act on: a node whose agent may not lead (no watchdog, a
@@ -209,6 +210,7 @@ class Agent:
         """Every snapshot a cycle reads: the incarnations the heartbeat receiver
         should expect, and the leader the detection topology follows."""
         self.heartbeats.expect({n: rec.incarnation for n, rec in snap.members.items()})
+        self.heartbeats.peer_key_ids({n: rec.heartbeat_key_id for n, rec in snap.members.items()})
         self.heartbeats.follow(snap.leader.name if snap.leader else None)
 
     def _lead_heartbeats(self, change: Any) -> None:

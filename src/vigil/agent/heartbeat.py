@@ -37,6 +37,7 @@ from typing import Any, Callable
 from vigil.clock import Clock
 from vigil.config import NodeConfig
 from vigil.heartbeat_keys import HeartbeatKeys
+from vigil.identity import PairKeys
 from vigil.core.peers import TICK, PeerTable, PeerTransition, PeerWatch
 from vigil.core.topology import Topology, TopologySettings
 from vigil.net.transport import HeartbeatReceiver, HeartbeatTransport
@@ -62,6 +63,7 @@ class HeartbeatService:
                                           {p.name: set(p.addresses) for p in cfg.peers},
                                           clock.wall, cfg.keys.max_clock_skew, clock.now,
                                           cfg.timing.heartbeat_interval)
+        self.receiver.pairs = _pairs(cfg.cluster, cfg.keys)
         self.transport = HeartbeatTransport(self.receiver, list(cfg.addresses), cfg.heartbeat_port,
                                             self._links(), self._deliver,
                                             cfg.keys.signing, network)
@@ -127,6 +129,13 @@ class HeartbeatService:
     def use_keys(self, keys: HeartbeatKeys) -> None:
         """Verify with the new ring and sign with the new key from the next packet on."""
         self.receiver.ring, self.transport.signer = keys.ring, keys.signing
+        self.receiver.pairs = _pairs(self.cfg.cluster, keys)
+
+    def peer_key_ids(self, ids: dict[str, int]) -> None:
+        """The key id each peer signs with, from its member record (only the node
+        writes it): our packets to it go under our pair key from now on (vigil.net.wire
+        version 4); a peer that names none gets signed packets."""
+        self.transport.peer_ids = {n: i for n, i in ids.items() if i and n != self.cfg.node}
 
     def expect(self, incarnations: dict[str, int]) -> None:
         """The incarnation each peer's member record names (read from etcd, where only
@@ -198,3 +207,6 @@ class HeartbeatService:
                         f"{self.receiver.max_skew / 2:g} s of ours", subject=node)
         self._skew_alarms = set(now)
 
+
+def _pairs(cluster: str, keys: HeartbeatKeys) -> PairKeys | None:
+    return PairKeys(cluster, keys.signing, keys.ring) if keys.signing else None

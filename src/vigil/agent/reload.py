@@ -54,6 +54,7 @@ def reload_config(agent: Any, path: str) -> bool:
     # The reconciler reads the ring (who may lead and vote) and the peers from the same object.
     agent.cfg = agent.reconciler.cfg = dataclasses.replace(agent.cfg, keys=keys, peers=new.peers,
                                                            observers=new.observers)
+    agent.request_publish()  # the key id we sign with is in our member record: peers' pair keys
     ring = {n: sorted(ids) for n, ids in keys.ring.members.items()}
     record("config_reloaded", f"configuration reloaded: signing with key {keys.signing.send}, ring {ring}"
                               + (f", peers added {added}" if added else "")

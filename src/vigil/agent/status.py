@@ -40,7 +40,7 @@ def status_document(a: Any) -> dict[str, Any]:
         "watchdog": a.watchdog.describe(),
         "vips": a.vips.describe() if a.cfg.vips else None,
         "peers": peers,
-        "heartbeat": {"sent": a.heartbeats.transport.sent,
+        "heartbeat": {"sent": a.heartbeats.transport.sent, "sealed": a.heartbeats.transport.sealed,
                       "send_errors": a.heartbeats.transport.send_errors,
                       "received": dict(a.heartbeats.receiver.counters),
                       "signing_key": a.cfg.keys.signing.send if a.cfg.keys.signing else None,

@@ -46,8 +46,12 @@ What is left (documented, not defended; the cost of checks stays bounded):
 - A restarted peer whose new record we have not read yet pays from `far`
   until we have: a blind flood starves it that long.
 
-The buckets are per source, not per node: a flood spoofing one link's
-address leaves the node's other links untouched.
+The buckets are per (source address, node named), not per node: a flood
+spoofing one link's address leaves the node's other links untouched. A
+source is checked to be one of the named node's addresses first, so on
+real machines that is one bucket set per link; where nodes share an address
+(a lab on loopback) each still has its own, and one peer's packets never
+spend another's budget.
 """
 
 from __future__ import annotations
@@ -101,15 +105,16 @@ class VerifyBudget:
 
     def __init__(self, interval: float):
         self.interval = interval
-        self._by_source: dict[str, _Budget] = {}
+        self._by_source: dict[tuple[str, str], _Budget] = {}
 
     def near_limit(self, highest: int, silent_for: float) -> int:
         """The highest sequence number that counts as near: what a peer can
         have sent since its last verified packet, with a wide margin."""
         return highest + WINDOW + int(WINDOW_PER_INTERVAL * max(0.0, silent_for) / self.interval)
 
-    def allow(self, source: str, kind: str, now: float) -> bool:
-        """Spend one check of `kind` (NEAR, EXPECTED or FAR) for `source`, if any is left."""
+    def allow(self, source: tuple[str, str], kind: str, now: float) -> bool:
+        """Spend one check of `kind` (NEAR, EXPECTED or FAR) for `source` (address,
+        node named), if any is left."""
         b = self._by_source.get(source)
         if b is None:
             per = 1.0 / self.interval

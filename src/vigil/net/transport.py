@@ -41,9 +41,9 @@ from collections import Counter
 from typing import Any, Callable
 
 from vigil.errors import WireError
-from vigil.identity import KeyRing, SigningKeys
+from vigil.identity import KeyRing, PairKeys, SigningKeys
 from vigil.net.admit import EXPECTED, FAR, NEAR, FailedClaims, VerifyBudget
-from vigil.net.wire import Heartbeat, ReplayGuard, Unverified, encode, parse
+from vigil.net.wire import Heartbeat, ReplayGuard, Unverified, encode, mac_body, parse, seal
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,7 @@ class HeartbeatReceiver:
                  monotonic: Callable[[], float] = time.monotonic, interval: float = DEFAULT_INTERVAL):
         self.cluster, self.me, self.ring, self.wall, self.max_skew = cluster, me, ring, wall, max_skew
         self.monotonic, self.budget, self.failed = monotonic, VerifyBudget(interval), FailedClaims()
+        self.pairs: PairKeys | None = None  # our pair keys (version 4 packets); None: a router
         self.expected: dict[str, int] = {}  # node -> the incarnation its member record names
         self.guards: dict[str, ReplayGuard] = {}
         self.sources: dict[str, frozenset[str]] = {}
@@ -125,10 +126,10 @@ class HeartbeatReceiver:
         if expect == "duplicate" and self._recent[node].get((inc, seq)) == packet:
             return "duplicate", u.hb  # byte for byte a packet we verified: its second link works
         now = self.monotonic()
-        if not self.budget.allow(source, self._kind(node, guard, inc, seq, now), now):
+        if not self.budget.allow((source, node), self._kind(node, guard, inc, seq, now), now):
             return "rate_limited", None
         try:
-            hb = u.verify(self.ring)
+            hb = u.verify(self.ring, self.pairs)
         except WireError as e:
             if e.reason == "forged":
                 self.failed.add(node, inc, seq)
@@ -197,8 +198,12 @@ class HeartbeatTransport:
         network for simulations, vigil.testing.memory_network)."""
         self.receiver, self.bind, self.port, self.signer = receiver, bind, port, signer
         self.peer_links, self.deliver, self.network = peer_links, deliver, network
+        # Peers whose current key id we know (their member records): they get version 4
+        # packets under our pair key; everyone else (routers) the signed version 2/3.
+        self.peer_ids: dict[str, int] = {}
         self._transports: list[asyncio.DatagramTransport] = []
         self.sent = 0
+        self.sealed = 0  # of `sent`: under a pair key (version 4)
         self.send_errors = 0
 
     async def start(self) -> None:
@@ -218,8 +223,15 @@ class HeartbeatTransport:
         close, and for a receive-only transport (a router's)."""
         if not self._transports or self.signer is None:
             return
-        packet = encode(hb, self.signer)
-        for links in self.peer_links.values():
+        signed: bytes | None = None
+        body = mac_body(hb, self.signer.send) if self.peer_ids and self.receiver.pairs else b""
+        for name, links in self.peer_links.items():
+            packet = self._sealed(body, name)
+            if packet is None:
+                signed = signed or encode(hb, self.signer)
+                packet = signed
+            else:
+                self.sealed += len(links)
             for i, dest in enumerate(links):
                 # Link i leaves through local address i, so two links use two paths.
                 tr = self._transports[min(i, len(self._transports) - 1)]
@@ -228,6 +240,16 @@ class HeartbeatTransport:
                     self.sent += 1
                 except OSError:
                     self.send_errors += 1
+
+    def _sealed(self, body: bytes, peer: str) -> bytes | None:
+        """A version 4 packet for `peer`, or None (no pair key for it: sign instead)."""
+        peer_id, pairs = self.peer_ids.get(peer), self.receiver.pairs
+        if not body or peer_id is None or pairs is None:
+            return None
+        try:
+            return seal(body, pairs.key(self.signer.send, peer, peer_id), peer_id, peer)
+        except WireError:  # a ring without that key: it cannot check our MAC either
+            return None
 
     def close(self) -> None:
         for tr in self._transports:

@@ -34,6 +34,14 @@ During a rolling upgrade an agent that knows only version 2 drops (and
 counts as `bad_version`) the packets of an upgraded peer for as long as
 that peer suspects someone.
 
+Version 4 is the same header, names and (when flag bit 1 is set) the
+suspicion trailer, then the receiver's key id (2 bytes) and a 16-byte tag,
+HMAC-SHA256 under the pair key of sender and receiver (vigil.identity
+.PairKeys) over every byte before it and the receiver's name: one packet
+per receiver, ~2 µs to check instead of ~100 µs. A sender uses it for a
+peer whose current key id its member record names (`heartbeat.key_id`) and
+signs version 2/3 for everyone else (routers, a peer not yet read).
+
 Version 1 (HMAC with one shared cluster key) let any key holder speak for
 any node and is no longer accepted.
 
@@ -45,19 +53,24 @@ one of REJECT_REASONS: every rejected packet lands in exactly one counter.
 
 from __future__ import annotations
 
+import hmac
 import struct
 from dataclasses import dataclass
 
 from vigil.errors import WireError
-from vigil.identity import SIG_LEN, KeyRing, SigningKeys
+from vigil.identity import SIG_LEN, KeyRing, PairKeys, SigningKeys
 
 MAGIC = b"VGHB"
 VERSION = 2
 VERSION_SUSPECTS = 3
+VERSION_MAC = 4
 FLAG_EXTRA = 0x01
+FLAG_SUSPECTS = 0x02  # version 4: a suspicion trailer follows the names
+MAC_LEN = 16
+_PEER_ID = struct.Struct("!H")
 MAX_SUSPECTS = 32  # listed in one packet; more, and the member record alone says them
 _HEADER = struct.Struct("!4sBBBBQQQBBH")
-MIN_LEN = _HEADER.size + 2 + SIG_LEN
+MIN_LEN = _HEADER.size + 2 + _PEER_ID.size + MAC_LEN  # the shortest: version 4
 MAX_NAME = 64
 HEALTH = ("unknown", "healthy", "degraded", "unhealthy")
 ROLES = ("unknown", "standby", "leader")
@@ -89,10 +102,11 @@ def _trailer(suspects: tuple[str, ...] | None) -> bytes:
     return bytes([len(names)]) + b"".join(bytes([len(n)]) + n for n in names)
 
 
-def _suspects(packet: bytes, start: int) -> tuple[tuple[str, ...], int]:
-    """Parse a version 3 trailer at `start`; returns the names and where the
-    signature begins. Raises WireError("malformed")."""
-    end = len(packet) - SIG_LEN
+def _suspects(packet: bytes, start: int, tail: int = SIG_LEN) -> tuple[tuple[str, ...], int]:
+    """Parse a suspicion trailer at `start`, `tail` bytes of signature or tag
+    after it; returns the names and where the signature begins. Raises
+    WireError("malformed")."""
+    end = len(packet) - tail
     if start >= end or not 1 <= packet[start] <= MAX_SUSPECTS:
         raise WireError("malformed", "suspect count missing or out of range")
     names, pos = [], start + 1
@@ -109,20 +123,43 @@ def _suspects(packet: bytes, start: int) -> tuple[tuple[str, ...], int]:
     return tuple(names), pos
 
 
-def encode(hb: Heartbeat, signer: SigningKeys) -> bytes:
-    """Serialise one heartbeat and sign it with the sender's current key.
-    Raises WireError on unencodable fields."""
+def _body(hb: Heartbeat, version: int, key_id: int) -> bytes:
+    """Header, names and suspicion trailer. Raises WireError on unencodable fields."""
     c, n = hb.cluster.encode(), hb.node.encode()
     if not (1 <= len(c) <= MAX_NAME and 1 <= len(n) <= MAX_NAME):
         raise WireError("malformed", "cluster and node names must be 1..64 bytes")
     trailer = _trailer(hb.suspects)
+    if version != VERSION_MAC:
+        version = VERSION_SUSPECTS if trailer else VERSION
+    flags = (FLAG_EXTRA if hb.extra else 0) | (FLAG_SUSPECTS if trailer and version == VERSION_MAC else 0)
     try:
-        head = _HEADER.pack(MAGIC, VERSION_SUSPECTS if trailer else VERSION, FLAG_EXTRA if hb.extra else 0, len(c), len(n), hb.incarnation, hb.seq,
-                            hb.sent_us, HEALTH.index(hb.health), ROLES.index(hb.role), signer.send)
+        head = _HEADER.pack(MAGIC, version, flags, len(c), len(n), hb.incarnation, hb.seq,
+                            hb.sent_us, HEALTH.index(hb.health), ROLES.index(hb.role), key_id)
     except (struct.error, ValueError) as e:
         raise WireError("malformed", str(e)) from None
-    body = head + c + n + trailer
+    return head + c + n + trailer
+
+
+def encode(hb: Heartbeat, signer: SigningKeys) -> bytes:
+    """Serialise one heartbeat and sign it with the sender's current key
+    (version 2 or 3, for any receiver). Raises WireError on unencodable fields."""
+    body = _body(hb, VERSION, signer.send)
     return body + signer.sign(body)
+
+
+def mac_body(hb: Heartbeat, key_id: int) -> bytes:
+    """The part of a version 4 packet that is the same for every receiver."""
+    return _body(hb, VERSION_MAC, key_id)
+
+
+def _tag(key: bytes, signed: bytes, receiver: str) -> bytes:
+    return hmac.digest(key, signed + receiver.encode(), "sha256")[:MAC_LEN]
+
+
+def seal(body: bytes, key: bytes, peer_id: int, receiver: str) -> bytes:
+    """A version 4 packet for `receiver`, whose key `peer_id` with ours made `key`."""
+    signed = body + _PEER_ID.pack(peer_id)
+    return signed + _tag(key, signed, receiver)
 
 
 @dataclass(frozen=True)
@@ -133,13 +170,24 @@ class Unverified:
 
     hb: Heartbeat
     key_id: int
-    signed: bytes  # every byte the signature covers
-    signature: bytes
+    signed: bytes  # every byte the signature (or tag) covers
+    signature: bytes  # the Ed25519 signature, or a version 4 packet's tag
+    peer_id: int = 0  # version 4: the receiver's key id the pair key was made with
 
-    def verify(self, ring: KeyRing) -> Heartbeat:
-        """The heartbeat, if its named node signed it with a key in `ring`.
-        Raises WireError(unknown_node | unknown_key | forged)."""
-        ring.verify(self.hb.node, self.key_id, self.signed, self.signature)
+    def verify(self, ring: KeyRing, pairs: PairKeys | None = None) -> Heartbeat:
+        """The heartbeat, if its named node signed it with a key in `ring` (or,
+        version 4, tagged it with our pair key). Raises WireError(unknown_node |
+        unknown_key | forged)."""
+        if not self.peer_id:
+            ring.verify(self.hb.node, self.key_id, self.signed, self.signature)
+            return self.hb
+        if pairs is None:
+            raise WireError("unknown_key", f"{self.hb.node} sent a pair-key packet; this receiver has "
+                                           "no signing key to make pair keys with")
+        key = pairs.key(self.peer_id, self.hb.node, self.key_id)
+        if not hmac.compare_digest(_tag(key, self.signed, pairs.me), self.signature):
+            raise WireError("forged", f"tag does not match the pair key of {self.hb.node}'s key "
+                                      f"{self.key_id} and ours {self.peer_id}")
         return self.hb
 
 
@@ -153,14 +201,16 @@ def parse(packet: bytes, cluster: str) -> Unverified:
      key_id) = _HEADER.unpack_from(packet)
     if magic != MAGIC:
         raise WireError("bad_magic")
-    if version not in (VERSION, VERSION_SUSPECTS):
-        raise WireError("bad_version", f"version {version}, this node speaks {VERSION} and "
-                                       f"{VERSION_SUSPECTS}")
+    if version not in (VERSION, VERSION_SUSPECTS, VERSION_MAC):
+        raise WireError("bad_version", f"version {version}, this node speaks {VERSION}, "
+                                       f"{VERSION_SUSPECTS} and {VERSION_MAC}")
+    tail = _PEER_ID.size + MAC_LEN if version == VERSION_MAC else SIG_LEN
     named = _HEADER.size + clen + nlen
-    if not (1 <= clen <= MAX_NAME and 1 <= nlen <= MAX_NAME) or len(packet) < named + SIG_LEN:
+    if not (1 <= clen <= MAX_NAME and 1 <= nlen <= MAX_NAME) or len(packet) < named + tail:
         raise WireError("malformed", "name lengths do not match the packet length")
-    suspects, end = _suspects(packet, named) if version == VERSION_SUSPECTS else (None, named)
-    if len(packet) != end + SIG_LEN:
+    listed = version == VERSION_SUSPECTS or (version == VERSION_MAC and flags & FLAG_SUSPECTS)
+    suspects, end = _suspects(packet, named, tail) if listed else (None, named)
+    if len(packet) != end + tail:
         raise WireError("malformed", "name lengths do not match the packet length")
     if packet[_HEADER.size:_HEADER.size + clen] != cluster.encode():
         raise WireError("wrong_cluster")
@@ -172,7 +222,12 @@ def parse(packet: bytes, cluster: str) -> Unverified:
         raise WireError("malformed", "health or role out of range")
     hb = Heartbeat(cluster, node, inc, seq, sent, HEALTH[health], ROLES[role], suspects,
                    bool(flags & FLAG_EXTRA))
-    return Unverified(hb, key_id, packet[:end], packet[end:])
+    if version != VERSION_MAC:
+        return Unverified(hb, key_id, packet[:end], packet[end:])
+    (peer_id,) = _PEER_ID.unpack_from(packet, end)
+    if not peer_id:
+        raise WireError("malformed", "receiver key id 0")
+    return Unverified(hb, key_id, packet[:end + _PEER_ID.size], packet[end + _PEER_ID.size:], peer_id)
 
 
 def decode(packet: bytes, ring: KeyRing, cluster: str) -> Heartbeat:

@@ -50,6 +50,7 @@ class MemberRecord:
     started_at: float = 0.0
     version: str = ""
     pid: int = 0
+    heartbeat_key_id: int = 0  # the key it signs with: peers make our pair key with it (0: not said)
 
     # -- what readers ask of it ------------------------------------------------
     @property
@@ -79,7 +80,8 @@ class MemberRecord:
     # -- the wire form -----------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "api_url": self.api_url, "priority": self.priority,
-                "heartbeat": {"addresses": list(self.heartbeat_addresses), "port": self.heartbeat_port},
+                "heartbeat": {"addresses": list(self.heartbeat_addresses), "port": self.heartbeat_port,
+                              "key_id": self.heartbeat_key_id},
                 "health": self.health, "fingerprint": self.fingerprint, "inference": self.inference,
                 "router": self.router, "fences": self.fences, "suspects": list(self.suspects),
                 "incarnation": self.incarnation, "started_at": self.started_at,
@@ -122,13 +124,14 @@ def member_from(name: str, rec: dict[str, Any]) -> MemberRecord | BadRecord:
         return BadRecord(f"members/{name[:80]}", problem)
     hb = rec.get("heartbeat") or {}
     port, inc, started, pid = hb.get("port"), rec.get("incarnation"), rec.get("started_at"), rec.get("pid")
+    kid = hb.get("key_id")
     return MemberRecord(
         name, str(rec.get("api_url") or ""), rec.get("priority", 100), tuple(hb.get("addresses", [])),
         port if integer(port, 0, 65535) else 0, dict(rec.get("health") or {}), dict(rec.get("fingerprint") or {}),
         rec.get("inference"), rec.get("router") if isinstance(rec.get("router"), dict) else None,
         _fences(rec.get("fences")), tuple(rec.get("suspects") or ()), inc if integer(inc, 0, 2**62) else 0,
         float(started) if unix_time(started) else 0.0, str(rec.get("version") or "")[:128],
-        pid if integer(pid, 0, 2**31) else 0)
+        pid if integer(pid, 0, 2**31) else 0, kid if integer(kid, 1, 65535) else 0)
 
 
 def member_problem(rec: dict[str, Any]) -> str | None:
