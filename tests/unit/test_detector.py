@@ -1,6 +1,6 @@
 import math
 
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 
 from vigil.core.detector import DetectorSettings, PauseGuard, PhiAccrualDetector, _z_for_phi, _phi_of_z
 
@@ -99,3 +99,18 @@ def test_phi_grows_with_silence(intervals, a, b):
         t += i
     lo, hi = sorted((a, b))
     assert d.phi(t + lo) <= d.phi(t + hi) + 1e-9
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.floats(0.01, 2.0), min_size=0, max_size=60), st.floats(0.0, 0.5))
+def test_suspect_at_is_where_phi_crosses_the_threshold(gaps, pause):
+    """The tick loop skips phi before `suspect_at()`: it must never be late."""
+    d = PhiAccrualDetector(DetectorSettings())
+    t = 0.0
+    d.heartbeat(t)
+    for g in gaps:
+        t += g
+        d.heartbeat(t)
+    d.forgive(pause, t + pause)
+    at = d.suspect_at()
+    assert d.phi(at - 0.001) < d.settings.threshold <= d.phi(at + 1e-9)

@@ -113,3 +113,17 @@ def test_unknown_peers_are_named_not_raised():
     with pytest.raises(WireError) as e:
         pairs("a").key(1, "stranger", 1)
     assert e.value.reason == "unknown_node"
+
+
+def test_a_copy_is_a_duplicate_only_from_its_nodes_addresses_and_inside_the_window():
+    r = HeartbeatReceiver("prod", "a", RING, {"b": {"10.0.0.2", "10.1.0.2"}}, lambda: NOW_US / 1e6)
+    r.pairs = pairs("a")
+    first = packet(seq=1)
+    assert r.receive(first, "10.0.0.2")[0] == "accepted"
+    assert r.receive(first, "10.1.0.2")[0] == "duplicate"  # the second link
+    assert r.receive(first, "10.9.9.9")[0] == "wrong_source"
+    for seq in range(2, 80):
+        r.receive(packet(seq=seq), "10.0.0.2")
+    assert r.receive(first, "10.0.0.2")[0] == "replayed"  # out of the window: not a duplicate
+    r.untrack("b")
+    assert r.receive(packet(seq=79), "10.0.0.2")[0] == "unknown_node"

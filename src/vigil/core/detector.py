@@ -22,6 +22,7 @@ Rules:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import deque
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ class DetectorSettings:
         return mean + self.acceptable_pause + _z_for_phi(self.threshold) * self.min_std
 
 
+@functools.lru_cache(maxsize=16)
 def _z_for_phi(phi: float) -> float:
     """Inverse of the logistic approximation used in `_phi`, by bisection."""
     lo, hi = 0.0, 50.0
@@ -73,6 +75,7 @@ class PhiAccrualDetector:
         self._sum_sq = 0.0
         self._last: float | None = None
         self._skip_next_sample = False
+        self._suspect_at: float | None = None  # cache of `suspect_at()`; None: to compute
 
     def __repr__(self) -> str:
         return (f"<PhiAccrualDetector samples={len(self._intervals)} "
@@ -92,12 +95,25 @@ class PhiAccrualDetector:
         else:
             self._add(max(0.0, now - self._last))
         self._last = now
+        self._suspect_at = None
 
     def forgive(self, seconds: float, now: float) -> None:
         """Do not count the last `seconds` of silence: the observer was stalled."""
         if self._last is not None and seconds > 0:
             self._last = min(self._last + seconds, now)
             self._skip_next_sample = True
+            self._suspect_at = None
+
+    def suspect_at(self) -> float:
+        """The instant phi reaches the threshold if nothing arrives before (phi
+        grows with the silence alone): callers evaluating often compare `now`
+        with it and compute phi only near it. +inf before the first heartbeat."""
+        if self._last is None:
+            return math.inf
+        if self._suspect_at is None:
+            z = _z_for_phi(self.settings.threshold)
+            self._suspect_at = self._last + self.mean() + self.settings.acceptable_pause + z * self.std()
+        return self._suspect_at
 
     def phi(self, now: float) -> float:
         """Suspicion level at `now`; 0.0 before the first heartbeat."""

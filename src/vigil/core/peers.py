@@ -24,6 +24,7 @@ from vigil.core.detector import DetectorSettings, PauseGuard, PhiAccrualDetector
 
 UNKNOWN, ALIVE, SUSPECT = "unknown", "alive", "suspect"
 TICK = 0.01  # s: detectors are evaluated this often; a suspicion is noticed at most a tick late
+NEAR_THRESHOLD = 0.001  # s: phi is computed from this long before it can cross the threshold
 PAUSE_TOLERANCE = 0.02  # s: a tick later than this was our own stall, forgiven on every peer
 
 
@@ -169,6 +170,8 @@ class PeerTable:
                 if p.state == SUSPECT and p.rises and not p.detector.is_available(now):
                     p.rises = 0  # a rise run must be consecutive fresh heartbeats
                 continue
+            if now < p.detector.suspect_at() - NEAR_THRESHOLD:
+                continue  # phi is below the threshold until then: no need to compute it
             phi = p.detector.phi(now)
             if phi >= self.settings.threshold:
                 silent = p.heartbeat_age(now) or 0.0

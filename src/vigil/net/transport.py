@@ -72,6 +72,7 @@ class HeartbeatReceiver:
         self.guards: dict[str, ReplayGuard] = {}
         self.sources: dict[str, frozenset[str]] = {}
         self._recent: dict[str, dict[tuple[int, int], bytes]] = {}
+        self._copies: dict[bytes, Heartbeat] = {}  # every packet in _recent: its heartbeat
         self._verified_at: dict[str, float] = {}
         for p, addrs in peers.items():
             self.track(p, addrs)
@@ -96,6 +97,8 @@ class HeartbeatReceiver:
     def untrack(self, peer: str) -> None:
         """Forget `peer` (the router drops a member name whose record went): its
         packets are `unknown_node` again until it is tracked anew."""
+        for packet in self._recent.get(peer, {}).values():
+            self._copies.pop(packet, None)
         for held in (self.guards, self.sources, self._recent, self._verified_at, self.skew, self.skewed,
                      self.expected):
             held.pop(peer, None)
@@ -111,6 +114,10 @@ class HeartbeatReceiver:
 
     def _receive(self, packet: bytes, source: str) -> tuple[str, Heartbeat | None]:
         """The cheap checks, then at most one signature check. Raises WireError."""
+        copy = self._copies.get(packet)
+        if copy is not None and source in self.sources.get(copy.node, ()) and \
+                self.guards[copy.node].peek(copy.incarnation, copy.seq) == "duplicate":
+            return "duplicate", copy  # byte for byte a packet we verified (the second copy): no parse
         u = parse(packet, self.cluster)
         node, inc, seq = u.hb.node, u.hb.incarnation, u.hb.seq
         if node == self.me:
@@ -155,8 +162,9 @@ class HeartbeatReceiver:
     def _remember(self, node: str, u: Unverified, packet: bytes, now: float) -> None:
         recent = self._recent[node]
         recent[(u.hb.incarnation, u.hb.seq)] = packet
+        self._copies[packet] = u.hb
         if len(recent) > RECENT:
-            del recent[next(iter(recent))]
+            self._copies.pop(recent.pop(next(iter(recent))), None)
         self._verified_at[node] = now
 
     def _skewed(self, hb: Heartbeat) -> bool:
