@@ -14,12 +14,16 @@ leader's agent: detection = kill -> each survivor that watches the leader
 records peer_suspected (all of them do: everyone watches the leader).
 
 Usage: python bench/scale.py [--sizes 3,10,30,60] [--idle 60] [--kills 3] [--modes full,topology]
-Writes bench/results/scale.{json,md}. Root not needed (loopback).
+       [--label NAME] [--append]
+Writes bench/results/scale.{json,md}. Root not needed (loopback). `--append` adds
+this run's rows to the file's (e.g. main before issue 24, run from its own tree:
+PYTHONPATH=OLD/src python bench/scale.py --modes full --label main-c0039a9 --append).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import sys
@@ -29,7 +33,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import summary_ms, write  # noqa: E402
+from common import RESULTS, summary_ms, write  # noqa: E402
 
 from vigil.errors import VigilError  # noqa: E402
 from vigil.lab import Lab  # noqa: E402
@@ -91,7 +95,7 @@ def idle(lab: Lab, seconds: float) -> dict:
 def kills(lab: Lab, count: int) -> dict:
     detect, first = [], []
     for _ in range(count):
-        old, _token = lab.leader()
+        old, _token = lab.wait_for(lab.leader, 60, "a leader to kill")
         t0 = time.time()
         lab.kill_agent(old)
         lab.wait_for(lambda: (lambda c: c if c and c[0] != old else None)(lab.leader()), 30, "a new leader")
@@ -117,26 +121,14 @@ def one(root: Path, n: int, mode: str, idle_s: float, kill_count: int) -> dict:
         lab.wait_for(lab.ready, 60, "the lab settled")
         return {"nodes": n, "mode": mode, "started": True, "lab_up_s": round(up, 1),
                 **idle(lab, idle_s), **kills(lab, kill_count)}
-    except VigilError as e:
-        return {"nodes": n, "mode": mode, "started": True, "error": str(e)[:300]}
+    except Exception as e:  # noqa: BLE001 - a size that falls over is a result, not the end of the bench
+        return {"nodes": n, "mode": mode, "started": True, "error": f"{type(e).__name__}: {e}"[:300]}
     finally:
         lab.down()
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sizes", default="3,10,30,60")
-    ap.add_argument("--modes", default="full,topology")
-    ap.add_argument("--idle", type=float, default=60.0, help="idle window per size and mode (s)")
-    ap.add_argument("--kills", type=int, default=3)
-    args = ap.parse_args()
-    runs = []
-    for n in [int(x) for x in args.sizes.split(",")]:
-        for mode in args.modes.split(","):
-            with tempfile.TemporaryDirectory(prefix=f"vigil-scale-{n}-{mode}-") as d:
-                r = one(Path(d) / "lab", n, mode, args.idle, args.kills)
-            print(r, flush=True)
-            runs.append(r)
+def report(runs: list[dict], idle_s: float, kills_n: int) -> None:
+    """Write bench/results/scale.{json,md} from these runs."""
     rows = [["nodes", "mode", "lab up (s)", "CPU/agent (% core)", "all agents (%)", "heartbeats rx/node/s",
              "peers watched/node", "etcd req/s", "etcd watch ev/s", "false suspicions", "leader kill detection p50/p99 (ms)"]]
     for r in runs:
@@ -147,11 +139,35 @@ def main() -> int:
         rows.append([r["nodes"], r["mode"], r["lab_up_s"], r["cpu_per_agent_pct"], r["cpu_all_agents_pct"],
                      r["packets_per_node_s"], r["peers_watched_per_node"], r["etcd_requests_s"],
                      r["etcd_watch_events_s"], r["false_suspicions"], f"{d['p50']} / {d['p99']}"])
-    write("scale", {"idle_s": args.idle, "kills": args.kills, "runs": runs}, rows,
+    write("scale", {"idle_s": idle_s, "kills": kills_n, "runs": runs}, rows,
           f"Agents only (no model servers), loopback, lab timing (heartbeat 100 ms x 2 copies), "
-          f"{args.idle:g} s idle per row, {args.kills} leader SIGKILLs per row. `full`: every agent hears "
+          f"{idle_s:g} s idle per row, {kills_n} leader SIGKILLs per row. `full`: every agent hears "
           "every other (heartbeat.topology.full_mesh_up_to 1000, the design before issue 24); `topology`: "
-          "failure-domain meshes of 10 + 8 observers + the leader (defaults; a full mesh up to 16 members).")
+          "failure-domain meshes of 10 + 8 observers + the leader (defaults; a full mesh up to 16 members). "
+          "Both with pair-key heartbeats and the per-(source, node) verification budget; `main-c0039a9`: the "
+          "code before issue 24 (Ed25519 on every packet, one budget per source address), where it runs.")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", default="3,10,30,60")
+    ap.add_argument("--modes", default="full,topology")
+    ap.add_argument("--idle", type=float, default=60.0, help="idle window per size and mode (s)")
+    ap.add_argument("--kills", type=int, default=3)
+    ap.add_argument("--label", help="name the rows after this instead of the mode")
+    ap.add_argument("--append", action="store_true", help="keep the rows already in the results file")
+    args = ap.parse_args()
+    runs = []
+    if args.append and (RESULTS / "scale.json").exists():
+        runs = json.loads((RESULTS / "scale.json").read_text())["runs"]
+    for n in [int(x) for x in args.sizes.split(",")]:
+        for mode in args.modes.split(","):
+            with tempfile.TemporaryDirectory(prefix=f"vigil-scale-{n}-{mode}-") as d:
+                r = one(Path(d) / "lab", n, mode, args.idle, args.kills)
+            r["mode"] = args.label or mode
+            print(r, flush=True)
+            runs.append(r)
+    report(runs, args.idle, args.kills)
     return 0
 
 
