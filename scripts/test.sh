@@ -6,10 +6,18 @@ cd "$(dirname "$0")/.."
 # --generative: also the tests of the real generative model (tests/generative),
 # after installing it (a source build of llama.cpp: minutes). Without it they
 # are left out by name, not skipped: the rest use the reference model.
+# --scale: also the scale tests (tests/scale: 30 agents in namespaces, minutes on
+# 2 cores), left out of the default run by name, not skipped.
 if [[ ${1:-} == --generative ]]; then
   shift
   bash scripts/install.sh --generative
-  exec .venv/bin/python -m pytest -q -p no:cacheprovider tests "$@"
+  exec .venv/bin/python -m pytest -q -p no:cacheprovider tests --ignore=tests/scale "$@"
+fi
+if [[ ${1:-} == --scale ]]; then
+  shift
+  bash scripts/install.sh
+  exec .venv/bin/python -m pytest -q -p no:cacheprovider tests/scale "$@"
 fi
 bash scripts/install.sh
-exec .venv/bin/python -m pytest -q -p no:cacheprovider --durations=25 tests --ignore=tests/generative "$@"
+exec .venv/bin/python -m pytest -q -p no:cacheprovider --durations=25 tests --ignore=tests/generative \
+  --ignore=tests/scale "$@"

@@ -176,9 +176,11 @@ class SimNode:
 
 class SimCluster:
     def __init__(self, seed: int, root: Path, nodes: int = 3, timing: dict[str, Any] | None = None,
-                 unchecked_timing: dict[str, Any] | None = None):
+                 unchecked_timing: dict[str, Any] | None = None, topology: dict[str, Any] | None = None,
+                 rack_size: int = 0):
         """`timing` is validated as an operator's config is; `unchecked_timing` is
-        applied after validation (to show the simulation catches a broken relation)."""
+        applied after validation (to show the simulation catches a broken relation).
+        `topology`: heartbeat.topology; `rack_size`: nodes per failure domain (0: one)."""
         self.seed, self.rng = seed, random.Random(seed)
         self.clock = FakeClock()
         self.loop = SimLoop(self.clock)
@@ -189,7 +191,9 @@ class SimCluster:
         self.graveyard: list[Agent] = []
         names = [f"n{i + 1}" for i in range(nodes)]
         keys = shared_keys(*names)
-        self.nodes = {n: SimNode(n, self._config(n, names, root, keys, timing, unchecked_timing),
+        shape = {"topology": topology or {}, "racks": {n: f"rack-{i // rack_size + 1}" if rack_size else "default"
+                                                      for i, n in enumerate(names)}}
+        self.nodes = {n: SimNode(n, self._config(n, names, root, keys, timing, unchecked_timing, shape),
                                  LinkedStore(self.store, self.rng))
                       for n in names}
         ring = RecallingRing(self.nodes[names[0]].cfg.keys.ring.members)
@@ -198,15 +202,17 @@ class SimCluster:
 
     @staticmethod
     def _config(name: str, names: list[str], root: Path, keys: dict[str, Any], timing: dict[str, Any] | None,
-                unchecked: dict[str, Any] | None) -> NodeConfig:
+                unchecked: dict[str, Any] | None, shape: dict[str, Any]) -> NodeConfig:
         addr = {n: f"10.231.9.{i + 1}" for i, n in enumerate(names)}
+        racks = shape["racks"]
         cfg = parse_config({
-            "cluster": "sim", "node": name, "data_dir": str(root / name),
+            "cluster": "sim", "node": name, "data_dir": str(root / name), "failure_domain": racks[name],
             "etcd": {"endpoints": ["http://127.0.0.1:1"]}, "watchdog": {"mode": "off"},
             "health": {"gpu": False, "kernel_log": False, "interval": 60},
             "heartbeat": {**keys[name], "addresses": [addr[name]], "port": 7400,
-                          "peers": [{"name": p, "addresses": [addr[p]], "port": 7400}
-                                    for p in names if p != name]},
+                          "peers": [{"name": p, "addresses": [addr[p]], "port": 7400,
+                                     "failure_domain": racks[p]} for p in names if p != name],
+                          "topology": shape["topology"]},
             "timing": {**SIM_TIMING, **(timing or {})}})
         if unchecked:
             cfg = dataclasses.replace(cfg, timing=dataclasses.replace(cfg.timing, **unchecked))

@@ -35,6 +35,21 @@ def test_real_agents_never_overlap_under_seeded_faults(seed, sim_dir):
     assert len(r.leaders_at_end) == 1, ("one leader after the faults end", r.leaders_at_end, r.faults)
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_real_agents_watching_through_the_detection_topology_never_overlap(seed, sim_dir):
+    """Nine agents in three racks of three, forced past the full mesh: each hears
+    its rack, the nodes it observes (3 observers, 2 must agree) and the leader."""
+    topology = {"full_mesh_up_to": 4, "domain_mesh_up_to": 3, "observers": 3, "agreement": 2}
+    sim = SimCluster(seed + 100, sim_dir, nodes=9, topology=topology, rack_size=3)
+    r = sim.run(MINUTES * 30)
+    watched = [len(n.agent.heartbeats.peers.peers) for n in sim.nodes.values()
+               if n.agent and n.agent.heartbeats.leader]
+    assert watched and sum(watched) / len(watched) < 7, watched  # of 8 configured: its rack, subjects, leader
+    assert len(r.intervals) >= 2 and r.overlaps == [], (r.overlaps, r.faults)
+    assert r.tokens_increase(), r.intervals
+    assert len(r.leaders_at_end) == 1, ("one leader after the faults end", r.leaders_at_end, r.faults)
+
+
 def test_the_simulation_catches_a_leader_that_outlives_its_lease(sim_dir):
     """demote_after past the TTL is refused at start-up; slipped past that
     check, a leader paused beyond its lease acts after its successor began."""

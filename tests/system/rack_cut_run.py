@@ -13,6 +13,7 @@ import json
 import time
 from pathlib import Path
 
+from vigil.errors import StoreError
 from vigil.lab import Lab
 from vigil.lab.netns import NetTopology
 
@@ -21,11 +22,23 @@ RACK = list(range(21, 31))
 
 
 def states(lab: Lab) -> dict[str, str]:
+    """The node states the leader wrote; {} while etcd is too busy to answer
+    this poll in 2 s (30 agents on 2 cores: the next poll asks again)."""
     from vigil.store.keys import Keys
     from vigil.store.registry import Registry
 
-    snap = lab.with_store(lambda store: Registry(store, Keys(lab.cluster)).snapshot())
-    return dict(snap.states)
+    try:
+        return dict(lab.with_store(lambda store: Registry(store, Keys(lab.cluster)).snapshot()).states)
+    except StoreError:
+        return {}
+
+
+def events(lab: Lab) -> list[dict]:
+    """The event log, [] while etcd is too busy to answer this poll."""
+    try:
+        return lab.events()
+    except StoreError:
+        return []
 
 
 def main() -> None:
@@ -39,7 +52,7 @@ def main() -> None:
     out: dict = {"lab_up_s": round(time.monotonic() - t_up, 1)}
     try:
         rack = {f"n{i}" for i in RACK}
-        leader, token = lab.leader()
+        leader, token = lab.wait_for(lab.leader, 30, "the leader key")
         out["leader_before"], out["token_before"] = leader, token
         out["peers_watched"] = {n.name: len((lab.agent_status(n.name, 3) or {}).get("peers", {}))
                                 for n in lab.nodes}
@@ -48,12 +61,12 @@ def main() -> None:
         lab.wait_for(lambda: all(states(lab).get(n) == "failed" for n in rack), 60,
                      "the leader to mark all of rack-3 failed", poll=0.1)
         out["all_failed_s"] = round(time.monotonic() - m0, 2)
-        lab.wait_for(lambda: any(e["kind"] == "domain_lost" and e["at"] >= t0 for e in lab.events()), 30,
+        lab.wait_for(lambda: any(e["kind"] == "domain_lost" and e["at"] >= t0 for e in events(lab)), 30,
                      "the domain_lost event", poll=0.2)
         out["settled_s"] = round(time.monotonic() - m0, 2)
         time.sleep(3.0)  # let late, wrong, events show if there were to be any (the window itself)
-        during = [e for e in lab.events() if e["at"] >= t0]
-        out["leader_after"], out["token_after"] = lab.leader()
+        during = [e for e in lab.wait_for(lambda: events(lab), 30, "the event log") if e["at"] >= t0]
+        out["leader_after"], out["token_after"] = lab.wait_for(lab.leader, 30, "the leader key")
         out["states_after_cut"] = states(lab)
         t1, m1 = time.time(), time.monotonic()
         net.heal()
@@ -63,7 +76,8 @@ def main() -> None:
         out["events"] = [{k: e.get(k) for k in ("at", "node", "kind", "subject", "peer", "nodes", "state")}
                          for e in during]
         out["events_after_heal"] = [{k: e.get(k) for k in ("node", "kind", "subject", "peer")}
-                                    for e in lab.events() if e["at"] >= t1]
+                                    for e in lab.wait_for(lambda: events(lab), 30, "the event log")
+                                    if e["at"] >= t1]
     finally:
         net.heal()
         lab.down()

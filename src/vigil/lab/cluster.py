@@ -36,6 +36,7 @@ from vigil.lab.configs import CONTINUE_KEY, LabConfigs
 from vigil.lab.observe import LabObservation
 from vigil.lab.sensors import LabSensors
 
+START_WAVE = 10  # agents started together in a lab of more than 16
 MAX_NODES = 100  # on loopback; each agent idles at about 3 % of a core
 LAB_TIMING = {"heartbeat_interval": 0.1, "lease_ttl": 2, "keepalive_interval": 0.5,
               "demote_after": 1.6, "etcd_timeout": 0.5, "loop_interval": 0.5}
@@ -179,8 +180,7 @@ class Lab(LabConfigs, LabObservation):
                 self.fencing.start_support(str(self.root / "keys" / "cluster.keyring"),
                                            self.etcd.endpoints, self.cluster,
                                            secure_lab.gateway_args(self.root) if self.etcd.tls else [])
-            for node in self.nodes:
-                self.start_agent(node.name)
+            self._start_agents()
             if self.router:
                 self.start_router()
             self.save()
@@ -192,6 +192,20 @@ class Lab(LabConfigs, LabObservation):
         except BaseException:
             self.down()
             raise
+
+    def _start_agents(self) -> None:
+        """Every agent; above 16, in waves of 10, each holding its etcd session before
+        the next starts: 60 agents importing at once on 2 cores starve etcd's answers
+        and each other's heartbeats (a thundering herd no real cluster has)."""
+        waves = [self.nodes] if len(self.nodes) <= 16 else \
+            [self.nodes[i:i + START_WAVE] for i in range(0, len(self.nodes), START_WAVE)]
+        for wave in waves:
+            for node in wave:
+                self.start_agent(node.name)
+            if len(waves) > 1:
+                self.wait_for(lambda: all((self.agent_status(n.name, 2) or {}).get("session", {}).get("ok")
+                                          for n in wave), 120, f"{wave[0].name}..{wave[-1].name} to hold "
+                                                               "their etcd sessions", poll=0.5)
 
     @classmethod
     def load(cls, root: Path) -> "Lab":

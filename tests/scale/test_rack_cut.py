@@ -1,10 +1,14 @@
-"""System test (root): 30 agents, one per network namespace, in three failure
-domains of ten; one rack (10 nodes) cut off from the rest at once. The leader
+"""Scale test (root; `bash scripts/test.sh --scale`, left out of the default run
+by name, like tests/generative: 30 agents on 2 cores take 3-6 minutes, more
+than the suite's budget allows): 30 agents, one per network namespace, in
+three failure domains of ten; one rack (10 nodes) cut off from the rest at once. The leader
 must see one event for the rack, mark its ten nodes failed and keep leading;
 no node outside the rack may suspect another outside it, and nothing is fenced
 (rack_cut_run.py does the work in the client namespace)."""
 
 from __future__ import annotations
+
+import pytest
 
 from tests.system.netns import run_in_client, topology
 
@@ -12,9 +16,10 @@ RACK = {f"n{i}" for i in range(21, 31)}
 OUTSIDE = {f"n{i}" for i in range(1, 21)}
 
 
+@pytest.mark.timeout(1200)
 def test_a_rack_cut_off_at_once_is_one_event_and_costs_nothing_outside_it(tmp_path):
     with topology(30) as net:
-        run = run_in_client(net, "tests.system.rack_cut_run", tmp_path / "lab", timeout=540)
+        run = run_in_client(net, "tests.system.rack_cut_run", tmp_path / "lab", timeout=1100)
     events = run["events"]
     # Everyone hears the leader and its mesh and observers only, never all 29 others.
     assert max(run["peers_watched"].values()) < 29, run["peers_watched"]
