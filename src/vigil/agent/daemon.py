@@ -114,7 +114,8 @@ class Agent:
                               lambda: self.session.renew_now() if self.session else None)
         self.leadership = Leadership(cfg.node, cfg.timing.demote_after, self.clock, self.data_dir, self.history,
                                      self.watchdog, self.vips, self.events.record)
-        self.leadership.on_change += [self._lead_heartbeats, lambda change: self.heartbeats.send_now(), lambda change: self.wake.set(),
+        self.leadership.on_change += [self._lead_heartbeats, lambda change: self.heartbeats.send_now(),
+                                      lambda change: self.wake.set(),
                                       lambda change: self.reconciler.invalidate_snapshot()]
         c = cfg.controller
         self.controller = (Controller(cfg.node, lambda: self.cfg.keys.signing, self.clock, self.events.record,

@@ -69,13 +69,17 @@ def plan(members: dict[str, str], settings: TopologySettings = TopologySettings(
                                               len(t.domain_members(d)) <= settings.domain_mesh_up_to)},
         "per_node": {"peers_heard_mean": round(mean_in, 1), "peers_heard_max": fan_in,
                      "rx_packets_s_mean": round(mean_in * rate, 1), "rx_packets_s_max": round(fan_in * rate, 1),
-                     "cpu_pct_mean": round(mean_in * rate * costs.verify_us / 1e4 + costs.send_us / costs.interval / 1e4, 2),
-                     "cpu_pct_max": round(fan_in * rate * costs.verify_us / 1e4 + costs.send_us / costs.interval / 1e4, 2)},
+                     "cpu_pct_mean": _cpu_pct(mean_in, rate, costs), "cpu_pct_max": _cpu_pct(fan_in, rate, costs)},
         "leader": {"tx_packets_s": round(out_leader * rate, 1)},
         "observers": {m: sorted(t.observers(m)) for m in t.members},
         "costs": {"verify_us": round(costs.verify_us, 1), "send_us": round(costs.send_us, 1),
                   "interval_s": costs.interval, "copies": costs.copies},
     }
+
+
+def _cpu_pct(peers: float, rate: float, costs: Costs) -> float:
+    """% of a core: verifying `peers` x `rate` packets a second, and signing our own."""
+    return round(peers * rate * costs.verify_us / 1e4 + costs.send_us / costs.interval / 1e4, 2)
 
 
 def check(configured: dict[str, str], registered: set[str], etcd_voters: int | None,
