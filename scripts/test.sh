@@ -6,8 +6,8 @@ cd "$(dirname "$0")/.."
 # --generative: also the tests of the real generative model (tests/generative),
 # after installing it (a source build of llama.cpp: minutes). Without it they
 # are left out by name, not skipped: the rest use the reference model.
-# --scale: also the scale tests (tests/scale: 30 agents in namespaces, minutes on
-# 2 cores), left out of the default run by name, not skipped.
+# --scale: the scale tests alone (tests/scale: 30 agents in namespaces, about a
+# minute on 2 cores), left out of the default run by name, not skipped.
 if [[ ${1:-} == --generative ]]; then
   shift
   bash scripts/install.sh --generative
