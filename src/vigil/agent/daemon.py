@@ -40,6 +40,7 @@ from vigil.agent.watchdog import LinuxWatchdogDevice, Watchdog
 from vigil.agent.inference import InferenceSupervisor
 from vigil.agent.reconciler import Reconciler, SessionLink
 from vigil.agent.release import FrontDoorRelease
+from vigil.agent.publisher import RecordPublisher
 from vigil.agent.reload import reload_config
 from vigil.agent.sdnotify import Notifier, notify_loop
 from vigil.clock import Clock, SystemClock
@@ -125,7 +126,7 @@ class Agent:
                                        self.registry, self.store, self.leadership, cfg.fencing.keep_sessions)
                                 if cfg.fencing else None)
         self.link = link = SessionLink(lambda: self.session, lambda: self.election, lambda: self.health_reasons,
-                                       self._republish, self.suspects_unpublished)
+                                       lambda: self.publisher.retry(), lambda: self.publisher.unpublished())
         self.health = HealthMonitor(cfg.health, self.clock, self.events.record, self._on_health,
                                     restart_server=self._restart_server)
         self.reconciler = Reconciler(cfg, self.clock, self.store, self.keys, self.registry, self.events.record,
@@ -139,9 +140,9 @@ class Agent:
         self.jobs = (JobRunner(self.store, self.keys, cfg.node, cfg.inference.url, self.clock, self.payloads.lease,
                                self._takes_jobs, self.events.record)
                      if cfg.inference and cfg.inference.batch_jobs else None)
-        self.published_suspects: list[str] = []  # as last written to our member record
-        self._publisher: asyncio.Task | None = None
-        self._publish_again = False
+        self.publisher = RecordPublisher(self.registry, self.member_record,
+                                         lambda: self.session.lease_id if self.session_ok() else None,
+                                         self.suspects)
         # The node's front door runs beside the agent, not in it: its proxy load must never
         # delay a heartbeat or a self-demotion check, and its crash must not end leadership.
         self.router = (ChildProcess("router", "router", [sys.executable, "-m", "vigil", "router", "--config",
@@ -314,9 +315,7 @@ class Agent:
                               on_renewed=self._on_renewed)
             try:
                 await session.open()
-                record = self.member_record()
-                await self.registry.register(record, session.lease_id)
-                self.published_suspects = list(record.suspects)
+                await self.publisher.register(session.lease_id)
             except StoreError as e:
                 log.warning("cannot open an etcd session yet: %s", e)
                 await session.close(revoke=True)
@@ -336,37 +335,12 @@ class Agent:
             self.wake.set()
 
     def request_publish(self) -> None:
-        """Publish our member record soon, in the background: one put in flight at a
-        time, and a request made meanwhile runs once more after it (the record is
-        built when sent, so the last put carries the newest state; two puts in
-        flight could land in either order)."""
-        self._publish_again = True
-        if self._publisher is None or self._publisher.done():
-            self._publisher = asyncio.get_running_loop().create_task(self._publish_loop())
-
-    def _republish(self) -> None:
-        """A retry of a publish that failed (etcd was away), unless one is under way."""
-        if self._publisher is None or self._publisher.done():
-            self.request_publish()
-
-    async def _publish_loop(self) -> None:
-        while self._publish_again:
-            self._publish_again = False
-            await _best_effort("publish the member record", self.publish_record())
-
-    async def publish_record(self) -> None:
-        if self.session_ok():
-            record = self.member_record()
-            await self.registry.register(record, self.session.lease_id)
-            self.published_suspects = list(record.suspects)
+        """Publish our member record soon (vigil.agent.publisher)."""
+        self.publisher.request()
 
     def suspects(self) -> list[str]:
         """Peers heard and then lost, as published in our member record."""
         return sorted(self.heartbeats.peers.suspected_for(self.clock.now()))
-
-    def suspects_unpublished(self) -> bool:
-        """Our suspicions differ from what our member record in etcd says."""
-        return self.suspects() != self.published_suspects
 
     # -- callbacks ---------------------------------------------------------------
     def _on_renewed(self, sent_at: float) -> None:

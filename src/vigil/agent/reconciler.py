@@ -9,26 +9,25 @@ cycle's decision is logged when it changes and kept in `last` for
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 import logging
 from typing import Any, Awaitable, Callable
 
 from vigil.agent.controller import Controller
+from vigil.agent.stewardship import Stewardship
 from vigil.agent.stonith import Fencer
 from vigil.agent.leadership import Leadership
 from vigil.clock import Clock, woken
 from vigil.config import NodeConfig
-from vigil.core.damping import FlapDamper
 from vigil.core.health import Verdict
 from vigil.core.peers import PeerTable
 from vigil.core.reconcile import (Campaign, ClearLeaderKey, Decision, Demote, Fence, Resign, Wait, decide,
                                   decide_states, handover)
 from vigil.core.topology import Topology
-from vigil.core.view import ACTIVE, FAILED, HELD, STANDBY, ClusterView
+from vigil.core.view import ClusterView
 from vigil.errors import StoreError, WatchCompacted
 from vigil.store.base import Store
 from vigil.store.election import Election, remove_invalid
-from vigil.store.events import prune_events
 from vigil.store.keys import Keys
 from vigil.store.mirror import RegistryMirror
 from vigil.store.registry import Registry, Snapshot, parse_snapshot
@@ -36,14 +35,11 @@ from vigil.store.session import Session
 
 log = logging.getLogger(__name__)
 
-EVENTS_KEEP = 2000
-PRUNE_EVERY = 30.0
 # A cycle decides on the watch's mirror of etcd (vigil.store.mirror) while it is
 # current, younger than this since its last range read, and this agent neither wrote
 # nor changed its role since: a cycle woken by a peer's heartbeat news (the second
 # suspicion a fence waits for) then decides at once, not after a 5-15 ms range read.
 SNAPSHOT_REUSE = 0.5
-DOMAIN_WINDOW = 10.0  # s: members of one failure domain failing within this are one event
 MAX_FAIL_DELAY = 10.0  # s between tries of a cycle that keeps raising
 FENCE_CALLS, FENCE_TIMEOUT = 4, 10.0  # device calls per fence level; a device's timeout when none is set
 BAD_REPORTS = 8  # bad_record events per cycle, each naming its key (then one saying how many more)
@@ -81,10 +77,8 @@ class Reconciler:
         self.fencer, self.controller, self.verdict = fencer, controller, verdict
         self.on_snapshot = on_snapshot  # every snapshot a cycle reads (the heartbeat receiver's hints)
         self.topology = topology  # who watches whom (the heartbeat service's)
-        self.damper = FlapDamper(cfg.health.damping)
-        self._holds_written: set[str] = set()
-        self._failed_at: dict[str, float] = {}  # node -> when the leader first saw it failed
-        self._lost_domains: set[str] = set()  # reported, until a member is back
+        self.stewardship = Stewardship(lambda: self.cfg, clock, store, keys, registry, record, leadership,
+                                       self.invalidate_snapshot)
         self.last = Wait("starting")
         self.snapshot: Snapshot | None = None
         self._snapshot_at = 0.0
@@ -92,7 +86,6 @@ class Reconciler:
         self._reusable = False  # no write of ours and no role change since the last range read
         self.cycles = 0
         self._no_leader_since: float | None = None
-        self._last_prune = 0.0
         self._bad_seen: dict[str, str] = {}
         self.failing: str | None = None  # why the last cycle raised, while it keeps doing so
         self._fail_delay = 0.0
@@ -206,7 +199,7 @@ class Reconciler:
             self.invalidate_snapshot()
         await self._perform(decision, view)
         if self.leadership.is_leader() and not isinstance(decision, Fence):  # after a fence the view is stale
-            await self._leader_housekeeping(view)
+            await self.stewardship.keep(view, self.snapshot)
         self.cycles += 1
         return decision
 
@@ -330,33 +323,6 @@ class Reconciler:
             self.controller.leading(token)
         self.wake.set()
 
-    async def _held_out(self, now: float) -> dict[str, str]:
-        """Flap damping: new holds are written to etcd (a new leader keeps them), ended
-        ones deleted; a hold this leader wrote that is gone was released by an operator
-        (`vigil resume`): that node's failure count starts from zero."""
-        holds, wall = dict(self.snapshot.holds if self.snapshot else {}), self.clock.wall()
-        fresh = self.damper.held(now, max(len(self.cfg.peers) + 1, 1))
-        for node in list(fresh):
-            if node in self._holds_written and node not in holds:
-                self.damper.clear(node)
-                del fresh[node]
-                self._holds_written.discard(node)
-                self.record("flap_damping_cleared", f"{node} put back by an operator; its failure count "
-                            "starts from zero", subject=node)
-            elif node not in holds:
-                until = wall + self.damper.release_in(node, now)
-                self.invalidate_snapshot()
-                await self.registry.hold(node, until, fresh[node])
-                holds[node] = {"until": until, "why": fresh[node]}
-                self._holds_written.add(node)
-        for node, rec in list(holds.items()):
-            if rec["until"] <= wall:  # ended by time, not by an operator
-                self.invalidate_snapshot()
-                await self.registry.release_hold(node)
-                del holds[node]
-                self._holds_written.discard(node)
-        return {n: r["why"] for n, r in holds.items()}
-
     async def _handover_barrier(self, token: int) -> None:
         """Act on a fresh token only once `handover()` says so: wait for the
         heartbeat news (or the suspicion) that wakes this loop, not by polling."""
@@ -379,41 +345,3 @@ class Reconciler:
                         f"itself leader; waited {(self.clock.now() - t0) * 1000:.0f} ms before acting"
                         + (f" ({', '.join(still)} never stopped: acting at its self-demotion deadline)"
                            if still else ""), token=token, peers=list(first.peers))
-
-    def _report_lost_domains(self, view: ClusterView, wanted: dict[str, str]) -> None:
-        """A whole failure domain failing within DOMAIN_WINDOW is one `domain_lost` event."""
-        if view.topology is None:
-            return
-        now = self.clock.now()
-        states = {**view.states, **wanted}
-        for node, state in states.items():
-            if state == FAILED:
-                self._failed_at.setdefault(node, now)
-            else:
-                self._failed_at.pop(node, None)
-        lost = view.topology.lost_domains(self._failed_at, DOMAIN_WINDOW)
-        self._lost_domains &= set(lost)  # a domain back in part may be lost again later
-        for domain in sorted(set(lost) - self._lost_domains):
-            self._lost_domains.add(domain)
-            self.record("domain_lost", f"failure domain {domain} lost at once: {', '.join(lost[domain])} "
-                        "(a rack's power or switch?); their work moves to other domains",
-                        subject=domain, nodes=lost[domain])
-
-    async def _leader_housekeeping(self, view: ClusterView) -> None:
-        now = self.clock.now()
-        held = await self._held_out(now)
-        wanted = decide_states(replace(view, i_lead=True, held_out=held))
-        self._report_lost_domains(view, wanted)
-        for node, state in wanted.items():
-            if not self.leadership.is_leader():
-                return
-            self.invalidate_snapshot()
-            await self.registry.set_state(node, state)
-            if state == FAILED and view.states.get(node) in (ACTIVE, STANDBY, HELD):
-                self.damper.failed(node, now)
-            why = f": {held[node]}" if state == HELD else ""
-            self.record("state_changed", f"{node} is now {state}{why}", subject=node, state=state,
-                        previous=view.states.get(node))
-        if now - self._last_prune > PRUNE_EVERY:
-            self._last_prune = now
-            await prune_events(self.store, self.keys, EVENTS_KEEP)
