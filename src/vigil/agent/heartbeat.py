@@ -29,6 +29,7 @@ and one `clock_skew_cleared` when it ends.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import secrets
@@ -97,7 +98,7 @@ class HeartbeatService:
         for name in old - new:
             self.receiver.untrack(name)
         self._peer_cfg, self._observer_cfg = tuple(peers), tuple(observers)
-        domains = {self.cfg.node: self.cfg.failure_domain, **{p.name: p.failure_domain for p in peers}}
+        domains = dataclasses.replace(self.cfg, peers=tuple(peers)).domains()
         self.topology = Topology(domains, settings or self.topology.settings)
         self._replan()
         return sorted(new - old), sorted(old - new)
@@ -151,11 +152,11 @@ class HeartbeatService:
         hb = Heartbeat(self.cfg.cluster, self.cfg.node, self.incarnation, next(self._seq),
                        int(self.clock.wall() * 1e6), health, role,
                        tuple(sorted(self.peers.suspected_for(self.clock.now()))), extra)
-        self.transport.send(hb)
+        batch = self.transport.send(hb)
         t = self.cfg.timing
         loop = asyncio.get_running_loop()
         for i in range(1, t.heartbeat_copies):  # the same packet again: receivers keep the first
-            loop.call_later(i * t.copy_spacing, self.transport.send, hb)
+            loop.call_later(i * t.copy_spacing, self.transport.resend, batch)
         return hb
 
     def _paused(self) -> None:

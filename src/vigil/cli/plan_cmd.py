@@ -95,8 +95,8 @@ def _check(args) -> int:
 
     async def read(store):
         snap = await Registry(store, target.keys).snapshot()
-        listed = await store._call("cluster/member/list", {})
-        return set(snap.members), len(listed.get("members", [])) or None
+        _, urls, _ = await store.raft_status()
+        return set(snap.members), len(urls) or None
 
     try:
         registered, voters = target.run(read)

@@ -77,12 +77,7 @@ class Topology:
             for o in obs:
                 observed[o].add(subject)
         self._observes = {m: frozenset(s) for m, s in observed.items()}
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Topology) and (self.domains, self.settings) == (other.domains, other.settings)
-
-    def __hash__(self) -> int:
-        return hash((self.members, self.settings))
+        self._subjects: dict[tuple[str, str | None], frozenset[str]] = {}  # asked every cycle, per member
 
     def _meshes(self) -> dict[str, frozenset[str]]:
         everyone = frozenset(self.members)
@@ -132,10 +127,13 @@ class Topology:
         """Whose heartbeats `node` times (the inverse of `watchers`)."""
         if node not in self.domains:
             return frozenset()
-        out = self.mesh(node) | self._observes[node]
-        if leader is not None and leader != node and leader in self.domains:
-            out |= {leader}
-        return out
+        key = (node, leader)
+        if key not in self._subjects:
+            out = self.mesh(node) | self._observes[node]
+            if leader is not None and leader != node and leader in self.domains:
+                out |= {leader}
+            self._subjects[key] = out
+        return self._subjects[key]
 
     def need(self, node: str) -> int:
         """How many of `node`'s observers must suspect it to convict it cluster-wide."""

@@ -48,6 +48,7 @@ from vigil.net.wire import Heartbeat, ReplayGuard, Unverified, encode, mac_body,
 log = logging.getLogger(__name__)
 
 Delivery = Callable[[Heartbeat, str, str], None]  # (heartbeat, link, verdict)
+Outgoing = tuple[bytes, int, tuple[str, int], bool]  # (packet, local link, destination, sealed)
 DEFAULT_MAX_SKEW = 2.0
 DEFAULT_INTERVAL = 0.1  # the senders' heartbeat interval (vigil.core.timing.Timing)
 RECENT = 8  # verified packets remembered per node: a copy of one is a duplicate without a verify
@@ -226,28 +227,38 @@ class HeartbeatTransport:
                                 "is another agent running or the port taken?") from None
             self._transports.append(tr)
 
-    def send(self, hb: Heartbeat) -> None:
-        """Send to every peer on every link; a no-op before start and after
-        close, and for a receive-only transport (a router's)."""
+    def send(self, hb: Heartbeat) -> list[Outgoing]:
+        """Send to every peer on every link; returns what went out, for `resend`
+        to send the heartbeat's copies without making the packets again. A no-op
+        (returning []) before start and after close, and for a receive-only
+        transport (a router's)."""
         if not self._transports or self.signer is None:
-            return
+            return []
         signed: bytes | None = None
         body = mac_body(hb, self.signer.send) if self.peer_ids and self.receiver.pairs else b""
+        batch = []
         for name, links in self.peer_links.items():
             packet = self._sealed(body, name)
+            sealed = packet is not None
             if packet is None:
                 signed = signed or encode(hb, self.signer)
                 packet = signed
-            else:
-                self.sealed += len(links)
-            for i, dest in enumerate(links):
-                # Link i leaves through local address i, so two links use two paths.
-                tr = self._transports[min(i, len(self._transports) - 1)]
-                try:
-                    tr.sendto(packet, dest)
-                    self.sent += 1
-                except OSError:
-                    self.send_errors += 1
+            # Link i leaves through local address i, so two links use two paths.
+            batch += [(packet, i, dest, sealed) for i, dest in enumerate(links)]
+        self.resend(batch)
+        return batch
+
+    def resend(self, batch: list[Outgoing]) -> None:
+        """Send packets `send` made (a heartbeat's next copy); a no-op after close."""
+        for packet, i, dest, sealed in batch:
+            if not self._transports:
+                return
+            try:
+                self._transports[min(i, len(self._transports) - 1)].sendto(packet, dest)
+                self.sent += 1
+                self.sealed += sealed
+            except OSError:
+                self.send_errors += 1
 
     def _sealed(self, body: bytes, peer: str) -> bytes | None:
         """A version 4 packet for `peer`, or None (no pair key for it: sign instead)."""
