@@ -1,5 +1,7 @@
+from hypothesis import given, settings, strategies as st
+
 from vigil.core.detector import DetectorSettings
-from vigil.core.peers import ALIVE, SUSPECT, UNKNOWN, PeerTable
+from vigil.core.peers import ALIVE, SUSPECT, UNKNOWN, PeerTable, PeerWatch
 
 
 def table(rise=2):
@@ -165,3 +167,80 @@ def test_a_removed_peer_is_forgotten_and_starts_unknown_when_added_again():
     assert "b" not in t.peers and t.alive() == set()
     t.add("b")
     assert t.peers["b"].state == UNKNOWN and t.peers["b"].detector.last_heartbeat is None
+
+
+def _hb(peer, seq):
+    from vigil.net.wire import Heartbeat
+    return Heartbeat("c", peer, 1, seq, 0)
+
+
+schedules = st.lists(st.tuples(st.sampled_from(["b", "c", "d"]), st.floats(0.02, 0.2),
+                               st.sampled_from([0.0, 0.0, 0.0, 0.35, 0.8])), min_size=5, max_size=120)
+
+
+@settings(max_examples=150, deadline=None)
+@given(schedules)
+def test_looking_at_the_deadlines_finds_each_suspicion_as_a_1_ms_tick_does(schedule):
+    """The watch asks to be looked at by `due`; driven only by that (and the
+    arrivals), it reports the same suspicions as a table ticked every
+    millisecond, no later than it, never a pause of its own, and looks at the
+    peers about once per nap."""
+    arrivals, clock = [], {"b": 0.0, "c": 0.0, "d": 0.0}
+    for peer, gap, silence in schedule:
+        clock[peer] += gap + silence
+        arrivals.append((clock[peer], peer))
+    arrivals.sort()
+    end = max(t for t, _ in arrivals) + 1.0
+
+    watch = PeerWatch(PeerTable(["b", "c", "d"], DetectorSettings()))
+    seen, looks, now = {}, 0, 0.0
+    watch.tick(0.0)
+    pending = list(arrivals)
+    while now < end:
+        if pending and pending[0][0] <= watch.due:
+            now, peer = pending.pop(0)
+            changes = watch.deliver(_hb(peer, len(pending)), "l", "new", now)
+        else:
+            now, looks = watch.due, looks + 1
+            changes = watch.tick(now)
+        for c in changes:
+            if c.new == SUSPECT and c.at < end - 0.01:  # (the reference ends at `end`)
+                seen.setdefault(c.peer, []).append(round(c.at, 6))
+
+    ref, expected, t_ms, pending = PeerTable(["b", "c", "d"], DetectorSettings()), {}, 0, list(arrivals)
+    while t_ms / 1000 < end:
+        t = t_ms / 1000
+        while pending and pending[0][0] <= t:
+            at, peer = pending.pop(0)
+            ref.heartbeat(peer, "l", at, 1)
+        for c in ref.tick(t):
+            if t < end - 0.01:
+                expected.setdefault(c.peer, []).append(t)
+        t_ms += 1
+    assert seen.keys() == expected.keys()
+    for peer, times in expected.items():
+        assert len(seen[peer]) == len(times)
+        for got, want in zip(seen[peer], times):
+            assert want - 0.0011 <= got <= want + 1e-6, (peer, got, want)
+    assert watch.guard.pauses == 0
+    assert looks <= 2 * end / watch.nap + 2  # a 10 ms tick would look 10 * end / nap times
+
+
+def test_a_look_later_than_promised_is_our_own_pause_and_forgiven():
+    watch = PeerWatch(PeerTable(["b"], DetectorSettings()))
+    for i in range(20):
+        watch.deliver(_hb("b", i), "l", "new", i * 0.1)
+        watch.tick(i * 0.1)
+    due = watch.due
+    assert due <= 1.9 + watch.nap
+    changes = watch.tick(due + 2.0)  # this process was stopped for two seconds
+    assert changes == [] and watch.paused >= 2.0 and watch.guard.pauses == 1
+    assert watch.peers.peers["b"].state == ALIVE
+
+
+def test_a_delivery_that_brings_a_deadline_forward_moves_due():
+    watch = PeerWatch(PeerTable(["b", "c"], DetectorSettings()), nap=5.0)
+    watch.tick(0.0)
+    assert watch.due == 5.0  # nobody heard: the nap
+    watch.deliver(_hb("b", 1), "l", "new", 0.5)
+    assert 0.5 < watch.due < 5.0 and watch.due == watch.peers.peers["b"].detector.suspect_at()

@@ -9,7 +9,7 @@ waiting a TTL), flush the event log.
 Safety contract (DESIGN.md, self-fencing): every leader action and the
 `/leader` endpoint check `role.is_leader(clock.now())` with a fresh time, so
 a process frozen past its deadline stops acting the instant it runs again;
-the detector tick also demotes it within 10 ms.
+the role guard (agent/leadership.py) demotes it at the deadline itself.
 """
 
 from __future__ import annotations
@@ -88,9 +88,9 @@ class Agent:
         """The ports: `store` (etcd from the config by default), `clock` (the system's),
         `network` (heartbeat datagrams: UDP by default, or an in-memory network,
         vigil.testing.memory_network), `serve_api` (off in simulations, which
-        read the agent's state directly) and `tick`, the detector's evaluation
-        period (vigil.core.peers.TICK; a simulation with slow heartbeats may
-        evaluate less often)."""
+        read the agent's state directly) and `tick`, the longest the detectors go
+        unevaluated (vigil.core.peers.TICK; they are evaluated at each peer's
+        deadline in any case; a simulation with slow heartbeats may look less often)."""
         self.cfg, self.clock = cfg, clock or SystemClock()
         self.serve_api = serve_api
         self.keys = Keys(cfg.cluster)

@@ -1,11 +1,13 @@
 """HeartbeatService: sends our heartbeats, feeds peers' into the PeerTable,
-and ticks the detector with the local-pause guard.
+and looks at the detectors through the local-pause guard.
 
-Timing contract: heartbeats leave every `heartbeat_interval`; the detector
-is evaluated every `tick` seconds (10 ms), so a suspicion is noticed at most
-one tick after phi crosses the threshold. When this process's own loop ran
-late by more than `pause_tolerance`, that lateness is forgiven on every
-peer before judging them (a stalled observer must not convict its peers).
+Timing contract: heartbeats leave every `heartbeat_interval`; the detectors
+are evaluated at the first peer's deadline, the instant its phi would cross
+the threshold (vigil.net.watch_loop), and at least every `tick` seconds
+(100 ms), so a suspicion is noticed when it is due. When this process's own
+loop looked later than it promised by more than `pause_tolerance`, that
+lateness is forgiven on every peer before judging them (a stalled observer
+must not convict its peers).
 
 Each heartbeat lists the peers its sender suspects (vigil.net.wire), and a
 change of our own suspicions is sent at once, not at the next interval: a
@@ -42,6 +44,7 @@ from vigil.identity import PairKeys
 from vigil.core.peers import TICK, PeerTable, PeerTransition, PeerWatch
 from vigil.core.topology import Topology, TopologySettings
 from vigil.net.transport import HeartbeatReceiver, HeartbeatTransport
+from vigil.net.watch_loop import WatchLoop
 from vigil.net.wire import Heartbeat
 
 log = logging.getLogger(__name__)
@@ -71,6 +74,7 @@ class HeartbeatService:
         self.tick, self.record = tick, record
         self._skew_alarms: set[str] = set()
         self.watch = PeerWatch(self.peers, tick)
+        self.looking = WatchLoop(self.watch, clock.now, self._looked)
         # Secret and random per incarnation, written nowhere: a stranger who knows the
         # incarnation (member records) still cannot aim at the next sequence numbers,
         # the receivers' `near` budget (vigil.net.admit). 2**62 leaves the 64-bit field room.
@@ -80,7 +84,7 @@ class HeartbeatService:
     async def start(self) -> None:
         await self.transport.start()
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._send_loop()), loop.create_task(self._tick_loop())]
+        self._tasks = [loop.create_task(self._send_loop()), loop.create_task(self.looking.run())]
 
     async def stop(self) -> None:
         for t in self._tasks:
@@ -169,6 +173,7 @@ class HeartbeatService:
             return
         heard = (peer.suspects, peer.role)
         changes = self.watch.deliver(hb, link, verdict, self.clock.now())
+        self.looking.poke()
         self._paused()
         if changes:
             self.on_transitions(changes)
@@ -185,15 +190,12 @@ class HeartbeatService:
             nxt = max(nxt + interval, loop.time())
             await asyncio.sleep(nxt - loop.time())
 
-    async def _tick_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.tick)
-            changes = self.watch.tick(self.clock.now())
-            self._paused()
-            if changes:
-                self.on_transitions(changes)
-            if self._skew_alarms != self.receiver.skewed.keys():
-                self._report_skew()
+    def _looked(self, changes: list[PeerTransition]) -> None:
+        self._paused()
+        if changes:
+            self.on_transitions(changes)
+        if self._skew_alarms != self.receiver.skewed.keys():
+            self._report_skew()
 
     def _report_skew(self) -> None:
         """One event when a peer's clock goes beyond the window, one when it is back."""

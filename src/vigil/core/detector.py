@@ -156,26 +156,31 @@ class PhiAccrualDetector:
 
 
 class PauseGuard:
-    """Detects that the observer's own periodic loop ran late.
+    """Detects that the observer itself stopped looking (a stalled loop, a
+    SIGSTOP, a starved CPU): its silence is not the peers'.
 
-    `tick(now)` is called by a loop scheduled every `period`; it returns the
-    seconds the loop was late beyond `tolerance` (0.0 when on time). The
-    caller forgives exactly that much silence on every peer.
+    The observer promises when it will look again at the latest (`expect`);
+    every look (`tick(now)`) returns the seconds it came later than that
+    beyond `tolerance` (0.0 when on time), and the caller forgives exactly
+    that much silence on every peer. A pause is counted once: the looks
+    queued behind the late one are measured from it.
     """
 
-    def __init__(self, period: float, tolerance: float):
-        self.period, self.tolerance = period, tolerance
-        self._last: float | None = None
+    def __init__(self, tolerance: float):
+        self.tolerance = tolerance
+        self._due: float | None = None
         self.pauses = 0
         self.longest = 0.0
 
+    def expect(self, due: float) -> None:
+        """The observer will look again by `due` at the latest."""
+        self._due = due
+
     def tick(self, now: float) -> float:
-        last, self._last = self._last, now
-        if last is None:
+        due = self._due
+        if due is None or now - due <= self.tolerance:
             return 0.0
-        late = now - last - self.period
-        if late <= self.tolerance:
-            return 0.0
+        late, self._due = now - due, now
         self.pauses += 1
         self.longest = max(self.longest, late)
         return late

@@ -17,15 +17,20 @@ Rules:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from vigil.core.detector import DetectorSettings, PauseGuard, PhiAccrualDetector
 
 UNKNOWN, ALIVE, SUSPECT = "unknown", "alive", "suspect"
-TICK = 0.01  # s: detectors are evaluated this often; a suspicion is noticed at most a tick late
+# The detectors are evaluated at the first peer's deadline (the instant its phi
+# would cross the threshold), so a suspicion is noticed when it is due, not up to a
+# period late, and an idle observer wakes about ten times a second, not a hundred.
+TICK = 0.1  # s: the longest an observer goes without looking (its pause guard's period)
+MIN_NAP = 0.001  # s: the shortest; a deadline just missed by rounding is looked at again this soon
 NEAR_THRESHOLD = 0.001  # s: phi is computed from this long before it can cross the threshold
-PAUSE_TOLERANCE = 0.02  # s: a tick later than this was our own stall, forgiven on every peer
+PAUSE_TOLERANCE = 0.02  # s: a look later than promised by this was our own stall, forgiven on every peer
 
 
 @dataclass(frozen=True)
@@ -170,14 +175,25 @@ class PeerTable:
                 if p.state == SUSPECT and p.rises and not p.detector.is_available(now):
                     p.rises = 0  # a rise run must be consecutive fresh heartbeats
                 continue
-            if now < p.detector.suspect_at() - NEAR_THRESHOLD:
+            due = p.detector.suspect_at()
+            if now < due - NEAR_THRESHOLD:
                 continue  # phi is below the threshold until then: no need to compute it
             phi = p.detector.phi(now)
-            if phi >= self.settings.threshold:
+            if phi >= self.settings.threshold or now >= due:  # at `due` phi is the threshold, to rounding
                 silent = p.heartbeat_age(now) or 0.0
                 out.append(self._move(p, SUSPECT, now, phi, f"phi {phi:.1f} >= "
                                       f"{self.settings.threshold:g} after {silent*1000:.0f} ms silence"))
         return out
+
+    def next_deadline(self) -> float:
+        """The first instant `tick` can change anything: an alive peer's phi
+        crossing the threshold, or a rising suspect's run being broken. +inf
+        when no peer has been heard."""
+        due = math.inf
+        for p in self.peers.values():
+            if p.state == ALIVE or (p.state == SUSPECT and p.rises):
+                due = min(due, p.detector.suspect_at())
+        return due
 
     def forgive(self, seconds: float, now: float) -> None:
         """The observer was stalled for `seconds`; do not blame the peers for it."""
@@ -205,18 +221,30 @@ class PeerTable:
 class PeerWatch:
     """What every listener does with heartbeats (the agent's HeartbeatService,
     the router's membership): a PeerTable fed through the local pause guard.
-    Every call first checks our own lateness, so after a stall the pause is
-    forgiven before queued heartbeats or the next tick are judged (a stalled
-    observer must not convict its peers). `paused` is the last forgiven
-    lateness (s), for the caller to report."""
 
-    def __init__(self, table: PeerTable, tick: float = TICK, tolerance: float = PAUSE_TOLERANCE):
-        self.peers, self.guard, self.paused = table, PauseGuard(tick, tolerance), 0.0
+    Timing contract: the caller calls `tick(now)` again by `due` (seconds on
+    the same clock), which is the first peer's deadline but never more than
+    `nap` away; `deliver` may move `due` earlier (a new peer, a deadline that
+    came forward), and then the caller wakes sooner. Looking later than `due`
+    by more than the tolerance is our own stall: every call first checks that,
+    so after a stall the pause is forgiven before queued heartbeats or the next
+    tick are judged (a stalled observer must not convict its peers). `paused`
+    is the last forgiven lateness (s), for the caller to report."""
+
+    def __init__(self, table: PeerTable, nap: float = TICK, tolerance: float = PAUSE_TOLERANCE):
+        self.peers, self.nap, self.guard, self.paused = table, nap, PauseGuard(tolerance), 0.0
+        self.due = math.inf
 
     def _observe(self, now: float) -> None:
         self.paused = self.guard.tick(now)
         if self.paused:
             self.peers.forgive(self.paused, now)
+
+    def _plan(self, due: float, now: float) -> None:
+        if due > now + self.nap + MIN_NAP:  # (a deadline just past the nap is waited for)
+            due = now + self.nap
+        self.due = max(now + MIN_NAP, due)
+        self.guard.expect(self.due)
 
     def deliver(self, hb: Any, link: str, verdict: str, now: float) -> list[PeerTransition]:
         """One authentic packet (vigil.net.wire.Heartbeat) accepted with `verdict`:
@@ -228,8 +256,14 @@ class PeerWatch:
         if hb.extra:
             self.peers.news(hb.node, link, now, hb.incarnation, hb.health, hb.role, hb.suspects)
             return []
-        return self.peers.heartbeat(hb.node, link, now, hb.incarnation, hb.health, hb.role, hb.suspects)
+        out = self.peers.heartbeat(hb.node, link, now, hb.incarnation, hb.health, hb.role, hb.suspects)
+        deadline = self.peers.peers[hb.node].detector.suspect_at()
+        if deadline < self.due:
+            self._plan(deadline, now)
+        return out
 
     def tick(self, now: float) -> list[PeerTransition]:
         self._observe(now)
-        return self.peers.tick(now)
+        out = self.peers.tick(now)
+        self._plan(self.peers.next_deadline(), now)
+        return out

@@ -42,11 +42,12 @@ from typing import Any, Callable
 
 from vigil.clock import Clock
 from vigil.core.allowlist import ClusterNetworks
-from vigil.core.peers import ALIVE, TICK, PeerTable, PeerWatch
+from vigil.core.peers import ALIVE, PeerTable, PeerTransition, PeerWatch
 from vigil.core.routing import DEGRADED_WEIGHT, Backend, RoutingTable
 from vigil.errors import StoreError, VigilError, WatchCompacted
 from vigil.fields import NAME_RE
 from vigil.net.transport import HeartbeatReceiver, HeartbeatTransport
+from vigil.net.watch_loop import WatchLoop
 from vigil.net.wire import Heartbeat
 from vigil.router.config import RouterConfig
 from vigil.store.base import Store, WatchEvent, prefix_end
@@ -75,6 +76,7 @@ class Membership:
         self.transport = HeartbeatTransport(self.receiver, [cfg.heartbeat_address], cfg.heartbeat_port,
                                             {}, self._deliver)
         self.watch = PeerWatch(self.peers)
+        self.looking = WatchLoop(self.watch, clock.now, self._looked)
         self.networks = ClusterNetworks()
         self._heard_from: dict[str, set[str]] = {}  # name -> heartbeat sources already in `networks`
         self.states: dict[str, str] = {}  # decided state by name, for names the router may track
@@ -90,7 +92,7 @@ class Membership:
         await self.transport.start()
         loop = asyncio.get_running_loop()
         self._etcd_task = loop.create_task(self._etcd_loop())
-        self._tasks = [loop.create_task(self._tick_loop()), loop.create_task(self._etcd_probe_loop())]
+        self._tasks = [loop.create_task(self.looking.run()), loop.create_task(self._etcd_probe_loop())]
 
     async def stop(self) -> None:
         tasks = self._tasks + ([self._etcd_task] if self._etcd_task else [])
@@ -313,17 +315,17 @@ class Membership:
             seen.add(link)
             if self.networks.heard(hb.node, link):
                 self._judge_urls()
-        for t in self.watch.deliver(hb, link, verdict, self.clock.now()):
+        changes = self.watch.deliver(hb, link, verdict, self.clock.now())
+        self.looking.poke()
+        for t in changes:
             if t.new == ALIVE:
                 self._set(t.peer, f"alive: {t.cause}", heard=True, alive=True)
             else:
                 self._set(t.peer, f"suspected: {t.cause}", alive=False)
 
-    async def _tick_loop(self) -> None:
-        while True:
-            await asyncio.sleep(TICK)
-            for t in self.watch.tick(self.clock.now()):
-                self._set(t.peer, f"suspected: {t.cause}", alive=False)
+    def _looked(self, changes: list[PeerTransition]) -> None:
+        for t in changes:
+            self._set(t.peer, f"suspected: {t.cause}", alive=False)
 
     def _changed(self, name: str, cause: str) -> None:
         b = self.table.backend(name)
