@@ -121,3 +121,18 @@ def test_the_fingerprint_names_the_gpu_stack_cpu_flags_and_engines(tmp_path):
     assert fp["python"] and "torch" in fp["engines"]  # installed here (the model server's)
     nogpu = node_fingerprint(GpuProbe(FakeNvml(library=False)).read(1.0), str(cpuinfo))
     assert nogpu["gpu"].startswith("no GPU: NVML library not found") and "cuda_driver" not in nogpu
+
+
+
+def test_nvml_that_does_not_start_is_asked_again_every_start_retry_not_every_round():
+    """A node without a driver does not search for the library every health
+    round; a driver installed later is found at the next retry."""
+    from vigil.probes.gpu import START_RETRY
+
+    nvml = FakeNvml([FakeGpu()], library=False)
+    probe = GpuProbe(nvml)
+    assert not probe.read(10.0).available
+    nvml.library = True  # the driver is installed
+    r = probe.read(10.0 + START_RETRY / 2)
+    assert not r.available and r.problem.startswith("no GPU") and not nvml.initialized
+    assert probe.read(10.0 + START_RETRY).available and nvml.initialized

@@ -185,6 +185,7 @@ class HeartbeatService:
         loop = asyncio.get_running_loop()
         nxt = loop.time()
         while True:
+            self.looking.look()  # our suspicions fresh in the heartbeat, and one wake for both
             self.send_now(extra=False)
             # Fixed-rate schedule: a late send does not push every later one back.
             nxt = max(nxt + interval, loop.time())

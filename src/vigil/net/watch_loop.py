@@ -4,7 +4,8 @@ one of them is due, not on a fixed 100 Hz beat.
 Contract: `run()` calls `watch.tick` and hands its transitions to `on_tick`,
 then sleeps until `watch.due` (at most the watch's nap, 100 ms); the owner
 calls `poke()` after every `watch.deliver`, which re-arms the sleep when the
-delivery moved `due` earlier, so no deadline is looked at late. A callback
+delivery moved `due` earlier, so no deadline is looked at late, and may call
+`look()` from a wake of its own (which re-arms the sleep to the new `due`). A callback
 that raises ends `run()` with that exception, as any task would.
 """
 
@@ -43,6 +44,16 @@ class WatchLoop:
                 if self._handle is not None:
                     self._handle.cancel()
                 self._wake = self._handle = None
+
+    def look(self) -> None:
+        """Look now, from the owner's own periodic wake (the heartbeat sender's):
+        the next wake of our own moves to the new `due`, so an idle observer
+        wakes once per heartbeat interval for both."""
+        self.looks += 1
+        self.on_tick(self.watch.tick(self.now()))
+        if self._handle is not None:
+            self._handle.cancel()
+            self._arm(asyncio.get_running_loop())
 
     def poke(self) -> None:
         """A delivery happened: wake sooner if it moved the watch's due earlier."""

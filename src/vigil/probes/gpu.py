@@ -47,6 +47,9 @@ def _text(v: Any) -> str:
     return v.decode(errors="replace") if isinstance(v, bytes) else str(v)
 
 
+START_RETRY = 30.0  # s: a node whose NVML did not start tries again this often (a driver installed later)
+
+
 class GpuProbe:
     name = "gpu"
 
@@ -54,6 +57,7 @@ class GpuProbe:
         self._nvml = nvml
         self._xid_wanted = xid_events
         self._ready = False
+        self._retry_at, self._why_not = float("-inf"), ""  # NVML did not start: asked again then
         self._system: dict[str, Any] = {}
         self._events: Any = None  # the XID event set, when the driver gives one
         self.statuses: dict[str, str] = {}  # field -> "ok" | "not_supported" | NVML error name
@@ -112,8 +116,11 @@ class GpuProbe:
     # -- reading ---------------------------------------------------------------------
     def read(self, now: float) -> Reading:
         if not self._ready:
+            if now < self._retry_at:  # loading a library that is not there costs a path search
+                return Reading(self.name, now, False, problem=self._why_not)
             problem = self._start()
             if problem:
+                self._retry_at, self._why_not = now + START_RETRY, problem
                 return Reading(self.name, now, False, problem=problem)
         n = self._nvml
         try:
