@@ -233,7 +233,7 @@ def _topology(v: Any) -> TopologySettings:
     """heartbeat.topology: the same on every member, or they disagree on who
     watches whom (`vigil plan --check` compares them)."""
     d = check_mapping(v, "heartbeat.topology", {"observers", "agreement", "full_mesh_up_to",
-                                                 "domain_mesh_up_to"})
+                                                 "domain_mesh_up_to", "observer_every"})
     for k, x in d.items():
         check_int(x, f"heartbeat.topology.{k}", 1, 1000)
     t = TopologySettings(**d)

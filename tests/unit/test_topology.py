@@ -132,3 +132,31 @@ def test_a_whole_rack_failing_within_the_window_is_one_lost_domain():
     assert t.lost_domains(at, 4.0) == {}  # spread wider than the window: separate failures
     assert t.lost_domains({m: at[m] for m in rack[1:]}, 10.0) == {}  # one member still up
     assert t.lost_domains({"n0001": 1.0, "n0002": 1.0}, 10.0) == {}
+
+
+@settings(max_examples=60, deadline=None)
+@given(memberships, st.data())
+def test_only_observers_outside_the_mesh_are_paced_and_never_by_the_leader(m, data):
+    """Who gets every heartbeat and who every `observer_every`th: a mesh peer and
+    anyone hearing the leader always get every one, and both ends agree on it
+    (the receiver's detector expects the sender's pace)."""
+    domains, s = m
+    t = Topology(domains, s)
+    leader = data.draw(st.sampled_from(sorted(domains) + [None]))
+    for sender in t.members:
+        for receiver in t.watchers(sender, leader):
+            paced = t.paced(sender, receiver, leader)
+            assert not (paced and (receiver in t.mesh(sender) or sender == leader))
+            if not t.full_mesh and sender != leader and receiver in t.observers(sender) \
+                    and receiver not in t.mesh(sender):
+                assert paced
+    assert not Topology(domains, TopologySettings(observer_every=1)).paced(t.members[0], t.members[-1])
+
+
+def test_a_node_of_a_large_cluster_receives_a_fraction_of_the_packets_it_hears():
+    from vigil.core.plan import plan
+
+    p = plan(racks(300, 10))["per_node"]
+    every = plan(racks(300, 10), TopologySettings(observer_every=1))["per_node"]
+    assert p["peers_heard_mean"] == every["peers_heard_mean"]
+    assert p["rx_packets_s_mean"] < 0.7 * every["rx_packets_s_mean"]

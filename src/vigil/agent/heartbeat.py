@@ -21,6 +21,9 @@ our observers and, while we lead, to everyone. `follow(leader)` re-plans
 when the leader changes (the reconciler calls it every cycle); a peer we
 stop watching is forgotten and one we start watching starts `unknown`.
 Packets from a tracked member we do not watch are authenticated and dropped.
+Our observers outside the mesh get every `observer_every`th heartbeat
+(Topology.paced) and time it with a detector of that pace; a leader sends
+everyone every heartbeat, and for PACE_GRACE after it steps down.
 
 A peer whose clock is off by more than `heartbeat.max_clock_skew` is an
 alarm, not a suspicion: its authentic heartbeats keep it alive
@@ -48,6 +51,9 @@ from vigil.net.watch_loop import WatchLoop
 from vigil.net.wire import Heartbeat
 
 log = logging.getLogger(__name__)
+# s: a leader that steps down keeps sending every heartbeat to its observers this long;
+# they expect its leader's pace until their next snapshot names the new leader.
+PACE_GRACE = 5.0
 
 
 class HeartbeatService:
@@ -60,8 +66,9 @@ class HeartbeatService:
         self.on_transitions, self.status, self.on_news = on_transitions, status, on_news
         self.topology = Topology(cfg.domains(), cfg.topology)
         self.leader: str | None = None
-        self.peers = PeerTable(sorted(self.topology.subjects(cfg.node)), cfg.timing.detector(),
-                               cfg.timing.rise)
+        self.peers = PeerTable([], cfg.timing.detector(), cfg.timing.rise)
+        self._slow: frozenset[str] = frozenset()  # watchers sent every observer_every-th heartbeat
+        self._fast_until = 0.0  # a leader that stepped down sends everyone every heartbeat until then
         self._peer_cfg, self._observer_cfg = tuple(cfg.peers), tuple(cfg.observers)
         self.receiver = HeartbeatReceiver(cfg.cluster, cfg.node, cfg.keys.ring,
                                           {p.name: set(p.addresses) for p in cfg.peers},
@@ -73,6 +80,7 @@ class HeartbeatService:
                                             cfg.keys.signing, network)
         self.tick, self.record = tick, record
         self._skew_alarms: set[str] = set()
+        self._replan()
         self.watch = PeerWatch(self.peers, tick)
         self.looking = WatchLoop(self.watch, clock.now, self._looked)
         # Secret and random per incarnation, written nowhere: a stranger who knows the
@@ -111,15 +119,23 @@ class HeartbeatService:
         """The leader is now `leader` (None: none): watch it, and send to everyone
         while it is us. Cheap when nothing changed."""
         if leader != self.leader:
+            if self.leader == self.cfg.node:  # observers learn it later than we do
+                self._fast_until = self.clock.now() + PACE_GRACE
             self.leader = leader
             self._replan()
 
     def _replan(self) -> None:
-        watched = self.topology.subjects(self.cfg.node, self.leader)
+        me, leader, t = self.cfg.node, self.leader, self.topology
+        watched = t.subjects(me, leader)
         for name in set(self.peers.peers) - watched:
             self.peers.remove(name)
-        for name in sorted(watched - set(self.peers.peers)):
-            self.peers.add(name)
+        fast = self.cfg.timing.detector()
+        paced = dataclasses.replace(fast, first_interval=fast.first_interval * t.settings.observer_every)
+        for name in sorted(watched):
+            settings = paced if t.paced(name, me, leader) else fast
+            self.peers.add(name, settings)
+            self.peers.pace(name, settings)
+        self._slow = frozenset(w for w in t.watchers(me, leader) if t.paced(me, w, leader))
         self.transport.peer_links = self._links()
 
     def _links(self) -> dict[str, list[tuple[str, int]]]:
@@ -149,14 +165,14 @@ class HeartbeatService:
         for name, incarnation in incarnations.items():
             self.receiver.expect(name, incarnation)
 
-    def send_now(self, extra: bool = True) -> Heartbeat:
+    def send_now(self, extra: bool = True, skip: frozenset[str] = frozenset()) -> Heartbeat:
         """Send our current heartbeat (and its copies) now; `extra`: out of schedule,
         to carry news (receivers do not time it, vigil.net.wire)."""
         health, role = self.status()
         hb = Heartbeat(self.cfg.cluster, self.cfg.node, self.incarnation, next(self._seq),
                        int(self.clock.wall() * 1e6), health, role,
                        tuple(sorted(self.peers.suspected_for(self.clock.now()))), extra)
-        batch = self.transport.send(hb)
+        batch = self.transport.send(hb, skip)
         t = self.cfg.timing
         loop = asyncio.get_running_loop()
         for i in range(1, t.heartbeat_copies):  # the same packet again: receivers keep the first
@@ -184,9 +200,11 @@ class HeartbeatService:
         interval = self.cfg.timing.heartbeat_interval
         loop = asyncio.get_running_loop()
         nxt = loop.time()
-        while True:
+        every = self.topology.settings.observer_every
+        for beat in itertools.count():
             self.looking.look()  # our suspicions fresh in the heartbeat, and one wake for both
-            self.send_now(extra=False)
+            paced = beat % every != 0 and self.clock.now() >= self._fast_until
+            self.send_now(extra=False, skip=self._slow if paced else frozenset())
             # Fixed-rate schedule: a late send does not push every later one back.
             nxt = max(nxt + interval, loop.time())
             await asyncio.sleep(nxt - loop.time())

@@ -17,6 +17,16 @@ from pathlib import Path
 
 from vigil.errors import ConfigError
 
+BIG_LAB = 30  # nodes: above this, `--timing auto` gives the agents the product's etcd session timers
+
+
+def lab_timing(choice: str, nodes: int) -> dict | None:
+    """--timing as Lab.up takes it: None for the lab's timers, else the product's
+    defaults (vigil.core.timing.Timing) with the lab's 100 ms heartbeats."""
+    if choice == "lab" or (choice == "auto" and nodes <= BIG_LAB):
+        return None
+    return {"heartbeat_interval": 0.1}
+
 
 def register(sub) -> None:
     p = sub.add_parser("lab", help="a local cluster on loopback for demos, tests and benchmarks")
@@ -58,6 +68,12 @@ def register(sub) -> None:
     up.add_argument("--full-mesh", action="store_true",
                     help="every agent hears every other at any size (the detection topology before "
                          "observers; for comparisons): heartbeat.topology.full_mesh_up_to 1000")
+    up.add_argument("--timing", choices=("auto", "lab", "product"), default="auto",
+                    help="the agents' etcd session timers: lab (lease 2 s, keep-alive and decision cycle "
+                         "every 0.5 s, for fault tests) or product (the defaults of an installed node: "
+                         "lease 10 s, keep-alive 2.5 s, cycle 1 s); heartbeats and detection are 100 ms in "
+                         f"both. auto: lab up to {BIG_LAB} nodes, product above (60 agents with lab timers "
+                         "keep 2 cores too busy for etcd to answer in 0.5 s)")
     up.add_argument("--in-netns", default="", help=argparse.SUPPRESS)
     up.set_defaults(func=lab_up)
     kill = lab_sub.add_parser("kill", help="SIGKILL every process of one node (agent, router, model "
@@ -95,7 +111,8 @@ def lab_up(args) -> int:
     net = NetTopology(args.nodes, tag=args.in_netns) if args.in_netns else None
     lab = Lab.up(Path(args.dir), args.nodes, args.cluster, model=not args.no_model,
                  router=not args.no_model, secure=args.secure, fencing=args.fencing, net=net,
-                 vip=VIP if net else None, own_net=bool(net), workload=_workload(args))
+                 vip=VIP if net else None, own_net=bool(net), workload=_workload(args),
+                 timing=lab_timing(args.timing, args.nodes))
     leader = lab.leader()
     print(f"lab up in {lab.root}: etcd {', '.join(lab.etcd.endpoints)}; "
           f"{len(lab.nodes)} agents; leader {leader[0]} (token {leader[1]})" if leader else "no leader")
@@ -154,7 +171,7 @@ def _up_in_namespaces(args) -> int:
     inner = ["lab", "up", "--nodes", str(args.nodes), "--dir", str(Path(args.dir).resolve()),
              "--cluster", args.cluster, "--in-netns", net.tag,
              *[f"--{f.replace('_', '-')}" for f in ("no_model", "secure", "fencing", "full_mesh") if getattr(args, f)],
-             "--rack-size", str(args.rack_size),
+             "--rack-size", str(args.rack_size), "--timing", args.timing,
              *[x for r in args.require for x in ("--require", r)],
              *[x for d in args.declare for x in ("--declare", d)], "--flap-threshold", str(args.flap_threshold),
              "--generate", args.generate]

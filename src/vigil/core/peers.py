@@ -108,9 +108,23 @@ class PeerTable:
         states = ", ".join(f"{p.name}={p.state}" for p in self.peers.values())
         return f"<PeerTable {states}>"
 
-    def add(self, peer: str) -> None:
-        """Start tracking a peer learnt at run time (the router learns nodes from etcd)."""
-        self.peers.setdefault(peer, PeerState(peer, PhiAccrualDetector(self.settings)))
+    def add(self, peer: str, settings: DetectorSettings | None = None) -> None:
+        """Start tracking a peer learnt at run time (the router learns nodes from etcd);
+        `settings`: its detector's, when it is heard at another pace than the table's."""
+        self.peers.setdefault(peer, PeerState(peer, PhiAccrualDetector(settings or self.settings)))
+
+    def pace(self, peer: str, settings: DetectorSettings) -> None:
+        """Expect `peer` at another pace from now on (it started or stopped leading):
+        its detector starts over with `settings`, seeded from its last arrival, so
+        neither is a slower stream suspected by the fast history nor a crash in a
+        faster one judged by the slow history. State and rises are kept."""
+        p = self.peers.get(peer)
+        if p is None or p.detector.settings == settings:
+            return
+        last = p.detector.last_heartbeat
+        p.detector = PhiAccrualDetector(settings)
+        if last is not None:
+            p.detector.heartbeat(last)
 
     def remove(self, peer: str) -> None:
         """Stop tracking a peer learnt at run time (its member record went): a
@@ -129,7 +143,7 @@ class PeerTable:
         if incarnation != p.incarnation:
             restarted = p.incarnation != 0
             p.incarnation = incarnation
-            p.detector = PhiAccrualDetector(self.settings)
+            p.detector = PhiAccrualDetector(p.detector.settings)
             if restarted and p.state == ALIVE:
                 out.append(self._move(p, SUSPECT, now, 0.0, "peer restarted (new incarnation)"))
         if p.detector.last_heartbeat is not None:

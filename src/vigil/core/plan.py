@@ -54,9 +54,11 @@ def plan(members: dict[str, str], settings: TopologySettings = TopologySettings(
     t = Topology(members, settings)
     leader = t.members[0] if t.members else None
     rate = costs.copies / costs.interval
-    fan = [t.load(m, leader) for m in t.members if m != leader]
-    fan_in = max((i for _, i in fan), default=0)
-    mean_in = sum(i for _, i in fan) / len(fan) if fan else 0.0
+    others = [m for m in t.members if m != leader]
+    fan_in = max((len(t.subjects(m, leader)) for m in others), default=0)
+    mean_in = sum(len(t.subjects(m, leader)) for m in others) / len(others) if others else 0.0
+    rx = [_rx_packets(t, m, leader, rate) for m in others]
+    rx_max, rx_mean = max(rx, default=0.0), sum(rx) / len(rx) if rx else 0.0
     out_leader = len(t.watchers(leader, leader)) if leader else 0
     domains = sorted(set(members.values()))
     return {
@@ -65,11 +67,12 @@ def plan(members: dict[str, str], settings: TopologySettings = TopologySettings(
         "topology": {"full_mesh": t.full_mesh, "observers": settings.observers,
                      "agreement": settings.agreement, "full_mesh_up_to": settings.full_mesh_up_to,
                      "domain_mesh_up_to": settings.domain_mesh_up_to,
+                     "observer_every": settings.observer_every,
                      "meshed_domains": sorted(d for d in domains if
                                               len(t.domain_members(d)) <= settings.domain_mesh_up_to)},
         "per_node": {"peers_heard_mean": round(mean_in, 1), "peers_heard_max": fan_in,
-                     "rx_packets_s_mean": round(mean_in * rate, 1), "rx_packets_s_max": round(fan_in * rate, 1),
-                     "cpu_pct_mean": _cpu_pct(mean_in, rate, costs), "cpu_pct_max": _cpu_pct(fan_in, rate, costs)},
+                     "rx_packets_s_mean": round(rx_mean, 1), "rx_packets_s_max": round(rx_max, 1),
+                     "cpu_pct_mean": _cpu_pct(rx_mean, costs), "cpu_pct_max": _cpu_pct(rx_max, costs)},
         "leader": {"tx_packets_s": round(out_leader * rate, 1)},
         "observers": {m: sorted(t.observers(m)) for m in t.members},
         "costs": {"verify_us": round(costs.verify_us, 1), "send_us": round(costs.send_us, 1),
@@ -77,9 +80,16 @@ def plan(members: dict[str, str], settings: TopologySettings = TopologySettings(
     }
 
 
-def _cpu_pct(peers: float, rate: float, costs: Costs) -> float:
-    """% of a core: verifying `peers` x `rate` packets a second, and signing our own."""
-    return round(peers * rate * costs.verify_us / 1e4 + costs.send_us / costs.interval / 1e4, 2)
+def _rx_packets(t: Topology, node: str, leader: str | None, rate: float) -> float:
+    """Heartbeat packets a second `node` receives: `rate` from its mesh and the
+    leader, 1/observer_every of it from the nodes it observes (Topology.paced)."""
+    every = t.settings.observer_every
+    return sum(rate / every if t.paced(s, node, leader) else rate for s in t.subjects(node, leader))
+
+
+def _cpu_pct(packets: float, costs: Costs) -> float:
+    """% of a core: verifying `packets` a second, and signing our own."""
+    return round(packets * costs.verify_us / 1e4 + costs.send_us / costs.interval / 1e4, 2)
 
 
 def check(configured: dict[str, str], registered: set[str], etcd_voters: int | None,

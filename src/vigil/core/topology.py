@@ -14,6 +14,10 @@ names, their failure domains and the settings, never on arrival order):
   nor already chosen. A whole rack lost is therefore judged from outside it.
 - Everyone watches the current leader (its standbys, fencers and routers
   must hear a leader crash directly, within the 300 ms budget).
+- The mesh and the leader's heartbeats go every interval (100 ms); an
+  observer outside the mesh gets every `observer_every`th (500 ms): its
+  verdict needs H of K anyway, so it can be slower, and it is most of a
+  node's packets (`paced`).
 - X is suspected cluster-wide when at least `need(X)` = ceil(H·|obs|/K) of
   its observers suspect it (H of K, Rapid's agreement); in a full mesh the
   rules of vigil.core.view (a majority) apply instead.
@@ -40,6 +44,7 @@ class TopologySettings:
     agreement: int = 6  # H: of K observers that must agree before a node is suspected cluster-wide
     full_mesh_up_to: int = 16  # clusters of at most this many members: everyone watches everyone
     domain_mesh_up_to: int = 16  # failure domains of at most this many: a mesh of their own
+    observer_every: int = 5  # an observer outside the mesh gets every Nth heartbeat (500 ms)
 
     def problems(self) -> list[tuple[str, object, str]]:
         """(field, value, fix) for each setting out of range; [] when valid."""
@@ -54,6 +59,9 @@ class TopologySettings:
         if not 2 <= self.domain_mesh_up_to <= self.full_mesh_up_to:
             out.append(("domain_mesh_up_to", self.domain_mesh_up_to, "must be 2..full_mesh_up_to "
                         f"({self.full_mesh_up_to})"))
+        if not 1 <= self.observer_every <= 50:
+            out.append(("observer_every", self.observer_every, "must be 1..50 heartbeats: an observer "
+                        "outside the mesh gets every Nth (1: every one, as in the mesh)"))
         return out
 
 
@@ -134,6 +142,11 @@ class Topology:
                 out |= {leader}
             self._subjects[key] = out
         return self._subjects[key]
+
+    def paced(self, sender: str, receiver: str, leader: str | None = None) -> bool:
+        """Whether `sender` sends `receiver` only every `observer_every`th heartbeat:
+        an observer outside the sender's mesh, unless the sender leads."""
+        return sender != leader and receiver not in self.mesh(sender) and self.settings.observer_every > 1
 
     def need(self, node: str) -> int:
         """How many of `node`'s observers must suspect it to convict it cluster-wide."""

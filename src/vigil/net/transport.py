@@ -227,17 +227,19 @@ class HeartbeatTransport:
                                 "is another agent running or the port taken?") from None
             self._transports.append(tr)
 
-    def send(self, hb: Heartbeat) -> list[Outgoing]:
-        """Send to every peer on every link; returns what went out, for `resend`
-        to send the heartbeat's copies without making the packets again. A no-op
-        (returning []) before start and after close, and for a receive-only
-        transport (a router's)."""
+    def send(self, hb: Heartbeat, skip: frozenset[str] = frozenset()) -> list[Outgoing]:
+        """Send to every peer but those in `skip` on every link; returns what went
+        out, for `resend` to send the heartbeat's copies without making the packets
+        again. A no-op (returning []) before start and after close, and for a
+        receive-only transport (a router's)."""
         if not self._transports or self.signer is None:
             return []
         signed: bytes | None = None
         body = mac_body(hb, self.signer.send) if self.peer_ids and self.receiver.pairs else b""
         batch = []
         for name, links in self.peer_links.items():
+            if name in skip:
+                continue
             packet = self._sealed(body, name)
             sealed = packet is not None
             if packet is None:
