@@ -49,3 +49,21 @@ def test_the_leader_writes_held_and_a_held_node_never_leads():
                        states=v.states | {"c": "held"}, members={"c": MEMBERS["c"]})
     assert decide(follower).action == "none"
     assert decide_states(replace(v, states=v.states | {"c": "held"}, held_out={})) == {"c": "standby"}
+
+
+def test_the_guard_holds_at_most_a_share_of_each_failure_domain_too():
+    """Six nodes flap in rack-1 (of 9 nodes) and none elsewhere: the cluster-wide
+    guard alone would hold 9 x 0.34 = 3 of rack-1's, a third of the cluster but
+    half of the rack; per domain only int(0.34 x 6) = 2 are held, those that
+    failed most, and a flapping node of another rack still takes the room left."""
+    domains = {**{n: "rack-1" for n in "abcdef"}, **{n: "rack-2" for n in "ghi"}}
+    d = FlapDamper(DampingRules(threshold=1, window=600, max_held_fraction=0.34))
+    for i, n in enumerate("abcdef"):
+        for _ in range(i + 1):
+            d.failed(n, 0)
+    assert sorted(d.held(1, 9)) == ["d", "e", "f"], "without domains: a third of the cluster"
+    assert sorted(d.held(1, 9, domains)) == ["e", "f"]
+    d.failed("g", 0)
+    assert sorted(d.held(1, 9, domains)) == ["e", "f", "g"]
+    one = {n: "rack-1" for n in "abcdefghi"}  # a single domain: the cluster-wide guard alone
+    assert sorted(d.held(1, 9, one)) == ["d", "e", "f"]

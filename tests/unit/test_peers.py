@@ -259,3 +259,33 @@ def test_a_peer_heard_at_another_pace_is_judged_by_that_pace_from_its_last_arriv
     assert [c.new for c in t.tick(last + 0.45)] == [SUSPECT]
     t.pace("b", fast)
     assert t.peers["b"].detector.settings == fast
+
+
+def test_an_observer_that_stalled_recently_is_slower_to_accuse_lifeguard():
+    """Each of our own stalls in the last 10 s gives every peer 100 ms more
+    (Lifeguard's local health multiplier, at most 8); ten quiet seconds later
+    the detector is as quick as before."""
+    def silent_peer_suspected_at(stalls: int) -> float:
+        watch = PeerWatch(PeerTable(["b"], DetectorSettings()))
+        now = 0.0
+        for i in range(40):
+            now = i * 0.1
+            watch.deliver(_hb("b", i), "l", "new", now)
+            watch.tick(now)
+            if i >= 40 - stalls:  # our loop ran 50 ms late (b's heartbeats are forgiven that)
+                watch.tick(watch.due + 0.05)
+        assert watch.local_health == stalls
+        while True:
+            changes = watch.tick(watch.due)
+            if changes:
+                return changes[0].at - now
+
+    healthy, starved = silent_peer_suspected_at(0), silent_peer_suspected_at(3)
+    assert starved - healthy >= 0.3 - 0.06, (healthy, starved)
+    watch = PeerWatch(PeerTable(["b"], DetectorSettings()))
+    watch.tick(0.0)
+    watch.tick(watch.due + 0.05)
+    assert watch.local_health == 1 and watch.peers.slack == 0.1
+    while watch.due < 10.5:  # ten seconds of looks on time
+        watch.tick(watch.due)
+    assert watch.local_health == 0 and watch.peers.slack == 0.0

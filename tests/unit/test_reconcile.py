@@ -2,6 +2,7 @@ from dataclasses import replace
 
 from vigil.core.reconcile import (CAMPAIGN, DEMOTE, NONE, RESIGN, Campaign, Resign, WaitForHandover, decide,
                                   decide_states, handover)
+from vigil.core.topology import Topology
 from vigil.core.view import ClusterView, LeaderInfo, MemberInfo, Switchover
 
 MEMBERS = {"a": MemberInfo("a", 100, lease=1), "b": MemberInfo("b", 90, lease=2),
@@ -325,3 +326,18 @@ def test_a_valid_leader_key_is_followed_and_held():
 def test_a_leader_whose_key_is_rebound_to_another_lease_demotes():
     d = decide(view("a", i_lead=True, my_token=42, leader=LeaderInfo("a", 42, 3, 60), ring=RING))
     assert d.action == DEMOTE and "rebound from my lease to lease 3" in d.reason
+
+
+def test_the_successor_of_a_suspected_leader_comes_from_another_failure_domain():
+    """a and b share rack-1, c is in rack-2: a fault that took a (its rack's power
+    or switch) is likeliest to take b next, so c, though of lower priority,
+    fences a and takes over; b waits for it, and counts it in its race delay."""
+    racked = Topology({"a": "rack-1", "b": "rack-1", "c": "rack-2"})
+    d = decide(fence_view("c", topology=racked))
+    assert d.action == "fence", d.reason
+    d = decide(fence_view("b", topology=racked))
+    assert d.action == NONE and "c (outside a's failure domain) will fence it" in d.reason
+    v = fence_view("b", topology=racked)
+    assert v.higher_priority_peers("a") == 1 and fence_view("c", topology=racked).higher_priority_peers("a") == 0
+    one_rack = Topology({"a": "rack-1", "b": "rack-1", "c": "rack-1"})  # no other domain: priority alone
+    assert decide(fence_view("b", topology=one_rack)).action == "fence"

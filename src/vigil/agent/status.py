@@ -47,6 +47,7 @@ def status_document(a: Any) -> dict[str, Any]:
                       "keyring": {n: sorted(ids) for n, ids in a.heartbeats.receiver.ring.members.items()},
                       "clock_skew": {n: round(x, 4) for n, x in a.heartbeats.receiver.skew.items()},
                       "local_pauses": a.heartbeats.watch.guard.pauses,
+                      "local_health": a.heartbeats.watch.local_health,
                       "longest_local_pause_ms": round(a.heartbeats.watch.guard.longest * 1000, 1)},
         "events": {"written": a.events.written, "pending": a.events.pending,
                    "dropped": a.events.dropped},

@@ -44,7 +44,7 @@ class Stewardship:
         ones deleted; a hold this leader wrote that is gone was released by an operator
         (`vigil resume`): that node's failure count starts from zero."""
         holds, wall = dict(snap.holds if snap else {}), self.clock.wall()
-        fresh = self.damper.held(now, len(self.cfg().peers) + 1)
+        fresh = self.damper.held(now, len(self.cfg().peers) + 1, self.cfg().domains())
         for node in list(fresh):
             if node in self._holds_written and node not in holds:
                 self.damper.clear(node)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -108,6 +109,8 @@ def lab_up(args) -> int:
 
     if args.netns and not args.in_netns:
         return _up_in_namespaces(args)
+    # A `lab up` stopped half way (SIGTERM) takes down what it started, as a failed one does.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     net = NetTopology(args.nodes, tag=args.in_netns) if args.in_netns else None
     lab = Lab.up(Path(args.dir), args.nodes, args.cluster, model=not args.no_model,
                  router=not args.no_model, secure=args.secure, fencing=args.fencing, net=net,

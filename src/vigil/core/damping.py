@@ -4,9 +4,9 @@ seconds is held out (state `held`: no requests, no roles) until its oldest
 counted failure leaves the window or an operator clears it (`vigil resume`).
 
 The mass-ejection guard: at most `max_held_fraction` of the cluster's
-members are held out at once (those that failed most, ties by name); the
-rest are let back, because damping that empties the cluster is worse than
-flapping.
+members are held out at once (those that failed most, ties by name), and of
+each failure domain's (at least one); the rest are let back, because damping
+that empties the cluster, or a rack, is worse than flapping.
 
 The leader keeps the counts in memory and writes each hold to etcd (with
 the time it ends), so a new leader keeps the holds it inherits; the counts
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from typing import Mapping
 
 
 @dataclass(frozen=True)
@@ -52,16 +53,35 @@ class FlapDamper:
         times = self._failures.get(node)
         return max(0.0, times[0] + self.rules.window - now) if times else 0.0
 
-    def held(self, now: float, members: int) -> dict[str, str]:
-        """{node: why} for the nodes held out now, within the mass-ejection guard."""
+    def held(self, now: float, members: int, domains: Mapping[str, str] | None = None) -> dict[str, str]:
+        """{node: why} for the nodes held out now, within the mass-ejection guard,
+        cluster-wide and, given `domains` (member -> failure domain) of more than
+        one domain, per domain too: at most max(1, fraction x its size) of a
+        domain, so flapping concentrated in one rack never empties that rack."""
         r = self.rules
         if r.threshold <= 0:
             return {}
         over = sorted(((-c, n) for n, c in self.counts(now).items() if c >= r.threshold))
         room = int(r.max_held_fraction * max(members, 1))
+        per_domain = _domain_rooms(r.max_held_fraction, domains or {})
         out = {}
-        for negative, node in over[:room]:
+        for negative, node in over:
+            if len(out) >= room:
+                break
+            domain = (domains or {}).get(node)
+            if domain in per_domain:
+                if per_domain[domain] <= 0:
+                    continue
+                per_domain[domain] -= 1
             until = self._failures[node][0] + r.window
             out[node] = (f"failed {-negative} times in {r.window:g} s (threshold {r.threshold}); held out for "
                          f"{until - now:.0f} s more, or until `vigil resume {node}`")
         return out
+
+
+def _domain_rooms(fraction: float, domains: Mapping[str, str]) -> dict[str, int]:
+    """How many of each failure domain may be held at once; {} for one domain."""
+    sizes: dict[str, int] = {}
+    for d in domains.values():
+        sizes[d] = sizes.get(d, 0) + 1
+    return {d: max(1, int(fraction * n)) for d, n in sizes.items()} if len(sizes) > 1 else {}

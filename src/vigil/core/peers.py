@@ -18,6 +18,7 @@ Rules:
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +32,10 @@ TICK = 0.1  # s: the longest an observer goes without looking (its pause guard's
 MIN_NAP = 0.001  # s: the shortest; a deadline just missed by rounding is looked at again this soon
 NEAR_THRESHOLD = 0.001  # s: phi is computed from this long before it can cross the threshold
 PAUSE_TOLERANCE = 0.02  # s: a look later than promised by this was our own stall, forgiven on every peer
+# Lifeguard's local health: each of our own stalls in the last LOCAL_HEALTH_WINDOW
+# (at most LOCAL_HEALTH_MAX) gives every peer LOCAL_HEALTH_STEP more before we
+# accuse it. A starved observer is slower to accuse, not quicker.
+LOCAL_HEALTH_WINDOW, LOCAL_HEALTH_MAX, LOCAL_HEALTH_STEP = 10.0, 8, 0.1
 
 
 @dataclass(frozen=True)
@@ -103,6 +108,7 @@ class PeerTable:
     def __init__(self, peers: list[str], settings: DetectorSettings, rise: int = 2):
         self.settings, self.rise = settings, rise
         self.peers = {p: PeerState(p, PhiAccrualDetector(settings)) for p in peers}
+        self.slack = 0.0  # s added to every deadline: our own poor local health (PeerWatch)
 
     def __repr__(self) -> str:
         states = ", ".join(f"{p.name}={p.state}" for p in self.peers.values())
@@ -189,10 +195,10 @@ class PeerTable:
                 if p.state == SUSPECT and p.rises and not p.detector.is_available(now):
                     p.rises = 0  # a rise run must be consecutive fresh heartbeats
                 continue
-            due = p.detector.suspect_at()
+            due = p.detector.suspect_at() + self.slack
             if now < due - NEAR_THRESHOLD:
                 continue  # phi is below the threshold until then: no need to compute it
-            phi = p.detector.phi(now)
+            phi = p.detector.phi(now - self.slack)
             if phi >= self.settings.threshold or now >= due:  # at `due` phi is the threshold, to rounding
                 silent = p.heartbeat_age(now) or 0.0
                 out.append(self._move(p, SUSPECT, now, phi, f"phi {phi:.1f} >= "
@@ -206,7 +212,7 @@ class PeerTable:
         due = math.inf
         for p in self.peers.values():
             if p.state == ALIVE or (p.state == SUSPECT and p.rises):
-                due = min(due, p.detector.suspect_at())
+                due = min(due, p.detector.suspect_at() + self.slack)
         return due
 
     def forgive(self, seconds: float, now: float) -> None:
@@ -248,11 +254,21 @@ class PeerWatch:
     def __init__(self, table: PeerTable, nap: float = TICK, tolerance: float = PAUSE_TOLERANCE):
         self.peers, self.nap, self.guard, self.paused = table, nap, PauseGuard(tolerance), 0.0
         self.due = math.inf
+        self._stalls: deque[float] = deque()  # when our own recent stalls were noticed
+
+    @property
+    def local_health(self) -> int:
+        """Lifeguard's score: our own stalls in the last LOCAL_HEALTH_WINDOW (0: healthy)."""
+        return min(len(self._stalls), LOCAL_HEALTH_MAX)
 
     def _observe(self, now: float) -> None:
         self.paused = self.guard.tick(now)
         if self.paused:
             self.peers.forgive(self.paused, now)
+            self._stalls.append(now)
+        while self._stalls and now - self._stalls[0] >= LOCAL_HEALTH_WINDOW:
+            self._stalls.popleft()
+        self.peers.slack = self.local_health * LOCAL_HEALTH_STEP
 
     def _plan(self, due: float, now: float) -> None:
         if due > now + self.nap + MIN_NAP:  # (a deadline just past the nap is waited for)

@@ -197,9 +197,11 @@ def _fence_dead_leader(v: ClusterView) -> Decision | None:
                     "needs a majority (else its lease decides)")
     if not v.healthy or not v.eligible(v.me):
         return Wait(f"leader {lead.name} suspected; not eligible to take over")
-    best = v.best_candidate()
+    best = v.best_candidate(succeeding=lead.name)
     if best != v.me:
-        return Wait(f"leader {lead.name} suspected; {best} (higher priority) will fence it")
+        why = "higher priority" if v.rank(best, lead.name)[0] == v.rank(v.me, lead.name)[0] else \
+            f"outside {lead.name}'s failure domain"
+        return Wait(f"leader {lead.name} suspected; {best} ({why}) will fence it")
     wait = v.higher_priority_peers(lead.name) * v.race_delay
     waited = v.suspected_for.get(lead.name, 0.0)
     if waited < wait:

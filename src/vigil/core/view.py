@@ -156,11 +156,23 @@ class ClusterView:
         return self.states.get(name) not in INELIGIBLE_STATES
 
     def higher_priority_peers(self, exclude: str) -> int:
-        """Healthy registered members above me, whether I can hear them or not:
-        each one is a node that should fence before I do."""
-        mine = self.members[self.me].priority if self.me in self.members else 0
+        """Healthy registered members ranked above me to succeed `exclude`
+        (`rank`), whether I can hear them or not: each one is a node that should
+        fence before I do."""
+        mine = self.rank(self.me, exclude)
         return sum(1 for m in self.members.values()
-                   if m.name not in (self.me, exclude) and m.healthy and m.priority > mine)
+                   if m.name not in (self.me, exclude) and m.healthy and self.rank(m.name, exclude) < mine)
+
+    def rank(self, name: str, succeeding: str | None = None) -> tuple[bool, int, str]:
+        """Order of succession (lower first): outside the failure domain of the
+        leader it would succeed (`succeeding`), when the topology knows domains
+        (a fault that took the leader, a rack's power or switch, is likeliest to
+        take its rack next); then priority; ties to the lowest name."""
+        m = self.members.get(name)
+        t = self.topology
+        same = bool(t and succeeding and len(set(t.domains.values())) > 1
+                    and t.domains.get(name) == t.domains.get(succeeding, object()))
+        return same, -(m.priority if m else 0), name
 
     def corroborated(self, node: str) -> tuple[int, int]:
         """(members suspecting `node`, members whose word counts): every configured
@@ -176,7 +188,7 @@ class ClusterView:
         agree = sum(1 for m in voters if node in self._word_of(m.name))
         return agree, max(len(voters), self.cluster_size - 1)
 
-    def best_candidate(self) -> str | None:
-        """Highest priority eligible member; ties go to the lowest name."""
-        ranked = sorted((-m.priority, m.name) for m in self.members.values() if self.eligible(m.name))
-        return ranked[0][1] if ranked else None
+    def best_candidate(self, succeeding: str | None = None) -> str | None:
+        """The eligible member first in the order of succession (`rank`)."""
+        ranked = sorted(self.rank(m.name, succeeding) for m in self.members.values() if self.eligible(m.name))
+        return ranked[0][2] if ranked else None
