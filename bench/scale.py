@@ -14,7 +14,7 @@ leader's agent: detection = kill -> each survivor that watches the leader
 records peer_suspected (all of them do: everyone watches the leader).
 
 Usage: python bench/scale.py [--sizes 3,10,30,60] [--idle 60] [--kills 3] [--modes full,topology]
-       [--label NAME] [--append]
+       [--timing product|lab] [--label NAME] [--append]
 Writes bench/results/scale.{json,md}. Root not needed (loopback). `--append` adds
 this run's rows to the file's (e.g. main before issue 24, run from its own tree:
 PYTHONPATH=OLD/src python bench/scale.py --modes full --label main-c0039a9 --append).
@@ -110,10 +110,14 @@ def kills(lab: Lab, count: int) -> dict:
     return {"detection_ms": summary_ms(detect), "first_detection_ms": summary_ms(first)}
 
 
-def one(root: Path, n: int, mode: str, idle_s: float, kill_count: int) -> dict:
+TIMINGS = {"lab": None, "product": {"heartbeat_interval": 0.1}}  # as `vigil lab up --timing`
+
+
+def one(root: Path, n: int, mode: str, idle_s: float, kill_count: int, timing: str = "lab") -> dict:
     started = time.monotonic()
     try:
-        lab = Lab.up(root, n, timeout=60 + 3 * n, workload={"topology": MODES[mode], "flap_threshold": 0})
+        lab = Lab.up(root, n, timeout=60 + 3 * n, workload={"topology": MODES[mode], "flap_threshold": 0},
+                     timing=TIMINGS[timing])
     except VigilError as e:
         return {"nodes": n, "mode": mode, "started": False, "error": str(e)[:300]}
     try:
@@ -129,18 +133,21 @@ def one(root: Path, n: int, mode: str, idle_s: float, kill_count: int) -> dict:
 
 def report(runs: list[dict], idle_s: float, kills_n: int) -> None:
     """Write bench/results/scale.{json,md} from these runs."""
-    rows = [["nodes", "mode", "lab up (s)", "CPU/agent (% core)", "all agents (%)", "heartbeats rx/node/s",
+    rows = [["nodes", "mode", "timing", "lab up (s)", "CPU/agent (% core)", "all agents (%)", "heartbeats rx/node/s",
              "peers watched/node", "etcd req/s", "etcd watch ev/s", "false suspicions", "leader kill detection p50/p99 (ms)"]]
     for r in runs:
         if "error" in r or not r.get("started"):
-            rows.append([r["nodes"], r["mode"], "failed: " + r.get("error", "")[:80]] + [""] * 8)
+            rows.append([r["nodes"], r["mode"], r.get("timing", "lab"), "failed: " + r.get("error", "")[:80]]
+                        + [""] * 8)
             continue
         d = r["detection_ms"]
-        rows.append([r["nodes"], r["mode"], r["lab_up_s"], r["cpu_per_agent_pct"], r["cpu_all_agents_pct"],
+        rows.append([r["nodes"], r["mode"], r.get("timing", "lab"), r["lab_up_s"], r["cpu_per_agent_pct"], r["cpu_all_agents_pct"],
                      r["packets_per_node_s"], r["peers_watched_per_node"], r["etcd_requests_s"],
                      r["etcd_watch_events_s"], r["false_suspicions"], f"{d['p50']} / {d['p99']}"])
     write("scale", {"idle_s": idle_s, "kills": kills_n, "runs": runs}, rows,
-          f"Agents only (no model servers), loopback, lab timing (heartbeat 100 ms x 2 copies), "
+          f"Agents only (no model servers), loopback, heartbeat 100 ms x 2 copies; timing `lab`: lease 2 s, "
+          "keep-alive and decision cycle 0.5 s; `product`: the installed defaults (lease 10 s, keep-alive "
+          "2.5 s, cycle 1 s). "
           f"{idle_s:g} s idle per row, {kills_n} leader SIGKILLs per row. `full`: every agent hears "
           "every other (heartbeat.topology.full_mesh_up_to 1000, the design before issue 24); `topology`: "
           "failure-domain meshes of 10 + 8 observers + the leader (defaults; a full mesh up to 16 members). "
@@ -155,6 +162,9 @@ def main() -> int:
     ap.add_argument("--idle", type=float, default=60.0, help="idle window per size and mode (s)")
     ap.add_argument("--kills", type=int, default=3)
     ap.add_argument("--label", help="name the rows after this instead of the mode")
+    ap.add_argument("--timing", choices=sorted(TIMINGS), default="product",
+                    help="the agents' etcd session timers (as `vigil lab up --timing`); heartbeats are "
+                         "100 ms in both")
     ap.add_argument("--append", action="store_true", help="keep the rows already in the results file")
     args = ap.parse_args()
     runs = []
@@ -163,8 +173,8 @@ def main() -> int:
     for n in [int(x) for x in args.sizes.split(",")]:
         for mode in args.modes.split(","):
             with tempfile.TemporaryDirectory(prefix=f"vigil-scale-{n}-{mode}-") as d:
-                r = one(Path(d) / "lab", n, mode, args.idle, args.kills)
-            r["mode"] = args.label or mode
+                r = one(Path(d) / "lab", n, mode, args.idle, args.kills, args.timing)
+            r["mode"], r["timing"] = args.label or mode, args.timing
             print(r, flush=True)
             runs.append(r)
     report(runs, args.idle, args.kills)

@@ -246,19 +246,29 @@ def test_a_delivery_that_brings_a_deadline_forward_moves_due():
     assert 0.5 < watch.due < 5.0 and watch.due == watch.peers.peers["b"].detector.suspect_at()
 
 
-def test_a_peer_heard_at_another_pace_is_judged_by_that_pace_from_its_last_arrival():
+def test_a_peer_heard_at_another_pace_is_judged_by_that_pace_from_its_next_heartbeat():
     fast = DetectorSettings(first_interval=0.1)
     slow = DetectorSettings(first_interval=0.5)
     t = PeerTable(["b"], fast)
     last, _ = feed(t, "b", 0.0, 30)  # every 100 ms
-    t.pace("b", slow)  # b stopped leading: we now hear it every 500 ms
+    t.pace("b", slow)  # b stopped leading: from its next heartbeat we hear it every 500 ms
+    last, _ = feed(t, "b", last + 0.1, 1)  # (its grace: still every 100 ms)
     assert t.tick(last + 0.4) == [] and t.peers["b"].state == ALIVE
     last, _ = feed(t, "b", last + 0.5, 10, interval=0.5)
     assert t.tick(last + 0.6) == []
     t.pace("b", fast)  # b leads: every 100 ms again, and a crash is judged by that
+    last, _ = feed(t, "b", last + 0.1, 5)
     assert [c.new for c in t.tick(last + 0.45)] == [SUSPECT]
-    t.pace("b", fast)
     assert t.peers["b"].detector.settings == fast
+
+
+def test_a_leader_that_died_just_before_its_successor_was_named_is_judged_at_its_old_pace():
+    """Re-paced slow with no heartbeat after: the fast deadline stands."""
+    fast, slow = DetectorSettings(first_interval=0.1), DetectorSettings(first_interval=0.5)
+    t = PeerTable(["b"], fast)
+    last, _ = feed(t, "b", 0.0, 30)
+    t.pace("b", slow)
+    assert [c.new for c in t.tick(last + 0.3)] == [SUSPECT]
 
 
 def test_an_observer_that_stalled_recently_is_slower_to_accuse_lifeguard():

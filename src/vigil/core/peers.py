@@ -96,6 +96,7 @@ class PeerState:
     suspects: tuple[str, ...] | None = None  # as its latest heartbeat listed them (None: not listed)
     links: dict[str, float] = field(default_factory=dict)
     gaps: GapHistogram = field(default_factory=GapHistogram)
+    paced: DetectorSettings | None = None  # the detector's settings from its next heartbeat on
 
     def heartbeat_age(self, now: float) -> float | None:
         last = self.detector.last_heartbeat
@@ -120,17 +121,18 @@ class PeerTable:
         self.peers.setdefault(peer, PeerState(peer, PhiAccrualDetector(settings or self.settings)))
 
     def pace(self, peer: str, settings: DetectorSettings) -> None:
-        """Expect `peer` at another pace from now on (it started or stopped leading):
-        its detector starts over with `settings`, seeded from its last arrival, so
-        neither is a slower stream suspected by the fast history nor a crash in a
-        faster one judged by the slow history. State and rises are kept."""
+        """Expect `peer` at another pace (it started or stopped leading) from its
+        next heartbeat on: its detector then starts over with `settings`. Until
+        that heartbeat the old pace judges it, so a leader that died just before
+        its successor was named is suspected when the old pace says, not a slow
+        pace later; and a new pace is never applied to a silence it did not cause."""
         p = self.peers.get(peer)
-        if p is None or p.detector.settings == settings:
+        if p is None:
             return
-        last = p.detector.last_heartbeat
-        p.detector = PhiAccrualDetector(settings)
-        if last is not None:
-            p.detector.heartbeat(last)
+        if p.detector.last_heartbeat is None:
+            p.detector, p.paced = PhiAccrualDetector(settings), None
+        else:
+            p.paced = None if p.detector.settings == settings else settings
 
     def remove(self, peer: str) -> None:
         """Stop tracking a peer learnt at run time (its member record went): a
@@ -146,6 +148,8 @@ class PeerTable:
         p.links[link] = now
         p.health, p.role, p.suspects = health, role, suspects
         out: list[PeerTransition] = []
+        if p.paced is not None:  # its new pace starts here (`pace`)
+            p.detector, p.paced = PhiAccrualDetector(p.paced), None
         if incarnation != p.incarnation:
             restarted = p.incarnation != 0
             p.incarnation = incarnation
