@@ -71,8 +71,8 @@ def render(doc: dict) -> str:
              "are clients, not voters",
              "detection: " + ("full mesh (every node hears every other)" if t["full_mesh"] else
                               f"domain meshes ({len(t['meshed_domains'])} of {doc['domains']} domains) + "
-                              f"{t['observers']} observers per node, {t['agreement']} of them convict; "
-                              "everyone hears the leader"),
+                              f"{t['observers']} observers per node (every {t['observer_every']}th "
+                              f"heartbeat), {t['agreement']} of them convict; everyone hears the leader"),
              f"per node: hears {per['peers_heard_mean']} peers (max {per['peers_heard_max']}), "
              f"{per['rx_packets_s_mean']} heartbeat packets/s received (max {per['rx_packets_s_max']}), "
              f"≈{per['cpu_pct_mean']} % of a core (max {per['cpu_pct_max']} %)",
