@@ -295,7 +295,7 @@ class PeerWatch:
             self.peers.news(hb.node, link, now, hb.incarnation, hb.health, hb.role, hb.suspects)
             return []
         out = self.peers.heartbeat(hb.node, link, now, hb.incarnation, hb.health, hb.role, hb.suspects)
-        deadline = self.peers.peers[hb.node].detector.suspect_at()
+        deadline = self.peers.peers[hb.node].detector.suspect_at() + self.peers.slack
         if deadline < self.due:
             self._plan(deadline, now)
         return out
