@@ -12,6 +12,13 @@ seeds in which an overlap was caught.
 
 Usage: python bench/sim.py [--seeds 200] [--minutes 60] [--control-seeds 20]
 Writes bench/results/sim.{json,md}.
+
+Large clusters (issue 24): python bench/sim.py --nodes 1000 [--rack-size 10]
+[--minutes 10] [--seeds 1] runs that many real agents through the detection
+topology (racks of --rack-size) in one SimLoop, with the same seeded faults,
+and writes bench/results/sim_scale.{json,md}: wall time, leadership terms,
+overlaps, one leader at the end, and heartbeat messages delivered per node per
+virtual second (at the simulation's 5 s heartbeat interval).
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).parent.parent))  # tests.sim.cluster
 from common import percentile, write  # noqa: E402
 
 TARGET_S = 180.0
+QUIET_S = 30.0  # virtual seconds without faults at the end of a large run
 BROKEN = {"demote_after": 14.0}
 
 
@@ -49,6 +57,40 @@ def one(args: tuple[int, float, bool]) -> dict:
             "leaders_at_end": r.leaders_at_end, "faults": [f.split()[1] for f in r.faults]}
 
 
+def one_large(args: tuple[int, float, int, int]) -> dict:
+    seed, minutes, nodes, rack_size = args
+    from tests.sim.cluster import SimCluster, quiet_logs
+    quiet_logs()
+    d = Path(tempfile.mkdtemp(prefix="vigil-simbench-", dir="/dev/shm" if Path("/dev/shm").is_dir() else None))
+    t0 = time.perf_counter()
+    try:
+        sim = SimCluster(seed, d, nodes=nodes, rack_size=rack_size)
+        r = sim.run(minutes * 60, quiet=QUIET_S)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+    virtual = minutes * 60 + QUIET_S
+    return {"seed": seed, "nodes": nodes, "rack_size": rack_size, "virtual_minutes": minutes,
+            "wall_s": round(time.perf_counter() - t0, 1), "terms": len(r.intervals), "overlaps": len(r.overlaps),
+            "tokens_increase": r.tokens_increase(), "leaders_at_end": r.leaders_at_end,
+            "faults": dict(collections.Counter(f.split()[1] for f in r.faults)),
+            "messages_per_node_per_virtual_s": round(sim.network.delivered / nodes / virtual, 2)}
+
+
+def large(a: argparse.Namespace) -> None:
+    runs = [one_large((seed, a.minutes, a.nodes, a.rack_size)) for seed in range(a.seeds)]
+    table = [["nodes", "racks of", "seed", "virtual min", "wall s", "faults", "terms", "overlaps",
+              "one leader at end", "messages/node/virtual s"]]
+    for r in runs:
+        table.append([r["nodes"], r["rack_size"], r["seed"], r["virtual_minutes"], r["wall_s"],
+                      sum(r["faults"].values()), r["terms"], r["overlaps"], len(r["leaders_at_end"]) == 1,
+                      r["messages_per_node_per_virtual_s"]])
+    write("sim_scale", {"runs": runs}, table,
+          "Real agents (tests/sim/cluster.py) in one SimLoop on one core, through the detection topology "
+          "(defaults: domain meshes, 8 observers, 6 agree); simulation timers (heartbeat 5 s, lease 10 s), "
+          "so messages per second are 1/50 of what 100 ms heartbeats send. Faults: kills, pauses (also "
+          f"past the TTL), etcd cuts and peer cuts, one every 5-60 s; then {QUIET_S:g} s quiet.")
+
+
 def schedule(seeds: int, minutes: float, broken: bool, workers: int) -> tuple[list[dict], float]:
     t0 = time.perf_counter()
     with ProcessPoolExecutor(workers) as pool:
@@ -62,7 +104,15 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=60.0)
     ap.add_argument("--control-seeds", type=int, default=20)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--nodes", type=int, default=0, help="a large cluster instead: this many agents")
+    ap.add_argument("--rack-size", type=int, default=10, help="with --nodes: nodes per failure domain")
     a = ap.parse_args()
+    if a.nodes:
+        if not 4 <= a.nodes <= 2500 or a.rack_size < 1:
+            ap.error("--nodes must be 4..2500 and --rack-size at least 1")
+        if a.seeds == 200:
+            a.seeds = 1
+        return large(a)
     runs, wall = schedule(a.seeds, a.minutes, False, a.workers)
     control, control_wall = schedule(a.control_seeds, 10.0, True, a.workers)
     faults = collections.Counter(k for r in runs for k in r["faults"])

@@ -203,7 +203,7 @@ class SimCluster:
     @staticmethod
     def _config(name: str, names: list[str], root: Path, keys: dict[str, Any], timing: dict[str, Any] | None,
                 unchecked: dict[str, Any] | None, shape: dict[str, Any]) -> NodeConfig:
-        addr = {n: f"10.231.9.{i + 1}" for i, n in enumerate(names)}
+        addr = {n: f"10.231.{9 + i // 250}.{i % 250 + 1}" for i, n in enumerate(names)}  # (past 250 nodes)
         racks = shape["racks"]
         cfg = parse_config({
             "cluster": "sim", "node": name, "data_dir": str(root / name), "failure_domain": racks[name],
