@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from vigil.store.base import KeyValue, WatchEvent
 from vigil.store.keys import Keys
-from vigil.store.registry import Snapshot, parse_snapshot, snapshot_range
+from vigil.store.registry import ParseCache, Snapshot, parse_snapshot, snapshot_range
 
 
 class RegistryMirror:
@@ -30,6 +30,7 @@ class RegistryMirror:
         self._loaded_at_rev = 0
         self._watch_from: int | None = None
         self._parsed: Snapshot | None = None
+        self._records: ParseCache = {}  # parse_snapshot's cache: a change re-parses one record
 
     @property
     def current(self) -> bool:
@@ -46,6 +47,7 @@ class RegistryMirror:
         self._kvs = {kv.key: kv for kv in kvs}
         self.revision = self._loaded_at_rev = revision
         self._parsed = None
+        self._records = {k: v for k, v in self._records.items() if k in self._kvs}
 
     def apply(self, ev: WatchEvent) -> None:
         if self._kvs is None or ev.revision <= self.revision or ev.key.startswith(self.keys.payloads):
@@ -56,6 +58,7 @@ class RegistryMirror:
             return
         if ev.type == "delete":
             self._kvs.pop(ev.key, None)
+            self._records.pop(ev.key, None)
         else:
             old = self._kvs.get(ev.key)
             self._kvs[ev.key] = KeyValue(ev.key, ev.value, ev.create_revision or (old.create_revision if old
@@ -66,6 +69,6 @@ class RegistryMirror:
             return None
         if self._parsed is None:
             self._parsed = parse_snapshot(self.keys, sorted(self._kvs.values(), key=lambda kv: kv.key),
-                                          self.revision)
+                                          self.revision, self._records)
         return self._parsed
 

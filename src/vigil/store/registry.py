@@ -105,17 +105,20 @@ def snapshot_range(keys: Keys) -> tuple[str, str]:
     return keys.prefix + "events" + chr(ord("/") + 1), prefix_end(keys.prefix)
 
 
-def parse_snapshot(keys: Keys, kvs: list[KeyValue], revision: int) -> Snapshot:
+def parse_snapshot(keys: Keys, kvs: list[KeyValue], revision: int,
+                   parsed: ParseCache | None = None) -> Snapshot:
     """The snapshot of one range read. Never raises: each record goes through its
     family's parser (vigil.store.records); a bad one is left out and named in
     `bad_records`. A fencing marker that is not what a fencer writes blocks
-    nothing: no fencer of ours wrote it."""
+    nothing: no fencer of ours wrote it. `parsed`: key -> (value, family,
+    record) of earlier calls, used where the value is the same and updated (a
+    mirror's snapshot after one change parses one record, not all of them; the
+    records are immutable)."""
     snap = Snapshot(revision, None)
     for kv in kvs:
-        f = family_of(keys, kv.key)
-        if f is None or f.name not in _SNAPSHOT_FAMILIES:
+        f, rec = _parse(keys, kv, parsed)
+        if f is None:
             continue  # payload records share the range; no decision reads them
-        rec = parse_as(f, kv.key, kv.value)
         if isinstance(rec, BadRecord):
             snap.bad_records[kv.key] = rec.problem
             if f.name == "leader":  # the key is held all the same: by no node we know of
@@ -127,6 +130,21 @@ def parse_snapshot(keys: Keys, kvs: list[KeyValue], revision: int) -> Snapshot:
         elif f.name == "switchover":
             snap = replace(snap, switchover=rec)
     return snap
+
+
+ParseCache = dict[str, tuple[str, Any, Any]]
+
+
+def _parse(keys: Keys, kv: KeyValue, parsed: ParseCache | None) -> tuple[Any, Any]:
+    """(family, record) of one snapshot key; (None, None) for a key no decision reads."""
+    hit = parsed.get(kv.key) if parsed is not None else None
+    if hit is not None and hit[0] == kv.value:
+        return hit[1], hit[2]
+    f = family_of(keys, kv.key)
+    out = (f, parse_as(f, kv.key, kv.value)) if f is not None and f.name in _SNAPSHOT_FAMILIES else (None, None)
+    if parsed is not None:
+        parsed[kv.key] = (kv.value, *out)
+    return out
 
 
 def _member(snap: Snapshot, kv: KeyValue, rec: MemberRecord) -> None:
