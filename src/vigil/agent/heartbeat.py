@@ -78,7 +78,7 @@ class HeartbeatService:
         self.transport = HeartbeatTransport(self.receiver, list(cfg.addresses), cfg.heartbeat_port,
                                             self._links(), self._deliver,
                                             cfg.keys.signing, network)
-        self.tick, self.record = tick, record
+        self.record = record
         self._skew_alarms: set[str] = set()
         self._replan()
         self.watch = PeerWatch(self.peers, tick)

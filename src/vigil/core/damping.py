@@ -63,12 +63,13 @@ class FlapDamper:
             return {}
         over = sorted(((-c, n) for n, c in self.counts(now).items() if c >= r.threshold))
         room = int(r.max_held_fraction * max(members, 1))
-        per_domain = _domain_rooms(r.max_held_fraction, domains or {})
+        domains = domains or {}
+        per_domain = _domain_rooms(r.max_held_fraction, domains)
         out = {}
         for negative, node in over:
             if len(out) >= room:
                 break
-            domain = (domains or {}).get(node)
+            domain = domains.get(node)
             if domain in per_domain:
                 if per_domain[domain] <= 0:
                     continue

@@ -78,6 +78,7 @@ class Topology:
         self.members = tuple(sorted(domains))
         self.domains = {m: domains[m] or DEFAULT_DOMAIN for m in self.members}
         self.full_mesh = len(self.members) <= settings.full_mesh_up_to
+        self.several_domains = len(set(self.domains.values())) > 1
         self._mesh = self._meshes()
         self._observers = {} if self.full_mesh else self._choose_observers()
         observed: dict[str, set[str]] = {m: set() for m in self.members}

@@ -170,7 +170,7 @@ class ClusterView:
         take its rack next); then priority; ties to the lowest name."""
         m = self.members.get(name)
         t = self.topology
-        same = bool(t and succeeding and len(set(t.domains.values())) > 1
+        same = bool(t and succeeding and t.several_domains
                     and t.domains.get(name) == t.domains.get(succeeding, object()))
         return same, -(m.priority if m else 0), name
 

@@ -29,13 +29,12 @@ class WatchLoop:
         self._wake: asyncio.Future[None] | None = None
         self._handle: asyncio.TimerHandle | None = None
         self._armed = float("inf")
-        self.looks = 0  # how often run() looked at the peers, for the benches
+        self.looks = 0  # how often the peers were looked at (run or look), for the benches
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            self.looks += 1
-            self.on_tick(self.watch.tick(self.now()))
+            self.look()
             self._wake = loop.create_future()
             self._arm(loop)
             try:
