@@ -32,52 +32,50 @@ import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent))  # tests.sim.cluster
 from common import percentile, write  # noqa: E402
 
 TARGET_S = 180.0
-QUIET_S = 30.0  # virtual seconds without faults at the end of a large run
+QUIET_S = 30.0  # virtual seconds without faults at the end of a run (SimCluster.run's default)
 BROKEN = {"demote_after": 14.0}
+
+
+def _simulate(seed: int, seconds: float, **cluster: Any) -> tuple[Any, Any, float]:
+    """One seeded SimCluster run in a scratch directory: (cluster, result, wall s)."""
+    from tests.sim.cluster import SimCluster, quiet_logs
+    quiet_logs()
+    d = Path(tempfile.mkdtemp(prefix="vigil-simbench-", dir="/dev/shm" if Path("/dev/shm").is_dir() else None))
+    t0 = time.perf_counter()
+    try:
+        sim = SimCluster(seed, d, **cluster)
+        return sim, sim.run(seconds, quiet=QUIET_S), time.perf_counter() - t0
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def one(args: tuple[int, float, bool]) -> dict:
     seed, minutes, broken = args
-    from tests.sim.cluster import SimCluster, quiet_logs
-    quiet_logs()
-    d = Path(tempfile.mkdtemp(prefix="vigil-simbench-", dir="/dev/shm" if Path("/dev/shm").is_dir() else None))
-    t0 = time.perf_counter()
-    try:
-        r = SimCluster(seed, d, unchecked_timing=BROKEN if broken else None).run(minutes * 60)
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
-    return {"seed": seed, "wall_s": time.perf_counter() - t0, "terms": len(r.intervals),
+    _, r, wall = _simulate(seed, minutes * 60, unchecked_timing=BROKEN if broken else None)
+    return {"seed": seed, "wall_s": wall, "terms": len(r.intervals),
             "overlaps": len(r.overlaps), "tokens_increase": r.tokens_increase(),
             "leaders_at_end": r.leaders_at_end, "faults": [f.split()[1] for f in r.faults]}
 
 
-def one_large(args: tuple[int, float, int, int]) -> dict:
-    seed, minutes, nodes, rack_size = args
-    from tests.sim.cluster import SimCluster, quiet_logs
-    quiet_logs()
-    d = Path(tempfile.mkdtemp(prefix="vigil-simbench-", dir="/dev/shm" if Path("/dev/shm").is_dir() else None))
-    t0 = time.perf_counter()
-    try:
-        sim = SimCluster(seed, d, nodes=nodes, rack_size=rack_size)
-        r = sim.run(minutes * 60, quiet=QUIET_S)
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
+def one_large(seed: int, minutes: float, nodes: int, rack_size: int) -> dict:
+    sim, r, wall = _simulate(seed, minutes * 60, nodes=nodes, rack_size=rack_size)
     virtual = minutes * 60 + QUIET_S
     return {"seed": seed, "nodes": nodes, "rack_size": rack_size, "virtual_minutes": minutes,
-            "wall_s": round(time.perf_counter() - t0, 1), "terms": len(r.intervals), "overlaps": len(r.overlaps),
+            "wall_s": round(wall, 1), "terms": len(r.intervals), "overlaps": len(r.overlaps),
             "tokens_increase": r.tokens_increase(), "leaders_at_end": r.leaders_at_end,
             "faults": dict(collections.Counter(f.split()[1] for f in r.faults)),
             "messages_per_node_per_virtual_s": round(sim.network.delivered / nodes / virtual, 2)}
 
 
 def large(a: argparse.Namespace) -> None:
-    runs = [one_large((seed, a.minutes, a.nodes, a.rack_size)) for seed in range(a.seeds)]
+    runs = [one_large(seed, a.minutes, a.nodes, a.rack_size) for seed in range(a.seeds or 1)]
     table = [["nodes", "racks of", "seed", "virtual min", "wall s", "faults", "terms", "overlaps",
               "one leader at end", "messages/node/virtual s"]]
     for r in runs:
@@ -100,7 +98,7 @@ def schedule(seeds: int, minutes: float, broken: bool, workers: int) -> tuple[li
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--seeds", type=int, default=200)
+    ap.add_argument("--seeds", type=int, help="default 200 (1 with --nodes)")
     ap.add_argument("--minutes", type=float, default=60.0)
     ap.add_argument("--control-seeds", type=int, default=20)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
@@ -110,9 +108,8 @@ def main() -> None:
     if a.nodes:
         if not 4 <= a.nodes <= 2500 or a.rack_size < 1:
             ap.error("--nodes must be 4..2500 and --rack-size at least 1")
-        if a.seeds == 200:
-            a.seeds = 1
         return large(a)
+    a.seeds = a.seeds or 200
     runs, wall = schedule(a.seeds, a.minutes, False, a.workers)
     control, control_wall = schedule(a.control_seeds, 10.0, True, a.workers)
     faults = collections.Counter(k for r in runs for k in r["faults"])
