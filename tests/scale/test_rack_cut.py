@@ -1,6 +1,6 @@
 """Scale test (root; `bash scripts/test.sh --scale`, left out of the default run
-by name, like tests/generative: about a minute for 30 agents on 2 cores, which
-the default run, at 24 of its 25 minutes, has no room for): 30 agents, one per network namespace, in
+by name, like tests/generative: about a minute for 30 agents on 2 cores, kept
+out of the default run's 25-minute budget): 30 agents, one per network namespace, in
 three failure domains of ten; one rack (10 nodes) cut off from the rest at once. The leader
 must see one event for the rack, mark its ten nodes failed and keep leading;
 no node outside the rack may suspect another outside it, and nothing is fenced
