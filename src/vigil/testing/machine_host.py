@@ -101,6 +101,12 @@ def sweep_stale() -> None:
     for ns in _ip("netns", "list").stdout.split():
         if ns.startswith("vg-") and _dead(ns.rsplit("-", 1)[1]):
             _ip("netns", "del", ns, check=False)
-    for br in re.findall(r"^\d+: (vgbr\w+)", _ip("-o", "link", "show").stdout, re.M):
+    links = _ip("-o", "link", "show").stdout
+    # A client's host-side veth goes with its namespace, but the kernel frees that
+    # namespace asynchronously: delete it by name, as Client.close does.
+    for veth, tag in re.findall(r"^\d+: (vgc([0-9a-f]+[g-z])\d+)[@:]", links, re.M):
+        if _dead(tag):
+            _ip("link", "del", veth, check=False)
+    for br in re.findall(r"^\d+: (vgbr\w+)", links, re.M):
         if _dead(br[4:]):
             _ip("link", "del", br, check=False)
