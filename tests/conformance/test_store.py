@@ -4,13 +4,15 @@ and the in-memory fake, so the fake cannot drift from the real thing."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import signal
 import uuid
 
 import pytest
 
 from vigil.clock import SystemClock
-from vigil.errors import LeaseNotFound
+from vigil.errors import LeaseNotFound, StoreUnavailable
 from vigil.store.base import Expect
 from vigil.store.election import Election
 from vigil.store.etcd import EtcdStore
@@ -212,3 +214,43 @@ async def test_time_to_live_reads_zero_in_the_last_second(store, prefix):
     assert await store.time_to_live(lease.id) == 0
     await store.revoke(lease.id)
     assert await store.time_to_live(lease.id) == -1
+
+
+async def test_a_watch_that_does_not_resume_ends_when_the_store_is_lost(store, prefix, request):
+    """A mirror decides on what its watch told it, so it must learn when the
+    watch may have fallen behind: etcd ends a watch whose member lost its raft
+    leader (the require-leader flag; without it the stream stays open and
+    silent), the fake one whose store is marked unavailable."""
+    _, rev = await store.range(prefix)
+    resuming = store.watch(prefix, rev + 1).__aiter__()
+    ending = store.watch(prefix, rev + 1, resume=False).__aiter__()
+    await store.put(prefix + "a", "1")
+    assert (await next_event(resuming)).key == (await next_event(ending)).key == prefix + "a"
+    with _store_lost(store, request):
+        with pytest.raises(StoreUnavailable):
+            await next_event(ending, 20.0)
+    await store.put(prefix + "b", "2")  # the resuming watch carries on, from the next revision
+    assert (await next_event(resuming, 20.0)).key == prefix + "b"
+
+
+@contextlib.contextmanager
+def _store_lost(store, request):
+    """The store unreachable for the block: marked so (the fake), or the etcd
+    member the store talks to left without a raft leader (the others paused)."""
+    if isinstance(store, MemoryStore):
+        store.available = False
+        try:
+            yield
+        finally:
+            store.available = True
+        return
+    cluster = request.getfixturevalue("etcd_cluster")
+    others = [m for m in cluster.members if m.client_url != store.endpoints[store._current]]
+    for m in others:
+        cluster.kill(m.name, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for m in others:
+            cluster.kill(m.name, signal.SIGCONT)
+        cluster.wait_healthy(30)

@@ -81,7 +81,20 @@ class LinkedStore(Store):
     def __init__(self, store: MemoryStore, rng: random.Random, latency: float = 0.3, slow: float = 0.2,
                  lost: float = 0.02):
         self.store, self.rng, self.latency, self.slow, self.lost = store, rng, latency, slow, lost
-        self.reachable = True
+        self._reachable = True
+        self._cut: asyncio.Future[None] | None = None  # set when the link is cut: watches end
+
+    @property
+    def reachable(self) -> bool:
+        return self._reachable
+
+    @reachable.setter
+    def reachable(self, value: bool) -> None:
+        self._reachable = value
+        if not value and self._cut is not None and not self._cut.done():
+            self._cut.set_result(None)
+        elif value:
+            self._cut = None
 
     async def _call(self, op: Any, *args: Any) -> Any:
         self._check()
@@ -137,11 +150,28 @@ class LinkedStore(Store):
     async def time_to_live(self, lease_id):
         return await self._call(self.store.time_to_live, lease_id)
 
-    async def watch(self, prefix: str, start_revision: int) -> AsyncIterator[WatchEvent]:
+    async def watch(self, prefix: str, start_revision: int, resume: bool = True) -> AsyncIterator[WatchEvent]:
+        """A cut link ends the stream: at its next event, or at once for a watch
+        that does not resume (its owner must learn it may be behind)."""
         self._check()
-        async for ev in self.store.watch(prefix, start_revision):
-            self._check()  # a cut link ends the stream at its next event
+        events = self.store.watch(prefix, start_revision).__aiter__()
+        while True:
+            if resume:
+                ev = await events.__anext__()
+            else:
+                ev = await self._unless_cut(events.__anext__())
+            self._check()
             yield ev
+
+    async def _unless_cut(self, step: Any) -> WatchEvent:
+        if self._cut is None:
+            self._cut = asyncio.get_running_loop().create_future()
+        nxt = asyncio.ensure_future(step)
+        await asyncio.wait({nxt, self._cut}, return_when=asyncio.FIRST_COMPLETED)
+        if not nxt.done():
+            nxt.cancel()
+            raise StoreUnavailable("simulated: this node is cut from etcd")
+        return nxt.result()
 
     async def compact(self, revision):
         return await self._call(self.store.compact, revision)

@@ -9,6 +9,7 @@ import json
 
 from hypothesis import given, settings, strategies as st
 
+from vigil.store.base import WatchEvent
 from vigil.store.keys import Keys
 from vigil.store.mirror import RegistryMirror
 from vigil.store.registry import Registry, snapshot_range
@@ -78,6 +79,44 @@ def test_never_current_when_a_change_could_have_been_missed():
     assert m.current
     m.stopped()
     assert not m.current
+
+
+def _event(rev: int, node: str = "n1") -> WatchEvent:
+    return WatchEvent("put", K.state(node), "standby", rev, rev, 0)
+
+
+def test_a_watch_resumed_after_the_mirror_keeps_it_current_without_a_read():
+    m = RegistryMirror(K)
+    m.load([], 10)
+    m.watching(10)
+    m.apply(_event(11))
+    m.stopped()
+    assert not m.current and m.resume_after() == 11
+    m.watching(m.resume_after())
+    m.apply(_event(12))
+    assert m.current and m.revision == 12
+
+
+def test_changes_from_a_watch_that_started_late_never_make_it_current():
+    m = RegistryMirror(K)
+    m.load([], 10)
+    m.watching(15)  # changes 11-15 went unseen
+    m.apply(_event(16))
+    assert not m.current, "revision 16 is past the watch's start, but 11-15 are missing"
+    m.watching(16)
+    assert not m.current
+    assert m.load([], 16) and m.current
+
+
+def test_a_read_older_than_a_change_already_applied_is_refused():
+    m = RegistryMirror(K)
+    m.load([], 10)
+    m.watching(10)
+    m.apply(_event(12))
+    assert not m.load([], 11), "loading it would lose the change at 12"
+    assert m.current and m.snapshot().states == {"n1": "standby"}
+    m.forget()
+    assert not m.current and m.resume_after() is None
 
 
 def test_a_change_re_parses_only_the_record_it_changed():

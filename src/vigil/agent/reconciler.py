@@ -9,6 +9,7 @@ cycle's decision is logged when it changes and kept in `last` for
 from __future__ import annotations
 
 import asyncio
+import random
 from dataclasses import dataclass
 import logging
 from typing import Any, Awaitable, Callable
@@ -36,10 +37,14 @@ from vigil.store.session import Session
 log = logging.getLogger(__name__)
 
 # A cycle decides on the watch's mirror of etcd (vigil.store.mirror) while it is
-# current, younger than this since its last range read, and this agent neither wrote
-# nor changed its role since: a cycle woken by a peer's heartbeat news (the second
-# suspicion a fence waits for) then decides at once, not after a 5-15 ms range read.
-SNAPSHOT_REUSE = 0.5
+# current, and this agent neither wrote nor changed its role since; it reads the
+# whole range again only after that, or this long after its last range read (a
+# resync, as Kubernetes' informers relist). A range read per cycle sent every
+# member record to every agent every second: O(N^2) bytes from etcd, which could
+# no longer answer 50 agents' session keep-alives within 1 s on 2 cores. The
+# watch asks etcd to end it when its member loses the raft leader (vigil.store.etcd),
+# so a member cut off from the others cannot feed a frozen mirror.
+MIRROR_RESYNC = 30.0
 MAX_FAIL_DELAY = 10.0  # s between tries of a cycle that keeps raising
 FENCE_CALLS, FENCE_TIMEOUT = 4, 10.0  # device calls per fence level; a device's timeout when none is set
 BAD_REPORTS = 8  # bad_record events per cycle, each naming its key (then one saying how many more)
@@ -77,6 +82,7 @@ class Reconciler:
         self.fencer, self.controller, self.verdict = fencer, controller, verdict
         self.on_snapshot = on_snapshot  # every snapshot a cycle reads (the heartbeat receiver's hints)
         self.topology = topology  # who watches whom (the heartbeat service's)
+        self._jitter = random.Random(cfg.node)  # seeded: a simulation's runs repeat
         self.stewardship = Stewardship(lambda: self.cfg, clock, store, keys, registry, record, leadership,
                                        self.invalidate_snapshot)
         self.last = Wait("starting")
@@ -148,32 +154,42 @@ class Reconciler:
     async def watch_loop(self) -> None:
         """Wake the loop on every change under the cluster prefix but events and payloads."""
         quiet = (self.keys.events, self.keys.payloads)  # records of what happened and of work: no decision
+        breaks = 0
         while True:
             try:
-                _, rev = await self.store.range(self.keys.leader, self.keys.leader + "\0")
+                rev = self.mirror.resume_after()  # no range read (and no gap) when the mirror holds one
+                if rev is None:
+                    _, rev = await self.store.range(self.keys.leader, self.keys.leader + "\0")
                 self.mirror.watching(rev)
-                async for ev in self.store.watch(self.keys.prefix, rev + 1):
+                async for ev in self.store.watch(self.keys.prefix, rev + 1, resume=False):
+                    breaks = 0
                     self.mirror.apply(ev)
                     if not ev.key.startswith(quiet):
                         self.wake.set()
-            except (StoreError, WatchCompacted) as e:
+            except WatchCompacted as e:
+                log.debug("watch restarting from a fresh read: %s", e)
+                self.mirror.forget()
+            except StoreError as e:
                 log.debug("watch restarting: %s", e)
-                await asyncio.sleep(0.1)
+                # Jittered back-off: every agent's watch breaks at once when etcd
+                # loses its raft leader, and they must not all come back together.
+                breaks += 1
+                await asyncio.sleep(min(2.0, 0.1 * 2 ** min(breaks, 5)) * self._jitter.uniform(0.5, 1.0))
             finally:
                 self.mirror.stopped()
 
     async def _snapshot(self) -> Snapshot:
         """The watch's mirror while it is current and the last range read is
-        younger than SNAPSHOT_REUSE (and none of our writes or role changes
+        younger than MIRROR_RESYNC (and none of our writes or role changes
         came since); else a fresh range read, which the mirror then follows."""
         now = self.clock.now()
-        if self.mirror.current and self._reusable and now - self._snapshot_at < SNAPSHOT_REUSE:
+        if self.mirror.current and self._reusable and now - self._snapshot_at < MIRROR_RESYNC:
             mirrored = self.mirror.snapshot()
             if mirrored is not None:
                 return mirrored
         kvs, rev = await self.registry.read()
-        self.mirror.load(kvs, rev)
-        self._snapshot_at, self._reusable = now, True
+        if self.mirror.load(kvs, rev):  # (else the watch is already past this read: read again next cycle)
+            self._snapshot_at, self._reusable = now, True
         return parse_snapshot(self.keys, kvs, rev)
 
     def invalidate_snapshot(self) -> None:

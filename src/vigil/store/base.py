@@ -132,7 +132,13 @@ class Store(abc.ABC):
         """Seconds left (floored), or -1 when the lease does not exist."""
 
     @abc.abstractmethod
-    def watch(self, prefix: str, start_revision: int) -> AsyncIterator[WatchEvent]: ...
+    def watch(self, prefix: str, start_revision: int, resume: bool = True) -> AsyncIterator[WatchEvent]:
+        """Every change under `prefix` from `start_revision` on, in revision order,
+        each once. Raises WatchCompacted if that history is gone. `resume`: a
+        stream that breaks (its member lost, or cut off from its raft leader) is
+        picked up again from the next unseen revision without the caller knowing;
+        False: it raises StoreUnavailable instead, for a caller that must know
+        when it may have fallen behind (a mirror deciding on what it was told)."""
 
     @abc.abstractmethod
     async def compact(self, revision: int) -> None:

@@ -34,6 +34,7 @@ from vigil.store.base import Expect, KeyValue, Lease, Store, WatchEvent, prefix_
 
 log = logging.getLogger(__name__)
 
+REQUIRE_LEADER = {"Grpc-Metadata-hasleader": "true"}  # clientv3.WithRequireLeader via the gateway
 _RETRYABLE = ("no leader", "leader changed", "timed out", "too many requests",
               "not capable", "unhealthy", "stopped", "server is stopping")
 AUTH_TIMEOUT = 10.0  # s for one authentication, whatever the request waiting on it allows
@@ -276,7 +277,7 @@ class EtcdStore(Store):
     async def compact(self, revision: int) -> None:
         await self._call("kv/compaction", {"revision": str(revision), "physical": True})
 
-    async def watch(self, prefix: str, start_revision: int) -> AsyncIterator[WatchEvent]:
+    async def watch(self, prefix: str, start_revision: int, resume: bool = True) -> AsyncIterator[WatchEvent]:
         nxt = start_revision
         failures = 0
         while True:
@@ -288,8 +289,11 @@ class EtcdStore(Store):
                 timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout)
                 if self.user and self._token is None:
                     await self._login(ep, self.timeout)
+                # Require a leader: etcd ends the watch when its member loses the raft
+                # leader, where it would otherwise stay open and silent (a frozen mirror).
                 async with self._http().post(f"{ep}/v3/watch", json={"create_request": req},
-                                             headers=self._auth(), timeout=timeout) as resp:
+                                             headers={**self._auth(), **REQUIRE_LEADER},
+                                             timeout=timeout) as resp:
                     async for line in resp.content:
                         failures = 0
                         for ev, rev in self._watch_line(line):
@@ -303,6 +307,8 @@ class EtcdStore(Store):
             # Stream ended or broke: resume from the next unseen revision elsewhere.
             failures += 1
             self._current = (self._current + 1) % len(self.endpoints)
+            if not resume:
+                raise StoreUnavailable(f"the watch on {ep} ended; it resumes from revision {nxt}")
             await asyncio.sleep(min(1.0, 0.02 * failures))
 
     def _watch_line(self, line: bytes) -> list[tuple[WatchEvent | None, int]]:

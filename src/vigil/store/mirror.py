@@ -7,8 +7,11 @@ Contract:
   revision order (changes at or before the loaded revision are already in).
 - `watching(from_revision)` is called when a watch starts streaming every
   change after `from_revision`, `stopped()` when it ends. The mirror is
-  `current` only while a watch runs that started at or before the loaded
-  revision: then no change after the load can have been missed.
+  `current` only while a watch runs that started at or before the newest
+  revision applied: then no change after it can have been missed. A watch
+  that broke resumes after `revision` (`resume_after`), so the mirror is
+  current again without a range read, unless that history was compacted
+  (`forget`: the next snapshot needs one).
 - `snapshot()` is the Snapshot at the newest applied revision (parsed once
   per change); it may trail etcd by the watch's delivery delay (ms), never
   by a missed change.
@@ -27,15 +30,24 @@ class RegistryMirror:
         self.start, self.end = snapshot_range(keys)
         self.revision = 0
         self._kvs: dict[str, KeyValue] | None = None
-        self._loaded_at_rev = 0
+        self._gap = False  # a change was applied from a watch that started after `revision`
         self._watch_from: int | None = None
         self._parsed: Snapshot | None = None
         self._records: ParseCache = {}  # parse_snapshot's cache: a change re-parses one record
 
     @property
     def current(self) -> bool:
-        return (self._kvs is not None and self._watch_from is not None
-                and self._watch_from <= self._loaded_at_rev)
+        return (self._kvs is not None and self._watch_from is not None and self._watch_from <= self.revision
+                and not self._gap)
+
+    def resume_after(self) -> int | None:
+        """The revision a new watch streams changes after to keep this mirror whole;
+        None when nothing is loaded (start from a fresh read)."""
+        return self.revision if self._kvs is not None else None
+
+    def forget(self) -> None:
+        """The history after `revision` is gone (compacted): load again."""
+        self._kvs, self._parsed, self.revision = None, None, 0
 
     def watching(self, from_revision: int) -> None:
         self._watch_from = from_revision
@@ -43,15 +55,22 @@ class RegistryMirror:
     def stopped(self) -> None:
         self._watch_from = None
 
-    def load(self, kvs: list[KeyValue], revision: int) -> None:
+    def load(self, kvs: list[KeyValue], revision: int) -> bool:
+        """Take a range read at `revision`; False (nothing changes) when the watch
+        already applied a later change than the read holds: loading it would lose that."""
+        if self._kvs is not None and self.revision > revision:
+            return False
         self._kvs = {kv.key: kv for kv in kvs}
-        self.revision = self._loaded_at_rev = revision
+        self.revision, self._gap = revision, False
         self._parsed = None
         self._records = {k: v for k, v in self._records.items() if k in self._kvs}
+        return True
 
     def apply(self, ev: WatchEvent) -> None:
         if self._kvs is None or ev.revision <= self.revision or ev.key.startswith(self.keys.payloads):
             return  # (payload records are in the range, not in any decision: no re-parse for them)
+        if self._watch_from is None or self._watch_from > self.revision:
+            self._gap = True  # changes between `revision` and the watch's start went unseen
         self.revision = ev.revision
         self._parsed = None
         if not self.start <= ev.key < self.end:

@@ -25,7 +25,7 @@ class MemoryStore(Store):
         self.min_ttl = min_ttl
         self.revision = 1
         self.compacted = 0
-        self.available = True  # set False to simulate an unreachable cluster
+        self._available = True
         self.refused = 0  # calls that failed while unavailable
         self._kv: dict[str, KeyValue] = {}
         self._keys: list[str] = []  # _kv's keys in order, for ranges
@@ -35,6 +35,18 @@ class MemoryStore(Store):
         self._changed = asyncio.Condition() if _in_loop() else None
         self._expiry_task: asyncio.Task | None = None
         self._granted = asyncio.Event()
+
+    @property
+    def available(self) -> bool:
+        """Set False to simulate an unreachable cluster: every call raises
+        StoreUnavailable, and so does every watch that asked not to resume."""
+        return self._available
+
+    @available.setter
+    def available(self, value: bool) -> None:
+        self._available = value
+        if not value and self._changed is not None and _in_loop():
+            asyncio.get_running_loop().create_task(self._notify())  # watches see it now
 
     def __repr__(self) -> str:
         return f"<MemoryStore rev={self.revision} keys={len(self._kv)} leases={len(self._leases)}>"
@@ -142,7 +154,9 @@ class MemoryStore(Store):
             return -1
         return max(0, math.floor(self._leases[lease_id][1] - self.clock.now()))
 
-    async def watch(self, prefix: str, start_revision: int) -> AsyncIterator[WatchEvent]:
+    async def watch(self, prefix: str, start_revision: int, resume: bool = True) -> AsyncIterator[WatchEvent]:
+        """With `resume`, a watch outlives the store being unavailable (it has no
+        members to lose); without it, it raises StoreUnavailable then."""
         self._enter()
         if start_revision and start_revision <= self.compacted:
             raise WatchCompacted(self.compacted)
@@ -152,12 +166,16 @@ class MemoryStore(Store):
             first = bisect.bisect_left(self._history, nxt, key=_revision)  # revisions only grow
             seen = self._history[first:]
             for ev in [e for e in seen if e.key.startswith(prefix)]:
+                if not (resume or self._available):
+                    raise StoreUnavailable("memory store marked unavailable: the watch ends")
                 nxt = ev.revision + 1
                 yield ev
             if seen:  # past changes under other prefixes too, or the wait below never waits
                 nxt = max(nxt, seen[-1].revision + 1)
             async with cond:
                 while not any(e.revision >= nxt for e in self._history[-1:]):
+                    if not (resume or self._available):
+                        raise StoreUnavailable("memory store marked unavailable: the watch ends")
                     await cond.wait()
 
     async def compact(self, revision: int) -> None:
