@@ -14,7 +14,7 @@ leader's agent: detection = kill -> each survivor that watches the leader
 records peer_suspected (all of them do: everyone watches the leader).
 
 Usage: python bench/scale.py [--sizes 3,10,30,60] [--idle 60] [--kills 3] [--modes full,topology]
-       [--timing product|lab] [--label NAME] [--append]
+       [--timing product|lab] [--rack-size N] [--label NAME] [--append]
 Writes bench/results/scale.{json,md}. Root not needed (loopback). `--append` adds
 this run's rows to the file's (e.g. main before issue 24, run from its own tree:
 PYTHONPATH=OLD/src python bench/scale.py --modes full --label main-c0039a9 --append).
@@ -35,7 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from common import RESULTS, summary_ms, write  # noqa: E402
 
-from vigil.cli.lab_cmd import lab_timing  # noqa: E402
+from vigil.cli.lab_cmd import lab_rack_size, lab_timing  # noqa: E402
 from vigil.errors import VigilError  # noqa: E402
 from vigil.lab import Lab  # noqa: E402
 
@@ -111,11 +111,13 @@ def kills(lab: Lab, count: int) -> dict:
     return {"detection_ms": summary_ms(detect), "first_detection_ms": summary_ms(first)}
 
 
-def one(root: Path, n: int, mode: str, idle_s: float, kill_count: int, timing: str = "lab") -> dict:
+def one(root: Path, n: int, mode: str, idle_s: float, kill_count: int, timing: str = "lab",
+        rack_size: int | None = None) -> dict:
     started = time.monotonic()
     try:
-        lab = Lab.up(root, n, timeout=60 + 3 * n, workload={"topology": MODES[mode], "flap_threshold": 0},
-                     timing=lab_timing(timing, n))
+        lab = Lab.up(root, n, timeout=60 + 3 * n, timing=lab_timing(timing, n),
+                     workload={"topology": MODES[mode], "flap_threshold": 0,
+                               "rack_size": lab_rack_size(rack_size, n)})
     except VigilError as e:
         return {"nodes": n, "mode": mode, "started": False, "error": str(e)[:300]}
     try:
@@ -131,24 +133,25 @@ def one(root: Path, n: int, mode: str, idle_s: float, kill_count: int, timing: s
 
 def report(runs: list[dict], idle_s: float, kills_n: int) -> None:
     """Write bench/results/scale.{json,md} from these runs."""
-    rows = [["nodes", "mode", "timing", "lab up (s)", "CPU/agent (% core)", "all agents (%)", "heartbeats rx/node/s",
-             "peers watched/node", "etcd req/s", "etcd watch ev/s", "false suspicions", "leader kill detection p50/p99 (ms)"]]
+    rows = [["nodes", "mode", "timing", "rack", "lab up (s)", "CPU/agent (% core)", "all agents (%)", "heartbeats rx/node/s",
+             "peers watched/node", "etcd req/s", "etcd watch ev/s", "idle (s)", "false suspicions", "leader kill detection p50/p99 (ms)"]]
     for r in runs:
         if "error" in r or not r.get("started"):
-            rows.append([r["nodes"], r["mode"], r.get("timing", "lab"), "failed: " + r.get("error", "")[:80]]
-                        + [""] * 8)
+            rows.append([r["nodes"], r["mode"], r.get("timing", "lab"), r.get("rack_size", 10),
+                         "failed: " + r.get("error", "")[:80]]
+                        + [""] * 9)
             continue
         d = r["detection_ms"]
-        rows.append([r["nodes"], r["mode"], r.get("timing", "lab"), r["lab_up_s"], r["cpu_per_agent_pct"], r["cpu_all_agents_pct"],
+        rows.append([r["nodes"], r["mode"], r.get("timing", "lab"), r.get("rack_size", 10), r["lab_up_s"], r["cpu_per_agent_pct"], r["cpu_all_agents_pct"],
                      r["packets_per_node_s"], r["peers_watched_per_node"], r["etcd_requests_s"],
-                     r["etcd_watch_events_s"], r["false_suspicions"], f"{d['p50']} / {d['p99']}"])
+                     r["etcd_watch_events_s"], r.get("seconds", ""), r["false_suspicions"], f"{d['p50']} / {d['p99']}"])
     write("scale", {"idle_s": idle_s, "kills": kills_n, "runs": runs}, rows,
           f"Agents only (no model servers), loopback, heartbeat 100 ms x 2 copies; timing `lab`: lease 2 s, "
           "keep-alive and decision cycle 0.5 s; `product`: the installed defaults (lease 10 s, keep-alive "
           "2.5 s, cycle 1 s). "
-          f"{idle_s:g} s idle per row, {kills_n} leader SIGKILLs per row. `full`: every agent hears "
+          f"An idle window per row (the last run's: {idle_s:g} s), {kills_n} leader SIGKILLs per row. `full`: every agent hears "
           "every other (heartbeat.topology.full_mesh_up_to 1000, the design before issue 24); `topology`: "
-          "failure-domain meshes of 10 + 8 observers + the leader (defaults; a full mesh up to 16 members). "
+          "failure-domain meshes (rack: nodes per domain; 10 before this column existed) + 8 observers + the leader (defaults; a full mesh up to 16 members). "
           "Both with pair-key heartbeats and the per-(source, node) verification budget; `main-c0039a9`: the "
           "code before issue 24 (Ed25519 on every packet, one budget per source address), where it runs.")
 
@@ -164,6 +167,8 @@ def main() -> int:
                     help="the agents' etcd session timers (as `vigil lab up --timing`); heartbeats are "
                          "100 ms in both")
     ap.add_argument("--append", action="store_true", help="keep the rows already in the results file")
+    ap.add_argument("--rack-size", type=int, help="nodes per failure domain at every size (default: the "
+                                                  "lab's, 10 up to 30 nodes and 5 above)")
     args = ap.parse_args()
     runs = []
     if args.append and (RESULTS / "scale.json").exists():
@@ -171,8 +176,8 @@ def main() -> int:
     for n in [int(x) for x in args.sizes.split(",")]:
         for mode in args.modes.split(","):
             with tempfile.TemporaryDirectory(prefix=f"vigil-scale-{n}-{mode}-") as d:
-                r = one(Path(d) / "lab", n, mode, args.idle, args.kills, args.timing)
-            r["mode"], r["timing"] = args.label or mode, args.timing
+                r = one(Path(d) / "lab", n, mode, args.idle, args.kills, args.timing, args.rack_size)
+            r["mode"], r["timing"], r["rack_size"] = args.label or mode, args.timing, lab_rack_size(args.rack_size, n)
             print(r, flush=True)
             runs.append(r)
     report(runs, args.idle, args.kills)

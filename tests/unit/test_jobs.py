@@ -12,7 +12,7 @@ import pytest
 from vigil.cli.job_cmd import _floats
 from vigil.cli.main import main
 from vigil.core.jobs import (MAX_CHUNK_BYTES, MAX_INPUT_CHARS, JobRecordError, JobSpec, Progress, chunked, job_state,
-                             parse_chunk, parse_inputs, parse_progress, parse_spec, pick_shard)
+                             crowded, parse_chunk, parse_inputs, parse_progress, parse_spec, pick_shard)
 from vigil.errors import ConfigError, VigilError
 
 
@@ -104,6 +104,25 @@ def test_a_free_node_claims_the_first_free_shard_of_the_oldest_open_job():
     assert pick_shard(specs, progress, {("b", 0), ("c", 1)}) is None, "a job missing a checkpoint is not claimed"
 
 
+def test_a_crowded_domain_leaves_a_fresh_shard_to_another_a_while():
+    domains = {"a1": "rack-a", "a2": "rack-a", "b1": "rack-b", "c1": "rack-c"}
+    running = Progress("running", node="a1", claims=1)
+    progress = {("j", 0): running, ("j", 1): Progress(), ("j", 2): Progress(), ("k", 0): Progress("running", node="b1")}
+    owned = {("j", 0), ("k", 0)}
+    assert crowded("j", 1, progress, owned, domains, "a2"), "rack-a runs one of j's shards, rack-b and rack-c none"
+    assert not crowded("j", 1, progress, owned, domains, "b1"), "k's shard does not count for j"
+    progress["j", 2] = Progress("running", node="b1", claims=1)
+    owned |= {("j", 2)}
+    assert crowded("j", 1, progress, owned, domains, "a2") and not crowded("j", 1, progress, owned, domains, "c1")
+    assert not crowded("j", 1, progress, owned - {("j", 0)}, domains, "a2"), "an orphaned shard is not running"
+    progress["j", 1] = Progress(claims=1)
+    assert not crowded("j", 1, progress, owned, domains, "a2"), "an orphan is resumed at once, wherever"
+    assert not crowded("j", 3, progress, owned, domains, "a2") and not crowded("j", 1, progress, owned, {}, "a2")
+    one_rack = {n: "rack-a" for n in domains}
+    progress["j", 1] = Progress()
+    assert not crowded("j", 1, progress, owned, one_rack, "a2"), "one domain: nowhere else to go"
+
+
 @pytest.mark.parametrize("args,says", [
     (["--input", "/nonexistent/file"], "cannot be read"),
     (["--input", "EMPTY"], "1 to 100000 inputs"),
@@ -125,3 +144,20 @@ def test_results_decode_float32_and_name_a_record_that_is_not():
     assert _floats(base64.b64encode(struct.pack("<3f", 0.5, -1.0, 2.0)).decode(), 0) == [0.5, -1.0, 2.0]
     with pytest.raises(VigilError, match="chunk 7: an embedding is not base64"):
         _floats("not*base64", 7)
+
+
+def test_a_runner_of_a_crowded_domain_claims_after_spread_wait():
+    from vigil.agent.jobs import SPREAD_WAIT, JobRunner
+    from vigil.store.keys import Keys
+    from vigil.testing import FakeClock, MemoryStore
+
+    clock = FakeClock()
+    runner = JobRunner(MemoryStore(clock), Keys("c"), "a2", "http://127.0.0.1:9", clock, lambda: 1, lambda: True,
+                       lambda *a, **k: None, {"a1": "rack-a", "a2": "rack-a", "b1": "rack-b"})
+    progress = {("j", 0): Progress("running", node="a1", claims=1), ("j", 1): Progress()}
+    owned = {("j", 0)}
+    assert runner._leave_to_others(("j", 1), progress, owned)
+    clock.advance(SPREAD_WAIT - 0.1)
+    assert runner._leave_to_others(("j", 1), progress, owned), "rack-b still has the first chance"
+    clock.advance(0.1)
+    assert not runner._leave_to_others(("j", 1), progress, owned), "nobody of rack-b took it: take it"

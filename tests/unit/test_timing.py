@@ -38,3 +38,12 @@ def test_each_relation_is_enforced(change, field):
 def test_problem_names_the_bound():
     [p] = validate_timing(replace(Timing(), keepalive_interval=4.0))
     assert "lease_ttl/3" in p.fix and p.value == 4.0
+
+
+def test_a_big_lab_gets_product_session_timers_and_smaller_racks():
+    from vigil.cli.lab_cmd import BIG_LAB, lab_rack_size, lab_timing
+
+    assert lab_timing("auto", BIG_LAB) is None and lab_timing("auto", BIG_LAB + 1) == {"heartbeat_interval": 0.1}
+    assert lab_timing("product", 3) == {"heartbeat_interval": 0.1} and lab_timing("lab", 100) is None
+    assert [lab_rack_size(None, n) for n in (3, BIG_LAB, BIG_LAB + 1, 60)] == [10, 10, 5, 5]
+    assert lab_rack_size(7, 60) == 7, "a size given is kept"

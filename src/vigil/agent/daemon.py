@@ -138,7 +138,7 @@ class Agent:
         self.inference = (InferenceSupervisor(cfg.inference, self.data_dir, self.clock, self._on_inference,
                                               self.events.record, self.payloads.report) if cfg.inference else None)
         self.jobs = (JobRunner(self.store, self.keys, cfg.node, cfg.inference.url, self.clock, self.payloads.lease,
-                               self._takes_jobs, self.events.record)
+                               self._takes_jobs, self.events.record, cfg.domains())
                      if cfg.inference and cfg.inference.batch_jobs else None)
         self.publisher = RecordPublisher(self.registry, self.member_record,
                                          lambda: self.session.lease_id if self.session_ok() else None,

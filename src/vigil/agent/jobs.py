@@ -41,8 +41,8 @@ from typing import Callable
 import aiohttp
 
 from vigil.clock import Clock
-from vigil.core.jobs import (OPEN, JobRecordError, JobSpec, Progress, parse_chunk, parse_progress, parse_spec,
-                             payload_id, pick_shard, sha256_of, shard_of)
+from vigil.core.jobs import (OPEN, JobRecordError, JobSpec, Progress, crowded, parse_chunk, parse_progress,
+                             parse_spec, payload_id, pick_shard, sha256_of, shard_of)
 from vigil.core.payloads import Payload
 from vigil.errors import StoreError, StoreUnavailable, VigilError
 from vigil.store.base import Expect, KeyValue, Store
@@ -57,6 +57,7 @@ BUSY_BACKOFF = (0.2, 2.0)  # s: first and longest wait for a busy model server
 CHUNK_TIMEOUT = 120.0  # s for one chunk's embeddings (a busy CPU server)
 AVOID = 30.0  # s a job this node could not serve is left to others
 OWNER_EVERY = 2.0  # s: the owner record's progress is rewritten at most this often (vigil.core.payloads)
+SPREAD_WAIT = 2 * POLL  # s a node of a crowded domain leaves a fresh shard to other domains (core.jobs.crowded)
 
 
 class JobStop(VigilError):
@@ -81,10 +82,14 @@ class Claim:
 
 class JobRunner:
     def __init__(self, store: Store, keys: Keys, node: str, server_url: str, clock: Clock,
-                 lease: Callable[[], int], ready: Callable[[], bool], record: Callable[..., object]):
-        """`lease()`: this node's session lease (0: none); `ready()`: the model server may take work."""
+                 lease: Callable[[], int], ready: Callable[[], bool], record: Callable[..., object],
+                 domains: dict[str, str] | None = None):
+        """`lease()`: this node's session lease (0: none); `ready()`: the model server may take work;
+        `domains`: every configured member's failure domain (a job's shards spread over them)."""
         self.store, self.keys, self.node, self.url, self.clock = store, keys, node, server_url, clock
         self.lease, self.ready, self.record = lease, ready, record
+        self.domains = domains or {}
+        self._left: dict[tuple[str, int], float] = {}  # fresh shards left to other domains: since when
         self.current: Claim | None = None
         self.avoid: dict[str, float] = {}  # job id -> until (monotonic)
         self._warned: set[str] = set()
@@ -127,6 +132,15 @@ class JobRunner:
                 pass  # the lease takes it
 
     # -- claiming --------------------------------------------------------------
+    def _leave_to_others(self, picked: tuple[str, int], progress: dict[tuple[str, int], Progress],
+                         owned: set[tuple[str, int]]) -> bool:
+        """True while a crowded domain's node waits SPREAD_WAIT for another domain's to take it."""
+        now = self.clock.now()
+        self._left = {k: t for k, t in self._left.items() if now - t < 10 * SPREAD_WAIT}
+        if not crowded(*picked, progress, owned, self.domains, self.node):
+            return False
+        return now - self._left.setdefault(picked, now) < SPREAD_WAIT
+
     async def _open_shards(self) -> tuple[dict[str, JobSpec], dict[tuple[str, int], tuple[Progress, int]],
                                           set[tuple[str, int]]]:
         specs, progress = {}, {}
@@ -168,7 +182,7 @@ class JobRunner:
         open_now = {k: p for k, (p, _) in progress.items()}
         self._open = any(p.state in OPEN for p in open_now.values())
         picked = pick_shard(specs, open_now, owned)
-        if picked is None:
+        if picked is None or self._leave_to_others(picked, open_now, owned):
             return None
         job, shard = picked
         spec, (prog, rev) = specs[job], progress[picked]

@@ -65,6 +65,13 @@ class SessionLink:
         s = self.session()
         return s is not None and not s.done.is_set()
 
+    def etcd_answers(self) -> bool:
+        """The session's last keep-alive was answered. A watch cut off from etcd
+        by the network goes silent rather than failing, so the mirror it feeds
+        is trusted only while the keep-alives (every keepalive_interval) land."""
+        s = self.session()
+        return s is not None and not s.done.is_set() and s.failures == 0
+
 
 async def _nothing() -> None:
     return None
@@ -179,11 +186,13 @@ class Reconciler:
                 self.mirror.stopped()
 
     async def _snapshot(self) -> Snapshot:
-        """The watch's mirror while it is current and the last range read is
-        younger than MIRROR_RESYNC (and none of our writes or role changes
-        came since); else a fresh range read, which the mirror then follows."""
+        """The watch's mirror while it is current, our session's keep-alives land,
+        and the last range read is younger than MIRROR_RESYNC (and none of our
+        writes or role changes came since); else a fresh range read, which the
+        mirror then follows."""
         now = self.clock.now()
-        if self.mirror.current and self._reusable and now - self._snapshot_at < MIRROR_RESYNC:
+        if (self.mirror.current and self._reusable and self.link.etcd_answers()
+                and now - self._snapshot_at < MIRROR_RESYNC):
             mirrored = self.mirror.snapshot()
             if mirrored is not None:
                 return mirrored
