@@ -35,3 +35,37 @@ async def test_watch_resumes_after_member_sigkill(etcd_cluster):
     finally:
         await writer.close()
         await watcher.close()
+
+
+async def test_a_watch_that_must_not_resume_ends_when_its_member_freezes(etcd_cluster):
+    """A frozen member (SIGSTOP: the kernel still holds the TCP connection) keeps
+    a watch open and silent, and its raft peers still have a leader, so the
+    require-leader flag never fires; the watch ends once a request the store
+    sends to that member fails and goes elsewhere."""
+    import signal
+
+    from vigil.errors import StoreUnavailable
+
+    prefix = f"/frozen/{uuid.uuid4().hex[:8]}/"
+    store = EtcdStore(etcd_cluster.endpoints, timeout=2.0)
+    try:
+        _, start = await store.range(prefix)
+        it = store.watch(prefix, start + 1, resume=False).__aiter__()
+        await store.put(prefix + "a", "1")
+        assert (await asyncio.wait_for(it.__anext__(), 10)).key == prefix + "a"
+        streaming_from = store.endpoints[store._current]
+        victim = next(m for m in etcd_cluster.members if m.client_url == streaming_from)
+        etcd_cluster.kill(victim.name, signal.SIGSTOP)
+        try:
+            ending = asyncio.ensure_future(it.__anext__())
+            await store.put(prefix + "b", "2")  # times out on the frozen member, lands on another
+            try:
+                await asyncio.wait_for(ending, 10)
+                raise AssertionError("the watch went on")
+            except StoreUnavailable:
+                pass
+        finally:
+            etcd_cluster.kill(victim.name, signal.SIGCONT)
+            etcd_cluster.wait_healthy(30)
+    finally:
+        await store.close()

@@ -154,7 +154,7 @@ class LinkedStore(Store):
         """A cut link ends the stream: at its next event, or at once for a watch
         that does not resume (its owner must learn it may be behind)."""
         self._check()
-        events = self.store.watch(prefix, start_revision).__aiter__()
+        events = self.store.watch(prefix, start_revision, resume).__aiter__()
         while True:
             if resume:
                 ev = await events.__anext__()
@@ -164,12 +164,16 @@ class LinkedStore(Store):
             yield ev
 
     async def _unless_cut(self, step: Any) -> WatchEvent:
+        self._check()
         if self._cut is None:
             self._cut = asyncio.get_running_loop().create_future()
         nxt = asyncio.ensure_future(step)
-        await asyncio.wait({nxt, self._cut}, return_when=asyncio.FIRST_COMPLETED)
-        if not nxt.done():
-            nxt.cancel()
+        try:
+            await asyncio.wait({nxt, self._cut}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not nxt.done():
+                nxt.cancel()
+        if nxt.cancelled():
             raise StoreUnavailable("simulated: this node is cut from etcd")
         return nxt.result()
 

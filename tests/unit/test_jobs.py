@@ -105,15 +105,18 @@ def test_a_free_node_claims_the_first_free_shard_of_the_oldest_open_job():
 
 
 def test_a_crowded_domain_leaves_a_fresh_shard_to_another_a_while():
-    domains = {"a1": "rack-a", "a2": "rack-a", "b1": "rack-b", "c1": "rack-c"}
+    domains = {"a1": "rack-a", "a2": "rack-a", "b1": "rack-b", "c1": "rack-c", "d1": "rack-d"}
     running = Progress("running", node="a1", claims=1)
-    progress = {("j", 0): running, ("j", 1): Progress(), ("j", 2): Progress(), ("k", 0): Progress("running", node="b1")}
+    progress = {("j", 0): running, ("j", 1): Progress(), ("j", 2): Progress(), ("k", 0): Progress("running", node="b1"),
+                ("k", 1): Progress("done", node="c1")}
     owned = {("j", 0), ("k", 0)}
     assert crowded("j", 1, progress, owned, domains, "a2"), "rack-a runs one of j's shards, rack-b and rack-c none"
     assert not crowded("j", 1, progress, owned, domains, "b1"), "k's shard does not count for j"
     progress["j", 2] = Progress("running", node="b1", claims=1)
     owned |= {("j", 2)}
     assert crowded("j", 1, progress, owned, domains, "a2") and not crowded("j", 1, progress, owned, domains, "c1")
+    del progress["k", 1]
+    assert not crowded("j", 1, progress, owned, domains, "a2"), "rack-c and rack-d never took a shard: not counted"
     assert not crowded("j", 1, progress, owned - {("j", 0)}, domains, "a2"), "an orphaned shard is not running"
     progress["j", 1] = Progress(claims=1)
     assert not crowded("j", 1, progress, owned, domains, "a2"), "an orphan is resumed at once, wherever"
@@ -154,7 +157,8 @@ def test_a_runner_of_a_crowded_domain_claims_after_spread_wait():
     clock = FakeClock()
     runner = JobRunner(MemoryStore(clock), Keys("c"), "a2", "http://127.0.0.1:9", clock, lambda: 1, lambda: True,
                        lambda *a, **k: None, {"a1": "rack-a", "a2": "rack-a", "b1": "rack-b"})
-    progress = {("j", 0): Progress("running", node="a1", claims=1), ("j", 1): Progress()}
+    progress = {("j", 0): Progress("running", node="a1", claims=1), ("j", 1): Progress(),
+                ("old", 0): Progress("done", node="b1", claims=1)}  # rack-b's nodes take jobs
     owned = {("j", 0)}
     assert runner._leave_to_others(("j", 1), progress, owned)
     clock.advance(SPREAD_WAIT - 0.1)

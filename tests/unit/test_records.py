@@ -66,7 +66,7 @@ def test_a_record_reads_back_as_written_and_keeps_the_contract_keys():
 
 
 def test_etcd_versions_with_the_lease_revocation_bug_are_named():
-    from vigil.store.etcd import lease_revocation_bug
+    from vigil.store.etcd_version import lease_revocation_bug
     for bad in ("3.4.23", "3.5.1", "3.5.10", "3.3.25"):
         assert "etcd #15247" in lease_revocation_bug(bad), bad
     for good in ("3.4.28", "3.5.11", "3.5.17", "3.6.0", "3.6.0-rc.1"):

@@ -51,7 +51,8 @@ from vigil.core.peers import TICK, PeerTransition
 from vigil.errors import StoreError, VigilError
 from vigil.store.base import Store
 from vigil.store.election import Election
-from vigil.store.etcd import EtcdStore, warn_of_lease_bug
+from vigil.store.etcd import EtcdStore
+from vigil.store.etcd_version import warn_of_lease_bug
 from vigil.store.events import EventLog
 from vigil.store.keys import Keys
 from vigil.store.member_record import MemberRecord

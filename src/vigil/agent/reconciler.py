@@ -65,12 +65,14 @@ class SessionLink:
         s = self.session()
         return s is not None and not s.done.is_set()
 
-    def etcd_answers(self) -> bool:
-        """The session's last keep-alive was answered. A watch cut off from etcd
-        by the network goes silent rather than failing, so the mirror it feeds
-        is trusted only while the keep-alives (every keepalive_interval) land."""
+    def etcd_answers(self, now: float) -> bool:
+        """The session's keep-alives land: none failed since the last, and the last
+        answered one was sent within two keep-alive intervals. A watch cut off from
+        etcd by the network goes silent rather than failing, and a paused process
+        wakes with a backlog, so the mirror is trusted only while this holds."""
         s = self.session()
-        return s is not None and not s.done.is_set() and s.failures == 0
+        return (s is not None and not s.done.is_set() and s.failures == 0
+                and now - s.last_ack_sent < 2 * s.keepalive_interval)
 
 
 async def _nothing() -> None:
@@ -97,6 +99,7 @@ class Reconciler:
         self._snapshot_at = 0.0
         self.mirror = RegistryMirror(keys)
         self._reusable = False  # no write of ours and no role change since the last range read
+        self._writes = 0  # writes and role changes of ours so far (invalidate_snapshot calls)
         self.cycles = 0
         self._no_leader_since: float | None = None
         self._bad_seen: dict[str, str] = {}
@@ -191,13 +194,16 @@ class Reconciler:
         writes or role changes came since); else a fresh range read, which the
         mirror then follows."""
         now = self.clock.now()
-        if (self.mirror.current and self._reusable and self.link.etcd_answers()
+        if (self.mirror.current and self._reusable and self.link.etcd_answers(now)
                 and now - self._snapshot_at < MIRROR_RESYNC):
             mirrored = self.mirror.snapshot()
             if mirrored is not None:
                 return mirrored
+        writes = self._writes
         kvs, rev = await self.registry.read()
-        if self.mirror.load(kvs, rev):  # (else the watch is already past this read: read again next cycle)
+        # Reusable only if no write or role change of ours came during the read, and the
+        # watch is not already past it (else read again next cycle).
+        if self.mirror.load(kvs, rev) and writes == self._writes:
             self._snapshot_at, self._reusable = now, True
         return parse_snapshot(self.keys, kvs, rev)
 
@@ -205,6 +211,7 @@ class Reconciler:
         """Our own role changed or we wrote: the next cycle reads etcd (our change
         may not have come back through the watch yet)."""
         self._reusable = False
+        self._writes += 1
 
     async def run_cycle(self) -> Decision:
         if self.link.suspects_unpublished():  # a publish failed (etcd away): peers need it to fence

@@ -55,7 +55,7 @@ def _etcd_check(cfg) -> str:
     import asyncio
 
     from vigil.errors import StoreError
-    from vigil.store.etcd import lease_revocation_bug
+    from vigil.store.etcd_version import lease_revocation_bug
 
     async def ask() -> str:
         store = cfg.etcd.store(1.0)

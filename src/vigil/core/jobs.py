@@ -300,13 +300,15 @@ def crowded(job: str, shard: int, progress: dict[tuple[str, int], Progress], own
     """Whether this node should leave the first claim of `job`'s `shard` to a node
     of another failure domain a while (a soft spread, as Kubernetes' preferred
     topology spread): its domain, `domain_of[mine]`, already runs more of the job's
-    shards than another configured domain does, so a rack's loss would orphan more
-    of the job than it must. A shard claimed before (an orphan to resume) is never
-    crowded: resuming it at once matters more than where it runs."""
+    shards than another domain does, so a rack's loss would orphan more of the job
+    than it must. Only domains whose nodes have claimed shards count (a rack of
+    nodes that take no jobs is nowhere to go). A shard claimed before (an orphan to
+    resume) is never crowded: resuming it at once matters more than where it runs."""
     first = progress.get((job, shard))
     if first is None or first.claims or mine not in domain_of:
         return False
-    running = {d: 0 for d in set(domain_of.values())}
+    workers = {domain_of[p.node] for p in progress.values() if p.node in domain_of}
+    running = {d: 0 for d in workers | {domain_of[mine]}}
     for (j, s), p in progress.items():
         if j == job and (j, s) in owned and p.state == "running" and p.node in domain_of:
             running[domain_of[p.node]] += 1

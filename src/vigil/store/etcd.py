@@ -66,6 +66,11 @@ class EtcdStore(Store):
         self.user, self._password, self._token = user, password, None
         self._logins: dict[str, asyncio.Future] = {}  # endpoint -> its authentication in flight
         self._current = 0
+        # endpoint -> set when the store moves off it (a request or a watch there failed):
+        # a watch there that must not resume silently ends, so it always streams from the
+        # member the store's requests (the session's keep-alives) reach. A frozen or cut-off
+        # member keeps a watch's TCP connection open and says nothing.
+        self._failed: dict[str, asyncio.Event] = {}
         self._ssl = _ssl_context(ca, cert, key)
         self._session: aiohttp.ClientSession | None = None
 
@@ -107,8 +112,16 @@ class EtcdStore(Store):
                     last = self._classify(ep, data)
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as e:
                 last = f"{ep}: {type(e).__name__} {e}".strip()
-            self._current = (self._current + 1) % len(self.endpoints)
+            self._move_off(ep)
             await asyncio.sleep(min(0.02, max(0.0, deadline - loop.time())))
+
+    def _move_off(self, ep: str) -> None:
+        """Send later requests and watches to the next endpoint (unless one already
+        did), and end the non-resuming watches on `ep`."""
+        if self.endpoints[self._current] == ep:
+            self._current = (self._current + 1) % len(self.endpoints)
+        if ep in self._failed:
+            self._failed[ep].set()
 
     async def call_member(self, url: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """One POST to the member at `url` (no failover: some requests, such as a raft
@@ -282,6 +295,9 @@ class EtcdStore(Store):
         failures = 0
         while True:
             ep = self.endpoints[self._current]
+            failed = None if resume else self._failed.setdefault(ep, asyncio.Event())
+            if failed is not None:
+                failed.clear()  # armed before any await: a move off `ep` from now on ends it
             req = {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix))}
             if nxt:
                 req["start_revision"] = str(nxt)
@@ -294,7 +310,7 @@ class EtcdStore(Store):
                 async with self._http().post(f"{ep}/v3/watch", json={"create_request": req},
                                              headers={**self._auth(), **REQUIRE_LEADER},
                                              timeout=timeout) as resp:
-                    async for line in resp.content:
+                    async for line in _lines(resp.content, failed):
                         failures = 0
                         for ev, rev in self._watch_line(line):
                             if ev is None:
@@ -306,7 +322,7 @@ class EtcdStore(Store):
                 log.debug("watch on %s broke: %s", ep, e)
             # Stream ended or broke: resume from the next unseen revision elsewhere.
             failures += 1
-            self._current = (self._current + 1) % len(self.endpoints)
+            self._move_off(ep)
             if not resume:
                 raise StoreUnavailable(f"the watch on {ep} ended; it resumes from revision {nxt}")
             await asyncio.sleep(min(1.0, 0.02 * failures))
@@ -356,32 +372,24 @@ def _ssl_context(ca: str | None, cert: str | None, key: str | None) -> ssl.SSLCo
     return ctx
 
 
-def lease_revocation_bug(version: str) -> str | None:
-    """A warning for etcd versions whose raft leader, resumed after a stall,
-    can revoke leases its successor renews (etcd #15247, fixed by PR #16822 in
-    3.4.28 and 3.5.11): a Vigil leader may then lose its lease while healthy."""
-    try:
-        major, minor, patch = (int(x) for x in version.split("-")[0].split(".")[:3])
-    except ValueError:
-        return f"etcd version {version!r} is not MAJOR.MINOR.PATCH: cannot tell whether it has the lease-revocation bug"
-    fixed = {(3, 4): 28, (3, 5): 11}
-    if (major, minor) < (3, 4) or ((major, minor) in fixed and patch < fixed[(major, minor)]):
-        return (f"etcd {version} can revoke a healthy leader's lease after a raft-leader stall "
-                "(etcd #15247): run etcd >= 3.4.28 or >= 3.5.11 in production")
-    return None
-
-
-async def warn_of_lease_bug(store: Any, record: Any) -> None:
-    """Warn loudly, once, when etcd has the lease-revocation bug (etcd #15247);
-    `record(kind, cause)` is the event log's. Retries while etcd is away."""
-    version_of = getattr(store, "version", None)
-    while version_of is not None:  # the in-memory store has no version to check
-        try:
-            problem = lease_revocation_bug(await version_of())
-        except StoreError:
-            await asyncio.sleep(5.0)
-            continue
-        if problem:
-            log.warning("%s", problem)
-            record("etcd_version_warning", problem)
+async def _lines(content: aiohttp.StreamReader, failed: asyncio.Event | None) -> AsyncIterator[bytes]:
+    """The watch stream's lines; with `failed`, it ends (ClientPayloadError) as soon as
+    a request to the same member fails, even while the stream itself stays silent."""
+    if failed is None:
+        async for line in content:
+            yield line
         return
+    while True:
+        read, gone = asyncio.ensure_future(content.readline()), asyncio.ensure_future(failed.wait())
+        try:
+            await asyncio.wait({read, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            if not read.done():
+                read.cancel()
+        if not read.done() or read.cancelled():
+            raise aiohttp.ClientPayloadError("a request to this member failed: the watch may be behind")
+        line = read.result()
+        if not line:
+            return
+        yield line

@@ -42,8 +42,10 @@ class RegistryMirror:
 
     def resume_after(self) -> int | None:
         """The revision a new watch streams changes after to keep this mirror whole;
-        None when nothing is loaded (start from a fresh read)."""
-        return self.revision if self._kvs is not None else None
+        None when nothing is loaded (start from a fresh read). One before `revision`:
+        a lease's expiry or a transaction changes several keys at one revision, and a
+        stream cut between them must deliver that revision again."""
+        return self.revision - 1 if self._kvs is not None else None
 
     def forget(self) -> None:
         """The history after `revision` is gone (compacted): load again."""
@@ -67,8 +69,10 @@ class RegistryMirror:
         return True
 
     def apply(self, ev: WatchEvent) -> None:
-        if self._kvs is None or ev.revision <= self.revision or ev.key.startswith(self.keys.payloads):
-            return  # (payload records are in the range, not in any decision: no re-parse for them)
+        # `<`, not `<=`: the keys a lease's expiry or a transaction changes share a revision
+        # (applying one again is harmless); payload records are in the range, in no decision.
+        if self._kvs is None or ev.revision < self.revision or ev.key.startswith(self.keys.payloads):
+            return
         if self._watch_from is None or self._watch_from > self.revision:
             self._gap = True  # changes between `revision` and the watch's start went unseen
         self.revision = ev.revision

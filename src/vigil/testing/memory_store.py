@@ -35,6 +35,7 @@ class MemoryStore(Store):
         self._changed = asyncio.Condition() if _in_loop() else None
         self._expiry_task: asyncio.Task | None = None
         self._granted = asyncio.Event()
+        self._notifying: asyncio.Task | None = None  # held: a task nobody references may be collected
 
     @property
     def available(self) -> bool:
@@ -46,7 +47,7 @@ class MemoryStore(Store):
     def available(self, value: bool) -> None:
         self._available = value
         if not value and self._changed is not None and _in_loop():
-            asyncio.get_running_loop().create_task(self._notify())  # watches see it now
+            self._notifying = asyncio.get_running_loop().create_task(self._notify())  # watches see it now
 
     def __repr__(self) -> str:
         return f"<MemoryStore rev={self.revision} keys={len(self._kv)} leases={len(self._leases)}>"
@@ -221,8 +222,11 @@ class MemoryStore(Store):
     def _drop_lease(self, lease_id: int) -> None:
         if self._leases.pop(lease_id, None) is None:
             return
-        for key in [k for k, kv in self._kv.items() if kv.lease == lease_id]:
-            self._delete(key)
+        keys = [k for k, kv in self._kv.items() if kv.lease == lease_id]
+        if keys:
+            self.revision += 1  # one revision for all of its keys, as etcd's
+        for key in keys:
+            self._delete(key, bump=False)
 
     def _record(self, ev: WatchEvent) -> None:
         self._history.append(ev)
