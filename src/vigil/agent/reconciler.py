@@ -41,9 +41,9 @@ log = logging.getLogger(__name__)
 # whole range again only after that, or this long after its last range read (a
 # resync, as Kubernetes' informers relist). A range read per cycle sent every
 # member record to every agent every second: O(N^2) bytes from etcd, which could
-# no longer answer 50 agents' session keep-alives within 1 s on 2 cores. The
-# watch asks etcd to end it when its member loses the raft leader (vigil.store.etcd),
-# so a member cut off from the others cannot feed a frozen mirror.
+# no longer answer 50 agents' session keep-alives within 1 s on 2 cores. The watch
+# ends when its member loses the raft leader or the store moves off that member
+# (vigil.store.etcd), so a member cut off or frozen cannot feed a frozen mirror.
 MIRROR_RESYNC = 30.0
 MAX_FAIL_DELAY = 10.0  # s between tries of a cycle that keeps raising
 FENCE_CALLS, FENCE_TIMEOUT = 4, 10.0  # device calls per fence level; a device's timeout when none is set

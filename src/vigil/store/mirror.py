@@ -3,15 +3,19 @@ needs no range read of its own (Kubernetes' informer cache, for one prefix).
 
 Contract:
 - `load(kvs, revision)` takes one range read (the snapshot range of
-  vigil.store.registry); `apply(event)` each watched change after it, in
-  revision order (changes at or before the loaded revision are already in).
+  vigil.store.registry), and refuses (False) one older than a change already
+  applied; `apply(event)` each watched change after it, in revision order.
+  Every key of one revision is applied (a lease's expiry or a transaction
+  changes several at one revision); applying one twice is harmless.
 - `watching(from_revision)` is called when a watch starts streaming every
   change after `from_revision`, `stopped()` when it ends. The mirror is
   `current` only while a watch runs that started at or before the newest
-  revision applied: then no change after it can have been missed. A watch
-  that broke resumes after `revision` (`resume_after`), so the mirror is
-  current again without a range read, unless that history was compacted
-  (`forget`: the next snapshot needs one).
+  revision applied, and no change came from a watch that started later:
+  then no change can have been missed. A watch that broke resumes after the
+  revision before the mirror's (`resume_after`: a stream cut inside a
+  revision delivers it whole again), so the mirror is current again without
+  a range read, unless that history was compacted (`forget`: the next
+  snapshot needs one).
 - `snapshot()` is the Snapshot at the newest applied revision (parsed once
   per change); it may trail etcd by the watch's delivery delay (ms), never
   by a missed change.
