@@ -111,13 +111,12 @@ def kills(lab: Lab, count: int) -> dict:
     return {"detection_ms": summary_ms(detect), "first_detection_ms": summary_ms(first)}
 
 
-def one(root: Path, n: int, mode: str, idle_s: float, kill_count: int, timing: str = "lab",
-        rack_size: int | None = None) -> dict:
+def one(root: Path, n: int, mode: str, idle_s: float, kill_count: int, timing: str, rack_size: int) -> dict:
     started = time.monotonic()
     try:
         lab = Lab.up(root, n, timeout=60 + 3 * n, timing=lab_timing(timing, n),
                      workload={"topology": MODES[mode], "flap_threshold": 0,
-                               "rack_size": lab_rack_size(rack_size, n)})
+                               "rack_size": rack_size})
     except VigilError as e:
         return {"nodes": n, "mode": mode, "started": False, "error": str(e)[:300]}
     try:
@@ -175,9 +174,10 @@ def main() -> int:
         runs = json.loads((RESULTS / "scale.json").read_text())["runs"]
     for n in [int(x) for x in args.sizes.split(",")]:
         for mode in args.modes.split(","):
+            rack = lab_rack_size(args.rack_size, n)
             with tempfile.TemporaryDirectory(prefix=f"vigil-scale-{n}-{mode}-") as d:
-                r = one(Path(d) / "lab", n, mode, args.idle, args.kills, args.timing, args.rack_size)
-            r["mode"], r["timing"], r["rack_size"] = args.label or mode, args.timing, lab_rack_size(args.rack_size, n)
+                r = one(Path(d) / "lab", n, mode, args.idle, args.kills, args.timing, rack)
+            r["mode"], r["timing"], r["rack_size"] = args.label or mode, args.timing, rack
             print(r, flush=True)
             runs.append(r)
     report(runs, args.idle, args.kills)
