@@ -29,6 +29,13 @@ def read_yaml(path: str | Path) -> Any:
         raise ConfigError("config file", str(p), f"is not valid YAML: {yaml_problem(e)}") from None
 
 
+def load_yaml(text: str) -> Any:
+    """yaml.safe_load, with libyaml's parser where it is installed: the same
+    documents, about 10x faster (a key ring of 1,000 nodes is read by every
+    agent at start). Raises yaml.YAMLError."""
+    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+
+
 def yaml_problem(e: yaml.YAMLError) -> str:
     """What is wrong and where, without PyYAML's quote of the lines around it (a
     password on one of them would be printed)."""

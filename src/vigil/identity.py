@@ -47,7 +47,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
 from vigil.errors import ConfigError, WireError
-from vigil.files import check_owner, write_atomic
+from vigil.files import check_owner, load_yaml, write_atomic
 
 SIG_LEN = 64
 MAX_KEY_ID = 65535
@@ -180,7 +180,7 @@ def load_ring(path: str | Path, where: str) -> KeyRing:
 def _read(path: Path, where: str, secret: bool = False) -> Any:
     try:
         check_owner(path, where, secret)
-        return yaml.safe_load(path.read_text())
+        return load_yaml(path.read_text())
     except OSError as e:
         raise ConfigError(where, str(path), f"cannot be read ({e.strerror}); make it with "
                                             "`vigil keygen`") from None
@@ -238,7 +238,7 @@ def read_ring_doc(path: Path) -> dict[str, dict[int, str]]:
     if not path.exists():
         return {}
     load_ring(path, "--keyring")  # validates
-    return {str(n): dict(ids) for n, ids in (yaml.safe_load(path.read_text()) or {}).items()}
+    return {str(n): dict(ids) for n, ids in (load_yaml(path.read_text()) or {}).items()}
 
 
 def write_ring(path: Path, doc: dict[str, dict[int, str]]) -> None:

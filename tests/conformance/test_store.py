@@ -165,6 +165,20 @@ async def test_watch_ignores_other_prefixes(store, prefix):
     assert (await next_event(it)).key == prefix + "zz/second"
 
 
+async def test_a_watch_of_a_range_is_sent_only_its_keys(store, prefix):
+    """The mirror watches [events0, prefix end): every agent's record of what
+    happened is not sent to every agent."""
+    _, rev = await store.range(prefix)
+    for key in ("a", "b/1", "c", "d"):
+        await store.put(prefix + key, key)
+    it = store.watch(prefix + "b", rev + 1, range_end=prefix + "d").__aiter__()
+    assert [(await next_event(it)).key for _ in range(2)] == [prefix + "b/1", prefix + "c"]
+    await store.put(prefix + "d", "past the end")
+    await store.put(prefix + "a", "before the start")
+    await store.put(prefix + "bb", "inside")
+    assert (await next_event(it)).key == prefix + "bb"
+
+
 async def test_session_and_election(store, prefix):
     clock = SystemClock()
     s1 = Session(store, clock, ttl=2, keepalive_interval=0.5)

@@ -150,11 +150,12 @@ class LinkedStore(Store):
     async def time_to_live(self, lease_id):
         return await self._call(self.store.time_to_live, lease_id)
 
-    async def watch(self, prefix: str, start_revision: int, resume: bool = True) -> AsyncIterator[WatchEvent]:
+    async def watch(self, prefix: str, start_revision: int, resume: bool = True,
+                    range_end: str | None = None) -> AsyncIterator[WatchEvent]:
         """A cut link ends the stream: at its next event, or at once for a watch
         that does not resume (its owner must learn it may be behind)."""
         self._check()
-        events = self.store.watch(prefix, start_revision, resume).__aiter__()
+        events = self.store.watch(prefix, start_revision, resume, range_end).__aiter__()
         while True:
             if resume:
                 ev = await events.__anext__()
@@ -278,10 +279,10 @@ class SimCluster:
     def _fault(self, text: str) -> None:
         self.faults.append(f"{self.clock.now() - 1000:9.3f} {text}")
 
-    async def _inject(self, name: str) -> None:
-        """One fault on `name`, held for a random while, then undone."""
+    async def _inject(self, name: str, kind: str | None = None) -> None:
+        """One fault on `name` (of `kind`, else a random one), held for a random while, then undone."""
         node, rng = self.nodes[name], self.rng
-        kind = rng.choice(["kill", "stop", "stop_past_ttl", "cut_etcd", "cut_peers"])
+        kind = kind or rng.choice(["kill", "stop", "stop_past_ttl", "cut_etcd", "cut_peers"])
         hold = rng.uniform(1.0, 25.0)
         if kind == "stop_past_ttl":
             hold = rng.uniform(node.cfg.timing.lease_ttl, 3 * node.cfg.timing.lease_ttl)

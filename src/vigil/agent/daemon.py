@@ -107,6 +107,7 @@ class Agent:
                                            self._on_peer_transitions, self._heartbeat_status,
                                            lambda: self.wake.set(), network, tick, self.events.record)
         self.session: Session | None = None
+        self._members_told: Any = None  # the snapshot _on_snapshot last told the heartbeats about
         self.session_opened_at: float | None = None
         self.election: Election | None = None
         self.wake = asyncio.Event()
@@ -211,9 +212,13 @@ class Agent:
 
     def _on_snapshot(self, snap: Any) -> None:
         """Every snapshot a cycle reads: the incarnations the heartbeat receiver
-        should expect, and the leader the detection topology follows."""
-        self.heartbeats.expect({n: rec.incarnation for n, rec in snap.members.items()})
-        self.heartbeats.peer_key_ids({n: rec.heartbeat_key_id for n, rec in snap.members.items()})
+        should expect, and the leader the detection topology follows (the members'
+        part is skipped for the snapshot of the last cycle: a cycle that reads no
+        change gets the same object)."""
+        if snap is not self._members_told:
+            self._members_told = snap
+            self.heartbeats.expect({n: rec.incarnation for n, rec in snap.members.items()})
+            self.heartbeats.peer_key_ids({n: rec.heartbeat_key_id for n, rec in snap.members.items()})
         self.heartbeats.follow(snap.leader.name if snap.leader else None)
 
     def _lead_heartbeats(self, change: Any) -> None:

@@ -1,7 +1,8 @@
 """The reconciliation loop: read one snapshot, decide, act, say why.
 
-Runs every `loop_interval`, and at once when the watch sees a change under
-the cluster prefix (other than events) or a peer's liveness changes. Each
+Runs every `loop_interval`, and when the registry's watch sees a change
+(vigil.agent.registry_watch: at once for the leader key, a switchover or a
+fencing marker, within SETTLE for others) or a peer's liveness changes. Each
 cycle's decision is logged when it changes and kept in `last` for
 `/status`; tests assert on it.
 """
@@ -9,12 +10,12 @@ cycle's decision is logged when it changes and kept in `last` for
 from __future__ import annotations
 
 import asyncio
-import random
 from dataclasses import dataclass
 import logging
 from typing import Any, Awaitable, Callable
 
 from vigil.agent.controller import Controller
+from vigil.agent.registry_watch import RegistryWatch
 from vigil.agent.stewardship import Stewardship
 from vigil.agent.stonith import Fencer
 from vigil.agent.leadership import Leadership
@@ -23,10 +24,10 @@ from vigil.config import NodeConfig
 from vigil.core.health import Verdict
 from vigil.core.peers import PeerTable
 from vigil.core.reconcile import (Campaign, ClearLeaderKey, Decision, Demote, Fence, Resign, Wait, decide,
-                                  decide_states, handover)
+                                  handover)
 from vigil.core.topology import Topology
 from vigil.core.view import ClusterView
-from vigil.errors import StoreError, WatchCompacted
+from vigil.errors import StoreError
 from vigil.store.base import Store
 from vigil.store.election import Election, remove_invalid
 from vigil.store.keys import Keys
@@ -91,13 +92,13 @@ class Reconciler:
         self.fencer, self.controller, self.verdict = fencer, controller, verdict
         self.on_snapshot = on_snapshot  # every snapshot a cycle reads (the heartbeat receiver's hints)
         self.topology = topology  # who watches whom (the heartbeat service's)
-        self._jitter = random.Random(cfg.node)  # seeded: a simulation's runs repeat
         self.stewardship = Stewardship(lambda: self.cfg, clock, store, keys, registry, record, leadership,
                                        self.invalidate_snapshot)
         self.last = Wait("starting")
         self.snapshot: Snapshot | None = None
         self._snapshot_at = 0.0
         self.mirror = RegistryMirror(keys)
+        self.watch = RegistryWatch(store, keys, self.mirror, self.wake.set, clock.now, cfg.node)
         self._reusable = False  # no write of ours and no role change since the last range read
         self._writes = 0  # writes and role changes of ours so far (invalidate_snapshot calls)
         self.cycles = 0
@@ -133,6 +134,7 @@ class Reconciler:
             await woken(self.wake, self.cfg.timing.loop_interval)
             self.wake.clear()
             self.beat = self.clock.now()
+            self.watch.cycle_started(self.beat)
             try:
                 await self.run_cycle()
                 self._recovered()
@@ -162,31 +164,8 @@ class Reconciler:
         self.failing, self._fail_delay = None, 0.0
 
     async def watch_loop(self) -> None:
-        """Wake the loop on every change under the cluster prefix but events and payloads."""
-        quiet = (self.keys.events, self.keys.payloads)  # records of what happened and of work: no decision
-        breaks = 0
-        while True:
-            try:
-                rev = self.mirror.resume_after()  # no range read (and no gap) when the mirror holds one
-                if rev is None:
-                    _, rev = await self.store.range(self.keys.leader, self.keys.leader + "\0")
-                self.mirror.watching(rev)
-                async for ev in self.store.watch(self.keys.prefix, rev + 1, resume=False):
-                    breaks = 0
-                    self.mirror.apply(ev)
-                    if not ev.key.startswith(quiet):
-                        self.wake.set()
-            except WatchCompacted as e:
-                log.debug("watch restarting from a fresh read: %s", e)
-                self.mirror.forget()
-            except StoreError as e:
-                log.debug("watch restarting: %s", e)
-                # Jittered back-off: every agent's watch breaks at once when etcd
-                # loses its raft leader, and they must not all come back together.
-                breaks += 1
-                await asyncio.sleep(min(2.0, 0.1 * 2 ** min(breaks, 5)) * self._jitter.uniform(0.5, 1.0))
-            finally:
-                self.mirror.stopped()
+        """Keep the mirror up to date and wake the loop (vigil.agent.registry_watch)."""
+        await self.watch.run()
 
     async def _snapshot(self) -> Snapshot:
         """The watch's mirror while it is current, our session's keep-alives land,
@@ -203,9 +182,10 @@ class Reconciler:
         kvs, rev = await self.registry.read()
         # Reusable only if no write or role change of ours came during the read, and the
         # watch is not already past it (else read again next cycle).
-        if self.mirror.load(kvs, rev) and writes == self._writes:
+        loaded = self.mirror.load(kvs, rev)
+        if loaded and writes == self._writes:
             self._snapshot_at, self._reusable = now, True
-        return parse_snapshot(self.keys, kvs, rev)
+        return (self.mirror.snapshot() if loaded else None) or parse_snapshot(self.keys, kvs, rev)
 
     def invalidate_snapshot(self) -> None:
         """Our own role changed or we wrote: the next cycle reads etcd (our change

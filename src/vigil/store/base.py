@@ -132,9 +132,12 @@ class Store(abc.ABC):
         """Seconds left (floored), or -1 when the lease does not exist."""
 
     @abc.abstractmethod
-    def watch(self, prefix: str, start_revision: int, resume: bool = True) -> AsyncIterator[WatchEvent]:
+    def watch(self, prefix: str, start_revision: int, resume: bool = True,
+              range_end: str | None = None) -> AsyncIterator[WatchEvent]:
         """Every change under `prefix` from `start_revision` on, in revision order,
-        each once. Raises WatchCompacted if that history is gone. `resume`: a
+        each once; with `range_end`, every change to a key in [prefix, range_end)
+        instead (the store filters: a watcher of a few keys is not sent the
+        rest). Raises WatchCompacted if that history is gone. `resume`: a
         stream that breaks (its member lost, or cut off from its raft leader) is
         picked up again from the next unseen revision without the caller knowing;
         False: it raises StoreUnavailable instead, for a caller that must know

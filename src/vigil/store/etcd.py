@@ -290,7 +290,8 @@ class EtcdStore(Store):
     async def compact(self, revision: int) -> None:
         await self._call("kv/compaction", {"revision": str(revision), "physical": True})
 
-    async def watch(self, prefix: str, start_revision: int, resume: bool = True) -> AsyncIterator[WatchEvent]:
+    async def watch(self, prefix: str, start_revision: int, resume: bool = True,
+                    range_end: str | None = None) -> AsyncIterator[WatchEvent]:
         nxt = start_revision
         failures = 0
         while True:
@@ -298,7 +299,7 @@ class EtcdStore(Store):
             failed = None if resume else self._failed.setdefault(ep, asyncio.Event())
             if failed is not None:
                 failed.clear()  # armed before any await: a move off `ep` from now on ends it
-            req = {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix))}
+            req = {"key": _b64(prefix), "range_end": _b64(range_end or prefix_end(prefix))}
             if nxt:
                 req["start_revision"] = str(nxt)
             try:

@@ -13,7 +13,9 @@ Contract:
   test enumerates `vigil.store.keys.Keys` so that a key family added
   without a parser fails it.
 - Per-node families (members, state, fencing, held) take the node from the
-  key: a key whose tail is not a node name (vigil.fields.NAME_RE) is bad.
+  key: a key whose tail is not a node name (vigil.fields.NAME_RE) is bad,
+  and one with more segments below the family's prefix is in no family (so
+  each node has at most one key per family).
 
 Readers: the registry's snapshot (leader, members, states, fencing, held,
 switchover) decides on these; the router's membership, `vigil status`,
@@ -198,14 +200,15 @@ class Family:
     path: Callable[[Keys], str]  # the key (exact) or the prefix of the family's keys
     exact: bool
     parse: Callable[[str, str], Any]
+    per_node: bool = False  # <path><node>: one key per node, the node's name one segment
 
 
 FAMILIES: tuple[Family, ...] = (
     Family("leader", lambda k: k.leader, True, parse_leader),
-    Family("members", lambda k: k.members, False, parse_member_kv),
-    Family("state", lambda k: k.states, False, parse_state),
-    Family("fencing", lambda k: k.fencing, False, parse_fencing),
-    Family("held", lambda k: k.holds, False, parse_hold),
+    Family("members", lambda k: k.members, False, parse_member_kv, True),
+    Family("state", lambda k: k.states, False, parse_state, True),
+    Family("fencing", lambda k: k.fencing, False, parse_fencing, True),
+    Family("held", lambda k: k.holds, False, parse_hold, True),
     Family("switchover", lambda k: k.switchover, True, parse_switchover),
     Family("payloads", lambda k: k.payloads, False, parse_payload),
     Family("events", lambda k: k.events, False, parse_event),
@@ -219,10 +222,12 @@ FAMILIES: tuple[Family, ...] = (
 
 
 def family_of(keys: Keys, key: str) -> Family | None:
-    """The family `key` belongs to, or None for a key Vigil never writes."""
+    """The family `key` belongs to, or None for a key Vigil never writes. A key
+    below a per-node family's prefix with more than one segment (`members/x/n1`)
+    is in none: it would speak for the node its last segment names."""
     for path, exact, f in _paths(keys):
         if key == path if exact else key.startswith(path) and len(key) > len(path):
-            return f
+            return None if f.per_node and "/" in key[len(path):] else f
     return None
 
 

@@ -70,6 +70,11 @@ class MemoryStore(Store):
         self._enter()
         return self._kv.get(key)
 
+    def peek(self, key: str) -> KeyValue | None:
+        """`key` as it stands now, outside the Store contract: for a simulation's
+        monitor, which must not count as a client (no availability check)."""
+        return self._kv.get(key)
+
     async def range(self, prefix: str, end: str | None = None) -> tuple[list[KeyValue], int]:
         self._enter()
         end = prefix_end(prefix) if end is None else end
@@ -155,7 +160,8 @@ class MemoryStore(Store):
             return -1
         return max(0, math.floor(self._leases[lease_id][1] - self.clock.now()))
 
-    async def watch(self, prefix: str, start_revision: int, resume: bool = True) -> AsyncIterator[WatchEvent]:
+    async def watch(self, prefix: str, start_revision: int, resume: bool = True,
+                    range_end: str | None = None) -> AsyncIterator[WatchEvent]:
         """With `resume`, a watch outlives the store being unavailable (it has no
         members to lose); without it, it raises StoreUnavailable then."""
         self._enter()
@@ -163,10 +169,11 @@ class MemoryStore(Store):
             raise WatchCompacted(self.compacted)
         nxt = start_revision or self.revision + 1
         cond = self._cond()
+        wanted = (lambda k: k.startswith(prefix)) if range_end is None else (lambda k: prefix <= k < range_end)
         while True:
             first = bisect.bisect_left(self._history, nxt, key=_revision)  # revisions only grow
             seen = self._history[first:]
-            for ev in [e for e in seen if e.key.startswith(prefix)]:
+            for ev in [e for e in seen if wanted(e.key)]:
                 if not (resume or self._available):
                     raise StoreUnavailable("memory store marked unavailable: the watch ends")
                 nxt = ev.revision + 1
