@@ -16,6 +16,7 @@ from typing import Any, Awaitable, Callable
 
 from vigil.agent.controller import Controller
 from vigil.agent.registry_watch import RegistryWatch
+from vigil.agent.snapshot_source import SnapshotSource
 from vigil.agent.stewardship import Stewardship
 from vigil.agent.stonith import Fencer
 from vigil.agent.leadership import Leadership
@@ -32,20 +33,11 @@ from vigil.store.base import Store
 from vigil.store.election import Election, remove_invalid
 from vigil.store.keys import Keys
 from vigil.store.mirror import RegistryMirror
-from vigil.store.registry import Registry, Snapshot, parse_snapshot
+from vigil.store.registry import Registry, Snapshot
 from vigil.store.session import Session
 
 log = logging.getLogger(__name__)
 
-# A cycle decides on the watch's mirror of etcd (vigil.store.mirror) while it is
-# current, and this agent neither wrote nor changed its role since; it reads the
-# whole range again only after that, or this long after its last range read (a
-# resync, as Kubernetes' informers relist). A range read per cycle sent every
-# member record to every agent every second: O(N^2) bytes from etcd, which could
-# no longer answer 50 agents' session keep-alives within 1 s on 2 cores. The watch
-# ends when its member loses the raft leader or the store moves off that member
-# (vigil.store.etcd), so a member cut off or frozen cannot feed a frozen mirror.
-MIRROR_RESYNC = 30.0
 MAX_FAIL_DELAY = 10.0  # s between tries of a cycle that keeps raising
 FENCE_CALLS, FENCE_TIMEOUT = 4, 10.0  # device calls per fence level; a device's timeout when none is set
 BAD_REPORTS = 8  # bad_record events per cycle, each naming its key (then one saying how many more)
@@ -96,11 +88,9 @@ class Reconciler:
                                        self.invalidate_snapshot)
         self.last = Wait("starting")
         self.snapshot: Snapshot | None = None
-        self._snapshot_at = 0.0
         self.mirror = RegistryMirror(keys)
         self.watch = RegistryWatch(store, keys, self.mirror, self.wake.set, clock.now, cfg.node)
-        self._reusable = False  # no write of ours and no role change since the last range read
-        self._writes = 0  # writes and role changes of ours so far (invalidate_snapshot calls)
+        self.source = SnapshotSource(registry, self.mirror, link.etcd_answers, cfg.timing.loop_interval, cfg.node)
         self.cycles = 0
         self._no_leader_since: float | None = None
         self._bad_seen: dict[str, str] = {}
@@ -167,36 +157,18 @@ class Reconciler:
         """Keep the mirror up to date and wake the loop (vigil.agent.registry_watch)."""
         await self.watch.run()
 
-    async def _snapshot(self) -> Snapshot:
-        """The watch's mirror while it is current, our session's keep-alives land,
-        and the last range read is younger than MIRROR_RESYNC (and none of our
-        writes or role changes came since); else a fresh range read, which the
-        mirror then follows."""
-        now = self.clock.now()
-        if (self.mirror.current and self._reusable and self.link.etcd_answers(now)
-                and now - self._snapshot_at < MIRROR_RESYNC):
-            mirrored = self.mirror.snapshot()
-            if mirrored is not None:
-                return mirrored
-        writes = self._writes
-        kvs, rev = await self.registry.read()
-        # Reusable only if no write or role change of ours came during the read, and the
-        # watch is not already past it (else read again next cycle).
-        loaded = self.mirror.load(kvs, rev)
-        if loaded and writes == self._writes:
-            self._snapshot_at, self._reusable = now, True
-        return (self.mirror.snapshot() if loaded else None) or parse_snapshot(self.keys, kvs, rev)
-
-    def invalidate_snapshot(self) -> None:
-        """Our own role changed or we wrote: the next cycle reads etcd (our change
-        may not have come back through the watch yet)."""
-        self._reusable = False
-        self._writes += 1
+    def invalidate_snapshot(self, revision: int | None = None) -> None:
+        """We wrote at `revision` (the next snapshot holds it), or our role changed or a
+        write's outcome is unknown (None: the next cycle reads etcd; vigil.agent.snapshot_source)."""
+        if revision is None:
+            self.source.invalidate()
+        else:
+            self.source.wrote(revision)
 
     async def run_cycle(self) -> Decision:
         if self.link.suspects_unpublished():  # a publish failed (etcd away): peers need it to fence
             self.link.republish()
-        snap = await self._snapshot()
+        snap = await self.source.get(self.clock.now())
         if await self._abandon_stale_fences(snap):
             snap = await self.registry.snapshot()
         self.snapshot = snap

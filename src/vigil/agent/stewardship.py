@@ -8,7 +8,7 @@ anew)."""
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from vigil.agent.leadership import Leadership
 from vigil.clock import Clock
@@ -29,7 +29,7 @@ DOMAIN_WINDOW = 10.0  # s: members of one failure domain failing within this are
 class Stewardship:
     def __init__(self, cfg: Callable[[], NodeConfig], clock: Clock, store: Store, keys: Keys,
                  registry: Registry, record: Any, leadership: Leadership,
-                 invalidate_snapshot: Callable[[], None]):
+                 invalidate_snapshot: Callable[[int | None], None]):
         """`cfg`: the running configuration (a reload replaces the reconciler's)."""
         self.cfg, self.clock, self.store, self.keys, self.registry = cfg, clock, store, keys, registry
         self.record, self.leadership, self.invalidate_snapshot = record, leadership, invalidate_snapshot
@@ -38,6 +38,17 @@ class Stewardship:
         self._failed_at: dict[str, float] = {}  # node -> when the leader first saw it failed
         self._lost_domains: set[str] = set()  # reported, until a member is back
         self._last_prune = 0.0
+
+    async def _write(self, write: Awaitable[int | None]) -> None:
+        """One write of ours, which the next cycle's snapshot must hold: the mirror once
+        it has the write's revision; a range read when the write gives none (a delete)
+        or its outcome is unknown (it raised)."""
+        try:
+            revision = await write
+        except BaseException:
+            self.invalidate_snapshot(None)
+            raise
+        self.invalidate_snapshot(revision if type(revision) is int else None)
 
     async def _held_out(self, now: float, snap: Snapshot | None) -> dict[str, str]:
         """Flap damping: new holds are written to etcd (a new leader keeps them), ended
@@ -54,14 +65,12 @@ class Stewardship:
                             "starts from zero", subject=node)
             elif node not in holds:
                 until = wall + self.damper.release_in(node, now)
-                self.invalidate_snapshot()
-                await self.registry.hold(node, until, fresh[node])
+                await self._write(self.registry.hold(node, until, fresh[node]))
                 holds[node] = {"until": until, "why": fresh[node]}
                 self._holds_written.add(node)
         for node, rec in list(holds.items()):
             if rec["until"] <= wall:  # ended by time, not by an operator
-                self.invalidate_snapshot()
-                await self.registry.release_hold(node)
+                await self._write(self.registry.release_hold(node))
                 del holds[node]
                 self._holds_written.discard(node)
         return {n: r["why"] for n, r in holds.items()}
@@ -95,8 +104,7 @@ class Stewardship:
         for node, state in wanted.items():
             if not self.leadership.is_leader():
                 return
-            self.invalidate_snapshot()
-            await self.registry.set_state(node, state)
+            await self._write(self.registry.set_state(node, state))
             if state == FAILED and view.states.get(node) in (ACTIVE, STANDBY, HELD):
                 self.damper.failed(node, now)
             why = f": {held[node]}" if state == HELD else ""

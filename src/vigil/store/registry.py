@@ -36,8 +36,9 @@ class Registry:
     async def register(self, record: MemberRecord, lease: int) -> None:
         await self.store.put(self.keys.member(record.name), record.to_json(), lease)
 
-    async def set_state(self, node: str, state: str) -> None:
-        await self.store.put(self.keys.state(node), state)
+    async def set_state(self, node: str, state: str) -> int:
+        """Returns the write's revision (as every put here)."""
+        return await self.store.put(self.keys.state(node), state)
 
     async def request_switchover(self, to: str, by: str, lease: int) -> None:
         await self.store.put(self.keys.switchover, json.dumps({"to": to, "by": by}), lease)
@@ -56,9 +57,9 @@ class Registry:
         """Remove an in-progress marker of a fence no longer in flight, if it is still that one."""
         return await self.store.delete_if_created(self.keys.fence_marker(node), create_revision)
 
-    async def hold(self, node: str, until: float, why: str) -> None:
+    async def hold(self, node: str, until: float, why: str) -> int:
         """Flap damping holds `node` out until the Unix time `until` (or a release)."""
-        await self.store.put(self.keys.hold(node), json.dumps({"until": until, "why": why}))
+        return await self.store.put(self.keys.hold(node), json.dumps({"until": until, "why": why}))
 
     async def release_hold(self, node: str) -> None:
         await self.store.delete(self.keys.hold(node))

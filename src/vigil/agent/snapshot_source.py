@@ -1,0 +1,97 @@
+"""Where a decision cycle's snapshot comes from: the watch's mirror of etcd
+(vigil.store.mirror, kept by vigil.agent.registry_watch) when it can be
+trusted, else one range read.
+
+A range read per cycle sent every member record to every agent every
+second: O(N^2) bytes from etcd, which could no longer answer 50 agents'
+session keep-alives within 1 s on 2 cores. And when etcd is slow, an agent
+that falls back to reading on every cycle makes it slower: 60 agents reading
+50 KB each, up to 1/SETTLE times a second, never let it recover.
+
+Contract:
+- `get(now)` is the mirror's snapshot while all of these hold: the mirror is
+  current (its watch runs and missed nothing); the session's keep-alives land
+  (`etcd_answers(now)`: a watch cut off by the network goes silent rather
+  than failing); the last range read is younger than MIRROR_RESYNC (a
+  resync, as Kubernetes' informers relist); the mirror holds every write of
+  ours whose revision we know (`wrote(revision)`: read-your-writes without a
+  read); and no role change or write of unknown outcome came since the last
+  read (`invalidate()`). Otherwise it reads the range (one request), and the
+  mirror follows that read.
+- Reads are limited when the mirror is only doubted (its watch broke, the
+  keep-alives fail, or it lacks a write of ours): at most one per
+  `backoff`·U(0.5, 1) s (seeded: a simulation repeats), and after a read that
+  failed, none for as long; `get` raises StoreUnavailable meanwhile, which a
+  cycle turns into a Wait. The first read, a resync and a read after
+  `invalidate()` are not limited.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Callable
+
+from vigil.errors import StoreError, StoreUnavailable
+from vigil.store.mirror import RegistryMirror
+from vigil.store.registry import Registry, Snapshot, parse_snapshot
+
+MIRROR_RESYNC = 30.0  # s: the longest a cycle decides on the mirror without a range read
+
+
+class SnapshotSource:
+    def __init__(self, registry: Registry, mirror: RegistryMirror, etcd_answers: Callable[[float], bool],
+                 backoff: float, seed: str):
+        self.registry, self.mirror, self._etcd_answers, self.backoff = registry, mirror, etcd_answers, backoff
+        self._jitter = random.Random(f"read-{seed}")
+        self._read_at = float("-inf")  # when the last range read the mirror follows was sent
+        self._reusable = False  # no role change or write of unknown outcome since that read
+        self._invalidations = 0
+        self._need = 0  # the newest revision of a write of ours the snapshot must hold
+        self._next_read = float("-inf")  # no read the mirror is only doubted for before this
+        self._retry_at = float("-inf")  # after a failed read: no read at all before this
+
+    def invalidate(self) -> None:
+        """Our role changed, or a write of ours may or may not have landed: the next
+        `get` reads etcd (the watch may not have brought the change back yet)."""
+        self._reusable = False
+        self._invalidations += 1
+
+    def wrote(self, revision: int) -> None:
+        """A write of ours landed at `revision`: the next snapshot holds it."""
+        self._need = max(self._need, revision)
+
+    def mirror_trusted(self, now: float) -> bool:
+        return (self.mirror.current and self._reusable and self.mirror.revision >= self._need
+                and self._etcd_answers(now) and now - self._read_at < MIRROR_RESYNC)
+
+    async def get(self, now: float) -> Snapshot:
+        if self.mirror_trusted(now):
+            mirrored = self.mirror.snapshot()
+            if mirrored is not None:
+                return mirrored
+        doubted = self._reusable and now - self._read_at < MIRROR_RESYNC
+        if doubted and now < self._next_read:
+            raise StoreUnavailable(f"the watch's mirror is not trusted now ({self._why_not(now)}) and etcd was "
+                                   f"read {now - self._read_at:.1f} s ago; the next read in {self._next_read - now:.1f} s")
+        if now < self._retry_at:
+            raise StoreUnavailable(f"etcd did not answer the last read; the next in {self._retry_at - now:.1f} s")
+        invalidations = self._invalidations
+        self._next_read = now + self.backoff * self._jitter.uniform(0.5, 1.0)
+        try:
+            kvs, rev = await self.registry.read()
+        except StoreError:
+            self._retry_at = self._next_read
+            raise
+        # Reusable only if no role change or unknown write of ours came during the read,
+        # and the watch is not already past it (else read again next cycle).
+        loaded = self.mirror.load(kvs, rev)
+        if loaded and invalidations == self._invalidations:
+            self._read_at, self._reusable = now, True
+        return (self.mirror.snapshot() if loaded else None) or parse_snapshot(self.registry.keys, kvs, rev)
+
+    def _why_not(self, now: float) -> str:
+        if not self.mirror.current:
+            return "its watch is not running"
+        if self.mirror.revision < self._need:
+            return "a write of ours has not come back through it yet"
+        return "the session's keep-alives do not land"
