@@ -43,14 +43,20 @@ QUIET_S = 30.0  # virtual seconds without faults at the end of a run (SimCluster
 BROKEN = {"demote_after": 14.0}
 
 
-def _simulate(seed: int, seconds: float, **cluster: Any) -> tuple[Any, Any, float]:
-    """One seeded SimCluster run in a scratch directory: (cluster, result, wall s)."""
+def _simulate(seed: int, seconds: float, nodes: int = 3, rack_size: int = 0, large: bool = False,
+              **cluster: Any) -> tuple[Any, Any, float]:
+    """One seeded run in a scratch directory: (cluster, result, wall s); `large`: the
+    large-cluster schedule (tests/sim/large.py, a LargeResult), else SimCluster's."""
     from tests.sim.cluster import SimCluster, quiet_logs
+    from tests.sim.large import LargeSimCluster
     quiet_logs()
     d = Path(tempfile.mkdtemp(prefix="vigil-simbench-", dir="/dev/shm" if Path("/dev/shm").is_dir() else None))
     t0 = time.perf_counter()
     try:
-        sim = SimCluster(seed, d, **cluster)
+        if large:
+            sim = LargeSimCluster(seed, d, nodes, rack_size, **cluster)
+            return sim, sim.run_large(seconds, quiet=QUIET_S), time.perf_counter() - t0
+        sim = SimCluster(seed, d, nodes=nodes, rack_size=rack_size, **cluster)
         return sim, sim.run(seconds, quiet=QUIET_S), time.perf_counter() - t0
     finally:
         shutil.rmtree(d, ignore_errors=True)
@@ -65,17 +71,7 @@ def one(args: tuple[int, float, bool]) -> dict:
 
 
 def one_large(seed: int, minutes: float, nodes: int, rack_size: int) -> dict:
-    from tests.sim.cluster import quiet_logs
-    from tests.sim.large import LargeSimCluster
-    quiet_logs()
-    d = Path(tempfile.mkdtemp(prefix="vigil-simbench-", dir="/dev/shm" if Path("/dev/shm").is_dir() else None))
-    t0 = time.perf_counter()
-    try:
-        sim = LargeSimCluster(seed, d, nodes, rack_size)
-        r = sim.run_large(minutes * 60, quiet=QUIET_S)
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
-    wall = time.perf_counter() - t0
+    sim, r, wall = _simulate(seed, minutes * 60, nodes, rack_size, large=True)
     virtual = minutes * 60 + QUIET_S
     again = [s for s in r.leader_again if s is not None]
     return {"seed": seed, "nodes": nodes, "rack_size": rack_size, "virtual_minutes": minutes,

@@ -15,8 +15,8 @@ Measured, by a monitor that reads the store every MONITOR_S virtual seconds
   target `suspicion_time + heartbeat_interval + tick` (the observers'
   detectors, their verdict reaching the leader with their next heartbeat,
   the leader's next evaluation; 0.35 s with the product's 100 ms timers);
-- leader again: after each fault that took the leader, the time until a
-  live node holds the leader key;
+- leader again: after each fault that took the leader (killed, or in a rack
+  cut off), the time until a live node outside the cut holds the leader key;
 - the longest time with no leader key at all.
 """
 
@@ -65,6 +65,7 @@ class LargeSimCluster(SimCluster):
         self.detections: list[dict[str, Any]] = []
         self.leader_again: list[float | None] = []
         self._leader_lost_at: float | None = None
+        self._cut: set[str] = set()  # nodes of a rack cut off now
         self._leaderless_since: float | None = None
         self.longest_leaderless = 0.0
 
@@ -93,7 +94,10 @@ class LargeSimCluster(SimCluster):
     async def _inject_large(self, kind: str) -> None:
         hold = 2 * self.target
         leader = self._leader_name()
-        if kind == "kill_leader" and leader:
+        if kind == "kill_leader":
+            if leader is None:  # between terms: nothing to kill, and no other fault in its name
+                self._fault("skipped: kill_leader with no leader")
+                return
             self._fault(f"kill_leader {leader} for {hold:.2f} s")
             await self._kill_for([leader], kind, hold)
         elif kind in ("kill", "stop_past_ttl", "cut_peers"):
@@ -132,6 +136,7 @@ class LargeSimCluster(SimCluster):
     async def _cut_off(self, names: list[str], hold: float) -> None:
         """A rack's switch fails: its nodes reach neither etcd nor any node outside it."""
         inside = set(names)
+        self._cut |= inside
         for name in names:
             self.nodes[name].link.reachable = False
             for other in self.nodes:
@@ -141,6 +146,7 @@ class LargeSimCluster(SimCluster):
         for name in names:
             self.nodes[name].link.reachable = True
         self.network.heal()
+        self._cut -= inside
 
     def _standby(self, names: list[str], strict: bool = False) -> list[str]:
         """Those of `names` the leader has marked standby: up and serving, as a fault
@@ -172,7 +178,8 @@ class LargeSimCluster(SimCluster):
 
     def _follow_leader(self, now: float) -> None:
         leader = self._leader_name()
-        alive = leader is not None and leader in self.nodes and self.nodes[leader].proc.state != KILLED
+        alive = (leader is not None and leader in self.nodes and self.nodes[leader].proc.state != KILLED
+                 and leader not in self._cut)  # a cut-off leader is gone for the cluster from the cut on
         if not alive and self._leader_lost_at is None:
             self._leader_lost_at = now
         elif alive and self._leader_lost_at is not None:

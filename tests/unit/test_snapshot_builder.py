@@ -11,10 +11,14 @@ import json
 
 from hypothesis import given, settings, strategies as st
 
+from dataclasses import replace
+
+from vigil.core.records import BadRecord
 from vigil.store.base import KeyValue
+from vigil.store.election import leader_from
 from vigil.store.keys import Keys
-from vigil.store.records import family_of
-from vigil.store.snapshot import Snapshot, SnapshotBuilder, parse_snapshot
+from vigil.store.records import family_of, nested_in, node_of, parse_as
+from vigil.store.snapshot import UNNAMED_LEADER, Snapshot, SnapshotBuilder, member_info, parse_snapshot
 
 K = Keys("c")
 NODES = ["n1", "n2", "n3", "n0"]
@@ -49,7 +53,42 @@ ops = st.lists(st.tuples(st.sampled_from(["put", "put", "put", "delete"]), st.sa
                          st.integers(0, 7), st.sampled_from([0, 11, 12])), max_size=60)
 
 
+def oracle(kvs: list[KeyValue], revision: int) -> Snapshot:
+    """The snapshot of one range read, written out as one pass over the keys (the
+    implementation before the builder), independent of it: the property's oracle."""
+    snap = Snapshot(revision, None)
+    for kv in sorted(kvs, key=lambda kv: kv.key):
+        f = family_of(K, kv.key)
+        if f is None and nested_in(K, kv.key):
+            snap.bad_records[kv.key] = "nested"
+            continue
+        if f is None or f.name not in ("leader", "members", "state", "fencing", "held", "switchover"):
+            continue
+        rec = parse_as(f, kv.key, kv.value)
+        if isinstance(rec, BadRecord):
+            snap.bad_records[kv.key] = rec.problem
+            if f.name == "leader":
+                snap = replace(snap, leader=replace(leader_from(kv), name=UNNAMED_LEADER))
+        elif f.name == "leader":
+            snap = replace(snap, leader=leader_from(kv))
+        elif f.name == "switchover":
+            snap = replace(snap, switchover=rec)
+        elif f.name == "members":
+            snap.members[rec.name], snap.member_leases[rec.name] = rec, kv.lease
+        elif f.name == "state":
+            snap.states[node_of(kv.key)] = rec
+        elif f.name == "fencing":
+            snap.fence_blocked[rec.node] = rec.reason
+            if rec.state == "in_progress":
+                snap.fence_attempts[rec.node] = (rec.by, kv.create_revision)
+        else:
+            snap.holds[rec.node] = {"until": rec.until, "why": rec.why}
+    return replace(snap, infos={n: member_info(r, snap.member_leases[n]) for n, r in snap.members.items()})
+
+
 def _equal(a: Snapshot, b: Snapshot) -> None:
+    assert a.bad_records.keys() == b.bad_records.keys()
+    a, b = replace(a, bad_records={}), replace(b, bad_records={})  # problems are worded by the parsers
     assert a == b
     for name in ("members", "member_leases", "states", "fence_blocked", "fence_attempts", "bad_records", "holds"):
         assert list(getattr(a, name)) == list(getattr(b, name)), f"{name} in key order"
@@ -69,10 +108,11 @@ def test_a_snapshot_kept_per_change_equals_one_read_of_the_same_keys(changes):
             kv = KeyValue(key, _value(key, i), old.create_revision if old else rev, rev, lease=lease)
             kvs[key] = kv
             builder.put(kv)
-        _equal(builder.snapshot(rev), parse_snapshot(K, sorted(kvs.values(), key=lambda kv: kv.key), rev))
+        _equal(builder.snapshot(rev), oracle(list(kvs.values()), rev))
     reloaded = SnapshotBuilder(K)
     reloaded.load(list(kvs.values()))
     _equal(reloaded.snapshot(len(changes)), builder.snapshot(len(changes)))
+    _equal(parse_snapshot(K, list(kvs.values()), len(changes)), builder.snapshot(len(changes)))
 
 
 def test_a_key_below_a_node_key_speaks_for_no_node():
@@ -81,6 +121,7 @@ def test_a_key_below_a_node_key_speaks_for_no_node():
     snap = parse_snapshot(K, [real, spoof], 2)
     assert snap.members["n1"].priority == 5 and snap.member_leases["n1"] == 7
     assert family_of(K, spoof.key) is None
+    assert "holds one key per node" in snap.bad_records[spoof.key], "named, so `vigil status` shows it"
 
 
 def test_a_change_parses_one_record_and_a_snapshot_holds_its_own_dicts():
@@ -94,3 +135,6 @@ def test_a_change_parses_one_record_and_a_snapshot_holds_its_own_dicts():
     assert second.members["n1"] is parsed_n1, "an unchanged record is not parsed again"
     assert first.members["n2"].priority == 100 and second.members["n2"].priority == 9
     assert builder.snapshot(2) is second, "no change: the same snapshot"
+    assert list(second.members) == sorted(NODES), "a change in place keeps the order"
+    second.holds.setdefault("n1", {})["why"] = "changed by a reader"
+    assert builder.snapshot(3).holds == {}, "a snapshot's dicts are its own"

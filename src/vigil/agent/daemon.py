@@ -232,6 +232,7 @@ class Agent:
 
     def reload(self, path: str) -> bool:
         """SIGHUP: take the keys, peers and observers from `path` (vigil.agent.reload)."""
+        self._members_told = None  # a peer added now is told its member's incarnation at the next cycle
         return reload_config(self, path)
 
     # -- lifecycle -------------------------------------------------------------

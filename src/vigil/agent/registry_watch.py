@@ -18,8 +18,10 @@ Contract:
   states, holds) wakes it at most once per SETTLE after the last cycle began:
   a burst (a cluster starting, a rack's records changing together) is decided
   on once, not once per key per agent, which at N agents costs N^2 cycles. A
-  change is never left undecided: the wake is only deferred, by at most SETTLE.
-  Payload records wake nothing (records of work, in no decision).
+  cycle that begins takes the deferred wake (it reads every change applied so
+  far); if that cycle fails, the change is decided on by the next one (within
+  `loop_interval`). Payload records wake nothing (records of work, in no
+  decision).
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ class RegistryWatch:
             self._deferred = None
 
     async def run(self) -> None:
+        """Watch until cancelled (a StoreError restarts it; see the contract)."""
         breaks = 0
         while True:
             try:

@@ -18,12 +18,13 @@ Contract:
   read); and no role change or write of unknown outcome came since the last
   read (`invalidate()`). Otherwise it reads the range (one request), and the
   mirror follows that read.
-- Reads are limited when the mirror is only doubted (its watch broke, the
-  keep-alives fail, or it lacks a write of ours): at most one per
-  `backoff`·U(0.5, 1) s (seeded: a simulation repeats), and after a read that
-  failed, none for as long; `get` raises StoreUnavailable meanwhile, which a
-  cycle turns into a Wait. The first read, a resync and a read after
-  `invalidate()` are not limited.
+- Reads are limited when the mirror is doubted (its watch broke, or the
+  keep-alives fail): at most one per `backoff`·U(0.5, 1) s (seeded: a
+  simulation repeats), and after a read that failed, none for as long; `get`
+  raises StoreUnavailable meanwhile (a fixed text), which a cycle turns into a
+  Wait. The first read, a resync, a read after `invalidate()` and one for a
+  write of ours the watch has not brought back yet (the leader's) are not
+  limited.
 """
 
 from __future__ import annotations
@@ -61,20 +62,25 @@ class SnapshotSource:
         self._need = max(self._need, revision)
 
     def mirror_trusted(self, now: float) -> bool:
+        """Whether `get` would decide on the mirror now."""
         return (self.mirror.current and self._reusable and self.mirror.revision >= self._need
                 and self._etcd_answers(now) and now - self._read_at < MIRROR_RESYNC)
 
     async def get(self, now: float) -> Snapshot:
+        """The snapshot a cycle decides on (see the module's contract). Raises
+        StoreError: the read failed, or a read is not due yet."""
         if self.mirror_trusted(now):
             mirrored = self.mirror.snapshot()
             if mirrored is not None:
                 return mirrored
-        doubted = self._reusable and now - self._read_at < MIRROR_RESYNC
+        doubted = (self._reusable and now - self._read_at < MIRROR_RESYNC
+                   and not (self.mirror.current and self._etcd_answers(now)))
         if doubted and now < self._next_read:
-            raise StoreUnavailable(f"the watch's mirror is not trusted now ({self._why_not(now)}) and etcd was "
-                                   f"read {now - self._read_at:.1f} s ago; the next read in {self._next_read - now:.1f} s")
+            # A fixed text: the cycle's Wait is logged only when it changes.
+            raise StoreUnavailable(f"the watch's mirror is not trusted now ({self._why_not()}); etcd is read "
+                                   f"at most once per {self.backoff:g} s while so")
         if now < self._retry_at:
-            raise StoreUnavailable(f"etcd did not answer the last read; the next in {self._retry_at - now:.1f} s")
+            raise StoreUnavailable(f"etcd did not answer the last read; reading again within {self.backoff:g} s")
         invalidations = self._invalidations
         self._next_read = now + self.backoff * self._jitter.uniform(0.5, 1.0)
         try:
@@ -82,16 +88,14 @@ class SnapshotSource:
         except StoreError:
             self._retry_at = self._next_read
             raise
-        # Reusable only if no role change or unknown write of ours came during the read,
-        # and the watch is not already past it (else read again next cycle).
+        # Reusable only if no role change or unknown write of ours came during the read; a
+        # read the watch is already past (the mirror refuses it) leaves the mirror whole.
         loaded = self.mirror.load(kvs, rev)
-        if loaded and invalidations == self._invalidations:
+        if invalidations == self._invalidations and (loaded or self.mirror.current):
             self._read_at, self._reusable = now, True
         return (self.mirror.snapshot() if loaded else None) or parse_snapshot(self.registry.keys, kvs, rev)
 
-    def _why_not(self, now: float) -> str:
+    def _why_not(self) -> str:
         if not self.mirror.current:
             return "its watch is not running"
-        if self.mirror.revision < self._need:
-            return "a write of ours has not come back through it yet"
         return "the session's keep-alives do not land"

@@ -231,6 +231,14 @@ def family_of(keys: Keys, key: str) -> Family | None:
     return None
 
 
+def nested_in(keys: Keys, key: str) -> Family | None:
+    """The per-node family `key` is below with more than one segment (`members/x/n1`), or None."""
+    for path, exact, f in _paths(keys):
+        if f.per_node and key.startswith(path) and "/" in key[len(path):]:
+            return f
+    return None
+
+
 @functools.lru_cache(maxsize=64)
 def _paths(keys: Keys) -> tuple[tuple[str, bool, Family], ...]:
     return tuple((f.path(keys), f.exact, f) for f in FAMILIES)

@@ -17,6 +17,8 @@ Contract:
   so a key's part of the snapshot is removed exactly when the key changes.
 - Every dict iterates in key order, as a range read returns the keys. A
   Snapshot's dicts are its own; the records in them are immutable and shared.
+- Cost: a change parses at most one record and moves its key's entries; a
+  new snapshot copies the dicts (O(N) in C, once per change, not per cycle).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from vigil.store.base import KeyValue
 from vigil.store.election import leader_from
 from vigil.store.keys import Keys
 from vigil.store.member_record import MemberRecord
-from vigil.store.records import BadRecord, Family, Hold, family_of, node_of, parse_as
+from vigil.store.records import BadRecord, Family, Hold, family_of, nested_in, node_of, parse_as
 
 UNNAMED_LEADER = "?"  # the leader key holds no node name: no node is "?" (vigil.fields.NAME_RE)
 DECIDED_FAMILIES = ("leader", "members", "state", "fencing", "held", "switchover")
@@ -69,21 +71,25 @@ def parse_snapshot(keys: Keys, kvs: list[KeyValue], revision: int) -> Snapshot:
 
 
 Entry = tuple[KeyValue, "Family | None", Any]  # a key as put: (kv, its family if decided on, its record)
+Part = tuple[str, str, Any]  # (part of the snapshot, key in it, value) one etcd key contributes
+ONE = ""  # the key in the "leader" and "switchover" parts: one etcd key each
 
 
 class SnapshotBuilder:
-    """The snapshot of a set of keys that changes one key at a time."""
+    """The snapshot of a set of keys that changes one key at a time. Each etcd
+    key contributes parts (vigil.store.snapshot._parts_of): a member record its
+    record, lease and MemberInfo under its node, a bad record its problem under
+    its key; a change replaces its key's parts in place."""
 
     def __init__(self, keys: Keys):
         self.keys = keys
         self._entries: dict[str, Entry] = {}
         self._parts: dict[str, dict[str, Any]] = {name: {} for name in _PARTS}
-        self._leader: LeaderInfo | None = None
-        self._switchover: Switchover | None = None
         self._built: Snapshot | None = None
         self._disordered: set[str] = set()  # parts a new key broke the order of: sorted when built
 
     def get(self, key: str) -> KeyValue | None:
+        """The key as last put, or None."""
         entry = self._entries.get(key)
         return entry[0] if entry else None
 
@@ -91,82 +97,85 @@ class SnapshotBuilder:
         """Hold exactly `kvs`; a record whose value is unchanged is not parsed again."""
         before, self._entries = self._entries, {}
         self._parts = {name: {} for name in _PARTS}
-        self._leader = self._switchover = None
-        self._built = None
-        self._disordered = set()
+        self._built, self._disordered = None, set()
         for kv in kvs:
             self.put(kv, before.get(kv.key))
 
     def put(self, kv: KeyValue, known: Entry | None = None) -> None:
+        """Set one key (`known`: an earlier entry of it whose parse may be reused)."""
         old = self._entries.get(kv.key)
         known = known or old
         if known is not None and known[0].value == kv.value:
             f, rec = known[1], known[2]  # records are immutable: parsed once per value
         else:
-            f = family_of(self.keys, kv.key)
-            f, rec = (f, parse_as(f, kv.key, kv.value)) if f is not None and f.name in DECIDED_FAMILIES else (None, None)
-        if old is not None:
-            self._take_out(old)
+            f, rec = self._parse(kv)
         self._entries[kv.key] = (kv, f, rec)
-        self._put_in(kv, f, rec)
+        new = _parts_of(kv, f, rec)
+        if old is not None:
+            kept = {(part, key) for part, key, _ in new}
+            self._drop([p for p in _parts_of(*old) if (p[0], p[1]) not in kept])
+        for part, key, value in new:
+            if not _insert(self._parts[part], key, value):
+                self._disordered.add(part)
+        self._built = None
 
     def delete(self, key: str) -> None:
+        """Remove one key (nothing if it is not held)."""
         old = self._entries.pop(key, None)
         if old is not None:
-            self._take_out(old)
+            self._drop(_parts_of(*old))
+            self._built = None
 
     def snapshot(self, revision: int) -> Snapshot:
+        """The Snapshot of the keys held, as of `revision` (the same object until a change)."""
         if self._built is None or self._built.revision != revision:
             for part in self._disordered:  # once per snapshot, not per new key (a cluster starting)
-                self._parts[part] = _ordered(self._parts[part])
+                self._parts[part] = dict(sorted(self._parts[part].items()))
             self._disordered.clear()
             p = self._parts
             self._built = Snapshot(
-                revision, self._leader, dict(p["members"]), dict(p["member_leases"]), dict(p["states"]),
-                self._switchover, dict(p["fence_blocked"]), dict(p["fence_attempts"]), dict(p["bad_records"]),
-                dict(p["holds"]), infos=dict(p["infos"]))
+                revision, p["leader"].get(ONE), dict(p["members"]), dict(p["member_leases"]), dict(p["states"]),
+                p["switchover"].get(ONE), dict(p["fence_blocked"]), dict(p["fence_attempts"]),
+                dict(p["bad_records"]), {n: dict(h) for n, h in p["holds"].items()}, infos=dict(p["infos"]))
         return self._built
 
-    def _put_in(self, kv: KeyValue, f: Family | None, rec: Any) -> None:
-        self._built = None
+    def _parse(self, kv: KeyValue) -> tuple[Family | None, Any]:
+        f = family_of(self.keys, kv.key)
         if f is None:
-            return  # a key no decision reads (payloads, jobs): kept only to be removed again
-        if isinstance(rec, BadRecord):
-            self._insert("bad_records", kv.key, rec.problem)
-            if f.name == "leader":  # the key is held all the same: by no node we know of
-                self._leader = replace(leader_from(kv), name=UNNAMED_LEADER)
-        elif f.name == "leader":
-            self._leader = leader_from(kv)
-        elif f.name == "switchover":
-            self._switchover = rec
-        else:
-            for part, node, value in _node_parts(f.name, kv, rec):
-                self._insert(part, node, value)
+            below = nested_in(self.keys, kv.key)
+            if below is not None:  # it could speak for the node its last segment names: it speaks for none
+                return below, BadRecord(kv.key, f"not a key Vigil writes: {below.name}/ holds one key per node, "
+                                                "named by the node alone; delete it")
+            return None, None
+        return (f, parse_as(f, kv.key, kv.value)) if f.name in DECIDED_FAMILIES else (None, None)
 
-    def _insert(self, part: str, key: str, value: Any) -> None:
-        if not _insert(self._parts[part], key, value):
-            self._disordered.add(part)
-
-    def _take_out(self, entry: Entry) -> None:
-        kv, f, rec = entry
-        self._built = None
-        if f is None:
-            return
-        if isinstance(rec, BadRecord):
-            self._parts["bad_records"].pop(kv.key, None)
-        if f.name == "leader":
-            self._leader = None
-        elif f.name == "switchover":
-            self._switchover = None
-        elif not isinstance(rec, BadRecord):
-            for part, node, _ in _node_parts(f.name, kv, rec):
-                self._parts[part].pop(node, None)
+    def _drop(self, parts: list[Part]) -> None:
+        for part, key, _ in parts:
+            self._parts[part].pop(key, None)
 
 
-_PARTS = ("members", "member_leases", "infos", "states", "fence_blocked", "fence_attempts", "holds", "bad_records")
+_PARTS = ("leader", "switchover", "members", "member_leases", "infos", "states", "fence_blocked", "fence_attempts",
+          "holds", "bad_records")
 
 
-def _node_parts(family: str, kv: KeyValue, rec: Any) -> list[tuple[str, str, Any]]:
+def _parts_of(kv: KeyValue, f: Family | None, rec: Any) -> list[Part]:
+    """What one key contributes to the snapshot: nothing for a key no decision
+    reads (payloads, jobs: held only to be removed again)."""
+    if f is None:
+        return []
+    if isinstance(rec, BadRecord):
+        bad: list[Part] = [("bad_records", kv.key, rec.problem)]
+        if f.name == "leader":  # the key is held all the same: by no node we know of
+            bad.append(("leader", ONE, replace(leader_from(kv), name=UNNAMED_LEADER)))
+        return bad
+    if f.name == "leader":
+        return [("leader", ONE, leader_from(kv))]
+    if f.name == "switchover":
+        return [("switchover", ONE, rec)]
+    return _node_parts(f.name, kv, rec)
+
+
+def _node_parts(family: str, kv: KeyValue, rec: Any) -> list[Part]:
     """(part, node, value) a good record of a per-node family adds to the snapshot."""
     if family == "members":
         return [("members", rec.name, rec), ("member_leases", rec.name, kv.lease),
@@ -182,11 +191,8 @@ def _node_parts(family: str, kv: KeyValue, rec: Any) -> list[tuple[str, str, Any
 
 
 def _insert(d: dict[str, Any], key: str, value: Any) -> bool:
-    """d[key] = value; False when that broke d's key order (a new key before the last)."""
+    """d[key] = value (in place when present); False when that broke d's key
+    order (a new key before the last)."""
     in_order = key in d or not d or key > next(reversed(d))
     d[key] = value
     return in_order
-
-
-def _ordered(d: dict[str, Any]) -> dict[str, Any]:
-    return dict(sorted(d.items()))
