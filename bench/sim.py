@@ -82,21 +82,34 @@ def one_large(seed: int, minutes: float, nodes: int, rack_size: int) -> dict:
             "leader_again_s": r.leader_again, "leader_again_max_s": max(again) if again else None,
             "leader_lost_for_good": r.leader_again.count(None),
             "longest_leaderless_s": round(r.longest_leaderless_s, 2),
-            "messages_per_node_per_virtual_s": round(sim.network.delivered / nodes / virtual, 2)}
+            "messages_per_node_per_virtual_s": round(sim.network.delivered / nodes / virtual, 2),
+            **etcd_load(sim.traffic, nodes, virtual)}
+
+
+def etcd_load(traffic: collections.Counter, nodes: int, virtual: float) -> dict:
+    """What the agents asked of the store (tests/sim/cluster.py LinkedStore), per virtual second."""
+    requests = sum(n for op, n in traffic.items() if op not in ("watch", "watch_event"))
+    return {"etcd_requests_per_virtual_s": round(requests / virtual, 1),
+            "etcd_requests_per_node_per_virtual_s": round(requests / nodes / virtual, 3),
+            "watch_events_per_node_per_virtual_s": round(traffic["watch_event"] / nodes / virtual, 3),
+            "etcd_requests_by_op": dict(sorted(traffic.items()))}
 
 
 def large(a: argparse.Namespace) -> None:
     runs = [one_large(seed, a.minutes, a.nodes, a.rack_size) for seed in range(a.seeds or 1)]
     table = [["nodes", "racks of", "seed", "virtual min", "wall s", "faults", "terms", "overlaps",
               "one leader at end", "killed: detected / within target", "detection p50 / max s (target)",
-              "leader again max s", "messages/node/virtual s"]]
+              "leader again max s", "messages/node/virtual s", "etcd requests/virtual s (per node)",
+              "watch events/node/virtual s"]]
     for r in runs:
         d = r["detection"]
         table.append([r["nodes"], r["rack_size"], r["seed"], r["virtual_minutes"], r["wall_s"],
                       sum(r["faults"].values()), r["terms"], r["overlaps"], len(r["leaders_at_end"]) == 1,
                       f"{d['killed']}: {d['detected']} / {d['within_target']}",
                       f"{d['p50_s']} / {d['max_s']} ({d['target_s']})",
-                      r["leader_again_max_s"], r["messages_per_node_per_virtual_s"]])
+                      r["leader_again_max_s"], r["messages_per_node_per_virtual_s"],
+                      f"{r['etcd_requests_per_virtual_s']} ({r['etcd_requests_per_node_per_virtual_s']})",
+                      r["watch_events_per_node_per_virtual_s"]])
     write("sim_scale", {"runs": runs}, table,
           "Real agents (tests/sim/cluster.py, tests/sim/large.py) in one SimLoop on one core, through the "
           "detection topology (defaults: domain meshes, 8 observers, 6 agree); simulation timers (heartbeat "

@@ -14,6 +14,7 @@ same seed injects the same faults at the same virtual instants.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import logging
 import random
@@ -79,8 +80,11 @@ class LinkedStore(Store):
     keep-alive or write landed)."""
 
     def __init__(self, store: MemoryStore, rng: random.Random, latency: float = 0.3, slow: float = 0.2,
-                 lost: float = 0.02):
+                 lost: float = 0.02, traffic: collections.Counter | None = None):
+        """`traffic`: counts each request by operation, "watch" per watch opened and
+        "watch_event" per event delivered (shared by a cluster's links: its load on etcd)."""
         self.store, self.rng, self.latency, self.slow, self.lost = store, rng, latency, slow, lost
+        self.traffic = collections.Counter() if traffic is None else traffic
         self._reachable = True
         self._cut: asyncio.Future[None] | None = None  # set when the link is cut: watches end
 
@@ -97,6 +101,7 @@ class LinkedStore(Store):
             self._cut = None
 
     async def _call(self, op: Any, *args: Any) -> Any:
+        self.traffic[op.__name__] += 1
         self._check()
         slow = self.rng.random() < self.slow
         if slow:
@@ -154,6 +159,7 @@ class LinkedStore(Store):
                     range_end: str | None = None) -> AsyncIterator[WatchEvent]:
         """A cut link ends the stream: at its next event, or at once for a watch
         that does not resume (its owner must learn it may be behind)."""
+        self.traffic["watch"] += 1
         self._check()
         events = self.store.watch(prefix, start_revision, resume, range_end).__aiter__()
         while True:
@@ -162,6 +168,7 @@ class LinkedStore(Store):
             else:
                 ev = await self._unless_cut(events.__anext__())
             self._check()
+            self.traffic["watch_event"] += 1
             yield ev
 
     async def _unless_cut(self, step: Any) -> WatchEvent:
@@ -223,13 +230,14 @@ class SimCluster:
         self.store = MemoryStore(self.clock)
         self.network = MemoryNetwork(rng=random.Random(seed + 1))
         self.faults: list[str] = []
+        self.traffic: collections.Counter = collections.Counter()  # every link's requests (LinkedStore)
         self.graveyard: list[Agent] = []
         names = [f"n{i + 1}" for i in range(nodes)]
         keys = shared_keys(*names)
         shape = {"topology": topology or {}, "racks": {n: f"rack-{i // rack_size + 1}" if rack_size else "default"
                                                       for i, n in enumerate(names)}}
         self.nodes = {n: SimNode(n, self._config(n, names, root, keys, timing, unchecked_timing, shape),
-                                 LinkedStore(self.store, self.rng))
+                                 LinkedStore(self.store, self.rng, traffic=self.traffic))
                       for n in names}
         ring = RecallingRing(self.nodes[names[0]].cfg.keys.ring.members)
         for node in self.nodes.values():
@@ -261,7 +269,8 @@ class SimCluster:
     # -- processes ---------------------------------------------------------------------
     def start(self, name: str) -> None:
         node = self.nodes[name]
-        node.link = LinkedStore(self.store, random.Random(f"{self.seed}-{name}-{len(self.graveyard)}"))
+        node.link = LinkedStore(self.store, random.Random(f"{self.seed}-{name}-{len(self.graveyard)}"),
+                                traffic=self.traffic)
         node.agent = Agent(node.cfg, store=node.link, clock=self.clock, network=self.network,
                            serve_api=False, tick=SIM_TICK)
         self.graveyard.append(node.agent)  # see SimLoop.sigkill: no finalizer runs before reap()
