@@ -15,10 +15,13 @@ Writes bench/results/sim.{json,md}.
 
 Large clusters (issue 24): python bench/sim.py --nodes 1000 [--rack-size 10]
 [--minutes 10] [--seeds 1] runs that many real agents through the detection
-topology (racks of --rack-size) in one SimLoop, with the same seeded faults,
-and writes bench/results/sim_scale.{json,md}: wall time, leadership terms,
-overlaps, one leader at the end, and heartbeat messages delivered per node per
-virtual second (at the simulation's 5 s heartbeat interval).
+topology (racks of --rack-size) in one SimLoop, under the large schedule
+(tests/sim/large.py: the leader killed, a node killed, a rack killed, a rack
+cut off, a pause past the TTL, a peer cut, each in turn), and writes
+bench/results/sim_scale_<N>.{json,md}: wall time, leadership terms, overlaps,
+one leader at the end, every killed node's detection against the target,
+leader-again times, heartbeat messages delivered and store requests and watch
+events per node per virtual second (at the simulation's 5 s heartbeat interval).
 """
 
 from __future__ import annotations
@@ -110,7 +113,7 @@ def large(a: argparse.Namespace) -> None:
                       r["leader_again_max_s"], r["messages_per_node_per_virtual_s"],
                       f"{r['etcd_requests_per_virtual_s']} ({r['etcd_requests_per_node_per_virtual_s']})",
                       r["watch_events_per_node_per_virtual_s"]])
-    write("sim_scale", {"runs": runs}, table,
+    write(f"sim_scale_{a.nodes}", {"runs": runs}, table,
           "Real agents (tests/sim/cluster.py, tests/sim/large.py) in one SimLoop on one core, through the "
           "detection topology (defaults: domain meshes, 8 observers, 6 agree); simulation timers (heartbeat "
           "5 s, lease 10 s), so messages per second are 1/50 of what 100 ms heartbeats send, and the "
