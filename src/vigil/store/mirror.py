@@ -17,9 +17,10 @@ Contract:
   a range read, unless that history was compacted (`forget`: the next
   snapshot needs one).
 - `snapshot()` is the Snapshot at the newest applied revision, kept up to
-  date per change (vigil.store.snapshot.SnapshotBuilder: a change costs the
-  same at 3 members as at 1,000); it may trail etcd by the watch's delivery
-  delay (ms), never by a missed change.
+  date per change (vigil.store.snapshot.SnapshotBuilder: applying a change
+  costs the same at 3 members as at 1,000; the first snapshot after it copies
+  the dicts); it may trail etcd by the watch's delivery delay (ms), never by
+  a missed change.
 """
 
 from __future__ import annotations
