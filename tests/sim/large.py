@@ -81,7 +81,7 @@ class LargeSimCluster(SimCluster):
     async def _faults(self, until: float) -> None:
         order = list(KINDS)
         self.rng.shuffle(order)
-        await asyncio.sleep(2 * self.target)  # the cluster formed
+        await self._formed(deadline=self.clock.now() + 10 * self.target)
         monitor = asyncio.get_running_loop().create_task(self._monitor())
         i = 0
         while self.clock.now() < until:
@@ -147,6 +147,15 @@ class LargeSimCluster(SimCluster):
             self.nodes[name].link.reachable = True
         self.network.heal()
         self._cut -= inside
+
+    async def _formed(self, deadline: float) -> None:
+        """Until a leader holds the key and the leader has marked every node: the
+        schedule faults a cluster that stands (a generous deadline: it faults one
+        that does not form, too, and the run shows it)."""
+        while self.clock.now() < deadline:
+            if self._leader_name() and all(self._state(n) in ("standby", "active") for n in self.nodes):
+                return
+            await asyncio.sleep(MONITOR_S)  # virtual time: the monitor's poll of the store
 
     def _standby(self, names: list[str], strict: bool = False) -> list[str]:
         """Those of `names` the leader has marked standby: up and serving, as a fault

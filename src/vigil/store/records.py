@@ -225,18 +225,22 @@ def family_of(keys: Keys, key: str) -> Family | None:
     """The family `key` belongs to, or None for a key Vigil never writes. A key
     below a per-node family's prefix with more than one segment (`members/x/n1`)
     is in none: it would speak for the node its last segment names."""
-    for path, exact, f in _paths(keys):
-        if key == path if exact else key.startswith(path) and len(key) > len(path):
-            return None if f.per_node and "/" in key[len(path):] else f
-    return None
+    f, nested = _match(keys, key)
+    return None if nested else f
 
 
 def nested_in(keys: Keys, key: str) -> Family | None:
     """The per-node family `key` is below with more than one segment (`members/x/n1`), or None."""
+    f, nested = _match(keys, key)
+    return f if nested else None
+
+
+def _match(keys: Keys, key: str) -> tuple[Family | None, bool]:
+    """The family whose key or prefix `key` matches, and whether it is nested below a per-node one."""
     for path, exact, f in _paths(keys):
-        if f.per_node and key.startswith(path) and "/" in key[len(path):]:
-            return f
-    return None
+        if key == path if exact else key.startswith(path) and len(key) > len(path):
+            return f, f.per_node and "/" in key[len(path):]
+    return None, False
 
 
 @functools.lru_cache(maxsize=64)

@@ -70,7 +70,8 @@ def parse_snapshot(keys: Keys, kvs: list[KeyValue], revision: int) -> Snapshot:
     return builder.snapshot(revision)
 
 
-Entry = tuple[KeyValue, "Family | None", Any]  # a key as put: (kv, its family if decided on, its record)
+# A key as put: (kv, its family if decided on, its record, the (part, key) slots it fills in the snapshot)
+Entry = tuple[KeyValue, "Family | None", Any, list[tuple[str, str]]]
 Part = tuple[str, str, Any]  # (part of the snapshot, key in it, value) one etcd key contributes
 ONE = ""  # the key in the "leader" and "switchover" parts: one etcd key each
 
@@ -109,11 +110,11 @@ class SnapshotBuilder:
             f, rec = known[1], known[2]  # records are immutable: parsed once per value
         else:
             f, rec = self._parse(kv)
-        self._entries[kv.key] = (kv, f, rec)
         new = _parts_of(kv, f, rec)
+        slots = [(part, key) for part, key, _ in new]
+        self._entries[kv.key] = (kv, f, rec, slots)
         if old is not None:
-            kept = {(part, key) for part, key, _ in new}
-            self._drop([p for p in _parts_of(*old) if (p[0], p[1]) not in kept])
+            self._drop([slot for slot in old[3] if slot not in slots])
         for part, key, value in new:
             if not _insert(self._parts[part], key, value):
                 self._disordered.add(part)
@@ -123,7 +124,7 @@ class SnapshotBuilder:
         """Remove one key (nothing if it is not held)."""
         old = self._entries.pop(key, None)
         if old is not None:
-            self._drop(_parts_of(*old))
+            self._drop(old[3])
             self._built = None
 
     def snapshot(self, revision: int) -> Snapshot:
@@ -149,8 +150,8 @@ class SnapshotBuilder:
             return None, None
         return (f, parse_as(f, kv.key, kv.value)) if f.name in DECIDED_FAMILIES else (None, None)
 
-    def _drop(self, parts: list[Part]) -> None:
-        for part, key, _ in parts:
+    def _drop(self, slots: list[tuple[str, str]]) -> None:
+        for part, key in slots:
             self._parts[part].pop(key, None)
 
 
