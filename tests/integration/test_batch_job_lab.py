@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import random
+import signal
 import struct
 import subprocess
 import sys
@@ -41,12 +42,33 @@ def job_state(lab: Lab) -> dict:
     return lab.with_store(read)
 
 
-def mid_way(j: dict, killed: list[str]) -> str | None:
-    """A live node holding a shard it has committed some of, but not all."""
+def mid_way(j: dict, killed: list[str], node: str | None = None) -> dict | None:
+    """A shard a live node (`node`, when given) has committed some of, but not all."""
     for sh in j["shards"]:
         if sh["node"] and sh["node"] not in killed and sh["state"] == "running" and \
-                0 < sh["done"] and sh["next_chunk"] < sh["end_chunk"] - 1:
-            return sh["node"]
+                0 < sh["done"] and sh["next_chunk"] < sh["end_chunk"] - 1 and node in (None, sh["node"]):
+            return sh
+    return None
+
+
+def frozen_mid_way(lab: Lab, killed: list[str]) -> str | None:
+    """A node mid-way through a shard, its agent stopped (SIGSTOP) and the shard
+    read again while it is: it commits nothing more, so when the read still finds
+    it mid-way the kill that follows catches a shard with chunks left (read and
+    kill apart, the node could finish the shard in between). None, the agent
+    running again, when it is not."""
+    found = mid_way(job_state(lab), killed)
+    if found is None:
+        return None
+    victim = found["node"]
+    lab.signal_agent(victim, signal.SIGSTOP)
+    # A commit it had already sent may still land: read until its shard stands still.
+    still = lab.wait_for(lambda: (lambda a, b: b if a == b else None)(
+        job_state(lab)["shards"][found["shard"]], job_state(lab)["shards"][found["shard"]]), 10,
+        "the stopped node's checkpoint to stand still")
+    if mid_way({"shards": [still]}, killed, victim):
+        return victim
+    lab.signal_agent(victim, signal.SIGCONT)
     return None
 
 
@@ -83,9 +105,8 @@ def test_a_10000_input_job_survives_two_sigkills_of_its_node(tmp_path):
             lab.wait_for(lambda: any(p["id"].startswith("job:big:") and p["kind"] == "job" for p in
                                      json.loads(vigil("payloads", "--lab", d, "--json").stdout)), 60,
                          "a shard's owner record in `vigil payloads`")
-            j = lab.wait_for(lambda: (lambda j: j if mid_way(j, killed) else None)(job_state(lab)), 60,
-                             "a live node mid-way through a shard")
-            victim = mid_way(j, killed)
+            victim = lab.wait_for(lambda: frozen_mid_way(lab, killed), 60,
+                                  "a live node frozen mid-way through a shard")
             lab.kill_node(victim)  # agent and model server: every process of the node
             killed.append(victim)
         waited = vigil("job", "wait", "--lab", d, "big", "--timeout", "600")
