@@ -187,13 +187,16 @@ class HeartbeatService:
         peer = self.peers.peers.get(hb.node)
         if peer is None:  # a member we do not watch (yet): the leader before we read its key
             return
+        if verdict == "duplicate":  # byte for byte a packet we took: it proves its link, nothing more
+            self.watch.deliver(hb, link, verdict, self.clock.now())
+            return
         heard = (peer.suspects, peer.role)
         changes = self.watch.deliver(hb, link, verdict, self.clock.now())
         self.looking.poke()
         self._paused()
         if changes:
             self.on_transitions(changes)
-        if verdict != "duplicate" and (peer.suspects, peer.role) != heard:
+        if (peer.suspects, peer.role) != heard:
             self.on_news()  # what a peer suspects, or whether it leads, changed
 
     async def _send_loop(self) -> None:

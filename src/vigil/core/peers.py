@@ -286,11 +286,13 @@ class PeerWatch:
 
     def deliver(self, hb: Any, link: str, verdict: str, now: float) -> list[PeerTransition]:
         """One authentic packet (vigil.net.wire.Heartbeat) accepted with `verdict`:
-        a duplicate proves its link, an extra brings news untimed, the rest are timed."""
-        self._observe(now)
+        a duplicate proves its link, an extra brings news untimed, the rest are timed.
+        A duplicate judges nothing, so it does not look for our own stall either
+        (whatever judges next does, first)."""
         if verdict == "duplicate":
             self.peers.link_seen(hb.node, link, now)
             return []
+        self._observe(now)
         if hb.extra:
             self.peers.news(hb.node, link, now, hb.incarnation, hb.health, hb.role, hb.suspects)
             return []
