@@ -33,7 +33,7 @@ from vigil.lab.fencing import LabFencing
 from vigil.lab.frontdoor import FrontDoor
 from vigil.lab.generative import lab_generator
 from vigil.lab.configs import CONTINUE_KEY, LabConfigs
-from vigil.lab.observe import SMALL, LabObservation
+from vigil.lab.observe import LabObservation
 from vigil.lab.sensors import LabSensors
 
 START_WAVE = 10  # agents started together in a lab of more than 16
@@ -187,8 +187,7 @@ class Lab(LabConfigs, LabObservation):
             if any(n.server_url for n in self.nodes):  # a model loads in seconds per server on 2 cores
                 timeout += 20.0 * len(self.nodes)
             timeout += 1.5 * max(0, len(self.nodes) - 10)  # an agent's start costs ~1 s of CPU on 2 cores
-            self.wait_for(self.ready, timeout, "a leader, and every agent hearing every peer",
-                          poll=0.02 if len(self.nodes) <= SMALL else 1.0)
+            self.wait_for(self.ready, timeout, "a leader, and every agent hearing every peer")
             self.save()  # now with the model servers' PIDs
         except BaseException:
             self.down()
