@@ -45,6 +45,7 @@ from vigil.agent.reload import reload_config
 from vigil.agent.sdnotify import Notifier, notify_loop
 from vigil.clock import Clock, SystemClock
 from vigil.config import NodeConfig
+from vigil.core.drain_budget import DrainGate
 from vigil.core.health import DEGRADED, more_severe
 from vigil.core.leader import LeaderRole
 from vigil.core.peers import TICK, PeerTransition
@@ -130,7 +131,8 @@ class Agent:
         self.link = link = SessionLink(lambda: self.session, lambda: self.election, lambda: self.health_reasons,
                                        lambda: self.publisher.retry(), lambda: self.publisher.unpublished())
         self.health = HealthMonitor(cfg.health, self.clock, self.events.record, self._on_health,
-                                    restart_server=self._restart_server)
+                                    restart_server=self._restart_server,
+                                    gate=DrainGate(cfg.node, cfg.health.drain_budget, cfg.domains()))
         self.reconciler = Reconciler(cfg, self.clock, self.store, self.keys, self.registry, self.events.record,
                                      self.leadership, self.heartbeats.peers, link, self.wake, fencer,
                                      self.controller, lambda: self.health.verdict,
@@ -212,13 +214,15 @@ class Agent:
 
     def _on_snapshot(self, snap: Any) -> None:
         """Every snapshot a cycle reads: the incarnations the heartbeat receiver
-        should expect, and the leader the detection topology follows (the members'
-        part is skipped for the snapshot of the last cycle: a cycle that reads no
-        change gets the same object)."""
+        should expect, the leader the detection topology follows and the member
+        records the drain budget reads (the incarnations and key ids are skipped
+        for the snapshot of the last cycle: a cycle that reads no change gets the
+        same object)."""
         if snap is not self._members_told:
             self._members_told = snap
             self.heartbeats.expect({n: rec.incarnation for n, rec in snap.members.items()})
             self.heartbeats.peer_key_ids({n: rec.heartbeat_key_id for n, rec in snap.members.items()})
+        self.health.see_members(snap.members)  # every cycle: a drain that waits settles with time too
         self.heartbeats.follow(snap.leader.name if snap.leader else None)
 
     def _lead_heartbeats(self, change: Any) -> None:

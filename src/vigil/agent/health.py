@@ -13,6 +13,11 @@ Contract:
   its roles at once).
 - What the policy asks beyond a verdict (restart the inference server, reset
   a GPU) is an event `health_action`; the inference server restart is done.
+- `verdict` is the policy's verdict through the drain budget
+  (vigil.core.drain_budget): a drain the budget has no place for is
+  published as degraded until one frees; `see_members` gives the gate each
+  snapshot's member records and applies it again at once (a place that
+  frees is taken on the next snapshot, not the next round).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from typing import Any, Awaitable, Callable
 
 from vigil.clock import Clock
 from vigil.core.compat import mismatches
+from vigil.core.drain_budget import DrainGate
 from vigil.core.facility import FacilityPolicy
 from vigil.core.thermal import ThermalTrend, gpu_rules
 from vigil.core.health import RESTART_SERVER, HealthPolicy, Verdict, incompatible
@@ -44,14 +50,17 @@ def default_probes(cfg: HealthConfig) -> list[Probe]:
 class HealthMonitor:
     def __init__(self, cfg: HealthConfig, clock: Clock, record: Any, on_change: Callable[[], None],
                  probes: list[Probe] | None = None,
-                 restart_server: Callable[[str], Awaitable[None]] | None = None):
+                 restart_server: Callable[[str], Awaitable[None]] | None = None,
+                 gate: DrainGate | None = None):
         self.cfg, self.clock, self.record, self.on_change = cfg, clock, record, on_change
+        self.gate = gate
         self.probes = default_probes(cfg) if probes is None else probes
         self.policy = HealthPolicy(cfg.rules, FacilityPolicy(cfg.facility) if cfg.facility else None,
                                    lambda name, limit: ThermalTrend(name, gpu_rules(limit, cfg.lead.drain_time,
                                                                                     cfg.lead.margin)))
         self.restart_server = restart_server
         self.verdict = Verdict()
+        self.judged = Verdict()  # the policy's, before the drain budget
         self.fingerprint: dict[str, Any] = {}
         self.readings: dict[str, Reading] = {}
         self._task: asyncio.Task | None = None
@@ -105,6 +114,17 @@ class HealthMonitor:
             if action.startswith(RESTART_SERVER) and self.restart_server:
                 await self.restart_server(action)
         self._report_alarms(verdict.alarms)
+        self.judged = verdict
+        self._adopt(self.gate.apply(verdict, self.clock.now()) if self.gate else verdict)
+
+    def see_members(self, records: Any) -> None:
+        """The member records (name -> MemberRecord) of the snapshot just read:
+        the drain budget is judged again on them."""
+        if self.gate:
+            self.gate.see(records)
+            self._adopt(self.gate.apply(self.judged, self.clock.now()))
+
+    def _adopt(self, verdict: Verdict) -> None:
         previous = self.verdict
         if (verdict.state, verdict.reasons) == (previous.state, previous.reasons):
             return

@@ -54,6 +54,8 @@ def reload_config(agent: Any, path: str) -> bool:
     # The reconciler reads the ring (who may lead and vote) and the peers from the same object.
     agent.cfg = agent.reconciler.cfg = dataclasses.replace(agent.cfg, keys=keys, peers=new.peers,
                                                            observers=new.observers)
+    if agent.health.gate:
+        agent.health.gate.domains = agent.cfg.domains()  # the drain budget counts the members
     agent.request_publish()  # the key id we sign with is in our member record: peers' pair keys
     ring = {n: sorted(ids) for n, ids in keys.ring.members.items()}
     record("config_reloaded", f"configuration reloaded: signing with key {keys.signing.send}, ring {ring}"

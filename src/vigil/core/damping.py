@@ -64,7 +64,7 @@ class FlapDamper:
         over = sorted(((-c, n) for n, c in self.counts(now).items() if c >= r.threshold))
         room = int(r.max_held_fraction * max(members, 1))
         domains = domains or {}
-        per_domain = _domain_rooms(r.max_held_fraction, domains)
+        per_domain = domain_rooms(r.max_held_fraction, domains)
         out = {}
         for negative, node in over:
             if len(out) >= room:
@@ -80,7 +80,7 @@ class FlapDamper:
         return out
 
 
-def _domain_rooms(fraction: float, domains: Mapping[str, str]) -> dict[str, int]:
+def domain_rooms(fraction: float, domains: Mapping[str, str]) -> dict[str, int]:
     """How many of each failure domain may be held at once; {} for one domain."""
     sizes: dict[str, int] = {}
     for d in domains.values():

@@ -74,6 +74,9 @@ class Finding:
     verdict: str
     reason: str
     action: str = ""
+    # A drain that may wait for the drain budget (vigil.core.drain_budget): XIDs, heat,
+    # the facility. One that may not: a workload the node cannot run.
+    deferrable: bool = True
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,8 @@ class Verdict:
     reasons: tuple[str, ...] = ()  # why it is not READY (empty when it is)
     actions: tuple[str, ...] = ()  # "restart_server: XID 13 on GPU 0 ..." - asked of the agent
     alarms: tuple[str, ...] = ()  # told to the operator, never a reason to move work (a sensor fault)
+    deferrable: bool = False  # a drain every finding of which may wait for the drain budget
+    deferred: bool = False  # a drain held back by the drain budget (then `state` is degraded)
 
     @property
     def may_lead(self) -> bool:
@@ -93,7 +98,7 @@ class Verdict:
 
     def to_json(self) -> dict[str, Any]:
         return {"verdict": self.state, "reasons": list(self.reasons), "actions": list(self.actions),
-                "alarms": list(self.alarms)}
+                "alarms": list(self.alarms), **({"drain": "deferred"} if self.deferred else {})}
 
 
 def worst(findings: Iterable[Finding]) -> Verdict:
@@ -101,13 +106,14 @@ def worst(findings: Iterable[Finding]) -> Verdict:
     state = max((f.verdict for f in found), key=VERDICTS.index, default=READY)
     return Verdict(state, tuple(f.reason for f in found if f.verdict != READY),
                    tuple(f"{f.action}: {f.reason}" for f in found if f.action),
-                   tuple(f.reason for f in found if f.verdict == READY and not f.action))
+                   tuple(f.reason for f in found if f.verdict == READY and not f.action),
+                   state == DRAINING and all(f.deferrable for f in found if f.verdict == DRAINING))
 
 
 def incompatible(mismatches: list[str]) -> list[Finding]:
     """The compatibility gate's answer (vigil.core.compat) as findings: a node that
     cannot run the workload takes none of its work and none of its roles."""
-    return [Finding(DRAINING, f"incompatible with the workload: {m}") for m in mismatches]
+    return [Finding(DRAINING, f"incompatible with the workload: {m}", deferrable=False) for m in mismatches]
 
 
 def more_severe(a: str, b: str) -> str:

@@ -19,6 +19,8 @@ naming the field and the fix.
       flap_window: 600         #   the leader's setting applies)
       drain_time: 30           # s this node needs to drain (the thermal trend's lead)
       drain_margin: 30
+      drain_budget: 0.34       # at most this share of the cluster and of each failure domain
+                               #   out for health at once; a drain beyond it waits, degraded
       sensors:                 # facility sensors over Modbus/TCP (vigil.probes.modbus)
         - {name: inlet, kind: inlet_temp, host: 10.0.0.5, port: 502, unit: 1, register: 0,
            table: holding, data: uint16, signal: 4-20mA, raw_per_unit: 100, range: [0, 50],
@@ -34,6 +36,7 @@ from typing import Any
 
 from vigil.core.compat import parse_requirement
 from vigil.core.damping import DampingRules
+from vigil.core.drain_budget import DrainBudget
 from vigil.core.facility import FAULT_CODE, INLET_TEMP, PointRules
 from vigil.core.health import VERDICTS, HealthRules
 from vigil.core.thermal import ThermalRules
@@ -57,6 +60,7 @@ class HealthConfig:
     lead: ThermalRules = field(default_factory=ThermalRules)  # drain_time and margin of every trend
     sensors: tuple[SensorPoint, ...] = ()
     facility: dict[str, PointRules] = field(default_factory=dict)
+    drain_budget: DrainBudget = field(default_factory=DrainBudget)
 
 
 def parse_health(v: Any) -> HealthConfig:
@@ -64,7 +68,7 @@ def parse_health(v: Any) -> HealthConfig:
         return HealthConfig()
     d = check_mapping(v, "health", {"interval", "gpu", "kernel_log", "xid", "unknown_xid", "requires",
                                     "declare", "sensors", "drain_time", "drain_margin", "flap_threshold",
-                                    "flap_window", *SECONDS, *DEGREES})
+                                    "flap_window", "drain_budget", *SECONDS, *DEGREES})
     interval = _number(d, "interval", 1.0, 0.1, 60.0)
     rules: dict[str, Any] = {k: _number(d, k, getattr(HealthRules, k), lo, hi) for k, (lo, hi) in SECONDS.items()}
     rules.update({k: _number(d, k, getattr(HealthRules, k), 0.0, 50.0) for k in DEGREES})
@@ -85,8 +89,13 @@ def parse_health(v: Any) -> HealthConfig:
     points, facility = parse_sensors(d.get("sensors", []), lead)
     damping = DampingRules(check_int(d.get("flap_threshold", 3), "health.flap_threshold", 0, 100),
                            _number(d, "flap_window", 600.0, 1.0, 86400.0))
+    share = d.get("drain_budget", DrainBudget.share)
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0.01 <= share <= 1:
+        raise ConfigError("health.drain_budget", share, "must be a share from 0.01 to 1: how much of the "
+                          "cluster, and of each failure domain, may drain for health at once (1: no limit)")
+    budget = DrainBudget(float(share))
     return HealthConfig(interval, _switch(d, "gpu"), _switch(d, "kernel_log"), HealthRules(**rules), requires,
-                        {str(k): v for k, v in declare.items()}, damping, lead, points, facility)
+                        {str(k): v for k, v in declare.items()}, damping, lead, points, facility, budget)
 
 
 def _number(d: dict[str, Any], key: str, default: float, lo: float, hi: float, where: str = "health") -> float:

@@ -62,6 +62,11 @@ class MemberRecord:
         return tuple(self.health.get("reasons") or ())
 
     @property
+    def drain_deferred(self) -> bool:
+        """Its own verdict is a drain that waits for the drain budget (vigil.core.drain_budget)."""
+        return self.health.get("drain") == "deferred"
+
+    @property
     def may_lead(self) -> bool:
         """Its node may lead: `may_lead` since issue 12; before it, a verdict of
         "healthy" said the same."""

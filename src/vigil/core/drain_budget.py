@@ -1,0 +1,142 @@
+"""The drain budget (pure): how many nodes may leave service at once for
+their own health verdicts, cluster-wide and per failure domain, so that a
+cluster-wide XID storm or a warm room degrades the cluster instead of
+emptying it (as Kubernetes' disruption budgets bound voluntary evictions).
+
+Every agent decides for itself, from the member records of the snapshot it
+reads, so no vote and no extra etcd write is needed:
+- `out`: the members whose published verdict takes them out of service
+  (draining or failed). They hold the budget, whatever made them go; a
+  failed verdict (a GPU off the bus) is never deferred.
+- A node whose own verdict is a drain that may wait (a deferrable finding:
+  XIDs, heat, the facility; not an incompatible workload) first says so
+  (`drain: deferred` in its record, DrainGate) and drains when it is already
+  out (it keeps its place, so a drain is never taken back by a node that
+  wanted one later), or when the nodes waiting for a place (their records
+  say `drain: deferred`) and itself, taken in name order, leave room for it
+  within `max(1, share x members)` cluster-wide and `max(1, share x its
+  domain's size)` in its domain.
+- A node that may not drain yet publishes `degraded` instead, with the
+  reason: it keeps serving (at half weight) and leads only when no ready
+  member can, and it tries again on every snapshot.
+
+Agents that read the same snapshot agree on who goes first; two that read
+different snapshots may each take the last place at once, and the budget is
+then exceeded by at most the number of such races until the drains end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+from vigil.core.damping import domain_rooms
+from vigil.core.health import DEGRADED, DRAINING, FAILED, Verdict
+
+OUT = frozenset({DRAINING, FAILED})
+# s a drain waits, said, before it takes a place: the nodes a storm hit within one
+# health round (1 s by default) of each other have said so by then.
+SETTLE = 2.0
+
+
+@dataclass(frozen=True)
+class DrainBudget:
+    share: float = 0.34  # of the members (and of each failure domain's) out for health at once; 1: no limit
+
+    def rooms(self, members: int, domains: Mapping[str, str]) -> tuple[int, dict[str, int]]:
+        """(cluster-wide room, room per domain); at least one node may always drain."""
+        return max(1, int(self.share * members)), domain_rooms(self.share, domains)
+
+
+@dataclass(frozen=True)
+class Published:
+    """What the budget reads of one member record."""
+
+    verdict: str
+    deferred: bool = False  # its own verdict is a drain, waiting for a place
+
+
+def may_drain(me: str, budget: DrainBudget, published: Mapping[str, Published],
+              domains: Mapping[str, str]) -> bool:
+    """Whether `me`, whose own verdict is a deferrable drain, may drain now.
+    `published`: every member's record (`me` included where it has one);
+    `domains`: member -> failure domain, for every configured member."""
+    mine = published.get(me)
+    if mine is not None and mine.verdict in OUT:
+        return True  # already out: it keeps its place
+    room, per_domain = budget.rooms(_size(published, domains), domains)
+    for name, rec in published.items():
+        if rec.verdict in OUT:
+            room -= 1
+            _take(per_domain, domains.get(name))
+    waiting = sorted({me, *(n for n, r in published.items() if r.deferred and r.verdict not in OUT)})
+    for name in waiting:
+        domain = domains.get(name)
+        fits = room > 0 and per_domain.get(domain, 1) > 0  # (one domain: no room per domain)
+        if name == me:
+            return fits
+        if fits:
+            room -= 1
+            _take(per_domain, domain)
+    return False
+
+
+class DrainGate:
+    """This node's verdict through the drain budget, judged on the member records
+    of the last snapshot (`see`: a reference kept, read only while the node wants
+    a deferrable drain, so a cluster's changes cost nothing otherwise).
+
+    A drain starts deferred, always: the node first says it wants one (its
+    record: `drain: deferred`) and takes a place only once that record is in
+    the snapshots it reads and `settle` seconds have passed, so that the nodes
+    a storm hit at the same moment have said so too and every agent orders
+    the same waiting list (without it, each would find the budget empty in
+    the snapshot before the storm and drain)."""
+
+    def __init__(self, me: str, budget: DrainBudget, domains: Mapping[str, str], settle: float = SETTLE):
+        self.me, self.budget, self.domains, self.settle = me, budget, domains, settle
+        self._records: Mapping[str, Any] = {}
+        self._since: float | None = None  # when this drain was first deferred
+
+    def see(self, records: Mapping[str, Any]) -> None:
+        """The member records (name -> MemberRecord) of the snapshot just read."""
+        self._records = records
+
+    def apply(self, v: Verdict, now: float) -> Verdict:
+        """`v` itself, or `v` deferred (degraded) while the budget has no place for it."""
+        if v.state != DRAINING or not v.deferrable:
+            self._since = None
+            return v
+        published = {n: Published(r.verdict, r.drain_deferred) for n, r in self._records.items()}
+        mine = published.get(self.me)
+        if mine is not None and mine.verdict in OUT:
+            return v  # already out: it keeps its place
+        if self._since is None:
+            self._since = now
+        said = mine is not None and mine.deferred and now - self._since >= self.settle
+        if said and may_drain(self.me, self.budget, published, self.domains):
+            return v
+        room, per_domain = self.budget.rooms(_size(published, self.domains), self.domains)
+        limit = f"{room} at once" + (f", {per_domain[d]} of {d}" if (d := self.domains.get(self.me)) in per_domain
+                                     else "")
+        return deferred(v, [n for n, p in published.items() if p.verdict in OUT], limit)
+
+
+def _size(published: Mapping[str, Published], domains: Mapping[str, str]) -> int:
+    """The members the shares are of: every configured one, and any other with a record."""
+    return max(len(domains), len(published), 1)
+
+
+def _take(per_domain: dict[str, int], domain: str | None) -> None:
+    if domain in per_domain:
+        per_domain[domain] -= 1
+
+
+def deferred(v: Verdict, out: Iterable[str], limit: str) -> Verdict:
+    """`v` (a deferrable drain) held back: degraded, saying why and who holds the places."""
+    holders = sorted(out)
+    why = (f"drain deferred by the drain budget ({limit}): {len(holders)} member(s) already out for "
+           f"health ({', '.join(holders[:5])}{', ...' if len(holders) > 5 else ''}); serving degraded "
+           "until a place frees")
+    return dataclasses.replace(v, state=DEGRADED, reasons=(why, *v.reasons), deferred=True)

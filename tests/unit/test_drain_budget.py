@@ -1,0 +1,170 @@
+"""The drain budget (vigil.core.drain_budget): an XID storm or a warm room
+drains at most a share of the cluster and of each failure domain; the rest
+serve degraded and say why; places are kept by those that hold them and
+taken in name order when they free; a failed verdict and an incompatible
+workload are never held back. The agents' rounds are played out as every
+agent would, each deciding from the member records of one snapshot."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vigil.agent.health import HealthMonitor
+from vigil.core.drain_budget import DrainBudget, DrainGate, Published, may_drain
+from vigil.core.health import DEGRADED, DRAINING, FAILED, READY, Finding, Verdict, incompatible, worst
+from vigil.probes.config import parse_health
+from vigil.testing.clock import FakeClock
+from vigil.testing.xid_log import XidLog
+
+XID48_FINDINGS = [Finding(DRAINING, "XID 48 on GPU 0: double-bit ECC error", "reset_gpu")]
+XID48 = worst(XID48_FINDINGS)
+
+
+@dataclass
+class Record:
+    """The two things the gate reads of a member record (vigil.store.member_record)."""
+    verdict: str
+    drain_deferred: bool = False
+
+
+class Cluster:
+    """Every agent's gate and published record; `play` runs rounds one second apart
+    in which every node judges its own verdict (a drain if it `wants` one) from the
+    records of the round before, as agents reading one snapshot would."""
+
+    def __init__(self, names, domains, budget=DrainBudget(), out=()):
+        self.names, self.out, self.now = names, set(out), 0.0
+        self.gates = {n: DrainGate(n, budget, domains) for n in names}
+        self.records = {n: Record(FAILED if n in out else READY) for n in names}
+
+    def play(self, wants, rounds=5):
+        for _ in range(rounds):
+            seen = dict(self.records)
+            for n in self.names:
+                if n not in self.out:
+                    self.gates[n].see(seen)
+                    v = self.gates[n].apply(XID48 if n in wants else Verdict(), self.now)
+                    self.records[n] = Record(v.state, v.deferred)
+            self.now += 1.0
+        return self.records
+
+
+def play(names, wants, domains, budget=DrainBudget(), rounds=5, out=()):
+    return Cluster(names, domains, budget, out).play(wants, rounds)
+
+
+def test_an_xid_storm_drains_a_third_and_the_rest_serve_degraded_saying_why():
+    names = [f"n{i}" for i in range(1, 10)]
+    records = play(names, set(names), {n: "default" for n in names})
+    draining = sorted(n for n, r in records.items() if r.verdict == DRAINING)
+    assert draining == ["n1", "n2", "n3"], "int(0.34 x 9) = 3 places, taken in name order"
+    assert all(records[n].verdict == DEGRADED and records[n].drain_deferred for n in names[3:])
+    gate = DrainGate("n9", DrainBudget(), {n: "default" for n in names})
+    gate.see(records)
+    v = gate.apply(XID48, 0.0)
+    assert v.state == DEGRADED and v.deferred and v.to_json()["drain"] == "deferred"
+    assert v.reasons[0].startswith("drain deferred by the drain budget (3 at once): 3 member(s) already out")
+    assert "n1, n2, n3" in v.reasons[0] and v.reasons[1].startswith("XID 48"), v.reasons
+    assert v.actions == XID48.actions, "what the XID asks for (a GPU reset) is still asked"
+
+
+def test_a_rack_that_runs_warm_drains_one_of_its_nodes_and_other_racks_keep_theirs():
+    names = [f"n{i}" for i in range(1, 10)]
+    domains = {n: f"rack-{(i - 1) // 3 + 1}" for i, n in enumerate(names, 1)}
+    warm = {"n1", "n2", "n3"}
+    records = play(names, warm | {"n7"}, domains)
+    assert sorted(n for n, r in records.items() if r.verdict == DRAINING) == ["n1", "n7"], \
+        "max(1, int(0.34 x 3)) = 1 per rack of 3; rack-3's node drains beside rack-1's"
+    assert records["n2"].drain_deferred and records["n3"].drain_deferred
+
+
+def test_a_place_is_kept_by_its_holder_and_taken_by_the_first_waiting_when_it_frees():
+    names = ["n1", "n2", "n3"]
+    c = Cluster(names, {n: "default" for n in names})
+    c.play({"n2"})
+    assert c.records["n2"].verdict == DRAINING
+    c.play({"n1", "n2", "n3"})
+    assert [c.records[n].verdict for n in names] == [DEGRADED, DRAINING, DEGRADED], \
+        "n1 wants one later: n2 keeps its place although n1 comes first by name"
+    c.play({"n1", "n3"})  # n2's drain ended
+    assert [c.records[n].verdict for n in names] == [DRAINING, READY, DEGRADED], "the first waiting by name"
+    c.play({"n3"})
+    assert c.records["n3"].verdict == DRAINING and c.records["n1"].verdict == READY
+
+
+def test_a_drain_says_so_first_and_takes_a_place_only_after_it_settles():
+    names = ["n1", "n2", "n3"]
+    c = Cluster(names, {n: "default" for n in names})
+    assert c.play({"n1"}, rounds=1)["n1"] == Record(DEGRADED, True), "even with the budget empty"
+    c.play({"n1"}, rounds=1)
+    assert c.records["n1"] == Record(DEGRADED, True), "1 s said: not settled (SETTLE 2 s)"
+    c.play({"n1"}, rounds=1)
+    assert c.records["n1"] == Record(DRAINING), "said and settled: the place is taken"
+    assert may_drain("n1", DrainBudget(), {"n1": Published(DEGRADED, True)}, {"n1": "a"})
+
+
+def test_failed_and_incompatible_are_never_held_back_and_failed_holds_a_place():
+    names = [f"n{i}" for i in range(1, 7)]
+    domains = {n: "default" for n in names}
+    records = play(names, set(names), domains, out={"n5", "n6"})
+    assert [n for n, r in records.items() if r.verdict == DRAINING] == [], \
+        "two failed of six fill the int(0.34 x 6) = 2 places"
+    gate = DrainGate("n1", DrainBudget(), domains)
+    gate.see(records)
+    off_the_bus = worst([Finding(FAILED, "XID 79 on GPU 0: GPU has fallen off the bus", "fence: XID 79")])
+    assert gate.apply(off_the_bus, 0.0) == off_the_bus
+    wrong = worst(incompatible(["cuda_driver 12.0 does not satisfy >=12.1"]))
+    assert wrong.state == DRAINING and not wrong.deferrable and gate.apply(wrong, 0.0) == wrong
+    both = worst([*incompatible(["cuda_driver 12.0 does not satisfy >=12.1"]), *XID48_FINDINGS])
+    assert gate.apply(both, 0.0) == both, "one finding that may not wait: the whole drain goes now"
+
+
+def test_a_budget_of_one_lets_everything_drain():
+    names = [f"n{i}" for i in range(1, 6)]
+    records = play(names, set(names), {n: "default" for n in names}, DrainBudget(1.0))
+    assert all(r.verdict == DRAINING for r in records.values())
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 24), st.integers(1, 6), st.floats(0.01, 1.0), st.integers(0, 2**32 - 1))
+def test_agents_reading_one_snapshot_never_exceed_the_budget(n, racks, share, seed):
+    """Whatever wants a drain, whatever is already out: after any number of rounds
+    in which every agent reads the same snapshot, the nodes out number at most
+    the room (or those failed, if more), cluster-wide and in every domain."""
+    rng = random.Random(seed)
+    names = [f"n{i}" for i in range(n)]
+    domains = {x: f"rack-{rng.randrange(racks)}" for x in names}
+    out = {x for x in names if rng.random() < 0.15}
+    budget = DrainBudget(share)
+    c = Cluster(names, domains, budget, out)
+    for _ in range(3):  # the wanting set changes between plays; the gates and records carry over
+        wants = {x for x in names if rng.random() < 0.6}
+        records = c.play(wants, rounds=rng.randint(1, 5))
+        room, per_domain = budget.rooms(n, domains)
+        gone = [x for x, r in records.items() if r.verdict in (DRAINING, FAILED)]
+        assert len(gone) <= max(room, len(out))
+        for d, limit in per_domain.items():
+            assert len([x for x in gone if domains[x] == d]) <= max(limit, len([x for x in out if domains[x] == d]))
+        assert all(records[x].verdict == READY for x in names if x not in wants and x not in out)
+
+
+async def test_the_monitor_publishes_the_deferred_verdict_and_drains_once_a_place_frees():
+    events, changes, clock = [], [], FakeClock()
+    m = HealthMonitor(parse_health({"gpu": "off", "kernel_log": "off", "drain_budget": 0.34}), clock,
+                      lambda kind, cause, **d: events.append((kind, cause)), lambda: changes.append(1),
+                      probes=[XidLog()], gate=DrainGate("n3", DrainBudget(0.34), {"n1": "a", "n2": "a", "n3": "a"}))
+    m.gate.see({"n1": Record(DRAINING), "n2": Record(READY)})
+    await m.round()
+    assert m.judged.state == DRAINING and m.verdict.state == DEGRADED
+    assert m.describe()["drain"] == "deferred" and m.describe()["verdict"] == DEGRADED
+    assert events[-1][0] == "health_verdict" and "drain deferred" in events[-1][1]
+    clock.advance(2.0)
+    m.see_members({"n1": Record(DRAINING), "n2": Record(READY), "n3": Record(DEGRADED, True)})
+    assert m.verdict.state == DEGRADED and len(changes) == 1, "n1 holds the one place"
+    m.see_members({"n1": Record(READY), "n2": Record(READY), "n3": Record(DEGRADED, True)})
+    assert m.verdict.state == DRAINING and "drain" not in m.describe() and len(changes) == 2
+    assert events[-1][0] == "health_verdict" and events[-1][1].startswith("draining: XID 48 on GPU 0")
