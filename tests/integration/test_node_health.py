@@ -179,7 +179,10 @@ def test_a_plc_fault_code_drains_and_clearing_it_readmits(served_lab):
     finally:
         assert vigil("lab", "sensor", "--dir", str(lab.root), "--node", "n3", "--fault-code", "0").returncode == 0
     lab.wait_for(lambda: member(lab, "n3").get("verdict") == "ready", 15, "n3 ready once the fault clears")
-    assert [e["verdict"] for e in verdict_events(lab, "n3", t0)] == ["draining", "ready"]
+    seen = verdict_events(lab, "n3", t0)
+    assert [e["verdict"] for e in seen] == ["degraded", "draining", "ready"], seen
+    assert seen[0]["reasons"][0].startswith("drain deferred by the drain budget"), \
+        "a drain says so first (drain budget), then takes its place"
     r = vigil("lab", "sensor", "--dir", str(lab.root), "--node", "n9", "--fault-code", "1")
     assert r.returncode == 2 and "--node" in r.stderr, "a bad argument names itself"
 
