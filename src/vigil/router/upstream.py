@@ -1,7 +1,8 @@
 """The router's connections to backends (httptools' response parser).
 
 `UpstreamPool` keeps idle keep-alive connections per backend, at most
-`max_idle` each (more are closed on release); `connection()` gives one,
+`max_idle` each (more are closed on release); `connection()` gives one
+(an idle one only if the backend has not closed it: `Upstream.dropped`),
 `Upstream.send` sends one request and returns once the status line and
 headers arrived; its body is read chunk by chunk (`read()`, b"" at the end)
 with flow control (the socket pauses while unread data piles up).
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import select
 
 import httptools
 
@@ -127,6 +129,20 @@ class Upstream(asyncio.Protocol):
             parts.append(chunk)
         return b"".join(parts)
 
+    def dropped(self) -> bool:
+        """An idle connection the backend closed (or wrote to) that the loop has not
+        noticed yet: its socket is readable. Checked before reuse (as urllib3's
+        is_connection_dropped): a request sent on it would break before any answer,
+        and a POST that broke so is not retried (it may have been received)."""
+        if self.transport is None or self.transport.is_closing():
+            return True
+        sock = self.transport.get_extra_info("socket")
+        if sock is None:
+            return False
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
+
     def release(self) -> None:
         """Back to the pool if it can carry another request, else closed."""
         if self._done and not self._broken and self.transport and self._keep and not self._head_only:
@@ -150,8 +166,10 @@ class UpstreamPool:
         idle = self.idle[key]
         while idle:
             conn = idle.pop()
-            if conn.transport is not None and not conn.transport.is_closing():
+            if not conn.dropped():
                 return conn
+            if conn.transport:
+                conn.transport.abort()
         loop = asyncio.get_running_loop()
         try:
             _, conn = await asyncio.wait_for(
