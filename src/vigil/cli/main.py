@@ -8,7 +8,8 @@ import sys
 
 from vigil import __version__
 from vigil.cli import (actuator_cmd, agent_cmd, certs_cmd, cluster_cmd, demo_cmd, firewall_cmd, haproxy_cmd,
-                       init_cmd, job_cmd, keygen_cmd, lab_cmd, node_cmd, plan_cmd, router_cmd, serve_cmd)
+                       init_cmd, job_cmd, keygen_cmd, lab_cmd, node_cmd, plan_cmd, preflight_cmd, router_cmd,
+                       serve_cmd)
 from vigil.errors import ConfigError, VigilError
 
 
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     node_cmd.register(sub)
     init_cmd.register(sub)
     plan_cmd.register(sub)
+    preflight_cmd.register(sub)
     return p
 
 

@@ -43,6 +43,13 @@ async def _agent_status(http: aiohttp.ClientSession, url: str) -> dict[str, Any]
         return None
 
 
+async def agent_status(url: str, access: ApiAccess | None = None) -> dict[str, Any] | None:
+    """One agent's /status (None where it does not answer). Raises VigilError when
+    it wants a token we do not have."""
+    async with (access or ApiAccess()).session() as http:
+        return await _agent_status(http, url)
+
+
 async def agent_views(snap: Snapshot, names: list[str],
                       access: ApiAccess | None = None) -> dict[str, dict[str, Any] | None]:
     """Each named member's agent /status (None where it does not answer)."""
