@@ -99,11 +99,23 @@ def test_failed_fencing_blocks_takeover_until_the_operator_confirms(fenced_lab):
     lab.wait_for(lambda: all("blocked" in (lab.agent_status(n.name) or {}).get("decision", "")
                              for n in lab.nodes if n.name != old), 15, "every survivor blocked")
     assert lab.leader() is None
+    found = diagnose(lab)
+    assert found[0]["symptom"] == f"the takeover from {old} is blocked: fencing {old} failed", found[:2]
+    assert f"vigil fence {old} --confirm-off" in found[0]["fix"], "diagnose names the fix first"
     r = subprocess.run([sys.executable, "-m", "vigil", "fence", old, "--confirm-off", "--lab", str(lab.root)],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     leader_of(lab, other_than=old, above=token)
     assert [e for e in lab.events() if e["kind"] == "fence_confirmed"]
+    assert not [f for f in diagnose(lab) if "blocked" in f["symptom"]], "confirmed off: no longer blocked"
+
+
+def diagnose(lab) -> list[dict]:
+    """`vigil diagnose --lab`'s findings, most important first."""
+    r = subprocess.run([sys.executable, "-m", "vigil", "diagnose", "--lab", str(lab.root), "--json", "--limit", "0",
+                        "--kernel-log", "/dev/null"], capture_output=True, text=True, timeout=60)
+    assert r.returncode in (0, 1), r.stderr
+    return json.loads(r.stdout)["findings"]
 
 
 def test_an_interrupted_fence_does_not_hold_the_cluster_back_forever(fenced_lab):

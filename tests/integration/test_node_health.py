@@ -176,6 +176,10 @@ def test_a_plc_fault_code_drains_and_clearing_it_readmits(served_lab):
     try:
         lab.wait_for(lambda: member(lab, "n3").get("verdict") == "draining", 15, "n3 draining on the fault code")
         assert any("0x88 (power imbalance)" in r for r in member(lab, "n3")["reasons"])
+        d = vigil("diagnose", "--lab", str(lab.root), "--json", "--kernel-log", "/dev/null")
+        top = json.loads(d.stdout)["findings"][0]
+        assert top["symptom"] == "n3 is draining: the facility's PLC reports fault code 0x88 (power imbalance)", top
+        assert d.returncode == 1 and "PLC clears the code" in top["fix"]
     finally:
         assert vigil("lab", "sensor", "--dir", str(lab.root), "--node", "n3", "--fault-code", "0").returncode == 0
     lab.wait_for(lambda: member(lab, "n3").get("verdict") == "ready", 15, "n3 ready once the fault clears")
