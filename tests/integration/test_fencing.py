@@ -15,6 +15,7 @@ import pytest
 from vigil.agent.history import intervals, overlaps, read_records
 from vigil import procs
 from vigil.lab import Lab
+from vigil.testing.prometheus import Prometheus
 from tests.integration.conftest import leader_of
 
 
@@ -86,6 +87,20 @@ def test_frozen_leader_is_fenced_and_never_writes_again(fenced_lab):
 
 def test_failed_fencing_blocks_takeover_until_the_operator_confirms(fenced_lab):
     lab = fenced_lab
+    prometheus = Prometheus([n.api_url.split("://", 1)[1] for n in lab.nodes])  # Vigil's rules, real server
+    try:
+        blocked_until_confirmed(lab, prometheus)
+    finally:
+        prometheus.stop()
+
+
+def fencing_alerts(prometheus: Prometheus) -> list[str]:
+    return [a["labels"]["target"] for a in prometheus.alerts() if a["labels"]["alertname"] == "VigilFencingFailed"]
+
+
+def blocked_until_confirmed(lab, prometheus: Prometheus) -> None:
+    lab.wait_for(prometheus.ready, 30, "Prometheus scraping every agent")
+    assert fencing_alerts(prometheus) == [], "nothing blocked: no alert"
     old, token = leader_of(lab)
     procs.stop(lab.fencing.bmc_pids[old], "ipmi_sim")  # the BMC is unreachable
     # The standbys' session checks say so before any fence needs it (Pacemaker's stonith monitor).
@@ -99,6 +114,7 @@ def test_failed_fencing_blocks_takeover_until_the_operator_confirms(fenced_lab):
     lab.wait_for(lambda: all("blocked" in (lab.agent_status(n.name) or {}).get("decision", "")
                              for n in lab.nodes if n.name != old), 15, "every survivor blocked")
     assert lab.leader() is None
+    assert lab.wait_for(lambda: fencing_alerts(prometheus), 30, "VigilFencingFailed firing") == [old]
     found = diagnose(lab)
     assert found[0]["symptom"] == f"the takeover from {old} is blocked: fencing {old} failed", found[:2]
     assert f"vigil fence {old} --confirm-off" in found[0]["fix"], "diagnose names the fix first"
@@ -108,6 +124,7 @@ def test_failed_fencing_blocks_takeover_until_the_operator_confirms(fenced_lab):
     leader_of(lab, other_than=old, above=token)
     assert [e for e in lab.events() if e["kind"] == "fence_confirmed"]
     assert not [f for f in diagnose(lab) if "blocked" in f["symptom"]], "confirmed off: no longer blocked"
+    lab.wait_for(lambda: not fencing_alerts(prometheus), 30, "the alert resolved once confirmed off")
 
 
 def diagnose(lab) -> list[dict]:

@@ -109,6 +109,7 @@ class Agent:
                                            lambda: self.wake.set(), network, tick, self.events.record)
         self.session: Session | None = None
         self._members_told: Any = None  # the snapshot _on_snapshot last told the heartbeats about
+        self.snapshot: Any = None  # the last snapshot a cycle read (vigil.store.snapshot; for /metrics)
         self.session_opened_at: float | None = None
         self.election: Election | None = None
         self.wake = asyncio.Event()
@@ -222,6 +223,7 @@ class Agent:
             self._members_told = snap
             self.heartbeats.expect({n: rec.incarnation for n, rec in snap.members.items()})
             self.heartbeats.peer_key_ids({n: rec.heartbeat_key_id for n, rec in snap.members.items()})
+        self.snapshot = snap
         self.health.see_members(snap.members)  # every cycle: a drain that waits settles with time too
         self.heartbeats.follow(snap.leader.name if snap.leader else None)
 

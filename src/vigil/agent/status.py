@@ -97,6 +97,72 @@ class _AgentCollector:
         yield c
         if a.inference:
             yield from _inference_metrics(node, a.inference.describe())
+        yield from _cluster_metrics(a)
+
+
+VERDICTS = ("ready", "degraded", "draining", "failed")
+STATES = ("active", "standby", "draining", "failed", "fenced", "maintenance", "held")
+
+
+def _cluster_metrics(a: Any) -> Iterator[Any]:
+    """What the alerting rules read (deploy/prometheus/vigil-rules.yml): this node's
+    verdict and decided state, blocked fences, clock offsets, certificate expiry."""
+    node, snap = a.cfg.node, a.snapshot
+    v = GaugeMetricFamily("vigil_health_verdict", "1 for this node's published health verdict.",
+                          labels=["node", "verdict"])
+    for verdict in VERDICTS:
+        v.add_metric([node, verdict], float(a.health.verdict.state == verdict))
+    yield v
+    d = GaugeMetricFamily("vigil_drain_deferred", "1 while this node's own drain waits for the drain budget.",
+                          labels=["node"])
+    d.add_metric([node], float(a.health.verdict.deferred))
+    yield d
+    st = GaugeMetricFamily("vigil_node_state", "1 for the state the leader decided for this node.",
+                           labels=["node", "state"])
+    mine = snap.states.get(node) if snap else None
+    for state in STATES:
+        st.add_metric([node, state], float(mine == state))
+    yield st
+    fb = GaugeMetricFamily("vigil_fence_blocked", "1 for each node whose takeover waits on a failed fence "
+                           "(power it off by hand, then `vigil fence NODE --confirm-off`).", labels=["node", "target"])
+    for target in sorted(snap.fence_blocked if snap else ()):
+        fb.add_metric([node, target], 1.0)
+    yield fb
+    sk = GaugeMetricFamily("vigil_peer_clock_skew_seconds", "Each peer's clock minus ours, from its "
+                           "heartbeats' send times.", labels=["node", "peer"])
+    for peer, skew in sorted(a.heartbeats.receiver.skew.items()):
+        sk.add_metric([node, peer], skew)
+    yield sk
+    ex = GaugeMetricFamily("vigil_certificate_expiry_timestamp_seconds", "When each certificate this agent "
+                           "presents expires (Unix time).", labels=["node", "certificate"])
+    for name, path in _certificates(a.cfg):
+        expiry = _not_after(path)
+        if expiry is not None:
+            ex.add_metric([node, name], expiry)
+    yield ex
+
+
+def _certificates(cfg: Any) -> list[tuple[str, str]]:
+    out = [("api", cfg.api_tls[0])] if cfg.api_tls else []
+    return out + ([("etcd_client", cfg.etcd.cert_file)] if cfg.etcd.cert_file else [])
+
+
+_EXPIRY: dict[tuple[str, float], float | None] = {}  # (path, mtime) -> notAfter: parsed once per file version
+
+
+def _not_after(path: str) -> float | None:
+    import os
+
+    from cryptography import x509
+
+    try:
+        key = (path, os.stat(path).st_mtime)
+        if key not in _EXPIRY:
+            with open(path, "rb") as f:
+                _EXPIRY[key] = x509.load_pem_x509_certificate(f.read()).not_valid_after_utc.timestamp()
+        return _EXPIRY[key]
+    except (OSError, ValueError):
+        return None
 
 
 def _inference_metrics(node: str, d: dict[str, Any]) -> Iterator[Any]:

@@ -7,9 +7,9 @@ import argparse
 import sys
 
 from vigil import __version__
-from vigil.cli import (actuator_cmd, agent_cmd, certs_cmd, cluster_cmd, demo_cmd, diagnose_cmd, firewall_cmd,
-                       haproxy_cmd, init_cmd, job_cmd, keygen_cmd, lab_cmd, node_cmd, plan_cmd, preflight_cmd,
-                       report_cmd, router_cmd, serve_cmd)
+from vigil.cli import (actuator_cmd, agent_cmd, alerts_cmd, certs_cmd, cluster_cmd, demo_cmd, diagnose_cmd,
+                       firewall_cmd, haproxy_cmd, init_cmd, job_cmd, keygen_cmd, lab_cmd, node_cmd, plan_cmd,
+                       preflight_cmd, report_cmd, router_cmd, serve_cmd)
 from vigil.errors import ConfigError, VigilError
 
 
@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     preflight_cmd.register(sub)
     diagnose_cmd.register(sub)
     report_cmd.register(sub)
+    alerts_cmd.register(sub)
     return p
 
 
