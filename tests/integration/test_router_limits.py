@@ -116,6 +116,15 @@ async def test_admin_listener_speaks_tls_and_wants_a_token(tmp_path):
             async with http.get(f"https://127.0.0.1:{port}/metrics",
                                 headers={"Authorization": "Bearer " + "ab" * 16}) as r:
                 assert r.status == 200 and "vigil_router_requests_total" in await r.text()
+            # The status page holds no data (open); what its script fetches wants the token.
+            async with http.get(f"https://127.0.0.1:{port}/_vigil/ui") as r:
+                page = await r.text()
+                assert r.status == 200 and '<script src="ui.js">' in page
+                assert "default-src 'none'" in r.headers["Content-Security-Policy"]
+            async with http.get(f"https://127.0.0.1:{port}/_vigil/ui.js") as r:
+                assert r.status == 200 and "/_vigil/status" in await r.text()
+            async with http.get(f"https://127.0.0.1:{port}/_vigil/status") as r:
+                assert r.status == 401
         async with aiohttp.ClientSession() as http:
             with pytest.raises(aiohttp.ClientError):  # plain http to a TLS listener gets nothing
                 async with http.get(f"http://127.0.0.1:{port}/metrics") as r:

@@ -8,11 +8,14 @@ GET /standby  200 on a healthy node that is not the leader
 GET /ready    200 when this node's inference server is ready
 GET /status   JSON: role, token, lease, decision, peers, counters
 GET /metrics  Prometheus text format
-Every answer is JSON (but /metrics) and carries the reason in its body.
+GET /ui       the status page (vigil.ui; holds no data), GET /ui.js its script
+GET /cluster  JSON: the cluster as this agent sees it, for the page
+Every answer is JSON (but /metrics and the page) and carries the reason in its body.
 
 With `api.cert_file`/`key_file` the API speaks https; with `api.tokens_file`
-/status and /metrics need a bearer token, while the health endpoints stay
-open for load balancers (as Patroni's).
+/status, /metrics and /cluster need a bearer token, while the health
+endpoints (and the page, which holds no data) stay open for load balancers
+(as Patroni's).
 
 The API takes the parts it answers from: the leadership (with a fresh clock
 reading per request), the health reasons, the session check, the inference
@@ -22,7 +25,7 @@ supervisor, and the status document and metrics text (vigil.agent.status).
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
@@ -30,27 +33,32 @@ from vigil.agent.inference import InferenceSupervisor
 from vigil.agent.leadership import Leadership
 from vigil.config import NodeConfig
 from vigil.core.health import Verdict
+from vigil import ui
 from vigil.errors import VigilError
 from vigil.web import bearer_tokens, finish, route, server_tls
 
 log = logging.getLogger(__name__)
 
 HEALTH_PATHS = frozenset({"/health", "/leader", "/standby", "/ready"})
+OPEN_PATHS = HEALTH_PATHS | {"/ui", "/ui.js"}
 
 
 class AgentApi:
     def __init__(self, cfg: NodeConfig, leadership: Leadership, health_reasons: Callable[[], tuple[str, ...]],
                  session_ok: Callable[[], bool], inference: InferenceSupervisor | None,
                  status: Callable[[], dict[str, Any]], metrics: Callable[[], bytes],
-                 verdict: Callable[[], Verdict] = Verdict):
+                 verdict: Callable[[], Verdict] = Verdict,
+                 cluster: Callable[[], Awaitable[dict[str, Any]]] | None = None):
         self.cfg, self.leadership, self.health_reasons, self.session_ok = cfg, leadership, health_reasons, session_ok
         self.inference, self.status_doc, self.metrics_text = inference, status, metrics
-        self.verdict = verdict
+        self.verdict, self.cluster_doc = verdict, cluster
         tokens = cfg.api_tokens
-        self.app = web.Application(middlewares=[bearer_tokens(tokens, HEALTH_PATHS)] if tokens else [])
+        self.app = web.Application(middlewares=[bearer_tokens(tokens, OPEN_PATHS)] if tokens else [])
         self.app.add_routes([route("GET", "/health", self.health), route("GET", "/leader", self.leader),
                              route("GET", "/standby", self.standby), route("GET", "/ready", self.ready),
-                             route("GET", "/status", self.status), route("GET", "/metrics", self.metrics)])
+                             route("GET", "/status", self.status), route("GET", "/metrics", self.metrics),
+                             route("GET", "/ui", self.page), route("GET", "/ui.js", self.script),
+                             route("GET", "/cluster", self.cluster)])
         finish(self.app)
         self._runner: web.AppRunner | None = None
 
@@ -106,3 +114,16 @@ class AgentApi:
 
     async def metrics(self, _: web.Request) -> web.Response:
         return web.Response(body=self.metrics_text(), content_type="text/plain")
+
+    async def page(self, _: web.Request) -> web.Response:
+        return web.Response(body=ui.HTML, content_type="text/html", charset="utf-8",
+                            headers=dict(ui.SECURITY_HEADERS))
+
+    async def script(self, _: web.Request) -> web.Response:
+        return web.Response(body=ui.SCRIPT, content_type="text/javascript", charset="utf-8",
+                            headers=dict(ui.SECURITY_HEADERS))
+
+    async def cluster(self, _: web.Request) -> web.Response:
+        if self.cluster_doc is None:
+            return web.json_response({"error": "this agent serves no cluster view"}, status=404)
+        return web.json_response(await self.cluster_doc())

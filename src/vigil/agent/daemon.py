@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from vigil import __version__
+from vigil.agent.cluster_page import ClusterPage
 from vigil.agent.health import HealthMonitor
 from vigil.agent.heartbeat import HeartbeatService
 from vigil.agent.history import LeadershipHistory
@@ -244,7 +245,8 @@ class Agent:
     # -- lifecycle -------------------------------------------------------------
     async def run(self, stop: asyncio.Event, api_ready: asyncio.Event | None = None) -> None:
         api = AgentApi(self.cfg, self.leadership, lambda: self.health_reasons, self.session_ok, self.inference,
-                       lambda: status_document(self), lambda: metrics_text(self), lambda: self.health.verdict)
+                       lambda: status_document(self), lambda: metrics_text(self), lambda: self.health.verdict,
+                       ClusterPage(self).document)
         if self.serve_api:
             await api.start()
         await self.heartbeats.start()

@@ -131,9 +131,13 @@ def status_document(rt: Router) -> dict[str, Any]:
 
 
 def admin_handler(rt: Router):
-    """The admin listener's handler: GET /metrics and GET /_vigil/status, 404
-    else; with `admin.tokens_file`, 401 without one of its bearer tokens."""
+    """The admin listener's handler: GET /metrics and GET /_vigil/status (with
+    `admin.tokens_file`, 401 without one of its bearer tokens), the status page
+    GET /_vigil/ui (vigil.ui: it holds no data; its script fetches the status
+    with the token), 404 else."""
     import json
+
+    from vigil import ui
 
     from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -142,7 +146,11 @@ def admin_handler(rt: Router):
     tokens = rt.cfg.admin_tokens
 
     async def handle(req, reply) -> None:
-        if tokens and bearer_holder(req.header("Authorization"), tokens) is None:
+        if req.method == "GET" and req.path in ("/_vigil/ui", "/_vigil/ui.js"):  # holds no data: open
+            page = req.path == "/_vigil/ui"
+            reply.whole(200, [("Content-Type", "text/html; charset=utf-8" if page else "text/javascript"),
+                              *ui.SECURITY_HEADERS], ui.HTML if page else ui.SCRIPT)
+        elif tokens and bearer_holder(req.header("Authorization"), tokens) is None:
             reply.whole(401, [("Content-Type", "text/plain"), ("WWW-Authenticate", "Bearer")],
                         b"needs Authorization: Bearer <token> (admin.tokens_file)\n")
         elif req.method == "GET" and req.path == "/metrics":
@@ -151,5 +159,5 @@ def admin_handler(rt: Router):
             reply.whole(200, [("Content-Type", "application/json")],
                         json.dumps(status_document(rt)).encode())
         else:
-            reply.whole(404, [("Content-Type", "text/plain")], b"GET /metrics or /_vigil/status\n")
+            reply.whole(404, [("Content-Type", "text/plain")], b"GET /metrics, /_vigil/status or /_vigil/ui\n")
     return handle
