@@ -12,6 +12,7 @@ from vigil.heartbeat_keys import HeartbeatKeys, parse_heartbeat_keys
 from vigil.core.allowlist import BackendAllowlist
 from vigil.core.timing import Timing
 from vigil.errors import ConfigError
+from vigil.router.tracing import TracingConfig, parse_tracing
 from vigil.fields import check_address, check_int, check_mapping, check_name, check_port
 from vigil.files import read_yaml
 
@@ -91,6 +92,7 @@ class RouterConfig:
     admin_port: int = 8081
     admin_tls: tuple[str, str] | None = None  # (cert_file, key_file): https
     admin_tokens: dict[str, str] | None = field(default=None, repr=False)  # name -> bearer token
+    tracing: TracingConfig | None = None  # OpenTelemetry spans of the request path (vigil.router.tracing)
 
     @property
     def max_body(self) -> int:
@@ -104,7 +106,7 @@ def load_router_config(path: str | Path) -> RouterConfig:
 
 def parse_router_config(raw: Any, base_dir: Path = Path(".")) -> RouterConfig:
     d = check_mapping(raw, "(top level)", {"cluster", "name", "listen", "etcd", "heartbeat", "timing", "retry",
-                                      "admission", "limits", "admin", "backends", "membership"})
+                                      "admission", "limits", "admin", "backends", "membership", "tracing"})
     listen = check_mapping(d.get("listen", {}), "listen", {"host", "port"})
     admin = check_mapping(d.get("admin", {}), "admin", {"host", "port", "cert_file", "key_file", "tokens_file"})
     hb = check_mapping(d.get("heartbeat"), "heartbeat", {"address", "port", "key", "key_file", "keyring_file",
@@ -121,6 +123,7 @@ def parse_router_config(raw: Any, base_dir: Path = Path(".")) -> RouterConfig:
         admin_host=check_address(admin.get("host", "127.0.0.1"), "admin.host"),
         admin_port=check_port(admin.get("port", 8081), "admin.port"),
         membership=_membership(d.get("membership", "heard"), d.get("backends") or {}),
+        tracing=parse_tracing(d.get("tracing")),
         **{f"admin_{k[4:]}": v for k, v in _api_security(admin, base_dir, "admin").items()})
     if cfg.admin_port == cfg.listen_port:
         raise ConfigError("admin.port", cfg.admin_port, "must differ from listen.port: the admin "

@@ -31,17 +31,19 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
+from typing import Any
 
 from vigil.clock import Clock, SystemClock
 from vigil.core.admission import Admission, NodeLimit, Shed
 from vigil.core.routing import Backend, RetryPolicy, RoutingTable
 from vigil.router.answers import Answered, error as _error, overloaded
-from vigil.router.attempt import Answer, AttemptFailed, send_attempt
+from vigil.router.attempt import Answer, AttemptFailed, observe, send_attempt
 from vigil.router.config import RouterConfig
 from vigil.router.http1 import HOP_BY_HOP, FrontProtocol, Incoming, Listener, Reply, quiesce, sweep
 from vigil.router.keyed import KeyedRequests
 from vigil.router.metrics import RouterMetrics, admin_handler
 from vigil.router.queue import SlotQueue
+from vigil.router.tracing import Tracing, tracing_from
 from vigil.router.continue_sign import client_continue, refused as continue_refused
 from vigil.router.resume import ResumingStream, is_event_stream, plan_stream
 from vigil.router.upstream import Upstream, UpstreamBroken, UpstreamPool
@@ -59,10 +61,11 @@ MAX_BUFFERED = 64 << 20  # bytes of one answer held whole (an Idempotency-Key's)
 
 
 class Router:
-    def __init__(self, cfg: RouterConfig, store: Store, clock: Clock | None = None):
+    def __init__(self, cfg: RouterConfig, store: Store, clock: Clock | None = None, tracing: Tracing | None = None):
         from vigil.router.membership import Membership
 
         self.cfg, self.clock = cfg, clock or SystemClock()
+        self.tracing = tracing or tracing_from(cfg.tracing)
         a = cfg.admission
         self.table = RoutingTable(panic_threshold=a.panic_threshold, new_limit=NodeLimit(
             a.initial_limit, a.min_limit, a.max_limit, a.tolerance,
@@ -157,6 +160,11 @@ class Router:
     async def handle(self, req: Incoming, reply: Reply) -> None:
         t0 = time.monotonic()
         self.active += 1
+        with self.tracing.span("vigil.router.request", **{"http.request.method": req.method,
+                                                          "url.path": req.path}) as span:
+            await self._handle(req, reply, t0, span)
+
+    async def _handle(self, req: Incoming, reply: Reply, t0: float, span: Any) -> None:
         try:
             if req.over_limit or self.active > self.cfg.limits.max_inflight:  # queued ones count
                 answer = overloaded(f"the router holds its limit of {self.cfg.limits.max_inflight} "
@@ -175,6 +183,7 @@ class Router:
                 answer = await self._route(req, t0, reply, buffer=False)
             if answer is not None:
                 reply.whole(answer.status, answer.headers, answer.body)
+            self.tracing.note(span, http__response__status_code=answer.status if answer else 200)
         finally:
             self.active -= 1
 
@@ -202,7 +211,9 @@ class Router:
             else:  # first come, first served: while others wait, a newcomer queues behind them
                 backend = None if self.queue.waiters and not admitted else self.table.choose(now, pool=pool)
             if backend is None:
-                shed = await self.queue.wait(pool, admitted)
+                with self.tracing.span("vigil.router.admission") as wait:
+                    shed = await self.queue.wait(pool, admitted)
+                    self.tracing.note(wait, outcome="admitted" if shed is None else "shed")
                 if shed is not None:
                     return _outcome(self._shed(t0, "queue_full" if shed.reason else "queue_timeout", shed),
                                     maybe_ran)
@@ -211,7 +222,8 @@ class Router:
             tried.add(backend.name)
             attempts += 1
             try:
-                answer = await self._attempt(backend, req)
+                with self.tracing.span("vigil.router.attempt", node=backend.name, attempt=attempts):
+                    answer = await self._attempt(backend, req)  # a failure is recorded on the span
             except AttemptFailed as e:
                 last = f"{backend.name}: {e.cause}"
                 log.info("attempt %d on %s failed (%s): %s", attempts, backend.name, e.kind, e.cause)
@@ -225,6 +237,7 @@ class Router:
                 # Never received (no connection): safe to send elsewhere, whatever the method.
                 if self.policy.may_retry(attempts, safe or e.kind == "connect", e.status):
                     self.metrics.retries.inc()
+                    self.tracing.event(self.tracing.current(), "retry", after=backend.name)
                     continue
                 code = e.status or (504 if e.kind == "first_byte" else 502)
                 self.metrics.finished(code, time.monotonic() - t0)
@@ -286,21 +299,9 @@ class Router:
             timer.cancel()
             self.inflight[b.name].discard(task)
             if answer is not None:
-                self._observe(b, answer.up, started)
+                observe(b, answer.up, started, self.clock.now())
             if answer is None or answer.whole:
                 self._release(b)
-
-    def _observe(self, b: Backend, up: Upstream, started: float) -> None:
-        h = {k.lower(): v for k, v in up.headers}
-        try:
-            queue_s = float(h["x-vigil-queue-ms"]) / 1000
-            service_s = float(h["x-vigil-service-ms"]) / 1000
-        except (KeyError, ValueError):
-            queue_s = service_s = None
-        depth = h.get("x-vigil-queue-depth", "")
-        if depth.isdigit():
-            b.engine_queue = int(depth)
-        b.limit.sample(self.clock.now(), self.clock.now() - started, queue_s, service_s, b.outstanding)
 
     def _release(self, b: Backend) -> None:
         b.outstanding -= 1

@@ -235,7 +235,10 @@ class ResumingStream:
         if why is None and self.resumes >= r.cfg.retry.max_resumes:
             why = f"it was resumed {self.resumes} times already, the limit (retry.max_resumes)"
         if why is None:
-            nxt = await self._continue(seed)
+            with r.tracing.span("vigil.router.resume", failed=failed.name,
+                                tokens=len(self.splice.delivered)) as span:
+                nxt = await self._continue(seed)
+                r.tracing.note(span, node=nxt[0].name if nxt else "none")
             if nxt is not None:
                 self.resumes += 1
                 r.metrics.stream_resumes.labels("resumed").inc()
