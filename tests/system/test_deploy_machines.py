@@ -41,3 +41,6 @@ def test_the_deployment_walkthrough_on_three_systemd_machines(tmp_path):
     a = out["add_node"]
     assert a["failed"] == 0 and a["restarted"] == [], a
     assert out["units_verified"] and out["answered"] > 500, out
+    journal = out["units"]["journal"]  # the agent's records in journald, with Vigil's fields
+    assert journal.get("VIGIL_EVENT") == "agent_started" and journal.get("SYSLOG_IDENTIFIER") == "vigil-agent", journal
+    assert journal.get("VIGIL_NODE") in ("n1", "n2", "n3") and journal.get("PRIORITY") == "6", journal

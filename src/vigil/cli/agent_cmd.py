@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import faulthandler
-import logging
 import os
-import sys
 
+from vigil import journal
 from vigil.cli.runner import on_reload, run, stop_on_signals
 from vigil.config import load_config
 
@@ -75,8 +74,7 @@ def run_agent(args) -> int:
     cfg = load_node_config(args.config)  # ConfigError -> exit 2 before anything starts
     # systemd's watchdog sends SIGABRT to a hung agent: every thread's stack goes to the journal
     faulthandler.enable()
-    logging.basicConfig(level=cfg.log_level.upper(), stream=sys.stderr,
-                        format=f"%(asctime)s {cfg.node} %(levelname)s %(name)s: %(message)s")
+    journal.setup(cfg.log_level, "vigil-agent", cfg.node, cfg.cluster)
     from vigil.agent import Agent
 
     async def main() -> None:

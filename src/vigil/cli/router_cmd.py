@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import signal
-import sys
 
+from vigil import journal
 from vigil.cli.runner import on_reload, run, stop_on_signals
 
 
@@ -20,8 +19,7 @@ def run_router(args) -> int:
     from vigil.router.config import load_router_config
 
     cfg = load_router_config(args.config)  # ConfigError -> exit 2 before anything starts
-    logging.basicConfig(level="INFO", stream=sys.stderr,
-                        format=f"%(asctime)s {cfg.name} %(levelname)s %(name)s: %(message)s")
+    journal.setup("info", "vigil-router", cfg.name, cfg.cluster)
     from vigil.errors import VigilError
     from vigil.router.proxy import Router
 

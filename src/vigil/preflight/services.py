@@ -56,7 +56,7 @@ def _port(host: Host, cfg: NodeConfig, proto: str, addr: str, port: int, what: s
     except OSError as e:
         if e.errno == errno.EADDRNOTAVAIL:
             return failed(pid, f"{what} address {addr} is not on this machine",
-                          f"give an address of this machine (`ip -brief address`) in the configuration")
+                          "give an address of this machine (`ip -brief address`) in the configuration")
         if e.errno != errno.EADDRINUSE:
             return failed(pid, f"{what} {addr}:{port}/{proto}: {e.strerror}", "run preflight as root")
     owner = port_owner(host, proto, port)

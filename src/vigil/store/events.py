@@ -53,7 +53,7 @@ class EventLog:
             self.dropped += 1
         self._pending.append((event_id, event))
         self._wake.set()
-        log.info("event %s: %s", kind, cause)
+        log.info("event %s: %s", kind, cause, extra={"vigil_event": kind})  # VIGIL_EVENT in the journal
         return event
 
     def start(self) -> None:

@@ -72,7 +72,17 @@ def verify_units(c: Cluster) -> dict[str, Any]:
         m = re.search(r"Overall exposure level for \S+: ([0-9.]+)", s.stdout)
         exposure[u] = float(m.group(1)) if m else None
     return {"verified": v.returncode == 0 and not v.stderr.strip(), "verify_output": v.stderr[-2000:],
-            "exposure": exposure}
+            "exposure": exposure, "journal": journal_fields(c)}
+
+
+def journal_fields(c: Cluster) -> dict[str, Any]:
+    """The fields the agent's `agent_started` record carries in the machine's journal
+    (vigil.journal: the native protocol), as `journalctl -o json` reads them."""
+    j = c.admin.run(["journalctl", "-u", "vigil-agent", "-o", "json", "--no-pager", "VIGIL_EVENT=agent_started"],
+                    check=False)
+    lines = [json.loads(x) for x in j.stdout.splitlines() if x.startswith("{")]
+    keep = ("VIGIL_NODE", "VIGIL_CLUSTER", "VIGIL_EVENT", "PRIORITY", "SYSLOG_IDENTIFIER", "MESSAGE")
+    return {k: lines[-1].get(k) for k in keep} if lines else {"error": (j.stderr or j.stdout)[-300:]}
 
 
 def walkthrough(work: Path) -> dict[str, Any]:
