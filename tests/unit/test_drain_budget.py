@@ -7,6 +7,7 @@ agent would, each deciding from the member records of one snapshot."""
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 
@@ -22,13 +23,15 @@ from vigil.testing.xid_log import XidLog
 
 XID48_FINDINGS = [Finding(DRAINING, "XID 48 on GPU 0: double-bit ECC error", "reset_gpu")]
 XID48 = worst(XID48_FINDINGS)
+T0 = 1_800_000_000.0  # the wall clock at the first round
 
 
 @dataclass
 class Record:
-    """The two things the gate reads of a member record (vigil.store.member_record)."""
+    """What the gate reads of a member record (vigil.store.member_record)."""
     verdict: str
     drain_deferred: bool = False
+    drain_since: float = math.inf
 
 
 class Cluster:
@@ -46,9 +49,9 @@ class Cluster:
             seen = dict(self.records)
             for n in self.names:
                 if n not in self.out:
-                    self.gates[n].see(seen)
-                    v = self.gates[n].apply(XID48 if n in wants else Verdict(), self.now)
-                    self.records[n] = Record(v.state, v.deferred)
+                    self.gates[n].see(seen, self.now)
+                    v = self.gates[n].apply(XID48 if n in wants else Verdict(), self.now, T0 + self.now)
+                    self.records[n] = Record(v.state, v.deferred, v.deferred_since if v.deferred else math.inf)
             self.now += 1.0
         return self.records
 
@@ -64,8 +67,8 @@ def test_an_xid_storm_drains_a_third_and_the_rest_serve_degraded_saying_why():
     assert draining == ["n1", "n2", "n3"], "int(0.34 x 9) = 3 places, taken in name order"
     assert all(records[n].verdict == DEGRADED and records[n].drain_deferred for n in names[3:])
     gate = DrainGate("n9", DrainBudget(), {n: "default" for n in names})
-    gate.see(records)
-    v = gate.apply(XID48, 0.0)
+    gate.see(records, 0.0)
+    v = gate.apply(XID48, 0.0, T0)
     assert v.state == DEGRADED and v.deferred and v.to_json()["drain"] == "deferred"
     assert v.reasons[0].startswith("drain deferred by the drain budget (3 at once): 3 member(s) already out")
     assert "n1, n2, n3" in v.reasons[0] and v.reasons[1].startswith("XID 48"), v.reasons
@@ -99,9 +102,9 @@ def test_a_place_is_kept_by_its_holder_and_taken_by_the_first_waiting_when_it_fr
 def test_a_drain_says_so_first_and_takes_a_place_only_after_it_settles():
     names = ["n1", "n2", "n3"]
     c = Cluster(names, {n: "default" for n in names})
-    assert c.play({"n1"}, rounds=1)["n1"] == Record(DEGRADED, True), "even with the budget empty"
+    assert c.play({"n1"}, rounds=1)["n1"] == Record(DEGRADED, True, T0), "even with the budget empty"
     c.play({"n1"}, rounds=1)
-    assert c.records["n1"] == Record(DEGRADED, True), "1 s said: not settled (SETTLE 2 s)"
+    assert c.records["n1"] == Record(DEGRADED, True, T0), "1 s said: not settled (SETTLE 2 s), since the start"
     c.play({"n1"}, rounds=1)
     assert c.records["n1"] == Record(DRAINING), "said and settled: the place is taken"
     assert may_drain("n1", DrainBudget(), {"n1": Published(DEGRADED, True)}, {"n1": "a"})
@@ -114,19 +117,52 @@ def test_failed_and_incompatible_are_never_held_back_and_failed_holds_a_place():
     assert [n for n, r in records.items() if r.verdict == DRAINING] == [], \
         "two failed of six fill the int(0.34 x 6) = 2 places"
     gate = DrainGate("n1", DrainBudget(), domains)
-    gate.see(records)
+    gate.see(records, 0.0)
     off_the_bus = worst([Finding(FAILED, "XID 79 on GPU 0: GPU has fallen off the bus", "fence: XID 79")])
-    assert gate.apply(off_the_bus, 0.0) == off_the_bus
+    assert gate.apply(off_the_bus, 0.0, T0) == off_the_bus
     wrong = worst(incompatible(["cuda_driver 12.0 does not satisfy >=12.1"]))
-    assert wrong.state == DRAINING and not wrong.deferrable and gate.apply(wrong, 0.0) == wrong
+    assert wrong.state == DRAINING and not wrong.deferrable and gate.apply(wrong, 0.0, T0) == wrong
     both = worst([*incompatible(["cuda_driver 12.0 does not satisfy >=12.1"]), *XID48_FINDINGS])
-    assert gate.apply(both, 0.0) == both, "one finding that may not wait: the whole drain goes now"
+    assert gate.apply(both, 0.0, T0) == both, "one finding that may not wait: the whole drain goes now"
 
 
 def test_a_budget_of_one_lets_everything_drain():
     names = [f"n{i}" for i in range(1, 6)]
     records = play(names, set(names), {n: "default" for n in names}, DrainBudget(1.0))
     assert all(r.verdict == DRAINING for r in records.values())
+
+
+def test_a_place_taken_is_kept_while_the_records_catch_up():
+    """Granted, the node's own draining record is not in its next snapshot yet, and
+    a node first by name says it wants a drain too: the place is not taken back."""
+    domains = {n: "default" for n in ("n1", "n2", "n3")}
+    gate = DrainGate("n2", DrainBudget(), domains)
+    gate.see({"n2": Record(DEGRADED, True, T0)}, 0.0)
+    assert gate.apply(XID48, 0.0, T0).state == DEGRADED
+    gate.see({"n2": Record(DEGRADED, True, T0)}, 2.0)
+    assert gate.apply(XID48, 2.0, T0 + 2).state == DRAINING
+    gate.see({"n1": Record(DEGRADED, True, T0 - 5), "n2": Record(DEGRADED, True, T0)}, 2.5)  # still stale
+    assert gate.apply(XID48, 2.5, T0 + 2.5).state == DRAINING, "no flip back to degraded"
+    assert gate.apply(Verdict(), 3.0, T0 + 3).state == READY and gate.apply(XID48, 3.0, T0 + 3).state == DEGRADED, \
+        "a drain that ended gave its place back; a new one waits again"
+
+
+def test_who_waited_longest_goes_first_not_who_sorts_first():
+    domains = {n: "default" for n in ("a1", "z9", "n3")}
+    published = {"a1": Published(DEGRADED, True, T0 + 60), "z9": Published(DEGRADED, True, T0)}
+    assert may_drain("z9", DrainBudget(), published, domains) and not may_drain("a1", DrainBudget(), published,
+                                                                                   domains)
+
+
+def test_without_a_snapshot_or_a_budget_a_drain_does_not_wait():
+    domains = {"n1": "a", "n2": "a", "n3": "a"}
+    gate = DrainGate("n1", DrainBudget(), domains)
+    gate.see({"n2": Record(DRAINING)}, 0.0)  # the one place is taken
+    assert gate.apply(XID48, 1.0, T0).state == DEGRADED
+    assert gate.apply(XID48, 10.5, T0 + 10).state == DRAINING, "no snapshot for 10 s (etcd away): own health first"
+    open_gate = DrainGate("n1", DrainBudget(1.0), domains)
+    open_gate.see({"n2": Record(DRAINING)}, 0.0)
+    assert open_gate.apply(XID48, 0.0, T0).state == DRAINING, "a share of 1 is no budget: no wait either"
 
 
 @settings(max_examples=200, deadline=None)
@@ -157,7 +193,7 @@ async def test_the_monitor_publishes_the_deferred_verdict_and_drains_once_a_plac
     m = HealthMonitor(parse_health({"gpu": "off", "kernel_log": "off", "drain_budget": 0.34}), clock,
                       lambda kind, cause, **d: events.append((kind, cause)), lambda: changes.append(1),
                       probes=[XidLog()], gate=DrainGate("n3", DrainBudget(0.34), {"n1": "a", "n2": "a", "n3": "a"}))
-    m.gate.see({"n1": Record(DRAINING), "n2": Record(READY)})
+    m.gate.see({"n1": Record(DRAINING), "n2": Record(READY)}, clock.now())
     await m.round()
     assert m.judged.state == DRAINING and m.verdict.state == DEGRADED
     assert m.describe()["drain"] == "deferred" and m.describe()["verdict"] == DEGRADED

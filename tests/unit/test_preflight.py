@@ -136,6 +136,24 @@ def test_ignoring_errors_by_id_prefix_or_all_and_the_exit_code():
     assert doc["errors"] == ["Port-udp-7400", "Etcd-a:1"] and doc["exit_code"] == 1
 
 
+TCP = ("  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+       "   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4242 1\n"
+       "   1: 0100007F:1F91 0100007F:9C40 01 00000000:00000000 00:00000000 00000000     0        0 4343 1\n")
+
+
+def test_a_port_owner_is_found_by_its_socket_and_named_without_its_command_line(tmp_path):
+    host = tree(tmp_path, {"/proc/net/tcp": TCP, "/proc/77/comm": "python3\n",
+                           "/proc/77/cmdline": "python3\0-m\0vigil\0agent\0--config\0conf/agent.yaml\0"
+                                               "--etcd-password\0hunter2\0"})
+    (tmp_path / "proc/77/fd").mkdir()
+    (tmp_path / "proc/77/fd/5").symlink_to("socket:[4242]")
+    (tmp_path / "proc/77/cwd").symlink_to(tmp_path)
+    pid, name, config = port_owner(host, "tcp", 8080)
+    assert (pid, name, config) == (77, "python3", (tmp_path / "conf/agent.yaml").resolve()), "relative to its cwd"
+    assert port_owner(host, "tcp", 8081) is None, "an established connection, not a listener"
+    assert port_owner(host, "udp", 8080) is None
+
+
 def test_fsync_latency_is_measured_in_the_folder(tmp_path):
     times = fsync_latency(tmp_path, samples=20)
     assert len(times) == 20 and all(t > 0 for t in times) and list(tmp_path.iterdir()) == []
@@ -152,4 +170,4 @@ def test_the_proc_readers_take_anything(tmp_path_factory, files):
     cfg = node(vips=(VipConfig("10.231.0.100", 24, "eth0"),))
     outs = system.checks(host, cfg)
     assert all(o.result in (PASS, WARNING, ERROR, SKIPPED) and o.id for o in outs)
-    assert port_owner(host, "udp", 7400) is None or isinstance(port_owner(host, "udp", 7400), tuple)
+    assert port_owner(host, "udp", 7400) is None, "no process in the tree holds a socket"

@@ -115,14 +115,14 @@ class HealthMonitor:
                 await self.restart_server(action)
         self._report_alarms(verdict.alarms)
         self.judged = verdict
-        self._adopt(self.gate.apply(verdict, self.clock.now()) if self.gate else verdict)
+        self._adopt(self.gate.apply(verdict, self.clock.now(), self.clock.wall()) if self.gate else verdict)
 
     def see_members(self, records: Any) -> None:
         """The member records (name -> MemberRecord) of the snapshot just read:
         the drain budget is judged again on them."""
         if self.gate:
-            self.gate.see(records)
-            self._adopt(self.gate.apply(self.judged, self.clock.now()))
+            self.gate.see(records, self.clock.now())
+            self._adopt(self.gate.apply(self.judged, self.clock.now(), self.clock.wall()))
 
     def _adopt(self, verdict: Verdict) -> None:
         previous = self.verdict

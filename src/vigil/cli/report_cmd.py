@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from pathlib import Path
 
@@ -39,9 +40,12 @@ def report_cmd(args) -> int:
     if not out.parent.is_dir():
         raise ConfigError("--out", str(out), "its directory does not exist")
     redactor, bundle = Redactor(), Bundle()
+    for secret in (target.password, target.api_token, *_lab_secrets(args.lab)):
+        if secret:
+            redactor.learn(secret)
     for name, path in configs.items():
         _config(bundle, redactor, name, path)
-    ev, missing = gather(target, args.since, args.kernel_log, None, [])
+    ev, missing = gather(target, args.since, args.kernel_log, None, list(logs.values()))
     for m in missing:
         bundle.missing("part of the evidence", m)
     bundle.add_json("status.json", ev.status if ev.status is not None else {"error": ev.status_error})
@@ -61,10 +65,21 @@ def report_cmd(args) -> int:
     return 0
 
 
+def _lab_secrets(lab: str | None) -> list[str]:
+    """The lab harness's own secrets (lab.json: etcd's root password)."""
+    if not lab:
+        return []
+    try:
+        tls = json.loads((Path(lab) / "lab.json").read_text())["etcd"].get("tls") or {}
+    except (OSError, ValueError, KeyError, AttributeError):
+        return []
+    return [str(tls.get("password") or "")]
+
+
 def _sources(args) -> tuple[dict[str, str], dict[str, str]]:
-    """(node -> configuration file, node -> log file) to include."""
+    """(name -> configuration file, name -> log file) to include, each name unique."""
     configs = {Path(args.config).stem: args.config} if args.config else {}
-    logs = {Path(p).stem: p for p in args.agent_log}
+    logs = {f"{i}-{Path(p).stem}": p for i, p in enumerate(args.agent_log, 1)}
     if args.lab:
         from vigil.lab import Lab
 
@@ -79,16 +94,19 @@ def _config(bundle: Bundle, redactor: Redactor, name: str, path: str) -> None:
 
     try:
         bundle.add(f"config/{name}.yaml", config_text(path, redactor))
-    except (OSError, ValueError) as e:
-        bundle.missing(f"configuration {path}", e)
+    except (OSError, VigilError) as e:
+        bundle.missing(f"configuration {path}", getattr(e, "strerror", None) or e)
         return
     cfg, _ = load(path)
     if cfg is not None and cfg.router_config:
         try:
             bundle.add(f"config/{name}-router.yaml", config_text(cfg.router_config, redactor))
-        except (OSError, ValueError) as e:
-            bundle.missing(f"router configuration {cfg.router_config}", e)
-    bundle.add(f"preflight/{name}.txt", preflight.render(preflight.run(path)))
+        except (OSError, VigilError) as e:
+            bundle.missing(f"router configuration {cfg.router_config}", getattr(e, "strerror", None) or e)
+    try:
+        bundle.add(f"preflight/{name}.txt", preflight.render(preflight.run(path)))
+    except Exception as e:  # noqa: BLE001 - one failing part must not end the report
+        bundle.missing(f"preflight of {path}", type(e).__name__)
 
 
 def _etcd_versions(target) -> dict[str, str]:

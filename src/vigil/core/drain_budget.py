@@ -13,9 +13,10 @@ reads, so no vote and no extra etcd write is needed:
   (`drain: deferred` in its record, DrainGate) and drains when it is already
   out (it keeps its place, so a drain is never taken back by a node that
   wanted one later), or when the nodes waiting for a place (their records
-  say `drain: deferred`) and itself, taken in name order, leave room for it
-  within `max(1, share x members)` cluster-wide and `max(1, share x its
-  domain's size)` in its domain.
+  say `drain: deferred` and since when) and itself, taken in the order they
+  began to wait (then by name), leave room for it within `max(1, share x
+  members)` cluster-wide and `max(1, share x its domain's size)` in its
+  domain.
 - A node that may not drain yet publishes `degraded` instead, with the
   reason: it keeps serving (at half weight) and leads only when no ready
   member can, and it tries again on every snapshot.
@@ -28,6 +29,7 @@ then exceeded by at most the number of such races until the drains end.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
@@ -38,6 +40,7 @@ OUT = frozenset({DRAINING, FAILED})
 # s a drain waits, said, before it takes a place: the nodes a storm hit within one
 # health round (1 s by default) of each other have said so by then.
 SETTLE = 2.0
+STALE = 10.0  # s without a snapshot (etcd away) after which a drain goes ahead unbudgeted
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,7 @@ class Published:
 
     verdict: str
     deferred: bool = False  # its own verdict is a drain, waiting for a place
+    since: float = math.inf  # wall time it started waiting (its record's drain_since); unknown: last
 
 
 def may_drain(me: str, budget: DrainBudget, published: Mapping[str, Published],
@@ -70,8 +74,9 @@ def may_drain(me: str, budget: DrainBudget, published: Mapping[str, Published],
         if rec.verdict in OUT:
             room -= 1
             _take(per_domain, domains.get(name))
-    waiting = sorted({me, *(n for n, r in published.items() if r.deferred and r.verdict not in OUT)})
-    for name in waiting:
+    waiting = {me, *(n for n, r in published.items() if r.deferred and r.verdict not in OUT)}
+    first = sorted(waiting, key=lambda n: (published[n].since if n in published else math.inf, n))
+    for name in first:  # who waited longest goes first (then by name): nobody starves
         domain = domains.get(name)
         fits = room > 0 and per_domain.get(domain, 1) > 0  # (one domain: no room per domain)
         if name == me:
@@ -88,39 +93,49 @@ class DrainGate:
     a deferrable drain, so a cluster's changes cost nothing otherwise).
 
     A drain starts deferred, always: the node first says it wants one (its
-    record: `drain: deferred`) and takes a place only once that record is in
-    the snapshots it reads and `settle` seconds have passed, so that the nodes
-    a storm hit at the same moment have said so too and every agent orders
-    the same waiting list (without it, each would find the budget empty in
-    the snapshot before the storm and drain)."""
+    record: `drain: deferred` and since when) and takes a place only once that
+    record is in the snapshots it reads and `settle` seconds have passed, so
+    that the nodes a storm hit at the same moment have said so too and every
+    agent orders the same waiting list (without it, each would find the budget
+    empty in the snapshot before the storm and drain). A place taken is kept
+    until the drain ends, whatever the records say meanwhile. Without a
+    snapshot for `stale` seconds (etcd away) the budget cannot be judged and
+    the node's own health comes first: it drains. A share of 1 is no budget."""
 
-    def __init__(self, me: str, budget: DrainBudget, domains: Mapping[str, str], settle: float = SETTLE):
-        self.me, self.budget, self.domains, self.settle = me, budget, domains, settle
+    def __init__(self, me: str, budget: DrainBudget, domains: Mapping[str, str], settle: float = SETTLE,
+                 stale: float = STALE):
+        self.me, self.budget, self.domains, self.settle, self.stale = me, budget, domains, settle, stale
         self._records: Mapping[str, Any] = {}
-        self._since: float | None = None  # when this drain was first deferred
+        self._seen_at: float | None = None  # when the last snapshot was seen (monotonic)
+        self._since: float | None = None  # when this drain was first deferred (monotonic)
+        self._since_wall = 0.0  # the same, on the wall clock, for the other agents' ordering
+        self._granted = False
 
-    def see(self, records: Mapping[str, Any]) -> None:
+    def see(self, records: Mapping[str, Any], now: float) -> None:
         """The member records (name -> MemberRecord) of the snapshot just read."""
-        self._records = records
+        self._records, self._seen_at = records, now
 
-    def apply(self, v: Verdict, now: float) -> Verdict:
+    def apply(self, v: Verdict, now: float, wall: float) -> Verdict:
         """`v` itself, or `v` deferred (degraded) while the budget has no place for it."""
         if v.state != DRAINING or not v.deferrable:
-            self._since = None
+            self._since, self._granted = None, False
             return v
-        published = {n: Published(r.verdict, r.drain_deferred) for n, r in self._records.items()}
-        mine = published.get(self.me)
-        if mine is not None and mine.verdict in OUT:
-            return v  # already out: it keeps its place
         if self._since is None:
-            self._since = now
-        said = mine is not None and mine.deferred and now - self._since >= self.settle
+            self._since, self._since_wall = now, wall
+        seen = self._since if self._seen_at is None else self._seen_at
+        if self._granted or self.budget.share >= 1 or now - seen > self.stale:
+            self._granted = True
+            return v
+        published = {n: Published(r.verdict, r.drain_deferred, r.drain_since) for n, r in self._records.items()}
+        mine = published.get(self.me)
+        said = mine is not None and (mine.deferred or mine.verdict in OUT) and now - self._since >= self.settle
         if said and may_drain(self.me, self.budget, published, self.domains):
+            self._granted = True
             return v
         room, per_domain = self.budget.rooms(_size(published, self.domains), self.domains)
         limit = f"{room} at once" + (f", {per_domain[d]} of {d}" if (d := self.domains.get(self.me)) in per_domain
                                      else "")
-        return deferred(v, [n for n, p in published.items() if p.verdict in OUT], limit)
+        return deferred(v, [n for n, p in published.items() if p.verdict in OUT], limit, self._since_wall)
 
 
 def _size(published: Mapping[str, Published], domains: Mapping[str, str]) -> int:
@@ -133,10 +148,10 @@ def _take(per_domain: dict[str, int], domain: str | None) -> None:
         per_domain[domain] -= 1
 
 
-def deferred(v: Verdict, out: Iterable[str], limit: str) -> Verdict:
+def deferred(v: Verdict, out: Iterable[str], limit: str, since: float) -> Verdict:
     """`v` (a deferrable drain) held back: degraded, saying why and who holds the places."""
     holders = sorted(out)
     why = (f"drain deferred by the drain budget ({limit}): {len(holders)} member(s) already out for "
            f"health ({', '.join(holders[:5])}{', ...' if len(holders) > 5 else ''}); serving degraded "
            "until a place frees")
-    return dataclasses.replace(v, state=DEGRADED, reasons=(why, *v.reasons), deferred=True)
+    return dataclasses.replace(v, state=DEGRADED, reasons=(why, *v.reasons), deferred=True, deferred_since=since)

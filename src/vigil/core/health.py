@@ -87,6 +87,7 @@ class Verdict:
     alarms: tuple[str, ...] = ()  # told to the operator, never a reason to move work (a sensor fault)
     deferrable: bool = False  # a drain every finding of which may wait for the drain budget
     deferred: bool = False  # a drain held back by the drain budget (then `state` is degraded)
+    deferred_since: float = 0.0  # wall time the drain started waiting
 
     @property
     def may_lead(self) -> bool:
@@ -98,7 +99,8 @@ class Verdict:
 
     def to_json(self) -> dict[str, Any]:
         return {"verdict": self.state, "reasons": list(self.reasons), "actions": list(self.actions),
-                "alarms": list(self.alarms), **({"drain": "deferred"} if self.deferred else {})}
+                "alarms": list(self.alarms),
+                **({"drain": "deferred", "drain_since": self.deferred_since} if self.deferred else {})}
 
 
 def worst(findings: Iterable[Finding]) -> Verdict:

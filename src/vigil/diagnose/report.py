@@ -12,12 +12,14 @@ MANIFEST.txt, never the end of the report."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import platform
 import re
 import tarfile
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,63 +28,113 @@ from typing import Any
 import yaml
 
 from vigil import __version__
+from vigil.errors import VigilError
 
-SECRET_FILE_FIELDS = {"signing_key_file", "key_file", "password_file", "tokens_file", "api_token_file"}
-SECRET_FIELDS = {"key", "password", "token", "tokens", "secret", "private_key"}
-PEM_PRIVATE = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----", re.S)
-MIN_SECRET = 6  # a one-line secret file shorter than this is not worth a search
-KEY_MATERIAL = 12  # in a structured secret file: values this long that are not words
+SECRET_WORDS = ("pass", "secret", "token", "key", "credential")  # in a field's name, any case
+PUBLIC_FILES = {"ca_file", "cert_file", "keyring_file"}  # named like secrets, hold public material
+PUBLIC_FIELDS = {"node", "send", "name", "cluster"}  # in a key file: who and which key id, not the key
+PEM_PRIVATE = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(?:-----END [A-Z ]*PRIVATE KEY-----|\Z)", re.S)
+SECRET_FLAG = re.compile(r"^--?[\w-]*(?:pass|secret|token|key|credential)[\w-]*$", re.I)
+USERINFO = re.compile(r"(?<=://)[^/@\s:]+:[^/@\s]+@")
+MIN_SECRET = 4  # a shorter one-line secret would be found everywhere; it is still never copied
 REDACTED = "<redacted>"
+
+
+def secret_field(name: object) -> bool:
+    n = str(name).lower()
+    return any(w in n for w in SECRET_WORDS) and n not in PUBLIC_FILES
 
 
 @dataclass
 class Redactor:
-    """Every secret string seen so far; `text()` removes them from anything."""
+    """Every secret string seen so far; `text()` removes them from anything.
+    `unread` names the secret files it could not read (the bundle says so)."""
 
     secrets: set[str] = field(default_factory=set)
+    unread: list[str] = field(default_factory=list)
 
     def learn_file(self, path: str | Path) -> None:
         try:
             content = Path(path).read_text(errors="replace")
-        except OSError:
+        except OSError as e:
+            self.unread.append(f"{path}: {e.strerror}")
             return
         self.learn(content)
 
     def learn(self, content: str) -> None:
-        """A one-line file is a secret whole; in a structured one (a key file's YAML,
-        a tokens file) the values that look like key material: long, and not words."""
+        """A one-line secret whole; a structured one (YAML: a key file, a tokens map)
+        by its values; a PEM key by its body's lines."""
         stripped = content.strip()
-        if "\n" not in stripped and len(stripped) >= MIN_SECRET:
-            self.secrets.add(stripped)
-        for text in stripped.splitlines():
-            for word in re.split(r"[\s:=,\"']+", text.split("#", 1)[0]):
-                if len(word) >= KEY_MATERIAL and not word.isalpha() and not word.startswith("-----"):
-                    self.secrets.add(word)
+        if "\n" not in stripped:
+            if len(stripped) >= MIN_SECRET:
+                self.secrets.add(stripped)
+            return
+        for m in PEM_PRIVATE.finditer(stripped):
+            self.secrets.update(x.strip() for x in m.group(0).splitlines()[1:-1] if len(x.strip()) >= 16)
+        try:
+            doc = yaml.safe_load(stripped)
+        except yaml.YAMLError:
+            doc = None
+        if isinstance(doc, (dict, list)):
+            self._values(doc)
+        else:
+            self.secrets.update(x.strip() for x in stripped.splitlines()
+                                if len(x.strip()) >= 8 and not x.strip().startswith(("#", "-----")))
+
+    def _values(self, doc: Any, name: str = "") -> None:
+        if isinstance(doc, dict):
+            for k, v in doc.items():
+                self._values(v, str(k))
+        elif isinstance(doc, list):
+            for v in doc:
+                self._values(v, name)
+        elif name not in PUBLIC_FIELDS and isinstance(doc, (str, int)) and len(str(doc)) >= MIN_SECRET:
+            self.secrets.add(str(doc))
 
     def text(self, s: str) -> str:
         s = PEM_PRIVATE.sub(REDACTED, s)
+        s = USERINFO.sub(REDACTED + "@", s)
         for secret in sorted(self.secrets, key=len, reverse=True):
             s = s.replace(secret, REDACTED)
+            escaped = json.dumps(secret)[1:-1]  # as it reads inside a JSON string
+            if escaped != secret:
+                s = s.replace(escaped, REDACTED)
         return s
 
-    def config(self, raw: Any) -> Any:
-        """A parsed YAML document with its secret fields redacted, learning the secrets
-        (inline values, and the contents of the files the secret fields name)."""
+    def config(self, raw: Any, base: Path) -> Any:
+        """A parsed YAML document with its secrets redacted, learning them: inline
+        values under secret-named keys (whatever their type), the contents of the
+        files secret-named `*_file` keys name (relative to `base`, as the loader reads
+        them), argv values after secret-named flags, URLs' user:password@."""
         if isinstance(raw, dict):
             out = {}
             for k, v in raw.items():
-                if k in SECRET_FILE_FIELDS and isinstance(v, str):
-                    self.learn_file(v)
+                if str(k).endswith("_file") and isinstance(v, str):
+                    if secret_field(k):
+                        self.learn_file(base / v)
                     out[k] = v  # the path is not secret; the file is never copied
-                elif k in SECRET_FIELDS and isinstance(v, (str, int)) and not isinstance(v, bool):
-                    self.learn(str(v))
+                elif secret_field(k):
+                    self._values(v)
+                    if isinstance(v, (str, int)):
+                        self.learn(str(v))
                     out[k] = REDACTED
                 else:
-                    out[k] = self.config(v)
+                    out[k] = self.config(v, base)
             return out
         if isinstance(raw, list):
-            return [self.config(v) for v in raw]
+            return self._argv(raw) if all(isinstance(x, str) for x in raw) else [self.config(v, base) for v in raw]
         return raw
+
+    def _argv(self, words: list[str]) -> list[str]:
+        out = list(words)
+        for i, w in enumerate(words):
+            if "=" in w and SECRET_FLAG.match(w.split("=", 1)[0]):
+                self.learn(w.split("=", 1)[1])
+                out[i] = w.split("=", 1)[0] + "=" + REDACTED
+            elif SECRET_FLAG.match(w) and i + 1 < len(words):
+                self.learn(words[i + 1])
+                out[i + 1] = REDACTED
+        return out
 
 
 @dataclass
@@ -117,25 +169,39 @@ def _os_release() -> str:
 
 
 def write(bundle: Bundle, redactor: Redactor, out: Path, top: str) -> list[str]:
-    """The tar.gz at `out` (atomically), every file redacted; returns the names."""
+    """The tar.gz at `out`, every file redacted: written to a temporary file of its
+    own in the same directory (created 0600, never through a link), then renamed;
+    removed if anything fails. Returns the names."""
     names = sorted(bundle.files)
+    notes = bundle.notes + [f"not read, so not redacted by content: secret file {u}" for u in redactor.unread]
     manifest = [f"Vigil support bundle, {time.strftime('%Y-%m-%d %H:%M:%S %z')}", "",
-                *(f"{n}" for n in names), "", *bundle.notes,
+                *(f"{n}" for n in names), "", *notes,
                 "", f"secrets redacted: {len(redactor.secrets)} strings from the key, password and token "
-                    "files the configurations name, inline secret fields, PEM private keys"]
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    with tarfile.open(tmp, "w:gz") as tar:
-        for name, text in [("MANIFEST.txt", "\n".join(manifest) + "\n"), *bundle.files.items()]:
-            data = redactor.text(text).encode()
-            info = tarfile.TarInfo(f"{top}/{name}")
-            info.size, info.mtime, info.mode = len(data), int(time.time()), 0o600
-            tar.addfile(info, io.BytesIO(data))
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, out)
+                    "files the configurations name, secret-named fields and flags, URLs' passwords, "
+                    "PEM private keys"]
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)  # O_EXCL, mode 0600
+    try:
+        with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w:gz") as tar:
+            for name, text in [("MANIFEST.txt", "\n".join(manifest) + "\n"), *bundle.files.items()]:
+                data = redactor.text(text).encode()
+                info = tarfile.TarInfo(f"{top}/{name}")
+                info.size, info.mtime, info.mode = len(data), int(time.time()), 0o600
+                tar.addfile(info, io.BytesIO(data))
+        os.replace(tmp, out)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     return ["MANIFEST.txt", *names]
 
 
 def config_text(path: str, redactor: Redactor) -> str:
-    """A configuration file, its secret fields redacted. Raises OSError, yaml.YAMLError."""
-    raw = yaml.safe_load(Path(path).read_text())
-    return yaml.safe_dump(redactor.config(raw), sort_keys=False)
+    """A configuration file, its secrets redacted. Raises OSError, or VigilError
+    naming only where a file that is not YAML breaks (never its text: it may be a
+    password's line)."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise VigilError(f"not YAML ({type(e).__name__}" + (f" at line {mark.line + 1})" if mark else ")")) from None
+    return yaml.safe_dump(redactor.config(raw, Path(path).parent), sort_keys=False)

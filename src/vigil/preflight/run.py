@@ -20,7 +20,7 @@ def run(config_path: str, host: Host | None = None, etcd_data_dir: str | None = 
     cfg, loaded = services.config(config_path)
     out = [loaded, *system.checks(host, cfg)]
     if cfg is not None:
-        out += services.checks(host, cfg, etcd_data_dir)
+        out += services.checks(host, cfg, config_path, etcd_data_dir)
     return out
 
 

@@ -39,37 +39,45 @@ def config(path: str) -> tuple[NodeConfig | None, Outcome]:
     return cfg, passed("Config", f"{path}: node {cfg.node} of cluster {cfg.cluster}, {len(cfg.peers)} peers")
 
 
-def ports(host: Host, cfg: NodeConfig) -> list[Outcome]:
-    """Each port the agent binds is free, or held by this node's own agent."""
+def ports(host: Host, cfg: NodeConfig, config_path: str) -> list[Outcome]:
+    """Each port the agent binds is free, or held by this node's own agent (the
+    process running `vigil agent --config` with this very file)."""
     wanted = [("udp", a, cfg.heartbeat_port, "heartbeat") for a in cfg.addresses]
     wanted.append(("tcp", cfg.api_host, cfg.api_port, "agent API"))
-    return [_port(host, cfg, *w) for w in wanted]
+    return [_port(host, Path(config_path).resolve(), *w) for w in wanted]
 
 
-def _port(host: Host, cfg: NodeConfig, proto: str, addr: str, port: int, what: str) -> Outcome:
+def _port(host: Host, config: Path, proto: str, addr: str, port: int, what: str) -> Outcome:
     pid = f"Port-{proto}-{port}"
     kind = socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM
     try:
         with socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET, kind) as s:
+            if proto == "tcp":  # as the agent binds: connections in TIME_WAIT do not hold the port
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind((addr, port))
         return passed(pid, f"{what} {addr}:{port}/{proto} is free")
     except OSError as e:
-        if e.errno == errno.EADDRNOTAVAIL:
-            return failed(pid, f"{what} address {addr} is not on this machine",
-                          "give an address of this machine (`ip -brief address`) in the configuration")
         if e.errno != errno.EADDRINUSE:
-            return failed(pid, f"{what} {addr}:{port}/{proto}: {e.strerror}", "run preflight as root")
+            return failed(pid, f"{what} {addr}:{port}/{proto} cannot be bound: {e.strerror or e}", BIND_FIX.get(
+                e.errno, "give an address of this machine (`ip -brief address`) and a free port"))
     owner = port_owner(host, proto, port)
-    if owner and "vigil" in owner[1] and " agent" in owner[1]:
+    if owner and owner[2] == config:
         return passed(pid, f"{what} {addr}:{port}/{proto} is held by this node's agent (pid {owner[0]})")
-    held = f"pid {owner[0]}: {owner[1][:80]}" if owner else "another process"
+    held = f"pid {owner[0]} ({owner[1]})" if owner else "another process"
     return failed(pid, f"{what} {addr}:{port}/{proto} is taken by {held}",
                   f"stop it (`ss -{'u' if proto == 'udp' else 't'}lnp 'sport = :{port}'` shows it) or choose "
                   "another port in the configuration")
 
 
-def port_owner(host: Host, proto: str, port: int) -> tuple[int, str] | None:
-    """(pid, command line) of the process bound to `port`, from /proc; None if unknown."""
+BIND_FIX = {errno.EADDRNOTAVAIL: "give an address of this machine (`ip -brief address`) in the configuration",
+            errno.EACCES: "run preflight as root (a port below 1024)",
+            errno.EAFNOSUPPORT: "IPv6 is off on this machine: give an IPv4 address"}
+
+
+def port_owner(host: Host, proto: str, port: int) -> tuple[int, str, Path | None] | None:
+    """(pid, process name, the file its `--config` names, resolved) of the process
+    bound to `port`, from /proc; None if unknown. The name only, never its command
+    line (which may hold a password): this text goes into support bundles."""
     inodes = set()
     for table in (f"/proc/net/{proto}", f"/proc/net/{proto}6"):
         for line in (host.read(table) or "").splitlines()[1:]:
@@ -80,16 +88,36 @@ def port_owner(host: Host, proto: str, port: int) -> tuple[int, str] | None:
                 inodes.add(f[9])
     proc = host.root / "proc"
     for entry in proc.iterdir() if inodes and proc.is_dir() else ():
-        if not entry.name.isdigit():
-            continue
-        try:
-            links = {os.readlink(fd) for fd in (entry / "fd").iterdir()}
-        except OSError:
-            continue
-        if any(f"socket:[{i}]" in links for i in inodes):
-            cmd = (host.read(f"/proc/{entry.name}/cmdline") or "").replace("\x00", " ").strip()
-            return int(entry.name), cmd
+        if entry.name.isdigit() and any(f"socket:[{i}]" in _links(entry) for i in inodes):
+            name = (host.read(f"/proc/{entry.name}/comm") or "?").strip()[:32]
+            return int(entry.name), name, _config_of(host, entry)
     return None
+
+
+def _links(entry: Path) -> set[str]:
+    out = set()
+    try:
+        fds = list((entry / "fd").iterdir())
+    except OSError:
+        return out
+    for fd in fds:
+        try:
+            out.add(os.readlink(fd))
+        except OSError:
+            continue  # closed meanwhile
+    return out
+
+
+def _config_of(host: Host, entry: Path) -> Path | None:
+    """The configuration file a `vigil agent --config FILE` process runs with."""
+    argv = (host.read(f"/proc/{entry.name}/cmdline") or "").split("\x00")
+    if "agent" not in argv or "--config" not in argv[:-1]:
+        return None
+    path = Path(argv[argv.index("--config") + 1])
+    try:
+        return (path if path.is_absolute() else Path(os.readlink(entry / "cwd")) / path).resolve()
+    except OSError:
+        return None
 
 
 def _hex(text: str) -> int | None:
@@ -269,7 +297,7 @@ async def _status(device) -> str:
         await device.close()
 
 
-def checks(host: Host, cfg: NodeConfig, etcd_data_dir: str | None) -> list[Outcome]:
+def checks(host: Host, cfg: NodeConfig, config_path: str, etcd_data_dir: str | None) -> list[Outcome]:
     gpu, reading = gpus(cfg)
-    return [*ports(host, cfg), peer_clocks(cfg), *etcd(cfg), etcd_disk(etcd_data_dir), gpu,
+    return [*ports(host, cfg, config_path), peer_clocks(cfg), *etcd(cfg), etcd_disk(etcd_data_dir), gpu,
             fabric_manager(host), compat(cfg, reading), *bmcs(cfg)]

@@ -17,6 +17,8 @@ Contract:
 
 from __future__ import annotations
 
+import math
+
 import functools
 import json
 from dataclasses import dataclass, field
@@ -65,6 +67,12 @@ class MemberRecord:
     def drain_deferred(self) -> bool:
         """Its own verdict is a drain that waits for the drain budget (vigil.core.drain_budget)."""
         return self.health.get("drain") == "deferred"
+
+    @property
+    def drain_since(self) -> float:
+        """Since when (wall time) its drain waits; infinity where the record does not say."""
+        v = self.health.get("drain_since")
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1e11 else math.inf
 
     @property
     def may_lead(self) -> bool:
