@@ -7,8 +7,8 @@ VIGIL_EVENT for an event's kind), so `journalctl -u vigil-agent
 VIGIL_EVENT=fencing_failed -o json` finds them. Anywhere else (a terminal,
 a lab's log file) lines are `time node LEVEL logger: message`, as before.
 
-A record that cannot be sent (the socket is gone, journald is restarting)
-goes to stderr instead: a log line is never lost silently, nor does logging
+A record that cannot be sent (the socket is gone, journald is restarting
+or too slow to take it now) goes to stderr as a line instead: a log line is never lost silently, nor does logging
 ever raise into the agent."""
 
 from __future__ import annotations
@@ -49,7 +49,10 @@ class JournalHandler(logging.Handler):
         super().__init__()
         self.identifier, self.fields, self.path = identifier, fields, path
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.setblocking(False)  # a stalled journald must not stall the agent's loop
         self.fallback = logging.StreamHandler(sys.stderr)
+        self.fallback.setFormatter(logging.Formatter(f"%(asctime)s {fields.get('VIGIL_NODE', '')} "
+                                                     "%(levelname)s %(name)s: %(message)s"))
 
     def emit(self, record: logging.LogRecord) -> None:
         try:

@@ -153,9 +153,15 @@ kinds = st.sampled_from(["fencing_failed", "fencing_level_failed", "resource_sta
                          "decision_loop_failed", "node_fenced", "x"])
 
 
+member = st.dictionaries(st.sampled_from(["name", "state", "verdict", "engine", "reasons"]),
+                         st.one_of(values, st.dictionaries(st.sampled_from(["verdict", "reason"]), values)),
+                         max_size=5)
+status_doc = st.dictionaries(st.sampled_from(["leader", "members", "bad_records"]),
+                             st.one_of(values, st.lists(member, max_size=4)))
+
+
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.tuples(kinds, event), max_size=12),
-       st.one_of(st.none(), st.dictionaries(st.sampled_from(["leader", "members", "bad_records"]), values)),
+@given(st.lists(st.tuples(kinds, event), max_size=12), st.one_of(st.none(), status_doc),
        st.lists(st.text(max_size=120), max_size=5))
 def test_no_rule_fails_on_any_evidence(events, stat, lines):
     e = Evidence([{**d, "kind": k} for k, d in events], stat, kernel=lines, corosync=lines, logs={"a": lines})

@@ -49,7 +49,7 @@ def no_leader(ev: Evidence) -> list[Finding]:
         return []
     members = ev.members()
     blocked = [f.subject for f in fencing_blocked(ev)]
-    unfit = [f"{m['name']}: {m.get('state')}, {m.get('verdict')}" for m in members
+    unfit = [f"{m.get('name')}: {m.get('state')}, {m.get('verdict')}" for m in members
              if m.get("state") in ("fenced", "maintenance", "held", "draining", "failed", "unregistered")
              or m.get("verdict") in ("draining", "failed", "down")]
     if blocked:
@@ -155,7 +155,7 @@ def bmcs(ev: Evidence) -> list[Finding]:
 def engines(ev: Evidence) -> list[Finding]:
     out = []
     for m in ev.members():
-        eng = m.get("engine") or {}
+        eng = m.get("engine") if isinstance(m.get("engine"), dict) else {}
         if eng.get("verdict") in ("hung", "dead"):
             out.append(Finding(ERROR, f"the model server on {m.get('name')} is {eng.get('verdict')}",
                                str(eng.get("reason") or ""), "its agent restarts it; if it stays, its log "

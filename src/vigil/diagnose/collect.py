@@ -74,7 +74,7 @@ def gather(target: Any, since: float, kernel: str | None, corosync: str | None,
     ev = Evidence(now=time.time())
     try:
         ev.events = [e for e in target.run(lambda store: read_events(store, target.keys))
-                     if at(e) >= ev.now - since]
+                     if at(e) >= ev.now - since or e.get("kind") == "corrupt"]  # a rogue writer, however old
         ev.status = target.run(lambda store: gather_status(store, target.keys, target.api))
     except VigilError as e:
         ev.status, ev.status_error = None, str(e)

@@ -97,7 +97,7 @@ def drain_budget(ev: Evidence) -> list[Finding]:
                if r.startswith("drain deferred")}
     if not waiting:
         return []
-    out_now = sorted(m["name"] for m in ev.members()
+    out_now = sorted(str(m.get("name")) for m in ev.members()
                      if m.get("verdict") in ("draining", "failed"))
     newest = max(at(e) for _, e in waiting.values())
     return [Finding(ERROR, f"the drain budget is full: {len(waiting)} node(s) wait to drain for health",

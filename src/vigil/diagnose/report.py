@@ -30,11 +30,11 @@ import yaml
 from vigil import __version__
 from vigil.errors import VigilError
 
-SECRET_WORDS = ("pass", "secret", "token", "key", "credential")  # in a field's name, any case
+SECRET_WORDS = ("pass", "pasw", "pwd", "secret", "token", "key", "credential", "auth")  # in a name, any case
 PUBLIC_FILES = {"ca_file", "cert_file", "keyring_file"}  # named like secrets, hold public material
 PUBLIC_FIELDS = {"node", "send", "name", "cluster"}  # in a key file: who and which key id, not the key
 PEM_PRIVATE = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(?:-----END [A-Z ]*PRIVATE KEY-----|\Z)", re.S)
-SECRET_FLAG = re.compile(r"^--?[\w-]*(?:pass|secret|token|key|credential)[\w-]*$", re.I)
+SECRET_FLAG = re.compile(r"^--?[\w-]*(?:pass|pasw|pwd|secret|token|key|credential|auth)[\w-]*$", re.I)
 USERINFO = re.compile(r"(?<=://)[^/@\s:]+:[^/@\s]+@")
 MIN_SECRET = 4  # a shorter one-line secret would be found everywhere; it is still never copied
 REDACTED = "<redacted>"
@@ -65,10 +65,8 @@ class Redactor:
         """A one-line secret whole; a structured one (YAML: a key file, a tokens map)
         by its values; a PEM key by its body's lines."""
         stripped = content.strip()
-        if "\n" not in stripped:
-            if len(stripped) >= MIN_SECRET:
-                self.secrets.add(stripped)
-            return
+        if "\n" not in stripped and len(stripped) >= MIN_SECRET:
+            self.secrets.add(stripped)  # a password file; a one-entry tokens map is also read below
         for m in PEM_PRIVATE.finditer(stripped):
             self.secrets.update(x.strip() for x in m.group(0).splitlines()[1:-1] if len(x.strip()) >= 16)
         try:
@@ -77,7 +75,7 @@ class Redactor:
             doc = None
         if isinstance(doc, (dict, list)):
             self._values(doc)
-        else:
+        elif "\n" in stripped:
             self.secrets.update(x.strip() for x in stripped.splitlines()
                                 if len(x.strip()) >= 8 and not x.strip().startswith(("#", "-----")))
 

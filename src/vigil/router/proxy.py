@@ -144,6 +144,7 @@ class Router:
             c.close()
         await self.membership.stop()
         self.pool.close()
+        self.tracing.shutdown()
 
     # -- membership callbacks ------------------------------------------------------
     def eject(self, name: str, cause: str) -> None:
@@ -160,32 +161,34 @@ class Router:
     async def handle(self, req: Incoming, reply: Reply) -> None:
         t0 = time.monotonic()
         self.active += 1
-        with self.tracing.span("vigil.router.request", **{"http.request.method": req.method,
-                                                          "url.path": req.path}) as span:
-            await self._handle(req, reply, t0, span)
-
-    async def _handle(self, req: Incoming, reply: Reply, t0: float, span: Any) -> None:
         try:
-            if req.over_limit or self.active > self.cfg.limits.max_inflight:  # queued ones count
-                answer = overloaded(f"the router holds its limit of {self.cfg.limits.max_inflight} "
-                                    "requests (limits.max_inflight)", 1.0)
-                self.metrics.finished(429, time.monotonic() - t0)
-            elif req.too_large:
-                answer = _error(413, f"request body larger than {self.cfg.max_body} bytes "
-                                     "(limits.max_body)")
-            elif req.path.startswith("/_vigil/"):
-                answer = _error(404, "the router's own endpoints are on its admin listener (admin.port)")
-            elif (why := client_continue(req.method, req.path, req.body)) is not None:
-                answer = continue_refused(why)  # only this router's continuations carry it
-            elif key := req.header("Idempotency-Key"):
-                answer = await self.keyed.handle(req, key, t0)
-            else:
-                answer = await self._route(req, t0, reply, buffer=False)
-            if answer is not None:
-                reply.whole(answer.status, answer.headers, answer.body)
-            self.tracing.note(span, http__response__status_code=answer.status if answer else 200)
+            with self.tracing.span("vigil.router.request", **{"http.request.method": req.method,
+                                                              "url.path": req.path}) as span:
+                await self._handle(req, reply, t0, span)
         finally:
             self.active -= 1
+
+    async def _handle(self, req: Incoming, reply: Reply, t0: float, span: Any) -> None:
+        if req.over_limit or self.active > self.cfg.limits.max_inflight:  # queued ones count
+            answer = overloaded(f"the router holds its limit of {self.cfg.limits.max_inflight} "
+                                "requests (limits.max_inflight)", 1.0)
+            self.metrics.finished(429, time.monotonic() - t0)
+        elif req.too_large:
+            answer = _error(413, f"request body larger than {self.cfg.max_body} bytes "
+                                 "(limits.max_body)")
+        elif req.path.startswith("/_vigil/"):
+            answer = _error(404, "the router's own endpoints are on its admin listener (admin.port)")
+        elif (why := client_continue(req.method, req.path, req.body)) is not None:
+            answer = continue_refused(why)  # only this router's continuations carry it
+        elif key := req.header("Idempotency-Key"):
+            answer = await self.keyed.handle(req, key, t0)
+        else:
+            answer = await self._route(req, t0, reply, buffer=False)
+        if answer is not None:
+            reply.whole(answer.status, answer.headers, answer.body)
+            self.tracing.note(span, http__response__status_code=answer.status)
+        else:
+            self.tracing.note(span, streamed=True)  # relayed as it came (its status in the attempt)
 
     async def _route(self, req: Incoming, t0: float, reply: Reply | None,
                      buffer: bool) -> Answered | None:

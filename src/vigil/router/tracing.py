@@ -6,7 +6,7 @@ router's file has a `tracing:` section:
       service_name: vigil-router
       sample_ratio: 1.0                               # of requests traced (parent-based)
 
-Spans: `vigil.router.request` (the root: method, path, status, attempts),
+Spans: `vigil.router.request` (the root: method, path, status, or `streamed`),
 inside it `vigil.router.admission` (the wait for a free slot: its outcome),
 one `vigil.router.attempt` per try (the node, and the failure's kind or the
 status), `vigil.router.resume` when a stream continues on another node;
@@ -54,8 +54,13 @@ class Tracing:
     the span (None when tracing is off); `note(span, **attributes)` and
     `event(span, name)` accept None."""
 
-    def __init__(self, tracer: Any = None):
-        self.tracer = tracer
+    def __init__(self, tracer: Any = None, provider: Any = None):
+        self.tracer, self.provider = tracer, provider
+
+    def shutdown(self) -> None:
+        """Export what is still batched (the router is stopping)."""
+        if self.provider is not None:
+            self.provider.shutdown()
 
     def span(self, name: str, **attributes: Any) -> Any:
         if self.tracer is None:
@@ -99,4 +104,4 @@ def tracing_from(cfg: TracingConfig | None) -> Tracing:
     provider = TracerProvider(resource=Resource.create({"service.name": cfg.service_name}),
                               sampler=ParentBased(TraceIdRatioBased(cfg.sample_ratio)))
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=cfg.otlp_endpoint)))
-    return Tracing(provider.get_tracer("vigil.router"))
+    return Tracing(provider.get_tracer("vigil.router"), provider)
