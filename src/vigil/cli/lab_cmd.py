@@ -89,7 +89,8 @@ def register(sub) -> None:
                          "every 0.5 s, for fault tests) or product (the defaults of an installed node: "
                          "lease 10 s, keep-alive 2.5 s, cycle 1 s); heartbeats and detection are 100 ms in "
                          f"both. auto: lab up to {BIG_LAB} nodes, product above (60 agents with lab timers "
-                         "keep 2 cores too busy for etcd to answer in 0.5 s)")
+                         "keep 2 cores too busy for etcd to answer in 0.5 s; above it agents wait 2 s for "
+                         "etcd's answers, not 1)")
     up.add_argument("--in-netns", default="", help=argparse.SUPPRESS)
     up.set_defaults(func=lab_up)
     kill = lab_sub.add_parser("kill", help="SIGKILL every process of one node (agent, router, model "
