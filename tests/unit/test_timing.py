@@ -43,7 +43,9 @@ def test_problem_names_the_bound():
 def test_a_big_lab_gets_product_session_timers_and_smaller_racks():
     from vigil.cli.lab_cmd import BIG_LAB, lab_rack_size, lab_timing
 
-    assert lab_timing("auto", BIG_LAB) is None and lab_timing("auto", BIG_LAB + 1) == {"heartbeat_interval": 0.1}
+    assert lab_timing("auto", BIG_LAB) is None
+    assert lab_timing("auto", BIG_LAB + 1) == {"heartbeat_interval": 0.1, "etcd_timeout": 2.0}, \
+        "above BIG_LAB agents etcd's answers are awaited 2 s"
     assert lab_timing("product", 3) == {"heartbeat_interval": 0.1} and lab_timing("lab", 100) is None
     assert [lab_rack_size(None, n) for n in (3, BIG_LAB, BIG_LAB + 1, 60)] == [10, 10, 5, 5]
     assert lab_rack_size(7, 60) == 7, "a size given is kept"
