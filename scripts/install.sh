@@ -34,6 +34,13 @@ command -v debootstrap >/dev/null || pkgs+=(debootstrap)
 command -v systemd-nspawn >/dev/null || pkgs+=(systemd-container)
 command -v visudo >/dev/null || pkgs+=(sudo)   # vigil init's sudoers drop-in is checked with visudo
 [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import ensurepip, venv' 2>/dev/null || pkgs+=(python3 python3-venv)
+# Install only: no service these packages bring starts (etcd, HAProxy, Prometheus: the tests
+# start their own). policy-rc.d says no, as in container images; one already there is kept.
+[ -e /usr/sbin/policy-rc.d ] && had_policy=1 || had_policy=0
+if ! ((had_policy)); then
+  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+  trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+fi
 if ((${#pkgs[@]})); then
   echo "install: apt-get install ${pkgs[*]}"
   apt-get update -q >/dev/null
@@ -43,18 +50,13 @@ if ((${#pkgs[@]})); then
     ((${#rest[@]})) && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${rest[@]}" >/dev/null
   }
 fi
-
-# promtool checks and unit-tests the alerting rules Vigil ships (issue 25); the package's
-# own Prometheus server must not start (tests start theirs): policy-rc.d says no, as in images.
+# promtool checks and unit-tests the alerting rules Vigil ships (its recommended node exporter: no).
 if ! command -v promtool >/dev/null; then
   echo "install: apt-get install prometheus (promtool)"
-  [ -e /usr/sbin/policy-rc.d ] && had_policy=1 || had_policy=0
-  ((had_policy)) || printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
-  chmod +x /usr/sbin/policy-rc.d
-  apt-get update -q >/dev/null
+  ((${#pkgs[@]})) || apt-get update -q >/dev/null
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >/dev/null
-  ((had_policy)) || rm -f /usr/sbin/policy-rc.d
 fi
+
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,model,demo,fencing]'
