@@ -54,12 +54,14 @@ class Notifier:
         return bool(self.address)
 
     def send(self, **fields: Any) -> bool:
-        """Send `KEY=value` lines; True if systemd got them. Never raises."""
+        """Send `KEY=value` lines; True if systemd got them. Never raises, never
+        blocks: a receiver that does not read (its queue full) loses the datagram
+        rather than stalling the agent's event loop."""
         if not self.address:
             return False
         text = "\n".join(f"{k}={str(v).replace(chr(10), ' ')}" for k, v in fields.items())
         try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK) as s:
                 s.sendto(text.encode(), self.address)
             return True
         except OSError as e:
