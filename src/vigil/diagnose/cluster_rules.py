@@ -14,17 +14,12 @@ FENCE_END = ("node_fenced", "fence_confirmed", "fencing_abandoned")
 ETCD_TROUBLE = re.compile(r"etcd did not answer|cannot open an etcd session|keep-alive of lease .* failed")
 
 
-def _last(ev: Evidence, match) -> tuple[int, dict] | None:
-    """(index, event) of the newest event `match` accepts."""
-    return next(((i, e) for i, e in reversed(list(enumerate(ev.events))) if match(e)), None)
-
-
 def fencing_blocked(ev: Evidence) -> list[Finding]:
     """A fence that failed and was not followed by the node fenced (or confirmed off)."""
     out = []
     for node in sorted({str(e.get("subject")) for e in ev.events if e.get("kind") == "fencing_failed"}):
-        failed = _last(ev, lambda e: e.get("kind") == "fencing_failed" and e.get("subject") == node)
-        ended = _last(ev, lambda e: e.get("subject") == node and (
+        failed = ev.last(lambda e: e.get("kind") == "fencing_failed" and e.get("subject") == node)
+        ended = ev.last(lambda e: e.get("subject") == node and (
             e.get("kind") in FENCE_END or (e.get("kind") == "state_changed" and e.get("state") == "fenced")))
         if failed is None or (ended is not None and ended[0] > failed[0]):
             continue
@@ -67,7 +62,7 @@ def no_leader(ev: Evidence) -> list[Finding]:
 def vip_start_failed(ev: Evidence) -> list[Finding]:
     out = []
     for vip in sorted({str(e.get("vip")) for e in ev.events if e.get("kind") == "resource_start_failed"}):
-        last = _last(ev, lambda e: e.get("vip") == vip and e.get("kind") in ("resource_start_failed",
+        last = ev.last(lambda e: e.get("vip") == vip and e.get("kind") in ("resource_start_failed",
                                                                               "resource_started"))
         if last is None or last[1].get("kind") != "resource_start_failed":
             continue
@@ -129,10 +124,10 @@ def etcd_trouble(ev: Evidence) -> list[Finding]:
                            "(`vigil preflight --etcd-data-dir DIR`: fdatasync p99 under 10 ms); the network "
                            "between the agents and etcd", tuple([line(e) for e in lost[-3:]] + logged[-3:]),
                            "etcd", max([at(e) for e in lost] or [ev.now])))
-    for e in ev.events:
-        if e.get("kind") == "etcd_version_warning" and e is ev.latest(("etcd_version_warning",), None):
-            out.append(Finding(WARNING, "etcd has a known lease bug", str(e.get("cause", "")),
-                               "upgrade etcd to 3.5.11 or later", (line(e),), "etcd", at(e)))
+    e = ev.latest(("etcd_version_warning",))
+    if e is not None:
+        out.append(Finding(WARNING, "etcd has a known lease bug", str(e.get("cause", "")),
+                           "upgrade etcd to 3.5.11 or later", (line(e),), "etcd", at(e)))
     return out
 
 
@@ -142,9 +137,9 @@ def bmcs(ev: Evidence) -> list[Finding]:
         if e.get("kind") != "fence_device_unreachable":
             continue
         dev = e.get("device")
-        later = next((x for x in reversed(ev.events) if x.get("device") == dev and
-                      x.get("kind") in ("fence_device_reachable", "fence_device_unreachable")), None)
-        if later is e:
+        later = ev.last(lambda x: x.get("device") == dev and
+                        x.get("kind") in ("fence_device_reachable", "fence_device_unreachable"))
+        if later is not None and later[1] is e:
             out.append(Finding(ERROR, f"{dev} does not answer: a fence of {e.get('subject')} would fail",
                                str(e.get("cause", "")), "check the BMC's network and credentials: "
                                "`ipmitool -I lanplus -H BMC -U USER -E power status`",

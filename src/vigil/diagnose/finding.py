@@ -37,10 +37,15 @@ class Evidence:
     logs: dict[str, list[str]] = field(default_factory=dict)  # an agent's log lines, by source name
     now: float = field(default_factory=time.time)
 
+    def last(self, match: Callable[[dict[str, Any]], bool]) -> tuple[int, dict[str, Any]] | None:
+        """(index, event) of the newest event `match` accepts."""
+        return next(((i, e) for i in range(len(self.events) - 1, -1, -1) if match(e := self.events[i])), None)
+
     def latest(self, kinds: Iterable[str], subject: str | None = None) -> dict[str, Any] | None:
+        """The newest event of one of `kinds` (about `subject`, when given)."""
         wanted = set(kinds)
-        return next((e for e in reversed(self.events) if e.get("kind") in wanted
-                     and (subject is None or _subject(e) == subject)), None)
+        found = self.last(lambda e: e.get("kind") in wanted and (subject is None or _subject(e) == subject))
+        return found[1] if found else None
 
     def members(self) -> list[dict[str, Any]]:
         """The status's members that are mappings (the rest of an odd document ignored)."""

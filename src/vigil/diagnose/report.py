@@ -27,14 +27,16 @@ from typing import Any
 
 import yaml
 
-from vigil import __version__
+from vigil import __version__, errors
 from vigil.errors import VigilError
 
-SECRET_WORDS = ("pass", "pasw", "pwd", "secret", "token", "key", "credential", "auth")  # in a name, any case
+# In a field's name, any case: the words ConfigError hides values for, and misspellings and
+# synonyms (a bundle is sent away, so it errs the other way).
+SECRET_WORDS = (*errors.SECRET_WORDS, "pasw", "pwd", "credential", "auth")
 PUBLIC_FILES = {"ca_file", "cert_file", "keyring_file"}  # named like secrets, hold public material
 PUBLIC_FIELDS = {"node", "send", "name", "cluster"}  # in a key file: who and which key id, not the key
 PEM_PRIVATE = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(?:-----END [A-Z ]*PRIVATE KEY-----|\Z)", re.S)
-SECRET_FLAG = re.compile(r"^--?[\w-]*(?:pass|pasw|pwd|secret|token|key|credential|auth)[\w-]*$", re.I)
+SECRET_FLAG = re.compile(rf"^--?[\w-]*(?:{'|'.join(SECRET_WORDS)})[\w-]*$", re.I)
 USERINFO = re.compile(r"(?<=://)[^/@\s:]+:[^/@\s]+@")
 MIN_SECRET = 4  # a shorter one-line secret would be found everywhere; it is still never copied
 REDACTED = "<redacted>"
@@ -112,9 +114,7 @@ class Redactor:
                         self.learn_file(base / v)
                     out[k] = v  # the path is not secret; the file is never copied
                 elif secret_field(k):
-                    self._values(v)
-                    if isinstance(v, (str, int)):
-                        self.learn(str(v))
+                    self._values(v)  # every value under it, whatever its shape
                     out[k] = REDACTED
                 else:
                     out[k] = self.config(v, base)
