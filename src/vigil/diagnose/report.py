@@ -12,14 +12,11 @@ MANIFEST.txt, never the end of the report."""
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
-import os
 import platform
 import re
 import tarfile
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +26,7 @@ import yaml
 
 from vigil import __version__, errors
 from vigil.errors import VigilError
+from vigil.files import write_atomic
 
 # In a field's name, any case: the words ConfigError hides values for, and misspellings and
 # synonyms (a bundle is sent away, so it errs the other way).
@@ -167,9 +165,9 @@ def _os_release() -> str:
 
 
 def write(bundle: Bundle, redactor: Redactor, out: Path, top: str) -> list[str]:
-    """The tar.gz at `out`, every file redacted: written to a temporary file of its
-    own in the same directory (created 0600, never through a link), then renamed;
-    removed if anything fails. Returns the names."""
+    """The tar.gz at `out`, every file redacted, written atomically and 0600
+    (vigil.files.write_atomic: the bundle's files are in memory already, so is
+    their archive). Returns the names."""
     names = sorted(bundle.files)
     notes = bundle.notes + [f"not read, so not redacted by content: secret file {u}" for u in redactor.unread]
     manifest = [f"Vigil support bundle, {time.strftime('%Y-%m-%d %H:%M:%S %z')}", "",
@@ -177,19 +175,14 @@ def write(bundle: Bundle, redactor: Redactor, out: Path, top: str) -> list[str]:
                 "", f"secrets redacted: {len(redactor.secrets)} strings from the key, password and token "
                     "files the configurations name, secret-named fields and flags, URLs' passwords, "
                     "PEM private keys"]
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)  # O_EXCL, mode 0600
-    try:
-        with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w:gz") as tar:
-            for name, text in [("MANIFEST.txt", "\n".join(manifest) + "\n"), *bundle.files.items()]:
-                data = redactor.text(text).encode()
-                info = tarfile.TarInfo(f"{top}/{name}")
-                info.size, info.mtime, info.mode = len(data), int(time.time()), 0o600
-                tar.addfile(info, io.BytesIO(data))
-        os.replace(tmp, out)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w:gz") as tar:
+        for name, text in [("MANIFEST.txt", "\n".join(manifest) + "\n"), *bundle.files.items()]:
+            data = redactor.text(text).encode()
+            info = tarfile.TarInfo(f"{top}/{name}")
+            info.size, info.mtime, info.mode = len(data), int(time.time()), 0o600
+            tar.addfile(info, io.BytesIO(data))
+    write_atomic(out, archive.getvalue(), 0o600)
     return ["MANIFEST.txt", *names]
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import tempfile
 import urllib.request
@@ -23,9 +22,7 @@ class Prometheus:
     def __init__(self, targets: list[str], cluster: str = "lab"):
         """`targets`: host:port of each agent's API (its /metrics)."""
         self.dir = Path(tempfile.mkdtemp(prefix="vigil-prometheus-"))
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        (self.port,) = procs.free_ports(1)
         config = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
                   "rule_files": [str(RULES)],
                   "scrape_configs": [{"job_name": "vigil-agent", "static_configs": [
