@@ -8,6 +8,13 @@ acceptable pause 40 ms), under three conditions:
           inside a network namespace made for this run; removed afterwards),
           with the default 2 copies of each heartbeat (timing.heartbeat_copies)
   loss-1copy - the same loss with 1 copy (the anchor: how it was before)
+  stress - stress-ng keeps every core busy (`--cpu 0`, normal priority) while
+          two labs run side by side: one with heartbeats on the agent's loop
+          (the anchor), one with `heartbeat.realtime` (the heartbeat thread at
+          SCHED_FIFO 10, memory locked); cyclictest measures what the kernel
+          gives a SCHED_FIFO 10 thread and a normal one under the same load
+  stress-memory - the same, with stress-ng's memory hogs as well (`--vm`):
+          page reclaim, which memory locking keeps away from the agents
 
 The loss conditions run the whole product: model servers, a router and IPMI
 fencing, and also count what loss must never cause: fences, failovers
@@ -18,7 +25,7 @@ over all observers it shows how many suspicions a detector that convicts
 after T ms of silence would have raised, for each T: the measured
 detection-time vs false-suspicion trade-off.
 
-Usage: python bench/detector.py [--minutes 10] [--conditions idle,cpu,loss]
+Usage: python bench/detector.py [--minutes 10] [--conditions idle,cpu,loss,stress,stress-memory]
 Writes bench/results/detector.{json,md}. Needs root for the loss condition.
 """
 
@@ -27,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -59,18 +67,24 @@ def run_condition(name: str, minutes: float) -> dict:
         deadline = time.monotonic() + minutes * 60
         while time.monotonic() < deadline:
             time.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
-        elapsed = time.time() - t0
-        statuses = {n.name: lab.agent_status(n.name, timeout=5.0) for n in lab.nodes}
-        evs = [e for e in lab.events() if e["at"] >= t0]
-        ejected = _ejections(lab) - ejected0
+        r = _summary(name, lab, t0, copies, _ejections(lab) - ejected0 if loss else None)
+        r.pop("statuses")
+        return r
     finally:
         for h in hogs:
             h.kill()
             h.wait()
         lab.down()
+
+
+def _summary(name: str, lab: Lab, t0: float, copies: int, ejected: int | None) -> dict:
+    """What the lab's agents saw since `t0`: suspicions, fences, failovers, gaps."""
+    elapsed = time.time() - t0
+    statuses = {n.name: lab.agent_status(n.name, timeout=5.0) for n in lab.nodes}
+    evs = [e for e in lab.events() if e["at"] >= t0]
     suspicions = [e for e in evs if e["kind"] == "peer_suspected"]
     over = {f"{b:g}": 0 for b in GAP_BUCKETS}
-    accepted = pauses = 0
+    accepted = pauses = gaps = 0
     largest = longest_pause = 0.0
     for st in statuses.values():
         accepted += st["heartbeat"]["received"].get("accepted", 0)
@@ -78,18 +92,80 @@ def run_condition(name: str, minutes: float) -> dict:
         longest_pause = max(longest_pause, st["heartbeat"]["longest_local_pause_ms"])
         for p in st["peers"].values():
             largest = max(largest, p["gaps"]["largest"])
+            gaps += p["gaps"].get("count", 0)
             for k, v in p["gaps"]["over"].items():
                 over[k] += v
     hours = elapsed / 3600
     return {"condition": name, "seconds": round(elapsed, 1), "observer_peer_pairs": 6, "copies": copies,
             "fences": sum(e["kind"] == "fencing_started" for e in evs),
             "failovers": sum(e["kind"] == "leader_elected" for e in evs),
-            "router_ejections": ejected if loss else None,
+            "router_ejections": ejected,
             "false_suspicions": len(suspicions), "per_hour": round(len(suspicions) / hours, 2),
             "suspicions": [{k: e.get(k) for k in ("node", "peer", "phi", "silent_ms")} for e in suspicions],
             "heartbeats_accepted": accepted, "largest_gap_ms": round(largest * 1000, 1),
+            "gap_p999_ms": _p999(gaps, over), "gaps": gaps,
             "gaps_over_ms_per_hour": {k: round(v / hours, 1) for k, v in over.items()},
-            "local_pauses": pauses, "longest_local_pause_ms": longest_pause}
+            "local_pauses": pauses, "longest_local_pause_ms": longest_pause, "statuses": statuses}
+
+
+def _p999(total: int, over: dict[str, int]) -> str:
+    """The smallest bucket bound that at most 0.1 % of the gaps exceed (the histogram's resolution)."""
+    for bound, n in over.items():
+        if total and n <= total / 1000:
+            return f"<= {float(bound) * 1000:g}"
+    return f"> {float(list(over)[-1]) * 1000:g}" if over else "-"
+
+
+def run_stress(name: str, minutes: float) -> list[dict]:
+    """Two 3-node labs side by side under one stress-ng, heartbeats on the loop
+    and on the real-time thread, and cyclictest beside them: the same load,
+    the same minutes, before and after."""
+    _need("stress-ng", "cyclictest")
+    root = Path(tempfile.mkdtemp(prefix=f"vigil-bench-det-{name}-"))
+    labs = {"loop": Lab.up(root / "loop", 3, timing=LAB_TIMING)}
+    procs: list[subprocess.Popen] = []
+    try:
+        labs["realtime 10"] = Lab.up(root / "rt", 3, timing=LAB_TIMING, workload={"realtime": REALTIME})
+        seconds = int(minutes * 60)
+        procs.append(subprocess.Popen(["stress-ng", *STRESS[name], "--timeout", f"{seconds + 30}s", "--quiet"]))
+        cyclic = {label: subprocess.Popen(["cyclictest", "-q", "-m", "-t", "1", "-i", "10000", "-D", f"{seconds}s",
+                                           *args], stdout=subprocess.PIPE, text=True)
+                  for label, args in (("SCHED_FIFO 10", ["-p", "10"]), ("SCHED_OTHER", ["--policy=other"]))}
+        procs += cyclic.values()
+        t0 = time.time()
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            time.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
+        latency = {label: _cyclictest(p.communicate(timeout=60)[0]) for label, p in cyclic.items()}
+        rows = []
+        for label, lab in labs.items():
+            r = _summary(f"{name}, {label}", lab, t0, copies=2, ejected=None)
+            r["cyclictest_max_us"] = latency
+            rt = [st["heartbeat"].get("realtime") for st in r.pop("statuses").values()]
+            r["realtime"] = rt[0] if rt and rt[0] else None
+            rows.append(r)
+        return rows
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+        for lab in labs.values():
+            lab.down()
+
+
+def _need(*tools: str) -> None:
+    missing = [t for t in tools if not shutil.which(t)]
+    if missing:
+        subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends",
+                        *{"stress-ng": "stress-ng", "cyclictest": "rt-tests"}.values()], check=True)
+
+
+def _cyclictest(out: str) -> dict[str, int]:
+    """cyclictest -q's last line: `T: 0 (pid) P:10 I:10000 C: n Min: a Act: b Avg: c Max: d` (µs)."""
+    fields = out.split()
+    return {k.rstrip(":").lower(): int(fields[fields.index(k) + 1]) for k in ("Min:", "Avg:", "Max:")
+            if k in fields}
 
 
 def _ejections(lab: Lab) -> int:
@@ -141,21 +217,27 @@ def main() -> int:
     results = []
     for cond in args.conditions.split(","):
         print(f"condition {cond}: {args.minutes:g} min", flush=True)
-        r = run_loss(args.minutes, args.loss, cond) if cond.startswith("loss") else run_condition(cond, args.minutes)
-        print(f"  {r['false_suspicions']} false suspicions ({r['per_hour']}/h), largest gap "
-              f"{r['largest_gap_ms']} ms", flush=True)
-        results.append(r)
+        rows = (run_stress(cond, args.minutes) if cond in STRESS else
+                [run_loss(args.minutes, args.loss, cond) if cond.startswith("loss") else
+                 run_condition(cond, args.minutes)])
+        for r in rows:
+            print(f"  {r['condition']}: {r['false_suspicions']} false suspicions ({r['per_hour']}/h), largest gap "
+                  f"{r['largest_gap_ms']} ms, p99.9 {r.get('gap_p999_ms')} ms", flush=True)
+        results += rows
     bounds = ["0.25", "0.3", "0.4", "0.5", "1"]
     table = [["condition", "heartbeat copies", "minutes", "false suspicions", "per hour", "fences", "failovers",
-              "router ejections", "largest gap ms", "local pauses",
-              *[f"gaps > {float(b) * 1000:.0f} ms /h" for b in bounds]]]
+              "router ejections", "gap p99.9 ms", "largest gap ms", "local pauses",
+              *[f"gaps > {float(b) * 1000:.0f} ms /h" for b in bounds], "cyclictest max µs (FIFO 10 / normal)"]]
     for r in results:
+        lat = r.get("cyclictest_max_us") or {}
         table.append([r["condition"] + (f" ({r['loss_percent']} %)" if "loss_percent" in r else ""),
                       r.get("copies", 2), round(r["seconds"] / 60, 1), r["false_suspicions"], r["per_hour"],
                       r.get("fences", 0), r.get("failovers", 0),
                       "-" if r.get("router_ejections") is None else r["router_ejections"],
-                      r["largest_gap_ms"], r["local_pauses"],
-                      *[r["gaps_over_ms_per_hour"][b] for b in bounds]])
+                      r.get("gap_p999_ms", "-"), r["largest_gap_ms"], r["local_pauses"],
+                      *[r["gaps_over_ms_per_hour"][b] for b in bounds],
+                      " / ".join(str(lat[k].get("max", "-")) for k in ("SCHED_FIFO 10", "SCHED_OTHER")) if lat
+                      else "-"])
     write("detector", {"results": results, "settings": {
         "heartbeat_interval": 0.1, "phi_threshold": 8, "min_std_deviation": 0.02,
         "acceptable_pause": 0.04, "copy_spacing": 0.02, "pairs": "3 agents, 6 observer->peer pairs"}},
@@ -165,7 +247,12 @@ def main() -> int:
         "by any observer: a detector that convicts after T of silence would raise that many false "
         "suspicions per hour. The default phi detector convicts a steady peer after ~245 ms. The loss "
         "conditions run model servers, a router and IPMI fencing too: fences and failovers are events "
-        "after the start, router ejections the router's backends made ineligible."))
+        "after the start, router ejections the router's backends made ineligible. The stress conditions "
+        "run two labs at once under one stress-ng (every core busy; with memory hogs): `loop` sends and "
+        "times heartbeats on the agent's event loop, `realtime 10` on the heartbeat thread at SCHED_FIFO 10 "
+        "with the agent's memory locked (heartbeat.realtime). Gap p99.9 is read off the gap histogram "
+        "(bucket bounds 110, 125, 150, 175, 200, 225, 250, 300, 400, 500 ms...). cyclictest: the worst "
+        "wake-up latency the kernel gave a SCHED_FIFO 10 thread and a normal one under the same load."))
     return 0
 
 

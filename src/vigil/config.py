@@ -23,6 +23,7 @@ from vigil.fields import (check_address, check_addresses, check_int, check_mappi
 from vigil.stonith.config import FencingConfig, parse_fencing
 from vigil.files import check_secret, read_yaml
 from vigil.probes.config import HealthConfig, parse_health
+from vigil.realtime import RealtimeSettings, problems as realtime_problems
 from vigil.heartbeat_keys import HeartbeatKeys, parse_heartbeat_keys, ring_covers
 from vigil.resources.signed import gateway_name
 from vigil.resources.vip import VipConfig, parse_vips
@@ -105,6 +106,8 @@ class NodeConfig:
     health: HealthConfig = field(default_factory=HealthConfig)  # probes, policy, requirements
     failure_domain: str = DEFAULT_DOMAIN  # this node's rack, power feed or NVLink domain
     topology: TopologySettings = field(default_factory=TopologySettings)  # who watches whom
+    # The heartbeat thread's scheduling (vigil.realtime); None: heartbeats on the agent's loop.
+    realtime: RealtimeSettings | None = None
 
     def domains(self) -> dict[str, str]:
         """Every configured member's failure domain, this node's included."""
@@ -131,7 +134,7 @@ def parse_config(raw: Any, base_dir: Path = Path(".")) -> NodeConfig:
     api = check_mapping(d.get("api", {}), "api", {"host", "port", "cert_file", "key_file", "tokens_file"})
     hb = check_mapping(d.get("heartbeat"), "heartbeat", {"addresses", "port", "key", "key_file", "peers",
                                                     "observers", "signing_key_file", "keyring_file",
-                                                    "max_clock_skew", "topology"})
+                                                    "max_clock_skew", "topology", "realtime"})
     peers = _peers(hb.get("peers", []), node)
     keys = parse_heartbeat_keys(hb, base_dir, node)
     ring_covers(keys, [p.name for p in peers])
@@ -156,7 +159,7 @@ def parse_config(raw: Any, base_dir: Path = Path(".")) -> NodeConfig:
         controller=_controller(d.get("controller")), watchdog=_watchdog(d.get("watchdog"), timing),
         vips=parse_vips(d.get("vips", [])), router_config=_router(d.get("router"), base_dir),
         health=parse_health(d.get("health")), failure_domain=_domain(d, "failure_domain"),
-        topology=_topology(hb.get("topology", {})))
+        topology=_topology(hb.get("topology", {})), realtime=_realtime(hb.get("realtime")))
 
 
 def _router(v: Any, base: Path) -> str | None:
@@ -240,6 +243,17 @@ def _topology(v: Any) -> TopologySettings:
     for name, value, fix in t.problems():
         raise ConfigError(f"heartbeat.topology.{name}", value, fix)
     return t
+
+
+def _realtime(v: Any) -> RealtimeSettings | None:
+    """heartbeat.realtime: {priority, lock_memory}; absent: no heartbeat thread."""
+    if v is None:
+        return None
+    d = check_mapping(v, "heartbeat.realtime", {"priority", "lock_memory"})
+    s = RealtimeSettings(**d)
+    for name, value, fix in realtime_problems(s.priority, s.lock_memory):
+        raise ConfigError(f"heartbeat.realtime.{name}", value, fix)
+    return s
 
 
 def _observers(v: Any) -> tuple[Observer, ...]:

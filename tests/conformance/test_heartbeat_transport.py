@@ -12,9 +12,11 @@ import pytest
 
 from vigil.errors import WireError
 from vigil.identity import KeyRing, SigningKeys, generate
+from vigil.net.pacer import Pacer
 from vigil.net.transport import HeartbeatReceiver, HeartbeatTransport
 from vigil.net.wire import Heartbeat, encode
 from vigil.procs import free_ports
+from vigil.realtime import RealtimeSettings
 from vigil.testing.memory_network import MemoryNetwork
 from vigil.testing.wait import wait_until
 
@@ -28,14 +30,16 @@ class Node:
 
     def __init__(self, network, me: str, port: int, peers: dict[str, int], bind=LINKS, sources=LINKS):
         self.got: list[tuple[Heartbeat, str, str]] = []
+        self.arrivals: list[float | None] = []  # when the heartbeat thread took each (pacer only)
         self.arrived = asyncio.Event()
         self.receiver = HeartbeatReceiver("conf", me, RING, {p: set(sources) for p in peers}, time.time)
         links = {p: [(a, port_) for a in bind] for p, port_ in peers.items()}
         self.transport = HeartbeatTransport(self.receiver, list(bind), port, links, self._deliver,
                                             SIGNERS[me], network=network)
 
-    def _deliver(self, hb: Heartbeat, link: str, verdict: str) -> None:
+    def _deliver(self, hb: Heartbeat, link: str, verdict: str, at: float | None = None) -> None:
         self.got.append((hb, link, verdict))
+        self.arrivals.append(at)
         self.arrived.set()
 
     async def wait(self, n: int) -> None:
@@ -46,9 +50,17 @@ class Node:
         await asyncio.wait_for(enough(), 5)
 
 
-@pytest.fixture(params=["udp", "memory"])
+@pytest.fixture(params=["udp", "memory", "pacer"])
 def network(request):
-    return None if request.param == "udp" else MemoryNetwork()
+    """The event loop's UDP, the simulations' in-memory network, and UDP read by
+    the heartbeat thread (vigil.net.pacer, at normal priority here)."""
+    if request.param != "pacer":
+        yield None if request.param == "udp" else MemoryNetwork()
+        return
+    pacer = Pacer(time.monotonic, RealtimeSettings(priority=0, lock_memory=False))
+    pacer.start()
+    yield pacer
+    pacer.stop()
 
 
 def beat(node: str, seq: int, **kw) -> Heartbeat:
@@ -62,8 +74,11 @@ async def test_a_heartbeat_arrives_once_per_link_first_accepted_then_duplicate(n
     await b.transport.start()
     try:
         sent = beat("a", 1, suspects=("c",), extra=True)
+        t0 = time.monotonic()
         a.transport.send(sent)
         await b.wait(2)
+        if isinstance(network, Pacer):  # stamped on the heartbeat thread as each arrived
+            assert all(t0 <= at <= time.monotonic() for at in b.arrivals), b.arrivals
         assert [v for _, _, v in b.got] == ["accepted", "duplicate"]
         assert {link for _, link, _ in b.got} == set(LINKS), "each copy names the link it came on"
         assert b.got[0][0] == sent and a.transport.sent == 2

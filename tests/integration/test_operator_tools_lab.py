@@ -3,16 +3,20 @@ preflight` on a running node and on a broken copy of its file (a port
 another process holds, an etcd that is gone: the machine checks' failures
 are in tests/unit/test_preflight.py); the metrics Vigil's alert rules read,
 as an agent exports them; the status page and its data, before and during
-a leader's failover (bench/status_page.py renders it in Chromium)."""
+a leader's failover (bench/status_page.py renders it in Chromium). The
+lab's agents run their heartbeats on the real-time thread
+(heartbeat.realtime), so the failover is one of theirs too."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import subprocess
 import sys
 import urllib.request
+from pathlib import Path
 
 import pytest
 import yaml
@@ -23,7 +27,8 @@ from vigil.lab import Lab
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    lab = Lab.up(tmp_path_factory.mktemp("operator") / "lab", 3)
+    lab = Lab.up(tmp_path_factory.mktemp("operator") / "lab", 3,
+                 workload={"realtime": {"priority": 10, "lock_memory": True}})
     try:
         yield lab
     finally:
@@ -56,6 +61,7 @@ def test_preflight_on_a_running_node_and_on_a_broken_copy_of_its_configuration(l
     assert all("#15247" in c["found"] for c in etcd if c["result"] == "error"), "only the lease bug"
     assert checks["EtcdDisk"]["result"] in ("pass", "warning") and "p99" in checks["EtcdDisk"]["found"]
     assert {"KernelVersion", "TimeSync", "HeartbeatLinks", "NVML", "Watchdog"} <= set(checks)
+    assert checks["Realtime"]["result"] == "pass" and "SCHED_FIFO 10" in checks["Realtime"]["found"]
     assert preflight("--config", cfg, "--ignore-preflight-errors=all")[0] == 0
 
     # The same node's file with its API port taken by another process, and an etcd that is gone.
@@ -76,6 +82,21 @@ def test_preflight_on_a_running_node_and_on_a_broken_copy_of_its_configuration(l
     assert udp["result"] == "error" and "(python" in udp["found"], "n1's agent holds it, but runs another file"
     rc, _ = preflight("--config", str(broken), "--ignore-preflight-errors=Port,Etcd,TimeSync,Sysctl,KernelVersion")
     assert rc == 0, "every error named: exit 0"
+
+
+def test_only_the_heartbeat_thread_runs_at_sched_fifo_with_the_agents_memory_locked(lab):
+    node = lab.node("n1")
+    rt = json.loads(get(node.api_url + "/status")[2])["heartbeat"]["realtime"]
+    assert rt["policy"] == "SCHED_FIFO" and rt["priority"] == 10 and rt["memory_locked"] and not rt["problems"], rt
+    tasks = {}
+    for task in (Path(f"/proc/{node.agent_pid}/task")).iterdir():
+        stat = (task / "stat").read_text()
+        policy = int(stat.rsplit(")", 1)[1].split()[38])  # field 41 (from 1, the state is 3): the policy
+        tasks[int(task.name)] = policy
+    assert tasks[rt["thread"]] == os.SCHED_FIFO
+    assert all(p == os.SCHED_OTHER for t, p in tasks.items() if t != rt["thread"]), tasks
+    status = Path(f"/proc/{node.agent_pid}/status").read_text()
+    assert int(re.search(r"^VmLck:\s+(\d+)", status, re.M).group(1)) > 0
 
 
 def test_an_agent_exports_every_metric_the_alert_rules_read(lab):

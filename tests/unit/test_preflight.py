@@ -92,6 +92,24 @@ def test_capabilities_are_checked_when_a_vip_needs_them(tmp_path):
     assert system.capabilities(root, node()).result == SKIPPED
 
 
+def test_the_heartbeat_threads_realtime_scheduling_is_checked(tmp_path):
+    from vigil.realtime import RealtimeSettings
+    cfg = node(realtime=RealtimeSettings(10, True))
+    off = system.realtime(tree(tmp_path / "a", {}), node())
+    assert off.result == WARNING and "heartbeat.realtime" in off.fix
+    nice_only = tree(tmp_path / "b", {"/proc/self/status": f"CapEff:\t{1 << system.CAP_SYS_NICE:016x}\n"})
+    out = system.realtime(nice_only, cfg)
+    assert out.result == WARNING and "CAP_IPC_LOCK" in out.found and "CAP_SYS_NICE" not in out.found
+    starved = tree(tmp_path / "c", {"/proc/self/status": "CapEff:\t000001ffffffffff\n",
+                                    "/proc/sys/kernel/sched_rt_runtime_us": "0\n"})
+    out = system.realtime(starved, cfg)
+    assert out.result == ERROR and "sched_rt_runtime_us=950000" in out.fix
+    root = tree(tmp_path / "d", {"/proc/self/status": "CapEff:\t000001ffffffffff\n",
+                                 "/proc/sys/kernel/sched_rt_runtime_us": "950000\n"})
+    assert system.realtime(root, cfg).result == PASS
+    assert system.realtime(Host(), cfg).result == PASS, "this machine (root) grants it"
+
+
 BOND = """Ethernet Channel Bonding Driver: v6.1.0
 Bonding Mode: {mode}
 MII Status: up

@@ -254,7 +254,7 @@ def test_only_key_ring_members_vote_on_a_fence():
     fakes = {n: MemberInfo(n, 10, lease=9, suspects=frozenset({"a"})) for n in ("x", "y", "z")}
     alone = AGREE | {"c": MEMBERS["c"]} | fakes  # only b (me) suspects a among the ring's members
     v = fence_view("b", members=alone, ring=RING, cluster_size=3)
-    assert v.corroborated("a") == (1, 2)
+    assert v.corroborated("a") == (1, 2, 2)
     d = decide(v)
     assert d.action == NONE and "suspected by 1 of 2 members; fencing needs a majority" in d.reason
     assert decide(replace(v, members=AGREE | fakes)).action == "fence", "the ring's own majority still fences"

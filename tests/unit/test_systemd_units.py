@@ -79,7 +79,8 @@ def test_the_agent_unit_is_notify_with_a_watchdog_and_never_starts_unconfigured(
     assert u["Unit"]["ConditionPathExists"] == "/etc/vigil/node.yaml"
     caps = set(s["CapabilityBoundingSet"].split())
     assert caps == {"CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_NET_BIND_SERVICE", "CAP_SETUID", "CAP_SETGID",
-                    "CAP_KILL"}
+                    "CAP_KILL", "CAP_SYS_NICE", "CAP_IPC_LOCK"}
+    assert "RestrictRealtime" not in s, "the heartbeat thread runs at SCHED_FIFO (heartbeat.realtime)"
 
 
 @pytest.mark.parametrize("name", ["vigil-actuator-gateway.service", "vigil-haproxy-driver.service"])

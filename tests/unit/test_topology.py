@@ -115,6 +115,30 @@ def test_suspicion_by_non_observers_convicts_no_one():
     assert v.heard(x)
 
 
+def test_above_the_mesh_a_leader_is_fenced_on_h_of_its_k_observers_not_a_majority():
+    """Every node hears the leader, but only its observers publish their suspicions
+    (a crash must not make every survivor write its record): H of them fence."""
+    from dataclasses import replace
+
+    from vigil.core.reconcile import decide
+    t = Topology(racks(60, 10))
+    lead = "n0000"
+    obs = sorted(t.observers(lead))
+    need = t.need(lead)
+    me = next(m for m in sorted(t.members) if m not in obs and t.domains[m] != t.domains[lead])
+    others = [m for m in t.members if m not in obs and m not in (lead, me)]
+
+    def fence_view(voters):
+        v = view(t, me, {o: frozenset({lead}) for o in voters}, leader=lead)
+        return replace(v, i_lead=False, suspected_for={lead: 5.0}, fenceable=frozenset({lead}), race_delay=0.0,
+                       members={m: replace(i, priority=200 if m == me else 100) for m, i in v.members.items()})
+
+    assert fence_view(obs[:need]).corroborated(lead) == (need, len(obs), need)
+    assert decide(fence_view(obs[:need])).action == "fence"
+    d = decide(fence_view(obs[:need - 1] + others))  # 40 non-observers are no observer's word
+    assert d.action != "fence" and f"suspected by {need - 1} of {len(obs)} observers" in d.reason
+
+
 def test_a_watched_peer_is_judged_by_my_own_detector():
     t = Topology(racks(60, 10))
     me = "n0001"

@@ -42,6 +42,7 @@ from vigil.agent.inference import InferenceSupervisor
 from vigil.agent.reconciler import Reconciler, SessionLink
 from vigil.agent.release import FrontDoorRelease
 from vigil.agent.publisher import RecordPublisher
+from vigil.net.pacer import Pacer
 from vigil.agent.reload import reload_config
 from vigil.agent.sdnotify import Notifier, notify_loop
 from vigil.clock import Clock, SystemClock
@@ -105,9 +106,11 @@ class Agent:
         self.history = LeadershipHistory(self.data_dir / "leadership.jsonl", cfg.node)
         self.events = EventLog(self.store, self.keys, cfg.node, self.clock)
         self.registry = Registry(self.store, self.keys)
+        # A simulation's network has no threads to run: heartbeats stay on its loop.
+        self.pacer = Pacer(self.clock.now, cfg.realtime) if cfg.realtime and network is None else None
         self.heartbeats = HeartbeatService(cfg, self.clock, self.incarnation,
                                            self._on_peer_transitions, self._heartbeat_status,
-                                           lambda: self.wake.set(), network, tick, self.events.record)
+                                           lambda: self.wake.set(), network, tick, self.events.record, self.pacer)
         self.session: Session | None = None
         self._members_told: Any = None  # the snapshot _on_snapshot last told the heartbeats about
         self.snapshot: Any = None  # the last snapshot a cycle read (vigil.store.snapshot; for /metrics)
@@ -120,6 +123,8 @@ class Agent:
                               lambda: self.session.renew_now() if self.session else None)
         self.leadership = Leadership(cfg.node, cfg.timing.demote_after, self.clock, self.data_dir, self.history,
                                      self.watchdog, self.vips, self.events.record)
+        if self.pacer:
+            self.pacer.guard(self.leadership.deadline, self.leadership.expire_on_thread)
         self.leadership.on_change += [self._lead_heartbeats, lambda change: self.heartbeats.send_now(),
                                       lambda change: self.wake.set(),
                                       lambda change: self.reconciler.invalidate_snapshot()]
@@ -146,7 +151,7 @@ class Agent:
         self.jobs = (JobRunner(self.store, self.keys, cfg.node, cfg.inference.url, self.clock, self.payloads.lease,
                                self._takes_jobs, self.events.record, cfg.domains())
                      if cfg.inference and cfg.inference.batch_jobs else None)
-        self.publisher = RecordPublisher(self.registry, self.member_record,
+        self.publisher = RecordPublisher(self.registry, self.clock, self.member_record,
                                          lambda: self.session.lease_id if self.session_ok() else None,
                                          self.suspects)
         # The node's front door runs beside the agent, not in it: its proxy load must never
@@ -354,8 +359,12 @@ class Agent:
         self.publisher.request()
 
     def suspects(self) -> list[str]:
-        """Peers heard and then lost, as published in our member record."""
-        return sorted(self.heartbeats.peers.suspected_for(self.clock.now()))
+        """Peers heard and then lost whose conviction counts our word, as published
+        in our member record (ClusterView.corroborated): all of them in a full mesh,
+        above it only the peers we observe. Our heartbeats list them all."""
+        lost = self.heartbeats.peers.suspected_for(self.clock.now())
+        t = self.heartbeats.topology
+        return sorted(lost if t.full_mesh else (p for p in lost if self.cfg.node in t.observers(p)))
 
     # -- callbacks ---------------------------------------------------------------
     def _on_renewed(self, sent_at: float) -> None:
@@ -387,5 +396,6 @@ class Agent:
         # Peers read our suspicions before they fence anyone (core.reconcile): in our
         # heartbeats at once, and in our member record once etcd has it.
         self.heartbeats.send_now()
-        self.request_publish()
+        if self.publisher.unpublished():
+            self.request_publish()
         self.wake.set()

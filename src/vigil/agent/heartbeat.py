@@ -25,6 +25,13 @@ Our observers outside the mesh get every `observer_every`th heartbeat
 (Topology.paced) and time it with a detector of that pace; a leader sends
 everyone every heartbeat, and for PACE_GRACE after it steps down.
 
+With `heartbeat.realtime` configured, a small thread sends the scheduled
+heartbeats and stamps each arriving datagram (vigil.net.pacer, at SCHED_FIFO:
+vigil.realtime): it reads only what this loop replaces whole (`_suspects`,
+our suspicions as last looked at; the links and keys), and everything else
+(verification, the detectors, news) stays on this loop, judged at the
+arrival times the thread took.
+
 A peer whose clock is off by more than `heartbeat.max_clock_skew` is an
 alarm, not a suspicion: its authentic heartbeats keep it alive
 (vigil.net.transport), and one `clock_skew` event is recorded when it starts
@@ -35,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import itertools
 import logging
 import secrets
@@ -46,6 +54,7 @@ from vigil.heartbeat_keys import HeartbeatKeys
 from vigil.identity import PairKeys
 from vigil.core.peers import TICK, PeerTable, PeerTransition, PeerWatch
 from vigil.core.topology import Topology, TopologySettings
+from vigil.net.pacer import Pacer
 from vigil.net.transport import HeartbeatReceiver, HeartbeatTransport
 from vigil.net.watch_loop import WatchLoop
 from vigil.net.wire import Heartbeat
@@ -61,8 +70,12 @@ class HeartbeatService:
                  on_transitions: Callable[[list[PeerTransition]], None],
                  status: Callable[[], tuple[str, str]], on_news: Callable[[], None] = lambda: None,
                  network: Any = None, tick: float = TICK,
-                 record: Callable[..., Any] = lambda kind, cause, **details: None):
+                 record: Callable[..., Any] = lambda kind, cause, **details: None, pacer: Pacer | None = None):
+        """`pacer`: the heartbeat thread that sends, receives and stamps (None: this loop does)."""
         self.cfg, self.clock, self.incarnation = cfg, clock, incarnation
+        self.pacer = pacer
+        self._suspects: tuple[str, ...] = ()  # as last looked at: what the heartbeat thread sends
+        self._beats = itertools.count()
         self.on_transitions, self.status, self.on_news = on_transitions, status, on_news
         self.topology = Topology(cfg.domains(), cfg.topology)
         self.leader: str | None = None
@@ -77,7 +90,7 @@ class HeartbeatService:
         self.receiver.pairs = _pairs(cfg.cluster, cfg.keys)
         self.transport = HeartbeatTransport(self.receiver, list(cfg.addresses), cfg.heartbeat_port,
                                             self._links(), self._deliver,
-                                            cfg.keys.signing, network)
+                                            cfg.keys.signing, pacer or network)
         self.record = record
         self._skew_alarms: set[str] = set()
         self._replan()
@@ -90,14 +103,23 @@ class HeartbeatService:
         self._tasks: list[asyncio.Task] = []
 
     async def start(self) -> None:
-        await self.transport.start()
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._send_loop()), loop.create_task(self.looking.run())]
+        if self.pacer:
+            self.pacer.loop = loop
+            self.pacer.start()
+        await self.transport.start()
+        self._tasks = [loop.create_task(self.looking.run())]
+        if self.pacer:
+            self.pacer.every(self.cfg.timing.heartbeat_interval, self._beat_on_thread)
+        else:
+            self._tasks.append(loop.create_task(self._send_loop()))
 
     async def stop(self) -> None:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.pacer:  # first: its timers send through the transport
+            self.pacer.stop()
         self.transport.close()
 
     def use_peers(self, peers: tuple[Any, ...], observers: tuple[Any, ...],
@@ -137,6 +159,10 @@ class HeartbeatService:
             self.peers.pace(name, settings)
         self._slow = frozenset(w for w in t.watchers(me, leader) if t.paced(me, w, leader))
         self.transport.peer_links = self._links()
+        self._note_suspects()
+
+    def _note_suspects(self) -> None:
+        self._suspects = tuple(sorted(self.peers.suspected_for(self.clock.now())))
 
     def _links(self) -> dict[str, list[tuple[str, int]]]:
         """Where our heartbeats go: our watchers' addresses, and every observer
@@ -168,10 +194,7 @@ class HeartbeatService:
     def send_now(self, extra: bool = True, skip: frozenset[str] = frozenset()) -> Heartbeat:
         """Send our current heartbeat (and its copies) now; `extra`: out of schedule,
         to carry news (receivers do not time it, vigil.net.wire)."""
-        health, role = self.status()
-        hb = Heartbeat(self.cfg.cluster, self.cfg.node, self.incarnation, next(self._seq),
-                       int(self.clock.wall() * 1e6), health, role,
-                       tuple(sorted(self.peers.suspected_for(self.clock.now()))), extra)
+        hb = self._heartbeat(extra, tuple(sorted(self.peers.suspected_for(self.clock.now()))))
         batch = self.transport.send(hb, skip)
         t = self.cfg.timing
         loop = asyncio.get_running_loop()
@@ -179,22 +202,40 @@ class HeartbeatService:
             loop.call_later(i * t.copy_spacing, self.transport.resend, batch)
         return hb
 
+    def _heartbeat(self, extra: bool, suspects: tuple[str, ...]) -> Heartbeat:
+        health, role = self.status()
+        return Heartbeat(self.cfg.cluster, self.cfg.node, self.incarnation, next(self._seq),
+                         int(self.clock.wall() * 1e6), health, role, suspects, extra)
+
+    def _beat_on_thread(self) -> None:
+        """One scheduled heartbeat and its copies, sent by the heartbeat thread."""
+        assert self.pacer is not None
+        paced = next(self._beats) % self.topology.settings.observer_every != 0 \
+            and self.clock.now() >= self._fast_until
+        batch = self.transport.send(self._heartbeat(False, self._suspects), self._slow if paced else frozenset())
+        t = self.cfg.timing
+        for i in range(1, t.heartbeat_copies):
+            self.pacer.call_later(i * t.copy_spacing, functools.partial(self.transport.resend, batch))
+
     def _paused(self) -> None:
         if self.watch.paused:
             log.info("local pause of %.0f ms: not held against peers", self.watch.paused * 1000)
 
-    def _deliver(self, hb: Heartbeat, link: str, verdict: str) -> None:
+    def _deliver(self, hb: Heartbeat, link: str, verdict: str, at: float | None = None) -> None:
+        """`at`: when the heartbeat thread took it (None: now, on this loop)."""
         peer = self.peers.peers.get(hb.node)
         if peer is None:  # a member we do not watch (yet): the leader before we read its key
             return
+        now = self.clock.now() if at is None else at
         if verdict == "duplicate":  # byte for byte a packet we took: it proves its link, nothing more
-            self.watch.deliver(hb, link, verdict, self.clock.now())
+            self.watch.deliver(hb, link, verdict, now)
             return
         heard = (peer.suspects, peer.role)
-        changes = self.watch.deliver(hb, link, verdict, self.clock.now())
+        changes = self.watch.deliver(hb, link, verdict, now)
         self.looking.poke()
         self._paused()
         if changes:
+            self._note_suspects()
             self.on_transitions(changes)
         if (peer.suspects, peer.role) != heard:
             self.on_news()  # what a peer suspects, or whether it leads, changed
@@ -214,6 +255,7 @@ class HeartbeatService:
 
     def _looked(self, changes: list[PeerTransition]) -> None:
         self._paused()
+        self._note_suspects()
         if changes:
             self.on_transitions(changes)
         if self._skew_alarms != self.receiver.skewed.keys():

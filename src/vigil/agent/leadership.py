@@ -37,6 +37,8 @@ class Leadership:
         self.history, self.watchdog, self.vips = history, watchdog, vips
         self.token_file = data_dir / "fencing-token"
         self.on_change: list[Callable[[RoleChange], None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None  # the guard's, for the heartbeat thread
+        self._expired_at: float | None = None  # the deadline the heartbeat thread acted on
 
     # -- reading -------------------------------------------------------------------
     def is_leader(self) -> bool:
@@ -124,11 +126,34 @@ class Leadership:
         for hook in self.on_change:
             hook(change)
 
+    # -- the heartbeat thread's part (vigil.net.pacer): any thread may call these ----------
+    def deadline(self) -> float | None:
+        """The self-demotion deadline while leading, until the heartbeat thread acted on it."""
+        role = self.role
+        until = role.valid_until
+        return until if role.state == "leader" and self._expired_at != until else None
+
+    def expire_on_thread(self) -> None:
+        """Called by the heartbeat thread at the deadline, whatever the loop is doing
+        (starved, paging): the fencing-token file goes at once (what acts for the
+        leader presents it), then the loop records the ending (`check`) when it runs.
+        The VIPs went earlier: the kernel ends their lifetime before the deadline."""
+        role = self.role
+        token, until = role.token, role.valid_until
+        if role.state != "leader" or self.clock.now() < until or self._expired_at == until:
+            return
+        self._expired_at = until
+        if role.token == token and role.valid_until == until:  # not re-acquired meanwhile
+            self.token_file.unlink(missing_ok=True)
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self.check)
+
     async def guard(self) -> None:
         """Self-fencing: demote at the role's deadline, even if etcd hangs. The guard
         sleeps until the deadline (a renewal moves it: the guard sleeps on to the
         new one) or until the role changes; a process stopped past the deadline
         demotes the moment it runs again (its overdue timer fires first thing)."""
+        self._loop = asyncio.get_running_loop()
         changed = asyncio.Event()
         self.on_change.append(lambda change: changed.set())
         while True:

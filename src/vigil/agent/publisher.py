@@ -13,21 +13,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from typing import Callable
 
+from vigil.clock import Clock
 from vigil.errors import VigilError
 from vigil.store.member_record import MemberRecord
 from vigil.store.registry import Registry
 
 log = logging.getLogger(__name__)
 
+RETRY_FIRST, RETRY_MAX = 0.5, 8.0  # seconds between retries of a failed put
+
 
 class RecordPublisher:
-    def __init__(self, registry: Registry, build: Callable[[], MemberRecord],
+    def __init__(self, registry: Registry, clock: Clock, build: Callable[[], MemberRecord],
                  lease: Callable[[], int | None], suspects: Callable[[], list[str]]):
         """`build`: the record as of now; `lease`: our session's lease while it is
-        held, else None; `suspects`: our detector's suspicions now."""
-        self.registry, self.build, self.lease, self.suspects = registry, build, lease, suspects
+        held, else None; `suspects`: the suspicions our record lists now."""
+        self.registry, self.clock, self.build, self.lease, self.suspects = registry, clock, build, lease, suspects
+        self._failures, self._retry_at = 0, 0.0
         self.published_suspects: list[str] = []  # as last written to our member record
         self._task: asyncio.Task | None = None
         self._again = False
@@ -38,7 +43,7 @@ class RecordPublisher:
             self._task = asyncio.get_running_loop().create_task(self._loop())
 
     def retry(self) -> None:
-        if self._task is None or self._task.done():
+        if (self._task is None or self._task.done()) and self.clock.now() >= self._retry_at:
             self.request()
 
     def unpublished(self) -> bool:
@@ -58,5 +63,9 @@ class RecordPublisher:
                 continue
             try:
                 await self.register(lease)
+                self._failures, self._retry_at = 0, 0.0
             except (VigilError, asyncio.TimeoutError, OSError) as e:
-                log.warning("could not publish the member record: %s", e)
+                self._failures += 1
+                backoff = min(RETRY_MAX, RETRY_FIRST * 2 ** min(self._failures - 1, 8))
+                self._retry_at = self.clock.now() + backoff * random.uniform(0.5, 1.0)
+                log.warning("could not publish the member record (retry in about %.1f s): %s", backoff, e)

@@ -48,7 +48,8 @@ def status_document(a: Any) -> dict[str, Any]:
                       "clock_skew": {n: round(x, 4) for n, x in a.heartbeats.receiver.skew.items()},
                       "local_pauses": a.heartbeats.watch.guard.pauses,
                       "local_health": a.heartbeats.watch.local_health,
-                      "longest_local_pause_ms": round(a.heartbeats.watch.guard.longest * 1000, 1)},
+                      "longest_local_pause_ms": round(a.heartbeats.watch.guard.longest * 1000, 1),
+                      "realtime": a.pacer.describe() if a.pacer else None},
         "events": {"written": a.events.written, "pending": a.events.pending,
                    "dropped": a.events.dropped},
     }

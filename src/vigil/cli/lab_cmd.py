@@ -84,6 +84,9 @@ def register(sub) -> None:
     up.add_argument("--full-mesh", action="store_true",
                     help="every agent hears every other at any size (the detection topology before "
                          "observers; for comparisons): heartbeat.topology.full_mesh_up_to 1000")
+    up.add_argument("--realtime", type=int, metavar="PRIORITY",
+                    help="heartbeats on a thread of their own at SCHED_FIFO PRIORITY (1..98; 0: that "
+                         "thread at normal priority), memory locked: heartbeat.realtime")
     up.add_argument("--timing", choices=("auto", "lab", "product"), default="auto",
                     help="the agents' etcd session timers: lab (lease 2 s, keep-alive and decision cycle "
                          "every 0.5 s, for fault tests) or product (the defaults of an installed node: "
@@ -152,6 +155,7 @@ def _workload(args) -> dict:
     """--require KEY=COND and --declare NODE:KEY=VALUE, checked as the agent will check them."""
     from vigil.lab.generative import lab_generator
     from vigil.probes.config import parse_health
+    from vigil.realtime import problems as realtime_problems
 
     requires: dict[str, str] = {}
     declare: dict[str, dict[str, str]] = {}
@@ -170,12 +174,15 @@ def _workload(args) -> dict:
     if unknown:
         raise ConfigError("--declare", ", ".join(unknown), f"nodes are n1..n{args.nodes}")
     parse_health({"requires": requires, "flap_threshold": args.flap_threshold})  # fails here, not in agents
+    realtime = None if args.realtime is None else {"priority": args.realtime, "lock_memory": True}
+    for field, value, fix in realtime_problems(args.realtime or 0, True):
+        raise ConfigError("--realtime", value, fix)
     rack_size = lab_rack_size(args.rack_size, args.nodes)
     if not 1 <= rack_size <= 1000:
         raise ConfigError("--rack-size", rack_size, "must be 1..1000 nodes per failure domain")
     return {"requires": requires, "declare": declare, "flap_threshold": args.flap_threshold,
             "generate": lab_generator(args.generate), "rack_size": rack_size,
-            "topology": {"full_mesh_up_to": 1000} if args.full_mesh else {}}
+            "topology": {"full_mesh_up_to": 1000} if args.full_mesh else {}, "realtime": realtime}
 
 
 def _up_in_namespaces(args) -> int:

@@ -191,10 +191,11 @@ def _fence_dead_leader(v: ClusterView) -> Decision | None:
                     "lease to expire")
     # One node's view is not enough to power a leader off: a standby on a lossy link
     # would fence a healthy leader (and, its BMC traffic lost too, fail and block).
-    agree, voters = v.corroborated(lead.name)
-    if 2 * agree <= voters:
-        return Wait(f"leader {lead.name} suspected by {agree} of {voters} members; fencing "
-                    "needs a majority (else its lease decides)")
+    agree, voters, need = v.corroborated(lead.name)
+    if agree < need:
+        who = "members; fencing needs a majority" if v.topology is None or v.topology.full_mesh else \
+            f"observers; fencing needs {need} of them"
+        return Wait(f"leader {lead.name} suspected by {agree} of {voters} {who} (else its lease decides)")
     if not v.healthy or not v.eligible(v.me):
         return Wait(f"leader {lead.name} suspected; not eligible to take over")
     best = v.best_candidate(succeeding=lead.name)

@@ -174,19 +174,32 @@ class ClusterView:
                     and t.domains.get(name) == t.domains.get(succeeding, object()))
         return same, -(m.priority if m else 0), name
 
-    def corroborated(self, node: str) -> tuple[int, int]:
-        """(members suspecting `node`, members whose word counts): every configured
-        member but `node`, counting my own view instead of my published one. A
-        member with no (valid) record counts as a voter that does not agree: a
-        majority of a shrunken registry is no majority of the cluster.
+    def corroborated(self, node: str) -> tuple[int, int, int]:
+        """(voters suspecting `node`, voters whose word counts, how many must agree).
 
-        A member's word is what its latest heartbeat lists when that heartbeat
+        In a full mesh the voters are every configured member but `node`,
+        counting my own view instead of my published one, and a majority must
+        agree. A member with no (valid) record counts as a voter that does not
+        agree: a majority of a shrunken registry is no majority of the cluster.
+        Above the mesh (vigil.core.topology) the voters are `node`'s K
+        observers, H of which must agree (Rapid's agreement): every observer
+        hears a leader directly, and only observers publish their suspicions in
+        their member records (a crash would otherwise have every survivor write
+        its record at once, an O(N²) storm of watch events).
+
+        A voter's word is what its latest heartbeat lists when that heartbeat
         lists suspicions (sent the moment they change, so never older than its
         member record), else what its member record says. Only key-ring members
         vote: a record under any other name is no member's word."""
+        t = self.topology
+        if t is not None and not t.full_mesh and t.observers(node):
+            observers = [o for o in t.observers(node) if self.in_ring(o)]
+            agree = sum(1 for o in observers if node in self._word_of(o))
+            return agree, len(observers), t.need(node)
         voters = [m for m in self.members.values() if m.name != node and self.in_ring(m.name)]
         agree = sum(1 for m in voters if node in self._word_of(m.name))
-        return agree, max(len(voters), self.cluster_size - 1)
+        counted = max(len(voters), self.cluster_size - 1)
+        return agree, counted, counted // 2 + 1
 
     def best_candidate(self, succeeding: str | None = None) -> str | None:
         """The eligible member first in the order of succession (`rank`)."""

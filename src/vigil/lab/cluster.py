@@ -101,10 +101,12 @@ class Lab(LabConfigs, LabObservation):
         keeps those but gives the agents no fencing devices (takeover waits for the lease).
         `secure`: etcd with TLS, client certificates, users and roles (vigil.lab.secure).
         `workload`: {"requires", "declare": {node: ...}, "flap_threshold", "router_queue_wait",
-        "etcd_leader_apart", "generate", "router_retry", "continue_key", "rack_size", "topology"}:
+        "etcd_leader_apart", "generate", "router_retry", "continue_key", "rack_size", "topology",
+        "realtime"}:
         health.requires, declared values per node, flap damping, router queue_wait, etcd.local_member first, the generative model, router
         `retry:`, whether routers and model servers share a continuation key (default true), nodes per
-        failure domain (10), heartbeat.topology (e.g. {"full_mesh_up_to": 1000}: everyone hears everyone)."""
+        failure domain (10), heartbeat.topology (e.g. {"full_mesh_up_to": 1000}: everyone hears everyone),
+        heartbeat.realtime (e.g. {"priority": 10, "lock_memory": True})."""
         if not (3 if net else 1) <= n <= (32 if net else MAX_NODES):
             raise ConfigError("--nodes", n, f"a lab has 1 to {MAX_NODES} nodes (3 to 32 in namespaces: an "
                                             "etcd member beside each of the first 3)")

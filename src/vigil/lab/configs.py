@@ -37,7 +37,8 @@ class LabConfigs:
                                      "failure_domain": self._rack(p)}
                                     for p in self.nodes if p.name != node.name],
                           "observers": self._observers(),
-                          **({"topology": self.workload["topology"]} if self.workload.get("topology") else {})},
+                          **({"topology": self.workload["topology"]} if self.workload.get("topology") else {}),
+                          **({"realtime": self.workload["realtime"]} if self.workload.get("realtime") else {})},
             "timing": dict(timing),
             # No whole-second watchdog timeout fits the lab's 2 s lease, and no lab
             # may reset the machine it runs on.

@@ -47,7 +47,9 @@ from vigil.net.wire import Heartbeat, ReplayGuard, Unverified, encode, mac_body,
 
 log = logging.getLogger(__name__)
 
-Delivery = Callable[[Heartbeat, str, str], None]  # (heartbeat, link, verdict)
+# (heartbeat, link, verdict, arrival): arrival is when the heartbeat thread took the
+# datagram (vigil.net.pacer), None when it came through the event loop (now, then).
+Delivery = Callable[[Heartbeat, str, str, "float | None"], None]
 Outgoing = tuple[bytes, int, tuple[str, int], bool]  # (packet, local link, destination, sealed)
 DEFAULT_MAX_SKEW = 2.0
 DEFAULT_INTERVAL = 0.1  # the senders' heartbeat interval (vigil.core.timing.Timing)
@@ -190,7 +192,12 @@ class _Protocol(asyncio.DatagramProtocol):
         self.owner, self.local = owner, local
 
     def datagram_received(self, data: bytes, addr) -> None:
-        self.owner._on_datagram(data, addr)
+        self.owner._on_datagram(data, addr, None)
+
+    def datagram_received_at(self, data: bytes, addr, at: float) -> None:
+        """A datagram stamped on arrival (`at`, the receiver's monotonic clock) by the
+        heartbeat thread (vigil.net.pacer)."""
+        self.owner._on_datagram(data, addr, at)
 
     def error_received(self, exc: Exception) -> None:
         self.owner.send_errors += 1
@@ -277,7 +284,7 @@ class HeartbeatTransport:
             tr.close()
         self._transports.clear()
 
-    def _on_datagram(self, data: bytes, addr) -> None:
+    def _on_datagram(self, data: bytes, addr, at: float | None) -> None:
         verdict, hb = self.receiver.receive(data, addr[0])
         if hb is not None and verdict in ("accepted", "duplicate"):
-            self.deliver(hb, addr[0], verdict)
+            self.deliver(hb, addr[0], verdict, at)

@@ -1,5 +1,5 @@
 """Preflight checks of the machine itself: kernel, eBPF, sysctls, the clock,
-capabilities, heartbeat links, the watchdog device. Each reads its files
+capabilities, the heartbeat thread's real-time scheduling, heartbeat links, the watchdog device. Each reads its files
 under `Host.root` ("/" on a node; a prepared tree in tests) and returns one
 Outcome (vigil.preflight.outcome); none raises."""
 
@@ -20,7 +20,7 @@ MIN_KERNEL = (5, 15)
 RMEM_MAX = 16 * 1024 * 1024  # bytes; the seed's prerequisite
 STA_UNSYNC = 0x0040  # adjtimex status: the kernel's clock is not synchronised
 MAX_TIME_ERROR_US = 100_000  # an estimated error beyond 100 ms is not synchronised enough
-CAP_NET_ADMIN, CAP_NET_RAW = 12, 13
+CAP_NET_ADMIN, CAP_NET_RAW, CAP_IPC_LOCK, CAP_SYS_NICE = 12, 13, 14, 23
 
 
 def _timex() -> tuple[int, int] | None:
@@ -134,13 +134,17 @@ def clock(host: Host) -> Outcome:
     return passed("TimeSync", f"synchronised, estimated error {esterror / 1000:.1f} ms", why)
 
 
+def _caps(host: Host) -> int | None:
+    m = re.search(r"^CapEff:\s*([0-9a-fA-F]+)", host.read("/proc/self/status") or "", re.M)
+    return int(m.group(1), 16) if m else None
+
+
 def capabilities(host: Host, cfg: NodeConfig | None) -> Outcome:
     if cfg is None or not cfg.vips:
         return skipped("Capabilities", "no VIP configured: no capability beyond a plain process is needed")
-    m = re.search(r"^CapEff:\s*([0-9a-fA-F]+)", host.read("/proc/self/status") or "", re.M)
-    if not m:
+    caps = _caps(host)
+    if caps is None:
         return skipped("Capabilities", "cannot read CapEff from /proc/self/status")
-    caps = int(m.group(1), 16)
     missing = [n for n, bit in (("CAP_NET_ADMIN", CAP_NET_ADMIN), ("CAP_NET_RAW", CAP_NET_RAW))
                if not caps >> bit & 1]
     if not missing:
@@ -151,6 +155,32 @@ def capabilities(host: Host, cfg: NodeConfig | None) -> Outcome:
                   "run preflight as the agent runs",
                   "the leader adds the VIP to an interface and announces it with gratuitous ARP",
                   result="error" if host.euid() == 0 else WARNING)
+
+
+def realtime(host: Host, cfg: NodeConfig | None) -> Outcome:
+    why = ("on a busy node (a tokenizer, a batch job, memory reclaim) heartbeats sent from the agent's loop "
+           "leave late and its peers suspect a healthy node; the heartbeat thread at SCHED_FIFO does not wait")
+    if cfg is None:
+        return skipped("Realtime", "no configuration given")
+    rt = cfg.realtime
+    if rt is None:
+        return failed("Realtime", "heartbeat.realtime is not set: heartbeats run on the agent's loop",
+                      "set heartbeat.realtime: {priority: 10, lock_memory: true} (what `vigil init` writes)",
+                      why, result=WARNING)
+    caps, budget = _caps(host), (host.read("/proc/sys/kernel/sched_rt_runtime_us") or "").strip()
+    need = [("CAP_SYS_NICE", CAP_SYS_NICE)] if rt.priority else []
+    need += [("CAP_IPC_LOCK", CAP_IPC_LOCK)] if rt.lock_memory else []
+    missing = [n for n, bit in need if caps is not None and not caps >> bit & 1]
+    if missing:
+        return failed("Realtime", f"this process lacks {', '.join(missing)}: the heartbeat thread would run at "
+                      "normal priority", "run the agent as root with the packaged vigil-agent.service (its "
+                      "CapabilityBoundingSet holds CAP_SYS_NICE and CAP_IPC_LOCK); run preflight as the agent "
+                      "runs", why, result=WARNING)
+    if budget == "0":
+        return failed("Realtime", "kernel.sched_rt_runtime_us is 0: real-time threads get no CPU at all",
+                      "sysctl -w kernel.sched_rt_runtime_us=950000 (the kernel's default)", why)
+    return passed("Realtime", f"heartbeat thread at SCHED_FIFO {rt.priority}" if rt.priority else
+                  "heartbeat thread at normal priority (heartbeat.realtime.priority 0)", why)
 
 
 def links(host: Host, cfg: NodeConfig | None) -> Outcome:
@@ -197,4 +227,4 @@ def watchdog(host: Host, cfg: NodeConfig | None) -> Outcome:
 
 def checks(host: Host, cfg: NodeConfig | None) -> list[Outcome]:
     return [kernel(host), ebpf(host), *sysctls(host, cfg), clock(host), capabilities(host, cfg),
-            links(host, cfg), watchdog(host, cfg)]
+            realtime(host, cfg), links(host, cfg), watchdog(host, cfg)]

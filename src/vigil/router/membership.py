@@ -309,13 +309,13 @@ class Membership:
             self._changed(name, cause)
 
     # -- heartbeats ------------------------------------------------------------
-    def _deliver(self, hb: Heartbeat, link: str, verdict: str) -> None:
+    def _deliver(self, hb: Heartbeat, link: str, verdict: str, at: float | None = None) -> None:
         seen = self._heard_from.setdefault(hb.node, set())
         if link not in seen:
             seen.add(link)
             if self.networks.heard(hb.node, link):
                 self._judge_urls()
-        changes = self.watch.deliver(hb, link, verdict, self.clock.now())
+        changes = self.watch.deliver(hb, link, verdict, self.clock.now() if at is None else at)
         self.looking.poke()
         for t in changes:
             if t.new == ALIVE:

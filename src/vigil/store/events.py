@@ -25,6 +25,8 @@ from vigil.store.records import BadRecord, parse_event
 
 log = logging.getLogger(__name__)
 
+BATCH = 32  # events per transaction (etcd allows 128 operations in one)
+
 
 class EventLog:
     def __init__(self, store: Store, keys: Keys, node: str, clock: Clock, max_pending: int = 10000):
@@ -83,12 +85,17 @@ class EventLog:
                 self._wake.set()
 
     async def _flush_once(self) -> None:
+        """Write the pending events, up to BATCH in one transaction: a failover
+        records several events on every node at once, and one request each would
+        load etcd when it is busiest. A batch that fails stays pending, whole."""
         async with self._lock:
             while self._pending:
-                event_id, event = self._pending[0]
-                await self.store.put(self.keys.event(event_id), json.dumps(event, sort_keys=True))
-                self._pending.popleft()
-                self.written += 1
+                batch = list(itertools.islice(self._pending, BATCH))
+                await self.store.txn([], [(self.keys.event(i), json.dumps(e, sort_keys=True), 0) for i, e in batch])
+                done = {i for i, _ in batch}  # record() may have dropped some meanwhile
+                while self._pending and self._pending[0][0] in done:
+                    self._pending.popleft()
+                self.written += len(batch)
 
 
 async def read_events(store: Store, keys: Keys, limit: int = 0) -> list[dict[str, Any]]:

@@ -1,0 +1,285 @@
+"""The heartbeat thread: the heartbeat sockets, the send schedule and the
+role's deadline on one small thread that can run at real-time priority
+(vigil.realtime; docs/architecture.md, "Real-time heartbeats").
+
+Why: on a node whose CPU is saturated (a tokenizer, a runaway batch job,
+memory reclaim) the agent's event loop runs late. Its heartbeats then leave
+late and its peers suspect a healthy but busy node; packets that did arrive
+wait in the socket buffer and are timed when the loop reads them, not when
+they came. On this thread, ahead of every normal task, the packets leave on
+time and each arriving packet is stamped the moment it arrives.
+
+Contract:
+- The network interface HeartbeatTransport uses (`network=`):
+  `create_datagram_endpoint(factory, local_addr)` binds a UDP socket that the
+  thread reads. Each datagram is stamped with `now()` on the thread as it
+  arrives and handed, in arrival order, to
+  `protocol.datagram_received_at(data, addr, at)` on the owner's event loop.
+  `transport.sendto` sends at once from the calling thread (a UDP send is one
+  system call; a full buffer raises BlockingIOError, an OSError the sender
+  counts, as it would count a lost packet).
+- `every(interval, fn)` runs `fn()` on the thread at a fixed rate (a late run
+  does not push the later ones back); `call_later(delay, fn)` runs it once.
+  Such callbacks run on the thread: they may only read values the loop
+  replaces whole (never mutates) and send. One that raises is logged and
+  counted; the thread goes on.
+- `guard(deadline, on_deadline)`: the thread also wakes at `deadline()` (None:
+  none) and calls `on_deadline()` once it has passed.
+- The thread verifies nothing and judges nothing: signatures and detectors
+  run on the owner's loop at normal priority, so a flood costs this thread a
+  recvfrom per packet (at most BURST per socket per wake), never the CPU.
+- `start()` returns once the thread runs, with what the kernel granted it
+  (vigil.realtime.Applied); `stop()` ends it within one wake and closes the
+  sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import select
+import socket
+import threading
+from typing import Any, Callable
+
+from vigil.realtime import Applied, RealtimeSettings, apply
+
+log = logging.getLogger(__name__)
+
+BURST = 64  # datagrams read per socket per wake: the others wait one pass, in the kernel's buffer
+MAX_NAP = 1.0  # s: the thread looks at its timers at least this often
+Arrival = tuple["PacedTransport", bytes, tuple[str, int], float]
+
+
+class PacedTransport:
+    """One bound UDP socket, read by the pacer's thread (asyncio's DatagramTransport subset)."""
+
+    def __init__(self, pacer: "Pacer", sock: socket.socket, protocol: asyncio.DatagramProtocol):
+        self.pacer, self.sock, self.protocol = pacer, sock, protocol
+        self.closed = False
+
+    def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
+        if self.closed:
+            return
+        self.sock.sendto(data, addr)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"sockname": self.sock.getsockname(), "socket": self.sock}.get(name, default)
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.pacer._drop(self)
+
+
+class Pacer:
+    def __init__(self, now: Callable[[], float], settings: RealtimeSettings,
+                 loop: asyncio.AbstractEventLoop | None = None):
+        self.now, self.settings, self.loop = now, settings, loop
+        self.applied: Applied | None = None
+        self.errors = 0  # callbacks that raised on the thread
+        self.late = 0.0  # the longest a timer ran after it was due (s), for /status and the benches
+        self._lock = threading.Lock()
+        self._timers: list[tuple[float, int, float, Callable[[], object]]] = []  # (when, seq, every, fn)
+        self._seq = itertools.count()
+        self._sockets: dict[int, PacedTransport] = {}
+        self._dropped: list[PacedTransport] = []
+        self._added: list[int] = []  # sockets bound, not yet polled
+        self._deadline: tuple[Callable[[], float | None], Callable[[], object]] | None = None
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._poll = select.poll()
+        self._poll.register(self._wake_r.fileno(), select.POLLIN)
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    # -- the network interface ---------------------------------------------------------
+    async def create_datagram_endpoint(self, factory: Callable[[], asyncio.DatagramProtocol],
+                                       local_addr: tuple[str, int]) -> tuple[PacedTransport, Any]:
+        sock = socket.socket(socket.AF_INET6 if ":" in local_addr[0] else socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            sock.bind(local_addr)
+        except OSError:
+            sock.close()
+            raise
+        self.loop = self.loop or asyncio.get_running_loop()
+        protocol = factory()
+        transport = PacedTransport(self, sock, protocol)
+        with self._lock:  # the thread registers it (a poll object is not shared while it polls)
+            self._sockets[sock.fileno()] = transport
+            self._added.append(sock.fileno())
+        self._wake()
+        protocol.connection_made(transport)  # type: ignore[arg-type]
+        return transport, protocol
+
+    # -- scheduling --------------------------------------------------------------------
+    def every(self, interval: float, fn: Callable[[], object]) -> None:
+        self._push(self.now(), interval, fn)
+
+    def call_later(self, delay: float, fn: Callable[[], object]) -> None:
+        self._push(self.now() + delay, 0.0, fn)
+
+    def guard(self, deadline: Callable[[], float | None], on_deadline: Callable[[], object]) -> None:
+        self._deadline = (deadline, on_deadline)
+        self._wake()
+
+    def _push(self, when: float, interval: float, fn: Callable[[], object]) -> None:
+        with self._lock:
+            heapq.heappush(self._timers, (when, next(self._seq), interval, fn))
+        self._wake()
+
+    # -- the thread ----------------------------------------------------------------------
+    def start(self) -> Applied:
+        if self._thread is None:
+            ready = threading.Event()
+            self._thread = threading.Thread(target=self._run, args=(ready,), name="vigil-heartbeat", daemon=True)
+            self._thread.start()
+            ready.wait()
+        assert self.applied is not None
+        return self.applied
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+        with self._lock:
+            for t in list(self._sockets.values()):
+                t.closed = True
+                t.sock.close()
+            self._sockets.clear()
+        if self._thread is None or not self._thread.is_alive():
+            self._wake_r.close()
+            self._wake_w.close()
+
+    def describe(self) -> dict[str, object]:
+        """For /status: what the kernel granted, the thread's id, its worst lateness."""
+        return {**(self.applied.describe() if self.applied else {}), "thread": self.native_id,
+                "longest_late_ms": round(self.late * 1000, 1), "errors": self.errors}
+
+    @property
+    def native_id(self) -> int | None:
+        """The thread's kernel id (for `chrt -p`, /proc/PID/task/TID), once started."""
+        return self._thread.native_id if self._thread else None
+
+    def _run(self, ready: threading.Event) -> None:
+        self.applied = apply(self.settings)
+        for problem in self.applied.problems:
+            log.warning("%s", problem)
+        ready.set()
+        while not self._stopping:
+            timeout = self._next_wake() - self.now()
+            events = self._poll.poll(max(0.0, min(timeout, MAX_NAP)) * 1000)
+            at = self.now()
+            arrivals: list[Arrival] = []
+            for fd, _ in events:
+                if fd == self._wake_r.fileno():
+                    self._drain_wake()
+                else:
+                    self._read(fd, at, arrivals)
+            self._close_dropped()
+            self._poll_added()
+            if arrivals and self.loop is not None:
+                self.loop.call_soon_threadsafe(_hand, arrivals)
+            self._run_due()
+            self._check_deadline()
+
+    def _next_wake(self) -> float:
+        with self._lock:
+            nxt = self._timers[0][0] if self._timers else self.now() + MAX_NAP
+        due = self._deadline[0]() if self._deadline else None
+        return min(nxt, due) if due is not None else nxt
+
+    def _read(self, fd: int, at: float, out: list[Arrival]) -> None:
+        t = self._sockets.get(fd)
+        if t is None or t.closed:
+            return
+        for _ in range(BURST):
+            try:
+                data, addr = t.sock.recvfrom(65535)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # an ICMP error queued on the socket: UDP's, not ours
+                continue
+            out.append((t, data, addr, at))
+
+    def _run_due(self) -> None:
+        while True:
+            now = self.now()
+            with self._lock:
+                if not self._timers or self._timers[0][0] > now:
+                    return
+                when, _, interval, fn = heapq.heappop(self._timers)
+                if interval:  # fixed rate: a late run does not push the later ones back
+                    heapq.heappush(self._timers, (max(when + interval, now), next(self._seq), interval, fn))
+            self.late = max(self.late, now - when)
+            self._call(fn)
+
+    def _check_deadline(self) -> None:
+        if self._deadline is None:
+            return
+        due = self._deadline[0]()
+        if due is not None and self.now() >= due:
+            self._call(self._deadline[1])
+
+    def _call(self, fn: Callable[[], object]) -> None:
+        try:
+            fn()
+        except Exception:  # noqa: BLE001 - the heartbeat thread must outlive any one callback
+            self.errors += 1
+            log.exception("heartbeat thread: a callback failed")
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"\0")
+        except (BlockingIOError, OSError):  # full: a wake is pending anyway
+            pass
+
+    def _drain_wake(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+
+    def _drop(self, t: PacedTransport) -> None:
+        with self._lock:
+            self._dropped.append(t)
+        if self._thread is None or not self._thread.is_alive():
+            self._close_dropped()
+        else:
+            self._wake()
+
+    def _poll_added(self) -> None:
+        with self._lock:
+            added, self._added = self._added, []
+            for fd in added:
+                if fd in self._sockets:
+                    self._poll.register(fd, select.POLLIN)
+
+    def _close_dropped(self) -> None:
+        with self._lock:
+            dropped, self._dropped = self._dropped, []
+            for t in dropped:
+                fd = t.sock.fileno()
+                if fd >= 0 and self._sockets.get(fd) is t:
+                    del self._sockets[fd]
+                    if fd in self._added:
+                        self._added.remove(fd)
+                    else:
+                        self._poll.unregister(fd)
+                t.sock.close()
+
+
+def _hand(arrivals: list[Arrival]) -> None:
+    """On the owner's loop: each datagram to its protocol, with its arrival time."""
+    for t, data, addr, at in arrivals:
+        if not t.closed:
+            t.protocol.datagram_received_at(data, addr, at)  # type: ignore[attr-defined]

@@ -1,0 +1,127 @@
+"""The heartbeat thread (vigil.net.pacer) and the real-time settings it runs
+with (vigil.realtime): fixed-rate timers, the role's deadline, callbacks
+that fail, and what the kernel grants a thread (the suite runs as root)."""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import threading
+import time
+
+import pytest
+
+from vigil.config import parse_config
+from vigil.errors import ConfigError
+from vigil.net.pacer import Pacer
+from vigil.realtime import RealtimeSettings, apply, problems
+from vigil.testing.keys import shared_keys
+from vigil.procs import wait_for
+
+NORMAL = RealtimeSettings(priority=0, lock_memory=False)
+
+
+@pytest.fixture
+def pacer():
+    p = Pacer(time.monotonic, NORMAL)
+    p.start()
+    yield p
+    p.stop()
+
+
+def test_every_runs_at_a_fixed_rate_and_call_later_once(pacer):
+    ticks: list[float] = []
+    once: list[float] = []
+    pacer.every(0.05, lambda: ticks.append(time.monotonic()))
+    pacer.call_later(0.1, lambda: once.append(time.monotonic()))
+    wait_for(lambda: len(ticks) >= 10, 10, "ten ticks")
+    assert len(once) == 1
+    gaps = [b - a for a, b in zip(ticks, ticks[1:])]
+    assert 0.02 < sum(gaps) / len(gaps) < 0.2, gaps  # generous: the rate, not the jitter
+
+
+def test_the_deadline_is_called_once_it_passed_and_not_before(pacer):
+    deadline = [time.monotonic() + 0.3]
+    called: list[float] = []
+
+    def expired() -> None:
+        called.append(time.monotonic())
+        deadline[0] = None  # as a demoted role has no deadline
+
+    pacer.guard(lambda: deadline[0], expired)
+    due = deadline[0]
+    wait_for(lambda: called, 10, "the deadline's callback")
+    assert called[0] >= due and len(called) == 1
+
+
+def test_a_failing_callback_is_counted_and_the_thread_goes_on(pacer):
+    ran: list[int] = []
+
+    def bad() -> None:
+        raise RuntimeError("boom")
+
+    pacer.call_later(0.0, bad)
+    pacer.every(0.02, lambda: ran.append(1))
+    wait_for(lambda: pacer.errors == 1 and len(ran) >= 3, 10, "the error counted, later timers run")
+
+
+def test_the_thread_gets_sched_fifo_and_locked_memory_and_the_rest_of_the_process_does_not():
+    assert os.geteuid() == 0, "the suite runs as root (scripts/test.sh)"
+    p = Pacer(time.monotonic, RealtimeSettings(priority=10, lock_memory=True))
+    try:
+        applied = p.start()
+        assert applied.policy == "SCHED_FIFO" and applied.priority == 10 and applied.memory_locked, applied
+        assert os.sched_getscheduler(p.native_id) == os.SCHED_FIFO
+        assert os.sched_getscheduler(threading.get_native_id()) == os.SCHED_OTHER  # this thread: unchanged
+        locked_kb = int(next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmLck")))
+        assert locked_kb > 0
+    finally:
+        p.stop()
+        ctypes.CDLL(None).munlockall()  # the test process, not an agent: give it back
+
+
+def test_a_refused_priority_is_a_problem_naming_the_fix_not_an_error():
+    """An agent that is not root (and has no CAP_SYS_NICE, CAP_IPC_LOCK) runs on:
+    a child process drops to nobody and asks."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            applied = apply(RealtimeSettings(priority=10, lock_memory=True))
+            os.write(w, json.dumps(applied.describe()).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r) as f:
+        got = json.loads(f.read())
+    os.waitpid(pid, 0)
+    assert got["policy"] == "SCHED_OTHER" and not got["memory_locked"], got
+    assert "CAP_SYS_NICE" in got["problems"][0] and "CAP_IPC_LOCK" in got["problems"][1], got
+
+
+@pytest.mark.parametrize("priority,lock,field", [(99, True, "priority"), (-1, True, "priority"),
+                                                 (True, True, "priority"), ("10", True, "priority"),
+                                                 (10, "yes", "lock_memory")])
+def test_settings_out_of_range_name_the_field(priority, lock, field):
+    assert [f for f, _, _ in problems(priority, lock)] == [field]
+    with pytest.raises(ConfigError) as e:
+        parse_config(config({"priority": priority, "lock_memory": lock}))
+    assert e.value.field == f"heartbeat.realtime.{field}"
+
+
+def test_realtime_is_off_unless_configured_and_defaults_to_fifo_10_with_memory_locked():
+    assert parse_config(config(None)).realtime is None
+    assert parse_config(config({})).realtime == RealtimeSettings(10, True)
+    with pytest.raises(ConfigError) as e:
+        parse_config(config({"priorty": 10}))
+    assert "priorty" in str(e.value)
+
+
+def config(realtime: dict | None) -> dict:
+    hb = {**shared_keys("n1", "n2")["n1"], "peers": [{"name": "n2", "addresses": ["127.0.0.2"]}]}
+    if realtime is not None:
+        hb["realtime"] = realtime
+    return {"cluster": "c", "node": "n1", "etcd": {"endpoints": ["http://127.0.0.1:2379"]}, "heartbeat": hb}
