@@ -4,9 +4,12 @@ that fail, and what the kernel grants a thread (the suite runs as root)."""
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import json
 import os
+import resource
+import socket
 import threading
 import time
 
@@ -14,12 +17,14 @@ import pytest
 
 from vigil.config import parse_config
 from vigil.errors import ConfigError
-from vigil.net.pacer import Pacer
+from vigil.net.pacer import BURST, QUEUED, Pacer
 from vigil.realtime import RealtimeSettings, apply, problems
 from vigil.testing.keys import shared_keys
 from vigil.procs import wait_for
+from vigil.testing.wait import wait_until
 
 NORMAL = RealtimeSettings(priority=0, lock_memory=False)
+SO_RCVBUFFORCE = 33  # <asm-generic/socket.h>; Python's socket module does not name it
 
 
 @pytest.fixture
@@ -66,6 +71,40 @@ def test_a_failing_callback_is_counted_and_the_thread_goes_on(pacer):
     wait_for(lambda: pacer.errors == 1 and len(ran) >= 3, 10, "the error counted, later timers run")
 
 
+def test_a_flood_waits_in_the_kernel_not_in_memory_while_the_loop_is_behind():
+    """The loop takes nothing (it does not run): the thread stops reading at QUEUED
+    datagrams handed over; once the loop takes them, it reads again."""
+    loop = asyncio.new_event_loop()
+    p = Pacer(time.monotonic, NORMAL)
+    got: list[bytes] = []
+
+    class Protocol(asyncio.DatagramProtocol):
+        def datagram_received_at(self, data, addr, at):
+            got.append(data)
+
+    try:
+        p.start()
+        t, _ = loop.run_until_complete(p.create_datagram_endpoint(Protocol, ("127.0.0.1", 0)))
+        dest = t.get_extra_info("sockname")
+        # Room for the whole flood in the kernel (root may exceed rmem_max): what is not read waits there.
+        t.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 16 * 1024 * 1024)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as flood:
+            for i in range(QUEUED + 1000):
+                flood.sendto(b"x", dest)
+            wait_for(lambda: p.held_back >= 1, 10, "the thread to stop reading")
+            assert QUEUED <= p._queued <= QUEUED + BURST and got == []
+            loop.run_until_complete(asyncio.sleep(0.05))  # the loop takes what was handed over
+            wait_for(lambda: p._reading, 10, "the thread to read again")
+            flood.sendto(b"after", dest)
+            end = time.monotonic() + 10
+            while b"after" not in got and time.monotonic() < end:
+                loop.run_until_complete(asyncio.sleep(0.01))
+        assert b"after" in got and p.errors == 0
+    finally:
+        p.stop()
+        loop.close()
+
+
 def test_the_thread_gets_sched_fifo_and_locked_memory_and_the_rest_of_the_process_does_not():
     assert os.geteuid() == 0, "the suite runs as root (scripts/test.sh)"
     p = Pacer(time.monotonic, RealtimeSettings(priority=10, lock_memory=True))
@@ -87,7 +126,9 @@ def test_a_refused_priority_is_a_problem_naming_the_fix_not_an_error():
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: never returns into pytest
-        try:
+        try:  # no real-time or locking allowance, whatever this machine's limits are
+            resource.setrlimit(resource.RLIMIT_RTPRIO, (0, 0))
+            resource.setrlimit(resource.RLIMIT_MEMLOCK, (0, 0))
             os.setgid(65534)
             os.setuid(65534)
             applied = apply(RealtimeSettings(priority=10, lock_memory=True))
@@ -125,3 +166,49 @@ def config(realtime: dict | None) -> dict:
     if realtime is not None:
         hb["realtime"] = realtime
     return {"cluster": "c", "node": "n1", "etcd": {"endpoints": ["http://127.0.0.1:2379"]}, "heartbeat": hb}
+
+
+async def test_the_heartbeat_thread_sends_on_time_but_withholds_beats_while_the_loop_is_hung():
+    """Peers must not be told a hung agent is alive: after LOOP_STALE without the
+    loop looking at its peers, the thread sends nothing until it looks again."""
+    from vigil.agent.heartbeat import LOOP_STALE, HeartbeatService
+    from vigil.clock import SystemClock
+    from vigil.procs import free_ports
+
+    mine, theirs = free_ports(2, socket.SOCK_DGRAM)
+    hb = {**shared_keys("n1", "n2")["n1"], "port": mine, "realtime": {"priority": 0, "lock_memory": False},
+          "peers": [{"name": "n2", "addresses": ["127.0.0.1"], "port": theirs}]}
+    cfg = parse_config({"cluster": "c", "node": "n1", "etcd": {"endpoints": ["http://127.0.0.1:1"]}, "heartbeat": hb})
+    arrivals: list[float] = []
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer.bind(("127.0.0.1", theirs))
+    peer.settimeout(0.2)
+    stop = threading.Event()
+
+    def listen() -> None:
+        while not stop.is_set():
+            try:
+                peer.recv(2048)
+                arrivals.append(time.monotonic())
+            except OSError:
+                pass
+    listener = threading.Thread(target=listen)
+    listener.start()
+    service = HeartbeatService(cfg, SystemClock(), 1, lambda changes: None, lambda: ("healthy", "standby"),
+                               pacer=Pacer(time.monotonic, cfg.realtime))
+    await service.start()
+    try:
+        wait_for(lambda: len(arrivals) >= 4, 10, "heartbeats from the thread")
+        hung = time.monotonic()
+        time.sleep(LOOP_STALE + 1.0)  # the fault: the loop hangs (a blocking call), the thread runs on
+        resumed = time.monotonic()
+        assert service.withheld > 0
+        assert any(hung < t < hung + LOOP_STALE - 0.5 for t in arrivals), "on time while the loop was only late"
+        assert not any(hung + LOOP_STALE + 0.3 < t < resumed for t in arrivals), "none once it was hung"
+        count = len(arrivals)
+        await wait_until(lambda: len(arrivals) >= count + 4, 10, "heartbeats again once the loop looks")
+    finally:
+        await service.stop()
+        stop.set()
+        listener.join()
+        peer.close()

@@ -4,11 +4,13 @@ H-of-K verdict the view draws from it (vigil.core.view)."""
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vigil.core.reconcile import decide_states
+from vigil.core.reconcile import decide, decide_states
 from vigil.core.topology import Topology, TopologySettings
 from vigil.core.view import ClusterView, LeaderInfo, MemberInfo
 
@@ -115,28 +117,44 @@ def test_suspicion_by_non_observers_convicts_no_one():
     assert v.heard(x)
 
 
-def test_above_the_mesh_a_leader_is_fenced_on_h_of_its_k_observers_not_a_majority():
-    """Every node hears the leader, but only its observers publish their suspicions
-    (a crash must not make every survivor write its record): H of them fence."""
-    from dataclasses import replace
+def fence_view(t: Topology, lead: str, me: str, voters) -> ClusterView:
+    """`me` suspects the leader `lead`, may fence it and comes first in succession;
+    `voters` publish that they suspect it too."""
+    v = view(t, me, {o: frozenset({lead}) for o in voters}, leader=lead)
+    return replace(v, i_lead=False, suspected_for={lead: 5.0}, fenceable=frozenset({lead}), race_delay=0.0,
+                   members={m: replace(i, priority=200 if m == me else 100) for m, i in v.members.items()})
 
-    from vigil.core.reconcile import decide
+
+def test_above_the_mesh_a_leader_is_fenced_by_a_majority_of_its_observers_and_rack_never_by_the_rest():
+    """Every node hears the leader, but only its observers and its failure domain's
+    mesh publish their suspicions (a crash must not make every survivor write its
+    record): a majority of them, and at least H of K, fence."""
     t = Topology(racks(60, 10))
     lead = "n0000"
-    obs = sorted(t.observers(lead))
-    need = t.need(lead)
-    me = next(m for m in sorted(t.members) if m not in obs and t.domains[m] != t.domains[lead])
-    others = [m for m in t.members if m not in obs and m not in (lead, me)]
+    voters = sorted(t.observers(lead) | t.mesh(lead))
+    need = max(len(voters) // 2 + 1, t.need(lead))
+    assert len(voters) == 17 and need == 9
+    me = next(m for m in sorted(t.members) if m not in voters and t.domains[m] != t.domains[lead])
+    others = [m for m in t.members if m not in voters and m not in (lead, me)]
+    assert fence_view(t, lead, me, voters[:need]).corroborated(lead) == (need, len(voters), need)
+    assert decide(fence_view(t, lead, me, voters[:need])).action == "fence"
+    d = decide(fence_view(t, lead, me, voters[:need - 1] + others))  # 41 others: no voter's word
+    assert d.action != "fence" and f"suspected by {need - 1} of {len(voters)} of its observers" in d.reason
 
-    def fence_view(voters):
-        v = view(t, me, {o: frozenset({lead}) for o in voters}, leader=lead)
-        return replace(v, i_lead=False, suspected_for={lead: 5.0}, fenceable=frozenset({lead}), race_delay=0.0,
-                       members={m: replace(i, priority=200 if m == me else 100) for m, i in v.members.items()})
 
-    assert fence_view(obs[:need]).corroborated(lead) == (need, len(obs), need)
-    assert decide(fence_view(obs[:need])).action == "fence"
-    d = decide(fence_view(obs[:need - 1] + others))  # 40 non-observers are no observer's word
-    assert d.action != "fence" and f"suspected by {need - 1} of {len(obs)} observers" in d.reason
+@pytest.mark.parametrize("big,small", [(16, 1), (10, 7)])
+def test_a_small_second_rack_cannot_fence_a_leader_its_own_rack_still_hears(big, small):
+    """A leader with fewer than K observers outside its rack (16 + 1 nodes: one)
+    is not fenced on their word alone, nor by a whole smaller rack cut off from
+    it while both still reach etcd: its own rack's mesh votes too."""
+    domains = {f"a{i:02d}": "rack-a" for i in range(big)} | {f"b{i:02d}": "rack-b" for i in range(small)}
+    t = Topology(domains)
+    rack_b = sorted(m for m in domains if m.startswith("b"))
+    assert not t.full_mesh and t.observers("a00") == frozenset(rack_b)
+    v = fence_view(t, "a00", rack_b[0], rack_b)
+    agree, voters, need = v.corroborated("a00")
+    assert (agree, voters) == (small, big - 1 + small) and need == voters // 2 + 1
+    assert decide(v).action != "fence"
 
 
 def test_a_watched_peer_is_judged_by_my_own_detector():

@@ -361,10 +361,11 @@ class Agent:
     def suspects(self) -> list[str]:
         """Peers heard and then lost whose conviction counts our word, as published
         in our member record (ClusterView.corroborated): all of them in a full mesh,
-        above it only the peers we observe. Our heartbeats list them all."""
+        above it only the peers we observe or share a mesh with. Our heartbeats
+        list them all."""
         lost = self.heartbeats.peers.suspected_for(self.clock.now())
-        t = self.heartbeats.topology
-        return sorted(lost if t.full_mesh else (p for p in lost if self.cfg.node in t.observers(p)))
+        t, me = self.heartbeats.topology, self.cfg.node
+        return sorted(lost if t.full_mesh else (p for p in lost if me in t.observers(p) or me in t.mesh(p)))
 
     # -- callbacks ---------------------------------------------------------------
     def _on_renewed(self, sent_at: float) -> None:

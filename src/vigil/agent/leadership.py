@@ -17,6 +17,7 @@ its self-demotion deadline even if nobody calls `check()` (core.leader).
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -39,6 +40,9 @@ class Leadership:
         self.on_change: list[Callable[[RoleChange], None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None  # the guard's, for the heartbeat thread
         self._expired_at: float | None = None  # the deadline the heartbeat thread acted on
+        # The role's fields change together under it: the heartbeat thread must never see a
+        # new term's state with the last term's deadline.
+        self._lock = threading.RLock()
 
     # -- reading -------------------------------------------------------------------
     def is_leader(self) -> bool:
@@ -64,19 +68,26 @@ class Leadership:
         """Take the role with `token` won on a lease last acknowledged as sent at
         `lease_sent_at`; False (and nothing recorded) when that lease is already
         too old to lead on: the caller gives the key back."""
-        change = self.role.acquired(token, lease_sent_at, self.clock.now())
-        if not self.role.is_leader(self.clock.now()):
-            self.role.resigned(self.clock.now(), "lease too old to lead on")
-            return False
+        with self._lock:
+            change = self.role.acquired(token, lease_sent_at, self.clock.now())
+            if not self.role.is_leader(self.clock.now()):
+                self.role.resigned(self.clock.now(), "lease too old to lead on")
+                return False
         self._record(change)
         return True
 
     def renewed(self, sent_at: float) -> None:
-        """A keep-alive sent at `sent_at` was acknowledged: move the deadline."""
+        """A keep-alive sent at `sent_at` was acknowledged: move the deadline. One
+        acknowledged after the deadline (a starved loop read it late) ends the
+        role instead: the role ended at its deadline, whoever noticed first."""
         if self.role.state != "leader":
             return
+        if not self.is_leader():
+            self.check()
+            return
         before = self.role.valid_until
-        self.role.renewed(sent_at)
+        with self._lock:
+            self.role.renewed(sent_at)
         self.vips.renewed()
         if self.role.valid_until > before:
             self.history.write("renew", self.role.token, self.clock.wall(),
@@ -85,16 +96,21 @@ class Leadership:
 
     def resign(self, reason: str) -> int:
         """Give the role up; returns the token held (0: none)."""
-        token = self.role.token if self.role.state == "leader" else 0
-        self._record(self.role.resigned(self.clock.now(), reason))
+        with self._lock:
+            token = self.role.token if self.role.state == "leader" else 0
+            change = self.role.resigned(self.clock.now(), reason)
+        self._record(change)
         return token
 
     def lose(self, reason: str) -> None:
-        self._record(self.role.lost(self.clock.now(), reason))
+        with self._lock:
+            change = self.role.lost(self.clock.now(), reason)
+        self._record(change)
 
     def check(self) -> bool:
         """Self-fencing: end the role if its deadline passed; True if it just did."""
-        change = self.role.check(self.clock.now())
+        with self._lock:
+            change = self.role.check(self.clock.now())
         self._record(change)
         return change is not None
 
@@ -129,21 +145,20 @@ class Leadership:
     # -- the heartbeat thread's part (vigil.net.pacer): any thread may call these ----------
     def deadline(self) -> float | None:
         """The self-demotion deadline while leading, until the heartbeat thread acted on it."""
-        role = self.role
-        until = role.valid_until
-        return until if role.state == "leader" and self._expired_at != until else None
+        with self._lock:
+            until = self.role.valid_until
+            return until if self.role.state == "leader" and self._expired_at != until else None
 
     def expire_on_thread(self) -> None:
         """Called by the heartbeat thread at the deadline, whatever the loop is doing
         (starved, paging): the fencing-token file goes at once (what acts for the
         leader presents it), then the loop records the ending (`check`) when it runs.
         The VIPs went earlier: the kernel ends their lifetime before the deadline."""
-        role = self.role
-        token, until = role.token, role.valid_until
-        if role.state != "leader" or self.clock.now() < until or self._expired_at == until:
-            return
-        self._expired_at = until
-        if role.token == token and role.valid_until == until:  # not re-acquired meanwhile
+        with self._lock:  # the loop cannot start a new term between the check and the unlink
+            until = self.role.valid_until
+            if self.role.state != "leader" or self.clock.now() < until or self._expired_at == until:
+                return
+            self._expired_at = until
             self.token_file.unlink(missing_ok=True)
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self.check)

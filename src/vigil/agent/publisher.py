@@ -4,8 +4,12 @@ session's lease), written when our state changes, never on a timer.
 Contract: `request()` publishes soon, in the background: one put in flight
 at a time, and a request made meanwhile runs once more after it (the record
 is built when sent, so the last put carries the newest state; two puts in
-flight could land in either order). A put that fails (etcd away) is logged;
-`retry()` asks again unless one is under way. `unpublished()` says whether
+flight could land in either order). A put that fails (etcd away or
+overloaded) is logged; `retry()` asks again unless one is under way or the
+retry backoff has not passed (0.5 s doubling to 8 s, each drawn from its
+upper half at random; reset by a put that lands): every agent retrying each
+cycle would keep an overloaded etcd overloaded. `request()` (a change of
+state) does not wait for it. `unpublished()` says whether
 our suspicions differ from what the record in etcd says (peers read them
 before they fence)."""
 
@@ -54,6 +58,7 @@ class RecordPublisher:
         record = self.build()
         await self.registry.register(record, lease)
         self.published_suspects = list(record.suspects)
+        self._failures, self._retry_at = 0, 0.0
 
     async def _loop(self) -> None:
         while self._again:
@@ -63,7 +68,6 @@ class RecordPublisher:
                 continue
             try:
                 await self.register(lease)
-                self._failures, self._retry_at = 0, 0.0
             except (VigilError, asyncio.TimeoutError, OSError) as e:
                 self._failures += 1
                 backoff = min(RETRY_MAX, RETRY_FIRST * 2 ** min(self._failures - 1, 8))

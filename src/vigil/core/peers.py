@@ -54,7 +54,7 @@ class PeerTransition:
     cause: str
 
 
-GAP_BUCKETS = (0.11, 0.125, 0.15, 0.175, 0.2, 0.225, 0.25, 0.3, 0.4, 0.5, 1.0, 2.0, 5.0)
+GAP_BUCKETS = (0.101, 0.102, 0.105, 0.11, 0.125, 0.15, 0.175, 0.2, 0.225, 0.25, 0.3, 0.4, 0.5, 1.0, 2.0, 5.0)
 
 
 @dataclass
@@ -284,15 +284,23 @@ class PeerWatch:
         self.due = max(now + MIN_NAP, due)
         self.guard.expect(self.due)
 
-    def deliver(self, hb: Any, link: str, verdict: str, now: float) -> list[PeerTransition]:
+    def deliver(self, hb: Any, link: str, verdict: str, now: float, stamped: bool = False) -> list[PeerTransition]:
         """One authentic packet (vigil.net.wire.Heartbeat) accepted with `verdict`:
         a duplicate proves its link, an extra brings news untimed, the rest are timed.
         A duplicate judges nothing, so it does not look for our own stall either
-        (whatever judges next does, first)."""
+        (whatever judges next does, first). `stamped`: `now` is when the heartbeat
+        thread took the packet (vigil.net.pacer), not when we look, so it says
+        nothing of our own stall, and it counts as no earlier than the peer's
+        last arrival (a forgiven stall moved that forward)."""
+        if stamped:
+            p = self.peers.peers.get(hb.node)
+            last = p.detector.last_heartbeat if p else None
+            now = now if last is None else max(now, last)
         if verdict == "duplicate":
             self.peers.link_seen(hb.node, link, now)
             return []
-        self._observe(now)
+        if not stamped:
+            self._observe(now)
         if hb.extra:
             self.peers.news(hb.node, link, now, hb.incarnation, hb.health, hb.role, hb.suspects)
             return []

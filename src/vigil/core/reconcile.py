@@ -194,7 +194,7 @@ def _fence_dead_leader(v: ClusterView) -> Decision | None:
     agree, voters, need = v.corroborated(lead.name)
     if agree < need:
         who = "members; fencing needs a majority" if v.topology is None or v.topology.full_mesh else \
-            f"observers; fencing needs {need} of them"
+            f"of its observers and failure-domain mesh; fencing needs {need} of them"
         return Wait(f"leader {lead.name} suspected by {agree} of {voters} {who} (else its lease decides)")
     if not v.healthy or not v.eligible(v.me):
         return Wait(f"leader {lead.name} suspected; not eligible to take over")

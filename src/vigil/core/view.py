@@ -182,20 +182,23 @@ class ClusterView:
         agree. A member with no (valid) record counts as a voter that does not
         agree: a majority of a shrunken registry is no majority of the cluster.
         Above the mesh (vigil.core.topology) the voters are `node`'s K
-        observers, H of which must agree (Rapid's agreement): every observer
-        hears a leader directly, and only observers publish their suspicions in
-        their member records (a crash would otherwise have every survivor write
-        its record at once, an O(N²) storm of watch events).
+        observers and its failure domain's mesh, and a majority of them, and at
+        least H of K (Rapid's agreement), must agree: only they publish their
+        suspicions of it in their member records (a crash would otherwise have
+        every survivor write its record at once, an O(N²) storm of watch
+        events), and every one of them hears a leader directly. The mesh votes
+        so that a leader with few observers (a second rack of one node) or a
+        smaller rack cut off from it is never fenced while its own rack hears it.
 
         A voter's word is what its latest heartbeat lists when that heartbeat
         lists suspicions (sent the moment they change, so never older than its
         member record), else what its member record says. Only key-ring members
         vote: a record under any other name is no member's word."""
         t = self.topology
-        if t is not None and not t.full_mesh and t.observers(node):
-            observers = [o for o in t.observers(node) if self.in_ring(o)]
-            agree = sum(1 for o in observers if node in self._word_of(o))
-            return agree, len(observers), t.need(node)
+        if t is not None and not t.full_mesh and node in t.domains:
+            voters = [o for o in sorted(t.observers(node) | t.mesh(node)) if self.in_ring(o)]
+            agree = sum(1 for o in voters if node in self._word_of(o))
+            return agree, len(voters), max(len(voters) // 2 + 1, t.need(node))
         voters = [m for m in self.members.values() if m.name != node and self.in_ring(m.name)]
         agree = sum(1 for m in voters if node in self._word_of(m.name))
         counted = max(len(voters), self.cluster_size - 1)

@@ -26,8 +26,13 @@ Contract:
 - `guard(deadline, on_deadline)`: the thread also wakes at `deadline()` (None:
   none) and calls `on_deadline()` once it has passed.
 - The thread verifies nothing and judges nothing: signatures and detectors
-  run on the owner's loop at normal priority, so a flood costs this thread a
-  recvfrom per packet (at most BURST per socket per wake), never the CPU.
+  run on the owner's loop at normal priority. At most QUEUED datagrams wait
+  for the loop; beyond that the thread stops reading (the kernel's socket
+  buffer fills and drops, as it would for a slow loop) until the loop has
+  taken all but RESUME of them, so a flood costs this thread at most the
+  loop's own pace of recvfroms, and the memory it holds stays bounded.
+- The thread outlives any error of its own: one is logged and counted
+  (`errors`) and the next pass comes at the next wake, not at once.
 - `start()` returns once the thread runs, with what the kernel granted it
   (vigil.realtime.Applied); `stop()` ends it within one wake and closes the
   sockets.
@@ -49,7 +54,9 @@ from vigil.realtime import Applied, RealtimeSettings, apply
 log = logging.getLogger(__name__)
 
 BURST = 64  # datagrams read per socket per wake: the others wait one pass, in the kernel's buffer
+QUEUED, RESUME = 2048, 256  # datagrams handed to the loop and not yet taken: stop reading at, resume at
 MAX_NAP = 1.0  # s: the thread looks at its timers at least this often
+TICK_AFTER_ERROR = 0.01  # s: a pass that failed is not retried sooner (never a busy loop)
 Arrival = tuple["PacedTransport", bytes, tuple[str, int], float]
 
 
@@ -98,6 +105,9 @@ class Pacer:
         self._poll.register(self._wake_r.fileno(), select.POLLIN)
         self._stopping = False
         self._thread: threading.Thread | None = None
+        self._queued = 0  # handed to the loop, not yet taken (the thread adds, the loop subtracts)
+        self._reading = True
+        self.held_back = 0  # passes the thread left the sockets unread: the loop was behind
 
     # -- the network interface ---------------------------------------------------------
     async def create_datagram_endpoint(self, factory: Callable[[], asyncio.DatagramProtocol],
@@ -162,7 +172,7 @@ class Pacer:
     def describe(self) -> dict[str, object]:
         """For /status: what the kernel granted, the thread's id, its worst lateness."""
         return {**(self.applied.describe() if self.applied else {}), "thread": self.native_id,
-                "longest_late_ms": round(self.late * 1000, 1), "errors": self.errors}
+                "longest_late_ms": round(self.late * 1000, 1), "errors": self.errors, "held_back": self.held_back}
 
     @property
     def native_id(self) -> int | None:
@@ -170,26 +180,71 @@ class Pacer:
         return self._thread.native_id if self._thread else None
 
     def _run(self, ready: threading.Event) -> None:
-        self.applied = apply(self.settings)
+        try:
+            self.applied = apply(self.settings)
+        except Exception as e:  # noqa: BLE001 - start() must return whatever happened
+            self.applied = Applied("SCHED_OTHER", 0, False, (f"real-time settings failed: {e}",))
+        finally:
+            ready.set()
         for problem in self.applied.problems:
             log.warning("%s", problem)
-        ready.set()
         while not self._stopping:
-            timeout = self._next_wake() - self.now()
-            events = self._poll.poll(max(0.0, min(timeout, MAX_NAP)) * 1000)
-            at = self.now()
-            arrivals: list[Arrival] = []
-            for fd, _ in events:
-                if fd == self._wake_r.fileno():
-                    self._drain_wake()
-                else:
-                    self._read(fd, at, arrivals)
-            self._close_dropped()
-            self._poll_added()
-            if arrivals and self.loop is not None:
-                self.loop.call_soon_threadsafe(_hand, arrivals)
-            self._run_due()
-            self._check_deadline()
+            try:
+                self._pass()
+            except Exception:  # noqa: BLE001 - heartbeats must go on; the next pass waits for a wake
+                self.errors += 1
+                log.exception("heartbeat thread: a pass failed")
+                self._poll.poll(TICK_AFTER_ERROR * 1000)
+
+    def _pass(self) -> None:
+        self._close_dropped()
+        self._poll_added()
+        self._hold_back()
+        timeout = self._next_wake() - self.now()
+        events = self._poll.poll(max(0.0, min(timeout, MAX_NAP)) * 1000)
+        at = self.now()
+        arrivals: list[Arrival] = []
+        for fd, _ in events:
+            if fd == self._wake_r.fileno():
+                self._drain_wake()
+            elif self._reading:
+                self._read(fd, at, arrivals)
+        if arrivals and self.loop is not None:
+            with self._lock:
+                self._queued += len(arrivals)
+            try:
+                self.loop.call_soon_threadsafe(self._hand, arrivals)
+            except RuntimeError:  # the loop closed under us: the agent is stopping
+                self._stopping = True
+                return
+        self._run_due()
+        self._check_deadline()
+
+    def _hold_back(self) -> None:
+        """Stop polling the sockets while the loop is QUEUED behind; resume at RESUME."""
+        with self._lock:
+            queued = self._queued
+        reading = queued < QUEUED if self._reading else queued <= RESUME
+        if reading != self._reading:
+            self._reading = reading
+            self.held_back += not reading
+            with self._lock:
+                for fd in self._sockets:
+                    if fd not in self._added:
+                        self._poll.modify(fd, select.POLLIN if reading else 0)
+
+    def _hand(self, arrivals: list[Arrival]) -> None:
+        """On the owner's loop: each datagram to its protocol, with its arrival time."""
+        try:
+            for t, data, addr, at in arrivals:
+                if not t.closed:
+                    t.protocol.datagram_received_at(data, addr, at)  # type: ignore[attr-defined]
+        finally:
+            with self._lock:
+                self._queued -= len(arrivals)
+                behind = not self._reading and self._queued <= RESUME
+            if behind:
+                self._wake()
 
     def _next_wake(self) -> float:
         with self._lock:
@@ -262,7 +317,7 @@ class Pacer:
             added, self._added = self._added, []
             for fd in added:
                 if fd in self._sockets:
-                    self._poll.register(fd, select.POLLIN)
+                    self._poll.register(fd, select.POLLIN if self._reading else 0)
 
     def _close_dropped(self) -> None:
         with self._lock:
@@ -277,9 +332,3 @@ class Pacer:
                         self._poll.unregister(fd)
                 t.sock.close()
 
-
-def _hand(arrivals: list[Arrival]) -> None:
-    """On the owner's loop: each datagram to its protocol, with its arrival time."""
-    for t, data, addr, at in arrivals:
-        if not t.closed:
-            t.protocol.datagram_received_at(data, addr, at)  # type: ignore[attr-defined]

@@ -26,6 +26,7 @@ from vigil.store.records import BadRecord, parse_event
 log = logging.getLogger(__name__)
 
 BATCH = 32  # events per transaction (etcd allows 128 operations in one)
+BATCH_BYTES = 256 * 1024  # and this many bytes of them (etcd refuses requests over 1.5 MiB)
 
 
 class EventLog:
@@ -90,8 +91,14 @@ class EventLog:
         load etcd when it is busiest. A batch that fails stays pending, whole."""
         async with self._lock:
             while self._pending:
-                batch = list(itertools.islice(self._pending, BATCH))
-                await self.store.txn([], [(self.keys.event(i), json.dumps(e, sort_keys=True), 0) for i, e in batch])
+                batch, size = [], 0
+                for event_id, event in itertools.islice(self._pending, BATCH):
+                    text = json.dumps(event, sort_keys=True)
+                    if batch and size + len(text) > BATCH_BYTES:
+                        break
+                    batch.append((event_id, text))
+                    size += len(text)
+                await self.store.txn([], [(self.keys.event(i), text, 0) for i, text in batch])
                 done = {i for i, _ in batch}  # record() may have dropped some meanwhile
                 while self._pending and self._pending[0][0] in done:
                     self._pending.popleft()
