@@ -25,7 +25,10 @@ class ConfigError(VigilError):
         if secret is None:
             secret = any(w in leaf for w in SECRET_WORDS) and not leaf.endswith("_file")
         self.field, self.value, self.fix = field, ("<hidden>" if secret else value), fix
-        super().__init__(f"{field}: {'<hidden>' if secret else repr(value)} is invalid: {fix}")
+        if value is None:  # nothing was given: there is no value to call invalid
+            super().__init__(f"{field}: missing: {fix}")
+        else:
+            super().__init__(f"{field}: {'<hidden>' if secret else repr(value)} is invalid: {fix}")
 
 
 class StoreError(VigilError):

@@ -98,9 +98,13 @@ def fencing_alerts(prometheus: Prometheus) -> list[str]:
     return [a["labels"]["target"] for a in prometheus.alerts() if a["labels"]["alertname"] == "VigilFencingFailed"]
 
 
+def firing(prometheus: Prometheus) -> set[str]:
+    return {a["labels"]["alertname"] for a in prometheus.alerts()}
+
+
 def blocked_until_confirmed(lab, prometheus: Prometheus) -> None:
     lab.wait_for(prometheus.ready, 30, "Prometheus scraping every agent")
-    assert fencing_alerts(prometheus) == [], "nothing blocked: no alert"
+    assert firing(prometheus) == set() and prometheus.alerts("pending") == [], "a healthy lab: no alert at all"
     old, token = leader_of(lab)
     procs.stop(lab.fencing.bmc_pids[old], "ipmi_sim")  # the BMC is unreachable
     # The standbys' session checks say so before any fence needs it (Pacemaker's stonith monitor).
@@ -115,6 +119,11 @@ def blocked_until_confirmed(lab, prometheus: Prometheus) -> None:
                              for n in lab.nodes if n.name != old), 15, "every survivor blocked")
     assert lab.leader() is None
     assert lab.wait_for(lambda: fencing_alerts(prometheus), 30, "VigilFencingFailed firing") == [old]
+    # No leader for its 15 s too; the killed agent's scrapes fail (VigilAgentDown, after 1 m); nothing else.
+    lab.wait_for(lambda: "VigilNoLeader" in firing(prometheus), 40, "VigilNoLeader firing")
+    assert {"VigilFencingFailed", "VigilNoLeader"} <= firing(prometheus) <= \
+        {"VigilFencingFailed", "VigilNoLeader", "VigilAgentDown"}, prometheus.alerts()
+    assert {a["labels"]["alertname"] for a in prometheus.alerts("pending")} <= {"VigilAgentDown"}
     found = diagnose(lab)
     assert found[0]["symptom"] == f"the takeover from {old} is blocked: fencing {old} failed", found[:2]
     assert f"vigil fence {old} --confirm-off" in found[0]["fix"], "diagnose names the fix first"
@@ -123,7 +132,8 @@ def blocked_until_confirmed(lab, prometheus: Prometheus) -> None:
     assert r.returncode == 0, r.stderr
     leader_of(lab, other_than=old, above=token)
     assert [e for e in lab.events() if e["kind"] == "fence_confirmed"]
-    lab.wait_for(lambda: not fencing_alerts(prometheus), 30, "the alert resolved once confirmed off")
+    lab.wait_for(lambda: not firing(prometheus) & {"VigilFencingFailed", "VigilNoLeader"}, 30,
+                 "both alerts resolved once confirmed off and a leader elected")
 
 
 def diagnose(lab) -> list[dict]:

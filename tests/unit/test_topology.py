@@ -142,19 +142,41 @@ def test_above_the_mesh_a_leader_is_fenced_by_a_majority_of_its_observers_and_ra
     assert d.action != "fence" and f"suspected by {need - 1} of {len(voters)} of its observers" in d.reason
 
 
-@pytest.mark.parametrize("big,small", [(16, 1), (10, 7)])
-def test_a_small_second_rack_cannot_fence_a_leader_its_own_rack_still_hears(big, small):
-    """A leader with fewer than K observers outside its rack (16 + 1 nodes: one)
-    is not fenced on their word alone, nor by a whole smaller rack cut off from
-    it while both still reach etcd: its own rack's mesh votes too."""
-    domains = {f"a{i:02d}": "rack-a" for i in range(big)} | {f"b{i:02d}": "rack-b" for i in range(small)}
+def test_a_leader_with_one_observer_is_not_fenced_on_its_word_whatever_it_hears():
+    """16 nodes in the leader's rack, one in another: that one is the leader's only
+    observer, first in succession, and on a bad link it may hear nobody in the
+    rack. Its word alone fences nothing: the lease decides."""
+    domains = {f"a{i:02d}": "rack-a" for i in range(16)} | {"b00": "rack-b"}
     t = Topology(domains)
-    rack_b = sorted(m for m in domains if m.startswith("b"))
-    assert not t.full_mesh and t.observers("a00") == frozenset(rack_b)
-    v = fence_view(t, "a00", rack_b[0], rack_b)
-    agree, voters, need = v.corroborated("a00")
-    assert (agree, voters) == (small, big - 1 + small) and need == voters // 2 + 1
-    assert decide(v).action != "fence"
+    assert not t.full_mesh and t.observers("a00") == frozenset({"b00"}) and "a05" in t.subjects("b00")
+    lossy = fence_view(t, "a00", "b00", [])
+    assert lossy.corroborated("a00") == (1, 16, 9) and decide(lossy).action != "fence"
+    deaf = replace(lossy, unheard=frozenset(m for m in domains if m.startswith("a")))
+    agree, present, need = deaf.corroborated("a00")
+    assert (agree, present) == (1, 1) and need == 6 and decide(deaf).action != "fence"
+
+
+def test_a_leader_whose_whole_rack_lost_power_is_fenced_on_its_observers_word():
+    """Its rack's mesh is dead too: those voters are gone (their own observers
+    convict them), so the leader's surviving observers decide."""
+    t = Topology(racks(60, 10))
+    lead = "n0000"
+    rack = sorted(t.domain_members(t.domains[lead]))
+    words: dict[str, set[str]] = {}
+    for o in t.observers(lead):
+        words.setdefault(o, set()).add(lead)
+    for m in rack[1:]:
+        for o in t.observers(m):
+            words.setdefault(o, set()).add(m)
+    me = next(m for m in sorted(t.members) if m not in rack and m not in words)
+    v = fence_view(t, lead, me, [])
+    v = replace(v, members={m: replace(i, suspects=frozenset(words.get(m, ()))) for m, i in v.members.items()})
+    agree, present, need = v.corroborated(lead)
+    assert (agree, present, need) == (8, 8, 6)
+    assert decide(v).action == "fence"
+    alive = replace(v, members={m: replace(i, suspects=frozenset({lead}) if lead in words.get(m, ()) else
+                                           frozenset()) for m, i in v.members.items()})
+    assert alive.corroborated(lead) == (8, 17, 9) and decide(alive).action != "fence", "its rack still hears it"
 
 
 def test_a_watched_peer_is_judged_by_my_own_detector():

@@ -82,6 +82,7 @@ class HeartbeatService:
         self._beats = itertools.count()
         self._looked_at = clock.now()  # when the loop last looked at its peers
         self.withheld = 0  # scheduled heartbeats the thread did not send: the loop was hung
+        self.withheld_since = 0.0  # when the current withholding began (0: not withholding)
         self.on_transitions, self.status, self.on_news = on_transitions, status, on_news
         self.topology = Topology(cfg.domains(), cfg.topology)
         self.leader: str | None = None
@@ -218,6 +219,10 @@ class HeartbeatService:
         """One scheduled heartbeat and its copies, sent by the heartbeat thread."""
         assert self.pacer is not None
         if self.clock.now() - self._looked_at > LOOP_STALE:
+            if not self.withheld_since:
+                self.withheld_since = self.clock.now()
+                log.error("the agent's loop has not looked at its peers for %.1f s: heartbeats withheld "
+                          "until it does (a hung agent must not look alive)", self.clock.now() - self._looked_at)
             self.withheld += 1
             return
         paced = next(self._beats) % self.topology.settings.observer_every != 0 \
@@ -243,7 +248,8 @@ class HeartbeatService:
         heard = (peer.suspects, peer.role)
         changes = self.watch.deliver(hb, link, verdict, now, stamped=at is not None)
         self.looking.poke()
-        self._paused()
+        if at is None:  # a stamped delivery judges no stall of ours: nothing new to report
+            self._paused()
         if changes:
             self._note_suspects()
             self.on_transitions(changes)
@@ -265,6 +271,11 @@ class HeartbeatService:
 
     def _looked(self, changes: list[PeerTransition]) -> None:
         self._looked_at = self.clock.now()
+        if self.withheld_since:
+            self.record("heartbeats_withheld", f"the agent's loop looked at nothing for "
+                        f"{self._looked_at - self.withheld_since + LOOP_STALE:.1f} s: the heartbeat thread "
+                        "sent nothing meanwhile (peers may have suspected this node)", withheld=self.withheld)
+            self.withheld_since = 0.0
         self._paused()
         self._note_suspects()
         if changes:

@@ -49,7 +49,8 @@ def status_document(a: Any) -> dict[str, Any]:
                       "local_pauses": a.heartbeats.watch.guard.pauses,
                       "local_health": a.heartbeats.watch.local_health,
                       "longest_local_pause_ms": round(a.heartbeats.watch.guard.longest * 1000, 1),
-                      "realtime": a.pacer.describe() if a.pacer else None},
+                      "realtime": ({**a.pacer.describe(), "withheld": a.heartbeats.withheld}
+                                   if a.pacer else None)},
         "events": {"written": a.events.written, "pending": a.events.pending,
                    "dropped": a.events.dropped},
     }

@@ -113,7 +113,7 @@ def register(sub) -> None:
     sensor.add_argument("--ramp", type=float, default=0.0, metavar="C_PER_S",
                         help="with --inlet-temp: keep moving it by this much per second")
     sensor.set_defaults(func=lab_sensor)
-    sim = sub.add_parser("sensor-sim", help=argparse.SUPPRESS)
+    sim = sub.add_parser("sensor-sim")  # the lab's own: no `help`, so `vigil --help` does not list it
     sim.add_argument("--port", type=int, required=True)
     sim.add_argument("--nodes", type=int, required=True)
     sim.set_defaults(func=sensor_sim)

@@ -97,7 +97,7 @@ def resolve(args) -> Target:
     etcd = args.etcd or os.environ.get("VIGIL_ETCD")
     cluster = args.cluster or os.environ.get("VIGIL_CLUSTER")
     if not etcd or not cluster:
-        raise ConfigError("--etcd/--cluster", etcd or cluster,
+        raise ConfigError("--etcd/--cluster" if etcd or cluster else "the cluster", (etcd or cluster) or None,
                           "name the cluster: --config FILE, --lab DIR, or both --etcd URLS and "
                           "--cluster NAME")
     endpoints = [e.strip() for e in etcd.split(",") if e.strip()]

@@ -182,13 +182,16 @@ class ClusterView:
         agree. A member with no (valid) record counts as a voter that does not
         agree: a majority of a shrunken registry is no majority of the cluster.
         Above the mesh (vigil.core.topology) the voters are `node`'s K
-        observers and its failure domain's mesh, and a majority of them, and at
-        least H of K (Rapid's agreement), must agree: only they publish their
+        observers and its failure domain's mesh: only they publish their
         suspicions of it in their member records (a crash would otherwise have
         every survivor write its record at once, an O(N²) storm of watch
-        events), and every one of them hears a leader directly. The mesh votes
-        so that a leader with few observers (a second rack of one node) or a
-        smaller rack cut off from it is never fenced while its own rack hears it.
+        events), and each of them hears a leader directly. A voter that does not
+        agree and that I do not hear (convicted by its own observers: its rack
+        lost power with the leader) is gone and counts neither way. A majority
+        of the voters present must agree, and at least H of K and never fewer
+        than H (or all voters, where there are fewer): a leader with one
+        observer (16 nodes in its rack, one in another) is not fenced on that
+        one node's word, whatever that node hears.
 
         A voter's word is what its latest heartbeat lists when that heartbeat
         lists suspicions (sent the moment they change, so never older than its
@@ -197,8 +200,10 @@ class ClusterView:
         t = self.topology
         if t is not None and not t.full_mesh and node in t.domains:
             voters = [o for o in sorted(t.observers(node) | t.mesh(node)) if self.in_ring(o)]
-            agree = sum(1 for o in voters if node in self._word_of(o))
-            return agree, len(voters), max(len(voters) // 2 + 1, t.need(node))
+            agreeing = [o for o in voters if node in self._word_of(o)]
+            present = [o for o in voters if o in agreeing or self.heard(o)]
+            need = max(len(present) // 2 + 1, t.need(node), min(t.settings.agreement, len(voters)))
+            return len(agreeing), len(present), need
         voters = [m for m in self.members.values() if m.name != node and self.in_ring(m.name)]
         agree = sum(1 for m in voters if node in self._word_of(m.name))
         counted = max(len(voters), self.cluster_size - 1)

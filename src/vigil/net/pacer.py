@@ -225,13 +225,19 @@ class Pacer:
         with self._lock:
             queued = self._queued
         reading = queued < QUEUED if self._reading else queued <= RESUME
-        if reading != self._reading:
-            self._reading = reading
-            self.held_back += not reading
-            with self._lock:
-                for fd in self._sockets:
-                    if fd not in self._added:
-                        self._poll.modify(fd, select.POLLIN if reading else 0)
+        if reading == self._reading:
+            return
+        # Out of the poll set, not polled with an empty mask: poll reports POLLERR and
+        # POLLNVAL whatever the mask, and a socket that is not read would spin the thread.
+        with self._lock:
+            for fd in self._sockets:
+                if fd not in self._added:
+                    if reading:
+                        self._poll.register(fd, select.POLLIN)
+                    else:
+                        self._poll.unregister(fd)
+        self._reading = reading
+        self.held_back += not reading
 
     def _hand(self, arrivals: list[Arrival]) -> None:
         """On the owner's loop: each datagram to its protocol, with its arrival time."""
@@ -316,8 +322,8 @@ class Pacer:
         with self._lock:
             added, self._added = self._added, []
             for fd in added:
-                if fd in self._sockets:
-                    self._poll.register(fd, select.POLLIN if self._reading else 0)
+                if fd in self._sockets and self._reading:
+                    self._poll.register(fd, select.POLLIN)
 
     def _close_dropped(self) -> None:
         with self._lock:
@@ -328,7 +334,7 @@ class Pacer:
                     del self._sockets[fd]
                     if fd in self._added:
                         self._added.remove(fd)
-                    else:
+                    elif self._reading:  # held back: already out of the poll set
                         self._poll.unregister(fd)
                 t.sock.close()
 
