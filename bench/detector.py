@@ -164,8 +164,9 @@ def run_stress(name: str, minutes: float) -> list[dict]:
 def _need(*tools: str) -> None:
     missing = [t for t in tools if not shutil.which(t)]
     if missing:
+        package = {"stress-ng": "stress-ng", "cyclictest": "rt-tests"}
         subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends",
-                        *{"stress-ng": "stress-ng", "cyclictest": "rt-tests"}.values()], check=True)
+                        *(package[t] for t in missing)], check=True)
 
 
 def _cyclictest(out: str) -> dict[str, int]:

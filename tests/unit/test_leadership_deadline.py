@@ -26,7 +26,7 @@ async def test_at_the_deadline_the_thread_removes_the_token_file_and_the_loop_re
     clock, kinds = FakeClock(), []
     lead = make(tmp_path, clock, kinds)
     guard = asyncio.get_running_loop().create_task(lead.guard())
-    await asyncio.sleep(0)  # the guard runs: it knows its loop
+    await wait_until(lambda: lead._loop is not None, 5, "the guard to run (it learns its loop)")
     assert lead.acquire(7, clock.now())
     assert lead.deadline() == clock.now() + 2.0 and lead.token_file.read_text() == "7\n"
     clock.advance(1.0)

@@ -93,12 +93,10 @@ def test_a_flood_waits_in_the_kernel_not_in_memory_while_the_loop_is_behind():
                 flood.sendto(b"x", dest)
             wait_for(lambda: p.held_back >= 1, 10, "the thread to stop reading")
             assert QUEUED <= p._queued <= QUEUED + BURST and got == []
-            loop.run_until_complete(asyncio.sleep(0.05))  # the loop takes what was handed over
-            wait_for(lambda: p._reading, 10, "the thread to read again")
+            loop.run_until_complete(wait_until(lambda: p._reading, 10, "the loop to take what was handed "
+                                                                       "over, and the thread to read again"))
             flood.sendto(b"after", dest)
-            end = time.monotonic() + 10
-            while b"after" not in got and time.monotonic() < end:
-                loop.run_until_complete(asyncio.sleep(0.01))
+            loop.run_until_complete(wait_until(lambda: b"after" in got, 10, "the datagram sent after"))
         assert b"after" in got and p.errors == 0
     finally:
         p.stop()
@@ -201,7 +199,8 @@ async def test_the_heartbeat_thread_sends_on_time_but_withholds_beats_while_the_
         await wait_until(lambda: len(arrivals) >= 4 and service.looking.looks >= 2, 10,
                          "heartbeats from the thread, and the loop looking at its peers")
         sent = service.transport.sent
-        time.sleep(LOOP_STALE + 1.0)  # the fault: the loop hangs (a blocking call), the thread runs on
+        # The fault: the loop hangs in a blocking call until the thread has withheld beats.
+        wait_for(lambda: service.withheld >= 3, LOOP_STALE + 10, "the thread to withhold beats")
         during = service.transport.sent - sent
         assert service.withheld >= 3, "withheld once the loop was hung"
         assert during >= 4, "sent while the loop was only late"

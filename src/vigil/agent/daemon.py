@@ -359,13 +359,10 @@ class Agent:
         self.publisher.request()
 
     def suspects(self) -> list[str]:
-        """Peers heard and then lost whose conviction counts our word, as published
-        in our member record (ClusterView.corroborated): all of them in a full mesh,
-        above it only the peers we observe or share a mesh with. Our heartbeats
-        list them all."""
-        lost = self.heartbeats.peers.suspected_for(self.clock.now())
-        t, me = self.heartbeats.topology, self.cfg.node
-        return sorted(lost if t.full_mesh else (p for p in lost if me in t.observers(p) or me in t.mesh(p)))
+        """Peers heard and then lost whose conviction counts our word (Topology.voters),
+        as published in our member record; our heartbeats list them all."""
+        lost, t = self.heartbeats.peers.suspected_for(self.clock.now()), self.heartbeats.topology
+        return sorted(p for p in lost if self.cfg.node in t.voters(p))
 
     # -- callbacks ---------------------------------------------------------------
     def _on_renewed(self, sent_at: float) -> None:

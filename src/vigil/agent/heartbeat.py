@@ -78,7 +78,9 @@ class HeartbeatService:
         """`pacer`: the heartbeat thread that sends, receives and stamps (None: this loop does)."""
         self.cfg, self.clock, self.incarnation = cfg, clock, incarnation
         self.pacer = pacer
-        self._suspects: tuple[str, ...] = ()  # as last looked at: what the heartbeat thread sends
+        # Our suspicions, noted at every transition: what each heartbeat lists (read by
+        # the heartbeat thread too, so replaced whole, never changed in place).
+        self._suspects: tuple[str, ...] = ()
         self._beats = itertools.count()
         self._looked_at = clock.now()  # when the loop last looked at its peers
         self.withheld = 0  # scheduled heartbeats the thread did not send: the loop was hung
@@ -202,18 +204,25 @@ class HeartbeatService:
     def send_now(self, extra: bool = True, skip: frozenset[str] = frozenset()) -> Heartbeat:
         """Send our current heartbeat (and its copies) now; `extra`: out of schedule,
         to carry news (receivers do not time it, vigil.net.wire)."""
-        hb = self._heartbeat(extra, tuple(sorted(self.peers.suspected_for(self.clock.now()))))
+        return self._send(extra, skip, asyncio.get_running_loop().call_later)
+
+    def _send(self, extra: bool, skip: frozenset[str], later: Callable[..., object]) -> Heartbeat:
+        """Our heartbeat to every watcher but `skip`, and its copies scheduled with
+        `later(delay, fn)` (the loop's or the heartbeat thread's)."""
+        health, role = self.status()
+        hb = Heartbeat(self.cfg.cluster, self.cfg.node, self.incarnation, next(self._seq),
+                       int(self.clock.wall() * 1e6), health, role, self._suspects, extra)
         batch = self.transport.send(hb, skip)
         t = self.cfg.timing
-        loop = asyncio.get_running_loop()
         for i in range(1, t.heartbeat_copies):  # the same packet again: receivers keep the first
-            loop.call_later(i * t.copy_spacing, self.transport.resend, batch)
+            later(i * t.copy_spacing, functools.partial(self.transport.resend, batch))
         return hb
 
-    def _heartbeat(self, extra: bool, suspects: tuple[str, ...]) -> Heartbeat:
-        health, role = self.status()
-        return Heartbeat(self.cfg.cluster, self.cfg.node, self.incarnation, next(self._seq),
-                         int(self.clock.wall() * 1e6), health, role, suspects, extra)
+    def _skip(self, beat: int) -> frozenset[str]:
+        """Whom scheduled beat number `beat` skips: the paced observers, except on every
+        `observer_every`th beat and while a leader that stepped down still sends to all."""
+        paced = beat % self.topology.settings.observer_every != 0 and self.clock.now() >= self._fast_until
+        return self._slow if paced else frozenset()
 
     def _beat_on_thread(self) -> None:
         """One scheduled heartbeat and its copies, sent by the heartbeat thread."""
@@ -225,12 +234,7 @@ class HeartbeatService:
                           "until it does (a hung agent must not look alive)", self.clock.now() - self._looked_at)
             self.withheld += 1
             return
-        paced = next(self._beats) % self.topology.settings.observer_every != 0 \
-            and self.clock.now() >= self._fast_until
-        batch = self.transport.send(self._heartbeat(False, self._suspects), self._slow if paced else frozenset())
-        t = self.cfg.timing
-        for i in range(1, t.heartbeat_copies):
-            self.pacer.call_later(i * t.copy_spacing, functools.partial(self.transport.resend, batch))
+        self._send(False, self._skip(next(self._beats)), self.pacer.call_later)
 
     def _paused(self) -> None:
         if self.watch.paused:
@@ -260,11 +264,9 @@ class HeartbeatService:
         interval = self.cfg.timing.heartbeat_interval
         loop = asyncio.get_running_loop()
         nxt = loop.time()
-        every = self.topology.settings.observer_every
         for beat in itertools.count():
             self.looking.look()  # our suspicions fresh in the heartbeat, and one wake for both
-            paced = beat % every != 0 and self.clock.now() >= self._fast_until
-            self.send_now(extra=False, skip=self._slow if paced else frozenset())
+            self.send_now(extra=False, skip=self._skip(beat))
             # Fixed-rate schedule: a late send does not push every later one back.
             nxt = max(nxt + interval, loop.time())
             await asyncio.sleep(nxt - loop.time())
@@ -277,8 +279,8 @@ class HeartbeatService:
                         "sent nothing meanwhile (peers may have suspected this node)", withheld=self.withheld)
             self.withheld_since = 0.0
         self._paused()
-        self._note_suspects()
         if changes:
+            self._note_suspects()
             self.on_transitions(changes)
         if self._skew_alarms != self.receiver.skewed.keys():
             self._report_skew()

@@ -124,6 +124,11 @@ class Topology:
         """The K (or fewer) members outside its mesh whose agreement convicts `node`."""
         return self._observers.get(node, frozenset())
 
+    def voters(self, node: str) -> frozenset[str]:
+        """The members whose suspicion of `node` counts (ClusterView.corroborated):
+        its observers and its mesh; in a full mesh, everyone else."""
+        return self.observers(node) | self.mesh(node)
+
     def watchers(self, node: str, leader: str | None = None) -> frozenset[str]:
         """Who times `node`'s heartbeats: where `node` sends them."""
         if node not in self.domains:

@@ -199,7 +199,7 @@ class ClusterView:
         vote: a record under any other name is no member's word."""
         t = self.topology
         if t is not None and not t.full_mesh and node in t.domains:
-            voters = [o for o in sorted(t.observers(node) | t.mesh(node)) if self.in_ring(o)]
+            voters = [o for o in sorted(t.voters(node)) if self.in_ring(o)]
             agreeing = [o for o in voters if node in self._word_of(o)]
             present = [o for o in voters if o in agreeing or self.heard(o)]
             need = max(len(present) // 2 + 1, t.need(node), min(t.settings.agreement, len(voters)))
