@@ -35,8 +35,11 @@ for dir in tests/*/; do  # a new test directory must be in a phase, never left o
     *) echo "scripts/test.sh: $dir is in no phase of the suite; add it to one" >&2; exit 2 ;;
   esac
 done
-lab_free=0 labs=0  # both phases run, so one report names every failure
+lab_free=0 shared=0 labs=0  # every phase runs, so one report names every failure
 "${pytest[@]}" -n 2 --durations=10 tests/unit tests/fuzz tests/sim tests/conformance || lab_free=$?
-"${pytest[@]}" --durations=25 tests/integration tests/system || labs=$?
-echo "scripts/test.sh: lab-free tests exit $lab_free, lab tests exit $labs"
-exit $(( lab_free != 0 ? lab_free : labs ))
+# Lab tests that assert no timing, two at a time (tests/integration/conftest.py: SHARES_CPU);
+# then every other lab test alone.
+"${pytest[@]}" -n 2 --dist loadfile --durations=10 -m shares_cpu tests/integration tests/system || shared=$?
+"${pytest[@]}" --durations=25 -m "not shares_cpu" tests/integration tests/system || labs=$?
+echo "scripts/test.sh: lab-free tests exit $lab_free, shared lab tests exit $shared, lab tests exit $labs"
+exit $(( lab_free != 0 ? lab_free : shared != 0 ? shared : labs ))

@@ -1,9 +1,55 @@
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import pytest
 
 from vigil.agent.history import intervals, overlaps, read_records
 from vigil.lab import Lab
+
+
+# Lab tests that assert no timing (records, auth, idempotency, the router's limits,
+# packaging): scripts/test.sh runs them two at a time on the suite's 2 cores. Every
+# other lab test (failover times, load without a failed request, chaos, the demo)
+# runs alone, as a machine of its own would.
+SHARES_CPU = frozenset({
+    "test_actuator",
+    "test_bad_records",
+    "test_batch_jobs",
+    "test_config_reload",
+    "test_continue_sign",
+    "test_etcd_auth_apply",
+    "test_etcd_login",
+    "test_etcd_roles",
+    "test_etcd_watch_resume",
+    "test_fence_devices",
+    "test_hostile_records_lab",
+    "test_idempotency_auth",
+    "test_idempotency_cluster",
+    "test_idempotency_router",
+    "test_inference_user",
+    "test_job_records_hostile",
+    "test_leader_key_trust",
+    "test_modbus_sensors",
+    "test_operator_tools_lab",
+    "test_package",
+    "test_payload_ownership",
+    "test_router_http1",
+    "test_router_inprocess",
+    "test_router_limits",
+    "test_router_membership",
+    "test_router_tracing",
+    "test_router_upstream",
+    "test_stream_resume",
+})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.stem in SHARES_CPU:
+            item.add_marker(pytest.mark.shares_cpu)
 
 
 @pytest.fixture
@@ -18,6 +64,15 @@ def lab(tmp_path):
         assert overlaps(ivs) == [], "two nodes held leadership at the same time"
     finally:
         lab.down()
+
+
+def diagnose(lab: Lab, kernel_log: str = "/dev/null") -> list[dict]:
+    """`vigil diagnose --lab`'s findings, most important first (the lab's kernel log:
+    `kernel_log`; /dev/null: none, since the labs share this host's)."""
+    r = subprocess.run([sys.executable, "-m", "vigil", "diagnose", "--lab", str(lab.root), "--json", "--limit", "0",
+                        "--kernel-log", kernel_log], capture_output=True, text=True, timeout=60)
+    assert r.returncode in (0, 1), r.stderr
+    return json.loads(r.stdout)["findings"]
 
 
 def leader_of(lab: Lab, other_than: str | None = None, above: int = 0):

@@ -10,9 +10,13 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 from vigil.agent.history import intervals, read_records
-from tests.integration.conftest import leader_of
+from vigil.identity import SigningKeys, generate
+from vigil.net.wire import Heartbeat, encode
+from vigil.testing.prometheus import Prometheus
+from tests.integration.conftest import diagnose, leader_of
 
 
 def vigil(*args, timeout=60):
@@ -108,6 +112,37 @@ def test_etcd_leader_sigkill_never_gives_two_leaders(lab):
     assert seen_two == []
 
 
+def test_etcd_frozen_whole_is_named_alerted_and_outlived(lab):
+    """Every etcd member frozen (SIGSTOP) at once: the leader gives its role up by its
+    deadline (it can no longer prove its lease); `vigil diagnose` says etcd does not
+    answer, first; VigilEtcdUnreachable goes pending on a real Prometheus. Thawed, a
+    leader is elected again and nothing is left pending or firing. The fixture checks
+    that leadership never overlapped."""
+    leader_of(lab)
+    prometheus = Prometheus.for_lab(lab)
+    members = [m.name for m in lab.etcd.members]
+    try:
+        lab.wait_for(prometheus.ready, 30, "Prometheus scraping every agent")
+        for name in members:
+            lab.etcd.kill(name, signal.SIGSTOP)
+        try:
+            lab.wait_for(lambda: not any(lab.is_leader(n.name, timeout=1.0) for n in lab.nodes), 15,
+                         "no agent leading while etcd is frozen")
+            found = diagnose(lab)
+            assert found[0]["symptom"] == "etcd does not answer: no status, no leader can be read", found[:2]
+            assert "etcdctl endpoint health" in found[0]["fix"]
+            lab.wait_for(lambda: "VigilEtcdUnreachable" in prometheus.names("pending"), 20,
+                         "VigilEtcdUnreachable pending")
+        finally:
+            for name in members:
+                lab.etcd.kill(name, signal.SIGCONT)
+        leader_of(lab)
+        lab.wait_for(lambda: not prometheus.alerts("pending") and not prometheus.alerts(), 30,
+                     "nothing pending or firing once etcd is back")
+    finally:
+        prometheus.stop()
+
+
 def test_graceful_stop_hands_over_without_waiting_for_ttl(lab):
     old, token = leader_of(lab)
     t0 = time.monotonic()
@@ -146,3 +181,38 @@ def test_forged_and_random_packets_to_a_live_agent_are_counted(lab):
     assert lab.agent_status(node.name)["peers"]["n2"]["state"] == "alive"
     metrics = __import__("urllib.request").request.urlopen(node.api_url + "/metrics").read().decode()
     assert "vigil_heartbeats_received_total" in metrics and "vigil_leader" in metrics
+
+
+def test_a_heartbeat_under_a_key_the_ring_lacks_is_an_alert_not_a_suspicion(lab):
+    """A node that signs with a key its peers' rings lack (a rotation done on one side
+    only): its packets are refused as unknown_key and VigilKeyRingMismatch goes pending
+    (it fires after 2 minutes) on a real Prometheus, for that receiver only."""
+    node = lab.nodes[0]
+    prometheus = Prometheus.for_lab(lab)
+    try:
+        lab.wait_for(prometheus.ready, 30, "Prometheus scraping every agent")
+        assert prometheus.alerts("pending") == [] and prometheus.names() == set(), "a healthy lab: no alert"
+        # n2's own incarnation and sequence numbers past its own: packets that pass the
+        # replay guard and reach verification, under a key no ring holds.
+        stranger = SigningKeys("n2", 77, {77: generate()})
+        incarnation = int((Path(lab.node("n2").data_dir) / "incarnation").read_text())
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for seq in range(20):
+                hb = Heartbeat(lab.cluster, "n2", incarnation, 2**62 + seq, int(time.time() * 1e6), "healthy",
+                               "standby", ())
+                s.sendto(encode(hb, stranger), ("127.0.0.1", node.heartbeat_port))
+
+        def refused() -> dict[str, int]:
+            got = lab.agent_status(node.name)["heartbeat"]["received"]
+            return {k: got.get(k, 0) for k in ("unknown_key", "rate_limited")}
+        # The source's verification budget takes a few, and counts the rest unverified.
+        got = lab.wait_for(lambda: (lambda r: r if sum(r.values()) >= 20 else None)(refused()), 10,
+                           "20 packets refused")
+        assert got["unknown_key"] >= 1, got
+        pending = lab.wait_for(lambda: [a["labels"] for a in prometheus.alerts("pending")
+                                        if a["labels"]["alertname"] == "VigilKeyRingMismatch"], 15,
+                               "VigilKeyRingMismatch pending")
+        assert {a["node"] for a in pending} == {node.name} and prometheus.names() == set(), pending
+        assert lab.agent_status(node.name)["peers"]["n2"]["state"] == "alive", "n2 itself is still heard"
+    finally:
+        prometheus.stop()

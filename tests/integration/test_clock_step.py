@@ -15,6 +15,8 @@ import pytest
 from vigil.lab import Lab
 from vigil.lab.cluster import LAB_TIMING
 from vigil.testing.faketime import SteppedClock
+from vigil.testing.prometheus import Prometheus
+from tests.integration.conftest import diagnose
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +56,25 @@ def kinds(events: list[dict], *names: str) -> list[dict]:
     return [e for e in events if e["kind"] in names]
 
 
+def step_both_ways(lab: Lab, clocks: dict[str, SteppedClock], stepped: str, seen: set[str],
+                   prometheus: Prometheus | None) -> None:
+    """Step `stepped`'s clock +30 s, then -30 s, then back; with `prometheus`, check
+    while it is +30 s off that `vigil diagnose` and the alert rules name it."""
+    others = sorted(set(clocks) - {stepped})
+    hold_step(lab, clocks[stepped], +30, others)
+    if prometheus is not None:
+        found = diagnose(lab)
+        assert "sees a peer's clock off" in found[0]["symptom"] and "chrony" in found[0]["fix"], found[:2]
+        assert lab.wait_for(lambda: prometheus.names("pending") & {"VigilClockSkew"}, 15,
+                            "VigilClockSkew pending") == {"VigilClockSkew"}
+        assert prometheus.names() == set(), "a skew alerts after two minutes"
+    hold_step(lab, clocks[stepped], -30, others)
+    clocks[stepped].step_to(0)
+    lab.wait_for(lambda: len([e for e in kinds(lab.events(), "clock_skew_cleared")
+                              if e.get("subject") == stepped and e["id"] not in seen]) >= 2, 30,
+                 f"{others} see {stepped}'s clock back", poll=0.2)
+
+
 def test_a_clock_step_of_the_leader_or_a_standby_is_an_alarm_not_a_failover(lab):
     lab, clocks = lab
     leader, token = lab.leader()
@@ -61,14 +82,14 @@ def test_a_clock_step_of_the_leader_or_a_standby_is_an_alarm_not_a_failover(lab)
     lab.wait_for(lambda: all((lab.agent_status(n) or {}).get("events", {}).get("pending") == 0 for n in clocks),
                  30, "the start's events written")
     seen = {e["id"] for e in lab.events()}
-    for stepped in (leader, standby):
-        others = sorted(set(clocks) - {stepped})
-        hold_step(lab, clocks[stepped], +30, others)
-        hold_step(lab, clocks[stepped], -30, others)
-        clocks[stepped].step_to(0)
-        lab.wait_for(lambda: len([e for e in kinds(lab.events(), "clock_skew_cleared")
-                                  if e.get("subject") == stepped and e["id"] not in seen]) >= 2, 30,
-                     f"{others} see {stepped}'s clock back", poll=0.2)
+    prometheus = Prometheus.for_lab(lab)
+    try:
+        lab.wait_for(prometheus.ready, 30, "Prometheus scraping every agent")
+        assert prometheus.names() == set() and prometheus.alerts("pending") == [], "a healthy lab: no alert"
+        for stepped in (leader, standby):
+            step_both_ways(lab, clocks, stepped, seen, prometheus if stepped == leader else None)
+    finally:
+        prometheus.stop()
     new = [e for e in lab.events() if e["id"] not in seen]
     # A suspicion of a node whose clock never moved would be this shared runner's load, not
     # a clock step (at 7cf5bfd the stepped node was suspected by both peers at every step).

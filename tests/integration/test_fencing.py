@@ -16,7 +16,7 @@ from vigil.agent.history import intervals, overlaps, read_records
 from vigil import procs
 from vigil.lab import Lab
 from vigil.testing.prometheus import Prometheus
-from tests.integration.conftest import leader_of
+from tests.integration.conftest import diagnose, leader_of
 
 
 def actuator_history(lab):
@@ -87,7 +87,7 @@ def test_frozen_leader_is_fenced_and_never_writes_again(fenced_lab):
 
 def test_failed_fencing_blocks_takeover_until_the_operator_confirms(fenced_lab):
     lab = fenced_lab
-    prometheus = Prometheus([n.api_url.split("://", 1)[1] for n in lab.nodes])  # Vigil's rules, real server
+    prometheus = Prometheus.for_lab(lab)  # Vigil's rules, real server
     try:
         blocked_until_confirmed(lab, prometheus)
     finally:
@@ -98,13 +98,9 @@ def fencing_alerts(prometheus: Prometheus) -> list[str]:
     return [a["labels"]["target"] for a in prometheus.alerts() if a["labels"]["alertname"] == "VigilFencingFailed"]
 
 
-def firing(prometheus: Prometheus) -> set[str]:
-    return {a["labels"]["alertname"] for a in prometheus.alerts()}
-
-
 def blocked_until_confirmed(lab, prometheus: Prometheus) -> None:
     lab.wait_for(prometheus.ready, 30, "Prometheus scraping every agent")
-    assert firing(prometheus) == set() and prometheus.alerts("pending") == [], "a healthy lab: no alert at all"
+    assert prometheus.names() == set() and prometheus.alerts("pending") == [], "a healthy lab: no alert at all"
     old, token = leader_of(lab)
     procs.stop(lab.fencing.bmc_pids[old], "ipmi_sim")  # the BMC is unreachable
     # The standbys' session checks say so before any fence needs it (Pacemaker's stonith monitor).
@@ -120,10 +116,10 @@ def blocked_until_confirmed(lab, prometheus: Prometheus) -> None:
     assert lab.leader() is None
     assert lab.wait_for(lambda: fencing_alerts(prometheus), 30, "VigilFencingFailed firing") == [old]
     # No leader for its 15 s too; the killed agent's scrapes fail (VigilAgentDown, after 1 m); nothing else.
-    lab.wait_for(lambda: "VigilNoLeader" in firing(prometheus), 40, "VigilNoLeader firing")
-    assert {"VigilFencingFailed", "VigilNoLeader"} <= firing(prometheus) <= \
+    lab.wait_for(lambda: "VigilNoLeader" in prometheus.names(), 40, "VigilNoLeader firing")
+    assert {"VigilFencingFailed", "VigilNoLeader"} <= prometheus.names() <= \
         {"VigilFencingFailed", "VigilNoLeader", "VigilAgentDown"}, prometheus.alerts()
-    assert {a["labels"]["alertname"] for a in prometheus.alerts("pending")} <= {"VigilAgentDown"}
+    assert prometheus.names("pending") <= {"VigilAgentDown"}
     found = diagnose(lab)
     assert found[0]["symptom"] == f"the takeover from {old} is blocked: fencing {old} failed", found[:2]
     assert f"vigil fence {old} --confirm-off" in found[0]["fix"], "diagnose names the fix first"
@@ -132,16 +128,8 @@ def blocked_until_confirmed(lab, prometheus: Prometheus) -> None:
     assert r.returncode == 0, r.stderr
     leader_of(lab, other_than=old, above=token)
     assert [e for e in lab.events() if e["kind"] == "fence_confirmed"]
-    lab.wait_for(lambda: not firing(prometheus) & {"VigilFencingFailed", "VigilNoLeader"}, 30,
+    lab.wait_for(lambda: not prometheus.names() & {"VigilFencingFailed", "VigilNoLeader"}, 30,
                  "both alerts resolved once confirmed off and a leader elected")
-
-
-def diagnose(lab) -> list[dict]:
-    """`vigil diagnose --lab`'s findings, most important first."""
-    r = subprocess.run([sys.executable, "-m", "vigil", "diagnose", "--lab", str(lab.root), "--json", "--limit", "0",
-                        "--kernel-log", "/dev/null"], capture_output=True, text=True, timeout=60)
-    assert r.returncode in (0, 1), r.stderr
-    return json.loads(r.stdout)["findings"]
 
 
 def test_an_interrupted_fence_does_not_hold_the_cluster_back_forever(fenced_lab):

@@ -15,7 +15,8 @@ import pytest
 
 from vigil.lab import Lab
 from vigil.lab.load import LoadGenerator
-from tests.integration.conftest import leader_of
+from vigil.testing.prometheus import Prometheus
+from tests.integration.conftest import diagnose, leader_of
 
 
 def vigil(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -72,6 +73,22 @@ def served_lab(tmp_path_factory):
         lab.down()
 
 
+@pytest.fixture(scope="module")
+def prometheus(served_lab):
+    """A real Prometheus with Vigil's rules scraping the served lab's agents."""
+    prometheus = Prometheus.for_lab(served_lab)
+    try:
+        served_lab.wait_for(prometheus.ready, 30, "Prometheus scraping every agent")
+        yield prometheus
+    finally:
+        prometheus.stop()
+
+
+def pending_for(prometheus: Prometheus, alert: str) -> set[str]:
+    """The nodes `alert` is pending for (its expression holds; `for` not yet over)."""
+    return {a["labels"].get("node", "") for a in prometheus.alerts("pending") if a["labels"]["alertname"] == alert}
+
+
 def test_standby_drain_and_resume_move_roles_and_traffic_with_zero_failed_requests(served_lab):
     lab = served_lab
     leader, token = leader_of(lab)
@@ -121,7 +138,7 @@ def verdict_events(lab: Lab, node: str, since: float) -> list[dict]:
     return [e for e in lab.events() if e["kind"] == "health_verdict" and e["node"] == node and e["at"] >= since]
 
 
-def test_a_warming_rack_drains_its_node_before_the_limit_and_sensor_faults_only_alarm(served_lab):
+def test_a_warming_rack_drains_its_node_before_the_limit_and_sensor_faults_only_alarm(served_lab, prometheus):
     lab = served_lab
     load = LoadGenerator(lab.router.url + "/v1/embeddings", rate=25, concurrency=16)
     start_temp, ramp, limit = 26.0, 0.15, 32.0  # the lab's inlet limit; drain time 10 s + 10 s margin
@@ -134,6 +151,11 @@ def test_a_warming_rack_drains_its_node_before_the_limit_and_sensor_faults_only_
         drained = lab.wait_for(lambda: [e for e in verdict_events(lab, "n1", t0) if e["verdict"] == "draining"],
                                60, "n1 drained by its inlet trend")[0]
         lab.wait_for(lambda: time.time() - drained["at"] > 3, 10, "3 s of traffic after the drain")
+        found = diagnose(lab)
+        assert found[0]["symptom"] == "n1 is draining for heat" and "cooling" in found[0]["fix"], found[:2]
+        assert lab.wait_for(lambda: pending_for(prometheus, "VigilNodeDraining"), 15,
+                            "VigilNodeDraining pending") == {"n1"}
+        assert prometheus.names() == set(), "a drain has 10 minutes to end before it alerts"
         # A sensor fault on n2 is an alarm only; a PLC fault code on n3 drains it.
         assert vigil("lab", "sensor", "--dir", str(lab.root), "--node", "n2", "--current-ma", "2.0").returncode == 0
         alarm = lab.wait_for(lambda: [e for e in lab.events() if e["kind"] == "health_alarm" and e["node"] == "n2"
@@ -169,7 +191,7 @@ def test_a_warming_rack_drains_its_node_before_the_limit_and_sensor_faults_only_
           f"({ramp} °C/s from {start_temp}); {len(samples)} requests, {len(failed)} failed")
 
 
-def test_a_plc_fault_code_drains_and_clearing_it_readmits(served_lab):
+def test_a_plc_fault_code_drains_and_clearing_it_readmits(served_lab, prometheus):
     lab = served_lab
     t0 = time.time()
     assert vigil("lab", "sensor", "--dir", str(lab.root), "--node", "n3", "--fault-code", "0x88").returncode == 0
@@ -180,15 +202,46 @@ def test_a_plc_fault_code_drains_and_clearing_it_readmits(served_lab):
         top = json.loads(d.stdout)["findings"][0]
         assert top["symptom"] == "n3 is draining: the facility's PLC reports fault code 0x88 (power imbalance)", top
         assert d.returncode == 1 and "PLC clears the code" in top["fix"]
+        assert lab.wait_for(lambda: pending_for(prometheus, "VigilNodeDraining"), 15,
+                            "VigilNodeDraining pending") == {"n3"}
     finally:
         assert vigil("lab", "sensor", "--dir", str(lab.root), "--node", "n3", "--fault-code", "0").returncode == 0
     lab.wait_for(lambda: member(lab, "n3").get("verdict") == "ready", 15, "n3 ready once the fault clears")
+    lab.wait_for(lambda: not prometheus.alerts("pending") and not prometheus.alerts(), 15,
+                 "no alert pending once the fault cleared")
     seen = verdict_events(lab, "n3", t0)
     assert [e["verdict"] for e in seen] == ["degraded", "draining", "ready"], seen
     assert seen[0]["reasons"][0].startswith("drain deferred by the drain budget"), \
         "a drain says so first (drain budget), then takes its place"
     r = vigil("lab", "sensor", "--dir", str(lab.root), "--node", "n9", "--fault-code", "1")
     assert r.returncode == 2 and "--node" in r.stderr, "a bad argument names itself"
+
+
+def test_an_xid_in_the_leaders_kernel_log_moves_its_role_and_diagnose_names_it(lab):
+    """The troubleshooting matrix's `dmesg | grep -i nv` row, on a lab: the NVIDIA
+    driver's line for a GPU that fell off the bus (XID 79) lands in the leader's
+    kernel log; its verdict turns failed and its role moves; `vigil diagnose`
+    names the XID first, with the kernel line and the fix; VigilNodeFailed goes
+    pending (it fires after a minute) on a real Prometheus, and nothing fires."""
+    leader, token = leader_of(lab)
+    prometheus = Prometheus.for_lab(lab)
+    try:
+        lab.wait_for(prometheus.ready, 30, "Prometheus scraping every agent")
+        assert prometheus.names() == set() and prometheus.alerts("pending") == [], "a healthy lab: no alert"
+        lab.log_kernel(leader, "NVRM: Xid (PCI:0000:3b:00): 79, pid=2412, name=python3, "
+                               "GPU has fallen off the bus.")
+        lab.wait_for(lambda: member(lab, leader).get("verdict") == "failed", 15, f"{leader} failed by its XID")
+        leader_of(lab, other_than=leader, above=token)
+        found = diagnose(lab, kernel_log=str(lab.kernel_log(leader)))
+        assert found[0]["symptom"] == f"{leader} is failed: XID 79 on GPU 0000:3b:00", found[:2]
+        assert f"reboot {leader}" in found[0]["fix"] and any("NVRM: Xid" in x for x in found[0]["evidence"])
+        assert lab.wait_for(lambda: pending_for(prometheus, "VigilNodeFailed"), 15,
+                            "VigilNodeFailed pending") == {leader}
+        assert prometheus.names() == set()
+    finally:
+        prometheus.stop()
+    assert all(member(lab, n.name).get("verdict") == "ready" for n in lab.nodes if n.name != leader), \
+        "each node follows a kernel log of its own"
 
 
 @pytest.fixture
@@ -220,6 +273,16 @@ def test_a_flapping_node_is_held_out_until_an_operator_resumes_it(damped_lab):
     held = [e for e in lab.events() if e["kind"] == "state_changed" and e.get("subject") == flapper
             and e.get("state") == "held"]
     assert held and "failed 3 times in 600 s" in held[-1]["cause"], held
+    found = diagnose(lab)
+    assert found[0]["symptom"] == f"{flapper} is held out (flap damping)", found[:2]
+    assert f"vigil resume {flapper}" in found[0]["fix"]
+    prometheus = Prometheus.for_lab(lab)
+    try:
+        assert lab.wait_for(lambda: pending_for(prometheus, "VigilNodeHeld"), 30,
+                            "VigilNodeHeld pending") == {flapper}
+        assert prometheus.names() == set(), "a hold alerts after a minute"
+    finally:
+        prometheus.stop()
     lab.kill_agent(leader)  # a failover while it is held goes elsewhere
     new, _ = leader_of(lab, other_than=leader)
     assert new != flapper

@@ -19,6 +19,8 @@ import aiohttp
 import pytest
 
 from vigil.lab import Lab
+from vigil.testing.prometheus import Prometheus
+from tests.integration.conftest import diagnose
 
 INPUTS = 64
 
@@ -112,7 +114,24 @@ def test_a_load_spike_marks_no_node_unwell_and_fails_nothing(lab):
 def test_a_frozen_engine_under_load_is_caught_within_a_second(lab):
     victim = "n3"
     caught: list[float] = []
+    prometheus = Prometheus.for_lab(lab)
+    try:
+        lab.wait_for(prometheus.ready, 30, "Prometheus scraping every agent")
+        frozen_under_load(lab, victim, caught, prometheus)
+    finally:
+        prometheus.stop()
 
+
+def named_while_frozen(lab: Lab, victim: str, prometheus: Prometheus) -> None:
+    """`vigil diagnose` names the frozen engine first; its alert is pending (for 2 min)."""
+    found = diagnose(lab)
+    assert found[0]["symptom"] == f"the model server on {victim} is hung", found[:2]
+    hung = lab.wait_for(lambda: [a["labels"] for a in prometheus.alerts("pending")
+                                 if a["labels"]["alertname"] == "VigilEngineHung"], 15, "VigilEngineHung pending")
+    assert [a["node"] for a in hung] == [victim] and prometheus.names() == set(), hung
+
+
+def frozen_under_load(lab: Lab, victim: str, caught: list[float], prometheus: Prometheus) -> None:
     def freeze(answers):
         lab.wait_for(lambda: len(answers) >= 20, 60, "the load to be flowing")
         lab.signal_server(victim, signal.SIGSTOP)
@@ -121,6 +140,7 @@ def test_a_frozen_engine_under_load_is_caught_within_a_second(lab):
             lab.wait_for(lambda: (lab.agent_status(victim) or {}).get("inference", {}).get("ready")
                          is False, 10, "the agent to call its frozen engine not ready", poll=0.01)
             caught.append(time.monotonic() - t)
+            named_while_frozen(lab, victim, prometheus)
             n = len(answers)
             lab.wait_for(lambda: len(answers) >= n + 10, 60, "the load to go on without it")
         finally:

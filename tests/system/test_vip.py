@@ -5,7 +5,8 @@ holder's agent alone, SIGSTOP of it for 2 x TTL and a partition that
 isolates the holder never leave two namespaces holding the address or two
 MACs answering ARP for it; each time another node takes it over, the stream
 resumes and is answered by the new holder's router, and after the heal the
-client's ARP cache points at the holder (re-announced)."""
+client's ARP cache points at the holder (re-announced). An address another
+host holds is never taken, and `vigil diagnose` names it."""
 
 from __future__ import annotations
 
@@ -35,6 +36,9 @@ def test_never_two_holders_and_the_client_follows(net, tmp_path):
         # After the move the VIP's requests are answered by the holder's own router, and only by it.
         assert f["routers_after"] == [f["holder_router"]], f
         assert f["resumed_s"] is not None and f["resumed_s"] < 10.0, f
+    f = out["foreign_holder"]  # the matrix's "Resource Start Fail": named first by `vigil diagnose`
+    assert f["symptom"] == f"VIP 10.231.0.200/24 on eth0 does not start on {f['to']}", f
+    assert "arping -D -I eth0 10.231.0.200" in f["fix"] and f["exit"] == 1 and f["holders_while"] == [], f
     # The kernel lease: a SIGKILLed or frozen holder's address is gone by its
     # self-demotion deadline (keep-alive + 1.6 s), before the 2 s lease lets anyone in.
     assert out["kill_agent"]["gone_s"] < 2.0 and out["stop_agent"]["gone_s"] < 2.0, out

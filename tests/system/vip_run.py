@@ -7,7 +7,9 @@ steady stream of client requests to http://VIP:PORT (one every 20 ms, a new
 connection each, 1 s timeout), each noting which router answered. Faults:
 SIGKILL of the holder's agent, SIGSTOP of it for 2 x TTL, the holder cut off
 from the other nodes, and `vigil lab kill` of the holder (agent, router,
-model server). Prints one JSON document."""
+model server). Then another host (the client) holds the address while a
+switchover moves leadership: the VIP does not start and `vigil diagnose`
+names why. Prints one JSON document."""
 
 from __future__ import annotations
 
@@ -129,6 +131,31 @@ def settle(lab: Lab, w: Watcher) -> str:
     return leader
 
 
+def foreign_holder(lab: Lab, w: Watcher, root: str) -> dict:
+    """Pacemaker's "Resource Start Fail", for real: another host (this client) holds the
+    VIP when a switchover moves leadership. The new leader's duplicate probe refuses
+    the address (`resource_start_failed`), `vigil diagnose` names that first, and the
+    VIP starts by itself once the address is free."""
+    old = settle(lab, w)
+    to = sorted(n.name for n in lab.nodes if n.name != old)[0]
+    t0 = time.time()
+    subprocess.run(["ip", "addr", "add", VIP, "dev", "eth0"], check=True)
+    try:
+        subprocess.run([sys.executable, "-m", "vigil", "switchover", "--to", to, "--lab", root],
+                       check=True, capture_output=True, timeout=60)
+        lab.wait_for(lambda: [e for e in lab.events() if e["kind"] == "resource_start_failed"
+                              and e["node"] == to and e["at"] >= t0], 30, f"the VIP failing to start on {to}")
+        d = subprocess.run([sys.executable, "-m", "vigil", "diagnose", "--lab", root, "--json", "--limit", "0",
+                            "--kernel-log", "/dev/null"], capture_output=True, text=True, timeout=60)
+        top = json.loads(d.stdout)["findings"][0]
+        holders_while = w.holders()
+    finally:
+        subprocess.run(["ip", "addr", "del", VIP, "dev", "eth0"], check=True)
+    lab.wait_for(lambda: w.holders() == [to], 60, f"{to} holding the VIP once it is free")
+    return {"to": to, "symptom": top["symptom"], "fix": top["fix"], "exit": d.returncode,
+            "holders_while": holders_while}
+
+
 def main() -> None:
     a = argparse.ArgumentParser()
     a.add_argument("--tag", required=True)
@@ -178,6 +205,7 @@ def main() -> None:
                           "holder_after": holder, "holder_mac": w.mac(holder),
                           "answering_after": sorted(arp.who_has("eth0", ADDR, 0.3)),
                           "client_cache": client_cache()}
+        out["foreign_holder"] = foreign_holder(lab, w, args.dir)
     finally:
         stream.stop()
         w.stop()

@@ -9,6 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vigil.cli.diagnose_cmd import render
+from vigil.core.health import HealthPolicy
+from vigil.probes.base import Reading
+from vigil.probes.xid import parse_xid
 from vigil.diagnose import cluster_rules, host_rules
 from vigil.diagnose.finding import CRITICAL, ERROR, INFO, WARNING, Evidence, diagnose
 
@@ -66,6 +69,10 @@ def test_a_vip_that_does_not_start_names_the_interface_or_the_other_holder():
     assert f.symptom == "VIP 10.231.0.100/24 does not start on n2" and "vips[].interface" in f.fix
     e.events.append(ev("resource_started", at=5, vip="10.231.0.100/24"))
     assert not [x for x in diagnose(e, RULES) if "VIP" in x.symptom]
+    taken = Evidence([ev("resource_start_failed", vip="10.231.0.100/24 on eth1",
+                         cause="VIP 10.231.0.100/24 on eth1 cannot start: 10.231.0.100 is in use by another "
+                               "host (MAC 02:00:00:00:00:09)")], HEALTHY)
+    assert "`arping -D -I eth1 10.231.0.100`" in first(taken).fix
 
 
 def test_an_xid_that_drained_a_node_is_named_with_its_kernel_line_and_fix():
@@ -81,6 +88,20 @@ def test_an_xid_that_drained_a_node_is_named_with_its_kernel_line_and_fix():
     assert "nvidia-smi -r -i 1" in first(ecc).fix
     alone = Evidence([], HEALTHY, kernel=["NVRM: Xid (PCI:0000:3b:00): 119, GSP RPC timeout"])
     assert first(alone).symptom == "the kernel log shows XID 119"
+
+
+def test_an_xid_named_by_its_pci_address_keeps_the_whole_address():
+    """The kernel log names a GPU by its PCI address, which has colons: the verdict's
+    reason as HealthPolicy writes it, read back whole."""
+    policy = HealthPolicy()
+    line = "NVRM: Xid (PCI:0000:3b:00): 48, pid=7, DBE (double bit error) ECC error"
+    reading = Reading("xid", 5.0, True, {"xids": [parse_xid(line).to_json()]})
+    verdict = policy.judge([reading], 5.0)
+    e = Evidence([ev("health_verdict", node="n2", verdict=verdict.state, reasons=list(verdict.reasons))],
+                 HEALTHY, kernel=[line])
+    f = first(e)
+    assert f.symptom == f"n2 is {verdict.state}: XID 48 on GPU 0000:3b:00", f.symptom
+    assert "nvidia-smi -r -i 0000:3b:00" in f.fix
 
 
 def test_a_plc_fault_code_heat_and_a_full_drain_budget():

@@ -10,6 +10,8 @@ import inspect
 import pynvml
 import pytest
 
+from vigil.errors import ConfigError
+from vigil.probes.config import parse_health
 from vigil.probes.gpu import NOT_SUPPORTED, GpuProbe
 from vigil.probes.xid import KmsgXids, parse_xid
 from vigil.testing.fake_nvml import FakeGpu, FakeNvml
@@ -104,6 +106,36 @@ def test_the_log_reader_reports_only_new_xids(tmp_path):
     reader.close()
     missing = KmsgXids(str(tmp_path / "none")).read(3.0)
     assert not missing.available and "cannot read the kernel log" in missing.problem
+
+
+def test_a_plain_log_file_is_read_a_whole_line_at_a_time(tmp_path):
+    """A file something appends to (health.kernel_log: PATH) may be read mid-line: the
+    half is kept until its end arrives, and a line that never ends stays bounded."""
+    log = tmp_path / "kernel.log"
+    log.write_text("")
+    reader = KmsgXids(str(log))
+    reader.read(1.0)
+    with log.open("a") as f:
+        f.write("[ 1.0] NVRM: Xid (PCI:0000:3b:00): 4")
+    assert reader.read(2.0).values["xids"] == []
+    with log.open("a") as f:
+        f.write("8, DBE (double bit error) ECC error\n" + "x" * 100_000)
+    assert [x["xid"] for x in reader.read(3.0).values["xids"]] == [48]
+    assert len(reader._partial) <= 4096
+    reader.close()
+
+
+@pytest.mark.parametrize("value,path", [("auto", "/dev/kmsg"), ("off", ""), (False, ""),
+                                        ("/var/lib/vigil/kernel.log", "/var/lib/vigil/kernel.log")])
+def test_health_kernel_log_is_auto_off_or_a_path(value, path):
+    assert parse_health({"kernel_log": value}).kernel_log == path
+
+
+@pytest.mark.parametrize("value", ["kernel.log", "", 7, ["/dev/kmsg"], "/x\0y"])
+def test_a_bad_kernel_log_setting_names_the_field_and_the_choices(value):
+    with pytest.raises(ConfigError) as e:
+        parse_health({"kernel_log": value})
+    assert "health.kernel_log" in str(e.value) and "absolute path" in str(e.value)
 
 
 def test_the_fingerprint_names_the_gpu_stack_cpu_flags_and_engines(tmp_path):

@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 
 def default_probes(cfg: HealthConfig) -> list[Probe]:
-    return (([GpuProbe()] if cfg.gpu else []) + ([KmsgXids()] if cfg.kernel_log else [])
+    return (([GpuProbe()] if cfg.gpu else []) + ([KmsgXids(cfg.kernel_log)] if cfg.kernel_log else [])
             + ([ModbusSensors(list(cfg.sensors))] if cfg.sensors else []))
 
 

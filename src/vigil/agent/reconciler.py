@@ -55,8 +55,9 @@ class SessionLink:
     suspects_unpublished: Callable[[], bool]
 
     def session_ok(self) -> bool:
+        """We hold a lease etcd cannot have expired (vigil.store.session.Session.live)."""
         s = self.session()
-        return s is not None and not s.done.is_set()
+        return s is not None and s.live()
 
     def etcd_answers(self, now: float) -> bool:
         """The session's keep-alives land: none failed since the last, and the last

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from vigil import __version__
+from vigil.net.wire import REJECT_REASONS
 
 
 def status_document(a: Any) -> dict[str, Any]:
@@ -83,8 +84,11 @@ class _AgentCollector:
         yield c
         c = CounterMetricFamily("vigil_heartbeats_received", "Heartbeat packets received, by verdict.",
                                 labels=["node", "verdict"])
-        for verdict, n in sorted(a.heartbeats.receiver.counters.items()):
-            c.add_metric([node, verdict], n)
+        # Every verdict from the start, at 0: a series that first appears at 3 has no
+        # increase to Prometheus (VigilKeyRingMismatch reads increase(...unknown_key)).
+        counts = a.heartbeats.receiver.counters
+        for verdict in sorted({"accepted", *REJECT_REASONS, *counts}):
+            c.add_metric([node, verdict], counts.get(verdict, 0))
         yield c
         phi = GaugeMetricFamily("vigil_peer_phi", "Phi suspicion level of each peer.", labels=["node", "peer"])
         alive = GaugeMetricFamily("vigil_peer_alive", "1 while the peer is not suspected.",

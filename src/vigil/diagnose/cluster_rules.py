@@ -71,7 +71,9 @@ def vip_start_failed(ev: Evidence) -> list[Finding]:
         if "interface" in cause or "device" in cause:
             fix = "the VIP's interface is missing or down on that node: `ip link`; correct vips[].interface"
         elif "in use" in cause or "duplicate" in cause or "answers" in cause:
-            fix = f"another host holds {vip}: `arping -D -I IF {vip.split('/')[0]}` finds it; remove it there"
+            address, _, interface = vip.partition(" on ")  # the label: "10.0.0.9/24 on eth0"
+            fix = (f"another host holds {address}: `arping -D -I {interface or 'IF'} {address.split('/')[0]}` "
+                   "finds its MAC; remove the address there")
         else:
             fix = "`ip addr` on that node and its agent's log (`journalctl -u vigil-agent`)"
         out.append(Finding(ERROR, f"VIP {vip} does not start on {e.get('node')}", cause, fix, (line(e),),

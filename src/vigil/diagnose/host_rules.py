@@ -12,7 +12,9 @@ from vigil.core.health import XID_CATALOG
 from vigil.diagnose.finding import ERROR, INFO, WARNING, Evidence, Finding, at, line
 from vigil.probes.xid import parse_xid
 
-XID_REASON = re.compile(r"XID (\d+) on ([^:]+)")
+# "XID 79 on GPU 0000:3b:00: GPU has fallen off the bus" (vigil.core.health): a PCI address has
+# colons, but never one followed by a space.
+XID_REASON = re.compile(r"XID (\d+) on (.+?): ")
 FAULT_CODE = re.compile(r"fault code (0x[0-9A-Fa-f]+)(?: \(([^)]*)\))?")
 HEAT = re.compile(r"°C")
 ECC_XIDS = {48, 63, 64, 92, 94, 95, 140}

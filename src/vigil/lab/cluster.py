@@ -17,6 +17,7 @@ import json
 import secrets
 import signal
 import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -150,6 +151,7 @@ class Lab(LabConfigs, LabObservation):
             Path(lab_router.config).write_text(yaml.safe_dump(lab.router_config(), sort_keys=False))
         for i, node in enumerate(nodes):
             Path(node.data_dir).mkdir(parents=True, exist_ok=True)
+            lab.kernel_log(node.name).touch()
             if front:
                 front.config_path(node.data_dir).write_text(yaml.safe_dump(lab.node_router_config(node),
                                                                            sort_keys=False))
@@ -312,6 +314,16 @@ class Lab(LabConfigs, LabObservation):
         """PID of the node's own router now (the agent restarts it with a new PID)."""
         from vigil.agent.child import child_pid
         return child_pid(Path(self.node(name).data_dir), "router") if self.front else None
+
+    def kernel_log(self, name: str) -> Path:
+        """Node `name`'s own kernel log (health.kernel_log), in dmesg's format."""
+        return Path(self.node(name).data_dir) / "kernel.log"
+
+    def log_kernel(self, name: str, message: str) -> None:
+        """Append `message` to `name`'s kernel log as the kernel would, e.g. the NVIDIA
+        driver's `NVRM: Xid (PCI:0000:3b:00): 79, pid=..., GPU has fallen off the bus.`"""
+        with self.kernel_log(name).open("a") as f:
+            f.write(f"[{time.monotonic():12.6f}] {message}\n")
 
     def signal_server(self, name: str, sig: int) -> bool:
         pid, url = self.server_pid(name), self.node(name).server_url

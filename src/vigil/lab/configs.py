@@ -47,6 +47,9 @@ class LabConfigs:
             **({"router": {"config": str(self.front.config_path(node.data_dir))}} if self.front else {}),
             "health": (self.sensors.node_health(self.nodes.index(node)) if self.sensors else {})
             | {"requires": self.workload.get("requires", {}),
+               # The nodes share this host's kernel: each follows a kernel log of its own,
+               # where `Lab.log_kernel` writes what its GPU would (NVRM Xid lines).
+               "kernel_log": str(self.kernel_log(node.name)),
                "declare": self.workload.get("declare", {}).get(node.name, {}),
                # A lab kills the same node again and again on purpose (tests, chaos, benches):
                # flap damping is off unless asked for.

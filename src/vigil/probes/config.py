@@ -6,7 +6,7 @@ naming the field and the fix.
     health:
       interval: 1.0            # s between probe rounds
       gpu: auto                # auto: NVML when the driver is there | off
-      kernel_log: auto         # /dev/kmsg XID lines: auto | off
+      kernel_log: auto         # NVRM Xid lines: auto (/dev/kmsg) | off | /path of kernel records
       xid: {13: draining}      # verdict overrides of NVIDIA's catalog
       unknown_xid: degraded
       xid_hold: 600
@@ -44,6 +44,7 @@ from vigil.errors import ConfigError
 from vigil.fields import check_address, check_int, check_mapping, check_name, check_port
 from vigil.probes.modbus import WORDS, SensorPoint
 
+KMSG = "/dev/kmsg"
 SECONDS = {"xid_hold": (1.0, 86400.0), "slowdown_drain_after": (0.0, 3600.0)}
 DEGREES = ("margin_degraded_c", "margin_draining_c")
 
@@ -52,7 +53,7 @@ DEGREES = ("margin_degraded_c", "margin_draining_c")
 class HealthConfig:
     interval: float = 1.0
     gpu: bool = True
-    kernel_log: bool = True
+    kernel_log: str = KMSG  # where XID lines are read ("": nowhere)
     rules: HealthRules = field(default_factory=HealthRules)
     requires: dict[str, Any] = field(default_factory=dict)
     declare: dict[str, Any] = field(default_factory=dict)
@@ -94,7 +95,8 @@ def parse_health(v: Any) -> HealthConfig:
         raise ConfigError("health.drain_budget", share, "must be a share from 0.01 to 1: how much of the "
                           "cluster, and of each failure domain, may drain for health at once (1: no limit)")
     budget = DrainBudget(float(share))
-    return HealthConfig(interval, _switch(d, "gpu"), _switch(d, "kernel_log"), HealthRules(**rules), requires,
+    return HealthConfig(interval, _switch(d, "gpu"), _kernel_log(d.get("kernel_log", "auto")), HealthRules(**rules),
+                        requires,
                         {str(k): v for k, v in declare.items()}, damping, lead, points, facility, budget)
 
 
@@ -110,6 +112,19 @@ def _switch(d: dict[str, Any], key: str) -> bool:
     if v not in ("auto", "off", True, False):
         raise ConfigError(f"health.{key}", v, "must be auto or off")
     return v in ("auto", True)
+
+
+def _kernel_log(v: Any) -> str:
+    """auto: the kernel's own log; off: none; an absolute path: a file or device of
+    kernel records to follow instead (a container's mirrored log, a lab node's own)."""
+    if v in ("auto", True):
+        return KMSG
+    if v in ("off", False):
+        return ""
+    if isinstance(v, str) and v.startswith("/") and len(v) <= 4096 and "\0" not in v:
+        return v
+    raise ConfigError("health.kernel_log", v, "must be auto (/dev/kmsg), off, or the absolute path of a "
+                      "kernel log to follow")
 
 
 def _verdict(v: Any, where: str) -> str:

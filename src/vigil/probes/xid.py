@@ -6,7 +6,9 @@ XIDs of GPUs it can still talk to; the log also has the rest, and those of a
 GPU that is gone.
 
 `KmsgXids(path).read(now)` returns the XID lines logged since the last read
-(the first read starts at the end of the log: history is not news). It never
+(the first read starts at the end of the log: history is not news). `path`
+may also be a plain file of kernel lines that something appends to (a
+container's mirrored log, a lab node's own): a line is read once it is whole. It never
 raises: an unreadable log is `available=False` with the reason (gVisor and
 unprivileged containers have no /dev/kmsg).
 """
@@ -49,6 +51,7 @@ class KmsgXids:
         self.path, self.max_per_read = path, max_per_read
         self._fd: int | None = None
         self._problem = ""
+        self._partial = ""  # a plain file's last line, not yet ended (/dev/kmsg reads whole records)
 
     def _open(self) -> str:
         try:
@@ -82,7 +85,10 @@ class KmsgXids:
                 return
             if not chunk:
                 return
-            for line in chunk.decode(errors="replace").splitlines():
+            text = self._partial + chunk.decode(errors="replace")
+            whole, _, self._partial = text.rpartition("\n")
+            self._partial = self._partial[-4096:]  # one line's worth: a file without newlines stays bounded
+            for line in whole.splitlines():
                 yield parse_xid(line)
 
     def close(self) -> None:

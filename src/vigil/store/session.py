@@ -68,6 +68,12 @@ class Session:
         await woken(self._wake, seconds)
         self._wake.clear()
 
+    def live(self) -> bool:
+        """Not lost, and a renewal landed within the TTL, so etcd cannot have expired
+        the lease yet. An unreachable etcd never says the lease is gone (`done` stays
+        unset until it answers again), so this, not `done`, is whether we hold one."""
+        return not self.done.is_set() and self.clock.now() < self.expires_by()
+
     def expires_by(self) -> float:
         """Monotonic instant by which etcd may expire the lease if no renewal lands."""
         return self.last_ack_sent + (self.lease.ttl if self.lease else 0)

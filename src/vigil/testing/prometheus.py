@@ -5,23 +5,31 @@ Stopped (by PID) and its folder removed on `stop()`, whatever happened."""
 
 from __future__ import annotations
 
+import datetime
 import json
+import re
 import shutil
 import subprocess
 import tempfile
+import time
 import urllib.request
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from vigil import procs
 from vigil.alerts import RULES
 
+if TYPE_CHECKING:
+    from vigil.lab import Lab
+
 
 class Prometheus:
     def __init__(self, targets: list[str], cluster: str = "lab"):
         """`targets`: host:port of each agent's API (its /metrics)."""
         self.dir = Path(tempfile.mkdtemp(prefix="vigil-prometheus-"))
+        self._up_at: float | None = None  # when every target was first seen up
         (self.port,) = procs.free_ports(1)
         config = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
                   "rule_files": [str(RULES)],
@@ -37,6 +45,11 @@ class Prometheus:
                                       f"--web.listen-address=127.0.0.1:{self.port}"],
                                      stdout=self.log, stderr=subprocess.STDOUT)
 
+    @classmethod
+    def for_lab(cls, lab: "Lab") -> "Prometheus":
+        """One scraping every agent of a `vigil.lab.Lab`."""
+        return cls([n.api_url.split("://", 1)[1] for n in lab.nodes])
+
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
@@ -46,12 +59,19 @@ class Prometheus:
             return json.load(r)
 
     def ready(self) -> bool:
-        """Every target scraped at least once and up."""
+        """Every target scraped and up, and the rules evaluated since: an evaluation
+        over a partial first scrape (one agent's vigil_leader 0, the leader's not yet
+        in) may leave an alert pending that the next one clears."""
         try:
             targets = self.get("/api/v1/targets")["data"]["activeTargets"]
+            groups = self.get("/api/v1/rules")["data"]["groups"]
         except OSError:
             return False
-        return bool(targets) and all(t["health"] == "up" for t in targets)
+        if not targets or not all(t["health"] == "up" for t in targets):
+            return False
+        if self._up_at is None:
+            self._up_at = time.time()
+        return bool(groups) and all(_seconds(g.get("lastEvaluation", "")) > self._up_at for g in groups)
 
     def alerts(self, state: str = "firing") -> list[dict]:
         """The alerts in `state` (firing or pending), each {labels, annotations, ...}."""
@@ -61,6 +81,10 @@ class Prometheus:
             return []
         return [a for a in found if a["state"] == state]
 
+    def names(self, state: str = "firing") -> set[str]:
+        """The names of the alerts in `state`."""
+        return {a["labels"]["alertname"] for a in self.alerts(state)}
+
     def stop(self) -> None:
         procs.stop(self.proc.pid, "prometheus")
         try:
@@ -69,3 +93,12 @@ class Prometheus:
             pass
         self.log.close()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _seconds(stamp: str) -> float:
+    """Prometheus's RFC 3339 time (nanoseconds, Z) as a Unix time; 0.0 if unreadable."""
+    m = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?Z$", stamp)
+    if not m:
+        return 0.0
+    whole = datetime.datetime.fromisoformat(m.group(1)).replace(tzinfo=datetime.timezone.utc).timestamp()
+    return whole + float(m.group(2) or 0)
