@@ -8,7 +8,10 @@ are committed: the state waited for, not a clock).
 Per run: wall time from submit to done, inputs/s, claims; per kill the
 takeover gap (SIGKILL to the shard's next commit by another node, read from
 the checkpoints every 20 ms); the results read back and checked (every input
-once, each chunk against its inputs). For comparison, the inputs a job
+once, each chunk against its inputs). Per kill also the claim gap (SIGKILL to
+the orphaned shard's claim by another node: the lease TTL is its floor, and a
+free node claims on the owner record's deletion, not at its next poll) and
+the fresh shards claimed before the orphan (0: an orphan goes first). For comparison, the inputs a job
 without checkpoints would embed again (everything done before each kill),
 computed from the same run.
 
@@ -37,6 +40,7 @@ from vigil.store.etcd import EtcdStore  # noqa: E402
 from vigil.store.keys import Keys  # noqa: E402
 
 KEYS = Keys("lab")
+TTL_MS = 2000  # the lab's lease TTL: the floor of a takeover (etcd deletes the owner record then)
 WORDS = "grid pump valve turbine sensor feeder relay breaker transformer reservoir".split()
 
 
@@ -56,9 +60,13 @@ async def run(lab: Lab, job: str, n: int, chunk: int, shards: int, kills_at: lis
             view = await jobs.read_job(store, KEYS, job)
             for k in killed:
                 sh, owner = view.shards[k["shard"]], view.owners.get(k["shard"], {}).get("node")
+                if "claim_ms" not in k and owner and owner != k["node"]:
+                    k["claim_ms"] = round((time.monotonic() - k["at"]) * 1000, 1)
+                    # Fresh shards (never claimed at the kill) claimed before the orphan was.
+                    k["fresh_claimed_first"] = [i for i in k.pop("fresh") if view.shards[i].claims]
                 if "takeover_ms" not in k and (sh.state == "done" or (owner and owner != k["node"]
                                                                        and sh.next > k["chunk"])):
-                    k["takeover_ms"] = round((time.monotonic() - k.pop("at")) * 1000, 1)
+                    k["takeover_ms"] = round((time.monotonic() - k["at"]) * 1000, 1)
                     k["next_owner"] = owner or sh.node
             if len(killed) < len(kills_at) and view.done >= kills_at[len(killed)] \
                     and all("takeover_ms" in k for k in killed):
@@ -68,8 +76,11 @@ async def run(lab: Lab, job: str, n: int, chunk: int, shards: int, kills_at: lis
                 if victim:
                     lab.kill_node(victim[1])
                     killed.append({"node": victim[1], "shard": victim[0], "chunk": view.shards[victim[0]].next,
-                                   "done_at_kill": view.done, "at": time.monotonic()})
+                                   "done_at_kill": view.done, "at": time.monotonic(),
+                                   "fresh": [i for i, x in enumerate(view.shards) if not x.claims]})
         wall = time.monotonic() - t0
+        for k in killed:
+            k.pop("at", None)
         seen = [c.first + i async for c in jobs.results(store, KEYS, view.spec, view.spec.chunks)
                 for i in range(len(c.inputs))]
         # One key per chunk: a second commit would overwrite the first and leave `seen` intact;
@@ -112,10 +123,14 @@ def main() -> None:
     finally:
         lab.down()
         shutil.rmtree(root, ignore_errors=True)
-    rows = [["run", "state", "inputs", "wall s", "inputs/s", "claims", "takeover gaps ms (SIGKILL to the "
-             "shard's next commit elsewhere)", "every input once", "inputs a job without checkpoints would redo"]]
+    rows = [["run", "state", "inputs", "wall s", "inputs/s", "claims", "claim gaps ms (SIGKILL to the orphan's "
+             f"claim elsewhere; TTL {TTL_MS} + 200 = {TTL_MS + 200})", "fresh shards claimed before the orphan",
+             "takeover gaps ms (SIGKILL to the shard's next commit elsewhere)", "every input once",
+             "inputs a job without checkpoints would redo"]]
     for name, r in runs.items():
         rows.append([name, r["state"], r["inputs"], r["wall_s"], r["inputs_per_s"], r["claims"],
+                     ", ".join(str(k.get("claim_ms")) for k in r["kills"]) or "-",
+                     ", ".join(str(len(k.get("fresh_claimed_first", []))) for k in r["kills"]) or "-",
                      ", ".join(str(k.get("takeover_ms")) for k in r["kills"]) or "-",
                      r["every_input_once"], r["redone_without_checkpoints"] if r["kills"] else "-"])
     notes = (f"Lab: 3 nodes on one 2-core machine ({args.chunk} inputs per chunk; all-MiniLM-L6-v2, one thread "

@@ -23,11 +23,12 @@ pytest=(.venv/bin/python -m pytest -q -p no:cacheprovider)
 if [[ $# -gt 0 ]]; then
   exec "${pytest[@]}" --durations=25 "$@"
 fi
-# Two phases. The tests that start no lab (unit, fuzz, simulation,
+# Three phases. The tests that start no lab (unit, fuzz, simulation,
 # conformance) are CPU-bound or wait on their own sockets, and run on both
-# cores at once (pytest-xdist: 225 s -> 110 s here). The integration and
-# system tests time real failovers, so they run one at a time, never
-# competing for the CPU with each other.
+# cores at once (pytest-xdist: 225 s -> 110 s here). Lab tests that assert
+# no timing and use little CPU (tests/integration/conftest.py: SHARES_CPU)
+# run two at once too. Every other integration and system test times real
+# failovers, so they run one at a time, never competing for the CPU.
 for dir in tests/*/; do  # a new test directory must be in a phase, never left out
   case $dir in
     tests/unit/|tests/fuzz/|tests/sim/|tests/conformance/|tests/integration/|tests/system/) ;;

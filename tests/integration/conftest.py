@@ -10,10 +10,10 @@ from vigil.agent.history import intervals, overlaps, read_records
 from vigil.lab import Lab
 
 
-# Lab tests that assert no timing (records, auth, idempotency, the router's limits,
-# packaging): scripts/test.sh runs them two at a time on the suite's 2 cores. Every
-# other lab test (failover times, load without a failed request, chaos, the demo)
-# runs alone, as a machine of its own would.
+# Lab tests that assert no timing and use little CPU (records, auth, idempotency, the
+# router's limits): scripts/test.sh runs them two at a time on the suite's 2 cores.
+# Every other lab test (failover or detection times, load without a failed request,
+# a package build, chaos, the demo) runs alone, as a machine of its own would.
 SHARES_CPU = frozenset({
     "test_actuator",
     "test_bad_records",
@@ -21,7 +21,6 @@ SHARES_CPU = frozenset({
     "test_config_reload",
     "test_continue_sign",
     "test_etcd_auth_apply",
-    "test_etcd_login",
     "test_etcd_roles",
     "test_etcd_watch_resume",
     "test_fence_devices",
@@ -32,12 +31,8 @@ SHARES_CPU = frozenset({
     "test_inference_user",
     "test_job_records_hostile",
     "test_leader_key_trust",
-    "test_modbus_sensors",
-    "test_operator_tools_lab",
-    "test_package",
     "test_payload_ownership",
     "test_router_http1",
-    "test_router_inprocess",
     "test_router_limits",
     "test_router_membership",
     "test_router_tracing",

@@ -140,9 +140,9 @@ def frozen_under_load(lab: Lab, victim: str, caught: list[float], prometheus: Pr
             lab.wait_for(lambda: (lab.agent_status(victim) or {}).get("inference", {}).get("ready")
                          is False, 10, "the agent to call its frozen engine not ready", poll=0.01)
             caught.append(time.monotonic() - t)
-            named_while_frozen(lab, victim, prometheus)
             n = len(answers)
             lab.wait_for(lambda: len(answers) >= n + 10, 60, "the load to go on without it")
+            named_while_frozen(lab, victim, prometheus)  # after: the load has a fixed length
         finally:
             lab.signal_server(victim, signal.SIGCONT)
     answers = asyncio.run(batch_clients(lab.router.url, 24, 12, freeze))

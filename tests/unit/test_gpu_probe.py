@@ -110,7 +110,8 @@ def test_the_log_reader_reports_only_new_xids(tmp_path):
 
 def test_a_plain_log_file_is_read_a_whole_line_at_a_time(tmp_path):
     """A file something appends to (health.kernel_log: PATH) may be read mid-line: the
-    half is kept until its end arrives, and a line that never ends stays bounded."""
+    half is kept until its end arrives, and a line that never ends stays bounded. A
+    file truncated or rotated under the reader is read from its new start."""
     log = tmp_path / "kernel.log"
     log.write_text("")
     reader = KmsgXids(str(log))
@@ -122,6 +123,11 @@ def test_a_plain_log_file_is_read_a_whole_line_at_a_time(tmp_path):
         f.write("8, DBE (double bit error) ECC error\n" + "x" * 100_000)
     assert [x["xid"] for x in reader.read(3.0).values["xids"]] == [48]
     assert len(reader._partial) <= 4096
+    log.write_text("[ 2.0] NVRM: Xid (PCI:0000:3b:00): 79, GPU has fallen off the bus.\n")  # copytruncate
+    assert [x["xid"] for x in reader.read(4.0).values["xids"]] == [79], "a truncated file is read from its start"
+    log.rename(tmp_path / "kernel.log.1")  # rotated: a new file under the name
+    (tmp_path / "kernel.log").write_text("[ 3.0] NVRM: Xid (PCI:0000:3b:00): 94, Contained ECC error\n")
+    assert [x["xid"] for x in reader.read(5.0).values["xids"]] == [94], "a rotated file is followed to the new one"
     reader.close()
 
 

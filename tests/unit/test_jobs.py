@@ -104,6 +104,19 @@ def test_a_free_node_claims_the_first_free_shard_of_the_oldest_open_job():
     assert pick_shard(specs, progress, {("b", 0), ("c", 1)}) is None, "a job missing a checkpoint is not claimed"
 
 
+def test_an_orphaned_shard_is_claimed_before_a_fresh_one():
+    """Of 8 shards, the one whose owner died (claimed before, running, owner gone) is
+    taken first by a node that finished its own; fresh ones follow in order."""
+    specs = {"j": spec("j", total=64, shards=8)}
+    progress = {("j", s): Progress() for s in range(8)}
+    progress["j", 0] = progress["j", 1] = Progress("done", claims=1)
+    progress["j", 5] = Progress("running", claims=1, node="n3")  # n3 died: its owner record is gone
+    progress["j", 2] = progress["j", 3] = Progress("running", claims=1, node="n1")
+    owned = {("j", 2), ("j", 3)}
+    assert pick_shard(specs, progress, owned) == ("j", 5)
+    assert pick_shard(specs, progress, owned | {("j", 5)}) == ("j", 4)
+
+
 def test_a_crowded_domain_leaves_a_fresh_shard_to_another_a_while():
     domains = {"a1": "rack-a", "a2": "rack-a", "b1": "rack-b", "c1": "rack-c", "d1": "rack-d"}
     running = Progress("running", node="a1", claims=1)

@@ -58,3 +58,15 @@ async def test_a_change_after_a_quiet_settle_wakes_at_once_and_a_cycle_takes_the
     w._changed(_ev(K.member("n4")))
     await _deferred_fired(w, woken, 1)
     assert len(woken) == 2
+
+
+async def test_a_deleted_payload_record_is_handed_on_and_wakes_no_cycle():
+    """A shard's owner record deleted (its node's lease expired): the batch job
+    runner is told at once (it claims the orphan on it, not at its next poll)."""
+    w, now, woken = _watch()
+    gone: list[str] = []
+    w.on_payload_gone = gone.append
+    w._changed(WatchEvent("put", K.payload("job:j:3"), "x", 7))
+    w._changed(WatchEvent("delete", K.payload("job:j:3"), "", 8))
+    w._changed(WatchEvent("delete", K.member("n2"), "", 9))
+    assert gone == [K.payload("job:j:3")] and woken == [now["t"]], (gone, woken)

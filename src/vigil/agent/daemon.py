@@ -151,6 +151,8 @@ class Agent:
         self.jobs = (JobRunner(self.store, self.keys, cfg.node, cfg.inference.url, self.clock, self.payloads.lease,
                                self._takes_jobs, self.events.record, cfg.domains())
                      if cfg.inference and cfg.inference.batch_jobs else None)
+        if self.jobs:  # an orphaned shard is claimed on its owner record's deletion, not at a poll
+            self.reconciler.watch.on_payload_gone = self.jobs.freed
         self.publisher = RecordPublisher(self.registry, self.clock, self.member_record,
                                          lambda: self.session.lease_id if self.session_ok() else None,
                                          self.suspects)

@@ -1,7 +1,9 @@
 """JobRunner: this node's share of the batch jobs (vigil.core.jobs).
 
 While the node has a session and its model server is ready, every `POLL`
-seconds the runner looks for an open shard of a job that nobody owns,
+seconds, and at once when a shard's owner record is deleted (`freed`: its
+node's lease expired or it let the shard go), the runner looks for an open
+shard of a job that nobody owns (an orphan before a fresh one),
 claims it (creates the shard's owner record under this node's lease: the
 claim revision is the shard's fencing token), and embeds it chunk by chunk
 through the node's own model server, committing each chunk's result with
@@ -10,8 +12,8 @@ node: the shards of a job spread over the nodes that take batch work.
 
 - The node dies: its lease expires, the shard's owner record goes with it,
   and the next node free of a shard claims it and resumes at its
-  checkpoint (within a second if one is idle; else once one finishes its
-  own shard: every live node keeps working meanwhile).
+  checkpoint (on the record's deletion if one is idle; else once one
+  finishes its own shard: every live node keeps working meanwhile).
 - The node is paused past its lease and runs again: its next commit fails
   the claim check; it stops (`job_lost`) and commits nothing.
 - The model server is busy (429, 503): the chunk waits and is sent again;
@@ -40,7 +42,7 @@ from typing import Callable
 
 import aiohttp
 
-from vigil.clock import Clock
+from vigil.clock import Clock, woken
 from vigil.core.jobs import (OPEN, JobRecordError, JobSpec, Progress, crowded, parse_chunk, parse_progress,
                              parse_spec, payload_id, pick_shard, sha256_of, shard_of)
 from vigil.core.payloads import Payload
@@ -94,6 +96,7 @@ class JobRunner:
         self.avoid: dict[str, float] = {}  # job id -> until (monotonic)
         self._warned: set[str] = set()
         self._open = True  # the last look found an open job (or none was made yet)
+        self._freed = asyncio.Event()  # a shard's owner record was deleted since the last look
         self._http: aiohttp.ClientSession | None = None
 
     async def run(self) -> None:
@@ -104,12 +107,15 @@ class JobRunner:
             finished = False
             while True:
                 if not finished:  # a node that just finished a shard takes the next at once
-                    await asyncio.sleep(POLL if self._open else POLL_IDLE)
+                    await woken(self._freed, POLL if self._open else POLL_IDLE)
                 finished = False
+                self._freed.clear()
                 lease = self.lease()
+                if not lease:  # no live session now: a claim holds while its lease does (etcd decides)
+                    continue
                 if self.current and self.current.lease != lease:
                     self.current = None  # the claim went with the lease
-                if not lease or not (self.current or self.ready()):
+                if not (self.current or self.ready()):
                     continue
                 try:
                     claim = self.current or await self.claim(lease)
@@ -122,6 +128,13 @@ class JobRunner:
                     await self._let_go()
         finally:
             await self._http.close()
+
+    def freed(self, key: str) -> None:
+        """A payload record was deleted (vigil.agent.registry_watch): a shard's owner
+        record means its shard is free (its node's lease expired, or it let it go), and
+        an idle runner looks now instead of at its next poll."""
+        if key.startswith(self.keys.payload("job:")):
+            self._freed.set()
 
     async def _let_go(self) -> None:
         c, self.current = self.current, None

@@ -21,7 +21,8 @@ Contract:
   cycle that begins takes the deferred wake (it reads every change applied so
   far); if that cycle fails, the change is decided on by the next one (within
   `loop_interval`). Payload records wake nothing (records of work, in no
-  decision).
+  decision); a deleted one is handed to `on_payload_gone` (the batch job
+  runner claims an orphaned shard on its owner record's deletion).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class RegistryWatch:
         self._urgent = (keys.leader, keys.switchover)
         self._cycle_at = float("-inf")
         self._deferred: asyncio.TimerHandle | None = None
+        self.on_payload_gone: Callable[[str], None] = lambda key: None
 
     def cycle_started(self, now: float) -> None:
         """The decision loop began a cycle: it reads every change applied so far."""
@@ -84,6 +86,8 @@ class RegistryWatch:
     def _changed(self, ev: WatchEvent) -> None:
         key = ev.key
         if key.startswith(self.keys.payloads):
+            if ev.type == "delete":
+                self.on_payload_gone(key)
             return
         wait = self._cycle_at + SETTLE - self._now()
         if wait <= 0 or key in self._urgent or key.startswith(self.keys.fencing):

@@ -9,8 +9,9 @@ door, while it still holds the VIP:
    (not a reset: the client's kernel sends the SYN again after a second, to
    whichever machine holds the address by then);
 2. the node's router is told (SIGUSR1, vigil.router.http1.quiesce) to close
-   every client connection after the answer it is working on, idle ones at
-   once;
+   every client connection after the answer it is working on, idle ones once
+   their client has left them unused 0.5 s (at once would race a request the
+   client is sending on one);
 3. the leader waits until no connection to a VIP is established, at most
    QUIESCE_MAX s and only while its role stays valid, then resigns as before.
 The hold is lifted HOLD_AFTER s after the resignation (the VIP is gone from

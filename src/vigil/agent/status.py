@@ -87,7 +87,7 @@ class _AgentCollector:
         # Every verdict from the start, at 0: a series that first appears at 3 has no
         # increase to Prometheus (VigilKeyRingMismatch reads increase(...unknown_key)).
         counts = a.heartbeats.receiver.counters
-        for verdict in sorted({"accepted", *REJECT_REASONS, *counts}):
+        for verdict in sorted({"accepted", "skewed", *REJECT_REASONS, *counts}):
             c.add_metric([node, verdict], counts.get(verdict, 0))
         yield c
         phi = GaugeMetricFamily("vigil_peer_phi", "Phi suspicion level of each peer.", labels=["node", "peer"])

@@ -20,7 +20,8 @@ def register(sub) -> None:
                                    "fix. Exit 1 when a finding is critical or an error.")
     add_target_args(p)
     p.add_argument("--since", type=float, default=3600.0, help="seconds of events to read (default 3600)")
-    p.add_argument("--kernel-log", help="a kernel log file (default: `dmesg`)")
+    p.add_argument("--kernel-log", help="a kernel log file (default: `dmesg`; give the node's health.kernel_log "
+                   "where it follows a file)")
     p.add_argument("--corosync-log", help="a corosync log (default: /var/log/cluster/corosync.log if present)")
     p.add_argument("--agent-log", action="append", default=[], help="an agent's log file (repeatable; a "
                                                                     "lab's are read by themselves)")

@@ -284,14 +284,16 @@ def job_state(shards: list[Progress]) -> str:
 def pick_shard(specs: dict[str, JobSpec], progress: dict[tuple[str, int], Progress],
                owned: set[tuple[str, int]]) -> tuple[str, int] | None:
     """The shard a free node should claim: of the oldest submitted job that is still
-    open (no shard failed or cancelled), its first open shard nobody owns."""
+    open (no shard failed or cancelled), an open shard nobody owns: an orphan first
+    (claimed before, its owner's lease gone: it resumes at its checkpoint and its
+    inputs have waited longest), else the first fresh one."""
     for spec in sorted(specs.values(), key=lambda s: (s.submitted, s.id)):
         shards = [progress.get((spec.id, s)) for s in range(spec.shards)]
         if None in shards or job_state(shards) not in OPEN:
             continue  # a job whose checkpoints are not all there is not claimed
-        free = [s for s, p in enumerate(shards) if p.state in OPEN and (spec.id, s) not in owned]
+        free = [(p.claims == 0, s) for s, p in enumerate(shards) if p.state in OPEN and (spec.id, s) not in owned]
         if free:
-            return spec.id, free[0]
+            return spec.id, min(free)[1]
     return None
 
 

@@ -8,15 +8,18 @@ GPU that is gone.
 `KmsgXids(path).read(now)` returns the XID lines logged since the last read
 (the first read starts at the end of the log: history is not news). `path`
 may also be a plain file of kernel lines that something appends to (a
-container's mirrored log, a lab node's own): a line is read once it is whole. It never
+container's mirrored log, a lab node's own): a line is read once it is whole,
+and a file rotated or truncated under it is followed from its new start. It never
 raises: an unreadable log is `available=False` with the reason (gVisor and
 unprivileged containers have no /dev/kmsg).
 """
 
 from __future__ import annotations
 
+import codecs
 import errno
 import os
+import stat
 import re
 from dataclasses import dataclass
 
@@ -52,17 +55,37 @@ class KmsgXids:
         self._fd: int | None = None
         self._problem = ""
         self._partial = ""  # a plain file's last line, not yet ended (/dev/kmsg reads whole records)
+        self._decode = codecs.getincrementaldecoder("utf-8")("replace").decode
 
-    def _open(self) -> str:
+    def _open(self, at_end: bool = True) -> str:
         try:
             self._fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
-            os.lseek(self._fd, 0, os.SEEK_END)  # only what is logged from now on
+            if at_end:
+                os.lseek(self._fd, 0, os.SEEK_END)  # only what is logged from now on
         except OSError as e:
             self._fd = None
             return f"cannot read the kernel log {self.path}: {e.strerror} (XIDs from NVML events only)"
+        self._partial, self._decode = "", codecs.getincrementaldecoder("utf-8")("replace").decode
         return ""
 
+    def _rotated(self) -> bool:
+        """A plain file replaced (a new inode: rotated) or cut short (copytruncate) since
+        we opened it: what it holds now is new, from its start."""
+        assert self._fd is not None
+        try:
+            mine = os.fstat(self._fd)
+            if not stat.S_ISREG(mine.st_mode):
+                return False  # /dev/kmsg
+            return os.stat(self.path).st_ino != mine.st_ino or mine.st_size < os.lseek(self._fd, 0, os.SEEK_CUR)
+        except OSError:
+            return False  # gone for now: read what the open file still gives
+
     def read(self, now: float) -> Reading:
+        if self._fd is not None and self._rotated():
+            self.close()
+            problem = self._open(at_end=False)
+            if problem:
+                return Reading(self.name, now, False, problem=problem)
         if self._fd is None:
             problem = self._open()
             if problem:
@@ -85,7 +108,7 @@ class KmsgXids:
                 return
             if not chunk:
                 return
-            text = self._partial + chunk.decode(errors="replace")
+            text = self._partial + self._decode(chunk)  # a character split between reads stays whole
             whole, _, self._partial = text.rpartition("\n")
             self._partial = self._partial[-4096:]  # one line's worth: a file without newlines stays bounded
             for line in whole.splitlines():

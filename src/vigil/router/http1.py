@@ -38,6 +38,9 @@ REASONS = {200: "OK", 201: "Created", 204: "No Content", 304: "Not Modified", 40
            429: "Too Many Requests", 500: "Internal Server Error", 502: "Bad Gateway",
            503: "Service Unavailable", 504: "Gateway Timeout"}
 HIGH_WATER = 1 << 20
+# s: at a quiesce, an idle connection is closed once its client has left it unused this long
+# (a shorter wait races the client's next request on it; QUIESCE_MAX in agent/release.py is 5 s)
+QUIESCE_IDLE = 0.5
 
 
 @dataclass
@@ -353,17 +356,31 @@ class FrontProtocol(asyncio.Protocol):
 def quiesce(listener: Listener) -> int:
     """A planned handover of the address clients reach us on (the VIP): every
     connection closes after the answer it is working on (`Connection: close`),
-    an idle one at once, and a new one after its first answer, so no client
-    holds a kept-alive connection when the address moves (a request on one
-    would meet the new holder's reset). Until `listener.closing` is cleared.
-    Returns how many connections were open."""
+    an idle one once its client has left it unused QUIESCE_IDLE s, and a new one
+    after its first answer, so no client holds a kept-alive connection when the
+    address moves (a request on one would meet the new holder's reset). Until
+    `listener.closing` is cleared. Returns how many connections were open."""
     listener.closing = True
     open_now = list(listener.conns)
+    loop = asyncio.get_running_loop()
     for c in open_now:
         c.keep_alive = False
-        if not c.busy():
-            c.close()
+        _close_when_idle(c, loop)
     return len(open_now)
+
+
+def _close_when_idle(c: FrontProtocol, loop: asyncio.AbstractEventLoop) -> None:
+    """Close `c` once unused for QUIESCE_IDLE s. Sooner, its client may be writing a
+    request on it this very moment (it cannot have seen the close yet), and that
+    request would fail unanswered; a request it does send is answered, with
+    `Connection: close`, and that closes it."""
+    if c.transport is None or c.busy():
+        return  # the answer it is working on closes it
+    wait = c.active_at + QUIESCE_IDLE - loop.time()
+    if wait <= 0:
+        c.close()
+    else:
+        loop.call_later(wait, _close_when_idle, c, loop)
 
 
 async def sweep(listener: Listener) -> None:

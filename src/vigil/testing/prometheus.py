@@ -96,9 +96,10 @@ class Prometheus:
 
 
 def _seconds(stamp: str) -> float:
-    """Prometheus's RFC 3339 time (nanoseconds, Z) as a Unix time; 0.0 if unreadable."""
-    m = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?Z$", stamp)
+    """Prometheus's RFC 3339 time (nanoseconds; Z or the host's offset, Go's local
+    time) as a Unix time; 0.0 if unreadable."""
+    m = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)$", stamp)
     if not m:
         return 0.0
-    whole = datetime.datetime.fromisoformat(m.group(1)).replace(tzinfo=datetime.timezone.utc).timestamp()
-    return whole + float(m.group(2) or 0)
+    zone = "+00:00" if m.group(3) == "Z" else m.group(3)
+    return datetime.datetime.fromisoformat(m.group(1) + zone).timestamp() + float(m.group(2) or 0)

@@ -1,0 +1,52 @@
+"""A quiesce (a planned handover of the VIP, vigil.agent.release) never closes
+a kept-alive connection under a request its client may be sending: an idle
+connection stays open QUIESCE_IDLE s, a request sent on it meanwhile is
+answered with `Connection: close`, and one left unused is closed then. (It
+closed idle connections at once, and a client that had just picked one for a
+request saw "Can not write request body": the deployment walkthrough's rolling
+upgrade failed one request in four runs.)"""
+
+from __future__ import annotations
+
+import asyncio
+
+from vigil.router.http1 import QUIESCE_IDLE, FrontProtocol, Incoming, Listener, Reply, quiesce
+
+
+async def ok(req: Incoming, reply: Reply) -> None:
+    reply.whole(200, [("Content-Type", "text/plain")], b"ok")
+
+
+REQUEST = b"POST /v1/embeddings HTTP/1.1\r\nHost: vip\r\nContent-Length: 2\r\n\r\n{}"
+
+
+async def answer(reader: asyncio.StreamReader) -> bytes:
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    await asyncio.wait_for(reader.readexactly(2), 5)
+    return head
+
+
+async def test_a_quiesce_answers_a_request_on_an_idle_connection_and_closes_the_unused_later():
+    listener = Listener(1 << 20)
+    server = await asyncio.get_running_loop().create_server(lambda: FrontProtocol(ok, listener), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        used = await asyncio.open_connection("127.0.0.1", port)
+        unused = await asyncio.open_connection("127.0.0.1", port)
+        for reader, writer in (used, unused):
+            writer.write(REQUEST)
+            assert b"Connection: close" not in await answer(reader), "kept alive before the quiesce"
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        assert quiesce(listener) == 2
+        used[1].write(REQUEST)  # the client picked its idle connection just now
+        head = await answer(used[0])
+        assert head.startswith(b"HTTP/1.1 200") and b"Connection: close" in head, head
+        assert await asyncio.wait_for(used[0].read(), 5) == b"", "closed after that answer"
+        assert await asyncio.wait_for(unused[0].read(), 5) == b"", "the unused one closed too"
+        assert loop.time() - t0 >= QUIESCE_IDLE * 0.9, "but not before its client left it unused a while"
+        for _, writer in (used, unused):
+            writer.close()
+    finally:
+        server.close()
+        await server.wait_closed()
