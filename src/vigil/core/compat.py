@@ -20,7 +20,7 @@ from __future__ import annotations
 import fnmatch
 import operator
 import re
-from typing import Any
+from typing import Any, Callable
 
 VERSION_KEYS = {"driver", "cuda_driver", "compute_capability", "python", "kernel"}
 NUMBER_KEYS = {"gpu_count", "gpu_memory_mib"}
@@ -65,10 +65,14 @@ def _value(fp: dict[str, Any], key: str) -> Any:
 
 
 def _compare(have: Any, cond: Any, numeric: bool) -> bool:
-    op, want = CONDITION.match(str(cond)).groups()  # validated by parse_requirement
+    m = CONDITION.match(str(cond))
+    if m is None:  # parse_requirement validated every condition
+        return False
+    op, want = m.groups()
+    compare: Callable[[Any, Any], bool] = OPS[op or "=="]
     if numeric:
-        return OPS[op or "=="](float(have), float(want))
-    return OPS[op or "=="](version(have), version(want))
+        return compare(float(have), float(want))
+    return compare(version(have), version(want))
 
 
 def mismatches(fp: dict[str, Any], req: dict[str, Any]) -> list[str]:

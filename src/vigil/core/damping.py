@@ -65,7 +65,7 @@ class FlapDamper:
         room = int(r.max_held_fraction * max(members, 1))
         domains = domains or {}
         per_domain = domain_rooms(r.max_held_fraction, domains)
-        out = {}
+        out: dict[str, str] = {}
         for negative, node in over:
             if len(out) >= room:
                 break

@@ -78,7 +78,8 @@ def may_drain(me: str, budget: DrainBudget, published: Mapping[str, Published],
     first = sorted(waiting, key=lambda n: (published[n].since if n in published else math.inf, n))
     for name in first:  # who waited longest goes first (then by name): nobody starves
         domain = domains.get(name)
-        fits = room > 0 and per_domain.get(domain, 1) > 0  # (one domain: no room per domain)
+        # (a node of no domain, or one domain: no room per domain)
+        fits = room > 0 and (per_domain.get(domain, 1) if domain is not None else 1) > 0
         if name == me:
             return fits
         if fits:

@@ -31,6 +31,7 @@ as an `EngineChange` carrying its cause.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 GOOD = frozenset({"ready", "busy"})
 
@@ -39,7 +40,7 @@ GOOD = frozenset({"ready", "busy"})
 class LoadReading:
     pending: int  # accepted and not yet answered (waiting + running)
     completed: int  # monotone count of finished work (requests, or tokens)
-    payloads: tuple = ()  # vigil.core.payloads.Payload: the long-running work it lists
+    payloads: tuple[Any, ...] = ()  # vigil.core.payloads.Payload: the long-running work it lists
 
 
 @dataclass(frozen=True)

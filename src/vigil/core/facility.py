@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vigil.core.health import READY, Finding
+from vigil.core.records import number
 from vigil.core.thermal import ThermalRules, ThermalTrend, inlet_alarm
 
 INLET_TEMP, FAULT_CODE = "inlet_temp", "fault_code"
@@ -37,15 +38,22 @@ class FacilityPolicy:
 
     def judge(self, values: dict[str, Any], now: float) -> list[Finding]:
         """Findings for one sensors reading: values["points"][name] = {"valid",
-        "value", "problem"} as vigil.probes.modbus reads them."""
+        "value", "problem"} as vigil.probes.modbus reads them. Total: whatever the
+        reading holds, a point that is not a valid number is an alarm."""
         out: list[Finding] = []
+        points = values["points"] if isinstance(values.get("points"), dict) else {}
         for name, rules in sorted(self.points.items()):
-            point = (values.get("points") or {}).get(name) or {"valid": False, "problem": "not read"}
+            point = points.get(name)
+            if not isinstance(point, dict):
+                point = {"valid": False, "problem": "not read"}
             if not point.get("valid"):
-                out.append(Finding(READY, f"{name}: {point.get('problem') or 'no valid value'} (alarm only: "
-                                          "a faulty sensor never moves work)"))
+                out.append(Finding(READY, f"{name}: {str(point.get('problem') or 'no valid value')[:200]} "
+                                          "(alarm only: a faulty sensor never moves work)"))
                 continue
             value = point.get("value")
+            if not number(value, -1e9, 1e9):
+                out.append(Finding(READY, f"{name}: value {str(value)[:40]!r} is not a number (alarm only)"))
+                continue
             if rules.kind == INLET_TEMP:
                 out += self._inlet(name, float(value), rules, now)
             else:

@@ -24,7 +24,7 @@ inference server to be restarted, not the node: they are returned as
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, TypeGuard
 
 READY, DEGRADED, DRAINING, FAILED = "ready", "degraded", "draining", "failed"
 VERDICTS = (READY, DEGRADED, DRAINING, FAILED)  # mildest first
@@ -140,7 +140,7 @@ class HealthPolicy:
     def judge(self, readings: Iterable[Any], now: float, extra: Iterable[Finding] = ()) -> Verdict:
         """The verdict over `readings` (probe Readings) and findings judged elsewhere."""
         findings: list[Finding] = list(extra)
-        self._fresh: set[tuple[str, int]] = set()  # XIDs that arrived in these readings
+        self._fresh = set()  # XIDs that arrived in these readings
         for r in readings:
             if not r.available:
                 continue
@@ -198,13 +198,13 @@ class HealthPolicy:
 
     def _memory(self, name: str, g: dict[str, Any]) -> list[Finding]:
         out = []
-        rows = g.get("remapped_rows") if isinstance(g.get("remapped_rows"), dict) else {}
+        rows = g["remapped_rows"] if isinstance(g.get("remapped_rows"), dict) else {}
         if rows.get("failure"):
             out.append(Finding(DRAINING, f"{name}: row remapping failed (the GPU needs service)", RESET_GPU))
         elif rows.get("pending"):
             out.append(Finding(DRAINING, f"{name}: row remapping pending (takes effect at the next GPU reset)",
                                RESET_GPU))
-        pages = g.get("retired_pages") if isinstance(g.get("retired_pages"), dict) else {}
+        pages = g["retired_pages"] if isinstance(g.get("retired_pages"), dict) else {}
         if pages.get("pending"):
             out.append(Finding(DRAINING, f"{name}: page retirement pending (takes effect at the next GPU reset)",
                                RESET_GPU))
@@ -247,7 +247,8 @@ class HealthPolicy:
         if trend is None or trend.rules.limit_c != limit:
             trend = self._trends[name] = self.gpu_trend(name, float(limit))
         trend.add(now, float(temperature), float(power) if _number(power) else None)
-        return trend.judge()
+        finding: Finding | None = trend.judge()
+        return finding
 
     def _slowdown(self, name: str, g: dict[str, Any], now: float) -> Finding:
         since = self._slowdown_since.setdefault(name, now)
@@ -263,5 +264,5 @@ def _list(v: Any) -> list[Any]:
     return v if isinstance(v, list) else []
 
 
-def _number(v: Any) -> bool:
+def _number(v: object) -> TypeGuard[int | float]:
     return isinstance(v, (int, float)) and not isinstance(v, bool)

@@ -109,21 +109,21 @@ class Progress:
         return replace(self, state=state, reason=reason, updated=now)
 
 
-def _field(d: dict, name: str, kind: type, what: str) -> Any:
+def _field(d: dict[str, Any], name: str, kind: type | tuple[type, ...], what: str) -> Any:
     v = d.get(name)
     if not isinstance(v, kind) or isinstance(v, bool):
         raise JobRecordError(f"{what}: '{name}' is {str(v)[:40]!r}, not a {getattr(kind, '__name__', 'number')}")
     return v
 
 
-def _count(d: dict, name: str, what: str, hi: int = MAX_INPUTS) -> int:
-    v = _field(d, name, int, what)
+def _count(d: dict[str, Any], name: str, what: str, hi: int = MAX_INPUTS) -> int:
+    v: int = _field(d, name, int, what)
     if not 0 <= v <= hi:
         raise JobRecordError(f"{what}: '{name}' is {v}, not from 0 to {hi}")
     return v
 
 
-def _time(d: dict, name: str, what: str) -> float:
+def _time(d: dict[str, Any], name: str, what: str) -> float:
     """A Unix time: decode_json already refused a number float() cannot hold."""
     v = _field(d, name, (int, float), what)
     if not unix_time(v):
@@ -145,7 +145,7 @@ def parse_spec(raw: str, key: str) -> JobSpec:
     return spec
 
 
-def progress_from(d: dict, key: str) -> Progress:
+def progress_from(d: dict[str, Any], key: str) -> Progress:
     """A checkpoint's fields, each bounded; not yet checked against its spec."""
     p = Progress(_field(d, "state", str, key), _count(d, "next", key), _count(d, "end", key),
                  _count(d, "done", key), _count(d, "claims", key, 2**62), str(d.get("node", ""))[:64],
@@ -220,7 +220,7 @@ def shard_of(tail: str) -> int | None:
     return int(tail) if 0 < len(tail) <= 6 and tail.isascii() and tail.isdigit() else None
 
 
-def _json_object(raw: str, key: str, limits: Limits = CLUSTER) -> dict:
+def _json_object(raw: str, key: str, limits: Limits = CLUSTER) -> dict[str, Any]:
     d = decode_json(key, raw, limits)
     if isinstance(d, BadRecord):
         raise JobRecordError(f"{key}: {d.problem}")
@@ -288,8 +288,9 @@ def pick_shard(specs: dict[str, JobSpec], progress: dict[tuple[str, int], Progre
     (claimed before, its owner's lease gone: it resumes at its checkpoint and its
     inputs have waited longest), else the first fresh one."""
     for spec in sorted(specs.values(), key=lambda s: (s.submitted, s.id)):
-        shards = [progress.get((spec.id, s)) for s in range(spec.shards)]
-        if None in shards or job_state(shards) not in OPEN:
+        found = [progress.get((spec.id, s)) for s in range(spec.shards)]
+        shards = [p for p in found if p is not None]
+        if len(shards) < len(found) or job_state(shards) not in OPEN:
             continue  # a job whose checkpoints are not all there is not claimed
         free = [(p.claims == 0, s) for s, p in enumerate(shards) if p.state in OPEN and (spec.id, s) not in owned]
         if free:

@@ -52,9 +52,10 @@ def payload_from(p: Any) -> Payload | None:
         return None
     pid, model, kind, started = p.get("id"), p.get("model"), p.get("kind"), p.get("started")
     progress = p.get("tokens", p.get("progress", 0))
-    ok = (isinstance(pid, str) and ID.fullmatch(pid) is not None and isinstance(model, str) and 0 < len(model) <= 128
-          and kind in KINDS and unix_time(started) and integer(progress, 0, 2**62))
-    return Payload(pid, model, kind, float(started), progress) if ok else None
+    if (isinstance(pid, str) and ID.fullmatch(pid) is not None and isinstance(model, str) and 0 < len(model) <= 128
+            and isinstance(kind, str) and kind in KINDS and unix_time(started) and integer(progress, 0, 2**62)):
+        return Payload(pid, model, kind, float(started), progress)
+    return None
 
 
 def parse_payloads(raw: Any) -> tuple[list[Payload], int]:

@@ -122,17 +122,18 @@ def _i_lead_without_key(v: ClusterView) -> Decision | None:
 
 def _invalid_leader_key(v: ClusterView) -> Decision | None:
     # While I lead, `_i_lead_without_key` has checked the key is the one I created.
-    why = None if v.i_lead else v.leader_key_problem()
-    if why is None:
+    why, lead = None if v.i_lead else v.leader_key_problem(), v.leader
+    if why is None or lead is None:
         return None
-    return ClearLeaderKey(f"leader key (token {v.leader.token}) {why}: no leader; removing it so an "
-                          "election can happen", v.leader)
+    return ClearLeaderKey(f"leader key (token {lead.token}) {why}: no leader; removing it so an "
+                          "election can happen", lead)
 
 
 def _leader_outside_my_ring(v: ClusterView) -> Decision | None:
-    if v.i_lead or not v.unknown_campaigner():
+    lead = v.leader
+    if v.i_lead or lead is None or not v.unknown_campaigner():
         return None
-    return Wait(f"leader key (token {v.leader.token}) names {v.leader.name}, which is not in my key "
+    return Wait(f"leader key (token {lead.token}) names {lead.name}, which is not in my key "
                 "ring: following no one, removing nothing and fencing no one until the ring is "
                 "reloaded (add its key with `vigil keygen`, then SIGHUP)")
 
@@ -199,7 +200,7 @@ def _fence_dead_leader(v: ClusterView) -> Decision | None:
     if not v.healthy or not v.eligible(v.me):
         return Wait(f"leader {lead.name} suspected; not eligible to take over")
     best = v.best_candidate(succeeding=lead.name)
-    if best != v.me:
+    if best is not None and best != v.me:  # (I am eligible: there is a best)
         why = "higher priority" if v.rank(best, lead.name)[0] == v.rank(v.me, lead.name)[0] else \
             f"outside {lead.name}'s failure domain"
         return Wait(f"leader {lead.name} suspected; {best} ({why}) will fence it")

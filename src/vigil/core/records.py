@@ -22,7 +22,7 @@ import json
 import math
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from vigil.fields import NAME_RE
 
@@ -140,7 +140,7 @@ def _bounds_problem(text: str, value: Any, limits: Limits) -> str | None:
 
 # -- field checks ----------------------------------------------------------------
 
-def number(v: Any, lo: float, hi: float) -> bool:
+def number(v: object, lo: float, hi: float) -> TypeGuard[int | float]:
     """A number (not a bool), finite, within [lo, hi]; never raises, even for an
     int too large for a float (int/float comparisons are exact in Python)."""
     if isinstance(v, bool) or not isinstance(v, (int, float)):
@@ -148,12 +148,12 @@ def number(v: Any, lo: float, hi: float) -> bool:
     return (isinstance(v, int) or math.isfinite(v)) and lo <= v <= hi
 
 
-def unix_time(v: Any) -> bool:
+def unix_time(v: object) -> TypeGuard[int | float]:
     """A Unix time in seconds, from 0 to MAX_TIME."""
     return number(v, 0.0, MAX_TIME)
 
 
-def integer(v: Any, lo: int, hi: int) -> bool:
+def integer(v: object, lo: int, hi: int) -> TypeGuard[int]:
     """A JSON integer (not a bool) within [lo, hi]."""
     return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
 

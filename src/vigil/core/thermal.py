@@ -119,8 +119,8 @@ class ThermalTrend:
             return True
         if not self._loads or self._loads[-1][0] - self._loads[0][0] < r.steady_for - 1:
             return False
-        loads = [x for _, x in self._loads]
-        if any(x is None or x <= 0 for x in loads):
+        loads = [x for _, x in self._loads if x is not None and x > 0]
+        if len(loads) < len(self._loads):  # a load unknown or zero: not steady
             return False
         return max(loads) / min(loads) - 1 <= r.steady_load
 

@@ -30,6 +30,7 @@ peers whatever N is; only the leader sends to all N.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from dataclasses import dataclass
@@ -48,7 +49,7 @@ class TopologySettings:
 
     def problems(self) -> list[tuple[str, object, str]]:
         """(field, value, fix) for each setting out of range; [] when valid."""
-        out = []
+        out: list[tuple[str, object, str]] = []
         if not 1 <= self.observers <= 32:
             out.append(("observers", self.observers, "must be 1..32 (8 is Rapid's and our default)"))
         if not 1 <= self.agreement <= self.observers:
@@ -99,7 +100,7 @@ class Topology:
         return {m: small[d] - {m} if d in small else frozenset() for m, d in self.domains.items()}
 
     def _choose_observers(self) -> dict[str, frozenset[str]]:
-        rings = [sorted(self.members, key=lambda m, i=i: _ring_key(i, m)) for i in range(self.settings.observers)]
+        rings = [sorted(self.members, key=functools.partial(_ring_key, i)) for i in range(self.settings.observers)]
         positions = [{m: p for p, m in enumerate(ring)} for ring in rings]
         n = len(self.members)
         out = {}

@@ -143,7 +143,8 @@ class ClusterView:
         (Only that node's own etcd user may write its member record.)"""
         lead = self.leader
         m = self.members.get(lead.name) if lead is not None else None
-        return m is not None and lead.lease != 0 and m.lease == lead.lease and not self.in_ring(lead.name)
+        return (lead is not None and m is not None and lead.lease != 0 and m.lease == lead.lease
+                and not self.in_ring(lead.name))
 
     def eligible(self, name: str) -> bool:
         """Could `name` lead: in the key ring, registered, healthy, heard by me, not
@@ -204,9 +205,9 @@ class ClusterView:
             present = [o for o in voters if o in agreeing or self.heard(o)]
             need = max(len(present) // 2 + 1, t.need(node), min(t.settings.agreement, len(voters)))
             return len(agreeing), len(present), need
-        voters = [m for m in self.members.values() if m.name != node and self.in_ring(m.name)]
-        agree = sum(1 for m in voters if node in self._word_of(m.name))
-        counted = max(len(voters), self.cluster_size - 1)
+        others = [m for m in self.members.values() if m.name != node and self.in_ring(m.name)]
+        agree = sum(1 for m in others if node in self._word_of(m.name))
+        counted = max(len(others), self.cluster_size - 1)
         return agree, counted, counted // 2 + 1
 
     def best_candidate(self, succeeding: str | None = None) -> str | None:

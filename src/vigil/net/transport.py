@@ -35,10 +35,11 @@ Contract:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import Counter
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from vigil.errors import WireError
 from vigil.identity import KeyRing, PairKeys, SigningKeys
@@ -191,10 +192,10 @@ class _Protocol(asyncio.DatagramProtocol):
     def __init__(self, owner: "HeartbeatTransport", local: str):
         self.owner, self.local = owner, local
 
-    def datagram_received(self, data: bytes, addr) -> None:
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
         self.owner._on_datagram(data, addr, None)
 
-    def datagram_received_at(self, data: bytes, addr, at: float) -> None:
+    def datagram_received_at(self, data: bytes, addr: tuple[str | Any, int], at: float) -> None:
         """A datagram stamped on arrival (`at`, the receiver's monotonic clock) by the
         heartbeat thread (vigil.net.pacer)."""
         self.owner._on_datagram(data, addr, at)
@@ -203,12 +204,21 @@ class _Protocol(asyncio.DatagramProtocol):
         self.owner.send_errors += 1
 
 
+class DatagramNetwork(Protocol):
+    """The datagram port: where a transport's UDP endpoints come from. The running
+    loop is one (real sockets), and so are the heartbeat thread (vigil.net.pacer)
+    and the simulations' in-memory network (vigil.testing.memory_network)."""
+
+    async def create_datagram_endpoint(self, factory: Callable[[], asyncio.DatagramProtocol], /,
+                                       local_addr: tuple[str, int]) -> tuple[Any, Any]: ...
+
+
 class HeartbeatTransport:
     """Sends our heartbeats on every link and delivers peers' heartbeats."""
 
     def __init__(self, receiver: HeartbeatReceiver, bind: list[str], port: int,
                  peer_links: dict[str, list[tuple[str, int]]], deliver: Delivery,
-                 signer: SigningKeys | None = None, network: Any = None):
+                 signer: SigningKeys | None = None, network: DatagramNetwork | None = None):
         """`network`: where datagram endpoints come from: the running loop (UDP) by
         default, or anything with its `create_datagram_endpoint` (an in-memory
         network for simulations, vigil.testing.memory_network)."""
@@ -223,11 +233,11 @@ class HeartbeatTransport:
         self.send_errors = 0
 
     async def start(self) -> None:
-        endpoints = self.network or asyncio.get_running_loop()
+        endpoints: DatagramNetwork = self.network or asyncio.get_running_loop()
         for addr in self.bind:
             try:
                 tr, _ = await endpoints.create_datagram_endpoint(
-                    lambda a=addr: _Protocol(self, a), local_addr=(addr, self.port))
+                    functools.partial(_Protocol, self, addr), local_addr=(addr, self.port))
             except OSError as e:
                 self.close()
                 raise WireError("bind", f"cannot bind UDP {addr}:{self.port}: {e.strerror}; "
@@ -272,7 +282,7 @@ class HeartbeatTransport:
     def _sealed(self, body: bytes, peer: str) -> bytes | None:
         """A version 4 packet for `peer`, or None (no pair key for it: sign instead)."""
         peer_id, pairs = self.peer_ids.get(peer), self.receiver.pairs
-        if not body or peer_id is None or pairs is None:
+        if not body or peer_id is None or pairs is None or self.signer is None:
             return None
         try:
             return seal(body, pairs.key(self.signer.send, peer, peer_id), peer_id, peer)
@@ -284,7 +294,7 @@ class HeartbeatTransport:
             tr.close()
         self._transports.clear()
 
-    def _on_datagram(self, data: bytes, addr, at: float | None) -> None:
+    def _on_datagram(self, data: bytes, addr: tuple[str | Any, int], at: float | None) -> None:
         verdict, hb = self.receiver.receive(data, addr[0])
         if hb is not None and verdict in ("accepted", "duplicate"):
             self.deliver(hb, addr[0], verdict, at)

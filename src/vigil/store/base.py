@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import AsyncIterator
+from typing import AsyncIterator, Sequence
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,7 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def txn(self, expect: list[Expect], puts: list[tuple[str, str, int]],
-                  deletes: list[str] = ()) -> tuple[bool, int]:
+                  deletes: Sequence[str] = ()) -> tuple[bool, int]:
         """If every `expect` holds, apply `puts` ((key, value, lease)) and `deletes`
         atomically at one revision. Returns (applied, revision)."""
 

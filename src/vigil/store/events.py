@@ -39,7 +39,7 @@ class EventLog:
         self._seq = itertools.count(1)
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()  # the flush loop and a final flush() never interleave
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
 
     @property
     def pending(self) -> int:
@@ -91,7 +91,8 @@ class EventLog:
         load etcd when it is busiest. A batch that fails stays pending, whole."""
         async with self._lock:
             while self._pending:
-                batch, size = [], 0
+                batch: list[tuple[str, str]] = []  # (event id, its JSON)
+                size = 0
                 for event_id, event in itertools.islice(self._pending, BATCH):
                     text = json.dumps(event, sort_keys=True)
                     if batch and size + len(text) > BATCH_BYTES:
