@@ -8,7 +8,6 @@ its peers suspected it within ~250 ms (bench/hostile.py measures both)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 

@@ -28,3 +28,9 @@ def test_a_valid_point_whose_value_is_no_number_is_an_alarm():
 def test_any_reading_is_judged_without_raising(points):
     for f in FacilityPolicy(RULES).judge({"points": points}, 1.0):
         assert f.verdict in ("ready", "degraded", "draining", "failed")
+
+
+@settings(max_examples=100, deadline=None)
+@given(ANY)
+def test_any_reading_at_all_is_judged_without_raising(values):
+    assert {f.verdict for f in FacilityPolicy(RULES).judge(values, 1.0)} == {READY}, "nothing valid: alarms only"

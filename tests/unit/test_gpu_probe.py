@@ -125,9 +125,12 @@ def test_a_plain_log_file_is_read_a_whole_line_at_a_time(tmp_path):
     assert len(reader._partial) <= 4096
     log.write_text("[ 2.0] NVRM: Xid (PCI:0000:3b:00): 79, GPU has fallen off the bus.\n")  # copytruncate
     assert [x["xid"] for x in reader.read(4.0).values["xids"]] == [79], "a truncated file is read from its start"
+    with log.open("a") as f:
+        f.write("[ 2.5] NVRM: Xid (PCI:0000:3b:00): 63, ECC page retirement\n")  # just before the rotation
     log.rename(tmp_path / "kernel.log.1")  # rotated: a new file under the name
     (tmp_path / "kernel.log").write_text("[ 3.0] NVRM: Xid (PCI:0000:3b:00): 94, Contained ECC error\n")
-    assert [x["xid"] for x in reader.read(5.0).values["xids"]] == [94], "a rotated file is followed to the new one"
+    assert [x["xid"] for x in reader.read(5.0).values["xids"]] == [63, 94], \
+        "the old file read to its end, then the new one from its start"
     reader.close()
 
 

@@ -163,18 +163,18 @@ def test_results_decode_float32_and_name_a_record_that_is_not():
 
 
 def test_a_runner_of_a_crowded_domain_claims_after_spread_wait():
-    from vigil.agent.jobs import SPREAD_WAIT, JobRunner
+    from vigil.agent.job_claims import SPREAD_WAIT, ShardClaimer
     from vigil.store.keys import Keys
     from vigil.testing import FakeClock, MemoryStore
 
     clock = FakeClock()
-    runner = JobRunner(MemoryStore(clock), Keys("c"), "a2", "http://127.0.0.1:9", clock, lambda: 1, lambda: True,
-                       lambda *a, **k: None, {"a1": "rack-a", "a2": "rack-a", "b1": "rack-b"})
+    runner = ShardClaimer(MemoryStore(clock), Keys("c"), "a2", clock, lambda *a, **k: None,
+                          {"a1": "rack-a", "a2": "rack-a", "b1": "rack-b"})
     progress = {("j", 0): Progress("running", node="a1", claims=1), ("j", 1): Progress(),
                 ("old", 0): Progress("done", node="b1", claims=1)}  # rack-b's nodes take jobs
     owned = {("j", 0)}
-    assert runner._leave_to_others(("j", 1), progress, owned)
+    assert runner.leave_to_others(("j", 1), progress, owned)
     clock.advance(SPREAD_WAIT - 0.1)
-    assert runner._leave_to_others(("j", 1), progress, owned), "rack-b still has the first chance"
+    assert runner.leave_to_others(("j", 1), progress, owned), "rack-b still has the first chance"
     clock.advance(0.1)
-    assert not runner._leave_to_others(("j", 1), progress, owned), "nobody of rack-b took it: take it"
+    assert not runner.leave_to_others(("j", 1), progress, owned), "nobody of rack-b took it: take it"

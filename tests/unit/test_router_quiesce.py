@@ -50,3 +50,26 @@ async def test_a_quiesce_answers_a_request_on_an_idle_connection_and_closes_the_
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_a_connection_whose_long_answer_just_ended_is_not_closed_under_its_next_request():
+    """Idle counts from the last answer too: a stream that ran longer than QUIESCE_IDLE
+    and ended just before the quiesce leaves its client about to reuse the connection."""
+    async def slow(req: Incoming, reply: Reply) -> None:
+        await asyncio.sleep(QUIESCE_IDLE * 1.5)  # a long generation: the client sends nothing meanwhile
+        reply.whole(200, [("Content-Type", "text/plain")], b"ok")
+
+    listener = Listener(1 << 20)
+    server = await asyncio.get_running_loop().create_server(lambda: FrontProtocol(slow, listener), "127.0.0.1", 0)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
+        writer.write(REQUEST)
+        await answer(reader)
+        quiesce(listener)
+        writer.write(REQUEST)  # at once, on the kept-alive connection
+        head = await answer(reader)
+        assert head.startswith(b"HTTP/1.1 200") and b"Connection: close" in head, head
+        writer.close()
+    finally:
+        server.close()
+        await server.wait_closed()

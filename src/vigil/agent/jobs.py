@@ -35,31 +35,27 @@ node: the shards of a job spread over the nodes that take batch work.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import logging
 from typing import Callable
 
 import aiohttp
 
+from vigil.agent.job_claims import POLL, Claim, ShardClaimer
 from vigil.clock import Clock, woken
-from vigil.core.jobs import (OPEN, JobRecordError, JobSpec, Progress, crowded, parse_chunk, parse_progress,
-                             parse_spec, payload_id, pick_shard, sha256_of, shard_of)
-from vigil.core.payloads import Payload
+from vigil.core.jobs import JobRecordError, JobSpec, Progress, parse_chunk, parse_progress, payload_id, sha256_of
 from vigil.errors import StoreError, StoreUnavailable, VigilError
-from vigil.store.base import Expect, KeyValue, Store
+from vigil.store.base import Expect, Store
 from vigil.store import jobs
 from vigil.store.keys import Keys
 
 log = logging.getLogger(__name__)
 
-POLL = 1.0  # s between looks for a free shard while a job is open
 POLL_IDLE = 5.0  # s between looks while no job is open: a new job starts within this
 BUSY_BACKOFF = (0.2, 2.0)  # s: first and longest wait for a busy model server
 CHUNK_TIMEOUT = 120.0  # s for one chunk's embeddings (a busy CPU server)
 AVOID = 30.0  # s a job this node could not serve is left to others
 OWNER_EVERY = 2.0  # s: the owner record's progress is rewritten at most this often (vigil.core.payloads)
-SPREAD_WAIT = 2 * POLL  # s a node of a crowded domain leaves a fresh shard to other domains (core.jobs.crowded)
 
 
 class JobStop(VigilError):
@@ -71,17 +67,6 @@ class JobStop(VigilError):
         super().__init__(why)
 
 
-@dataclasses.dataclass
-class Claim:
-    spec: JobSpec
-    shard: int
-    revision: int  # the owner record's create revision
-    lease: int
-    progress: Progress
-    progress_rev: int  # the progress record's mod revision, as last read or written
-    owner_written: float = 0.0  # when the owner record's progress was last rewritten (monotonic)
-
-
 class JobRunner:
     def __init__(self, store: Store, keys: Keys, node: str, server_url: str, clock: Clock,
                  lease: Callable[[], int], ready: Callable[[], bool], record: Callable[..., object],
@@ -90,13 +75,10 @@ class JobRunner:
         `domains`: every configured member's failure domain (a job's shards spread over them)."""
         self.store, self.keys, self.node, self.url, self.clock = store, keys, node, server_url, clock
         self.lease, self.ready, self.record = lease, ready, record
-        self.domains = domains or {}
-        self._left: dict[tuple[str, int], float] = {}  # fresh shards left to other domains: since when
+        self.claims = ShardClaimer(store, keys, node, clock, record, domains or {})
         self.current: Claim | None = None
-        self.avoid: dict[str, float] = {}  # job id -> until (monotonic)
-        self._warned: set[str] = set()
-        self._open = True  # the last look found an open job (or none was made yet)
         self._freed = asyncio.Event()  # a shard's owner record was deleted since the last look
+        self._let_go_keys: set[str] = set()  # owner records this node deleted itself: no news to it
         self._http: aiohttp.ClientSession | None = None
 
     async def run(self) -> None:
@@ -107,7 +89,7 @@ class JobRunner:
             finished = False
             while True:
                 if not finished:  # a node that just finished a shard takes the next at once
-                    await woken(self._freed, POLL if self._open else POLL_IDLE)
+                    await woken(self._freed, POLL if self.claims.open else POLL_IDLE)
                 finished = False
                 self._freed.clear()
                 lease = self.lease()
@@ -121,6 +103,8 @@ class JobRunner:
                     claim = self.current or await self.claim(lease)
                     if claim:
                         finished = await self.work(claim)
+                    elif self.claims.raced:  # another node took that shard: another may be free now
+                        finished, self.claims.raced = True, False
                 except StoreError as e:
                     log.info("batch jobs: etcd failed (%s); the claim holds while the lease does", e)
                 except VigilError as e:  # a record changed under us into one that is not Vigil's
@@ -133,102 +117,29 @@ class JobRunner:
         """A payload record was deleted (vigil.agent.registry_watch): a shard's owner
         record means its shard is free (its node's lease expired, or it let it go), and
         an idle runner looks now instead of at its next poll."""
-        if key.startswith(self.keys.payload("job:")):
+        if key in self._let_go_keys:  # our own release: looking again at once would take it back
+            self._let_go_keys.discard(key)
+        elif key.startswith(self.keys.payload("job:")):
             self._freed.set()
 
     async def _let_go(self) -> None:
         c, self.current = self.current, None
         if c is not None:
             try:
-                await self.store.delete_if_created(self.keys.payload(payload_id(c.spec.id, c.shard)), c.revision)
+                await self._delete_own(c)
             except StoreError:
                 pass  # the lease takes it
 
-    # -- claiming --------------------------------------------------------------
-    def _leave_to_others(self, picked: tuple[str, int], progress: dict[tuple[str, int], Progress],
-                         owned: set[tuple[str, int]]) -> bool:
-        """True while a crowded domain's node waits SPREAD_WAIT for another domain's to take it."""
-        now = self.clock.now()
-        self._left = {k: t for k, t in self._left.items() if now - t < 10 * SPREAD_WAIT}
-        if not crowded(*picked, progress, owned, self.domains, self.node):
-            return False
-        return now - self._left.setdefault(picked, now) < SPREAD_WAIT
-
-    async def _open_shards(self) -> tuple[dict[str, JobSpec], dict[tuple[str, int], tuple[Progress, int]],
-                                          set[tuple[str, int]]]:
-        specs, progress = {}, {}
-        for kv in (await self.store.range(self.keys.job_specs))[0]:
-            try:
-                spec = parse_spec(kv.value, kv.key)
-                specs[spec.id] = spec
-            except JobRecordError as e:
-                self._skipped(kv.key, e)
-        if not specs:
-            return specs, {}, set()
-        for kv in (await self.store.range(self.keys.job_progresses()))[0]:
-            job, _, shard = kv.key[len(self.keys.job_progresses()):].partition("/")
-            n = shard_of(shard)  # "²".isdigit() holds, and int("²") raises
-            if job in specs and n is not None:
-                try:
-                    progress[job, n] = (parse_progress(kv.value, kv.key, specs[job], n), kv.mod_revision)
-                except JobRecordError as e:
-                    self._skipped(kv.key, e)
-        prefix = self.keys.payload("job:")
-        owned = set()
-        for kv in (await self.store.range(prefix))[0]:
-            job, _, shard = kv.key[len(prefix):].rpartition(":")
-            if shard_of(shard) is not None:
-                owned.add((job, shard_of(shard)))
-        now = self.clock.now()
-        self.avoid = {j: until for j, until in self.avoid.items() if until > now}
-        return specs, progress, owned | {(j, s) for j, s in progress if j in self.avoid}
-
-    def _skipped(self, key: str, e: JobRecordError) -> None:
-        """A record that is not Vigil's: said once per key, never trusted."""
-        if key not in self._warned:
-            self._warned.add(key)
-            log.warning("batch job record skipped: %s", e)
+    async def _delete_own(self, c: Claim) -> None:
+        """Delete our owner record of `c` (StoreError: the lease takes it later)."""
+        key = self.keys.payload(payload_id(c.spec.id, c.shard))
+        self._let_go_keys = {key} | set(list(self._let_go_keys)[-15:])  # bounded: a delete not seen is forgotten
+        await self.store.delete_if_created(key, c.revision)
 
     async def claim(self, lease: int) -> Claim | None:
-        """Take the first open shard nobody owns of the oldest open job, or None."""
-        specs, progress, owned = await self._open_shards()
-        open_now = {k: p for k, (p, _) in progress.items()}
-        self._open = any(p.state in OPEN for p in open_now.values())
-        picked = pick_shard(specs, open_now, owned)
-        if picked is None or self._leave_to_others(picked, open_now, owned):
-            return None
-        job, shard = picked
-        spec, (prog, rev) = specs[job], progress[picked]
-        key = self.keys.payload(payload_id(job, shard))
-        ok, kv = await self.store.create(key, self._owner_record(spec, shard, prog.done), lease)
-        if not ok and not self._mine(kv, lease):
-            return None  # another node was quicker
-        claimed = prog.claimed(self.node, self.clock.wall())
-        ok, new_rev = await self.store.txn([Expect(key, create_revision=kv.create_revision),
-                                            Expect(self.keys.job_progress(job, shard), mod_revision=rev)],
-                                           [(self.keys.job_progress(job, shard), claimed.record(), 0)])
-        if not ok:  # the shard changed meanwhile (cancelled, or finished): leave it
-            await self.store.delete_if_created(key, kv.create_revision)
-            return None
-        c = Claim(spec, shard, kv.create_revision, lease, claimed, new_rev)
-        start = spec.shard_range(shard)[0]
-        self.record("job_claimed", f"batch job {job} shard {shard}: claimed (claim {c.revision}), "
-                    f"{'resuming at' if prog.next > start else 'starting at'} chunk {prog.next} "
-                    f"(chunks {start}..{prog.end - 1}; {prog.done} inputs of the shard done)", job=job, shard=shard,
-                    claim=c.revision, chunk=prog.next, done=prog.done)
-        return c
+        """Take a free shard under `lease` (ShardClaimer.claim), or None."""
+        return await self.claims.claim(lease)
 
-    def _mine(self, kv: KeyValue | None, lease: int) -> bool:
-        """An owner record that names this node under its lease is this node's claim,
-        even when the create said "already there": etcd's client retried a create
-        whose first answer was lost (as Election.try_campaign reads it)."""
-        return kv is not None and kv.lease == lease and jobs.owner_of(kv.value).get("node") == self.node
-
-    def _owner_record(self, spec: JobSpec, shard: int, done: int) -> str:
-        p = Payload(payload_id(spec.id, shard), spec.model, "job", self.clock.wall(), done)
-        lo, hi = spec.shard_range(shard)
-        inputs = min(spec.total, hi * spec.chunk_size) - lo * spec.chunk_size
-        return json.dumps({**p.record(self.node), "total": inputs})
 
     # -- working -------------------------------------------------------------------
     async def work(self, c: Claim) -> bool:
@@ -238,10 +149,13 @@ class JobRunner:
         self.current = c
         try:
             while c.progress.state == "running":
-                if not self.ready() or self.lease() != c.lease:
+                lease = self.lease()
+                if lease == 0:  # no live session this moment: the claim holds while its lease does
+                    await asyncio.sleep(POLL)
+                    continue
+                if not self.ready() or lease != c.lease:
                     raise JobStop("this node stopped taking work (engine not ready, health verdict, "
-                                  "maintenance or drain)" if self.lease() == c.lease
-                                  else "this node's session ended")
+                                  "maintenance or drain)" if lease == c.lease else "this node's session ended")
                 await self._chunk(c)
         except JobStop as e:
             self.current = None
@@ -298,7 +212,7 @@ class JobRunner:
         now = self.clock.now()
         rewrite = not deletes and now - c.owner_written >= OWNER_EVERY  # the watchers' traffic is bounded
         if rewrite:
-            puts.append((owner, self._owner_record(c.spec, c.shard, after.done), c.lease))
+            puts.append((owner, self.claims.owner_record(c.spec, c.shard, after.done), c.lease))
         # A chunk's result is created, never overwritten: a second commit of one chunk cannot
         # land unseen (the claim and checkpoint checks already exclude it; this makes it visible).
         fresh = [Expect(key, create_revision=0) for key, _, _ in puts if key != owner and key != progress_key]
@@ -381,10 +295,10 @@ class JobRunner:
                 log.warning("batch job %s: could not mark it %s: %s", job, e.state, err)
             self.record("job_failed", f"batch job {job}: failed: {e}", job=job, reason=str(e))
         if e.avoid:
-            self.avoid[job] = self.clock.now() + AVOID
+            self.claims.avoid[job] = self.clock.now() + AVOID
         if not e.lost:
             try:
-                await self.store.delete_if_created(self.keys.payload(payload_id(job, c.shard)), c.revision)
+                await self._delete_own(c)
             except StoreError:
                 pass  # the lease takes it
         if not e.state:

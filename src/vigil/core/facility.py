@@ -41,7 +41,8 @@ class FacilityPolicy:
         "value", "problem"} as vigil.probes.modbus reads them. Total: whatever the
         reading holds, a point that is not a valid number is an alarm."""
         out: list[Finding] = []
-        points = values["points"] if isinstance(values.get("points"), dict) else {}
+        raw = values.get("points") if isinstance(values, dict) else None
+        points: dict[str, Any] = raw if isinstance(raw, dict) else {}
         for name, rules in sorted(self.points.items()):
             point = points.get(name)
             if not isinstance(point, dict):

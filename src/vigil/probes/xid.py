@@ -56,6 +56,7 @@ class KmsgXids:
         self._problem = ""
         self._partial = ""  # a plain file's last line, not yet ended (/dev/kmsg reads whole records)
         self._decode = codecs.getincrementaldecoder("utf-8")("replace").decode
+        self._reopen_at_start = False  # the file was rotated: what the new one holds is news
 
     def _open(self, at_end: bool = True) -> str:
         try:
@@ -69,28 +70,31 @@ class KmsgXids:
         return ""
 
     def _rotated(self) -> bool:
-        """A plain file replaced (a new inode: rotated) or cut short (copytruncate) since
-        we opened it: what it holds now is new, from its start."""
+        """A plain file replaced (another file under the name: rotated) or cut short
+        (copytruncate) since we opened it: what it holds now is new, from its start."""
         assert self._fd is not None
         try:
             mine = os.fstat(self._fd)
             if not stat.S_ISREG(mine.st_mode):
                 return False  # /dev/kmsg
-            return os.stat(self.path).st_ino != mine.st_ino or mine.st_size < os.lseek(self._fd, 0, os.SEEK_CUR)
+            now = os.stat(self.path)
+            return (now.st_ino, now.st_dev) != (mine.st_ino, mine.st_dev) or \
+                mine.st_size < os.lseek(self._fd, 0, os.SEEK_CUR)
         except OSError:
             return False  # gone for now: read what the open file still gives
 
     def read(self, now: float) -> Reading:
+        events = []
         if self._fd is not None and self._rotated():
+            events = [e.to_json() for e in self._records() if e is not None]  # the old file's last lines
             self.close()
-            problem = self._open(at_end=False)
-            if problem:
-                return Reading(self.name, now, False, problem=problem)
+            self._reopen_at_start = True
         if self._fd is None:
-            problem = self._open()
+            problem = self._open(at_end=not self._reopen_at_start)
             if problem:
                 return Reading(self.name, now, False, problem=problem)
-        events = [e.to_json() for e in self._records() if e is not None]
+            self._reopen_at_start = False
+        events += [e.to_json() for e in self._records() if e is not None]
         return Reading(self.name, now, True, {"xids": events}, problem=self._problem)
 
     def _records(self):

@@ -162,6 +162,7 @@ class FrontProtocol(asyncio.Protocol):
         self.max_body, self.conns = listener.max_body, listener.conns
         self.transport: asyncio.Transport | None = None
         self.active_at = 0.0  # loop time of the last bytes received
+        self.answered_at = 0.0  # ... when the last answer was finished
         self.began_at = 0.0  # ... when the request now arriving began
         self.body_at: float | None = None  # ... when its headers were complete
         self.stalled_at: float | None = None  # ... since when the client reads none of our writes
@@ -328,6 +329,7 @@ class FrontProtocol(asyncio.Protocol):
                 reply.abort()
         if not reply.finished and self.transport is not None:
             reply.abort()
+        self.answered_at = asyncio.get_running_loop().time()
         if not self.keep_alive and self.transport is not None:
             self.transport.close()
 
@@ -356,7 +358,7 @@ class FrontProtocol(asyncio.Protocol):
 def quiesce(listener: Listener) -> int:
     """A planned handover of the address clients reach us on (the VIP): every
     connection closes after the answer it is working on (`Connection: close`),
-    an idle one once its client has left it unused QUIESCE_IDLE s, and a new one
+    an idle one once unused (nothing received, nothing answered) QUIESCE_IDLE s, and a new one
     after its first answer, so no client holds a kept-alive connection when the
     address moves (a request on one would meet the new holder's reset). Until
     `listener.closing` is cleared. Returns how many connections were open."""
@@ -374,9 +376,9 @@ def _close_when_idle(c: FrontProtocol, loop: asyncio.AbstractEventLoop) -> None:
     request on it this very moment (it cannot have seen the close yet), and that
     request would fail unanswered; a request it does send is answered, with
     `Connection: close`, and that closes it."""
-    if c.transport is None or c.busy():
-        return  # the answer it is working on closes it
-    wait = c.active_at + QUIESCE_IDLE - loop.time()
+    if c.transport is None or c.busy() or not c.listener.closing:
+        return  # the answer it is working on closes it (or the quiesce was lifted)
+    wait = max(c.active_at, c.answered_at) + QUIESCE_IDLE - loop.time()
     if wait <= 0:
         c.close()
     else:

@@ -94,6 +94,7 @@ class Router:
         self.admin = Listener(1024, ADMIN_MAX_CONNS, ADMIN_MAX_CONNS, 1, lim.client_idle_timeout,
                               lim.client_header_timeout, lim.client_body_rate)
         self._sweepers: list[asyncio.Task] = []
+        self._lift: asyncio.TimerHandle | None = None  # the end of the current quiesce
         self._cancel_cause: dict[asyncio.Task, tuple[str, str]] = {}
 
     async def start(self) -> None:
@@ -129,7 +130,9 @@ class Router:
         connections close after their answers (http1.quiesce), for `hold` s."""
         n = quiesce(self.front)
         log.info("quiescing: %d client connection(s) close after their answers, for %g s", n, hold)
-        asyncio.get_running_loop().call_later(hold, setattr, self.front, "closing", False)
+        if self._lift is not None:  # a second handover within the hold: it lasts from now
+            self._lift.cancel()
+        self._lift = asyncio.get_running_loop().call_later(hold, setattr, self.front, "closing", False)
 
     async def stop(self) -> None:
         for sweeper in self._sweepers:
