@@ -204,9 +204,23 @@ def test_a_plc_fault_code_drains_and_clearing_it_readmits(served_lab, prometheus
         assert d.returncode == 1 and "PLC clears the code" in top["fix"]
         assert lab.wait_for(lambda: pending_for(prometheus, "VigilNodeDraining"), 15,
                             "VigilNodeDraining pending") == {"n3"}
+        # The same code on n2 while n3 is out: the drain budget (a third of 3 nodes) is full,
+        # so n2 serves on, degraded, and says why; the budget's alert goes pending (1 min).
+        assert vigil("lab", "sensor", "--dir", str(lab.root), "--node", "n2", "--fault-code", "0x88").returncode == 0
+        lab.wait_for(lambda: (member(lab, "n2").get("reasons") or [""])[0].startswith("drain deferred"), 15,
+                     "n2's drain deferred by the drain budget")
+        lab.wait_for(lambda: "VigilDrainBudgetExhausted" in prometheus.names("pending"), 15,
+                     "VigilDrainBudgetExhausted pending")
+        found = {f["symptom"]: f for f in json.loads(vigil("diagnose", "--lab", str(lab.root), "--json",
+                                                           "--kernel-log", "/dev/null").stdout)["findings"]}
+        budget = found.get("the drain budget is full: 1 node(s) wait to drain for health")
+        assert budget and "n2" in budget["cause"] and member(lab, "n2")["verdict"] == "degraded", found.keys()
+        assert prometheus.names() == set()
     finally:
+        assert vigil("lab", "sensor", "--dir", str(lab.root), "--node", "n2", "--fault-code", "0").returncode == 0
         assert vigil("lab", "sensor", "--dir", str(lab.root), "--node", "n3", "--fault-code", "0").returncode == 0
-    lab.wait_for(lambda: member(lab, "n3").get("verdict") == "ready", 15, "n3 ready once the fault clears")
+    lab.wait_for(lambda: member(lab, "n3").get("verdict") == "ready" and member(lab, "n2").get("verdict") == "ready",
+                 15, "n3 and n2 ready once the faults clear")
     lab.wait_for(lambda: not prometheus.alerts("pending") and not prometheus.alerts(), 15,
                  "no alert pending once the fault cleared")
     seen = verdict_events(lab, "n3", t0)

@@ -10,8 +10,8 @@ door, while it still holds the VIP:
    whichever machine holds the address by then);
 2. the node's router is told (SIGUSR1, vigil.router.http1.quiesce) to close
    every client connection after the answer it is working on, idle ones once
-   their client has left them unused 0.5 s (at once would race a request the
-   client is sending on one);
+   unused 1.5 s since the quiesce (at once would race the request a busy
+   client sends on each pooled connection, answered `Connection: close`);
 3. the leader waits until no connection to a VIP is established, at most
    QUIESCE_MAX s and only while its role stays valid, then resigns as before.
 The hold is lifted HOLD_AFTER s after the resignation (the VIP is gone from
