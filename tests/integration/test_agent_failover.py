@@ -209,9 +209,7 @@ def test_a_heartbeat_under_a_key_the_ring_lacks_is_an_alert_not_a_suspicion(lab)
         got = lab.wait_for(lambda: (lambda r: r if sum(r.values()) >= 20 else None)(refused()), 10,
                            "20 packets refused")
         assert got["unknown_key"] >= 1, got
-        pending = lab.wait_for(lambda: [a["labels"] for a in prometheus.alerts("pending")
-                                        if a["labels"]["alertname"] == "VigilKeyRingMismatch"], 15,
-                               "VigilKeyRingMismatch pending")
+        pending = lab.wait_for(lambda: prometheus.pending("VigilKeyRingMismatch"), 15, "VigilKeyRingMismatch pending")
         assert {a["node"] for a in pending} == {node.name} and prometheus.names() == set(), pending
         assert lab.agent_status(node.name)["peers"]["n2"]["state"] == "alive", "n2 itself is still heard"
     finally:

@@ -86,7 +86,7 @@ def prometheus(served_lab):
 
 def pending_for(prometheus: Prometheus, alert: str) -> set[str]:
     """The nodes `alert` is pending for (its expression holds; `for` not yet over)."""
-    return {a["labels"].get("node", "") for a in prometheus.alerts("pending") if a["labels"]["alertname"] == alert}
+    return {labels.get("node", "") for labels in prometheus.pending(alert)}
 
 
 def test_standby_drain_and_resume_move_roles_and_traffic_with_zero_failed_requests(served_lab):
@@ -211,8 +211,7 @@ def test_a_plc_fault_code_drains_and_clearing_it_readmits(served_lab, prometheus
                      "n2's drain deferred by the drain budget")
         lab.wait_for(lambda: "VigilDrainBudgetExhausted" in prometheus.names("pending"), 15,
                      "VigilDrainBudgetExhausted pending")
-        found = {f["symptom"]: f for f in json.loads(vigil("diagnose", "--lab", str(lab.root), "--json",
-                                                           "--kernel-log", "/dev/null").stdout)["findings"]}
+        found = {f["symptom"]: f for f in diagnose(lab)}
         budget = found.get("the drain budget is full: 1 node(s) wait to drain for health")
         assert budget and "n2" in budget["cause"] and member(lab, "n2")["verdict"] == "degraded", found.keys()
         assert prometheus.names() == set()

@@ -126,8 +126,7 @@ def named_while_frozen(lab: Lab, victim: str, prometheus: Prometheus) -> None:
     """`vigil diagnose` names the frozen engine first; its alert is pending (for 2 min)."""
     found = diagnose(lab)
     assert found[0]["symptom"] == f"the model server on {victim} is hung", found[:2]
-    hung = lab.wait_for(lambda: [a["labels"] for a in prometheus.alerts("pending")
-                                 if a["labels"]["alertname"] == "VigilEngineHung"], 15, "VigilEngineHung pending")
+    hung = lab.wait_for(lambda: prometheus.pending("VigilEngineHung"), 15, "VigilEngineHung pending")
     assert [a["node"] for a in hung] == [victim] and prometheus.names() == set(), hung
 
 

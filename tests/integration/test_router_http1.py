@@ -9,7 +9,8 @@ import asyncio
 from aiohttp import web
 
 from tests.integration.test_router_deadlines import router_over
-from vigil.router.http1 import FrontProtocol, Listener, sweep
+from vigil.router.front_close import sweep
+from vigil.router.http1 import FrontProtocol, Listener
 
 
 def echo_backend() -> web.Application:

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 
-from vigil.router.http1 import QUIESCE_IDLE, FrontProtocol, Incoming, Listener, Reply, quiesce
+from vigil.router.front_close import QUIESCE_IDLE, quiesce
+from vigil.router.http1 import FrontProtocol, Incoming, Listener, Reply
+from vigil.testing.wait import wait_until
 
 
 async def ok(req: Incoming, reply: Reply) -> None:
@@ -38,8 +40,10 @@ async def test_a_quiesce_answers_a_request_on_an_idle_connection_and_closes_the_
         for reader, writer in (used, unused):
             writer.write(REQUEST)
             assert b"Connection: close" not in await answer(reader), "kept alive before the quiesce"
-        await asyncio.sleep(QUIESCE_IDLE * 1.2)  # the scenario: both lie unused in the client's pool a while
         loop = asyncio.get_running_loop()
+        answered = loop.time()
+        # the scenario: both lie unused in the client's pool longer than QUIESCE_IDLE
+        await wait_until(lambda: loop.time() - answered > QUIESCE_IDLE * 1.2, 10, "both connections cold")
         t0 = loop.time()
         assert quiesce(listener) == 2
         used[1].write(REQUEST)  # a busy client reaches that far into its pool just now
@@ -58,12 +62,15 @@ async def test_a_quiesce_answers_a_request_on_an_idle_connection_and_closes_the_
 async def test_a_connection_whose_long_answer_just_ended_is_not_closed_under_its_next_request():
     """Idle counts from the last answer too: a stream that ran longer than QUIESCE_IDLE
     and ended just before the quiesce leaves its client about to reuse the connection."""
+    loop = asyncio.get_running_loop()
+
     async def slow(req: Incoming, reply: Reply) -> None:
-        await asyncio.sleep(QUIESCE_IDLE * 1.5)  # a long generation: the client sends nothing meanwhile
+        began = loop.time()  # a long generation: the client sends nothing meanwhile
+        await wait_until(lambda: loop.time() - began > QUIESCE_IDLE * 1.5, 10, "a generation longer than idle")
         reply.whole(200, [("Content-Type", "text/plain")], b"ok")
 
     listener = Listener(1 << 20)
-    server = await asyncio.get_running_loop().create_server(lambda: FrontProtocol(slow, listener), "127.0.0.1", 0)
+    server = await loop.create_server(lambda: FrontProtocol(slow, listener), "127.0.0.1", 0)
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
         writer.write(REQUEST)

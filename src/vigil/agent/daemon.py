@@ -361,8 +361,7 @@ class Agent:
         self.publisher.request()
 
     def suspects(self) -> list[str]:
-        """Peers heard and then lost whose conviction counts our word (Topology.voters),
-        as published in our member record; our heartbeats list them all."""
+        """Lost peers whose conviction counts our word (Topology.voters): our record's; heartbeats list all."""
         lost, t = self.heartbeats.peers.suspected_for(self.clock.now()), self.heartbeats.topology
         return sorted(p for p in lost if self.cfg.node in t.voters(p))
 

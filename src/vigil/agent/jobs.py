@@ -35,6 +35,7 @@ node: the shards of a job spread over the nodes that take batch work.
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 from typing import Callable
@@ -78,7 +79,7 @@ class JobRunner:
         self.claims = ShardClaimer(store, keys, node, clock, record, domains or {})
         self.current: Claim | None = None
         self._freed = asyncio.Event()  # a shard's owner record was deleted since the last look
-        self._let_go_keys: set[str] = set()  # owner records this node deleted itself: no news to it
+        self._let_go_keys: collections.deque[str] = collections.deque(maxlen=16)  # deleted by us: no news
         self._http: aiohttp.ClientSession | None = None
 
     async def run(self) -> None:
@@ -118,7 +119,7 @@ class JobRunner:
         record means its shard is free (its node's lease expired, or it let it go), and
         an idle runner looks now instead of at its next poll."""
         if key in self._let_go_keys:  # our own release: looking again at once would take it back
-            self._let_go_keys.discard(key)
+            self._let_go_keys.remove(key)
         elif key.startswith(self.keys.payload("job:")):
             self._freed.set()
 
@@ -133,7 +134,7 @@ class JobRunner:
     async def _delete_own(self, c: Claim) -> None:
         """Delete our owner record of `c` (StoreError: the lease takes it later)."""
         key = self.keys.payload(payload_id(c.spec.id, c.shard))
-        self._let_go_keys = {key} | set(list(self._let_go_keys)[-15:])  # bounded: a delete not seen is forgotten
+        self._let_go_keys.append(key)  # the oldest are forgotten: a delete the watch never showed
         await self.store.delete_if_created(key, c.revision)
 
     async def claim(self, lease: int) -> Claim | None:

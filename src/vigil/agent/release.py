@@ -8,7 +8,7 @@ door, while it still holds the VIP:
 1. new connections to the VIPs are held: an nftables rule drops their SYNs
    (not a reset: the client's kernel sends the SYN again after a second, to
    whichever machine holds the address by then);
-2. the node's router is told (SIGUSR1, vigil.router.http1.quiesce) to close
+2. the node's router is told (SIGUSR1, vigil.router.front_close.quiesce) to close
    every client connection after the answer it is working on, idle ones once
    unused 1.5 s since the quiesce (at once would race the request a busy
    client sends on each pooled connection, answered `Connection: close`);

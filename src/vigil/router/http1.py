@@ -23,13 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import logging
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
 import httptools
 
-log = logging.getLogger(__name__)
 
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
                         "trailers", "transfer-encoding", "upgrade", "content-length", "host"})
@@ -38,11 +36,6 @@ REASONS = {200: "OK", 201: "Created", 204: "No Content", 304: "Not Modified", 40
            429: "Too Many Requests", 500: "Internal Server Error", 502: "Bad Gateway",
            503: "Service Unavailable", 504: "Gateway Timeout"}
 HIGH_WATER = 1 << 20
-# s: at a quiesce, an idle connection is closed once unused this long, counted from the quiesce
-# at the earliest. A busy client meanwhile sends a request on each connection it pools (most
-# recently used first), and each is answered with `Connection: close`: a close of ours would
-# race that request. QUIESCE_MAX in agent/release.py (5 s) leaves room for it.
-QUIESCE_IDLE = 1.5
 
 
 @dataclass
@@ -355,52 +348,3 @@ class FrontProtocol(asyncio.Protocol):
         reply.whole(status, [("Content-Type", "text/plain")], message)
         if self.transport is not None:
             self.transport.close()
-
-
-def quiesce(listener: Listener) -> int:
-    """A planned handover of the address clients reach us on (the VIP): every
-    connection closes after the answer it is working on (`Connection: close`),
-    an idle one once unused (nothing received, nothing answered) QUIESCE_IDLE s since the
-    quiesce, and a new one
-    after its first answer, so no client holds a kept-alive connection when the
-    address moves (a request on one would meet the new holder's reset). Until
-    `listener.closing` is cleared. Returns how many connections were open."""
-    listener.closing = True
-    open_now = list(listener.conns)
-    loop = asyncio.get_running_loop()
-    began = loop.time()
-    for c in open_now:
-        c.keep_alive = False
-        _close_when_idle(c, loop, began)
-    return len(open_now)
-
-
-def _close_when_idle(c: FrontProtocol, loop: asyncio.AbstractEventLoop, began: float) -> None:
-    """Close `c` once unused for QUIESCE_IDLE s since the quiesce `began` at the earliest.
-    Sooner, its client may be writing a request on it this very moment (it cannot have
-    seen the close yet), and that request would fail unanswered; a request it does
-    send is answered, with `Connection: close`, and that closes it."""
-    if c.transport is None or c.busy() or not c.listener.closing:
-        return  # the answer it is working on closes it (or the quiesce was lifted)
-    wait = max(c.active_at, c.answered_at, began) + QUIESCE_IDLE - loop.time()
-    if wait <= 0:
-        c.close()
-    else:
-        loop.call_later(wait, _close_when_idle, c, loop, began)
-
-
-async def sweep(listener: Listener) -> None:
-    """Close the listener's connections that are overdue (FrontProtocol.overdue):
-    idle, slow to send a request's head or body, or reading none of their answers."""
-    lim, loop = listener, asyncio.get_running_loop()
-    while True:
-        await asyncio.sleep(min(lim.idle, lim.head) / 4)
-        now = loop.time()
-        for c in list(listener.conns):
-            why = c.overdue(now)
-            if why is not None and c.transport is not None:
-                log.debug("closing the connection of %s: %s", c.client, why)
-                if c.stalled_at is not None:
-                    c.transport.abort()  # a close would wait for it to read what we wrote
-                else:
-                    c.transport.close()

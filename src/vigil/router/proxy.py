@@ -39,7 +39,8 @@ from vigil.core.routing import Backend, RetryPolicy, RoutingTable
 from vigil.router.answers import Answered, error as _error, overloaded
 from vigil.router.attempt import Answer, AttemptFailed, observe, send_attempt
 from vigil.router.config import RouterConfig
-from vigil.router.http1 import HOP_BY_HOP, FrontProtocol, Incoming, Listener, Reply, quiesce, sweep
+from vigil.router.front_close import quiesce, sweep
+from vigil.router.http1 import HOP_BY_HOP, FrontProtocol, Incoming, Listener, Reply
 from vigil.router.keyed import KeyedRequests
 from vigil.router.metrics import RouterMetrics, admin_handler
 from vigil.router.queue import SlotQueue
@@ -127,7 +128,7 @@ class Router:
 
     def quiesce(self, hold: float = QUIESCE_HOLD) -> None:
         """SIGUSR1, from the agent before it gives up the VIP on purpose: clients'
-        connections close after their answers (http1.quiesce), for `hold` s."""
+        connections close after their answers (front_close.quiesce), for `hold` s."""
         n = quiesce(self.front)
         log.info("quiescing: %d client connection(s) close after their answers, for %g s", n, hold)
         if self._lift is not None:  # a second handover within the hold: it lasts from now

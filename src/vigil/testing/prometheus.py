@@ -81,6 +81,11 @@ class Prometheus:
             return []
         return [a for a in found if a["state"] == state]
 
+    def pending(self, alert: str) -> list[dict]:
+        """The labels of each pending instance of `alert` (its expression holds, its
+        `for` not yet over)."""
+        return [a["labels"] for a in self.alerts("pending") if a["labels"]["alertname"] == alert]
+
     def names(self, state: str = "firing") -> set[str]:
         """The names of the alerts in `state`."""
         return {a["labels"]["alertname"] for a in self.alerts(state)}
