@@ -54,5 +54,6 @@ def test_a_new_leader_waits_while_a_live_peer_still_claims_leadership(lab):
     starts = [r for r in read_records(lab.history_files())
               if r["node"] == survivor and r["event"] == "start" and r["token"] > token]
     assert starts and starts[0]["at"] >= released
-    waits = [e for e in lab.events() if e["kind"] == "handover_wait" and e["node"] == survivor]
-    assert waits and impostor in waits[0]["cause"]
+    waits = lab.wait_events(lambda e: e["kind"] == "handover_wait" and e["node"] == survivor, 10,
+                            f"{survivor}'s handover_wait event")
+    assert impostor in waits[0]["cause"]

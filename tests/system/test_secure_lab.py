@@ -111,11 +111,10 @@ def test_events_an_operator_causes_name_the_operator(lab):
     to = next(n.name for n in lab.nodes if n.name != old)
     r = vigil("switchover", "--to", to, "--lab", str(lab.root))
     assert r.returncode == 0, r.stderr
-    events = lab.events()
-    asked = [e for e in events if e["kind"] == "switchover_requested"]
+    asked = [e for e in lab.events() if e["kind"] == "switchover_requested"]
     assert asked and asked[-1]["operator"] == "operator" and asked[-1]["subject"] == to
-    assert any("requested by operator" in e.get("cause", "") for e in events if e["node"] == old), \
-        "the old leader's resignation names who asked for it"
+    lab.wait_events(lambda e: e["node"] == old and "requested by operator" in e.get("cause", ""), 10,
+                    "the old leader's resignation, naming who asked for it")
 
 
 def test_agent_api_is_https_and_only_health_is_open(lab):

@@ -112,6 +112,16 @@ class LabObservation:
         from vigil.store.events import read_events
         return self.with_store(lambda store: read_events(store, Keys(self.cluster)))
 
+    def wait_events(self, match: Callable[[dict[str, Any]], bool], timeout: float,
+                    what: str) -> list[dict[str, Any]]:
+        """The events `match` accepts, once there is at least one. An agent writes its
+        events to etcd in batches after it acts, so an event can trail the state a test
+        waited for by a batch: wait for it, never read it once."""
+        def found() -> list[dict[str, Any]]:
+            return [e for e in self.events() if match(e)]
+        self.wait_for(found, timeout, what, poll=0.2)
+        return found()
+
     def status(self) -> dict[str, Any]:
         """What `vigil status --json` prints for this lab."""
         from vigil.cli.status_view import ApiAccess, gather_status
