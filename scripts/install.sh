@@ -26,6 +26,7 @@ command -v wrk >/dev/null || pkgs+=(wrk)
 command -v ipmi_sim >/dev/null || pkgs+=(openipmi)     # the IPMI BMC simulator fencing is tested on
 command -v ipmitool >/dev/null || pkgs+=(ipmitool)
 command -v faketime >/dev/null || pkgs+=(faketime)   # the clock-step test and bench/hostile.py
+command -v corosync >/dev/null || pkgs+=(corosync)   # the diagnose matrix's corosync rows: a real ring in namespaces
 # The deployment (issue 23): units checked by systemd-analyze, the .deb linted, and three
 # Debian 12 machines booted with systemd-nspawn from a debootstrapped root.
 command -v systemd-analyze >/dev/null || pkgs+=(systemd)

@@ -61,11 +61,12 @@ def lab(tmp_path):
         lab.down()
 
 
-def diagnose(lab: Lab, kernel_log: str = "/dev/null") -> list[dict]:
-    """`vigil diagnose --lab`'s findings, most important first (the lab's kernel log:
-    `kernel_log`; /dev/null: none, since the labs share this host's)."""
+def diagnose(lab: Lab, kernel_log: str = "/dev/null", corosync_log: str = "/dev/null") -> list[dict]:
+    """`vigil diagnose --lab`'s findings, most important first (the lab's kernel and
+    corosync logs: /dev/null, none, since the labs share this host's)."""
     r = subprocess.run([sys.executable, "-m", "vigil", "diagnose", "--lab", str(lab.root), "--json", "--limit", "0",
-                        "--kernel-log", kernel_log], capture_output=True, text=True, timeout=60)
+                        "--kernel-log", kernel_log, "--corosync-log", corosync_log],
+                       capture_output=True, text=True, timeout=60)
     assert r.returncode in (0, 1), r.stderr
     return json.loads(r.stdout)["findings"]
 

@@ -19,12 +19,15 @@ import urllib.error
 import urllib.request
 
 import pytest
+from cryptography import x509
 
+from vigil.certs import issue
 from vigil.errors import StoreError
 from vigil.files import read_secret
 from vigil.lab import Lab
 from vigil.store.etcd import EtcdStore
 from vigil.store.keys import Keys
+from vigil.testing.prometheus import Prometheus
 
 
 @pytest.fixture(scope="module")
@@ -164,3 +167,28 @@ def test_the_support_bundle_holds_no_secret_the_lab_made(lab, tmp_path):
     assert "PRIVATE KEY" not in everything.replace("<redacted>", "")
     root_password = json.loads((lab.root / "lab.json").read_text())["etcd"]["tls"]["password"]
     assert len(root_password) >= 12 and root_password not in everything, "etcd's root password"
+
+
+def test_certificate_alerts_fire_when_a_certificate_nears_its_end_and_only_then(lab):
+    """A real Prometheus scrapes every agent over TLS with the harness's token. n2's
+    API certificate is reissued for 7 days (the 14-day warning alone), then for 1
+    (both), then for 825 (neither): each alert fires exactly while it should."""
+    cert_alerts = {"VigilCertificateExpiringSoon", "VigilCertificateExpiring"}
+    tls = lab.root / "tls"
+    prometheus = Prometheus.for_lab(lab)
+
+    def firing() -> set[tuple[str, str, str]]:
+        return {(a["labels"]["alertname"], a["labels"]["node"], a["labels"]["certificate"])
+                for a in prometheus.alerts() if a["labels"]["alertname"] in cert_alerts}
+    cert = x509.load_pem_x509_certificate((tls / "n2-api.pem").read_bytes())
+    hosts = [str(ip) for ip in cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+             .value.get_values_for_type(x509.IPAddress)]  # the same names, so a restarted agent serves it
+    try:
+        lab.wait_for(prometheus.ready, 60, "Prometheus scraping every agent over TLS")
+        assert firing() == set(), "the lab's certificates are valid for 825 days"
+        for days, expect in ((7, {"VigilCertificateExpiringSoon"}), (1, cert_alerts), (825, set())):
+            issue(tls, "n2-api", hosts, days=days)
+            want = {(name, "n2", "api") for name in expect}
+            lab.wait_for(lambda: firing() == want, 30, f"exactly {sorted(expect)} for a {days}-day certificate")
+    finally:
+        prometheus.stop()

@@ -1,5 +1,5 @@
 """A real Prometheus server (Debian's `prometheus`) for tests: scrapes the
-given agents' /metrics every second with Vigil's rules loaded, on
+given agents' /metrics (http, or https behind a token) every second with Vigil's rules loaded, on
 127.0.0.1, with its data in a temporary folder; `alerts()` reads what fires.
 Stopped (by PID) and its folder removed on `stop()`, whatever happened."""
 
@@ -26,15 +26,19 @@ if TYPE_CHECKING:
 
 
 class Prometheus:
-    def __init__(self, targets: list[str], cluster: str = "lab"):
-        """`targets`: host:port of each agent's API (its /metrics)."""
+    def __init__(self, targets: list[str], cluster: str = "lab", tls: tuple[str, str] | None = None):
+        """`targets`: host:port of each agent's API (its /metrics); `tls`: (CA file,
+        bearer token file) where the APIs serve https behind a token."""
         self.dir = Path(tempfile.mkdtemp(prefix="vigil-prometheus-"))
         self._up_at: float | None = None  # when every target was first seen up
         (self.port,) = procs.free_ports(1)
+        scrape: dict = {"job_name": "vigil-agent", "static_configs": [
+            {"targets": targets, "labels": {"cluster": cluster}}]}
+        if tls:
+            scrape |= {"scheme": "https", "tls_config": {"ca_file": tls[0]},
+                       "authorization": {"type": "Bearer", "credentials_file": tls[1]}}
         config = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-                  "rule_files": [str(RULES)],
-                  "scrape_configs": [{"job_name": "vigil-agent", "static_configs": [
-                      {"targets": targets, "labels": {"cluster": cluster}}]}]}
+                  "rule_files": [str(RULES)], "scrape_configs": [scrape]}
         (self.dir / "prometheus.yml").write_text(yaml.safe_dump(config))
         binary = shutil.which("prometheus")
         if binary is None:
@@ -47,8 +51,11 @@ class Prometheus:
 
     @classmethod
     def for_lab(cls, lab: "Lab") -> "Prometheus":
-        """One scraping every agent of a `vigil.lab.Lab`."""
-        return cls([n.api_url.split("://", 1)[1] for n in lab.nodes])
+        """One scraping every agent of a `vigil.lab.Lab` (over TLS, with the harness's
+        token, on a secure lab)."""
+        tls = lab.root / "tls"
+        return cls([n.api_url.split("://", 1)[1] for n in lab.nodes],
+                   tls=(str(tls / "ca.pem"), str(tls / "harness.api-token")) if lab.etcd.tls else None)
 
     @property
     def url(self) -> str:
