@@ -13,7 +13,7 @@ in the window, where nothing was killed), then --kills SIGKILLs of the
 leader's agent: detection = kill -> each survivor that watches the leader
 records peer_suspected (all of them do: everyone watches the leader).
 
-Usage: python bench/scale.py [--sizes 3,10,30,60] [--idle 60] [--kills 3] [--modes full,topology]
+Usage: python bench/scale.py [--sizes 3,10,30,60] [--idle 60] [--kills 3] [--modes full,topology,topology-rt]
        [--timing product|lab] [--rack-size N] [--label NAME] [--append]
 Writes bench/results/scale.{json,md}. Root not needed (loopback). `--append` adds
 this run's rows to the file's (e.g. main before issue 24, run from its own tree:
@@ -40,7 +40,10 @@ from vigil.errors import StoreError, VigilError  # noqa: E402
 from vigil.lab import Lab  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
-MODES = {"full": {"full_mesh_up_to": 1000}, "topology": {}}
+# mode -> (heartbeat.topology, heartbeat.realtime): `topology-rt` is what `vigil init` writes
+# (the heartbeat thread at SCHED_FIFO 10, memory locked), where it also hands the detectors' looks.
+MODES = {"full": ({"full_mesh_up_to": 1000}, None), "topology": ({}, None),
+         "topology-rt": ({}, {"priority": 10, "lock_memory": True})}
 
 
 def cpu_seconds(pid: int) -> float:
@@ -126,7 +129,7 @@ def one(root: Path, n: int, mode: str, idle_s: float, kill_count: int, timing: s
     started = time.monotonic()
     try:
         lab = Lab.up(root, n, timeout=60 + 3 * n, timing=lab_timing(timing, n),
-                     workload={"topology": MODES[mode], "flap_threshold": 0,
+                     workload={"topology": MODES[mode][0], "realtime": MODES[mode][1], "flap_threshold": 0,
                                "rack_size": rack_size})
     except VigilError as e:
         return {"nodes": n, "mode": mode, "started": False, "error": str(e)[:300]}
@@ -161,7 +164,9 @@ def report(runs: list[dict], idle_s: float, kills_n: int) -> None:
           "2.5 s, cycle 1 s). "
           f"An idle window per row (the last run's: {idle_s:g} s), {kills_n} leader SIGKILLs per row. `full`: every agent hears "
           "every other (heartbeat.topology.full_mesh_up_to 1000, the design before issue 24); `topology`: "
-          "failure-domain meshes (rack: nodes per domain; 10 before this column existed) + 8 observers + the leader (defaults; a full mesh up to 16 members). "
+          "failure-domain meshes (rack: nodes per domain; 10 before this column existed) + 8 observers + the leader (defaults; a full mesh up to 16 members); "
+          "`topology-rt`: the same with heartbeat.realtime as `vigil init` writes it (the heartbeat thread at SCHED_FIFO 10, "
+          "memory locked), the thread stamping arrivals and handing the detectors' looks. "
           "Both with pair-key heartbeats and the per-(source, node) verification budget; `main-c0039a9`: the "
           "code before issue 24 (Ed25519 on every packet, one budget per source address), where it runs.")
 

@@ -104,7 +104,7 @@ class HeartbeatService:
         self._skew_alarms: set[str] = set()
         self._replan()
         self.watch = PeerWatch(self.peers, tick)
-        self.looking = WatchLoop(self.watch, clock.now, self._looked)
+        self.looking = WatchLoop(self.watch, clock.now, self._looked, pacer)
         # Secret and random per incarnation, written nowhere: a stranger who knows the
         # incarnation (member records) still cannot aim at the next sequence numbers,
         # the receivers' `near` budget (vigil.net.admit). 2**62 leaves the 64-bit field room.

@@ -25,8 +25,16 @@ Contract:
   counted; the thread goes on.
 - `guard(deadline, on_deadline)`: the thread also wakes at `deadline()` (None:
   none) and calls `on_deadline()` once it has passed.
+- `look_at(due, on_due)`: the thread also wakes at `due()` (when the loop next
+  looks at its detectors; it replaces the value whole, and calls `rearm()` after
+  it moves) and hands `on_due(at)` to the owner's loop, in order after the
+  datagrams it stamped up to `at`: the loop judges its detectors as of `at`, the
+  instant this thread saw `due` pass, however late the loop runs. While the loop
+  has not moved `due` (it is behind), another look follows every LOOK_REPEAT, so
+  a deadline the loop will only plan once it catches up is still judged within
+  LOOK_REPEAT of the instant it passed.
 - The thread verifies nothing and judges nothing: signatures and detectors
-  run on the owner's loop at normal priority. At most QUEUED datagrams wait
+  run on the owner's loop at normal priority (judging at the thread's times). At most QUEUED datagrams wait
   for the loop; beyond that the thread stops reading (the kernel's socket
   buffer fills and drops, as it would for a slow loop) until the loop has
   taken all but RESUME of them, so a flood costs this thread at most the
@@ -56,6 +64,9 @@ log = logging.getLogger(__name__)
 BURST = 64  # datagrams read per socket per wake: the others wait one pass, in the kernel's buffer
 QUEUED, RESUME = 2048, 256  # datagrams handed to the loop and not yet taken: stop reading at, resume at
 MAX_NAP = 1.0  # s: the thread looks at its timers at least this often
+# s: while the loop is behind, a look every this long (within the pause guard's 20 ms
+# tolerance, vigil.core.peers: the looks of a late loop are on time, none is forgiven)
+LOOK_REPEAT = 0.01
 TICK_AFTER_ERROR = 0.01  # s: a pass that failed is not retried sooner (never a busy loop)
 Arrival = tuple["PacedTransport", bytes, tuple[str, int], float]
 
@@ -98,6 +109,10 @@ class Pacer:
         self._dropped: list[PacedTransport] = []
         self._added: list[int] = []  # sockets bound, not yet polled
         self._deadline: tuple[Callable[[], float | None], Callable[[], object]] | None = None
+        self._look: tuple[Callable[[], float], Callable[[float], object]] | None = None
+        self._looked_due: float | None = None  # the due last handed to the loop
+        self._looked_at = 0.0  # when it was handed (again after LOOK_REPEAT while unchanged)
+        self._unread = False  # this pass left datagrams in a socket (more than a BURST)
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -138,6 +153,14 @@ class Pacer:
 
     def guard(self, deadline: Callable[[], float | None], on_deadline: Callable[[], object]) -> None:
         self._deadline = (deadline, on_deadline)
+        self._wake()
+
+    def look_at(self, due: Callable[[], float], on_due: Callable[[float], object]) -> None:
+        self._look = (due, on_due)
+        self._wake()
+
+    def rearm(self) -> None:
+        """The loop moved `due()`: the thread sleeps towards the new value."""
         self._wake()
 
     def _push(self, when: float, interval: float, fn: Callable[[], object]) -> None:
@@ -204,6 +227,7 @@ class Pacer:
         events = self._poll.poll(max(0.0, min(timeout, MAX_NAP)) * 1000)
         at = self.now()
         arrivals: list[Arrival] = []
+        self._unread = False
         for fd, _ in events:
             if fd == self._wake_r.fileno():
                 self._drain_wake()
@@ -217,6 +241,7 @@ class Pacer:
             except RuntimeError:  # the loop closed under us: the agent is stopping
                 self._stopping = True
                 return
+        self._check_look(at)
         self._run_due()
         self._check_deadline()
 
@@ -256,7 +281,28 @@ class Pacer:
         with self._lock:
             nxt = self._timers[0][0] if self._timers else self.now() + MAX_NAP
         due = self._deadline[0]() if self._deadline else None
-        return min(nxt, due) if due is not None else nxt
+        nxt = min(nxt, due) if due is not None else nxt
+        if self._look is None:
+            return nxt
+        look = self._look[0]()
+        return min(nxt, look if look != self._looked_due else self._looked_at + LOOK_REPEAT)
+
+    def _check_look(self, at: float) -> None:
+        """Hand the loop a look as of `at` (this pass's poll) once the detectors'
+        deadline has passed, after this pass's datagrams (call_soon_threadsafe keeps
+        the order). Not while datagrams that came before `at` may still wait in a
+        socket (held back, or more than a BURST): the loop's own fallback looks then."""
+        if self._look is None or self.loop is None or not self._reading or self._unread:
+            return
+        due, on_due = self._look
+        when = due()
+        if at < when or (when == self._looked_due and at < self._looked_at + LOOK_REPEAT):
+            return
+        self._looked_due, self._looked_at = when, at
+        try:
+            self.loop.call_soon_threadsafe(on_due, at)
+        except RuntimeError:  # the loop closed under us: the agent is stopping
+            self._stopping = True
 
     def _read(self, fd: int, at: float, out: list[Arrival]) -> None:
         t = self._sockets.get(fd)
@@ -270,6 +316,7 @@ class Pacer:
             except OSError:  # an ICMP error queued on the socket: UDP's, not ours
                 continue
             out.append((t, data, addr, at))
+        self._unread = True  # read again at once: poll still says readable
 
     def _run_due(self) -> None:
         while True:
