@@ -1,5 +1,5 @@
 """The long simulation schedule of issue 11: 200 seeds x 60 virtual minutes
-of three real agents (tests/sim/cluster.py) under seeded faults, on
+of three real agents (vigil/testing/sim_cluster.py) under seeded faults, on
 as many worker processes as the machine has cores; and, as its control,
 the same simulation with a broken timer relation (demote_after 14 s past
 the 10 s lease TTL, slipped past the start-up check) to show the check it
@@ -16,7 +16,7 @@ Writes bench/results/sim.{json,md}.
 Large clusters (issue 24): python bench/sim.py --nodes 1000 [--rack-size 10]
 [--minutes 10] [--seeds 1] runs that many real agents through the detection
 topology (racks of --rack-size) in one SimLoop, under the large schedule
-(tests/sim/large.py: the leader killed, a node killed, a rack killed, a rack
+(vigil/testing/sim_large.py: the leader killed, a node killed, a rack killed, a rack
 cut off, a pause past the TTL, a peer cut, each in turn), and writes
 bench/results/sim_scale_<N>.{json,md}: wall time, leadership terms, overlaps,
 one leader at the end, every killed node's detection against the target,
@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-sys.path.insert(0, str(Path(__file__).parent.parent))  # tests.sim.cluster
 from common import percentile, write  # noqa: E402
 
 TARGET_S = 180.0
@@ -49,9 +48,9 @@ BROKEN = {"demote_after": 14.0}
 def _simulate(seed: int, seconds: float, nodes: int = 3, rack_size: int = 0, large: bool = False,
               **cluster: Any) -> tuple[Any, Any, float]:
     """One seeded run in a scratch directory: (cluster, result, wall s); `large`: the
-    large-cluster schedule (tests/sim/large.py, a LargeResult), else SimCluster's."""
-    from tests.sim.cluster import SimCluster, quiet_logs
-    from tests.sim.large import LargeSimCluster
+    large-cluster schedule (vigil/testing/sim_large.py, a LargeResult), else SimCluster's."""
+    from vigil.testing.sim_cluster import SimCluster, quiet_logs
+    from vigil.testing.sim_large import LargeSimCluster
     quiet_logs()
     d = Path(tempfile.mkdtemp(prefix="vigil-simbench-", dir="/dev/shm" if Path("/dev/shm").is_dir() else None))
     t0 = time.perf_counter()
@@ -90,7 +89,7 @@ def one_large(seed: int, minutes: float, nodes: int, rack_size: int) -> dict:
 
 
 def etcd_load(traffic: collections.Counter, nodes: int, virtual: float) -> dict:
-    """What the agents asked of the store (tests/sim/cluster.py LinkedStore), per virtual second."""
+    """What the agents asked of the store (vigil/testing/sim_cluster.py LinkedStore), per virtual second."""
     requests = sum(n for op, n in traffic.items() if op not in ("watch", "watch_event"))
     return {"etcd_requests_per_virtual_s": round(requests / virtual, 1),
             "etcd_requests_per_node_per_virtual_s": round(requests / nodes / virtual, 3),
@@ -114,7 +113,7 @@ def large(a: argparse.Namespace) -> None:
                       f"{r['etcd_requests_per_virtual_s']} ({r['etcd_requests_per_node_per_virtual_s']})",
                       r["watch_events_per_node_per_virtual_s"]])
     write(f"sim_scale_{a.nodes}", {"runs": runs}, table,
-          "Real agents (tests/sim/cluster.py, tests/sim/large.py) in one SimLoop on one core, through the "
+          "Real agents (vigil/testing/sim_cluster.py, vigil/testing/sim_large.py) in one SimLoop on one core, through the "
           "detection topology (defaults: domain meshes, 8 observers, 6 agree); simulation timers (heartbeat "
           "5 s, lease 10 s), so messages per second are 1/50 of what 100 ms heartbeats send, and the "
           "detection target (suspicion time + one heartbeat + one detector tick) is 18 s where the "

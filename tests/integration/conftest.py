@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from vigil.agent.history import intervals, overlaps, read_records
+from vigil.agent.history import read_records
+from vigil.core.history import intervals, overlaps
 from vigil.lab import Lab
 
 

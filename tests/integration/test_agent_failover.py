@@ -12,7 +12,8 @@ import threading
 import time
 from pathlib import Path
 
-from vigil.agent.history import intervals, read_records
+from vigil.agent.history import read_records
+from vigil.core.history import intervals
 from vigil.identity import SigningKeys, generate
 from vigil.net.wire import Heartbeat, encode
 from vigil.testing.prometheus import Prometheus

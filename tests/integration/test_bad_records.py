@@ -162,7 +162,8 @@ async def test_router_routes_around_a_malformed_record_and_takes_the_node_back_w
 
 
 async def test_status_names_a_malformed_record_instead_of_a_traceback():
-    from vigil.cli.status_view import gather_status, render_table
+    from vigil.cluster_status import gather_status
+    from vigil.cli.status_view import render_table
     store = MemoryStore()
     store.start()
     keys = Keys("bad")
@@ -180,7 +181,7 @@ async def test_the_commands_read_hostile_payloads_and_events_and_print_them():
     (7cf5bfd: RecursionError, and `now - started` or fromtimestamp(at) overflowed)."""
     import datetime
     from vigil.cli.cluster_cmd import read_payloads
-    from vigil.cli.status_view import gather_status, payload_owners
+    from vigil.cluster_status import gather_status, payload_owners
     store = MemoryStore()
     store.start()
     keys = Keys("bad")
@@ -227,7 +228,7 @@ async def test_status_reads_requirements_and_fingerprints_no_agent_wrote():
     """The compat gate in `vigil status` reads every member's requires and fingerprint
     (7cf5bfd: AttributeError on a requirement that is no condition, ValueError on a
     gpu_count that is no number)."""
-    from vigil.cli.status_view import gather_status
+    from vigil.cluster_status import gather_status
     store = MemoryStore()
     store.start()
     keys = Keys("bad")

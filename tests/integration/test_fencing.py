@@ -12,7 +12,8 @@ import time
 
 import pytest
 
-from vigil.agent.history import intervals, overlaps, read_records
+from vigil.agent.history import read_records
+from vigil.core.history import intervals, overlaps
 from vigil import procs
 from vigil.lab import Lab
 from vigil.testing.prometheus import Prometheus

@@ -15,7 +15,8 @@ from aiohttp import web
 
 from vigil.agent.daemon import Agent
 from vigil.cli.cluster_cmd import read_payloads
-from vigil.cli.status_view import gather_status, render_table
+from vigil.cluster_status import gather_status
+from vigil.cli.status_view import render_table
 from vigil.config import parse_config
 from vigil.procs import free_ports
 from vigil.serve.generate import ReferenceLM

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import yaml
 
-from vigil.agent.history import intervals, overlaps, read_records
+from vigil.agent.history import read_records
+from vigil.core.history import intervals, overlaps
 from vigil.lab import Lab
 from vigil.lab.cluster import LAB_TIMING
 

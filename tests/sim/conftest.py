@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.sim.cluster import quiet_logs
+from vigil.testing.sim_cluster import quiet_logs
 
 
 @pytest.fixture

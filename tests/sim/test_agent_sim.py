@@ -1,4 +1,4 @@
-"""The real agent, simulated (tests/sim/cluster.py): three `Agent`s
+"""The real agent, simulated (vigil/testing/sim_cluster.py): three `Agent`s
 with their real reconciler, election, session, detector and role guard, on
 the in-memory store and heartbeat network, on virtual time, under seeded
 SIGKILLs and restarts, SIGSTOPs past the lease TTL, nodes cut from etcd or
@@ -19,7 +19,7 @@ import os
 import pytest
 
 from vigil.errors import ConfigError
-from tests.sim.cluster import SimCluster
+from vigil.testing.sim_cluster import SimCluster
 
 SEEDS = int(os.environ.get("VIGIL_SIM_SEEDS", "10"))
 MINUTES = float(os.environ.get("VIGIL_SIM_MINUTES", "60"))

@@ -1,4 +1,4 @@
-"""The drain budget with real agents (tests/sim/cluster.py): an XID storm
+"""The drain budget with real agents (vigil/testing/sim_cluster.py): an XID storm
 reaches every node of nine, in three racks of three, within one health
 round. Each agent decides from the member records it reads, and the
 cluster drains at most a third (one per rack); the rest keep serving,
@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 
-from tests.sim.cluster import SimCluster
+from vigil.testing.sim_cluster import SimCluster
 from vigil.store.keys import Keys
 from vigil.store.records import parse_member_kv
 from vigil.testing.xid_log import XidLog

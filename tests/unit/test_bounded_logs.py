@@ -8,7 +8,8 @@ import json
 import sys
 
 from vigil.agent.child import ChildProcess
-from vigil.agent.history import LeadershipHistory, intervals, read_jsonl, read_records
+from vigil.agent.history import LeadershipHistory, read_jsonl, read_records
+from vigil.core.history import intervals
 from vigil.clock import SystemClock
 from vigil.logfile import BoundedLog, cap
 from vigil.testing.wait import wait_until

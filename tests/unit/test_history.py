@@ -1,7 +1,8 @@
 import subprocess
 import sys
 
-from vigil.agent.history import Interval, LeadershipHistory, intervals, overlaps, read_jsonl
+from vigil.agent.history import LeadershipHistory, read_jsonl
+from vigil.core.history import Interval, intervals, overlaps
 
 
 def test_interval_of_killed_leader_ends_at_last_valid_until():

@@ -66,7 +66,7 @@ class ClusterPage:
         return out
 
     async def _read(self) -> None:
-        from vigil.cli.status_view import payload_owners
+        from vigil.cluster_status import payload_owners
         from vigil.store.events import read_events
         from vigil.store.jobs import list_jobs
 

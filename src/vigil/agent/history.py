@@ -15,8 +15,9 @@ A power loss may cost the records of those last milliseconds:
   (node names the fenced node): it was confirmed powered off at `at`
 Times are Unix seconds. For a node killed while leading there is no "end":
 its leadership ended no later than its last `valid_until`, because it never
-acts past that instant. `intervals()` applies exactly that rule; tests and
-the chaos checker use it to prove that no two leaderships overlap.
+acts past that instant. `vigil.core.history.intervals()` applies exactly that
+rule to what `read_records` reads; tests and the chaos checker use it to prove
+that no two leaderships overlap.
 """
 
 from __future__ import annotations
@@ -26,21 +27,11 @@ import logging
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from vigil.core.records import decode_json, integer, unix_time
 from vigil.logfile import LOG_MAX_BYTES, BoundedLog, with_rotated
-
-
-@dataclass(frozen=True)
-class Interval:
-    node: str
-    token: int
-    start: float
-    end: float
-    ended_by: str
 
 
 log = logging.getLogger(__name__)
@@ -104,34 +95,3 @@ def _well_formed(rec: Any) -> bool:
 def read_records(paths: Iterable[Path]) -> list[dict[str, Any]]:
     """The leadership records of each history file and of its rotated predecessor."""
     return [r for p in paths for q in with_rotated(p) for r in read_jsonl(q, _well_formed)]
-
-
-def intervals(records: list[dict[str, Any]]) -> list[Interval]:
-    """Leadership intervals per (node, token); see the module docstring."""
-    acc: dict[tuple[str, int], dict[str, Any]] = {}
-    for r in records:
-        k = (r["node"], r["token"])
-        cur = acc.setdefault(k, {"start": None, "valid_until": None, "end": None, "by": "lease"})
-        if r["event"] == "start":
-            cur["start"] = r["at"]
-        if "valid_until" in r:
-            cur["valid_until"] = max(cur["valid_until"] or 0, r["valid_until"])
-        if r["event"] in ("end", "fenced") and (cur["end"] is None or r["at"] < cur["end"]):
-            cur["end"], cur["by"] = r["at"], r.get("kind", r["event"])
-    out = []
-    for (node, token), c in acc.items():
-        if c["start"] is None:
-            continue
-        ends = [x for x in (c["end"], c["valid_until"]) if x is not None]
-        out.append(Interval(node, token, c["start"], min(ends) if ends else c["start"], c["by"]))
-    return sorted(out, key=lambda i: (i.start, i.token))
-
-
-def overlaps(ivs: list[Interval]) -> list[tuple[Interval, Interval]]:
-    """Pairs of intervals of different tokens that overlap in time."""
-    bad = []
-    for i, a in enumerate(ivs):
-        for b in ivs[i + 1:]:
-            if a.token != b.token and a.start < b.end and b.start < a.end:
-                bad.append((a, b))
-    return bad

@@ -12,7 +12,7 @@
 
 Where it is used: tests/system/test_chaos.py (named and seeded schedules in
 CI), bench/chaos.py (hundreds of schedules, takeover times), and, on virtual
-time with the real agents, tests/sim/cluster.py (the same kinds of fault,
+time with the real agents, vigil/testing/sim_cluster.py (the same kinds of fault,
 thousands of virtual hours). The lab it drives is vigil.lab (netns.py: the
 namespaces, bridge and nftables partitions).
 """

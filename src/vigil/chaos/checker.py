@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vigil.agent.history import intervals, overlaps, read_jsonl, read_records
+from vigil.agent.history import read_jsonl, read_records
+from vigil.core.history import intervals, overlaps
 
 
 @dataclass

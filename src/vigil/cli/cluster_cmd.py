@@ -6,7 +6,8 @@ import asyncio
 import datetime
 import json
 
-from vigil.cli.status_view import gather_status, render_table
+from vigil.cluster_status import gather_status
+from vigil.cli.status_view import render_table
 from vigil.cli.target import add_target_args, resolve
 from vigil.core.records import decode_object
 from vigil.errors import ConfigError, VigilError
@@ -173,7 +174,7 @@ async def _record(store, target, kind: str, cause: str, **details) -> None:
 
 async def _still_heard(snap, node: str, access) -> list[str]:
     """The members whose agents say `node`'s heartbeats are alive right now."""
-    from vigil.cli.status_view import agent_views
+    from vigil.cluster_status import agent_views
 
     views = await agent_views(snap, [n for n in snap.members if n != node], access)
     return sorted(name for name, v in views.items()

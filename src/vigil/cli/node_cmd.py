@@ -20,7 +20,8 @@ import asyncio
 import json
 
 from vigil.cli.cluster_cmd import _record, _run
-from vigil.cli.status_view import agent_views, compat_lines, compat_report
+from vigil.cluster_status import agent_views, compat_report
+from vigil.cli.status_view import compat_lines
 from vigil.cli.target import add_target_args, resolve
 from vigil.core.view import MAINTENANCE, STANDBY
 from vigil.errors import ConfigError, VigilError

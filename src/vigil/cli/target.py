@@ -33,7 +33,7 @@ class Target:
 
     @property
     def api(self):
-        from vigil.cli.status_view import ApiAccess
+        from vigil.cluster_status import ApiAccess
 
         return ApiAccess(self.ca, self.api_token)
 

@@ -67,7 +67,7 @@ def agent_logs(paths: list[str], missing: list[str]) -> dict[str, list[str]]:
 def gather(target: Any, since: float, kernel: str | None, corosync: str | None,
            logs: list[str]) -> tuple[Evidence, list[str]]:
     """Evidence for `target` (vigil.cli.target.Target) and what could not be read."""
-    from vigil.cli.status_view import gather_status
+    from vigil.cluster_status import gather_status
     from vigil.store.events import read_events
 
     missing: list[str] = []

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from vigil import procs
+from vigil.cluster_status import ApiAccess, gather_status
 from vigil.lab import secure as secure_lab
 from vigil.store.etcd import EtcdStore
 from vigil.store.keys import Keys
@@ -124,7 +125,6 @@ class LabObservation:
 
     def status(self) -> dict[str, Any]:
         """What `vigil status --json` prints for this lab."""
-        from vigil.cli.status_view import ApiAccess, gather_status
         tls = self.root / "tls"
         access = ApiAccess(str(tls / "ca.pem"), (tls / "harness.api-token").read_text().strip()) \
             if self.etcd.tls else None

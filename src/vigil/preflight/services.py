@@ -159,7 +159,7 @@ async def _etcd_version(cfg: NodeConfig, endpoint: str) -> str:
 def peer_clocks(cfg: NodeConfig) -> Outcome:
     """The offset of every peer's clock, as this node's running agent measures it
     from the send times its peers' heartbeats carry."""
-    from vigil.cli.status_view import ApiAccess, agent_status
+    from vigil.cluster_status import ApiAccess, agent_status
 
     token = next(iter((cfg.api_tokens or {}).values()), None)
     try:

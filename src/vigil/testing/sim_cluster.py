@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator
 
-from vigil.agent.daemon import Agent
-from vigil.agent.history import Interval, intervals, overlaps, read_records
+from vigil.agent import Agent
+from vigil.agent.history import read_records
+from vigil.core.history import Interval, intervals, overlaps
 from vigil.config import NodeConfig, parse_config
 from vigil.errors import StoreUnavailable, WireError
 from vigil.identity import KeyRing

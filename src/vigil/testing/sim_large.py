@@ -27,7 +27,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.sim.cluster import SIM_TICK, SimCluster, SimResult
+from vigil.testing.sim_cluster import SIM_TICK, SimCluster, SimResult
 from vigil.store.keys import Keys
 from vigil.testing.sim_loop import KILLED
 
