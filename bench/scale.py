@@ -166,7 +166,8 @@ def report(runs: list[dict], idle_s: float, kills_n: int) -> None:
           "every other (heartbeat.topology.full_mesh_up_to 1000, the design before issue 24); `topology`: "
           "failure-domain meshes (rack: nodes per domain; 10 before this column existed) + 8 observers + the leader (defaults; a full mesh up to 16 members); "
           "`topology-rt`: the same with heartbeat.realtime as `vigil init` writes it (the heartbeat thread at SCHED_FIFO 10, "
-          "memory locked), the thread stamping arrivals and handing the detectors' looks. "
+          "memory locked), the thread stamping arrivals and handing the detectors' looks. A mode with a date in "
+          "brackets is a later run of that row alone (its own idle window). "
           "Both with pair-key heartbeats and the per-(source, node) verification budget; `main-c0039a9`: the "
           "code before issue 24 (Ed25519 on every packet, one budget per source address), where it runs.")
 
