@@ -145,10 +145,10 @@ async def test_a_new_login_after_invalid_auth_token_fails_over_past_a_frozen_mem
     try:
         await store.range(KEYS.prefix)
         old = store._token
-        await root._call("auth/disable", {})  # etcd forgets every token: "invalid auth token"
+        await root.call("auth/disable", {})  # etcd forgets every token: "invalid auth token"
         await root.close()
         root = EtcdStore(etcd.endpoints, 5.0)
-        await root._call("auth/enable", {})
+        await root.call("auth/enable", {})
         took = await timed_ranges(store)  # the first logs in again on the frozen member, gives up, fails over
         assert store._token not in (None, old), "the store logged in again"
         assert took < BOUND, f"{CALLS} requests took {took:.2f} s"

@@ -195,7 +195,7 @@ def test_the_cli_sets_up_a_role_per_agent_and_names_a_bad_user(tmp_path):
             store = EtcdStore(cluster.endpoints, 5.0, user="root",
                               password=(tmp_path / "pw" / "root.password").read_text().strip())
             try:
-                return {u: (await store._call("auth/user/get", {"name": u})).get("roles")
+                return {u: (await store.call("auth/user/get", {"name": u})).get("roles")
                         for u in ("n1", "n2", "operator")}
             finally:
                 await store.close()

@@ -71,6 +71,11 @@ class LeadershipHistory:
         """Wait until every record written so far is durable (a clean stop)."""
         self._syncer.submit(self._sync).result()
 
+    def abandon(self) -> None:
+        """Stop the fsync thread without waiting for it: what a SIGKILL leaves (the
+        simulation's kill, vigil.testing.sim_cluster). Nothing is written after."""
+        self._syncer.shutdown(wait=False)
+
 
 def read_jsonl(path: Path, keep: Callable[[Any], bool] = lambda rec: isinstance(rec, dict)) -> list[dict[str, Any]]:
     """The records of one JSON-lines file that `keep` accepts (default: every JSON

@@ -14,13 +14,15 @@ from vigil.errors import ConfigError, VigilError
 
 
 class _Parser(argparse.ArgumentParser):
+    commands: dict[str, argparse.ArgumentParser]  # the top level's: each command's own parser
+
     def error(self, message: str) -> None:  # exit 2 with the usage, as argparse does, but clearer
         self.print_usage(sys.stderr)
         sys.stderr.write(f"vigil: error: {message} (see `{self.prog} --help`)\n")
         raise SystemExit(2)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> _Parser:
     p = _Parser(prog="vigil", description="Redundancy and failover for AI inference nodes.")
     p.add_argument("--version", action="version", version=f"vigil {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -45,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     diagnose_cmd.register(sub)
     report_cmd.register(sub)
     alerts_cmd.register(sub)
+    p.commands = sub.choices
     return p
 
 
@@ -52,8 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # name the command whose arguments they are, not the top level
-        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        commands.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
+        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args.func(args) or 0)
     except ConfigError as e:

@@ -77,6 +77,10 @@ class IdempotencyCache:
         self.replays = 0
         self.mismatches = 0
 
+    def __len__(self) -> int:
+        """The answers kept for replay."""
+        return len(self._done)
+
     def begin(self, key: str, fp: str, now: float) -> Result | Mismatch | asyncio.Future | None:
         self._expire(now)
         if key in self._done:

@@ -65,7 +65,7 @@ class KeyedRequests:
         self.draining = False
 
     def __repr__(self) -> str:
-        return f"<KeyedRequests pending={len(self.pending)} cache={len(self.cache._done)}>"
+        return f"<KeyedRequests pending={len(self.pending)} cache={len(self.cache)}>"
 
     async def handle(self, req: Incoming, key: str, t0: float) -> Answered:
         if len(key) > MAX_KEY:

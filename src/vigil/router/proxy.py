@@ -230,7 +230,7 @@ class Router:
             attempts += 1
             try:
                 with self.tracing.span("vigil.router.attempt", node=backend.name, attempt=attempts):
-                    answer = await self._attempt(backend, req)  # a failure is recorded on the span
+                    answer = await self.attempt(backend, req)  # a failure is recorded on the span
             except AttemptFailed as e:
                 last = f"{backend.name}: {e.cause}"
                 log.info("attempt %d on %s failed (%s): %s", attempts, backend.name, e.kind, e.cause)
@@ -279,7 +279,7 @@ class Router:
                    "engine_full": shed.reason}.get(reason, shed.reason)
         return overloaded(message, shed.retry_after)
 
-    async def _attempt(self, b: Backend, req: Incoming, first_byte: float | None = None) -> Answer:
+    async def attempt(self, b: Backend, req: Incoming, first_byte: float | None = None) -> Answer:
         """One attempt up to the first byte (within `first_byte`, per_try_timeout unless
         given), in the request's own task: `eject` or the timer cancel that task with a
         recorded cause (asyncio.timeout's technique, without a task per attempt), which
@@ -297,7 +297,7 @@ class Router:
             answer = await self._send(b, req)
             return answer
         except asyncio.CancelledError:
-            cause = self._cancel_cause.pop(task, None)
+            cause = self.cancel_cause(task)
             if cause is None:
                 raise
             task.uncancel()
@@ -308,11 +308,16 @@ class Router:
             if answer is not None:
                 observe(b, answer.up, started, self.clock.now())
             if answer is None or answer.whole:
-                self._release(b)
+                self.release(b)
 
-    def _release(self, b: Backend) -> None:
+    def release(self, b: Backend) -> None:
+        """An attempt's slot on `b` is free again (its answer relayed or dropped)."""
         b.outstanding -= 1
         self.queue.wake(1)
+
+    def cancel_cause(self, task: asyncio.Task) -> tuple[str, str] | None:
+        """Why `eject` or a timer cancelled `task` (taken once); None: the client went away."""
+        return self._cancel_cause.pop(task, None)
 
     def _abandon(self, task: asyncio.Task, kind: str, cause: str) -> None:
         if not task.done():
@@ -367,7 +372,7 @@ class Router:
             elif up.transport:
                 up.transport.abort()
             if not answer.whole:
-                self._release(b)
+                self.release(b)
 
     async def _rest(self, up: Upstream) -> bytes:
         """The rest of an answer held whole, up to MAX_BUFFERED bytes (a backend

@@ -29,7 +29,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from vigil.core.routing import Backend
 from vigil.openai_fields import constrained_by
@@ -37,6 +37,13 @@ from vigil.router.attempt import Answer, AttemptFailed
 from vigil.router.continue_sign import signed
 from vigil.router.http1 import HOP_BY_HOP, Incoming, Reply
 from vigil.router.upstream import UpstreamBroken
+
+if TYPE_CHECKING:
+    from vigil.clock import Clock
+    from vigil.core.routing import RoutingTable
+    from vigil.router.config import RouterConfig
+    from vigil.router.metrics import RouterMetrics
+    from vigil.router.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -189,12 +196,31 @@ def is_event_stream(answer: Answer) -> bool:
     return answer.up.status == 200 and ctype.startswith("text/event-stream") and not answer.whole
 
 
+class Dispatcher(Protocol):
+    """What a resumed stream uses of the router that serves it (vigil.router.proxy.Router):
+    its table, attempts, in-flight registry, metrics and tracing."""
+    cfg: RouterConfig
+    clock: Clock
+    table: RoutingTable
+    metrics: RouterMetrics
+    tracing: Tracing
+    inflight: dict[str, set[asyncio.Task[Any]]]
+
+    async def attempt(self, b: Backend, req: Incoming, first_byte: float | None = None) -> Answer:
+        """One attempt up to the first byte; AttemptFailed on failure (the slot stays taken)."""
+
+    def release(self, b: Backend) -> None:
+        """The attempt's slot on `b` is free again."""
+
+    def cancel_cause(self, task: asyncio.Task[Any]) -> tuple[str, str] | None:
+        """Why the router cancelled `task` (taken once); None: not the router."""
+
+
 class ResumingStream:
     """Relays one SSE generation to `reply`, continuing it on other nodes when
-    its node fails. `router` is the vigil.router.proxy.Router it serves (its
-    table, attempts, in-flight registry and metrics)."""
+    its node fails, through the `router` that serves it."""
 
-    def __init__(self, router: Any, req: Incoming, plan: StreamPlan, reply: Reply, t0: float):
+    def __init__(self, router: Dispatcher, req: Incoming, plan: StreamPlan, reply: Reply, t0: float):
         self.router, self.req, self.plan, self.reply, self.t0 = router, req, plan, reply, t0
         self.splice = SseSplice()
         self.resumes = 0
@@ -272,7 +298,7 @@ class ResumingStream:
             try:
                 # a stream's contract is its silence bound, idle_timeout: the continuation's
                 # first token (a prefill and a replay of the delivered ids) may take that long
-                answer = await r._attempt(backend, req, first_byte=max(r.cfg.retry.idle_timeout,
+                answer = await r.attempt(backend, req, first_byte=max(r.cfg.retry.idle_timeout,
                                                                         r.cfg.retry.per_try_timeout))
             except AttemptFailed as e:
                 log.info("continuation on %s failed (%s): %s", backend.name, e.kind, e.cause)
@@ -282,7 +308,7 @@ class ResumingStream:
             log.info("continuation on %s answered %s, not a stream", backend.name, answer.up.status)
             if answer.up.transport:
                 answer.up.transport.abort()
-            r._release(backend)
+            r.release(backend)
 
     async def _relay(self, b: Backend, answer: Answer) -> str | None:
         """Forward `answer`'s events; None once [DONE] (or a finish) went out, else why it broke."""
@@ -311,7 +337,7 @@ class ResumingStream:
         except TimeoutError:
             return f"{b.name} silent for {r.cfg.retry.idle_timeout:g} s"
         except asyncio.CancelledError:
-            cause = r._cancel_cause.pop(task, None)
+            cause = r.cancel_cause(task)
             if cause is None:
                 raise
             task.uncancel()
@@ -322,4 +348,4 @@ class ResumingStream:
                 up.release()
             elif up.transport:
                 up.transport.abort()
-            r._release(b)
+            r.release(b)

@@ -85,8 +85,10 @@ class EtcdStore(Store):
             self._session = aiohttp.ClientSession(connector=conn, read_bufsize=1 << 22)
         return self._session
 
-    async def _call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        """POST to the current endpoint, failing over until the deadline."""
+    async def call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """One request to etcd's v3 JSON gateway (`path` such as "kv/range" or "auth/user/add"):
+        POST to the current endpoint, failing over until the deadline. StoreError
+        subclasses on failure (StoreUnavailable when no endpoint answered in time)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
         last = "no endpoint tried"
@@ -141,8 +143,8 @@ class EtcdStore(Store):
     async def raft_status(self) -> tuple[str, dict[str, list[str]], dict[str, str]]:
         """(raft leader's member id, member id -> client URLs, member id -> name),
         as the member answering now sees them. Raises StoreError."""
-        status = await self._call("maintenance/status", {})
-        listed = await self._call("cluster/member/list", {})
+        status = await self.call("maintenance/status", {})
+        listed = await self.call("cluster/member/list", {})
         urls = {str(m["ID"]): [str(u) for u in m.get("clientURLs") or ()] for m in listed.get("members", [])}
         names = {str(m["ID"]): str(m.get("name", "")) for m in listed.get("members", [])}
         return str(status.get("leader", "")), urls, names
@@ -202,31 +204,31 @@ class EtcdStore(Store):
 
     # -- Store -------------------------------------------------------------
     async def get(self, key: str) -> KeyValue | None:
-        r = await self._call("kv/range", {"key": _b64(key)})
+        r = await self.call("kv/range", {"key": _b64(key)})
         kvs = r.get("kvs") or []
         return _kv(kvs[0]) if kvs else None
 
     async def range(self, prefix: str, end: str | None = None) -> tuple[list[KeyValue], int]:
         end = prefix_end(prefix) if end is None else end
-        r = await self._call("kv/range", {"key": _b64(prefix), "range_end": _b64(end)})
+        r = await self.call("kv/range", {"key": _b64(prefix), "range_end": _b64(end)})
         return [_kv(d) for d in r.get("kvs") or []], int(r["header"]["revision"])
 
     async def put(self, key: str, value: str, lease: int = 0) -> int:
         body: dict[str, Any] = {"key": _b64(key), "value": _b64(value)}
         if lease:
             body["lease"] = str(lease)
-        r = await self._call("kv/put", body)
+        r = await self.call("kv/put", body)
         return int(r["header"]["revision"])
 
     async def delete(self, key: str) -> bool:
-        r = await self._call("kv/deleterange", {"key": _b64(key)})
+        r = await self.call("kv/deleterange", {"key": _b64(key)})
         return int(r.get("deleted", 0)) > 0
 
     async def create(self, key: str, value: str, lease: int = 0) -> tuple[bool, KeyValue]:
         put: dict[str, Any] = {"key": _b64(key), "value": _b64(value)}
         if lease:
             put["lease"] = str(lease)
-        r = await self._call("kv/txn", {
+        r = await self.call("kv/txn", {
             "compare": [{"key": _b64(key), "result": "EQUAL", "target": "CREATE", "create_revision": "0"}],
             "success": [{"request_put": put}, {"request_range": {"key": _b64(key)}}],
             "failure": [{"request_range": {"key": _b64(key)}}]})
@@ -238,7 +240,7 @@ class EtcdStore(Store):
         return ok, _kv(kvs[0])
 
     async def delete_if_created(self, key: str, create_revision: int) -> bool:
-        r = await self._call("kv/txn", {
+        r = await self.call("kv/txn", {
             "compare": [{"key": _b64(key), "result": "EQUAL", "target": "CREATE",
                          "create_revision": str(create_revision)}],
             "success": [{"request_delete_range": {"key": _b64(key)}}]})
@@ -257,21 +259,21 @@ class EtcdStore(Store):
             ops.append({"request_put": {"key": _b64(key), "value": _b64(value), **({"lease": str(lease)}
                                                                                    if lease else {})}})
         ops += [{"request_delete_range": {"key": _b64(key)}} for key in deletes]
-        r = await self._call("kv/txn", {"compare": compare, "success": ops})
+        r = await self.call("kv/txn", {"compare": compare, "success": ops})
         return bool(r.get("succeeded", False)), int(r["header"]["revision"])
 
     async def delete_prefix(self, prefix: str) -> int:
-        r = await self._call("kv/deleterange", {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix))})
+        r = await self.call("kv/deleterange", {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix))})
         return int(r.get("deleted", 0))
 
     async def grant(self, ttl: int) -> Lease:
-        r = await self._call("lease/grant", {"TTL": str(int(ttl))})
+        r = await self.call("lease/grant", {"TTL": str(int(ttl))})
         if r.get("error"):
             raise StoreError(f"lease grant refused: {r['error']}")
         return Lease(int(r["ID"]), int(r["TTL"]))
 
     async def keepalive(self, lease_id: int) -> int:
-        r = await self._call("lease/keepalive", {"ID": str(lease_id)})
+        r = await self.call("lease/keepalive", {"ID": str(lease_id)})
         ttl = int(r.get("result", {}).get("TTL", 0))
         if ttl <= 0:  # etcd answers TTL 0 (omitted) for an expired lease
             raise LeaseNotFound(f"lease {lease_id:x} expired")
@@ -279,16 +281,16 @@ class EtcdStore(Store):
 
     async def revoke(self, lease_id: int) -> None:
         try:
-            await self._call("lease/revoke", {"ID": str(lease_id)})
+            await self.call("lease/revoke", {"ID": str(lease_id)})
         except LeaseNotFound:
             pass
 
     async def time_to_live(self, lease_id: int) -> int:
-        r = await self._call("lease/timetolive", {"ID": str(lease_id)})
+        r = await self.call("lease/timetolive", {"ID": str(lease_id)})
         return int(r.get("TTL", 0))  # the gateway omits a TTL of 0; a missing lease says "-1"
 
     async def compact(self, revision: int) -> None:
-        await self._call("kv/compaction", {"revision": str(revision), "physical": True})
+        await self.call("kv/compaction", {"revision": str(revision), "physical": True})
 
     async def watch(self, prefix: str, start_revision: int, resume: bool = True,
                     range_end: str | None = None) -> AsyncIterator[WatchEvent]:

@@ -83,7 +83,7 @@ def _b64(s: str) -> str:
 
 async def _ok(store: EtcdStore, path: str, body: dict, also: tuple[str, ...] = ()) -> None:
     try:
-        await store._call(path, body)
+        await store.call(path, body)
     except StoreError as e:
         if not any(w in str(e) for w in ("already exist", "already enabled", *also)):
             raise
@@ -131,7 +131,7 @@ async def remove_users(store: EtcdStore, cluster: str, names: list[str]) -> list
     gone = []
     for name in names:
         try:
-            await store._call("auth/user/delete", {"name": name})
+            await store.call("auth/user/delete", {"name": name})
             gone.append(name)
         except StoreError as e:
             if "not found" not in str(e):

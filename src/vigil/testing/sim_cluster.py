@@ -284,7 +284,7 @@ class SimCluster:
         self.loop.sigkill(node.proc)
         node.link.reachable = False  # its connections are gone with it
         self.network.close_host(node.cfg.addresses[0])
-        node.agent.history._syncer.shutdown(wait=False)
+        node.agent.history.abandon()
 
     def _fault(self, text: str) -> None:
         self.faults.append(f"{self.clock.now() - 1000:9.3f} {text}")
