@@ -68,7 +68,7 @@ def test_openai_client_gets_embeddings(model_lab):
     assert len(resp.data) == 2 and len(resp.data[0].embedding) == 384
     assert resp.model == "all-MiniLM-L6-v2" and resp.usage.total_tokens > 0
     models = client.models.list()  # the lab's servers generate too (vigil.lab.generative)
-    assert [m.id for m in models.data] == served_model_ids(model_lab.workload["generate"])
+    assert [m.id for m in models.data] == served_model_ids(model_lab.workload.generate)
     assert len(models.data) == 2, "a lab serves both models by default"
 
 

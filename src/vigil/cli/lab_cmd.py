@@ -131,7 +131,7 @@ def lab_up(args) -> int:
     # A `lab up` stopped half way (SIGTERM) takes down what it started, as a failed one does.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     net = NetTopology(args.nodes, tag=args.in_netns) if args.in_netns else None
-    lab = Lab.up(Path(args.dir), args.nodes, args.cluster, model=not args.no_model,
+    lab = Lab.up(Path(args.dir), args.nodes, cluster=args.cluster, model=not args.no_model,
                  router=not args.no_model, secure=args.secure, fencing=args.fencing, net=net,
                  vip=VIP if net else None, own_net=bool(net), workload=_workload(args),
                  timing=lab_timing(args.timing, args.nodes))

@@ -13,12 +13,13 @@ keep-alive was sent.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import secrets
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -35,38 +36,13 @@ from vigil.lab.frontdoor import FrontDoor
 from vigil.lab.generative import lab_generator
 from vigil.lab.configs import CONTINUE_KEY, LabConfigs
 from vigil.lab.observe import LabObservation
+from vigil.lab.plan import LabNode, LabRouter, plan
 from vigil.lab.sensors import LabSensors
+from vigil.lab.spec import LabSpec, Workload
 
 START_WAVE = 10  # agents started together in a lab of more than 16
-MAX_NODES = 100  # on loopback; each agent idles at about 3 % of a core
 LAB_TIMING = {"heartbeat_interval": 0.1, "lease_ttl": 2, "keepalive_interval": 0.5,
               "demote_after": 1.6, "etcd_timeout": 0.5, "loop_interval": 0.5}
-
-
-@dataclass
-class LabNode:
-    name: str
-    config: str
-    data_dir: str
-    log: str
-    api_url: str
-    heartbeat_port: int
-    agent_pid: int = 0
-    server_pid: int | None = None
-    server_url: str | None = None
-    host: str = "127.0.0.1"
-    netns: str = ""
-    router_pid: int | None = None  # the node's own router (labs with a front door on every node)
-
-
-@dataclass
-class LabRouter:
-    url: str
-    config: str
-    log: str
-    heartbeat_port: int
-    pid: int = 0
-    admin_url: str = ""  # /metrics and /_vigil/status
 
 
 class Lab(LabConfigs, LabObservation):
@@ -80,93 +56,59 @@ class Lab(LabConfigs, LabObservation):
         self.front = front  # a router on every node (labs in namespaces with router=True)
         self.netns = netns  # {"tag", "client", "owned"}: the lab's NetTopology
         self.sensors = sensors  # the facility PLC (labs on loopback)
-        self.workload: dict[str, Any] = {}  # health.requires for all, health.declare per node (create)
+        self.workload = Workload(generate="none")  # what the nodes run (vigil.lab.spec; create sets it)
         self._answered = ""  # the etcd endpoint that answered the last read
         self._tokens: dict[str, dict[str, str]] = {}  # etcd auth token per endpoint (secure labs)
         self.agent_env: dict[str, dict[str, str]] = {}  # more environment for a node's agent (libfaketime)
 
     # -- construction ----------------------------------------------------------
     @classmethod
-    def create(cls, root: Path, n: int, cluster: str = "lab", timing: dict[str, Any] | None = None,
-               model: bool = False, router: bool = False, fencing: bool = False,
-               net: Any = None, fence_devices: bool = True, secure: bool = False,
-               vip: str | None = None, own_net: bool = False, etcd_apart: bool = False,
-               workload: dict[str, Any] | None = None) -> "Lab":
-        """Write configs for a lab of `n` nodes under `root` (nothing started).
-
-        `net`: a NetTopology; node i then runs in its namespace on its address, with etcd
-        member i beside it (3 members); `router` then puts a router on every node (FrontDoor),
-        run by its agent. `own_net`: `down()` deletes the topology's namespaces too.
-        `etcd_apart`: the etcd members in namespaces n+1..n+3 of `net` (a separate control
-        plane). `fencing`: BMCs, a PLC and the actuator the leader drives; `fence_devices=False`
-        keeps those but gives the agents no fencing devices (takeover waits for the lease).
-        `secure`: etcd with TLS, client certificates, users and roles (vigil.lab.secure).
-        `workload`: {"requires", "declare": {node: ...}, "flap_threshold", "router_queue_wait",
-        "etcd_leader_apart", "generate", "router_retry", "continue_key", "rack_size", "topology",
-        "realtime"}:
-        health.requires, declared values per node, flap damping, router queue_wait, etcd.local_member first, the generative model, router
-        `retry:`, whether routers and model servers share a continuation key (default true), nodes per
-        failure domain (10), heartbeat.topology (e.g. {"full_mesh_up_to": 1000}: everyone hears everyone),
-        heartbeat.realtime (e.g. {"priority": 10, "lock_memory": True})."""
-        if not (3 if net else 1) <= n <= (32 if net else MAX_NODES):
-            raise ConfigError("--nodes", n, f"a lab has 1 to {MAX_NODES} nodes (3 to 32 in namespaces: an "
-                                            "etcd member beside each of the first 3)")
+    def create(cls, root: Path, spec: LabSpec | int, **options: Any) -> "Lab":
+        """Write configs for the lab `spec` describes under `root` (nothing started);
+        `Lab.create(root, n, **options)` is `LabSpec.of(n, **options)`. ConfigError
+        for a size out of range or an option that does not exist."""
+        spec = spec if isinstance(spec, LabSpec) else LabSpec.of(spec, **options)
+        spec.check()
         root = root.resolve()
         if (root / "lab.json").exists():
             raise VigilError(f"{root}/lab.json exists: run `vigil lab down --dir {root}` first "
                              "or choose another --dir")
         root.mkdir(parents=True, exist_ok=True)
-        hosts = [(net.host(i + 1), net.ns(i + 1)) for i in range(n)] if net else None
-        etcd_hosts = [(net.host(n + j), net.ns(n + j)) for j in (1, 2, 3)] if net and etcd_apart else hosts
-        tls = secure_lab.plan_tls(root, [h for h, _ in hosts or []], [f"n{i + 1}" for i in range(n)],
-                                  [h for h, _ in etcd_hosts or []]) if secure else None
-        etcd = EtcdCluster.plan(root / "etcd", 3, etcd_hosts, tls)
-        make_cluster_keys(root / "keys", [f"n{i + 1}" for i in range(n)])
+        p, net, names = plan(root, spec), spec.net, [f"n{i + 1}" for i in range(spec.nodes)]
+        tls = secure_lab.plan_tls(root, [h for h, _ in p.hosts or []], names,
+                                  [h for h, _ in p.etcd_hosts or []]) if spec.secure else None
+        etcd = EtcdCluster.plan(root / "etcd", 3, p.etcd_hosts, tls)
+        make_cluster_keys(root / "keys", names)
         write_atomic(root / "keys" / CONTINUE_KEY, secrets.token_hex(32) + "\n")
-        ports = procs.free_ports(3 * n + 4)
-        nodes = []
-        for i in range(n):
-            name = f"n{i + 1}"
-            d = root / "nodes" / name
-            host, ns = hosts[i] if hosts else ("127.0.0.1", "")
-            nodes.append(LabNode(name, str(d / "config.yaml"), str(d), str(d / "agent.log"),
-                                 f"{'https' if secure else 'http'}://{host}:{ports[3 * i]}", ports[3 * i + 1],
-                                 server_url=f"http://{host}:{ports[3 * i + 2]}" if model else None,
-                                 host=host, netns=ns))
-        front = FrontDoor(*ports[-3:]) if router and net else None
-        lab_router = (LabRouter(f"http://127.0.0.1:{ports[-2]}", str(root / "router.yaml"),
-                                str(root / "router.log"), ports[-1],
-                                admin_url=f"{'https' if secure else 'http'}://127.0.0.1:{ports[-3]}")
-                      if router and not net else None)
-        lab = cls(root, cluster, etcd, nodes, lab_router,
-                  LabFencing.plan(root, [x.name for x in nodes],
-                                  net.client_host if net else "127.0.0.1",
-                                  {x.name: x.netns for x in nodes}, fence_devices,
-                                  link_down=bool(vip and net)) if fencing else None,
-                  vip if net else None, front,
-                  {"tag": net.tag, "client": net.client, "owned": own_net} if net else None,
-                  None if net else LabSensors(ports[-4], n, str(root / "sensors.log")))
-        lab.workload = {**(workload or {}), "generate": lab_generator((workload or {}).get("generate", "auto"))}
-        if lab_router:
-            Path(lab_router.config).write_text(yaml.safe_dump(lab.router_config(), sort_keys=False))
-        for i, node in enumerate(nodes):
-            Path(node.data_dir).mkdir(parents=True, exist_ok=True)
-            lab.kernel_log(node.name).touch()
-            if front:
-                front.config_path(node.data_dir).write_text(yaml.safe_dump(lab.node_router_config(node),
-                                                                           sort_keys=False))
-            Path(node.config).write_text(yaml.safe_dump(
-                lab.node_config(node, priority=100 - i, timing=timing or LAB_TIMING), sort_keys=False))
+        front = FrontDoor(*p.front_ports) if spec.router and net else None
+        lab = cls(root, spec.cluster, etcd, p.nodes, p.router,
+                  LabFencing.plan(root, names, net.client_host if net else "127.0.0.1",
+                                  {x.name: x.netns for x in p.nodes}, spec.fence_devices,
+                                  link_down=bool(spec.vip and net)) if spec.fencing else None,
+                  spec.vip if net else None, front,
+                  {"tag": net.tag, "client": net.client, "owned": spec.own_net} if net else None,
+                  None if net else LabSensors(p.sensors_port, spec.nodes, str(root / "sensors.log")))
+        lab.workload = dataclasses.replace(spec.workload, generate=lab_generator(spec.workload.generate))
+        lab.write_configs(dict(spec.timing or LAB_TIMING))
         return lab
 
+    def write_configs(self, timing: dict[str, Any]) -> None:
+        """Every process's configuration file, from the plan (and each node's kernel log)."""
+        if self.router:
+            Path(self.router.config).write_text(yaml.safe_dump(self.router_config(), sort_keys=False))
+        for i, node in enumerate(self.nodes):
+            Path(node.data_dir).mkdir(parents=True, exist_ok=True)
+            self.kernel_log(node.name).touch()
+            if self.front:
+                self.front.config_path(node.data_dir).write_text(yaml.safe_dump(self.node_router_config(node),
+                                                                                sort_keys=False))
+            Path(node.config).write_text(yaml.safe_dump(self.node_config(node, priority=100 - i, timing=timing),
+                                                        sort_keys=False))
+
     @classmethod
-    def up(cls, root: Path, n: int, cluster: str = "lab", timing: dict[str, Any] | None = None,
-           timeout: float = 30.0, model: bool = False, router: bool = False,
-           fencing: bool = False, net: Any = None, fence_devices: bool = True,
-           secure: bool = False, vip: str | None = None, own_net: bool = False,
-           etcd_apart: bool = False, workload: dict[str, Any] | None = None) -> "Lab":
-        lab = cls.create(root, n, cluster, timing, model, router, fencing, net, fence_devices, secure, vip,
-                         own_net, etcd_apart, workload)
+    def up(cls, root: Path, spec: LabSpec | int, timeout: float = 30.0, **options: Any) -> "Lab":
+        """`create`, then `start(timeout)`: a running lab, or an error with nothing left running."""
+        lab = cls.create(root, spec, **options)
         lab.start(timeout)
         return lab
 
@@ -219,13 +161,15 @@ class Lab(LabConfigs, LabObservation):
         except (OSError, ValueError) as e:
             raise ConfigError("--lab/--dir", str(root), f"cannot read {path} ({e}); start one with "
                               f"`vigil lab up --dir {root}`") from None
-        return cls(Path(d["dir"]), d["cluster"], EtcdCluster.from_json(d["etcd"]),
-                   [LabNode(**x) for x in d["nodes"]],
-                   LabRouter(**d["router"]) if d.get("router") else None,
-                   LabFencing(**d["fencing"]) if d.get("fencing") else None,
-                   (d.get("vip") or {}).get("address"),
-                   FrontDoor(**d["front_door"]) if d.get("front_door") else None, d.get("netns"),
-                   LabSensors(**d["sensors"]) if d.get("sensors") else None)
+        lab = cls(Path(d["dir"]), d["cluster"], EtcdCluster.from_json(d["etcd"]),
+                  [LabNode(**x) for x in d["nodes"]],
+                  LabRouter(**d["router"]) if d.get("router") else None,
+                  LabFencing(**d["fencing"]) if d.get("fencing") else None,
+                  (d.get("vip") or {}).get("address"),
+                  FrontDoor(**d["front_door"]) if d.get("front_door") else None, d.get("netns"),
+                  LabSensors(**d["sensors"]) if d.get("sensors") else None)
+        lab.workload = Workload(generate=d.get("generate") or "none")  # the rest is in the configs written
+        return lab
 
     def save(self) -> None:
         tls = self.root / "tls"
@@ -238,7 +182,7 @@ class Lab(LabConfigs, LabObservation):
                "fencing": asdict(self.fencing) if self.fencing else None,
                "vip": self._vip_json(), "front_door": asdict(self.front) if self.front else None,
                "netns": self.netns, "client_netns": self.netns["client"] if self.netns else None,
-               "sensors": asdict(self.sensors) if self.sensors else None, "generate": self.workload.get("generate"),
+               "sensors": asdict(self.sensors) if self.sensors else None, "generate": self.workload.generate,
                "nodes": [asdict(n) for n in self.nodes]}
         for n in doc["nodes"]:
             n["server_pid"] = self.server_pid(n["name"])

@@ -4,7 +4,8 @@ lab's plan (ports, hosts, etcd, TLS, fencing, sensors, `workload`).
 
 A mixin of vigil.lab.Lab: it reads `root`, `cluster`, `etcd`, `nodes`,
 `router`, `front`, `vip`, `sensors`, `fencing` and `workload` from the lab;
-a `node` is one of the lab's vigil.lab.cluster.LabNode.
+a `node` is one of the lab's vigil.lab.plan.LabNode; `workload` a
+vigil.lab.spec.Workload.
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ class LabConfigs:
                                      "failure_domain": self._rack(p)}
                                     for p in self.nodes if p.name != node.name],
                           "observers": self._observers(),
-                          **({"topology": self.workload["topology"]} if self.workload.get("topology") else {}),
-                          **({"realtime": self.workload["realtime"]} if self.workload.get("realtime") else {})},
+                          **({"topology": dict(self.workload.topology)} if self.workload.topology else {}),
+                          **({"realtime": dict(self.workload.realtime)} if self.workload.realtime else {})},
             "timing": dict(timing),
             # No whole-second watchdog timeout fits the lab's 2 s lease, and no lab
             # may reset the machine it runs on.
@@ -46,19 +47,19 @@ class LabConfigs:
             **({"vips": [{"address": self.vip, "interface": "eth0"}]} if self.vip else {}),
             **({"router": {"config": str(self.front.config_path(node.data_dir))}} if self.front else {}),
             "health": (self.sensors.node_health(self.nodes.index(node)) if self.sensors else {})
-            | {"requires": self.workload.get("requires", {}),
+            | {"requires": dict(self.workload.requires),
                # The nodes share this host's kernel: each follows a kernel log of its own,
                # where `Lab.log_kernel` writes what its GPU would (NVRM Xid lines).
                "kernel_log": str(self.kernel_log(node.name)),
-               "declare": self.workload.get("declare", {}).get(node.name, {}),
+               "declare": dict(self.workload.declare.get(node.name, {})),
                # A lab kills the same node again and again on purpose (tests, chaos, benches):
                # flap damping is off unless asked for.
-               "flap_threshold": self.workload.get("flap_threshold", 0)},
+               "flap_threshold": self.workload.flap_threshold},
         } | self._inference_config(node) | (self.fencing.node_config(node.name) if self.fencing else {})
 
     def _rack(self, node: Any) -> str:
         """The lab's failure domains: racks of `rack_size` (10) nodes in name order."""
-        return f"rack-{self.nodes.index(node) // self.workload.get('rack_size', 10) + 1}"
+        return f"rack-{self.nodes.index(node) // self.workload.rack_size + 1}"
 
     def _observers(self) -> list[dict[str, Any]]:
         if self.front:
@@ -76,7 +77,7 @@ class LabConfigs:
     def _etcd_block(self, name: str, local: Any = None) -> dict[str, Any]:
         # `local`: the etcd member on the node's own machine; if asked (README.md, deployment
         # step 5), listed first and named, so a leading agent moves raft leadership off it.
-        eps, apart = self.etcd.endpoints, local is not None and self.workload.get("etcd_leader_apart")
+        eps, apart = self.etcd.endpoints, local is not None and self.workload.etcd_leader_apart
         if apart:
             eps = [local.client_url] + [e for e in eps if e != local.client_url]
         block = {"endpoints": eps} if self.etcd.tls is None else secure_lab.etcd_block(self.root, eps, name)
@@ -90,13 +91,13 @@ class LabConfigs:
             "url": node.server_url, "canary_interval": 0.5, "canary_timeout": 1.0,
             "load_interval": 0.1, "silence_window": 0.5, "stall_window": 5.0,
             "command": [sys.executable, "-m", "vigil", "serve-model", "--port", port, "--host", node.host,
-                        "--node", node.name, "--fault-injection", *generate_args(self.workload),
+                        "--node", node.name, "--fault-injection", *generate_args(self.workload.generate),
                         *(["--continue-key-file", key["continue_key_file"]] if key else [])]}}
 
     def _continue_key(self) -> dict[str, str]:
         # workload continue_key: false leaves it out (bench/hostile.py runs 7cf5bfd's
         # processes in this lab, which know no such option)
-        if not self.workload.get("continue_key", True):
+        if not self.workload.continue_key:
             return {}
         return {"continue_key_file": str(self.root / "keys" / CONTINUE_KEY)}
 
@@ -109,6 +110,6 @@ class LabConfigs:
                 "etcd": self._etcd_block("router"),
                 "heartbeat": {"address": "127.0.0.1", "port": self.router.heartbeat_port,
                               "keyring_file": str(self.root / "keys" / "cluster.keyring")},
-                "retry": {"per_try_timeout": 3.0, "max_attempts": 3, **self.workload.get("router_retry", {}),
+                "retry": {"per_try_timeout": 3.0, "max_attempts": 3, **self.workload.router_retry,
                           **self._continue_key()},
-                **({"admission": {"queue_wait": w}} if (w := self.workload.get("router_queue_wait")) else {})}
+                **({"admission": {"queue_wait": w}} if (w := self.workload.router_queue_wait) else {})}

@@ -42,7 +42,7 @@ class Demo:
         self.lab, self.say = lab, say
         self.gen = LoadGenerator(lab.router.url + "/v1/embeddings", rate=30)
         self.faults: list[Fault] = []
-        self.model = load_model(lab.workload.get("generate", "none"))
+        self.model = load_model(lab.workload.generate)
 
     def events_after(self, t0: float, kind: str, **match) -> list[dict]:
         return [e for e in self.lab.events() if e["at"] >= t0 and e["kind"] == kind

@@ -27,9 +27,8 @@ def lab_generator(choice: str) -> str:
     return "smollm2-135m-instruct" if installed else "reference"
 
 
-def generate_args(workload: dict[str, Any]) -> list[str]:
-    """`vigil serve-model` arguments for the lab's generative model."""
-    choice = workload.get("generate", "none")
+def generate_args(choice: str) -> list[str]:
+    """`vigil serve-model` arguments for the lab's generative model (Workload.generate)."""
     if choice == "none":
         return []
     delay = ["--token-delay", str(REFERENCE_TOKEN_DELAY)] if choice == "reference" else []
