@@ -153,6 +153,11 @@ def test_corosync_ring_trouble_for_operators_coming_from_pacemaker():
     found = diagnose(e, RULES)
     assert found[0].severity == ERROR and "5405" in found[0].fix
     assert found[0].symptom == "corosync on n1 failed to receive the ring's messages (FAILED TO RECEIVE)"
+    for line, host in (("Dec 06 10:00:05.120 [1234] n2 corosync error   [TOTEM ] FAILED TO RECEIVE", "n2"),
+                       ("Dec 06 10:00:05 n3 corosync[1234]:   [TOTEM ] FAILED TO RECEIVE", "n3"),
+                       ("FAILED TO RECEIVE", None)):
+        f = diagnose(Evidence([], HEALTHY, corosync=[line]), RULES)[0]
+        assert f.symptom.startswith(f"corosync on {host} failed" if host else "corosync: a node failed"), f.symptom
     assert found[1].severity == WARNING and "retransmit" in found[1].symptom
 
 

@@ -88,10 +88,15 @@ def test_no_import_cycle_between_packages():
     assert cycles(packages) == []
 
 
+# The simulation runs the real Agent, nothing re-implemented: the one module outside
+# agent/ that builds it (the CLI's `vigil agent` goes through the package, lazily).
+BUILDS_THE_AGENT = {"vigil.testing.sim_cluster"}
+
+
 def test_only_the_agent_package_imports_the_agent_daemon():
     g = graph()
     assert sorted(n for n, deps in g.items() if "vigil.agent.daemon" in deps
-                  and not n.startswith("vigil.agent")) == []
+                  and not n.startswith("vigil.agent") and n not in BUILDS_THE_AGENT) == []
 
 
 def test_the_cycle_finder_finds_a_cycle():

@@ -18,8 +18,9 @@ XID_REASON = re.compile(r"XID (\d+) on (.+?): ")
 FAULT_CODE = re.compile(r"fault code (0x[0-9A-Fa-f]+)(?: \(([^)]*)\))?")
 HEAT = re.compile(r"°C")
 ECC_XIDS = {48, 63, 64, 92, 94, 95, 140}
-# corosync's logfile line: "Dec 07 09:13:28 [19448] c2 corosync error   [TOTEM ] FAILED TO RECEIVE"
-COROSYNC_HOST = re.compile(r"^\w{3} +\d+ [\d:]+ \[\d+\] (\S+) corosync ")
+# corosync's logfile line ("Dec 07 09:13:28 [19448] c2 corosync error   [TOTEM ] FAILED TO RECEIVE",
+# with `timestamp: hires` "09:13:28.123"), or syslog's and the journal's ("Dec 07 09:13:28 c2 corosync[19448]:")
+COROSYNC_HOST = re.compile(r"^\w{3} +\d+ [\d:.]+ (?:\[\d+\] (\S+) corosync |(\S+) corosync\[\d+\]:)")
 
 
 def _xid_fix(xid: int, node: str, gpu: str) -> str:
@@ -117,7 +118,7 @@ def corosync(ev: Evidence) -> list[Finding]:
     retransmit = [x for x in ev.corosync if "Retransmit List" in x]
     failed = [x for x in ev.corosync if "FAILED TO RECEIVE" in x]
     if failed:
-        hosts = sorted({m.group(1) for x in failed if (m := COROSYNC_HOST.match(x))})
+        hosts = sorted({m.group(1) or m.group(2) for x in failed if (m := COROSYNC_HOST.match(x))})
         who = f"corosync on {', '.join(hosts)}" if hosts else "corosync: a node"
         out.append(Finding(ERROR, f"{who} failed to receive the ring's messages (FAILED TO RECEIVE)",
                            "the node hears the ring's tokens but not its messages: a firewall on UDP 5405, a "

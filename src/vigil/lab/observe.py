@@ -120,8 +120,8 @@ class LabObservation:
         waited for by a batch: wait for it, never read it once."""
         def found() -> list[dict[str, Any]]:
             return [e for e in self.events() if match(e)]
-        self.wait_for(found, timeout, what, poll=0.2)
-        return found()
+        events: list[dict[str, Any]] = self.wait_for(found, timeout, what, poll=0.2)
+        return events
 
     def status(self) -> dict[str, Any]:
         """What `vigil status --json` prints for this lab."""

@@ -29,10 +29,12 @@ Contract:
   looks at its detectors; it replaces the value whole, and calls `rearm()` after
   it moves) and hands `on_due(at)` to the owner's loop, in order after the
   datagrams it stamped up to `at`: the loop judges its detectors as of `at`, the
-  instant this thread saw `due` pass, however late the loop runs. While the loop
-  has not moved `due` (it is behind), another look follows every LOOK_REPEAT, so
-  a deadline the loop will only plan once it catches up is still judged within
-  LOOK_REPEAT of the instant it passed.
+  instant this thread saw `due` pass, however late the loop runs. Before a look
+  it reads every socket to its end, so no datagram that came before `at` is left
+  behind it; while it holds back (QUEUED) it hands none, and the loop's own
+  fallback looks. While the loop has not moved `due` (it is behind), another
+  look follows every LOOK_REPEAT, so a deadline the loop will only plan once it
+  catches up is still judged within LOOK_REPEAT of the instant it passed.
 - The thread verifies nothing and judges nothing: signatures and detectors
   run on the owner's loop at normal priority (judging at the thread's times). At most QUEUED datagrams wait
   for the loop; beyond that the thread stops reading (the kernel's socket
@@ -112,7 +114,6 @@ class Pacer:
         self._look: tuple[Callable[[], float], Callable[[float], object]] | None = None
         self._looked_due: float | None = None  # the due last handed to the loop
         self._looked_at = 0.0  # when it was handed (again after LOOK_REPEAT while unchanged)
-        self._unread = False  # this pass left datagrams in a socket (more than a BURST)
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -227,12 +228,14 @@ class Pacer:
         events = self._poll.poll(max(0.0, min(timeout, MAX_NAP)) * 1000)
         at = self.now()
         arrivals: list[Arrival] = []
-        self._unread = False
         for fd, _ in events:
             if fd == self._wake_r.fileno():
                 self._drain_wake()
             elif self._reading:
-                self._read(fd, at, arrivals)
+                self._read(fd, at, arrivals, BURST)
+        look = self._look_due(at)
+        if look is not None and not self._read_all(at, arrivals):
+            look = None  # more waits than the loop may be handed: its own fallback looks
         if arrivals and self.loop is not None:
             with self._lock:
                 self._queued += len(arrivals)
@@ -241,7 +244,8 @@ class Pacer:
             except RuntimeError:  # the loop closed under us: the agent is stopping
                 self._stopping = True
                 return
-        self._check_look(at)
+        if look is not None:
+            self._hand_look(look, at)
         self._run_due()
         self._check_deadline()
 
@@ -282,41 +286,56 @@ class Pacer:
             nxt = self._timers[0][0] if self._timers else self.now() + MAX_NAP
         due = self._deadline[0]() if self._deadline else None
         nxt = min(nxt, due) if due is not None else nxt
-        if self._look is None:
-            return nxt
+        if self._look is None or self.loop is None or not self._reading:
+            return nxt  # no look can be handed now: never wake for one (a due in the past would spin)
         look = self._look[0]()
         return min(nxt, look if look != self._looked_due else self._looked_at + LOOK_REPEAT)
 
-    def _check_look(self, at: float) -> None:
-        """Hand the loop a look as of `at` (this pass's poll) once the detectors'
-        deadline has passed, after this pass's datagrams (call_soon_threadsafe keeps
-        the order). Not while datagrams that came before `at` may still wait in a
-        socket (held back, or more than a BURST): the loop's own fallback looks then."""
-        if self._look is None or self.loop is None or not self._reading or self._unread:
-            return
-        due, on_due = self._look
-        when = due()
+    def _look_due(self, at: float) -> float | None:
+        """The `due` to hand the loop a look for as of `at` (this pass's poll), or None."""
+        if self._look is None or self.loop is None or not self._reading:
+            return None
+        when = self._look[0]()
         if at < when or (when == self._looked_due and at < self._looked_at + LOOK_REPEAT):
-            return
+            return None
+        return when
+
+    def _read_all(self, at: float, out: list[Arrival]) -> bool:
+        """Before a look as of `at`: every socket read to its end (also those this poll
+        did not report: a datagram may have come since), stamped `at`. False when more
+        waits than the loop may be handed (QUEUED): the look must not judge without it."""
+        with self._lock:
+            room = QUEUED - self._queued
+        for fd in list(self._sockets):
+            if not self._read(fd, at, out, max(0, room - len(out))):
+                return False
+        return True
+
+    def _hand_look(self, when: float, at: float) -> None:
+        """Queue a look as of `at` on the loop, after this pass's datagrams
+        (call_soon_threadsafe keeps the order)."""
+        assert self._look is not None and self.loop is not None
         self._looked_due, self._looked_at = when, at
         try:
-            self.loop.call_soon_threadsafe(on_due, at)
+            self.loop.call_soon_threadsafe(self._look[1], at)
         except RuntimeError:  # the loop closed under us: the agent is stopping
             self._stopping = True
 
-    def _read(self, fd: int, at: float, out: list[Arrival]) -> None:
+    def _read(self, fd: int, at: float, out: list[Arrival], most: int) -> bool:
+        """Up to `most` datagrams of socket `fd`; True once it is empty (the rest wait
+        in the kernel's buffer for the next pass)."""
         t = self._sockets.get(fd)
         if t is None or t.closed:
-            return
-        for _ in range(BURST):
+            return True
+        for _ in range(most):
             try:
                 data, addr = t.sock.recvfrom(65535)
             except (BlockingIOError, InterruptedError):
-                return
+                return True
             except OSError:  # an ICMP error queued on the socket: UDP's, not ours
                 continue
             out.append((t, data, addr, at))
-        self._unread = True  # read again at once: poll still says readable
+        return False
 
     def _run_due(self) -> None:
         while True:

@@ -49,21 +49,26 @@ class WatchLoop:
         self._last = float("-inf")  # the time of the last look
         self.looks = 0  # how often the peers were looked at (run or look), for the benches
         self.thread_looks = 0  # of those, the looks the heartbeat thread handed us
+        self.running = False
         if thread is not None:
             thread.look_at(lambda: watch.due, self._thread_look)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        while True:
-            self.look()
-            self._wake = loop.create_future()
-            self._arm(loop)
-            try:
-                await self._wake
-            finally:
-                if self._handle is not None:
-                    self._handle.cancel()
-                self._wake = self._handle = None
+        self.running = True
+        try:
+            while True:
+                self.look()
+                self._wake = loop.create_future()
+                self._arm(loop)
+                try:
+                    await self._wake
+                finally:
+                    if self._handle is not None:
+                        self._handle.cancel()
+                    self._wake = self._handle = None
+        finally:
+            self.running = False  # a look the thread hands after this is dropped (stopping)
 
     def look(self, at: float | None = None) -> None:
         """Look now (or as of `at`, the heartbeat thread's time), from the owner's
@@ -80,8 +85,9 @@ class WatchLoop:
             self._arm(asyncio.get_running_loop())
 
     def _thread_look(self, at: float) -> None:
-        self.thread_looks += 1
-        self.look(at)
+        if self.running:
+            self.thread_looks += 1
+            self.look(at)
 
     def poke(self) -> None:
         """A delivery happened: wake sooner if it moved the watch's due earlier."""
@@ -91,10 +97,10 @@ class WatchLoop:
 
     def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
         assert self._wake is not None
-        moved, self._armed = self.watch.due != self._armed, self.watch.due
+        earlier, self._armed = self.watch.due < self._armed, self.watch.due
         delay = max(0.0, self._armed - self.now())
         if self.thread is not None:  # the thread hands us the looks; ours is the fallback
             delay += FALLBACK
-            if moved:
+            if earlier:  # (a later due the thread sees at its next wake, LOOK_REPEAT at most)
                 self.thread.rearm()
         self._handle = loop.call_later(delay, _wake, self._wake)

@@ -14,14 +14,18 @@ through libcpg and multicasts a 1,200-byte message every 10 ms.
 from __future__ import annotations
 
 import ctypes
+import logging
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vigil.errors import VigilError
 from vigil.lab.netns import NetTopology
 from vigil.procs import wait_for
+
+log = logging.getLogger(__name__)
 
 CONF = """totem {{
     version: 2
@@ -90,8 +94,12 @@ class CorosyncRing:
             conf.write_text(CONF.format(nodes=nodes, two_node=int(n == 2), log=self.log(i), state=d))
             self._spawn(i, ["unshare", "-m", "-u", "sh", "-c", f"mount -t tmpfs tmpfs /run && hostname c{i} "
                                                                f"&& exec corosync -f -c {conf}"], d / "out")
-        wait_for(lambda: all(f"Members[{n}]:" in "\n".join(self.lines(i)) for i in range(1, n + 1)), 30,
-                 f"a corosync ring of {n} members")
+        try:
+            wait_for(lambda: all(f"Members[{n}]:" in "\n".join(self.lines(i)) for i in range(1, n + 1)), 30,
+                     f"a corosync ring of {n} members")
+        except VigilError as e:
+            said = (self.root / "c1" / "out").read_text(errors="replace")[-2000:]
+            raise VigilError(f"{e}; corosync on c1 said: {said or '(nothing)'}") from None
         for i in range(1, n + 1):
             self._spawn(i, [sys.executable, "-m", "vigil.testing.corosync_ring", "600"],
                         self.root / f"c{i}" / "traffic")
@@ -102,6 +110,7 @@ class CorosyncRing:
                                                stdout=f, stderr=subprocess.STDOUT))
 
     def stop(self) -> None:
+        """Every process it started, by PID: SIGTERM, then SIGKILL after 10 s."""
         for p in reversed(self.procs):
             p.terminate()
         for p in self.procs:
@@ -109,7 +118,10 @@ class CorosyncRing:
                 p.wait(10)
             except subprocess.TimeoutExpired:
                 p.kill()
-                p.wait(5)
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    log.error("corosync ring: pid %d outlived SIGKILL by 10 s", p.pid)
         self.procs.clear()
 
 
@@ -131,7 +143,7 @@ class _Callbacks(ctypes.Structure):
     _fields_ = [("deliver", _DELIVER), ("confchg", _CONFCHG)]
 
 
-CS_OK, CPG_TYPE_AGREED, CS_DISPATCH_ALL = 1, 1, 2
+CS_OK, CPG_TYPE_AGREED, CS_DISPATCH_ALL = 1, 2, 2  # cpg.h: UNORDERED 0, FIFO 1, AGREED 2, SAFE 3
 
 
 def traffic(seconds: float) -> None:

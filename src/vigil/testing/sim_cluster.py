@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator
 
-from vigil.agent import Agent
+from vigil.agent.daemon import Agent
 from vigil.agent.history import read_records
 from vigil.core.history import Interval, intervals, overlaps
 from vigil.config import NodeConfig, parse_config
