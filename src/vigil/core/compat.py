@@ -20,7 +20,8 @@ from __future__ import annotations
 import fnmatch
 import operator
 import re
-from typing import Any, Callable
+from collections.abc import Iterable, Mapping
+from typing import Callable, TypeAlias
 
 VERSION_KEYS = {"driver", "cuda_driver", "compute_capability", "python", "kernel"}
 NUMBER_KEYS = {"gpu_count", "gpu_memory_mib"}
@@ -29,13 +30,16 @@ HOMOGENEITY_KEYS = ("driver", "cuda_driver", "gpu_model", "compute_capability", 
 OPS = {">=": operator.ge, "<=": operator.le, "==": operator.eq, "!=": operator.ne, ">": operator.gt,
        "<": operator.lt}
 CONDITION = re.compile(r"^\s*(>=|<=|==|!=|>|<)?\s*([0-9][0-9A-Za-z.+-]*)\s*$")
+# A condition as parse_requirement lets it through: a version or number condition
+# (str, int, float); gpu_model's glob or globs; cpu_flags' flags.
+Condition: TypeAlias = str | int | float | list[str]
 
 
-def version(v: Any) -> tuple[int, ...]:
+def version(v: object) -> tuple[int, ...]:
     return tuple(int(x) for x in re.findall(r"\d+", str(v)))
 
 
-def parse_requirement(raw: Any) -> dict[str, Any]:
+def parse_requirement(raw: object) -> dict[str, Condition]:
     if not isinstance(raw, dict):
         raise ValueError("requires: must be a mapping such as {cuda_driver: '>=12.1', gpu_memory_mib: '>=40000'}")
     for key, cond in raw.items():
@@ -54,28 +58,52 @@ def parse_requirement(raw: Any) -> dict[str, Any]:
     return dict(raw)
 
 
-def _list(v: Any) -> list[Any]:
+def _list(v: object) -> list[object]:
     return v if isinstance(v, list) else [v]
 
 
-def _value(fp: dict[str, Any], key: str) -> Any:
+def _globs(cond: Condition) -> list[str]:
+    """gpu_model's condition as a list of globs (parse_requirement checked it is one or a list)."""
+    if isinstance(cond, (int, float)):
+        raise TypeError(f"gpu_model: {cond!r} is not a glob")
+    return cond if isinstance(cond, list) else [cond]
+
+
+def _not_iterable(v: object) -> TypeError:
+    """What set() raises for `v`: a flag list that is not one fails as it always did."""
+    return TypeError(f"{type(v).__name__!r} object is not iterable")
+
+
+def _value(fp: Mapping[str, object], key: str) -> object:
     if key.startswith("engines."):
-        return (fp.get("engines") or {}).get(key.split(".", 1)[1])
+        engines = fp.get("engines") or {}
+        if not isinstance(engines, Mapping):  # (a declared `engines: x`): what `.get` on it raised
+            raise AttributeError(f"{type(engines).__name__!r} object has no attribute 'get'")
+        return engines.get(key.split(".", 1)[1])
     return fp.get(key)
 
 
-def _compare(have: Any, cond: Any, numeric: bool) -> bool:
+def _float(v: object) -> float:
+    """float(v) of a fingerprint's number (a number, or a declared string)."""
+    if not isinstance(v, (str, int, float)):
+        raise TypeError(f"float() argument must be a string or a real number, not {type(v).__name__!r}")
+    return float(v)
+
+
+def _compare(have: object, cond: Condition, numeric: bool) -> bool:
     m = CONDITION.match(str(cond))
     if m is None:  # parse_requirement validated every condition
         return False
     op, want = m.groups()
-    compare: Callable[[Any, Any], bool] = OPS[op or "=="]
     if numeric:
-        return compare(float(have), float(want))
+        order: Callable[[float, float], bool] = OPS[op or "=="]
+        return order(_float(have), float(want))
+    compare: Callable[[tuple[int, ...], tuple[int, ...]], bool] = OPS[op or "=="]
     return compare(version(have), version(want))
 
 
-def mismatches(fp: dict[str, Any], req: dict[str, Any]) -> list[str]:
+def mismatches(fp: Mapping[str, object], req: Mapping[str, Condition]) -> list[str]:
+    """`req` as parse_requirement returns it; `fp` a fingerprint (any values)."""
     out = []
     for key, cond in req.items():
         have = _value(fp, key)
@@ -83,18 +111,23 @@ def mismatches(fp: dict[str, Any], req: dict[str, Any]) -> list[str]:
             shown = fp.get("gpu") if key not in ("cpu_flags", "python", "kernel") and fp.get("gpu") else "unknown"
             out.append(f"{key}: required {cond}, this node has none ({have if have is not None else shown})")
         elif key == "cpu_flags":
-            missing = sorted(set(cond) - set(have))
+            if isinstance(cond, (int, float)):
+                raise _not_iterable(cond)
+            flags = set(cond)
+            if not isinstance(have, Iterable):
+                raise _not_iterable(have)
+            missing = sorted(flags - set(have))
             if missing:
                 out.append(f"cpu_flags: missing {', '.join(missing)}")
         elif key == "gpu_model":
-            if not any(fnmatch.fnmatch(str(have), g) for g in _list(cond)):
-                out.append(f"gpu_model: {have} is not {' or '.join(_list(cond))}")
+            if not any(fnmatch.fnmatch(str(have), g) for g in _globs(cond)):
+                out.append(f"gpu_model: {have} is not {' or '.join(_globs(cond))}")
         elif not _compare(have, cond, key in NUMBER_KEYS):
             out.append(f"{key}: {have}, required {cond}")
     return out
 
 
-def differences(fingerprints: dict[str, dict[str, Any]]) -> dict[str, dict[str, list[str]]]:
+def differences(fingerprints: Mapping[str, Mapping[str, object]]) -> dict[str, dict[str, list[str]]]:
     """{key: {value: [nodes]}} for every key on which the nodes differ ("n2: CUDA 12.2, n1: 12.1")."""
     out: dict[str, dict[str, list[str]]] = {}
     for key in HOMOGENEITY_KEYS:
@@ -107,7 +140,7 @@ def differences(fingerprints: dict[str, dict[str, Any]]) -> dict[str, dict[str, 
     return out
 
 
-def _shown(v: Any) -> str:
+def _shown(v: object) -> str:
     if isinstance(v, dict):
         return ", ".join(f"{k} {x}" for k, x in sorted(v.items()))
     if isinstance(v, list):

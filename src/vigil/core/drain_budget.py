@@ -31,7 +31,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Iterable, Mapping, Protocol
 
 from vigil.core.damping import domain_rooms
 from vigil.core.health import DEGRADED, DRAINING, FAILED, Verdict
@@ -50,6 +50,17 @@ class DrainBudget:
     def rooms(self, members: int, domains: Mapping[str, str]) -> tuple[int, dict[str, int]]:
         """(cluster-wide room, room per domain); at least one node may always drain."""
         return max(1, int(self.share * members)), domain_rooms(self.share, domains)
+
+
+class MemberState(Protocol):
+    """What the gate reads of a member record (vigil.store.member_record.MemberRecord)."""
+
+    @property
+    def verdict(self) -> str: ...
+    @property
+    def drain_deferred(self) -> bool: ...
+    @property
+    def drain_since(self) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -106,13 +117,13 @@ class DrainGate:
     def __init__(self, me: str, budget: DrainBudget, domains: Mapping[str, str], settle: float = SETTLE,
                  stale: float = STALE):
         self.me, self.budget, self.domains, self.settle, self.stale = me, budget, domains, settle, stale
-        self._records: Mapping[str, Any] = {}
+        self._records: Mapping[str, MemberState] = {}
         self._seen_at: float | None = None  # when the last snapshot was seen (monotonic)
         self._since: float | None = None  # when this drain was first deferred (monotonic)
         self._since_wall = 0.0  # the same, on the wall clock, for the other agents' ordering
         self._granted = False
 
-    def see(self, records: Mapping[str, Any], now: float) -> None:
+    def see(self, records: Mapping[str, MemberState], now: float) -> None:
         """The member records (name -> MemberRecord) of the snapshot just read."""
         self._records, self._seen_at = records, now
 

@@ -31,7 +31,8 @@ as an `EngineChange` carrying its cause.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+
+from vigil.core.payloads import Payload
 
 GOOD = frozenset({"ready", "busy"})
 
@@ -40,7 +41,7 @@ GOOD = frozenset({"ready", "busy"})
 class LoadReading:
     pending: int  # accepted and not yet answered (waiting + running)
     completed: int  # monotone count of finished work (requests, or tokens)
-    payloads: tuple[Any, ...] = ()  # vigil.core.payloads.Payload: the long-running work it lists
+    payloads: tuple[Payload, ...] = ()  # the long-running work it lists
 
 
 @dataclass(frozen=True)

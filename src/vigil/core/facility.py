@@ -15,7 +15,6 @@ Rules:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from vigil.core.health import READY, Finding
 from vigil.core.records import number
@@ -36,13 +35,13 @@ class FacilityPolicy:
         self.points = points
         self.trends = {name: ThermalTrend(name, r.thermal) for name, r in points.items() if r.kind == INLET_TEMP}
 
-    def judge(self, values: dict[str, Any], now: float) -> list[Finding]:
+    def judge(self, values: object, now: float) -> list[Finding]:
         """Findings for one sensors reading: values["points"][name] = {"valid",
         "value", "problem"} as vigil.probes.modbus reads them. Total: whatever the
         reading holds, a point that is not a valid number is an alarm."""
         out: list[Finding] = []
         raw = values.get("points") if isinstance(values, dict) else None
-        points: dict[str, Any] = raw if isinstance(raw, dict) else {}
+        points: dict[str, object] = raw if isinstance(raw, dict) else {}
         for name, rules in sorted(self.points.items()):
             point = points.get(name)
             if not isinstance(point, dict):

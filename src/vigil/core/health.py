@@ -23,8 +23,9 @@ inference server to be restarted, not the node: they are returned as
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, TypeGuard
+from typing import Protocol, TypeGuard
 
 READY, DEGRADED, DRAINING, FAILED = "ready", "degraded", "draining", "failed"
 VERDICTS = (READY, DEGRADED, DRAINING, FAILED)  # mildest first
@@ -97,7 +98,7 @@ class Verdict:
     def serves(self) -> bool:
         return self.state in SERVING
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, str | float | list[str]]:
         return {"verdict": self.state, "reasons": list(self.reasons), "actions": list(self.actions),
                 "alarms": list(self.alarms),
                 **({"drain": "deferred", "drain_since": self.deferred_since} if self.deferred else {})}
@@ -122,22 +123,54 @@ def more_severe(a: str, b: str) -> str:
     return max(a, b, key=VERDICTS.index)
 
 
+class ProbeReading(Protocol):
+    """What the policy reads of a probe's Reading (vigil.probes.base.Reading)."""
+
+    @property
+    def source(self) -> str: ...
+    @property
+    def available(self) -> bool: ...
+    @property
+    def values(self) -> Mapping[str, object]: ...
+
+
+class FacilityJudge(Protocol):
+    """Judges the "sensors" reading (vigil.core.facility.FacilityPolicy)."""
+
+    def judge(self, values: Mapping[str, object], now: float) -> list[Finding]: ...
+
+
+class _Limit(Protocol):
+    @property
+    def limit_c(self) -> float: ...
+
+
+class GpuTrend(Protocol):
+    """One GPU's temperature trend (vigil.core.thermal.ThermalTrend)."""
+
+    @property
+    def rules(self) -> _Limit: ...
+    def add(self, now: float, temperature: float, load: float | None = None) -> None: ...
+    def judge(self) -> Finding | None: ...
+
+
 class HealthPolicy:
     """`judge(readings, now)` -> Verdict. Keeps only what time needs: when each
     XID was last seen, since when each GPU has been slowing down."""
 
-    def __init__(self, rules: HealthRules | None = None, facility: Any = None, gpu_trend: Any = None):
+    def __init__(self, rules: HealthRules | None = None, facility: FacilityJudge | None = None,
+                 gpu_trend: Callable[[str, float], GpuTrend] | None = None):
         """`facility`: judges the "sensors" reading (vigil.core.facility.FacilityPolicy);
         `gpu_trend(name, limit_c)`: a trend (vigil.core.thermal.ThermalTrend with
         gpu_rules) per GPU, against its slowdown threshold: a GPU whose cooling
         failed drains before it slows down."""
         self.rules, self.facility, self.gpu_trend = rules or HealthRules(), facility, gpu_trend
-        self._trends: dict[str, Any] = {}
+        self._trends: dict[str, GpuTrend] = {}
         self._xids: dict[tuple[str, int], tuple[float, str]] = {}  # (gpu, xid) -> (last seen, detail)
         self._slowdown_since: dict[str, float] = {}
         self._fresh: set[tuple[str, int]] = set()
 
-    def judge(self, readings: Iterable[Any], now: float, extra: Iterable[Finding] = ()) -> Verdict:
+    def judge(self, readings: Iterable[ProbeReading], now: float, extra: Iterable[Finding] = ()) -> Verdict:
         """The verdict over `readings` (probe Readings) and findings judged elsewhere."""
         findings: list[Finding] = list(extra)
         self._fresh = set()  # XIDs that arrived in these readings
@@ -145,10 +178,16 @@ class HealthPolicy:
             if not r.available:
                 continue
             if r.source == "gpu":
-                findings += self._gpus(r.values.get("gpus") or [], now)
+                gpus = r.values.get("gpus") or []
+                if not isinstance(gpus, Iterable):
+                    raise _not_iterable(gpus)
+                findings += self._gpus(gpus, now)
             elif r.source == "sensors" and self.facility is not None:
                 findings += self.facility.judge(r.values, now)
-            self._note_xids(r.values.get("xids") or [], now)  # NVML's events and the kernel log's lines
+            xids = r.values.get("xids") or []  # NVML's events and the kernel log's lines
+            if not isinstance(xids, Iterable):
+                raise _not_iterable(xids)
+            self._note_xids(xids, now)
         findings += self._xid_findings(now)
         return worst(findings)
 
@@ -159,7 +198,7 @@ class HealthPolicy:
         what = meaning or "not in the catalog; look it up in NVIDIA's XID catalog"
         return Finding(verdict, f"XID {xid} on {where}: {what}", action)
 
-    def _note_xids(self, events: list[dict[str, Any]], now: float) -> None:
+    def _note_xids(self, events: Iterable[Mapping[str, object]], now: float) -> None:
         for e in events:
             xid = e.get("xid")
             if isinstance(xid, int) and not isinstance(xid, bool):
@@ -178,7 +217,7 @@ class HealthPolicy:
         return out
 
     # -- GPU state -----------------------------------------------------------
-    def _gpus(self, gpus: list[dict[str, Any]], now: float) -> list[Finding]:
+    def _gpus(self, gpus: Iterable[Mapping[str, object]], now: float) -> list[Finding]:
         out: list[Finding] = []
         slowing = set()
         for g in gpus:
@@ -196,15 +235,17 @@ class HealthPolicy:
         self._slowdown_since = {k: v for k, v in self._slowdown_since.items() if k in slowing}
         return out
 
-    def _memory(self, name: str, g: dict[str, Any]) -> list[Finding]:
+    def _memory(self, name: str, g: Mapping[str, object]) -> list[Finding]:
         out = []
-        rows = g["remapped_rows"] if isinstance(g.get("remapped_rows"), dict) else {}
+        rows = g.get("remapped_rows")
+        rows = rows if isinstance(rows, dict) else {}
         if rows.get("failure"):
             out.append(Finding(DRAINING, f"{name}: row remapping failed (the GPU needs service)", RESET_GPU))
         elif rows.get("pending"):
             out.append(Finding(DRAINING, f"{name}: row remapping pending (takes effect at the next GPU reset)",
                                RESET_GPU))
-        pages = g["retired_pages"] if isinstance(g.get("retired_pages"), dict) else {}
+        pages = g.get("retired_pages")
+        pages = pages if isinstance(pages, dict) else {}
         if pages.get("pending"):
             out.append(Finding(DRAINING, f"{name}: page retirement pending (takes effect at the next GPU reset)",
                                RESET_GPU))
@@ -214,7 +255,7 @@ class HealthPolicy:
                                                            "driver loaded"))
         return out
 
-    def _recovery(self, name: str, g: dict[str, Any]) -> list[Finding]:
+    def _recovery(self, name: str, g: Mapping[str, object]) -> list[Finding]:
         action = g.get("recovery_action")
         fabric = g.get("fabric_state")
         out = []
@@ -225,7 +266,7 @@ class HealthPolicy:
             out.append(Finding(DRAINING, f"{name}: fabric manager {fabric} (not ready until completed)"))
         return out
 
-    def _thermal(self, name: str, g: dict[str, Any], now: float) -> list[Finding]:
+    def _thermal(self, name: str, g: Mapping[str, object], now: float) -> list[Finding]:
         margin, r = g.get("thermal_margin_c"), self.rules
         if not _number(margin):
             return []
@@ -240,7 +281,7 @@ class HealthPolicy:
             return [Finding(DEGRADED, f"{name}: {t} °C, {margin} °C below its slowdown threshold {slow} °C")]
         return []
 
-    def _trend(self, name: str, limit: Any, temperature: Any, power: Any, now: float) -> Finding | None:
+    def _trend(self, name: str, limit: object, temperature: object, power: object, now: float) -> Finding | None:
         if self.gpu_trend is None or not (_number(limit) and _number(temperature)):
             return None
         trend = self._trends.get(name)
@@ -250,7 +291,7 @@ class HealthPolicy:
         finding: Finding | None = trend.judge()
         return finding
 
-    def _slowdown(self, name: str, g: dict[str, Any], now: float) -> Finding:
+    def _slowdown(self, name: str, g: Mapping[str, object], now: float) -> Finding:
         since = self._slowdown_since.setdefault(name, now)
         events = ", ".join(sorted(THERMAL_EVENTS & set(_list(g.get("clock_events")))))
         lasted = now - since
@@ -260,8 +301,13 @@ class HealthPolicy:
                                  f"{self.rules.slowdown_drain_after:g} s")
 
 
-def _list(v: Any) -> list[Any]:
+def _list(v: object) -> list[object]:
     return v if isinstance(v, list) else []
+
+
+def _not_iterable(v: object) -> TypeError:
+    """What a for loop raises over `v`: a reading no probe writes fails the round as it always did."""
+    return TypeError(f"{type(v).__name__!r} object is not iterable")
 
 
 def _number(v: object) -> TypeGuard[int | float]:

@@ -11,7 +11,25 @@ last `valid_until`: a node killed while leading never acts past that instant.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Iterable, NotRequired, TypedDict
+
+
+class LeadershipRecord(TypedDict):
+    """One history record, as vigil.agent.history writes it (other keys, e.g. "by", are kept)."""
+
+    node: str
+    event: str  # start | renew | end | fenced
+    token: int
+    at: float
+    valid_until: NotRequired[float]
+    kind: NotRequired[str]  # why an "end" ended
+
+
+class _Term(TypedDict):
+    start: float | None
+    valid_until: float | None
+    end: float | None
+    by: str
 
 
 @dataclass(frozen=True)
@@ -23,9 +41,9 @@ class Interval:
     ended_by: str
 
 
-def intervals(records: list[dict[str, Any]]) -> list[Interval]:
+def intervals(records: Iterable[LeadershipRecord]) -> list[Interval]:
     """Leadership intervals per (node, token), by start; see the module docstring."""
-    acc: dict[tuple[str, int], dict[str, Any]] = {}
+    acc: dict[tuple[str, int], _Term] = {}
     for r in records:
         k = (r["node"], r["token"])
         cur = acc.setdefault(k, {"start": None, "valid_until": None, "end": None, "by": "lease"})

@@ -29,9 +29,10 @@ import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import Mapping, TypeGuard, TypeVar
 
-from vigil.core.records import BULK, CLUSTER, BadRecord, Limits, decode_json, integer, unix_time
+from vigil.core.records import (BULK, CLUSTER, JSON, BadRecord, Limits, decode_json, integer, strings,
+                                unix_time)
 from vigil.errors import ConfigError, VigilError
 from vigil.openai_fields import MAX_EMBEDDING_INPUTS, MAX_INPUT_CHARS
 
@@ -44,6 +45,8 @@ MAX_CHUNK_BYTES = 512 * 1024  # one etcd write per chunk, well under etcd's 1.5 
 DEFAULT_CHUNK = 64
 MAX_SHARDS = 64  # one transaction writes them all at submit (etcd allows 128 operations)
 DEFAULT_SHARDS = 8  # more than the nodes of a small cluster: a node that finishes one takes the next
+
+_T = TypeVar("_T")
 
 
 class JobRecordError(VigilError):
@@ -109,21 +112,21 @@ class Progress:
         return replace(self, state=state, reason=reason, updated=now)
 
 
-def _field(d: dict[str, Any], name: str, kind: type | tuple[type, ...], what: str) -> Any:
+def _field(d: Mapping[str, JSON], name: str, kind: type[_T] | tuple[type[_T], ...], what: str) -> _T:
     v = d.get(name)
     if not isinstance(v, kind) or isinstance(v, bool):
         raise JobRecordError(f"{what}: '{name}' is {str(v)[:40]!r}, not a {getattr(kind, '__name__', 'number')}")
     return v
 
 
-def _count(d: dict[str, Any], name: str, what: str, hi: int = MAX_INPUTS) -> int:
+def _count(d: Mapping[str, JSON], name: str, what: str, hi: int = MAX_INPUTS) -> int:
     v: int = _field(d, name, int, what)
     if not 0 <= v <= hi:
         raise JobRecordError(f"{what}: '{name}' is {v}, not from 0 to {hi}")
     return v
 
 
-def _time(d: dict[str, Any], name: str, what: str) -> float:
+def _time(d: Mapping[str, JSON], name: str, what: str) -> float:
     """A Unix time: decode_json already refused a number float() cannot hold."""
     v = _field(d, name, (int, float), what)
     if not unix_time(v):
@@ -145,7 +148,7 @@ def parse_spec(raw: str, key: str) -> JobSpec:
     return spec
 
 
-def progress_from(d: dict[str, Any], key: str) -> Progress:
+def progress_from(d: Mapping[str, JSON], key: str) -> Progress:
     """A checkpoint's fields, each bounded; not yet checked against its spec."""
     p = Progress(_field(d, "state", str, key), _count(d, "next", key), _count(d, "end", key),
                  _count(d, "done", key), _count(d, "claims", key, 2**62), str(d.get("node", ""))[:64],
@@ -170,14 +173,19 @@ def parse_progress(raw: str, key: str, spec: JobSpec, shard: int) -> Progress:
     return p
 
 
+def _inputs(v: JSON) -> TypeGuard[list[str]]:
+    """1 to MAX_CHUNK strings of at most MAX_INPUT_CHARS characters."""
+    return (isinstance(v, list) and 0 < len(v) <= MAX_CHUNK
+            and all(isinstance(x, str) and len(x) <= MAX_INPUT_CHARS for x in v))
+
+
 def chunk_inputs(raw: str, key: str) -> list[str]:
     """A chunk of inputs as any job may hold it: 1 to MAX_CHUNK strings of at most
     MAX_INPUT_CHARS characters."""
     inputs = decode_json(key, raw, BULK)
     if isinstance(inputs, BadRecord):
         raise JobRecordError(f"{key}: {inputs.problem}")
-    if not (isinstance(inputs, list) and 0 < len(inputs) <= MAX_CHUNK
-            and all(isinstance(x, str) and len(x) <= MAX_INPUT_CHARS for x in inputs)):
+    if not _inputs(inputs):
         raise JobRecordError(f"{key}: not a list of 1 to {MAX_CHUNK} inputs of at most {MAX_INPUT_CHARS} characters")
     return inputs
 
@@ -206,12 +214,12 @@ def result_from(raw: str, key: str) -> ChunkRecord:
     """A result record's fields, each bounded; not yet checked against its inputs."""
     d = _json_object(raw, key, BULK)
     vectors = _field(d, "vectors", list, key)
-    if len(vectors) > MAX_CHUNK or not all(isinstance(v, str) for v in vectors):
+    if not strings(vectors, MAX_CHUNK):
         raise JobRecordError(f"{key}: 'vectors' is not a list of at most {MAX_CHUNK} base64 strings")
-    claim = d.get("claim")
+    claim, at = d.get("claim"), d.get("at")
     return ChunkRecord(_count(d, "chunk", key), str(d.get("node", "?"))[:64],
                        claim if integer(claim, 0, 2**62) else 0,
-                       float(d["at"]) if unix_time(d.get("at")) else 0.0,
+                       float(at) if unix_time(at) else 0.0,
                        str(d.get("inputs_sha256", ""))[:64], vectors)
 
 
@@ -220,7 +228,7 @@ def shard_of(tail: str) -> int | None:
     return int(tail) if 0 < len(tail) <= 6 and tail.isascii() and tail.isdigit() else None
 
 
-def _json_object(raw: str, key: str, limits: Limits = CLUSTER) -> dict[str, Any]:
+def _json_object(raw: str, key: str, limits: Limits = CLUSTER) -> dict[str, JSON]:
     d = decode_json(key, raw, limits)
     if isinstance(d, BadRecord):
         raise JobRecordError(f"{key}: {d.problem}")
@@ -237,7 +245,7 @@ def parse_inputs(text: str, fmt: str, where: str) -> list[str]:
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
-        item: Any = line
+        item: JSON = line
         if fmt == "jsonl":
             try:
                 item = json.loads(line)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
 
 from vigil.core.records import BadRecord, decode_object, integer, node_name, snippet, unix_time
 
@@ -37,7 +36,7 @@ class Payload:
     started: float  # Unix time
     progress: int  # tokens generated, or inputs done
 
-    def record(self, node: str) -> dict[str, Any]:
+    def record(self, node: str) -> dict[str, str | float | int]:
         return {"id": self.id, "node": node, "model": self.model, "kind": self.kind,
                 "started": self.started, "progress": self.progress}
 
@@ -45,7 +44,7 @@ class Payload:
 MAX_PAYLOADS = 4096  # entries of one load report taken; the rest are counted as bad
 
 
-def payload_from(p: Any) -> Payload | None:
+def payload_from(p: object) -> Payload | None:
     """One load-report entry or payload record, every field bounded; None if it is not one.
     Never raises, whatever `p` holds (an int too large for a float included)."""
     if not isinstance(p, dict):
@@ -58,7 +57,7 @@ def payload_from(p: Any) -> Payload | None:
     return None
 
 
-def parse_payloads(raw: Any) -> tuple[list[Payload], int]:
+def parse_payloads(raw: object) -> tuple[list[Payload], int]:
     """The well-formed entries of a load report's `payloads` list, and how many were not."""
     if not isinstance(raw, list):
         return [], 0 if raw is None else 1
@@ -83,9 +82,10 @@ def parse_payload_record(key: str, text: str) -> PayloadRecord | BadRecord:
     if p is None:
         return BadRecord(key, f"not {{id, node, model, kind, started, progress}} as agents write it: "
                               f"{snippet(text)}")
-    if not node_name(d.get("node")):
-        return BadRecord(key, f"node {snippet(str(d.get('node')), 40)} is not a node name")
-    return PayloadRecord(d["node"], p)
+    node = d.get("node")
+    if not node_name(node):
+        return BadRecord(key, f"node {snippet(str(node), 40)} is not a node name")
+    return PayloadRecord(node, p)
 
 
 class PayloadBook:

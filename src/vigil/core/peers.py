@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Protocol
 
 from vigil.core.detector import DetectorSettings, PauseGuard, PhiAccrualDetector
 
@@ -52,6 +52,23 @@ class PeerTransition:
     phi: float
     silent_for: float
     cause: str
+
+
+class HeartbeatFields(Protocol):
+    """What a watch reads of an authentic heartbeat (vigil.net.wire.Heartbeat)."""
+
+    @property
+    def node(self) -> str: ...
+    @property
+    def incarnation(self) -> int: ...
+    @property
+    def health(self) -> str: ...
+    @property
+    def role(self) -> str: ...
+    @property
+    def suspects(self) -> tuple[str, ...] | None: ...
+    @property
+    def extra(self) -> bool: ...
 
 
 GAP_BUCKETS = (0.101, 0.102, 0.105, 0.11, 0.125, 0.15, 0.175, 0.2, 0.225, 0.25, 0.3, 0.4, 0.5, 1.0, 2.0, 5.0)
@@ -284,7 +301,8 @@ class PeerWatch:
         self.due = max(now + MIN_NAP, due)
         self.guard.expect(self.due)
 
-    def deliver(self, hb: Any, link: str, verdict: str, now: float, stamped: bool = False) -> list[PeerTransition]:
+    def deliver(self, hb: HeartbeatFields, link: str, verdict: str, now: float,
+                stamped: bool = False) -> list[PeerTransition]:
         """One authentic packet (vigil.net.wire.Heartbeat) accepted with `verdict`:
         a duplicate proves its link, an extra brings news untimed, the rest are timed.
         A duplicate judges nothing, so it does not look for our own stall either

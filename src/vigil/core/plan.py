@@ -13,8 +13,8 @@ that no one rack's loss takes a quorum away.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
+from vigil.core.records import JSONable
 from vigil.core.topology import Topology, TopologySettings
 
 
@@ -50,7 +50,7 @@ def voters(members: dict[str, str]) -> list[str]:
 
 
 def plan(members: dict[str, str], settings: TopologySettings = TopologySettings(),
-         costs: Costs = Costs()) -> dict[str, Any]:
+         costs: Costs = Costs()) -> dict[str, JSONable]:
     """The plan for this membership: voters, topology and per-node load."""
     t = Topology(members, settings)
     leader = t.members[0] if t.members else None

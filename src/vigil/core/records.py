@@ -14,6 +14,9 @@ Contract:
   text is parsed: such a number never exists as a Python value.
 - `number`, `unix_time`, `integer` and `node_name` are the field checks every record
   parser (vigil.store.records) builds on.
+- `JSON` is the type of every value decoded here (and of any other value read
+  from JSON): parsers narrow it with isinstance, field by field. `JSONable`
+  is that of a document built to be encoded.
 """
 
 from __future__ import annotations
@@ -21,8 +24,9 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeGuard
+from typing import NoReturn, TypeAlias, TypeGuard
 
 from vigil.fields import NAME_RE
 
@@ -31,6 +35,11 @@ MAX_INT = 2**63  # |n| < 2**63: every positive int64 fits, and float(n) is alway
 MAX_NUMBER = 1e18
 MAX_TIME = 1e11  # Unix seconds (year 5138): inside datetime's range, so a time always prints
 _SURROGATE = re.compile("[\ud800-\udfff]")
+
+# A value decoded from JSON (json.loads, decode_json): the one place its shape is spelt.
+JSON: TypeAlias = None | bool | int | float | str | list["JSON"] | dict[str, "JSON"]
+# A value to encode as JSON (a document built to print): read-only, so a list[str] is one.
+JSONable: TypeAlias = None | bool | int | float | str | Sequence["JSONable"] | Mapping[str, "JSONable"]
 
 
 @dataclass(frozen=True)
@@ -73,7 +82,7 @@ def _float(s: str) -> float:
     return v
 
 
-def _constant(s: str) -> Any:
+def _constant(s: str) -> NoReturn:
     raise _Refused(f"{s} is not a number JSON allows")
 
 
@@ -85,7 +94,7 @@ def snippet(text: str, n: int = 60) -> str:
     return repr(text[:n]) + ("..." if len(text) > n else "")
 
 
-def decode_json(key: str, text: Any, limits: Limits = CLUSTER) -> Any:
+def decode_json(key: str, text: object, limits: Limits = CLUSTER) -> JSON | BadRecord:
     """The JSON value of `text` within `limits`, or a BadRecord (see the module docstring)."""
     if not isinstance(text, str):
         return BadRecord(key, f"not text: {type(text).__name__}")
@@ -94,7 +103,7 @@ def decode_json(key: str, text: Any, limits: Limits = CLUSTER) -> Any:
     if _SURROGATE.search(text):  # bytes that were not UTF-8 (the store decodes with surrogateescape)
         return BadRecord(key, f"not valid UTF-8: {snippet(text)}")
     try:
-        value = _DECODER.decode(text)
+        value: JSON = _DECODER.decode(text)
     except _Refused as e:
         return BadRecord(key, f"refused: {e}")
     except RecursionError:
@@ -105,15 +114,15 @@ def decode_json(key: str, text: Any, limits: Limits = CLUSTER) -> Any:
     return BadRecord(key, problem) if problem else value
 
 
-def decode_object(key: str, text: Any, limits: Limits = CLUSTER) -> dict[str, Any] | BadRecord:
+def decode_object(key: str, text: object, limits: Limits = CLUSTER) -> dict[str, JSON] | BadRecord:
     """`decode_json`, and the value must be a JSON object."""
     value = decode_json(key, text, limits)
     if isinstance(value, BadRecord) or isinstance(value, dict):
         return value
-    return BadRecord(key, f"not a JSON object: {snippet(text)}")
+    return BadRecord(key, f"not a JSON object: {snippet(str(text))}")  # (decoded, so text is a str)
 
 
-def _bounds_problem(text: str, value: Any, limits: Limits) -> str | None:
+def _bounds_problem(text: str, value: JSON, limits: Limits) -> str | None:
     """Depth and string bounds of `value`, decoded from `text`. The walk (without
     recursion) runs only when the text could break one: a text shorter than the
     string bound holds no longer string, one with fewer brackets than the depth
@@ -122,7 +131,7 @@ def _bounds_problem(text: str, value: Any, limits: Limits) -> str | None:
     surrogates = "\\ud" in text or "\\uD" in text
     if not (strings or surrogates or text.count("[") + text.count("{") > limits.max_depth):
         return None
-    stack: list[tuple[Any, int]] = [(value, 1)]
+    stack: list[tuple[JSON, int]] = [(value, 1)]
     while stack:
         v, depth = stack.pop()
         if isinstance(v, str):
@@ -133,7 +142,7 @@ def _bounds_problem(text: str, value: Any, limits: Limits) -> str | None:
         elif isinstance(v, (list, dict)):
             if depth > limits.max_depth:
                 return f"nested deeper than {limits.max_depth}"
-            items = list(v.keys()) + list(v.values()) if isinstance(v, dict) else v
+            items: list[JSON] = [*v.keys(), *v.values()] if isinstance(v, dict) else v
             stack.extend((x, depth + 1) for x in items)
     return None
 
@@ -158,11 +167,11 @@ def integer(v: object, lo: int, hi: int) -> TypeGuard[int]:
     return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
 
 
-def node_name(v: Any) -> bool:
+def node_name(v: object) -> TypeGuard[str]:
     """A node name as configuration allows it (vigil.fields.NAME_RE), exactly."""
     return isinstance(v, str) and NAME_RE.fullmatch(v) is not None
 
 
-def strings(v: Any, max_items: int = 1024) -> bool:
+def strings(v: object, max_items: int = 1024) -> TypeGuard[list[str]]:
     """A list of at most `max_items` strings."""
     return isinstance(v, list) and len(v) <= max_items and all(isinstance(x, str) for x in v)
