@@ -302,3 +302,26 @@ def test_an_observer_that_stalled_recently_is_slower_to_accuse_lifeguard():
     while watch.due < 10.5:  # ten seconds of looks on time
         watch.tick(watch.due)
     assert watch.local_health == 0 and watch.peers.slack == 0.0
+
+
+def test_a_stamp_past_due_is_the_heartbeat_threads_stall_forgiven_before_it_is_learned():
+    """With the heartbeat thread, datagrams are stamped on it and it hands a look at
+    every due. A stamp later than due by more than the tolerance is the thread's own
+    stall (a SIGSTOP of the process): forgiven before that packet is timed, so the
+    detector does not learn the stall as a gap and stays as quick as before."""
+    def deadline_after(stall: float) -> float:
+        watch = PeerWatch(PeerTable(["b"], DetectorSettings()))
+        now = 0.0
+        for i in range(40):  # b every 100 ms; the thread's looks at every due in between
+            now = i * 0.1
+            watch.deliver(_hb("b", i), "l", "new", now, stamped=True)
+            while watch.due < now + 0.1:
+                watch.tick(watch.due)
+        now += 0.1 + stall  # the thread stalled: b's next packet stamped late, no look before it
+        watch.deliver(_hb("b", 40), "l", "new", now, stamped=True)
+        now += 0.1
+        watch.deliver(_hb("b", 41), "l", "new", now, stamped=True)
+        return watch.peers.peers["b"].detector.suspect_at() - now
+
+    steady, stalled = deadline_after(0.0), deadline_after(0.3)
+    assert abs(stalled - steady) < 0.02, (steady, stalled)

@@ -307,9 +307,13 @@ class PeerWatch:
         a duplicate proves its link, an extra brings news untimed, the rest are timed.
         A duplicate judges nothing, so it does not look for our own stall either
         (whatever judges next does, first). `stamped`: `now` is when the heartbeat
-        thread took the packet (vigil.net.pacer), not when we look, so it says
-        nothing of our own stall, and it counts as no earlier than the peer's
-        last arrival (a forgiven stall moved that forward)."""
+        thread took the packet (vigil.net.pacer). The thread hands a look at every
+        `due` before it stamps anything later, so a stamp later than `due` by more
+        than the tolerance is the thread's own stall (a SIGSTOP, a thread kept from
+        its CPU): forgiven first, like the loop's, so the stall is never learned as
+        a gap. A stamped packet counts as no earlier than the peer's last arrival
+        (a forgiven stall moved that forward)."""
+        stamp = now
         if stamped:
             p = self.peers.peers.get(hb.node)
             last = p.detector.last_heartbeat if p else None
@@ -317,8 +321,7 @@ class PeerWatch:
         if verdict == "duplicate":
             self.peers.link_seen(hb.node, link, now)
             return []
-        if not stamped:
-            self._observe(now)
+        self._observe(stamp)
         if hb.extra:
             self.peers.news(hb.node, link, now, hb.incarnation, hb.health, hb.role, hb.suspects)
             return []
