@@ -4,8 +4,11 @@ against recorded node fingerprints, and the cluster's homogeneity report."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from vigil.core.compat import differences, mismatches, parse_requirement
+from vigil.store.member_record import compat_problem
 
 N1 = {"driver": "535.161.08", "cuda_driver": "12.1", "gpu_model": "NVIDIA H100 80GB HBM3",
       "compute_capability": "9.0", "gpu_count": 8, "gpu_memory_mib": 81559, "cpu_flags": ["avx2", "avx512f"],
@@ -50,3 +53,29 @@ def test_homogeneity_names_which_node_has_what():
     assert diff == {"driver": {"535.161.08": ["n1", "n3"], "535.183.01": ["n2"]},
                     "cuda_driver": {"12.1": ["n1", "n3"], "12.2": ["n2"]}}
     assert "gpu_model" in differences({"n1": N1, "n4": NOGPU})
+
+
+values = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=12)),
+                      lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                              st.dictionaries(st.text(max_size=6), inner, max_size=3)),
+                      max_leaves=8)
+keys = st.sampled_from(["driver", "cuda_driver", "gpu_model", "compute_capability", "gpu_count", "gpu_memory_mib",
+                        "cpu_flags", "kernel", "python", "engines", "other"])
+VALID = {"cuda_driver": st.sampled_from([">=12.1", "<13", "12.2"]), "kernel": st.just(">=5.15"),
+         "python": st.just("==3.11"), "engines.torch": st.sampled_from([">=2.3", "<3"]),
+         "gpu_count": st.just(">=8"), "gpu_model": st.one_of(st.just("NVIDIA*"), st.lists(st.just("H100*"))),
+         "cpu_flags": st.lists(st.sampled_from(["avx2", "avx512f"]), max_size=2)}
+requirements = st.lists(st.sampled_from(sorted(VALID)), max_size=4, unique=True).flatmap(
+    lambda names: st.fixed_dictionaries({n: VALID[n] for n in names}))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.dictionaries(keys, values, max_size=6), requirements)
+def test_a_fingerprint_a_member_record_accepts_never_breaks_the_gate(fp, raw):
+    """The class of a defect a review found (engines as a list passed the record's
+    check, then failed `vigil status`'s compatibility report): whatever fingerprint
+    the record's check lets through, every requirement it accepts is judged."""
+    if compat_problem(raw, fp) is not None:
+        return
+    assert isinstance(mismatches(fp, parse_requirement(raw)), list)
+    differences({"n1": fp, "n2": N1})

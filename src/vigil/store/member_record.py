@@ -181,7 +181,7 @@ def compat_problem(requires: dict[str, Any], fp: dict[str, Any]) -> str | None:
     if any(len(c) > 64 if isinstance(c, list) else len(str(c)) > 64 for c in requires.values()):
         return "health.requires: a condition longer than 64 characters (or a list of more than 64)"
     for key, v in fp.items():
-        if v is None or isinstance(v, list) and key != "cpu_flags":
+        if v is None or isinstance(v, list) and key not in ("cpu_flags", "engines"):
             continue
         if key in NUMBER_KEYS and not number(v, 0, 2**53):
             return f"fingerprint {key} {_show(v)} is not a number"
