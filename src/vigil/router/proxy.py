@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import defaultdict
 from typing import Any
 
@@ -163,7 +162,7 @@ class Router:
 
     # -- the data path -------------------------------------------------------------
     async def handle(self, req: Incoming, reply: Reply) -> None:
-        t0 = time.monotonic()
+        t0 = self.clock.now()
         self.active += 1
         try:
             with self.tracing.span("vigil.router.request", **{"http.request.method": req.method,
@@ -176,7 +175,7 @@ class Router:
         if req.over_limit or self.active > self.cfg.limits.max_inflight:  # queued ones count
             answer = overloaded(f"the router holds its limit of {self.cfg.limits.max_inflight} "
                                 "requests (limits.max_inflight)", 1.0)
-            self.metrics.finished(429, time.monotonic() - t0)
+            self.metrics.finished(429, self.clock.now() - t0)
         elif req.too_large:
             answer = _error(413, f"request body larger than {self.cfg.max_body} bytes "
                                  "(limits.max_body)")
@@ -211,7 +210,7 @@ class Router:
                 if full is not None:  # every node we could try shed it: the engines are full
                     return _outcome(self._shed(t0, "engine_full", full), maybe_ran)
                 why = self.table.none_reason(now) if not tried else f"last failure: {last}"
-                self.metrics.finished(503, time.monotonic() - t0)
+                self.metrics.finished(503, self.clock.now() - t0)
                 return _outcome(_error(503, f"no ready inference node can take this request ({why})"), maybe_ran)
             if not work:  # a metadata read (GET /v1/models): no inference capacity to guard
                 backend = self.table.choose(now, pool=pool, need_room=False)
@@ -247,7 +246,7 @@ class Router:
                     self.tracing.event(self.tracing.current(), "retry", after=backend.name)
                     continue
                 code = e.status or (504 if e.kind == "first_byte" else 502)
-                self.metrics.finished(code, time.monotonic() - t0)
+                self.metrics.finished(code, self.clock.now() - t0)
                 return _outcome(_error(code, f"{last} (not retried: "
                                              f"{'unsafe request' if not safe else 'retry limit or budget'})"),
                                 maybe_ran)
@@ -271,7 +270,7 @@ class Router:
         return Shed(max(0.05, b.limit.latency), f"{b.name} is full: {e.cause}")
 
     def _shed(self, t0: float, reason: str, shed: Shed) -> Answered:
-        elapsed = time.monotonic() - t0
+        elapsed = self.clock.now() - t0
         self.metrics.shed.labels(reason).inc()
         self.metrics.shed_latency.observe(elapsed)
         self.metrics.finished(429, elapsed)
@@ -358,7 +357,7 @@ class Router:
                    else str(e))
             if not isinstance(e, TimeoutError):
                 self.table.failed(b.name, self.clock.now())
-            self.metrics.finished(502, time.monotonic() - t0)
+            self.metrics.finished(502, self.clock.now() - t0)
             log.warning("answer from %s cut after it started: %s", b.name, why)
             if reply is None or buffer or not reply.started:
                 out = _error(502, f"{b.name}: answer broke after it started ({why})")
@@ -393,7 +392,7 @@ class Router:
             self.table.succeeded(b.name, self.clock.now())
         else:
             self.table.failed(b.name, self.clock.now())
-        self.metrics.finished(status, time.monotonic() - t0)
+        self.metrics.finished(status, self.clock.now() - t0)
 
 
 def _outcome(out: Answered, maybe_ran: bool) -> Answered:

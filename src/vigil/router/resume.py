@@ -27,7 +27,6 @@ import asyncio
 import dataclasses
 import json
 import logging
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -244,11 +243,11 @@ class ResumingStream:
                 broke = None
             if broke is None:
                 self.reply.end()
-                r.metrics.finished(200, time.monotonic() - self.t0)
+                r.metrics.finished(200, r.clock.now() - self.t0)
                 return
             if self.splice.errored:  # the client has the backend's error event; it did not finish
                 self.reply.cut()
-                r.metrics.finished(502, time.monotonic() - self.t0)
+                r.metrics.finished(502, r.clock.now() - self.t0)
                 return
             nxt = await self._resume(backend, broke, seed)
             if nxt is None:
@@ -281,7 +280,7 @@ class ResumingStream:
                            "type": "server_error", "param": None, "code": "stream_broken"}}
         self.reply.write(b"data: " + json.dumps(error).encode() + b"\n\n")
         self.reply.cut()  # after the event that says why: a client that reads no events sees it cut short
-        r.metrics.finished(502, time.monotonic() - self.t0)
+        r.metrics.finished(502, r.clock.now() - self.t0)
         return None
 
     async def _continue(self, seed: str | None) -> tuple[Backend, Answer] | None:

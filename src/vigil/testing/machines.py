@@ -247,7 +247,10 @@ class Machine:
         if self.state == "degraded":
             failed = self.run("systemctl --failed --plain --no-legend --no-pager").stdout
             self.failed_units = [line.split()[0] for line in failed.splitlines() if line.strip()]
-            log.warning("%s is degraded: failed units %s", self.name, self.failed_units)
+            why = {u: self.run(["journalctl", "-u", u, "-b", "-n", "25", "--no-pager", "-o", "cat"],
+                               check=False).stdout[-2500:] for u in self.failed_units[:3]}
+            log.warning("%s is degraded: failed units %s; their journals: %s", self.name, self.failed_units,
+                        why)
 
     def console_tail(self, chars: int = 4000) -> str:
         """The end of the machine's console (all its boots, colours removed)."""
