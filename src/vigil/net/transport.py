@@ -39,7 +39,7 @@ import functools
 import logging
 import time
 from collections import Counter
-from typing import Any, Callable, Protocol
+from typing import Callable, Protocol
 
 from vigil.errors import WireError
 from vigil.identity import KeyRing, PairKeys, SigningKeys
@@ -52,6 +52,9 @@ log = logging.getLogger(__name__)
 # datagram (vigil.net.pacer), None when it came through the event loop (now, then).
 Delivery = Callable[[Heartbeat, str, str, "float | None"], None]
 Outgoing = tuple[bytes, int, tuple[str, int], bool]  # (packet, local link, destination, sealed)
+# A datagram's source: (host, port) from an IPv4 socket, (host, port, flowinfo, scope_id)
+# from an IPv6 one. The host is always a str on the INET sockets a transport binds.
+Source = tuple[str, int] | tuple[str, int, int, int]
 DEFAULT_MAX_SKEW = 2.0
 DEFAULT_INTERVAL = 0.1  # the senders' heartbeat interval (vigil.core.timing.Timing)
 RECENT = 8  # verified packets remembered per node: a copy of one is a duplicate without a verify
@@ -192,10 +195,10 @@ class _Protocol(asyncio.DatagramProtocol):
     def __init__(self, owner: "HeartbeatTransport", local: str):
         self.owner, self.local = owner, local
 
-    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+    def datagram_received(self, data: bytes, addr: Source) -> None:
         self.owner._on_datagram(data, addr, None)
 
-    def datagram_received_at(self, data: bytes, addr: tuple[str | Any, int], at: float) -> None:
+    def datagram_received_at(self, data: bytes, addr: Source, at: float) -> None:
         """A datagram stamped on arrival (`at`, the receiver's monotonic clock) by the
         heartbeat thread (vigil.net.pacer)."""
         self.owner._on_datagram(data, addr, at)
@@ -204,13 +207,23 @@ class _Protocol(asyncio.DatagramProtocol):
         self.owner.send_errors += 1
 
 
+class DatagramEndpoint(Protocol):
+    """What a HeartbeatTransport uses of a bound endpoint's transport: asyncio's
+    DatagramTransport, vigil.net.pacer.PacedTransport and the in-memory one all fit."""
+
+    def sendto(self, data: bytes, addr: tuple[str, int], /) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class DatagramNetwork(Protocol):
     """The datagram port: where a transport's UDP endpoints come from. The running
     loop is one (real sockets), and so are the heartbeat thread (vigil.net.pacer)
     and the simulations' in-memory network (vigil.testing.memory_network)."""
 
     async def create_datagram_endpoint(self, factory: Callable[[], asyncio.DatagramProtocol], /,
-                                       local_addr: tuple[str, int]) -> tuple[Any, Any]: ...
+                                       local_addr: tuple[str, int]
+                                       ) -> tuple[DatagramEndpoint, asyncio.DatagramProtocol]: ...
 
 
 class HeartbeatTransport:
@@ -227,7 +240,7 @@ class HeartbeatTransport:
         # Peers whose current key id we know (their member records): they get version 4
         # packets under our pair key; everyone else (routers) the signed version 2/3.
         self.peer_ids: dict[str, int] = {}
-        self._transports: list[asyncio.DatagramTransport] = []
+        self._transports: list[DatagramEndpoint] = []
         self.sent = 0
         self.sealed = 0  # of `sent`: under a pair key (version 4)
         self.send_errors = 0
@@ -294,7 +307,7 @@ class HeartbeatTransport:
             tr.close()
         self._transports.clear()
 
-    def _on_datagram(self, data: bytes, addr: tuple[str | Any, int], at: float | None) -> None:
+    def _on_datagram(self, data: bytes, addr: Source, at: float | None) -> None:
         verdict, hb = self.receiver.receive(data, addr[0])
         if hb is not None and verdict in ("accepted", "duplicate"):
             self.deliver(hb, addr[0], verdict, at)

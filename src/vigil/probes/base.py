@@ -12,7 +12,9 @@ an event loop run it in a thread.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
+
+from vigil.core.records import JSONable
 
 
 @dataclass(frozen=True)
@@ -20,10 +22,10 @@ class Reading:
     source: str  # the probe's name: "gpu", "xid", ...
     at: float  # the `now` it was read at (monotonic seconds)
     available: bool  # False: the signal does not exist here, `problem` says why
-    values: dict[str, Any] = field(default_factory=dict)  # JSON-able
+    values: dict[str, JSONable] = field(default_factory=dict)
     problem: str = ""
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, JSONable]:
         return {"source": self.source, "available": self.available, "values": self.values,
                 **({"problem": self.problem} if self.problem else {})}
 

@@ -15,9 +15,9 @@ import itertools
 import json
 import logging
 from collections import deque
-from typing import Any
 
 from vigil.clock import Clock
+from vigil.core.records import JSON, JSONable
 from vigil.errors import StoreError
 from vigil.store.base import Store
 from vigil.store.keys import Keys
@@ -32,7 +32,7 @@ BATCH_BYTES = 256 * 1024  # and this many bytes of them (etcd refuses requests o
 class EventLog:
     def __init__(self, store: Store, keys: Keys, node: str, clock: Clock, max_pending: int = 10000):
         self.store, self.keys, self.node, self.clock = store, keys, node, clock
-        self._pending: deque[tuple[str, dict[str, Any]]] = deque()
+        self._pending: deque[tuple[str, dict[str, JSONable]]] = deque()
         self.max_pending = max_pending
         self.dropped = 0
         self.written = 0
@@ -46,9 +46,9 @@ class EventLog:
         """Events recorded but not yet written to etcd."""
         return len(self._pending)
 
-    def record(self, kind: str, cause: str, **details: Any) -> dict[str, Any]:
+    def record(self, kind: str, cause: str, **details: JSONable) -> dict[str, JSONable]:
         at = self.clock.wall()
-        event = {"at": at, "node": self.node, "kind": kind, "cause": cause, **details}
+        event: dict[str, JSONable] = {"at": at, "node": self.node, "kind": kind, "cause": cause, **details}
         event_id = f"{int(at * 1e6):016x}-{self.node}-{next(self._seq)}"
         event["id"] = event_id
         if len(self._pending) >= self.max_pending:
@@ -106,11 +106,11 @@ class EventLog:
                 self.written += len(batch)
 
 
-async def read_events(store: Store, keys: Keys, limit: int = 0) -> list[dict[str, Any]]:
+async def read_events(store: Store, keys: Keys, limit: int = 0) -> list[dict[str, JSON]]:
     """The newest `limit` events (all if 0), oldest first. An event no agent wrote
     (vigil.store.records.parse_event) is listed as kind "corrupt" with the problem."""
     kvs, _ = await store.range(keys.events)
-    out = []
+    out: list[dict[str, JSON]] = []
     for kv in kvs[-limit:] if limit else kvs:
         ev = parse_event(kv.key, kv.value)
         out.append({"id": kv.key, "at": 0.0, "node": "?", "kind": "corrupt", "cause": ev.problem}
