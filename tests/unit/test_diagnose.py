@@ -119,6 +119,15 @@ def test_a_plc_fault_code_heat_and_a_full_drain_budget():
     names = [x.symptom for x in diagnose(budget, RULES)]
     assert "the drain budget is full: 2 node(s) wait to drain for health" in names
     assert not [x for x in names if "for heat" in x], "a deferral is not heat"
+    # Every drain is announced (deferred) for a moment first: with the places free, not a full budget.
+    announced = Evidence([ev("health_verdict", node="n2", verdict="degraded",
+                             reasons=["drain deferred by the drain budget (1 at once): 0 member(s) already out "
+                                      "for health (); serving degraded until a place frees",
+                                      "XID 48 on GPU 0: double-bit ECC error"])],
+                         status(n2=("active", "degraded")))
+    found = [x for x in diagnose(announced, RULES) if "drain" in x.symptom]
+    assert [(x.severity, x.symptom) for x in found] == [
+        (INFO, "1 node(s) announced a drain for health: they take the budget's places in turn")]
 
 
 def test_failed_held_and_lost_domain_nodes_and_etcd_trouble():

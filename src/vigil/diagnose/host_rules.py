@@ -17,6 +17,8 @@ from vigil.probes.xid import parse_xid
 XID_REASON = re.compile(r"XID (\d+) on (.+?): ")
 FAULT_CODE = re.compile(r"fault code (0x[0-9A-Fa-f]+)(?: \(([^)]*)\))?")
 HEAT = re.compile(r"°C")
+# vigil.core.drain_budget.deferred's words: "... (1 at once[, 1 of rack-2]): 0 member(s) already out ..."
+DEFERRAL = re.compile(r"\((\d+) at once[^)]*\): (\d+) member\(s\) already out")
 ECC_XIDS = {48, 63, 64, 92, 94, 95, 140}
 # corosync's logfile line ("Dec 07 09:13:28 [19448] c2 corosync error   [TOTEM ] FAILED TO RECEIVE",
 # with `timestamp: hires` "09:13:28.123"), or syslog's and the journal's ("Dec 07 09:13:28 c2 corosync[19448]:")
@@ -105,12 +107,25 @@ def drain_budget(ev: Evidence) -> list[Finding]:
     out_now = sorted(str(m.get("name")) for m in ev.members()
                      if m.get("verdict") in ("draining", "failed"))
     newest = max(at(e) for _, e in waiting.values())
+    if not any(_budget_spent(r) for r, _ in waiting.values()):
+        # Every drain is first announced (deferred) for a few seconds, so the nodes one storm
+        # hit agree on who goes first (vigil.core.drain_budget): that is not a full budget.
+        return [Finding(INFO, f"{len(waiting)} node(s) announced a drain for health: they take the "
+                              "budget's places in turn", f"the waiting serve degraded meanwhile: "
+                              f"{', '.join(sorted(waiting))}", "nothing, unless they still wait in a minute",
+                        tuple(line(e) for _, e in list(waiting.values())[:5]), "cluster", newest)]
     return [Finding(ERROR, f"the drain budget is full: {len(waiting)} node(s) wait to drain for health",
                     f"{', '.join(out_now) or 'others'} already out; the waiting serve degraded: "
                     f"{', '.join(sorted(waiting))}",
                     "find what they share (the findings above: an XID storm, a warm room, a site-wide PLC "
                     "code); raise health.drain_budget only if the rest can carry the load",
                     tuple(line(e) for _, e in list(waiting.values())[:5]), "cluster", newest)]
+
+
+def _budget_spent(reason: str) -> bool:
+    """A deferral's reason says the places are taken: as many already out as the budget allows."""
+    m = DEFERRAL.search(reason)
+    return m is None or int(m.group(2)) >= int(m.group(1))
 
 
 def corosync(ev: Evidence) -> list[Finding]:
