@@ -26,21 +26,16 @@ Contract:
 - `guard(deadline, on_deadline)`: the thread also wakes at `deadline()` (None:
   none) and calls `on_deadline()` once it has passed.
 - `look_at(due, on_due)`: the thread also wakes at `due()` (when the loop next
-  looks at its detectors; it replaces the value whole, and calls `rearm()` after
-  it moves) and hands `on_due(at)` to the owner's loop, in order after the
-  datagrams it stamped up to `at`: the loop judges its detectors as of `at`, the
-  instant this thread saw `due` pass, however late the loop runs. Before a look
-  it reads every socket to its end, so no datagram that came before `at` is left
-  behind it; while it holds back (QUEUED) it hands none, and the loop's own
-  fallback looks. While the loop has not moved `due` (it is behind), another
-  look follows every LOOK_REPEAT, so a deadline the loop will only plan once it
-  catches up is still judged within LOOK_REPEAT of the instant it passed.
-- The thread verifies nothing and judges nothing: signatures and detectors
-  run on the owner's loop at normal priority (judging at the thread's times). At most QUEUED datagrams wait
-  for the loop; beyond that the thread stops reading (the kernel's socket
-  buffer fills and drops, as it would for a slow loop) until the loop has
-  taken all but RESUME of them, so a flood costs this thread at most the
-  loop's own pace of recvfroms, and the memory it holds stays bounded.
+  looks at its detectors, a value it replaces whole; `rearm()` when it moved
+  earlier), reads every socket to its end and hands `on_due(at)` to the loop
+  after the datagrams it stamped up to `at`: the loop judges as of `at`, however
+  late it runs. Held back (QUEUED), it hands none: the loop's fallback looks.
+  While `due` stays (the loop is behind), a look follows every LOOK_REPEAT.
+- The thread verifies nothing and judges nothing: signatures and detectors run
+  on the loop at normal priority, at the thread's times. At most QUEUED
+  datagrams wait for the loop; beyond that the thread stops reading (the
+  kernel's buffer fills and drops, as for a slow loop) until the loop has taken
+  all but RESUME, so a flood costs it at most the loop's pace of recvfroms.
 - The thread outlives any error of its own: one is logged and counted
   (`errors`) and the next pass comes at the next wake, not at once.
 - `start()` returns once the thread runs, with what the kernel granted it
