@@ -32,6 +32,7 @@ from vigil import procs
 from vigil.clock import Clock
 from vigil.core.readiness import Backoff
 from vigil.logfile import LOG_MAX_BYTES, cap
+from vigil.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +66,7 @@ class ChildProcess:
         self._task = asyncio.get_running_loop().create_task(self._run_loop())
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await cancel_and_wait(self._task)
         if self.proc and self.proc.returncode is None:
             self.proc.send_signal(signal.SIGCONT)
             self.proc.terminate()

@@ -33,6 +33,7 @@ from vigil.resources.guard import TOKEN_HEADER
 from vigil.resources.signed import gateway_name, sign_request
 from vigil.identity import SigningKeys
 from vigil.logfile import BoundedLog
+from vigil.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +58,7 @@ class Controller:
         self._task = asyncio.get_running_loop().create_task(self._drive(token))
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await cancel_and_wait(self._task)
 
     async def _drive(self, token: int) -> None:
         lead = self.leadership

@@ -62,6 +62,7 @@ from vigil.store.member_record import MemberRecord
 from vigil.store.raft_leader import RaftLeaderApart
 from vigil.store.registry import Registry
 from vigil.store.session import Session
+from vigil.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -299,9 +300,7 @@ class Agent:
         Notifier().send(STOPPING=1)
         if self.is_leader():  # a planned handover: no client connection may break (agent/release.py)
             await _best_effort("quiesce the front door", self.release.quiesce())
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(*self._tasks)
         token = self.leadership.resign("graceful stop")
         if token:
             await _best_effort("delete the leader key", asyncio.wait_for(

@@ -38,6 +38,7 @@ from vigil.probes.fingerprint import node_fingerprint
 from vigil.probes.gpu import GpuProbe
 from vigil.probes.modbus import ModbusSensors
 from vigil.probes.xid import KmsgXids
+from vigil.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +73,7 @@ class HealthMonitor:
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await cancel_and_wait(self._task)
         for p in self.probes:
             close = getattr(p, "close", None)
             if close:

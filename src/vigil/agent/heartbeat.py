@@ -58,6 +58,7 @@ from vigil.net.pacer import Pacer
 from vigil.net.transport import HeartbeatReceiver, HeartbeatTransport
 from vigil.net.watch_loop import WatchLoop
 from vigil.net.wire import Heartbeat
+from vigil.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 # s: a leader that steps down keeps sending every heartbeat to its observers this long;
@@ -125,9 +126,7 @@ class HeartbeatService:
             self._tasks.append(loop.create_task(self._send_loop()))
 
     async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(*self._tasks)
         if self.pacer:  # first: its timers send through the transport
             self.pacer.stop()
         self.transport.close()

@@ -35,6 +35,7 @@ from vigil import procs
 from vigil.agent.child import ChildProcess, child_pid
 from vigil.errors import ProbeError
 from vigil.probes.engine import read_load
+from vigil.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +83,7 @@ class InferenceSupervisor:
             self._tasks.append(loop.create_task(self._freeze_watch()))
 
     async def stop(self) -> None:
-        for t in self._tasks + ([self._canary] if self._canary else []):
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(*self._tasks, self._canary)
         if self.child:
             await self.child.stop()
         if self._http:

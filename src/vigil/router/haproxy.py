@@ -29,6 +29,7 @@ from vigil.errors import VigilError
 from vigil.router.config import RouterConfig
 from vigil.store.base import Store
 from vigil.store.member_record import MemberRecord
+from vigil.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -125,9 +126,7 @@ class HaproxyDriver:
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await cancel_and_wait(self._task)
         await self.membership.stop()
 
     def _changed(self, name: str, _cause: str) -> None:

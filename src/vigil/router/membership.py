@@ -54,6 +54,7 @@ from vigil.store.base import Store, WatchEvent, prefix_end
 from vigil.store.keys import Keys
 from vigil.store.member_record import MemberRecord
 from vigil.store.records import BadRecord, parse_member_kv, parse_state
+from vigil.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -95,10 +96,7 @@ class Membership:
         self._tasks = [loop.create_task(self.looking.run()), loop.create_task(self._etcd_probe_loop())]
 
     async def stop(self) -> None:
-        tasks = self._tasks + ([self._etcd_task] if self._etcd_task else [])
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(*self._tasks, self._etcd_task)
         self.transport.close()
 
     def reload_keys(self) -> bool:

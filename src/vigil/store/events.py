@@ -22,6 +22,7 @@ from vigil.errors import StoreError
 from vigil.store.base import Store
 from vigil.store.keys import Keys
 from vigil.store.records import BadRecord, parse_event
+from vigil.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +71,7 @@ class EventLog:
             pass
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await cancel_and_wait(self._task)
 
     async def _flush_loop(self) -> None:
         while True:

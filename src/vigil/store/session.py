@@ -27,6 +27,7 @@ from typing import Callable
 from vigil.clock import Clock, woken
 from vigil.errors import LeaseNotFound, StoreError
 from vigil.store.base import Lease, Store
+from vigil.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +80,7 @@ class Session:
         return self.last_ack_sent + (self.lease.ttl if self.lease else 0)
 
     async def close(self, revoke: bool = True) -> None:
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await cancel_and_wait(self._task)
         if revoke and self.lease and not self.done.is_set():
             try:
                 await self.store.revoke(self.lease.id)
