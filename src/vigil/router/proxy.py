@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import defaultdict
 from typing import Any
 
 from vigil.clock import Clock, SystemClock
@@ -40,6 +39,7 @@ from vigil.router.attempt import Answer, AttemptFailed, observe, send_attempt
 from vigil.router.config import RouterConfig
 from vigil.router.front_close import quiesce, sweep
 from vigil.router.http1 import HOP_BY_HOP, FrontProtocol, Incoming, Listener, Reply
+from vigil.router.inflight import InFlight
 from vigil.router.keyed import KeyedRequests
 from vigil.router.metrics import RouterMetrics, admin_handler
 from vigil.router.queue import SlotQueue
@@ -81,7 +81,7 @@ class Router:
         self.metrics = RouterMetrics()
         self.metrics.attach(self)
         self.membership = Membership(cfg, store, self.table, self.clock, self.eject, self._on_change)
-        self.inflight: dict[str, set[asyncio.Task]] = defaultdict(set)
+        self.flight = InFlight()  # what `eject` and the first-byte timers cancel, with a cause
         self.pool = UpstreamPool(r.connect_timeout, cfg.limits.upstream_idle_per_backend)
         self.active = 0  # requests being handled
         self._servers: list[asyncio.AbstractServer] = []
@@ -95,7 +95,6 @@ class Router:
                               lim.client_header_timeout, lim.client_body_rate)
         self._sweepers: list[asyncio.Task] = []
         self._lift: asyncio.TimerHandle | None = None  # the end of the current quiesce
-        self._cancel_cause: dict[asyncio.Task, tuple[str, str]] = {}
 
     async def start(self) -> None:
         await self.membership.start()
@@ -152,8 +151,7 @@ class Router:
     # -- membership callbacks ------------------------------------------------------
     def eject(self, name: str, cause: str) -> None:
         """Abandon the attempts waiting on `name`; they are retried elsewhere."""
-        for task in list(self.inflight.get(name, ())):
-            self._abandon(task, "ejected", f"abandoned: node {name} ejected ({cause})")
+        self.flight.eject(name, cause)
 
     def _on_change(self, name: str, state: str) -> None:
         log.info("backend %s: %s", name, state)
@@ -283,27 +281,24 @@ class Router:
         given), in the request's own task: `eject` or the timer cancel that task with a
         recorded cause (asyncio.timeout's technique, without a task per attempt), which
         becomes AttemptFailed; a cancel without a cause (the client went away) propagates."""
-        task = asyncio.current_task()
-        assert task is not None
         timeout = first_byte or self.cfg.retry.per_try_timeout
-        timer = asyncio.get_running_loop().call_later(
-            timeout, self._abandon, task, "first_byte", f"no first byte within {timeout:g} s (timed out)")
-        self.inflight[b.name].add(task)
         b.outstanding += 1
         started = self.clock.now()
         answer: Answer | None = None
         try:
-            answer = await self._send(b, req)
-            return answer
-        except asyncio.CancelledError:
-            cause = self.cancel_cause(task)
-            if cause is None:
-                raise
-            task.uncancel()
-            raise AttemptFailed(*cause) from None
+            with self.flight.on(b.name) as task:
+                timer = asyncio.get_running_loop().call_later(timeout, self.flight.abandon, task, "first_byte",
+                                                              f"no first byte within {timeout:g} s (timed out)")
+                try:
+                    answer = await self._send(b, req)
+                    return answer
+                except asyncio.CancelledError:
+                    if (cause := self.flight.cause_of(task)) is None:
+                        raise
+                    raise AttemptFailed(*cause) from None
+                finally:
+                    timer.cancel()
         finally:
-            timer.cancel()
-            self.inflight[b.name].discard(task)
             if answer is not None:
                 observe(b, answer.up, started, self.clock.now())
             if answer is None or answer.whole:
@@ -313,15 +308,6 @@ class Router:
         """An attempt's slot on `b` is free again (its answer relayed or dropped)."""
         b.outstanding -= 1
         self.queue.wake(1)
-
-    def cancel_cause(self, task: asyncio.Task) -> tuple[str, str] | None:
-        """Why `eject` or a timer cancelled `task` (taken once); None: the client went away."""
-        return self._cancel_cause.pop(task, None)
-
-    def _abandon(self, task: asyncio.Task, kind: str, cause: str) -> None:
-        if not task.done():
-            self._cancel_cause[task] = (kind, cause)
-            task.cancel()
 
     async def _send(self, b: Backend, req: Incoming) -> Answer:
         return await send_attempt(self.pool, b.url, req)

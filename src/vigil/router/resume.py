@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from vigil.clock import Clock
     from vigil.core.routing import RoutingTable
     from vigil.router.config import RouterConfig
+    from vigil.router.inflight import InFlight
     from vigil.router.metrics import RouterMetrics
     from vigil.router.tracing import Tracing
 
@@ -197,13 +198,13 @@ def is_event_stream(answer: Answer) -> bool:
 
 class Dispatcher(Protocol):
     """What a resumed stream uses of the router that serves it (vigil.router.proxy.Router):
-    its table, attempts, in-flight registry, metrics and tracing."""
+    its table, attempts, what is in flight (vigil.router.inflight), metrics and tracing."""
     cfg: RouterConfig
     clock: Clock
     table: RoutingTable
     metrics: RouterMetrics
     tracing: Tracing
-    inflight: dict[str, set[asyncio.Task[Any]]]
+    flight: InFlight
 
     async def attempt(self, b: Backend, req: Incoming, first_byte: float | None = None) -> Answer:
         """One attempt up to the first byte; AttemptFailed on failure (the slot stays taken)."""
@@ -211,8 +212,6 @@ class Dispatcher(Protocol):
     def release(self, b: Backend) -> None:
         """The attempt's slot on `b` is free again."""
 
-    def cancel_cause(self, task: asyncio.Task[Any]) -> tuple[str, str] | None:
-        """Why the router cancelled `task` (taken once); None: not the router."""
 
 
 class ResumingStream:
@@ -311,38 +310,35 @@ class ResumingStream:
 
     async def _relay(self, b: Backend, answer: Answer) -> str | None:
         """Forward `answer`'s events; None once [DONE] (or a finish) went out, else why it broke."""
-        r, up, task = self.router, answer.up, asyncio.current_task()
-        assert task is not None
-        r.inflight[b.name].add(task)  # an ejection of `b` cancels us with its cause
+        r, up = self.router, answer.up
         chunk, clean = answer.head, False
         try:
-            while True:
-                for event in self.splice.feed(chunk):
-                    self.reply.write(event)
-                if self.splice.oversized:
+            with r.flight.on(b.name) as task:  # an ejection of `b` cancels us with its cause
+                try:
+                    while True:
+                        for event in self.splice.feed(chunk):
+                            self.reply.write(event)
+                        if self.splice.oversized:
+                            r.table.failed(b.name, r.clock.now())
+                            return f"{b.name} sent an SSE event larger than {MAX_EVENT >> 20} MiB"
+                        await self.reply.drain()
+                        if self.splice.done:
+                            clean = True
+                            return None
+                        async with asyncio.timeout(r.cfg.retry.idle_timeout):
+                            chunk = await up.read()
+                        if not chunk:
+                            return f"{b.name} ended the stream before [DONE]"
+                except UpstreamBroken as e:
                     r.table.failed(b.name, r.clock.now())
-                    return f"{b.name} sent an SSE event larger than {MAX_EVENT >> 20} MiB"
-                await self.reply.drain()
-                if self.splice.done:
-                    clean = True
-                    return None
-                async with asyncio.timeout(r.cfg.retry.idle_timeout):
-                    chunk = await up.read()
-                if not chunk:
-                    return f"{b.name} ended the stream before [DONE]"
-        except UpstreamBroken as e:
-            r.table.failed(b.name, r.clock.now())
-            return f"{b.name}: {e}"
-        except TimeoutError:
-            return f"{b.name} silent for {r.cfg.retry.idle_timeout:g} s"
-        except asyncio.CancelledError:
-            cause = r.cancel_cause(task)
-            if cause is None:
-                raise
-            task.uncancel()
-            return f"{b.name}: {cause[1]}"
+                    return f"{b.name}: {e}"
+                except TimeoutError:
+                    return f"{b.name} silent for {r.cfg.retry.idle_timeout:g} s"
+                except asyncio.CancelledError:
+                    if (cause := r.flight.cause_of(task)) is None:
+                        raise
+                    return f"{b.name}: {cause[1]}"
         finally:
-            r.inflight[b.name].discard(task)
             if clean:
                 up.release()
             elif up.transport:
