@@ -48,11 +48,7 @@ class Workload:
         """A Workload from a dict of its fields (None: the defaults)."""
         if isinstance(given, Workload):
             return given
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(given or {}) - names)
-        if unknown:
-            raise ConfigError("workload", ", ".join(unknown), f"not a workload field; the fields are "
-                                                              f"{', '.join(sorted(names))}")
+        _only_fields(cls, given or {}, "workload", "not a workload field; the fields are")
         return cls(**{k: v for k, v in (given or {}).items() if v is not None})  # None: the default
 
 
@@ -87,11 +83,7 @@ class LabSpec:
     @classmethod
     def of(cls, nodes: int, **options: Any) -> "LabSpec":
         """A LabSpec from keywords (`workload` may be a dict of Workload's fields)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(options) - names)
-        if unknown:
-            raise ConfigError("lab", ", ".join(unknown), f"not a lab option; the options are "
-                                                         f"{', '.join(sorted(names - {'nodes'}))}")
+        _only_fields(cls, options, "lab", "not a lab option; the options are", {"nodes"})
         return cls(nodes, **{**options, "workload": Workload.of(options.get("workload"))})
 
     def check(self) -> None:
@@ -99,3 +91,12 @@ class LabSpec:
         if not (3 if self.net else 1) <= self.nodes <= most:
             raise ConfigError("--nodes", self.nodes, f"a lab has 1 to {MAX_NODES} nodes (3 to {MAX_NODES_NETNS} "
                                                      "in namespaces: an etcd member beside each of the first 3)")
+
+
+def _only_fields(cls: type, given: Mapping[str, Any], what: str, problem: str,
+                 hidden: frozenset[str] | set[str] = frozenset()) -> None:
+    """ConfigError naming each key of `given` that is not a field of dataclass `cls`, and the fields."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(given) - names)
+    if unknown:
+        raise ConfigError(what, ", ".join(unknown), f"{problem} {', '.join(sorted(names - set(hidden)))}")
