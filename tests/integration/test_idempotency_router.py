@@ -102,9 +102,9 @@ async def test_a_keyed_request_that_timed_out_runs_nowhere_else_and_never_again(
     runs: list[str] = []
     backends = {"a": counting_backend(runs, "a", "hang"), "b": counting_backend(runs, "b")}
     async with router_over(backends, retry={"per_try_timeout": 1.0}) as (router, url):
-        router.table.backend("b").outstanding = 1  # the hanging node is picked first
+        router.table.started(router.table.backend("b"))  # the hanging node is picked first
         status, _, _ = await post(url, {"amount": 5}, "order-1")
-        router.table.backend("b").outstanding -= 1
+        router.table.finished(router.table.backend("b"))
         assert status == 504 and runs == ["a"], "not retried on b: a may have run it"
         status, headers, _ = await post(url, {"amount": 5}, "order-1")  # the client retries
         assert status == 504 and headers.get("X-Vigil-Idempotent-Replay") == "true"
@@ -150,10 +150,10 @@ async def test_a_node_that_refused_the_connection_never_got_it_so_another_may_ru
     runs: list[str] = []
     async with router_over({"dead": counting_backend(runs, "dead"), "b": counting_backend(runs, "b")}) \
             as (router, url):
-        router.table.backend("dead").url = "http://127.0.0.1:9"  # nothing listens: refused
-        router.table.backend("b").outstanding = 1
+        router.table.member("dead", "http://127.0.0.1:9")  # nothing listens: refused
+        router.table.started(router.table.backend("b"))
         status, headers, _ = await post(url, {"amount": 5}, "order-4")
-        router.table.backend("b").outstanding -= 1
+        router.table.finished(router.table.backend("b"))
         assert status == 200 and headers["X-Vigil-Node"] == "b" and headers["X-Vigil-Attempts"] == "2"
         assert runs == ["b"]
 

@@ -74,12 +74,12 @@ async def test_a_stream_stalled_before_its_first_byte_is_retried_on_another_node
     retry = {"per_try_timeout": 2.0, "idle_timeout": 5.0}
     backends = {"a-stalls": sse_backend(3, 0.05, stall_first=True), "b-works": sse_backend(3, 0.05)}
     async with router_over(backends, retry=retry) as (router, url):
-        router.table.backend("b-works").outstanding = 1  # the stalled node is picked first
+        router.table.started(router.table.backend("b-works"))  # the stalled node is picked first
         async with aiohttp.ClientSession() as http:
             async with http.get(url + "/v1/completions") as r:  # GET: safe to retry
                 body = await r.read()
                 node, attempts = r.headers["X-Vigil-Node"], r.headers["X-Vigil-Attempts"]
-        router.table.backend("b-works").outstanding -= 1
+        router.table.finished(router.table.backend("b-works"))
         assert r.status == 200 and node == "b-works" and attempts == "2"
         assert body.endswith(b"data: [DONE]\n\n")
 

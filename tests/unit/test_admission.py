@@ -65,30 +65,33 @@ def test_queue_admits_what_drains_within_the_wait_and_sheds_the_rest():
 def table(n: int, threshold: float) -> RoutingTable:
     t = RoutingTable(panic_threshold=threshold)
     for i in range(n):
-        b = t.backend(f"n{i}")
-        b.url, b.ready, b.heard = f"http://n{i}", True, True  # heartbeats heard: routable (B5)
+        t.member(f"n{i}", f"http://n{i}")
+        t.ready(f"n{i}", True)
+        t.heard(f"n{i}", True)  # heartbeats heard: routable (B5)
     return t
 
 
 def test_panic_routes_to_every_node_not_confirmed_gone():
     t = table(4, 0.5)
     for name in ("n0", "n1", "n2"):
-        t.backend(name).ready = False  # e.g. every agent wrongly calling its engine hung
+        t.ready(name, False)  # e.g. every agent wrongly calling its engine hung
     pool = t.eligible(0.0)
     assert t.panicking and {b.name for b in pool} == {"n0", "n1", "n2", "n3"}
-    t.backend("n0").alive = False  # suspected by the router's own detector: gone
-    t.backend("n1").state = "fenced"
-    t.backend("n2").gone = True
+    t.heard("n0", False)  # suspected by the router's own detector: gone
+    t.state("n1", "fenced")
+    t.went("n2")
     assert {b.name for b in t.eligible(0.0)} == {"n3"}
     assert not t.panicking
 
 
 def test_no_panic_above_the_threshold_and_full_nodes_stay_eligible():
     t = table(3, 0.5)
-    t.backend("n0").ready = False
+    t.ready("n0", False)
     assert {b.name for b in t.eligible(0.0)} == {"n1", "n2"} and not t.panicking
     for name in ("n1", "n2"):
-        t.backend(name).outstanding = t.backend(name).limit.slots
+        b = t.backend(name)
+        for _ in range(b.limit.slots):
+            t.started(b)
     assert t.choose(0.0) is None, "every eligible node is at its limit"
     assert len(t.eligible(0.0)) == 2, "load never makes a node ineligible"
     assert t.backend("n1").why_not(0.0) is None

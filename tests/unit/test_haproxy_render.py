@@ -20,10 +20,12 @@ def test_render_names_servers_as_nodes_and_checks_the_agents():
 
 def test_desired_states_follow_eligibility():
     t = RoutingTable()
-    b = t.backend("n1")
-    b.url, b.ready, b.heard, b.alive, b.state = "http://x:1", True, True, True, "standby"
+    t.member("n1", "http://x:1")
+    t.ready("n1", True)
+    t.heard("n1", True)
     assert desired(t, "n1", 0.0) == "ready"
-    b.alive = False
+    t.heard("n1", False)
     assert desired(t, "n1", 0.0) == "maint", "suspected by Vigil's detector"
-    b.alive, b.state = True, "draining"
+    t.heard("n1", True)
+    t.state("n1", "draining")
     assert desired(t, "n1", 0.0) == "drain"

@@ -18,6 +18,11 @@ Rules:
 - Capacity: a backend takes a new attempt only while its in-flight count is
   below its adaptive limit (vigil.core.admission). A full backend is still
   eligible: load never ejects, inhibits or suspects a node.
+- The table is fed events, and only it writes a Backend's fields: what the
+  membership learns by name (`member`, `ready`, `went`, `state`, `refuse`,
+  `heard`: each says whether eligibility's inputs changed), and what the
+  attempts on a backend do (`started`, `finished`, `answered`,
+  `engine_shed`, then `failed`/`succeeded`).
 - Panic threshold (Envoy's): when the eligible share of the nodes that are
   not confirmed gone (suspected by the router's own heartbeat detector,
   member record gone, decided failed/fenced/maintenance/draining) falls
@@ -38,7 +43,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from vigil.core.admission import NodeLimit
+from vigil.core.admission import NodeLimit, Shed
 
 DEGRADED_WEIGHT = 0.5
 
@@ -120,11 +125,77 @@ class RoutingTable:
     panicking: bool = False
     _turn: int = 0
 
-    def backend(self, name: str) -> Backend:
+    def backend(self, name: str, state: str = "standby", heard: bool = False) -> Backend:
+        """`name`'s backend; a new one starts in `state`, `heard` or not (the
+        membership's etcd_only vouches for a node by its record alone)."""
         if name not in self.backends:
             # Each backend its own limit, shaped like the template (init=False state is fresh).
-            self.backends[name] = Backend(name, limit=dataclasses.replace(self.new_limit))
+            self.backends[name] = Backend(name, state=state, heard=heard,
+                                          limit=dataclasses.replace(self.new_limit))
         return self.backends[name]
+
+    # -- what the membership learns, by name: each returns whether it changed anything
+    def member(self, name: str, url: str, weight: float = 1.0) -> None:
+        """`name`'s member record: its inference URL and weight (the record is back)."""
+        b = self.backend(name)
+        b.gone, b.url, b.weight = False, url, weight
+
+    def ready(self, name: str, ready: bool) -> bool:
+        """Its inference server's readiness, as its record reports it."""
+        return self._set(self.backend(name), ready=ready)
+
+    def went(self, name: str) -> bool:
+        """Its member record is gone (lease expired or revoked)."""
+        return self._set(self.backend(name), gone=True, ready=False)
+
+    def state(self, name: str, state: str) -> bool:
+        """Its node's decided state (vigil.core.reconcile)."""
+        return self._set(self.backend(name), state=state)
+
+    def refuse(self, name: str, why: str) -> bool:
+        """Why the router may not send to its URL (vigil.core.allowlist); "" admits it."""
+        return self._set(self.backend(name), refused=why)
+
+    def heard(self, name: str, alive: bool) -> bool:
+        """The router's detector: its node alive (heard, at least once now) or suspected."""
+        b = self.backend(name)
+        return self._set(b, heard=True, alive=True) if alive else self._set(b, alive=False)
+
+    @staticmethod
+    def _set(b: Backend, **fields: object) -> bool:
+        if all(getattr(b, k) == v for k, v in fields.items()):
+            return False
+        for k, v in fields.items():
+            setattr(b, k, v)
+        return True
+
+    # -- what the attempts on a backend do. They hold the Backend they chose: one
+    # forgotten (and perhaps learnt again) while they ran is not the one they took.
+    @staticmethod
+    def started(b: Backend) -> None:
+        """An attempt took a slot on `b`."""
+        b.outstanding += 1
+
+    @staticmethod
+    def finished(b: Backend) -> None:
+        """An attempt's slot on `b` is free again (its answer relayed or dropped)."""
+        b.outstanding -= 1
+
+    @staticmethod
+    def answered(b: Backend, now: float, latency: float, queue_s: float | None = None,
+                 service_s: float | None = None, depth: int | None = None) -> None:
+        """An answer's head arrived after `latency`: the engine's own queue and
+        service times, and its queue depth, where it said them."""
+        if depth is not None:
+            b.engine_queue = depth
+        b.limit.sample(now, latency, queue_s, service_s, b.outstanding)
+
+    @staticmethod
+    def engine_shed(b: Backend, now: float, cause: str) -> Shed:
+        """`b`'s engine shed an attempt (429): full now. When to try again."""
+        b.limit.overloaded(now)
+        b.shed_by_engine += 1
+        return Shed(max(0.05, b.limit.latency), f"{b.name} is full: {cause}")
 
     def eligible(self, now: float, exclude: frozenset[str] = frozenset()) -> list[Backend]:
         present = [b for b in self.backends.values() if b.gone_reason() is None]

@@ -8,7 +8,7 @@ import asyncio
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from vigil.core.routing import RETRYABLE_STATUS, Backend
+from vigil.core.routing import RETRYABLE_STATUS
 from vigil.router.answers import forwarded as _forwarded, small as _small
 from vigil.router.http1 import Incoming
 from vigil.router.upstream import ConnectFailed, Upstream, UpstreamBroken, UpstreamPool, request_bytes
@@ -59,17 +59,15 @@ async def send_attempt(pool: UpstreamPool, url: str, req: Incoming) -> Answer:
         raise
 
 
-def observe(b: Backend, up: Upstream, started: float, now: float) -> None:
-    """Feed an answer's timing to its backend's adaptive limit: the engine's own
-    queue and service times where its headers give them (x-vigil-queue-ms,
-    x-vigil-service-ms, x-vigil-queue-depth)."""
+def engine_report(up: Upstream) -> tuple[float | None, float | None, int | None]:
+    """What an answer's engine said of itself, for its backend's adaptive limit
+    (vigil.core.routing.RoutingTable.answered): its own queue and service times
+    (x-vigil-queue-ms, x-vigil-service-ms) and queue depth (x-vigil-queue-depth)."""
     h = {k.lower(): v for k, v in up.headers}
     try:
-        queue_s = float(h["x-vigil-queue-ms"]) / 1000
-        service_s = float(h["x-vigil-service-ms"]) / 1000
+        queue_s: float | None = float(h["x-vigil-queue-ms"]) / 1000
+        service_s: float | None = float(h["x-vigil-service-ms"]) / 1000
     except (KeyError, ValueError):
         queue_s = service_s = None
     depth = h.get("x-vigil-queue-depth", "")
-    if depth.isdigit():
-        b.engine_queue = int(depth)
-    b.limit.sample(now, now - started, queue_s, service_s, b.outstanding)
+    return queue_s, service_s, int(depth) if depth.isdigit() else None

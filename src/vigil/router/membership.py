@@ -164,7 +164,7 @@ class Membership:
             name = ev.key[len(self.keys.members):]
             if ev.key.startswith(self.keys.members) and name in self.table.backends:
                 with contextlib.suppress(Exception):
-                    self._set(name, "member record could not be applied", ready=False)
+                    self._set(name, "member record could not be applied", self.table.ready, False)
 
     def _apply(self, ev: WatchEvent) -> None:
         k = self.keys
@@ -189,23 +189,24 @@ class Membership:
             self.cfg.backends.problem(rec.inference_url) if rec.inference_url else None)
         if problem or not isinstance(rec, MemberRecord):  # a record no agent wrote: no traffic until whole
             self._bad(ev.key, problem or "not a member record")
-            self._set(name, f"malformed member record: {problem}", ready=False)
+            self._set(name, f"malformed member record: {problem}", self.table.ready, False)
             return
         self._unbad(ev.key)
         # Heartbeats count only from the addresses the node's own record names.
         self.receiver.track(name, set(rec.heartbeat_addresses))
         self.receiver.expect(name, rec.incarnation)  # only the node writes it: its restart is heard under a flood
         self.peers.add(name)
-        b = self._backend(name)
-        b.gone, b.url = False, rec.inference_url
-        b.weight = DEGRADED_WEIGHT if rec.verdict == "degraded" else 1.0  # serves, less
-        self._judge_url(b)
+        self._backend(name)
+        self.table.member(name, rec.inference_url,
+                          DEGRADED_WEIGHT if rec.verdict == "degraded" else 1.0)  # degraded: serves, less
+        self._judge_url(self.table.backend(name))
         if rec.verdict in ("draining", "failed"):  # finish in-flight work, take none
             self._set(name, f"node {rec.verdict}: {'; '.join(rec.reasons) or 'no reason given'}",
-                      ready=False)
+                      self.table.ready, False)
             return
         inf = rec.inference or {}
-        self._set(name, f"readiness reported: {inf.get('reason') or 'ready'}", ready=bool(inf.get("ready")))
+        self._set(name, f"readiness reported: {inf.get('reason') or 'ready'}", self.table.ready,
+                  bool(inf.get("ready")))
 
     def _state(self, ev: WatchEvent, name: str) -> None:
         if ev.type == "delete":
@@ -220,7 +221,7 @@ class Membership:
         self._unbad(ev.key)
         self.states[name] = state
         if name in self.table.backends:
-            self._set(name, f"state {state}", state=state)
+            self._set(name, f"state {state}", self.table.state, state)
 
     def _untracked(self, name: str, others: int | None = None) -> str | None:
         """Why `name` may not be tracked (its record is ignored), or None.
@@ -248,12 +249,12 @@ class Membership:
     def _went(self, name: str, cause: str) -> None:
         """`name`'s record is gone: a key-ring member is kept (gone), any other forgotten."""
         if name in self.receiver.ring.members:
-            self._set(name, cause, gone=True, ready=False)
+            self._set(name, cause, self.table.went)
         else:
             self._forget(name, cause)
 
     def _forget(self, name: str, cause: str) -> None:
-        self._set(name, cause, gone=True, ready=False)  # ejects what is in flight there
+        self._set(name, cause, self.table.went)  # ejects what is in flight there
         self.table.forget(name)
         self.others.discard(name)
         self.peers.remove(name)
@@ -281,29 +282,28 @@ class Membership:
         self.bad_records.pop(key[:MAX_SHOWN], None)
 
     # -- backends --------------------------------------------------------------
-    def _backend(self, name: str) -> Backend:
-        b = self.table.backends.get(name)
-        if b is None:
-            b = self.table.backend(name)
+    def _backend(self, name: str) -> None:
+        """`name` is a backend from now on, if it was none."""
+        if name not in self.table.backends:
             if name not in self.receiver.ring.members:
                 self.others.add(name)
-            b.state = self.states.get(name, b.state)
-            b.heard = self.etcd_only  # etcd_only: the record alone vouches for the node
-        return b
+            # etcd_only: the record alone vouches for the node
+            self.table.backend(name, self.states.get(name, "standby"), heard=self.etcd_only)
 
     def _judge_url(self, b: Backend) -> None:
         refused = self.cfg.backends.outside(b.url, self.networks) if b.url else None
-        self._set(b.name, f"URL {b.url}: {refused or 'inside the cluster networks'}", refused=refused or "")
+        self._set(b.name, f"URL {b.url}: {refused or 'inside the cluster networks'}", self.table.refuse,
+                  refused or "")
 
     def _judge_urls(self) -> None:
         for b in list(self.table.backends.values()):
             self._judge_url(b)
 
-    def _set(self, name: str, cause: str, **attrs: Any) -> None:
-        b = self._backend(name)
-        if any(getattr(b, k) != v for k, v in attrs.items()):
-            for k, v in attrs.items():
-                setattr(b, k, v)
+    def _set(self, name: str, cause: str, event: Callable[..., bool], *args: Any) -> None:
+        """Feed the table `event(name, *args)` about `name` (a backend from now
+        on), and tell the router if it changed anything."""
+        self._backend(name)
+        if event(name, *args):
             self._changed(name, cause)
 
     # -- heartbeats ------------------------------------------------------------
@@ -317,13 +317,13 @@ class Membership:
         self.looking.poke()
         for t in changes:
             if t.new == ALIVE:
-                self._set(t.peer, f"alive: {t.cause}", heard=True, alive=True)
+                self._set(t.peer, f"alive: {t.cause}", self.table.heard, True)
             else:
-                self._set(t.peer, f"suspected: {t.cause}", alive=False)
+                self._set(t.peer, f"suspected: {t.cause}", self.table.heard, False)
 
     def _looked(self, changes: list[PeerTransition]) -> None:
         for t in changes:
-            self._set(t.peer, f"suspected: {t.cause}", alive=False)
+            self._set(t.peer, f"suspected: {t.cause}", self.table.heard, False)
 
     def _changed(self, name: str, cause: str) -> None:
         b = self.table.backend(name)

@@ -35,7 +35,7 @@ from vigil.clock import Clock, SystemClock
 from vigil.core.admission import Admission, NodeLimit, Shed
 from vigil.core.routing import Backend, RetryPolicy, RoutingTable
 from vigil.router.answers import Answered, error as _error, overloaded
-from vigil.router.attempt import Answer, AttemptFailed, observe, send_attempt
+from vigil.router.attempt import Answer, AttemptFailed, engine_report, send_attempt
 from vigil.router.config import RouterConfig
 from vigil.router.front_close import quiesce, sweep
 from vigil.router.http1 import HOP_BY_HOP, FrontProtocol, Incoming, Listener, Reply
@@ -263,9 +263,7 @@ class Router:
         self.table.failed(b.name, self.clock.now())
 
     def _engine_full(self, b: Backend, e: AttemptFailed) -> Shed:
-        b.limit.overloaded(self.clock.now())
-        b.shed_by_engine += 1
-        return Shed(max(0.05, b.limit.latency), f"{b.name} is full: {e.cause}")
+        return self.table.engine_shed(b, self.clock.now(), e.cause)
 
     def _shed(self, t0: float, reason: str, shed: Shed) -> Answered:
         elapsed = self.clock.now() - t0
@@ -282,7 +280,7 @@ class Router:
         recorded cause (asyncio.timeout's technique, without a task per attempt), which
         becomes AttemptFailed; a cancel without a cause (the client went away) propagates."""
         timeout = first_byte or self.cfg.retry.per_try_timeout
-        b.outstanding += 1
+        self.table.started(b)
         started = self.clock.now()
         answer: Answer | None = None
         try:
@@ -300,13 +298,14 @@ class Router:
                     timer.cancel()
         finally:
             if answer is not None:
-                observe(b, answer.up, started, self.clock.now())
+                now = self.clock.now()
+                self.table.answered(b, now, now - started, *engine_report(answer.up))
             if answer is None or answer.whole:
                 self.release(b)
 
     def release(self, b: Backend) -> None:
         """An attempt's slot on `b` is free again (its answer relayed or dropped)."""
-        b.outstanding -= 1
+        self.table.finished(b)
         self.queue.wake(1)
 
     async def _send(self, b: Backend, req: Incoming) -> Answer:
