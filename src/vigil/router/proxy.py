@@ -32,7 +32,8 @@ import logging
 from typing import Any
 
 from vigil.clock import Clock, SystemClock
-from vigil.core.admission import Admission, NodeLimit, Shed
+from vigil.core.admission import Admission, NodeLimit
+from vigil.core.request_plan import Queue, RequestPlan, Shed, Try
 from vigil.core.routing import Backend, RetryPolicy, RoutingTable
 from vigil.router.answers import Answered, error as _error, overloaded
 from vigil.router.attempt import Answer, AttemptFailed, engine_report, send_attempt
@@ -51,8 +52,6 @@ from vigil.store.base import Store
 
 log = logging.getLogger(__name__)
 
-# Sent, and it may have run: reset, no first byte, node ejected, or the backend answered a 5xx.
-UNKNOWN_OUTCOME = frozenset({"reset", "first_byte", "ejected", "status"})
 OUTCOME_HEADER = "X-Vigil-Outcome"
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})  # reads of an engine's metadata, not inference
 ADMIN_MAX_CONNS = 64  # connections to the admin listener at once
@@ -71,7 +70,7 @@ class Router:
             a.initial_limit, a.min_limit, a.max_limit, a.tolerance,
             queue_budget=0.8 * cfg.retry.per_try_timeout))
         self.admission = Admission(a.queue_wait, a.max_queue)
-        self.queue = SlotQueue(self.admission)
+        self.queue = SlotQueue(a.queue_wait)
         r = cfg.retry
         self.policy = RetryPolicy(max_attempts=r.max_attempts, budget_ratio=r.budget_ratio,
                                   idempotent_paths=r.idempotent_paths)
@@ -193,86 +192,55 @@ class Router:
 
     async def _route(self, req: Incoming, t0: float, reply: Reply | None,
                      buffer: bool) -> Answered | None:
-        """The answer, whole; or None once it was streamed to `reply`."""
+        """The answer, whole; or None once it was streamed to `reply`. The plan
+        (vigil.core.request_plan) decides each step; this performs them."""
         stream = plan_stream(req, self.cfg.retry.resume_streams) if reply is not None and not buffer else None
         # a resumable stream is resent from its first token just as from its 37th
         safe = self.policy.safe(req.method, req.path, {}) or (stream is not None and stream.why_not is None)
-        work = req.method not in READ_METHODS
-        self.policy.request_started()
-        tried: set[str] = set()
-        attempts, last, full, admitted, maybe_ran = 0, "no attempt", None, False, False
+        plan = RequestPlan(self.table, self.policy, self.admission, safe, req.method not in READ_METHODS)
         while True:
-            now = self.clock.now()
-            pool = self.table.eligible(now, frozenset(tried))
-            if not pool:
-                if full is not None:  # every node we could try shed it: the engines are full
-                    return _outcome(self._shed(t0, "engine_full", full), maybe_ran)
-                why = self.table.none_reason(now) if not tried else f"last failure: {last}"
-                self.metrics.finished(503, self.clock.now() - t0)
-                return _outcome(_error(503, f"no ready inference node can take this request ({why})"), maybe_ran)
-            if not work:  # a metadata read (GET /v1/models): no inference capacity to guard
-                backend = self.table.choose(now, pool=pool, need_room=False)
-            else:  # first come, first served: while others wait, a newcomer queues behind them
-                backend = None if self.queue.waiters and not admitted else self.table.choose(now, pool=pool)
-            if backend is None:
-                with self.tracing.span("vigil.router.admission") as wait:
-                    shed = await self.queue.wait(pool, admitted)
-                    self.tracing.note(wait, outcome="admitted" if shed is None else "shed")
-                if shed is not None:
-                    return _outcome(self._shed(t0, "queue_full" if shed.reason else "queue_timeout", shed),
-                                    maybe_ran)
-                admitted = True
-                continue
-            tried.add(backend.name)
-            attempts += 1
-            try:
-                with self.tracing.span("vigil.router.attempt", node=backend.name, attempt=attempts):
-                    answer = await self.attempt(backend, req)  # a failure is recorded on the span
-            except AttemptFailed as e:
-                last = f"{backend.name}: {e.cause}"
-                log.info("attempt %d on %s failed (%s): %s", attempts, backend.name, e.kind, e.cause)
-                if e.kind == "overloaded":
-                    full = self._engine_full(backend, e)
-                    if attempts < self.policy.max_attempts:
-                        continue
-                    return _outcome(self._shed(t0, "engine_full", full), maybe_ran)
-                self._attempt_failed(backend, e)
-                maybe_ran = maybe_ran or e.kind in UNKNOWN_OUTCOME
-                # Never received (no connection): safe to send elsewhere, whatever the method.
-                if self.policy.may_retry(attempts, safe or e.kind == "connect", e.status):
-                    self.metrics.retries.inc()
-                    self.tracing.event(self.tracing.current(), "retry", after=backend.name)
+            step = plan.next(self.clock.now(), len(self.queue))
+            if isinstance(step, Try):
+                answer = await self._try(plan, step, req)
+                if answer is None:
                     continue
-                code = e.status or (504 if e.kind == "first_byte" else 502)
-                self.metrics.finished(code, self.clock.now() - t0)
-                return _outcome(_error(code, f"{last} (not retried: "
-                                             f"{'unsafe request' if not safe else 'retry limit or budget'})"),
-                                maybe_ran)
-            if stream is not None and reply is not None and is_event_stream(answer):
-                await ResumingStream(self, req, stream, reply, t0).run(backend, answer, attempts)
-                return None
-            return await self._respond(reply, backend, answer, t0, attempts, buffer)
+                if stream is not None and reply is not None and is_event_stream(answer):
+                    await ResumingStream(self, req, stream, reply, t0).run(step.backend, answer, step.attempt)
+                    return None
+                return await self._respond(reply, step.backend, answer, t0, step.attempt, buffer)
+            if isinstance(step, Queue):
+                with self.tracing.span("vigil.router.admission") as wait:
+                    slot = await self.queue.wait(step.pool, step.front)
+                    self.tracing.note(wait, outcome="admitted" if slot else "shed")
+                plan.waited(slot)
+            elif isinstance(step, Shed):
+                return _outcome(self._shed(t0, step), step.maybe_ran)
+            else:
+                self.metrics.finished(step.code, self.clock.now() - t0)
+                return _outcome(_error(step.code, step.message), step.maybe_ran)
 
-    def _attempt_failed(self, b: Backend, e: AttemptFailed) -> None:
-        if e.kind == "first_byte":
-            # Slow is not hung: whether the engine still makes progress is its agent's
-            # verdict (vigil.core.engine), which reaches us as readiness within a second,
-            # and whether the node lives is our heartbeat detector's. A deadline missed
-            # behind a deep queue only moves this request; the node keeps its traffic.
-            return
-        self.table.failed(b.name, self.clock.now())
+    async def _try(self, plan: RequestPlan, step: Try, req: Incoming) -> Answer | None:
+        """The answer of the plan's attempt; None when it failed (fed to the plan)."""
+        b = step.backend
+        try:
+            with self.tracing.span("vigil.router.attempt", node=b.name, attempt=step.attempt):
+                return await self.attempt(b, req)  # a failure is recorded on the span
+        except AttemptFailed as e:
+            log.info("attempt %d on %s failed (%s): %s", step.attempt, b.name, e.kind, e.cause)
+            if plan.failed(self.clock.now(), e.kind, e.cause, e.status):
+                self.metrics.retries.inc()
+                self.tracing.event(self.tracing.current(), "retry", after=b.name)
+            return None
 
-    def _engine_full(self, b: Backend, e: AttemptFailed) -> Shed:
-        return self.table.engine_shed(b, self.clock.now(), e.cause)
-
-    def _shed(self, t0: float, reason: str, shed: Shed) -> Answered:
+    def _shed(self, t0: float, step: Shed) -> Answered:
+        if step.reason == "queue_full":  # refused a wait: the admission's span, as a wait's
+            with self.tracing.span("vigil.router.admission") as wait:
+                self.tracing.note(wait, outcome="shed")
         elapsed = self.clock.now() - t0
-        self.metrics.shed.labels(reason).inc()
+        self.metrics.shed.labels(step.reason).inc()
         self.metrics.shed_latency.observe(elapsed)
         self.metrics.finished(429, elapsed)
-        message = {"queue_timeout": f"waited {2 * self.admission.queue_wait:g} s for a free slot",
-                   "engine_full": shed.reason}.get(reason, shed.reason)
-        return overloaded(message, shed.retry_after)
+        return overloaded(step.message, step.retry_after)
 
     async def attempt(self, b: Backend, req: Incoming, first_byte: float | None = None) -> Answer:
         """One attempt up to the first byte (within `first_byte`, per_try_timeout unless
