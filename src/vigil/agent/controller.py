@@ -2,7 +2,9 @@
 behind a token-guarded gateway (vigil.resources.actuator).
 
 While this node leads, it writes the register every `interval` seconds,
-starting at once on acquisition, each write carrying the fencing token. The
+starting at once on acquisition, each write carrying the fencing token. It
+follows the role through `on_change` (a Leadership.on_change hook): an
+acquisition starts the writer with its token, any ending stops it. Each
 write is attempted only after a fresh `is_leader()` check and is signed with
 this node's key (vigil.resources.signed); a 409 from the gateway means a newer
 leader exists, a 403 that etcd names another leader: either way this node
@@ -29,6 +31,7 @@ import aiohttp
 
 from vigil.agent.leadership import Leadership
 from vigil.clock import Clock
+from vigil.core.leader import RoleChange
 from vigil.resources.guard import TOKEN_HEADER
 from vigil.resources.signed import gateway_name, sign_request
 from vigil.identity import SigningKeys
@@ -52,10 +55,12 @@ class Controller:
         self.rejected = 0
         self._task: asyncio.Task | None = None
 
-    def leading(self, token: int) -> None:
+    def on_change(self, change: RoleChange) -> None:
+        """Leadership's hook: drive the actuator with an acquisition's token; stop at its end."""
         if self._task and not self._task.done():
             self._task.cancel()
-        self._task = asyncio.get_running_loop().create_task(self._drive(token))
+        if change.kind == "acquired":
+            self._task = asyncio.get_running_loop().create_task(self._drive(change.token))
 
     async def stop(self) -> None:
         await cancel_and_wait(self._task)
@@ -64,7 +69,7 @@ class Controller:
         lead = self.leadership
         value, unauthorised = 0, False
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.0)) as http:
-            while lead.is_leader() and lead.token == token:
+            while lead.is_leader():  # fresh each write; the role's end cancels this task too
                 value = (value + 1) % 65536
                 body = json.dumps({"register": self.register, "value": value, "token": token}).encode()
                 headers = {TOKEN_HEADER: str(token), "Content-Type": "application/json",

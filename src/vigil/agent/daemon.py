@@ -133,6 +133,8 @@ class Agent:
         self.controller = (Controller(cfg.node, lambda: self.cfg.keys.signing, self.clock, self.events.record,
                                       self.leadership, c["gateway"], c["register"], c["interval"],
                                       self.data_dir / "actuator-acks.jsonl") if c else None)
+        if self.controller:  # acquired: write with the new token; ended: stop writing
+            self.leadership.on_change.append(self.controller.on_change)
         self.fencer = fencer = (Fencer(cfg.node, cfg.fencing.topology, self.clock, self.events.record,
                                        self.registry, self.store, self.leadership, cfg.fencing.keep_sessions)
                                 if cfg.fencing else None)
@@ -143,7 +145,7 @@ class Agent:
                                     gate=DrainGate(cfg.node, cfg.health.drain_budget, cfg.domains()))
         self.reconciler = Reconciler(cfg, self.clock, self.store, self.keys, self.registry, self.events.record,
                                      self.leadership, self.heartbeats.peers, link, self.wake, fencer,
-                                     self.controller, lambda: self.health.verdict,
+                                     lambda: self.health.verdict,
                                      self._on_snapshot, lambda: self.heartbeats.topology)
         self.payloads = PayloadPublisher(self.store, self.keys, cfg.node, self.clock,
                                          lambda: self.session.lease_id if self.session_ok() else 0)

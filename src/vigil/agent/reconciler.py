@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import logging
 from typing import Any, Awaitable, Callable
 
-from vigil.agent.controller import Controller
 from vigil.agent.registry_watch import RegistryWatch
 from vigil.agent.snapshot_source import SnapshotSource
 from vigil.agent.stewardship import Stewardship
@@ -76,13 +75,13 @@ async def _nothing() -> None:
 class Reconciler:
     def __init__(self, cfg: NodeConfig, clock: Clock, store: Store, keys: Keys, registry: Registry,
                  record: Any, leadership: Leadership, peers: PeerTable, link: SessionLink,
-                 wake: asyncio.Event, fencer: Fencer | None = None, controller: Controller | None = None,
+                 wake: asyncio.Event, fencer: Fencer | None = None,
                  verdict: Callable[[], Verdict] = Verdict,
                  on_snapshot: Callable[[Snapshot], None] = lambda snap: None,
                  topology: Callable[[], Topology | None] = lambda: None):
         self.cfg, self.clock, self.store, self.keys, self.registry = cfg, clock, store, keys, registry
         self.record, self.leadership, self.peers, self.link, self.wake = record, leadership, peers, link, wake
-        self.fencer, self.controller, self.verdict = fencer, controller, verdict
+        self.fencer, self.verdict = fencer, verdict
         self.on_snapshot = on_snapshot  # every snapshot a cycle reads (the heartbeat receiver's hints)
         self.topology = topology  # who watches whom (the heartbeat service's)
         self.stewardship = Stewardship(lambda: self.cfg, clock, store, keys, registry, record, leadership,
@@ -299,13 +298,13 @@ class Reconciler:
         if not token:
             return
         await self._handover_barrier(token)
+        # What the leader holds (VIPs, token file, the actuator writer) starts in the acquisition
+        # (vigil.agent.leadership). A switchover request is the operator's to remove (`vigil
+        # switchover` revokes its lease once the target leads, else it expires): a node's etcd
+        # role may not write it.
         if not self.leadership.acquire(token, session.last_ack_sent):
             await election.resign(token)  # the lease was renewed too long ago to act on
             return
-        # A switchover request is the operator's to remove (`vigil switchover` revokes its
-        # lease once the target leads, else it expires): a node's etcd role may not write it.
-        if self.controller:
-            self.controller.leading(token)
         self.wake.set()
 
     async def _handover_barrier(self, token: int) -> None:
