@@ -18,7 +18,7 @@ from vigil.testing.wait import wait_until
 
 def make(tmp_path, clock: FakeClock, kinds: list[str]) -> Leadership:
     return Leadership("n1", 2.0, clock, tmp_path, LeadershipHistory(tmp_path / "history.jsonl", "n1"),
-                      Watchdog("off", None, None), VipHolder((), clock.now, lambda: 0.0, lambda *a, **k: None),
+                      Watchdog("off", None, None), VipHolder((), clock.now, lambda *a, **k: None),
                       lambda kind, cause, **details: kinds.append(kind))
 
 

@@ -120,7 +120,7 @@ class Agent:
         self.wake = asyncio.Event()
         w = cfg.watchdog
         self.watchdog = Watchdog(w.mode, LinuxWatchdogDevice(w.device), w.timeout, self.events.record)
-        self.vips = VipHolder(cfg.vips, self.clock.now, lambda: self.leadership.valid_until, self.events.record,
+        self.vips = VipHolder(cfg.vips, self.clock.now, self.events.record,
                               lambda: self.session.renew_now() if self.session else None)
         self.leadership = Leadership(cfg.node, cfg.timing.demote_after, self.clock, self.data_dir, self.history,
                                      self.watchdog, self.vips, self.events.record)

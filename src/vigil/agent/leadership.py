@@ -36,6 +36,7 @@ class Leadership:
         self.node, self.clock, self.record = node, clock, record
         self.role = LeaderRole(demote_after)
         self.history, self.watchdog, self.vips = history, watchdog, vips
+        vips.valid_until = lambda: self.role.valid_until  # their kernel lifetime ends before it
         self.token_file = data_dir / "fencing-token"
         self.on_change: list[Callable[[RoleChange], None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None  # the guard's, for the heartbeat thread

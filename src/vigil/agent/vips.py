@@ -65,12 +65,13 @@ def _warm_up(interfaces: set[str]) -> None:
 
 
 class VipHolder:
-    def __init__(self, configs: tuple[VipConfig, ...], now: Callable[[], float],
-                 valid_until: Callable[[], float], record: Record,
+    def __init__(self, configs: tuple[VipConfig, ...], now: Callable[[], float], record: Record,
                  renew_now: Callable[[], None] | None = None):
+        """`renew_now`: ask for a keep-alive at once (None: wait for the next one). The role's
+        deadline, `valid_until`, is set by the Leadership that holds these VIPs."""
         self.vips = [Vip(c) for c in configs]
-        self.now, self.valid_until, self.record = now, valid_until, record
-        self.renew_now = renew_now
+        self.now, self.record, self.renew_now = now, record, renew_now
+        self.valid_until: Callable[[], float] = lambda: float("-inf")  # no role: no lifetime
         self._fenced_at = float("-inf")  # when this node last fenced the leader (agent.fence)
         self.wanted = False  # leading: the VIPs should be up
         self.probed = False  # no other host answers: add on the next acknowledged keep-alive
