@@ -87,13 +87,13 @@ async def test_a_key_naming_the_leader_under_another_members_lease_is_removed(tm
             other = next(a for a in agents if a.cfg.node != first)
             kv = await store.get(keys.leader)
             ok, _ = await store.txn([Expect(keys.leader, mod_revision=kv.mod_revision)],
-                                    [(keys.leader, first, other.session.lease_id)])
+                                    [(keys.leader, first, other.registration.session.lease_id)])
             assert ok
             await wait_until(lambda: any(a.is_leader() and a.leadership.token > kv.create_revision for a in agents),
                              30, "a member to lead again under a key of its own")
             now = await store.get(keys.leader)
             holder = next(a for a in agents if a.cfg.node == now.value)
-            assert now.lease == holder.session.lease_id
+            assert now.lease == holder.registration.session.lease_id
             for a in agents:
                 await a.events.flush()
             alarms = await invalid_events(store, keys)

@@ -73,7 +73,7 @@ async def test_a_long_generation_is_registered_under_the_nodes_lease(tmp_path):
                 kv = await wait_until(lambda: store._kv.get(key), 10, "the payload record")
                 rec = json.loads(kv.value)
                 assert (rec["node"], rec["model"], rec["kind"]) == ("a", ReferenceLM.model_id, "stream")
-                assert kv.lease == agent.session.lease_id, "it lives and dies with the node's lease"
+                assert kv.lease == agent.registration.session.lease_id, "it lives and dies with the node's lease"
                 await wait_until(lambda: json.loads(store._kv[key].value)["progress"] > rec["progress"], 10,
                                  "progress rewritten")
                 listed = await read_payloads(store, keys)
@@ -86,7 +86,7 @@ async def test_a_long_generation_is_registered_under_the_nodes_lease(tmp_path):
         async with aiohttp.ClientSession() as http:
             async with http.post(f"{url}/v1/completions", json=BODY) as r:
                 await wait_until(lambda: any(k.startswith(keys.payloads) for k in store._kv), 10, "a new record")
-                await store.revoke(agent.session.lease_id)  # the node's lease ends (its node died)
+                await store.revoke(agent.registration.session.lease_id)  # the node's lease ends (its node died)
                 assert not any(k.startswith(keys.payloads) for k in store._kv), "gone with the lease"
                 r.close()
 

@@ -60,7 +60,7 @@ def test_ready_comes_without_etcd_after_a_while_so_systemd_never_restarts_a_serv
             return {"n2"}
 
     class NoSession:  # an agent whose etcd is away
-        session_opened_at = None
+        registration = type("R", (), {"opened_at": None})
         heartbeats = type("H", (), {"peers": Peers})
 
         @staticmethod

@@ -44,7 +44,7 @@ async def test_failed_puts_are_retried_after_a_growing_pause_and_a_state_change_
     await put_ends(pub)
     assert store.refused == 12
     store.available = True
-    await pub.register(lease)  # a new session registers at once (vigil.agent.daemon): the backoff ends
+    await pub.register(lease)  # a new session registers at once (vigil.agent.registration): the backoff ends
     assert pub._failures == 0 and pub._retry_at == 0.0 and not pub.unpublished()
 
 

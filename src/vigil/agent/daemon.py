@@ -1,7 +1,7 @@
 """Agent: the per-node daemon.
 
-Lifecycle: `run(stop)` starts the API, the heartbeat service, the session
-(lease + member record), the watch and the reconciliation loop, and returns
+Lifecycle: `run(stop)` starts the API, the heartbeat service, the registration
+(session, lease + member record: agent/registration.py), the watch and the reconciliation loop, and returns
 after a graceful stop: resign leadership, revoke the lease (so the member
 record and leader key vanish at once and a successor takes over without
 waiting a TTL), flush the event log.
@@ -39,9 +39,9 @@ from vigil.agent.status import metrics_text, status_document
 from vigil.agent.vips import VipHolder
 from vigil.agent.watchdog import LinuxWatchdogDevice, Watchdog
 from vigil.agent.inference import InferenceSupervisor
-from vigil.agent.reconciler import Reconciler, SessionLink
+from vigil.agent.reconciler import Reconciler, Soundness
+from vigil.agent.registration import Registration
 from vigil.agent.release import FrontDoorRelease
-from vigil.agent.publisher import RecordPublisher
 from vigil.net.pacer import Pacer
 from vigil.agent.reload import reload_config
 from vigil.agent.sdnotify import Notifier, notify_loop
@@ -51,9 +51,8 @@ from vigil.core.drain_budget import DrainGate
 from vigil.core.health import DEGRADED, more_severe
 from vigil.core.leader import LeaderRole
 from vigil.core.peers import TICK, PeerTransition
-from vigil.errors import StoreError, VigilError
+from vigil.errors import VigilError
 from vigil.store.base import Store
-from vigil.store.election import Election
 from vigil.store.etcd import EtcdStore
 from vigil.store.etcd_version import warn_of_lease_bug
 from vigil.store.events import EventLog
@@ -61,7 +60,6 @@ from vigil.store.keys import Keys
 from vigil.store.member_record import MemberRecord
 from vigil.store.raft_leader import RaftLeaderApart
 from vigil.store.registry import Registry
-from vigil.store.session import Session
 from vigil.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -95,7 +93,13 @@ class Agent:
         vigil.testing.memory_network), `serve_api` (off in simulations, which
         read the agent's state directly) and `tick`, the longest the detectors go
         unevaluated (vigil.core.peers.TICK; they are evaluated at each peer's
-        deadline in any case; a simulation with slow heartbeats may look less often)."""
+        deadline in any case; a simulation with slow heartbeats may look less often).
+
+        The parts are built in dependency order: each is given only parts built
+        before it, and hooks on a part built later are added once both exist
+        (`_subscribe`). The agent's own handlers (`member_record`, `_on_*`,
+        `_heartbeat_status`, `_takes_jobs`) read its parts when called, which is
+        only once `run` has started them."""
         self.cfg, self.clock = cfg, clock or SystemClock()
         self.serve_api = serve_api
         self.keys = Keys(cfg.cluster)
@@ -107,73 +111,99 @@ class Agent:
         self.history = LeadershipHistory(self.data_dir / "leadership.jsonl", cfg.node)
         self.events = EventLog(self.store, self.keys, cfg.node, self.clock)
         self.registry = Registry(self.store, self.keys)
-        # A simulation's network has no threads to run: heartbeats stay on its loop.
-        self.pacer = Pacer(self.clock.now, cfg.realtime) if cfg.realtime and network is None else None
-        self.heartbeats = HeartbeatService(cfg, self.clock, self.incarnation,
-                                           self._on_peer_transitions, self._heartbeat_status,
-                                           lambda: self.wake.set(), network, tick, self.events.record, self.pacer)
-        self.session: Session | None = None
+        self.wake = asyncio.Event()  # the decision loop's
         self._members_told: Any = None  # the snapshot _on_snapshot last told the heartbeats about
         self.snapshot: Any = None  # the last snapshot a cycle read (vigil.store.snapshot; for /metrics)
-        self.session_opened_at: float | None = None
-        self.election: Election | None = None
-        self.wake = asyncio.Event()
-        w = cfg.watchdog
-        self.watchdog = Watchdog(w.mode, LinuxWatchdogDevice(w.device), w.timeout, self.events.record)
-        self.vips = VipHolder(cfg.vips, self.clock.now, self.events.record,
-                              lambda: self.session.renew_now() if self.session else None)
-        self.leadership = Leadership(cfg.node, cfg.timing.demote_after, self.clock, self.data_dir, self.history,
-                                     self.watchdog, self.vips, self.events.record)
-        if self.pacer:
-            self.pacer.guard(self.leadership.deadline, self.leadership.expire_on_thread)
-        self.leadership.on_change += [self._lead_heartbeats, lambda change: self.heartbeats.send_now(),
-                                      lambda change: self.wake.set(),
-                                      lambda change: self.reconciler.invalidate_snapshot()]
-        c = cfg.controller
-        self.controller = (Controller(cfg.node, lambda: self.cfg.keys.signing, self.clock, self.events.record,
-                                      self.leadership, c["gateway"], c["register"], c["interval"],
-                                      self.data_dir / "actuator-acks.jsonl") if c else None)
-        if self.controller:  # acquired: write with the new token; ended: stop writing
-            self.leadership.on_change.append(self.controller.on_change)
-        self.fencer = fencer = (Fencer(cfg.node, cfg.fencing.topology, self.clock, self.events.record,
-                                       self.registry, self.store, self.leadership, cfg.fencing.keep_sessions)
-                                if cfg.fencing else None)
-        self.link = link = SessionLink(lambda: self.session, lambda: self.election, lambda: self.health_reasons,
-                                       lambda: self.publisher.retry(), lambda: self.publisher.unpublished())
+        # A simulation's network has no threads to run: heartbeats stay on its loop.
+        self.pacer = Pacer(self.clock.now, cfg.realtime) if cfg.realtime and network is None else None
+        self.heartbeats = HeartbeatService(cfg, self.clock, self.incarnation, self._on_peer_transitions,
+                                           self._heartbeat_status, self.wake.set, network, tick,
+                                           self.events.record, self.pacer)
         self.health = HealthMonitor(cfg.health, self.clock, self.events.record, self._on_health,
                                     restart_server=self._restart_server,
                                     gate=DrainGate(cfg.node, cfg.health.drain_budget, cfg.domains()))
+        self._build_role()
+        self._build_registration()
+        self._build_leader_work()
+        self._build_front_door()
+        self._build_workload()
         self.reconciler = Reconciler(cfg, self.clock, self.store, self.keys, self.registry, self.events.record,
-                                     self.leadership, self.heartbeats.peers, link, self.wake, fencer,
-                                     lambda: self.health.verdict,
-                                     self._on_snapshot, lambda: self.heartbeats.topology)
-        self.payloads = PayloadPublisher(self.store, self.keys, cfg.node, self.clock,
-                                         lambda: self.session.lease_id if self.session_ok() else 0)
-        self.inference = (InferenceSupervisor(cfg.inference, self.data_dir, self.clock, self._on_inference,
-                                              self.events.record, self.payloads.report) if cfg.inference else None)
-        self.jobs = (JobRunner(self.store, self.keys, cfg.node, cfg.inference.url, self.clock, self.payloads.lease,
-                               self._takes_jobs, self.events.record, cfg.domains())
-                     if cfg.inference and cfg.inference.batch_jobs else None)
-        if self.jobs:  # an orphaned shard is claimed on its owner record's deletion, not at a poll
-            self.reconciler.watch.on_payload_gone = self.jobs.freed
-        self.publisher = RecordPublisher(self.registry, self.clock, self.member_record,
-                                         lambda: self.session.lease_id if self.session_ok() else None,
-                                         self.suspects)
-        # The node's front door runs beside the agent, not in it: its proxy load must never
-        # delay a heartbeat or a self-demotion check, and its crash must not end leadership.
-        self.router = (ChildProcess("router", "router", [sys.executable, "-m", "vigil", "router", "--config",
-                                                         cfg.router_config], self.data_dir, self.clock,
-                                    self.events.record, ignore=(signal.SIGHUP, signal.SIGUSR1))
-                       if cfg.router_config else None)
+                                     self.leadership, self.heartbeats.peers, self.registration, self.soundness,
+                                     self.wake, self.fencer, lambda: self.health.verdict, self._on_snapshot,
+                                     lambda: self.heartbeats.topology)
+        self._subscribe()
         self._tasks: list[asyncio.Task] = []
         self._vital: list[asyncio.Task] = []
-        self.release = FrontDoorRelease([v.address for v in cfg.vips], lambda: self.router.pid if self.router else None,
-                                        self.is_leader, self.events.record)
-        self.reconciler.before_resign, self.reconciler.after_resign = self.release.quiesce, self.release.after_resign
-        self.leadership.on_change.append(lambda change: change.kind == "acquired" and self.release.lift_soon())
+
+    def _build_role(self) -> None:
+        """The leader role and what it holds: the watchdog, the VIPs, the fencing-token file."""
+        cfg, record = self.cfg, self.events.record
+        w = cfg.watchdog
+        self.watchdog = Watchdog(w.mode, LinuxWatchdogDevice(w.device), w.timeout, record)
+        self.soundness = Soundness(self.watchdog.health_reasons)  # the reconciler reports its failures here
+        self.vips = VipHolder(cfg.vips, self.clock.now, record)
+        self.leadership = Leadership(cfg.node, cfg.timing.demote_after, self.clock, self.data_dir, self.history,
+                                     self.watchdog, self.vips, record)
+        if self.pacer:
+            self.pacer.guard(self.leadership.deadline, self.leadership.expire_on_thread)
+
+    def _build_registration(self) -> None:
+        """This node in etcd: its session, member record and election (agent/registration.py)."""
+        cfg, lead = self.cfg, self.leadership
+        self.registration = Registration(cfg.node, self.store, self.clock, cfg.timing, self.registry,
+                                         self.keys.leader, self.events.record, self.member_record,
+                                         self.heartbeats.voted_suspects, lead.renewed, lead.lose, self.wake.set)
+        self.vips.renew_now = self.registration.renew_now  # a new holder's VIPs want a fresh deadline
+
+    def _build_leader_work(self) -> None:
+        """The leader's singleton work, and the fencing of a lost leader."""
+        cfg, record = self.cfg, self.events.record
+        c = cfg.controller
+        self.controller = (Controller(cfg.node, lambda: self.cfg.keys.signing, self.clock, record,
+                                      self.leadership, c["gateway"], c["register"], c["interval"],
+                                      self.data_dir / "actuator-acks.jsonl") if c else None)
+        self.fencer = (Fencer(cfg.node, cfg.fencing.topology, self.clock, record, self.registry, self.store,
+                              self.leadership, cfg.fencing.keep_sessions) if cfg.fencing else None)
+
+    def _build_front_door(self) -> None:
+        """The node's router, and the hold on its clients' connections across a handover."""
+        cfg, record = self.cfg, self.events.record
+        # The node's front door runs beside the agent, not in it: its proxy load must never
+        # delay a heartbeat or a self-demotion check, and its crash must not end leadership.
+        router = self.router = (ChildProcess("router", "router", [sys.executable, "-m", "vigil", "router",
+                                                                  "--config", cfg.router_config],
+                                             self.data_dir, self.clock, record,
+                                             ignore=(signal.SIGHUP, signal.SIGUSR1))
+                                if cfg.router_config else None)
+        self.release = FrontDoorRelease([v.address for v in cfg.vips], lambda: router.pid if router else None,
+                                        self.leadership.is_leader, record)
+
+    def _build_workload(self) -> None:
+        """The model server, its long-running work in etcd and the batch jobs it runs."""
+        cfg, record, registration = self.cfg, self.events.record, self.registration
+        self.payloads = PayloadPublisher(self.store, self.keys, cfg.node, self.clock,
+                                         lambda: registration.lease() or 0)
+        self.inference = (InferenceSupervisor(cfg.inference, self.data_dir, self.clock, self._on_inference,
+                                              record, self.payloads.report) if cfg.inference else None)
+        self.jobs = (JobRunner(self.store, self.keys, cfg.node, cfg.inference.url, self.clock, self.payloads.lease,
+                               self._takes_jobs, record, cfg.domains())
+                     if cfg.inference and cfg.inference.batch_jobs else None)
+
+    def _subscribe(self) -> None:
+        """Hooks between parts, added once both ends exist."""
+        heartbeats, reconciler, release = self.heartbeats, self.reconciler, self.release
+        self.leadership.on_change += [self._lead_heartbeats, lambda change: heartbeats.send_now(),
+                                      lambda change: self.wake.set(),
+                                      lambda change: reconciler.invalidate_snapshot(),
+                                      lambda change: change.kind == "acquired" and release.lift_soon()]
+        if self.controller:  # acquired: write with the new token; ended: stop writing
+            self.leadership.on_change.append(self.controller.on_change)
+        reconciler.before_resign, reconciler.after_resign = release.quiesce, release.after_resign
+        if self.jobs:  # an orphaned shard is claimed on its owner record's deletion, not at a poll
+            reconciler.watch.on_payload_gone = self.jobs.freed
 
     def __repr__(self) -> str:
-        return f"<Agent {self.cfg.node} {self.role!r} {self.session!r}>"
+        return f"<Agent {self.cfg.node} {self.role!r} {self.registration.session!r}>"
 
     @property
     def role(self) -> LeaderRole:
@@ -184,8 +214,7 @@ class Agent:
     @property
     def health_reasons(self) -> tuple[str, ...]:
         """Why this node may not lead (empty: it may)."""
-        failing = self.reconciler.failing
-        return self.watchdog.health_reasons() + ((f"decision loop failing: {failing}",) if failing else ())
+        return self.soundness.reasons()
 
     @property
     def healthy(self) -> bool:
@@ -196,7 +225,7 @@ class Agent:
         return self.leadership.is_leader()
 
     def session_ok(self) -> bool:
-        return self.link.session_ok()
+        return self.registration.session_ok()
 
     def _takes_jobs(self) -> bool:
         """Batch work goes where requests would: a ready engine on a node in service."""
@@ -212,7 +241,7 @@ class Agent:
             self.router.describe() if self.router else None,
             ({n: [d["type"] for d in levels] for n, levels in self.cfg.fencing.topology.items()}
              if self.cfg.fencing else {}),
-            tuple(self.suspects()), self.incarnation, self.started_at, __version__, os.getpid(),
+            tuple(self.heartbeats.voted_suspects()), self.incarnation, self.started_at, __version__, os.getpid(),
             self.cfg.keys.signing.send if self.cfg.keys.signing else 0)
 
     def _health_record(self) -> dict[str, Any]:
@@ -270,7 +299,7 @@ class Agent:
         self.events.record("agent_started", f"agent started (incarnation {self.incarnation})",
                            pid=os.getpid(), version=__version__)
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._session_loop()),
+        self._tasks = [loop.create_task(self.registration.run()),
                        loop.create_task(self.reconciler.watch_loop()),
                        loop.create_task(self.reconciler.loop()),
                        loop.create_task(self.leadership.guard()),
@@ -306,14 +335,13 @@ class Agent:
         token = self.leadership.resign("graceful stop")
         if token:
             await _best_effort("delete the leader key", asyncio.wait_for(
-                self.election.resign(token), self.cfg.timing.etcd_timeout * 2))
+                self.registration.election.resign(token), self.cfg.timing.etcd_timeout * 2))
         await self.vips.stop()
         await _best_effort("lift the connection hold", self.release.lift())
         self.events.record("agent_stopped", "graceful stop")
         await self.events.stop()
         await _best_effort("flush the event log", self.events.flush())
-        if self.session:
-            await _best_effort("revoke the lease", self.session.close(revoke=True))
+        await _best_effort("revoke the lease", self.registration.close())
         if self.controller:
             await self.controller.stop()
         if self.fencer:
@@ -329,53 +357,13 @@ class Agent:
         await _best_effort("stop the API", api.stop())
         await _best_effort("close the store", self.store.close())
 
-    async def _session_loop(self) -> None:
-        """Keep one live session; re-register after a lost lease."""
-        backoff = 0.1
-        while True:
-            t = self.cfg.timing
-            session = Session(self.store, self.clock, t.lease_ttl, t.keepalive_interval,
-                              on_renewed=self._on_renewed)
-            try:
-                await session.open()
-                await self.publisher.register(session.lease_id)
-            except StoreError as e:
-                log.warning("cannot open an etcd session yet: %s", e)
-                await session.close(revoke=True)
-                await asyncio.sleep(backoff)
-                backoff = min(2.0, backoff * 2)
-                continue
-            backoff = 0.1
-            self.session, self.session_opened_at = session, self.clock.now()
-            self.election = Election(self.store, self.keys.leader, session, self.cfg.node)
-            self.events.record("session_opened", f"lease {session.lease_id:x} granted "
-                                                 f"(TTL {session.lease.ttl} s); member registered",
-                               lease=session.lease_id, ttl=session.lease.ttl)
-            self.wake.set()
-            await session.done.wait()
-            self.leadership.lose(f"etcd session lost: {session.lost_reason}")
-            self.events.record("session_lost", session.lost_reason, lease=session.lease_id)
-            self.wake.set()
-
-    def request_publish(self) -> None:
-        """Publish our member record soon (vigil.agent.publisher)."""
-        self.publisher.request()
-
-    def suspects(self) -> list[str]:
-        """Lost peers whose conviction counts our word (Topology.voters): our record's; heartbeats list all."""
-        lost, t = self.heartbeats.peers.suspected_for(self.clock.now()), self.heartbeats.topology
-        return sorted(p for p in lost if self.cfg.node in t.voters(p))
-
     # -- callbacks ---------------------------------------------------------------
-    def _on_renewed(self, sent_at: float) -> None:
-        self.leadership.renewed(sent_at)
-
     def _on_inference(self, ready: bool, cause: str) -> None:
         self.events.record("inference_ready" if ready else "inference_not_ready", cause)
-        self.request_publish()
+        self.registration.request_publish()
 
     def _on_health(self) -> None:
-        self.request_publish()
+        self.registration.request_publish()
         self.wake.set()
 
     async def _restart_server(self, why: str) -> None:
@@ -396,6 +384,6 @@ class Agent:
         # Peers read our suspicions before they fence anyone (core.reconcile): in our
         # heartbeats at once, and in our member record once etcd has it.
         self.heartbeats.send_now()
-        if self.publisher.unpublished():
-            self.request_publish()
+        if self.registration.suspects_unpublished():
+            self.registration.request_publish()
         self.wake.set()

@@ -173,6 +173,12 @@ class HeartbeatService:
     def _note_suspects(self) -> None:
         self._suspects = tuple(sorted(self.peers.suspected_for(self.clock.now())))
 
+    def voted_suspects(self) -> list[str]:
+        """Lost peers whose conviction counts our word (Topology.voters): what our member
+        record lists; heartbeats list all."""
+        lost = self.peers.suspected_for(self.clock.now())
+        return sorted(p for p in lost if self.cfg.node in self.topology.voters(p))
+
     def _links(self) -> dict[str, list[tuple[str, int]]]:
         """Where our heartbeats go: our watchers' addresses, and every observer
         (routers hear us but send nothing back)."""

@@ -10,9 +10,8 @@ cycle's decision is logged when it changes and kept in `last` for
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 import logging
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Protocol
 
 from vigil.agent.registry_watch import RegistryWatch
 from vigil.agent.snapshot_source import SnapshotSource
@@ -42,30 +41,33 @@ FENCE_CALLS, FENCE_TIMEOUT = 4, 10.0  # device calls per fence level; a device's
 BAD_REPORTS = 8  # bad_record events per cycle, each naming its key (then one saying how many more)
 
 
-@dataclass(frozen=True)
-class SessionLink:
-    """What the reconciler reads of the agent's etcd session, which changes each
-    time a lost lease is replaced, and of its own member record."""
+class SessionLink(Protocol):
+    """What the reconciler reads of this node's registration in etcd: the session,
+    replaced each time a lost lease is, its election, and whether our member
+    record says our suspicions (vigil.agent.registration.Registration)."""
 
-    session: Callable[[], Session | None]
-    election: Callable[[], Election | None]
-    health_reasons: Callable[[], tuple[str, ...]]
-    republish: Callable[[], None]  # publish our member record in the background, unless under way
-    suspects_unpublished: Callable[[], bool]
+    @property
+    def session(self) -> Session | None: ...
+    @property
+    def election(self) -> Election | None: ...
+    def session_ok(self) -> bool: ...
+    def etcd_answers(self, now: float) -> bool: ...
+    def republish(self) -> None: ...  # publish our member record in the background, unless under way
+    def suspects_unpublished(self) -> bool: ...
 
-    def session_ok(self) -> bool:
-        """We hold a lease etcd cannot have expired (vigil.store.session.Session.live)."""
-        s = self.session()
-        return s is not None and s.live()
 
-    def etcd_answers(self, now: float) -> bool:
-        """The session's keep-alives land: none failed since the last, and the last
-        answered one was sent within two keep-alive intervals. A watch cut off from
-        etcd by the network goes silent rather than failing, and a paused process
-        wakes with a backlog, so the mirror is trusted only while this holds."""
-        s = self.session()
-        return (s is not None and not s.done.is_set() and s.failures == 0
-                and now - s.last_ack_sent < 2 * s.keepalive_interval)
+class Soundness:
+    """Why this agent may not lead, whatever its node's probes say: what its
+    watchdog reports, and its decision loop while that keeps failing (the
+    reconciler says so here; the member record and /health read it)."""
+
+    def __init__(self, watchdog: Callable[[], tuple[str, ...]]):
+        self.watchdog = watchdog
+        self.failing: str | None = None  # why the last cycle raised, while it keeps doing so
+
+    def reasons(self) -> tuple[str, ...]:
+        failing = self.failing
+        return self.watchdog() + ((f"decision loop failing: {failing}",) if failing else ())
 
 
 async def _nothing() -> None:
@@ -74,14 +76,14 @@ async def _nothing() -> None:
 
 class Reconciler:
     def __init__(self, cfg: NodeConfig, clock: Clock, store: Store, keys: Keys, registry: Registry,
-                 record: Any, leadership: Leadership, peers: PeerTable, link: SessionLink,
+                 record: Any, leadership: Leadership, peers: PeerTable, link: SessionLink, soundness: Soundness,
                  wake: asyncio.Event, fencer: Fencer | None = None,
                  verdict: Callable[[], Verdict] = Verdict,
                  on_snapshot: Callable[[Snapshot], None] = lambda snap: None,
                  topology: Callable[[], Topology | None] = lambda: None):
         self.cfg, self.clock, self.store, self.keys, self.registry = cfg, clock, store, keys, registry
         self.record, self.leadership, self.peers, self.link, self.wake = record, leadership, peers, link, wake
-        self.fencer, self.verdict = fencer, verdict
+        self.soundness, self.fencer, self.verdict = soundness, fencer, verdict
         self.on_snapshot = on_snapshot  # every snapshot a cycle reads (the heartbeat receiver's hints)
         self.topology = topology  # who watches whom (the heartbeat service's)
         self.stewardship = Stewardship(lambda: self.cfg, clock, store, keys, registry, record, leadership,
@@ -94,13 +96,17 @@ class Reconciler:
         self.cycles = 0
         self._no_leader_since: float | None = None
         self._bad_seen: dict[str, str] = {}
-        self.failing: str | None = None  # why the last cycle raised, while it keeps doing so
         self._fail_delay = 0.0
         self.beat = clock.now()  # the decision loop's last sign of progress (systemd's watchdog)
         # A planned resignation (Resign.planned) quiesces the front door first and lifts its hold after
         # (vigil.agent.release); no-ops unless the agent sets them.
         self.before_resign: Callable[[], Awaitable[None]] = _nothing
         self.after_resign: Callable[[], None] = lambda: None
+
+    @property
+    def failing(self) -> str | None:
+        """Why the last cycle raised, while it keeps doing so (None: the loop runs)."""
+        return self.soundness.failing
 
     def stalled(self, now: float) -> bool:
         """The loop has made no progress for longer than a wait, a cycle's etcd calls, the
@@ -139,19 +145,19 @@ class Reconciler:
         keeps failing, and back off so a persistent fault does not spin."""
         what = f"{type(e).__name__}: {e}"
         log.exception("decision cycle failed")
-        if self.failing != what:
+        if self.soundness.failing != what:
             self.record("decision_loop_failed", f"the decision loop failed: {what}; "
                                      "this node reports itself unhealthy until a cycle succeeds")
-        self.failing = what
+        self.soundness.failing = what
         self._set(Wait(f"cycle failed: {what}"))
         self._fail_delay = min(MAX_FAIL_DELAY, self._fail_delay * 2 if self._fail_delay else 0.5)
         await asyncio.sleep(self._fail_delay)
 
     def _recovered(self) -> None:
-        if self.failing:
+        if self.soundness.failing:
             self.record("decision_loop_recovered", f"the decision loop runs again "
-                                     f"(it failed with {self.failing})")
-        self.failing, self._fail_delay = None, 0.0
+                                     f"(it failed with {self.soundness.failing})")
+        self.soundness.failing, self._fail_delay = None, 0.0
 
     async def watch_loop(self) -> None:
         """Keep the mirror up to date and wake the loop (vigil.agent.registry_watch)."""
@@ -220,9 +226,9 @@ class Reconciler:
         return bool(stale)
 
     def view(self, snap: Snapshot) -> ClusterView:
-        session = self.link.session()
+        session = self.link.session
         now = self.clock.now()
-        verdict = self.verdict()
+        verdict, reasons = self.verdict(), self.soundness.reasons()
         if snap.leader is None:
             self._no_leader_since = self._no_leader_since or now
         else:
@@ -230,7 +236,7 @@ class Reconciler:
         return ClusterView(
             me=self.cfg.node, now=now, session_ok=self.link.session_ok(),
             my_lease=session.lease_id if session else 0, i_lead=self.leadership.is_leader(),
-            my_token=self.leadership.token, healthy=not self.link.health_reasons(), health_reasons=self.link.health_reasons(),
+            my_token=self.leadership.token, healthy=not reasons, health_reasons=reasons,
             verdict=verdict.state, verdict_reasons=verdict.reasons,
             leader=snap.leader, members=snap.member_infos(), states=snap.states,
             switchover=snap.switchover, unheard=frozenset(self.peers.unheard()),
@@ -263,7 +269,7 @@ class Reconciler:
         if d.planned:
             await self.before_resign()
         self.leadership.resign(d.reason)
-        election = self.link.election()
+        election = self.link.election
         try:
             if election:
                 await election.resign(d.token)
@@ -284,14 +290,14 @@ class Reconciler:
     async def _fence(self, d: Fence, view: ClusterView) -> None:
         if self.fencer is None:
             return
-        session = self.link.session()
+        session = self.link.session
         if session:  # renewed while the fence runs: the takeover's deadline (and VIP lifetime) is fresh
             session.renew_now()
         if await self.fencer.fence_leader(d.target, d.reason, session.lease_id if session else 0):
             await self._campaign(view)
 
     async def _campaign(self, view: ClusterView) -> None:
-        election, session = self.link.election(), self.link.session()
+        election, session = self.link.election, self.link.session
         if election is None or session is None or not self.link.session_ok():
             return
         token = await election.try_campaign()

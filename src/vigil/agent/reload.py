@@ -56,7 +56,7 @@ def reload_config(agent: Any, path: str) -> bool:
                                                            observers=new.observers)
     if agent.health.gate:
         agent.health.gate.domains = agent.cfg.domains()  # the drain budget counts the members
-    agent.request_publish()  # the key id we sign with is in our member record: peers' pair keys
+    agent.registration.request_publish()  # the key id we sign with is in our member record: peers' pair keys
     ring = {n: sorted(ids) for n, ids in keys.ring.members.items()}
     record("config_reloaded", f"configuration reloaded: signing with key {keys.signing.send}, ring {ring}"
                               + (f", peers added {added}" if added else "")

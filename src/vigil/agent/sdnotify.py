@@ -95,10 +95,10 @@ def ready_for_service(agent: Any, wait: float, running_for: float = 0.0) -> list
     """None while not ready; then the peers not heard yet ([] when all were): once
     the session is held and all peers were heard or `wait` s passed since it
     opened, or, without a session, once the agent has run NO_ETCD_WAIT s."""
-    if not agent.session_ok() or agent.session_opened_at is None:
+    if not agent.session_ok() or agent.registration.opened_at is None:
         return sorted(agent.heartbeats.peers.unheard()) if running_for >= NO_ETCD_WAIT else None
     silent = sorted(agent.heartbeats.peers.unheard())
-    if silent and agent.clock.now() - agent.session_opened_at < wait:
+    if silent and agent.clock.now() - agent.registration.opened_at < wait:
         return None
     return silent
 

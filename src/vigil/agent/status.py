@@ -27,7 +27,7 @@ def status_document(a: Any) -> dict[str, Any]:
                        "links": {link: round(now - t, 3) for link, t in p.links.items()},
                        "gaps": {"count": p.gaps.total, "largest": round(p.gaps.largest, 4),
                                 "over": p.gaps.over()}}
-    s = a.session
+    s = a.registration.session
     return {
         "node": a.cfg.node, "cluster": a.cfg.cluster, "incarnation": a.incarnation, "version": __version__,
         "role": "leader" if a.is_leader() else "follower", "token": a.role.token or None,
