@@ -97,14 +97,25 @@ def reap(pid: int) -> None:
 
 def stop(pid: int, marker: str, grace: float = 5.0) -> None:
     """SIGTERM (after SIGCONT, in case it is frozen), then SIGKILL after `grace`."""
-    if not owns(pid, marker):
-        reap(pid)
-        return
-    os.kill(pid, signal.SIGCONT)
-    os.kill(pid, signal.SIGTERM)
-    if not wait_dead(pid, grace):
-        signal_pid(pid, signal.SIGKILL, marker)
-        wait_dead(pid, 5.0)
+    stop_all([(pid, marker)], grace)
+
+
+def stop_all(targets: list[tuple[int, str]], grace: float = 5.0) -> None:
+    """`stop` for each (pid, marker) at once: every one is sent SIGTERM first, so
+    their graceful stops overlap; those still alive after `grace` get SIGKILL."""
+    mine = []
+    for pid, marker in targets:
+        if not owns(pid, marker):
+            reap(pid)
+            continue
+        os.kill(pid, signal.SIGCONT)
+        os.kill(pid, signal.SIGTERM)
+        mine.append((pid, marker))
+    deadline = time.monotonic() + grace
+    for pid, marker in mine:
+        if not wait_dead(pid, max(0.0, deadline - time.monotonic())):
+            signal_pid(pid, signal.SIGKILL, marker)
+            wait_dead(pid, 5.0)
 
 
 def wait_dead(pid: int, timeout: float) -> bool:

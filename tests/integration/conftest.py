@@ -11,10 +11,10 @@ from vigil.core.history import intervals, overlaps
 from vigil.lab import Lab
 
 
-# Lab tests that assert no timing and use little CPU (records, auth, idempotency, the
-# router's limits): scripts/test.sh runs them two at a time on the suite's 2 cores.
+# Lab tests that assert no timing (records, auth, idempotency, the router's limits,
+# the package build): scripts/test.sh runs them two at a time on the suite's 2 cores.
 # Every other lab test (failover or detection times, load without a failed request,
-# a package build, chaos, the demo) runs alone, as a machine of its own would.
+# chaos, the demo, booting machines) runs alone, as a machine of its own would.
 SHARES_CPU = frozenset({
     "test_actuator",
     "test_bad_records",
@@ -32,6 +32,7 @@ SHARES_CPU = frozenset({
     "test_inference_user",
     "test_job_records_hostile",
     "test_leader_key_trust",
+    "test_package",  # builds and inspects the .deb and wheel: CPU, but no timing
     "test_payload_ownership",
     "test_router_http1",
     "test_router_limits",

@@ -205,13 +205,13 @@ class Lab(LabConfigs, LabObservation):
             procs.stop(self.router.pid, self.router.config)
         leftovers = [(self.server_pid(n.name), n.server_url, self.router_pid(n.name), n.data_dir)
                      for n in self.nodes]
-        for node in self.nodes:
-            procs.stop(node.agent_pid, node.config)
-        for pid, url, router_pid, data_dir in leftovers:
-            if pid and url:
-                procs.stop(pid, "serve-model --port " + url.rsplit(":", 1)[1])
-            if router_pid and self.front:
-                procs.stop(router_pid, str(self.front.config_path(data_dir)))
+        # Every agent at once: each stops its own model server and router, which takes
+        # a model lab about 1.5 s per node one after another.
+        procs.stop_all([(node.agent_pid, node.config) for node in self.nodes])
+        procs.stop_all([(pid, "serve-model --port " + url.rsplit(":", 1)[1])
+                        for pid, url, _, _ in leftovers if pid and url]
+                       + [(router_pid, str(self.front.config_path(data_dir)))
+                          for _, _, router_pid, data_dir in leftovers if router_pid and self.front])
         if self.fencing:
             self.fencing.stop()
         if self.sensors:

@@ -183,6 +183,8 @@ class EtcdCluster:
             procs.wait_dead(m.pid, 5.0)
 
     def stop(self) -> None:
+        # One at a time: a stopping etcd leader first hands its leadership to a
+        # follower, which takes it seconds when every follower is stopping too.
         for m in self.members:
             procs.stop(m.pid, m.data_dir)
 

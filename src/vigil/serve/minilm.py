@@ -1,0 +1,96 @@
+"""all-MiniLM-L6-v2 in plain torch: its BERT encoder (6 layers, 12 heads,
+384 wide), mean pooling over the real tokens and L2 normalisation, read from
+the model's own files (model.safetensors, tokenizer.json,
+sentence_bert_config.json).
+
+Why not sentence-transformers: importing it (with transformers and sklearn)
+costs about 3.5 s of CPU before the model is read, on every start of every
+model server. A lab of three servers, or a node whose killed server
+restarts beside a failover, paid that on 2 cores. This module imports torch,
+tokenizers and safetensors only and computes the same embeddings: the
+conformance test (tests/unit/test_minilm.py) compares it with
+sentence-transformers on the same texts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+BATCH = 32  # sentence-transformers' default batch size
+HEADS = 12
+
+
+class MiniLMEncoder:
+    """Texts in, unit vectors out. Not thread-safe (one model server thread calls it)."""
+
+    def __init__(self, path: Path):
+        """Read the model under `path` (VigilError-free: OSError or ValueError on a
+        broken model directory; the caller names it)."""
+        import torch
+        from safetensors.torch import load_file
+        from tokenizers import Tokenizer
+
+        self.torch = torch
+        self.max_length = int(json.loads((path / "sentence_bert_config.json").read_text())["max_seq_length"])
+        self.counting = Tokenizer.from_file(str(path / "tokenizer.json"))
+        self.counting.no_truncation()
+        self.counting.no_padding()
+        self.tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(self.max_length)
+        self.w: dict[str, Any] = load_file(str(path / "model.safetensors"))
+        self.layers = sum(1 for k in self.w if k.endswith(".attention.self.query.weight"))
+
+    def tokens(self, texts: list[str]) -> int:
+        """How many tokens the texts are, untruncated (with [CLS] and [SEP] each)."""
+        return sum(len(e.ids) for e in self.counting.encode_batch(texts))
+
+    def encode(self, texts: list[str]) -> list[list[float]]:
+        torch = self.torch
+        out: list[list[float]] = []
+        with torch.inference_mode():
+            for i in range(0, len(texts), BATCH):
+                encodings = self.tokenizer.encode_batch(texts[i:i + BATCH])
+                width = max(len(e.ids) for e in encodings)
+                ids = torch.tensor([e.ids + [0] * (width - len(e.ids)) for e in encodings])
+                mask = torch.tensor([[1] * len(e.ids) + [0] * (width - len(e.ids)) for e in encodings])
+                out += self._pooled(ids, mask).tolist()
+        return out
+
+    def _pooled(self, ids: Any, mask: Any) -> Any:
+        torch, w = self.torch, self.w
+        f = torch.nn.functional
+        width = ids.shape[1]
+        x = (w["embeddings.word_embeddings.weight"][ids] + w["embeddings.position_embeddings.weight"][:width]
+             + w["embeddings.token_type_embeddings.weight"][0])
+        x = self._norm(x, "embeddings.LayerNorm")
+        bias = (1.0 - mask[:, None, None, :].to(x.dtype)) * torch.finfo(x.dtype).min  # padding is never attended
+        for n in range(self.layers):
+            p = f"encoder.layer.{n}."
+            x = self._norm(x + self._linear(self._attention(x, bias, p), p + "attention.output.dense"),
+                           p + "attention.output.LayerNorm")
+            hidden = f.gelu(self._linear(x, p + "intermediate.dense"))
+            x = self._norm(x + self._linear(hidden, p + "output.dense"), p + "output.LayerNorm")
+        m = mask[:, :, None].to(x.dtype)
+        pooled = (x * m).sum(1) / m.sum(1).clamp(min=1e-9)
+        return f.normalize(pooled, p=2, dim=1)
+
+    def _attention(self, x: Any, bias: Any, p: str) -> Any:
+        batch, width, size = x.shape
+        d = size // HEADS
+
+        def heads(name: str) -> Any:
+            return self._linear(x, p + f"attention.self.{name}").view(batch, width, HEADS, d).transpose(1, 2)
+        q, k, v = heads("query"), heads("key"), heads("value")
+        scores = q @ k.transpose(-1, -2) / math.sqrt(d) + bias
+        return (scores.softmax(-1) @ v).transpose(1, 2).reshape(batch, width, size)
+
+    def _linear(self, x: Any, name: str) -> Any:
+        return self.torch.nn.functional.linear(x, self.w[name + ".weight"], self.w[name + ".bias"])
+
+    def _norm(self, x: Any, name: str) -> Any:
+        return self.torch.nn.functional.layer_norm(x, x.shape[-1:], self.w[name + ".weight"],
+                                                   self.w[name + ".bias"], 1e-12)
