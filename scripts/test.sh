@@ -26,8 +26,8 @@ fi
 # Three phases. The tests that start no lab (unit, fuzz, simulation,
 # conformance) are CPU-bound or wait on their own sockets, and run on both
 # cores at once (pytest-xdist: 225 s -> 110 s here). Lab tests that assert
-# no timing and use little CPU (tests/integration/conftest.py: SHARES_CPU)
-# run two at once too. Every other integration and system test times real
+# no timing (tests/integration/conftest.py: SHARES_CPU; their waits are generous
+# enough for a shared CPU, the package build's included) run two at once too. Every other integration and system test times real
 # failovers, so they run one at a time, never competing for the CPU.
 for dir in tests/*/; do  # a new test directory must be in a phase, never left out
   case $dir in

@@ -55,10 +55,6 @@ class WatchCompacted(StoreError):
         super().__init__(f"revision compacted (compact revision {compact_revision})")
 
 
-class NotLeader(VigilError):
-    """An operation that needs leadership was attempted without it."""
-
-
 class WireError(VigilError):
     """A heartbeat packet was rejected; `reason` is the counter it lands in."""
 

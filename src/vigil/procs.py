@@ -108,8 +108,12 @@ def stop_all(targets: list[tuple[int, str]], grace: float = 5.0) -> None:
         if not owns(pid, marker):
             reap(pid)
             continue
-        os.kill(pid, signal.SIGCONT)
-        os.kill(pid, signal.SIGTERM)
+        try:
+            os.kill(pid, signal.SIGCONT)
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:  # it exited since we looked: nothing left to stop
+            reap(pid)
+            continue
         mine.append((pid, marker))
     deadline = time.monotonic() + grace
     for pid, marker in mine:

@@ -1,4 +1,5 @@
-"""core/ is sans-IO: it imports no asyncio, socket, time, aiohttp or etcd client."""
+"""core/ is sans-IO: it imports no asyncio, socket, time, aiohttp or etcd client,
+and no file system, logging or randomness (its callers inject what it needs)."""
 
 import ast
 from pathlib import Path
@@ -6,7 +7,8 @@ from pathlib import Path
 import vigil.core
 
 FORBIDDEN = {"asyncio", "socket", "time", "aiohttp", "aetcd", "etcd3", "etcd3gw", "subprocess",
-             "threading", "selectors", "vigil.store", "vigil.net", "vigil.agent"}
+             "threading", "selectors", "vigil.store", "vigil.net", "vigil.agent", "os", "pathlib", "logging",
+             "random", "secrets"}
 
 
 def test_core_imports_no_io():

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -69,7 +68,9 @@ class Controller:
         lead = self.leadership
         value, unauthorised = 0, False
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.0)) as http:
-            while lead.is_leader():  # fresh each write; the role's end cancels this task too
+            # fresh each write, and still this term's token: the role's end cancels this
+            # task too, but a writer that outlived a lost term never writes in the next
+            while lead.is_leader() and lead.token == token:
                 value = (value + 1) % 65536
                 body = json.dumps({"register": self.register, "value": value, "token": token}).encode()
                 headers = {TOKEN_HEADER: str(token), "Content-Type": "application/json",
@@ -100,4 +101,4 @@ class Controller:
             return
         # the newest two files' worth: about a day at the default interval
         self.acks.append(json.dumps({"node": self.node, "token": token, "register": self.register,
-                                     "value": value, "at": time.time()}))
+                                     "value": value, "at": self.clock.wall()}))

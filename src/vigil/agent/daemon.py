@@ -311,7 +311,9 @@ class Agent:
             apart = RaftLeaderApart(self.store, local)
             self.leadership.on_change.append(lambda change: apart.wake.set())
             self._tasks.append(loop.create_task(apart.run(self.is_leader, self.events.record)))
-        self._vital = self._tasks[2:4]  # the decision loop and the role guard
+        # The registration, the decision loop and the role guard: if one of them ends,
+        # systemd's watchdog stops being fed and restarts the agent.
+        self._vital = [self._tasks[0], *self._tasks[2:4]]
         notifier = Notifier()
         if notifier.enabled:
             self._tasks.append(loop.create_task(notify_loop(self, notifier)))
@@ -323,7 +325,8 @@ class Agent:
             await self._shutdown(api)
 
     def alive(self) -> bool:
-        """The decision loop and the role guard run (systemd's watchdog is fed only then)."""
+        """The registration, the decision loop and the role guard run (systemd's
+        watchdog is fed only then)."""
         return (bool(self._vital) and not any(t.done() for t in self._vital)
                 and not self.reconciler.stalled(self.clock.now()))
 

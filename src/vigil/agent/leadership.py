@@ -17,6 +17,7 @@ its self-demotion deadline even if nobody calls `check()` (core.leader).
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from pathlib import Path
 from typing import Callable
@@ -26,6 +27,8 @@ from vigil.agent.vips import VipHolder
 from vigil.agent.watchdog import Watchdog
 from vigil.clock import Clock
 from vigil.core.leader import LeaderRole, RoleChange
+
+log = logging.getLogger(__name__)
 
 Record = Callable[..., object]  # EventLog.record
 
@@ -122,8 +125,22 @@ class Leadership:
 
     # -- the one place a change is recorded -------------------------------------------
     def _record(self, change: RoleChange | None) -> None:
+        """Write the change down, then tell every hook: the hooks run even when the
+        writing fails (a full disk must not keep the actuator writer or the heartbeats
+        from learning that the role ended), and one hook that raises is logged and
+        does not keep the others from running. A failed write still raises."""
         if change is None:
             return
+        try:
+            self._write(change)
+        finally:
+            for hook in self.on_change:
+                try:
+                    hook(change)
+                except Exception:  # noqa: BLE001 - every part must hear of the change
+                    log.exception("a hook on leadership %s (token %d) failed", change.kind, change.token)
+
+    def _write(self, change: RoleChange) -> None:
         wall = self.clock.to_wall(change.at)
         if change.kind == "acquired":
             self.token_file.write_text(f"{change.token}\n")
@@ -140,8 +157,6 @@ class Leadership:
             self.history.write("end", change.token, wall, kind=change.kind, reason=change.reason)
             self.record(f"leader_{change.kind}", f"{self.node} stopped leading (token {change.token}): "
                         f"{change.reason}", token=change.token)
-        for hook in self.on_change:
-            hook(change)
 
     # -- the heartbeat thread's part (vigil.net.pacer): any thread may call these ----------
     def deadline(self) -> float | None:

@@ -106,6 +106,9 @@ class Registration:
                 await asyncio.sleep(backoff)
                 backoff = min(2.0, backoff * 2)
                 continue
+            except BaseException:  # cancelled (a stop) mid-registration: no lease left behind
+                await asyncio.shield(session.close(revoke=True))
+                raise
             backoff = 0.1
             self.session, self.opened_at = session, self.clock.now()
             self.election = Election(self.store, self.leader_key, session, self.node)

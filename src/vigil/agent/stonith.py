@@ -42,6 +42,7 @@ class Fencer:
         self._warm_for: str | None = None
         self._warm_task: asyncio.Task | None = None
         self.completing: set[str] = set()  # fenced nodes whose state and marker are still being written
+        self._marking: set[asyncio.Task] = set()  # the tasks writing those
 
     def follow(self, leader: str | None) -> None:
         """Keep a session open to the first device of `leader` (the node this one
@@ -152,7 +153,9 @@ class Fencer:
             ended = "leader key removed (its etcd role may not revoke the lease, which expires)"
         # The node's `fenced` state is bookkeeping, not part of the takeover: written beside it.
         self.completing.add(leader.name)
-        asyncio.get_running_loop().create_task(self._mark_fenced(leader.name))
+        task = asyncio.get_running_loop().create_task(self._mark_fenced(leader.name))
+        self._marking.add(task)  # the loop keeps only a weak reference to a task
+        task.add_done_callback(self._marking.discard)
         self.record("node_fenced", f"{leader.name} powered off by {device} and verified off in "
                     f"{ms:.0f} ms; {ended}", subject=leader.name, device=device,
                     level=level, fence_ms=ms, token=leader.token)

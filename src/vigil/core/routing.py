@@ -19,8 +19,9 @@ Rules:
   below its adaptive limit (vigil.core.admission). A full backend is still
   eligible: load never ejects, inhibits or suspects a node.
 - The table is fed events, and only it writes a Backend's fields: what the
-  membership learns by name (`member`, `ready`, `went`, `state`, `refuse`,
-  `heard`: each says whether eligibility's inputs changed), and what the
+  membership learns by name (`member`: where the node is and its weight;
+  `ready`, `went`, `state`, `refuse`, `heard`: each says whether
+  eligibility's inputs changed), and what the
   attempts on a backend do (`started`, `finished`, `answered`,
   `engine_shed`, then `failed`/`succeeded`).
 - Panic threshold (Envoy's): when the eligible share of the nodes that are

@@ -22,7 +22,7 @@ from typing import Any
 
 from vigil.probes.base import Reading
 
-ENGINES = ("torch", "vllm", "sentence-transformers", "transformers", "llama-cpp-python")
+ENGINES = ("torch", "vllm", "tokenizers", "sentence-transformers", "transformers", "llama-cpp-python")
 CPU_FLAGS = re.compile(r"^(avx2|fma|avx512\w*|amx\w*|f16c)$")
 
 

