@@ -136,7 +136,7 @@ def one(root: Path, n: int, mode: str, idle_s: float, kill_count: int, timing: s
     try:
         up = time.monotonic() - started
         lab.wait_for(lab.ready, 60, "the lab settled")
-        return {"nodes": n, "mode": mode, "started": True, "lab_up_s": round(up, 1),
+        return {"nodes": n, "mode": mode, "started": True, "lab_up_s": round(up, 1), "kills": kill_count,
                 **idle(lab, idle_s), **kills(lab, kill_count)}
     except Exception as e:  # noqa: BLE001 - a size that falls over is a result, not the end of the bench
         return {"nodes": n, "mode": mode, "started": True, "error": f"{type(e).__name__}: {e}"[:300]}
@@ -147,22 +147,25 @@ def one(root: Path, n: int, mode: str, idle_s: float, kill_count: int, timing: s
 def report(runs: list[dict], idle_s: float, kills_n: int) -> None:
     """Write bench/results/scale.{json,md} from these runs."""
     rows = [["nodes", "mode", "timing", "rack", "lab up (s)", "CPU/agent (% core)", "all agents (%)", "heartbeats rx/node/s",
-             "peers watched/node", "etcd req/s", "etcd watch ev/s", "idle (s)", "false suspicions", "leader kill detection p50/p99 (ms)"]]
+             "peers watched/node", "etcd req/s", "etcd watch ev/s", "idle (s)", "false suspicions", "leader kills",
+             "leader kill detection p50/p99 (ms)"]]
     for r in runs:
         if "error" in r or not r.get("started"):
             rows.append([r["nodes"], r["mode"], r.get("timing", "lab"), r.get("rack_size", 10),
                          "failed: " + r.get("error", "")[:80]]
-                        + [""] * 9)
+                        + [""] * 10)
             continue
         d = r["detection_ms"]
         rows.append([r["nodes"], r["mode"], r.get("timing", "lab"), r.get("rack_size", 10), r["lab_up_s"], r["cpu_per_agent_pct"], r["cpu_all_agents_pct"],
                      r["packets_per_node_s"], r["peers_watched_per_node"], r["etcd_requests_s"],
-                     r["etcd_watch_events_s"], r.get("seconds", ""), r["false_suspicions"], f"{d['p50']} / {d['p99']}"])
+                     r["etcd_watch_events_s"], r.get("seconds", ""), r["false_suspicions"],
+                     r.get("kills") or round(d["n"] / max(1, r["nodes"] - 1)), f"{d['p50']} / {d['p99']}"])
     write("scale", {"idle_s": idle_s, "kills": kills_n, "runs": runs}, rows,
-          f"Agents only (no model servers), loopback, heartbeat 100 ms x 2 copies; timing `lab`: lease 2 s, "
+          "Agents only (no model servers), loopback, heartbeat 100 ms x 2 copies; timing `lab`: lease 2 s, "
           "keep-alive and decision cycle 0.5 s; `product`: the installed defaults (lease 10 s, keep-alive "
           "2.5 s, cycle 1 s). "
-          f"An idle window per row (the last run's: {idle_s:g} s), {kills_n} leader SIGKILLs per row. `full`: every agent hears "
+          "An idle window per row (its seconds in the idle column), then the leader SIGKILLs of the kills column "
+          "(detection p99 over every survivor of every kill). `full`: every agent hears "
           "every other (heartbeat.topology.full_mesh_up_to 1000, the design before issue 24); `topology`: "
           "failure-domain meshes (rack: nodes per domain; 10 before this column existed) + 8 observers + the leader (defaults; a full mesh up to 16 members); "
           "`topology-rt`: the same with heartbeat.realtime as `vigil init` writes it (the heartbeat thread at SCHED_FIFO 10, "
