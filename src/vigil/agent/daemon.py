@@ -35,7 +35,7 @@ from vigil.agent.stonith import Fencer
 from vigil.agent.payloads import PayloadPublisher
 from vigil.agent.jobs import JobRunner
 from vigil.agent.leadership import Leadership
-from vigil.agent.status import metrics_text, status_document
+from vigil.agent.status import AgentState, certificates, metrics_text, status_document
 from vigil.agent.vips import VipHolder
 from vigil.agent.watchdog import LinuxWatchdogDevice, Watchdog
 from vigil.agent.inference import InferenceSupervisor
@@ -51,7 +51,6 @@ from vigil.core.drain_budget import DrainGate
 from vigil.core.health import DEGRADED, more_severe
 from vigil.core.leader import LeaderRole
 from vigil.core.peers import TICK, PeerTransition
-from vigil.errors import VigilError
 from vigil.store.base import Store
 from vigil.store.etcd import EtcdStore
 from vigil.store.etcd_version import warn_of_lease_bug
@@ -60,7 +59,7 @@ from vigil.store.keys import Keys
 from vigil.store.member_record import MemberRecord
 from vigil.store.raft_leader import RaftLeaderApart
 from vigil.store.registry import Registry
-from vigil.tasks import cancel_and_wait
+from vigil.tasks import best_effort, cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -75,14 +74,6 @@ def next_incarnation(data_dir: Path) -> int:
     value = max(previous + 1, time.time_ns() // 1000)
     path.write_text(str(value))
     return value
-
-
-async def _best_effort(what: str, aw: Any) -> None:
-    """A stop step that fails is logged; the remaining steps still run."""
-    try:
-        await aw
-    except (VigilError, asyncio.TimeoutError, OSError) as e:
-        log.warning("on stop, could not %s: %s", what, e)
 
 
 class Agent:
@@ -227,6 +218,21 @@ class Agent:
     def session_ok(self) -> bool:
         return self.registration.session_ok()
 
+    def state(self) -> AgentState:
+        """What /status and /metrics show, read now from what the parts describe (vigil.agent.status)."""
+        cfg, now, snap, verdict, ev = self.cfg, self.clock.now(), self.snapshot, self.health.verdict, self.events
+        return AgentState(
+            now=now, node=cfg.node, cluster=cfg.cluster, incarnation=self.incarnation, leader=self.is_leader(),
+            token=self.role.token, leader_valid_for=self.role.remaining(now), healthy=self.healthy,
+            reasons=self.health_reasons, verdict=verdict.state, drain_deferred=verdict.deferred,
+            session=self.registration.state(), decision=str(self.reconciler.last), cycles=self.reconciler.cycles,
+            inference=self.inference.describe() if self.inference else None, watchdog=self.watchdog.describe(),
+            vips=self.vips.describe() if cfg.vips else None, heartbeat=self.heartbeats.state(),
+            signing_key=cfg.keys.signing.send if cfg.keys.signing else None,
+            events={"written": ev.written, "pending": ev.pending, "dropped": ev.dropped},
+            decided=snap.states.get(cfg.node) if snap else None,
+            fence_blocked=tuple(snap.fence_blocked) if snap else (), certificates=certificates(cfg))
+
     def _takes_jobs(self) -> bool:
         """Batch work goes where requests would: a ready engine on a node in service."""
         snap = self.reconciler.snapshot
@@ -284,8 +290,8 @@ class Agent:
     # -- lifecycle -------------------------------------------------------------
     async def run(self, stop: asyncio.Event, api_ready: asyncio.Event | None = None) -> None:
         api = AgentApi(self.cfg, self.leadership, lambda: self.health_reasons, self.session_ok, self.inference,
-                       lambda: status_document(self), lambda: metrics_text(self), lambda: self.health.verdict,
-                       ClusterPage(self).document)
+                       lambda: status_document(self.state()), lambda: metrics_text(self.state()),
+                       lambda: self.health.verdict, ClusterPage(self).document)
         if self.serve_api:
             await api.start()
         await self.heartbeats.start()
@@ -333,32 +339,32 @@ class Agent:
     async def _shutdown(self, api: Any) -> None:
         Notifier().send(STOPPING=1)
         if self.is_leader():  # a planned handover: no client connection may break (agent/release.py)
-            await _best_effort("quiesce the front door", self.release.quiesce())
+            await best_effort("quiesce the front door", self.release.quiesce())
         await cancel_and_wait(*self._tasks)
         token = self.leadership.resign("graceful stop")
         if token:
-            await _best_effort("delete the leader key", asyncio.wait_for(
+            await best_effort("delete the leader key", asyncio.wait_for(
                 self.registration.election.resign(token), self.cfg.timing.etcd_timeout * 2))
         await self.vips.stop()
-        await _best_effort("lift the connection hold", self.release.lift())
+        await best_effort("lift the connection hold", self.release.lift())
         self.events.record("agent_stopped", "graceful stop")
         await self.events.stop()
-        await _best_effort("flush the event log", self.events.flush())
-        await _best_effort("revoke the lease", self.registration.close())
+        await best_effort("flush the event log", self.events.flush())
+        await best_effort("revoke the lease", self.registration.close())
         if self.controller:
             await self.controller.stop()
         if self.fencer:
-            await _best_effort("close the BMC sessions", self.fencer.stop())
+            await best_effort("close the BMC sessions", self.fencer.stop())
         self.watchdog.disarm()  # a clean stop must never reset the machine
         if self.router:
-            await _best_effort("stop the router", self.router.stop())
+            await best_effort("stop the router", self.router.stop())
         if self.inference:
-            await _best_effort("stop the inference server", self.inference.stop())
-        await _best_effort("stop the health probes", self.health.stop())
-        await _best_effort("stop heartbeats", self.heartbeats.stop())
-        await _best_effort("sync the leadership history", asyncio.to_thread(self.history.flush))
-        await _best_effort("stop the API", api.stop())
-        await _best_effort("close the store", self.store.close())
+            await best_effort("stop the inference server", self.inference.stop())
+        await best_effort("stop the health probes", self.health.stop())
+        await best_effort("stop heartbeats", self.heartbeats.stop())
+        await best_effort("sync the leadership history", asyncio.to_thread(self.history.flush))
+        await best_effort("stop the API", api.stop())
+        await best_effort("close the store", self.store.close())
 
     # -- callbacks ---------------------------------------------------------------
     def _on_inference(self, ready: bool, cause: str) -> None:

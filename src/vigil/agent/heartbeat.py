@@ -48,6 +48,7 @@ import logging
 import secrets
 from typing import Any, Callable
 
+from vigil.agent.status import HeartbeatState
 from vigil.clock import Clock
 from vigil.config import NodeConfig
 from vigil.heartbeat_keys import HeartbeatKeys
@@ -178,6 +179,13 @@ class HeartbeatService:
         record lists; heartbeats list all."""
         lost = self.peers.suspected_for(self.clock.now())
         return sorted(p for p in lost if self.cfg.node in self.topology.voters(p))
+
+    def state(self) -> HeartbeatState:
+        """The peers' detectors and our counters, as /status and /metrics show them (vigil.agent.status)."""
+        t, r, guard = self.transport, self.receiver, self.watch.guard
+        return HeartbeatState(self.peers.peers, t.sent, t.sealed, t.send_errors, r.counters, r.ring.members,
+                              r.skew, guard.pauses, self.watch.local_health, guard.longest,
+                              {**self.pacer.describe(), "withheld": self.withheld} if self.pacer else None)
 
     def _links(self) -> dict[str, list[tuple[str, int]]]:
         """Where our heartbeats go: our watchers' addresses, and every observer

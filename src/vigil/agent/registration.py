@@ -18,6 +18,7 @@ import logging
 from typing import Callable
 
 from vigil.agent.publisher import RecordPublisher
+from vigil.agent.status import SessionState
 from vigil.clock import Clock
 from vigil.core.timing import Timing
 from vigil.errors import StoreError
@@ -58,6 +59,12 @@ class Registration:
     def lease(self) -> int | None:
         """Our lease while we hold one etcd cannot have expired, else None."""
         return self.session.lease_id if self.session is not None and self.session_ok() else None
+
+    def state(self) -> SessionState:
+        """The session as /status and /metrics show it (vigil.agent.status)."""
+        s = self.session
+        return SessionState(self.session_ok(), s.lease_id if s else None, s.expires_by() if s else None,
+                            s.failures if s else 0)
 
     def etcd_answers(self, now: float) -> bool:
         """The session's keep-alives land: none failed since the last, and the last
