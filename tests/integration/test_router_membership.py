@@ -143,7 +143,7 @@ async def test_only_heard_key_ring_members_at_cluster_addresses_get_traffic():
             assert t.backends["n3"].why_not(0.0).startswith(
                 "refused: 203.0.113.7 is outside the cluster's networks (127.0.0.0/24)")
             assert await answered_by(f.url, 10) == ["n1"] * 10 and hits == ["n1"] * 10
-            doc = status_document(f.router)  # what an operator sees on the admin listener
+            doc = status_document(f.router.state())  # what an operator sees on the admin listener
             assert doc["cluster_networks"] == ["127.0.0.0/24"] and doc["membership"] == "heard"
             assert doc["backends"]["n2"]["why_not"] == NEVER_HEARD and not doc["backends"]["n2"]["heard"]
             f.beats.start_node("n2")  # heard now: it serves

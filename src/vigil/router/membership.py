@@ -50,6 +50,7 @@ from vigil.net.transport import HeartbeatReceiver, HeartbeatTransport
 from vigil.net.watch_loop import WatchLoop
 from vigil.net.wire import Heartbeat
 from vigil.router.config import RouterConfig
+from vigil.router.metrics import MembershipState
 from vigil.store.base import Store, WatchEvent, prefix_end
 from vigil.store.keys import Keys
 from vigil.store.member_record import MemberRecord
@@ -98,6 +99,12 @@ class Membership:
     async def stop(self) -> None:
         await cancel_and_wait(*self._tasks, self._etcd_task)
         self.transport.close()
+
+    def state(self) -> MembershipState:
+        """The members as the router's status shows them (vigil.router.metrics)."""
+        r = self.receiver
+        return MembershipState(self.etcd_ok, r.counters, r.ring.members, self.networks.networks(),
+                               self.bad_records, self.bad_unlisted, self.failures)
 
     def reload_keys(self) -> bool:
         """Read the key ring again (SIGHUP); a ring that does not load changes

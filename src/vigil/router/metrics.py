@@ -5,19 +5,61 @@ Counters are updated on the data path; per-backend gauges (eligible,
 in-flight, concurrency limit, the engine's reported queue depth, latency)
 and the router's queue are read from the routing table at scrape time by a
 collector, so they are never stale and cost nothing per request.
+
+The collector and the status document read a RouterState: a typed view the
+router builds at request time (`Router.state()`, with `Membership.state()`).
+This module imports no part of the router (vigil.router.proxy imports it),
+and mypy checks that it reads only what the view declares
+(tests/unit/test_types.py).
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Collection, Iterator, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-# The router (vigil.router.proxy.Router) is passed in, never imported: proxy imports
-# this module, and the collector only reads its table, policy, queue and membership.
-Router = Any
+from vigil.core.routing import Backend
+
+if TYPE_CHECKING:
+    from vigil.router.http1 import Handler, Incoming, Reply
+
+
+@dataclass(frozen=True)
+class MembershipState:
+    """The router's view of the cluster's members (Membership.state)."""
+    etcd_ok: bool
+    heartbeat: Mapping[str, int]  # heartbeat packets received, by verdict
+    keyring: Mapping[str, Collection[int]]  # node -> the key ids accepted from it
+    networks: Sequence[object]  # the cluster's networks (vigil.core.allowlist), shown as str
+    bad_records: Mapping[str, str]  # key -> what is wrong with it
+    bad_unlisted: int  # bad records past the ones listed
+    failures: int  # membership loop errors survived
+
+
+@dataclass(frozen=True)
+class RouterState:
+    """What /metrics and /_vigil/status show, read at one instant `now` (monotonic)."""
+    now: float
+    backends: tuple[Backend, ...]
+    panicking: bool
+    waiting: int  # requests in the queue
+    shed: int  # shed on arrival (vigil.core.admission)
+    shed_late: int  # shed after waiting
+    queue_wait: float  # s
+    retries: int
+    retries_denied: int
+    retry_budget: float  # tokens left
+    idempotent_replays: int
+    connections: int
+    inflight: int
+    max_connections: int
+    max_inflight: int
+    membership_mode: str  # the config's `membership`
+    membership: MembershipState
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -27,7 +69,7 @@ class RouterMetrics:
         r = self.registry = CollectorRegistry()
         self.requests = Counter("vigil_router_requests", "Requests answered, by HTTP status.", ["code"],
                                 registry=r)
-        self._by_status: dict[int, Any] = {}
+        self._by_status: dict[int, Counter] = {}
         self.retries = Counter("vigil_router_retries", "Attempts retried on another node.", registry=r)
         self.stream_resumes = Counter("vigil_router_stream_resumes", "Streamed generations whose node failed "
                                       "mid-stream: resumed on another node, or broken (not resumable).",
@@ -54,8 +96,9 @@ class RouterMetrics:
             return
         self.state_changes.labels(node, "eligible" if state == "eligible" else "ineligible").inc()
 
-    def attach(self, router: Router) -> None:
-        self.registry.register(_TableCollector(router))
+    def attach(self, state: Callable[[], RouterState]) -> None:
+        """Read `state()` at each scrape (the router's, Router.state)."""
+        self.registry.register(_TableCollector(state))
 
     def finished(self, status: int, seconds: float) -> None:
         child = self._by_status.get(status)
@@ -69,14 +112,14 @@ class RouterMetrics:
 
 
 class _TableCollector:
-    def __init__(self, router: Router):
-        self.router = router
+    def __init__(self, state: Callable[[], RouterState]) -> None:
+        self.state = state
 
-    def collect(self) -> Iterator[Any]:
-        rt = self.router
-        now = rt.clock.now()
-        backends = list(rt.table.backends.values())
-        gauges = {
+    def collect(self) -> Iterator[Metric]:
+        rt = self.state()
+        now = rt.now
+        backends = rt.backends
+        gauges: dict[str, tuple[str, Callable[[Backend], float]]] = {
             "eligible": ("1 while the node may receive traffic.", lambda b: b.why_not(now) is None),
             "in_flight": ("Attempts this router has on the node now.", lambda b: b.outstanding),
             "limit": ("The node's adaptive concurrency limit (this router).", lambda b: b.limit.limit),
@@ -95,44 +138,47 @@ class _TableCollector:
             c.add_metric([b.name], b.shed_by_engine)
         yield c
         yield GaugeMetricFamily("vigil_router_queue_length", "Requests waiting for a slot.",
-                                value=len(rt.queue))
+                                value=rt.waiting)
         yield GaugeMetricFamily("vigil_router_panic", "1 while the panic threshold routes to every "
-                                "node not confirmed gone.", value=int(rt.table.panicking))
+                                "node not confirmed gone.", value=int(rt.panicking))
         yield CounterMetricFamily("vigil_router_retries_denied", "Retries refused by the retry budget.",
-                                  value=rt.policy.denied)
+                                  value=rt.retries_denied)
 
 
-def status_document(rt: Router) -> dict[str, Any]:
-    now = rt.clock.now()
+def status_document(rt: RouterState) -> dict[str, Any]:
+    now, m = rt.now, rt.membership
     return {
-        "etcd_ok": rt.membership.etcd_ok, "retries": rt.policy.retries,
-        "retry_budget": round(rt.policy.tokens, 2), "idempotent_replays": rt.cache.replays,
-        "queue": {"waiting": len(rt.queue), "shed": rt.admission.shed, "shed_late": rt.queue.shed_late,
-                  "queue_wait": rt.admission.queue_wait},
-        "panic": rt.table.panicking,
-        "backends": {b.name: {"url": b.url, "ready": b.ready, "heard": b.heard, "alive": b.alive,
-                              "state": b.state,
-                              "outstanding": b.outstanding, "limit": round(b.limit.limit, 2),
-                              "engine_queue": b.engine_queue, "shed_by_engine": b.shed_by_engine,
-                              "latency_ms": round(b.limit.latency * 1000, 1),
-                              "service_ms": round(b.limit.service * 1000, 1), "slots": b.limit.slots,
-                              "served": b.served, "failures": b.failures,
-                              "eligible": b.why_not(now) is None, "why_not": b.why_not(now)}
-                     for b in rt.table.backends.values()},
-        "limits": {"connections": len(rt.clients), "inflight": rt.active,
-                   "max_connections": rt.cfg.limits.max_connections,
-                   "max_inflight": rt.cfg.limits.max_inflight},
-        "heartbeat": dict(rt.membership.receiver.counters),
-        "keyring": {n: sorted(ids) for n, ids in rt.membership.receiver.ring.members.items()},
-        "membership": rt.cfg.membership,
-        "cluster_networks": [str(n) for n in rt.membership.networks.networks()],
-        "bad_records": dict(rt.membership.bad_records), "bad_records_unlisted": rt.membership.bad_unlisted,
-        "membership_failures": rt.membership.failures}
+        "etcd_ok": m.etcd_ok, "retries": rt.retries,
+        "retry_budget": round(rt.retry_budget, 2), "idempotent_replays": rt.idempotent_replays,
+        "queue": {"waiting": rt.waiting, "shed": rt.shed, "shed_late": rt.shed_late,
+                  "queue_wait": rt.queue_wait},
+        "panic": rt.panicking,
+        "backends": {b.name: _backend(b, now) for b in rt.backends},
+        "limits": {"connections": rt.connections, "inflight": rt.inflight,
+                   "max_connections": rt.max_connections,
+                   "max_inflight": rt.max_inflight},
+        "heartbeat": dict(m.heartbeat),
+        "keyring": {n: sorted(ids) for n, ids in m.keyring.items()},
+        "membership": rt.membership_mode,
+        "cluster_networks": [str(n) for n in m.networks],
+        "bad_records": dict(m.bad_records), "bad_records_unlisted": m.bad_unlisted,
+        "membership_failures": m.failures}
 
 
-def admin_handler(rt: Router):
+def _backend(b: Backend, now: float) -> dict[str, Any]:
+    return {"url": b.url, "ready": b.ready, "heard": b.heard, "alive": b.alive,
+            "state": b.state,
+            "outstanding": b.outstanding, "limit": round(b.limit.limit, 2),
+            "engine_queue": b.engine_queue, "shed_by_engine": b.shed_by_engine,
+            "latency_ms": round(b.limit.latency * 1000, 1),
+            "service_ms": round(b.limit.service * 1000, 1), "slots": b.limit.slots,
+            "served": b.served, "failures": b.failures,
+            "eligible": b.why_not(now) is None, "why_not": b.why_not(now)}
+
+
+def admin_handler(tokens: dict[str, str] | None, metrics: RouterMetrics, state: Callable[[], RouterState]) -> Handler:
     """The admin listener's handler: GET /metrics and GET /_vigil/status (with
-    `admin.tokens_file`, 401 without one of its bearer tokens), the status page
+    `admin.tokens_file`'s `tokens`, 401 without one of them), the status page
     GET /_vigil/ui (vigil.ui: it holds no data; its script fetches the status
     with the token), 404 else."""
     import json
@@ -143,9 +189,7 @@ def admin_handler(rt: Router):
 
     from vigil.web import bearer_holder
 
-    tokens = rt.cfg.admin_tokens
-
-    async def handle(req, reply) -> None:
+    async def handle(req: Incoming, reply: Reply) -> None:
         if req.method == "GET" and req.path in ("/_vigil/ui", "/_vigil/ui.js"):  # holds no data: open
             page = req.path == "/_vigil/ui"
             reply.whole(200, [("Content-Type", "text/html; charset=utf-8" if page else "text/javascript"),
@@ -154,10 +198,10 @@ def admin_handler(rt: Router):
             reply.whole(401, [("Content-Type", "text/plain"), ("WWW-Authenticate", "Bearer")],
                         b"needs Authorization: Bearer <token> (admin.tokens_file)\n")
         elif req.method == "GET" and req.path == "/metrics":
-            reply.whole(200, [("Content-Type", CONTENT_TYPE_LATEST)], rt.metrics.render())
+            reply.whole(200, [("Content-Type", CONTENT_TYPE_LATEST)], metrics.render())
         elif req.method == "GET" and req.path == "/_vigil/status":
             reply.whole(200, [("Content-Type", "application/json")],
-                        json.dumps(status_document(rt)).encode())
+                        json.dumps(status_document(state())).encode())
         else:
             reply.whole(404, [("Content-Type", "text/plain")], b"GET /metrics, /_vigil/status or /_vigil/ui\n")
     return handle

@@ -42,7 +42,7 @@ from vigil.router.front_close import quiesce, sweep
 from vigil.router.http1 import HOP_BY_HOP, FrontProtocol, Incoming, Listener, Reply
 from vigil.router.inflight import InFlight
 from vigil.router.keyed import KeyedRequests
-from vigil.router.metrics import RouterMetrics, admin_handler
+from vigil.router.metrics import RouterMetrics, RouterState, admin_handler
 from vigil.router.queue import SlotQueue
 from vigil.router.tracing import Tracing, tracing_from
 from vigil.router.continue_sign import client_continue, refused as continue_refused
@@ -78,7 +78,7 @@ class Router:
                                    lambda req, t0: self._route(req, t0, None, buffer=True))
         self.cache = self.keyed.cache
         self.metrics = RouterMetrics()
-        self.metrics.attach(self)
+        self.metrics.attach(self.state)
         self.membership = Membership(cfg, store, self.table, self.clock, self.eject, self._on_change)
         self.flight = InFlight()  # what `eject` and the first-byte timers cancel, with a cause
         self.pool = UpstreamPool(r.connect_timeout, cfg.limits.upstream_idle_per_backend)
@@ -98,6 +98,17 @@ class Router:
     async def start(self) -> None:
         await self.membership.start()
 
+    def state(self) -> RouterState:
+        """What /metrics and /_vigil/status show, read now (vigil.router.metrics)."""
+        p, lim = self.policy, self.cfg.limits
+        return RouterState(
+            now=self.clock.now(), backends=tuple(self.table.backends.values()), panicking=self.table.panicking,
+            waiting=len(self.queue), shed=self.admission.shed, shed_late=self.queue.shed_late,
+            queue_wait=self.admission.queue_wait, retries=p.retries, retries_denied=p.denied,
+            retry_budget=p.tokens, idempotent_replays=self.cache.replays, connections=len(self.clients),
+            inflight=self.active, max_connections=lim.max_connections, max_inflight=lim.max_inflight,
+            membership_mode=self.cfg.membership, membership=self.membership.state())
+
     async def listen(self, host: str, port: int) -> None:
         """Serve clients on host:port (raises OSError when it cannot bind), within
         `limits` (vigil.router.http1.Listener): idle client connections close after
@@ -116,7 +127,7 @@ class Router:
         most ADMIN_MAX_CONNS connections, swept with the client timeouts."""
         from vigil.web import server_tls
 
-        handler = admin_handler(self)
+        handler = admin_handler(self.cfg.admin_tokens, self.metrics, self.state)
         tls = server_tls(*self.cfg.admin_tls) if self.cfg.admin_tls else None
         loop = asyncio.get_running_loop()
         self._servers.append(await loop.create_server(
