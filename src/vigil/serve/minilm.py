@@ -36,37 +36,36 @@ class MiniLMEncoder:
 
         self.torch = torch
         self.max_length = int(json.loads((path / "sentence_bert_config.json").read_text())["max_seq_length"])
-        self.counting = Tokenizer.from_file(str(path / "tokenizer.json"))
-        self.counting.no_truncation()
-        self.counting.no_padding()
         self.tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+        self.tokenizer.no_truncation()  # the model's input is cut here (`_cut`): the count is of the whole
         self.tokenizer.no_padding()
-        self.tokenizer.enable_truncation(self.max_length)
         self.w: dict[str, Any] = load_file(str(path / "model.safetensors"))
         self.layers = sum(1 for k in self.w if k.endswith(".attention.self.query.weight"))
 
-    def tokens(self, texts: list[str]) -> int:
-        """How many tokens the texts are, untruncated (with [CLS] and [SEP] each)."""
-        return sum(len(e.ids) for e in self.counting.encode_batch(texts))
-
-    def encode(self, texts: list[str]) -> list[list[float]]:
-        """One unit vector per text, in order. The texts are batched longest first
-        (as sentence-transformers does): a batch is padded to its longest text, and
-        attention costs the square of that width."""
+    def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
+        """One unit vector per text, in order, and how many tokens the texts are
+        untruncated (with [CLS] and [SEP] each), from one tokenization. The texts
+        are batched longest first (as sentence-transformers does): a batch is
+        padded to its longest text, and attention costs the square of that width."""
         torch = self.torch
-        encodings = self.tokenizer.encode_batch(texts)
-        order = sorted(range(len(texts)), key=lambda i: -len(encodings[i].ids))
+        whole = [e.ids for e in self.tokenizer.encode_batch(texts)]
+        cut = [self._cut(ids) for ids in whole]
+        order = sorted(range(len(texts)), key=lambda i: -len(cut[i]))
         out: list[list[float]] = [[] for _ in texts]
         with torch.inference_mode():
             for start in range(0, len(order), BATCH):
                 batch = order[start:start + BATCH]
-                width = len(encodings[batch[0]].ids)
-                ids = torch.tensor([encodings[i].ids + [0] * (width - len(encodings[i].ids)) for i in batch])
-                mask = torch.tensor([[1] * len(encodings[i].ids) + [0] * (width - len(encodings[i].ids))
-                                     for i in batch])
+                width = len(cut[batch[0]])
+                ids = torch.tensor([cut[i] + [0] * (width - len(cut[i])) for i in batch])
+                mask = torch.tensor([[1] * len(cut[i]) + [0] * (width - len(cut[i])) for i in batch])
                 for i, vector in zip(batch, self._pooled(ids, mask).tolist()):
                     out[i] = vector
-        return out
+        return out, sum(len(ids) for ids in whole)
+
+    def _cut(self, ids: list[int]) -> list[int]:
+        """The model's input: the first max_length - 1 tokens and the closing [SEP]
+        (the tokenizer's own truncation of one sequence)."""
+        return ids if len(ids) <= self.max_length else ids[:self.max_length - 1] + ids[-1:]
 
     def _pooled(self, ids: Any, mask: Any) -> Any:
         torch, w = self.torch, self.w

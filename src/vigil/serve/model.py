@@ -52,9 +52,7 @@ class MiniLM:
     def embed(self, texts: list[str]) -> Embeddings:
         if self._model is None:
             raise VigilError("model not loaded")
-        vectors = self._model.encode(texts)
-        tokens = self._model.tokens(texts)
-        return Embeddings(vectors, tokens)
+        return Embeddings(*self._model.embed(texts))
 
 
 class NoEmbeddings:
