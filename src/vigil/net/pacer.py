@@ -46,14 +46,13 @@ Contract:
 from __future__ import annotations
 
 import asyncio
-import heapq
-import itertools
 import logging
 import select
 import socket
 import threading
 from typing import Any, Callable
 
+from vigil.net.timers import Timers
 from vigil.realtime import Applied, RealtimeSettings, apply
 
 log = logging.getLogger(__name__)
@@ -98,10 +97,8 @@ class Pacer:
         self.now, self.settings, self.loop = now, settings, loop
         self.applied: Applied | None = None
         self.errors = 0  # callbacks that raised on the thread
-        self.late = 0.0  # the longest a timer ran after it was due (s), for /status and the benches
+        self.timers = Timers(now)
         self._lock = threading.Lock()
-        self._timers: list[tuple[float, int, float, Callable[[], object]]] = []  # (when, seq, every, fn)
-        self._seq = itertools.count()
         self._sockets: dict[int, PacedTransport] = {}
         self._dropped: list[PacedTransport] = []
         self._added: list[int] = []  # sockets bound, not yet polled
@@ -142,10 +139,12 @@ class Pacer:
 
     # -- scheduling --------------------------------------------------------------------
     def every(self, interval: float, fn: Callable[[], object]) -> None:
-        self._push(self.now(), interval, fn)
+        self.timers.push(self.now(), interval, fn)
+        self._wake()
 
     def call_later(self, delay: float, fn: Callable[[], object]) -> None:
-        self._push(self.now() + delay, 0.0, fn)
+        self.timers.push(self.now() + delay, 0.0, fn)
+        self._wake()
 
     def guard(self, deadline: Callable[[], float | None], on_deadline: Callable[[], object]) -> None:
         self._deadline = (deadline, on_deadline)
@@ -157,11 +156,6 @@ class Pacer:
 
     def rearm(self) -> None:
         """The loop moved `due()`: the thread sleeps towards the new value."""
-        self._wake()
-
-    def _push(self, when: float, interval: float, fn: Callable[[], object]) -> None:
-        with self._lock:
-            heapq.heappush(self._timers, (when, next(self._seq), interval, fn))
         self._wake()
 
     # -- the thread ----------------------------------------------------------------------
@@ -191,7 +185,7 @@ class Pacer:
     def describe(self) -> dict[str, object]:
         """For /status: what the kernel granted, the thread's id, its worst lateness."""
         return {**(self.applied.describe() if self.applied else {}), "thread": self.native_id,
-                "longest_late_ms": round(self.late * 1000, 1), "errors": self.errors, "held_back": self.held_back}
+                "longest_late_ms": round(self.timers.late * 1000, 1), "errors": self.errors, "held_back": self.held_back}
 
     @property
     def native_id(self) -> int | None:
@@ -277,8 +271,8 @@ class Pacer:
                 self._wake()
 
     def _next_wake(self) -> float:
-        with self._lock:
-            nxt = self._timers[0][0] if self._timers else self.now() + MAX_NAP
+        first = self.timers.next_due()
+        nxt = first if first is not None else self.now() + MAX_NAP
         due = self._deadline[0]() if self._deadline else None
         nxt = min(nxt, due) if due is not None else nxt
         if self._look is None or self.loop is None or not self._reading:
@@ -333,15 +327,7 @@ class Pacer:
         return False
 
     def _run_due(self) -> None:
-        while True:
-            now = self.now()
-            with self._lock:
-                if not self._timers or self._timers[0][0] > now:
-                    return
-                when, _, interval, fn = heapq.heappop(self._timers)
-                if interval:  # fixed rate: a late run does not push the later ones back
-                    heapq.heappush(self._timers, (max(when + interval, now), next(self._seq), interval, fn))
-            self.late = max(self.late, now - when)
+        while (fn := self.timers.pop_due()) is not None:
             self._call(fn)
 
     def _check_deadline(self) -> None:
