@@ -135,7 +135,7 @@ class RoutingTable:
                                           limit=dataclasses.replace(self.new_limit))
         return self.backends[name]
 
-    # -- what the membership learns, by name: each returns whether it changed anything
+    # -- what the membership learns, by name (all but `member` return whether they changed anything)
     def member(self, name: str, url: str, weight: float = 1.0) -> None:
         """`name`'s member record: its inference URL and weight (the record is back)."""
         b = self.backend(name)
