@@ -43,6 +43,8 @@ SAMPLES: dict[str, tuple[str, Any]] = {
                                        "by": "n1", "at": 1.7e9}),
     "held": (K.hold("n2"), {"until": 1.7e9, "why": "flapping: 3 failures in 600 s"}),
     "switchover": (K.switchover, {"to": "n2", "by": "operator"}),
+    "drain": (K.drain_claim("n2"), {"since": 1.7e9}),
+    "drain epoch": (K.drain_epoch, {"by": "n2"}),
     "payloads": (K.payload("job:j:1"), {**Payload("job:j:1", "m", "job", 1.7e9, 12).record("n1"), "total": 6}),
     "events": (K.event("000661edd17274c3-n1-1"), {"at": 1.7e9, "node": "n1", "kind": "state_changed",
                                                   "cause": "n1 is now active", "id": "000661edd17274c3-n1-1"}),

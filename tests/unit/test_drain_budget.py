@@ -17,7 +17,11 @@ from hypothesis import strategies as st
 from vigil.agent.health import HealthMonitor
 from vigil.core.drain_budget import DrainBudget, DrainGate, Published, may_drain
 from vigil.core.health import DEGRADED, DRAINING, FAILED, READY, Finding, Verdict, incompatible, worst
+from vigil.errors import StoreError
 from vigil.probes.config import parse_health
+from vigil.store.drain_places import DrainPlaces
+from vigil.store.keys import Keys
+from vigil.testing import MemoryStore
 from vigil.testing.clock import FakeClock
 from vigil.testing.xid_log import XidLog
 
@@ -204,3 +208,124 @@ async def test_the_monitor_publishes_the_deferred_verdict_and_drains_once_a_plac
     m.see_members({"n1": Record(READY), "n2": Record(READY), "n3": Record(DEGRADED, True)})
     assert m.verdict.state == DRAINING and "drain" not in m.describe() and len(changes) == 2
     assert events[-1][0] == "health_verdict" and events[-1][1].startswith("draining: XID 48 on GPU 0")
+
+
+class Places:
+    """The places in etcd as vigil.store.drain_places keeps them: a claim is taken
+    only if no other claim came since the claimant read them."""
+
+    def __init__(self):
+        self.holders, self.epoch = set(), 0
+
+    def read(self):
+        return set(self.holders), self.epoch
+
+    def take(self, node, epoch):
+        if epoch != self.epoch:
+            return False
+        self.holders.add(node)
+        self.epoch += 1
+        return True
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(2, 18), st.integers(1, 4), st.floats(0.01, 0.6), st.integers(0, 2**32 - 1))
+def test_agents_reading_different_snapshots_never_exceed_the_budget_once_places_are_claimed(n, racks, share, seed):
+    """Each agent reads its own snapshot: any member's record may be the newest,
+    an older one, or not there yet (the race the records alone cannot settle:
+    two agents that do not see each other waiting both find the last place
+    free). Claims go through the places, read by every wanting agent before
+    any of them writes, in any order: the nodes out never outnumber the room,
+    cluster-wide or in any domain."""
+    rng = random.Random(seed)
+    names = [f"n{i}" for i in range(n)]
+    domains = {x: f"rack-{rng.randrange(racks)}" for x in names}
+    budget, places, now = DrainBudget(share), Places(), 0.0
+    gates = {x: DrainGate(x, budget, domains) for x in names}
+    for g in gates.values():
+        g.claims = True
+    history = [{x: Record(READY) for x in names}]
+    for _ in range(8):
+        views = {x: {y: h[y] for y in names if (h := rng.choice(history[-3:])) and y in h and rng.random() < 0.8}
+                 for x in names}
+        records = dict(history[-1])
+        for x in names:
+            gates[x].see({**views[x], x: history[-1][x]}, now)
+            v = gates[x].apply(XID48, now, T0 + now)
+            records[x] = Record(v.state, v.deferred, v.deferred_since if v.deferred else math.inf)
+        readings = {x: places.read() for x in names if gates[x].wants_place}
+        for x in rng.sample(sorted(readings), len(readings)):
+            holders, epoch = readings[x]
+            if gates[x].fits(holders) and places.take(x, epoch):
+                gates[x].grant()
+                v = gates[x].apply(XID48, now, T0 + now)
+                records[x] = Record(v.state, v.deferred, v.deferred_since if v.deferred else math.inf)
+        history.append(records)
+        now += 1.0
+        gone = {x for x, r in records.items() if r.verdict == DRAINING} | places.holders
+        room, per_domain = budget.rooms(n, domains)
+        assert len(gone) <= room, (gone, room)
+        for d, limit in per_domain.items():
+            assert len([x for x in gone if domains[x] == d]) <= limit, (d, gone, limit)
+    assert places.holders, "someone drains: a storm is not held back forever"
+
+
+async def test_the_monitor_claims_its_place_in_etcd_and_gives_it_back_when_the_drain_ends():
+    clock = FakeClock()
+    store = MemoryStore(clock)
+    store.start()
+    keys = Keys("c")
+    lease = (await store.grant(3600)).id  # outlives the XID's hold
+    m = HealthMonitor(parse_health({"gpu": "off", "kernel_log": "off", "drain_budget": 0.34}), clock,
+                      lambda kind, cause, **d: None, lambda: None, probes=[XidLog()],
+                      gate=DrainGate("n3", DrainBudget(0.34), {"n1": "a", "n2": "a", "n3": "a"}))
+    m.claim_places(DrainPlaces(store, keys, "n3"), lambda: lease)
+    await DrainPlaces(store, keys, "n1").take(0, T0, lease)  # n1 holds the one place; its record lags
+    await m.round()
+    clock.advance(2.0)
+    m.see_members({"n1": Record(READY), "n2": Record(READY), "n3": Record(DEGRADED, True)})
+    await _settled(m)
+    assert m.verdict.state == DEGRADED, "the records leave room, but n1's claim holds the place"
+    await DrainPlaces(store, keys, "n1").give_back()
+    m.see_members({"n1": Record(READY), "n2": Record(READY), "n3": Record(DEGRADED, True)})
+    await _settled(m)
+    assert m.verdict.state == DRAINING and list((await DrainPlaces(store, keys, "n2").read())[0]) == ["n3"]
+    m.probes = []  # the XIDs stop and their hold ends: the drain ends and the place is given back
+    clock.advance(601.0)
+    await m.round()
+    await _settled(m)
+    assert m.verdict.state == READY and (await DrainPlaces(store, keys, "n2").read())[0] == {}
+    await m.stop()
+    await store.close()
+
+
+async def _settled(m):
+    while m._place_work is not None:
+        await m._place_work
+
+
+async def test_a_node_etcd_refuses_places_to_judges_on_the_records_and_says_how_to_grant_them():
+    """A cluster whose etcd roles were made before the places existed: the drain
+    is not held back forever; the node says what to run."""
+    class Refusing(MemoryStore):
+        async def range(self, prefix, end=None):
+            if "/drain" in prefix:
+                raise StoreError("etcd: permission denied")
+            return await super().range(prefix, end)
+
+    clock, events = FakeClock(), []
+    store = Refusing(clock)
+    store.start()
+    m = HealthMonitor(parse_health({"gpu": "off", "kernel_log": "off", "drain_budget": 0.34}), clock,
+                      lambda kind, cause, **d: events.append((kind, cause)), lambda: None, probes=[XidLog()],
+                      gate=DrainGate("n3", DrainBudget(0.34), {"n1": "a", "n2": "a", "n3": "a"}))
+    m.claim_places(DrainPlaces(store, Keys("c"), "n3"), lambda: 7)
+    await m.round()
+    clock.advance(2.0)
+    m.see_members({"n1": Record(READY), "n2": Record(READY), "n3": Record(DEGRADED, True)})
+    await _settled(m)
+    assert m.verdict.state == DRAINING
+    assert [k for k, _ in events].count("drain_places_refused") == 1
+    assert "vigil etcd-auth init" in dict(events)["drain_places_refused"]
+    await m.stop()
+    await store.close()

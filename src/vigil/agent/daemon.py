@@ -52,6 +52,7 @@ from vigil.core.health import DEGRADED, more_severe
 from vigil.core.leader import LeaderRole
 from vigil.core.peers import TICK, PeerTransition
 from vigil.store.base import Store
+from vigil.store.drain_places import DrainPlaces
 from vigil.store.etcd import EtcdStore
 from vigil.store.etcd_version import warn_of_lease_bug
 from vigil.store.events import EventLog
@@ -192,6 +193,7 @@ class Agent:
         reconciler.before_resign, reconciler.after_resign = release.quiesce, release.after_resign
         if self.jobs:  # an orphaned shard is claimed on its owner record's deletion, not at a poll
             reconciler.watch.on_payload_gone = self.jobs.freed
+        self.health.claim_places(DrainPlaces(self.store, self.keys, self.cfg.node), self.registration.lease)
 
     def __repr__(self) -> str:
         return f"<Agent {self.cfg.node} {self.role!r} {self.registration.session!r}>"

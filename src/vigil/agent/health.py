@@ -17,7 +17,11 @@ Contract:
   (vigil.core.drain_budget): a drain the budget has no place for is
   published as degraded until one frees; `see_members` gives the gate each
   snapshot's member records and applies it again at once (a place that
-  frees is taken on the next snapshot, not the next round).
+  frees is taken on the next snapshot, not the next round). Once
+  `claim_places` is called, a place is also claimed in etcd before the
+  drain goes ahead (vigil.store.drain_places), one claim or give-back in
+  flight at a time, tried again on the next snapshot or round if etcd
+  refuses it; the claim is given back when the drain ends.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from vigil.core.compat import mismatches
 from vigil.core.drain_budget import DrainGate
 from vigil.core.facility import FacilityPolicy
 from vigil.core.thermal import ThermalTrend, gpu_rules
+from vigil.errors import StoreError
 from vigil.core.health import RESTART_SERVER, HealthPolicy, Verdict, incompatible
 from vigil.probes.base import Probe, Reading
 from vigil.probes.config import HealthConfig
@@ -38,6 +43,7 @@ from vigil.probes.fingerprint import node_fingerprint
 from vigil.probes.gpu import GpuProbe
 from vigil.probes.modbus import ModbusSensors
 from vigil.probes.xid import KmsgXids
+from vigil.store.drain_places import DrainPlaces
 from vigil.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -67,13 +73,25 @@ class HealthMonitor:
         self._task: asyncio.Task | None = None
         self._failing = ""
         self._alarms: dict[str, str] = {}  # the alarming source ("inlet", "GPU 0") -> its text
+        self.places: DrainPlaces | None = None
+        self._lease: Callable[[], int | None] = lambda: None
+        self._place_work: asyncio.Task | None = None  # a claim or a give-back in flight
+        self._maybe_holding = False  # a claim may exist in etcd (one was sent and not given back)
 
     async def start(self) -> None:
         await self.round()
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
+    def claim_places(self, places: DrainPlaces, lease: Callable[[], int | None]) -> None:
+        """Claim the drain budget's places in etcd, bound to `lease()` (the session's, None while there
+        is none)."""
+        self.places, self._lease = places, lease
+        if self.gate:
+            self.gate.claims = True
+
     async def stop(self) -> None:
         await cancel_and_wait(self._task)
+        await cancel_and_wait(self._place_work)
         for p in self.probes:
             close = getattr(p, "close", None)
             if close:
@@ -114,14 +132,60 @@ class HealthMonitor:
                 await self.restart_server(action)
         self._report_alarms(verdict.alarms)
         self.judged = verdict
-        self._adopt(self.gate.apply(verdict, self.clock.now(), self.clock.wall()) if self.gate else verdict)
+        self._gated()
 
     def see_members(self, records: Any) -> None:
         """The member records (name -> MemberRecord) of the snapshot just read:
         the drain budget is judged again on them."""
         if self.gate:
             self.gate.see(records, self.clock.now())
-            self._adopt(self.gate.apply(self.judged, self.clock.now(), self.clock.wall()))
+            self._gated()
+
+    def _gated(self) -> None:
+        """Adopt the judged verdict through the drain budget, and claim or give back a place."""
+        if self.gate is None:
+            self._adopt(self.judged)
+            return
+        self._adopt(self.gate.apply(self.judged, self.clock.now(), self.clock.wall()))
+        if self.places is None or self._place_work is not None:
+            return
+        if self.gate.wants_place:
+            self._place_work = asyncio.get_running_loop().create_task(self._claim(self.places, self.gate))
+        elif self._maybe_holding and not self.gate.granted:
+            self._place_work = asyncio.get_running_loop().create_task(self._give_back(self.places))
+
+    async def _claim(self, places: DrainPlaces, gate: DrainGate) -> None:
+        try:
+            lease = self._lease()
+            if lease is None:
+                return  # no session: no place to bind (the gate's stale rule covers etcd away)
+            holders, epoch = await places.read()
+            if not gate.wants_place or not gate.fits(holders):
+                return
+            self._maybe_holding = True  # a lost reply may still have taken it
+            if await places.take(epoch, gate.since_wall, lease):
+                gate.grant()
+                self._adopt(gate.apply(self.judged, self.clock.now(), self.clock.wall()))
+        except StoreError as e:
+            if "permission denied" not in str(e):
+                log.info("could not claim a drain place (tried again on the next snapshot): %s", e)
+            else:  # etcd's roles predate the places: judge on the records alone rather than never drain
+                gate.claims = False
+                self.record("drain_places_refused", f"etcd refused this node's drain place ({e}): the drain "
+                            "budget is judged on the member records alone; run `vigil etcd-auth init` again "
+                            "to grant drain/<node> and drain-epoch")
+                self._gated()
+        finally:
+            self._place_work = None
+
+    async def _give_back(self, places: DrainPlaces) -> None:
+        try:
+            await places.give_back()
+            self._maybe_holding = False
+        except StoreError as e:
+            log.info("could not give back the drain place (tried again on the next snapshot): %s", e)
+        finally:
+            self._place_work = None
 
     def _adopt(self, verdict: Verdict) -> None:
         previous = self.verdict

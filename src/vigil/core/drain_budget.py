@@ -21,9 +21,13 @@ reads, so no vote and no extra etcd write is needed:
   reason: it keeps serving (at half weight) and leads only when no ready
   member can, and it tries again on every snapshot.
 
-Agents that read the same snapshot agree on who goes first; two that read
-different snapshots may each take the last place at once, and the budget is
-then exceeded by at most the number of such races until the drains end.
+Agents that read the same snapshot agree on who goes first, but two that
+read different snapshots (one has not yet seen the other's record) could
+each take the last place at once. So a place is also claimed in etcd
+(vigil.store.drain_places), by a transaction that fails if another claim came
+since the places were read: the gate says it `wants_place`, the agent reads
+the holders, asks `fits(holders)` and, when the claim succeeds, `grant()`s.
+A holder counts as out whatever its record says yet.
 """
 
 from __future__ import annotations
@@ -73,19 +77,20 @@ class Published:
 
 
 def may_drain(me: str, budget: DrainBudget, published: Mapping[str, Published],
-              domains: Mapping[str, str]) -> bool:
+              domains: Mapping[str, str], holders: Iterable[str] = ()) -> bool:
     """Whether `me`, whose own verdict is a deferrable drain, may drain now.
     `published`: every member's record (`me` included where it has one);
-    `domains`: member -> failure domain, for every configured member."""
+    `domains`: member -> failure domain, for every configured member;
+    `holders`: the members that hold a claimed place (out, whatever their records say)."""
     mine = published.get(me)
     if mine is not None and mine.verdict in OUT:
         return True  # already out: it keeps its place
+    out = {n for n, r in published.items() if r.verdict in OUT} | (set(holders) - {me})
     room, per_domain = budget.rooms(_size(published, domains), domains)
-    for name, rec in published.items():
-        if rec.verdict in OUT:
-            room -= 1
-            _take(per_domain, domains.get(name))
-    waiting = {me, *(n for n, r in published.items() if r.deferred and r.verdict not in OUT)}
+    for name in out:
+        room -= 1
+        _take(per_domain, domains.get(name))
+    waiting = {me, *(n for n, r in published.items() if r.deferred and n not in out)}
     first = sorted(waiting, key=lambda n: (published[n].since if n in published else math.inf, n))
     for name in first:  # who waited longest goes first (then by name): nobody starves
         domain = domains.get(name)
@@ -112,7 +117,10 @@ class DrainGate:
     empty in the snapshot before the storm and drain). A place taken is kept
     until the drain ends, whatever the records say meanwhile. Without a
     snapshot for `stale` seconds (etcd away) the budget cannot be judged and
-    the node's own health comes first: it drains. A share of 1 is no budget."""
+    the node's own health comes first: it drains. A share of 1 is no budget.
+    With `claims` set, a place the records leave room for is not yet taken:
+    the gate `wants_place` until the agent's claim in etcd succeeds and it
+    calls `grant()` (see the module docstring)."""
 
     def __init__(self, me: str, budget: DrainBudget, domains: Mapping[str, str], settle: float = SETTLE,
                  stale: float = STALE):
@@ -122,6 +130,8 @@ class DrainGate:
         self._since: float | None = None  # when this drain was first deferred (monotonic)
         self._since_wall = 0.0  # the same, on the wall clock, for the other agents' ordering
         self._granted = False
+        self.claims = False  # places are claimed in etcd (the agent's DrainPlaces): `grant()` gives one
+        self.wants_place = False  # the records leave room for this node: claim a place now
 
     def see(self, records: Mapping[str, MemberState], now: float) -> None:
         """The member records (name -> MemberRecord) of the snapshot just read."""
@@ -130,24 +140,46 @@ class DrainGate:
     def apply(self, v: Verdict, now: float, wall: float) -> Verdict:
         """`v` itself, or `v` deferred (degraded) while the budget has no place for it."""
         if v.state != DRAINING or not v.deferrable:
-            self._since, self._granted = None, False
+            self._since, self._granted, self.wants_place = None, False, False
             return v
         if self._since is None:
             self._since, self._since_wall = now, wall
         seen = self._since if self._seen_at is None else self._seen_at
         if self._granted or self.budget.share >= 1 or now - seen > self.stale:
-            self._granted = True
+            self.grant()
             return v
         published = {n: Published(r.verdict, r.drain_deferred, r.drain_since) for n, r in self._records.items()}
         mine = published.get(self.me)
         said = mine is not None and (mine.deferred or mine.verdict in OUT) and now - self._since >= self.settle
-        if said and may_drain(self.me, self.budget, published, self.domains):
-            self._granted = True
+        self.wants_place = said and may_drain(self.me, self.budget, published, self.domains)
+        out_already = mine is not None and mine.verdict in OUT  # (restarted mid-drain) it holds a place
+        if self.wants_place and (not self.claims or out_already):
+            self.grant()
             return v
         room, per_domain = self.budget.rooms(_size(published, self.domains), self.domains)
         limit = f"{room} at once" + (f", {per_domain[d]} of {d}" if (d := self.domains.get(self.me)) in per_domain
                                      else "")
         return deferred(v, [n for n, p in published.items() if p.verdict in OUT], limit, self._since_wall)
+
+
+    @property
+    def granted(self) -> bool:
+        """This node holds a place (or needs none): its drain goes ahead."""
+        return self._granted
+
+    @property
+    def since_wall(self) -> float:
+        """Wall time this node began to wait for a place."""
+        return self._since_wall
+
+    def fits(self, holders: Iterable[str]) -> bool:
+        """Whether a place is left for this node with `holders` holding claimed places."""
+        published = {n: Published(r.verdict, r.drain_deferred, r.drain_since) for n, r in self._records.items()}
+        return may_drain(self.me, self.budget, published, self.domains, holders)
+
+    def grant(self) -> None:
+        """The place is this node's (its claim succeeded): `apply` lets the drain through."""
+        self._granted, self.wants_place = True, False
 
 
 def _size(published: Mapping[str, Published], domains: Mapping[str, str]) -> int:

@@ -9,7 +9,8 @@ them, and tests/system/test_secure_lab.py holds real etcd to them.
 - `vigil-<cluster>-node-<N>`, one role per agent, for etcd user N (the agent's
   user name is its node name):
   read everything under /vigil/<cluster>/ and /vigil-jobs/<cluster>/;
-  write its own member record `members/N` and the election key `leader`;
+  write its own member record `members/N`, the election key `leader`, its own
+  drain place `drain/N` and the key every drain claim moves, `drain-epoch`;
   write `state/`, `held/`, `fencing/` and `events/` (the leader writes other
   nodes' states, holds and fencing markers, and every node appends events,
   and etcd cannot say "only while leading" or "only append"), `payloads/` (a
@@ -60,6 +61,7 @@ def node_grants(keys: Keys, node: str) -> list[Grant]:
     """What agent `node` may read and write (see the module docstring)."""
     return [(READ, keys.prefix, True), (READ, keys.jobs, True),
             (READWRITE, keys.member(node), False), (READWRITE, keys.leader, False),
+            (READWRITE, keys.drain_claim(node), False), (READWRITE, keys.drain_epoch, False),
             *((READWRITE, p, True) for p in (keys.states, keys.holds, keys.fencing, keys.events,
                                              keys.payloads, keys.jobs + "progress/", keys.jobs + "result/"))]
 

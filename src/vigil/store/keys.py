@@ -46,6 +46,21 @@ class Keys:
     def holds(self) -> str:
         return self.prefix + "held/"
 
+    # The drain budget's places (vigil.store.drain_places): one claim per node
+    # taking a place, and the key every claim moves, so that two claims made on
+    # the same reading cannot both succeed. `drain-epoch` sorts just before
+    # `drain/`: one range read returns both.
+    @property
+    def drain_claims(self) -> str:
+        return self.prefix + "drain/"
+
+    def drain_claim(self, node: str) -> str:
+        return self.drain_claims + node
+
+    @property
+    def drain_epoch(self) -> str:
+        return self.prefix + "drain-epoch"
+
     @property
     def payloads(self) -> str:
         return self.prefix + "payloads/"

@@ -121,6 +121,29 @@ def parse_hold(key: str, text: str) -> Hold | BadRecord:
     return Hold(node, float(d["until"]), d.get("why", "")[:MAX_REASON])
 
 
+@dataclass(frozen=True)
+class DrainClaim:
+    """drain/<node>: `node` holds a place of the drain budget (vigil.store.drain_places)."""
+    node: str
+    since: float  # Unix time it began to wait for the place
+
+
+def parse_drain_claim(key: str, text: str) -> DrainClaim | BadRecord:
+    """drain/<node>: {since: Unix time}."""
+    node = _node_key(key)
+    d = node if isinstance(node, BadRecord) else decode_object(key, text)
+    if isinstance(d, BadRecord):
+        return d
+    if not unix_time(d.get("since")):
+        return BadRecord(key, f"not {{since: Unix time}}: {snippet(text)}")
+    return DrainClaim(node, float(d["since"]))
+
+
+def parse_drain_epoch(key: str, text: str) -> dict[str, Any] | BadRecord:
+    """drain-epoch: {by: node}, moved by every claim of a drain place (only its revision counts)."""
+    return decode_object(key, text)
+
+
 def parse_switchover(key: str, text: str) -> Switchover | BadRecord:
     """switchover: {to: node, by: who asked}."""
     d = decode_object(key, text)
@@ -210,6 +233,8 @@ FAMILIES: tuple[Family, ...] = (
     Family("fencing", lambda k: k.fencing, False, parse_fencing, True),
     Family("held", lambda k: k.holds, False, parse_hold, True),
     Family("switchover", lambda k: k.switchover, True, parse_switchover),
+    Family("drain", lambda k: k.drain_claims, False, parse_drain_claim, True),
+    Family("drain epoch", lambda k: k.drain_epoch, True, parse_drain_epoch),
     Family("payloads", lambda k: k.payloads, False, parse_payload),
     Family("events", lambda k: k.events, False, parse_event),
     Family("config", lambda k: k.config, True, parse_config),

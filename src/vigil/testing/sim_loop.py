@@ -4,9 +4,12 @@ simulations run the real agent (its tasks, timers, `asyncio.sleep` and
 
 Time: `loop.time()` is `clock.now()`. When nothing is ready to run, the loop
 does not wait: it advances the clock to the next timer (real file
-descriptors are still polled, without blocking, so worker threads and a
-real socket still complete). The agent is given the same clock, so its
-`clock.now()` and its timers are one time.
+descriptors are still polled, without blocking, so a real socket still
+completes). Work handed to a thread (`asyncio.to_thread`: probes, fsync)
+runs at once on the loop's own thread, in no virtual time: a real thread
+would finish at whatever virtual instant the host's scheduler lets it, and
+the same seed would not give the same run. The agent is given the same
+clock, so its `clock.now()` and its timers are one time.
 
 Processes: `spawn(name, coro)` runs a coroutine as a process; every task,
 timer and datagram it causes carries that process in its context
@@ -25,6 +28,7 @@ driver) always run.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextvars
 import gc
 import selectors
@@ -82,11 +86,24 @@ class _VirtualSelector(selectors.BaseSelector):
         self._real.close()
 
 
+class _InlineExecutor(concurrent.futures.ThreadPoolExecutor):
+    """The loop's default executor: each call runs where it is submitted, now."""
+
+    def submit(self, fn, /, *args, **kwargs):  # type: ignore[override]
+        done: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        try:
+            done.set_result(fn(*args, **kwargs))
+        except BaseException as e:  # noqa: BLE001 - handed to the awaiting task, as a thread would
+            done.set_exception(e)
+        return done
+
+
 class SimLoop(asyncio.SelectorEventLoop):
     def __init__(self, clock: FakeClock):
         super().__init__(_VirtualSelector(clock))
         self.clock = clock
         self.processes: list[SimProcess] = []
+        self.set_default_executor(_InlineExecutor(max_workers=1))
 
     def time(self) -> float:
         return self.clock.now()
