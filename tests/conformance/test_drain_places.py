@@ -34,6 +34,21 @@ async def test_two_claims_on_one_reading_one_is_taken(store):  # noqa: F811
     assert "n3" not in (await c.read())[0]
 
 
+async def test_a_claim_applied_late_after_its_give_back_is_refused(store):  # noqa: F811
+    """A claim whose reply was lost may be applied after the node gave its
+    place back (etcd: may or may not apply); the give-back moved the epoch,
+    so the late claim fails instead of holding the place for good."""
+    keys = Keys(uuid.uuid4().hex[:8], root="/conf-drain")
+    a = DrainPlaces(store, keys, "n1")
+    lease = (await store.grant(30)).id
+    _, epoch = await a.read()
+    await a.give_back()
+    assert not await a.take(epoch, 1.7e9, lease)
+    assert (await a.read())[0] == {}
+    await a.hold(1.7e9, lease)  # a hold is unconditional
+    assert list((await a.read())[0]) == ["n1"]
+
+
 async def test_a_claim_lives_as_long_as_its_lease(store):  # noqa: F811
     keys = Keys(uuid.uuid4().hex[:8], root="/conf-drain")
     a = DrainPlaces(store, keys, "n1")

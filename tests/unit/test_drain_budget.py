@@ -300,32 +300,78 @@ async def test_the_monitor_claims_its_place_in_etcd_and_gives_it_back_when_the_d
 
 
 async def _settled(m):
-    while m._place_work is not None:
-        await m._place_work
+    await m.place.idle()
 
 
-async def test_a_node_etcd_refuses_places_to_judges_on_the_records_and_says_how_to_grant_them():
-    """A cluster whose etcd roles were made before the places existed: the drain
-    is not held back forever; the node says what to run."""
+async def test_a_node_etcd_refuses_places_to_judges_on_the_records_says_how_to_grant_them_and_tries_again():
+    """A cluster whose etcd roles were made before the places existed (a node
+    may read the prefix but not write the places): the drain is not held back
+    forever, nothing is given back that was never taken, the node says what
+    to run, and it tries the places again later."""
     class Refusing(MemoryStore):
-        async def range(self, prefix, end=None):
-            if "/drain" in prefix:
+        refuse, txns = True, 0
+
+        async def txn(self, expect, puts, deletes=()):
+            self.txns += 1
+            if self.refuse:
                 raise StoreError("etcd: permission denied")
-            return await super().range(prefix, end)
+            return await super().txn(expect, puts, deletes)
 
     clock, events = FakeClock(), []
     store = Refusing(clock)
     store.start()
+    lease = (await store.grant(3600)).id
     m = HealthMonitor(parse_health({"gpu": "off", "kernel_log": "off", "drain_budget": 0.34}), clock,
                       lambda kind, cause, **d: events.append((kind, cause)), lambda: None, probes=[XidLog()],
                       gate=DrainGate("n3", DrainBudget(0.34), {"n1": "a", "n2": "a", "n3": "a"}))
-    m.claim_places(DrainPlaces(store, Keys("c"), "n3"), lambda: 7)
+    m.claim_places(DrainPlaces(store, Keys("c"), "n3"), lambda: lease)
     await m.round()
     clock.advance(2.0)
-    m.see_members({"n1": Record(READY), "n2": Record(READY), "n3": Record(DEGRADED, True)})
+    records = {"n1": Record(READY), "n2": Record(READY), "n3": Record(DEGRADED, True)}
+    m.see_members(records)
+    await _settled(m)
+    assert m.verdict.state == DRAINING and store.txns == 1
+    for _ in range(5):
+        m.see_members(records)
+        await _settled(m)
+    assert store.txns == 1, "no give-back of a place never taken, no claim until the retry"
+    assert [k for k, _ in events].count("drain_places_refused") == 1
+    assert "vigil etcd-auth apply" in dict(events)["drain_places_refused"]
+    store.refuse = False
+    clock.advance(301.0)
+    m.see_members(records)
+    await _settled(m)
+    holders, _ = await DrainPlaces(store, Keys("c"), "n1").read()
+    assert list(holders) == ["n3"], "once the roles allow it, the drain holds its claim"
+    await m.stop()
+    await store.close()
+
+
+async def test_a_drain_granted_without_a_claim_writes_one_and_moves_it_to_a_new_lease():
+    """Already out when it restarted (its record says draining): it drains at
+    once, and its claim is written for the others to count; when the session
+    is replaced mid-drain the claim moves to the new lease."""
+    clock = FakeClock()
+    store = MemoryStore(clock)
+    store.start()
+    leases = [(await store.grant(3600)).id]
+    m = HealthMonitor(parse_health({"gpu": "off", "kernel_log": "off", "drain_budget": 0.34}), clock,
+                      lambda kind, cause, **d: None, lambda: None, probes=[XidLog()],
+                      gate=DrainGate("n3", DrainBudget(0.34), {"n1": "a", "n2": "a", "n3": "a"}))
+    m.claim_places(DrainPlaces(store, Keys("c"), "n3"), lambda: leases[-1])
+    m.gate.see({"n3": Record(DRAINING)}, clock.now())
+    await m.round()
+    clock.advance(2.0)
+    m.see_members({"n3": Record(DRAINING)})
     await _settled(m)
     assert m.verdict.state == DRAINING
-    assert [k for k, _ in events].count("drain_places_refused") == 1
-    assert "vigil etcd-auth init" in dict(events)["drain_places_refused"]
+    kv = await store.get(Keys("c").drain_claim("n3"))
+    assert kv is not None and kv.lease == leases[0]
+    await store.revoke(leases[0])
+    leases.append((await store.grant(3600)).id)
+    m.see_members({"n3": Record(DRAINING)})
+    await _settled(m)
+    kv = await store.get(Keys("c").drain_claim("n3"))
+    assert kv is not None and kv.lease == leases[1]
     await m.stop()
     await store.close()

@@ -19,9 +19,7 @@ Contract:
   snapshot's member records and applies it again at once (a place that
   frees is taken on the next snapshot, not the next round). Once
   `claim_places` is called, a place is also claimed in etcd before the
-  drain goes ahead (vigil.store.drain_places), one claim or give-back in
-  flight at a time, tried again on the next snapshot or round if etcd
-  refuses it; the claim is given back when the drain ends.
+  drain goes ahead and given back when it ends (vigil.agent.drain_place).
 """
 
 from __future__ import annotations
@@ -30,12 +28,12 @@ import asyncio
 import logging
 from typing import Any, Awaitable, Callable
 
+from vigil.agent.drain_place import PlaceKeeper
 from vigil.clock import Clock
 from vigil.core.compat import mismatches
 from vigil.core.drain_budget import DrainGate
 from vigil.core.facility import FacilityPolicy
 from vigil.core.thermal import ThermalTrend, gpu_rules
-from vigil.errors import StoreError
 from vigil.core.health import RESTART_SERVER, HealthPolicy, Verdict, incompatible
 from vigil.probes.base import Probe, Reading
 from vigil.probes.config import HealthConfig
@@ -73,10 +71,7 @@ class HealthMonitor:
         self._task: asyncio.Task | None = None
         self._failing = ""
         self._alarms: dict[str, str] = {}  # the alarming source ("inlet", "GPU 0") -> its text
-        self.places: DrainPlaces | None = None
-        self._lease: Callable[[], int | None] = lambda: None
-        self._place_work: asyncio.Task | None = None  # a claim or a give-back in flight
-        self._maybe_holding = False  # a claim may exist in etcd (one was sent and not given back)
+        self.place: PlaceKeeper | None = None
 
     async def start(self) -> None:
         await self.round()
@@ -85,13 +80,13 @@ class HealthMonitor:
     def claim_places(self, places: DrainPlaces, lease: Callable[[], int | None]) -> None:
         """Claim the drain budget's places in etcd, bound to `lease()` (the session's, None while there
         is none)."""
-        self.places, self._lease = places, lease
         if self.gate:
-            self.gate.claims = True
+            self.place = PlaceKeeper(places, self.gate, lease, self.clock, self.record, self._gated)
 
     async def stop(self) -> None:
         await cancel_and_wait(self._task)
-        await cancel_and_wait(self._place_work)
+        if self.place:
+            await self.place.stop()
         for p in self.probes:
             close = getattr(p, "close", None)
             if close:
@@ -142,50 +137,13 @@ class HealthMonitor:
             self._gated()
 
     def _gated(self) -> None:
-        """Adopt the judged verdict through the drain budget, and claim or give back a place."""
+        """Adopt the judged verdict through the drain budget, and keep the place in etcd in step."""
         if self.gate is None:
             self._adopt(self.judged)
             return
         self._adopt(self.gate.apply(self.judged, self.clock.now(), self.clock.wall()))
-        if self.places is None or self._place_work is not None:
-            return
-        if self.gate.wants_place:
-            self._place_work = asyncio.get_running_loop().create_task(self._claim(self.places, self.gate))
-        elif self._maybe_holding and not self.gate.granted:
-            self._place_work = asyncio.get_running_loop().create_task(self._give_back(self.places))
-
-    async def _claim(self, places: DrainPlaces, gate: DrainGate) -> None:
-        try:
-            lease = self._lease()
-            if lease is None:
-                return  # no session: no place to bind (the gate's stale rule covers etcd away)
-            holders, epoch = await places.read()
-            if not gate.wants_place or not gate.fits(holders):
-                return
-            self._maybe_holding = True  # a lost reply may still have taken it
-            if await places.take(epoch, gate.since_wall, lease):
-                gate.grant()
-                self._adopt(gate.apply(self.judged, self.clock.now(), self.clock.wall()))
-        except StoreError as e:
-            if "permission denied" not in str(e):
-                log.info("could not claim a drain place (tried again on the next snapshot): %s", e)
-            else:  # etcd's roles predate the places: judge on the records alone rather than never drain
-                gate.claims = False
-                self.record("drain_places_refused", f"etcd refused this node's drain place ({e}): the drain "
-                            "budget is judged on the member records alone; run `vigil etcd-auth init` again "
-                            "to grant drain/<node> and drain-epoch")
-                self._gated()
-        finally:
-            self._place_work = None
-
-    async def _give_back(self, places: DrainPlaces) -> None:
-        try:
-            await places.give_back()
-            self._maybe_holding = False
-        except StoreError as e:
-            log.info("could not give back the drain place (tried again on the next snapshot): %s", e)
-        finally:
-            self._place_work = None
+        if self.place:
+            self.place.tend()
 
     def _adopt(self, verdict: Verdict) -> None:
         previous = self.verdict

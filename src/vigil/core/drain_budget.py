@@ -153,7 +153,7 @@ class DrainGate:
         said = mine is not None and (mine.deferred or mine.verdict in OUT) and now - self._since >= self.settle
         self.wants_place = said and may_drain(self.me, self.budget, published, self.domains)
         out_already = mine is not None and mine.verdict in OUT  # (restarted mid-drain) it holds a place
-        if self.wants_place and (not self.claims or out_already):
+        if self.wants_place and (not self.claims or out_already):  # the keeper then writes its claim
             self.grant()
             return v
         room, per_domain = self.budget.rooms(_size(published, self.domains), self.domains)
@@ -166,6 +166,11 @@ class DrainGate:
     def granted(self) -> bool:
         """This node holds a place (or needs none): its drain goes ahead."""
         return self._granted
+
+    @property
+    def claiming(self) -> bool:
+        """A place held needs a claim in etcd (claims are on and there is a budget)."""
+        return self.claims and self.budget.share < 1
 
     @property
     def since_wall(self) -> float:

@@ -20,7 +20,14 @@ Contract:
   still at `revision`: True when taken, False when another claim came
   first. The claim lives as long as the lease: a node that dies frees its
   place within the lease TTL.
-- `give_back()` deletes this node's claim (a drain ended); idempotent.
+- `hold(since, lease)` (re)writes this node's claim whatever the places
+  hold: for a node already out without one (it restarted mid-drain, or it
+  drained while etcd was away) and for a claim to move to a new lease.
+- `give_back()` deletes this node's claim (a drain ended); idempotent. Every
+  write moves the epoch, the give-back too, so a claim whose reply was lost
+  and which etcd applies late (StoreUnavailable: it may or may not apply)
+  fails its condition instead of landing after the give-back and holding a
+  place for the rest of the node's life.
 - Store errors (StoreError) reach the caller, which tries again later.
 """
 
@@ -58,10 +65,17 @@ class DrainPlaces:
     async def take(self, revision: int, since: float, lease: int) -> bool:
         epoch = (Expect(self.keys.drain_epoch, mod_revision=revision) if revision
                  else Expect(self.keys.drain_epoch, create_revision=0))
-        taken, _ = await self.store.txn(
-            [epoch], [(self.keys.drain_claim(self.me), json.dumps({"since": since}), lease),
-                      (self.keys.drain_epoch, json.dumps({"by": self.me}), 0)])
+        taken, _ = await self.store.txn([epoch], [self._claim(since, lease), self._epoch()])
         return taken
 
+    async def hold(self, since: float, lease: int) -> None:
+        await self.store.txn([], [self._claim(since, lease), self._epoch()])
+
     async def give_back(self) -> None:
-        await self.store.delete(self.keys.drain_claim(self.me))
+        await self.store.txn([], [self._epoch()], [self.keys.drain_claim(self.me)])
+
+    def _claim(self, since: float, lease: int) -> tuple[str, str, int]:
+        return self.keys.drain_claim(self.me), json.dumps({"since": since}), lease
+
+    def _epoch(self) -> tuple[str, str, int]:
+        return self.keys.drain_epoch, json.dumps({"by": self.me}), 0

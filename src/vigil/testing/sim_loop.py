@@ -8,7 +8,9 @@ descriptors are still polled, without blocking, so a real socket still
 completes). Work handed to a thread (`asyncio.to_thread`: probes, fsync)
 runs at once on the loop's own thread, in no virtual time: a real thread
 would finish at whatever virtual instant the host's scheduler lets it, and
-the same seed would not give the same run. The agent is given the same
+the same seed would not give the same run (so work that blocks there
+blocks every simulated process and the clock: a hung probe is modelled by
+a probe that answers late in virtual time, not by one that blocks). The agent is given the same
 clock, so its `clock.now()` and its timers are one time.
 
 Processes: `spawn(name, coro)` runs a coroutine as a process; every task,
