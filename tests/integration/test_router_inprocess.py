@@ -158,3 +158,32 @@ async def test_busy_engine_stays_ready_a_silent_one_is_hung_a_stalled_one_too(tm
         stop.set()
         await task
         await srv.cleanup()
+
+
+def answering(status: int, body: dict) -> web.Application:
+    async def completions(_: web.Request) -> web.Response:
+        return web.json_response(body, status=status)
+    app = web.Application()
+    app.add_routes([web.post("/v1/completions", completions)])
+    return app
+
+
+NOT_READY = {"error": {"message": "not ready: loading the model", "type": "server_error", "code": "not_ready"}}
+
+
+async def test_a_post_an_engine_refused_as_not_ready_goes_to_another_node_and_a_plain_503_does_not():
+    """A model server that is loading answers 503 `not_ready`: it ran nothing,
+    so even a POST goes elsewhere (the lab's streams bench lost 1,302 streams
+    to a loading server the router kept choosing in panic mode). A 503 that
+    does not say so may have run: an unsafe request ends with it."""
+    ok = answering(200, {"choices": [{"text": "hi"}]})
+    async with router_over({"n1": answering(503, NOT_READY), "n2": ok}, cluster="nr") as (_, url):
+        async with aiohttp.ClientSession() as http:
+            for _ in range(6):  # the router takes turns: n1 comes first in some of them
+                async with http.post(f"{url}/v1/completions", json={}) as r:
+                    assert (r.status, r.headers["X-Vigil-Node"]) == (200, "n2"), await r.text()
+    busy = {"error": {"message": "engine wedged", "code": "internal"}}
+    async with router_over({"n1": answering(503, busy), "n2": answering(503, busy)}, cluster="nr2") as (_, url):
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{url}/v1/completions", json={}) as r:
+                assert r.status == 503 and "not retried: unsafe request" in await r.text()

@@ -180,7 +180,7 @@ def test_an_engine_shedding_the_last_allowed_attempt_sheds_the_request():
     assert isinstance(end, Shed) and end.reason == "engine_full"
 
 
-KINDS = ["connect", "reset", "status", "first_byte", "ejected", "overloaded"]
+KINDS = ["connect", "reset", "status", "first_byte", "ejected", "overloaded", "unready"]
 outcome = st.one_of(st.just(None), st.tuples(st.sampled_from(KINDS), st.sampled_from([None, 502, 503, 504])))
 
 
@@ -213,3 +213,12 @@ def test_the_plan_never_tries_a_backend_twice_and_ends_within_its_budget(
     else:
         raise AssertionError("the plan did not end")
     assert len(tried) <= max_attempts
+
+
+def test_an_unsafe_request_its_engine_refused_as_not_ready_goes_elsewhere():
+    p = plan(table("a", "b"), safe=False)
+    first = p.next(0.0, 0)
+    assert p.failed(0.0, "unready", "HTTP 503 not ready: loading the model", 503)
+    second = p.next(0.0, 0)
+    assert isinstance(second, Try) and second.backend.name != first.backend.name
+    assert not p.maybe_ran, "it never ran: a keyed request's key is freed"

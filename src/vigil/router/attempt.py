@@ -5,6 +5,7 @@ arrived) or `AttemptFailed` whose `kind` says what the router may do next
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -16,7 +17,9 @@ from vigil.router.upstream import ConnectFailed, Upstream, UpstreamBroken, Upstr
 
 class AttemptFailed(Exception):
     """One attempt got no usable answer. `kind`: connect (never sent) | reset |
-    status | first_byte (no first byte in time) | ejected | overloaded (the engine shed it)."""
+    status | first_byte (no first byte in time) | ejected | overloaded (the engine shed it)
+    | unready (the engine refused it before running it: a 503 whose error code is
+    `not_ready`, what Vigil's model server answers while it loads or drains)."""
 
     def __init__(self, kind: str, cause: str, status: int | None = None):
         super().__init__(cause)
@@ -43,10 +46,10 @@ async def send_attempt(pool: UpstreamPool, url: str, req: Incoming) -> Answer:
                       req.method == "HEAD")
         status = up.status
         if status in RETRYABLE_STATUS or status == 429:
-            detail = (await up.read_all())[:200].decode(errors="replace")
+            body = await up.read_all()
             up.release()  # (which resets `up` for its next request)
-            raise AttemptFailed("overloaded" if status == 429 else "status",
-                                f"HTTP {status} {detail}", status)
+            kind = "overloaded" if status == 429 else "unready" if status == 503 and not_ready(body) else "status"
+            raise AttemptFailed(kind, f"HTTP {status} {body[:200].decode(errors='replace')}", status)
         if _small(up):
             return Answer(up, await up.read_all(), True)
         return Answer(up, await up.read(), False)
@@ -57,6 +60,19 @@ async def send_attempt(pool: UpstreamPool, url: str, req: Incoming) -> Answer:
         if up.transport:
             up.transport.abort()  # mid-request: this connection can carry nothing more
         raise
+
+
+def not_ready(body: bytes) -> bool:
+    """An error answer whose code says the engine ran nothing: {"error": {"code": "not_ready"}}
+    (vigil.serve.server). Never raises; a body past 4 KiB is not one."""
+    if len(body) > 4096:
+        return False
+    try:
+        doc = json.loads(body)
+    except ValueError:  # (UnicodeDecodeError and JSONDecodeError are ValueErrors)
+        return False
+    err = doc.get("error") if isinstance(doc, dict) else None
+    return isinstance(err, dict) and err.get("code") == "not_ready"
 
 
 def engine_report(up: Upstream) -> tuple[float | None, float | None, int | None]:
