@@ -148,7 +148,7 @@ class DrainGate:
         if self._granted or self.budget.share >= 1 or now - seen > self.stale:
             self.grant()
             return v
-        published = {n: Published(r.verdict, r.drain_deferred, r.drain_since) for n, r in self._records.items()}
+        published = self._published()
         mine = published.get(self.me)
         said = mine is not None and (mine.deferred or mine.verdict in OUT) and now - self._since >= self.settle
         self.wants_place = said and may_drain(self.me, self.budget, published, self.domains)
@@ -160,7 +160,6 @@ class DrainGate:
         limit = f"{room} at once" + (f", {per_domain[d]} of {d}" if (d := self.domains.get(self.me)) in per_domain
                                      else "")
         return deferred(v, [n for n, p in published.items() if p.verdict in OUT], limit, self._since_wall)
-
 
     @property
     def granted(self) -> bool:
@@ -179,12 +178,14 @@ class DrainGate:
 
     def fits(self, holders: Iterable[str]) -> bool:
         """Whether a place is left for this node with `holders` holding claimed places."""
-        published = {n: Published(r.verdict, r.drain_deferred, r.drain_since) for n, r in self._records.items()}
-        return may_drain(self.me, self.budget, published, self.domains, holders)
+        return may_drain(self.me, self.budget, self._published(), self.domains, holders)
 
     def grant(self) -> None:
         """The place is this node's (its claim succeeded): `apply` lets the drain through."""
         self._granted, self.wants_place = True, False
+
+    def _published(self) -> dict[str, Published]:
+        return {n: Published(r.verdict, r.drain_deferred, r.drain_since) for n, r in self._records.items()}
 
 
 def _size(published: Mapping[str, Published], domains: Mapping[str, str]) -> int:
