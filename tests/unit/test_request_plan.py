@@ -218,7 +218,22 @@ def test_the_plan_never_tries_a_backend_twice_and_ends_within_its_budget(
 def test_an_unsafe_request_its_engine_refused_as_not_ready_goes_elsewhere():
     p = plan(table("a", "b"), safe=False)
     first = p.next(0.0, 0)
-    assert p.failed(0.0, "unready", "HTTP 503 not ready: loading the model", 503)
+    assert not p.failed(0.0, "unready", "HTTP 503 not ready: loading the model", 503), "no retry spent"
     second = p.next(0.0, 0)
     assert isinstance(second, Try) and second.backend.name != first.backend.name
     assert not p.maybe_ran, "it never ran: a keyed request's key is freed"
+    assert t_why(p, first.backend.name).startswith("inhibited"), "the table heard it"
+
+
+def test_engines_that_all_say_not_ready_end_it_with_their_503_within_the_attempt_cap():
+    p = plan(table("a", "b", "c"), safe=False, max_attempts=2, tokens=0.0)
+    p.next(0.0, 0)
+    p.failed(0.0, "unready", "HTTP 503 not ready", 503)
+    assert isinstance(p.next(0.0, 0), Try), "an empty retry budget does not stop it"
+    p.failed(0.0, "unready", "HTTP 503 not ready", 503)
+    end = p.next(0.0, 0)
+    assert isinstance(end, Fail) and end.code == 503 and not end.maybe_ran and "after 2 attempts" in end.message
+
+
+def t_why(p, name):
+    return p.table.backend(name).why_not(0.1)

@@ -23,10 +23,11 @@ Steps:
   (vigil.core.routing.RetryPolicy) refuses another attempt: an unsafe request
   that may have run, the attempt cap, the budget, or a 4xx.
 
-A request that was never received (the connection refused) or that its
-engine refused before running it (`unready`: a 503 saying `not_ready`, a
-server still loading its model) is safe to send elsewhere whatever its
-method. `maybe_ran` marks an end after an attempt
+A request that was never received (the connection refused) is safe to send
+elsewhere whatever its method. So is one its engine refused saying it ran
+nothing (`unready`: a 503 whose code is `not_ready`, a server still loading
+its model), as an engine's 429 is, and neither spends the retry budget: the
+budget guards engines against repeated work, and there was none. `maybe_ran` marks an end after an attempt
 that may have run the request (reset, no first byte, ejected, a 5xx): a
 keyed request's key is then kept (vigil.router.keyed), not freed for a retry
 that could run it twice. The plan also feeds the table what the attempts
@@ -43,7 +44,6 @@ from vigil.core.routing import Backend, RetryPolicy, RoutingTable
 
 # Sent, and it may have run: reset, no first byte, node ejected, or the backend answered a 5xx.
 UNKNOWN_OUTCOME = frozenset({"reset", "first_byte", "ejected", "status"})
-NEVER_RAN = frozenset({"connect", "unready"})  # never received, or refused before it ran
 
 
 @dataclass(frozen=True)
@@ -136,6 +136,11 @@ class RequestPlan:
             if self.attempts >= self.policy.max_attempts:
                 self.end = self._shed("engine_full", self.full)
             return False
+        if kind == "unready":  # it ran nothing and said why: another node may, no retry spent
+            self.table.failed(b.name, now)
+            if self.attempts >= self.policy.max_attempts:
+                self.end = self._fail(status or 503, f"{self.last} (after {self.attempts} attempts)")
+            return False
         if kind != "first_byte":
             # Slow is not hung: whether the engine still makes progress is its agent's
             # verdict (vigil.core.engine), which reaches the router as readiness within a
@@ -143,8 +148,8 @@ class RequestPlan:
             # missed behind a deep queue only moves this request; the node keeps its traffic.
             self.table.failed(b.name, now)
         self.maybe_ran = self.maybe_ran or kind in UNKNOWN_OUTCOME
-        # Never received or never run: safe to send elsewhere, whatever the method.
-        if self.policy.may_retry(self.attempts, self.safe or kind in NEVER_RAN, status):
+        # Never received (no connection): safe to send elsewhere, whatever the method.
+        if self.policy.may_retry(self.attempts, self.safe or kind == "connect", status):
             return True
         why = "unsafe request" if not self.safe else "retry limit or budget"
         self.end = self._fail(status or (504 if kind == "first_byte" else 502),

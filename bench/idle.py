@@ -1,0 +1,92 @@
+"""Idle cost: the CPU and memory of each agent, the router and each etcd
+member of a 3-node lab at rest (100 ms heartbeats, the lab's timers), against
+the target of issue 26: under 2 % of a core per agent.
+
+The lab is measured once every agent holds its session and sees every peer
+alive (the state waited for, not a clock); then the CPU time each process
+spent (user + system, /proc/<pid>/stat) over `--seconds` of wall time, and
+its resident memory (VmRSS) at the end. The same run measures the agents
+both as their heartbeat thread runs (heartbeat.realtime, what `vigil init`
+writes) and on the agent's loop (the lab's default), so the cost of each is
+read side by side. No model server runs: their cost is the engine's.
+
+Usage: python bench/idle.py [--seconds 60]
+Writes bench/results/idle.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import write  # noqa: E402
+
+from vigil.lab import Lab  # noqa: E402
+from vigil.lab.cluster import LAB_TIMING  # noqa: E402
+
+TICKS = os.sysconf("SC_CLK_TCK")
+TARGET = 2.0  # % of a core per agent (issue 26)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of `pid` (its threads included), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime (fields 14 and 15)
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def measure(realtime: bool, seconds: float) -> dict[str, dict[str, float]]:
+    root = Path(tempfile.mkdtemp(prefix="vigil-idle-"))
+    workload = {"realtime": {"priority": 10, "lock_memory": True}} if realtime else {}
+    lab = Lab.up(root / "lab", 3, router=True, workload=workload)
+    try:
+        lab.wait_for(lab.ready, 60, "every agent in session, every peer alive")
+        procs = {f"agent {n.name}": n.agent_pid for n in lab.nodes}
+        procs["router"] = lab.router.pid
+        procs.update({f"etcd {m.name}": m.pid for m in lab.etcd.members})
+        t0, before = time.monotonic(), {k: cpu_seconds(p) for k, p in procs.items()}
+        lab.wait_for(lambda: time.monotonic() - t0 >= seconds, seconds + 30, f"{seconds:g} s at rest")
+        wall = time.monotonic() - t0
+        assert lab.ready(), "the lab stayed whole while measured"
+        return {k: {"cpu_pct": round(100 * (cpu_seconds(p) - before[k]) / wall, 2), "rss_mb": round(rss_mb(p), 1)}
+                for k, p in procs.items()}
+    finally:
+        lab.down()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=60.0)
+    args = ap.parse_args()
+    runs = {}
+    for realtime in (False, True):
+        key = "heartbeat thread (realtime)" if realtime else "agent's loop"
+        runs[key] = measure(realtime, args.seconds)
+        print(key, runs[key], flush=True)
+    rows = [["heartbeats on", "process", "CPU (% of a core)", "RSS (MB)"]]
+    for key, procs in runs.items():
+        for name, m in procs.items():
+            rows.append([key, name, m["cpu_pct"], m["rss_mb"]])
+    agents = [m["cpu_pct"] for procs in runs.values() for k, m in procs.items() if k.startswith("agent")]
+    notes = (f"3 nodes, heartbeat every {LAB_TIMING['heartbeat_interval'] * 1000:g} ms to 2 peers and the "
+             f"router, the lab's lease timers ({LAB_TIMING}); {args.seconds:g} s at rest after every agent held "
+             f"its session and saw every peer alive; no model server. Target: under {TARGET:g} % of a core per "
+             f"agent; the most an agent took here: {max(agents):g} %.")
+    write("idle", {"seconds": args.seconds, "timing": LAB_TIMING, "target_pct": TARGET, "runs": runs}, rows, notes)
+
+
+if __name__ == "__main__":
+    main()
