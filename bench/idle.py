@@ -3,9 +3,11 @@ member of a 3-node lab at rest (100 ms heartbeats, the lab's timers), against
 the target of issue 26: under 2 % of a core per agent.
 
 The lab is measured once every agent holds its session and sees every peer
-alive (the state waited for, not a clock); then the CPU time each process
-spent (user + system, /proc/<pid>/stat) over `--seconds` of wall time, and
-its resident memory (VmRSS) at the end. The same run measures the agents
+alive (the state waited for, not a clock) and 10 s more have passed; then
+the CPU time each process spent (user + system, /proc/<pid>/stat) over
+`--seconds` of wall time, while the bench itself sleeps, and its resident
+memory (VmRSS) at the end. Each agent's status says whether its realtime
+heartbeat thread was applied (SCHED_FIFO and mlock may be refused). The same run measures the agents
 both as their heartbeat thread runs (heartbeat.realtime, what `vigil init`
 writes) and on the agent's loop (the lab's default), so the cost of each is
 read side by side. No model server runs: their cost is the engine's.
@@ -17,6 +19,7 @@ Writes bench/results/idle.{json,md}.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -47,24 +50,35 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-def measure(realtime: bool, seconds: float) -> dict[str, dict[str, float]]:
+def measure(realtime: bool, seconds: float, settle: float = 10.0) -> dict[str, dict[str, object]]:
     root = Path(tempfile.mkdtemp(prefix="vigil-idle-"))
-    workload = {"realtime": {"priority": 10, "lock_memory": True}} if realtime else {}
-    lab = Lab.up(root / "lab", 3, router=True, workload=workload)
     try:
-        lab.wait_for(lab.ready, 60, "every agent in session, every peer alive")
-        procs = {f"agent {n.name}": n.agent_pid for n in lab.nodes}
-        procs["router"] = lab.router.pid
-        procs.update({f"etcd {m.name}": m.pid for m in lab.etcd.members})
-        t0, before = time.monotonic(), {k: cpu_seconds(p) for k, p in procs.items()}
-        lab.wait_for(lambda: time.monotonic() - t0 >= seconds, seconds + 30, f"{seconds:g} s at rest")
-        wall = time.monotonic() - t0
-        assert lab.ready(), "the lab stayed whole while measured"
-        return {k: {"cpu_pct": round(100 * (cpu_seconds(p) - before[k]) / wall, 2), "rss_mb": round(rss_mb(p), 1)}
-                for k, p in procs.items()}
+        workload = {"realtime": {"priority": 10, "lock_memory": True}} if realtime else {}
+        lab = Lab.up(root / "lab", 3, router=True, workload=workload)
+        try:
+            return _at_rest(lab, seconds, settle)
+        finally:
+            lab.down()
     finally:
-        lab.down()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _at_rest(lab: Lab, seconds: float, settle: float) -> dict[str, dict[str, object]]:
+    lab.wait_for(lab.ready, 60, "every agent in session, every peer alive")
+    applied = {n.name: (lab.agent_status(n.name, 2.0) or {}).get("heartbeat", {}).get("realtime")
+               for n in lab.nodes}
+    procs = {f"agent {n.name}": n.agent_pid for n in lab.nodes}
+    procs["router"] = lab.router.pid
+    procs.update({f"etcd {m.name}": m.pid for m in lab.etcd.members})
+    time.sleep(settle)  # the start's leftovers (first snapshots, key loads) are not rest
+    t0, before = time.monotonic(), {k: cpu_seconds(p) for k, p in procs.items()}
+    time.sleep(seconds)  # nothing of the bench's own runs meanwhile
+    after, wall = {k: cpu_seconds(p) for k, p in procs.items()}, time.monotonic() - t0
+    if not lab.ready():
+        raise RuntimeError("the lab did not stay whole while it was measured")
+    return {k: {"cpu_pct": round(100 * (after[k] - before[k]) / wall, 2), "rss_mb": round(rss_mb(p), 1),
+                **({"realtime": applied[k.split()[1]]} if k.startswith("agent") else {})}
+            for k, p in procs.items()}
 
 
 def main() -> None:
@@ -75,7 +89,7 @@ def main() -> None:
     for realtime in (False, True):
         key = "heartbeat thread (realtime)" if realtime else "agent's loop"
         runs[key] = measure(realtime, args.seconds)
-        print(key, runs[key], flush=True)
+        print(key, json.dumps(runs[key]), flush=True)
     rows = [["heartbeats on", "process", "CPU (% of a core)", "RSS (MB)"]]
     for key, procs in runs.items():
         for name, m in procs.items():

@@ -237,3 +237,15 @@ def test_engines_that_all_say_not_ready_end_it_with_their_503_within_the_attempt
 
 def t_why(p, name):
     return p.table.backend(name).why_not(0.1)
+
+
+def test_a_node_that_turns_ready_again_is_not_kept_out_by_what_it_answered_while_loading():
+    t = table("a", "b")
+    for _ in range(6):  # a burst of not_ready answers doubles its inhibition to the cap
+        p = plan(t, safe=False)
+        step = p.next(0.0, 0)
+        if step.backend.name == "a":
+            p.failed(0.0, "unready", "HTTP 503 not ready", 503)
+    t.ready("a", False)
+    assert t.ready("a", True)
+    assert t.backend("a").why_not(0.1) is None

@@ -139,7 +139,8 @@ class RequestPlan:
         if kind == "unready":  # it ran nothing and said why: another node may, no retry spent
             self.table.failed(b.name, now)
             if self.attempts >= self.policy.max_attempts:
-                self.end = self._fail(status or 503, f"{self.last} (after {self.attempts} attempts)")
+                self.end = (self._shed("engine_full", self.full) if self.full is not None
+                            else self._fail(status or 503, f"{self.last} (after {self.attempts} attempts)"))
             return False
         if kind != "first_byte":
             # Slow is not hung: whether the engine still makes progress is its agent's

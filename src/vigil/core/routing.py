@@ -33,6 +33,8 @@ Rules:
   Below that, inhibition alone never empties the pool either.
 - Retries: only for safe requests (idempotent methods, POSTs to declared
   idempotent paths; any request that was never received), never after a 4xx,
+  (an engine's 429 or 503 `not_ready` says it ran nothing: the request goes
+  to another node whatever its method, and spends no budget),
   never to a backend already tried for this request, at most `max_attempts`
   in all, and only while the retry budget has a token: each request adds
   `budget_ratio` tokens (capped), each retry spends one.
@@ -142,8 +144,13 @@ class RoutingTable:
         b.gone, b.url, b.weight = False, url, weight
 
     def ready(self, name: str, ready: bool) -> bool:
-        """Its inference server's readiness, as its record reports it."""
-        return self._set(self.backend(name), ready=ready)
+        """Its inference server's readiness, as its record reports it. A server that
+        turns ready starts afresh: what it answered while not ready (a loading server's
+        503s) does not keep it out."""
+        b = self.backend(name)
+        if ready and not b.ready:
+            b.inhibit_for = b.inhibited_until = 0.0
+        return self._set(b, ready=ready)
 
     def went(self, name: str) -> bool:
         """Its member record is gone (lease expired or revoked)."""

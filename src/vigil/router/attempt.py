@@ -19,7 +19,7 @@ class AttemptFailed(Exception):
     """One attempt got no usable answer. `kind`: connect (never sent) | reset |
     status | first_byte (no first byte in time) | ejected | overloaded (the engine shed it)
     | unready (the engine refused it before running it: a 503 whose error code is
-    `not_ready`, what Vigil's model server answers while it loads or drains)."""
+    `not_ready`, what Vigil's model server answers until its model is loaded)."""
 
     def __init__(self, kind: str, cause: str, status: int | None = None):
         super().__init__(cause)
@@ -67,9 +67,11 @@ def not_ready(body: bytes) -> bool:
     (vigil.serve.server). Never raises; a body past 4 KiB is not one."""
     if len(body) > 4096:
         return False
+    if b'"not_ready"' not in body:
+        return False
     try:
         doc = json.loads(body)
-    except ValueError:  # (UnicodeDecodeError and JSONDecodeError are ValueErrors)
+    except (ValueError, RecursionError):  # (UnicodeDecodeError and JSONDecodeError are ValueErrors)
         return False
     err = doc.get("error") if isinstance(doc, dict) else None
     return isinstance(err, dict) and err.get("code") == "not_ready"

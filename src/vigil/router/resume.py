@@ -62,7 +62,7 @@ def plan_stream(req: Incoming, enabled: bool) -> StreamPlan | None:
         return None
     try:
         body = json.loads(req.body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # a client's body: anything (UnicodeDecodeError is a ValueError)
         return None
     if not isinstance(body, dict) or body.get("stream") is not True:
         return None

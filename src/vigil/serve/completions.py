@@ -18,7 +18,7 @@ not sent again (from no token it is: only the router knows whether the
 first went out, and it drops a second), and usage counts the whole
 generation. The delivered ids are fed back one at a time, as they were
 generated (a batch gives other logits), in turns of the engine's thread of
-up to REPLAY_TURN (1 s), the prompt's prefill in the first: a resumed
+up to REPLAY_TURN (1 s) each (the first after the prompt's prefill): a resumed
 stream's gap is mostly this replay, so a short one runs whole while the
 node's other streams wait, and a long one yields to them between turns.
 The sampler's seed, given or drawn, is in `X-Vigil-Seed`, so an
@@ -54,9 +54,10 @@ from vigil.serve.errors import BadRequest, error
 from vigil.serve.generate import LanguageModel, Sampling, TextStream
 
 MAX_PROMPT_CHARS = 65_536
-# s of the engine's thread a continuation's replay takes per turn (the prompt's prefill
-# in the first): a resumed stream's gap is mostly its replay, so it runs whole up to
-# this long while other streams wait; a longer one yields, and reports progress, each time.
+# s of the engine's thread a continuation's replay takes per turn (the first turn also
+# prefills the prompt, before its second starts): a resumed stream's gap is mostly its
+# replay, so it runs whole up to this long while other streams wait; a longer one yields,
+# and reports progress, each time.
 REPLAY_TURN = 1.0
 QUEUED_NOTE = 5.0  # s between the comments a stream waiting for a decoding slot hears
 MAX_MESSAGES = 256
