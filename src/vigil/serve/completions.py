@@ -16,12 +16,7 @@ prompt's ids plus these, never re-tokenised text), at step len(token_ids) of
 the seeded sampler, with the same `id` and `created`; the chat role chunk is
 not sent again (from no token it is: only the router knows whether the
 first went out, and it drops a second), and usage counts the whole
-generation. The delivered ids are fed back one at a time, as they were
-generated (a batch gives other logits), in turns of the engine's thread of
-up to REPLAY_TURN (1 s) each (the first after the prompt's prefill): a resumed
-stream's gap is mostly this replay, so a short one runs whole while the
-node's other streams wait, and a long one yields to them between turns.
-The sampler's seed, given or drawn, is in `X-Vigil-Seed`, so an
+generation. The sampler's seed, given or drawn, is in `X-Vigil-Seed`, so an
 unseeded sampled stream can be continued too. Only a router's continuation
 is honoured (vigil.router.continue_sign): with a continue key, its MAC must
 verify; always, its `id` must be one a Vigil server makes (so it never names
@@ -44,7 +39,7 @@ import secrets
 import time
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -54,11 +49,7 @@ from vigil.serve.errors import BadRequest, error
 from vigil.serve.generate import LanguageModel, Sampling, TextStream
 
 MAX_PROMPT_CHARS = 65_536
-# s of the engine's thread a continuation's replay takes per turn (the first turn also
-# prefills the prompt, before its second starts): a resumed stream's gap is mostly its
-# replay, so it runs whole up to this long while other streams wait; a longer one yields,
-# and reports progress, each time.
-REPLAY_TURN = 1.0
+REPLAY_CHUNK = 8  # delivered ids fed back per turn of the engine's thread
 QUEUED_NOTE = 5.0  # s between the comments a stream waiting for a decoding slot hears
 MAX_MESSAGES = 256
 
@@ -217,16 +208,14 @@ class Completions:
         """(token id, its text, None) per generated token, then (None, the text
         of a character left incomplete, finish_reason)."""
         loop, pool = asyncio.get_running_loop(), self.progress.pool
-        # A continuation's delivered ids are fed back as they were generated, one at a time
-        # (exact logits), in turns of the engine's thread of up to REPLAY_TURN s: between
-        # turns other streams go on and the load report shows progress (busy, not hung).
-        decoder, fed = await loop.run_in_executor(pool, _start, self.model, g.prompt_ids, g.done_ids)
+        decoder = await loop.run_in_executor(pool, self.model.start, g.prompt_ids)
         try:
-            self.progress.completed += fed
-            while fed < len(g.done_ids):
-                n = await loop.run_in_executor(pool, _replay, decoder, g.done_ids[fed:])
-                fed += n
-                self.progress.completed += n
+            # A continuation's delivered ids are fed back as they were generated, one at a
+            # time, a few per turn of the engine's thread: other streams go on meanwhile and
+            # the load report shows progress (a long replay is busy, not hung).
+            for i in range(0, len(g.done_ids), REPLAY_CHUNK):
+                await loop.run_in_executor(pool, _replay, decoder, g.done_ids[i:i + REPLAY_CHUNK])
+                self.progress.completed += len(g.done_ids[i:i + REPLAY_CHUNK])
             text = TextStream(self.model)
             text.skip(g.done_ids)
             first = len(g.done_ids)
@@ -343,24 +332,9 @@ class Completions:
                                   "usage": self._usage(g, len(ids))}, headers=headers)
 
 
-def _start(model: LanguageModel, prompt: list[int], delivered: list[int]) -> tuple[Any, int]:
-    """A decoder on `prompt` and the first turn of the replay of `delivered`: (it, ids fed)."""
-    decoder = model.start(prompt)
-    try:
-        return decoder, _replay(decoder, delivered) if delivered else 0
-    except BaseException:
-        decoder.close()
-        raise
-
-
-def _replay(decoder: Any, ids: list[int], turn: float = REPLAY_TURN, now: Callable[[], float] = time.monotonic) -> int:
-    """Feed `ids` one at a time for up to `turn` s (at least one); how many were fed."""
-    end = now() + turn
-    for n, t in enumerate(ids, 1):
+def _replay(decoder: Any, ids: list[int]) -> None:
+    for t in ids:
         decoder.push(t)
-        if now() >= end:
-            return n
-    return len(ids)
 
 
 def _next(decoder: Any, sampling: Sampling, step: int, eos: frozenset[int]) -> int | None:
