@@ -27,10 +27,10 @@ A request that was never received (the connection refused) is safe to send
 elsewhere whatever its method. So is one its engine refused saying it ran
 nothing (`unready`: a 503 whose code is `not_ready`, a server still loading
 its model), as an engine's 429 is, and neither spends the retry budget: the
-budget guards engines against repeated work, and there was none. `maybe_ran` marks an end after an attempt
-that may have run the request (reset, no first byte, ejected, a 5xx): a
-keyed request's key is then kept (vigil.router.keyed), not freed for a retry
-that could run it twice. The plan also feeds the table what the attempts
+budget guards engines against repeated work, and there was none.
+`maybe_ran` marks an end after an attempt that may have run the request
+(reset, no first byte, ejected, a 5xx): a keyed request's key is then kept
+(vigil.router.keyed), not freed for a retry that could run it twice. The plan also feeds the table what the attempts
 did (`failed`, `engine_shed`); a first byte missed behind a deep queue does
 not inhibit its node.
 """

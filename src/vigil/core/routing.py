@@ -32,11 +32,11 @@ Rules:
   made every agent call its engine hung) must not become a total outage.
   Below that, inhibition alone never empties the pool either.
 - Retries: only for safe requests (idempotent methods, POSTs to declared
-  idempotent paths; any request that was never received), never after a 4xx,
+  idempotent paths; any request that was never received), never after a 4xx
   (an engine's 429 or 503 `not_ready` says it ran nothing: the request goes
-  to another node whatever its method, and spends no budget),
-  never to a backend already tried for this request, at most `max_attempts`
-  in all, and only while the retry budget has a token: each request adds
+  to another node whatever its method, and spends no budget), never to a
+  backend already tried for this request, at most `max_attempts` in all,
+  and only while the retry budget has a token: each request adds
   `budget_ratio` tokens (capped), each retry spends one.
 """
 
