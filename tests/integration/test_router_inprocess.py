@@ -177,11 +177,17 @@ async def test_a_post_an_engine_refused_as_not_ready_goes_to_another_node_and_a_
     to a loading server the router kept choosing in panic mode). A 503 that
     does not say so may have run: an unsafe request ends with it."""
     ok = answering(200, {"choices": [{"text": "hi"}]})
-    async with router_over({"n1": answering(503, NOT_READY), "n2": ok}, cluster="nr") as (_, url):
+    async with router_over({"n1": answering(503, NOT_READY), "n2": ok}, cluster="nr") as (router, url):
         async with aiohttp.ClientSession() as http:
             for _ in range(6):  # the router takes turns: n1 comes first in some of them
                 async with http.post(f"{url}/v1/completions", json={}) as r:
                     assert (r.status, r.headers["X-Vigil-Node"]) == (200, "n2"), await r.text()
+            (admin_port,) = free_ports(1)
+            await router.listen_admin("127.0.0.1", admin_port)
+            async with http.get(f"http://127.0.0.1:{admin_port}/metrics") as r:
+                count = [line for line in (await r.text()).splitlines()
+                         if line.startswith('vigil_router_backend_not_ready_total{node="n1"}')]
+            assert count and float(count[0].split()[-1]) >= 1, "the refusals are counted"
     busy = {"error": {"message": "engine wedged", "code": "internal"}}
     async with router_over({"n1": answering(503, busy), "n2": answering(503, busy)}, cluster="nr2") as (_, url):
         async with aiohttp.ClientSession() as http:

@@ -223,6 +223,7 @@ def test_an_unsafe_request_its_engine_refused_as_not_ready_goes_elsewhere():
     assert isinstance(second, Try) and second.backend.name != first.backend.name
     assert not p.maybe_ran, "it never ran: a keyed request's key is freed"
     assert t_why(p, first.backend.name).startswith("inhibited"), "the table heard it"
+    assert p.table.backend(first.backend.name).refused_not_ready == 1
 
 
 def test_engines_that_all_say_not_ready_end_it_with_their_503_within_the_attempt_cap():

@@ -137,7 +137,7 @@ class RequestPlan:
                 self.end = self._shed("engine_full", self.full)
             return False
         if kind == "unready":  # it ran nothing and said why: another node may, no retry spent
-            self.table.failed(b.name, now)
+            self.table.not_ready(b.name, now)
             if self.attempts >= self.policy.max_attempts:
                 self.end = (self._shed("engine_full", self.full) if self.full is not None
                             else self._fail(status or 503, f"{self.last} (after {self.attempts} attempts)"))

@@ -81,6 +81,7 @@ class Backend:
     limit: NodeLimit = field(default_factory=NodeLimit)
     engine_queue: int = 0  # work pending at the engine, as it last reported (all routers)
     shed_by_engine: int = 0
+    refused_not_ready: int = 0  # attempts its engine refused as not ready (it ran nothing)
     last_success: float = float("-inf")
 
     def has_room(self) -> bool:
@@ -235,6 +236,14 @@ class RoutingTable:
         """Drop `name` (its member record went and it is no member the router
         keeps): a name invented in etcd must not stay in memory."""
         self.backends.pop(name, None)
+
+    def not_ready(self, name: str, now: float) -> None:
+        """`name`'s engine refused an attempt as not ready (it ran nothing): a failure
+        for the inhibition, counted on its own."""
+        b = self.backends.get(name)
+        if b is not None:
+            b.refused_not_ready += 1
+        self.failed(name, now)
 
     def failed(self, name: str, now: float) -> None:
         b = self.backends.get(name)

@@ -132,11 +132,16 @@ class _TableCollector:
             for b in backends:
                 g.add_metric([b.name], float(value(b)))
             yield g
-        c = CounterMetricFamily("vigil_router_backend_engine_shed", "Attempts the engine answered 429.",
-                                labels=["node"])
-        for b in backends:
-            c.add_metric([b.name], b.shed_by_engine)
-        yield c
+        counters: dict[str, tuple[str, Callable[[Backend], int]]] = {
+            "engine_shed": ("Attempts the engine answered 429.", lambda b: b.shed_by_engine),
+            "not_ready": ("Attempts the engine refused as not ready (it ran nothing; the request went "
+                          "to another node).", lambda b: b.refused_not_ready),
+        }
+        for name, (doc, count) in counters.items():
+            c = CounterMetricFamily(f"vigil_router_backend_{name}", doc, labels=["node"])
+            for b in backends:
+                c.add_metric([b.name], count(b))
+            yield c
         yield GaugeMetricFamily("vigil_router_queue_length", "Requests waiting for a slot.",
                                 value=rt.waiting)
         yield GaugeMetricFamily("vigil_router_panic", "1 while the panic threshold routes to every "
@@ -170,6 +175,7 @@ def _backend(b: Backend, now: float) -> dict[str, Any]:
             "state": b.state,
             "outstanding": b.outstanding, "limit": round(b.limit.limit, 2),
             "engine_queue": b.engine_queue, "shed_by_engine": b.shed_by_engine,
+            "refused_not_ready": b.refused_not_ready,
             "latency_ms": round(b.limit.latency * 1000, 1),
             "service_ms": round(b.limit.service * 1000, 1), "slots": b.limit.slots,
             "served": b.served, "failures": b.failures,
