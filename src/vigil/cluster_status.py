@@ -42,7 +42,7 @@ async def _agent_status(http: aiohttp.ClientSession, url: str) -> dict[str, Any]
             if r.status == 401:  # never read as "agent down": fence would then skip its check
                 raise VigilError(f"{url}/status wants a bearer token: give --api-token-file")
             return await r.json() if r.status == 200 else None
-    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, RecursionError):
         return None
 
 

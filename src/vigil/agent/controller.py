@@ -83,7 +83,8 @@ class Controller:
                             self._acknowledged(token, value)
                         elif r.status in (401, 403, 409):
                             self.rejected += 1
-                            why = (await r.json(content_type=None)).get("error", "")
+                            doc = await r.json(content_type=None)
+                            why = doc.get("error", "") if isinstance(doc, dict) else repr(doc)[:200]
                             if r.status != 401:
                                 self.record("actuator_rejected", f"the actuator refused token "
                                                 f"{token}: {why}; stopping", token=token, status=r.status)
@@ -92,7 +93,7 @@ class Controller:
                                 self.record("actuator_unauthorised", "the actuator refused this "
                                                 f"node's signature: {why}", token=token)
                             unauthorised = True
-                except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as e:
+                except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, RecursionError) as e:
                     log.warning("actuator write failed: %s", e)
                 await asyncio.sleep(self.interval)
 

@@ -272,7 +272,7 @@ class JobRunner:
                                            headers={"X-Vigil-Job": spec.id}) as r:
                     doc = await r.json(content_type=None) if r.status in (200, 400) else None
                     status = r.status
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as e:
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError, RecursionError) as e:
                 raise JobStop(f"the model server did not answer chunk {k}: {type(e).__name__}") from None
             if status == 200:
                 return _vectors(doc, len(inputs), k)

@@ -249,7 +249,7 @@ def parse_inputs(text: str, fmt: str, where: str) -> list[str]:
         if fmt == "jsonl":
             try:
                 item = json.loads(line)
-            except ValueError as e:
+            except (ValueError, RecursionError) as e:
                 raise ConfigError(f"{where} line {n}", line[:80], f"is not JSON ({e}); write one JSON "
                                   "string or {\"input\": \"...\"} per line, or use --format lines") from None
             if isinstance(item, dict):

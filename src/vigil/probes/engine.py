@@ -52,7 +52,7 @@ def parse_vigil(body: bytes) -> LoadReading:
     try:
         d = json.loads(body)
         pending, completed = d["pending"], d["completed"]
-    except (ValueError, TypeError, KeyError):
+    except (ValueError, TypeError, KeyError, RecursionError):
         raise ProbeError("bad", "load report is not JSON with 'pending' and 'completed'") from None
     if not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in (pending, completed)):
         raise ProbeError("bad", f"load report has non-counts: pending={pending!r} completed={completed!r}")

@@ -137,7 +137,7 @@ class ActuatorGateway:
                 raise VigilError(f"the body is {type(body).__name__}, not an object")
             register, value, token = _int(body, "register", 0, 65535), _int(body, "value", 0, 65535), \
                 _int(body, "token", 1, 2**63)
-        except (ValueError, VigilError) as e:
+        except (ValueError, VigilError, RecursionError) as e:
             return web.json_response({"error": f"bad write request: {e}; send JSON "
                                       '{"register": N, "value": V, "token": T}'}, status=400)
         try:

@@ -45,7 +45,7 @@ from aiohttp import web
 
 from vigil.openai_fields import constrained_by
 from vigil.router import continue_sign
-from vigil.serve.errors import BadRequest, error
+from vigil.serve.errors import BadRequest, error, json_body
 from vigil.serve.generate import LanguageModel, Sampling, TextStream
 
 MAX_PROMPT_CHARS = 65_536
@@ -181,9 +181,7 @@ class Completions:
         if refusal is not None:
             return refusal
         try:
-            g = parse_generation(self.model, await request.json(), chat, self.continue_key)
-        except ValueError:
-            return error(400, "the request body is not valid JSON")
+            g = parse_generation(self.model, await json_body(request), chat, self.continue_key)
         except BadRequest as e:
             return error(400, str(e), e.param)
         g.id = g.id or f"{'chatcmpl' if chat else 'cmpl'}-{secrets.token_hex(12)}"

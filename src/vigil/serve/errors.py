@@ -3,6 +3,8 @@ param, code}}, and the exception a request validator raises."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 
@@ -18,3 +20,13 @@ class BadRequest(Exception):
     def __init__(self, message: str, param: str | None = None):
         super().__init__(message)
         self.param = param
+
+
+async def json_body(request: web.Request) -> Any:
+    """The request's body parsed as JSON, or BadRequest naming why not: not UTF-8,
+    not JSON, or nested deeper than the parser recurses (a client's body is
+    anything: a RecursionError must be a 400, not the 500 of a crashed handler)."""
+    try:
+        return await request.json()
+    except (ValueError, RecursionError):  # (UnicodeDecodeError and JSONDecodeError are ValueErrors)
+        raise BadRequest("the request body is not valid JSON (or is nested too deeply)") from None

@@ -38,7 +38,7 @@ from typing import Any
 from aiohttp import web
 
 from vigil.openai_fields import MAX_EMBEDDING_INPUTS, MAX_INPUT_CHARS
-from vigil.serve.errors import BadRequest, error
+from vigil.serve.errors import BadRequest, error, json_body
 from vigil.serve.model import DIMENSIONS, MODEL_ID, MiniLM
 from vigil.web import finish, route
 
@@ -179,9 +179,7 @@ class ModelServer:
             return error(503, f"not ready: {self.not_ready_reason}", kind="server_error",
                          code="not_ready")
         try:
-            texts, fmt = parse_embedding_request(await request.json())
-        except ValueError:
-            return error(400, "the request body is not valid JSON")
+            texts, fmt = parse_embedding_request(await json_body(request))
         except BadRequest as e:
             return error(400, str(e), e.param)
         refusal = self.refusal()
@@ -225,12 +223,12 @@ class ModelServer:
 
     async def faults(self, request: web.Request) -> web.Response:
         try:
-            body = await request.json()
+            body = await json_body(request)
             self.slowdown = float(body.get("slowdown", 1.0))
             self.fail_status = int(body.get("fail_status", 0))
             cut = body.get("cut_streams_after")
             self.cut_streams_after = None if cut is None else int(cut)
-        except (ValueError, TypeError, AttributeError):
+        except (BadRequest, ValueError, TypeError, AttributeError):
             return error(400, "faults take {\"slowdown\": number, \"fail_status\": int, "
                               "\"cut_streams_after\": int | null}")
         return web.json_response({"slowdown": self.slowdown, "fail_status": self.fail_status,

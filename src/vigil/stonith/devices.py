@@ -195,9 +195,13 @@ class RedfishDevice(FenceDevice):
                     if r.status >= 300:
                         raise FencingFailed(f"{self.name}: {method} {path or '/'} answered HTTP "
                                             f"{r.status}: {text[:200]}")
-                    return await r.json(content_type=None) if text.strip() else {}
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as e:
+                    doc = await r.json(content_type=None) if text.strip() else {}
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, RecursionError) as e:
             raise FencingFailed(f"{self.name}: {type(e).__name__}: {e}") from None
+        if not isinstance(doc, dict):  # a BMC's answer is untrusted: a list would fail later, unnamed
+            raise FencingFailed(f"{self.name}: {method} {path or '/'} answered {type(doc).__name__}, "
+                                "not a JSON object")
+        return doc
 
     async def status(self) -> str:
         state = (await self._request("GET", "")).get("PowerState")

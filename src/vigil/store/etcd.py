@@ -112,7 +112,7 @@ class EtcdStore(Store):
                     if r.status == 200:
                         return data
                     last = self._classify(ep, data)
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as e:
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError, RecursionError) as e:
                 last = f"{ep}: {type(e).__name__} {e}".strip()
             self._move_off(ep)
             await asyncio.sleep(min(0.02, max(0.0, deadline - loop.time())))
@@ -134,7 +134,7 @@ class EtcdStore(Store):
             async with self._http().post(f"{url.rstrip('/')}/v3/{path}", json=body, headers=self._auth(),
                                          timeout=aiohttp.ClientTimeout(total=self.timeout)) as r:
                 data = await r.json(content_type=None)
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as e:
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError, RecursionError) as e:
             raise StoreUnavailable(f"{url}: {type(e).__name__} {e}".strip()) from None
         if r.status != 200:
             raise StoreError(f"etcd {url} refused {path}: {self._classify(url, data)}")
@@ -156,7 +156,8 @@ class EtcdStore(Store):
                 async with self._http().get(f"{ep}/version",
                                             timeout=aiohttp.ClientTimeout(total=self.timeout)) as r:
                     return str((await r.json(content_type=None))["etcdserver"])
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError, KeyError, TypeError):
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError, KeyError, TypeError,
+                    RecursionError):
                 continue
         raise StoreUnavailable("no etcd member answered GET /version")
 
@@ -321,7 +322,7 @@ class EtcdStore(Store):
                                 continue
                             nxt = ev.revision + 1
                             yield ev
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as e:
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError, RecursionError) as e:
                 log.debug("watch on %s broke: %s", ep, e)
             # Stream ended or broke: resume from the next unseen revision elsewhere.
             failures += 1
