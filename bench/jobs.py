@@ -9,13 +9,15 @@ Per run: wall time from submit to done, inputs/s, claims; per kill the
 takeover gap (SIGKILL to the shard's next commit by another node, read from
 the checkpoints every 20 ms); the results read back and checked (every input
 once, each chunk against its inputs). Per kill also the claim gap (SIGKILL to
-the orphaned shard's claim by another node: the lease TTL is its floor, and a
-free node claims on the owner record's deletion, not at its next poll) and
+the orphaned shard's claim by another node: an idle node claims it once the
+cluster convicts the dead node, a majority of its voters suspecting it, or
+else on the owner record's deletion when the lease expires, never at a poll) and
 the fresh shards claimed before the orphan (0: an orphan goes first). For comparison, the inputs a job
 without checkpoints would embed again (everything done before each kill),
 computed from the same run.
 
 Usage: python bench/jobs.py [--inputs 10000] [--chunk 64]
+       python bench/jobs.py --render   (the markdown again from bench/results/jobs.json)
 Writes bench/results/jobs.{json,md}.
 """
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import random
 import shutil
 import sys
@@ -31,7 +34,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import write  # noqa: E402
+from common import RESULTS, write  # noqa: E402
 
 from vigil.core.jobs import JobSpec, chunked, sha256_of  # noqa: E402
 from vigil.lab import Lab  # noqa: E402
@@ -106,7 +109,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--inputs", type=int, default=10_000)
     ap.add_argument("--chunk", type=int, default=64)
+    ap.add_argument("--render", action="store_true", help="write the markdown from the last JSON, run nothing")
     args = ap.parse_args()
+    if args.render:
+        render(json.loads((RESULTS / "jobs.json").read_text())["runs"], args.chunk)
+        return
     root = Path(tempfile.mkdtemp(prefix="vigil-jobs-"))
     lab = Lab.up(root / "lab", 3, model=True, workload={"generate": "none"}, timeout=120)
     n, runs = args.inputs, {}
@@ -123,6 +130,10 @@ def main() -> None:
     finally:
         lab.down()
         shutil.rmtree(root, ignore_errors=True)
+    render(runs, args.chunk)
+
+
+def render(runs: dict, chunk: int) -> None:
     rows = [["run", "state", "inputs", "wall s", "inputs/s", "claims", "claim gaps ms (SIGKILL to the orphan's "
              f"claim elsewhere; TTL {TTL_MS} + 200 = {TTL_MS + 200})", "fresh shards claimed before the orphan",
              "takeover gaps ms (SIGKILL to the shard's next commit elsewhere)", "every input once",
@@ -133,12 +144,15 @@ def main() -> None:
                      ", ".join(str(len(k.get("fresh_claimed_first", []))) for k in r["kills"]) or "-",
                      ", ".join(str(k.get("takeover_ms")) for k in r["kills"]) or "-",
                      r["every_input_once"], r["redone_without_checkpoints"] if r["kills"] else "-"])
-    notes = (f"Lab: 3 nodes on one 2-core machine ({args.chunk} inputs per chunk; all-MiniLM-L6-v2, one thread "
+    notes = (f"Lab: 3 nodes on one 2-core machine ({chunk} inputs per chunk; all-MiniLM-L6-v2, one thread "
              "per model server), lease TTL 2 s (the lab's timing). A kill SIGKILLs the agent and model server "
              "of a node mid-way through a shard; the shard's next owner resumes at its checkpoint, so at most "
              "the chunk in flight is embedded again. Killed nodes are restarted between runs. Results read "
              "back with vigil.store.jobs.results (each chunk checked against its inputs); 'every input once' "
-             "also requires every result key to have been written exactly once (etcd version 1).")
+             "also requires every result key to have been written exactly once (etcd version 1). A claim "
+             "follows the dead node's conviction (it and a majority of its voters suspect it: here both "
+             "survivors) when there is one; the second kill of a run leaves one survivor, no majority, so "
+             "that shard waits for the dead node's lease to expire (TTL plus etcd's lease scan, up to 0.5 s).")
     write("jobs", {"runs": runs}, rows, notes)
 
 

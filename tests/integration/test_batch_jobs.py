@@ -222,6 +222,49 @@ async def test_an_owner_paused_past_its_lease_commits_nothing_after_it(env):
     assert "claim was lost" in lost and "held by b" in lost
 
 
+class Decisions:
+    """What JobRunner.follow hooks into: the agent's decision loop (vigil.agent.reconciler)."""
+
+    def __init__(self):
+        self.convicted: frozenset[str] = frozenset()
+        self.on_convicted: list = []
+        self.watch = type("Watch", (), {"on_payload_gone": None})()
+
+    def convict(self, *names: str) -> None:
+        self.convicted = frozenset(names)
+        for hook in self.on_convicted:
+            hook()
+
+
+async def test_a_convicted_owners_shard_is_taken_before_its_lease_expires(env):
+    """The cluster convicts a (paused mid-chunk, its lease still live): idle b takes
+    the shard at once, deleting a's owner record; a, running again, commits nothing
+    (its claim is gone), and every input is committed once. A suspicion short of a
+    conviction takes nothing."""
+    store, embedder, (a, b) = env
+    spec, _ = await submit(store, 400, 20)
+    embedder.allow(3)
+    await start(store, a)
+    await wait_until(lambda: a.runner.current and a.runner.current.progress.next == 3 and embedder.parked, 30,
+                     "a paused in its 4th chunk")
+    decisions = Decisions()
+    b.runner.follow(decisions)
+    b.lease = (await store.grant(10)).id
+    decisions.convict("b")  # b's own name: never a reason to take anything
+    assert await b.runner.claim(b.lease) is None, "a's claim holds while a is not convicted"
+    b.task = asyncio.get_running_loop().create_task(b.runner.run())
+    decisions.convict("a")
+    await wait_until(lambda: b.runner.current is not None, 10, "b to take a's shard on a's conviction")
+    assert "job_taken_over" in b.kinds() and (await store.get(KEYS.payload(payload_id("j1", 0)))).lease == b.lease
+    assert (await store.time_to_live(a.lease)) > 0, "taken while a's lease still lived"
+    embedder.allow(None)
+    await wait_until(lambda: "job_lost" in a.kinds(), 30, "a to learn it lost the claim")
+    await wait_until(lambda: "job_done" in b.kinds(), 60, "b to finish")
+    got = await collect(store, spec)
+    assert [g[0] for g in got] == list(range(400))
+    assert all(node == "b" for i, *_, node in got if i >= 3 * 20), "nothing of a's after its conviction"
+
+
 async def test_etcd_away_mid_job_keeps_the_claim_and_work_goes_on_from_the_checkpoint(env):
     store, embedder, (a, _) = env
     spec, _ = await submit(store, 600, 20)

@@ -341,3 +341,16 @@ def test_the_successor_of_a_suspected_leader_comes_from_another_failure_domain()
     assert v.higher_priority_peers("a") == 1 and fence_view("c", topology=racked).higher_priority_peers("a") == 0
     one_rack = Topology({"a": "rack-1", "b": "rack-1", "c": "rack-1"})  # no other domain: priority alone
     assert decide(fence_view("b", topology=one_rack)).action == "fence"
+
+
+def test_a_member_is_convicted_only_when_i_suspect_it_and_a_majority_agrees():
+    """ClusterView.convicted (what lets a batch shard leave its owner before the
+    owner's lease expires): my suspicion and a majority of the voters; never me."""
+    assert fence_view("b").convicted() == frozenset({"a"}), "b and c both suspect a"
+    alone = AGREE | {"c": MEMBERS["c"]}
+    assert fence_view("b", members=alone).convicted() == frozenset(), "c still hears a"
+    assert fence_view("b", suspected_for={}).convicted() == frozenset(), "others' word without mine"
+    assert fence_view("b", heard_suspects={"c": frozenset()}).convicted() == frozenset(), \
+        "c's newer word (its heartbeat) clears it"
+    me = {n: replace(m, suspects=frozenset({"b"})) for n, m in MEMBERS.items()}
+    assert fence_view("b", members=me, suspected_for={"b": 1.0}).convicted() == frozenset(), "never me"

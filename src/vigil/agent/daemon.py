@@ -191,8 +191,8 @@ class Agent:
         if self.controller:  # acquired: write with the new token; ended: stop writing
             self.leadership.on_change.append(self.controller.on_change)
         reconciler.before_resign, reconciler.after_resign = release.quiesce, release.after_resign
-        if self.jobs:  # an orphaned shard is claimed on its owner record's deletion, not at a poll
-            reconciler.watch.on_payload_gone = self.jobs.freed
+        if self.jobs:  # an orphaned shard is claimed on its owner's conviction or record's deletion
+            self.jobs.follow(reconciler)
         self.health.claim_places(DrainPlaces(self.store, self.keys, self.cfg.node), self.registration.lease)
 
     def __repr__(self) -> str:

@@ -3,7 +3,16 @@ job's orphan first, else its first fresh shard (vigil.core.jobs.pick_shard), lef
 a while to another failure domain when this one is crowded (core.jobs.crowded).
 A claim is the shard's owner record created under this node's lease; its create
 revision is the shard's fencing token. Records that are not Vigil's are skipped
-and said once, never trusted."""
+and said once, never trusted.
+
+A shard whose owner the cluster has convicted (vigil.core.view.ClusterView.convicted:
+I suspect it and a majority of its voters agree) is an orphan already: its owner
+record is deleted (only that record: the create revision is checked) and the shard
+claimed, without waiting for etcd to expire the owner's lease (TTL plus up to
+half a second of etcd's lease scan). Safe whatever the owner does next: its next
+commit checks its claim and fails, so a paused owner that runs again commits
+nothing (`job_lost`), as after a lease expiry. A partition's minority convicts no
+one, so two sides never take a shard back and forth."""
 
 from __future__ import annotations
 
@@ -46,6 +55,7 @@ class ShardClaimer:
         self._left: dict[tuple[str, int], float] = {}  # fresh shards left to other domains: since when
         self.avoid: dict[str, float] = {}  # job id -> until (monotonic): jobs this node could not serve
         self._warned: set[str] = set()
+        self.convicted: Callable[[], frozenset[str]] = frozenset  # members the cluster convicted (the reconciler's)
         self.open = True  # the last look found an open job (or none was made yet)
         self.raced = False  # the last claim lost its shard to a quicker node
 
@@ -59,7 +69,9 @@ class ShardClaimer:
         return now - self._left.setdefault(picked, now) < SPREAD_WAIT
 
     async def _open_shards(self) -> tuple[dict[str, JobSpec], dict[tuple[str, int], tuple[Progress, int]],
-                                          set[tuple[str, int]]]:
+                                          set[tuple[str, int]], dict[tuple[str, int], tuple[str, int]]]:
+        """(open jobs' specs, their shards' progress and its mod revision, shards owned,
+        shards whose owner is convicted: (owner, the owner record's create revision))."""
         specs, progress = {}, {}
         for kv in (await self.store.range(self.keys.job_specs))[0]:
             try:
@@ -68,7 +80,7 @@ class ShardClaimer:
             except JobRecordError as e:
                 self._skipped(kv.key, e)
         if not specs:
-            return specs, {}, set()
+            return specs, {}, set(), {}
         for kv in (await self.store.range(self.keys.job_progresses()))[0]:
             job, _, shard = kv.key[len(self.keys.job_progresses()):].partition("/")
             n = shard_of(shard)  # "²".isdigit() holds, and int("²") raises
@@ -79,13 +91,21 @@ class ShardClaimer:
                     self._skipped(kv.key, e)
         prefix = self.keys.payload("job:")
         owned: set[tuple[str, int]] = set()
+        forfeit: dict[tuple[str, int], tuple[str, int]] = {}
+        convicted = self.convicted() - {self.node}
         for kv in (await self.store.range(prefix))[0]:
             job, _, tail = kv.key[len(prefix):].rpartition(":")
-            if (n := shard_of(tail)) is not None:
+            if (n := shard_of(tail)) is None:
+                continue
+            owner = jobs.owner_of(kv.value).get("node") if convicted else None
+            if owner in convicted:
+                forfeit[job, n] = (str(owner), kv.create_revision)
+            else:
                 owned.add((job, n))
         now = self.clock.now()
         self.avoid = {j: until for j, until in self.avoid.items() if until > now}
-        return specs, progress, owned | {(j, s) for j, s in progress if j in self.avoid}
+        owned |= {(j, s) for j, s in progress if j in self.avoid}
+        return specs, progress, owned, {k: v for k, v in forfeit.items() if k not in owned}
 
     def _skipped(self, key: str, e: JobRecordError) -> None:
         """A record that is not Vigil's: said once per key, never trusted."""
@@ -95,7 +115,7 @@ class ShardClaimer:
 
     async def claim(self, lease: int) -> Claim | None:
         """Take the first open shard nobody owns of the oldest open job, or None."""
-        specs, progress, owned = await self._open_shards()
+        specs, progress, owned, forfeit = await self._open_shards()
         open_now = {k: p for k, (p, _) in progress.items()}
         self.open = any(p.state in OPEN for p in open_now.values())
         picked = pick_shard(specs, open_now, owned)
@@ -104,6 +124,12 @@ class ShardClaimer:
         job, shard = picked
         spec, (prog, rev) = specs[job], progress[picked]
         key = self.keys.payload(payload_id(job, shard))
+        if picked in forfeit:  # its owner was convicted: its record goes now, not with its lease
+            owner, created = forfeit[picked]
+            if await self.store.delete_if_created(key, created):
+                self.record("job_taken_over", f"batch job {job} shard {shard}: its owner {owner} is convicted "
+                            "(suspected here and by a majority of its voters); its claim is withdrawn "
+                            "without waiting for its lease", job=job, shard=shard, owner=owner)
         ok, kv = await self.store.create(key, self.owner_record(spec, shard, prog.done), lease)
         if not ok and not self._mine(kv, lease):
             self.raced = True  # another node was quicker (every idle node woke on the same deletion)

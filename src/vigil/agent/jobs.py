@@ -1,18 +1,20 @@
 """JobRunner: this node's share of the batch jobs (vigil.core.jobs).
 
 While the node has a session and its model server is ready, every `POLL`
-seconds, and at once when a shard's owner record is deleted (`freed`: its
-node's lease expired or it let the shard go), the runner looks for an open
-shard of a job that nobody owns (an orphan before a fresh one),
+seconds, at once when a shard's owner record is deleted (`freed`: its
+node's lease expired or it let the shard go) and when the cluster convicts a
+member (`follow`: its shards are orphans already, vigil.agent.job_claims),
+the runner looks for an open shard of a job that nobody owns (an orphan
+before a fresh one),
 claims it (creates the shard's owner record under this node's lease: the
 claim revision is the shard's fencing token), and embeds it chunk by chunk
 through the node's own model server, committing each chunk's result with
 the shard's checkpoint in one guarded transaction. One shard at a time per
 node: the shards of a job spread over the nodes that take batch work.
 
-- The node dies: its lease expires, the shard's owner record goes with it,
-  and the next node free of a shard claims it and resumes at its
-  checkpoint (on the record's deletion if one is idle; else once one
+- The node dies: once the cluster convicts it (or its lease expires and the
+  shard's owner record goes with it) the next node free of a shard claims
+  it and resumes at its checkpoint (at once if one is idle; else once one
   finishes its own shard: every live node keeps working meanwhile).
 - The node is paused past its lease and runs again: its next commit fails
   the claim check; it stops (`job_lost`) and commits nothing.
@@ -38,7 +40,7 @@ import asyncio
 import collections
 import json
 import logging
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import aiohttp
 
@@ -49,6 +51,9 @@ from vigil.errors import StoreError, StoreUnavailable, VigilError
 from vigil.store.base import Expect, Store
 from vigil.store import jobs
 from vigil.store.keys import Keys
+
+if TYPE_CHECKING:
+    from vigil.agent.reconciler import Reconciler
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +118,13 @@ class JobRunner:
                     await self._let_go()
         finally:
             await self._http.close()
+
+    def follow(self, reconciler: Reconciler) -> None:
+        """Take shards as the agent's decision loop sees them freed: on an owner record's
+        deletion (`freed`) and on an owner's conviction (`ShardClaimer.convicted`)."""
+        reconciler.watch.on_payload_gone = self.freed
+        self.claims.convicted = lambda: reconciler.convicted
+        reconciler.on_convicted.append(self._freed.set)
 
     def freed(self, key: str) -> None:
         """A payload record was deleted (vigil.agent.registry_watch): a shard's owner

@@ -94,6 +94,8 @@ class Reconciler:
         self.watch = RegistryWatch(store, keys, self.mirror, self.wake.set, clock.now, cfg.node)
         self.source = SnapshotSource(registry, self.mirror, link.etcd_answers, cfg.timing.loop_interval, cfg.node)
         self.cycles = 0
+        self.convicted: frozenset[str] = frozenset()  # as of the last cycle (ClusterView.convicted)
+        self.on_convicted: list[Callable[[], None]] = []  # a member was convicted since the last cycle
         self._no_leader_since: float | None = None
         self._bad_seen: dict[str, str] = {}
         self._fail_delay = 0.0
@@ -181,6 +183,7 @@ class Reconciler:
         self.on_snapshot(snap)
         self._report_bad_records(snap)
         view = self.view(snap)
+        self._note_convicted(view.convicted())
         if self.fencer:
             self.fencer.follow(view.leader.name if view.leader else None)
         decision = decide(view)
@@ -192,6 +195,12 @@ class Reconciler:
             await self.stewardship.keep(view, self.snapshot)
         self.cycles += 1
         return decision
+
+    def _note_convicted(self, convicted: frozenset[str]) -> None:
+        fresh, self.convicted = convicted - self.convicted, convicted
+        if fresh:
+            for hook in self.on_convicted:
+                hook()
 
     def _report_bad_records(self, snap: Snapshot) -> None:
         """Each record no Vigil component wrote (vigil.store.records) is an event

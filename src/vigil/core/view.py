@@ -210,6 +210,17 @@ class ClusterView:
         counted = max(len(others), self.cluster_size - 1)
         return agree, counted, counted // 2 + 1
 
+    def convicted(self) -> frozenset[str]:
+        """The members I suspect whose conviction is corroborated (`corroborated`): the
+        word a fence of a leader needs, and what lets a batch shard leave its owner
+        before etcd expires the owner's lease. A partition's minority convicts no one."""
+        out = []
+        for name in self.suspected_for:
+            agree, _voters, need = self.corroborated(name)
+            if name != self.me and agree >= need:
+                out.append(name)
+        return frozenset(out)
+
     def best_candidate(self, succeeding: str | None = None) -> str | None:
         """The eligible member first in the order of succession (`rank`)."""
         ranked = sorted(self.rank(m.name, succeeding) for m in self.members.values() if self.eligible(m.name))
