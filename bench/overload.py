@@ -16,12 +16,22 @@ router bench's config) and directly to the servers, in one run on one lab of
    every 50 ms).
 3. The same through Vigil at 2x with one server SIGSTOPped for 5 s: time
    until its agent calls it not ready, failures other than 429.
+4. Retry storms (issue 26 #6; `--only storm` runs this alone): `--clients`
+   closed-loop clients, each on its own keep-alive connection, sending
+   requests of mixed batch sizes (1 to 128 inputs); on a 429 a *polite*
+   client waits what retry-after-ms (else Retry-After) says and sends the
+   same request again, a *storming* one sends it again at once. Each kind
+   through Vigil and straight to the servers (client k to server k mod 3), same
+   run: goodput (inputs answered 200 per second), 429s, and the router's own
+   CPU (utime + stime of its process, as a share of one core). Targets:
+   storming through Vigil >= 0.6x storming direct, polite >= 0.9x polite direct.
 
 Targets (issue #8): at 2x and 4x, Vigil's goodput >= 90 % of capacity, zero
 false verdicts, zero failures other than 429, every 429 within 50 ms.
 
-Usage: python bench/overload.py [--seconds 12]   (root; needs haproxy)
-Writes bench/results/overload.{json,md}.
+Usage: python bench/overload.py [--seconds 12] [--only storm] [--clients 48] [--storm-seconds 20]
+(root; needs haproxy). Writes bench/results/overload.{json,md} (sections 1-3)
+and bench/results/overload_storm.{json,md} (section 4).
 """
 
 from __future__ import annotations
@@ -29,6 +39,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import random
 import signal
 import sys
 import tempfile
@@ -116,6 +128,106 @@ async def open_loop(urls: list[str], rate: float, seconds: float) -> list[Result
     return out
 
 
+STORM_SIZES = (1, 8, 32, 64, 128)  # inputs per request, drawn per request
+
+
+def retry_wait(headers) -> float:
+    """What a polite client waits after a 429 (OpenAI's clients read retry-after-ms first)."""
+    for name, scale in (("retry-after-ms", 0.001), ("Retry-After", 1.0)):
+        try:
+            return float(headers.get(name, "")) * scale
+        except ValueError:
+            continue
+    return 1.0
+
+
+async def storm_clients(urls: list[str], clients: int, seconds: float, polite: bool) -> dict:
+    """`clients` closed-loop clients (client k sends to urls[k % len(urls)]), each on its
+    own connection; a 429 is retried after its Retry-After (polite) or at once."""
+    good = shed = other = 0
+    inputs_ok = 0
+    end = time.monotonic() + seconds
+
+    async def client(k: int) -> None:
+        nonlocal good, shed, other, inputs_ok
+        rng = random.Random(k)
+        url = urls[k % len(urls)] + "/v1/embeddings"
+        conn = aiohttp.TCPConnector(limit=1)
+        async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=60)) as http:
+            i = k * 1_000_000
+            while time.monotonic() < end:
+                n = rng.choice(STORM_SIZES)
+                body = {"input": [f"client {k} request {i} sentence {j}: inlet pressure and flow"
+                                  for j in range(n)], "model": "all-MiniLM-L6-v2"}
+                i += 1
+                while time.monotonic() < end:  # the same request until it is answered
+                    try:
+                        async with http.post(url, json=body) as r:
+                            await r.read()
+                            status, headers = r.status, r.headers
+                    except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+                        other += 1
+                        break
+                    if status == 200:
+                        if time.monotonic() <= end:
+                            good += 1
+                            inputs_ok += n
+                        break
+                    if status != 429:
+                        other += 1
+                        break
+                    shed += 1
+                    if polite:
+                        await asyncio.sleep(min(retry_wait(headers), max(0.0, end - time.monotonic())))
+
+    await asyncio.gather(*(client(k) for k in range(clients)))
+    return {"answered": good, "goodput_inputs_s": round(inputs_ok / seconds, 1), "shed_429": shed,
+            "other_failures": other}
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of `pid` so far (/proc/PID/stat, clock ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def storm_section(lab: Lab, clients: int, seconds: float) -> dict:
+    servers = [n.server_url for n in lab.nodes]
+    runs: dict[str, dict] = {}
+    for kind in ("storming", "polite"):
+        for path, urls in (("vigil", [lab.router.url]), ("direct", servers)):
+            wait_idle(lab)
+            cpu0 = cpu_seconds(lab.router.pid)
+            r = asyncio.run(storm_clients(urls, clients, seconds, kind == "polite"))
+            r["router_cpu_pct"] = round(100 * (cpu_seconds(lab.router.pid) - cpu0) / seconds, 1)
+            runs[f"{kind} {path}"] = r
+            print(f"storm {kind} {path}: {r}", flush=True)
+    for kind in ("storming", "polite"):
+        direct = runs[f"{kind} direct"]["goodput_inputs_s"]
+        runs[f"{kind} vigil"]["of_direct"] = round(runs[f"{kind} vigil"]["goodput_inputs_s"] / direct, 2) \
+            if direct else None
+    paced = _paced(lab.router.admin_url)
+    return {"clients": clients, "seconds": seconds, "sizes": STORM_SIZES, "runs": runs,
+            "router_paced": paced}
+
+
+def write_storm(doc: dict) -> None:
+    rows = [["clients", "path", "goodput inputs/s", "of direct (target)", "429s", "other failures",
+             "router CPU % of a core"]]
+    for name, r in doc["runs"].items():
+        kind, path = name.split()
+        target = {"storming": "0.6", "polite": "0.9"}[kind]
+        rows.append([kind, path, r["goodput_inputs_s"],
+                     f"{r['of_direct']} (>= {target})" if path == "vigil" else "-",
+                     r["shed_429"], r["other_failures"], r["router_cpu_pct"]])
+    notes = (f"{doc['clients']} closed-loop clients, each on its own keep-alive connection, "
+             f"{doc['seconds']:g} s per run, requests of {', '.join(map(str, doc['sizes']))} inputs drawn at "
+             "random; a polite client waits the 429's retry-after-ms (else Retry-After), a storming one "
+             "sends the same request again at once. Direct: client k to server k mod 3. Same lab, same "
+             "run; 3 model servers, 3 agents, 3 etcd members, the router and the clients share 2 cores.")
+    write("overload_storm", doc, rows, notes)
+
+
 class Monitor:
     """Polls agents and the router: records every moment a node looked not ready,
     suspected, inhibited or ineligible."""
@@ -154,6 +266,18 @@ def _get(url: str) -> dict | None:
             return json.load(r)
     except (OSError, ValueError):
         return None
+
+
+def _paced(admin_url: str) -> float | None:
+    """The router's vigil_router_paced_total."""
+    try:
+        with urllib.request.urlopen(admin_url + "/metrics", timeout=1.0) as r:
+            for line in r.read().decode().splitlines():
+                if line.startswith("vigil_router_paced_total "):
+                    return float(line.split()[-1])
+    except (OSError, ValueError):
+        pass
+    return None
 
 
 def wait_idle(lab: Lab) -> None:
@@ -223,12 +347,18 @@ def hang_test(lab: Lab, rate: float, seconds: float) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=12.0)
+    ap.add_argument("--only", choices=("storm",), help="run only the retry-storm section")
+    ap.add_argument("--clients", type=int, default=48, help="clients in the retry-storm section")
+    ap.add_argument("--storm-seconds", type=float, default=20.0)
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="vigil-overload-"))
     lab = Lab.up(root / "lab", 3, model=True, router=True)
     ha = None
     try:
         lab.wait_for(lab.ready, 120, "every node ready")
+        write_storm(storm_section(lab, args.clients, args.storm_seconds))
+        if args.only == "storm":
+            return 0
         ha, ha_url = start_haproxy(lab, root)
         servers = [n.server_url for n in lab.nodes]
         wait_idle(lab)

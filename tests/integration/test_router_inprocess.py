@@ -193,3 +193,36 @@ async def test_a_post_an_engine_refused_as_not_ready_goes_to_another_node_and_a_
         async with aiohttp.ClientSession() as http:
             async with http.post(f"{url}/v1/completions", json={}) as r:
                 assert r.status == 503 and "not retried: unsafe request" in await r.text()
+
+
+def full(retry_ms: int) -> web.Application:
+    """An engine that sheds every request (429) and says when to retry."""
+    async def embeddings(_: web.Request) -> web.Response:
+        return web.json_response({"error": {"message": "engine full", "code": "engine_full"}}, status=429,
+                                 headers={"retry-after-ms": str(retry_ms), "Retry-After": "2"})
+    app = web.Application()
+    app.add_routes([web.post("/v1/embeddings", embeddings)])
+    return app
+
+
+async def test_a_client_that_retries_before_its_retry_after_is_held_until_then():
+    """A retry storm (issue 26 #6): a connection told to retry after R that sends
+    again at once is held until R has passed, then served as any request; another
+    client's connection is not held for it."""
+    async with router_over({"n1": full(1500), "n2": full(1500)}, cluster="storm") as (router, url):
+        async with aiohttp.ClientSession() as storming, aiohttp.ClientSession() as other:
+            async with storming.post(f"{url}/v1/embeddings", json={"input": "x"}) as r:
+                assert r.status == 429
+                told = float(r.headers["retry-after-ms"]) / 1000
+            assert told >= 1.0, "the router passes on a wait worth holding for"
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            async with storming.post(f"{url}/v1/embeddings", json={"input": "x"}) as r:  # at once: a storm
+                assert r.status == 429
+            held = loop.time() - t0
+            t1 = loop.time()
+            async with other.post(f"{url}/v1/embeddings", json={"input": "x"}) as r:
+                assert r.status == 429
+            assert held >= told - 0.2, f"answered after {held:.2f} s though told to wait {told:.2f} s"
+            assert loop.time() - t1 < told - 0.2, "a client that was told nothing is not held"
+            assert router.pacer.paced == 1 and router.pacer.held == 0

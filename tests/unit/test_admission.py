@@ -1,8 +1,9 @@
 """Adaptive concurrency limits, the router's queue admission and the panic
 threshold (vigil.core.admission, vigil.core.routing)."""
 
-from vigil.core.admission import Admission, NodeLimit
+from vigil.core.admission import Admission, NodeLimit, RetryPacer
 from vigil.core.routing import RoutingTable
+from vigil.router.attempt import retry_hint
 
 
 def single_thread_engine(limit: NodeLimit, service: float, rounds: int) -> float:
@@ -102,3 +103,25 @@ def test_an_unused_limit_does_not_grow():
     for i in range(500):  # a quiet hour: one request at a time, answered fast
         lim.sample(float(i), 0.3, 0.0, 0.3, inflight=1)
     assert lim.limit == 4.0
+
+
+def test_a_connection_back_before_its_retry_after_is_held_until_then_within_bounds():
+    p = RetryPacer(max_hold=5.0, max_held=2)
+    assert p.hold(retry_at=0.0, now=10.0) == 0.0, "never told to wait: served at once"
+    assert p.hold(retry_at=9.0, now=10.0) == 0.0, "came back after its Retry-After: polite"
+    assert p.hold(retry_at=11.5, now=10.0) == 1.5
+    assert p.hold(retry_at=100.0, now=10.0) == 5.0, "at most max_hold"
+    assert p.hold(retry_at=11.0, now=10.0) == 0.0, "max_held held already: answered at once"
+    assert (p.held, p.paced) == (2, 2)
+    p.released()
+    assert p.hold(retry_at=11.0, now=10.0) == 1.0 and p.held == 2
+
+
+def test_a_retry_hint_is_read_from_any_header_within_bounds():
+    assert retry_hint([("retry-after-ms", "1500"), ("Retry-After", "2")]) == 1.5
+    assert retry_hint([("Retry-After", "2")]) == 2.0
+    assert retry_hint([("Retry-After", "Wed, 21 Oct 2015 07:28:00 GMT")]) is None
+    for hostile in ("nan", "inf", "-5", "1e400", "", "0x10", "١٢"):
+        got = retry_hint([("retry-after-ms", hostile)])
+        assert got is None or 0.0 <= got <= 60.0, (hostile, got)
+    assert retry_hint([]) is None

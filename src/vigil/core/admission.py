@@ -19,6 +19,13 @@ queue only if the queue ahead of it is expected to drain within
 shed at once (429, Retry-After = the expected drain time), so a shed
 request learns it within milliseconds instead of timing out.
 
+`RetryPacer` (per router): a client that ignores Retry-After and sends again at
+once (a retry storm) gets no cheaper answer than a polite one: a connection
+told to retry at T that sends its next request before T is held until T, then
+admitted as any request. Each storming client then asks once per Retry-After,
+as a polite one does, instead of spinning the router (and the engine beside it
+on the node) through 429 after 429. Held requests cost a timer each, no CPU.
+
 A node's load never makes it ineligible: limits only ever say "not now".
 """
 
@@ -116,3 +123,28 @@ class Admission:
     def _shed(self, drain: float, reason: str) -> Shed:
         self.shed += 1
         return Shed(drain, reason)
+
+
+@dataclass
+class RetryPacer:
+    """How long to hold a request whose connection was told to retry at `retry_at`
+    (monotonic s) and came back sooner: until then, at most `max_hold` s, and
+    only while fewer than `max_held` requests are held (past that, a storm of
+    connections is answered at once rather than held without bound)."""
+    max_hold: float = 5.0
+    max_held: int = 1024
+    held: int = 0  # held now
+    paced: int = 0  # held so far
+
+    def hold(self, retry_at: float, now: float) -> float:
+        """Seconds to hold the request (0: serve it now). A positive answer counts it
+        as held: call `released` when the hold ends, however it ends."""
+        wait = min(retry_at - now, self.max_hold)
+        if wait <= 0 or self.held >= self.max_held:
+            return 0.0
+        self.held += 1
+        self.paced += 1
+        return wait
+
+    def released(self) -> None:
+        self.held -= 1

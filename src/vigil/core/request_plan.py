@@ -125,14 +125,16 @@ class RequestPlan:
         if not slot:
             self.end = self._shed("queue_timeout", admission.Shed(self.admit.queue_wait, ""))
 
-    def failed(self, now: float, kind: str, cause: str, status: int | None = None) -> bool:
+    def failed(self, now: float, kind: str, cause: str, status: int | None = None,
+               retry_after: float | None = None) -> bool:
         """The last Try's attempt failed (vigil.router.attempt.AttemptFailed's kind,
-        cause and status). True when the retry policy spent a retry on it."""
+        cause, status and, for an engine's 429, its Retry-After). True when the retry
+        policy spent a retry on it."""
         b = self.current
         assert b is not None, "a failure without a Try"
         self.last = f"{b.name}: {cause}"
         if kind == "overloaded":  # the engine shed it: it never ran; another node with room may
-            self.full = self.table.engine_shed(b, now, cause)
+            self.full = self.table.engine_shed(b, now, cause, retry_after)
             if self.attempts >= self.policy.max_attempts:
                 self.end = self._shed("engine_full", self.full)
             return False

@@ -200,11 +200,14 @@ class RoutingTable:
         b.limit.sample(now, latency, queue_s, service_s, b.outstanding)
 
     @staticmethod
-    def engine_shed(b: Backend, now: float, cause: str) -> Shed:
-        """`b`'s engine shed an attempt (429): full now. When to try again."""
+    def engine_shed(b: Backend, now: float, cause: str, retry_after: float | None = None) -> Shed:
+        """`b`'s engine shed an attempt (429): full now. When to try again: when the
+        engine said (it knows its queue; `retry_after`, at most 30 s), else after
+        one of its answers' latency."""
         b.limit.overloaded(now)
         b.shed_by_engine += 1
-        return Shed(max(0.05, b.limit.latency), f"{b.name} is full: {cause}")
+        wait = max(0.05, b.limit.latency) if retry_after is None else max(0.05, min(30.0, retry_after))
+        return Shed(wait, f"{b.name} is full: {cause}")
 
     def eligible(self, now: float, exclude: frozenset[str] = frozenset()) -> list[Backend]:
         present = [b for b in self.backends.values() if b.gone_reason() is None]

@@ -21,9 +21,10 @@ class AttemptFailed(Exception):
     | unready (the engine refused it before running it: a 503 whose error code is
     `not_ready`, what Vigil's model server answers until its model is loaded)."""
 
-    def __init__(self, kind: str, cause: str, status: int | None = None):
+    def __init__(self, kind: str, cause: str, status: int | None = None, retry_after: float | None = None):
+        """`retry_after`: what an engine that shed (429) said of when to retry, if it did."""
         super().__init__(cause)
-        self.kind, self.cause, self.status = kind, cause, status
+        self.kind, self.cause, self.status, self.retry_after = kind, cause, status, retry_after
 
 
 @dataclass
@@ -47,9 +48,10 @@ async def send_attempt(pool: UpstreamPool, url: str, req: Incoming) -> Answer:
         status = up.status
         if status in RETRYABLE_STATUS or status == 429:
             body = await up.read_all()
+            hint = retry_hint(up.headers) if status == 429 else None
             up.release()  # (which resets `up` for its next request)
             kind = "overloaded" if status == 429 else "unready" if status == 503 and not_ready(body) else "status"
-            raise AttemptFailed(kind, f"HTTP {status} {body[:200].decode(errors='replace')}", status)
+            raise AttemptFailed(kind, f"HTTP {status} {body[:200].decode(errors='replace')}", status, hint)
         if _small(up):
             return Answer(up, await up.read_all(), True)
         return Answer(up, await up.read(), False)
@@ -75,6 +77,21 @@ def not_ready(body: bytes) -> bool:
         return False
     err = doc.get("error") if isinstance(doc, dict) else None
     return isinstance(err, dict) and err.get("code") == "not_ready"
+
+
+def retry_hint(headers: list[tuple[str, str]]) -> float | None:
+    """The seconds an answer says to wait before retrying: retry-after-ms (OpenAI's),
+    else Retry-After in seconds (an HTTP date is not read); None when neither is a
+    number. Bounded to [0, 60]: an engine's header is untrusted."""
+    h = {k.lower(): v for k, v in headers}
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        try:
+            value = float(h.get(name, "")) * scale
+        except ValueError:
+            continue
+        if value == value:  # (not NaN)
+            return max(0.0, min(60.0, value))
+    return None
 
 
 def engine_report(up: Upstream) -> tuple[float | None, float | None, int | None]:

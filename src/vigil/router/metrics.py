@@ -81,6 +81,8 @@ class RouterMetrics:
                                      ["node", "to"], registry=r)
         self.latency = Histogram("vigil_router_request_seconds", "Request latency through the router "
                                  "(to the end of the answer).", buckets=BUCKETS, registry=r)
+        self.paced = Counter("vigil_router_paced", "Requests held until the Retry-After their connection "
+                             "was given with a 429 (a client that retried at once), then served.", registry=r)
         self.shed_latency = Histogram("vigil_router_shed_seconds", "Time to answer a shed request.",
                                       buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1, 5),
                                       registry=r)

@@ -32,11 +32,11 @@ import logging
 from typing import Any
 
 from vigil.clock import Clock, SystemClock
-from vigil.core.admission import Admission, NodeLimit
+from vigil.core.admission import Admission, NodeLimit, RetryPacer
 from vigil.core.request_plan import Queue, RequestPlan, Shed, Try
 from vigil.core.routing import Backend, RetryPolicy, RoutingTable
 from vigil.router.answers import Answered, error as _error, overloaded
-from vigil.router.attempt import Answer, AttemptFailed, engine_report, send_attempt
+from vigil.router.attempt import Answer, AttemptFailed, engine_report, retry_hint, send_attempt
 from vigil.router.config import RouterConfig
 from vigil.router.front_close import quiesce, sweep
 from vigil.router.http1 import HOP_BY_HOP, FrontProtocol, Incoming, Listener, Reply
@@ -70,6 +70,7 @@ class Router:
             a.initial_limit, a.min_limit, a.max_limit, a.tolerance,
             queue_budget=0.8 * cfg.retry.per_try_timeout))
         self.admission = Admission(a.queue_wait, a.max_queue)
+        self.pacer = RetryPacer()
         self.queue = SlotQueue(a.queue_wait)
         r = cfg.retry
         self.policy = RetryPolicy(max_attempts=r.max_attempts, budget_ratio=r.budget_ratio,
@@ -180,6 +181,13 @@ class Router:
             self.active -= 1
 
     async def _handle(self, req: Incoming, reply: Reply, t0: float, span: Any) -> None:
+        if (hold := self.pacer.hold(reply.front.retry_at, t0)) > 0:  # back before its Retry-After
+            self.metrics.paced.inc()
+            try:
+                with self.tracing.span("vigil.router.paced", seconds=round(hold, 3)):
+                    await asyncio.sleep(hold)
+            finally:
+                self.pacer.released()
         if req.over_limit or self.active > self.cfg.limits.max_inflight:  # queued ones count
             answer = overloaded(f"the router holds its limit of {self.cfg.limits.max_inflight} "
                                 "requests (limits.max_inflight)", 1.0)
@@ -196,6 +204,8 @@ class Router:
         else:
             answer = await self._route(req, t0, reply, buffer=False)
         if answer is not None:
+            if answer.status == 429:
+                reply.front.retry_at = self.clock.now() + (retry_hint(answer.headers) or 1.0)
             reply.whole(answer.status, answer.headers, answer.body)
             self.tracing.note(span, http__response__status_code=answer.status)
         else:
@@ -238,7 +248,7 @@ class Router:
                 return await self.attempt(b, req)  # a failure is recorded on the span
         except AttemptFailed as e:
             log.info("attempt %d on %s failed (%s): %s", step.attempt, b.name, e.kind, e.cause)
-            if plan.failed(self.clock.now(), e.kind, e.cause, e.status):
+            if plan.failed(self.clock.now(), e.kind, e.cause, e.status, e.retry_after):
                 self.metrics.retries.inc()
                 self.tracing.event(self.tracing.current(), "retry", after=b.name)
             return None
@@ -366,3 +376,4 @@ def _outcome(out: Answered, maybe_ran: bool) -> Answered:
     if maybe_ran:
         out.headers.append((OUTCOME_HEADER, "unknown"))
     return out
+

@@ -175,16 +175,15 @@ class ModelServer:
         if not self.embeds:
             return error(404, "this server loads no embedding model (started with --no-embed)", "model",
                          code="model_not_found")
-        if not self.ready:
-            return error(503, f"not ready: {self.not_ready_reason}", kind="server_error",
-                         code="not_ready")
+        # Refused before the body is parsed, as /v1/completions is: a client that retries
+        # a 429 at once (a retry storm) then costs this node no JSON parse of its body.
+        refusal = self.refusal()
+        if refusal is not None:
+            return refusal
         try:
             texts, fmt = parse_embedding_request(await json_body(request))
         except BadRequest as e:
             return error(400, str(e), e.param)
-        refusal = self.refusal()
-        if refusal is not None:
-            return refusal
         self.pending += 1
         t_in = time.monotonic()
         try:
