@@ -25,7 +25,12 @@ over all observers it shows how many suspicions a detector that convicts
 after T ms of silence would have raised, for each T: the measured
 detection-time vs false-suspicion trade-off.
 
+With `--detection fast` every lab runs vigil.core.timing.FAST_DETECTION (50 ms
+heartbeats in 3 copies, a steady sender suspected ~132 ms after its last) and
+each row's condition is marked "(fast)"; --append keeps the other profile's rows.
+
 Usage: python bench/detector.py [--minutes 10] [--conditions idle,cpu,loss,stress,stress-memory]
+       [--detection standard|fast] [--append]
 Writes bench/results/detector.{json,md}. Needs root for the loss condition.
 """
 
@@ -45,18 +50,28 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import RESULTS, write  # noqa: E402
 
 from vigil.core.peers import GAP_BUCKETS  # noqa: E402
+from vigil.core.timing import FAST_DETECTION, Timing  # noqa: E402
 from vigil.lab import Lab  # noqa: E402
 from vigil.lab.cluster import LAB_TIMING  # noqa: E402
 
 BUSY = "while True: pass"
+PROFILE = {"name": "standard", "timing": LAB_TIMING}  # --detection: set once in main
+
+
+def timing(**extra) -> dict:
+    return {**PROFILE["timing"], **extra}
+
+
+def label(name: str) -> str:
+    return name if PROFILE["name"] == "standard" else f"{name} (fast)"
 
 
 def run_condition(name: str, minutes: float) -> dict:
     """Run one condition in the current network namespace."""
     root = Path(tempfile.mkdtemp(prefix=f"vigil-bench-det-{name}-"))
     loss = name.startswith("loss")
-    copies = 1 if name == "loss-1copy" else 2
-    lab = Lab.up(root / "lab", 3, timing=LAB_TIMING | {"heartbeat_copies": copies}, model=loss, router=loss,
+    copies = 1 if name == "loss-1copy" else timing().get("heartbeat_copies", 2)
+    lab = Lab.up(root / "lab", 3, timing=timing(heartbeat_copies=copies), model=loss, router=loss,
                  fencing=loss)
     hogs: list[subprocess.Popen] = []
     try:
@@ -67,7 +82,7 @@ def run_condition(name: str, minutes: float) -> dict:
         deadline = time.monotonic() + minutes * 60
         while time.monotonic() < deadline:
             time.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
-        r = _summary(name, lab, t0, copies, _ejections(lab) - ejected0 if loss else None)
+        r = _summary(label(name), lab, t0, copies, _ejections(lab) - ejected0 if loss else None)
         r.pop("statuses")
         return r
     finally:
@@ -97,6 +112,7 @@ def _summary(name: str, lab: Lab, t0: float, copies: int, ejected: int | None) -
                 over[k] += v
     hours = elapsed / 3600
     return {"condition": name, "seconds": round(elapsed, 1), "observer_peer_pairs": 6, "copies": copies,
+            "timing": timing(), "suspicion_ms": round(Timing(**timing()).suspicion_time * 1000, 1),
             "fences": sum(e["kind"] == "fencing_started" for e in evs),
             "failovers": sum(e["kind"] == "leader_elected" for e in evs),
             "router_ejections": ejected,
@@ -129,24 +145,25 @@ def run_stress(name: str, minutes: float) -> list[dict]:
     the same minutes, before and after."""
     _need("stress-ng", "cyclictest")
     root = Path(tempfile.mkdtemp(prefix=f"vigil-bench-det-{name}-"))
-    labs = {"loop": Lab.up(root / "loop", 3, timing=LAB_TIMING)}
+    labs = {"loop": Lab.up(root / "loop", 3, timing=timing())}
     procs: list[subprocess.Popen] = []
     try:
-        labs["realtime 10"] = Lab.up(root / "rt", 3, timing=LAB_TIMING, workload={"realtime": REALTIME})
+        labs["realtime 10"] = Lab.up(root / "rt", 3, timing=timing(), workload={"realtime": REALTIME})
         seconds = int(minutes * 60)
         procs.append(subprocess.Popen(["stress-ng", *STRESS[name], "--timeout", f"{seconds + 30}s", "--quiet"]))
-        cyclic = {label: subprocess.Popen(["cyclictest", "-q", "-m", "-t", "1", "-i", "10000", "-D", f"{seconds}s",
+        cyclic = {which: subprocess.Popen(["cyclictest", "-q", "-m", "-t", "1", "-i", "10000", "-D", f"{seconds}s",
                                            *args], stdout=subprocess.PIPE, text=True)
-                  for label, args in (("SCHED_FIFO 10", ["-p", "10"]), ("SCHED_OTHER", ["--policy=other"]))}
+                  for which, args in (("SCHED_FIFO 10", ["-p", "10"]), ("SCHED_OTHER", ["--policy=other"]))}
         procs += cyclic.values()
         t0 = time.time()
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             time.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
-        latency = {label: _cyclictest(p.communicate(timeout=60)[0]) for label, p in cyclic.items()}
+        latency = {which: _cyclictest(p.communicate(timeout=60)[0]) for which, p in cyclic.items()}
         rows = []
-        for label, lab in labs.items():
-            r = _summary(f"{name}, {label}", lab, t0, copies=2, ejected=None)
+        for kind, lab in labs.items():
+            r = _summary(f"{label(name)}, {kind}", lab, t0, copies=timing().get("heartbeat_copies", 2),
+                         ejected=None)
             r["cyclictest_max_us"] = latency
             rt = [st["heartbeat"].get("realtime") for st in r.pop("statuses").values()]
             r["realtime"] = rt[0] if rt and rt[0] else None
@@ -200,7 +217,8 @@ def run_loss(minutes: float, percent: int, name: str = "loss") -> dict:
                  f"  meta l4proto udp numgen random mod 100 < {percent} counter drop\n }}\n}}\n")
         subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=rules, text=True, check=True)
         subprocess.run(["ip", "netns", "exec", ns, sys.executable, __file__, "--inner", name,
-                        "--minutes", str(minutes), "--out", str(out)], check=True)
+                        "--minutes", str(minutes), "--out", str(out), "--detection", PROFILE["name"]],
+                       check=True)
         counters = subprocess.run(["ip", "netns", "exec", ns, "nft", "list", "table", "inet", "vigil_loss"],
                                   capture_output=True, text=True).stdout
         result = json.loads(out.read_text())
@@ -218,15 +236,18 @@ def main() -> int:
     p.add_argument("--loss", type=int, default=5)
     p.add_argument("--append", action="store_true", help="keep the rows of other conditions already in the "
                                                          "results file")
+    p.add_argument("--detection", choices=("standard", "fast"), default="standard")
     p.add_argument("--inner", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.detection == "fast":
+        PROFILE.update(name="fast", timing=LAB_TIMING | FAST_DETECTION)
     if args.inner:
         Path(args.out).write_text(json.dumps(run_condition(args.inner, args.minutes)))
         return 0
     results = []
     if args.append and (RESULTS / "detector.json").exists():
-        ran = tuple(args.conditions.split(","))
+        ran = tuple(label(c) for c in args.conditions.split(","))
         results = [r for r in json.loads((RESULTS / "detector.json").read_text())["results"]
                    if r["condition"].split(",")[0] not in ran]
     for cond in args.conditions.split(","):
@@ -239,13 +260,13 @@ def main() -> int:
                   f"{r['largest_gap_ms']} ms, p99.9 {r.get('gap_p999_ms')} ms", flush=True)
         results += rows
     bounds = ["0.102", "0.105", "0.11", "0.125", "0.15", "0.25", "0.3", "0.5"]
-    table = [["condition", "heartbeat copies", "minutes", "false suspicions", "per hour", "fences", "failovers",
+    table = [["condition", "heartbeat copies", "suspicion after ms", "minutes", "false suspicions", "per hour", "fences", "failovers",
               "router ejections", "gap p99.9 ms", "largest gap ms", "local pauses",
               *[f"gaps > {float(b) * 1000:.0f} ms /h" for b in bounds], "cyclictest max µs (FIFO 10 / normal)"]]
     for r in results:
         lat = r.get("cyclictest_max_us") or {}
         table.append([r["condition"] + (f" ({r['loss_percent']} %)" if "loss_percent" in r else ""),
-                      r.get("copies", 2), round(r["seconds"] / 60, 1), r["false_suspicions"], r["per_hour"],
+                      r.get("copies", 2), r.get("suspicion_ms", 244.5), round(r["seconds"] / 60, 1), r["false_suspicions"], r["per_hour"],
                       r.get("fences", 0), r.get("failovers", 0),
                       "-" if r.get("router_ejections") is None else r["router_ejections"],
                       r.get("gap_p999_ms", "-"), r["largest_gap_ms"], r["local_pauses"],
@@ -253,13 +274,15 @@ def main() -> int:
                       " / ".join(str(lat[k].get("max", "-")) for k in ("SCHED_FIFO 10", "SCHED_OTHER")) if lat
                       else "-"])
     write("detector", {"results": results, "settings": {
-        "heartbeat_interval": 0.1, "phi_threshold": 8, "min_std_deviation": 0.02,
-        "acceptable_pause": 0.04, "copy_spacing": 0.02, "pairs": "3 agents, 6 observer->peer pairs"}},
+        "standard": LAB_TIMING, "fast": LAB_TIMING | FAST_DETECTION, "pairs": "3 agents, 6 observer->peer pairs",
+        "row": "each result's own `timing` (rows before it was recorded ran the standard profile)"}},
         table, notes=(
         "False suspicions are `peer_suspected` events while every node was healthy, summed over the "
         "6 observer->peer pairs. The 'gaps > T' columns count heartbeat silences longer than T seen "
         "by any observer: a detector that convicts after T of silence would raise that many false "
-        "suspicions per hour. The default phi detector convicts a steady peer after ~245 ms. The loss "
+        "suspicions per hour. The default phi detector convicts a steady peer after ~245 ms; rows marked "
+        "(fast) run vigil.core.timing.FAST_DETECTION (50 ms heartbeats in 3 copies 15 ms apart, min std 10 ms, "
+        "acceptable pause 30 ms: ~132 ms). The loss "
         "conditions run model servers, a router and IPMI fencing too: fences and failovers are events "
         "after the start, router ejections the router's backends made ineligible. The stress conditions "
         "run two labs at once under one stress-ng (four busy processes per core; with memory hogs): `loop` sends and "

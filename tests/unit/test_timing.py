@@ -49,3 +49,17 @@ def test_a_big_lab_gets_product_session_timers_and_smaller_racks():
     assert lab_timing("product", 3) == {"heartbeat_interval": 0.1} and lab_timing("lab", 100) is None
     assert [lab_rack_size(None, n) for n in (3, BIG_LAB, BIG_LAB + 1, 60)] == [10, 10, 5, 5]
     assert lab_rack_size(7, 60) == 7, "a size given is kept"
+
+
+def test_fast_detection_is_a_consistent_timing_that_suspects_sooner():
+    from vigil.cli.lab_cmd import lab_timing
+    from vigil.core.timing import DETECTION_FIELDS, FAST_DETECTION
+    from vigil.lab.cluster import LAB_TIMING
+
+    fast = Timing(**LAB_TIMING | FAST_DETECTION)
+    assert validate_timing(fast) == []
+    assert fast.suspicion_time < 0.14 < Timing().suspicion_time, (fast.suspicion_time, Timing().suspicion_time)
+    assert fast.suspicion_time >= 2 * fast.heartbeat_interval, "one late heartbeat must not convict"
+    assert lab_timing("auto", 3, "fast") == LAB_TIMING | FAST_DETECTION
+    assert lab_timing("product", 3, "fast")["heartbeat_interval"] == 0.05
+    assert set(DETECTION_FIELDS) <= {f for f in Timing.__dataclass_fields__}

@@ -29,6 +29,7 @@ from vigil.errors import ConfigError, VigilError
 from vigil.files import write_atomic
 from vigil.identity import make_cluster_keys
 from vigil import procs
+from vigil.core.timing import DETECTION_FIELDS
 from vigil.lab import secure as secure_lab
 from vigil.lab.etcd import EtcdCluster
 from vigil.lab.fencing import LabFencing
@@ -94,6 +95,7 @@ class Lab(LabConfigs, LabObservation):
 
     def write_configs(self, timing: dict[str, Any]) -> None:
         """Every process's configuration file, from the plan (and each node's kernel log)."""
+        self.detection = {k: timing[k] for k in DETECTION_FIELDS if k in timing}  # routers hear the agents
         if self.router:
             Path(self.router.config).write_text(yaml.safe_dump(self.router_config(), sort_keys=False))
         for i, node in enumerate(self.nodes):

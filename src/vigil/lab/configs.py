@@ -22,6 +22,8 @@ CONTINUE_KEY = "continue.key"
 
 
 class LabConfigs:
+    detection: dict[str, Any] = {}  # the agents' detector timers, which routers share (Lab.write_configs)
+
     def node_config(self, node: Any, priority: int, timing: dict[str, Any]) -> dict[str, Any]:
         return {
             "cluster": self.cluster, "node": node.name, "priority": priority,
@@ -72,7 +74,7 @@ class LabConfigs:
                                        str(self.root / "keys" / "cluster.keyring"),
                                        secure_lab.admin_block(self.root) if self.etcd.tls else {})
         cfg["retry"].update(self._continue_key())
-        return cfg
+        return cfg | ({"timing": dict(self.detection)} if self.detection else {})
 
     def _etcd_block(self, name: str, local: Any = None) -> dict[str, Any]:
         # `local`: the etcd member on the node's own machine; if asked (README.md, deployment
@@ -112,4 +114,5 @@ class LabConfigs:
                               "keyring_file": str(self.root / "keys" / "cluster.keyring")},
                 "retry": {"per_try_timeout": 3.0, "max_attempts": 3, **self.workload.router_retry,
                           **self._continue_key()},
-                **({"admission": {"queue_wait": w}} if (w := self.workload.router_queue_wait) else {})}
+                **({"admission": {"queue_wait": w}} if (w := self.workload.router_queue_wait) else {}),
+                **({"timing": dict(self.detection)} if self.detection else {})}
