@@ -19,9 +19,10 @@ holding the VIP on a live link, or an ARP sample (100 ms, from the client)
 with >= 2 MACs answering.
 
 Systems: keepalived-1 and keepalived-0.1 (advert_int 1 s / 0.1 s), vigil
-(default 100 ms heartbeat, no fencing), vigil-fencing, and both again with
-etcd on namespaces of its own (...-etcd-apart), from vigil_systems(net, args)
-in bench/vip_vigil.py, which returns them without starting anything.
+(default 100 ms heartbeat, no fencing), vigil-fencing, vigil-fencing-fast
+(the fast detection profile), and each again with etcd on namespaces of its
+own (...-etcd-apart), from vigil_systems(net, args) in bench/vip_vigil.py,
+which returns them without starting anything.
 
 The topology is made in the root namespace; the bench then runs itself again
 inside the client namespace (--inner), and afterwards kills whatever is left
@@ -55,7 +56,7 @@ from vigil import procs  # noqa: E402
 from vigil.lab.netns import NetTopology  # noqa: E402
 
 SYSTEMS = ("keepalived-1", "keepalived-0.1", "vigil", "vigil-fencing", "vigil-etcd-apart",
-           "vigil-fencing-etcd-apart")
+           "vigil-fencing-etcd-apart", "vigil-fencing-fast", "vigil-fencing-fast-etcd-apart")
 ROOT = Path(__file__).resolve().parents[1]
 SETTLE = 1.0  # s still watched for dual holders after the client is answered again
 
@@ -264,6 +265,12 @@ def targets_met(results: dict) -> dict[str, bool]:
         if p99.get(vigil) is not None and p99.get("keepalived-0.1") is not None:
             out[f"{ok[vigil]['name']}: p99 < keepalived p99 at advert_int 0.1"] = \
                 p99[vigil] < p99["keepalived-0.1"]
+    for vigil in ("vigil-fencing-fast", "vigil-fencing-fast-etcd-apart"):  # issue 26 #2
+        if p99.get(vigil) is not None:
+            out[f"{ok[vigil]['name']}: p99 <= 250 ms"] = p99[vigil] <= 250
+            if p99.get("keepalived-0.1") is not None:
+                out[f"{ok[vigil]['name']}: p99 at least 30 % below keepalived's at advert_int 0.1"] = \
+                    p99[vigil] <= 0.7 * p99["keepalived-0.1"]
     for key in (k for k in ok if k.startswith("vigil")):
         out[f"zero dual holders for {ok[key]['name']} in every test (whole run)"] = \
             ok[key]["dual_total"]["dual"] == 0

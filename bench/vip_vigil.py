@@ -7,6 +7,9 @@ self-demotion 1.6 s after the last acknowledged keep-alive).
 - "vigil-fencing": a BMC (ipmi_sim) per node; the successor powers the dead
   holder off through it (which takes its eth0 down) and takes over without
   waiting for the lease.
+- "vigil-fencing-fast...": fencing with the fast detection profile
+  (vigil.core.timing.FAST_DETECTION: 50 ms heartbeats in 3 copies, a steady
+  sender suspected ~132 ms after its last heartbeat; issue 26 #1-#2).
 - "...-etcd-apart": the same with etcd on three namespaces of its own. With
   etcd beside the nodes (the lab's layout, and a small cluster's), a node
   death that takes etcd's raft leader with it stalls every etcd write for
@@ -27,21 +30,25 @@ from pathlib import Path
 from vip_probe import NODES, VIP, name, node_down, node_up, vip_holders
 
 from vigil import procs
+from vigil.core.timing import FAST_DETECTION
 from vigil.lab import Lab
+from vigil.lab.cluster import LAB_TIMING
 from vigil.lab.netns import NetTopology
 
 
 class VigilVip:
-    def __init__(self, net: NetTopology, root: Path, fencing: bool, etcd_apart: bool = False):
+    def __init__(self, net: NetTopology, root: Path, fencing: bool, etcd_apart: bool = False, fast: bool = False):
         self.net, self.root, self.fencing, self.etcd_apart = net, root, fencing, etcd_apart
-        self.name = (f"Vigil, heartbeat 100 ms, {'fencing (IPMI)' if fencing else 'no fencing (lease)'}, "
+        self.timing = LAB_TIMING | (FAST_DETECTION if fast else {})
+        beat = "heartbeat 50 ms x3 (fast detection)" if fast else "heartbeat 100 ms"
+        self.name = (f"Vigil, {beat}, {'fencing (IPMI)' if fencing else 'no fencing (lease)'}, "
                      f"etcd {'apart (3 own namespaces)' if etcd_apart else 'on the nodes (etcd.local_member)'}")
         self.lab: Lab | None = None
 
     def start(self) -> None:
         # With etcd beside the nodes, the deployment README.md describes: etcd.local_member set,
         # so the leader keeps etcd's raft leadership on another machine.
-        self.lab = Lab.up(self.root, NODES, net=self.net, vip=VIP, fencing=self.fencing,
+        self.lab = Lab.up(self.root, NODES, net=self.net, vip=VIP, fencing=self.fencing, timing=self.timing,
                           etcd_apart=self.etcd_apart, workload={"etcd_leader_apart": not self.etcd_apart})
         self._whole()
 
@@ -87,5 +94,7 @@ class VigilVip:
 
 def vigil_systems(net: NetTopology, args: argparse.Namespace) -> dict[str, VigilVip]:
     root = Path(args.dir)
-    return {key: VigilVip(net, root / key, fencing="fencing" in key, etcd_apart=key.endswith("etcd-apart"))
-            for key in ("vigil", "vigil-fencing", "vigil-etcd-apart", "vigil-fencing-etcd-apart")}
+    return {key: VigilVip(net, root / key, fencing="fencing" in key, etcd_apart=key.endswith("etcd-apart"),
+                          fast="-fast" in key)
+            for key in ("vigil", "vigil-fencing", "vigil-etcd-apart", "vigil-fencing-etcd-apart",
+                        "vigil-fencing-fast", "vigil-fencing-fast-etcd-apart")}

@@ -217,12 +217,25 @@ async def test_a_client_that_retries_before_its_retry_after_is_held_until_then()
             assert told >= 1.0, "the router passes on a wait worth holding for"
             loop = asyncio.get_running_loop()
             t0 = loop.time()
-            async with storming.post(f"{url}/v1/embeddings", json={"input": "x"}) as r:  # at once: a storm
-                assert r.status == 429
-            held = loop.time() - t0
+
+            async def again() -> float:
+                async with storming.post(f"{url}/v1/embeddings", json={"input": "x"}) as r:  # at once: a storm
+                    assert r.status == 429
+                return loop.time() - t0
+            storm = asyncio.ensure_future(again())
+            await wait_until(lambda: router.pacer.held == 1, 5, "the storming request held")
             t1 = loop.time()
-            async with other.post(f"{url}/v1/embeddings", json={"input": "x"}) as r:
+            async with other.post(f"{url}/v1/embeddings", json={"input": "x"}) as r:  # while it is held
                 assert r.status == 429
-            assert held >= told - 0.2, f"answered after {held:.2f} s though told to wait {told:.2f} s"
             assert loop.time() - t1 < told - 0.2, "a client that was told nothing is not held"
+            held = await storm
+            assert held >= told - 0.2, f"answered after {held:.2f} s though told to wait {told:.2f} s"
             assert router.pacer.paced == 1 and router.pacer.held == 0
+            async with storming.post(f"{url}/v1/embeddings", json={"input": "x"}) as r:
+                assert r.status == 429
+            gone = asyncio.ensure_future(storming.post(f"{url}/v1/embeddings", json={"input": "x"}))
+            await wait_until(lambda: router.pacer.held == 1, 5, "a second storming request held")
+            gone.cancel()  # the client goes away while it is held
+            await storming.close()
+            # well before the hold's own end (told s): the client's going cancels it
+            await wait_until(lambda: router.pacer.held == 0, told - 0.3, "the hold released with its client")

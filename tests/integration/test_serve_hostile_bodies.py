@@ -1,7 +1,8 @@
 """Every JSON endpoint of the model server (vigil.serve) answers a hostile body
-with a 400 that names the problem, never a 500 of a crashed handler: not
-UTF-8, not JSON, JSON nested past the parser's recursion (a RecursionError,
-not a ValueError), the wrong shape. The server answers good requests after."""
+with a 400 that names the problem, never a 500 of a crashed handler (which
+the router would also count against the node): not UTF-8, not JSON, JSON
+nested past the parser's recursion (a RecursionError, not a ValueError), the
+wrong shape, text holding a lone surrogate (valid JSON, no valid Unicode). The server answers good requests after."""
 
 from __future__ import annotations
 
@@ -53,10 +54,17 @@ async def server():
         await runner.cleanup()
 
 
+# JSON that parses into text no encoder takes: a lone surrogate, per endpoint's text field
+SURROGATE = {"/v1/embeddings": [b'{"input": "\\ud800"}', b'{"input": ["ok", "a\\udfffb"]}'],
+             "/v1/completions": [b'{"prompt": "\\ud800", "max_tokens": 2}'],
+             "/v1/chat/completions": [b'{"messages": [{"role": "user", "content": "x\\udc00"}]}'],
+             "/_vigil/faults": []}
+
+
 @pytest.mark.parametrize("path", ["/v1/embeddings", "/v1/completions", "/v1/chat/completions", "/_vigil/faults"])
 async def test_a_hostile_body_is_a_400_naming_the_problem(server, path):
     async with aiohttp.ClientSession() as http:
-        for body in HOSTILE:
+        for body in HOSTILE + SURROGATE[path]:
             async with http.post(server + path, data=body, headers={"Content-Type": "application/json"}) as r:
                 doc = await r.json()
                 assert r.status == 400, (path, body[:20], r.status, doc)

@@ -354,3 +354,18 @@ def test_a_member_is_convicted_only_when_i_suspect_it_and_a_majority_agrees():
         "c's newer word (its heartbeat) clears it"
     me = {n: replace(m, suspects=frozenset({"b"})) for n, m in MEMBERS.items()}
     assert fence_view("b", members=me, suspected_for={"b": 1.0}).convicted() == frozenset(), "never me"
+
+
+def test_no_side_of_an_even_split_convicts_the_other():
+    """Four nodes cut 2|2: a and b suspect c (b's word and mine), a majority of the
+    voters a fence counts, yet only 2 of 4: no conviction; nor in a cluster of two."""
+    four = {n: MemberInfo(n, 100 - i, lease=i + 1) for i, n in enumerate("abcd")}
+    split = {**four, "b": replace(four["b"], suspects=frozenset({"c", "d"}))}
+    v = view("a", members=split, suspected_for={"c": 1.0, "d": 1.0}, cluster_size=4,
+             unheard=frozenset({"c", "d"}))
+    assert v.convicted() == frozenset()
+    three = {**split, "d": replace(four["d"], suspects=frozenset({"c"}))}
+    assert replace(v, members=three, suspected_for={"c": 1.0}, unheard=frozenset({"c"})).convicted() == \
+        frozenset({"c"}), "3 of 4 agree: convicted"
+    pair = {"a": four["a"], "c": four["c"]}
+    assert view("a", members=pair, suspected_for={"c": 1.0}, cluster_size=2).convicted() == frozenset()

@@ -172,6 +172,20 @@ def test_engines_that_shed_it_send_it_elsewhere_then_shed_it_with_their_reason()
     assert t.backend("a").shed_by_engine == t.backend("b").shed_by_engine == 1
 
 
+def test_a_shed_request_is_told_the_soonest_retry_any_engine_named():
+    for hints in ((3.0, 0.5), (0.5, 3.0)):
+        p = plan(table("a", "b"), safe=False)
+        for hint in hints:
+            p.next(0.0, 0)
+            p.failed(0.0, "overloaded", "HTTP 429 full", 429, hint)
+        end = p.next(0.0, 0)
+        assert isinstance(end, Shed) and end.retry_after == 0.5, hints
+    p = plan(table("a"), safe=False)
+    p.next(0.0, 0)
+    p.failed(0.0, "overloaded", "HTTP 429 full", 429, 1e9)
+    assert p.next(0.0, 0).retry_after == 30.0, "an engine's word is bounded"
+
+
 def test_an_engine_shedding_the_last_allowed_attempt_sheds_the_request():
     p = plan(table("a", "b", "c"), max_attempts=1)
     p.next(0.0, 0)

@@ -16,8 +16,9 @@ node: the shards of a job spread over the nodes that take batch work.
   shard's owner record goes with it) the next node free of a shard claims
   it and resumes at its checkpoint (at once if one is idle; else once one
   finishes its own shard: every live node keeps working meanwhile).
-- The node is paused past its lease and runs again: its next commit fails
-  the claim check; it stops (`job_lost`) and commits nothing.
+- The node is paused past its detection time (the cluster convicts it) or
+  its lease, and runs again: its next commit fails the claim check; it
+  stops (`job_lost`) and commits nothing.
 - The model server is busy (429, 503): the chunk waits and is sent again;
   busy is not broken. It stops answering, the engine is judged not ready,
   or the node goes out of service (maintenance, drain, a verdict that takes
@@ -261,7 +262,8 @@ class JobRunner:
         owner = await self.store.get(self.keys.payload(payload_id(c.spec.id, c.shard)))
         if owner is None or owner.create_revision != c.revision:
             holder = jobs.owner_of(owner.value).get("node", "?") if owner else "nobody yet"
-            raise JobStop(f"the claim was lost (this node's lease ended; now held by {holder}); "
+            raise JobStop(f"the claim was lost (this node's lease ended, or the cluster convicted it while "
+                          f"it was silent; now held by {holder}); "
                           "nothing was committed after it", lost=True)
         kv = await self.store.get(self.keys.job_progress(c.spec.id, c.shard))
         if kv is not None and kv.mod_revision == c.progress_rev:

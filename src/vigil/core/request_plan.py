@@ -86,7 +86,7 @@ class RequestPlan:
         self.tried: set[str] = set()
         self.attempts = 0
         self.last = "no attempt"  # the last failure, for a 503's message
-        self.full: admission.Shed | None = None  # the last engine that shed it
+        self.full: admission.Shed | None = None  # of the engines that shed it, the soonest retry named
         self.admitted = False  # it waited in the queue once
         self.maybe_ran = False
         self.end: Shed | Fail | None = None
@@ -134,7 +134,9 @@ class RequestPlan:
         assert b is not None, "a failure without a Try"
         self.last = f"{b.name}: {cause}"
         if kind == "overloaded":  # the engine shed it: it never ran; another node with room may
-            self.full = self.table.engine_shed(b, now, cause, retry_after)
+            shed = self.table.engine_shed(b, now, cause, retry_after)
+            if self.full is None or shed.retry_after <= self.full.retry_after:
+                self.full = shed  # the client is told the soonest any engine tried named
             if self.attempts >= self.policy.max_attempts:
                 self.end = self._shed("engine_full", self.full)
             return False

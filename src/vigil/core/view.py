@@ -211,13 +211,18 @@ class ClusterView:
         return agree, counted, counted // 2 + 1
 
     def convicted(self) -> frozenset[str]:
-        """The members I suspect whose conviction is corroborated (`corroborated`): the
-        word a fence of a leader needs, and what lets a batch shard leave its owner
-        before etcd expires the owner's lease. A partition's minority convicts no one."""
+        """The members I suspect whose conviction is corroborated (`corroborated`, the
+        word a fence of a leader needs) and, in a full mesh, agreed by more than half
+        of the whole cluster, the suspect counted: what lets a batch shard leave its
+        owner before etcd expires the owner's lease. No side of a split convicts the
+        other unless it is a majority of the cluster (an even split: neither; two
+        nodes: never), so two sides never take shards back and forth."""
+        full_mesh = self.topology is None or self.topology.full_mesh
+        size = max(self.cluster_size, len(self.members))
         out = []
         for name in self.suspected_for:
             agree, _voters, need = self.corroborated(name)
-            if name != self.me and agree >= need:
+            if name != self.me and agree >= need and (not full_mesh or agree > size // 2):
                 out.append(name)
         return frozenset(out)
 

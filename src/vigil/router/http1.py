@@ -166,7 +166,7 @@ class FrontProtocol(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
         self.keep_alive = True
         self.refused = False
-        self.retry_at = 0.0  # loop time this client was told to retry at (a 429's Retry-After)
+        self.retry_at = 0.0  # when (the router clock's now) this client was told to retry (a 429's)
         self._queue: collections.deque[Incoming] = collections.deque()
         self._queued_bytes = 0
         self._task: asyncio.Task | None = None

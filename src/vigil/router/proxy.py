@@ -70,7 +70,8 @@ class Router:
             a.initial_limit, a.min_limit, a.max_limit, a.tolerance,
             queue_budget=0.8 * cfg.retry.per_try_timeout))
         self.admission = Admission(a.queue_wait, a.max_queue)
-        self.pacer = RetryPacer()
+        # Held requests count in max_inflight: a storm held must leave room for everyone else.
+        self.pacer = RetryPacer(max_held=min(1024, cfg.limits.max_inflight // 4))
         self.queue = SlotQueue(a.queue_wait)
         r = cfg.retry
         self.policy = RetryPolicy(max_attempts=r.max_attempts, budget_ratio=r.budget_ratio,
@@ -181,28 +182,13 @@ class Router:
             self.active -= 1
 
     async def _handle(self, req: Incoming, reply: Reply, t0: float, span: Any) -> None:
-        if (hold := self.pacer.hold(reply.front.retry_at, t0)) > 0:  # back before its Retry-After
-            self.metrics.paced.inc()
-            try:
-                with self.tracing.span("vigil.router.paced", seconds=round(hold, 3)):
-                    await asyncio.sleep(hold)
-            finally:
-                self.pacer.released()
-        if req.over_limit or self.active > self.cfg.limits.max_inflight:  # queued ones count
-            answer = overloaded(f"the router holds its limit of {self.cfg.limits.max_inflight} "
-                                "requests (limits.max_inflight)", 1.0)
-            self.metrics.finished(429, self.clock.now() - t0)
-        elif req.too_large:
-            answer = _error(413, f"request body larger than {self.cfg.max_body} bytes "
-                                 "(limits.max_body)")
-        elif req.path.startswith("/_vigil/"):
-            answer = _error(404, "the router's own endpoints are on its admin listener (admin.port)")
-        elif (why := client_continue(req.method, req.path, req.body)) is not None:
-            answer = continue_refused(why)  # only this router's continuations carry it
-        elif key := req.header("Idempotency-Key"):
-            answer = await self.keyed.handle(req, key, t0)
-        else:
-            answer = await self._route(req, t0, reply, buffer=False)
+        answer = self._refused(req, t0)
+        if answer is None:
+            await self._pace(reply.front.retry_at, t0)
+            if key := req.header("Idempotency-Key"):
+                answer = await self.keyed.handle(req, key, t0)
+            else:
+                answer = await self._route(req, t0, reply, buffer=False)
         if answer is not None:
             if answer.status == 429:
                 reply.front.retry_at = self.clock.now() + (retry_hint(answer.headers) or 1.0)
@@ -210,6 +196,31 @@ class Router:
             self.tracing.note(span, http__response__status_code=answer.status)
         else:
             self.tracing.note(span, streamed=True)  # relayed as it came (its status in the attempt)
+
+    def _refused(self, req: Incoming, t0: float) -> Answered | None:
+        """The answer to a request refused before any routing, or None."""
+        if req.over_limit or self.active > self.cfg.limits.max_inflight:  # queued ones count
+            self.metrics.finished(429, self.clock.now() - t0)
+            return overloaded(f"the router holds its limit of {self.cfg.limits.max_inflight} "
+                              "requests (limits.max_inflight)", 1.0)
+        if req.too_large:
+            return _error(413, f"request body larger than {self.cfg.max_body} bytes (limits.max_body)")
+        if req.path.startswith("/_vigil/"):
+            return _error(404, "the router's own endpoints are on its admin listener (admin.port)")
+        if (why := client_continue(req.method, req.path, req.body)) is not None:
+            return continue_refused(why)  # only this router's continuations carry it
+        return None
+
+    async def _pace(self, retry_at: float, now: float) -> None:
+        """Hold a request whose connection came back before its 429's Retry-After
+        until then (core.admission.RetryPacer); cancelled with its client."""
+        if (hold := self.pacer.hold(retry_at, now)) > 0:
+            self.metrics.paced.inc()
+            try:
+                with self.tracing.span("vigil.router.paced", seconds=round(hold, 3)):
+                    await asyncio.sleep(hold)
+            finally:
+                self.pacer.released()
 
     async def _route(self, req: Incoming, t0: float, reply: Reply | None,
                      buffer: bool) -> Answered | None:

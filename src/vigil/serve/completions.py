@@ -45,7 +45,7 @@ from aiohttp import web
 
 from vigil.openai_fields import constrained_by
 from vigil.router import continue_sign
-from vigil.serve.errors import BadRequest, error, json_body
+from vigil.serve.errors import BadRequest, check_unicode, error, json_body
 from vigil.serve.generate import LanguageModel, Sampling, TextStream
 
 MAX_PROMPT_CHARS = 65_536
@@ -88,12 +88,14 @@ def _prompt(model: LanguageModel, body: dict[str, Any], chat: bool) -> list[int]
                              "assistant) and string content", "messages")
         if sum(len(m["content"]) for m in msgs) > MAX_PROMPT_CHARS:
             raise BadRequest(f"the messages are longer than {MAX_PROMPT_CHARS} characters", "messages")
+        check_unicode([m["content"] for m in msgs], "messages")
         return model.chat([{"role": m["role"], "content": m["content"]} for m in msgs])
     prompt = body.get("prompt")
     if not isinstance(prompt, str) or not prompt:
         raise BadRequest("'prompt' must be a non-empty string", "prompt")
     if len(prompt) > MAX_PROMPT_CHARS:
         raise BadRequest(f"'prompt' is longer than {MAX_PROMPT_CHARS} characters", "prompt")
+    check_unicode([prompt], "prompt")
     return model.encode(prompt)
 
 

@@ -30,3 +30,14 @@ async def json_body(request: web.Request) -> Any:
         return await request.json()
     except (ValueError, RecursionError):  # (UnicodeDecodeError and JSONDecodeError are ValueErrors)
         raise BadRequest("the request body is not valid JSON (or is nested too deeply)") from None
+
+
+def check_unicode(texts: list[str], param: str) -> None:
+    """BadRequest unless every text encodes as UTF-8: JSON may escape a lone surrogate
+    ("\\ud800"), which a tokenizer's encode() then raises on (a 500, and the router
+    would take this node out of rotation a while for a client's bad body)."""
+    for t in texts:
+        try:
+            t.encode()
+        except UnicodeError:
+            raise BadRequest(f"'{param}' holds text that is not valid Unicode (a lone surrogate)", param) from None

@@ -38,7 +38,7 @@ from typing import Any
 from aiohttp import web
 
 from vigil.openai_fields import MAX_EMBEDDING_INPUTS, MAX_INPUT_CHARS
-from vigil.serve.errors import BadRequest, error, json_body
+from vigil.serve.errors import BadRequest, check_unicode, error, json_body
 from vigil.serve.model import DIMENSIONS, MODEL_ID, MiniLM
 from vigil.web import finish, route
 
@@ -67,6 +67,7 @@ def parse_embedding_request(body: Any) -> tuple[list[str], str]:
         raise BadRequest(f"'input' has {len(texts)} items; at most {MAX_INPUTS} per request", "input")
     if any(len(t) > MAX_CHARS for t in texts):
         raise BadRequest(f"an input is longer than {MAX_CHARS} characters", "input")
+    check_unicode(texts, "input")
     model = body.get("model", MODEL_ID)
     if model not in (MODEL_ID, f"sentence-transformers/{MODEL_ID}"):
         raise BadRequest(f"model '{model}' is not served here; use '{MODEL_ID}'", "model")
@@ -184,6 +185,9 @@ class ModelServer:
             texts, fmt = parse_embedding_request(await json_body(request))
         except BadRequest as e:
             return error(400, str(e), e.param)
+        refusal = self.refusal()  # again: others were admitted while this body was read
+        if refusal is not None:
+            return refusal
         self.pending += 1
         t_in = time.monotonic()
         try:
