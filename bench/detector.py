@@ -26,7 +26,7 @@ after T ms of silence would have raised, for each T: the measured
 detection-time vs false-suspicion trade-off.
 
 With `--detection fast` every lab runs vigil.core.timing.FAST_DETECTION (50 ms
-heartbeats in 3 copies, a steady sender suspected ~132 ms after its last) and
+heartbeats in 3 copies, a steady sender suspected ~122 ms after its last) and
 each row's condition is marked "(fast)"; --append keeps the other profile's rows.
 
 Usage: python bench/detector.py [--minutes 10] [--conditions idle,cpu,loss,stress,stress-memory]
@@ -282,7 +282,7 @@ def main() -> int:
         "by any observer: a detector that convicts after T of silence would raise that many false "
         "suspicions per hour. The default phi detector convicts a steady peer after ~245 ms; rows marked "
         "(fast) run vigil.core.timing.FAST_DETECTION (50 ms heartbeats in 3 copies 15 ms apart, min std 10 ms, "
-        "acceptable pause 30 ms: ~132 ms). The loss "
+        "acceptable pause 20 ms: ~122 ms). The loss "
         "conditions run model servers, a router and IPMI fencing too: fences and failovers are events "
         "after the start, router ejections the router's backends made ineligible. The stress conditions "
         "run two labs at once under one stress-ng (four busy processes per core; with memory hogs): `loop` sends and "

@@ -9,7 +9,7 @@ standby powers the leader off, verifies, revokes its lease and claims), where
 token-guarded actuator (a Modbus PLC behind the gateway). Each for every
 detection profile asked for, in the same run: standard (the lab's timers:
 100 ms heartbeats in 2 copies, phi 8, min std 20 ms, pause 40 ms) and fast
-(vigil.core.timing.FAST_DETECTION: 50 ms in 3 copies, min std 10 ms, pause 30 ms).
+(vigil.core.timing.FAST_DETECTION: 50 ms in 3 copies, min std 10 ms, pause 20 ms).
 
 Usage: python bench/failover.py [--kills 20] [--dir DIR] [--detection standard,fast]   (root: ipmi_sim)
 Writes bench/results/failover.{json,md}.

@@ -9,7 +9,7 @@ self-demotion 1.6 s after the last acknowledged keep-alive).
   waiting for the lease.
 - "vigil-fencing-fast...": fencing with the fast detection profile
   (vigil.core.timing.FAST_DETECTION: 50 ms heartbeats in 3 copies, a steady
-  sender suspected ~132 ms after its last heartbeat; issue 26 #1-#2).
+  sender suspected ~122 ms after its last heartbeat; issue 26 #1-#2).
 - "...-etcd-apart": the same with etcd on three namespaces of its own. With
   etcd beside the nodes (the lab's layout, and a small cluster's), a node
   death that takes etcd's raft leader with it stalls every etcd write for

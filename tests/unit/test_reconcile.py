@@ -151,6 +151,9 @@ def test_race_delay_when_a_higher_priority_peer_may_exist():
     d = decide(v)
     assert d.action == NONE and "fencing it in 0.2 s" in d.reason, "b outranks c: c waits 1 x 0.5 s"
     assert decide(replace(v, suspected_for={"a": 0.6})).action == "fence"
+    for held_out in ("fenced", "maintenance", "draining", "held"):  # b knows it will not fence: no wait
+        assert decide(replace(v, states={"b": held_out})).action == "fence", held_out
+    assert decide(replace(v, states={"b": "standby"})).action == NONE, "a standby b may fence first"
 
 
 def test_no_device_waits_for_lease_and_failed_fence_blocks():

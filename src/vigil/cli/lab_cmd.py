@@ -101,7 +101,7 @@ def register(sub) -> None:
                          "etcd's answers, not 1)")
     up.add_argument("--detection", choices=("standard", "fast"), default="standard",
                     help="the heartbeat detector: standard (100 ms heartbeats in 2 copies, a crash "
-                         "suspected ~245 ms after the last) or fast (50 ms in 3 copies, ~132 ms; 3 x the "
+                         "suspected ~245 ms after the last) or fast (50 ms in 3 copies, ~122 ms; 3 x the "
                          "heartbeat packets): vigil.core.timing.FAST_DETECTION")
     up.add_argument("--in-netns", default="", help=argparse.SUPPRESS)
     up.set_defaults(func=lab_up)

@@ -159,10 +159,15 @@ class ClusterView:
     def higher_priority_peers(self, exclude: str) -> int:
         """Healthy registered members ranked above me to succeed `exclude`
         (`rank`), whether I can hear them or not: each one is a node that should
-        fence before I do."""
+        fence before I do. A member its state holds out (fenced, maintenance,
+        draining, held: written in etcd, so it reads the same) will not, and is
+        not waited for: a node just back from being fenced, still `fenced` until
+        the leader calls it standby, cost every takeover in that window a whole
+        race delay (measured: ~700 ms instead of ~200 ms)."""
         mine = self.rank(self.me, exclude)
         return sum(1 for m in self.members.values()
-                   if m.name not in (self.me, exclude) and m.healthy and self.rank(m.name, exclude) < mine)
+                   if m.name not in (self.me, exclude) and m.healthy and self.rank(m.name, exclude) < mine
+                   and self.states.get(m.name) not in INELIGIBLE_STATES)
 
     def rank(self, name: str, succeeding: str | None = None) -> tuple[bool, int, str]:
         """Order of succession (lower first): outside the failure domain of the
