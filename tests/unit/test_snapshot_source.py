@@ -109,3 +109,30 @@ async def test_a_doubted_mirror_is_read_at_most_once_per_backoff():
         assert registry.reads == 3, "trusted again: the mirror"
     finally:
         watch.cancel()
+
+
+async def test_a_watch_that_started_after_the_last_read_is_brought_level_at_once():
+    """An agent's start: its first read and its watch's start race, and the watch may
+    start at a later revision than the read (a write came between). The mirror is not
+    current, but the watch runs and etcd answers: the next cycle reads at once (not
+    once per backoff), and the mirror is current after it."""
+    store, registry, mirror, source, _ = await _source()
+
+    async def follow_fresh():  # as RegistryWatch.run does when it starts before the first load
+        _, rev = await store.range(K.leader)
+        mirror.watching(rev)
+        async for ev in store.watch(mirror.start, rev + 1, range_end=mirror.end):
+            mirror.apply(ev)
+    await source.get(0.0)
+    await registry.set_state("n2", "standby")  # between the read and the watch's start
+    watch = asyncio.get_running_loop().create_task(follow_fresh())
+    try:
+        await wait_until(lambda: mirror.watch_start is not None, 5, "the watch to start")
+        assert not mirror.current, "the watch started after the mirror's read"
+        snap = await source.get(0.1)  # within the backoff of the first read
+        assert registry.reads == 2 and snap.states == {"n2": "standby"}, "read at once"
+        assert mirror.current
+        await source.get(0.2)
+        assert registry.reads == 2, "the mirror from now on"
+    finally:
+        watch.cancel()

@@ -18,13 +18,19 @@ Contract:
   read); and no role change or write of unknown outcome came since the last
   read (`invalidate()`). Otherwise it reads the range (one request), and the
   mirror follows that read.
-- Reads are limited when the mirror is doubted (its watch broke, or the
-  keep-alives fail): at most one per `backoff`·U(0.5, 1) s (seeded: a
+- Reads are limited when the mirror is doubted (its watch is not running,
+  or the keep-alives fail): at most one per `backoff`·U(0.5, 1) s (seeded: a
   simulation repeats), and after a read that failed, none for as long; `get`
   raises StoreUnavailable meanwhile (a fixed text), which a cycle turns into a
-  Wait. The first read, a resync, a read after `invalidate()` and one for a
-  write of ours the watch has not brought back yet (the leader's) are not
-  limited.
+  Wait. The first read, a resync, a read after `invalidate()`, one for a
+  write of ours the watch has not brought back yet (the leader's) and, once
+  per watch, one while that watch runs but the mirror is not current (it
+  started after the mirror's last read: an agent's first read and its
+  watch's start race) are not limited: etcd answers, and one read makes the
+  mirror current. Limiting that one made a just-restarted agent decide on
+  nothing for up to `backoff` (a fenced takeover then took ~850 ms instead
+  of ~300 ms); once per watch, because a read the watch has already passed
+  is refused by the mirror, and a busy etcd must not get one per cycle.
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ class SnapshotSource:
         self._need = 0  # the newest revision of a write of ours the snapshot must hold
         self._next_read = float("-inf")  # no read the mirror is only doubted for before this
         self._retry_at = float("-inf")  # after a failed read: no read at all before this
+        self._levelled: int | None = None  # the watch (its start) an unlimited read was made for
 
     def invalidate(self) -> None:
         """Our role changed, or a write of ours may or may not have landed: the next
@@ -73,8 +80,12 @@ class SnapshotSource:
             mirrored = self.mirror.snapshot()
             if mirrored is not None:
                 return mirrored
+        watch = self.mirror.watch_start
+        level = watch is not None and watch != self._levelled and self._etcd_answers(now)
         doubted = (self._reusable and now - self._read_at < MIRROR_RESYNC
                    and not (self.mirror.current and self._etcd_answers(now)))
+        if level and doubted:
+            self._levelled, doubted = watch, False
         if doubted and now < self._next_read:
             # A fixed text: the cycle's Wait is logged only when it changes.
             raise StoreUnavailable(f"the watch's mirror is not trusted now ({self._why_not()}); etcd is read "

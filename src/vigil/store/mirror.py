@@ -46,6 +46,11 @@ class RegistryMirror:
         return (self._loaded and self._watch_from is not None and self._watch_from <= self.revision
                 and not self._gap)
 
+    @property
+    def watch_start(self) -> int | None:
+        """The revision the running watch streams changes after; None when none runs."""
+        return self._watch_from
+
     def resume_after(self) -> int | None:
         """The revision a new watch streams changes after to keep this mirror whole;
         None when nothing is loaded (start from a fresh read). One before `revision`:
