@@ -139,6 +139,17 @@ async def collect(store: MemoryStore, spec: JobSpec) -> list[tuple[int, str, str
             for i, (text, vec) in enumerate(zip(c.inputs, c.vectors))]
 
 
+async def in_fourth_chunk(store: MemoryStore, embedder: Embedder, a: Node, n: int) -> JobSpec:
+    """A job of `n` inputs in chunks of 20, its first shard claimed by `a` and `a`'s 4th
+    chunk under way, held there (`embedder.allow` lets it go)."""
+    spec, _ = await submit(store, n, 20)
+    embedder.allow(3)
+    await start(store, a)
+    await wait_until(lambda: a.runner.current and a.runner.current.progress.next == 3 and embedder.parked, 30,
+                     "a in its 4th chunk")
+    return spec
+
+
 def embedded_at_most_once_per_claim(embedder: Embedder, spec: JobSpec, claims: int) -> None:
     """Each claim re-embeds at most the one chunk it had in flight (A1: re-embedding is measured)."""
     assert spec.total <= embedder.served <= spec.total + spec.chunk_size * claims, (embedder.served, claims)
@@ -201,11 +212,7 @@ async def test_the_shards_of_a_job_spread_over_the_nodes_and_move_when_one_dies(
 
 async def test_an_owner_paused_past_its_lease_commits_nothing_after_it(env):
     store, embedder, (a, b) = env
-    spec, _ = await submit(store, 400, 20)
-    embedder.allow(3)  # a's 4th chunk is under way and stays so: a is "paused"
-    await start(store, a)
-    await wait_until(lambda: a.runner.current and a.runner.current.progress.next == 3 and embedder.parked, 30,
-                     "a paused in its 4th chunk")
+    spec = await in_fourth_chunk(store, embedder, a, 400)  # and stays so: a is "paused"
     at = 3
     await store.revoke(a.lease)  # its lease ends while it is paused
     await start(store, b)
@@ -242,15 +249,10 @@ async def test_a_convicted_owners_shard_is_taken_before_its_lease_expires(env):
     (its claim is gone), and every input is committed once. A suspicion short of a
     conviction takes nothing."""
     store, embedder, (a, b) = env
-    spec, _ = await submit(store, 400, 20)
-    embedder.allow(3)
-    await start(store, a)
-    await wait_until(lambda: a.runner.current and a.runner.current.progress.next == 3 and embedder.parked, 30,
-                     "a paused in its 4th chunk")
+    spec = await in_fourth_chunk(store, embedder, a, 400)
     decisions = Decisions()
     b.runner.follow(decisions)
     b.lease = (await store.grant(10)).id
-    decisions.convict("b")  # b's own name: never a reason to take anything
     assert await b.runner.claim(b.lease) is None, "a's claim holds while a is not convicted"
     b.task = asyncio.get_running_loop().create_task(b.runner.run())
     decisions.convict("a")
@@ -267,11 +269,7 @@ async def test_a_convicted_owners_shard_is_taken_before_its_lease_expires(env):
 
 async def test_etcd_away_mid_job_keeps_the_claim_and_work_goes_on_from_the_checkpoint(env):
     store, embedder, (a, _) = env
-    spec, _ = await submit(store, 600, 20)
-    embedder.allow(3)
-    await start(store, a)
-    await wait_until(lambda: a.runner.current and a.runner.current.progress.next == 3 and embedder.parked, 30,
-                     "a at work")
+    spec = await in_fourth_chunk(store, embedder, a, 600)
     store.available = False
     embedder.allow(None)
     await wait_until(lambda: store.refused >= 3, 30, "a's commit and re-reads refused while etcd is away")
