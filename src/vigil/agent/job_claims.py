@@ -6,13 +6,15 @@ revision is the shard's fencing token. Records that are not Vigil's are skipped
 and said once, never trusted.
 
 A shard whose owner the cluster has convicted (vigil.core.view.ClusterView.convicted:
-I suspect it and a majority of its voters agree) is an orphan already: its owner
+I suspect it, a majority of its voters agree and, in a full mesh, more than half of
+the whole cluster) is an orphan already: its owner
 record is deleted (only that record: the create revision is checked) and the shard
 claimed, without waiting for etcd to expire the owner's lease (TTL plus up to
 half a second of etcd's lease scan). Safe whatever the owner does next: its next
 commit checks its claim and fails, so a paused owner that runs again commits
-nothing (`job_lost`), as after a lease expiry. A partition's minority convicts no
-one, so two sides never take a shard back and forth."""
+nothing (`job_lost`), as after a lease expiry. No side of a split that is not a
+majority of the cluster convicts anyone, so two sides never take a shard back and
+forth."""
 
 from __future__ import annotations
 
@@ -128,7 +130,7 @@ class ShardClaimer:
             owner, created = forfeit[picked]
             if await self.store.delete_if_created(key, created):
                 self.record("job_taken_over", f"batch job {job} shard {shard}: its owner {owner} is convicted "
-                            "(suspected here and by a majority of its voters); its claim is withdrawn "
+                            "(suspected here and by a majority of the cluster); its claim is withdrawn "
                             "without waiting for its lease", job=job, shard=shard, owner=owner)
         ok, kv = await self.store.create(key, self.owner_record(spec, shard, prog.done), lease)
         if not ok and not self._mine(kv, lease):
