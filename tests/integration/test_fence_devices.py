@@ -160,3 +160,31 @@ async def test_closing_a_session_leaves_no_process(bmc):
     proc = dev._shell._proc
     await dev.close()
     assert proc.returncode is not None and not procs.alive(proc.pid)
+
+
+async def test_a_refused_power_off_of_a_node_that_reads_off_is_a_fence_done():
+    """Two standbys may fence one leader at once (their views differ for a moment);
+    the second's ForceOff finds it off, and some BMCs refuse that (HTTP 409). A fence
+    is proof the node is off: a refusal with the node reading off is one, and a
+    refusal with the node on, or unreadable, is the failure it was."""
+    from vigil.stonith.devices import FenceDevice
+
+    class Refusing(FenceDevice):
+        def __init__(self, state):
+            self.state = state
+
+        async def status(self) -> str:
+            if self.state is None:
+                raise FencingFailed("status: no answer")
+            return self.state
+
+        async def power_off(self) -> None:
+            raise FencingFailed("ForceOff answered HTTP 409")
+
+        async def power_on(self) -> None:
+            pass
+
+    await Refusing("off").fence()
+    for state in ("on", None):
+        with pytest.raises(FencingFailed, match="HTTP 409"):
+            await Refusing(state).fence()

@@ -51,7 +51,19 @@ class FenceDevice(abc.ABC):
         """Release what `open_session` holds."""
 
     async def fence(self) -> None:
-        await self.power_off()
+        """Power the node off and verify it reads off (within `verify_timeout`).
+        Raises FencingFailed. A refused power-off of a node that already reads off
+        is a fence done: another standby fenced it a moment before (two may, when
+        their views differ), and some BMCs refuse ForceOff of a node that is off."""
+        try:
+            await self.power_off()
+        except FencingFailed:
+            try:
+                off = await self.status() == "off"
+            except FencingFailed:
+                off = False
+            if not off:
+                raise
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.verify_timeout
         while True:
