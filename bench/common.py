@@ -1,15 +1,22 @@
-"""Shared by the benchmarks: percentiles, and writing each result as JSON
+"""Shared by the benchmarks: a process's CPU time, percentiles, and writing each result as JSON
 plus a markdown table under bench/results/."""
 
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 import time
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of `pid` (its threads included), in seconds (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (fields 14 and 15)
 
 
 def percentile(values: list[float], p: float) -> float | None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -30,7 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import write  # noqa: E402
+from common import cpu_seconds, write  # noqa: E402
 
 from vigil.lab import Lab  # noqa: E402
 from vigil.core.timing import FAST_DETECTION  # noqa: E402
@@ -38,14 +37,7 @@ from vigil.lab.cluster import LAB_TIMING  # noqa: E402
 
 PROFILES = {"standard": LAB_TIMING, "fast": LAB_TIMING | FAST_DETECTION}
 
-TICKS = os.sysconf("SC_CLK_TCK")
 TARGET = 2.0  # % of a core per agent (issue 26)
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of `pid` (its threads included), in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime (fields 14 and 15)
 
 
 def rss_mb(pid: int) -> float:

@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import signal
 import sys
@@ -53,7 +52,7 @@ from pathlib import Path
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import percentile, write  # noqa: E402
+from common import cpu_seconds, percentile, write  # noqa: E402
 from router import start_haproxy  # noqa: E402
 
 from vigil import procs  # noqa: E402
@@ -183,12 +182,6 @@ async def storm_clients(urls: list[str], clients: int, seconds: float, polite: b
     await asyncio.gather(*(client(k) for k in range(clients)))
     return {"answered": good, "goodput_inputs_s": round(inputs_ok / seconds, 1), "shed_429": shed,
             "other_failures": other}
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of `pid` so far (/proc/PID/stat, clock ticks)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def storm_section(lab: Lab, clients: int, seconds: float) -> dict:
