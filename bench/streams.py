@@ -14,7 +14,7 @@ stream's tokens/s before and after it. A fault is injected only once the
 victim's stream has at least 10 tokens (the state waited for, not a clock),
 and the next only after the killed server is back in the router's rotation.
 
-Usage: python bench/streams.py [--faults 20] [--clients 4] [--tokens 100]
+Usage: python bench/streams.py [--faults 20] [--clients 4] [--tokens 100] [--resume on,off]
 Writes bench/results/streams.{json,md}.
 """
 
@@ -54,6 +54,7 @@ class Stream:
     done: int = 0
     error: str = ""
     resumed_at: list[int] = field(default_factory=list)  # token counts at each resume comment
+    queued: int = 0  # ': queued' comments heard (every decoding slot of its node busy)
     finished: bool = False
 
 
@@ -93,6 +94,8 @@ def _take(s: Stream, event: bytes) -> None:
     if event.startswith(b": vigil resumed"):
         s.resumed_at.append(len(s.ids))
         s.node = event.split(b"->", 1)[1].split(b" ", 1)[0].decode()
+    elif event.startswith(b": queued"):
+        s.queued += 1
     elif event == b"data: [DONE]":
         s.done += 1
     elif event.startswith(b"data: "):
@@ -139,6 +142,7 @@ def faults(lab: Lab, streams: list[Stream], count: int, log: list[dict]) -> None
                      f"{node} out of rotation")
         lab.wait_for(lambda: _status(lab).get("backends", {}).get(node, {}).get("eligible"), 120,
                      f"{node} back in rotation")
+        log[-1]["back_s"] = time.monotonic() - log[-1]["at"]
 
 
 def run(root: Path, resume: bool, args, model) -> dict:
@@ -186,8 +190,12 @@ def judge(streams: list[Stream], log: list[dict], model, tokens: int, wall: floa
     return {"streams": len(streams), "faults": len(log), "streams_hit": len(hit), "checked": len(checked),
             "complete": complete,
             "broken": broken, "resumed": sum(len(s.resumed_at) for s in streams),
-            "gap_ms": summary_ms(gaps), "tokens_s_before": round(percentile(before, 50) or 0, 1),
+            "gap_ms": summary_ms(gaps), "queued_resumes": sum(1 for s in streams if s.resumed_at and s.queued),
+            "tokens_s_before": round(percentile(before, 50) or 0, 1),
             "tokens_s_after": round(percentile(after, 50) or 0, 1), "wall_s": round(wall, 1),
+            "delivered_at_resume": {"p50": percentile([k for s in streams for k in s.resumed_at], 50),
+                                    "max": max((k for s in streams for k in s.resumed_at), default=None)},
+            "server_back_in_rotation_s": summary_ms([e["back_s"] for e in log if "back_s" in e]),
             "broken_examples": why[:5]}
 
 
@@ -196,12 +204,13 @@ def main() -> None:
     ap.add_argument("--faults", type=int, default=20)
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--tokens", type=int, default=100)
+    ap.add_argument("--resume", default="on,off", help="which runs: on, off or on,off")
     args = ap.parse_args()
     from vigil.lab.generative import lab_generator
     model_name = lab_generator("auto")
     model = model_for(model_name)
     runs = {}
-    for resume in (True, False):
+    for resume in [w == "on" for w in args.resume.split(",")]:
         root = Path(tempfile.mkdtemp(prefix="vigil-streams-"))
         try:
             runs["on" if resume else "off"] = r = run(root / "lab", resume, args, model)
@@ -209,17 +218,23 @@ def main() -> None:
             shutil.rmtree(root, ignore_errors=True)
         print(f"resume {'on' if resume else 'off'}: {json.dumps(r)}", flush=True)
     rows = [["stream resume", "faults (SIGKILL mid-stream)", "streams", "hit by a fault", "broken (target 0)",
-             "resumes", "gap at resume p50 / p99 ms", "tokens/s before / after (p50)"]]
+             "resumes", "gap at resume p50 / p99 ms", "tokens delivered at resume p50 / max",
+             "tokens/s before / after (p50)", "killed server back in rotation p50 s"]]
     for k, r in runs.items():
         g = r["gap_ms"]
         rows.append([k, r["faults"], r["streams"], r["streams_hit"], r["broken"], r["resumed"],
                      f"{g['p50']} / {g['p99']}" if g["n"] else "-",
-                     f"{r['tokens_s_before']} / {r['tokens_s_after']}" if r["resumed"] else "-"])
+                     f"{r['delivered_at_resume']['p50']} / {r['delivered_at_resume']['max']}" if r["resumed"] else "-",
+                     f"{r['tokens_s_before']} / {r['tokens_s_after']}" if r["resumed"] else "-",
+                     round((r["server_back_in_rotation_s"]["p50"] or 0) / 1000, 1)])
     notes = (f"Model: {model_name} (the lab's generative model); {args.clients} clients streaming "
              f"{args.tokens}-token completions back to back, greedy and seeded sampling alternating; each "
              "fault SIGKILLs the model server of a stream 10-40 tokens in; the agent restarts it and the next "
              "fault waits until the router has it back. Broken: an error event, no [DONE], or text/ids not "
-             "equal to the uninterrupted generation. Resume off is how routers without mid-stream resume "
+             "equal to the uninterrupted generation. The gap is from the last token before the cut to the "
+             "first after it, as the client saw them: the router's choice of another node, the continuation's "
+             "prompt and replayed ids prefilled in batches, and its first token, on a machine where the killed "
+             "server's restart competes for the CPU. Resume off is how routers without mid-stream resume "
              "behave (vLLM production-stack, SGLang: retry before the first byte only).")
     write("streams", {"model": model_name, "clients": args.clients, "tokens": args.tokens, "runs": runs},
           rows, notes)

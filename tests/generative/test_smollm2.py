@@ -47,6 +47,38 @@ def test_continuation_from_token_ids_is_exact(model, sampling):
         assert generate(model, prompt, whole[:cut], 40, sampling) == whole, f"cut at {cut}"
 
 
+def fed(m: SmolLM2, prompt: list[int], done: list[int], n: int, s: Sampling, size: int) -> list[int]:
+    """As generate, with the delivered ids fed in batches of `size` after the prompt."""
+    d, out = m.start(prompt), list(done)
+    try:
+        for i in range(0, len(done), size):
+            d.feed(done[i:i + size])
+        for step in range(len(done), n):
+            t = d.choose(s, step)
+            if t in m.eos:
+                break
+            d.push(t)
+            out.append(t)
+    finally:
+        d.close()
+    return out
+
+
+@pytest.mark.parametrize("words", [1, 257, 300], ids=["one-token", "n_batch-plus-one", "past-n_batch"])
+def test_any_prompt_length_and_any_replay_batching_continue_exactly(model, words):
+    """The class of the defect (a lone-token evaluation somewhere: a one-token prompt, a
+    prompt or replay that llama.cpp would split leaving one token alone):
+    batches of 1, 2, 3, 64 and the whole replay at once all continue exactly."""
+    prompt = model.encode(" ".join(["node"] * words))
+    assert len(prompt) == words
+    sampling = Sampling(0.8, 0.95, 11)
+    whole = generate(model, prompt, [], 60, sampling)
+    assert len(whole) >= 20
+    for cut in (1, 2, 5, len(whole) // 2, len(whole) - 1):
+        for size in (1, 2, 3, 64):
+            assert fed(model, prompt, whole[:cut], 60, sampling, size) == whole, f"cut {cut}, batches of {size}"
+
+
 async def test_a_real_model_stream_cut_mid_way_resumes_exactly(model):
     front = Front()
     try:

@@ -49,7 +49,7 @@ from vigil.serve.errors import BadRequest, check_unicode, error, json_body
 from vigil.serve.generate import LanguageModel, Sampling, TextStream
 
 MAX_PROMPT_CHARS = 65_536
-REPLAY_CHUNK = 8  # delivered ids fed back per turn of the engine's thread
+REPLAY_CHUNK = 64  # delivered ids fed back per turn of the engine's thread (one batch each)
 QUEUED_NOTE = 5.0  # s between the comments a stream waiting for a decoding slot hears
 MAX_MESSAGES = 256
 
@@ -208,14 +208,16 @@ class Completions:
         """(token id, its text, None) per generated token, then (None, the text
         of a character left incomplete, finish_reason)."""
         loop, pool = asyncio.get_running_loop(), self.progress.pool
-        decoder = await loop.run_in_executor(pool, self.model.start, g.prompt_ids)
+        # A continuation's delivered ids are fed back in batches, the first with the
+        # prompt, one batch per turn of the engine's thread: other streams go on meanwhile
+        # and the load report shows progress (a long replay is busy, not hung).
+        replay = [g.done_ids[i:i + REPLAY_CHUNK] for i in range(0, len(g.done_ids), REPLAY_CHUNK)]
+        decoder = await loop.run_in_executor(pool, self.model.start, g.prompt_ids, replay[0] if replay else [])
         try:
-            # A continuation's delivered ids are fed back as they were generated, one at a
-            # time, a few per turn of the engine's thread: other streams go on meanwhile and
-            # the load report shows progress (a long replay is busy, not hung).
-            for i in range(0, len(g.done_ids), REPLAY_CHUNK):
-                await loop.run_in_executor(pool, _replay, decoder, g.done_ids[i:i + REPLAY_CHUNK])
-                self.progress.completed += len(g.done_ids[i:i + REPLAY_CHUNK])
+            for i, part in enumerate(replay):
+                if i:
+                    await loop.run_in_executor(pool, decoder.feed, part)
+                self.progress.completed += len(part)
             text = TextStream(self.model)
             text.skip(g.done_ids)
             first = len(g.done_ids)
@@ -330,11 +332,6 @@ class Completions:
         return web.json_response({"id": g.id, "object": "chat.completion" if g.chat else "text_completion",
                                   "created": g.created, "model": self.model.model_id, "choices": [choice],
                                   "usage": self._usage(g, len(ids))}, headers=headers)
-
-
-def _replay(decoder: Any, ids: list[int]) -> None:
-    for t in ids:
-        decoder.push(t)
 
 
 def _next(decoder: Any, sampling: Sampling, step: int, eos: frozenset[int]) -> int | None:

@@ -72,6 +72,10 @@ class Decoder(Protocol):
 
     def push(self, token: int) -> None: ...
 
+    def feed(self, tokens: list[int]) -> None:
+        """Take already generated `tokens` (a continuation's replay) in one go: after it
+        the decoder chooses exactly as after push(t) for each t."""
+
     def close(self) -> None: ...  # the context it holds is free again
 
 
@@ -89,7 +93,7 @@ class LanguageModel(Protocol):
 
     def piece(self, token: int) -> bytes: ...
 
-    def start(self, prompt: list[int], generated: list[int] = ()) -> Decoder: ...
+    def start(self, prompt: list[int], generated: Sequence[int] = ()) -> Decoder: ...
 
 
 class TextStream:
@@ -163,7 +167,7 @@ class ReferenceLM:
     def piece(self, token: int) -> bytes:
         return self.vocab[token] if 0 <= token < len(self.vocab) else b""
 
-    def start(self, prompt: list[int], generated: list[int] = ()) -> "ReferenceDecoder":
+    def start(self, prompt: list[int], generated: Sequence[int] = ()) -> "ReferenceDecoder":
         return ReferenceDecoder(self, list(prompt) + list(generated))
 
 
@@ -191,6 +195,9 @@ class ReferenceDecoder:
 
     def push(self, token: int) -> None:
         self.ids.append(token)
+
+    def feed(self, tokens: list[int]) -> None:
+        self.ids += tokens
 
     def close(self) -> None:
         pass
