@@ -195,8 +195,12 @@ def judge(streams: list[Stream], log: list[dict], model, tokens: int, wall: floa
             "tokens_s_after": round(percentile(after, 50) or 0, 1), "wall_s": round(wall, 1),
             "delivered_at_resume": {"p50": percentile([k for s in streams for k in s.resumed_at], 50),
                                     "max": max((k for s in streams for k in s.resumed_at), default=None)},
-            "server_back_in_rotation_s": summary_ms([e["back_s"] for e in log if "back_s" in e]),
+            "server_back_in_rotation_ms": summary_ms([e["back_s"] for e in log if "back_s" in e]),
             "broken_examples": why[:5]}
+
+
+def _seconds(ms: float | None) -> str:
+    return "-" if ms is None else f"{ms / 1000:.1f}"
 
 
 def main() -> None:
@@ -204,7 +208,8 @@ def main() -> None:
     ap.add_argument("--faults", type=int, default=20)
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--tokens", type=int, default=100)
-    ap.add_argument("--resume", default="on,off", help="which runs: on, off or on,off")
+    ap.add_argument("--resume", default="on,off", choices=["on", "off", "on,off"],
+                    help="which runs (default both)")
     args = ap.parse_args()
     from vigil.lab.generative import lab_generator
     model_name = lab_generator("auto")
@@ -226,7 +231,7 @@ def main() -> None:
                      f"{g['p50']} / {g['p99']}" if g["n"] else "-",
                      f"{r['delivered_at_resume']['p50']} / {r['delivered_at_resume']['max']}" if r["resumed"] else "-",
                      f"{r['tokens_s_before']} / {r['tokens_s_after']}" if r["resumed"] else "-",
-                     round((r["server_back_in_rotation_s"]["p50"] or 0) / 1000, 1)])
+                     _seconds(r["server_back_in_rotation_ms"]["p50"])])
     notes = (f"Model: {model_name} (the lab's generative model); {args.clients} clients streaming "
              f"{args.tokens}-token completions back to back, greedy and seeded sampling alternating; each "
              "fault SIGKILLs the model server of a stream 10-40 tokens in; the agent restarts it and the next "

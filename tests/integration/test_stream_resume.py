@@ -21,6 +21,7 @@ from aiohttp import web
 from vigil.procs import free_ports
 from vigil.router.config import parse_router_config
 from vigil.router.proxy import Router
+from vigil.serve.completions import PREFILL_CHUNK
 from vigil.serve.generate import ReferenceLM
 from vigil.serve.model import NoEmbeddings
 from vigil.serve.server import ModelServer
@@ -155,6 +156,29 @@ async def test_a_stream_cut_at_any_token_resumes_exactly(front, chat, sampling):
                 assert len(roles) == 1, "the role chunk once"
             assert len(got["comments"]) == 1 and "vigil resumed" in got["comments"][0], got["raw"]
     assert front.router.metrics.stream_resumes.labels("resumed")._value.get() == n + 1
+
+
+async def test_a_long_prompt_and_replay_are_prefilled_in_batches_counted_as_progress(front):
+    """Prompt plus delivered ids past several prefill batches (PREFILL_CHUNK): the
+    continuation is exact, and each batch moved the server's progress counter (the
+    load report an agent tells busy from hung by)."""
+    await front.start()
+    body = {"model": MODEL, "prompt": " ".join(["failover"] * 150), "max_tokens": 160, "temperature": 0.9,
+            "seed": 5, "stream": True}
+    async with aiohttp.ClientSession() as http:
+        whole = await read_stream(http, front.url + "/v1/completions", body)
+        assert len(whole["ids"]) == 160
+        for cut in (PREFILL_CHUNK - 1, PREFILL_CHUNK, 2 * PREFILL_CHUNK + 1, 159):
+            for name in front.servers:
+                await set_cut(front, name, cut)
+            before = {name: srv.completed for name, srv in front.servers.items()}
+            got = await read_stream(http, front.url + "/v1/completions", body)
+            assert (got["ids"], got["text"]) == (whole["ids"], whole["text"]), f"cut after {cut} tokens"
+            assert len(got["comments"]) == 1 and got["data"][-1] == "[DONE]"
+            moved = sum(srv.completed - before[name] for name, srv in front.servers.items())
+            # the cut stream's prefill and tokens, the continuation's prefill (prompt and
+            # replay) and the rest: every token of the prompt twice, every generated one at least once
+            assert moved >= 2 * 150 + 160 + cut, (cut, moved)
 
 
 @pytest.mark.parametrize("chat", [False, True], ids=["completions", "chat"])

@@ -49,7 +49,7 @@ from vigil.serve.errors import BadRequest, check_unicode, error, json_body
 from vigil.serve.generate import LanguageModel, Sampling, TextStream
 
 MAX_PROMPT_CHARS = 65_536
-REPLAY_CHUNK = 64  # delivered ids fed back per turn of the engine's thread (one batch each)
+PREFILL_CHUNK = 64  # prompt or delivered ids prefilled per turn of the engine's thread (one batch)
 QUEUED_NOTE = 5.0  # s between the comments a stream waiting for a decoding slot hears
 MAX_MESSAGES = 256
 
@@ -208,15 +208,16 @@ class Completions:
         """(token id, its text, None) per generated token, then (None, the text
         of a character left incomplete, finish_reason)."""
         loop, pool = asyncio.get_running_loop(), self.progress.pool
-        # A continuation's delivered ids are fed back in batches, the first with the
-        # prompt, one batch per turn of the engine's thread: other streams go on meanwhile
-        # and the load report shows progress (a long replay is busy, not hung).
-        replay = [g.done_ids[i:i + REPLAY_CHUNK] for i in range(0, len(g.done_ids), REPLAY_CHUNK)]
-        decoder = await loop.run_in_executor(pool, self.model.start, g.prompt_ids, replay[0] if replay else [])
+        # The prompt and a continuation's delivered ids are prefilled in batches, one per
+        # turn of the engine's thread: other streams go on meanwhile, and each batch counts
+        # as progress in the load report (a long prefill or replay is busy, not hung).
+        work = g.prompt_ids + g.done_ids
+        batches = [work[i:i + PREFILL_CHUNK] for i in range(0, len(work), PREFILL_CHUNK)] or [[]]
+        decoder = await loop.run_in_executor(pool, self.model.start, batches[0])
         try:
-            for i, part in enumerate(replay):
-                if i:
-                    await loop.run_in_executor(pool, decoder.feed, part)
+            self.progress.completed += len(batches[0])
+            for part in batches[1:]:
+                await loop.run_in_executor(pool, decoder.feed, part)
                 self.progress.completed += len(part)
             text = TextStream(self.model)
             text.skip(g.done_ids)

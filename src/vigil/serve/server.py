@@ -9,7 +9,8 @@ GET  /v2/health/ready           200 only after the model loaded AND a warm-up in
 GET  /v2/load                   {"pending", "running", "completed", "shed", "max_pending",
                                 "payloads"}: the progress an agent judges busy from hung by
                                 (answered by the event loop, never queued behind inference;
-                                completed counts requests and generated tokens) and the
+                                completed counts requests and prefilled and generated
+                                tokens) and the
                                 generations under way (vigil.core.payloads)
 Every embeddings answer carries X-Vigil-Queue-Depth (pending after it), X-Vigil-Queue-Ms (time
 it waited for the engine) and X-Vigil-Service-Ms (time the engine worked on it): the load
