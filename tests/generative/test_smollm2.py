@@ -25,7 +25,20 @@ def model() -> SmolLM2:
 
 
 def generate(m: SmolLM2, prompt: list[int], done: list[int], n: int, s: Sampling) -> list[int]:
-    d, out = m.start(prompt, done), list(done)
+    return finish(m, m.start(prompt, done), done, n, s)
+
+
+def fed(m: SmolLM2, prompt: list[int], done: list[int], n: int, s: Sampling, size: int) -> list[int]:
+    """As generate, with the delivered ids fed in batches of `size` after the prompt."""
+    d = m.start(prompt)
+    for i in range(0, len(done), size):
+        d.feed(done[i:i + size])
+    return finish(m, d, done, n, s)
+
+
+def finish(m: SmolLM2, d, done: list[int], n: int, s: Sampling) -> list[int]:
+    """`done` and what decoder `d` (which has taken them) generates after them, up to `n` in all."""
+    out = list(done)
     try:
         for step in range(len(done), n):
             t = d.choose(s, step)
@@ -45,23 +58,6 @@ def test_continuation_from_token_ids_is_exact(model, sampling):
     assert len(whole) >= 15
     for cut in range(0, len(whole) + 1, 4):
         assert generate(model, prompt, whole[:cut], 40, sampling) == whole, f"cut at {cut}"
-
-
-def fed(m: SmolLM2, prompt: list[int], done: list[int], n: int, s: Sampling, size: int) -> list[int]:
-    """As generate, with the delivered ids fed in batches of `size` after the prompt."""
-    d, out = m.start(prompt), list(done)
-    try:
-        for i in range(0, len(done), size):
-            d.feed(done[i:i + size])
-        for step in range(len(done), n):
-            t = d.choose(s, step)
-            if t in m.eos:
-                break
-            d.push(t)
-            out.append(t)
-    finally:
-        d.close()
-    return out
 
 
 @pytest.mark.parametrize("words", [1, 257, 300], ids=["one-token", "n_batch-plus-one", "past-n_batch"])

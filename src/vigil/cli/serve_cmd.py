@@ -29,7 +29,9 @@ def register(sub) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--node", default="", help="node name reported in X-Vigil-Served-By")
-    p.add_argument("--threads", type=int, default=1, help="CPU threads of each model: torch for embeddings, llama.cpp for generation, also for its batches (default 1)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="CPU threads of each model (torch for embeddings, llama.cpp for generation and "
+                        "its batches; default 1)")
     p.add_argument("--max-pending", type=int, default=64,
                    help="requests waiting or running before the server sheds with 429 (default 64)")
     p.add_argument("--generate", choices=GENERATORS, default="none",

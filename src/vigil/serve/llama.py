@@ -67,8 +67,10 @@ class SmolLM2:
         except ImportError:
             raise VigilError("the generative model needs llama-cpp-python: run scripts/install.sh "
                              "--generative") from None
-        contexts = [Llama(model_path=str(gguf_path()), n_ctx=CONTEXT, n_threads=self.threads, n_threads_batch=self.threads,
-                          n_batch=256, verbose=False) for _ in range(self.contexts)]
+        # batches on --threads too: llama.cpp's default is every core, whose OpenMP threads
+        # spin at a barrier and stalled decoding for seconds on a busy machine
+        contexts = [Llama(model_path=str(gguf_path()), n_ctx=CONTEXT, n_threads=self.threads,
+                          n_threads_batch=self.threads, n_batch=256, verbose=False) for _ in range(self.contexts)]
         for c in contexts:
             self._free.put(c)
         self._llm = contexts[0]
@@ -136,10 +138,12 @@ class LlamaDecoder:
         # one llama_decode per eval and one ubatch per decode: llama.cpp's own split
         # of a longer batch could leave a token alone
         self._most = min(llm.n_batch, llm.context_params.n_ubatch)
+        self._failed = False
         llm.reset()
         self.feed(list(prompt) + list(generated))
 
     def choose(self, sampling: Sampling, step: int) -> int:
+        self._usable()
         import llama_cpp
         import numpy as np
 
@@ -162,7 +166,8 @@ class LlamaDecoder:
     def feed(self, tokens: list[int]) -> None:
         """Take `tokens` after those evaluated so far, as pushing each would (bit for bit).
         Raises what llama.cpp raises (RuntimeError: e.g. the context is full); the
-        decoder is then unusable (close it)."""
+        decoder is then unusable: it raises VigilError from then on."""
+        self._usable()
         llm = self.llm
         while tokens:
             if llm.n_tokens == 0:  # the first batch: no token before it
@@ -175,8 +180,12 @@ class LlamaDecoder:
             try:
                 llm.eval(batch)
             except BaseException:
-                llm.n_tokens = 0  # the cache is no longer one any generation built
+                self._failed = True  # the cache is no longer one any generation built
                 raise
+
+    def _usable(self) -> None:
+        if self._failed:
+            raise VigilError("this decoder's evaluation failed: its context holds no generation to go on with")
 
     def close(self) -> None:
         if self._release is not None:

@@ -31,7 +31,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import os
 import struct
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -48,6 +50,7 @@ log = logging.getLogger(__name__)
 MAX_INPUTS = MAX_EMBEDDING_INPUTS
 MAX_CHARS = MAX_INPUT_CHARS
 MAX_BODY = 4 * 1024 * 1024
+LOAD_NICE = 10  # how much nicer the loading thread runs than the server (ModelServer.load)
 
 
 
@@ -122,14 +125,20 @@ class ModelServer:
         finish(self.app)
 
     async def load(self) -> None:
-        """Load the engine and run a warm-up inference; only then become ready."""
+        """Load the models and run a warm-up inference; only then become ready. The
+        loading (seconds of CPU: imports, weights, contexts) runs on its own thread at
+        LOAD_NICE, so a server restarting beside work on its machine (the node's router
+        and agent; in a lab, other nodes' generations) takes the CPU left over; the
+        warm-ups and all inference run on the inference thread at the server's priority."""
         loop = asyncio.get_running_loop()
         t0 = time.monotonic()
-        await loop.run_in_executor(self.pool, self.engine.load)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="load", initializer=_lower_priority) as loader:
+            await loop.run_in_executor(loader, self.engine.load)
+            if self.generator is not None:
+                await loop.run_in_executor(loader, self.generator.load)
         if self.embeds:
             await loop.run_in_executor(self.pool, self.engine.embed, ["warm-up inference"])
         if self.generator is not None:
-            await loop.run_in_executor(self.pool, self.generator.load)
             await loop.run_in_executor(self.pool, warm_up, self.generator)
         self.ready, self.not_ready_reason = True, ""
         log.info("models ready after %.1f s", time.monotonic() - t0)
@@ -237,6 +246,15 @@ class ModelServer:
                               "\"cut_streams_after\": int | null}")
         return web.json_response({"slowdown": self.slowdown, "fail_status": self.fail_status,
                                   "cut_streams_after": self.cut_streams_after})
+
+
+def _lower_priority() -> None:
+    """This thread (only: Linux keeps a niceness per thread) LOAD_NICE nicer than it was."""
+    tid = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + LOAD_NICE))
+    except OSError as e:  # loads at the server's priority: slower neighbours, nothing wrong
+        log.warning("cannot lower the loading thread's priority: %s", e)
 
 
 def warm_up(model: Any) -> None:
