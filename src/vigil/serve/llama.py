@@ -126,8 +126,8 @@ class LlamaDecoder:
     kernels give each token the same values whatever else is in the batch. So
     every evaluation is a batch of at least two: after the first, each batch
     starts again at the token before it, whose cache entry is rewritten bit for
-    bit (only a one-token sequence is evaluated alone, the same way on every
-    path). A generation that pushed its tokens one by one and a continuation
+    bit (only the first token of a one-token prompt is evaluated alone, the
+    same way on every path, and rewritten by the next batch). A generation that pushed its tokens one by one and a continuation
     that fed prompt and delivered ids in batches of any size hold the same cache
     and draw the same next token (tests/generative/test_smollm2.py). A pair
     costs 4 % more than a lone token here; a replay of 40 ids after a 15-token
