@@ -187,14 +187,14 @@ def judge(streams: list[Stream], log: list[dict], model, tokens: int, wall: floa
                 before.append((k - 1) / max(1e-9, s.times[k - 1] - s.times[0]))
                 rest = s.times[k:]
                 after.append((len(rest) - 1) / max(1e-9, rest[-1] - rest[0]) if len(rest) > 1 else 0.0)
+    delivered = [k for s in streams for k in s.resumed_at]
     return {"streams": len(streams), "faults": len(log), "streams_hit": len(hit), "checked": len(checked),
             "complete": complete,
             "broken": broken, "resumed": sum(len(s.resumed_at) for s in streams),
             "gap_ms": summary_ms(gaps), "queued_resumes": sum(1 for s in streams if s.resumed_at and s.queued),
             "tokens_s_before": round(percentile(before, 50) or 0, 1),
             "tokens_s_after": round(percentile(after, 50) or 0, 1), "wall_s": round(wall, 1),
-            "delivered_at_resume": {"p50": percentile([k for s in streams for k in s.resumed_at], 50),
-                                    "max": max((k for s in streams for k in s.resumed_at), default=None)},
+            "delivered_at_resume": {"p50": percentile(delivered, 50), "max": max(delivered, default=None)},
             "server_back_in_rotation_ms": summary_ms([e["back_s"] for e in log if "back_s" in e]),
             "broken_examples": why[:5]}
 

@@ -73,8 +73,8 @@ class Decoder(Protocol):
     def push(self, token: int) -> None: ...
 
     def feed(self, tokens: list[int]) -> None:
-        """Take already generated `tokens` (a continuation's replay) in one go: after it
-        the decoder chooses exactly as after push(t) for each t."""
+        """Take `tokens` (the rest of a prompt, a continuation's replay) in one go: after
+        it the decoder chooses exactly as after push(t) for each t."""
 
     def close(self) -> None: ...  # the context it holds is free again
 
