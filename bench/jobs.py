@@ -16,7 +16,14 @@ the fresh shards claimed before the orphan (0: an orphan goes first). For compar
 without checkpoints would embed again (everything done before each kill),
 computed from the same run.
 
-Usage: python bench/jobs.py [--inputs 10000] [--chunk 64]
+Then `--lone` samples (8) of the lone survivor's claim: a 1-shard job under
+way, a node that does not own it SIGKILLed and gone from the registry, then
+the owner: the last node cannot convict anyone, so it claims the shard when
+the owner's lease has expired (it revokes that lease the moment etcd has
+expired it: vigil.agent.lease_expiry), measured from the owner's SIGKILL.
+
+Usage: python bench/jobs.py [--inputs 10000] [--chunk 64] [--lone 8]
+       python bench/jobs.py --only lone [--lone 8]   (the other runs kept from the last JSON)
        python bench/jobs.py --render   (the markdown again from bench/results/jobs.json)
 Writes bench/results/jobs.{json,md}.
 """
@@ -34,7 +41,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, write  # noqa: E402
+from common import RESULTS, summary_ms, write  # noqa: E402
 
 from vigil.core.jobs import JobSpec, chunked, sha256_of  # noqa: E402
 from vigil.lab import Lab  # noqa: E402
@@ -99,6 +106,41 @@ async def run(lab: Lab, job: str, n: int, chunk: int, shards: int, kills_at: lis
         await store.close()
 
 
+async def lone(lab: Lab, job: str, n: int, chunk: int) -> dict:
+    """One sample of the lone survivor's claim: a 1-shard job under way, a node that
+    does not own it SIGKILLed and gone from the registry (its member record deleted
+    with its lease), then the owner SIGKILLed: the last node cannot convict anyone
+    and claims the shard when the owner's lease has expired. The job is cancelled
+    and deleted after."""
+    rng = random.Random(job)
+    inputs = [f"{job} record {i}: {' '.join(rng.choices(WORDS, k=rng.randint(3, 12)))}" for i in range(n)]
+    store = EtcdStore(lab.etcd.endpoints, 2.0)
+    try:
+        chunks = chunked(inputs, chunk)
+        await jobs.submit(store, KEYS, JobSpec(job, "all-MiniLM-L6-v2", n, chunk, len(chunks), 1, time.time(),
+                                               "bench", sha256_of(inputs)), chunks)
+        view = await jobs.read_job(store, KEYS, job)
+        while not (view.owners.get(0) and view.shards[0].done >= 2 * chunk):
+            await asyncio.sleep(0.02)
+            view = await jobs.read_job(store, KEYS, job)
+        owner = view.owners[0]["node"]
+        other, survivor = [m.name for m in lab.nodes if m.name != owner][:2]
+        lab.kill_node(other)
+        while await store.get(KEYS.member(other)) is not None:
+            await asyncio.sleep(0.02)
+        lab.kill_node(owner)
+        at = time.monotonic()
+        while (view.owners.get(0) or {}).get("node") in (None, owner):
+            await asyncio.sleep(0.01)
+            view = await jobs.read_job(store, KEYS, job)
+        claim_ms = round((time.monotonic() - at) * 1000, 1)
+        await jobs.end_job(store, KEYS, job, "cancelled", "bench: sample taken", time.time())
+        return {"owner": owner, "other": other, "survivor": survivor, "claim_ms": claim_ms,
+                "next_owner": view.owners[0].get("node")}
+    finally:
+        await store.close()
+
+
 def restart_killed(lab: Lab, result: dict) -> None:
     for k in result["kills"]:
         lab.start_agent(k["node"])
@@ -109,10 +151,13 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--inputs", type=int, default=10_000)
     ap.add_argument("--chunk", type=int, default=64)
+    ap.add_argument("--lone", type=int, default=8, help="lone-survivor samples (a 3-node lab losing 2 nodes)")
+    ap.add_argument("--only", choices=["lone"], help="run only the lone-survivor samples (the other runs kept)")
     ap.add_argument("--render", action="store_true", help="write the markdown from the last JSON, run nothing")
     args = ap.parse_args()
     if args.render:
-        render(json.loads((RESULTS / "jobs.json").read_text())["runs"], args.chunk)
+        last = json.loads((RESULTS / "jobs.json").read_text())
+        render(last["runs"], args.chunk, last.get("lone_survivor", []))
         return
     root = Path(tempfile.mkdtemp(prefix="vigil-jobs-"))
     lab = Lab.up(root / "lab", 3, model=True, workload={"generate": "none"}, timeout=120)
@@ -122,18 +167,27 @@ def main() -> None:
         for name, shards, kills in (("1 shard, no fault", 1, []), ("8 shards, no fault", 8, []),
                                     ("1 shard, 2 SIGKILLs", 1, [n // 5, 2 * n // 5]),
                                     ("8 shards, 2 SIGKILLs", 8, [n // 2, 7 * n // 10])):
+            if args.only:
+                break
             runs[name] = r = asyncio.run(run(lab, name.replace(" ", "").replace(",", "-"), n, args.chunk, shards,
                                              kills))
             print(name, r, flush=True)
             if r["kills"]:
                 restart_killed(lab, r)
+        samples = []
+        for i in range(args.lone):
+            samples.append(s := asyncio.run(lone(lab, f"lone-{i}", 3000, args.chunk)))
+            print("lone survivor", s, flush=True)
+            restart_killed(lab, {"kills": [{"node": s["owner"]}, {"node": s["other"]}]})
     finally:
         lab.down()
         shutil.rmtree(root, ignore_errors=True)
-    render(runs, args.chunk)
+    if args.only:
+        runs = json.loads((RESULTS / "jobs.json").read_text())["runs"]
+    render(runs, args.chunk, samples)
 
 
-def render(runs: dict, chunk: int) -> None:
+def render(runs: dict, chunk: int, samples: list[dict]) -> None:
     rows = [["run", "state", "inputs", "wall s", "inputs/s", "claims", "claim gaps ms (SIGKILL to the orphan's "
              f"claim elsewhere; TTL {TTL_MS} + 200 = {TTL_MS + 200})", "fresh shards claimed before the orphan",
              "takeover gaps ms (SIGKILL to the shard's next commit elsewhere)", "every input once",
@@ -152,8 +206,17 @@ def render(runs: dict, chunk: int) -> None:
              "also requires every result key to have been written exactly once (etcd version 1). A claim "
              "follows the dead node's conviction (it and a majority of its voters suspect it: here both "
              "survivors) when there is one; the second kill of a run leaves one survivor, no majority, so "
-             "that shard waits for the dead node's lease to expire (TTL plus etcd's lease scan, up to 0.5 s).")
-    write("jobs", {"runs": runs}, rows, notes)
+             "that shard waits for the dead node's lease to expire: the survivor revokes it the moment it "
+             "has provably expired (vigil.agent.lease_expiry), before etcd's lease scan (every 0.5 s).")
+    if samples:
+        gaps = summary_ms([x["claim_ms"] / 1000 for x in samples])
+        notes += (f"\n\nLone survivor, {gaps['n']} samples (a 1-shard job; a node that does not own it "
+                  "SIGKILLed and gone from the registry, then the owner SIGKILLed; the last node claims the "
+                  f"shard): claim gap ms min {gaps['min']}, p50 {gaps['p50']}, p99 {gaps['p99']}, max "
+                  f"{gaps['max']} (target TTL + 200 = {TTL_MS + 200}); each in order: "
+                  f"{', '.join(str(x['claim_ms']) for x in samples)}.")
+    write("jobs", {"runs": runs, "lone_survivor": samples}, rows, notes)
+
 
 
 if __name__ == "__main__":

@@ -114,10 +114,12 @@ async def test_lease_binds_keys_and_revoke_deletes_them(store, prefix):
     await store.put(prefix + "m", "x", lease.id)
     assert (await store.get(prefix + "m")).lease == lease.id
     assert 0 < await store.time_to_live(lease.id) <= 5
+    assert (await store.lease_left(lease.id))[1] == lease.ttl
     assert await store.keepalive(lease.id) >= 5
     await store.revoke(lease.id)
     assert await store.get(prefix + "m") is None
     assert await store.time_to_live(lease.id) == -1
+    assert await store.lease_left(lease.id) == (-1, 0)
     with pytest.raises(LeaseNotFound):
         await store.keepalive(lease.id)
     await store.revoke(lease.id)  # revoking twice is not an error
@@ -225,7 +227,7 @@ async def test_watch_from_compacted_revision_fails_clearly(store, prefix):
 async def test_time_to_live_reads_zero_in_the_last_second(store, prefix):
     lease = await store.grant(1)
     # etcd floors the remaining time: a 1 s lease reads 0 (not "missing") until revoked.
-    assert await store.time_to_live(lease.id) == 0
+    assert await store.lease_left(lease.id) == (0, lease.ttl)
     await store.revoke(lease.id)
     assert await store.time_to_live(lease.id) == -1
 

@@ -32,6 +32,7 @@ SHARES_CPU = frozenset({
     "test_inference_user",
     "test_job_records_hostile",
     "test_leader_key_trust",
+    "test_lease_expiry",
     "test_package",  # builds and inspects the .deb and wheel: CPU, but no timing
     "test_payload_ownership",
     "test_router_http1",

@@ -233,13 +233,19 @@ class Decisions:
     """What JobRunner.follow hooks into: the agent's decision loop (vigil.agent.reconciler)."""
 
     def __init__(self):
+        self.suspected: frozenset[str] = frozenset()
         self.convicted: frozenset[str] = frozenset()
-        self.on_convicted: list = []
+        self.on_suspicion: list = []
         self.watch = type("Watch", (), {"on_payload_gone": None})()
 
+    def suspect(self, *names: str) -> None:
+        self.suspected = frozenset(names)
+        for hook in self.on_suspicion:
+            hook()
+
     def convict(self, *names: str) -> None:
-        self.convicted = frozenset(names)
-        for hook in self.on_convicted:
+        self.suspected = self.convicted = frozenset(names)
+        for hook in self.on_suspicion:
             hook()
 
 
@@ -265,6 +271,55 @@ async def test_a_convicted_owners_shard_is_taken_before_its_lease_expires(env):
     got = await collect(store, spec)
     assert [g[0] for g in got] == list(range(400))
     assert all(node == "b" for i, *_, node in got if i >= 3 * 20), "nothing of a's after its conviction"
+
+
+async def test_a_suspected_owners_lease_is_timed_and_its_shard_taken_when_the_lease_runs_out(env):
+    """b suspects a but no majority convicts it (a lone survivor): b takes
+    nothing while a's lease is renewed, but times the lease (it reads its time
+    left: vigil.agent.lease_expiry), stops when a is heard again, and takes
+    the shard once a's lease has run out unrenewed."""
+    store, embedder, (a, b) = env
+    spec, _ = await submit(store, 400, 20)
+    embedder.allow(3)
+    a.lease = (await store.grant(2)).id
+    renewing = asyncio.get_running_loop().create_task(renew(store, a.lease))
+    a.task = asyncio.get_running_loop().create_task(a.runner.run())
+    await wait_until(lambda: a.runner.current and a.runner.current.progress.next == 3 and embedder.parked, 30,
+                     "a in its 4th chunk")
+    reads = count_calls(store, "lease_left")
+    decisions = Decisions()
+    b.runner.follow(decisions)
+    b.lease = (await store.grant(10)).id
+    b.task = asyncio.get_running_loop().create_task(b.runner.run())
+    decisions.suspect("a")
+    await wait_until(lambda: reads[0] >= 60, 10, "b to read a's time left through a renewal or more")
+    assert b.runner.current is None and "job_claimed" not in b.kinds(), "a live lease is not taken"
+    decisions.suspect()
+    await wait_until(lambda: not b.runner.reaper.watching, 10, "b to stop timing a's lease once a is heard")
+    renewing.cancel()  # a dies: its lease is no longer renewed
+    decisions.suspect("a")
+    await wait_until(lambda: b.runner.current is not None, 10, "b to take a's shard when a's lease ran out")
+    assert await store.time_to_live(a.lease) == -1
+    embedder.allow(None)
+    await wait_until(lambda: "job_done" in b.kinds(), 60, "b to finish")
+    assert [g[0] for g in await collect(store, spec)] == list(range(400))
+
+
+async def renew(store: MemoryStore, lease: int) -> None:
+    while True:
+        await store.keepalive(lease)
+        await asyncio.sleep(0.5)
+
+
+def count_calls(obj: object, name: str) -> list[int]:
+    """Count calls of obj.name (a coroutine method) in the list returned."""
+    calls, real = [0], getattr(obj, name)
+
+    async def counted(*args):
+        calls[0] += 1
+        return await real(*args)
+    setattr(obj, name, counted)
+    return calls
 
 
 async def test_etcd_away_mid_job_keeps_the_claim_and_work_goes_on_from_the_checkpoint(env):

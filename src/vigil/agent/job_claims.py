@@ -14,7 +14,10 @@ half a second of etcd's lease scan). Safe whatever the owner does next: its next
 commit checks its claim and fails, so a paused owner that runs again commits
 nothing (`job_lost`), as after a lease expiry. No side of a split that is not a
 majority of the cluster convicts anyone, so two sides never take a shard back and
-forth."""
+forth. A shard whose owner this node only suspects (too few survivors to convict:
+a lone one) is `lapsing`: the runner revokes the owner's lease the moment etcd
+has expired it (vigil.agent.lease_expiry), not up to half a second later at
+etcd's lease scan, and claims the shard on the record's deletion."""
 
 from __future__ import annotations
 
@@ -58,6 +61,8 @@ class ShardClaimer:
         self.avoid: dict[str, float] = {}  # job id -> until (monotonic): jobs this node could not serve
         self._warned: set[str] = set()
         self.convicted: Callable[[], frozenset[str]] = frozenset  # members the cluster convicted (the reconciler's)
+        self.suspected: Callable[[], frozenset[str]] = frozenset  # members this node suspects (the reconciler's)
+        self.lapsing: dict[int, tuple[str, str]] = {}  # as of the last look: lease -> (suspected owner, its shard)
         self.open = True  # the last look found an open job (or none was made yet)
         self.raced = False  # the last claim lost its shard to a quicker node
 
@@ -75,6 +80,7 @@ class ShardClaimer:
         """(open jobs' specs, their shards' progress and its mod revision, shards owned,
         shards whose owner is convicted: (owner, the owner record's create revision))."""
         specs, progress = {}, {}
+        self.lapsing = {}
         for kv in (await self.store.range(self.keys.job_specs))[0]:
             try:
                 spec = parse_spec(kv.value, kv.key)
@@ -91,23 +97,31 @@ class ShardClaimer:
                     progress[job, n] = (parse_progress(kv.value, kv.key, specs[job], n), kv.mod_revision)
                 except JobRecordError as e:
                     self._skipped(kv.key, e)
-        prefix = self.keys.payload("job:")
-        owned: set[tuple[str, int]] = set()
-        forfeit: dict[tuple[str, int], tuple[str, int]] = {}
-        convicted = self.convicted() - {self.node}
-        for kv in (await self.store.range(prefix))[0]:
-            job, _, tail = kv.key[len(prefix):].rpartition(":")
-            if (n := shard_of(tail)) is None:
-                continue
-            owner = jobs.owner_of(kv.value).get("node") if convicted else None
-            if owner in convicted:
-                forfeit[job, n] = (str(owner), kv.create_revision)
-            else:
-                owned.add((job, n))
+        owned, forfeit = await self._owners()
         now = self.clock.now()
         self.avoid = {j: until for j, until in self.avoid.items() if until > now}
         owned |= {(j, s) for j, s in progress if j in self.avoid}
         return specs, progress, owned, {k: v for k, v in forfeit.items() if k not in owned}
+
+    async def _owners(self) -> tuple[set[tuple[str, int]], dict[tuple[str, int], tuple[str, int]]]:
+        """(shards owned, shards whose owner is convicted: (owner, the owner record's
+        create revision)); `lapsing` gets the leases of owners this node only suspects."""
+        prefix = self.keys.payload("job:")
+        owned: set[tuple[str, int]] = set()
+        forfeit: dict[tuple[str, int], tuple[str, int]] = {}
+        convicted, suspected = self.convicted() - {self.node}, self.suspected() - {self.node}
+        for kv in (await self.store.range(prefix))[0]:
+            job, _, tail = kv.key[len(prefix):].rpartition(":")
+            if (n := shard_of(tail)) is None:
+                continue
+            owner = jobs.owner_of(kv.value).get("node") if convicted or suspected else None
+            if owner in convicted:
+                forfeit[job, n] = (str(owner), kv.create_revision)
+                continue
+            owned.add((job, n))
+            if owner in suspected and kv.lease:
+                self.lapsing[kv.lease] = (str(owner), f"batch job {job} shard {n}")
+        return owned, forfeit
 
     def _skipped(self, key: str, e: JobRecordError) -> None:
         """A record that is not Vigil's: said once per key, never trusted."""

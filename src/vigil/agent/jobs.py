@@ -2,8 +2,10 @@
 
 While the node has a session and its model server is ready, every `POLL`
 seconds, at once when a shard's owner record is deleted (`freed`: its
-node's lease expired or it let the shard go) and when the cluster convicts a
-member (`follow`: its shards are orphans already, vigil.agent.job_claims),
+node's lease expired or it let the shard go) and when this node suspects or
+the cluster convicts a member (`follow`: a convicted member's shards are
+orphans already; a suspected one's lease is revoked at its expiry,
+vigil.agent.job_claims),
 the runner looks for an open shard of a job that nobody owns (an orphan
 before a fresh one),
 claims it (creates the shard's owner record under this node's lease: the
@@ -46,6 +48,7 @@ from typing import TYPE_CHECKING, Callable
 import aiohttp
 
 from vigil.agent.job_claims import POLL, Claim, ShardClaimer
+from vigil.agent.lease_expiry import LeaseReaper
 from vigil.clock import Clock, woken
 from vigil.core.jobs import JobRecordError, JobSpec, Progress, parse_chunk, parse_progress, payload_id, sha256_of
 from vigil.errors import StoreError, StoreUnavailable, VigilError
@@ -87,6 +90,7 @@ class JobRunner:
         self._freed = asyncio.Event()  # a shard's owner record was deleted since the last look
         self._let_go_keys: collections.deque[str] = collections.deque(maxlen=16)  # deleted by us: no news
         self._http: aiohttp.ClientSession | None = None
+        self.reaper = LeaseReaper(store, clock, record)
 
     async def run(self) -> None:
         """Claim and work, forever. etcd failing mid-job keeps the claim (it holds
@@ -118,6 +122,7 @@ class JobRunner:
                     log.warning("batch jobs: %s; letting the shard go", e)
                     await self._let_go()
         finally:
+            await self.reaper.close()
             await self._http.close()
 
     def follow(self, reconciler: Reconciler) -> None:
@@ -125,7 +130,8 @@ class JobRunner:
         deletion (`freed`) and on an owner's conviction (`ShardClaimer.convicted`)."""
         reconciler.watch.on_payload_gone = self.freed
         self.claims.convicted = lambda: reconciler.convicted
-        reconciler.on_convicted.append(self._freed.set)
+        self.claims.suspected = lambda: reconciler.suspected
+        reconciler.on_suspicion.append(self._freed.set)
 
     def freed(self, key: str) -> None:
         """A payload record was deleted (vigil.agent.registry_watch): a shard's owner
@@ -151,8 +157,13 @@ class JobRunner:
         await self.store.delete_if_created(key, c.revision)
 
     async def claim(self, lease: int) -> Claim | None:
-        """Take a free shard under `lease` (ShardClaimer.claim), or None."""
-        return await self.claims.claim(lease)
+        """Take a free shard under `lease` (ShardClaimer.claim), or None; with none
+        free, revoke the leases of suspected owners at their expiry (`lapsing`)."""
+        c = await self.claims.claim(lease)
+        if c is None:
+            for held, (owner, what) in self.claims.lapsing.items():
+                self.reaper.reap(held, owner, what, lambda o=owner: o in self.claims.suspected())
+        return c
 
 
     # -- working -------------------------------------------------------------------

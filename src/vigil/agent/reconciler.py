@@ -94,8 +94,9 @@ class Reconciler:
         self.watch = RegistryWatch(store, keys, self.mirror, self.wake.set, clock.now, cfg.node)
         self.source = SnapshotSource(registry, self.mirror, link.etcd_answers, cfg.timing.loop_interval, cfg.node)
         self.cycles = 0
+        self.suspected: frozenset[str] = frozenset()  # as of the last cycle (ClusterView.suspected_for)
         self.convicted: frozenset[str] = frozenset()  # as of the last cycle (ClusterView.convicted)
-        self.on_convicted: list[Callable[[], None]] = []  # a member was convicted since the last cycle
+        self.on_suspicion: list[Callable[[], None]] = []  # a member was suspected or convicted since the last cycle
         self._no_leader_since: float | None = None
         self._bad_seen: dict[str, str] = {}
         self._fail_delay = 0.0
@@ -183,7 +184,7 @@ class Reconciler:
         self.on_snapshot(snap)
         self._report_bad_records(snap)
         view = self.view(snap)
-        self._note_convicted(view.convicted())
+        self._note_verdicts(frozenset(view.suspected_for), view.convicted())
         if self.fencer:
             self.fencer.follow(view.leader.name if view.leader else None)
         decision = decide(view)
@@ -196,10 +197,11 @@ class Reconciler:
         self.cycles += 1
         return decision
 
-    def _note_convicted(self, convicted: frozenset[str]) -> None:
-        fresh, self.convicted = convicted - self.convicted, convicted
+    def _note_verdicts(self, suspected: frozenset[str], convicted: frozenset[str]) -> None:
+        fresh = suspected - self.suspected or convicted - self.convicted
+        self.suspected, self.convicted = suspected, convicted
         if fresh:
-            for hook in self.on_convicted:
+            for hook in self.on_suspicion:
                 hook()
 
     def _report_bad_records(self, snap: Snapshot) -> None:

@@ -128,8 +128,14 @@ class Store(abc.ABC):
         """Revoke now, deleting bound keys; no error if already gone."""
 
     @abc.abstractmethod
+    async def lease_left(self, lease_id: int) -> tuple[int, int]:
+        """(seconds left, in whole seconds as etcd truncates them: 0 from a second
+        before the expiry until etcd revokes it; -1 when the lease does not exist,
+        the seconds granted (0 then))."""
+
     async def time_to_live(self, lease_id: int) -> int:
         """Seconds left (floored), or -1 when the lease does not exist."""
+        return (await self.lease_left(lease_id))[0]
 
     @abc.abstractmethod
     def watch(self, prefix: str, start_revision: int, resume: bool = True,

@@ -286,9 +286,9 @@ class EtcdStore(Store):
         except LeaseNotFound:
             pass
 
-    async def time_to_live(self, lease_id: int) -> int:
+    async def lease_left(self, lease_id: int) -> tuple[int, int]:
         r = await self.call("lease/timetolive", {"ID": str(lease_id)})
-        return int(r.get("TTL", 0))  # the gateway omits a TTL of 0; a missing lease says "-1"
+        return int(r.get("TTL", 0)), int(r.get("grantedTTL", 0))  # the gateway omits 0s; a missing lease: TTL -1
 
     async def compact(self, revision: int) -> None:
         await self.call("kv/compaction", {"revision": str(revision), "physical": True})

@@ -154,11 +154,12 @@ class MemoryStore(Store):
         self._enter()
         self._drop_lease(lease_id)
 
-    async def time_to_live(self, lease_id: int) -> int:
+    async def lease_left(self, lease_id: int) -> tuple[int, int]:
         self._enter()
         if lease_id not in self._leases:
-            return -1
-        return max(0, math.floor(self._leases[lease_id][1] - self.clock.now()))
+            return -1, 0
+        ttl, expiry = self._leases[lease_id]
+        return max(0, math.floor(expiry - self.clock.now())), ttl
 
     async def watch(self, prefix: str, start_revision: int, resume: bool = True,
                     range_end: str | None = None) -> AsyncIterator[WatchEvent]:

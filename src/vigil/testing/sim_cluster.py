@@ -153,8 +153,8 @@ class LinkedStore(Store):
     async def revoke(self, lease_id):
         return await self._call(self.store.revoke, lease_id)
 
-    async def time_to_live(self, lease_id):
-        return await self._call(self.store.time_to_live, lease_id)
+    async def lease_left(self, lease_id):
+        return await self._call(self.store.lease_left, lease_id)
 
     async def watch(self, prefix: str, start_revision: int, resume: bool = True,
                     range_end: str | None = None) -> AsyncIterator[WatchEvent]:

@@ -1,0 +1,73 @@
+"""Revoking a silent owner's lease the moment etcd has expired it
+(vigil.core.lease_expiry), instead of up to half a second later at etcd's
+lease scan: what a lone survivor, which no majority can back to convict
+anyone, does for a batch shard whose owner it suspects (vigil.agent.jobs).
+The revoke deletes every key bound to the lease, as etcd's scan would a
+moment later; it cannot take a lease that is still being renewed."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Callable
+
+from vigil.clock import Clock
+from vigil.core.lease_expiry import ExpiryWatch, Leave, Revoke
+from vigil.errors import StoreError
+from vigil.store.base import Store
+from vigil.tasks import cancel_and_wait
+
+log = logging.getLogger(__name__)
+
+
+async def revoke_when_expired(store: Store, lease: int, clock: Clock,
+                              wanted: Callable[[], bool] = lambda: True) -> bool:
+    """Read `lease`'s time left until it is gone or provably expired and
+    unrenewed, then revoke it. True when this call revoked it; False when it
+    went otherwise, cannot be timed (a lease granted for 1 s) or is no longer
+    `wanted()` (its owner is heard again: a renewed lease would be read every
+    POLL for ever). StoreError propagates: etcd's scan still takes the lease."""
+    watch = ExpiryWatch()
+    while wanted():
+        sent = clock.now()
+        left, granted = await store.lease_left(lease)
+        step = watch.read(sent, clock.now(), left, granted)
+        if isinstance(step, Leave):
+            return False
+        if isinstance(step, Revoke):
+            await store.revoke(lease)
+            return True
+        await asyncio.sleep(max(0.0, step.at - clock.now()))
+    return False
+
+
+class LeaseReaper:
+    """At most one `revoke_when_expired` per lease at a time, in the background."""
+
+    def __init__(self, store: Store, clock: Clock, record: Callable[..., object]):
+        self.store, self.clock, self.record = store, clock, record
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+
+    def reap(self, lease: int, owner: str, what: str, wanted: Callable[[], bool]) -> None:
+        """Revoke `owner`'s `lease` at its expiry while `wanted()` (`what`: the
+        record waiting for it, for the event)."""
+        if lease and lease not in self._tasks:
+            task = asyncio.get_running_loop().create_task(self._reap(lease, owner, what, wanted))
+            self._tasks[lease] = task
+            task.add_done_callback(lambda _: self._tasks.pop(lease, None))
+
+    async def _reap(self, lease: int, owner: str, what: str, wanted: Callable[[], bool]) -> None:
+        try:
+            if await revoke_when_expired(self.store, lease, self.clock, wanted):
+                self.record("lease_expired", f"{owner}'s lease {lease:x} expired unrenewed: revoked at its "
+                            f"expiry instead of at etcd's next lease scan, freeing {what}", owner=owner)
+        except StoreError as e:
+            log.info("timing %s's lease expiry: etcd failed (%s); etcd's lease scan takes it", owner, e)
+
+    @property
+    def watching(self) -> frozenset[int]:
+        """The leases being timed now."""
+        return frozenset(self._tasks)
+
+    async def close(self) -> None:
+        await cancel_and_wait(*self._tasks.values())

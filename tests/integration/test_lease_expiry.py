@@ -1,0 +1,53 @@
+"""Timing a silent owner's lease on a real etcd (vigil.agent.lease_expiry):
+etcd's LeaseTimeToLive in whole seconds and its 0.5 s lease scan, as they
+are. An unrenewed lease is gone by its expiry plus a little (revoked by the
+watcher, or by etcd's scan when that came first), never revoked before it
+expired; a lease renewed all along is never revoked."""
+
+from __future__ import annotations
+
+import asyncio
+
+from vigil.agent.lease_expiry import revoke_when_expired
+from vigil.clock import SystemClock
+from vigil.store.etcd import EtcdStore
+
+KEY = "/vigil-test/lease-expiry/"
+
+
+async def test_an_unrenewed_lease_is_revoked_after_its_expiry_and_a_renewed_one_never(etcd_cluster):
+    store, clock = EtcdStore(etcd_cluster.endpoints, 5.0), SystemClock()
+    revokes: list[float] = []
+    real_revoke = store.revoke
+
+    async def revoke(lease: int) -> None:
+        revokes.append(clock.now())
+        await real_revoke(lease)
+    store.revoke = revoke  # type: ignore[method-assign]
+    try:
+        live = await store.grant(2)
+        await store.put(KEY + "live", "renewed", live.id)
+        renewing = asyncio.get_running_loop().create_task(renew(store, live.id))
+        granted_at = clock.now()
+        dead = await store.grant(2)
+        await store.put(KEY + "dead", "silent", dead.id)
+        deadline = granted_at + 3
+        dead_left, live_left = await asyncio.gather(
+            revoke_when_expired(store, dead.id, clock),
+            revoke_when_expired(store, live.id, clock, wanted=lambda: clock.now() < deadline))
+        renewing.cancel()
+        print(f"revoked by the watcher: {dead_left}; revokes at +{[round(t - granted_at, 3) for t in revokes]} s")
+        assert await store.get(KEY + "dead") is None and await store.lease_left(dead.id) == (-1, 0)
+        if dead_left:  # this watcher revoked it (else etcd's scan came first)
+            assert revokes and revokes[0] >= granted_at + dead.ttl, "revoked before etcd could have expired it"
+        assert not live_left and len(revokes) == int(dead_left), "a renewed lease was revoked"
+        assert (await store.get(KEY + "live")).value == "renewed" and await store.time_to_live(live.id) >= 1
+    finally:
+        await real_revoke(live.id)
+        await store.close()
+
+
+async def renew(store: EtcdStore, lease: int) -> None:
+    while True:
+        await store.keepalive(lease)
+        await asyncio.sleep(0.3)
