@@ -45,7 +45,7 @@ from common import RESULTS, summary_ms, write  # noqa: E402
 
 from vigil.core.jobs import JobSpec, chunked, sha256_of  # noqa: E402
 from vigil.lab import Lab  # noqa: E402
-from vigil.store import jobs  # noqa: E402
+from vigil.store import events, jobs  # noqa: E402
 from vigil.store.etcd import EtcdStore  # noqa: E402
 from vigil.store.keys import Keys  # noqa: E402
 
@@ -129,16 +129,29 @@ async def lone(lab: Lab, job: str, n: int, chunk: int) -> dict:
         while await store.get(KEYS.member(other)) is not None:
             await asyncio.sleep(0.02)
         lab.kill_node(owner)
-        at = time.monotonic()
+        at, wall = time.monotonic(), time.time()
         while (view.owners.get(0) or {}).get("node") in (None, owner):
             await asyncio.sleep(0.01)
             view = await jobs.read_job(store, KEYS, job)
         claim_ms = round((time.monotonic() - at) * 1000, 1)
         await jobs.end_job(store, KEYS, job, "cancelled", "bench: sample taken", time.time())
         return {"owner": owner, "other": other, "survivor": survivor, "claim_ms": claim_ms,
-                "next_owner": view.owners[0].get("node")}
+                "next_owner": view.owners[0].get("node"), "revoked_by": await revoked_by(store, survivor, wall)}
     finally:
         await store.close()
+
+
+async def revoked_by(store: EtcdStore, survivor: str, since: float) -> str:
+    """Who ended the owner's lease: the survivor (its `lease_expired` event, written
+    before its `job_claimed`, which is waited for) or etcd's own lease scan."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        mine = [e["kind"] for e in await events.read_events(store, KEYS, 200)
+                if e.get("node") == survivor and float(e.get("at") or 0) >= since]  # type: ignore[arg-type]
+        if "job_claimed" in mine:
+            return "survivor" if "lease_expired" in mine else "etcd's scan"
+        await asyncio.sleep(0.1)
+    return "unknown (no job_claimed event within 10 s)"
 
 
 def restart_killed(lab: Lab, result: dict) -> None:
@@ -214,7 +227,9 @@ def render(runs: dict, chunk: int, samples: list[dict]) -> None:
                   "SIGKILLed and gone from the registry, then the owner SIGKILLed; the last node claims the "
                   f"shard): claim gap ms min {gaps['min']}, p50 {gaps['p50']}, p99 {gaps['p99']}, max "
                   f"{gaps['max']} (target TTL + 200 = {TTL_MS + 200}); each in order: "
-                  f"{', '.join(str(x['claim_ms']) for x in samples)}.")
+                  f"{', '.join(str(x['claim_ms']) for x in samples)}. The owner's lease ended by: "
+                  + ", ".join(f"{by} {sum(x.get('revoked_by') == by for x in samples)}"
+                              for by in sorted({x.get('revoked_by') for x in samples})) + ".")
     write("jobs", {"runs": runs, "lone_survivor": samples}, rows, notes)
 
 
