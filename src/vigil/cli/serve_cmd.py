@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 
 from vigil.cli.runner import run, stop_on_signals
@@ -68,9 +67,6 @@ def serve_model(args) -> int:
         raise ConfigError("--no-embed", True, "leaves no model to serve: give --generate too")
     logging.basicConfig(level="INFO", stream=sys.stderr,
                         format=f"%(asctime)s serve-model {args.node} %(levelname)s: %(message)s")
-    # before torch loads: its bundled libgomp.so.1 is the one llama.cpp then shares, and
-    # OpenMP reads this once, when it loads (why sleeping: vigil.serve.llama.SmolLM2.load)
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from vigil.serve.model import MiniLM, NoEmbeddings
     from vigil.serve.server import serve
 

@@ -68,8 +68,7 @@ class SmolLM2:
     def load(self) -> None:
         # llama.cpp's OpenMP threads wait at a barrier per layer; spinning there, two threads of
         # a batch on a busy 2-core machine took longer than one (1.44 s against 1.11 s for 110
-        # tokens), sleeping 0.77 s. OpenMP reads it once, when it loads: here, unless torch
-        # loaded it first (`vigil serve-model` sets it before either).
+        # tokens), sleeping 0.77 s. Read once, when the OpenMP runtime loads with llama_cpp.
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         try:
             from llama_cpp import Llama
