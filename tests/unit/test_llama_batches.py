@@ -84,19 +84,3 @@ def test_a_failed_evaluation_leaves_the_decoder_refusing_to_go_on():
         d.push(14)
     with pytest.raises(VigilError, match="failed"):
         d.choose(None, 0)  # type: ignore[arg-type]
-
-
-def test_each_evaluation_gets_its_threads_set_for_its_size_first():
-    """SmolLM2 runs a prefill batch on more threads than a decoding pair: the
-    decoder says each batch's size before evaluating it."""
-    llm, told = FakeLlama(n_batch=8), []
-    real_eval = llm.eval
-
-    def evaluate(tokens: list[int]) -> None:
-        assert told and told[-1] == len(tokens), "evaluated before its threads were set"
-        real_eval(tokens)
-    llm.eval = evaluate
-    d = LlamaDecoder(llm, list(range(10)), [], threads=told.append)
-    d.push(10)
-    d.feed([11, 12, 13])
-    assert told == [len(b) for b in llm.batches] == [8, 3, 2, 4]

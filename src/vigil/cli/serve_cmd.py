@@ -11,14 +11,14 @@ from vigil.errors import ConfigError
 GENERATORS = ("smollm2-135m-instruct", "reference", "none")
 
 
-def generative_model(name: str, threads: int, token_delay: float, prefill_threads: int = 0):
+def generative_model(name: str, threads: int, token_delay: float):
     """(the generative model named on the command line or None, how many generations decode at once)."""
     if name == "reference":
         from vigil.serve.generate import ReferenceLM
         return ReferenceLM(token_delay), 8
     if name == "smollm2-135m-instruct":
         from vigil.serve.llama import SmolLM2
-        model = SmolLM2(threads, contexts=4, prefill_threads=prefill_threads)
+        model = SmolLM2(threads, contexts=4)
         return model, model.contexts
     return None, 1
 
@@ -32,9 +32,6 @@ def register(sub) -> None:
     p.add_argument("--threads", type=int, default=1,
                    help="CPU threads of each model (torch for embeddings, llama.cpp for generation and "
                         "its batches; default 1)")
-    p.add_argument("--prefill-threads", type=int, default=0,
-                   help="llama.cpp threads of a prompt's or a continuation's batch (default 0: twice "
-                        "--threads, at most the machine's cores); a decoding step uses --threads")
     p.add_argument("--max-pending", type=int, default=64,
                    help="requests waiting or running before the server sheds with 429 (default 64)")
     p.add_argument("--generate", choices=GENERATORS, default="none",
@@ -57,8 +54,6 @@ def serve_model(args) -> int:
         raise ConfigError("--port", args.port, "must be 1..65535")
     if not 1 <= args.threads <= 64:
         raise ConfigError("--threads", args.threads, "must be 1..64")
-    if not 0 <= args.prefill_threads <= 64:
-        raise ConfigError("--prefill-threads", args.prefill_threads, "must be 0..64 (0: twice --threads)")
     if not 1 <= args.max_pending <= 100_000:
         raise ConfigError("--max-pending", args.max_pending, "must be 1..100000")
     if not 0 <= args.token_delay <= 10:
@@ -76,7 +71,7 @@ def serve_model(args) -> int:
     if key is None and args.generate != "none" and args.host not in ("127.0.0.1", "::1", "localhost"):
         logging.warning("no --continue-key-file: whoever reaches %s:%d directly may send a stream "
                         "continuation (vigil_continue) of their own", args.host, args.port)
-    generator, slots = generative_model(args.generate, args.threads, args.token_delay, args.prefill_threads)
+    generator, slots = generative_model(args.generate, args.threads, args.token_delay)
 
     async def main() -> None:
         await serve(args.host, args.port, args.node, args.fault_injection, stop_on_signals(),

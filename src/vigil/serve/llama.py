@@ -25,10 +25,9 @@ generation would have.
 from __future__ import annotations
 
 import importlib.util
-import os
 import queue
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from vigil.errors import VigilError
 from vigil.serve.generate import Sampling
@@ -55,27 +54,21 @@ class SmolLM2:
     model_id = MODEL_ID
     context = CONTEXT
 
-    def __init__(self, threads: int = 1, contexts: int = 4, prefill_threads: int = 0):
-        """`threads` decode; a batch of more than two tokens (a prompt, a continuation's
-        replay) runs on `prefill_threads` (0: twice `threads`, at most the machine's cores)."""
+    def __init__(self, threads: int = 1, contexts: int = 4):
         self.threads, self.contexts = threads, contexts
-        self.prefill_threads = prefill_threads or min(2 * threads, os.cpu_count() or 1)
         self._llm: Any = None  # the first context: tokenizer and vocabulary
         self._free: queue.SimpleQueue = queue.SimpleQueue()
         self.eos: frozenset[int] = frozenset()
         self.vocab_size = 0
 
     def load(self) -> None:
-        # llama.cpp's OpenMP threads wait at a barrier per layer; spinning there, two threads of
-        # a batch on a busy 2-core machine took longer than one (1.44 s against 1.11 s for 110
-        # tokens), sleeping 0.77 s. Read once, when the OpenMP runtime loads with llama_cpp.
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         try:
             from llama_cpp import Llama
         except ImportError:
             raise VigilError("the generative model needs llama-cpp-python: run scripts/install.sh "
                              "--generative") from None
-        # not llama.cpp's default of every core for batches: LlamaDecoder sets each batch's threads
+        # batches on --threads too: llama.cpp's default is every core, whose OpenMP threads
+        # spin at a barrier and stalled decoding for seconds on a busy machine
         contexts = [Llama(model_path=str(gguf_path()), n_ctx=CONTEXT, n_threads=self.threads,
                           n_threads_batch=self.threads, n_batch=256, verbose=False) for _ in range(self.contexts)]
         for c in contexts:
@@ -119,21 +112,10 @@ class SmolLM2:
         self._need()
         llm = self._free.get_nowait()
         try:
-            return LlamaDecoder(llm, prompt, generated, self._free.put, self._threads_of(llm))
+            return LlamaDecoder(llm, prompt, generated, self._free.put)
         except BaseException:
             self._free.put(llm)
             raise
-
-
-    def _threads_of(self, llm: Any) -> Callable[[int], None]:
-        """Set `llm`'s threads for a batch of n tokens: a decoding step (a pair) on
-        `threads`, where a second thread doubled the time per token here (22.6 against
-        50.6 ms: a barrier per layer for a few rows each), a longer batch on `prefill_threads`."""
-        import llama_cpp
-
-        def set_threads(n: int) -> None:
-            llama_cpp.llama_set_n_threads(llm.ctx, self.threads, self.prefill_threads if n > 2 else self.threads)
-        return set_threads
 
 
 class LlamaDecoder:
@@ -152,10 +134,8 @@ class LlamaDecoder:
     costs 4 % more than a lone token here; a replay of 40 ids after a 15-token
     prompt 0.33 s on one thread, against 0.70 s one at a time."""
 
-    def __init__(self, llm: Any, prompt: list[int], generated: Sequence[int], release: Any = None,
-                 threads: Callable[[int], None] = lambda n: None):
-        """`threads(n)` before each evaluation of n tokens (SmolLM2: how many threads run it)."""
-        self.llm, self._release, self._threads = llm, release, threads
+    def __init__(self, llm: Any, prompt: list[int], generated: Sequence[int], release: Any = None):
+        self.llm, self._release = llm, release
         # one llama_decode per eval and one ubatch per decode: llama.cpp's own split
         # of a longer batch could leave a token alone
         self._most = min(llm.n_batch, llm.context_params.n_ubatch)
@@ -198,7 +178,6 @@ class LlamaDecoder:
                 batch = [int(llm.input_ids[llm.n_tokens])] + tokens[:self._most - 1]
                 tokens = tokens[self._most - 1:]
             try:
-                self._threads(len(batch))
                 llm.eval(batch)
             except BaseException:
                 self._failed = True  # the cache is no longer one any generation built
