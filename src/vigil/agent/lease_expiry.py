@@ -61,7 +61,7 @@ class LeaseReaper:
             if await revoke_when_expired(self.store, lease, self.clock, wanted):
                 self.record("lease_expired", f"{owner}'s lease {lease:x} expired unrenewed: revoked at its "
                             f"expiry instead of at etcd's next lease scan, freeing {what}", owner=owner)
-        except StoreError as e:
+        except (StoreError, ValueError, TypeError) as e:  # etcd failed, or answered what is not a number
             log.info("timing %s's lease expiry: etcd failed (%s); etcd's lease scan takes it", owner, e)
 
     @property
