@@ -116,13 +116,13 @@ async def test_lease_binds_keys_and_revoke_deletes_them(store, prefix):
     assert 0 < await store.time_to_live(lease.id) <= 5
     assert (await store.lease_left(lease.id))[1] == lease.ttl
     assert await store.keepalive(lease.id) >= 5
-    await store.revoke(lease.id)
+    assert await store.revoke(lease.id) is True
     assert await store.get(prefix + "m") is None
     assert await store.time_to_live(lease.id) == -1
     assert await store.lease_left(lease.id) == (-1, 0)
     with pytest.raises(LeaseNotFound):
         await store.keepalive(lease.id)
-    await store.revoke(lease.id)  # revoking twice is not an error
+    assert await store.revoke(lease.id) is False  # revoking twice is not an error: it says so
 
 
 async def test_put_with_unknown_lease_is_refused(store, prefix):

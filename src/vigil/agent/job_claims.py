@@ -123,6 +123,10 @@ class ShardClaimer:
                 self.lapsing[kv.lease] = (str(owner), f"batch job {job} shard {n}")
         return owned, forfeit
 
+    def lapsing_owner(self, owner: str) -> bool:
+        """`owner` is suspected here, and not convicted (a conviction takes its shards at once)."""
+        return owner in self.suspected() and owner not in self.convicted()
+
     def _skipped(self, key: str, e: JobRecordError) -> None:
         """A record that is not Vigil's: said once per key, never trusted."""
         if key not in self._warned:

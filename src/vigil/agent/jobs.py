@@ -127,11 +127,12 @@ class JobRunner:
 
     def follow(self, reconciler: Reconciler) -> None:
         """Take shards as the agent's decision loop sees them freed: on an owner record's
-        deletion (`freed`) and on an owner's conviction (`ShardClaimer.convicted`)."""
+        deletion (`freed`), on an owner's conviction (`ShardClaimer.convicted`) and, on a
+        suspicion short of one, when the owner's lease expires (`ShardClaimer.lapsing`)."""
         reconciler.watch.on_payload_gone = self.freed
         self.claims.convicted = lambda: reconciler.convicted
         self.claims.suspected = lambda: reconciler.suspected
-        reconciler.on_suspicion.append(self._freed.set)
+        reconciler.on_suspicion += [self._freed.set, self.reaper.suspected_anew]
 
     def freed(self, key: str) -> None:
         """A payload record was deleted (vigil.agent.registry_watch): a shard's owner
@@ -162,7 +163,7 @@ class JobRunner:
         c = await self.claims.claim(lease)
         if c is None:
             for held, (owner, what) in self.claims.lapsing.items():
-                self.reaper.reap(held, owner, what, lambda o=owner: o in self.claims.suspected())
+                self.reaper.reap(held, owner, what, lambda o=owner: self.claims.lapsing_owner(o))
         return c
 
 

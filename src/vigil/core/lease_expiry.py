@@ -22,11 +22,20 @@ the moment the reading turns 0:
   have been renewed since) prove the lease expired unrenewed.
 `margin` covers the two clocks' rates over that second (drift is parts per
 million; 20 ms is generous). A lease granted for 1 s gives no time to see a
-renewal, so its expiry is never claimed (`Leave`: etcd's scan takes it). One
-caveat is etcd's own: a new etcd leader extends every lease, an expired one too,
-by its election timeout; a revoke just after that takes a lease its owner might
-have renewed, which costs that owner its session (its fencing tokens stop it
-acting), as its lease running out would have.
+renewal, so its expiry is never claimed (`Leave`: etcd's scan takes it).
+
+What the proof assumes of etcd: the readings come from the lessor the owner
+renews with, etcd's leader's. A leader cut off from its quorum answers from its
+own lessor, which sees no renewals, until check-quorum makes it step down
+within an election timeout (1 s by default); it cannot show a second of zeros
+for a lease renewed every `keepalive_interval` while that is shorter than
+`lease_ttl - keepalive_interval` (Vigil's default timings: 7.5 s, the lab's
+fast ones: 1.5 s). A new leader gives every lease, an expired one too, a whole TTL
+again (and its readings start the timing again); an owner whose lease was
+revoked just before loses its session (its fencing tokens stop it acting), as
+its lease running out would have done. The clock is monotonic: a host
+suspended between two readings could hide a renewal (servers that hold
+leases are not suspended).
 """
 
 from __future__ import annotations
@@ -35,6 +44,19 @@ from dataclasses import dataclass
 
 POLL = 0.02  # s between readings in a lease's last second (the expiry is known to within this)
 MARGIN = 0.02  # s past the computed expiry before the reading that proves it
+MAX_TTL = 9_000_000_000  # s: etcd's MaxLeaseTTL
+
+
+def lease_seconds(value: object) -> int | None:
+    """A lease's seconds as etcd's gateway sends them (int64 as a string; -1: no such
+    lease), or None for anything else (the total parser of that answer)."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or len(str(value)) > 12:
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        return None
+    return n if -1 <= n <= MAX_TTL else None
 
 
 @dataclass(frozen=True)
@@ -50,7 +72,9 @@ class Revoke:
 
 @dataclass(frozen=True)
 class Leave:
-    """Stop watching: the lease is gone (`gone`), or it cannot be timed (etcd's scan will take it)."""
+    """Stop watching: the lease is gone (`gone`); or it cannot be timed (etcd's scan
+    will take it), or it was renewed (it outlived its granted TTL while watched: its
+    owner reaches etcd, and reading it every POLL for ever would only cost etcd)."""
     gone: bool
 
 
@@ -62,14 +86,16 @@ class ExpiryWatch:
         self.poll, self.margin = poll, margin
         self.first: float | None = None  # answer time of the first 0 of the current unbroken run
         self._sent: float | None = None  # when the previous reading was sent
+        self._since: float | None = None  # when the first reading was sent
 
     def read(self, sent: float, now: float, left: int, granted: int) -> Poll | Revoke | Leave:
         """A reading sent at `sent` and answered at `now`: `left` whole seconds
         (-1: no such lease) of `granted`."""
         previous, self._sent = self._sent, sent
+        self._since = sent if self._since is None else self._since
         if left < 0:
             return Leave(gone=True)
-        if granted <= 1:
+        if granted <= 1 or (left >= 1 and now - self._since > granted):  # untimable, or renewed
             return Leave(gone=False)
         if left >= 1:  # more than a second left, or renewed since the last reading
             self.first = None

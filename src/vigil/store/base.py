@@ -124,8 +124,8 @@ class Store(abc.ABC):
         """Renew; returns the TTL now granted. Raises LeaseNotFound once expired."""
 
     @abc.abstractmethod
-    async def revoke(self, lease_id: int) -> None:
-        """Revoke now, deleting bound keys; no error if already gone."""
+    async def revoke(self, lease_id: int) -> bool:
+        """Revoke now, deleting bound keys; False (no error) if it was already gone."""
 
     @abc.abstractmethod
     async def lease_left(self, lease_id: int) -> tuple[int, int]:

@@ -29,6 +29,7 @@ from typing import Any, AsyncIterator
 
 import aiohttp
 
+from vigil.core.lease_expiry import lease_seconds
 from vigil.errors import LeaseNotFound, StoreError, StoreUnavailable, WatchCompacted
 from vigil.store.base import Expect, KeyValue, Lease, Store, WatchEvent, prefix_end
 
@@ -280,15 +281,20 @@ class EtcdStore(Store):
             raise LeaseNotFound(f"lease {lease_id:x} expired")
         return ttl
 
-    async def revoke(self, lease_id: int) -> None:
+    async def revoke(self, lease_id: int) -> bool:
         try:
             await self.call("lease/revoke", {"ID": str(lease_id)})
+            return True
         except LeaseNotFound:
-            pass
+            return False
 
     async def lease_left(self, lease_id: int) -> tuple[int, int]:
-        r = await self.call("lease/timetolive", {"ID": str(lease_id)})
-        return int(r.get("TTL", 0)), int(r.get("grantedTTL", 0))  # the gateway omits 0s; a missing lease: TTL -1
+        r = await self.call("lease/timetolive", {"ID": str(lease_id)})  # the gateway omits 0s; missing: TTL -1
+        d = r if isinstance(r, dict) else {"TTL": None}
+        left, granted = lease_seconds(d.get("TTL", 0)), lease_seconds(d.get("grantedTTL", 0))
+        if left is None or granted is None:
+            raise StoreError(f"etcd answered a lease's time to live with {str(r)[:200]}: not whole seconds")
+        return left, granted
 
     async def compact(self, revision: int) -> None:
         await self.call("kv/compaction", {"revision": str(revision), "physical": True})

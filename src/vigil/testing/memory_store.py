@@ -20,9 +20,11 @@ from vigil.store.base import Expect, KeyValue, Lease, Store, WatchEvent, prefix_
 
 
 class MemoryStore(Store):
-    def __init__(self, clock: Clock | None = None, min_ttl: int = 1):
+    def __init__(self, clock: Clock | None = None, min_ttl: int = 1, scan: float = 0.0):
+        """`scan`: revoke expired leases only once per `scan` seconds, as etcd's lessor
+        does every 0.5 s (0: at once); an expired lease cannot be renewed meanwhile."""
         self.clock = clock or SystemClock()
-        self.min_ttl = min_ttl
+        self.min_ttl, self.scan, self._scanned = min_ttl, scan, -1
         self.revision = 1
         self.compacted = 0
         self._available = True
@@ -60,6 +62,10 @@ class MemoryStore(Store):
     def expire(self) -> list[int]:
         """Expire every lease due at the clock's now; returns their ids."""
         now = self.clock.now()
+        if self.scan:
+            if math.floor(now / self.scan) == self._scanned:
+                return []
+            self._scanned = math.floor(now / self.scan)
         due = [lid for lid, (_, at) in self._leases.items() if at <= now]
         for lid in due:
             self._drop_lease(lid)
@@ -144,15 +150,15 @@ class MemoryStore(Store):
 
     async def keepalive(self, lease_id: int) -> int:
         self._enter()
-        if lease_id not in self._leases:
-            raise LeaseNotFound(f"lease {lease_id:x} not found")
+        if lease_id not in self._leases or self._leases[lease_id][1] <= self.clock.now():
+            raise LeaseNotFound(f"lease {lease_id:x} not found")  # etcd: once the expired lease is revoked
         ttl, _ = self._leases[lease_id]
         self._leases[lease_id] = (ttl, self.clock.now() + ttl)
         return ttl
 
-    async def revoke(self, lease_id: int) -> None:
+    async def revoke(self, lease_id: int) -> bool:
         self._enter()
-        self._drop_lease(lease_id)
+        return self._drop_lease(lease_id)
 
     async def lease_left(self, lease_id: int) -> tuple[int, int]:
         self._enter()
@@ -227,14 +233,15 @@ class MemoryStore(Store):
         self._record(WatchEvent("delete", key, "", self.revision, old.create_revision))
         return True
 
-    def _drop_lease(self, lease_id: int) -> None:
+    def _drop_lease(self, lease_id: int) -> bool:
         if self._leases.pop(lease_id, None) is None:
-            return
+            return False
         keys = [k for k, kv in self._kv.items() if kv.lease == lease_id]
         if keys:
             self.revision += 1  # one revision for all of its keys, as etcd's
         for key in keys:
             self._delete(key, bump=False)
+        return True
 
     def _record(self, ev: WatchEvent) -> None:
         self._history.append(ev)
