@@ -73,7 +73,7 @@ class LeaseReaper:
                             f"expiry instead of at etcd's next lease scan, freeing {what}", owner=owner)
             elif outcome == "left":
                 self._rested[lease] = self.clock.now()
-        except (StoreError, ValueError, TypeError) as e:  # etcd failed, or answered what is not a number
+        except StoreError as e:  # etcd failed, or answered what is not a lease's seconds
             log.info("timing %s's lease expiry: etcd failed (%s); etcd's lease scan takes it", owner, e)
 
     def suspected_anew(self) -> None:

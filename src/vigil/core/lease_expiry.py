@@ -28,10 +28,10 @@ What the proof assumes of etcd: the readings come from the lessor the owner
 renews with, etcd's leader's. A leader cut off from its quorum answers from its
 own lessor, which sees no renewals, until check-quorum makes it step down
 within an election timeout (1 s by default); it cannot show a second of zeros
-for a lease renewed every `keepalive_interval` while that is shorter than
-`lease_ttl - keepalive_interval` (Vigil's default timings: 7.5 s, the lab's
-fast ones: 1.5 s). A new leader gives every lease, an expired one too, a whole TTL
-again (and its readings start the timing again); an owner whose lease was
+for a lease renewed every `keepalive_interval` while the election timeout is
+shorter than `lease_ttl - keepalive_interval` (Vigil's default timings: 7.5 s,
+the lab's fast ones: 1.5 s). A new leader gives every lease, an expired one
+too, a whole TTL again (and its readings start the timing again); an owner whose lease was
 revoked just before loses its session (its fencing tokens stop it acting), as
 its lease running out would have done. The clock is monotonic: a host
 suspended between two readings could hide a renewal (servers that hold
