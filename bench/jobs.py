@@ -220,7 +220,9 @@ def render(runs: dict, chunk: int, samples: list[dict]) -> None:
              "follows the dead node's conviction (it and a majority of its voters suspect it: here both "
              "survivors) when there is one; the second kill of a run leaves one survivor, no majority, so "
              "that shard waits for the dead node's lease to expire: the survivor revokes it the moment it "
-             "has provably expired (vigil.agent.lease_expiry), before etcd's lease scan (every 0.5 s).")
+             "has provably expired (vigil.agent.lease_expiry), unless etcd's lease scan (every 0.5 s) "
+             "came first. The runs above are from the last full run; the lone-survivor samples below from "
+             "the last run of either kind.")
     if samples:
         gaps = summary_ms([x["claim_ms"] / 1000 for x in samples])
         notes += (f"\n\nLone survivor, {gaps['n']} samples (a 1-shard job; a node that does not own it "
