@@ -21,17 +21,15 @@ certificate gives TLS transport only and the user name is the identity.
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 import logging
 import ssl
 from typing import Any, AsyncIterator
 
 import aiohttp
 
-from vigil.core.lease_expiry import lease_seconds
-from vigil.errors import LeaseNotFound, StoreError, StoreUnavailable, WatchCompacted
+from vigil.errors import LeaseNotFound, StoreError, StoreUnavailable
 from vigil.store.base import Expect, KeyValue, Lease, Store, WatchEvent, prefix_end
+from vigil.store.etcd_wire import TOKEN_GONE, WatchEnded, b64, kv_of, lease_answer, lines, watch_line
 
 log = logging.getLogger(__name__)
 
@@ -39,21 +37,6 @@ REQUIRE_LEADER = {"Grpc-Metadata-hasleader": "true"}  # clientv3.WithRequireLead
 _RETRYABLE = ("no leader", "leader changed", "timed out", "too many requests",
               "not capable", "unhealthy", "stopped", "server is stopping")
 AUTH_TIMEOUT = 10.0  # s for one authentication, whatever the request waiting on it allows
-_TOKEN_GONE = ("invalid auth token", "user name is empty")
-
-
-def _b64(s: str) -> str:
-    return base64.b64encode(s.encode("utf-8", "surrogateescape")).decode()
-
-
-def _unb64(s: str | None) -> str:
-    return base64.b64decode(s or "").decode("utf-8", "surrogateescape")
-
-
-def _kv(d: dict[str, Any]) -> KeyValue:
-    # The gateway sends int64 as strings and omits zero values.
-    return KeyValue(_unb64(d["key"]), _unb64(d.get("value")), int(d.get("create_revision", 0)),
-                    int(d.get("mod_revision", 0)), int(d.get("version", 0)), int(d.get("lease", 0)))
 
 
 class EtcdStore(Store):
@@ -195,7 +178,7 @@ class EtcdStore(Store):
 
     def _classify(self, ep: str, data: Any) -> str:
         msg = str(data.get("error") or data.get("message") or data) if isinstance(data, dict) else str(data)
-        if any(t in msg for t in _TOKEN_GONE) and self.user:
+        if any(t in msg for t in TOKEN_GONE) and self.user:
             self._token = None  # expired (simple tokens live 5 minutes idle): authenticate again
             return f"{ep}: {msg}"
         if "lease not found" in msg:
@@ -206,46 +189,46 @@ class EtcdStore(Store):
 
     # -- Store -------------------------------------------------------------
     async def get(self, key: str) -> KeyValue | None:
-        r = await self.call("kv/range", {"key": _b64(key)})
+        r = await self.call("kv/range", {"key": b64(key)})
         kvs = r.get("kvs") or []
-        return _kv(kvs[0]) if kvs else None
+        return kv_of(kvs[0]) if kvs else None
 
     async def range(self, prefix: str, end: str | None = None) -> tuple[list[KeyValue], int]:
         end = prefix_end(prefix) if end is None else end
-        r = await self.call("kv/range", {"key": _b64(prefix), "range_end": _b64(end)})
-        return [_kv(d) for d in r.get("kvs") or []], int(r["header"]["revision"])
+        r = await self.call("kv/range", {"key": b64(prefix), "range_end": b64(end)})
+        return [kv_of(d) for d in r.get("kvs") or []], int(r["header"]["revision"])
 
     async def put(self, key: str, value: str, lease: int = 0) -> int:
-        body: dict[str, Any] = {"key": _b64(key), "value": _b64(value)}
+        body: dict[str, Any] = {"key": b64(key), "value": b64(value)}
         if lease:
             body["lease"] = str(lease)
         r = await self.call("kv/put", body)
         return int(r["header"]["revision"])
 
     async def delete(self, key: str) -> bool:
-        r = await self.call("kv/deleterange", {"key": _b64(key)})
+        r = await self.call("kv/deleterange", {"key": b64(key)})
         return int(r.get("deleted", 0)) > 0
 
     async def create(self, key: str, value: str, lease: int = 0) -> tuple[bool, KeyValue]:
-        put: dict[str, Any] = {"key": _b64(key), "value": _b64(value)}
+        put: dict[str, Any] = {"key": b64(key), "value": b64(value)}
         if lease:
             put["lease"] = str(lease)
         r = await self.call("kv/txn", {
-            "compare": [{"key": _b64(key), "result": "EQUAL", "target": "CREATE", "create_revision": "0"}],
-            "success": [{"request_put": put}, {"request_range": {"key": _b64(key)}}],
-            "failure": [{"request_range": {"key": _b64(key)}}]})
+            "compare": [{"key": b64(key), "result": "EQUAL", "target": "CREATE", "create_revision": "0"}],
+            "success": [{"request_put": put}, {"request_range": {"key": b64(key)}}],
+            "failure": [{"request_range": {"key": b64(key)}}]})
         ok = bool(r.get("succeeded", False))
         ranges = [x["response_range"] for x in r.get("responses", []) if "response_range" in x]
         kvs = ranges[-1].get("kvs") if ranges else None
         if not kvs:  # the key vanished between our ops (lease expired): report it absent
             raise StoreError(f"{key} was deleted while being created")
-        return ok, _kv(kvs[0])
+        return ok, kv_of(kvs[0])
 
     async def delete_if_created(self, key: str, create_revision: int) -> bool:
         r = await self.call("kv/txn", {
-            "compare": [{"key": _b64(key), "result": "EQUAL", "target": "CREATE",
+            "compare": [{"key": b64(key), "result": "EQUAL", "target": "CREATE",
                          "create_revision": str(create_revision)}],
-            "success": [{"request_delete_range": {"key": _b64(key)}}]})
+            "success": [{"request_delete_range": {"key": b64(key)}}]})
         return bool(r.get("succeeded", False))
 
     async def txn(self, expect: list[Expect], puts: list[tuple[str, str, int]],
@@ -254,18 +237,18 @@ class EtcdStore(Store):
         for e in expect:
             for target, value in (("CREATE", e.create_revision), ("MOD", e.mod_revision)):
                 if value is not None:
-                    compare.append({"key": _b64(e.key), "result": "EQUAL", "target": target,
+                    compare.append({"key": b64(e.key), "result": "EQUAL", "target": target,
                                     f"{target.lower()}_revision": str(value)})
         ops: list[dict[str, Any]] = []
         for key, value, lease in puts:
-            ops.append({"request_put": {"key": _b64(key), "value": _b64(value), **({"lease": str(lease)}
+            ops.append({"request_put": {"key": b64(key), "value": b64(value), **({"lease": str(lease)}
                                                                                    if lease else {})}})
-        ops += [{"request_delete_range": {"key": _b64(key)}} for key in deletes]
+        ops += [{"request_delete_range": {"key": b64(key)}} for key in deletes]
         r = await self.call("kv/txn", {"compare": compare, "success": ops})
         return bool(r.get("succeeded", False)), int(r["header"]["revision"])
 
     async def delete_prefix(self, prefix: str) -> int:
-        r = await self.call("kv/deleterange", {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix))})
+        r = await self.call("kv/deleterange", {"key": b64(prefix), "range_end": b64(prefix_end(prefix))})
         return int(r.get("deleted", 0))
 
     async def grant(self, ttl: int) -> Lease:
@@ -289,12 +272,7 @@ class EtcdStore(Store):
             return False
 
     async def lease_left(self, lease_id: int) -> tuple[int, int]:
-        r = await self.call("lease/timetolive", {"ID": str(lease_id)})  # the gateway omits 0s; missing: TTL -1
-        d = r if isinstance(r, dict) else {"TTL": None}
-        left, granted = lease_seconds(d.get("TTL", 0)), lease_seconds(d.get("grantedTTL", 0))
-        if left is None or granted is None:
-            raise StoreError(f"etcd answered a lease's time to live with {str(r)[:200]}: not whole seconds")
-        return left, granted
+        return lease_answer(await self.call("lease/timetolive", {"ID": str(lease_id)}))
 
     async def compact(self, revision: int) -> None:
         await self.call("kv/compaction", {"revision": str(revision), "physical": True})
@@ -308,7 +286,7 @@ class EtcdStore(Store):
             failed = None if resume else self._failed.setdefault(ep, asyncio.Event())
             if failed is not None:
                 failed.clear()  # armed before any await: a move off `ep` from now on ends it
-            req = {"key": _b64(prefix), "range_end": _b64(range_end or prefix_end(prefix))}
+            req = {"key": b64(prefix), "range_end": b64(range_end or prefix_end(prefix))}
             if nxt:
                 req["start_revision"] = str(nxt)
             try:
@@ -320,15 +298,17 @@ class EtcdStore(Store):
                 async with self._http().post(f"{ep}/v3/watch", json={"create_request": req},
                                              headers={**self._auth(), **REQUIRE_LEADER},
                                              timeout=timeout) as resp:
-                    async for line in _lines(resp.content, failed):
+                    async for line in lines(resp.content, failed):
                         failures = 0
-                        for ev, rev in self._watch_line(line):
+                        for ev, rev in watch_line(line):
                             if ev is None:
                                 nxt = nxt or rev + 1
                                 continue
                             nxt = ev.revision + 1
                             yield ev
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError, RecursionError) as e:
+                if isinstance(e, WatchEnded) and e.token_gone:
+                    self._token = None  # authenticate again before the watch resumes
                 log.debug("watch on %s broke: %s", ep, e)
             # Stream ended or broke: resume from the next unseen revision elsewhere.
             failures += 1
@@ -336,30 +316,6 @@ class EtcdStore(Store):
             if not resume:
                 raise StoreUnavailable(f"the watch on {ep} ended; it resumes from revision {nxt}")
             await asyncio.sleep(min(1.0, 0.02 * failures))
-
-    def _watch_line(self, line: bytes) -> list[tuple[WatchEvent | None, int]]:
-        line = line.strip()
-        if not line:
-            return []
-        msg = json.loads(line)
-        if "error" in msg:
-            if any(t in str(msg["error"]) for t in _TOKEN_GONE):
-                self._token = None
-            raise aiohttp.ClientPayloadError(str(msg["error"]))
-        res = msg.get("result", {})
-        if int(res.get("compact_revision", 0)) > 0:
-            raise WatchCompacted(int(res["compact_revision"]))
-        if res.get("canceled"):
-            raise aiohttp.ClientPayloadError(f"watch canceled: {res.get('cancel_reason', '')}")
-        rev = int(res.get("header", {}).get("revision", 0))
-        out: list[tuple[WatchEvent | None, int]] = [(None, rev)] if res.get("created") else []
-        for e in res.get("events", []):
-            kv = e["kv"]
-            out.append((WatchEvent("delete" if e.get("type") == "DELETE" else "put",
-                                   _unb64(kv["key"]), _unb64(kv.get("value")),
-                                   int(kv.get("mod_revision", 0)), int(kv.get("create_revision", 0)),
-                                   int(kv.get("lease", 0))), rev))
-        return out
 
     async def close(self) -> None:
         for task in self._logins.values():
@@ -380,26 +336,3 @@ def _ssl_context(ca: str | None, cert: str | None, key: str | None) -> ssl.SSLCo
     except (OSError, ssl.SSLError) as e:
         raise StoreError(f"cannot load etcd TLS files (ca={ca}, cert={cert}, key={key}): {e}") from None
     return ctx
-
-
-async def _lines(content: aiohttp.StreamReader, failed: asyncio.Event | None) -> AsyncIterator[bytes]:
-    """The watch stream's lines; with `failed`, it ends (ClientPayloadError) as soon as
-    a request to the same member fails, even while the stream itself stays silent."""
-    if failed is None:
-        async for line in content:
-            yield line
-        return
-    while True:
-        read, gone = asyncio.ensure_future(content.readline()), asyncio.ensure_future(failed.wait())
-        try:
-            await asyncio.wait({read, gone}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            gone.cancel()
-            if not read.done():
-                read.cancel()
-        if not read.done() or read.cancelled():
-            raise aiohttp.ClientPayloadError("a request to this member failed: the watch may be behind")
-        line = read.result()
-        if not line:
-            return
-        yield line
