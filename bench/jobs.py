@@ -54,15 +54,20 @@ TTL_MS = 2000  # the lab's lease TTL: the floor of a takeover (etcd deletes the 
 WORDS = "grid pump valve turbine sensor feeder relay breaker transformer reservoir".split()
 
 
-async def run(lab: Lab, job: str, n: int, chunk: int, shards: int, kills_at: list[int]) -> dict:
+async def submit(store: EtcdStore, job: str, n: int, chunk: int, shards: int) -> None:
+    """Submit job `job`: `n` generated inputs (the same for the same id) in chunks of `chunk`."""
     rng = random.Random(job)
     inputs = [f"{job} record {i}: {' '.join(rng.choices(WORDS, k=rng.randint(3, 12)))}" for i in range(n)]
+    chunks = chunked(inputs, chunk)
+    await jobs.submit(store, KEYS, JobSpec(job, "all-MiniLM-L6-v2", n, chunk, len(chunks), shards, time.time(),
+                                           "bench", sha256_of(inputs)), chunks)
+
+
+async def run(lab: Lab, job: str, n: int, chunk: int, shards: int, kills_at: list[int]) -> dict:
     store = EtcdStore(lab.etcd.endpoints, 2.0)
     try:
-        chunks = chunked(inputs, chunk)
         t0 = time.monotonic()
-        await jobs.submit(store, KEYS, JobSpec(job, "all-MiniLM-L6-v2", n, chunk, len(chunks), shards, time.time(),
-                                               "bench", sha256_of(inputs)), chunks)
+        await submit(store, job, n, chunk, shards)
         killed: list[dict] = []
         view = await jobs.read_job(store, KEYS, job)
         while view.state in ("queued", "running"):
@@ -112,13 +117,9 @@ async def lone(lab: Lab, job: str, n: int, chunk: int) -> dict:
     with its lease), then the owner SIGKILLed: the last node cannot convict anyone
     and claims the shard when the owner's lease has expired. The job is cancelled
     and deleted after."""
-    rng = random.Random(job)
-    inputs = [f"{job} record {i}: {' '.join(rng.choices(WORDS, k=rng.randint(3, 12)))}" for i in range(n)]
     store = EtcdStore(lab.etcd.endpoints, 2.0)
     try:
-        chunks = chunked(inputs, chunk)
-        await jobs.submit(store, KEYS, JobSpec(job, "all-MiniLM-L6-v2", n, chunk, len(chunks), 1, time.time(),
-                                               "bench", sha256_of(inputs)), chunks)
+        await submit(store, job, n, chunk, 1)
         view = await jobs.read_job(store, KEYS, job)
         while not (view.owners.get(0) and view.shards[0].done >= 2 * chunk):
             await asyncio.sleep(0.02)

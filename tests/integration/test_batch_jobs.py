@@ -31,6 +31,7 @@ from vigil.procs import free_ports
 from vigil.store import jobs
 from vigil.store.etcd import EtcdStore
 from vigil.store.keys import Keys
+from vigil.store.session import Session
 from vigil.testing import MemoryStore
 from vigil.testing.wait import wait_until
 
@@ -287,8 +288,8 @@ async def suspected_owner(store: MemoryStore, embedder: Embedder, nodes: list[No
     a, b = nodes
     spec, _ = await submit(store, 400, 20)
     embedder.allow(3)
-    a.lease = (await store.grant(2)).id
-    renewing = asyncio.get_running_loop().create_task(renew(store, a.lease))
+    renewing = Session(store, SystemClock(), 2, 0.5)  # a's session, renewed every 0.5 s
+    a.lease = (await renewing.open()).id
     a.task = asyncio.get_running_loop().create_task(a.runner.run())
     await wait_until(lambda: a.runner.current and a.runner.current.progress.next == 3 and embedder.parked, 30,
                      "a in its 4th chunk")
@@ -302,19 +303,13 @@ async def suspected_owner(store: MemoryStore, embedder: Embedder, nodes: list[No
     assert b.runner.current is None and "job_claimed" not in b.kinds(), "a live lease is not taken"
     decisions.suspect()
     await wait_until(lambda: not b.runner.reaper.watching, 10, "b to stop timing a's lease once a is heard")
-    renewing.cancel()  # a dies: its lease is no longer renewed
+    await renewing.close(revoke=False)  # a dies: its lease is no longer renewed
     decisions.suspect("a")
     await wait_until(lambda: b.runner.current is not None, 10, "b to take a's shard when a's lease ran out")
     assert await store.time_to_live(a.lease) == -1 and "lease_expired" in b.kinds()
     embedder.allow(None)
     await wait_until(lambda: "job_done" in b.kinds(), 60, "b to finish")
     assert [g[0] for g in await collect(store, spec)] == list(range(400))
-
-
-async def renew(store: MemoryStore, lease: int) -> None:
-    while True:
-        await store.keepalive(lease)
-        await asyncio.sleep(0.5)
 
 
 def count_calls(obj: object, name: str) -> list[int]:

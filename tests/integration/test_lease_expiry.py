@@ -11,6 +11,7 @@ import asyncio
 from vigil.agent.lease_expiry import revoke_when_expired
 from vigil.clock import SystemClock
 from vigil.store.etcd import EtcdStore
+from vigil.store.session import Session
 
 KEY = "/vigil-test/lease-expiry/"
 
@@ -24,10 +25,10 @@ async def test_an_unrenewed_lease_is_revoked_after_its_expiry_and_a_renewed_one_
         revokes.append((lease, clock.now()))
         return await real_revoke(lease)
     store.revoke = revoke  # type: ignore[method-assign]
+    renewing = Session(store, clock, 2, 0.3)  # the live lease's owner renews it every 0.3 s
     try:
-        live = await store.grant(2)
+        live = await renewing.open()
         await store.put(KEY + "live", "renewed", live.id)
-        renewing = asyncio.get_running_loop().create_task(renew(store, live.id))
         granted_at = clock.now()
         dead = await store.grant(2)
         await store.put(KEY + "dead", "silent", dead.id)
@@ -35,7 +36,7 @@ async def test_an_unrenewed_lease_is_revoked_after_its_expiry_and_a_renewed_one_
         dead_end, live_end = await asyncio.gather(
             revoke_when_expired(store, dead.id, clock),
             revoke_when_expired(store, live.id, clock, wanted=lambda: clock.now() < deadline))
-        renewing.cancel()
+        await renewing.close(revoke=False)
         print(f"dead lease: {dead_end}; revokes at +{[round(t - granted_at, 3) for _, t in revokes]} s")
         assert await store.get(KEY + "dead") is None and await store.lease_left(dead.id) == (-1, 0)
         assert dead_end in ("revoked", "gone")  # gone: etcd's scan came first
@@ -47,11 +48,7 @@ async def test_an_unrenewed_lease_is_revoked_after_its_expiry_and_a_renewed_one_
         assert [lease for lease, _ in revokes] in ([], [dead.id]), "a renewed lease was revoked"
         assert (await store.get(KEY + "live")).value == "renewed" and await store.time_to_live(live.id) >= 1
     finally:
-        await real_revoke(live.id)
+        await renewing.close(revoke=False)
+        if renewing.lease_id:
+            await real_revoke(renewing.lease_id)
         await store.close()
-
-
-async def renew(store: EtcdStore, lease: int) -> None:
-    while True:
-        await store.keepalive(lease)
-        await asyncio.sleep(0.3)
